@@ -1,0 +1,63 @@
+# Quern: the commands people type. The real build is CMake (CMakeLists.txt);
+# this file only names the steps. See README.md.
+#
+#   make deps           install the Debian packages Quern needs (idempotent)
+#   make build          build everything into build/bin/
+#   make test           build and run the whole suite (unit, service, fuzz replay)
+#   make test-sanitize  the same suite built with ASan + UBSan (build-asan/)
+#   make demo           the flagship use case on embedded defaults
+#   make bench          benchmarks, each beside its baseline
+#   make fuzz           libFuzzer on every target for FUZZ_SECONDS each
+
+BUILD        ?= build
+ASAN_BUILD   ?= build-asan
+FUZZ_BUILD   ?= build-fuzz
+JOBS         ?= $(shell nproc)
+FUZZ_SECONDS ?= 30
+DEPS_STAMP   := .deps-stamp
+
+.PHONY: all deps build test test-unit test-sanitize demo bench fuzz clean
+
+all: build
+
+$(DEPS_STAMP): scripts/deps.sh
+	bash scripts/deps.sh
+	@touch $@
+
+deps:
+	bash scripts/deps.sh
+	@touch $(DEPS_STAMP)
+
+$(BUILD)/CMakeCache.txt: $(DEPS_STAMP)
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900
+
+$(ASAN_BUILD)/CMakeCache.txt: $(DEPS_STAMP)
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DQUERN_SANITIZE=ON
+
+test-sanitize: $(ASAN_BUILD)/CMakeCache.txt
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --output-on-failure -j $(JOBS) --timeout 1800 -LE slow
+
+demo: build
+	bash scripts/demo.sh
+
+bench: build
+	bash bench/run.sh
+
+$(FUZZ_BUILD)/CMakeCache.txt: $(DEPS_STAMP)
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DQUERN_FUZZ=ON -DQUERN_SANITIZE=ON
+
+fuzz: $(FUZZ_BUILD)/CMakeCache.txt
+	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+	bash tests/fuzz/run.sh $(FUZZ_BUILD)/fuzz $(FUZZ_SECONDS)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(DEPS_STAMP)

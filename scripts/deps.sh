@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Quern needs, skipping those already present.
+# Idempotent: run it as often as you like. `make deps` calls it.
+#
+# Each package and why it is here (see also docs/dependencies.md):
+set -euo pipefail
+
+PKGS=(
+  # build
+  build-essential      # gcc, make, libc headers
+  cmake                # the build system (CMake + CTest)
+  pkg-config           # finds the libraries below
+  # libquern-core
+  libmicrohttpd-dev    # HTTP server of every service (epoll, thread pool)
+  libjansson-dev       # JSON parsing and emitting
+  libsqlite3-dev       # embedded storage and the embedded bus
+  libssl-dev           # libcrypto: SHA-256 of blobs, HMAC, random ids
+  libcurl4-openssl-dev # HTTP client between services, CLI and tests
+  # libquern-ml
+  libopenblas-dev      # BLAS for ALS (sgemm/ssyrk)
+  liblapacke-dev       # LAPACKE for closed-form ridge regression
+  liblinear-dev        # logistic regression and linear SVM
+  libxgboost-dev       # gradient-boosted trees (XGBoost C API)
+  # tests
+  libcmocka-dev        # unit-test framework
+  prometheus           # promtool: checks /metrics output
+  python3-numpy        # reference checks: .npy round trip, ALS reference step
+  python3-scipy        # reference checks: drift statistics vs scipy.stats
+  python3-xgboost      # reference checks: a Python-trained model predicts identically
+  curl                 # black-box tests and the demo talk HTTP from the shell
+  xz-utils             # the shipped data sets are xz-compressed (data/)
+  clang                # fuzz targets (libFuzzer) and sanitizer builds
+  libclang-rt-14-dev   # clang's sanitizer and libFuzzer runtimes
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "deps: all ${#PKGS[@]} packages present"
+  exit 0
+fi
+
+echo "deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+stamp=/var/lib/apt/periodic/update-success-stamp
+if [ ! -d /var/lib/apt/lists ] || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] \
+   || ! apt-cache show "${missing[0]}" >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+fi
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+: "$stamp"
