@@ -193,12 +193,12 @@ static int validate(qml_manifest *m, qn_err *err)
                           "manifest format \"%.64s\" is not supported (this build reads %s)",
                           json_string_value(format), QML_BUNDLE_FORMAT);
     const json_t *kind = json_object_get(root, "kind");
-    if (!json_is_string(kind) || !in_list(json_string_value(kind), kinds, COUNT(kinds)))
+    if (!json_is_string(kind))
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "manifest kind: missing or not a string");
+    if (!in_list(json_string_value(kind), kinds, COUNT(kinds)))
         return qn_err_set(err, QN_INVALID_ARGUMENT,
-                          "manifest kind: %s%.32s%s is not one of als, logistic, linear, xgboost",
-                          json_is_string(kind) ? "\"" : "",
-                          json_is_string(kind) ? json_string_value(kind) : "missing or not a string",
-                          json_is_string(kind) ? "\"" : "");
+                          "manifest kind: \"%.32s\" is not one of als, logistic, linear, xgboost",
+                          json_string_value(kind));
     m->kind = json_string_value(kind);
 
     int rc;
