@@ -214,8 +214,11 @@ static void write_bundle(const char *dir, char digest[QML_DIGEST_STR])
     assert_non_null(strstr(err.msg, "is a path"));
     assert_int_equal(qml_bundle_writer_set_kind(w, "svm", &err), QN_INVALID_ARGUMENT);
     assert_int_equal(qml_bundle_writer_set_profile(w, "sha256:xyz", &err), QN_INVALID_ARGUMENT);
-    assert_int_equal(qml_bundle_writer_set_json(w, "weights", json_object(), &err),
-                     QN_INVALID_ARGUMENT);
+    json_t *empty = json_object(), *arr = json_array();
+    assert_int_equal(qml_bundle_writer_set_json(w, "weights", empty, &err), QN_INVALID_ARGUMENT);
+    assert_int_equal(qml_bundle_writer_set_json(w, "params", arr, &err), QN_INVALID_ARGUMENT);
+    json_decref(empty);
+    json_decref(arr);
     assert_int_equal(qml_bundle_writer_copy_file(w, "other.bin", "/no/such/file", &err),
                      QN_NOT_FOUND);
 
