@@ -246,9 +246,10 @@ static void test_logistic_separable_and_sign(void **state)
         s3 += p3[2 * i + 1];
     }
     assert_true(s3 > s2 + 1.0);
+    qml_linear_free(m);
     wl[0] = 5;
-    assert_int_equal(qml_linear_fit_logistic(X, ntr, D, y, &lw, &m, &err) == QN_INVALID_ARGUMENT,
-                     1);
+    assert_int_equal(qml_linear_fit_logistic(X, ntr, D, y, &lw, &m, &err), QN_INVALID_ARGUMENT);
+    assert_null(m);
     assert_non_null(strstr(err.msg, "label 5"));
     qml_linear_free(m2);
     qml_linear_free(m3);
