@@ -519,6 +519,7 @@ static void test_fallback_for_user_without_history(void **state)
     assert_int_equal(qml_als_recommend_id(m, "a", 3, 1, out, &fb, &err), 1);
     assert_int_equal(fb, 0);
     assert_int_equal(out[0].item, 2);
+    qml_als_free(m);
 
     /* Bad input is refused, naming it. */
     v[1] = -1;
@@ -529,9 +530,9 @@ static void test_fallback_for_user_without_history(void **state)
     p.cg_steps = 0;
     assert_int_equal(qml_als_fit(x, &p, &m, &err), QN_INVALID_ARGUMENT);
     assert_non_null(strstr(err.msg, "cg_steps"));
+    assert_null(m);
     qml_csr_free(neg);
     qml_csr_free(x);
-    qml_als_free(m);
 }
 
 /* ---- (d) save / load; numpy reads the bundle; concurrent queries ---- */
