@@ -123,6 +123,20 @@ ALS_INLINE void symv(const float *S, const float *v, float *out, int n)
 
 /* ---- the per-row conjugate-gradient solve ---- */
 
+/* How many non-zeros ahead to prefetch the other side's factor row: the rows
+ * are scattered over a matrix far larger than the caches, so the first pass
+ * over a row's non-zeros is bound by memory latency unless it is overlapped. */
+#define ALS_PREFETCH 16
+
+ALS_INLINE void prefetch_row(const float *Y, const int32_t *indices, int64_t e, int64_t end, int f)
+{
+    if (e + ALS_PREFETCH < end) {
+        const char *row = (const char *)(Y + (size_t)indices[e + ALS_PREFETCH] * f);
+        for (int b = 0; b < f * (int)sizeof(float); b += 64)
+            __builtin_prefetch(row + b);
+    }
+}
+
 typedef struct {
     const int64_t *indptr;
     const int32_t *indices;
@@ -133,6 +147,7 @@ typedef struct {
     int f, cg_steps;
     float alpha;
     int32_t nrows;
+    int64_t nnz;
     atomic_int next;   /* next chunk start */
     atomic_int failed; /* set by a worker that could not allocate */
 } half_job;
@@ -152,6 +167,7 @@ static void cg_row(const half_job *j, int64_t lo, int64_t hi, float *x, float *r
         float v = j->data[e];
         if (!(v > 0))
             continue;
+        prefetch_row(Y, j->indices, e, j->nnz, f); /* runs on into the next rows */
         float w = j->alpha * v;
         const float *y = Y + (size_t)j->indices[e] * f;
         axpy((1 + w) - w * dot(y, x, f), y, r, f);
@@ -249,6 +265,7 @@ static int half_step(const qml_csr *m, float *X, const float *Y, int32_t y_rows,
     half_job job = {
         .indptr = m->indptr, .indices = m->indices, .data = m->data, .X = X, .Y = Y, .A = A,
         .f = f, .cg_steps = p->cg_steps, .alpha = p->alpha, .nrows = m->nrows,
+        .nnz = m->indptr[m->nrows],
     };
     atomic_init(&job.next, 0);
     atomic_init(&job.failed, 0);
