@@ -322,7 +322,8 @@ class RegistryTest(ServiceTest):
         st, _, body = self.reg.request("PUT", f"/v1/blobs/{digest}", body=Body(),
                                        headers={"Content-Length": str(size)}, timeout=300)
         self.assertEqual((st, body["size"]), (201, size), body)
-        rss_kb = int([l for l in open(f"/proc/{self.reg.proc.pid}/status") if l.startswith("VmHWM")][0].split()[1])
+        with open(f"/proc/{self.reg.proc.pid}/status") as f:
+            rss_kb = int([l for l in f if l.startswith("VmHWM")][0].split()[1])
         self.assertLess(rss_kb, 100 * 1024, "the registry held the blob in memory")
         st, h2, _ = self.reg.request("HEAD", f"/v1/blobs/{digest}")
         self.assertEqual(int(h2["content-length"]), size)
