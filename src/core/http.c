@@ -586,7 +586,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         if (h->m_reqs)
             qn_counter_add(h->m_reqs, v3, 1);
         if (h->m_dur)
-            qn_histogram_observe(h->m_dur, v3, dt);
+            qn_histogram_observe(h->m_dur, v3, dt); /* route, method: the first two */
         qn_log_debug(req->trace_id, "request",
                      "{s:s, s:s, s:s, s:i, s:f, s:I, s:s, s:b}", "method", req->method, "path",
                      req->raw_path, "route", req->route_label, "status", status, "duration_ms",
@@ -787,8 +787,10 @@ static enum MHD_Result begin(qn_req *req, const char *method)
 }
 
 /* A body refused mid-stream: libmicrohttpd 0.9.75 will not take a response
- * before the body is complete, so the rest is read and dropped (up to
- * DISCARD_MAX) and the answer goes out on the last call. */
+ * while the body is being received (MHD_queue_response returns MHD_NO
+ * there; checked), so the rest is read and dropped, up to DISCARD_MAX past
+ * which the connection is closed, and the answer goes out on the last call,
+ * which also keeps the connection. */
 static void refuse_midway(qn_req *req)
 {
     req->phase = PH_DISCARD;
@@ -979,10 +981,11 @@ qn_http *qn_http_start(const qn_http_opts *opts, qn_err *err)
 
     if (opts->metrics) {
         static const char *const l3[] = {"route", "method", "code", NULL};
+        static const char *const l2[] = {"route", "method", NULL};
         h->m_reqs = qn_metrics_counter(opts->metrics, "quern_http_requests_total",
                                        "HTTP requests answered, by route template, method and status.", l3);
         h->m_dur = qn_metrics_histogram(opts->metrics, "quern_http_request_duration_seconds",
-                                        "Time from request line to response completion.", l3,
+                                        "Time from request line to response completion.", l2,
                                         NULL, 0);
         h->m_inflight = qn_metrics_gauge(opts->metrics, "quern_http_requests_in_flight",
                                          "HTTP requests being processed.", NULL);
