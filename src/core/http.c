@@ -99,7 +99,7 @@ struct qn_http {
     size_t nroutes;
     int port;
     atomic_int draining;
-    MHD_socket listen_fd;     /* handed back by MHD_quiesce_daemon */
+    int quiesced;             /* the listening socket is closed */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     long inflight;
@@ -743,6 +743,9 @@ static void body_too_large(qn_req *req, uint64_t size, int known)
         res_error_status(&req->res, 413, QN_RESOURCE_EXHAUSTED, d,
                          "request body is %llu bytes; this route accepts at most %llu",
                          (unsigned long long)size, (unsigned long long)max);
+    } else if (max == 0) {
+        res_error_status(&req->res, 413, QN_RESOURCE_EXHAUSTED, d,
+                         "this route takes no request body");
     } else {
         res_error_status(&req->res, 413, QN_RESOURCE_EXHAUSTED, d,
                          "request body is more than %llu bytes; this route accepts at most %llu",
@@ -955,7 +958,6 @@ qn_http *qn_http_start(const qn_http_opts *opts, qn_err *err)
     if (!h)
         goto oom;
     h->opts = *opts;
-    h->listen_fd = MHD_INVALID_SOCKET;
     h->service = strdup(opts->service ? opts->service : "quern");
     if (!h->service)
         goto oom;
@@ -1046,8 +1048,14 @@ int qn_http_drain(qn_http *h, long long timeout_ms)
 
     qn_http_set_draining(h);
     pthread_mutex_lock(&h->mu);
-    if (h->listen_fd == MHD_INVALID_SOCKET)
-        h->listen_fd = MHD_quiesce_daemon(h->d);
+    /* Close the listening socket at once: new clients get "connection
+     * refused" and go to another replica instead of waiting in the backlog. */
+    if (!h->quiesced) {
+        MHD_socket fd = MHD_quiesce_daemon(h->d);
+        if (fd != MHD_INVALID_SOCKET)
+            close(fd);
+        h->quiesced = 1;
+    }
     clock_gettime(CLOCK_MONOTONIC, &dl);
     if (timeout_ms < 0)
         timeout_ms = 0;
@@ -1070,8 +1078,6 @@ void qn_http_stop(qn_http *h)
     if (!h)
         return;
     MHD_stop_daemon(h->d);
-    if (h->listen_fd != MHD_INVALID_SOCKET)
-        close(h->listen_fd);
     pthread_mutex_destroy(&h->mu);
     pthread_cond_destroy(&h->cv);
     free(h->routes);

@@ -728,6 +728,12 @@ static void test_drain_waits(void **state)
     double t0 = now_s();
     assert_int_equal(qn_http_drain(f->h, 5000), 0);
     double waited = now_s() - t0;
+    /* Not listening any more: a new client is refused outright. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f->port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_not_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    close(fd);
     assert_true(waited > 0.2);  /* the slow handler had ~450 ms left */
     assert_true(waited < 3.0);
     pthread_join(t, NULL);
