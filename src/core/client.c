@@ -1,0 +1,401 @@
+/*
+ * client.c - inter-service HTTP client on libcurl (see client.h).
+ *
+ * Each call uses its own easy handle; a share handle pools connections and
+ * DNS across calls and threads, so keep-alive survives. Retries sleep
+ * min(cap, base * 2^attempt) * U[0,1) ("full jitter"), never past the call's
+ * deadline.
+ */
+#include "core/client.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RETRY_BASE_MS 50
+#define RETRY_CAP_MS 2000
+
+struct qn_client {
+    char *base;
+    qn_client_opts o;
+    char *token_header;
+    char *user_agent;
+    CURLSH *share;
+    pthread_mutex_t locks[CURL_LOCK_DATA_LAST];
+};
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+
+static void global_init(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+static void share_lock(CURL *h, curl_lock_data data, curl_lock_access access, void *ud)
+{
+    qn_client *c = ud;
+    pthread_mutex_lock(&c->locks[data]);
+}
+
+static void share_unlock(CURL *h, curl_lock_data data, void *ud)
+{
+    qn_client *c = ud;
+    pthread_mutex_unlock(&c->locks[data]);
+}
+
+qn_client *qn_client_new(const qn_client_opts *opts, qn_err *err)
+{
+    pthread_once(&global_once, global_init);
+    if (!opts->base_url || strncmp(opts->base_url, "http", 4) != 0) {
+        qn_err_set(err, QN_INVALID_ARGUMENT, "upstream URL \"%s\" must start with http:// or https://",
+                   opts->base_url ? opts->base_url : "");
+        return NULL;
+    }
+    qn_client *c = calloc(1, sizeof *c);
+    if (!c)
+        goto oom;
+    c->o = *opts;
+    if (!c->o.timeout_ms)
+        c->o.timeout_ms = 10000;
+    if (!c->o.connect_timeout_ms)
+        c->o.connect_timeout_ms = 2000;
+    if (!c->o.max_retries)
+        c->o.max_retries = 3;
+    if (c->o.max_retries < 0)
+        c->o.max_retries = 0;
+    if (!c->o.max_response)
+        c->o.max_response = 64u << 20;
+    c->base = strdup(opts->base_url);
+    c->user_agent = strdup(opts->user_agent ? opts->user_agent : "quern/" QUERN_VERSION);
+    if (!c->base || !c->user_agent)
+        goto oom;
+    size_t n = strlen(c->base);
+    while (n > 0 && c->base[n - 1] == '/')
+        c->base[--n] = '\0';
+    if (opts->token && *opts->token && asprintf(&c->token_header, "Authorization: Bearer %s", opts->token) < 0)
+        goto oom;
+    for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+        pthread_mutex_init(&c->locks[i], NULL);
+    c->share = curl_share_init();
+    if (!c->share)
+        goto oom;
+    curl_share_setopt(c->share, CURLSHOPT_LOCKFUNC, share_lock);
+    curl_share_setopt(c->share, CURLSHOPT_UNLOCKFUNC, share_unlock);
+    curl_share_setopt(c->share, CURLSHOPT_USERDATA, c);
+    curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+    curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    return c;
+oom:
+    qn_client_free(c);
+    qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory creating an HTTP client");
+    return NULL;
+}
+
+void qn_client_free(qn_client *c)
+{
+    if (!c)
+        return;
+    if (c->share) {
+        curl_share_cleanup(c->share);
+        for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+            pthread_mutex_destroy(&c->locks[i]);
+    }
+    free(c->base);
+    free(c->user_agent);
+    free(c->token_header);
+    free(c);
+}
+
+const char *qn_client_base(const qn_client *c)
+{
+    return c->base;
+}
+
+/* ---- one request ---------------------------------------------------------- */
+
+typedef struct call {
+    const char *method;
+    const char *path;
+    const char *content_type;
+    const void *body;
+    size_t len;
+    FILE *upload;           /* streamed request body */
+    long long upload_size;
+    FILE *download;         /* streamed response body */
+    const char *idem_key;
+    const qn_trace_ctx *trace;
+    qn_buf *out;            /* response body (in memory) */
+} call;
+
+static size_t write_buf(char *p, size_t size, size_t n, void *ud)
+{
+    qn_buf *b = ud;
+    return qn_buf_append(b, p, size * n) < 0 ? 0 : size * n;
+}
+
+static size_t write_file(char *p, size_t size, size_t n, void *ud)
+{
+    return fwrite(p, size, n, ud) * size;
+}
+
+static size_t read_file(char *p, size_t size, size_t n, void *ud)
+{
+    return fread(p, size, n, ud) * size;
+}
+
+static int status_code(long status)
+{
+    switch (status) {
+    case 400: return QN_INVALID_ARGUMENT;
+    case 401: return QN_UNAUTHENTICATED;
+    case 403: return QN_PERMISSION_DENIED;
+    case 404: return QN_NOT_FOUND;
+    case 409: return QN_ALREADY_EXISTS;
+    case 413: case 429: return QN_RESOURCE_EXHAUSTED;
+    case 501: return QN_UNIMPLEMENTED;
+    case 502: case 503: return QN_UNAVAILABLE;
+    case 504: return QN_DEADLINE_EXCEEDED;
+    }
+    return status >= 500 ? QN_INTERNAL : QN_INVALID_ARGUMENT;
+}
+
+/* Turns an error answer into err: the service's own code and message when it
+ * used the error model, else the status. */
+static int error_from_answer(qn_client *c, const call *k, long status, const char *body, size_t len,
+                             qn_err *err)
+{
+    json_t *j = body && len ? json_loadb(body, len, 0, NULL) : NULL;
+    json_t *e = json_object_get(j, "error");
+    const char *code = json_string_value(json_object_get(e, "code"));
+    const char *msg = json_string_value(json_object_get(e, "message"));
+    if (!msg && json_is_string(e)) /* the Open Inference Protocol's shape */
+        msg = json_string_value(e);
+    int rc = code ? qn_code_from_name(code) : status_code(status);
+    if (rc == QN_OK || rc == QN_UNKNOWN)
+        rc = status_code(status);
+    qn_err_set(err, rc, "%s %s%s: %s", k->method, c->base, k->path,
+               msg ? msg : (status >= 500 ? "upstream failure" : "request refused"));
+    json_decref(j);
+    return rc;
+}
+
+static int retryable_status(long s)
+{
+    return s == 429 || s == 502 || s == 503 || s == 504;
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int do_call(qn_client *c, call *k, qn_err *err)
+{
+    int safe = k->idem_key || strcmp(k->method, "GET") == 0 || strcmp(k->method, "HEAD") == 0 ||
+               strcmp(k->method, "PUT") == 0 || strcmp(k->method, "DELETE") == 0;
+    long long deadline = now_ms() + c->o.timeout_ms;
+    char url[4096], tp[QN_TRACEPARENT_LEN + 1 + 16], ct[160], idem[300];
+    snprintf(url, sizeof url, "%s%s", c->base, k->path);
+    int rc = QN_UNAVAILABLE;
+
+    for (int attempt = 0;; attempt++) {
+        long long left = deadline - now_ms();
+        if (left <= 0)
+            return qn_err_set(err, QN_DEADLINE_EXCEEDED, "%s %s: no answer within %ld ms", k->method,
+                              url, c->o.timeout_ms);
+        CURL *h = curl_easy_init();
+        struct curl_slist *hdrs = NULL;
+        if (!h)
+            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        if (k->out)
+            qn_buf_reset(k->out);
+        if (k->upload)
+            rewind(k->upload);
+        if (k->download) {
+            rewind(k->download);
+            if (ftruncate(fileno(k->download), 0) < 0)
+                return qn_err_set(err, QN_INTERNAL, "cannot truncate download file");
+        }
+        curl_easy_setopt(h, CURLOPT_URL, url);
+        curl_easy_setopt(h, CURLOPT_SHARE, c->share);
+        curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, left);
+        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, c->o.connect_timeout_ms);
+        curl_easy_setopt(h, CURLOPT_USERAGENT, c->user_agent);
+        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, k->method);
+        if (strcmp(k->method, "HEAD") == 0)
+            curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+        hdrs = curl_slist_append(hdrs, "Expect:");
+        hdrs = curl_slist_append(hdrs, "Accept: application/json");
+        if (c->token_header)
+            hdrs = curl_slist_append(hdrs, c->token_header);
+        if (k->trace) {
+            char t[QN_TRACEPARENT_LEN + 1];
+            qn_traceparent_format(k->trace, t);
+            snprintf(tp, sizeof tp, "traceparent: %s", t);
+            hdrs = curl_slist_append(hdrs, tp);
+        }
+        if (k->idem_key) {
+            snprintf(idem, sizeof idem, "Idempotency-Key: %.255s", k->idem_key);
+            hdrs = curl_slist_append(hdrs, idem);
+        }
+        if (k->content_type) {
+            snprintf(ct, sizeof ct, "Content-Type: %.140s", k->content_type);
+            hdrs = curl_slist_append(hdrs, ct);
+        }
+        if (k->upload) {
+            curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
+            curl_easy_setopt(h, CURLOPT_READFUNCTION, read_file);
+            curl_easy_setopt(h, CURLOPT_READDATA, k->upload);
+            curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)k->upload_size);
+            curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, k->method);
+        } else if (k->body) {
+            curl_easy_setopt(h, CURLOPT_POSTFIELDS, k->body);
+            curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)k->len);
+        }
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+        qn_buf errbody;
+        qn_buf_init(&errbody, 1 << 20);
+        if (k->download) {
+            curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write_file);
+            curl_easy_setopt(h, CURLOPT_WRITEDATA, k->download);
+        } else {
+            curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write_buf);
+            curl_easy_setopt(h, CURLOPT_WRITEDATA, k->out ? k->out : &errbody);
+        }
+        CURLcode cc = curl_easy_perform(h);
+        long status = 0;
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        curl_slist_free_all(hdrs);
+        curl_easy_cleanup(h);
+
+        int retry = 0;
+        if (cc != CURLE_OK) {
+            if (cc == CURLE_WRITE_ERROR && !k->download) {
+                qn_buf_free(&errbody);
+                return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "%s %s: answer larger than %zu bytes",
+                                  k->method, url, c->o.max_response);
+            }
+            rc = qn_err_set(err, cc == CURLE_OPERATION_TIMEDOUT ? QN_DEADLINE_EXCEEDED : QN_UNAVAILABLE,
+                            "%s %s: %s", k->method, url, curl_easy_strerror(cc));
+            retry = cc == CURLE_COULDNT_CONNECT || cc == CURLE_GOT_NOTHING || cc == CURLE_SEND_ERROR ||
+                    cc == CURLE_RECV_ERROR || cc == CURLE_COULDNT_RESOLVE_HOST;
+        } else if (status >= 200 && status < 300) {
+            qn_buf_free(&errbody);
+            return (int)status;
+        } else {
+            const qn_buf *b = k->out ? k->out : &errbody;
+            if (k->download) {
+                /* The error answer went to the file: read it back (it is small). */
+                fflush(k->download);
+                rewind(k->download);
+                char tmp[65536];
+                size_t n = fread(tmp, 1, sizeof tmp, k->download);
+                qn_buf_append(&errbody, tmp, n);
+                b = &errbody;
+            }
+            rc = error_from_answer(c, k, status, b->data, b->len, err);
+            retry = retryable_status(status);
+        }
+        qn_buf_free(&errbody);
+        if (!retry || !safe || attempt >= c->o.max_retries)
+            return rc;
+        long long cap = RETRY_BASE_MS << (attempt < 10 ? attempt : 10);
+        if (cap > RETRY_CAP_MS)
+            cap = RETRY_CAP_MS;
+        uint32_t r;
+        qn_random_bytes(&r, sizeof r);
+        long long sleep_ms = (long long)((double)cap * (r / 4294967296.0));
+        if (now_ms() + sleep_ms >= deadline)
+            return rc;
+        usleep((useconds_t)(sleep_ms * 1000));
+    }
+}
+
+static int json_call(qn_client *c, const char *method, const char *path, const json_t *body,
+                     const char *idem, const qn_trace_ctx *trace, json_t **out, qn_err *err)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    qn_buf resp;
+    qn_buf_init(&resp, c->o.max_response);
+    call k = {.method = method, .path = path, .content_type = body ? "application/json" : NULL,
+              .body = text, .len = text ? strlen(text) : 0, .idem_key = idem, .trace = trace,
+              .out = &resp};
+    if (out)
+        *out = NULL;
+    int rc = do_call(c, &k, err);
+    if (rc >= 200 && out && resp.len) {
+        json_error_t je;
+        *out = json_loadb(resp.data, resp.len, 0, &je);
+        if (!*out)
+            rc = qn_err_set(err, QN_INTERNAL, "%s %s%s: answer is not JSON (%s)", method, c->base, path,
+                            je.text);
+    }
+    qn_buf_free(&resp);
+    free(text);
+    return rc;
+}
+
+int qn_client_json(qn_client *c, const char *method, const char *path, const json_t *body,
+                   const qn_trace_ctx *trace, json_t **out, qn_err *err)
+{
+    return json_call(c, method, path, body, NULL, trace, out, err);
+}
+
+int qn_client_json_idem(qn_client *c, const char *method, const char *path, const json_t *body,
+                        const char *idempotency_key, const qn_trace_ctx *trace, json_t **out,
+                        qn_err *err)
+{
+    return json_call(c, method, path, body, idempotency_key, trace, out, err);
+}
+
+int qn_client_raw(qn_client *c, const char *method, const char *path, const char *content_type,
+                  const void *body, size_t len, const qn_trace_ctx *trace, qn_buf *out, qn_err *err)
+{
+    call k = {.method = method, .path = path, .content_type = content_type, .body = body, .len = len,
+              .trace = trace, .out = out};
+    return do_call(c, &k, err);
+}
+
+int qn_client_put_file(qn_client *c, const char *path, const char *file, const qn_trace_ctx *trace,
+                       qn_err *err)
+{
+    FILE *f = fopen(file, "rb");
+    if (!f)
+        return qn_err_set(err, QN_NOT_FOUND, "cannot open %s: %s", file, strerror(errno));
+    fseeko(f, 0, SEEK_END);
+    long long size = ftello(f);
+    rewind(f);
+    call k = {.method = "PUT", .path = path, .content_type = "application/octet-stream", .upload = f,
+              .upload_size = size, .trace = trace};
+    int rc = do_call(c, &k, err);
+    fclose(f);
+    return rc;
+}
+
+int qn_client_get_file(qn_client *c, const char *path, const char *dest, const qn_trace_ctx *trace,
+                       qn_err *err)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", dest);
+    FILE *f = fopen(tmp, "w+b");
+    if (!f)
+        return qn_err_set(err, QN_INTERNAL, "cannot create %s: %s", tmp, strerror(errno));
+    call k = {.method = "GET", .path = path, .download = f, .trace = trace};
+    int rc = do_call(c, &k, err);
+    if (rc >= 200 && (fflush(f) != 0 || fsync(fileno(f)) != 0))
+        rc = qn_err_set(err, QN_INTERNAL, "cannot write %s: %s", tmp, strerror(errno));
+    fclose(f);
+    if (rc >= 200 && rename(tmp, dest) != 0)
+        rc = qn_err_set(err, QN_INTERNAL, "cannot rename %s: %s", tmp, strerror(errno));
+    if (rc < 0)
+        unlink(tmp);
+    return rc;
+}

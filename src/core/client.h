@@ -1,0 +1,75 @@
+/*
+ * client.h - the HTTP client services use to call each other (libcurl).
+ *
+ * One client per upstream (base URL). Calls carry a deadline, the caller's
+ * trace context (traceparent), the bearer token, and are retried with
+ * exponential backoff and full jitter when that is safe: idempotent methods
+ * (GET, HEAD, PUT, DELETE), or any method when an idempotency key is given,
+ * and only on failures that may pass (connection errors, 429, 502, 503, 504).
+ * Errors from a Quern service are mapped back from its JSON error model, so
+ * a 404 from the registry is QN_NOT_FOUND here with the registry's message.
+ *
+ *     qn_client_opts o = {.base_url = "http://127.0.0.1:7701", .timeout_ms = 5000};
+ *     qn_client *reg = qn_client_new(&o, &err);
+ *     json_t *model;
+ *     if (qn_client_json(reg, "GET", "/v1/models/adult", NULL, NULL, &model, &err) < 0)
+ *         ... err.code is QN_NOT_FOUND, QN_UNAVAILABLE, ...
+ *     qn_client_put_file(reg, "/v1/blobs/sha256:...", "/tmp/model.json", NULL, &err);
+ *     qn_client_free(reg);
+ *
+ * Thread-safe: one client may be used by many threads at once (connections
+ * are pooled and reused across calls).
+ */
+#ifndef QN_CLIENT_H
+#define QN_CLIENT_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "core/buf.h"
+#include "core/err.h"
+#include "core/trace.h"
+
+typedef struct qn_client qn_client;
+
+typedef struct qn_client_opts {
+    const char *base_url;     /* "http://host:port" (no trailing slash needed) */
+    long timeout_ms;          /* deadline of one call, retries included (0: 10 s) */
+    long connect_timeout_ms;  /* 0: 2 s */
+    int max_retries;          /* 0: 3; -1: none */
+    const char *token;        /* bearer token sent on every call, or NULL */
+    const char *user_agent;   /* "quern-train/0.1.0" */
+    size_t max_response;      /* bytes kept in memory (0: 64 MiB) */
+} qn_client_opts;
+
+qn_client *qn_client_new(const qn_client_opts *opts, qn_err *err);
+void qn_client_free(qn_client *c);
+const char *qn_client_base(const qn_client *c);
+
+/* Sends body (may be NULL) as JSON; on 2xx stores the parsed answer in *out
+ * (NULL for an empty body; caller decrefs) and returns the HTTP status. On
+ * an error status returns the negative code from the answer's error model
+ * (or from the status) with its message; on transport failure QN_UNAVAILABLE
+ * or QN_DEADLINE_EXCEEDED. trace may be NULL. out may be NULL. */
+int qn_client_json(qn_client *c, const char *method, const char *path, const json_t *body,
+                   const qn_trace_ctx *trace, json_t **out, qn_err *err);
+
+/* As qn_client_json with an Idempotency-Key header, which makes a POST safe to retry. */
+int qn_client_json_idem(qn_client *c, const char *method, const char *path, const json_t *body,
+                        const char *idempotency_key, const qn_trace_ctx *trace, json_t **out,
+                        qn_err *err);
+
+/* Sends raw bytes with a content type; the answer body goes to out (may be NULL). */
+int qn_client_raw(qn_client *c, const char *method, const char *path, const char *content_type,
+                  const void *body, size_t len, const qn_trace_ctx *trace, qn_buf *out,
+                  qn_err *err);
+
+/* Streams a file as the body of a PUT (never whole in memory). Returns the status. */
+int qn_client_put_file(qn_client *c, const char *path, const char *file,
+                       const qn_trace_ctx *trace, qn_err *err);
+
+/* Streams a GET into dest via dest.tmp + rename, so dest is never partial. */
+int qn_client_get_file(qn_client *c, const char *path, const char *dest,
+                       const qn_trace_ctx *trace, qn_err *err);
+
+#endif

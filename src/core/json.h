@@ -1,0 +1,55 @@
+/*
+ * json.h - small helpers over jansson for reading request bodies strictly.
+ *
+ * Every service validates JSON bodies the same way: refuse unknown fields
+ * (a typo should fail loudly, not be ignored), check each field's type and
+ * bounds, and say exactly which field is wrong.
+ *
+ *     static const char *const allowed[] = {"name", "description", "tags", NULL};
+ *     const char *name, *desc = "";
+ *     json_t *tags = NULL;
+ *     if (qn_json_only(body, allowed, &err) < 0 ||
+ *         qn_json_str(body, "name", 1, 128, &name, &err) < 0 ||
+ *         qn_json_str(body, "description", 0, 4096, &desc, &err) < 0 ||
+ *         qn_json_tags(body, "tags", &tags, &err) < 0)
+ *         return qn_res_error(res, err.code, "%s", err.msg);
+ *
+ * Strings returned point into the JSON value (valid while it lives).
+ */
+#ifndef QN_JSON_H
+#define QN_JSON_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/err.h"
+
+/* QN_INVALID_ARGUMENT naming the first key of obj not in the NULL-terminated
+ * allowed list (or if obj is not an object). */
+int qn_json_only(const json_t *obj, const char *const *allowed, qn_err *err);
+
+/* A string field of at most maxlen bytes (valid UTF-8 by jansson's contract).
+ * Absent: QN_INVALID_ARGUMENT when required, else *out is left unchanged and 0. */
+int qn_json_str(const json_t *obj, const char *key, int required, size_t maxlen,
+                const char **out, qn_err *err);
+/* An integer field within [min, max]; absent as above. */
+int qn_json_int(const json_t *obj, const char *key, int required, int64_t min, int64_t max,
+                int64_t *out, qn_err *err);
+/* An object field (borrowed); absent as above. */
+int qn_json_obj(const json_t *obj, const char *key, int required, json_t **out, qn_err *err);
+
+/* A tags object: at most 64 keys of at most 128 bytes, string values of at
+ * most 1024 bytes. *out borrowed, NULL when absent. */
+int qn_json_tags(const json_t *obj, const char *key, json_t **out, qn_err *err);
+
+/* Serializes compactly with sorted keys: the canonical form used for digests
+ * and storage. Caller frees. NULL when out of memory. */
+char *qn_json_canonical(const json_t *v);
+
+/* Milliseconds since the epoch, and RFC 3339 UTC with milliseconds
+ * ("2026-11-28T13:30:00.123Z") into out[32]. */
+int64_t qn_now_ms(void);
+void qn_time_rfc3339(int64_t ms, char out[32]);
+
+#endif

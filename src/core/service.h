@@ -1,0 +1,64 @@
+/*
+ * service.h - the main() every Quern service shares.
+ *
+ * Parses the service's config table (flags > environment > defaults), sets up
+ * JSON logging, creates the data directory, the metrics registry and the HTTP
+ * server (routes plus /healthz, /readyz, /metrics), then waits for a signal.
+ * On SIGTERM or SIGINT: readiness turns off, the server stops accepting and
+ * drains in-flight requests within --drain-timeout, the service's stop hook
+ * flushes what it owes, and the process exits 0.
+ *
+ *     static const qn_service_def def = {
+ *         .name = "registry", .summary = "Models, versions, aliases, datasets and blobs.",
+ *         .opts = opts, .nopts = QN_NELEM(opts), .cfg_size = sizeof(registry_cfg),
+ *         .start = registry_start, .stop = registry_stop, .ready = registry_ready,
+ *     };
+ *     int main(int argc, char **argv) { return qn_service_main(&def, argc, argv); }
+ *
+ * start() runs before the server listens: it opens storage and returns the
+ * routes (static table) and the handler user data. Exit codes: 0 clean stop
+ * (or --help), 2 bad configuration, 1 failure to start.
+ */
+#ifndef QN_SERVICE_H
+#define QN_SERVICE_H
+
+#include <stddef.h>
+
+#include "core/config.h"
+#include "core/http.h"
+#include "core/metrics.h"
+
+typedef struct qn_service qn_service;
+
+/* What start() hands back and what handlers may use through qn_service_*. */
+typedef struct qn_service_ctx {
+    const char *name;            /* "registry" */
+    void *cfg;                   /* the parsed config struct (qn_common_cfg first) */
+    qn_common_cfg *common;       /* == cfg */
+    qn_metrics *metrics;         /* the service's registry (const label service=NAME) */
+    const char *token;           /* resolved from --token / --token-file, or NULL */
+    /* Filled by start(): */
+    const qn_route *routes;
+    size_t nroutes;
+    void *ud;                    /* handler user data, passed to stop/ready too */
+} qn_service_ctx;
+
+typedef struct qn_service_def {
+    const char *name;
+    const char *summary;
+    const qn_cfg_opt *opts;
+    size_t nopts;
+    size_t cfg_size;             /* sizeof the config struct */
+    int (*start)(qn_service_ctx *ctx, qn_err *err);
+    void (*stop)(qn_service_ctx *ctx);           /* after draining; may be NULL */
+    int (*ready)(void *ud, const char **reason); /* may be NULL */
+    /* Optional: runs on the main thread on SIGHUP (reload). */
+    void (*reload)(qn_service_ctx *ctx);
+} qn_service_def;
+
+int qn_service_main(const qn_service_def *def, int argc, char **argv);
+
+/* Creates dir and its parents (0755). 0 or QN_INTERNAL with err filled. */
+int qn_mkdir_p(const char *dir, qn_err *err);
+
+#endif

@@ -1,0 +1,221 @@
+/*
+ * main.c - quern-registry: configuration, schema, routes, start and stop.
+ *
+ * The route table below is the registry's whole HTTP API (DESIGN.md
+ * section 4); each handler lives in the module named in registry.h.
+ */
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/config.h"
+#include "core/log.h"
+#include "core/service.h"
+#include "registry/registry.h"
+
+typedef struct registry_cfg {
+    qn_common_cfg common;
+    long long max_blob;
+    char *db_url;
+} registry_cfg;
+
+static const qn_cfg_opt opts[] = {
+    QN_CFG_COMMON(registry_cfg, "127.0.0.1:7701", "registry"),
+    {"max-blob-size", "QUERN_MAX_BLOB_SIZE", QN_CFG_SIZE, "8G", 1, 1LL << 42,
+     "Largest blob accepted by PUT /v1/blobs", offsetof(registry_cfg, max_blob)},
+    {"db", "QUERN_REGISTRY_DB", QN_CFG_STRING, NULL, 0, 0,
+     "Metadata store URL (default: sqlite://<data>/registry.db)", offsetof(registry_cfg, db_url)},
+};
+
+/* Schema. Versions are numbered from models.next_version inside a write
+ * transaction, so numbers are gapless and never reused. Tags are stored both
+ * as a JSON object (to return) and as rows (to filter on). Times are ms since
+ * the epoch. */
+static const qn_migration migrations[] = {
+    {1,
+     "CREATE TABLE models ("
+     "  id INTEGER PRIMARY KEY,"
+     "  name TEXT NOT NULL UNIQUE,"
+     "  description TEXT NOT NULL DEFAULT '',"
+     "  tags TEXT NOT NULL DEFAULT '{}',"
+     "  next_version INTEGER NOT NULL DEFAULT 1,"
+     "  created_at INTEGER NOT NULL,"
+     "  updated_at INTEGER NOT NULL);"
+     "CREATE TABLE model_tags ("
+     "  model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,"
+     "  key TEXT NOT NULL, value TEXT NOT NULL,"
+     "  PRIMARY KEY (model_id, key));"
+     "CREATE TABLE versions ("
+     "  model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,"
+     "  version INTEGER NOT NULL,"
+     "  manifest TEXT NOT NULL,"
+     "  manifest_digest TEXT NOT NULL,"
+     "  metrics TEXT NOT NULL DEFAULT '{}',"
+     "  params TEXT NOT NULL DEFAULT '{}',"
+     "  tags TEXT NOT NULL DEFAULT '{}',"
+     "  dataset TEXT,"
+     "  description TEXT NOT NULL DEFAULT '',"
+     "  status TEXT NOT NULL DEFAULT 'ready',"
+     "  created_at INTEGER NOT NULL,"
+     "  updated_at INTEGER NOT NULL,"
+     "  PRIMARY KEY (model_id, version));"
+     "CREATE TABLE version_tags ("
+     "  model_id INTEGER NOT NULL,"
+     "  version INTEGER NOT NULL,"
+     "  key TEXT NOT NULL, value TEXT NOT NULL,"
+     "  PRIMARY KEY (model_id, version, key),"
+     "  FOREIGN KEY (model_id, version) REFERENCES versions(model_id, version) ON DELETE CASCADE);"
+     "CREATE TABLE aliases ("
+     "  model_id INTEGER NOT NULL,"
+     "  alias TEXT NOT NULL,"
+     "  version INTEGER NOT NULL,"
+     "  updated_at INTEGER NOT NULL,"
+     "  PRIMARY KEY (model_id, alias),"
+     "  FOREIGN KEY (model_id, version) REFERENCES versions(model_id, version) ON DELETE CASCADE);"
+     "CREATE TABLE datasets ("
+     "  id INTEGER PRIMARY KEY,"
+     "  name TEXT NOT NULL UNIQUE,"
+     "  latest_version INTEGER NOT NULL DEFAULT 1,"
+     "  created_at INTEGER NOT NULL,"
+     "  updated_at INTEGER NOT NULL);"
+     "CREATE TABLE dataset_versions ("
+     "  dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,"
+     "  version INTEGER NOT NULL,"
+     "  manifest TEXT NOT NULL,"
+     "  manifest_digest TEXT NOT NULL,"
+     "  description TEXT NOT NULL DEFAULT '',"
+     "  tags TEXT NOT NULL DEFAULT '{}',"
+     "  created_at INTEGER NOT NULL,"
+     "  PRIMARY KEY (dataset_id, version));"
+     "CREATE TABLE events ("
+     "  seq INTEGER PRIMARY KEY,"
+     "  id TEXT NOT NULL UNIQUE,"
+     "  type TEXT NOT NULL,"
+     "  body TEXT NOT NULL,"
+     "  published_at INTEGER)"},
+};
+
+#define MB (1024ull * 1024ull)
+
+/* The registry's API. Bodies are bounded per route: JSON documents are small,
+ * only blobs are large (and streamed to disk, never held in memory). */
+static qn_route routes[] = {
+    {"POST", "/v1/models", reg_models_create, 64 * 1024, 0, NULL},
+    {"GET", "/v1/models", reg_models_list, 0, 0, NULL},
+    {"GET", "/v1/models/{name}", reg_models_get, 0, 0, NULL},
+    {"DELETE", "/v1/models/{name}", reg_models_delete, 0, 0, NULL},
+    {"POST", "/v1/models/{name}/versions", reg_versions_create, 4 * MB, 0, NULL},
+    {"GET", "/v1/models/{name}/versions", reg_versions_list, 0, 0, NULL},
+    {"GET", "/v1/models/{name}/versions/{n}", reg_versions_get, 0, 0, NULL},
+    {"PATCH", "/v1/models/{name}/versions/{n}", reg_versions_patch, 64 * 1024, 0, NULL},
+    {"GET", "/v1/models/{name}/aliases", reg_aliases_list, 0, 0, NULL},
+    {"GET", "/v1/models/{name}/aliases/{alias}", reg_aliases_get, 0, 0, NULL},
+    {"PUT", "/v1/models/{name}/aliases/{alias}", reg_aliases_put, 4 * 1024, 0, NULL},
+    {"DELETE", "/v1/models/{name}/aliases/{alias}", reg_aliases_delete, 0, 0, NULL},
+    {"GET", "/v1/datasets", reg_datasets_list, 0, 0, NULL},
+    {"POST", "/v1/datasets/{name}/versions", reg_dataset_versions_create, 4 * MB, 0, NULL},
+    {"GET", "/v1/datasets/{name}/versions", reg_dataset_versions_list, 0, 0, NULL},
+    {"GET", "/v1/datasets/{name}/versions/{n}", reg_dataset_versions_get, 0, 0, NULL},
+    {"PUT", "/v1/blobs/{digest}", reg_blob_put, 0 /* set from config */, QN_ROUTE_STREAM,
+     reg_blob_put_chunk},
+    {"GET", "/v1/blobs/{digest}", reg_blob_get, 0, 0, NULL},
+    {"GET", "/v1/events", reg_events_list, 0, 0, NULL},
+};
+
+int reg_fail(qn_req *req, qn_res *res, const qn_err *err)
+{
+    if (qn_code_is_client(err->code))
+        return qn_res_error(res, err->code, "%s", err->msg);
+    qn_log_error(qn_req_trace_id(req), "storage failure", "{s:s, s:s, s:s}", "route",
+                 qn_req_route(req), "code", qn_code_name(err->code), "detail", err->msg);
+    if (err->code == QN_UNAVAILABLE)
+        return qn_res_error(res, QN_UNAVAILABLE, "the registry is busy; retry shortly");
+    return qn_res_error(res, QN_INTERNAL, "internal error");
+}
+
+static void render_hook(qn_metrics *m, void *ud)
+{
+    registry *r = ud;
+    qn_gauge_set(r->events_pending, NULL, reg_events_pending(r));
+}
+
+static int registry_start(qn_service_ctx *ctx, qn_err *err)
+{
+    registry_cfg *cfg = ctx->cfg;
+    registry *r = calloc(1, sizeof *r);
+    char *url = NULL;
+    if (!r)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    r->max_blob = cfg->max_blob;
+    if (cfg->db_url)
+        url = strdup(cfg->db_url);
+    else if (asprintf(&url, "sqlite://%s/registry.db", cfg->common.data) < 0)
+        url = NULL;
+    if (!url) {
+        free(r);
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    r->db = qn_store_open(url, migrations, QN_NELEM(migrations), err);
+    free(url);
+    if (!r->db) {
+        free(r);
+        return err->code;
+    }
+    if (asprintf(&r->blob_dir, "%s/blobs/sha256", cfg->common.data) < 0 ||
+        asprintf(&r->tmp_dir, "%s/blobs/tmp", cfg->common.data) < 0 || reg_blobs_init(r, err) < 0) {
+        qn_store_close(r->db);
+        free(r->blob_dir);
+        free(r);
+        return err->code ? err->code : QN_RESOURCE_EXHAUSTED;
+    }
+
+    static const char *const outcome[] = {"outcome", NULL};
+    r->blob_uploads = qn_metrics_counter(ctx->metrics, "quern_registry_blob_uploads_total",
+                                         "Blob uploads by outcome.", outcome);
+    r->blob_bytes = qn_metrics_counter(ctx->metrics, "quern_registry_blob_bytes_total",
+                                       "Bytes of blobs stored.", NULL);
+    r->versions_created = qn_metrics_counter(ctx->metrics, "quern_registry_versions_created_total",
+                                             "Model versions registered.", NULL);
+    r->alias_moves = qn_metrics_counter(ctx->metrics, "quern_registry_alias_moves_total",
+                                        "Alias moves (promotions).", NULL);
+    r->events_pending = qn_metrics_gauge(ctx->metrics, "quern_registry_events_pending",
+                                         "Events in the outbox not yet published to the bus.", NULL);
+    qn_metrics_on_render(ctx->metrics, render_hook, r);
+
+    for (size_t i = 0; i < QN_NELEM(routes); i++)
+        if (routes[i].stream == reg_blob_put_chunk)
+            routes[i].max_body = (uint64_t)cfg->max_blob;
+    ctx->routes = routes;
+    ctx->nroutes = QN_NELEM(routes);
+    ctx->ud = r;
+    qn_log_info(NULL, "registry open", "{s:s, s:i}", "data", cfg->common.data, "schema",
+                qn_store_version(r->db));
+    return 0;
+}
+
+static void registry_stop(qn_service_ctx *ctx)
+{
+    registry *r = ctx->ud;
+    if (!r)
+        return;
+    qn_store_close(r->db);
+    free(r->blob_dir);
+    free(r->tmp_dir);
+    free(r);
+}
+
+static const qn_service_def def = {
+    .name = "registry",
+    .summary = "quern-registry: models, versions, aliases, datasets and content-addressed blobs.",
+    .opts = opts,
+    .nopts = QN_NELEM(opts),
+    .cfg_size = sizeof(registry_cfg),
+    .start = registry_start,
+    .stop = registry_stop,
+};
+
+int main(int argc, char **argv)
+{
+    return qn_service_main(&def, argc, argv);
+}

@@ -1,0 +1,76 @@
+/*
+ * registry.h - state shared by the handlers of quern-registry.
+ *
+ * The registry owns models, their versions, aliases, datasets and
+ * content-addressed blobs (DESIGN.md section 4). Metadata lives in one SQLite
+ * database (through core/store), blobs are files named by their SHA-256 under
+ * <data>/blobs/sha256/<2 hex>/<64 hex>, and every alias move appends a
+ * CloudEvent to the events table (an outbox the bus drains).
+ *
+ * Modules: main.c (config, routes, start/stop), models.c (models, versions,
+ * aliases), datasets.c, blobs.c, events.c (the outbox).
+ */
+#ifndef QUERN_REGISTRY_H
+#define QUERN_REGISTRY_H
+
+#include <jansson.h>
+
+#include "core/http.h"
+#include "core/metrics.h"
+#include "core/store/store.h"
+
+typedef struct registry {
+    qn_store *db;
+    char *blob_dir;          /* <data>/blobs/sha256 */
+    char *tmp_dir;           /* <data>/blobs/tmp: uploads in progress */
+    long long max_blob;      /* bytes */
+    qn_metric *blob_uploads; /* {outcome} */
+    qn_metric *blob_bytes;
+    qn_metric *versions_created;
+    qn_metric *alias_moves;
+    qn_metric *events_pending;
+} registry;
+
+/* Answers a storage failure: client codes pass their message through, busy
+ * becomes 503, anything else is logged and answered as a bare 500. */
+int reg_fail(qn_req *req, qn_res *res, const qn_err *err);
+
+/* models.c */
+int reg_models_create(qn_req *req, qn_res *res, void *ud);
+int reg_models_list(qn_req *req, qn_res *res, void *ud);
+int reg_models_get(qn_req *req, qn_res *res, void *ud);
+int reg_models_delete(qn_req *req, qn_res *res, void *ud);
+int reg_versions_create(qn_req *req, qn_res *res, void *ud);
+int reg_versions_list(qn_req *req, qn_res *res, void *ud);
+int reg_versions_get(qn_req *req, qn_res *res, void *ud);
+int reg_versions_patch(qn_req *req, qn_res *res, void *ud);
+int reg_aliases_list(qn_req *req, qn_res *res, void *ud);
+int reg_aliases_get(qn_req *req, qn_res *res, void *ud);
+int reg_aliases_put(qn_req *req, qn_res *res, void *ud);
+int reg_aliases_delete(qn_req *req, qn_res *res, void *ud);
+
+/* datasets.c */
+int reg_datasets_list(qn_req *req, qn_res *res, void *ud);
+int reg_dataset_versions_create(qn_req *req, qn_res *res, void *ud);
+int reg_dataset_versions_list(qn_req *req, qn_res *res, void *ud);
+int reg_dataset_versions_get(qn_req *req, qn_res *res, void *ud);
+
+/* blobs.c */
+int reg_blobs_init(registry *r, qn_err *err);
+int reg_blob_put_chunk(qn_req *req, qn_res *res, const char *data, size_t len, void *ud);
+int reg_blob_put(qn_req *req, qn_res *res, void *ud);
+int reg_blob_get(qn_req *req, qn_res *res, void *ud);
+/* 1 when the blob with this 64-hex digest is stored, else 0. */
+int reg_blob_exists(const registry *r, const char *hex);
+/* Checks a manifest's "files" (and "profile") digests name stored blobs.
+ * QN_INVALID_ARGUMENT for malformed digests, QN_FAILED_PRECONDITION for
+ * missing blobs, naming the file. */
+int reg_manifest_check_blobs(const registry *r, const json_t *manifest, qn_err *err);
+
+/* events.c: appends a CloudEvent to the outbox inside the caller's transaction. */
+int reg_event_append(qn_conn *c, const char *type, json_t *data /* stolen */,
+                     const char *traceparent, qn_err *err);
+int reg_events_list(qn_req *req, qn_res *res, void *ud);
+int reg_events_pending(registry *r);
+
+#endif
