@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/store/backend.h"
 #include "core/store/store.h"
@@ -182,7 +183,16 @@ static int sq_conn_open(void *ctx, void **out, qn_err *err)
     }
     sqlite3_extended_result_codes(db, 1);
     sqlite3_busy_timeout(db, c->busy_ms);
-    if ((rc = pragma(db, "PRAGMA journal_mode=WAL", "wal", err)) < 0 ||
+    /* Two processes switching a new file to WAL at once: SQLite may answer
+     * SQLITE_BUSY at once, without calling the busy handler (it refuses to
+     * wait where waiting could deadlock), so retry here up to the timeout. */
+    for (int waited = 0;; waited += 5) {
+        rc = pragma(db, "PRAGMA journal_mode=WAL", "wal", err);
+        if (rc != QN_UNAVAILABLE || waited >= c->busy_ms)
+            break;
+        usleep(5000);
+    }
+    if (rc < 0 ||
         (rc = pragma(db, c->sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
                      NULL, err)) < 0 ||
         (rc = pragma(db, "PRAGMA foreign_keys=ON", NULL, err)) < 0) {
