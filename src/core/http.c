@@ -221,6 +221,7 @@ int qn_res_json(qn_res *res, int status, json_t *body)
     return 0;
 }
 
+__attribute__((format(printf, 5, 0)))
 static int res_error_v(qn_res *res, int status, int code, json_t *details, const char *fmt,
                        va_list ap)
 {
@@ -869,6 +870,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
 /* ---- the server ------------------------------------------------------------ */
 
+__attribute__((format(printf, 2, 0)))
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     char line[512];
