@@ -165,6 +165,11 @@ int reg_blob_put(qn_req *req, qn_res *res, void *ud)
         return 0;
     qn_sha256_final(u->hash, got);
     if (strcmp(want, got) != 0) {
+        /* Remove it before answering, not in the request cleanup, so that a
+         * client that saw the 400 can never see the file. */
+        close(u->fd);
+        unlink(u->tmp_path);
+        u->fd = -1;
         qn_counter_add(r->blob_uploads, (const char *[]){"digest_mismatch"}, 1);
         return qn_res_error_details(
             res, QN_INVALID_ARGUMENT,
