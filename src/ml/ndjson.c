@@ -188,7 +188,7 @@ static int next_object(qml_ndjson_reader *r, pend *pd, qn_err *err)
         return 1;
     }
     json_error_t je;
-    json_t *v = json_loadb(s, len, JSON_DECODE_INT_AS_REAL | JSON_REJECT_DUPLICATES, &je);
+    json_t *v = json_loadb(s, len, JSON_REJECT_DUPLICATES, &je);
     if (!v) {
         pd->reason = QML_BAD_JSON;
         snprintf(pd->msg, sizeof pd->msg, "not JSON at column %d: %s", je.column, je.text);

@@ -25,6 +25,7 @@
  * their compact JSON text with sorted keys. A value that does not fit its
  * column (a nested value in a numeric column, say) makes the row bad.
  * Keys outside the schema are ignored and counted in report.unknown_keys.
+ * Integers beyond 64 bits are refused by jansson: the row is bad ("json").
  *
  * Bad rows (not JSON, not an object, a line over max_line_bytes, a value of
  * the wrong type) are counted with their line number; blank lines are skipped.
