@@ -97,11 +97,17 @@ static int rec_copy(rec *dst, const rec *src)
         rec_free(dst);
         return QN_RESOURCE_EXHAUSTED;
     }
-    memcpy(dst->buf, src->buf, src->len);
-    memcpy(dst->off, src->off, src->nf * sizeof *dst->off);
-    memcpy(dst->flen, src->flen, src->nf * sizeof *dst->flen);
-    dst->len = dst->cap = src->len;
-    dst->nf = dst->capf = src->nf;
+    /* A bad record is only reported, never read: keep its reason, not its
+     * fields (past a bound it counted fields it did not store). */
+    size_t len = src->bad ? 0 : src->len, nf = src->bad ? 0 : src->nf;
+    if (len)
+        memcpy(dst->buf, src->buf, len);
+    if (nf) {
+        memcpy(dst->off, src->off, nf * sizeof *dst->off);
+        memcpy(dst->flen, src->flen, nf * sizeof *dst->flen);
+    }
+    dst->len = dst->cap = len;
+    dst->nf = dst->capf = nf;
     dst->line = src->line;
     dst->first_quoted = src->first_quoted;
     dst->bad = src->bad;
