@@ -522,8 +522,14 @@ static void test_streaming_bounded_memory(void **state)
     print_message("streamed %.0f MB, %zu rows in %.2f s = %.0f MB/s; peak RSS grew %ld KB\n",
                   (double)bytes / 1e6, rows, dt, (double)bytes / 1e6 / dt, grow_kb);
     /* A 65536-row chunk of 7 columns is ~4 MB of cells plus dictionaries;
-     * 64 MB is far below the file (50 or 500 MB) and holds either way. */
-    assert_true(grow_kb < 64 * 1024);
+     * 64 MB is far below the file (50 or 500 MB) and holds either way.
+     * AddressSanitizer keeps freed memory in a quarantine of up to 256 MB,
+     * which RSS then shows, so the bound allows for that there. */
+    long bound_kb = 64 * 1024;
+#if defined(__SANITIZE_ADDRESS__)
+    bound_kb += 256 * 1024;
+#endif
+    assert_true(grow_kb < bound_kb);
     remove(path);
     free(path);
 }
