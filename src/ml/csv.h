@@ -1,0 +1,118 @@
+/*
+ * csv.h - a streaming CSV reader into columnar frames (RFC 4180 and its
+ * common variants).
+ *
+ * The reader pulls a file (or a caller's memory buffer) through a bounded
+ * window and hands out frames of at most max_rows rows, so a file of any size
+ * is read in memory bounded by the chunk size and the limits in the options.
+ *
+ *     qml_csv_opts o;
+ *     qml_csv_opts_init(&o);
+ *     o.sep = ", ";                                 // Adult: comma and a space
+ *     o.has_header = 0;
+ *     static const char *na[] = {"?"};
+ *     o.na_values = na; o.n_na_values = 1;
+ *     qml_field_spec cols[] = {{"age", QML_NUMERIC}, {"workclass", QML_INFER}, ...};
+ *     o.fields = cols; o.n_fields = 15;
+ *     qn_err err;
+ *     qml_csv_reader *r = qml_csv_open("adult.data", &o, &err);
+ *     if (!r) ...
+ *     qml_frame *chunk;
+ *     int rc;
+ *     while ((rc = qml_csv_next(r, 65536, &chunk, &err)) > 0) {
+ *         ... use chunk ...
+ *         qml_frame_free(chunk);
+ *     }
+ *     const qml_read_report *rep = qml_csv_report(r);   // rows_ok, rows_bad, first_bad
+ *     qml_csv_close(r);
+ *
+ * Dialect:
+ * - Records end at LF or CRLF; the last record may lack one. A lone CR is data.
+ * - A field that starts with '"' is quoted: it may hold the separator, CR and
+ *   LF, and "" stands for one quote. After the closing quote only the
+ *   separator or the end of the record may follow (spaces too when trimming);
+ *   anything else makes the row bad (reason "quote"). A quote inside an
+ *   unquoted field is kept as data, as most writers expect.
+ * - The separator is a string of 1 to 8 bytes (",", ";", "\t", ", ").
+ * - Blank lines are skipped (they are not rows). skip_lines physical lines are
+ *   dropped before anything else (Adult's test file starts with a comment).
+ * - Bytes are kept exactly; a record whose bytes are not valid UTF-8 is bad.
+ * - A cell equal to "" or to one of na_values (after trimming) is missing.
+ *
+ * Schema: with a header, the header names the columns and `fields` may give
+ * the type of any of them by name; without one, `fields` names every column
+ * in order (or the columns are called column_1, column_2, ...). Types left as
+ * QML_INFER are inferred from the first infer_rows rows (schema.h).
+ *
+ * Every chunk has the same columns and types; each chunk has its own
+ * dictionaries, so a categorical code means something only within its chunk
+ * (compare strings across chunks, or read everything with qml_csv_read_all).
+ *
+ * Bad rows (wrong field count, a cell not of its type, bad quoting, invalid
+ * UTF-8, a field over max_field_bytes) are counted in the report with the
+ * physical line where the record starts and never appended.
+ *
+ * Thread safety: a reader is used by one thread at a time.
+ */
+#ifndef QML_CSV_H
+#define QML_CSV_H
+
+#include <stddef.h>
+
+#include "core/err.h"
+#include "ml/frame.h"
+#include "ml/schema.h"
+
+typedef struct qml_csv_opts {
+    const char *sep;                /* default "," */
+    int has_header;                 /* default 1 */
+    size_t skip_lines;              /* physical lines dropped first; default 0 */
+    const char *const *na_values;   /* extra strings that mean missing ("" always does) */
+    size_t n_na_values;
+    int trim;                       /* strip spaces and tabs around fields; default 0 */
+    const qml_field_spec *fields;   /* given schema (see above), may be NULL */
+    size_t n_fields;
+    size_t infer_rows;              /* rows sampled to infer types; default 1000 */
+    size_t max_field_bytes;         /* default 1 MiB */
+    size_t max_record_bytes;        /* default 16 MiB */
+    size_t max_fields;              /* default 4096 */
+} qml_csv_opts;
+
+/* Fills o with the defaults above. */
+void qml_csv_opts_init(qml_csv_opts *o);
+
+typedef struct qml_csv_reader qml_csv_reader;
+
+/* Opens a file and reads the header and the inference sample. The options
+ * (and the strings they point to) are copied. Returns NULL with err filled:
+ * QN_NOT_FOUND / QN_INTERNAL for I/O, QN_INVALID_ARGUMENT for bad options, a
+ * bad header or a schema naming a column the header lacks. An empty file
+ * yields a reader with no rows (and no columns unless fields names them). */
+qml_csv_reader *qml_csv_open(const char *path, const qml_csv_opts *o, qn_err *err);
+
+/* The same over a memory buffer, which is borrowed: it must outlive the reader. */
+qml_csv_reader *qml_csv_open_mem(const void *data, size_t len, const qml_csv_opts *o, qn_err *err);
+
+/* Reads up to max_rows good rows (max_rows > 0) into a new frame owned by the
+ * caller. Returns 1 with *chunk set, 0 at the end (*chunk NULL), or a
+ * negative code (I/O error, out of memory) with err filled. */
+int qml_csv_next(qml_csv_reader *r, size_t max_rows, qml_frame **chunk, qn_err *err);
+
+/* The report so far (owned by the reader). */
+const qml_read_report *qml_csv_report(const qml_csv_reader *r);
+
+/* The resolved schema: column count, names and types (owned by the reader). */
+size_t qml_csv_ncols(const qml_csv_reader *r);
+const char *qml_csv_col_name(const qml_csv_reader *r, size_t i);
+qml_type qml_csv_col_type(const qml_csv_reader *r, size_t i);
+
+void qml_csv_close(qml_csv_reader *r);
+
+/* Reads a whole file into one frame (one set of dictionaries). rep may be
+ * NULL. Returns 0 and *out, or a negative code with err filled. */
+int qml_csv_read_all(const char *path, const qml_csv_opts *o, qml_frame **out,
+                     qml_read_report *rep, qn_err *err);
+int qml_csv_read_all_mem(const void *data, size_t len, const qml_csv_opts *o, qml_frame **out,
+                         qml_read_report *rep, qn_err *err);
+
+#endif
