@@ -16,6 +16,7 @@ PKGS=(
   libsqlite3-dev       # embedded storage and the embedded bus
   libssl-dev           # libcrypto: SHA-256 of blobs, HMAC, random ids
   libcurl4-openssl-dev # HTTP client between services, CLI and tests
+  librabbitmq-dev      # rabbitmq-c: the amqp:// backend of the bus (scale-out twin of sqlite://)
   # libquern-ml
   libopenblas-dev      # BLAS for ALS (sgemm/ssyrk)
   liblapacke-dev       # LAPACKE for closed-form ridge regression
@@ -27,6 +28,7 @@ PKGS=(
   python3-numpy        # reference checks: .npy round trip, ALS reference step
   python3-scipy        # reference checks: drift statistics vs scipy.stats
   python3-xgboost      # reference checks: a Python-trained model predicts identically
+  rabbitmq-server      # bus contract tests start a private broker (and restart it mid-stream)
   curl                 # black-box tests and the demo talk HTTP from the shell
   xz-utils             # the shipped data sets are xz-compressed (data/)
   clang                # fuzz targets (libFuzzer) and sanitizer builds
