@@ -1,46 +1,30 @@
 /*
  * events.c - the registry's outbox of CloudEvents.
  *
- * Events are appended in the same transaction as the change they describe,
- * so a promotion and its quern.model.promoted event commit together or not at
- * all. The bus publisher drains this table in seq order (marking
- * published_at); GET /v1/events lets operators and tests read it.
+ * Events are appended to the outbox in the same transaction as the change
+ * they describe, so a promotion and its quern.model.promoted event commit
+ * together or not at all; core/outbox publishes them to the bus in order.
+ * GET /v1/events lets operators and tests read the outbox (published rows are
+ * kept for a day).
  */
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bus/bus.h"
 #include "core/json.h"
-#include "core/trace.h"
+#include "core/outbox.h"
 #include "core/validate.h"
 #include "registry/registry.h"
 
 int reg_event_append(qn_conn *c, const char *type, json_t *data, const char *traceparent,
                      qn_err *err)
 {
-    char id[QN_UUID_LEN + 1], t[32];
-    qn_uuid4(id);
-    qn_time_rfc3339(qn_now_ms(), t);
-    json_t *ev = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:o}", "specversion", "1.0", "id", id,
-                           "source", "quern-registry", "type", type, "time", t, "datacontenttype",
-                           "application/json", "data", data);
+    json_t *ev = qn_event_new(type, "quern-registry", data, traceparent);
     if (!ev)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-    if (traceparent)
-        json_object_set_new(ev, "traceparent", json_string(traceparent));
-    char *body = qn_json_canonical(ev);
+    int rc = qn_outbox_append(c, ev, err);
     json_decref(ev);
-    if (!body)
-        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-    int rc = QN_INTERNAL;
-    qn_stmt *st = qn_prepare(c, "INSERT INTO events (id, type, body) VALUES (?, ?, ?)", err);
-    if (st) {
-        qn_bind_text(st, 1, id, -1);
-        qn_bind_text(st, 2, type, -1);
-        qn_bind_text(st, 3, body, -1);
-        rc = qn_step(st, err);
-    }
-    free(body);
-    return rc < 0 ? rc : 0;
+    return rc;
 }
 
 int reg_events_list(qn_req *req, qn_res *res, void *ud)
@@ -56,7 +40,7 @@ int reg_events_list(qn_req *req, qn_res *res, void *ud)
     qn_conn *c = qn_store_acquire(r->db, &err);
     if (!c)
         goto fail;
-    qn_stmt *st = qn_prepare(c, "SELECT seq, body, published_at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+    qn_stmt *st = qn_prepare(c, "SELECT seq, body, published_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
                              &err);
     if (!st)
         goto fail;
@@ -79,20 +63,4 @@ fail:
     if (c)
         qn_store_release(r->db, c);
     return reg_fail(req, res, &err);
-}
-
-int reg_events_pending(registry *r)
-{
-    qn_err err;
-    int n = 0;
-    qn_conn *c = qn_store_acquire(r->db, &err);
-    if (!c)
-        return 0;
-    qn_stmt *st = qn_prepare(c, "SELECT COUNT(*) FROM events WHERE published_at IS NULL", &err);
-    if (st && qn_step(st, &err) == 1) {
-        n = (int)qn_col_int64(st, 0);
-        qn_step(st, &err);
-    }
-    qn_store_release(r->db, c);
-    return n;
 }

@@ -11,6 +11,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "core/outbox.h"
 #include "core/service.h"
 #include "registry/registry.h"
 
@@ -88,12 +89,7 @@ static const qn_migration migrations[] = {
      "  tags TEXT NOT NULL DEFAULT '{}',"
      "  created_at INTEGER NOT NULL,"
      "  PRIMARY KEY (dataset_id, version));"
-     "CREATE TABLE events ("
-     "  seq INTEGER PRIMARY KEY,"
-     "  id TEXT NOT NULL UNIQUE,"
-     "  type TEXT NOT NULL,"
-     "  body TEXT NOT NULL,"
-     "  published_at INTEGER)"},
+     QN_OUTBOX_SCHEMA},
 };
 
 #define MB (1024ull * 1024ull)
@@ -132,12 +128,6 @@ int reg_fail(qn_req *req, qn_res *res, const qn_err *err)
     if (err->code == QN_UNAVAILABLE)
         return qn_res_error(res, QN_UNAVAILABLE, "the registry is busy; retry shortly");
     return qn_res_error(res, QN_INTERNAL, "internal error");
-}
-
-static void render_hook(qn_metrics *m, void *ud)
-{
-    registry *r = ud;
-    qn_gauge_set(r->events_pending, NULL, reg_events_pending(r));
 }
 
 static int registry_start(qn_service_ctx *ctx, qn_err *err)
@@ -179,9 +169,16 @@ static int registry_start(qn_service_ctx *ctx, qn_err *err)
                                              "Model versions registered.", NULL);
     r->alias_moves = qn_metrics_counter(ctx->metrics, "quern_registry_alias_moves_total",
                                         "Alias moves (promotions).", NULL);
-    r->events_pending = qn_metrics_gauge(ctx->metrics, "quern_registry_events_pending",
-                                         "Events in the outbox not yet published to the bus.", NULL);
-    qn_metrics_on_render(ctx->metrics, render_hook, r);
+    qn_bus_opts bo = {.metrics = ctx->metrics};
+    r->bus = qn_bus_open(cfg->common.bus, &bo, err);
+    if (!r->bus || !(r->outbox = qn_outbox_start(r->db, r->bus, "quern-registry", ctx->metrics, err))) {
+        qn_bus_close(r->bus);
+        qn_store_close(r->db);
+        free(r->blob_dir);
+        free(r->tmp_dir);
+        free(r);
+        return err->code;
+    }
 
     for (size_t i = 0; i < QN_NELEM(routes); i++)
         if (routes[i].stream == reg_blob_put_chunk)
@@ -199,6 +196,11 @@ static void registry_stop(qn_service_ctx *ctx)
     registry *r = ctx->ud;
     if (!r)
         return;
+    if (qn_outbox_flush(r->outbox, 5000) < 0)
+        qn_log_warn(NULL, "events left in the outbox for the next start", "{s:I}", "pending",
+                    (json_int_t)qn_outbox_pending(r->outbox));
+    qn_outbox_stop(r->outbox);
+    qn_bus_close(r->bus);
     qn_store_close(r->db);
     free(r->blob_dir);
     free(r->tmp_dir);

@@ -964,6 +964,7 @@ int reg_aliases_put(qn_req *req, qn_res *res, void *ud)
     if (qn_tx_commit(c, &err) < 0)
         goto fail;
     qn_store_release(r->db, c);
+    qn_outbox_kick(r->outbox);
     if (previous != version) {
         qn_counter_add(r->alias_moves, NULL, 1);
         qn_log_info(qn_req_trace_id(req), "alias moved", "{s:s, s:s, s:I, s:I}", "model", name, "alias",

@@ -5,22 +5,26 @@
  * content-addressed blobs (DESIGN.md section 4). Metadata lives in one SQLite
  * database (through core/store), blobs are files named by their SHA-256 under
  * <data>/blobs/sha256/<2 hex>/<64 hex>, and every alias move appends a
- * CloudEvent to the events table (an outbox the bus drains).
+ * CloudEvent to the outbox table, which core/outbox drains to the bus.
  *
  * Modules: main.c (config, routes, start/stop), models.c (models, versions,
- * aliases), datasets.c, blobs.c, events.c (the outbox).
+ * aliases), datasets.c, blobs.c, events.c (events into and out of the outbox).
  */
 #ifndef QUERN_REGISTRY_H
 #define QUERN_REGISTRY_H
 
 #include <jansson.h>
 
+#include "core/bus/bus.h"
 #include "core/http.h"
 #include "core/metrics.h"
+#include "core/outbox.h"
 #include "core/store/store.h"
 
 typedef struct registry {
     qn_store *db;
+    qn_bus *bus;
+    qn_outbox *outbox;       /* quern.model.promoted leaves through here */
     char *blob_dir;          /* <data>/blobs/sha256 */
     char *tmp_dir;           /* <data>/blobs/tmp: uploads in progress */
     long long max_blob;      /* bytes */
@@ -28,7 +32,6 @@ typedef struct registry {
     qn_metric *blob_bytes;
     qn_metric *versions_created;
     qn_metric *alias_moves;
-    qn_metric *events_pending;
 } registry;
 
 /* Answers a storage failure: client codes pass their message through, busy
@@ -71,6 +74,5 @@ int reg_manifest_check_blobs(const registry *r, const json_t *manifest, qn_err *
 int reg_event_append(qn_conn *c, const char *type, json_t *data /* stolen */,
                      const char *traceparent, qn_err *err);
 int reg_events_list(qn_req *req, qn_res *res, void *ud);
-int reg_events_pending(registry *r);
 
 #endif

@@ -1,0 +1,140 @@
+/* subscriber.c - the consume/dedupe/handle/ack loop (see subscriber.h). */
+#include "core/subscriber.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/json.h"
+#include "core/log.h"
+
+#define RECEIVE_MS 200
+
+struct qn_subscriber {
+    qn_consumer *consumer;
+    qn_store *db;
+    qn_event_handler fn;
+    void *ud;
+    char *group;
+    pthread_t thread;
+    atomic_int stopping;
+};
+
+int qn_inbox_seen(qn_conn *c, const char *id, qn_err *err)
+{
+    qn_stmt *st = qn_prepare(c, "SELECT 1 FROM inbox WHERE id = ?", err);
+    if (!st)
+        return err->code;
+    qn_bind_text(st, 1, id, -1);
+    int rc = qn_step(st, err);
+    if (rc == 1)
+        qn_step(st, err);
+    return rc;
+}
+
+int qn_inbox_mark(qn_conn *c, const char *id, qn_err *err)
+{
+    qn_stmt *st = qn_prepare(c, "INSERT INTO inbox (id, received_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING", err);
+    if (!st)
+        return err->code;
+    qn_bind_text(st, 1, id, -1);
+    qn_bind_int64(st, 2, qn_now_ms());
+    int rc = qn_step(st, err);
+    return rc < 0 ? rc : 0;
+}
+
+/* Runs f(conn, id) on a pooled connection; returns its result. */
+static int with_conn(qn_store *db, int (*f)(qn_conn *, const char *, qn_err *), const char *id,
+                     qn_err *err)
+{
+    qn_conn *c = qn_store_acquire(db, err);
+    if (!c)
+        return err->code;
+    int rc = f(c, id, err);
+    qn_store_release(db, c);
+    return rc;
+}
+
+static void *run(void *arg)
+{
+    qn_subscriber *s = arg;
+    while (!atomic_load(&s->stopping)) {
+        qn_msg *msg = NULL;
+        qn_err err;
+        int rc = qn_consumer_receive(s->consumer, RECEIVE_MS, &msg, &err);
+        if (rc < 0) {
+            qn_log_warn(NULL, "bus receive failed", "{s:s, s:s}", "group", s->group, "detail", err.msg);
+            struct timespec nap = {0, 200 * 1000000};
+            nanosleep(&nap, NULL);
+            continue;
+        }
+        if (rc == 0)
+            continue;
+        const char *tp = json_string_value(json_object_get(msg->event, "traceparent"));
+        char tid[33] = "";
+        if (tp && strlen(tp) >= 35)
+            memcpy(tid, tp + 3, 32);
+        if (s->db && with_conn(s->db, qn_inbox_seen, msg->id, &err) == 1) {
+            qn_log_debug(tid[0] ? tid : NULL, "duplicate event skipped", "{s:s, s:s}", "id", msg->id,
+                         "type", msg->topic);
+            qn_consumer_ack(s->consumer, msg, &err);
+            qn_msg_free(msg);
+            continue;
+        }
+        rc = s->fn(msg, s->ud, &err);
+        if (rc < 0) {
+            qn_log_warn(tid[0] ? tid : NULL, "event handler failed; it will be redelivered",
+                        "{s:s, s:s, s:i, s:s}", "id", msg->id, "type", msg->topic, "attempt",
+                        msg->attempt, "detail", err.msg);
+            qn_consumer_nack(s->consumer, msg, &err);
+        } else {
+            if (s->db && with_conn(s->db, qn_inbox_mark, msg->id, &err) < 0)
+                qn_log_warn(NULL, "cannot record handled event", "{s:s, s:s}", "id", msg->id, "detail",
+                            err.msg);
+            qn_consumer_ack(s->consumer, msg, &err);
+        }
+        qn_msg_free(msg);
+    }
+    return NULL;
+}
+
+qn_subscriber *qn_subscriber_start(qn_bus *bus, const char *group, const char *const *patterns,
+                                   qn_store *db, qn_event_handler fn, void *ud, qn_err *err)
+{
+    qn_subscriber *s = calloc(1, sizeof *s);
+    if (!s || !(s->group = strdup(group))) {
+        free(s);
+        qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    s->db = db;
+    s->fn = fn;
+    s->ud = ud;
+    s->consumer = qn_bus_subscribe(bus, group, patterns, err);
+    if (!s->consumer) {
+        free(s->group);
+        free(s);
+        return NULL;
+    }
+    if (pthread_create(&s->thread, NULL, run, s) != 0) {
+        qn_consumer_close(s->consumer);
+        free(s->group);
+        free(s);
+        qn_err_set(err, QN_RESOURCE_EXHAUSTED, "cannot start a consumer thread");
+        return NULL;
+    }
+    return s;
+}
+
+void qn_subscriber_stop(qn_subscriber *s)
+{
+    if (!s)
+        return;
+    atomic_store(&s->stopping, 1);
+    pthread_join(s->thread, NULL);
+    qn_consumer_close(s->consumer);
+    free(s->group);
+    free(s);
+}

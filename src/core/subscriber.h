@@ -1,0 +1,50 @@
+/*
+ * subscriber.h - a bus consumer on its own thread, with deduplication.
+ *
+ * Every service that reacts to events runs the same loop: receive, skip what
+ * was already handled (the bus delivers at least once), call the handler,
+ * ack on success, nack on failure (the bus redelivers later, then
+ * dead-letters). Deduplication is by CloudEvent id in an `inbox` table of
+ * the service's own store.
+ *
+ *     static const qn_migration migrations[] = {{1, "..." QN_INBOX_SCHEMA}};
+ *
+ *     static int on_promoted(const qn_msg *msg, void *ud, qn_err *err)
+ *     {
+ *         ... return 0 to ack, a negative code to have it redelivered
+ *     }
+ *     static const char *const topics[] = {"quern.model.promoted", NULL};
+ *     qn_subscriber *s = qn_subscriber_start(bus, "serve", topics, db, on_promoted, st, &err);
+ *     ...
+ *     qn_subscriber_stop(s);     // finishes the message in hand, then stops
+ *
+ * A handler that must change the store exactly once per event marks the id
+ * itself, with qn_inbox_mark in its own transaction: the later mark by the
+ * loop is then a no-op.
+ */
+#ifndef QN_SUBSCRIBER_H
+#define QN_SUBSCRIBER_H
+
+#include "core/bus/bus.h"
+#include "core/err.h"
+#include "core/store/store.h"
+
+#define QN_INBOX_SCHEMA "CREATE TABLE inbox (id TEXT PRIMARY KEY, received_at INTEGER NOT NULL);"
+
+typedef int (*qn_event_handler)(const qn_msg *msg, void *ud, qn_err *err);
+
+typedef struct qn_subscriber qn_subscriber;
+
+/* Subscribes group to patterns (NULL-terminated) and starts the thread.
+ * db may be NULL (no deduplication). NULL with err on failure. */
+qn_subscriber *qn_subscriber_start(qn_bus *bus, const char *group, const char *const *patterns,
+                                   qn_store *db, qn_event_handler fn, void *ud, qn_err *err);
+/* Stops the thread (after the message in hand) and closes the consumer. */
+void qn_subscriber_stop(qn_subscriber *s);
+
+/* 1 when event id was handled already, 0 if not, negative on error. */
+int qn_inbox_seen(qn_conn *c, const char *id, qn_err *err);
+/* Records id as handled (idempotent). */
+int qn_inbox_mark(qn_conn *c, const char *id, qn_err *err);
+
+#endif
