@@ -571,6 +571,29 @@ static void test_unseen_category_is_drift(void **state)
     qml_frame_free(cur);
 }
 
+/* The fuzz seeds: valid.json must load (so fuzzing starts past the checks),
+ * the broken ones must not. */
+static void test_fuzz_seeds(void **state)
+{
+    const char *src = getenv("QUERN_SOURCE_DIR");
+    const char *names[] = {"valid", "single", "bad_hist_sum", "bad_edges", "dup_category",
+                           "truncated"};
+    for (int i = 0; i < 6; i++) {
+        char path[4096], buf[8192];
+        snprintf(path, sizeof path, "%s/tests/fuzz/corpus/fuzz_profile_json/%s.json", src,
+                 names[i]);
+        FILE *f = fopen(path, "rb");
+        assert_non_null(f);
+        size_t n = fread(buf, 1, sizeof buf, f);
+        fclose(f);
+        qn_err err;
+        qml_profile *p = NULL;
+        int rc = qml_profile_from_json(buf, n, &p, &err);
+        assert_int_equal(rc, i < 2 ? 0 : QN_INVALID_ARGUMENT);
+        qml_profile_free(p);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -581,6 +604,7 @@ int main(void)
         cmocka_unit_test(test_dataset_share_rule),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_unseen_category_is_drift),
+        cmocka_unit_test(test_fuzz_seeds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
