@@ -795,6 +795,89 @@ out:
     return rc;
 }
 
+/* One profiled column against one current column: checks, method and
+ * threshold resolution, the statistic, the verdict. ft->column is set by the
+ * caller. */
+static int column_drift(const qml_profile *p, const qml_profile_column *pc,
+                        const qml_column *col, const qml_drift_opts *o, qml_drift_feature *ft,
+                        qn_err *err)
+{
+    int rc;
+    int cur_cat = col->type == QML_CATEGORICAL || col->type == QML_BOOLEAN;
+    if (cur_cat != pc->categorical)
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "column %s: %s in the current window but %s in the profile",
+                          pc->name, qml_type_name(col->type), qml_type_name(pc->type));
+    if (pc->count == 0)
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "column %s: every reference value is missing", pc->name);
+    if (col->len == col->n_missing)
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "column %s: every current value is missing", pc->name);
+    ft->method = QML_DRIFT_AUTO;
+    ft->threshold = NAN;
+    ft->p_value = NAN;
+    for (size_t j = 0; j < o->n_columns; j++)
+        if (strcmp(o->columns[j].column, pc->name) == 0) {
+            ft->method = o->columns[j].method;
+            ft->threshold = o->columns[j].threshold;
+        }
+    if (ft->method == QML_DRIFT_AUTO)
+        ft->method = qml_drift_default_method(o, pc->categorical, pc->ncat + (pc->other > 0),
+                                              (size_t)p->nrows);
+    if (isnan(ft->threshold))
+        ft->threshold = qml_drift_default_threshold(o, ft->method);
+    rc = pc->categorical ? categorical_drift(pc, col, o, ft, err)
+                         : numeric_drift(pc, col, o, ft, err);
+    if (rc < 0) {
+        /* the statistics name themselves; add the column unless already there */
+        if (err && strncmp(err->msg, "column ", 7) != 0)
+            qn_err_wrap(err, "column %s", pc->name);
+        return rc;
+    }
+    ft->drifted = qml_drift_method_is_test(ft->method) ? ft->p_value <= ft->threshold
+                                                       : ft->statistic >= ft->threshold;
+    return 0;
+}
+
+int qml_profile_drift_values(const qml_profile *p, const char *column, const double *values,
+                             size_t n, const qml_drift_opts *o, qml_drift_feature *out,
+                             qn_err *err)
+{
+    qml_drift_opts def;
+    if (!o) {
+        qml_drift_opts_default(&def);
+        o = &def;
+    }
+    memset(out, 0, sizeof *out);
+    size_t i = 0;
+    while (i < p->ncols && strcmp(p->cols[i].name, column) != 0)
+        i++;
+    if (i == p->ncols)
+        return qn_err_set(err, QN_NOT_FOUND, "column %s: not in the profile", column);
+    if (p->cols[i].categorical)
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "column %s: categorical in the profile; pass a frame", column);
+    /* A borrowed view: values as a numeric column, NaN as missing. */
+    qml_column col = {.name = (char *)column, .type = QML_NUMERIC, .len = n, .cap = n,
+                      .num = (double *)values};
+    col.missing = calloc(n ? n : 1, 1);
+    if (!col.missing)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "column %s: out of memory", column);
+    for (size_t k = 0; k < n; k++)
+        if (isnan(values[k])) {
+            col.missing[k] = 1;
+            col.n_missing++;
+        }
+    int rc = column_drift(p, &p->cols[i], &col, o, out, err);
+    free(col.missing);
+    if (rc < 0)
+        return rc;
+    if (!(out->column = strdup(column)))
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "column %s: out of memory", column);
+    return 0;
+}
+
 int qml_profile_drift(const qml_profile *p, const qml_frame *cur, const qml_drift_opts *o,
                       qml_drift_report **out, qn_err *err)
 {
@@ -832,46 +915,9 @@ int qml_profile_drift(const qml_profile *p, const qml_frame *cur, const qml_drif
                             "column %s: absent from the current window", pc->name);
             goto out;
         }
-        const qml_column *col = qml_frame_col(cur, (size_t)ci);
-        int cur_cat = col->type == QML_CATEGORICAL || col->type == QML_BOOLEAN;
-        if (cur_cat != pc->categorical) {
-            rc = qn_err_set(err, QN_INVALID_ARGUMENT,
-                            "column %s: %s in the current window but %s in the profile",
-                            pc->name, qml_type_name(col->type), qml_type_name(pc->type));
+        rc = column_drift(p, pc, qml_frame_col(cur, (size_t)ci), o, ft, err);
+        if (rc < 0)
             goto out;
-        }
-        if (pc->count == 0) {
-            rc = qn_err_set(err, QN_INVALID_ARGUMENT,
-                            "column %s: every reference value is missing", pc->name);
-            goto out;
-        }
-        if (col->len == col->n_missing) {
-            rc = qn_err_set(err, QN_INVALID_ARGUMENT,
-                            "column %s: every current value is missing", pc->name);
-            goto out;
-        }
-        ft->method = QML_DRIFT_AUTO;
-        ft->threshold = NAN;
-        ft->p_value = NAN;
-        for (size_t j = 0; j < o->n_columns; j++)
-            if (strcmp(o->columns[j].column, pc->name) == 0) {
-                ft->method = o->columns[j].method;
-                ft->threshold = o->columns[j].threshold;
-            }
-        if (ft->method == QML_DRIFT_AUTO)
-            ft->method = qml_drift_default_method(o, pc->categorical, pc->ncat + (pc->other > 0),
-                                                  (size_t)p->nrows);
-        if (isnan(ft->threshold))
-            ft->threshold = qml_drift_default_threshold(o, ft->method);
-        rc = pc->categorical ? categorical_drift(pc, col, o, ft, err)
-                             : numeric_drift(pc, col, o, ft, err);
-        if (rc < 0) {
-            if (strncmp(err ? err->msg : "", "column ", 7) != 0)
-                qn_err_wrap(err, "column %s", pc->name);
-            goto out;
-        }
-        ft->drifted = qml_drift_method_is_test(ft->method) ? ft->p_value <= ft->threshold
-                                                           : ft->statistic >= ft->threshold;
     }
     qml_drift_report_finish(r, o->share_threshold);
 out:

@@ -113,4 +113,12 @@ int qml_profile_from_json(const char *json, size_t len, qml_profile **out, qn_er
 int qml_profile_drift(const qml_profile *p, const qml_frame *cur, const qml_drift_opts *o,
                       qml_drift_report **out, qn_err *err);
 
+/* One numeric column given as plain values (NaN = missing), for callers that
+ * keep windows as arrays: the same checks, choice and statistic as
+ * qml_profile_drift. Fills *out (out->column is malloc'ed: free it). Returns
+ * 0, QN_NOT_FOUND for an unknown column, QN_INVALID_ARGUMENT as above. */
+int qml_profile_drift_values(const qml_profile *p, const char *column, const double *values,
+                             size_t n, const qml_drift_opts *o, qml_drift_feature *out,
+                             qn_err *err);
+
 #endif

@@ -434,6 +434,23 @@ static void test_shifted_column_flagged(void **state)
         }
         assert_int_equal(r->n_drifted, 1);
         assert_false(r->dataset_drift);  /* 1/4 < 0.5 */
+
+        /* The same column as a plain array (NaN = missing) gives the same answer. */
+        const qml_column *cx = qml_frame_col(cur, 0);
+        double *vals = malloc(cx->len * sizeof *vals);
+        for (size_t i = 0; i < cx->len; i++)
+            vals[i] = cx->missing[i] ? NAN : cx->num[i];
+        qml_drift_feature fv;
+        assert_int_equal(qml_profile_drift_values(p, "x", vals, cx->len, &o, &fv, &err), 0);
+        assert_int_equal(fv.method, x->method);
+        assert_true(fv.statistic == x->statistic && fv.drifted == x->drifted);
+        assert_int_equal(fv.n_current, cx->len - cx->n_missing);
+        free(fv.column);
+        assert_int_equal(qml_profile_drift_values(p, "c", vals, cx->len, &o, &fv, &err),
+                         QN_INVALID_ARGUMENT);
+        assert_int_equal(qml_profile_drift_values(p, "nope", vals, cx->len, &o, &fv, &err),
+                         QN_NOT_FOUND);
+        free(vals);
         qml_drift_report_free(r);
 
         /* Per-column overrides: method and threshold, and a looser share rule. */
