@@ -441,10 +441,13 @@ int qml_ks_2samp_sorted(const double *a, size_t na, const double *b, size_t nb,
     size_t pi = 0, pj = 0, ni = 0, nj = 0;
     while (i < na && j < nb) {
         double v = a[i] < b[j] ? a[i] : b[j];
+        size_t i0 = i, j0 = j;
         while (i < na && a[i] == v)
             i++;
         while (j < nb && b[j] == v)
             j++;
+        if (i == i0 && j == j0)  /* only NaN compares unequal to itself */
+            return qn_err_set(err, QN_INVALID_ARGUMENT, "ks_2samp: a sample contains NaN");
         int64_t diff = (int64_t)i * n2 - (int64_t)j * n1;
         if (diff > best_pos) {
             best_pos = diff;
@@ -503,6 +506,10 @@ int qml_ks_2samp(const double *a, size_t na, const double *b, size_t nb, qml_ks_
     if (na == 0 || nb == 0)
         return qn_err_set(err, QN_INVALID_ARGUMENT,
                           "ks_2samp: %s sample is empty", na == 0 ? "first" : "second");
+    for (size_t i = 0; i < na || i < nb; i++)
+        if ((i < na && isnan(a[i])) || (i < nb && isnan(b[i])))
+            return qn_err_set(err, QN_INVALID_ARGUMENT, "ks_2samp: %s sample contains NaN",
+                              i < na && isnan(a[i]) ? "first" : "second");
     double *sa = sorted_copy(a, na), *sb = sorted_copy(b, nb);
     int rc;
     if (!sa || !sb)

@@ -60,12 +60,13 @@ typedef struct qml_ks_result {
 
 /* Two-sample two-sided KS test of a (na values) against b (nb values), as
  * scipy.stats.ks_2samp(a, b, method=mode). The inputs are not modified (sorted
- * copies are made). NaNs are the caller's to remove. Returns 0, or
- * QN_INVALID_ARGUMENT for an empty sample, QN_RESOURCE_EXHAUSTED. */
+ * copies are made). Returns 0, or QN_INVALID_ARGUMENT for an empty sample or
+ * a NaN, QN_RESOURCE_EXHAUSTED. */
 int qml_ks_2samp(const double *a, size_t na, const double *b, size_t nb, qml_ks_mode mode,
                  qml_ks_result *out, qn_err *err);
 
-/* The same on inputs already sorted ascending; allocates nothing. */
+/* The same on inputs already sorted ascending (not checked; a NaN met on the
+ * walk is an error rather than a hang); allocates nothing. */
 int qml_ks_2samp_sorted(const double *a, size_t na, const double *b, size_t nb,
                         qml_ks_mode mode, qml_ks_result *out, qn_err *err);
 

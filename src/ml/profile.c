@@ -655,8 +655,14 @@ static int numeric_drift(const qml_profile_column *pc, const qml_column *col,
     if (!cur)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "column %s: out of memory", pc->name);
     for (size_t i = 0; i < col->len; i++)
-        if (!col->missing[i])
+        if (!col->missing[i]) {
+            if (!isfinite(col->num[i])) {
+                rc = qn_err_set(err, QN_INVALID_ARGUMENT,
+                                "column %s: current value at row %zu is not finite", pc->name, i);
+                goto out;
+            }
             cur[k++] = col->num[i];
+        }
     ft->n_current = n;
     switch (ft->method) {
     case QML_DRIFT_KS:

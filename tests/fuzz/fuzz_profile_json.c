@@ -4,6 +4,7 @@
  * whatever loads must also survive a JSON re-dump and a drift run against a
  * small fixed window, since that is what quern-monitor does with it next.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +77,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 qml_drift_report_free(r);
         }
         qml_frame_free(f);
+    }
+    static const double vals[5] = {-1.5, 0, NAN, 0.25, 3e9};
+    for (size_t i = 0; i < p->ncols; i++) {
+        qml_drift_feature ft;
+        if (qml_profile_drift_values(p, p->cols[i].name, vals, 5, NULL, &ft, &err) == 0)
+            free(ft.column);
     }
     qml_profile_free(p);
     return 0;
