@@ -16,6 +16,7 @@
 #include "core/json.h"
 #include "core/log.h"
 #include "core/validate.h"
+#include "ml/bundle.h"
 #include "registry/registry.h"
 
 #define MAX_VERSION 1000000000LL
@@ -382,33 +383,23 @@ fail:
 
 /* ---- versions ------------------------------------------------------------ */
 
-/* The manifest of a model version (DESIGN.md section 4). Only what the
- * registry relies on is checked here; libquern-ml validates the rest when it
- * loads the bundle. */
-static int check_model_manifest(const registry *r, const json_t *m, qn_err *err)
+/* The manifest of a model version (DESIGN.md section 4) is validated by
+ * libquern-ml, the code that will load the bundle, so the registry never
+ * stores a manifest that serve would refuse; the registry adds what only it
+ * can check: every file is a stored blob. digest gets the manifest's digest. */
+static int check_model_manifest(const registry *r, const json_t *m, char digest[QML_DIGEST_STR],
+                                qn_err *err)
 {
-    static const char *const kinds[] = {"als", "logistic", "linear", "xgboost", NULL};
-    const char *format = NULL, *kind = NULL;
-    json_t *files = NULL;
-    if (!json_is_object(m))
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "field \"manifest\" must be an object");
-    if (qn_json_str(m, "format", 1, 64, &format, err) < 0)
+    qml_manifest *mf = NULL;
+    char *text = qn_json_canonical(m);
+    int rc = text ? qml_manifest_parse(text, strlen(text), &mf, err)
+                  : qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    free(text);
+    if (rc == 0)
+        rc = qml_manifest_digest(mf, digest, err);
+    qml_manifest_free(mf);
+    if (rc < 0)
         return qn_err_wrap(err, "manifest");
-    if (strcmp(format, "quern.model/1") != 0)
-        return qn_err_set(err, QN_INVALID_ARGUMENT,
-                          "manifest format \"%.64s\" is not supported; use \"quern.model/1\"", format);
-    if (qn_json_str(m, "kind", 1, 64, &kind, err) < 0)
-        return qn_err_wrap(err, "manifest");
-    int known = 0;
-    for (const char *const *k = kinds; *k; k++)
-        known |= strcmp(*k, kind) == 0;
-    if (!known)
-        return qn_err_set(err, QN_INVALID_ARGUMENT,
-                          "manifest kind \"%.64s\" is unknown; use als, logistic, linear or xgboost", kind);
-    if (qn_json_obj(m, "files", 1, &files, err) < 0)
-        return qn_err_wrap(err, "manifest");
-    if (json_object_size(files) == 0)
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "manifest \"files\" is empty; a model needs its files");
     return reg_manifest_check_blobs(r, m, err);
 }
 
@@ -463,6 +454,7 @@ int reg_versions_create(qn_req *req, qn_res *res, void *ud)
     qn_err err;
     const char *name, *desc = "";
     json_t *manifest = NULL, *tags = NULL, *out = NULL;
+    char digest[QML_DIGEST_STR];
     char *manifest_text = NULL, *metrics_text = NULL, *params_text = NULL, *tags_text = NULL,
          *dataset_text = NULL;
     qn_conn *c = NULL;
@@ -475,7 +467,7 @@ int reg_versions_create(qn_req *req, qn_res *res, void *ud)
     if (qn_json_only(body, allowed, &err) < 0 || qn_json_obj(body, "manifest", 1, &manifest, &err) < 0 ||
         qn_json_str(body, "description", 0, 4096, &desc, &err) < 0 ||
         qn_json_tags(body, "tags", &tags, &err) < 0 || check_metrics_params(body, &err) < 0 ||
-        check_model_manifest(r, manifest, &err) < 0)
+        check_model_manifest(r, manifest, digest, &err) < 0)
         return qn_res_error(res, err.code, "%s", err.msg);
 
     manifest_text = qn_json_canonical(manifest);
@@ -485,10 +477,6 @@ int reg_versions_create(qn_req *req, qn_res *res, void *ud)
     params_text = qn_json_canonical(params && !json_is_null(params) ? params : json_object());
     tags_text = qn_json_canonical(tags ? tags : json_object());
     dataset_text = dataset && !json_is_null(dataset) ? qn_json_canonical(dataset) : NULL;
-    char hex[QN_SHA256_HEX + 1], digest[80];
-    qn_sha256_buf(manifest_text, strlen(manifest_text), hex);
-    snprintf(digest, sizeof digest, "sha256:%s", hex);
-
     int64_t now = qn_now_ms(), id, version;
     c = qn_store_acquire(r->db, &err);
     if (!c || qn_tx_begin(c, QN_TX_WRITE, &err) < 0)
