@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# run_bus_amqp.sh TEST_BINARY - runs the bus contract suite against a private
-# RabbitMQ broker, then the broker-restart test (the broker is killed with
-# SIGKILL mid-stream and started again; no confirmed message may be lost).
+# run_bus_amqp.sh COMMAND [ARGS...] - starts a private RabbitMQ broker, runs
+# COMMAND with QUERN_TEST_AMQP set to its URL, and stops it. CTest runs the
+# bus test binary this way: the contract suite against the broker, then the
+# broker-restart test (the broker is killed with SIGKILL mid-stream and started
+# again; no confirmed message may be lost). bench/bench_bus runs the same way.
 #
 # The broker is ours alone: its own epmd, node name, ports (free loopback
 # ports picked at start), Mnesia and log directories and Erlang cookie under
@@ -92,7 +94,7 @@ if [ "${1:-}" = "--restart" ]; then
     exit 0
 fi
 
-test_bin=${1:?usage: run_bus_amqp.sh TEST_BINARY}
+: "${1:?usage: run_bus_amqp.sh COMMAND [ARGS...]}"
 if [ ! -x "$RMQ_BIN/rabbitmq-server" ] || [ -z "$EPMD" ]; then
     echo "run_bus_amqp: rabbitmq-server is not installed (scripts/deps.sh); skipping" >&2
     exit 77
@@ -144,4 +146,4 @@ echo "run_bus_amqp: broker up on 127.0.0.1:$amqp_port in $(( $(date +%s) - t0 ))
 
 export QUERN_TEST_AMQP="amqp://guest:guest@127.0.0.1:$amqp_port/"
 export QUERN_TEST_AMQP_RESTART="bash '$0' --restart '$dir'"
-"$test_bin"
+"$@"
