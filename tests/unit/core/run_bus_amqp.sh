@@ -73,8 +73,9 @@ start_broker() {
 kill_broker() {
     local dir=$1 sig=${2:-KILL} pid
     for f in broker.pid wrapper.pid; do
-        [ -s "$dir/$f" ] || continue
-        pid=$(cat "$dir/$f")
+        # the broker removes its PID file when it stops: read it once, tolerantly
+        pid=$(cat "$dir/$f" 2>/dev/null || true)
+        [ -n "$pid" ] || continue
         kill -"$sig" "$pid" 2>/dev/null || true
         for _ in $(seq 1 100); do
             kill -0 "$pid" 2>/dev/null || break
@@ -104,6 +105,7 @@ dir=$(mktemp -d "${TMPDIR:-/tmp}/quern-rmq.XXXXXX")
 epmd_pid=""
 cleanup() {
     local rc=$?
+    set +e
     if [ -f "$dir/env.sh" ]; then
         # shellcheck disable=SC1091
         . "$dir/env.sh"
