@@ -31,6 +31,7 @@
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
+#include <grpc/support/log.h>
 #include <grpc/support/time.h>
 #include <errno.h>
 #include <pthread.h>
@@ -1179,6 +1180,17 @@ static void metrics_init(serve_grpc *g, qn_metrics *m)
                                       handled_labels);
 }
 
+/* gRPC core's own log lines (bind failures, transport errors) go out as
+ * the service's JSON lines rather than gRPC's plain stderr format. */
+static void grpc_log_to_qn(gpr_log_func_args *a)
+{
+    qn_log_level lv = a->severity == GPR_LOG_SEVERITY_ERROR  ? QN_LOG_ERROR
+                      : a->severity == GPR_LOG_SEVERITY_INFO ? QN_LOG_INFO
+                                                             : QN_LOG_DEBUG;
+    qn_log(lv, NULL, a->message, "{s:s, s:s, s:i}", "component", "grpc", "file",
+           a->file ? a->file : "", "line", a->line);
+}
+
 serve_grpc *serve_grpc_start(const char *listen, const oip_backend *backend, qn_metrics *metrics,
                              qn_err *err)
 {
@@ -1191,13 +1203,17 @@ serve_grpc *serve_grpc_start(const char *listen, const oip_backend *backend, qn_
         qn_err_set(err, QN_RESOURCE_EXHAUSTED, "grpc: out of memory");
         return NULL;
     }
+    gpr_set_log_function(grpc_log_to_qn);
     grpc_init();
     g->be = backend;
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->cv, NULL);
     metrics_init(g, metrics);
 
-    grpc_arg args[2];
+    /* Message bounds both ways; no SO_REUSEPORT (gRPC's default on Linux),
+     * so a second server on our port fails to start instead of silently
+     * taking half the connections. */
+    grpc_arg args[3];
     memset(args, 0, sizeof args);
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -1205,7 +1221,10 @@ serve_grpc *serve_grpc_start(const char *listen, const oip_backend *backend, qn_
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
     args[1].value.integer = SERVE_GRPC_MAX_MESSAGE;
-    grpc_channel_args cargs = {.num_args = 2, .args = args};
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = (char *)GRPC_ARG_ALLOW_REUSEPORT;
+    args[2].value.integer = 0;
+    grpc_channel_args cargs = {.num_args = 3, .args = args};
     g->server = grpc_server_create(&cargs, NULL);
     g->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(g->server, g->cq, NULL);
