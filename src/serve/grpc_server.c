@@ -245,6 +245,42 @@ static const char *find_traceparent(const grpc_metadata_array *md, char buf[TRAC
     return NULL;
 }
 
+/* Decoding can multiply a message's size (a packed bool is 1 byte on the
+ * wire and 4 in memory, an empty bytes element 2 and 16), so ModelInfer
+ * requests are unpacked through an allocator with a budget: past it
+ * protobuf-c fails cleanly and the call gets RESOURCE_EXHAUSTED. */
+#define DECODE_BUDGET ((size_t)4 * SERVE_GRPC_MAX_MESSAGE)
+
+typedef struct budget_alloc {
+    ProtobufCAllocator base;
+    size_t used;
+    int exhausted;
+} budget_alloc;
+
+static void *budget_malloc(void *ud, size_t n)
+{
+    budget_alloc *b = ud;
+    if (n > DECODE_BUDGET - b->used) {
+        b->exhausted = 1;
+        return NULL;
+    }
+    b->used += n;
+    return malloc(n ? n : 1);
+}
+
+static void budget_free(void *ud, void *p)
+{
+    free(p);
+}
+
+static void budget_init(budget_alloc *b)
+{
+    memset(b, 0, sizeof *b);
+    b->base.alloc = budget_malloc;
+    b->base.free = budget_free;
+    b->base.allocator_data = b;
+}
+
 /* ------------------------------------------------------------------ */
 /* parameters: protobuf map <-> JSON object                            */
 
@@ -781,9 +817,17 @@ static int do_model_infer(serve_grpc *g, rpc *r, const uint8_t *in, size_t inlen
     char tp[TRACEPARENT_MAX];
     int rc = 0;
     qn_arena *a = NULL;
-    Inference__ModelInferRequest *rq = inference__model_infer_request__unpack(NULL, inlen, in);
+    budget_alloc ba;
+    budget_init(&ba);
+    Inference__ModelInferRequest *rq =
+        inference__model_infer_request__unpack(&ba.base, inlen, in);
     if (!rq) {
-        rc = qn_err_set(err, QN_INVALID_ARGUMENT, "ModelInferRequest: not a valid message");
+        if (ba.exhausted)
+            rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED,
+                            "ModelInferRequest: decoding it needs more than %zu MiB",
+                            DECODE_BUDGET >> 20);
+        else
+            rc = qn_err_set(err, QN_INVALID_ARGUMENT, "ModelInferRequest: not a valid message");
         goto out;
     }
     if (!(a = qn_arena_new(0))) {
@@ -866,7 +910,7 @@ out:
     oip_response_free(&ors);
     qn_arena_free(a);
     if (rq)
-        inference__model_infer_request__free_unpacked(rq, NULL);
+        inference__model_infer_request__free_unpacked(rq, &ba.base);
     return rc;
 }
 
@@ -1056,7 +1100,11 @@ static void answer(serve_grpc *g, rpc *r)
         path[n] = 0;
         rc = qn_err_set(&err, QN_UNIMPLEMENTED, "method %s is not served here", path);
     } else if (!r->payload) {
-        rc = qn_err_set(&err, QN_CANCELLED, "the call ended before its request arrived");
+        rc = qn_err_set(&err, QN_INVALID_ARGUMENT, "the call carried no request message");
+    } else if (gpr_time_cmp(r->deadline, gpr_now(r->deadline.clock_type)) < 0) {
+        /* Queued past the client's deadline: the client has given up, so
+         * spend nothing on it (this sheds load under overload). */
+        rc = qn_err_set(&err, QN_DEADLINE_EXCEEDED, "the call's deadline passed before it ran");
     } else {
         grpc_byte_buffer_reader rd;
         if (!grpc_byte_buffer_reader_init(&rd, r->payload)) {

@@ -266,6 +266,31 @@ class Checks:
             rq.raw_input_contents[0] = raw + b"\0" * (1 << 20)
         self.expect_error(self.stub.ModelInfer, rq, self.grpc.StatusCode.RESOURCE_EXHAUSTED)
 
+    def test_infer_decode_budget(self):
+        # 20M empty BYTES elements: 40 MiB on the wire (under the message
+        # limit) but over 300 MiB once decoded; refused, not decoded.
+        def varint(n):
+            out = bytearray()
+            while True:
+                b = n & 0x7F
+                n >>= 7
+                out.append(b | (0x80 if n else 0))
+                if not n:
+                    return bytes(out)
+
+        def field(num, payload):
+            return varint(num << 3 | 2) + varint(len(payload)) + payload
+
+        n = 20_000_000
+        contents = b"\x42\x00" * n
+        tensor = field(1, b"x") + field(2, b"BYTES") + field(3, varint(n)) + field(5, contents)
+        msg = field(1, b"echo") + field(5, tensor)
+        assert len(msg) < 64 * 1024 * 1024
+        call = self.ch.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                   request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+        self.expect_error(call, msg, self.grpc.StatusCode.RESOURCE_EXHAUSTED, "MiB")
+
     def test_echo_typed_all_types(self):
         cases = [
             ("BOOL", "bool_contents", [True, False, True]),
