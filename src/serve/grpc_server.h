@@ -40,6 +40,9 @@
 #ifndef QUERN_SERVE_GRPC_SERVER_H
 #define QUERN_SERVE_GRPC_SERVER_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include "core/err.h"
 #include "core/metrics.h"
 #include "serve/oip.h"
@@ -73,5 +76,24 @@ int serve_grpc_port(const serve_grpc *g);
  * NULL is fine. Call once, from one thread.
  */
 void serve_grpc_shutdown(serve_grpc *g, long long deadline_ms);
+
+/*
+ * Internal, for tests and fuzzing: one ModelInfer without the transport.
+ * in/inlen: a serialized ModelInferRequest; traceparent may be NULL. On
+ * success (0) out->reply holds the serialized ModelInferResponse; on failure
+ * a negative qn_code with err filled, as the call's status would be.
+ * out->model/version are the metric labels (NULL when not counted). Free
+ * out with serve__grpc_infer_out_free either way. Thread-safe if be is.
+ */
+typedef struct serve__grpc_infer_out {
+    uint8_t *reply;
+    size_t reply_len;
+    char *model;
+    char *version;
+} serve__grpc_infer_out;
+
+int serve__grpc_infer(const oip_backend *be, const uint8_t *in, size_t inlen,
+                      const char *traceparent, serve__grpc_infer_out *out, qn_err *err);
+void serve__grpc_infer_out_free(serve__grpc_infer_out *out);
 
 #endif

@@ -143,6 +143,7 @@ static int shutdown_with_call_in_flight(int grace_ms, const char *expect, long l
 {
     sum_backend sb;
     sum_backend_init(&sb);
+    sb.allow_sleep = 1;
     qn_err err;
     serve_grpc *g = serve_grpc_start("127.0.0.1:0", &sb.be, NULL, &err);
     assert_non_null(g);
