@@ -36,8 +36,8 @@ static const char *client(int port, const char *mode, const char *expect)
     assert_non_null(work);
     snprintf(client_cmd, sizeof client_cmd,
              "/usr/bin/python3 %s/tests/unit/serve/grpc_client.py --port %d --proto %s/proto "
-             "--work %s/grpc_%ld --mode %s --expect %s",
-             src, port, src, work, (long)getpid(), mode, expect);
+             "--work %s --mode %s --expect %s",
+             src, port, src, work, mode, expect);
     return client_cmd;
 }
 
