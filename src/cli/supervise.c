@@ -196,10 +196,21 @@ static void stop_all(void)
     write_state();
 }
 
-/* The supervisor loop: reap, restart with backoff, until asked to stop. */
+/* The supervisor loop: reap, restart with backoff, until asked to stop. The
+ * registry (children[0] when present) starts first; the others once it is
+ * ready, or after 15 s whatever its state (they retry their calls anyway). */
 static int supervise(void)
 {
+    int64_t others_at = now_ms() + 15000;
+    size_t started = 1;
     while (!g_stop) {
+        if (started < g_nchildren &&
+            (now_ms() >= others_at || strcmp(g_children[0].svc->name, "registry") != 0 ||
+             (g_children[0].pid > 0 && service_ready(g_children[0].svc, NULL)))) {
+            for (; started < g_nchildren; started++)
+                start_child(&g_children[started]);
+            write_state();
+        }
         int status;
         pid_t pid;
         while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
@@ -357,21 +368,19 @@ int cmd_up(int argc, char **argv)
     /* The registry first: the others fetch models and datasets from it. */
     start_child(&g_children[0]);
     write_state();
-    if (strcmp(g_children[0].svc->name, "registry") == 0) {
-        int64_t deadline = now_ms() + 15000;
-        while (!service_ready(g_children[0].svc, NULL) && now_ms() < deadline && !g_stop)
-            usleep(50000);
-    }
-    for (size_t i = 1; i < g_nchildren; i++)
-        start_child(&g_children[i]);
-    write_state();
     if (!detach) {
-        if (wait_ready(READY_TIMEOUT_MS) == 0) {
-            cmd_status(1, argv);
-            printf("Quern is up (state in %s). Ctrl-C stops it.\n", g_cli.home);
+        /* The foreground reports readiness from a child of its own, so the
+         * supervisor loop below never waits on anything but its children. */
+        pid_t reporter = fork();
+        if (reporter == 0) {
+            if (wait_ready(READY_TIMEOUT_MS) == 0) {
+                cmd_status(1, argv);
+                printf("Quern is up (state in %s). Ctrl-C stops it.\n", g_cli.home);
+            } else {
+                kill(getppid(), SIGTERM);
+            }
             fflush(stdout);
-        } else {
-            g_stop = SIGTERM;
+            _exit(0);
         }
     }
     return supervise();
