@@ -244,6 +244,19 @@ int qml__model_new_als(qml_als *als, int k, qml_model **out, qn_err *err)
     return rc;
 }
 
+int qml__model_save_file(const qml_model *m, char **buf, size_t *len, qn_err *err)
+{
+    *buf = NULL;
+    if (m->xgb)
+        return qml_xgb_save_buffer(m->xgb, buf, len, err);
+    if (!m->lin)
+        return qn_err_set(err, QN_FAILED_PRECONDITION, "model kind %s has no model.json", m->kind);
+    if (!(*buf = qml_linear_to_json(m->lin, err)))
+        return err->code;
+    *len = strlen(*buf);
+    return 0;
+}
+
 void qml__model_set_manifest(qml_model *m, qml_manifest *manifest)
 {
     qml_manifest_free(m->manifest);
@@ -252,7 +265,7 @@ void qml__model_set_manifest(qml_model *m, qml_manifest *manifest)
 
 /* ---- loading ---------------------------------------------------------------- */
 
-static const char *const als_files[] = {"user_factors.npy",      "item_factors.npy",
+const char *const qml__als_files[QML__ALS_NFILES] = {"user_factors.npy",      "item_factors.npy",
                                         "popularity.npy",        "user_items_indptr.npy",
                                         "user_items_indices.npy", "user_ids.json",
                                         "item_ids.json"};
@@ -372,10 +385,10 @@ int qml_model_load(const char *dir, const qml_model_opts *opts, qml_model **out,
             goto out;
     }
     if (!strcmp(m->kind, "als")) {
-        for (size_t i = 0; i < sizeof als_files / sizeof *als_files; i++)
-            if (!qml_bundle_file_path(m->bundle, als_files[i])) {
+        for (size_t i = 0; i < QML__ALS_NFILES; i++)
+            if (!qml_bundle_file_path(m->bundle, qml__als_files[i])) {
                 rc = qn_err_set(err, QN_INVALID_ARGUMENT, "als bundle %s: the manifest does not "
-                                "list %s", dir, als_files[i]);
+                                "list %s", dir, qml__als_files[i]);
                 goto out;
             }
         if ((rc = qml_als_load(qml_bundle_dir(m->bundle), &m->als, err)) < 0)

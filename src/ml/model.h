@@ -207,6 +207,12 @@ int qml__model_new_tabular(const char *kind, qml_task task, qml_features *featur
                            qn_err *err);
 /* An ALS model with ids; k is the declared ranking cutoff. */
 int qml__model_new_als(qml_als *als, int k, qml_model **out, qn_err *err);
+/* The model file of a tabular model: XGBoost JSON or quern.linear/1 JSON
+ * (malloc'd in *buf; caller frees). */
+int qml__model_save_file(const qml_model *m, char **buf, size_t *len, qn_err *err);
+/* The files of an ALS bundle, as qml_als_save names them. */
+#define QML__ALS_NFILES 7
+extern const char *const qml__als_files[QML__ALS_NFILES];
 /* Attaches the manifest written for m (taken over). */
 void qml__model_set_manifest(qml_model *m, qml_manifest *manifest);
 
