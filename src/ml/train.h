@@ -35,7 +35,8 @@
  *             min_frequency?}] (tabular, optional). impute: mean | median |
  *             most_frequent | constant (with fill) | none; encode: standardize |
  *             minmax | onehot | hash (buckets, default 32) | none. Defaults per
- *             column type: numeric/boolean/timestamp -> impute mean, then
+ *             column type: numeric/boolean/timestamp -> impute mean (most_frequent when encoded
+ *             by onehot or hash), then
  *             standardize for logistic/linear and nothing for xgboost;
  *             categorical -> impute most_frequent + onehot. Without "features",
  *             every column but the label and the excluded ones.
