@@ -204,7 +204,10 @@ static int build_fields(fields *fs, const source_read *sr, const json_t *overrid
 
 /* ---- the report ------------------------------------------------------------- */
 
-static json_t *report_json(int64_t source_rows, const qml_read_report *rr, const qml_clean_report *cr)
+/* The report of a run: per step, rows in and out, why rows went, and the
+ * step itself (so "rows failing Quantity >" comes with its value). */
+static json_t *report_json(int64_t source_rows, const qml_read_report *rr, const qml_clean_report *cr,
+                           const json_t *spec_steps)
 {
     json_t *steps = json_array();
     if (rr->rows_bad > 0) {
@@ -220,6 +223,9 @@ static json_t *report_json(int64_t source_rows, const qml_read_report *rr, const
         json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:s}", "op", s->op, "rows_in", (json_int_t)s->rows_in,
                               "rows_out", (json_int_t)s->rows_out, "dropped",
                               (json_int_t)(s->rows_in - s->rows_out), "reason", s->note);
+        json_t *step = json_array_get(spec_steps, i);
+        if (step)
+            json_object_set_new(o, "step", json_deep_copy(step));
         if (s->cells_changed)
             json_object_set_new(o, "cells_changed", json_integer((json_int_t)s->cells_changed));
         json_array_append_new(steps, o);
@@ -364,7 +370,7 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     }
     res->rows_in = sr.rows;
     res->rows_out = (int64_t)qml_frame_nrows(clean);
-    res->report = report_json(sr.rows, &rrep, crep);
+    res->report = report_json(sr.rows, &rrep, crep, json_object_get(in->spec, "steps"));
 
     char hex[QN_SHA256_HEX + 1];
     uint64_t bytes = 0;
