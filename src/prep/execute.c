@@ -8,10 +8,11 @@
  *    the run stops there: skipped, no duplicate snapshot.
  * 2. Writes the rows' data objects as NDJSON to a scratch file and reads it
  *    into a frame with libquern-ml's NDJSON reader. Columns come in the order
- *    of the ingest schema, then of the first row's keys, then of the
- *    pipeline's schema; types from the pipeline's schema, else the ingest
- *    schema, else inferred. Rows that do not fit are counted, never silently
- *    lost: they appear as a "read" step of the report.
+ *    of the ingest schema, then of the pipeline's schema, then of the first
+ *    row's keys (ingest stores rows with sorted keys); types from the
+ *    pipeline's schema, else the ingest schema, else inferred. Rows that do
+ *    not fit are counted, never silently lost: they appear as a "read" step
+ *    of the report.
  * 3. Applies the cleaning steps, writes the result as CSV (hashing it on the
  *    way) and uploads it as a blob, then registers the dataset version. The
  *    manifest names the run, so a retry after a crash between registering and
@@ -190,6 +191,8 @@ static int build_fields(fields *fs, const source_read *sr, const json_t *overrid
     fs->n = 0;
     if (sr->schema && schema_fields(fs, sr->schema, 0, err) < 0)
         return qn_err_wrap(err, "ingest schema");
+    if (override && schema_fields(fs, override, 1, err) < 0)
+        return qn_err_wrap(err, "pipeline schema");
     const char *key;
     json_t *v;
     json_object_foreach(sr->first, key, v) {
@@ -197,8 +200,6 @@ static int build_fields(fields *fs, const source_read *sr, const json_t *overrid
         if (add_field(fs, key, QML_INFER, 0, err) < 0)
             return err->code;
     }
-    if (override && schema_fields(fs, override, 1, err) < 0)
-        return qn_err_wrap(err, "pipeline schema");
     return 0;
 }
 

@@ -1,11 +1,10 @@
 """test_prep.py - black-box tests of quern-prep: pipelines, runs, snapshots in the
 registry, triggers, crash retry, errors, metrics and SIGTERM.
 
-quern-ingest is not on this branch yet, so FakeIngest below serves its contract
-(GET /v1/datasets/{name}/events and /schema, POST .../events as CSV or NDJSON)
-and publishes quern.events.ingested by inserting into the shared SQLite bus
-(the same single INSERT the embedded bus backend does). Replace it with the
-real service once ingest lands.
+The registry, quern-ingest and prep run as real processes sharing one
+QUERN_HOME (one bus). Rows go in through ingest (CSV and NDJSON); ingest's
+quern.events.ingested events drive the rows trigger. To make prep wait on
+ingest mid-run (crash and SIGTERM tests), ingest is paused with SIGSTOP.
 
 Expected snapshots are computed here independently with the csv module: the
 rows each step keeps, the per-step counts of the report, and the exact bytes
@@ -24,9 +23,7 @@ import tempfile
 import threading
 import time
 import unittest
-import urllib.parse
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import BIN, WORK, ServiceTest  # noqa: E402
@@ -42,98 +39,42 @@ ADULT_COLS = ["age", "workclass", "fnlwgt", "education", "education-num", "marit
 ADULT_NUM = {"age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week"}
 
 
-class FakeIngest:
-    """The quern-ingest contract, in memory, publishing to the shared bus."""
+class Ingest:
+    """Writes to the real quern-ingest, and can redeliver one of its events."""
 
-    def __init__(self, bus_path):
+    def __init__(self, svc, bus_path):
+        self.svc = svc
         self.bus_path = bus_path
-        self.datasets = {}  # name -> list of (seq, data)
-        self.schemas = {}
-        self.delay = 0.0  # seconds slept before each events page (to catch a run mid-way)
-        self.lock = threading.Lock()
-        fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
+    def append(self, name, objs):
+        body = "".join(json.dumps(o) + "\n" for o in objs).encode()
+        st, _, ans = self.svc.request("POST", f"/v1/datasets/{name}/events", body,
+                                      {"Content-Type": "application/x-ndjson"})
+        assert st == 201, (st, ans)
+        assert ans["accepted"] == len(objs), ans
+        return ans["first_seq"], ans["last_seq"]
 
-            def answer(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+    def post_csv(self, name, header, rows):
+        st, _, ans = self.svc.request("POST", f"/v1/datasets/{name}/events", to_csv(header, rows),
+                                      {"Content-Type": "text/csv"})
+        assert st == 201, (st, ans)
+        assert ans["accepted"] == len(rows), ans
+        return ans["first_seq"], ans["last_seq"]
 
-            def parts(self):
-                u = urllib.parse.urlsplit(self.path)
-                return u.path.strip("/").split("/"), dict(urllib.parse.parse_qsl(u.query))
+    def ingested_events(self, name):
+        st, _, ans = self.svc.request("GET", "/v1/outbox?limit=1000")
+        assert st == 200, ans
+        return [e["event"] for e in ans["events"]
+                if e["event"]["type"] == "quern.events.ingested" and e["event"]["data"]["dataset"] == name]
 
-            def do_GET(self):
-                p, q = self.parts()
-                if len(p) != 4 or p[:2] != ["v1", "datasets"]:
-                    return self.answer(404, {"error": {"code": "not_found", "message": "no route"}})
-                name = p[2]
-                with fake.lock:
-                    rows = list(fake.datasets.get(name, []))
-                    known = name in fake.datasets
-                    schema = fake.schemas.get(name)
-                if p[3] == "schema":
-                    if not schema:
-                        return self.answer(404, {"error": {"code": "not_found", "message": f"{name} has no schema"}})
-                    return self.answer(200, {"dataset": name, "schema": schema})
-                if not known:
-                    return self.answer(404, {"error": {"code": "not_found",
-                                                       "message": f"dataset \"{name}\" does not exist"}})
-                time.sleep(fake.delay)
-                after, limit = int(q.get("after", 0)), min(int(q.get("limit", 1000)), 10000)
-                page = [r for r in rows if r[0] > after][:limit]
-                last = rows[-1][0] if rows else 0
-                self.answer(200, {"dataset": name, "events": [{"seq": s, "data": d} for s, d in page],
-                                  "next_after": page[-1][0] if page else after, "last_seq": last})
-
-            def do_POST(self):
-                p, _ = self.parts()
-                n = int(self.headers.get("Content-Length", 0))
-                text = self.rfile.read(n).decode()
-                ct = self.headers.get("Content-Type", "")
-                if ct.startswith("text/csv"):
-                    objs = list(csv.DictReader(io.StringIO(text, newline="")))
-                else:
-                    objs = [json.loads(line) for line in text.splitlines() if line.strip()]
-                first, last = fake.append(p[2], objs)
-                self.answer(201, {"accepted": len(objs), "first_seq": first, "last_seq": last})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def append(self, name, objs, publish=True):
-        with self.lock:
-            rows = self.datasets.setdefault(name, [])
-            first = (rows[-1][0] if rows else 0) + 1
-            for i, o in enumerate(objs):
-                rows.append((first + i, o))
-            last = first + len(objs) - 1
-        if publish and objs:
-            self.publish({"dataset": name, "batch_id": uuid.uuid4().hex, "rows": len(objs),
-                          "first_seq": first, "last_seq": last})
-        return first, last
-
-    def publish(self, data, event_id=None):
-        ev = {"specversion": "1.0", "id": event_id or str(uuid.uuid4()), "source": "quern-ingest",
-              "type": "quern.events.ingested", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "datacontenttype": "application/json", "data": data}
+    def redeliver(self, event):
+        """The bus delivers at least once: put the same envelope (same id) on it again, as the
+        embedded backend's publish does (one INSERT)."""
         db = sqlite3.connect(self.bus_path, timeout=10)
         with db:
             db.execute("INSERT INTO bus_messages (id, topic, body, published_at) VALUES (?, ?, ?, ?)",
-                       (ev["id"], ev["type"], json.dumps(ev), int(time.time() * 1000)))
+                       (event["id"], event["type"], json.dumps(event), int(time.time() * 1000)))
         db.close()
-        return ev["id"]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def fmt_num(s):
@@ -207,17 +148,25 @@ class PrepTest(ServiceTest):
         self.home = tempfile.mkdtemp(prefix="quern-prep-home-", dir=WORK)
         env = {"QUERN_HOME": self.home}
         self.reg = self.start("registry", env=env)
-        self.ingest = FakeIngest(os.path.join(self.home, "bus.db"))
+        self.ing = self.start("ingest", env=env)
+        self.ingest = Ingest(self.ing, os.path.join(self.home, "bus.db"))
         self.env = env
         self.prep = self.start_prep()
 
     def start_prep(self, data=None):
         return self.start("prep", data=data, env=self.env,
-                          args=["--registry", f"http://127.0.0.1:{self.reg.port}", "--ingest", self.ingest.url])
+                          args=["--registry", f"http://127.0.0.1:{self.reg.port}", "--ingest", f"http://127.0.0.1:{self.ing.port}"])
 
     def tearDown(self):
+        self.resume_ingest()
         super().tearDown()
-        self.ingest.close()
+
+    def pause_ingest(self):
+        os.kill(self.ing.proc.pid, signal.SIGSTOP)
+
+    def resume_ingest(self):
+        if self.ing.proc.poll() is None:
+            os.kill(self.ing.proc.pid, signal.SIGCONT)
 
     def put_pipeline(self, name, spec, status=(200, 201)):
         st, _, body = self.prep.request("PUT", f"/v1/pipelines/{name}", spec)
@@ -246,7 +195,7 @@ class PrepTest(ServiceTest):
         return self.wait_run(pipeline, body["run_id"])
 
     def post_csv(self, dataset, header, rows):
-        return self.ingest.append(dataset, [dict(zip(header, r)) for r in rows])
+        return self.ingest.post_csv(dataset, header, rows)
 
     def runs(self, pipeline):
         st, _, body = self.prep.request("GET", f"/v1/pipelines/{pipeline}/runs")
@@ -384,23 +333,31 @@ class PrepTest(ServiceTest):
 
     def test_rows_trigger_fires_after_n_rows_and_dedupes_events(self):
         header = ["user", "item", "qty"]
+        # An ingest schema types qty; the pipeline gives none of its own.
+        st, _, ans = self.ing.request("PUT", "/v1/datasets/clicks/schema", {"columns": [
+            {"name": "user", "type": "categorical"}, {"name": "item", "type": "categorical"},
+            {"name": "qty", "type": "numeric"}]})
+        self.assertIn(st, (200, 201), ans)
         spec = {"source": "clicks", "output": "clicks-clean", "steps": [],
                 "trigger": {"kind": "rows", "every": 500}}
         self.put_pipeline("clicks", spec, status=(201,))
         self.post_csv("clicks", header, [[f"u{i}", f"i{i % 7}", str(i)] for i in range(300)])
-        # The same event delivered twice (a redelivery) counts once.
-        eid = self.ingest.publish({"dataset": "clicks", "batch_id": "x", "rows": 100,
-                                   "first_seq": 301, "last_seq": 400})
-        self.ingest.publish({"dataset": "clicks", "batch_id": "x", "rows": 100,
-                             "first_seq": 301, "last_seq": 400}, event_id=eid)
-        self.ingest.append("clicks", [{"user": "u", "item": "i", "qty": 1}] * 100, publish=False)
+        # The same event delivered again (at least once) must not count twice.
+        first = self.ingest.ingested_events("clicks")
+        self.assertEqual(len(first), 1)
+        self.assertEqual(first[0]["data"]["rows"], 300)
+        deadline = time.time() + 15
+        while time.time() < deadline and self.prep.request("GET", "/v1/pipelines/clicks")[2]["pending_rows"] != 300:
+            time.sleep(0.05)
+        self.ingest.redeliver(first[0])
+        self.ingest.append("clicks", [{"user": "u", "item": "i", "qty": 1}] * 100)
         deadline = time.time() + 15
         while time.time() < deadline:
             st, _, p = self.prep.request("GET", "/v1/pipelines/clicks")
-            if p["pending_rows"] == 400:
+            if p["pending_rows"] != 300:
                 break
-            time.sleep(0.1)
-        self.assertEqual(p["pending_rows"], 400)  # 300 + 100, the duplicate ignored
+            time.sleep(0.05)
+        self.assertEqual(p["pending_rows"], 400)  # 300 + 100, the redelivery ignored
         time.sleep(0.5)
         self.assertEqual(self.runs("clicks"), [])  # below the threshold: nothing
         self.post_csv("clicks", header, [[f"v{i}", "i0", "1"] for i in range(150)])
@@ -415,9 +372,13 @@ class PrepTest(ServiceTest):
         self.assertEqual(run["rows_out"], 550)
         st, _, p = self.prep.request("GET", "/v1/pipelines/clicks")
         self.assertEqual(p["pending_rows"], 0)
+        st, _, v = self.reg.request("GET", "/v1/datasets/clicks-clean/versions/1")
+        self.assertEqual(v["manifest"]["schema"]["columns"],
+                         [{"name": "user", "type": "categorical"}, {"name": "item", "type": "categorical"},
+                          {"name": "qty", "type": "numeric"}])
 
     def test_schedule_trigger(self):
-        self.ingest.append("ticks", [{"n": i} for i in range(10)], publish=False)
+        self.ingest.append("ticks", [{"n": i} for i in range(10)])
         spec = {"source": "ticks", "output": "ticks-clean", "steps": [],
                 "trigger": {"kind": "schedule", "interval": "1s"}}
         self.put_pipeline("ticks", spec, status=(201,))
@@ -495,7 +456,7 @@ class PrepTest(ServiceTest):
         self.assertIn("no-such-dataset", run["error"])
         self.assertIn("does not exist", run["error"])
 
-        self.ingest.append("small", [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}], publish=False)
+        self.ingest.append("small", [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}])
         self.put_pipeline("wrongcol", {"source": "small", "output": "y",
                                        "steps": [{"op": "filter", "column": "zz", "cmp": ">", "value": 0}]},
                           status=(201,))
@@ -505,7 +466,7 @@ class PrepTest(ServiceTest):
         self.assertIn("zz", run["error"])
 
         # Rows that do not fit the schema are reported as a "read" step.
-        self.ingest.append("mixed", [{"a": 1}, {"a": "one"}, {"a": 3}], publish=False)
+        self.ingest.append("mixed", [{"a": 1}, {"a": "one"}, {"a": 3}])
         self.put_pipeline("mixed", {"source": "mixed", "output": "mixed-clean", "steps": [],
                                     "schema": {"columns": [{"name": "a", "type": "numeric"}]}}, status=(201,))
         run = self.run_now("mixed")
@@ -526,9 +487,9 @@ class PrepTest(ServiceTest):
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
 
     def test_crash_mid_run_is_retried_at_start(self):
-        self.ingest.append("slow", [{"k": i} for i in range(50)], publish=False)
+        self.ingest.append("slow", [{"k": i} for i in range(50)])
         self.put_pipeline("slow", {"source": "slow", "output": "slow-clean", "steps": []}, status=(201,))
-        self.ingest.delay = 2.0
+        self.pause_ingest()  # the run waits on its first page
         st, _, body = self.prep.request("POST", "/v1/pipelines/slow/runs")
         rid = body["run_id"]
         deadline = time.time() + 10
@@ -537,7 +498,7 @@ class PrepTest(ServiceTest):
                 break
             time.sleep(0.05)
         self.prep.kill9()
-        self.ingest.delay = 0
+        self.resume_ingest()
         self.services.remove(self.prep)
         self.prep = self.start_prep(data=self.prep.data)
         run = self.wait_run("slow", rid)
@@ -546,15 +507,15 @@ class PrepTest(ServiceTest):
         self.assertEqual(run["rows_out"], 50)
 
     def test_sigterm_exits_zero_and_stops_a_run(self):
-        self.ingest.append("slow", [{"k": i} for i in range(5)], publish=False)
+        self.ingest.append("slow", [{"k": i} for i in range(5)])
         self.put_pipeline("slow", {"source": "slow", "output": "slow-clean", "steps": []}, status=(201,))
-        self.ingest.delay = 1.0
+        self.pause_ingest()
         st, _, body = self.prep.request("POST", "/v1/pipelines/slow/runs")
         time.sleep(0.5)
+        threading.Timer(1.0, self.resume_ingest).start()  # the page arrives while prep is stopping
         self.assertEqual(self.prep.stop(signal.SIGTERM), 0)
         self.assertIn('"stopped"', self.prep.log())
         self.assertIn("run interrupted", self.prep.log())
-        self.ingest.delay = 0
         self.services.remove(self.prep)
         self.prep = self.start_prep(data=self.prep.data)
         run = self.wait_run("slow", body["run_id"])
