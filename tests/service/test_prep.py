@@ -160,6 +160,9 @@ class PrepTest(ServiceTest):
     def tearDown(self):
         self.resume_ingest()
         super().tearDown()
+        for svc in self.services:  # under ASan/UBSan a report lands in the service's log
+            for needle in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+                self.assertNotIn(needle, svc.log(), f"{svc.name}: {svc.log_path}")
 
     def pause_ingest(self):
         os.kill(self.ing.proc.pid, signal.SIGSTOP)
