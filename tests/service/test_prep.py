@@ -23,7 +23,6 @@ import tempfile
 import threading
 import time
 import unittest
-import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import BIN, WORK, ServiceTest  # noqa: E402
