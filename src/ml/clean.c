@@ -20,11 +20,11 @@
 
 typedef enum op {
     OP_DROP_MISSING, OP_FILTER, OP_IMPUTE, OP_DEDUPE, OP_CLIP, OP_CAST, OP_MAP_WEIGHTS,
-    OP_TIME_WINDOW, OP__COUNT
+    OP_TIME_WINDOW, OP_DERIVE, OP__COUNT
 } op;
 
 static const char *const op_names[] = {"drop_missing", "filter", "impute", "dedupe", "clip",
-                                       "cast", "map_weights", "time_window"};
+                                       "cast", "map_weights", "time_window", "derive"};
 
 /* Which fields each op allows; the first `required` are required. */
 static const struct {
@@ -39,6 +39,7 @@ static const struct {
     [OP_CAST] = {{"column", "type", "on_error"}, 2},
     [OP_MAP_WEIGHTS] = {{"column", "map", "output", "default"}, 2},
     [OP_TIME_WINDOW] = {{"column", "from", "to"}, 1},
+    [OP_DERIVE] = {{"output", "value", "column"}, 1},
 };
 
 typedef enum cmp { EQ, NE, LT, LE, GT, GE, STARTS, NOT_STARTS, IN, NOT_IN } cmp;
@@ -268,6 +269,18 @@ static int parse_step(step *st, json_t *o, qn_err *err)
             return STEP_ERR(st, "field \"to\" must be a timestamp (\"YYYY-MM-DD[ HH:MM:SS]\" or seconds)");
         st->has_min = from != NULL;
         st->has_max = to != NULL;
+        return 0;
+    }
+    case OP_DERIVE: {
+        json_t *out = json_object_get(o, "output"), *v = json_object_get(o, "value");
+        if (!json_is_string(out) || json_string_length(out) == 0)
+            return STEP_ERR(st, "field \"output\" must be a non-empty string");
+        st->output = json_string_value(out);
+        if ((v != NULL) == (st->column != NULL))
+            return STEP_ERR(st, "needs exactly one of \"value\" (a number) and \"column\"");
+        if (v && !json_is_number(v))
+            return STEP_ERR(st, "field \"value\" must be a number");
+        st->dflt = v ? json_number_value(v) : 0;
         return 0;
     }
     default:
@@ -914,6 +927,34 @@ out:
     return rc;
 }
 
+/* derive: a constant numeric column, or a copy of a column under a new name
+ * (its type, cells and dictionary kept), added or replacing `output`. */
+static int do_derive(const qml_frame *f, const step *st, qml_frame **out, qn_err *err)
+{
+    size_t n = qml_frame_nrows(f);
+    if (st->column) {
+        int ci = col_of(f, st, st->column, err);
+        if (ci < 0)
+            return ci;
+        const qml_column *c = qml_frame_col(f, (size_t)ci);
+        return rebuild(f, st->output, c->type, c->num, c->cat, c->dict, c->missing, out, err);
+    }
+    double *num = malloc((n ? n : 1) * sizeof *num);
+    uint8_t *miss = calloc(n ? n : 1, 1);
+    int rc;
+    if (!num || !miss) {
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    for (size_t r = 0; r < n; r++)
+        num[r] = st->dflt;
+    rc = rebuild(f, st->output, QML_NUMERIC, num, NULL, NULL, miss, out, err);
+out:
+    free(num);
+    free(miss);
+    return rc;
+}
+
 /* ---- apply --------------------------------------------------------------- */
 
 static int apply_step(const qml_frame *f, const step *st, qml_frame **out,
@@ -1014,6 +1055,13 @@ static int apply_step(const qml_frame *f, const step *st, qml_frame **out,
                  unmapped, st->column, nm);
         break;
     }
+    case OP_DERIVE:
+        rc = do_derive(f, st, out, err);
+        if (st->column)
+            snprintf(sr->note, sizeof sr->note, "%s copied to %s", st->column, st->output);
+        else
+            snprintf(sr->note, sizeof sr->note, "%s set to %g on every row", st->output, st->dflt);
+        break;
     default:
         rc = qn_err_set(err, QN_INTERNAL, "unknown step");
     }

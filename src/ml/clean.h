@@ -41,6 +41,9 @@
  *                 adds (or replaces) a numeric column; rows whose value is missing or not
  *                 in the map (when there is no default) are dropped and counted
  *   time_window   column, from?, to? (timestamps; from inclusive, to exclusive)
+ *   derive        output, and value (a number) or column (exactly one)
+ *                 adds (or replaces) column `output`: the constant, or a copy of `column`
+ *                 with its type (e.g. an implicit-feedback weight of 1 per purchase line)
  *
  * Thread safety: parsed steps are read-only and may be shared between threads.
  */

@@ -445,31 +445,45 @@ static int is_na(const qml_csv_reader *r, const char *s, size_t len)
     return 0;
 }
 
-/* Appends one record to f, or counts it as bad. Returns 0 or < 0 (OOM). */
-static int emit(qml_csv_reader *r, qml_frame *f, const rec *rc)
+/* The checks every record passes before its cells are read: the parser's
+ * own verdict, the field count and UTF-8. Returns 0 when the record is fine,
+ * else 1 with *why and msg (naming the column) filled. */
+static int check_record(const qml_csv_reader *r, const rec *rc, qml_bad_reason *why, char *msg,
+                        size_t cap)
 {
-    char msg[QML_REPORT_MSG];
     if (rc->bad) {
         if (rc->bad_field < r->ncols)
-            snprintf(msg, sizeof msg, "column %s: %s", r->names[rc->bad_field], rc->why);
+            snprintf(msg, cap, "column %s: %s", r->names[rc->bad_field], rc->why);
         else
-            snprintf(msg, sizeof msg, "field %zu: %s", rc->bad_field + 1, rc->why);
-        qml_read_report_bad(&r->rep, rc->line, rc->reason, msg);
-        return 0;
+            snprintf(msg, cap, "field %zu: %s", rc->bad_field + 1, rc->why);
+        *why = rc->reason;
+        return 1;
     }
     if (rc->nf != r->ncols) {
-        snprintf(msg, sizeof msg, "expected %zu fields, found %zu", r->ncols, rc->nf);
-        qml_read_report_bad(&r->rep, rc->line, QML_BAD_FIELD_COUNT, msg);
-        return 0;
+        snprintf(msg, cap, "expected %zu fields, found %zu", r->ncols, rc->nf);
+        *why = QML_BAD_FIELD_COUNT;
+        return 1;
     }
     if (has_high_bit(rc->buf, rc->len)) {
         for (size_t i = 0; i < rc->nf; i++) {
             if (!qml_utf8_valid(rc->buf + rc->off[i], rc->flen[i])) {
-                snprintf(msg, sizeof msg, "column %s: invalid UTF-8", r->names[i]);
-                qml_read_report_bad(&r->rep, rc->line, QML_BAD_UTF8, msg);
-                return 0;
+                snprintf(msg, cap, "column %s: invalid UTF-8", r->names[i]);
+                *why = QML_BAD_UTF8;
+                return 1;
             }
         }
+    }
+    return 0;
+}
+
+/* Appends one record to f, or counts it as bad. Returns 0 or < 0 (OOM). */
+static int emit(qml_csv_reader *r, qml_frame *f, const rec *rc)
+{
+    char msg[QML_REPORT_MSG];
+    qml_bad_reason why;
+    if (check_record(r, rc, &why, msg, sizeof msg)) {
+        qml_read_report_bad(&r->rep, rc->line, why, msg);
+        return 0;
     }
     for (size_t i = 0; i < r->ncols; i++) {
         qml_column *c = qml_frame_col(f, i);
@@ -810,6 +824,42 @@ int qml_csv_next(qml_csv_reader *r, size_t max_rows, qml_frame **chunk, qn_err *
         return k < 0 ? k : 0;
     }
     *chunk = f;
+    return 1;
+}
+
+int qml_csv_next_record(qml_csv_reader *r, qml_csv_record *out, qn_err *err)
+{
+    const rec *rc;
+    int k;
+    /* A record taken from the inference sample is freed on the next call,
+     * so the pointers handed out stay valid until then. */
+    if (r->ipend > 0 && r->ipend <= r->npend)
+        rec_free(&r->pend[r->ipend - 1]);
+    if (r->ipend < r->npend) {
+        rc = &r->pend[r->ipend++];
+    } else {
+        if (r->pend) {
+            free(r->pend);
+            r->pend = NULL;
+            r->npend = r->ipend = 0;
+        }
+        if ((k = read_nonblank(r, &r->cur, err)) <= 0)
+            return k;
+        rc = &r->cur;
+    }
+    out->line = rc->line;
+    out->nfields = rc->nf;
+    out->buf = rc->buf;
+    out->off = rc->off;
+    out->flen = rc->flen;
+    out->msg[0] = '\0';
+    out->bad = check_record(r, rc, &out->reason, out->msg, sizeof out->msg);
+    if (out->bad) {
+        qml_read_report_bad(&r->rep, rc->line, out->reason, out->msg);
+    } else {
+        r->rep.rows_read++;
+        r->rep.rows_ok++;
+    }
     return 1;
 }
 

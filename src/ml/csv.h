@@ -58,6 +58,7 @@
 #define QML_CSV_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/err.h"
 #include "ml/frame.h"
@@ -97,6 +98,27 @@ qml_csv_reader *qml_csv_open_mem(const void *data, size_t len, const qml_csv_opt
  * caller. Returns 1 with *chunk set, 0 at the end (*chunk NULL), or a
  * negative code (I/O error, out of memory) with err filled. */
 int qml_csv_next(qml_csv_reader *r, size_t max_rows, qml_frame **chunk, qn_err *err);
+
+/* One record as text, for callers that build rows rather than frames
+ * (quern-ingest types each cell itself through schema.h). The pointers are
+ * owned by the reader and valid until the next call or qml_csv_close. */
+typedef struct qml_csv_record {
+    uint64_t line;               /* physical line where the record starts */
+    size_t nfields;              /* == qml_csv_ncols when the record is good */
+    const char *buf;             /* field i: buf + off[i], flen[i] bytes, NUL-terminated */
+    const size_t *off, *flen;
+    int bad;                     /* 1: refused (quote, too long, UTF-8, field count) */
+    qml_bad_reason reason;       /* when bad */
+    char msg[QML_REPORT_MSG];    /* when bad: names the column or field */
+} qml_csv_record;
+
+/* Reads the next non-blank record after the header, cells untyped (the
+ * column types are not used). Bad records come back with bad = 1 and are
+ * counted in the report like good ones. Returns 1 with *out filled, 0 at the
+ * end, or a negative code (I/O, out of memory) with err filled. Do not mix
+ * with qml_csv_next on one reader. Open with infer_rows = 1 to keep the
+ * inference sample small when types do not matter. */
+int qml_csv_next_record(qml_csv_reader *r, qml_csv_record *out, qn_err *err);
 
 /* The report so far (owned by the reader). */
 const qml_read_report *qml_csv_report(const qml_csv_reader *r);

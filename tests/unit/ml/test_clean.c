@@ -203,6 +203,61 @@ static void test_cell_steps(void **state)
     qml_frame_free(f);
 }
 
+/* derive: a constant weight column, and a typed copy of a column (categorical
+ * codes and missing cells kept), added or replacing in place. */
+static void test_derive(void **state)
+{
+    qml_clean_report rep;
+    qml_frame *f = apply("[{\"op\":\"derive\",\"output\":\"weight\",\"value\":1}]", &rep);
+    int w = qml_frame_find(f, "weight");
+    assert_int_equal(w, 6);
+    const qml_column *c = qml_frame_col(f, 6);
+    assert_int_equal(c->type, QML_NUMERIC);
+    assert_int_equal(c->n_missing, 0);
+    for (size_t r = 0; r < 6; r++)
+        assert_true(c->num[r] == 1);
+    assert_int_equal(rep.steps[0].rows_out, 6);
+    assert_non_null(strstr(rep.steps[0].note, "weight set to 1"));
+    qml_frame_free(f);
+
+    f = apply("[{\"op\":\"derive\",\"output\":\"who\",\"column\":\"user\"},"
+              " {\"op\":\"derive\",\"output\":\"qty\",\"value\":2.5}]", &rep);
+    assert_int_equal(qml_frame_ncols(f), 7);
+    c = qml_frame_col(f, 6);
+    assert_string_equal(c->name, "who");
+    assert_int_equal(c->type, QML_CATEGORICAL);
+    assert_string_equal(qml_col_str(c, 0), "u1");
+    assert_string_equal(qml_col_str(c, 2), "u2");
+    assert_true(c->missing[4]);
+    assert_int_equal(qml_frame_col(f, 2)->num[1], 2.5); /* replaced in place, missing filled */
+    assert_int_equal(qml_frame_col(f, 2)->n_missing, 0);
+    qml_frame_free(f);
+
+    static const char *const bad[][2] = {
+        {"[{\"op\":\"derive\",\"value\":1}]", "steps[0] (derive): field \"output\" is required"},
+        {"[{\"op\":\"derive\",\"output\":\"w\"}]", "exactly one of"},
+        {"[{\"op\":\"derive\",\"output\":\"w\",\"value\":1,\"column\":\"qty\"}]", "exactly one of"},
+        {"[{\"op\":\"derive\",\"output\":\"w\",\"value\":\"1\"}]", "\"value\" must be a number"},
+        {"[{\"op\":\"derive\",\"output\":\"\",\"value\":1}]", "\"output\" must be a non-empty"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        qml_clean_steps *s;
+        qn_err err;
+        assert_int_equal(qml_clean_parse(bad[i][0], strlen(bad[i][0]), &s, &err), QN_INVALID_ARGUMENT);
+        if (!strstr(err.msg, bad[i][1]))
+            fail_msg("%s: got \"%s\", want \"%s\"", bad[i][0], err.msg, bad[i][1]);
+    }
+    qml_clean_steps *s;
+    qn_err err;
+    const char *js = "[{\"op\":\"derive\",\"output\":\"w\",\"column\":\"nope\"}]";
+    assert_int_equal(qml_clean_parse(js, strlen(js), &s, &err), 0);
+    qml_frame *in = small(), *out;
+    assert_int_equal(qml_clean_apply(in, s, &out, NULL, &err), QN_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.msg, "no column named nope"));
+    qml_frame_free(in);
+    qml_clean_free(s);
+}
+
 static void test_interactions_small(void **state)
 {
     qml_clean_report rep;
@@ -337,6 +392,7 @@ int main(void)
         cmocka_unit_test(test_parse_errors_name_step_and_field),
         cmocka_unit_test(test_row_steps),
         cmocka_unit_test(test_cell_steps),
+        cmocka_unit_test(test_derive),
         cmocka_unit_test(test_interactions_small),
         cmocka_unit_test(test_online_retail_purchases),
     };

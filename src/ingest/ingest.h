@@ -1,0 +1,113 @@
+/*
+ * ingest.h - state shared by the handlers of quern-ingest.
+ *
+ * quern-ingest takes raw events in (JSON, NDJSON, CSV), checks them against
+ * an optional schema per dataset, and stores them durably with a gapless
+ * sequence number per dataset; readers (quern-prep) page through them by
+ * sequence. Every stored batch and every feedback record leaves through the
+ * outbox as a CloudEvent (quern.events.ingested, quern.feedback.received),
+ * committed in the same transaction as the rows.
+ *
+ * Writes are serialised in-process by one mutex (SQLite has one writer
+ * anyway; waiting on a mutex is fairer and cheaper than SQLite's sleeping
+ * busy handler), with a deadline: past it the request gets 503 and
+ * Retry-After instead of queueing without bound.
+ *
+ * Modules: main.c (config, schema, routes, start/stop, backpressure),
+ * datasets.c (schemas and dataset listings), events.c (POST/GET events, the
+ * outbox view), feedback.c, idem.c (Idempotency-Key).
+ */
+#ifndef QUERN_INGEST_H
+#define QUERN_INGEST_H
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "core/bus/bus.h"
+#include "core/digest.h"
+#include "core/http.h"
+#include "core/metrics.h"
+#include "core/outbox.h"
+#include "core/store/store.h"
+#include "ml/records.h"
+
+typedef struct ingest {
+    qn_store *db;
+    qn_bus *bus;
+    qn_outbox *outbox;
+    pthread_mutex_t write_mu;     /* one writer at a time (see above) */
+    long long write_wait_ms;      /* how long a request waits for it */
+    long long max_backlog;        /* outbox events not yet on the bus */
+    long long idem_ttl_ms;        /* how long Idempotency-Keys are remembered */
+    _Atomic int64_t backlog;      /* last qn_outbox_pending seen */
+    _Atomic int64_t backlog_at;   /* when (ms) */
+    _Atomic int64_t swept_at;     /* last sweep of expired keys (ms) */
+    qn_metric *rows;              /* {dataset, outcome} */
+    qn_metric *batches;           /* {outcome} */
+    qn_metric *batch_rows;        /* histogram of rows per stored batch */
+    qn_metric *feedback;
+    qn_metric *backpressure;      /* {reason} */
+} ingest;
+
+/* Answers a failure: client codes pass their message through; busy becomes
+ * 503 with Retry-After; anything else is logged and answered as a bare 500. */
+int ing_fail(qn_req *req, qn_res *res, const qn_err *err);
+
+/* 0 when a write may go ahead; otherwise answers 429 (outbox backlog over the
+ * bound) with Retry-After and returns -1. */
+int ing_admit(ingest *g, qn_req *req, qn_res *res);
+
+/* Takes the writer mutex within the configured wait; QN_UNAVAILABLE else. */
+int ing_write_lock(ingest *g, qn_err *err);
+void ing_write_unlock(ingest *g);
+
+/* Which rows of a body to keep: on_error=reject (default) or skip. 0, or
+ * answers 400 and returns -1. */
+int ing_on_error(qn_req *req, qn_res *res, int *skip);
+
+/* The error list of a batch as JSON ([{"row","line"?,"reason"}]). */
+json_t *ing_errors_json(const qml_rec_batch *b);
+
+/* datasets.c */
+int ing_schema_put(qn_req *req, qn_res *res, void *ud);
+int ing_schema_get(qn_req *req, qn_res *res, void *ud);
+int ing_datasets_list(qn_req *req, qn_res *res, void *ud);
+int ing_dataset_get(qn_req *req, qn_res *res, void *ud);
+/* Reads a dataset's id, schema version and (parsed) schema on c. A dataset
+ * that does not exist has id 0, version 0 and no schema. *schema owned by
+ * the caller (NULL when none). */
+int ing_dataset_lookup(qn_conn *c, const char *name, int64_t *id, int64_t *version,
+                       qml_rec_schema **schema, qn_err *err);
+
+/* events.c */
+int ing_events_post(qn_req *req, qn_res *res, void *ud);
+int ing_events_get(qn_req *req, qn_res *res, void *ud);
+int ing_outbox_list(qn_req *req, qn_res *res, void *ud);
+
+/* feedback.c */
+int ing_feedback_post(qn_req *req, qn_res *res, void *ud);
+
+/* idem.c: Idempotency-Key. A key is remembered per scope ("dataset:NAME",
+ * "feedback") with the digest of what it was sent with and the answer given. */
+typedef struct ing_idem {
+    const char *key;                    /* NULL: no Idempotency-Key */
+    char digest[QN_SHA256_HEX + 1];     /* of the request it came with */
+    char *scope;                        /* request arena */
+} ing_idem;
+
+/* Reads the header and digests the request (scope, content type, on_error,
+ * body). 0, or answers 400 (a key over 256 bytes or not printable ASCII)
+ * and returns -1. */
+int ing_idem_init(qn_req *req, qn_res *res, const char *scope, ing_idem *id);
+/* Looks the key up on c. Returns 0 when unknown; 1 when the request was
+ * answered (a replay: the stored answer with 200 and Idempotent-Replayed, or
+ * 409 for the same key with another body); negative on storage errors. */
+int ing_idem_check(qn_conn *c, const ing_idem *id, qn_res *res, qn_err *err);
+/* Stores the answer (a JSON text) under the key, in the caller's transaction. */
+int ing_idem_store(qn_conn *c, const ing_idem *id, int status, const char *answer, qn_err *err);
+/* Forgets keys older than the TTL (at most once a minute; cheap otherwise). */
+void ing_idem_sweep(ingest *g);
+
+#endif

@@ -1,0 +1,433 @@
+/*
+ * execute.c - one pipeline run: ingest -> frame -> clean -> CSV -> registry.
+ *
+ * 1. Reads the source's schema from ingest (none is fine) and every event of
+ *    the source, page by page, up to the last_seq seen on the first page (the
+ *    snapshot's end, so rows arriving meanwhile wait for the next run). When
+ *    that last_seq is the one of the last snapshot made with the same spec,
+ *    the run stops there: skipped, no duplicate snapshot.
+ * 2. Writes the rows' data objects as NDJSON to a scratch file and reads it
+ *    into a frame with libquern-ml's NDJSON reader. Columns come in the order
+ *    of the ingest schema, then of the pipeline's schema, then of the first
+ *    row's keys (ingest stores rows with sorted keys); types from the
+ *    pipeline's schema, else the ingest schema, else inferred. Rows that do
+ *    not fit are counted, never silently lost: they appear as a "read" step
+ *    of the report.
+ * 3. Applies the cleaning steps, writes the result as CSV (hashing it on the
+ *    way) and uploads it as a blob, then registers the dataset version. The
+ *    manifest names the run, so a retry after a crash between registering and
+ *    recording finds the version it made instead of making another.
+ * Scratch files live under <data>/tmp and are removed whatever happens.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/json.h"
+#include "core/log.h"
+#include "ml/clean.h"
+#include "ml/ndjson.h"
+#include "prep/prep.h"
+
+#define MAX_FIELDS 4096
+
+static int stopping(prep *p, qn_err *err)
+{
+    if (atomic_load(&p->stopping))
+        return qn_err_set(err, QN_CANCELLED, "prep is stopping; the run will be retried at the next start");
+    return 0;
+}
+
+/* ---- reading the source -------------------------------------------------- */
+
+typedef struct source_read {
+    json_t *schema;      /* ingest's {"columns":[...]} or NULL */
+    json_t *first;       /* the first row's data object (for column order) */
+    int64_t rows;
+    int64_t last_seq;
+} source_read;
+
+static int read_schema(prep *p, const char *source, const qn_trace_ctx *trace, source_read *sr, qn_err *err)
+{
+    char path[256];
+    json_t *out = NULL;
+    snprintf(path, sizeof path, "/v1/datasets/%s/schema", source);
+    int rc = qn_client_json(p->ingest, "GET", path, NULL, trace, &out, err);
+    if (rc == QN_NOT_FOUND) {
+        qn_err_clear(err);
+        return 0;
+    }
+    if (rc < 0)
+        return qn_err_wrap(err, "ingest: reading the schema of source dataset %s", source);
+    json_t *cols = json_object_get(json_object_get(out, "schema"), "columns");
+    if (json_is_array(cols))
+        sr->schema = json_incref(json_object_get(out, "schema"));
+    json_decref(out);
+    return 0;
+}
+
+/* Pages through the events into f. 1 when the source has nothing new
+ * (last_seq == prev_last_seq), 0 when read, negative on error. */
+static int read_events(prep *p, const prep_run_input *in, const char *source, FILE *f, source_read *sr,
+                       qn_err *err)
+{
+    int64_t after = 0, end = -1;
+    char path[320];
+    for (;;) {
+        if (stopping(p, err) < 0)
+            return err->code;
+        json_t *page = NULL;
+        snprintf(path, sizeof path, "/v1/datasets/%s/events?after=%lld&limit=%lld", source, (long long)after,
+                 p->page_rows);
+        int rc = qn_client_json(p->ingest, "GET", path, NULL, in->trace, &page, err);
+        if (rc == QN_NOT_FOUND)
+            return qn_err_set(err, QN_NOT_FOUND, "source dataset %s does not exist in ingest (%s)", source,
+                              err->msg);
+        if (rc < 0)
+            return qn_err_wrap(err, "ingest: reading source dataset %s after seq %lld", source, (long long)after);
+        json_t *events = json_object_get(page, "events");
+        json_t *next = json_object_get(page, "next_after"), *last = json_object_get(page, "last_seq");
+        if (!json_is_array(events) || !json_is_integer(next) || !json_is_integer(last)) {
+            json_decref(page);
+            return qn_err_set(err, QN_UNAVAILABLE,
+                              "ingest answered a page of %s without events, next_after and last_seq", source);
+        }
+        if (end < 0) {
+            end = json_integer_value(last);
+            sr->last_seq = end;
+            if (end == in->prev_last_seq) {
+                json_decref(page);
+                return 1;
+            }
+        }
+        size_t i;
+        json_t *ev;
+        int done = json_array_size(events) == 0;
+        json_array_foreach(events, i, ev) {
+            json_t *data = json_object_get(ev, "data");
+            int64_t seq = json_integer_value(json_object_get(ev, "seq"));
+            if (seq > end) {
+                done = 1;
+                break;
+            }
+            if (++sr->rows > p->max_rows) {
+                json_decref(page);
+                return qn_err_set(err, QN_RESOURCE_EXHAUSTED,
+                                  "source dataset %s has more than %lld rows, the most one run reads (--max-rows)",
+                                  source, p->max_rows);
+            }
+            if (!sr->first && json_is_object(data))
+                sr->first = json_incref(data);
+            if (json_dumpf(data ? data : json_null(), f, JSON_COMPACT | JSON_ENCODE_ANY) < 0 ||
+                fputc('\n', f) == EOF) {
+                json_decref(page);
+                return qn_err_set(err, QN_INTERNAL, "cannot write the run's scratch file");
+            }
+        }
+        int64_t n = json_integer_value(next);
+        json_decref(page);
+        if (done || n >= end)
+            return 0;
+        if (n <= after)
+            return qn_err_set(err, QN_UNAVAILABLE, "ingest did not advance past seq %lld for %s", (long long)after,
+                              source);
+        after = n;
+    }
+}
+
+/* ---- schema for the reader ------------------------------------------------- */
+
+typedef struct fields {
+    qml_field_spec f[MAX_FIELDS];
+    size_t n;
+} fields;
+
+static int find_field(const fields *fs, const char *name)
+{
+    for (size_t i = 0; i < fs->n; i++)
+        if (strcmp(fs->f[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+static int add_field(fields *fs, const char *name, int type, int override, qn_err *err)
+{
+    int at = find_field(fs, name);
+    if (at >= 0) {
+        if (override || fs->f[at].type == QML_INFER)
+            fs->f[at].type = type;
+        return 0;
+    }
+    if (fs->n == MAX_FIELDS)
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "more than %d columns", MAX_FIELDS);
+    fs->f[fs->n].name = name;
+    fs->f[fs->n].type = type;
+    fs->n++;
+    return 0;
+}
+
+static int schema_fields(fields *fs, const json_t *schema, int override, qn_err *err)
+{
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(schema, "columns"), i, c) {
+        const char *name = json_string_value(json_object_get(c, "name"));
+        const char *type = json_string_value(json_object_get(c, "type"));
+        qml_type t;
+        if (!name || !*name)
+            continue;
+        if (!type || qml_type_parse(type, &t) < 0)
+            return qn_err_set(err, QN_INVALID_ARGUMENT, "column %s: type \"%s\" is unknown", name,
+                              type ? type : "(none)");
+        if (add_field(fs, name, (int)t, override, err) < 0)
+            return err->code;
+    }
+    return 0;
+}
+
+static int build_fields(fields *fs, const source_read *sr, const json_t *override, qn_err *err)
+{
+    fs->n = 0;
+    if (sr->schema && schema_fields(fs, sr->schema, 0, err) < 0)
+        return qn_err_wrap(err, "ingest schema");
+    if (override && schema_fields(fs, override, 1, err) < 0)
+        return qn_err_wrap(err, "pipeline schema");
+    const char *key;
+    json_t *v;
+    json_object_foreach(sr->first, key, v) {
+        (void)v;
+        if (add_field(fs, key, QML_INFER, 0, err) < 0)
+            return err->code;
+    }
+    return 0;
+}
+
+/* ---- the report ------------------------------------------------------------- */
+
+/* The report of a run: per step, rows in and out, why rows went, and the
+ * step itself (so "rows failing Quantity >" comes with its value). */
+static json_t *report_json(int64_t source_rows, const qml_read_report *rr, const qml_clean_report *cr,
+                           const json_t *spec_steps)
+{
+    json_t *steps = json_array();
+    if (rr->rows_bad > 0) {
+        char why[256];
+        snprintf(why, sizeof why, "rows that do not fit the schema (first: line %llu: %s)",
+                 (unsigned long long)rr->first_bad[0].line, rr->first_bad[0].msg);
+        json_array_append_new(steps, json_pack("{s:s, s:I, s:I, s:I, s:s}", "op", "read", "rows_in",
+                                               (json_int_t)rr->rows_read, "rows_out", (json_int_t)rr->rows_ok,
+                                               "dropped", (json_int_t)rr->rows_bad, "reason", why));
+    }
+    for (size_t i = 0; i < cr->nsteps; i++) {
+        const qml_clean_step_report *s = &cr->steps[i];
+        json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:s}", "op", s->op, "rows_in", (json_int_t)s->rows_in,
+                              "rows_out", (json_int_t)s->rows_out, "dropped",
+                              (json_int_t)(s->rows_in - s->rows_out), "reason", s->note);
+        json_t *step = json_array_get(spec_steps, i);
+        if (step)
+            json_object_set_new(o, "step", json_deep_copy(step));
+        if (s->cells_changed)
+            json_object_set_new(o, "cells_changed", json_integer((json_int_t)s->cells_changed));
+        json_array_append_new(steps, o);
+    }
+    json_t *bad = json_object();
+    for (int r = 0; r < QML_BAD__COUNT; r++)
+        if (rr->by_reason[r])
+            json_object_set_new(bad, qml_bad_reason_name((qml_bad_reason)r), json_integer((json_int_t)rr->by_reason[r]));
+    return json_pack("{s:I, s:I, s:o, s:{s:I, s:I, s:o}}", "rows_in", (json_int_t)source_rows, "rows_out",
+                     (json_int_t)cr->rows_out, "steps", steps, "read", "rows_ok", (json_int_t)rr->rows_ok,
+                     "rows_bad", (json_int_t)rr->rows_bad, "bad_by_reason", bad);
+}
+
+static json_t *frame_schema(const qml_frame *f)
+{
+    json_t *cols = json_array();
+    for (size_t i = 0; i < qml_frame_ncols(f); i++) {
+        const qml_column *c = qml_frame_col(f, i);
+        json_array_append_new(cols, json_pack("{s:s, s:s}", "name", c->name, "type", qml_type_name(c->type)));
+    }
+    return json_pack("{s:o}", "columns", cols);
+}
+
+/* ---- registering ---------------------------------------------------------------- */
+
+/* The version an earlier attempt of this run registered, if the latest is it. */
+static int find_own_version(prep *p, const prep_run_input *in, const char *output, prep_run_result *res,
+                            qn_err *err)
+{
+    char path[256];
+    json_t *v = NULL;
+    snprintf(path, sizeof path, "/v1/datasets/%s/versions/latest", output);
+    int rc = qn_client_json(p->registry, "GET", path, NULL, in->trace, &v, err);
+    if (rc == QN_NOT_FOUND) {
+        qn_err_clear(err);
+        return 0;
+    }
+    if (rc < 0)
+        return qn_err_wrap(err, "registry: reading dataset %s", output);
+    const char *run = json_string_value(json_object_get(json_object_get(v, "manifest"), "run_id"));
+    const char *md = json_string_value(json_object_get(v, "manifest_digest"));
+    int found = run && md && strcmp(run, in->run_id) == 0;
+    if (found) {
+        res->version = json_integer_value(json_object_get(v, "version"));
+        snprintf(res->manifest_digest, sizeof res->manifest_digest, "%s", md);
+    }
+    json_decref(v);
+    return found;
+}
+
+static int register_version(prep *p, const prep_run_input *in, const char *output, json_t *manifest,
+                            prep_run_result *res, qn_err *err)
+{
+    int rc = find_own_version(p, in, output, res, err);
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
+    char path[256], desc[256];
+    json_t *ans = NULL;
+    snprintf(path, sizeof path, "/v1/datasets/%s/versions", output);
+    snprintf(desc, sizeof desc, "pipeline %s, run %s", in->pipeline, in->run_id);
+    json_t *body = json_pack("{s:O, s:s}", "manifest", manifest, "description", desc);
+    rc = qn_client_json(p->registry, "POST", path, body, in->trace, &ans, err);
+    json_decref(body);
+    if (rc < 0)
+        return qn_err_wrap(err, "registry: registering a version of dataset %s", output);
+    const char *md = json_string_value(json_object_get(ans, "manifest_digest"));
+    res->version = json_integer_value(json_object_get(ans, "version"));
+    snprintf(res->manifest_digest, sizeof res->manifest_digest, "%s", md ? md : "");
+    json_decref(ans);
+    if (res->version <= 0 || !md)
+        return qn_err_set(err, QN_UNAVAILABLE, "registry answered without a version number and manifest digest");
+    return 0;
+}
+
+/* ---- the run ------------------------------------------------------------------- */
+
+int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err *err)
+{
+    const char *source = json_string_value(json_object_get(in->spec, "source"));
+    const char *output = json_string_value(json_object_get(in->spec, "output"));
+    source_read sr = {0};
+    char *ndjson_path = NULL, *csv_path = NULL;
+    FILE *f = NULL;
+    qml_frame *raw = NULL, *clean = NULL;
+    qml_clean_steps *steps = NULL;
+    qml_clean_report *crep = calloc(1, sizeof *crep);
+    fields *fs = calloc(1, sizeof *fs);
+    json_t *manifest = NULL;
+    int rc;
+    memset(res, 0, sizeof *res);
+    res->last_seq = -1;
+    if (!crep || !fs || asprintf(&ndjson_path, "%s/run-%s.ndjson", p->tmp_dir, in->run_id) < 0 ||
+        asprintf(&csv_path, "%s/run-%s.csv", p->tmp_dir, in->run_id) < 0) {
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+
+    if ((rc = read_schema(p, source, in->trace, &sr, err)) < 0)
+        goto out;
+    if (!(f = fopen(ndjson_path, "w"))) {
+        rc = qn_err_set(err, QN_INTERNAL, "cannot create the run's scratch file");
+        goto out;
+    }
+    rc = read_events(p, in, source, f, &sr, err);
+    int close_rc = fclose(f);
+    f = NULL;
+    res->last_seq = sr.last_seq;
+    if (rc == 1) {
+        res->skipped = 1;
+        rc = 0;
+        goto out;
+    }
+    if (rc < 0)
+        goto out;
+    if (close_rc != 0) {
+        rc = qn_err_set(err, QN_INTERNAL, "cannot write the run's scratch file");
+        goto out;
+    }
+    if (sr.rows == 0) {
+        rc = qn_err_set(err, QN_FAILED_PRECONDITION,
+                        "source dataset %s has no rows in ingest yet (is the name right?)", source);
+        goto out;
+    }
+
+    qml_ndjson_opts o;
+    qml_ndjson_opts_init(&o);
+    if ((rc = build_fields(fs, &sr, json_object_get(in->spec, "schema"), err)) < 0)
+        goto out;
+    o.fields = fs->f;
+    o.n_fields = fs->n;
+    qml_read_report rrep;
+    if ((rc = qml_ndjson_read_all(ndjson_path, &o, &raw, &rrep, err)) < 0) {
+        qn_err_wrap(err, "reading the rows of %s", source);
+        goto out;
+    }
+    if ((rc = stopping(p, err)) < 0)
+        goto out;
+    if ((rc = qml_clean_from_json(json_object_get(in->spec, "steps"), &steps, err)) < 0 ||
+        (rc = qml_clean_apply(raw, steps, &clean, crep, err)) < 0) {
+        qn_err_wrap(err, "pipeline %s", in->pipeline);
+        goto out;
+    }
+    res->rows_in = sr.rows;
+    res->rows_out = (int64_t)qml_frame_nrows(clean);
+    res->report = report_json(sr.rows, &rrep, crep, json_object_get(in->spec, "steps"));
+
+    char hex[QN_SHA256_HEX + 1];
+    uint64_t bytes = 0;
+    if (!(f = fopen(csv_path, "w"))) {
+        rc = qn_err_set(err, QN_INTERNAL, "cannot create the run's output file");
+        goto out;
+    }
+    rc = prep_csv_write(clean, f, hex, &bytes, err);
+    close_rc = fclose(f);
+    f = NULL;
+    if (rc < 0)
+        goto out;
+    if (close_rc != 0) {
+        rc = qn_err_set(err, QN_INTERNAL, "cannot write the run's output file");
+        goto out;
+    }
+    if ((rc = stopping(p, err)) < 0)
+        goto out;
+
+    char blob_path[128], digest[80];
+    snprintf(digest, sizeof digest, "sha256:%s", hex);
+    snprintf(blob_path, sizeof blob_path, "/v1/blobs/%s", digest);
+    if ((rc = qn_client_put_file(p->registry, blob_path, csv_path, in->trace, err)) < 0) {
+        qn_err_wrap(err, "registry: uploading %s", digest);
+        goto out;
+    }
+    manifest = json_pack("{s:s, s:{s:s}, s:o, s:I, s:I, s:{s:s, s:I}, s:s, s:s, s:s, s:O}", "format",
+                         "quern.dataset/1", "files", "data.csv", digest, "schema", frame_schema(clean), "rows",
+                         (json_int_t)res->rows_out, "bytes", (json_int_t)bytes, "source", "dataset", source,
+                         "last_seq", (json_int_t)sr.last_seq, "pipeline", in->pipeline, "spec_digest",
+                         in->spec_digest, "run_id", in->run_id, "report", res->report);
+    if (!manifest) {
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    rc = register_version(p, in, output, manifest, res, err);
+out:
+    if (f)
+        fclose(f);
+    if (ndjson_path)
+        unlink(ndjson_path);
+    if (csv_path)
+        unlink(csv_path);
+    free(ndjson_path);
+    free(csv_path);
+    json_decref(manifest);
+    json_decref(sr.schema);
+    json_decref(sr.first);
+    qml_frame_free(raw);
+    qml_frame_free(clean);
+    qml_clean_free(steps);
+    free(crep);
+    free(fs);
+    if (rc < 0) {
+        json_decref(res->report);
+        res->report = NULL;
+    }
+    return rc;
+}
