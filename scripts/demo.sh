@@ -60,7 +60,9 @@ code=$(curl -sS -o /dev/null -w '%{http_code}' -X PUT "$URL/v1/blobs/$DIGEST" \
 say "Stored the model file as blob $DIGEST ($SIZE bytes, HTTP $code)"
 
 VERSION=$(curl -fsS -X POST "$URL/v1/models/demo-recommender/versions" -H 'Content-Type: application/json' \
-  -d "{\"manifest\":{\"format\":\"quern.model/1\",\"kind\":\"als\",\"files\":{\"popularity.json\":\"$DIGEST\"}},
+  -d "{\"manifest\":{\"format\":\"quern.model/1\",\"kind\":\"als\",\"files\":{\"popularity.json\":\"$DIGEST\"},
+        \"inputs\":[{\"name\":\"user_id\",\"datatype\":\"BYTES\",\"shape\":[-1]}],
+        \"outputs\":[{\"name\":\"item_id\",\"datatype\":\"BYTES\",\"shape\":[-1,10]}]},
        \"metrics\":{\"items\":10},\"dataset\":{\"name\":\"online-retail\",\"version\":1}}" | json 'd["version"]')
 say "Registered version $VERSION"
 
@@ -70,8 +72,8 @@ say "Moved alias production -> version $VERSION (was: $PREV)"
 
 say "The registry now says:"
 curl -fsS "$URL/v1/models/demo-recommender" | json 'json.dumps(d, indent=2)'
-say "Events waiting for the bus:"
-curl -fsS "$URL/v1/events" | json '"\n".join(f"  #{e[\"seq\"]} {e[\"event\"][\"type\"]} {json.dumps(e[\"event\"][\"data\"])}" for e in d["events"])'
+say "Events in the outbox (published to the bus in order):"
+curl -fsS "$URL/v1/events" | json '"\n".join("  #%d %s %s" % (e["seq"], e["event"]["type"], json.dumps(e["event"]["data"])) for e in d["events"])'
 say "Round trip: the blob reads back identical:"
 curl -fsS "$URL/v1/blobs/$DIGEST" | sha256sum | sed 's/^/  sha256:/; s/  -$//'
 rm -f "$MODEL"

@@ -160,3 +160,16 @@ void qn_time_rfc3339(int64_t ms, char out[32])
     size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(out + n, 32 - n, ".%03dZ", (int)(ms % 1000));
 }
+
+json_t *qn_json_time(int64_t ms)
+{
+    char t[32];
+    qn_time_rfc3339(ms, t);
+    return json_string(t);
+}
+
+json_t *qn_json_from_text(const char *text)
+{
+    json_t *v = text ? json_loads(text, JSON_DECODE_ANY, NULL) : NULL;
+    return v ? v : json_null();
+}

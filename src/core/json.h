@@ -51,5 +51,10 @@ char *qn_json_canonical(const json_t *v);
  * ("2026-11-28T13:30:00.123Z") into out[32]. */
 int64_t qn_now_ms(void);
 void qn_time_rfc3339(int64_t ms, char out[32]);
+/* The same as a JSON string (new reference). */
+json_t *qn_json_time(int64_t ms);
+/* Parses stored JSON text (e.g. a TEXT column); NULL text or bad JSON gives
+ * JSON null. Always a new reference. */
+json_t *qn_json_from_text(const char *text);
 
 #endif

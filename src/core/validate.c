@@ -1,6 +1,7 @@
 /* validate.c - names, integers, limits, page tokens (see validate.h). */
 #include "core/validate.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -123,4 +124,56 @@ int qn_page_token_decode(const char *token, const char *scope, char *key, size_t
 bad:
     return qn_err_set(err, QN_INVALID_ARGUMENT,
                       "page_token is not one this listing issued; pass next_page_token as returned");
+}
+
+int qn_page_begin(qn_page *pg, const char *scope, const char *limit, int64_t def, int64_t max,
+                  const char *token, char after[QN_PAGE_KEY_MAX], qn_err *err)
+{
+    memset(pg, 0, sizeof *pg);
+    pg->scope = scope;
+    if (qn_limit_parse(limit, def, max, &pg->limit, err) < 0 ||
+        qn_page_token_decode(token, scope, after, QN_PAGE_KEY_MAX, err) < 0)
+        return err->code;
+    pg->items = json_array();
+    return pg->items ? 0 : qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+}
+
+int qn_page_full(qn_page *pg)
+{
+    if ((int64_t)json_array_size(pg->items) < pg->limit)
+        return 0;
+    pg->more = 1;
+    return 1;
+}
+
+void qn_page_add(qn_page *pg, json_t *item, const char *key)
+{
+    json_array_append_new(pg->items, item);
+    snprintf(pg->last, sizeof pg->last, "%s", key ? key : "");
+}
+
+void qn_page_add_int(qn_page *pg, json_t *item, int64_t key)
+{
+    char k[24];
+    snprintf(k, sizeof k, "%lld", (long long)key);
+    qn_page_add(pg, item, k);
+}
+
+json_t *qn_page_finish(qn_page *pg, const char *field)
+{
+    json_t *out = json_object();
+    json_object_set_new(out, field, pg->items);
+    pg->items = NULL;
+    if (pg->more) {
+        char *tok = qn_page_token_encode(pg->scope, pg->last);
+        json_object_set_new(out, "next_page_token", json_string(tok ? tok : ""));
+        free(tok);
+    }
+    return out;
+}
+
+void qn_page_free(qn_page *pg)
+{
+    json_decref(pg->items);
+    pg->items = NULL;
 }

@@ -18,28 +18,14 @@
 
 #define MAX_VERSION 1000000000LL
 
-static json_t *time_json(int64_t ms)
-{
-    char t[32];
-    qn_time_rfc3339(ms, t);
-    return json_string(t);
-}
-
-static json_t *json_col(qn_stmt *st, int col)
-{
-    const char *s = qn_col_text(st, col);
-    json_t *v = s ? json_loads(s, JSON_DECODE_ANY, NULL) : NULL;
-    return v ? v : json_null();
-}
-
 #define DSV_COLS "d.name, v.version, v.manifest, v.manifest_digest, v.description, v.tags, v.created_at"
 
 static json_t *dsv_json(qn_stmt *st)
 {
     return json_pack("{s:s, s:I, s:o, s:s, s:s, s:o, s:o}", "dataset", qn_col_text(st, 0), "version",
-                     (json_int_t)qn_col_int64(st, 1), "manifest", json_col(st, 2), "manifest_digest",
-                     qn_col_text(st, 3), "description", qn_col_text(st, 4), "tags", json_col(st, 5),
-                     "created_at", time_json(qn_col_int64(st, 6)));
+                     (json_int_t)qn_col_int64(st, 1), "manifest", qn_json_from_text(qn_col_text(st, 2)), "manifest_digest",
+                     qn_col_text(st, 3), "description", qn_col_text(st, 4), "tags", qn_json_from_text(qn_col_text(st, 5)),
+                     "created_at", qn_json_time(qn_col_int64(st, 6)));
 }
 
 static int check_dataset_name(qn_req *req, qn_res *res, const char **name)
@@ -57,12 +43,11 @@ int reg_datasets_list(qn_req *req, qn_res *res, void *ud)
 {
     registry *r = ud;
     qn_err err;
-    int64_t limit;
-    char after[QN_NAME_MAX + 1];
-    if (qn_limit_parse(qn_req_query(req, "limit"), 50, 1000, &limit, &err) < 0 ||
-        qn_page_token_decode(qn_req_query(req, "page_token"), "datasets", after, sizeof after, &err) < 0)
+    qn_page pg;
+    char after[QN_PAGE_KEY_MAX];
+    if (qn_page_begin(&pg, "datasets", qn_req_query(req, "limit"), 50, 1000,
+                      qn_req_query(req, "page_token"), after, &err) < 0)
         return qn_res_error(res, err.code, "%s", err.msg);
-    json_t *list = json_array(), *out = NULL;
     qn_conn *c = qn_store_acquire(r->db, &err);
     if (!c)
         goto fail;
@@ -73,31 +58,21 @@ int reg_datasets_list(qn_req *req, qn_res *res, void *ud)
     if (!st)
         goto fail;
     qn_bind_text(st, 1, after, -1);
-    qn_bind_int64(st, 2, limit + 1);
+    qn_bind_int64(st, 2, pg.limit + 1);
     int rc;
-    char *last = NULL;
-    while ((rc = qn_step(st, &err)) == 1) {
-        if ((int64_t)json_array_size(list) == limit) {
-            char *tok = qn_page_token_encode("datasets", last);
-            out = json_pack("{s:o, s:s}", "datasets", list, "next_page_token", tok ? tok : "");
-            free(tok);
-            list = NULL;
-            break;
-        }
-        last = qn_arena_strdup(qn_req_arena(req), qn_col_text(st, 0));
-        json_array_append_new(list, json_pack("{s:s, s:I, s:o, s:o}", "name", qn_col_text(st, 0),
-                                              "latest_version", (json_int_t)qn_col_int64(st, 1),
-                                              "created_at", time_json(qn_col_int64(st, 2)),
-                                              "updated_at", time_json(qn_col_int64(st, 3))));
-    }
+    while ((rc = qn_step(st, &err)) == 1 && !qn_page_full(&pg))
+        qn_page_add(&pg,
+                    json_pack("{s:s, s:I, s:o, s:o}", "name", qn_col_text(st, 0), "latest_version",
+                              (json_int_t)qn_col_int64(st, 1), "created_at",
+                              qn_json_time(qn_col_int64(st, 2)), "updated_at",
+                              qn_json_time(qn_col_int64(st, 3))),
+                    qn_col_text(st, 0));
     if (rc < 0)
         goto fail;
-    if (!out)
-        out = json_pack("{s:o}", "datasets", list);
     qn_store_release(r->db, c);
-    return qn_res_json(res, 200, out);
+    return qn_res_json(res, 200, qn_page_finish(&pg, "datasets"));
 fail:
-    json_decref(list);
+    qn_page_free(&pg);
     if (c)
         qn_store_release(r->db, c);
     return reg_fail(req, res, &err);
@@ -227,15 +202,17 @@ int reg_dataset_versions_list(qn_req *req, qn_res *res, void *ud)
     registry *r = ud;
     qn_err err;
     const char *name;
-    int64_t limit, before = 0, id;
-    char after[32];
+    int64_t before = 0, id;
+    qn_page pg;
+    char after[QN_PAGE_KEY_MAX];
     if (check_dataset_name(req, res, &name) < 0)
         return 0;
-    if (qn_limit_parse(qn_req_query(req, "limit"), 50, 1000, &limit, &err) < 0 ||
-        qn_page_token_decode(qn_req_query(req, "page_token"), "dataset_versions", after, sizeof after, &err) < 0 ||
-        (after[0] && qn_uint_parse("page_token", after, MAX_VERSION, &before, &err) < 0))
+    if (qn_page_begin(&pg, "dataset_versions", qn_req_query(req, "limit"), 50, 1000,
+                      qn_req_query(req, "page_token"), after, &err) < 0 ||
+        (after[0] && qn_uint_parse("page_token", after, MAX_VERSION, &before, &err) < 0)) {
+        qn_page_free(&pg);
         return qn_res_error(res, err.code, "%s", err.msg);
-    json_t *list = json_array(), *out = NULL;
+    }
     qn_conn *c = qn_store_acquire(r->db, &err);
     if (!c || qn_tx_begin(c, QN_TX_READ, &err) < 0 || dataset_id(c, name, &id, &err) < 0)
         goto fail;
@@ -247,31 +224,17 @@ int reg_dataset_versions_list(qn_req *req, qn_res *res, void *ud)
     qn_bind_int64(st, 1, id);
     qn_bind_int64(st, 2, before);
     qn_bind_int64(st, 3, before);
-    qn_bind_int64(st, 4, limit + 1);
+    qn_bind_int64(st, 4, pg.limit + 1);
     int rc;
-    int64_t last = 0;
-    while ((rc = qn_step(st, &err)) == 1) {
-        if ((int64_t)json_array_size(list) == limit) {
-            char key[32];
-            snprintf(key, sizeof key, "%lld", (long long)last);
-            char *tok = qn_page_token_encode("dataset_versions", key);
-            out = json_pack("{s:o, s:s}", "versions", list, "next_page_token", tok ? tok : "");
-            free(tok);
-            list = NULL;
-            break;
-        }
-        last = qn_col_int64(st, 1);
-        json_array_append_new(list, dsv_json(st));
-    }
+    while ((rc = qn_step(st, &err)) == 1 && !qn_page_full(&pg))
+        qn_page_add_int(&pg, dsv_json(st), qn_col_int64(st, 1));
     if (rc < 0)
         goto fail;
-    if (!out)
-        out = json_pack("{s:o}", "versions", list);
     qn_tx_rollback(c);
     qn_store_release(r->db, c);
-    return qn_res_json(res, 200, out);
+    return qn_res_json(res, 200, qn_page_finish(&pg, "versions"));
 fail:
-    json_decref(list);
+    qn_page_free(&pg);
     if (c)
         qn_store_release(r->db, c);
     return reg_fail(req, res, &err);

@@ -16,6 +16,7 @@
 #include "core/json.h"
 #include "core/log.h"
 #include "core/validate.h"
+#include "ml/bundle.h"
 #include "registry/registry.h"
 
 #define MAX_VERSION 1000000000LL
@@ -23,20 +24,6 @@
 static const char *const version_statuses[] = {"ready", "deprecated", "archived", NULL};
 
 /* ---- helpers ------------------------------------------------------------- */
-
-static json_t *json_col(qn_stmt *st, int col)
-{
-    const char *s = qn_col_text(st, col);
-    json_t *v = s ? json_loads(s, JSON_DECODE_ANY, NULL) : NULL;
-    return v ? v : json_null();
-}
-
-static json_t *time_json(int64_t ms)
-{
-    char t[32];
-    qn_time_rfc3339(ms, t);
-    return json_string(t);
-}
 
 /* Looks up a model's id; QN_NOT_FOUND naming the model when absent. */
 static int model_id(qn_conn *c, const char *name, int64_t *id, qn_err *err)
@@ -152,9 +139,9 @@ static json_t *model_json(qn_conn *c, qn_stmt *st, qn_err *err)
 {
     int64_t id = qn_col_int64(st, 0);
     json_t *m = json_pack("{s:s, s:s, s:o, s:o, s:o}", "name", qn_col_text(st, 1), "description",
-                          qn_col_text(st, 2), "tags", json_col(st, 3), "created_at",
-                          time_json(qn_col_int64(st, 4)), "updated_at",
-                          time_json(qn_col_int64(st, 5)));
+                          qn_col_text(st, 2), "tags", qn_json_from_text(qn_col_text(st, 3)), "created_at",
+                          qn_json_time(qn_col_int64(st, 4)), "updated_at",
+                          qn_json_time(qn_col_int64(st, 5)));
     /* The caller's statement stays valid: these use other statements. */
     qn_stmt *lv = qn_prepare(c, "SELECT MAX(version) FROM versions WHERE model_id = ?", err);
     if (!lv)
@@ -183,11 +170,11 @@ static json_t *version_json(qn_conn *c, qn_stmt *st, qn_err *err)
     int64_t id = qn_col_int64(st, 0), version = qn_col_int64(st, 2);
     json_t *v = json_pack("{s:s, s:I, s:o, s:s, s:o, s:o, s:o, s:o, s:s, s:s, s:o, s:o}", "model",
                           qn_col_text(st, 1), "version", (json_int_t)version, "manifest",
-                          json_col(st, 3), "manifest_digest", qn_col_text(st, 4), "metrics",
-                          json_col(st, 5), "params", json_col(st, 6), "tags", json_col(st, 7),
-                          "dataset", json_col(st, 8), "description", qn_col_text(st, 9), "status",
-                          qn_col_text(st, 10), "created_at", time_json(qn_col_int64(st, 11)),
-                          "updated_at", time_json(qn_col_int64(st, 12)));
+                          qn_json_from_text(qn_col_text(st, 3)), "manifest_digest", qn_col_text(st, 4), "metrics",
+                          qn_json_from_text(qn_col_text(st, 5)), "params", qn_json_from_text(qn_col_text(st, 6)), "tags", qn_json_from_text(qn_col_text(st, 7)),
+                          "dataset", qn_json_from_text(qn_col_text(st, 8)), "description", qn_col_text(st, 9), "status",
+                          qn_col_text(st, 10), "created_at", qn_json_time(qn_col_int64(st, 11)),
+                          "updated_at", qn_json_time(qn_col_int64(st, 12)));
     json_t *al = aliases_json(c, id, version, err);
     if (!al) {
         json_decref(v);
@@ -264,16 +251,17 @@ int reg_models_list(qn_req *req, qn_res *res, void *ud)
 {
     registry *r = ud;
     qn_err err;
-    int64_t limit;
-    char after[QN_NAME_MAX + 1];
+    qn_page pg;
+    char after[QN_PAGE_KEY_MAX];
     char *tkey, *tval;
-    if (qn_limit_parse(qn_req_query(req, "limit"), 50, 1000, &limit, &err) < 0 ||
-        qn_page_token_decode(qn_req_query(req, "page_token"), "models", after, sizeof after, &err) < 0)
+    if (qn_page_begin(&pg, "models", qn_req_query(req, "limit"), 50, 1000,
+                      qn_req_query(req, "page_token"), after, &err) < 0)
         return qn_res_error(res, err.code, "%s", err.msg);
-    if (parse_tag_filter(req, res, &tkey, &tval) < 0)
+    if (parse_tag_filter(req, res, &tkey, &tval) < 0) {
+        qn_page_free(&pg);
         return 0;
+    }
 
-    json_t *list = json_array(), *out = NULL;
     qn_conn *c = qn_store_acquire(r->db, &err);
     if (!c || qn_tx_begin(c, QN_TX_READ, &err) < 0)
         goto fail;
@@ -290,32 +278,21 @@ int reg_models_list(qn_req *req, qn_res *res, void *ud)
     tkey ? qn_bind_text(st, 3, tkey, -1) : qn_bind_null(st, 3);
     tval ? qn_bind_text(st, 4, tval, -1) : qn_bind_null(st, 4);
     tval ? qn_bind_text(st, 5, tval, -1) : qn_bind_null(st, 5);
-    qn_bind_int64(st, 6, limit + 1);
+    qn_bind_int64(st, 6, pg.limit + 1);
     int rc;
-    char *last = NULL;
-    while ((rc = qn_step(st, &err)) == 1) {
-        if ((int64_t)json_array_size(list) == limit) {
-            char *tok = qn_page_token_encode("models", last);
-            out = json_pack("{s:o, s:s}", "models", list, "next_page_token", tok ? tok : "");
-            free(tok);
-            list = NULL;
-            break;
-        }
+    while ((rc = qn_step(st, &err)) == 1 && !qn_page_full(&pg)) {
         json_t *m = model_json(c, st, &err);
         if (!m)
             goto fail;
-        last = qn_arena_strdup(qn_req_arena(req), qn_col_text(st, 1));
-        json_array_append_new(list, m);
+        qn_page_add(&pg, m, qn_col_text(st, 1));
     }
     if (rc < 0)
         goto fail;
-    if (!out)
-        out = json_pack("{s:o}", "models", list);
     qn_tx_rollback(c);
     qn_store_release(r->db, c);
-    return qn_res_json(res, 200, out);
+    return qn_res_json(res, 200, qn_page_finish(&pg, "models"));
 fail:
-    json_decref(list);
+    qn_page_free(&pg);
     if (c)
         qn_store_release(r->db, c);
     return reg_fail(req, res, &err);
@@ -382,33 +359,23 @@ fail:
 
 /* ---- versions ------------------------------------------------------------ */
 
-/* The manifest of a model version (DESIGN.md section 4). Only what the
- * registry relies on is checked here; libquern-ml validates the rest when it
- * loads the bundle. */
-static int check_model_manifest(const registry *r, const json_t *m, qn_err *err)
+/* The manifest of a model version (DESIGN.md section 4) is validated by
+ * libquern-ml, the code that will load the bundle, so the registry never
+ * stores a manifest that serve would refuse; the registry adds what only it
+ * can check: every file is a stored blob. digest gets the manifest's digest. */
+static int check_model_manifest(const registry *r, const json_t *m, char digest[QML_DIGEST_STR],
+                                qn_err *err)
 {
-    static const char *const kinds[] = {"als", "logistic", "linear", "xgboost", NULL};
-    const char *format = NULL, *kind = NULL;
-    json_t *files = NULL;
-    if (!json_is_object(m))
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "field \"manifest\" must be an object");
-    if (qn_json_str(m, "format", 1, 64, &format, err) < 0)
+    qml_manifest *mf = NULL;
+    char *text = qn_json_canonical(m);
+    int rc = text ? qml_manifest_parse(text, strlen(text), &mf, err)
+                  : qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    free(text);
+    if (rc == 0)
+        rc = qml_manifest_digest(mf, digest, err);
+    qml_manifest_free(mf);
+    if (rc < 0)
         return qn_err_wrap(err, "manifest");
-    if (strcmp(format, "quern.model/1") != 0)
-        return qn_err_set(err, QN_INVALID_ARGUMENT,
-                          "manifest format \"%.64s\" is not supported; use \"quern.model/1\"", format);
-    if (qn_json_str(m, "kind", 1, 64, &kind, err) < 0)
-        return qn_err_wrap(err, "manifest");
-    int known = 0;
-    for (const char *const *k = kinds; *k; k++)
-        known |= strcmp(*k, kind) == 0;
-    if (!known)
-        return qn_err_set(err, QN_INVALID_ARGUMENT,
-                          "manifest kind \"%.64s\" is unknown; use als, logistic, linear or xgboost", kind);
-    if (qn_json_obj(m, "files", 1, &files, err) < 0)
-        return qn_err_wrap(err, "manifest");
-    if (json_object_size(files) == 0)
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "manifest \"files\" is empty; a model needs its files");
     return reg_manifest_check_blobs(r, m, err);
 }
 
@@ -463,6 +430,7 @@ int reg_versions_create(qn_req *req, qn_res *res, void *ud)
     qn_err err;
     const char *name, *desc = "";
     json_t *manifest = NULL, *tags = NULL, *out = NULL;
+    char digest[QML_DIGEST_STR];
     char *manifest_text = NULL, *metrics_text = NULL, *params_text = NULL, *tags_text = NULL,
          *dataset_text = NULL;
     qn_conn *c = NULL;
@@ -475,7 +443,7 @@ int reg_versions_create(qn_req *req, qn_res *res, void *ud)
     if (qn_json_only(body, allowed, &err) < 0 || qn_json_obj(body, "manifest", 1, &manifest, &err) < 0 ||
         qn_json_str(body, "description", 0, 4096, &desc, &err) < 0 ||
         qn_json_tags(body, "tags", &tags, &err) < 0 || check_metrics_params(body, &err) < 0 ||
-        check_model_manifest(r, manifest, &err) < 0)
+        check_model_manifest(r, manifest, digest, &err) < 0)
         return qn_res_error(res, err.code, "%s", err.msg);
 
     manifest_text = qn_json_canonical(manifest);
@@ -485,10 +453,6 @@ int reg_versions_create(qn_req *req, qn_res *res, void *ud)
     params_text = qn_json_canonical(params && !json_is_null(params) ? params : json_object());
     tags_text = qn_json_canonical(tags ? tags : json_object());
     dataset_text = dataset && !json_is_null(dataset) ? qn_json_canonical(dataset) : NULL;
-    char hex[QN_SHA256_HEX + 1], digest[80];
-    qn_sha256_buf(manifest_text, strlen(manifest_text), hex);
-    snprintf(digest, sizeof digest, "sha256:%s", hex);
-
     int64_t now = qn_now_ms(), id, version;
     c = qn_store_acquire(r->db, &err);
     if (!c || qn_tx_begin(c, QN_TX_WRITE, &err) < 0)
@@ -575,19 +539,23 @@ int reg_versions_list(qn_req *req, qn_res *res, void *ud)
     registry *r = ud;
     qn_err err;
     const char *name, *status = qn_req_query(req, "status");
-    int64_t limit, id, before = 0;
-    char after[32];
+    int64_t id, before = 0;
+    qn_page pg;
+    char after[QN_PAGE_KEY_MAX];
     char *tkey, *tval;
     if (check_model_name(req, res, &name) < 0)
         return 0;
-    if (qn_limit_parse(qn_req_query(req, "limit"), 50, 1000, &limit, &err) < 0 ||
-        qn_page_token_decode(qn_req_query(req, "page_token"), "versions", after, sizeof after, &err) < 0 ||
-        (after[0] && qn_uint_parse("page_token", after, MAX_VERSION, &before, &err) < 0))
+    if (qn_page_begin(&pg, "versions", qn_req_query(req, "limit"), 50, 1000,
+                      qn_req_query(req, "page_token"), after, &err) < 0 ||
+        (after[0] && qn_uint_parse("page_token", after, MAX_VERSION, &before, &err) < 0)) {
+        qn_page_free(&pg);
         return qn_res_error(res, err.code, "%s", err.msg);
-    if (parse_tag_filter(req, res, &tkey, &tval) < 0)
+    }
+    if (parse_tag_filter(req, res, &tkey, &tval) < 0) {
+        qn_page_free(&pg);
         return 0;
+    }
 
-    json_t *list = json_array(), *out = NULL;
     qn_conn *c = qn_store_acquire(r->db, &err);
     if (!c || qn_tx_begin(c, QN_TX_READ, &err) < 0 || model_id(c, name, &id, &err) < 0)
         goto fail;
@@ -611,34 +579,21 @@ int reg_versions_list(qn_req *req, qn_res *res, void *ud)
     tkey ? qn_bind_text(st, 7, tkey, -1) : qn_bind_null(st, 7);
     tval ? qn_bind_text(st, 8, tval, -1) : qn_bind_null(st, 8);
     tval ? qn_bind_text(st, 9, tval, -1) : qn_bind_null(st, 9);
-    qn_bind_int64(st, 10, limit + 1);
+    qn_bind_int64(st, 10, pg.limit + 1);
     int rc;
-    int64_t last = 0;
-    while ((rc = qn_step(st, &err)) == 1) {
-        if ((int64_t)json_array_size(list) == limit) {
-            char key[32];
-            snprintf(key, sizeof key, "%lld", (long long)last);
-            char *tok = qn_page_token_encode("versions", key);
-            out = json_pack("{s:o, s:s}", "versions", list, "next_page_token", tok ? tok : "");
-            free(tok);
-            list = NULL;
-            break;
-        }
+    while ((rc = qn_step(st, &err)) == 1 && !qn_page_full(&pg)) {
         json_t *v = version_json(c, st, &err);
         if (!v)
             goto fail;
-        last = qn_col_int64(st, 2);
-        json_array_append_new(list, v);
+        qn_page_add_int(&pg, v, qn_col_int64(st, 2));
     }
     if (rc < 0)
         goto fail;
-    if (!out)
-        out = json_pack("{s:o}", "versions", list);
     qn_tx_rollback(c);
     qn_store_release(r->db, c);
-    return qn_res_json(res, 200, out);
+    return qn_res_json(res, 200, qn_page_finish(&pg, "versions"));
 fail:
-    json_decref(list);
+    qn_page_free(&pg);
     if (c)
         qn_store_release(r->db, c);
     return reg_fail(req, res, &err);
@@ -852,7 +807,7 @@ int reg_aliases_list(qn_req *req, qn_res *res, void *ud)
     while ((rc = qn_step(st, &err)) == 1)
         json_array_append_new(list, json_pack("{s:s, s:I, s:o}", "alias", qn_col_text(st, 0), "version",
                                               (json_int_t)qn_col_int64(st, 1), "updated_at",
-                                              time_json(qn_col_int64(st, 2))));
+                                              qn_json_time(qn_col_int64(st, 2))));
     if (rc < 0)
         goto fail;
     qn_tx_rollback(c);
@@ -887,7 +842,7 @@ int reg_aliases_get(qn_req *req, qn_res *res, void *ud)
     if (rc <= 0)
         goto fail;
     json_t *out = json_pack("{s:s, s:s, s:I, s:o}", "model", name, "alias", alias, "version",
-                            (json_int_t)qn_col_int64(st, 0), "updated_at", time_json(qn_col_int64(st, 1)));
+                            (json_int_t)qn_col_int64(st, 0), "updated_at", qn_json_time(qn_col_int64(st, 1)));
     qn_step(st, &err);
     qn_tx_rollback(c);
     qn_store_release(r->db, c);

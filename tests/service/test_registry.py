@@ -153,6 +153,12 @@ class RegistryTest(ServiceTest):
                          400, "invalid_argument", "format")
         self.assertError(r("POST", "/v1/models/churn/versions", {"manifest": dict(m, kind="svm")}),
                          400, "invalid_argument", "kind")
+        no_inputs = {k: v for k, v in m.items() if k != "inputs"}
+        self.assertError(r("POST", "/v1/models/churn/versions", {"manifest": no_inputs}),
+                         400, "invalid_argument", "inputs")
+        bad_type = dict(m, inputs=[{"name": "x", "datatype": "FLOAT", "shape": [-1, 3]}])
+        self.assertError(r("POST", "/v1/models/churn/versions", {"manifest": bad_type}),
+                         400, "invalid_argument", "FLOAT")
         bad = dict(m, files={"model.json": "sha256:" + "a" * 70})
         self.assertError(r("POST", "/v1/models/churn/versions", {"manifest": bad}), 400,
                          "invalid_argument", "64")

@@ -342,16 +342,47 @@ int qn_bus_publish(qn_bus *bus, const json_t *event, qn_err *err)
     return qn_bus_publish_batch(bus, &one, 1, err);
 }
 
+/* json_dump_callback sink: appends to one buffer per batch (one allocation
+ * for a whole batch instead of one per event: serialization is most of the
+ * cost of a batched publish). */
+typedef struct sink {
+    char *p;
+    size_t len, cap;
+    int oom;
+} sink;
+
+static int sink_put(const char *b, size_t n, void *ud)
+{
+    sink *s = ud;
+    if (s->len + n > s->cap) {
+        size_t cap = s->cap ? s->cap : 4096;
+        while (cap < s->len + n)
+            cap *= 2;
+        char *p = realloc(s->p, cap);
+        if (!p) {
+            s->oom = 1;
+            return -1;
+        }
+        s->p = p;
+        s->cap = cap;
+    }
+    memcpy(s->p + s->len, b, n);
+    s->len += n;
+    return 0;
+}
+
 int qn_bus_publish_batch(qn_bus *bus, json_t *const *events, size_t n, qn_err *err)
 {
     if (n == 0)
         return 0;
     int rc = 0;
+    sink sk = {0};
     const char **topics = calloc(n, sizeof *topics);
     const char **ids = calloc(n, sizeof *ids);
-    char **bodies = calloc(n, sizeof *bodies);
+    const char **bodies = calloc(n, sizeof *bodies);
+    size_t *offs = calloc(n, sizeof *offs);
     size_t *lens = calloc(n, sizeof *lens);
-    if (!topics || !ids || !bodies || !lens) {
+    if (!topics || !ids || !bodies || !offs || !lens) {
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "bus: out of memory for a batch of %zu", n);
         goto out;
     }
@@ -362,13 +393,13 @@ int qn_bus_publish_batch(qn_bus *bus, json_t *const *events, size_t n, qn_err *e
         }
         topics[i] = json_string_value(json_object_get(events[i], "type"));
         ids[i] = json_string_value(json_object_get(events[i], "id"));
-        bodies[i] = json_dumps(events[i], JSON_COMPACT);
-        if (!bodies[i]) {
+        offs[i] = sk.len;
+        if (json_dump_callback(events[i], sink_put, &sk, JSON_COMPACT) < 0 || sk.oom) {
             rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "bus: out of memory serializing event %zu",
                             i);
             goto out;
         }
-        lens[i] = strlen(bodies[i]);
+        lens[i] = sk.len - offs[i];
         if (lens[i] > bus->o.max_message_bytes) {
             rc = qn_err_set(err, QN_INVALID_ARGUMENT,
                             "event %zu of the batch: %zu bytes exceed the limit of %zu", i,
@@ -376,7 +407,9 @@ int qn_bus_publish_batch(qn_bus *bus, json_t *const *events, size_t n, qn_err *e
             goto out;
         }
     }
-    rc = bus->ops->publish(bus, topics, ids, (const char *const *)bodies, lens, n, err);
+    for (size_t i = 0; i < n; i++)
+        bodies[i] = sk.p + offs[i];
+    rc = bus->ops->publish(bus, topics, ids, bodies, lens, n, err);
     if (rc == 0 && bus->published) {
         /* count runs of one topic with one update: batches are mostly one type */
         size_t i = 0;
@@ -390,12 +423,11 @@ int qn_bus_publish_batch(qn_bus *bus, json_t *const *events, size_t n, qn_err *e
         }
     }
 out:
-    if (bodies)
-        for (size_t i = 0; i < n; i++)
-            free(bodies[i]);
+    free(sk.p);
     free(topics);
     free(ids);
     free(bodies);
+    free(offs);
     free(lens);
     return rc;
 }

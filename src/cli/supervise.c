@@ -1,0 +1,472 @@
+/*
+ * supervise.c - quern up / down / status: every service as a local process.
+ *
+ * `quern up` runs a supervisor that starts the services (registry first,
+ * then the rest), writes each one's log under $QUERN_HOME/logs, restarts a
+ * service that exits unexpectedly with a growing delay (1 s doubling to 30 s,
+ * reset after a minute of good health), and records what runs in
+ * $QUERN_HOME/run/supervisor.json. In the foreground it prints the status
+ * table once everything is ready and stops everything on Ctrl-C; with
+ * --detach it becomes a daemon and the command returns once all services are
+ * ready. `quern down` signals the supervisor, which stops the services with
+ * SIGTERM (each drains and flushes what it owes), then SIGKILL after 20 s.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "core/json.h"
+#include "core/service.h"
+
+#define MAX_BACKOFF_MS 30000
+#define HEALTHY_RESET_MS 60000
+#define STOP_GRACE_MS 20000
+#define READY_TIMEOUT_MS 60000
+
+typedef struct child {
+    const cli_service *svc;
+    pid_t pid;
+    int64_t started_ms;
+    int64_t backoff_ms;
+    int64_t restart_at_ms; /* when a crashed child is due to start again */
+    int restarts;
+} child;
+
+static volatile sig_atomic_t g_stop;
+static child g_children[16];
+static size_t g_nchildren;
+
+static void on_signal(int sig)
+{
+    g_stop = sig;
+}
+
+static void home_path(char *out, size_t cap, const char *rel)
+{
+    snprintf(out, cap, "%s/%s", g_cli.home, rel);
+}
+
+/* The directory of the running quern binary: the services sit beside it. */
+static void bin_dir(char *out, size_t cap)
+{
+    ssize_t n = readlink("/proc/self/exe", out, cap - 1);
+    if (n <= 0) {
+        snprintf(out, cap, ".");
+        return;
+    }
+    out[n] = '\0';
+    char *slash = strrchr(out, '/');
+    if (slash)
+        *slash = '\0';
+}
+
+static int service_installed(const cli_service *s)
+{
+    char dir[PATH_MAX], path[PATH_MAX + 64];
+    bin_dir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/quern-%s", dir, s->name);
+    return access(path, X_OK) == 0;
+}
+
+static void write_state(void)
+{
+    char path[PATH_MAX], tmp[PATH_MAX + 8];
+    json_t *svcs = json_array();
+    for (size_t i = 0; i < g_nchildren; i++) {
+        child *c = &g_children[i];
+        json_array_append_new(svcs, json_pack("{s:s, s:i, s:i, s:I, s:i}", "name", c->svc->name, "pid",
+                                              (int)c->pid, "port", g_cli.port_base + c->svc->offset,
+                                              "started_ms", (json_int_t)c->started_ms, "restarts",
+                                              c->restarts));
+    }
+    json_t *st = json_pack("{s:i, s:i, s:o}", "pid", (int)getpid(), "port_base", g_cli.port_base,
+                           "services", svcs);
+    home_path(path, sizeof path, "run/supervisor.json");
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (json_dump_file(st, tmp, JSON_INDENT(2)) == 0)
+        rename(tmp, path);
+    json_decref(st);
+}
+
+static pid_t spawn(const cli_service *s)
+{
+    char dir[PATH_MAX], exe[PATH_MAX + 64], log[PATH_MAX], listen[64], grpc[64];
+    bin_dir(dir, sizeof dir);
+    snprintf(exe, sizeof exe, "%s/quern-%s", dir, s->name);
+    snprintf(log, sizeof log, "%s/logs/%s.log", g_cli.home, s->name);
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", g_cli.port_base + s->offset);
+    snprintf(grpc, sizeof grpc, "127.0.0.1:%d", g_cli.port_base + 6);
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    /* child: its own log, the service URLs of its peers in the environment */
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        dup2(fd, STDOUT_FILENO);
+        dup2(fd, STDERR_FILENO);
+    }
+    int nul = open("/dev/null", O_RDONLY);
+    if (nul >= 0)
+        dup2(nul, STDIN_FILENO);
+    setenv("QUERN_HOME", g_cli.home, 1);
+    for (size_t i = 0; i < cli_nservices; i++)
+        setenv(cli_services[i].env, cli_service_url(&cli_services[i]), 0);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    if (strcmp(s->name, "serve") == 0)
+        execl(exe, exe, "--listen", listen, "--grpc-listen", grpc, (char *)NULL);
+    else
+        execl(exe, exe, "--listen", listen, (char *)NULL);
+    fprintf(stderr, "quern: cannot run %s: %s\n", exe, strerror(errno));
+    _exit(127);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* GET /readyz: 1 ready, 0 not (yet). */
+static int service_ready(const cli_service *s, json_t **why)
+{
+    qn_err err;
+    char url[96];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", g_cli.port_base + s->offset);
+    qn_client_opts o = {.base_url = url, .timeout_ms = 1000, .max_retries = -1};
+    qn_client *c = qn_client_new(&o, &err);
+    json_t *out = NULL;
+    int rc = c ? qn_client_json(c, "GET", "/readyz", NULL, NULL, &out, &err) : -1;
+    qn_client_free(c);
+    if (why)
+        *why = out;
+    else
+        json_decref(out);
+    return rc == 200;
+}
+
+static void start_child(child *c)
+{
+    c->pid = spawn(c->svc);
+    c->started_ms = now_ms();
+    c->restart_at_ms = 0;
+}
+
+/* Stops every child: SIGTERM, then SIGKILL after the grace period. */
+static void stop_all(void)
+{
+    for (size_t i = 0; i < g_nchildren; i++)
+        if (g_children[i].pid > 0)
+            kill(g_children[i].pid, SIGTERM);
+    int64_t deadline = now_ms() + STOP_GRACE_MS;
+    for (;;) {
+        int alive = 0;
+        for (size_t i = 0; i < g_nchildren; i++) {
+            child *c = &g_children[i];
+            if (c->pid > 0 && waitpid(c->pid, NULL, WNOHANG) == 0)
+                alive++;
+            else
+                c->pid = 0;
+        }
+        if (!alive)
+            break;
+        if (now_ms() > deadline) {
+            for (size_t i = 0; i < g_nchildren; i++)
+                if (g_children[i].pid > 0) {
+                    fprintf(stderr, "quern: quern-%s did not stop in time; killing it\n",
+                            g_children[i].svc->name);
+                    kill(g_children[i].pid, SIGKILL);
+                    waitpid(g_children[i].pid, NULL, 0);
+                    g_children[i].pid = 0;
+                }
+            break;
+        }
+        usleep(50000);
+    }
+    write_state();
+}
+
+/* The supervisor loop: reap, restart with backoff, until asked to stop. */
+static int supervise(void)
+{
+    while (!g_stop) {
+        int status;
+        pid_t pid;
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+            for (size_t i = 0; i < g_nchildren; i++) {
+                child *c = &g_children[i];
+                if (c->pid != pid)
+                    continue;
+                int64_t ran = now_ms() - c->started_ms;
+                c->backoff_ms = ran > HEALTHY_RESET_MS ? 1000
+                                : c->backoff_ms ? (c->backoff_ms * 2 > MAX_BACKOFF_MS ? MAX_BACKOFF_MS
+                                                                                     : c->backoff_ms * 2)
+                                                : 1000;
+                c->pid = 0;
+                c->restart_at_ms = now_ms() + c->backoff_ms;
+                fprintf(stderr, "quern: quern-%s exited (%s %d) after %.1f s; restarting in %.1f s\n",
+                        c->svc->name, WIFSIGNALED(status) ? "signal" : "status",
+                        WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status), ran / 1000.0,
+                        c->backoff_ms / 1000.0);
+            }
+        }
+        for (size_t i = 0; i < g_nchildren; i++) {
+            child *c = &g_children[i];
+            if (c->pid == 0 && c->restart_at_ms && now_ms() >= c->restart_at_ms) {
+                start_child(c);
+                c->restarts++;
+                write_state();
+            }
+        }
+        usleep(100000);
+    }
+    stop_all();
+    char path[PATH_MAX];
+    home_path(path, sizeof path, "run/supervisor.json");
+    unlink(path);
+    return 0;
+}
+
+static int wait_ready(int64_t timeout_ms)
+{
+    int64_t deadline = now_ms() + timeout_ms;
+    for (size_t i = 0; i < g_nchildren; i++) {
+        const cli_service *s = g_children[i].svc;
+        while (!service_ready(s, NULL)) {
+            if (now_ms() > deadline || g_stop) {
+                fprintf(stderr, "quern: quern-%s is not ready after %lld s; its log: %s/logs/%s.log\n",
+                        s->name, (long long)(timeout_ms / 1000), g_cli.home, s->name);
+                return -1;
+            }
+            usleep(50000);
+        }
+    }
+    return 0;
+}
+
+/* Reads the supervisor state; NULL when no supervisor runs. */
+static json_t *read_state(void)
+{
+    char path[PATH_MAX];
+    home_path(path, sizeof path, "run/supervisor.json");
+    json_t *st = json_load_file(path, 0, NULL);
+    if (!st)
+        return NULL;
+    pid_t pid = (pid_t)json_integer_value(json_object_get(st, "pid"));
+    if (pid <= 0 || kill(pid, 0) != 0) {
+        json_decref(st);
+        unlink(path); /* stale: the supervisor is gone */
+        return NULL;
+    }
+    return st;
+}
+
+int cmd_up(int argc, char **argv)
+{
+    int detach = 0;
+    const char *only = NULL;
+    cli_args a = {argc, argv, 1};
+    for (; a.i < argc; a.i++) {
+        const char *v;
+        if (cli_flag(&a, "--detach") || cli_flag(&a, "-d"))
+            detach = 1;
+        else if ((v = cli_opt(&a, "--services")))
+            only = v;
+        else
+            return cli_usage("quern up [--detach] [--services registry,ingest,...]\n"
+                             "  starts every installed service on embedded defaults under $QUERN_HOME");
+    }
+    json_t *running = read_state();
+    if (running) {
+        fprintf(stderr, "quern: services already run under %s (supervisor pid %lld); `quern status` "
+                        "shows them, `quern down` stops them\n",
+                g_cli.home, (long long)json_integer_value(json_object_get(running, "pid")));
+        json_decref(running);
+        return CLI_CONFLICT;
+    }
+    char path[PATH_MAX];
+    qn_err err;
+    home_path(path, sizeof path, "logs");
+    if (qn_mkdir_p(path, &err) < 0)
+        return cli_fail(NULL, &err);
+    home_path(path, sizeof path, "run");
+    if (qn_mkdir_p(path, &err) < 0)
+        return cli_fail(NULL, &err);
+    /* Services resolve ${QUERN_HOME} themselves: make it absolute so that a
+     * daemon (which changes directory) and its children agree. */
+    static char abs_home[PATH_MAX];
+    if (realpath(g_cli.home, abs_home))
+        g_cli.home = abs_home;
+
+    for (size_t i = 0; i < cli_nservices; i++) {
+        const cli_service *s = &cli_services[i];
+        if (only && !strstr(only, s->name))
+            continue;
+        if (!service_installed(s))
+            continue;
+        g_children[g_nchildren++] = (child){.svc = s};
+    }
+    if (g_nchildren == 0) {
+        fprintf(stderr, "quern: no service binaries found beside this quern; run `make build`\n");
+        return CLI_FAILED;
+    }
+
+    if (detach) {
+        pid_t pid = fork();
+        if (pid < 0)
+            return CLI_FAILED;
+        if (pid > 0) {
+            /* The parent waits for the daemon's state file, then for readiness. */
+            int64_t deadline = now_ms() + 5000;
+            while (!(running = read_state()) && now_ms() < deadline)
+                usleep(20000);
+            if (!running) {
+                fprintf(stderr, "quern: the supervisor did not start; see %s/logs/supervisor.log\n",
+                        g_cli.home);
+                return CLI_FAILED;
+            }
+            json_decref(running);
+            if (wait_ready(READY_TIMEOUT_MS) < 0)
+                return CLI_FAILED;
+            return cmd_status(1, argv);
+        }
+        setsid();
+        char log[PATH_MAX];
+        home_path(log, sizeof log, "logs/supervisor.log");
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (fd >= 0) {
+            dup2(fd, STDOUT_FILENO);
+            dup2(fd, STDERR_FILENO);
+        }
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    /* The registry first: the others fetch models and datasets from it. */
+    start_child(&g_children[0]);
+    write_state();
+    if (strcmp(g_children[0].svc->name, "registry") == 0) {
+        int64_t deadline = now_ms() + 15000;
+        while (!service_ready(g_children[0].svc, NULL) && now_ms() < deadline && !g_stop)
+            usleep(50000);
+    }
+    for (size_t i = 1; i < g_nchildren; i++)
+        start_child(&g_children[i]);
+    write_state();
+    if (!detach) {
+        if (wait_ready(READY_TIMEOUT_MS) == 0) {
+            cmd_status(1, argv);
+            printf("Quern is up (state in %s). Ctrl-C stops it.\n", g_cli.home);
+            fflush(stdout);
+        } else {
+            g_stop = SIGTERM;
+        }
+    }
+    return supervise();
+}
+
+int cmd_down(int argc, char **argv)
+{
+    if (argc > 1)
+        return cli_usage("quern down\n  stops the services `quern up` started under $QUERN_HOME");
+    json_t *st = read_state();
+    if (!st) {
+        fprintf(stderr, "quern: nothing runs under %s\n", g_cli.home);
+        return CLI_OK;
+    }
+    pid_t pid = (pid_t)json_integer_value(json_object_get(st, "pid"));
+    json_decref(st);
+    if (kill(pid, SIGTERM) != 0) {
+        fprintf(stderr, "quern: cannot signal the supervisor (pid %d): %s\n", (int)pid, strerror(errno));
+        return CLI_FAILED;
+    }
+    int64_t deadline = now_ms() + STOP_GRACE_MS + 10000;
+    while (kill(pid, 0) == 0 && now_ms() < deadline)
+        usleep(50000);
+    if (kill(pid, 0) == 0) {
+        fprintf(stderr, "quern: the supervisor (pid %d) is still running\n", (int)pid);
+        return CLI_FAILED;
+    }
+    if (!g_cli.json)
+        printf("Quern is down.\n");
+    return CLI_OK;
+}
+
+/* The version a service reports in quern_build_info. */
+static void service_version(const cli_service *s, char *out, size_t cap)
+{
+    qn_err err;
+    char url[96];
+    snprintf(out, cap, "-");
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", g_cli.port_base + s->offset);
+    qn_client_opts o = {.base_url = url, .timeout_ms = 1000, .max_retries = -1};
+    qn_client *c = qn_client_new(&o, &err);
+    qn_buf b;
+    qn_buf_init(&b, 1 << 22);
+    if (c && qn_client_raw(c, "GET", "/metrics", NULL, NULL, 0, NULL, &b, &err) == 200 && b.data) {
+        const char *p = strstr(b.data, "quern_build_info{");
+        const char *v = p ? strstr(p, "version=\"") : NULL;
+        if (v) {
+            v += 9;
+            size_t n = strcspn(v, "\"");
+            snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), v);
+        }
+    }
+    qn_buf_free(&b);
+    qn_client_free(c);
+}
+
+int cmd_status(int argc, char **argv)
+{
+    json_t *st = read_state();
+    json_t *rows = json_array();
+    int all_ready = 1;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    for (size_t i = 0; i < cli_nservices; i++) {
+        const cli_service *s = &cli_services[i];
+        json_t *entry = NULL;
+        size_t k;
+        json_t *e;
+        json_array_foreach(json_object_get(st, "services"), k, e)
+            if (strcmp(json_string_value(json_object_get(e, "name")), s->name) == 0)
+                entry = e;
+        if (!entry && !service_installed(s))
+            continue;
+        char version[64], uptime[32] = "-";
+        int ready = service_ready(s, NULL);
+        service_version(s, version, sizeof version);
+        int pid = entry ? (int)json_integer_value(json_object_get(entry, "pid")) : 0;
+        if (entry && pid > 0) {
+            int64_t up = (now - json_integer_value(json_object_get(entry, "started_ms"))) / 1000;
+            snprintf(uptime, sizeof uptime, "%lldh%02lldm%02llds", (long long)(up / 3600),
+                     (long long)(up / 60 % 60), (long long)(up % 60));
+        }
+        all_ready &= ready;
+        json_array_append_new(rows, json_pack("{s:s, s:o, s:i, s:b, s:s, s:s, s:i}", "service", s->name,
+                                              "pid", pid > 0 ? json_integer(pid) : json_null(), "port",
+                                              g_cli.port_base + s->offset, "ready", ready, "uptime", uptime,
+                                              "version", version, "restarts",
+                                              entry ? (int)json_integer_value(json_object_get(entry, "restarts"))
+                                                    : 0));
+    }
+    static const char *const headers[] = {"SERVICE", "PID", "PORT", "READY", "UPTIME", "VERSION", "RESTARTS", NULL};
+    static const char *const paths[] = {"service", "pid", "port", "ready", "uptime", "version", "restarts"};
+    cli_print_table(rows, headers, paths);
+    json_decref(rows);
+    json_decref(st);
+    return all_ready ? CLI_OK : CLI_FAILED;
+}
