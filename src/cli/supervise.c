@@ -455,7 +455,10 @@ int cmd_status(int argc, char **argv)
             snprintf(uptime, sizeof uptime, "%lldh%02lldm%02llds", (long long)(up / 3600),
                      (long long)(up / 60 % 60), (long long)(up % 60));
         }
-        all_ready &= ready;
+        /* With a supervisor running, only the services it started count:
+         * `quern up --services registry` is up even though ingest is installed. */
+        if (entry || !st)
+            all_ready &= ready;
         json_array_append_new(rows, json_pack("{s:s, s:o, s:i, s:b, s:s, s:s, s:i}", "service", s->name,
                                               "pid", pid > 0 ? json_integer(pid) : json_null(), "port",
                                               g_cli.port_base + s->offset, "ready", ready, "uptime", uptime,
