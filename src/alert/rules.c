@@ -1,0 +1,457 @@
+/*
+ * rules.c - the rules file of quern-alert: parsing, strict validation,
+ * dotted paths, predicates and "{path}" templates.
+ *
+ * A rule (docs/alert.md has the full reference):
+ *   {"name":"drift-retail",
+ *    "on":{"event":"quern.drift.detected","where":{"data.dataset_drift":true,"data.model":"retail"}}
+ *       | {"metric":{"url":"http://127.0.0.1:7707/metrics","name":"quern_drift_score",
+ *                    "labels":{"model":"retail"},"op":">","value":0.2,"for":"1m"}},
+ *    "severity":"warning|critical|info", "cooldown":"30m", "dedupe":"{data.model}",
+ *    "resolve":{"event":"quern.train.finished","where":{...}} | {"after":"1h"},
+ *    "actions":[{"type":"log"}, {"type":"webhook","url":...,"secret_env":"NAME"|"secret":...,"retries":5},
+ *               {"type":"retrain","model":"{data.model}","job":{"kind":...,"dataset":...,...}}]}
+ * Everything is checked up front and an error names the rule by index and
+ * the field ("rules[2].actions[0].url: ..."), so a bad file is refused whole
+ * and the rules in force stay.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/bus/bus.h"
+#include "core/config.h"
+#include "core/validate.h"
+#include "alert/alert.h"
+
+#define MAX_RULES 1000
+#define MAX_ACTIONS 16
+
+const json_t *al_path(const json_t *root, const char *path)
+{
+    char key[256];
+    const json_t *cur = root;
+    while (cur && *path) {
+        const char *dot = strchr(path, '.');
+        size_t n = dot ? (size_t)(dot - path) : strlen(path);
+        if (n >= sizeof key)
+            return NULL;
+        memcpy(key, path, n);
+        key[n] = 0;
+        cur = json_object_get(cur, key);
+        path = dot ? dot + 1 : path + n;
+    }
+    return cur;
+}
+
+int al_where_match(const json_t *where, const json_t *root)
+{
+    const char *k;
+    json_t *want;
+    json_object_foreach((json_t *)where, k, want) {
+        const json_t *got = al_path(root, k);
+        if (!got)
+            return 0;
+        if (json_is_number(want) && json_is_number(got)) {
+            if (json_number_value(want) != json_number_value(got))
+                return 0;
+        } else if (!json_equal(want, (json_t *)got)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+char *al_template(const char *tmpl, const json_t *root)
+{
+    size_t cap = strlen(tmpl) + 256, len = 0;
+    char *out = malloc(cap);
+    if (!out)
+        return NULL;
+    for (const char *p = tmpl; *p;) {
+        const char *piece = p;
+        size_t n = 1;
+        char *tmp = NULL;
+        const char *close = *p == '{' ? strchr(p, '}') : NULL;
+        if (close) {
+            char path[256];
+            size_t pl = (size_t)(close - p - 1);
+            if (pl < sizeof path) {
+                memcpy(path, p + 1, pl);
+                path[pl] = 0;
+                const json_t *v = al_path(root, path);
+                if (json_is_string(v)) {
+                    piece = json_string_value(v);
+                    n = strlen(piece);
+                } else if (v) {
+                    tmp = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+                    piece = tmp ? tmp : "";
+                    n = strlen(piece);
+                } else {
+                    piece = "";
+                    n = 0;
+                }
+            }
+            p = close + 1;
+        } else {
+            p++;
+        }
+        if (len + n + 1 > cap) {
+            cap = (len + n + 1) * 2;
+            char *nb = realloc(out, cap);
+            if (!nb) {
+                free(out);
+                free(tmp);
+                return NULL;
+            }
+            out = nb;
+        }
+        memcpy(out + len, piece, n);
+        len += n;
+        free(tmp);
+    }
+    out[len] = 0;
+    return out;
+}
+
+int64_t al_duration_ms(const json_t *v, int *ok)
+{
+    long long ms = 0;
+    *ok = 1;
+    if (!v)
+        return 0;
+    if (json_is_integer(v) && json_integer_value(v) >= 0)
+        return json_integer_value(v) * 1000;  /* a bare number is seconds */
+    if (!json_is_string(v) || qn_parse_duration_ms(json_string_value(v), &ms) < 0 || ms < 0)
+        *ok = 0;
+    return ms;
+}
+
+static void rule_clear(al_rule *r)
+{
+    free(r->name);
+    free(r->event);
+    json_decref(r->where);
+    free(r->metric_url);
+    free(r->metric_name);
+    json_decref(r->metric_labels);
+    free(r->severity);
+    free(r->dedupe);
+    free(r->resolve_event);
+    json_decref(r->resolve_where);
+    for (size_t i = 0; i < r->nactions; i++) {
+        free(r->actions[i].url);
+        free(r->actions[i].secret);
+        free(r->actions[i].model);
+        json_decref(r->actions[i].job);
+    }
+    free(r->actions);
+}
+
+void al_rules_free(al_rules *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->n; i++)
+        rule_clear(&r->rules[i]);
+    free(r->rules);
+    json_decref(r->doc);
+    free(r);
+}
+
+#define BAD(...) (qn_err_set(err, QN_INVALID_ARGUMENT, __VA_ARGS__))
+
+static int only(const json_t *o, const char *const *keys, const char *ctx, qn_err *err)
+{
+    if (!json_is_object(o))
+        return BAD("%s must be an object", ctx);
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)o, k, v) {
+        size_t i = 0;
+        while (keys[i] && strcmp(keys[i], k) != 0)
+            i++;
+        if (!keys[i])
+            return BAD("%s.%s: unknown field", ctx, k);
+    }
+    return 0;
+}
+
+static int str_field(const json_t *o, const char *key, int required, size_t max, const char *ctx,
+                     char **out, qn_err *err)
+{
+    const json_t *v = json_object_get(o, key);
+    if (!v) {
+        if (required)
+            return BAD("%s.%s is required", ctx, key);
+        return 0;
+    }
+    if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > max)
+        return BAD("%s.%s must be a string of 1..%zu bytes", ctx, key, max);
+    if (!(*out = strdup(json_string_value(v))))
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    return 0;
+}
+
+static int where_field(const json_t *o, const char *ctx, json_t **out, qn_err *err)
+{
+    const json_t *w = json_object_get(o, "where");
+    if (!w)
+        return 0;
+    if (!json_is_object(w) || json_object_size(w) > 32)
+        return BAD("%s.where must be an object of at most 32 {\"path\": value} entries", ctx);
+    *out = json_incref((json_t *)w);
+    return 0;
+}
+
+static int event_pattern(const json_t *o, const char *ctx, char **out, qn_err *err)
+{
+    int rc = str_field(o, "event", 1, 255, ctx, out, err);
+    if (rc < 0)
+        return rc;
+    if (qn_topic_pattern_valid(*out) != 0)
+        return BAD("%s.event: %s is not an event type or pattern", ctx, *out);
+    return 0;
+}
+
+static int parse_action(const json_t *o, const char *ctx, al_action *a, qn_err *err)
+{
+    static const char *const keys[] = {"type", "url", "secret", "secret_env", "retries", "model", "job", NULL};
+    int rc;
+    char *type = NULL;
+    if ((rc = only(o, keys, ctx, err)) < 0 || (rc = str_field(o, "type", 1, 16, ctx, &type, err)) < 0)
+        return rc;
+    if (strcmp(type, "log") == 0) {
+        a->type = ACT_LOG;
+    } else if (strcmp(type, "webhook") == 0) {
+        a->type = ACT_WEBHOOK;
+        if ((rc = str_field(o, "url", 1, 2048, ctx, &a->url, err)) < 0)
+            goto out;
+        if (strncmp(a->url, "http://", 7) != 0 && strncmp(a->url, "https://", 8) != 0) {
+            rc = BAD("%s.url must start with http:// or https://", ctx);
+            goto out;
+        }
+        if ((rc = str_field(o, "secret", 0, 1024, ctx, &a->secret, err)) < 0)
+            goto out;
+        const json_t *env = json_object_get(o, "secret_env");
+        if (env) {
+            if (a->secret) {
+                rc = BAD("%s: give secret or secret_env, not both", ctx);
+                goto out;
+            }
+            const char *val = json_is_string(env) ? getenv(json_string_value(env)) : NULL;
+            if (!val || !*val) {
+                rc = BAD("%s.secret_env: environment variable %s is not set", ctx,
+                         json_is_string(env) ? json_string_value(env) : "(not a string)");
+                goto out;
+            }
+            if (!(a->secret = strdup(val))) {
+                rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+                goto out;
+            }
+        }
+        const json_t *r = json_object_get(o, "retries");
+        a->retries = 5;
+        if (r) {
+            if (!json_is_integer(r) || json_integer_value(r) < 0 || json_integer_value(r) > 20) {
+                rc = BAD("%s.retries must be an integer in 0..20", ctx);
+                goto out;
+            }
+            a->retries = (int)json_integer_value(r);
+        }
+    } else if (strcmp(type, "retrain") == 0) {
+        a->type = ACT_RETRAIN;
+        if ((rc = str_field(o, "model", 1, 256, ctx, &a->model, err)) < 0)
+            goto out;
+        const json_t *job = json_object_get(o, "job");
+        static const char *const jkeys[] = {"kind", "dataset", "dataset_version", "spec", "promote_policy", NULL};
+        char jctx[160];
+        snprintf(jctx, sizeof jctx, "%s.job", ctx);
+        if (!job) {
+            rc = BAD("%s.job is required (kind, dataset, spec, promote_policy)", ctx);
+            goto out;
+        }
+        if ((rc = only(job, jkeys, jctx, err)) < 0)
+            goto out;
+        if (!json_is_string(json_object_get(job, "kind")) || !json_is_string(json_object_get(job, "dataset"))) {
+            rc = BAD("%s.kind and %s.dataset are required strings", jctx, jctx);
+            goto out;
+        }
+        const json_t *spec = json_object_get(job, "spec");
+        if (spec && !json_is_object(spec)) {
+            rc = BAD("%s.spec must be an object", jctx);
+            goto out;
+        }
+        a->job = json_deep_copy(job);
+    } else {
+        rc = BAD("%s.type: unknown action %s (log, webhook, retrain)", ctx, type);
+        goto out;
+    }
+    for (const char *const *k = (const char *const[]){"url", "secret", "secret_env", "retries", NULL}; *k; k++)
+        if (a->type != ACT_WEBHOOK && json_object_get(o, *k)) {
+            rc = BAD("%s.%s: only webhook actions take it", ctx, *k);
+            goto out;
+        }
+    for (const char *const *k = (const char *const[]){"model", "job", NULL}; *k; k++)
+        if (a->type != ACT_RETRAIN && json_object_get(o, *k)) {
+            rc = BAD("%s.%s: only retrain actions take it", ctx, *k);
+            goto out;
+        }
+    rc = 0;
+out:
+    free(type);
+    return rc;
+}
+
+static int parse_rule(const json_t *o, size_t idx, al_rule *r, qn_err *err)
+{
+    static const char *const keys[] = {"name", "on", "severity", "cooldown", "dedupe", "resolve", "actions", NULL};
+    char ctx[96], sub[128];
+    int rc, ok;
+    snprintf(ctx, sizeof ctx, "rules[%zu]", idx);
+    if ((rc = only(o, keys, ctx, err)) < 0 || (rc = str_field(o, "name", 1, 128, ctx, &r->name, err)) < 0)
+        return rc;
+    qn_err e;
+    if (qn_name_check("rule", r->name, &e) < 0)
+        return BAD("%s.name: %s", ctx, e.msg);
+    const json_t *on = json_object_get(o, "on");
+    snprintf(sub, sizeof sub, "%s.on", ctx);
+    if (!on)
+        return BAD("%s.on is required ({\"event\":...} or {\"metric\":{...}})", ctx);
+    static const char *const onkeys[] = {"event", "where", "metric", NULL};
+    if ((rc = only(on, onkeys, sub, err)) < 0)
+        return rc;
+    const json_t *metric = json_object_get(on, "metric");
+    if (metric && json_object_get(on, "event"))
+        return BAD("%s: give event or metric, not both", sub);
+    if (metric) {
+        static const char *const mkeys[] = {"url", "name", "labels", "op", "value", "for", NULL};
+        char mctx[160];
+        snprintf(mctx, sizeof mctx, "%s.metric", sub);
+        char *op = NULL;
+        if ((rc = only(metric, mkeys, mctx, err)) < 0 || (rc = str_field(metric, "url", 1, 2048, mctx, &r->metric_url, err)) < 0 ||
+            (rc = str_field(metric, "name", 1, 200, mctx, &r->metric_name, err)) < 0 ||
+            (rc = str_field(metric, "op", 1, 2, mctx, &op, err)) < 0)
+            return rc;
+        if (strncmp(r->metric_url, "http://", 7) != 0 && strncmp(r->metric_url, "https://", 8) != 0)
+            return free(op), BAD("%s.url must start with http:// or https://", mctx);
+        static const char *const ops[] = {">", ">=", "<", "<=", "==", "!=", NULL};
+        size_t i = 0;
+        while (ops[i] && strcmp(ops[i], op) != 0)
+            i++;
+        free(op);
+        if (!ops[i])
+            return BAD("%s.op must be one of > >= < <= == !=", mctx);
+        snprintf(r->op, sizeof r->op, "%s", ops[i]);
+        const json_t *v = json_object_get(metric, "value");
+        if (!json_is_number(v) || !isfinite(json_number_value(v)))
+            return BAD("%s.value must be a number", mctx);
+        r->value = json_number_value(v);
+        const json_t *labels = json_object_get(metric, "labels");
+        if (labels) {
+            const char *k;
+            json_t *lv;
+            if (!json_is_object(labels))
+                return BAD("%s.labels must be an object of strings", mctx);
+            json_object_foreach((json_t *)labels, k, lv)
+                if (!json_is_string(lv))
+                    return BAD("%s.labels.%s must be a string", mctx, k);
+            r->metric_labels = json_incref((json_t *)labels);
+        }
+        r->for_ms = al_duration_ms(json_object_get(metric, "for"), &ok);
+        if (!ok)
+            return BAD("%s.for must be a duration such as \"1m\"", mctx);
+        if (json_object_get(on, "where"))
+            return BAD("%s.where: only event conditions take it", sub);
+    } else {
+        if ((rc = event_pattern(on, sub, &r->event, err)) < 0 || (rc = where_field(on, sub, &r->where, err)) < 0)
+            return rc;
+    }
+    if ((rc = str_field(o, "severity", 0, 16, ctx, &r->severity, err)) < 0)
+        return rc;
+    if (!r->severity && !(r->severity = strdup("warning")))
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    if (strcmp(r->severity, "info") != 0 && strcmp(r->severity, "warning") != 0 && strcmp(r->severity, "critical") != 0)
+        return BAD("%s.severity must be info, warning or critical", ctx);
+    r->cooldown_ms = al_duration_ms(json_object_get(o, "cooldown"), &ok);
+    if (!ok)
+        return BAD("%s.cooldown must be a duration such as \"30m\"", ctx);
+    if ((rc = str_field(o, "dedupe", 0, 512, ctx, &r->dedupe, err)) < 0)
+        return rc;
+    const json_t *res = json_object_get(o, "resolve");
+    if (res) {
+        static const char *const rkeys[] = {"event", "where", "after", NULL};
+        snprintf(sub, sizeof sub, "%s.resolve", ctx);
+        if ((rc = only(res, rkeys, sub, err)) < 0)
+            return rc;
+        if (json_object_get(res, "event") && ((rc = event_pattern(res, sub, &r->resolve_event, err)) < 0 ||
+                                              (rc = where_field(res, sub, &r->resolve_where, err)) < 0))
+            return rc;
+        r->resolve_after_ms = al_duration_ms(json_object_get(res, "after"), &ok);
+        if (!ok)
+            return BAD("%s.after must be a duration such as \"1h\"", sub);
+        if (!r->resolve_event && !r->resolve_after_ms)
+            return BAD("%s needs event or after", sub);
+    }
+    const json_t *acts = json_object_get(o, "actions");
+    if (!acts)
+        acts = json_array();
+    else
+        json_incref((json_t *)acts);
+    if (!json_is_array(acts) || json_array_size(acts) > MAX_ACTIONS) {
+        json_decref((json_t *)acts);
+        return BAD("%s.actions must be an array of at most %d actions", ctx, MAX_ACTIONS);
+    }
+    r->actions = calloc(json_array_size(acts) + 1, sizeof *r->actions);
+    if (!r->actions) {
+        json_decref((json_t *)acts);
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    size_t i;
+    json_t *a;
+    rc = 0;
+    json_array_foreach(acts, i, a) {
+        snprintf(sub, sizeof sub, "%s.actions[%zu]", ctx, i);
+        r->nactions++;
+        if ((rc = parse_action(a, sub, &r->actions[i], err)) < 0)
+            break;
+    }
+    json_decref((json_t *)acts);
+    return rc;
+}
+
+int al_rules_parse(const json_t *doc, al_rules **out, qn_err *err)
+{
+    const json_t *list = json_is_array(doc) ? doc : json_object_get(doc, "rules");
+    if (json_is_object(doc) && json_object_size(doc) != 1)
+        return BAD("the rules document is {\"rules\":[...]} with no other field");
+    if (!json_is_array(list))
+        return BAD("rules must be an array (or {\"rules\":[...]})");
+    if (json_array_size(list) > MAX_RULES)
+        return BAD("rules: at most %d rules", MAX_RULES);
+    al_rules *rs = calloc(1, sizeof *rs);
+    if (!rs || !(rs->rules = calloc(json_array_size(list) + 1, sizeof *rs->rules))) {
+        free(rs);
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    size_t i;
+    json_t *o;
+    json_array_foreach(list, i, o) {
+        rs->n++;
+        int rc = parse_rule(o, i, &rs->rules[i], err);
+        if (rc < 0) {
+            al_rules_free(rs);
+            return rc;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(rs->rules[j].name, rs->rules[i].name) == 0) {
+                int rc2 = BAD("rules[%zu].name: %s is also the name of rules[%zu]", i, rs->rules[i].name, j);
+                al_rules_free(rs);
+                return rc2;
+            }
+    }
+    rs->doc = json_pack("{s:O}", "rules", list);
+    *out = rs;
+    return 0;
+}

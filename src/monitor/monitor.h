@@ -1,0 +1,128 @@
+/*
+ * monitor.h - state shared by the modules of quern-monitor.
+ *
+ * quern-monitor (DESIGN.md section 7) consumes quern.predictions.logged,
+ * quern.feedback.received and quern.model.promoted; keeps one open window per
+ * (model, version) in its store; closes a window when it holds window_rows
+ * rows, or when window_seconds passed with at least min_rows; compares the
+ * closed window with the version's reference profile (fetched from the
+ * registry: manifest "profile" -> blob) through libquern-ml; records the
+ * report (bounded history) and publishes quern.drift.detected through the
+ * outbox when the dataset drifted. For recommenders it also joins purchase
+ * feedback to recent recommendations: live hit-rate@k.
+ *
+ * Exactly-once state: every event is applied in one write transaction that
+ * also marks its id in the inbox, so a crash or a redelivery neither loses a
+ * counted prediction nor counts one twice.
+ *
+ * Modules: main.c (config, schema, routes, start/stop), window.c (event
+ * handlers, windows, closing, drift, hit-rate), api.c (HTTP handlers,
+ * per-model settings, gauges), profiles.c (reference profiles from the
+ * registry, cached).
+ */
+#ifndef QUERN_MONITOR_H
+#define QUERN_MONITOR_H
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "core/bus/bus.h"
+#include "core/client.h"
+#include "core/http.h"
+#include "core/metrics.h"
+#include "core/outbox.h"
+#include "core/store/store.h"
+#include "core/subscriber.h"
+#include "ml/drift.h"
+#include "ml/profile.h"
+
+#define MON_MAX_OVERRIDES 64
+
+/* Effective settings of one model: service defaults, then its overrides. */
+typedef struct mon_settings {
+    int64_t window_rows;
+    int64_t window_seconds;
+    int64_t min_rows;
+    double share;
+    size_t n_methods;
+    char columns[MON_MAX_OVERRIDES][129];
+    qml_drift_column_opts methods[MON_MAX_OVERRIDES];  /* .column points into columns */
+} mon_settings;
+
+/* A cached reference profile of one (model, version); NULL profile with an
+ * error when it could not be had (retried after a while). */
+typedef struct mon_profile {
+    char model[129];
+    int64_t version;
+    char kind[32];        /* the manifest's "kind" ("als", "xgboost", ...) */
+    qml_profile *profile;
+    char error[512];
+    int64_t fetched_at;
+    struct mon_profile *next;
+} mon_profile;
+
+typedef struct monitor {
+    qn_store *db;
+    qn_bus *bus;
+    qn_outbox *outbox;
+    qn_subscriber *sub;
+    qn_client *registry;
+    qn_metrics *metrics;
+    /* defaults (config) */
+    int64_t window_rows, window_seconds, min_rows, history, hit_k, hit_horizon_ms, max_recs;
+    int publish_all;
+    char *hit_outcomes;   /* comma-separated outcome/label values that count as purchases */
+    char *alias;          /* the alias whose moves reset windows ("production") */
+    /* every window change, close and profile lookup happens under mu */
+    pthread_mutex_t mu;
+    mon_profile *profiles;
+    size_t n_profiles;
+    /* the ticker thread closes windows by time and sweeps old rows */
+    pthread_t ticker;
+    pthread_mutex_t tick_mu;
+    pthread_cond_t tick_cv;
+    int stopping;
+    int64_t tick_ms;
+    /* metrics */
+    qn_metric *m_score;       /* quern_drift_score{model,feature,method} */
+    qn_metric *m_detected;    /* quern_drift_detected{model} */
+    qn_metric *m_share;       /* quern_drift_share{model} */
+    qn_metric *m_hit_rate;    /* quern_live_hit_rate{model,k} */
+    qn_metric *m_predictions; /* quern_monitor_predictions_total{model} */
+    qn_metric *m_feedback;    /* quern_monitor_feedback_total{model,joined} */
+    qn_metric *m_windows;     /* quern_monitor_windows_closed_total{model,dataset_drift} */
+    qn_metric *m_window_rows; /* quern_monitor_window_rows{model,version} */
+    qn_metric *m_skipped;     /* quern_monitor_predictions_skipped_total{reason} */
+} monitor;
+
+/* window.c */
+int mon_on_event(const qn_msg *msg, void *ud, qn_err *err);
+int mon_ticker_start(monitor *m, qn_err *err);
+void mon_ticker_stop(monitor *m);
+/* Closes every open window of model that is due (forced: any with >= 1 row). */
+int mon_close_due(monitor *m, const char *model, int force, qn_err *err);
+
+/* api.c */
+int mon_settings_load(monitor *m, qn_conn *c, const char *model, mon_settings *s, qn_err *err);
+void mon_gauges_from_report(monitor *m, const char *model, const json_t *report);
+int mon_gauges_restore(monitor *m, qn_err *err);
+int mon_fail(qn_req *req, qn_res *res, const qn_err *err);
+int mon_list(qn_req *req, qn_res *res, void *ud);
+int mon_get(qn_req *req, qn_res *res, void *ud);
+int mon_put(qn_req *req, qn_res *res, void *ud);
+int mon_delete(qn_req *req, qn_res *res, void *ud);
+int mon_report(qn_req *req, qn_res *res, void *ud);
+int mon_close_now(qn_req *req, qn_res *res, void *ud);
+
+/* profiles.c: the profile of (model, version), fetched once and cached; the
+ * result stays valid while m->mu is held. NULL with err when there is none. */
+const mon_profile *mon_profile_get(monitor *m, const char *model, int64_t version, qn_err *err);
+/* Forgets the cached profiles of model (after a promotion). Under m->mu. */
+void mon_profiles_forget(monitor *m, const char *model);
+void mon_profiles_free(monitor *m);
+
+/* Times: RFC 3339 string or epoch seconds (number) -> ms; def when absent or bad. */
+int64_t mon_time_ms(const json_t *v, int64_t def);
+
+#endif

@@ -1,0 +1,291 @@
+"""Black-box tests of quern-alert on the shared sqlite bus: a drift rule fires
+an alert with its evidence, a signed webhook (HMAC checked here), exactly one
+retrain however many drift events arrive, resolution on quern.train.finished;
+one pending retrain per model; a dead webhook target retried with backoff
+then recorded failed while other alerts fire on time; metric rules; rules
+reloaded by SIGHUP and PUT /v1/rules, invalid rules refused."""
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+import events
+from harness import ServiceTest, Service, WORK
+
+SECRET = "s3cret"
+
+
+def wait_for(fn, timeout=30, every=0.1):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"condition not met in {timeout}s (last: {last!r})")
+
+
+class Receiver:
+    """A local HTTP server recording POSTs and serving a settable /metrics."""
+
+    def __init__(self):
+        self.posts = []
+        self.metrics = ""
+        rec = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(n)
+                rec.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(204)
+                self.end_headers()
+
+            def do_GET(self):
+                data = rec.metrics.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+JOB = {"kind": "als", "dataset": "retail-interactions", "spec": {"factors": 32},
+       "promote_policy": {"metric": "ndcg@10", "margin": 0.01}}
+
+
+def drift_rule(url, **over):
+    r = {"name": "drift", "on": {"event": "quern.drift.detected", "where": {"data.dataset_drift": True}},
+         "severity": "critical", "cooldown": "10m", "dedupe": "{data.model}",
+         "resolve": {"event": "quern.train.finished"},
+         "actions": [{"type": "log"}, {"type": "webhook", "url": url, "secret": SECRET, "retries": 2},
+                     {"type": "retrain", "model": "{data.model}", "job": JOB}]}
+    r.update(over)
+    return r
+
+
+def drift(model, version=1, dataset_drift=True):
+    return events.envelope("quern.drift.detected", {
+        "model": model, "version": version, "dataset_drift": dataset_drift, "share_drifted": 0.67,
+        "window": {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:05:00Z", "rows": 1000},
+        "features": [{"column": "x", "method": "ks", "statistic": 0.4, "p_value": 0.001, "threshold": 0.05,
+                      "drifted": True}]})
+
+
+class AlertTest(ServiceTest):
+    def setUp(self):
+        super().setUp()
+        self.home = tempfile.mkdtemp(prefix="quern-alert-", dir=WORK)
+        os.makedirs(os.path.join(self.home, "alert"))
+        self.bus = f"sqlite://{self.home}/bus.db"
+        self.rules_path = os.path.join(self.home, "rules.json")
+        self.rx = Receiver()
+        for g, p in (("t-train", "quern.train.requested"), ("t-alerts", "quern.alert.*")):
+            events.subscribe(self.bus, g, p)
+
+    def tearDown(self):
+        super().tearDown()
+        for s in [s for s in self.services if s.name in ("monitor", "alert")]:  # sanitizer reports land in the logs
+            log = s.log()
+            for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+                self.assertNotIn(bad, log, f"{s.name}: {log[log.find(bad):][:3000]}")
+        self.rx.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def start_alert(self, rules, *extra):
+        with open(self.rules_path, "w") as f:
+            json.dump({"rules": rules}, f)
+        self.al = self.start("alert", data=os.path.join(self.home, "alert"), env={"QUERN_HOME": self.home},
+                             args=["--rules", self.rules_path, "--webhook-backoff", "100ms", "--webhook-timeout", "1s",
+                                   "--poll-interval", "200ms", "--bus-lease", "2s", *extra])
+        return self.al
+
+    def alerts(self, query=""):
+        st, _, body = self.al.request("GET", "/v1/alerts" + query)
+        self.assertEqual(st, 200, body)
+        return body["alerts"]
+
+    def test_drift_fires_signed_webhook_one_retrain_and_resolves(self):
+        self.start_alert([drift_rule(f"http://127.0.0.1:{self.rx.port}/hook")])
+        events.publish(self.bus, [drift("retail"), drift("retail", 2), drift("retail", dataset_drift=False)])
+        a = wait_for(lambda: (lambda l: l[0] if l and l[0]["count"] == 2 else None)(self.alerts()))
+        self.assertEqual(len(self.alerts()), 1)
+        self.assertEqual((a["rule"], a["state"], a["severity"], a["dedupe_key"]), ("drift", "firing", "critical", "retail"))
+        self.assertEqual(a["evidence"]["model"], "retail")
+        self.assertEqual(a["evidence"]["features"][0]["column"], "x")
+        # the webhook: one signed POST
+        wait_for(lambda: len(self.rx.posts) == 1)
+        hdrs, body = self.rx.posts[0]
+        want = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        self.assertEqual(hdrs["x-quern-signature"], want)
+        self.assertEqual(json.loads(body)["alert"]["id"], a["id"])
+        st, _, one = self.al.request("GET", f"/v1/alerts/{a['id']}")
+        acts = wait_for(lambda: (lambda x: x if x[1]["status"] == "delivered" else None)(
+            self.al.request("GET", f"/v1/alerts/{a['id']}")[2]["actions"]))
+        self.assertEqual([x["type"] for x in acts], ["log", "webhook", "retrain"])
+        self.assertEqual((acts[0]["status"], acts[1]["attempts"], acts[2]["status"]), ("done", 1, "requested"))
+        # exactly one retrain
+        reqs = events.read(self.bus, "t-train", "quern.train.requested", quiet_ms=1000)
+        self.assertEqual(len(reqs), 1, reqs)
+        d = reqs[0]["data"]
+        self.assertEqual((d["model"], d["kind"], d["dataset"], d["job_id"]),
+                         ("retail", "als", "retail-interactions", acts[2]["detail"]["job_id"]))
+        self.assertEqual(d["spec"], JOB["spec"])
+        self.assertEqual(d["promote_policy"], JOB["promote_policy"])
+        self.assertTrue(d["reason"].startswith("alert drift: "), d["reason"])
+        # training finishes: the alert resolves
+        events.publish(self.bus, [events.envelope("quern.train.finished", {
+            "job_id": d["job_id"], "model": "retail", "version": 5, "outcome": "promoted"})])
+        wait_for(lambda: self.alerts()[0]["state"] == "resolved")
+        self.assertEqual(self.alerts("?state=firing"), [])
+        # drift again within the cooldown: held back, no second retrain
+        events.publish(self.bus, [drift("retail", 6)])
+        time.sleep(1.5)
+        self.assertEqual(len(self.alerts()), 1)
+        self.assertEqual(events.read(self.bus, "t-train", "quern.train.requested", quiet_ms=500), [])
+        got = events.read(self.bus, "t-alerts", "quern.alert.*", quiet_ms=1000)
+        self.assertEqual([e["type"] for e in got], ["quern.alert.fired", "quern.alert.resolved"])
+        self.assertEqual(got[0]["data"]["id"], a["id"])
+        st, _, text = self.al.request("GET", "/metrics", raw=True)
+        self.assertIn(b'quern_alerts_fired_total{service="alert",rule="drift",severity="critical"} 1', text)
+        p = subprocess.run([shutil.which("promtool"), "check", "metrics"], input=text, capture_output=True)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertEqual(self.al.stop(), 0)
+
+    def test_one_pending_retrain_per_model(self):
+        # a new alert per version and no cooldown: only the pending retrain holds back a loop
+        self.start_alert([drift_rule(f"http://127.0.0.1:{self.rx.port}/hook", dedupe="{data.model}/{data.version}",
+                                     cooldown="0s", resolve={"after": "1h"})])
+        events.publish(self.bus, [drift("retail", 1), drift("retail", 2)])
+        wait_for(lambda: len(self.alerts()) == 2)
+        reqs = events.read(self.bus, "t-train", "quern.train.requested", quiet_ms=1000)
+        self.assertEqual(len(reqs), 1)
+        second = [x for x in self.alerts() if x["dedupe_key"] == "retail/2"][0]
+        self.assertEqual(second["actions"][2]["status"], "skipped")
+        self.assertEqual(second["actions"][2]["detail"]["pending_job_id"], reqs[0]["data"]["job_id"])
+        events.publish(self.bus, [events.envelope("quern.train.finished", {
+            "job_id": reqs[0]["data"]["job_id"], "model": "retail", "outcome": "kept_champion"}), drift("retail", 3)])
+        wait_for(lambda: len(self.alerts()) == 3)
+        self.assertEqual(len(events.read(self.bus, "t-train", "quern.train.requested", quiet_ms=1000)), 1)
+
+    def test_webhook_down_retried_then_failed_nothing_blocked(self):
+        dead = f"http://127.0.0.1:{free_port()}/hook"
+        other = {"name": "other", "on": {"event": "quern.dataset.ready"}, "actions": [{"type": "log"}]}
+        self.start_alert([drift_rule(dead, actions=[{"type": "webhook", "url": dead, "retries": 3}]), other])
+        t0 = time.time()
+        events.publish(self.bus, [drift("retail")])
+        wait_for(lambda: self.alerts("?rule=drift"))
+        events.publish(self.bus, [events.envelope("quern.dataset.ready", {"dataset": "d", "version": 1})])
+        wait_for(lambda: self.alerts("?rule=other"), timeout=3)
+        fired_other = time.time()
+        a = self.alerts("?rule=drift")[0]
+        # the second alert fired while the first webhook was still being retried
+        self.assertIn(a["actions"][0]["status"], ("pending", "retrying"))
+        act = wait_for(lambda: (lambda x: x if x["status"] == "failed" else None)(
+            self.al.request("GET", f"/v1/alerts/{a['id']}")[2]["actions"][0]), timeout=20)
+        self.assertEqual(act["attempts"], 4)
+        self.assertTrue(act["last_error"])
+        # backoff: 3 waits of >= 0.5 * 100, 200, 400 ms
+        self.assertGreater(time.time() - t0, 0.35)
+        self.assertLess(fired_other - t0, 3)
+        st, _, text = self.al.request("GET", "/metrics", raw=True)
+        self.assertIn(b'quern_alert_webhooks_total{service="alert",outcome="failed"} 1', text)
+
+    def test_metric_rule_fires_and_clears(self):
+        self.rx.metrics = ('# TYPE quern_drift_score gauge\n'
+                           'quern_drift_score{service="monitor",model="retail",feature="x",method="wasserstein"} 0.5\n'
+                           'quern_drift_score{service="monitor",model="other",feature="x",method="wasserstein"} 0.9\n')
+        rule = {"name": "score", "on": {"metric": {"url": f"http://127.0.0.1:{self.rx.port}/metrics",
+                                                   "name": "quern_drift_score", "labels": {"model": "retail"},
+                                                   "op": ">", "value": 0.2, "for": "300ms"}},
+                "dedupe": "{labels.model}/{labels.feature}", "actions": [{"type": "log"}]}
+        self.start_alert([rule])
+        a = wait_for(lambda: self.alerts(), timeout=10)
+        self.assertEqual(len(a), 1)
+        self.assertEqual((a[0]["dedupe_key"], a[0]["evidence"]["value"]), ("retail/x", 0.5))
+        self.rx.metrics = self.rx.metrics.replace("} 0.5", "} 0.1")
+        wait_for(lambda: self.alerts()[0]["state"] == "resolved", timeout=10)
+
+    def test_rules_reload_put_and_validation(self):
+        url = f"http://127.0.0.1:{self.rx.port}/hook"
+        self.start_alert([drift_rule(url)])
+        st, _, body = self.al.request("GET", "/v1/rules")
+        self.assertEqual((st, body["count"]), (200, 1))
+        # SIGHUP picks up a new file
+        with open(self.rules_path, "w") as f:
+            json.dump({"rules": [drift_rule(url), {"name": "ready", "on": {"event": "quern.dataset.ready"}}]}, f)
+        self.al.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: self.al.request("GET", "/v1/rules")[2]["count"] == 2)
+        # an invalid file is refused and the rules stay
+        with open(self.rules_path, "w") as f:
+            json.dump({"rules": [{"name": "x", "on": {"event": "quern.a"}, "severity": "loud"}]}, f)
+        self.al.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "rules not reloaded" in self.al.log())
+        self.assertIn("rules[0].severity", self.al.log())
+        self.assertEqual(self.al.request("GET", "/v1/rules")[2]["count"], 2)
+        bad = [({"rules": [{"on": {"event": "quern.a"}}]}, "rules[0].name"),
+               ({"rules": [{"name": "a", "on": {"event": "quern.a"}, "cooldown": "soon"}]}, "rules[0].cooldown"),
+               ({"rules": [{"name": "a", "on": {"event": "quern.a"}}, {"name": "a", "on": {"event": "quern.b"}}]},
+                "rules[1].name"),
+               ({"rules": [{"name": "a", "on": {"event": "quern.a"},
+                            "actions": [{"type": "webhook", "url": "ftp://x"}]}]}, "rules[0].actions[0].url"),
+               ({"rules": [{"name": "a", "on": {"event": "quern.a"},
+                            "actions": [{"type": "retrain", "model": "m"}]}]}, "rules[0].actions[0].job"),
+               ({"rules": [{"name": "a", "on": {"event": "quern.a"},
+                            "actions": [{"type": "webhook", "url": "http://x", "secret_env": "QUERN_NO_SUCH_VAR"}]}]},
+                "QUERN_NO_SUCH_VAR"),
+               ({"rules": [{"name": "a", "on": {"metric": {"url": "http://x/metrics", "name": "m", "op": "~",
+                                                           "value": 1}}}]}, "rules[0].on.metric.op"),
+               ({"rules": [{"name": "a", "on": {"event": "quern.a"}, "extra": 1}]}, "rules[0].extra"),
+               ({"rules": {}}, "rules")]
+        for body, needle in bad:
+            self.assertError(self.al.request("PUT", "/v1/rules", body), 400, "invalid_argument", needle)
+        self.assertEqual(self.al.request("GET", "/v1/rules")[2]["count"], 2)
+        st, _, body = self.al.request("PUT", "/v1/rules", {"rules": [drift_rule(url)]})
+        self.assertEqual((st, body["count"]), (200, 1))
+        with open(self.rules_path) as f:
+            self.assertEqual(len(json.load(f)["rules"]), 1)
+        self.assertError(self.al.request("GET", "/v1/alerts?state=bogus"), 400, "invalid_argument", "state")
+        self.assertError(self.al.request("GET", "/v1/alerts/nope"), 404, "not_found", "nope")
+        self.al.stop()
+        # a bad file at start: refuses to start, naming the field
+        with open(self.rules_path, "w") as f:
+            json.dump({"rules": [{"name": "a", "on": {"event": "quern.a"}, "resolve": {}}]}, f)
+        p = subprocess.run([os.path.join(os.environ.get("QUERN_BIN", "build/bin"), "quern-alert"), "--rules",
+                            self.rules_path, "--listen", "127.0.0.1:0", "--data", os.path.join(self.home, "alert")],
+                           capture_output=True, env=dict(os.environ, QUERN_HOME=self.home), timeout=30)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(b"rules[0].resolve", p.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
