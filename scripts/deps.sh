@@ -22,6 +22,10 @@ PKGS=(
   liblapacke-dev       # LAPACKE for closed-form ridge regression
   liblinear-dev        # logistic regression and linear SVM
   libxgboost-dev       # gradient-boosted trees (XGBoost C API)
+  # quern-serve (gRPC front, DESIGN.md section 5)
+  libgrpc-dev          # gRPC core C library: the Open Inference Protocol over gRPC
+  libprotobuf-c-dev    # protobuf-c runtime: (un)packs the messages of proto/*.proto
+  protobuf-c-compiler  # protoc-c: generates the C message code at build time
   # tests
   libcmocka-dev        # unit-test framework
   prometheus           # promtool: checks /metrics output
@@ -29,6 +33,9 @@ PKGS=(
   python3-scipy        # reference checks: drift statistics vs scipy.stats
   python3-xgboost      # reference checks: a Python-trained model predicts identically
   rabbitmq-server      # bus contract tests start a private broker (and restart it mid-stream)
+  python3-grpcio       # gRPC tests and bench: a stock Python client talks to quern-serve
+  python3-grpc-tools   # generates that client's stubs from proto/*.proto at test time
+  python3-protobuf     # the message classes those stubs use
   curl                 # black-box tests and the demo talk HTTP from the shell
   xz-utils             # the shipped data sets are xz-compressed (data/)
   clang                # fuzz targets (libFuzzer) and sanitizer builds

@@ -1,0 +1,77 @@
+/*
+ * grpc_server.h - quern-serve's gRPC front: the Open Inference Protocol
+ * service `inference.GRPCInferenceService` (ServerLive, ServerReady,
+ * ModelReady, ServerMetadata, ModelMetadata, ModelInfer) and the standard
+ * `grpc.health.v1.Health/Check`, on gRPC core's C API with protobuf-c
+ * (proto/grpc_service.proto, proto/health.proto).
+ *
+ * Every call is translated into the protocol-neutral structs of oip.h and
+ * answered by the same oip_backend as the REST front, so the two protocols
+ * cannot drift apart. serve's main starts it beside the REST server:
+ *
+ *     qn_err err;
+ *     serve_grpc *g = serve_grpc_start("127.0.0.1:7706", &backend, metrics, &err);
+ *     if (!g) { qn_log_error(NULL, err.msg, NULL); return 1; }
+ *     qn_log_info(NULL, "grpc listening", "{s:i}", "port", serve_grpc_port(g));
+ *     ... wait for SIGTERM ...
+ *     serve_grpc_shutdown(g, qn_now_ms() + 10000);   // drain, then cancel
+ *
+ * Behaviour on the wire:
+ * - Errors are gRPC statuses with the backend's qn_code (the numbers are the
+ *   gRPC canonical codes) and its message, which names the input at fault:
+ *   INVALID_ARGUMENT for a malformed tensor, NOT_FOUND for an unknown model,
+ *   UNAVAILABLE for a model that is not ready, RESOURCE_EXHAUSTED for a
+ *   message over SERVE_GRPC_MAX_MESSAGE (enforced by gRPC itself).
+ * - ModelInfer accepts typed `contents` or `raw_input_contents` (one entry
+ *   per input; BYTES elements as 4-byte little-endian length + bytes). The
+ *   response mirrors the request: raw_output_contents when the request used
+ *   raw inputs (or when an output is FP16, which has no typed field), typed
+ *   contents otherwise. Clients that send raw get raw back, which is what
+ *   Triton's clients expect; KServe's typed-only clients get typed data.
+ * - A `traceparent` in the call's metadata (W3C trace context) reaches the
+ *   backend as oip_infer_request.traceparent when it is well formed; a
+ *   malformed one is ignored, as the W3C rules say.
+ * - Unknown methods (Triton's extra RPCs, Health/Watch) answer UNIMPLEMENTED.
+ * - Metrics (when a registry is given): quern_inference_requests_total and
+ *   quern_inference_request_duration_seconds {model,version,protocol="grpc"}
+ *   for ModelInfer calls that reached a known model, and
+ *   quern_grpc_server_handled_total{method,code} for every call.
+ */
+#ifndef QUERN_SERVE_GRPC_SERVER_H
+#define QUERN_SERVE_GRPC_SERVER_H
+
+#include "core/err.h"
+#include "core/metrics.h"
+#include "serve/oip.h"
+
+/* Largest request or response message, in bytes; larger ones fail with
+ * RESOURCE_EXHAUSTED. */
+#define SERVE_GRPC_MAX_MESSAGE (64 * 1024 * 1024)
+/* Worker threads polling the completion queue; each answers one call at a time. */
+#define SERVE_GRPC_THREADS 4
+
+typedef struct serve_grpc serve_grpc;
+
+/*
+ * Starts the server on listen ("HOST:PORT"; port 0 picks a free one) with
+ * insecure (plaintext) HTTP/2, answering with backend, which must outlive
+ * the server and be thread-safe. metrics may be NULL; the families are
+ * created in it now. Returns the running server, or NULL with err filled:
+ * QN_INVALID_ARGUMENT when listen cannot be bound (malformed, or in use),
+ * QN_RESOURCE_EXHAUSTED / QN_INTERNAL when threads or memory fail.
+ */
+serve_grpc *serve_grpc_start(const char *listen, const oip_backend *backend, qn_metrics *metrics,
+                             qn_err *err);
+
+/* The port actually bound (useful with port 0). */
+int serve_grpc_port(const serve_grpc *g);
+
+/*
+ * Stops accepting calls and lets in-flight calls finish until deadline_ms
+ * (CLOCK_MONOTONIC milliseconds, as qn_now_ms gives; 0 or past: cancel at
+ * once), then cancels the rest, joins the workers and frees everything.
+ * NULL is fine. Call once, from one thread.
+ */
+void serve_grpc_shutdown(serve_grpc *g, long long deadline_ms);
+
+#endif
