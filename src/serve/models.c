@@ -572,8 +572,8 @@ static int instance_id(serve *s, qn_err *err)
     int rc = 0;
     if (strlen(id) != QN_UUID_LEN) {
         qn_uuid4(id);
-        char line[QN_UUID_LEN + 2];
-        snprintf(line, sizeof line, "%s\n", id);
+        char line[QN_UUID_LEN + 8];
+        snprintf(line, sizeof line, "%.36s\n", id);
         rc = write_atomic(path, line, err);
     }
     free(path);
