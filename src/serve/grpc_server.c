@@ -752,7 +752,7 @@ static int typed_output(const oip_output *o, qn_arena *a, Inference__InferTensor
 }
 
 static int build_infer_reply(const Inference__ModelInferRequest *rq, const oip_infer_response *rs,
-                             int raw_in, qn_arena *a, call_out *out, qn_err *err)
+                             int raw_in, qn_arena *a, serve__grpc_infer_out *out, qn_err *err)
 {
     Inference__ModelInferResponse resp = INFERENCE__MODEL_INFER_RESPONSE__INIT;
     resp.model_name = rs->model ? rs->model : rq->model_name;
@@ -803,19 +803,26 @@ static int build_infer_reply(const Inference__ModelInferRequest *rq, const oip_i
         resp.n_raw_output_contents = n;
         resp.raw_output_contents = raws;
     }
-    return pack_reply(&resp.base, out, err);
+    size_t len = protobuf_c_message_get_packed_size(&resp.base);
+    if (len > SERVE_GRPC_MAX_MESSAGE)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED,
+                          "the response is %zu bytes, over the %d-byte message limit", len,
+                          SERVE_GRPC_MAX_MESSAGE);
+    if (!(out->reply = malloc(len ? len : 1)))
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    out->reply_len = protobuf_c_message_pack(&resp.base, out->reply);
+    return 0;
 }
 
-static int do_model_infer(serve_grpc *g, rpc *r, const uint8_t *in, size_t inlen, call_out *out,
-                          qn_err *err)
+int serve__grpc_infer(const oip_backend *be, const uint8_t *in, size_t inlen,
+                      const char *traceparent, serve__grpc_infer_out *out, qn_err *err)
 {
-    const oip_backend *be = g->be;
     oip_infer_request orq = {0};
     oip_infer_response ors = {0};
     oip_tensor *inputs = NULL;
     size_t ninputs = 0;
-    char tp[TRACEPARENT_MAX];
     int rc = 0;
+    memset(out, 0, sizeof *out);
     qn_arena *a = NULL;
     budget_alloc ba;
     budget_init(&ba);
@@ -887,7 +894,7 @@ static int do_model_infer(serve_grpc *g, rpc *r, const uint8_t *in, size_t inlen
     orq.ninputs = rq->n_inputs;
     orq.outputs = rq->n_outputs ? onames : NULL;
     orq.noutputs = rq->n_outputs;
-    orq.traceparent = find_traceparent(&r->md, tp);
+    orq.traceparent = traceparent;
 
     rc = be->infer(be->ud, &orq, &ors, err);
     /* Count calls that reached a model; an unknown model's name is the
@@ -911,6 +918,39 @@ out:
     qn_arena_free(a);
     if (rq)
         inference__model_infer_request__free_unpacked(rq, &ba.base);
+    if (rc < 0) {
+        free(out->reply);
+        out->reply = NULL;
+        out->reply_len = 0;
+    }
+    return rc;
+}
+
+void serve__grpc_infer_out_free(serve__grpc_infer_out *out)
+{
+    free(out->reply);
+    free(out->model);
+    free(out->version);
+    memset(out, 0, sizeof *out);
+}
+
+static int do_model_infer(serve_grpc *g, rpc *r, const uint8_t *in, size_t inlen, call_out *out,
+                          qn_err *err)
+{
+    char tp[TRACEPARENT_MAX];
+    serve__grpc_infer_out o;
+    int rc = serve__grpc_infer(g->be, in, inlen, find_traceparent(&r->md, tp), &o, err);
+    if (rc == 0) {
+        /* The slice takes the packed reply without a copy and frees it. */
+        grpc_slice s = grpc_slice_new(o.reply, o.reply_len, free);
+        out->reply = grpc_raw_byte_buffer_create(&s, 1);
+        grpc_slice_unref(s);
+        o.reply = NULL;
+    }
+    out->model = o.model;
+    out->version = o.version;
+    o.model = o.version = NULL;
+    serve__grpc_infer_out_free(&o);
     return rc;
 }
 

@@ -14,14 +14,17 @@
  *     if (!g) { qn_log_error(NULL, err.msg, NULL); return 1; }
  *     qn_log_info(NULL, "grpc listening", "{s:i}", "port", serve_grpc_port(g));
  *     ... wait for SIGTERM ...
- *     serve_grpc_shutdown(g, qn_now_ms() + 10000);   // drain, then cancel
+ *     serve_grpc_shutdown(g, qn_now_ms() + 10000);   // drain 10 s, then cancel
  *
  * Behaviour on the wire:
  * - Errors are gRPC statuses with the backend's qn_code (the numbers are the
  *   gRPC canonical codes) and its message, which names the input at fault:
  *   INVALID_ARGUMENT for a malformed tensor, NOT_FOUND for an unknown model,
  *   UNAVAILABLE for a model that is not ready, RESOURCE_EXHAUSTED for a
- *   message over SERVE_GRPC_MAX_MESSAGE (enforced by gRPC itself).
+ *   message over SERVE_GRPC_MAX_MESSAGE (enforced by gRPC itself) or one
+ *   whose decoding would take more than 4x that (a ModelInfer request is
+ *   unpacked under that memory budget), DEADLINE_EXCEEDED for a call whose
+ *   deadline passed while it waited for a worker.
  * - ModelInfer accepts typed `contents` or `raw_input_contents` (one entry
  *   per input; BYTES elements as 4-byte little-endian length + bytes). The
  *   response mirrors the request: raw_output_contents when the request used
@@ -40,6 +43,9 @@
 #ifndef QUERN_SERVE_GRPC_SERVER_H
 #define QUERN_SERVE_GRPC_SERVER_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include "core/err.h"
 #include "core/metrics.h"
 #include "serve/oip.h"
@@ -47,7 +53,9 @@
 /* Largest request or response message, in bytes; larger ones fail with
  * RESOURCE_EXHAUSTED. */
 #define SERVE_GRPC_MAX_MESSAGE (64 * 1024 * 1024)
-/* Worker threads polling the completion queue; each answers one call at a time. */
+/* Worker threads polling the completion queue; each answers one call at a
+ * time and blocks in the backend meanwhile, so at most this many backend
+ * calls run at once and other calls (health checks too) queue behind them. */
 #define SERVE_GRPC_THREADS 4
 
 typedef struct serve_grpc serve_grpc;
@@ -68,10 +76,31 @@ int serve_grpc_port(const serve_grpc *g);
 
 /*
  * Stops accepting calls and lets in-flight calls finish until deadline_ms
- * (CLOCK_MONOTONIC milliseconds, as qn_now_ms gives; 0 or past: cancel at
- * once), then cancels the rest, joins the workers and frees everything.
- * NULL is fine. Call once, from one thread.
+ * (wall-clock milliseconds since the epoch, as qn_now_ms() of core/json.h
+ * gives; 0 or past: cancel at once), then cancels the rest (their clients
+ * see UNAVAILABLE), waits for backend calls still running (a backend call
+ * cannot be interrupted), joins the workers and frees everything. NULL is
+ * fine. Call once, from one thread.
  */
 void serve_grpc_shutdown(serve_grpc *g, long long deadline_ms);
+
+/*
+ * Internal, for tests and fuzzing: one ModelInfer without the transport.
+ * in/inlen: a serialized ModelInferRequest; traceparent may be NULL. On
+ * success (0) out->reply holds the serialized ModelInferResponse; on failure
+ * a negative qn_code with err filled, as the call's status would be.
+ * out->model/version are the metric labels (NULL when not counted). Free
+ * out with serve__grpc_infer_out_free either way. Thread-safe if be is.
+ */
+typedef struct serve__grpc_infer_out {
+    uint8_t *reply;
+    size_t reply_len;
+    char *model;
+    char *version;
+} serve__grpc_infer_out;
+
+int serve__grpc_infer(const oip_backend *be, const uint8_t *in, size_t inlen,
+                      const char *traceparent, serve__grpc_infer_out *out, qn_err *err);
+void serve__grpc_infer_out_free(serve__grpc_infer_out *out);
 
 #endif

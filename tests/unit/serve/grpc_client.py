@@ -10,11 +10,14 @@ not ready), slow (one ModelInfer that sleeps in the backend; --expect ok|error
 says how it must end, for the shutdown tests).
 """
 import argparse
+import atexit
 import math
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import traceback
 
@@ -22,8 +25,9 @@ TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def gen_stubs(proto, work):
-    out = os.path.join(work, "grpc_py_stubs")
-    os.makedirs(out, exist_ok=True)
+    os.makedirs(work, exist_ok=True)
+    out = tempfile.mkdtemp(prefix="grpc_stubs_", dir=work)
+    atexit.register(shutil.rmtree, out, True)
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", proto,
                     "--python_out", out, "--grpc_python_out", out,
                     os.path.join(proto, "grpc_service.proto"),

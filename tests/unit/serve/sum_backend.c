@@ -203,7 +203,8 @@ static int sb_infer(void *ud, const oip_infer_request *rq, oip_infer_response *r
     if (rc == 0 && strcmp(rq->model, "sleepy") == 0)
         rc = qn_err_set(err, QN_UNAVAILABLE, "model sleepy: not ready");
     json_t *sleep = rq->parameters ? json_object_get(rq->parameters, "sleep_ms") : NULL;
-    if (rc == 0 && json_is_integer(sleep)) {
+    if (rc == 0 && s->allow_sleep && json_is_integer(sleep) && json_integer_value(sleep) > 0 &&
+        json_integer_value(sleep) <= 5000) {
         long long ms = json_integer_value(sleep);
         struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
         nanosleep(&ts, NULL);

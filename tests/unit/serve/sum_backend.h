@@ -7,7 +7,8 @@
  *   BYTES [-1] ("hello, <name>"). Wrong datatype or shape -> INVALID_ARGUMENT
  *   naming the input. The response's parameters echo the request's
  *   parameters and add "traceparent" when the call carried one. A request
- *   parameter "sleep_ms" (int) makes the call sleep first (shutdown tests).
+ *   parameter "sleep_ms" (int, at most 5000) makes the call sleep first when
+ *   allow_sleep is set (shutdown tests).
  * - "echo" (version "1"): returns every input unchanged as an output of the
  *   same name, datatype and shape (conversion round trips).
  * - "sleepy": known but never ready.
@@ -23,6 +24,7 @@
 typedef struct sum_backend {
     oip_backend be;
     atomic_int ready;    /* server_ready answer; 1 after sum_backend_init */
+    int allow_sleep;     /* honour "sleep_ms" (off by default, so fuzzing never sleeps) */
     atomic_long infers;  /* infer calls entered */
     atomic_long done;    /* infer calls returned */
 } sum_backend;

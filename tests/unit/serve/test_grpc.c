@@ -36,8 +36,8 @@ static const char *client(int port, const char *mode, const char *expect)
     assert_non_null(work);
     snprintf(client_cmd, sizeof client_cmd,
              "/usr/bin/python3 %s/tests/unit/serve/grpc_client.py --port %d --proto %s/proto "
-             "--work %s/grpc_%ld --mode %s --expect %s",
-             src, port, src, work, (long)getpid(), mode, expect);
+             "--work %s --mode %s --expect %s",
+             src, port, src, work, mode, expect);
     return client_cmd;
 }
 
@@ -143,6 +143,7 @@ static int shutdown_with_call_in_flight(int grace_ms, const char *expect, long l
 {
     sum_backend sb;
     sum_backend_init(&sb);
+    sb.allow_sleep = 1;
     qn_err err;
     serve_grpc *g = serve_grpc_start("127.0.0.1:0", &sb.be, NULL, &err);
     assert_non_null(g);
