@@ -12,7 +12,9 @@
  *     // res.holdout: the test rows; the bundle is in jobs/42/bundle
  *     json_t *champion;
  *     qml_model_evaluate(production_model, spec, res.holdout, &champion, &err);
- *     if (qml_train_better(spec, res.primary_value, champion, margin)) -> promote
+ *     double old = json_number_value(json_object_get(champion, res.primary));
+ *     if (res.higher_is_better ? res.primary_value > old + margin
+ *                              : res.primary_value < old - margin) -> promote
  *     qml_train_result_free(&res);
  *     qml_train_spec_free(spec);
  *
