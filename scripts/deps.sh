@@ -37,6 +37,10 @@ PKGS=(
   python3-grpc-tools   # generates that client's stubs from proto/*.proto at test time
   python3-protobuf     # the message classes those stubs use
   curl                 # black-box tests and the demo talk HTTP from the shell
+  wrk                  # bench_serve.sh: HTTP load generator for quern-serve and its baselines
+  nginx-light          # bench_serve.sh: a fixed-200 nginx, the ceiling for an HTTP server here
+  python3-fastapi      # bench_serve.sh baseline: the usual Python serving stack (FastAPI ...)
+  python3-uvicorn      # ... on uvicorn, predicting with python3-xgboost
   xz-utils             # the shipped data sets are xz-compressed (data/)
   clang                # fuzz targets (libFuzzer) and sanitizer builds
   libclang-rt-14-dev   # clang's sanitizer and libFuzzer runtimes

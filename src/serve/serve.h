@@ -1,0 +1,166 @@
+/*
+ * serve.h - the modules of quern-serve and what they share (internal).
+ *
+ *   main.c     configuration, start/stop, the REST route table
+ *   models.c   the model manager: one slot per configured model, each
+ *              following a registry alias; versions are refcounted and
+ *              swapped atomically; downloads into the on-disk cache, loads,
+ *              smoke-tests, remembers the last good version
+ *   backend.c  the oip_backend both protocol fronts call (infer, metadata,
+ *              readiness) over the model manager and libquern-ml
+ *   rest.c     the Open Inference Protocol over HTTP/JSON (and Triton's
+ *              binary tensor extension) plus the /v1 recommendation routes
+ *   batch.c    optional dynamic batching per model
+ *   predlog.c  sampled prediction logging to the bus, off the request path
+ *   grpc_server.c, oip.c  the gRPC front and the protocol data model
+ *
+ * A request holds a reference to the version it runs on (serve_acquire /
+ * serve_release) from the first byte of model work to the last byte of
+ * output, so a swap never pulls a model from under it.
+ */
+#ifndef QUERN_SERVE_SERVE_H
+#define QUERN_SERVE_SERVE_H
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/bus/bus.h"
+#include "core/client.h"
+#include "core/config.h"
+#include "core/http.h"
+#include "core/metrics.h"
+#include "core/subscriber.h"
+#include "ml/model.h"
+#include "serve/oip.h"
+
+#define SERVE_MAX_MODELS 64
+
+typedef struct serve_cfg {
+    qn_common_cfg common;
+    char *grpc_listen;
+    char *models;           /* NAME[@ALIAS][,...] */
+    char *instance;
+    long long poll_ms;
+    char *sample_rates;     /* MODEL:RATE[,...] */
+    char *log_sample_rate;  /* default rate, text ("0.1") */
+    long long log_queue;
+    long long log_batch;
+    char *batching;         /* MODEL:MAX_BATCH:MAX_DELAY_US[,...] */
+    long long max_rows;
+    long long xgb_threads;
+} serve_cfg;
+
+typedef struct serve_batcher serve_batcher;
+typedef struct serve_predlog serve_predlog;
+
+/* One loaded version of a model. Immutable once published; freed when the
+ * last reference goes (the slot's own reference is one of them). */
+typedef struct serve_version {
+    atomic_long refs;
+    int64_t version;
+    char vstr[24];          /* the version as the protocol names it: "3" */
+    const char *vlist[1];   /* {vstr}: the metadata's versions list */
+    qml_model *model;
+    int is_als;
+    int k;                  /* ALS: declared ranking cutoff */
+    oip_tensor_meta *inputs;
+    size_t ninputs;
+    oip_tensor_meta *outputs;
+    size_t noutputs;
+    char platform[32];
+} serve_version;
+
+typedef struct serve_model {
+    char *name;
+    char *alias;
+    pthread_mutex_t mu;     /* guards cur (only to copy it and bump refs), and the status below */
+    serve_version *cur;
+    const char *state;      /* "loading", "ready", "unavailable" */
+    int64_t target;         /* the version the alias names, as last seen; 0 unknown */
+    int64_t refused;        /* the last version refused (not retried until the alias moves) */
+    json_t *last_refusal;   /* {"version","reason","message","time"} or NULL */
+    char *source;           /* "registry" or "cache" for the current version */
+    double sample_rate;
+    serve_batcher *batcher; /* NULL: batching off */
+} serve_model;
+
+typedef struct serve {
+    serve_cfg *cfg;
+    serve_model models[SERVE_MAX_MODELS];
+    size_t nmodels;
+    char *cache_dir;        /* <data>/cache */
+    char instance[80];
+    qn_client *registry;
+    qn_bus *bus;
+    qn_subscriber *sub;
+    serve_predlog *predlog;
+    qn_metrics *metrics;
+    qn_metric *m_requests, *m_latency, *m_info, *m_swaps, *m_refusals, *m_rows;
+    /* the follower thread: loads and swaps versions */
+    pthread_t follower;
+    int follower_started;
+    pthread_mutex_t fmu;
+    pthread_cond_t fcv;
+    int kick;
+    int stopping;
+    oip_backend backend;
+} serve;
+
+/* ---- models.c ----------------------------------------------------------- */
+
+/* Parses --models into s->models (names checked, alias default production).
+ * 0 or QN_INVALID_ARGUMENT naming the entry at fault. */
+int serve_models_parse(serve *s, const char *spec, qn_err *err);
+/* Starts following: loads the cached last good versions, then the registry's,
+ * on a background thread; subscribes to quern.model.promoted. */
+int serve_models_start(serve *s, qn_err *err);
+/* Stops the follower and the subscriber and frees every version. */
+void serve_models_stop(serve *s);
+serve_model *serve_model_find(serve *s, const char *name);
+/* The served version with a reference taken, or NULL when none is loaded. */
+serve_version *serve_acquire(serve_model *m);
+void serve_release(serve_version *v);
+/* 1 when every configured model has a version loaded. */
+int serve_all_ready(serve *s);
+/* {"model":{"version","alias","state","source","last_refusal"}} for status answers. */
+json_t *serve_model_status(serve_model *m);
+
+/* ---- backend.c ---------------------------------------------------------- */
+
+void serve_backend_init(serve *s);
+/* Predicts rows of b with v (through the batcher when m has one). out has
+ * b->n_rows * output width floats. Thread-safe. */
+int serve_predict(serve_model *m, serve_version *v, const qml_input_batch *b, float *out,
+                  qn_err *err);
+
+/* ---- rest.c --------------------------------------------------------------- */
+
+extern const qn_route serve_routes[];
+extern const size_t serve_nroutes;
+#define SERVE_MAX_INFER_BODY (64ull * 1024 * 1024)
+
+/* ---- batch.c -------------------------------------------------------------- */
+
+/* Parses --batching and attaches batchers to the named models. */
+int serve_batching_setup(serve *s, const char *spec, qn_err *err);
+void serve_batcher_free(serve_batcher *b);
+int serve_batcher_predict(serve_batcher *b, serve_version *v, const qml_input_batch *in,
+                          float *out, qn_err *err);
+
+/* ---- predlog.c -------------------------------------------------------------- */
+
+serve_predlog *serve_predlog_start(qn_bus *bus, qn_metrics *metrics, size_t queue, size_t batch,
+                                   qn_err *err);
+/* Flushes what is queued (bounded wait) and stops the thread. NULL is fine. */
+void serve_predlog_stop(serve_predlog *p);
+/* Queues one sampled prediction (features and prediction are stolen). Never
+ * blocks: when the queue is full the sample is dropped and counted. */
+void serve_predlog_add(serve_predlog *p, const char *model, const char *version,
+                       const char *request_id, json_t *features, json_t *prediction);
+/* 1 when this request should be sampled at rate. */
+int serve_predlog_sample(double rate);
+
+#endif

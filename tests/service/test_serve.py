@@ -1,0 +1,725 @@
+"""test_serve.py - black-box tests of quern-serve beside a real quern-registry.
+
+No training service: the test builds bundles itself and registers them over the
+registry's API (blobs, versions, aliases):
+  adult  XGBoost trained here with Python's xgboost on numeric Adult columns
+         (two versions: 60 and 100 trees), files model.json, inputs declared,
+  lr     a logistic model with fitted transforms (standardize + one-hot with an
+         unknown bucket on the BYTES input "workclass"), written by hand in
+         libquern-ml's formats, so the expected probability is computed here,
+  recs   an ALS recommender written as .npy files with numpy.
+Serve follows the production alias of each; the tests move aliases and kill
+processes. Prediction logs are checked by reading the embedded bus's SQLite
+file (read-only): the quern.predictions.logged events serve published.
+Run by /usr/bin/python3 (numpy, xgboost).
+"""
+import concurrent.futures
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from pathlib import Path
+
+import numpy as np
+import xgboost as xgb
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import WORK, Service  # noqa: E402
+
+DATASETS = os.environ.get("QUERN_DATASETS", os.path.join(os.path.dirname(__file__),
+                                                          "../../build/datasets"))
+NUMERIC = ["age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week"]
+ADULT_COLS = {"age": 0, "fnlwgt": 2, "education_num": 4, "capital_gain": 10, "capital_loss": 11,
+              "hours_per_week": 12}
+
+
+def sha(b):
+    return "sha256:" + hashlib.sha256(b).hexdigest()
+
+
+def load_adult(path, limit):
+    X, y, work = [], [], []
+    with open(path) as f:
+        for line in f:
+            p = [x.strip() for x in line.split(",")]
+            if len(p) < 15 or p[0].startswith("|"):
+                continue
+            X.append([float(p[ADULT_COLS[c]]) for c in NUMERIC])
+            y.append(1 if p[14].startswith(">50K") else 0)
+            work.append(p[1])
+            if len(X) >= limit:
+                break
+    return np.array(X), np.array(y), work
+
+
+class ServeTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.home = tempfile.mkdtemp(prefix="quern-serve-home-", dir=WORK)
+        cls.env = {"QUERN_HOME": cls.home}
+        for d in ("registry", "serve"):
+            os.makedirs(os.path.join(cls.home, d))
+        cls.reg = Service("registry", data=os.path.join(cls.home, "registry"), env=cls.env).start()
+        cls.X, cls.y, cls.work = load_adult(os.path.join(DATASETS, "adult.data"), 4000)
+        cls.Xt, _, cls.work_t = load_adult(os.path.join(DATASETS, "adult.test"), 300)
+        cls.boosters = {}
+        for v, trees in ((1, 100), (2, 60)):
+            b = xgb.train({"objective": "binary:logistic", "max_depth": 4, "eta": 0.2 + 0.1 * v,
+                           "seed": v, "nthread": 1}, xgb.DMatrix(cls.X, label=cls.y), trees)
+            path = os.path.join(cls.home, f"adult-{v}.json")
+            b.save_model(path)
+            cls.boosters[v] = b
+            cls.register_adult(Path(path).read_bytes())
+        cls.register_lr()
+        cls.register_als()
+        for m in ("adult", "lr", "recs"):
+            cls.put_alias(m, 1)
+        cls.serve_data = os.path.join(cls.home, "serve")
+        cls.serve = cls.start_serve()
+
+    @classmethod
+    def tearDownClass(cls):
+        for s in (getattr(cls, "serve", None), getattr(cls, "reg", None)):
+            if s:
+                s.stop()
+
+    # ---- registering -------------------------------------------------------
+
+    @classmethod
+    def put_blob(cls, data):
+        d = sha(data)
+        st, _, body = cls.reg.request("PUT", f"/v1/blobs/{d}", body=data)
+        assert st in (200, 201), body
+        return d
+
+    @classmethod
+    def register(cls, model, manifest):
+        cls.reg.request("POST", "/v1/models", {"name": model})
+        st, _, body = cls.reg.request("POST", f"/v1/models/{model}/versions", {"manifest": manifest})
+        assert st == 201, body
+        return body["version"]
+
+    @classmethod
+    def put_alias(cls, model, version, alias="production"):
+        st, _, body = cls.reg.request("PUT", f"/v1/models/{model}/aliases/{alias}",
+                                      {"version": version})
+        assert st == 200, body
+
+    @classmethod
+    def adult_manifest(cls, model_json, bare=False):
+        m = {"format": "quern.model/1", "kind": "xgboost",
+             "inputs": [{"name": c, "datatype": "FP64", "shape": [-1]} for c in NUMERIC],
+             "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1]}],
+             "files": {"model.json": cls.put_blob(model_json)}}
+        if not bare:
+            # Pass-through transforms and the task, until libquern-ml accepts an
+            # imported XGBoost manifest without them (test_python_xgboost_bare).
+            m["transforms"] = {"format": "quern.features/1", "n_features": len(NUMERIC),
+                               "columns": [{"name": c, "type": "numeric", "steps": []}
+                                           for c in NUMERIC]}
+            m["params"] = {"task": "binary", "classes": [0, 1]}
+        return m
+
+    @classmethod
+    def register_adult(cls, model_json):
+        return cls.register("adult", cls.adult_manifest(model_json))
+
+    @classmethod
+    def register_lr(cls):
+        mean = cls.X.mean(axis=0)
+        std = cls.X.std(axis=0)
+        cls.lr_cats = ["Private", "Self-emp-not-inc", "Local-gov"]
+        d = len(NUMERIC) + len(cls.lr_cats) + 1
+        rng = np.random.default_rng(7)
+        cls.lr_coef = rng.normal(0, 0.5, d)
+        cls.lr_b = -0.3
+        cls.lr_mean, cls.lr_std = mean, std
+        cols = [{"name": c, "type": "numeric",
+                 "steps": [{"op": "standardize", "mean": float(mean[i]), "std": float(std[i])}]}
+                for i, c in enumerate(NUMERIC)]
+        cols.append({"name": "workclass", "type": "categorical",
+                     "steps": [{"op": "onehot", "categories": cls.lr_cats,
+                                "max_categories": 0, "min_frequency": 0}]})
+        model = {"format": "quern.linear/1", "kind": "logistic", "n_features": d,
+                 "coef": [[float(x) for x in cls.lr_coef]], "intercept": [cls.lr_b],
+                 "classes": [0, 1]}
+        inputs = [{"name": c, "datatype": "FP64", "shape": [-1]} for c in NUMERIC]
+        inputs.append({"name": "workclass", "datatype": "BYTES", "shape": [-1]})
+        man = {"format": "quern.model/1", "kind": "logistic", "inputs": inputs,
+               "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1]}],
+               "transforms": {"format": "quern.features/1", "n_features": d, "columns": cols},
+               "params": {"task": "binary", "classes": [0, 1]},
+               "files": {"model.json": cls.put_blob(json.dumps(model).encode())}}
+        cls.register("lr", man)
+
+    def lr_expect(self, row, work):
+        z = (np.array(row) - self.lr_mean) / self.lr_std
+        oh = [1.0 if work == c else 0.0 for c in self.lr_cats]
+        oh.append(0.0 if work in self.lr_cats else 1.0)
+        x = np.concatenate([z.astype(np.float32), np.array(oh, dtype=np.float32)])
+        return 1 / (1 + math.exp(-(float(np.dot(self.lr_coef, x)) + self.lr_b)))
+
+    @classmethod
+    def register_als(cls):
+        rng = np.random.default_rng(3)
+        nu, ni, f = 20, 30, 4
+        cls.uf = rng.normal(0, 1, (nu, f)).astype(np.float32)
+        cls.itf = rng.normal(0, 1, (ni, f)).astype(np.float32)
+        seen = [sorted(rng.choice(ni, 3, replace=False).tolist()) for _ in range(nu)]
+        cls.seen = seen
+        indptr = np.array([0] + list(np.cumsum([len(s) for s in seen])), dtype=np.int64)
+        indices = np.array([i for s in seen for i in s], dtype=np.int32)
+        pop = np.zeros(ni, dtype=np.float32)
+        for i in indices:
+            pop[i] += 1
+        cls.pop = pop
+        cls.users = [f"u{i}" for i in range(nu)]
+        cls.items = [f"item-{i}" for i in range(ni)]
+        files = {}
+        d = os.path.join(cls.home, "als")
+        os.makedirs(d, exist_ok=True)
+        for name, arr in (("user_factors.npy", cls.uf), ("item_factors.npy", cls.itf),
+                          ("popularity.npy", pop), ("user_items_indptr.npy", indptr),
+                          ("user_items_indices.npy", indices)):
+            p = os.path.join(d, name)
+            np.save(p, arr)
+            files[name] = cls.put_blob(Path(p).read_bytes())
+        files["user_ids.json"] = cls.put_blob(json.dumps(cls.users).encode())
+        files["item_ids.json"] = cls.put_blob(json.dumps(cls.items).encode())
+        man = {"format": "quern.model/1", "kind": "als",
+               "inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [-1]}],
+               "outputs": [{"name": "item_id", "datatype": "BYTES", "shape": [-1, 5]},
+                           {"name": "score", "datatype": "FP32", "shape": [-1, 5]}],
+               "params": {"task": "ranking", "k": 5}, "files": files}
+        cls.register("recs", man)
+
+    @classmethod
+    def start_serve(cls, extra=()):
+        s = Service("serve", data=cls.serve_data, env=cls.env,
+                    args=["--models", "adult,lr,recs", "--poll-interval", "1s",
+                          "--log-sample-rate", "1", "--grpc-listen", "127.0.0.1:0",
+                          "--registry", f"http://127.0.0.1:{cls.reg.port}", *extra])
+        return s.start(timeout=30)
+
+    # ---- helpers ---------------------------------------------------------------
+
+    def infer(self, model, inputs, path=None, **kw):
+        body = {"inputs": inputs, **kw}
+        return self.serve.request("POST", path or f"/v2/models/{model}/infer", body)
+
+    def adult_inputs(self, rows, dt="FP64"):
+        return [{"name": c, "datatype": dt, "shape": [len(rows)], "data": [r[i] for r in rows]}
+                for i, c in enumerate(NUMERIC)]
+
+    def assertOipError(self, resp, status, *needles):
+        st, _, body = resp
+        self.assertEqual(st, status, body)
+        self.assertIsInstance(body, dict, body)
+        self.assertIsInstance(body.get("error"), str, body)  # the protocol's own shape
+        for n in needles:
+            self.assertIn(n, body["error"])
+
+    def wait_version(self, model, version, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            st, _, body = self.serve.request("GET", f"/v2/models/{model}")
+            if st == 200 and body["versions"] == [str(version)]:
+                return body
+            time.sleep(0.05)
+        self.fail(f"{model} did not reach version {version}: {body}")
+
+    def metrics(self):
+        st, _, body = self.serve.request("GET", "/metrics", raw=True)
+        self.assertEqual(st, 200)
+        return body.decode()
+
+    # ---- the protocol's endpoints ----------------------------------------------
+
+    def test_01_health_and_metadata(self):
+        s = self.serve
+        self.assertEqual(s.request("GET", "/v2/health/live")[0], 200)
+        st, _, body = s.request("GET", "/v2/health/ready")
+        self.assertEqual(st, 200)
+        self.assertEqual(body["models"], {"adult": "1", "lr": "1", "recs": "1"})
+        st, _, body = s.request("GET", "/v2")
+        self.assertEqual((st, body["name"]), (200, "quern"))
+        self.assertIn("version", body)
+        self.assertIsInstance(body["extensions"], list)
+        st, _, body = s.request("GET", "/v2/models/adult")
+        self.assertEqual(st, 200)
+        self.assertEqual(body["name"], "adult")
+        self.assertEqual(body["versions"], ["1"])
+        self.assertEqual(body["platform"], "quern-xgboost")
+        self.assertEqual([i["name"] for i in body["inputs"]], NUMERIC)
+        self.assertEqual(body["inputs"][0], {"name": "age", "datatype": "FP64", "shape": [-1]})
+        self.assertEqual(body["outputs"], [{"name": "probability", "datatype": "FP32",
+                                            "shape": [-1]}])
+        self.assertEqual(body["quern"]["version"], "1")
+        self.assertEqual(body["quern"]["state"], "ready")
+        st, _, body = s.request("GET", "/v2/models/lr/versions/1")
+        self.assertEqual(st, 200)
+        self.assertEqual(body["inputs"][-1]["datatype"], "BYTES")
+        self.assertEqual(s.request("GET", "/v2/models/adult/ready")[0], 200)
+        self.assertEqual(s.request("GET", "/v2/models/adult/versions/1/ready")[0], 200)
+        self.assertOipError(s.request("GET", "/v2/models/adult/versions/7"), 404, "7")
+        self.assertOipError(s.request("GET", "/v2/models/adult/versions/7/ready"), 404, "7")
+        self.assertOipError(s.request("GET", "/v2/models/nope"), 404, "nope")
+        self.assertOipError(s.request("GET", "/v2/models/nope/ready"), 404, "nope")
+        st, _, body = s.request("GET", "/v1/models")
+        self.assertEqual(sorted(m["name"] for m in body["models"]), ["adult", "lr", "recs"])
+        st, _, body = s.request("GET", "/readyz")
+        self.assertEqual(st, 200)
+
+    def test_02_xgboost_matches_python(self):
+        rows = self.Xt[:200].tolist()
+        st, h, body = self.infer("adult", self.adult_inputs(rows), id="req-1")
+        self.assertEqual(st, 200, body)
+        self.assertEqual(body["model_name"], "adult")
+        self.assertEqual(body["model_version"], "1")
+        self.assertEqual(body["id"], "req-1")
+        self.assertEqual(h["x-quern-model-version"], "1")
+        out = body["outputs"][0]
+        self.assertEqual((out["name"], out["datatype"], out["shape"]), ("probability", "FP32",
+                                                                        [200]))
+        want = self.boosters[1].predict(xgb.DMatrix(np.array(rows, dtype=np.float32)))
+        got = np.array(out["data"])
+        self.assertLess(float(np.max(np.abs(got - want))), 1e-6)
+        # the versioned route, [n,1] shapes and requested outputs
+        inputs = self.adult_inputs(rows[:3])
+        for t in inputs:
+            t["shape"] = [3, 1]
+        st, _, body = self.infer("adult", inputs, path="/v2/models/adult/versions/1/infer",
+                                 outputs=[{"name": "probability"}])
+        self.assertEqual(st, 200, body)
+        self.assertLess(abs(body["outputs"][0]["data"][0] - float(want[0])), 1e-6)
+
+    def test_03_transforms_and_bytes(self):
+        rows = self.Xt[:20].tolist()
+        inputs = self.adult_inputs(rows)
+        work = self.work_t[:20]
+        work[0] = "Never-seen-before"  # the unknown bucket
+        inputs.append({"name": "workclass", "datatype": "BYTES", "shape": [20], "data": work})
+        st, _, body = self.infer("lr", inputs)
+        self.assertEqual(st, 200, body)
+        for r in range(20):
+            self.assertAlmostEqual(body["outputs"][0]["data"][r], self.lr_expect(rows[r], work[r]),
+                                   delta=1e-5)
+
+    def test_04_all_datatypes(self):
+        row = [39, 77516, 13, 0, 0, 40]
+        st, _, base = self.infer("adult", self.adult_inputs([row]))
+        self.assertEqual(st, 200, base)
+        p = base["outputs"][0]["data"][0]
+        for dt in ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+                   "FP32", "FP64"):
+            inputs = self.adult_inputs([row])
+            for t in inputs:
+                if t["name"] in ("age", "education_num", "hours_per_week"):
+                    t["datatype"] = dt
+            st, _, body = self.infer("adult", inputs)
+            self.assertEqual(st, 200, (dt, body))
+            self.assertAlmostEqual(body["outputs"][0]["data"][0], p, delta=1e-7, msg=dt)
+        inputs = self.adult_inputs([row])
+        inputs[3] = {"name": "capital_gain", "datatype": "BOOL", "shape": [1], "data": [False]}
+        st, _, body = self.infer("adult", inputs)
+        self.assertEqual(st, 200, body)
+        self.assertAlmostEqual(body["outputs"][0]["data"][0], p, delta=1e-7)
+        # nested data is flattened row-major
+        inputs = self.adult_inputs([row, row])
+        inputs[0] = {"name": "age", "datatype": "FP64", "shape": [2, 1], "data": [[39], [39]]}
+        st, _, body = self.infer("adult", inputs)
+        self.assertEqual((st, body["outputs"][0]["shape"]), (200, [2]), body)
+        # out-of-range integers are refused, naming the input
+        inputs = self.adult_inputs([row])
+        inputs[0]["datatype"] = "INT8"
+        inputs[0]["data"] = [300]
+        self.assertOipError(self.infer("adult", inputs), 400, "age", "INT8")
+        # FP16: JSON refused with a clear message; raw (binary extension) accepted
+        inputs = self.adult_inputs([row])
+        inputs[0]["datatype"] = "FP16"
+        self.assertOipError(self.infer("adult", inputs), 400, "age", "FP16", "binary")
+        st, body = self.binary_infer("adult", row, fp16_age=True)
+        self.assertEqual(st, 200, body)
+        self.assertAlmostEqual(body["outputs"][0]["data"][0], p, delta=1e-7)
+
+    def binary_infer(self, model, row, fp16_age=False, extra=None, raw_tensors=None):
+        """Triton's binary tensor extension: JSON header, then raw tensors."""
+        inputs, blobs = [], []
+        for i, c in enumerate(NUMERIC):
+            if c == "age" and fp16_age:
+                raw, dt = struct.pack("<e", row[i]), "FP16"
+            else:
+                raw, dt = struct.pack("<d", row[i]), "FP64"
+            if raw_tensors and c in raw_tensors:
+                raw, dt = raw_tensors[c]
+            inputs.append({"name": c, "datatype": dt, "shape": [1],
+                           "parameters": {"binary_data_size": len(raw)}})
+            blobs.append(raw)
+        for t, raw in (extra or []):
+            t["parameters"] = {"binary_data_size": len(raw)}
+            inputs.append(t)
+            blobs.append(raw)
+        head = json.dumps({"inputs": inputs}).encode()
+        st, _, body = self.serve.request(
+            "POST", f"/v2/models/{model}/infer", body=head + b"".join(blobs),
+            headers={"Inference-Header-Content-Length": str(len(head)),
+                     "Content-Type": "application/octet-stream"})
+        return st, body
+
+    def test_05_bad_input(self):
+        row = [39, 77516, 13, 0, 0, 40]
+        # wrong datatype
+        inputs = self.adult_inputs([row])
+        inputs[1] = {"name": "fnlwgt", "datatype": "BYTES", "shape": [1], "data": ["x"]}
+        self.assertOipError(self.infer("adult", inputs), 400, "fnlwgt", "BYTES", "FP64")
+        inputs = self.adult_inputs([row])
+        inputs[0]["datatype"] = "FP128"
+        self.assertOipError(self.infer("adult", inputs), 400, "age", "FP128")
+        # shape that does not match the data length
+        inputs = self.adult_inputs([row])
+        inputs[2]["shape"] = [3]
+        self.assertOipError(self.infer("adult", inputs), 400, "education_num", "3", "1")
+        inputs = self.adult_inputs([row])
+        inputs[2]["shape"] = [1, 2]
+        self.assertOipError(self.infer("adult", inputs), 400, "education_num")
+        # batch sizes that disagree
+        inputs = self.adult_inputs([row])
+        inputs[5] = {"name": "hours_per_week", "datatype": "FP64", "shape": [2], "data": [1, 2]}
+        self.assertOipError(self.infer("adult", inputs), 400, "hours_per_week", "rows")
+        # unknown model or version
+        self.assertOipError(self.infer("nope", self.adult_inputs([row])), 404, "nope")
+        self.assertOipError(self.infer("adult", self.adult_inputs([row]),
+                                       path="/v2/models/adult/versions/99/infer"), 404, "99")
+        # missing input, unexpected input, unknown output
+        inputs = self.adult_inputs([row])[1:]
+        self.assertOipError(self.infer("adult", inputs), 400, "age", "missing")
+        inputs = self.adult_inputs([row]) + [{"name": "agee", "datatype": "FP64", "shape": [1],
+                                              "data": [1]}]
+        self.assertOipError(self.infer("adult", inputs), 400, "agee")
+        self.assertOipError(self.infer("adult", self.adult_inputs([row]),
+                                       outputs=[{"name": "logits"}]), 400, "logits")
+        # NaN where the model cannot take it: null in JSON, NaN raw
+        inputs = self.adult_inputs([row])
+        inputs[4]["data"] = [None]
+        self.assertOipError(self.infer("lr", inputs + [{"name": "workclass", "datatype": "BYTES",
+                                                        "shape": [1], "data": ["Private"]}]),
+                            400, "capital_loss")
+        st, body = self.binary_infer("adult", row,
+                                     raw_tensors={"hours_per_week": (struct.pack("<d", math.nan),
+                                                                     "FP64")})
+        self.assertEqual(st, 400, body)
+        self.assertIn("hours_per_week", body["error"])
+        # BYTES with invalid UTF-8 where text is needed (raw and in the JSON text)
+        w = b"\xff\xfeoops"
+        st, body = self.binary_infer("lr", row, extra=[({"name": "workclass", "datatype": "BYTES",
+                                                         "shape": [1]},
+                                                        struct.pack("<I", len(w)) + w)])
+        self.assertEqual(st, 400, body)
+        self.assertIn("workclass", body["error"])
+        self.assertIn("UTF-8", body["error"])
+        head = json.dumps({"inputs": self.adult_inputs([row])})[:-2]
+        bad = (head + ', {"name": "workclass", "datatype": "BYTES", "shape": [1], "data": ["').encode()
+        bad += b"\xc3\x28" + b'"]}]}'
+        st, _, body = self.serve.request("POST", "/v2/models/lr/infer", body=bad,
+                                         headers={"Content-Type": "application/json"})
+        self.assertEqual(st, 400, body)
+        self.assertIn("workclass", body["error"])
+        # not JSON, unknown fields, no inputs
+        st, _, body = self.serve.request("POST", "/v2/models/adult/infer", body=b"{",
+                                         headers={"Content-Type": "application/json"})
+        self.assertOipError((st, _, body), 400, "JSON")
+        self.assertOipError(self.serve.request("POST", "/v2/models/adult/infer",
+                                               {"inputs": [], "x": 1}), 400, "x")
+        self.assertOipError(self.serve.request("POST", "/v2/models/adult/infer", {"inputs": []}),
+                            400, "inputs")
+        # a 100 MB body: 413 in the protocol's shape
+        big = b'{"inputs":[{"name":"age","datatype":"BYTES","shape":[1],"data":["' + \
+            b"a" * (100 * 1024 * 1024) + b'"]}]}'
+        try:
+            st, _, body = self.serve.request("POST", "/v2/models/adult/infer", body=big,
+                                             headers={"Content-Type": "application/json"})
+            self.assertOipError((st, _, body), 413)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may close before reading it all; the answer was still a 413
+        # a BYTES model input fed numbers
+        inputs = self.adult_inputs([row]) + [{"name": "workclass", "datatype": "INT32",
+                                              "shape": [1], "data": [3]}]
+        self.assertOipError(self.infer("lr", inputs), 400, "workclass", "BYTES")
+
+    def test_06_recommendations(self):
+        s = self.serve
+        st, h, body = s.request("GET", "/v1/models/recs/recommend?user=u3&k=4")
+        self.assertEqual(st, 200, body)
+        self.assertEqual((body["model"], body["version"], body["user"], body["fallback"]),
+                         ("recs", "1", "u3", False))
+        scores = self.itf @ self.uf[3]
+        want = [self.items[i] for i in np.argsort(-scores)[:4]]
+        self.assertEqual([x["item"] for x in body["items"]], want)
+        self.assertAlmostEqual(body["items"][0]["score"], float(np.max(scores)), places=4)
+        st, _, body = s.request("GET", "/v1/models/recs/recommend?user=u3&k=4&exclude_seen=true")
+        self.assertEqual(st, 200, body)
+        seen = {self.items[i] for i in self.seen[3]}
+        self.assertFalse(seen & {x["item"] for x in body["items"]})
+        st, _, body = s.request("GET", "/v1/models/recs/recommend?user=stranger&k=3")
+        self.assertEqual(st, 200, body)
+        self.assertTrue(body["fallback"])
+        self.assertEqual(body["items"][0]["item"], self.items[int(np.argmax(self.pop))])
+        st, _, body = s.request("GET", "/v1/models/recs/similar?item=item-2&k=3")
+        self.assertEqual(st, 200, body)
+        n = self.itf / np.linalg.norm(self.itf, axis=1, keepdims=True)
+        sim = n @ n[2]
+        sim[2] = -9
+        self.assertEqual(body["items"][0]["item"], self.items[int(np.argmax(sim))])
+        self.assertError(s.request("GET", "/v1/models/recs/similar?item=nope"), 404, "not_found",
+                         "nope")
+        self.assertError(s.request("GET", "/v1/models/recs/recommend"), 400, "invalid_argument",
+                         "user")
+        self.assertError(s.request("GET", "/v1/models/recs/recommend?user=u1&k=0"), 400,
+                         "invalid_argument", "k")
+        self.assertError(s.request("GET", "/v1/models/adult/recommend?user=u1"), 400,
+                         "failed_precondition", "ALS")
+        self.assertError(s.request("GET", "/v1/models/zzz/recommend?user=u1"), 404, "not_found")
+        # through infer
+        st, _, body = self.infer("recs", [{"name": "user_id", "datatype": "BYTES", "shape": [2],
+                                           "data": ["u3", "stranger"]}], parameters={"k": 4})
+        self.assertEqual(st, 200, body)
+        outs = {o["name"]: o for o in body["outputs"]}
+        self.assertEqual(outs["item_id"]["shape"], [2, 4])
+        self.assertEqual(outs["item_id"]["data"][:4], want)
+        self.assertEqual(outs["score"]["datatype"], "FP32")
+        self.assertEqual(outs["fallback"]["data"], [False, True])
+        self.assertOipError(self.infer("recs", [{"name": "user_id", "datatype": "BYTES",
+                                                 "shape": [1], "data": ["u1"]}],
+                                       parameters={"k": 0}), 400, "k")
+
+    def assertError(self, resp, status, code, *needles):
+        st, _, body = resp
+        self.assertEqual(st, status, body)
+        self.assertEqual(body["error"]["code"], code, body)
+        for n in needles:
+            self.assertIn(n, body["error"]["message"])
+
+    def test_07_traceparent(self):
+        row = [39, 77516, 13, 0, 0, 40]
+        st, _, body = self.serve.request(
+            "POST", "/v2/models/adult/infer", {"inputs": self.adult_inputs([row])},
+            headers={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
+        self.assertEqual(st, 200, body)
+
+    # ---- hot swap, refusal, logs ---------------------------------------------------
+
+    def test_10_hot_swap_under_load(self):
+        rows = self.Xt[:4].tolist()
+        inputs = self.adult_inputs(rows)
+        want = {v: self.boosters[v].predict(xgb.DMatrix(np.array(rows, dtype=np.float32)))
+                for v in (1, 2)}
+        stop = threading.Event()
+        failures, seen, count = [], set(), [0]
+        lock = threading.Lock()
+        flip_log = []  # (time the alias moved, version)
+
+        def client():
+            import http.client
+            conn = http.client.HTTPConnection("127.0.0.1", self.serve.port, timeout=30)
+            body = json.dumps({"inputs": inputs})
+            while not stop.is_set():
+                try:
+                    conn.request("POST", "/v2/models/adult/infer", body=body,
+                                 headers={"Content-Type": "application/json"})
+                    r = conn.getresponse()
+                    data = json.loads(r.read())
+                    t = time.time()
+                except Exception as e:  # noqa: BLE001
+                    with lock:
+                        failures.append(repr(e))
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", self.serve.port, timeout=30)
+                    continue
+                with lock:
+                    count[0] += 1
+                    if r.status != 200:
+                        failures.append((r.status, data))
+                        continue
+                    v = int(data["model_version"])
+                    seen.add((t, v))
+                    got = np.array(data["outputs"][0]["data"])
+                    if v not in want or np.max(np.abs(got - want[v])) > 1e-6:
+                        failures.append(("wrong prediction for version", v))
+
+        threads = [threading.Thread(target=client) for _ in range(6)]
+        for t in threads:
+            t.start()
+        try:
+            for i in range(6):
+                v = 2 if i % 2 == 0 else 1
+                self.put_alias("adult", v)
+                self.wait_version("adult", v)
+                flip_log.append((time.time(), v))
+                time.sleep(0.4)
+            while count[0] < 2000:
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        self.assertEqual(failures, [])
+        self.assertGreaterEqual(count[0], 2000)
+        self.assertEqual({v for _, v in seen}, {1, 2})
+        # once a flip has settled (serve reports it), responses name the new version
+        for i, (t0, v) in enumerate(flip_log):
+            t1 = flip_log[i + 1][0] if i + 1 < len(flip_log) else float("inf")
+            late = [sv for (t, sv) in seen if t0 + 0.05 < t < t1 - 0.5]
+            self.assertTrue(all(sv == v for sv in late), (i, v, set(late)))
+        m = self.metrics()
+        self.assertRegex(m, r'quern_model_swaps_total\{service="serve",model="adult"\} ([7-9]|\d\d)')
+        self.assertIn('quern_model_info{service="serve",model="adult",version="1",alias="production"} 1', m)
+
+    def test_11_bad_version_refused(self):
+        self.put_alias("adult", 1)
+        self.wait_version("adult", 1)
+        man = self.adult_manifest(b'{"learner": "this is not an xgboost model"}')
+        bad = self.register("adult", man)
+        self.put_alias("adult", bad)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            st, _, body = self.serve.request("GET", "/v2/models/adult")
+            ref = body["quern"].get("last_refusal")
+            if ref and ref["version"] == bad:
+                break
+            time.sleep(0.05)
+        self.assertEqual(body["versions"], ["1"])
+        self.assertEqual(ref["reason"], "load")
+        self.assertIn("model.json", ref["message"])
+        st, _, body = self.infer("adult", self.adult_inputs([[39, 77516, 13, 0, 0, 40]]))
+        self.assertEqual((st, body["model_version"]), (200, "1"))
+        self.assertIn('quern_model_refusals_total{service="serve",model="adult",reason="load"} 1',
+                      self.metrics())
+        self.assertFalse(os.path.exists(os.path.join(self.serve_data, "cache", "adult", str(bad))))
+        self.put_alias("adult", 1)
+
+    def test_12_prediction_logs_reach_the_bus(self):
+        row = [39, 77516, 13, 0, 0, 40]
+        for _ in range(5):
+            self.infer("adult", self.adult_inputs([row]), id="logged-req")
+        deadline = time.time() + 15
+        events = []
+        while time.time() < deadline:
+            db = sqlite3.connect(f"file:{os.path.join(self.home, 'bus.db')}?mode=ro", uri=True)
+            try:
+                events = [json.loads(b) for (b,) in db.execute(
+                    "SELECT body FROM bus_messages WHERE topic = 'quern.predictions.logged'")]
+            finally:
+                db.close()
+            preds = [p for e in events for p in e["data"]["predictions"]
+                     if p["request_id"] == "logged-req"]
+            if len(preds) >= 5:
+                break
+            time.sleep(0.2)
+        self.assertGreaterEqual(len(preds), 5)
+        ev = next(e for e in events if any(p["request_id"] == "logged-req"
+                                           for p in e["data"]["predictions"]))
+        self.assertEqual(ev["source"], "quern-serve")
+        self.assertEqual(ev["data"]["model"], "adult")
+        self.assertEqual(preds[0]["features"]["age"], 39)
+        self.assertIsInstance(preds[0]["prediction"], float)
+        m = self.metrics()
+        self.assertRegex(m, r"quern_prediction_log_sent_total\{service=\"serve\"\} [1-9]")
+        self.assertIn("quern_prediction_log_dropped_total", m)
+
+    def test_13_metrics_promtool_clean(self):
+        text = self.metrics()
+        self.assertIn('quern_inference_requests_total{service="serve",model="adult",version="1",'
+                      'protocol="rest"}', text)
+        if shutil.which("promtool"):
+            p = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                               capture_output=True)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+
+    def test_20_python_xgboost_bare_manifest(self):
+        """A Python-trained XGBoost JSON registered as is: kind xgboost, inputs
+        declared, no transforms, no params (what `quern models import` will do)."""
+        man = self.adult_manifest(Path(self.home, "adult-1.json").read_bytes(),
+                                  bare=True)
+        self.register("bare", man)
+        self.put_alias("bare", 1)
+        s = Service("serve", env=self.env,
+                    args=["--models", "bare", "--grpc-listen", "off",
+                          "--registry", f"http://127.0.0.1:{self.reg.port}"])
+        try:
+            s.start(timeout=20)
+        except RuntimeError as e:
+            self.skipTest(f"libquern-ml does not load a bare XGBoost manifest yet: {str(e)[-300:]}")
+        finally:
+            pass
+        try:
+            rows = self.Xt[:50].tolist()
+            st, _, body = s.request("POST", "/v2/models/bare/infer",
+                                    {"inputs": self.adult_inputs(rows)})
+            self.assertEqual(st, 200, body)
+            want = self.boosters[1].predict(xgb.DMatrix(np.array(rows, dtype=np.float32)))
+            self.assertLess(float(np.max(np.abs(np.array(body["outputs"][0]["data"]) - want))),
+                            1e-6)
+        finally:
+            s.stop()
+
+    # ---- registry down, restart from cache, SIGTERM ------------------------------
+
+    def test_90_registry_down_and_cache(self):
+        self.wait_version("adult", 1)
+        row = [39, 77516, 13, 0, 0, 40]
+        self.reg.kill9()
+        try:
+            for _ in range(20):
+                st, _, body = self.infer("adult", self.adult_inputs([row]))
+                self.assertEqual(st, 200, body)
+            time.sleep(1.5)  # a poll against the dead registry must not disturb serving
+            st, _, body = self.infer("adult", self.adult_inputs([row]))
+            self.assertEqual((st, body["model_version"]), (200, "1"))
+            # restart serve while the registry is down: it serves from its cache
+            self.assertEqual(self.serve.stop(), 0)
+            type(self).serve = self.start_serve()
+            st, _, body = self.serve.request("GET", "/v2/health/ready")
+            self.assertEqual(st, 200, body)
+            self.assertEqual(body["models"], {"adult": "1", "lr": "1", "recs": "1"})
+            st, _, body = self.serve.request("GET", "/v2/models/adult")
+            self.assertEqual(body["quern"]["source"], "cache")
+            st, _, body = self.infer("adult", self.adult_inputs([row]))
+            self.assertEqual((st, body["model_version"]), (200, "1"))
+            st, _, body = self.serve.request("GET", "/v1/models/recs/recommend?user=u3&k=2")
+            self.assertEqual(st, 200, body)
+        finally:
+            self.reg.start()
+
+    def test_99_sigterm_exits_zero(self):
+        self.assertEqual(self.serve.stop(signal.SIGTERM), 0)
+        self.assertIn('"stopped"', self.serve.log())
+        type(self).serve = self.start_serve()
+
+
+class ServeConfigTest(unittest.TestCase):
+    def test_bad_flags(self):
+        for args, needle in ((["--models", ""], "models"), (["--models", "a@b@c"], "alias"),
+                             (["--models", "a,a"], "twice"),
+                             (["--models", "a", "--batching", "b:4:100"], "batching"),
+                             (["--models", "a", "--log-sample-rate", "2"], "rate")):
+            d = tempfile.mkdtemp(prefix="quern-serve-cfg-", dir=WORK)
+            p = subprocess.run([os.path.join(os.environ.get("QUERN_BIN", "build/bin"),
+                                             "quern-serve"), "--data", d, "--listen",
+                                "127.0.0.1:0", "--grpc-listen", "off", *args],
+                               capture_output=True, timeout=20, env=dict(os.environ, QUERN_HOME=d))
+            self.assertNotEqual(p.returncode, 0, args)
+            self.assertIn(needle, p.stderr.decode(), args)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
