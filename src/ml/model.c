@@ -361,6 +361,63 @@ static int load_params(qml_model *m, const json_t *params, qn_err *err)
     return 0;
 }
 
+/* A model imported from elsewhere (quern models import: e.g. Python's
+ * xgboost JSON) comes with declared inputs but no fitted transforms: the
+ * declared numeric inputs then go to the model as they are, in order. */
+static int passthrough_features(qml_model *m, qn_err *err)
+{
+    json_t *cols = json_array();
+    for (size_t i = 0; i < m->n_in; i++) {
+        const char *dt = m->in[i].datatype;
+        if (!strcmp(dt, "BYTES") || !strcmp(dt, "BOOL")) {
+            json_decref(cols);
+            return qn_err_set(err, QN_INVALID_ARGUMENT,
+                              "input \"%s\" is %s, but a model without fitted transforms takes "
+                              "numeric inputs only (train it with quern, or declare numbers)",
+                              m->in[i].name, dt);
+        }
+        json_array_append_new(cols, json_pack("{s:s, s:s, s:[]}", "name", m->in[i].name, "type",
+                                              "numeric", "steps"));
+    }
+    json_t *doc = json_pack("{s:s, s:I, s:o}", "format", "quern.features/1", "n_features",
+                            (json_int_t)m->n_in, "columns", cols);
+    char *s = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    if (!s)
+        return oom(err);
+    int rc = qml_features_from_json(s, strlen(s), &m->features, err);
+    free(s);
+    return rc;
+}
+
+/* The task of an imported XGBoost model, from its objective. */
+static int task_from_xgb(qml_model *m, qn_err *err)
+{
+    const char *obj = qml_xgb_objective(m->xgb);
+    size_t nc = 0;
+    if (!strncmp(obj, "binary:", 7)) {
+        m->task = QML_TASK_BINARY;
+        nc = 2;
+    } else if (!strncmp(obj, "multi:", 6)) {
+        m->task = QML_TASK_MULTICLASS;
+        nc = (size_t)qml_xgb_n_classes(m->xgb);
+    } else if (!strncmp(obj, "reg:", 4)) {
+        m->task = QML_TASK_REGRESSION;
+    } else {
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "model.json: objective \"%s\" is not binary:*, multi:* or reg:*; "
+                          "declare params.task in the manifest", obj);
+    }
+    if (nc) {
+        if (!(m->classes = malloc(nc * sizeof *m->classes)))
+            return oom(err);
+        for (size_t c = 0; c < nc; c++)
+            m->classes[c] = (double)c;
+        m->n_classes = nc;
+    }
+    return 0;
+}
+
 int qml_model_load(const char *dir, const qml_model_opts *opts, qml_model **out, qn_err *err)
 {
     *out = NULL;
@@ -372,7 +429,11 @@ int qml_model_load(const char *dir, const qml_model_opts *opts, qml_model **out,
         goto out;
     const qml_manifest *man = qml_bundle_manifest(m->bundle);
     snprintf(m->kind, sizeof m->kind, "%s", qml_manifest_kind(man));
-    if ((rc = load_params(m, qml_manifest_get(man, "params"), err)) < 0)
+    /* An imported XGBoost model may leave params.task out: it is then read
+     * from the model's objective once model.json is loaded. */
+    const json_t *params = qml_manifest_get(man, "params");
+    int task_from_model = !strcmp(m->kind, "xgboost") && !json_object_get(params, "task");
+    if (!task_from_model && (rc = load_params(m, params, err)) < 0)
         goto out;
     for (size_t i = 0; i < qml_manifest_n_inputs(man); i++) {
         const qml_tensor_spec *s = qml_manifest_input(man, i);
@@ -406,16 +467,17 @@ int qml_model_load(const char *dir, const qml_model_opts *opts, qml_model **out,
         goto out;
     }
     const json_t *tf = qml_manifest_get(man, "transforms");
-    char *tfs = tf ? json_dumps(tf, JSON_COMPACT) : NULL;
-    if (!tfs) {
-        rc = qn_err_set(err, QN_INVALID_ARGUMENT, "manifest transforms are missing");
-        goto out;
-    }
-    rc = qml_features_from_json(tfs, strlen(tfs), &m->features, err);
-    free(tfs);
-    if (rc < 0) {
-        qn_err_wrap(err, "manifest transforms");
-        goto out;
+    if (!tf) {
+        if ((rc = passthrough_features(m, err)) < 0)
+            goto out;
+    } else {
+        char *tfs = json_dumps(tf, JSON_COMPACT);
+        rc = tfs ? qml_features_from_json(tfs, strlen(tfs), &m->features, err) : oom(err);
+        free(tfs);
+        if (rc < 0) {
+            qn_err_wrap(err, "manifest transforms");
+            goto out;
+        }
     }
     const char *path = qml_bundle_file_path(m->bundle, "model.json");
     if (!path) {
@@ -438,6 +500,8 @@ int qml_model_load(const char *dir, const qml_model_opts *opts, qml_model **out,
         qn_err_wrap(err, "model.json");
         goto out;
     }
+    if (task_from_model && (rc = task_from_xgb(m, err)) < 0)
+        goto out;
     if ((rc = check_tabular(m, err)) < 0)
         goto out;
     for (size_t i = 0; i < qml_features_n_inputs(m->features); i++) {
