@@ -710,6 +710,28 @@ int qml_model_recommend(const qml_model *m, const char *user_id, int k, int excl
     return rc;
 }
 
+int qml_model_rec_context(const qml_model *m, const char *user_id, const qml_model_rec *recs, int n,
+                          double *user_activity, double *item_popularity)
+{
+    if (!m->als)
+        return QN_FAILED_PRECONDITION;
+    int32_t u = qml_als_user_index(m->als, user_id);
+    const int32_t *seen;
+    *user_activity = u >= 0 ? (double)qml_als_seen(m->als, u, &seen) : 0.0;
+    const float *pop = qml_als_popularity(m->als);
+    double sum = 0;
+    int cnt = 0;
+    for (int i = 0; i < n; i++) {
+        int32_t it = qml_als_item_index(m->als, recs[i].item_id);
+        if (it >= 0) {
+            sum += pop[it];
+            cnt++;
+        }
+    }
+    *item_popularity = cnt ? sum / cnt : 0.0;
+    return 0;
+}
+
 int qml_model_similar(const qml_model *m, const char *item_id, int k, qml_model_rec *out,
                       qn_err *err)
 {

@@ -178,6 +178,16 @@ typedef struct qml_model_rec {
 int qml_model_recommend(const qml_model *m, const char *user_id, int k, int exclude_seen,
                         qml_model_rec *out, int *fallback, qn_err *err);
 
+/* What the monitor watches in a recommender's traffic (DESIGN.md section 7),
+ * for one request whose answer was recs[0..n): the requested user's activity
+ * (distinct training items; 0 for a user the model does not know) and the
+ * mean popularity of the recommended items (training users per item). The
+ * training run profiles the same two quantities, so live windows compare
+ * like with like. 0, or QN_FAILED_PRECONDITION for a non-ALS model.
+ * Thread-safe. */
+int qml_model_rec_context(const qml_model *m, const char *user_id, const qml_model_rec *recs, int n,
+                          double *user_activity, double *item_popularity);
+
 /* The k items most similar to item_id (cosine of item factors), best first.
  * Returns the number written, QN_NOT_FOUND for an unknown item, or as above. */
 int qml_model_similar(const qml_model *m, const char *item_id, int k, qml_model_rec *out,

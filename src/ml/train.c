@@ -664,6 +664,8 @@ static int seen_has(const qml_als *als, int32_t u, int32_t item)
 
 /* The AUC ranks at most this many items per user; beyond, items tie below. */
 #define QML_ALS_EVAL_DEPTH 5000
+/* Requests sampled from the training pairs to profile a recommender. */
+#define PROFILE_REQUESTS 2000
 
 static int add_rec_report(json_t *out, const char *prefix, const qml_rec_report *r, qn_err *err)
 {
@@ -1432,26 +1434,48 @@ static int run_als(const run *r, const qml_frame *train, const qml_frame *holdou
     if (rc < 0 || (rc = stage(r, QML_STAGE_EVALUATE)) < 0 ||
         (rc = finish_metrics(r, m, holdout, res, err)) < 0 || (rc = stage(r, QML_STAGE_PROFILE)) < 0)
         goto out;
-    /* The profile: one row per distinct training (user, item) pair, with the
-     * item (its distribution is item popularity) and the user's number of
-     * distinct training items (user activity). */
+    /* The profile: what quern-monitor watches in live traffic, measured on a
+     * sample of requests shaped like the training data (one per sampled
+     * (user, item) pair, so active users weigh as they buy): the requested
+     * user's activity and the mean popularity of the top-k items served to
+     * them (qml_model_rec_context, the same function serve logs with). */
     pf = qml_frame_new();
-    if (!pf || qml_frame_add_column(pf, "item_id", QML_CATEGORICAL, err) < 0 ||
-        qml_frame_add_column(pf, "user_activity", QML_NUMERIC, err) < 0) {
-        rc = pf ? err->code : oom(err);
+    qml_model_rec *top = malloc((size_t)s->k * sizeof *top);
+    if (!pf || !top || qml_frame_add_column(pf, "user_activity", QML_NUMERIC, err) < 0 ||
+        qml_frame_add_column(pf, "item_popularity", QML_NUMERIC, err) < 0) {
+        free(top);
+        rc = pf && top ? err->code : oom(err);
         goto out;
     }
     const qml_csr *ui = ia.matrix;
-    for (int32_t u = 0; u < ui->nrows; u++)
-        for (int64_t e = ui->indptr[u]; e < ui->indptr[u + 1]; e++) {
-            const char *it = iids[ui->indices[e]];
-            if (qml_col_push_str(qml_frame_col(pf, 0), it, strlen(it)) < 0 ||
-                qml_col_push_num(qml_frame_col(pf, 1), (double)(ui->indptr[u + 1] - ui->indptr[u])) < 0 ||
-                qml_frame_end_row(pf) < 0) {
-                rc = oom(err);
-                goto out;
+    int64_t nsample = ui->nnz < PROFILE_REQUESTS ? ui->nnz : PROFILE_REQUESTS;
+    uint64_t rng = (uint64_t)pnum(s, "seed", 42) * 0x9E3779B97F4A7C15ULL + 1;
+    for (int64_t j = 0; j < nsample; j++) {
+        /* entry e: every entry when they are few, else a seeded uniform draw */
+        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+        int64_t e = nsample == ui->nnz ? j : (int64_t)(rng % (uint64_t)ui->nnz);
+        int32_t u = 0, lo = 0, hi = ui->nrows - 1;
+        while (lo <= hi) { /* the row holding entry e */
+            int32_t mid = lo + (hi - lo) / 2;
+            if (ui->indptr[mid] <= e) {
+                u = mid;
+                lo = mid + 1;
+            } else {
+                hi = mid - 1;
             }
         }
+        int fb;
+        double act, pop;
+        int n = qml_model_recommend(m, uids[u], s->k, 0, top, &fb, err);
+        if (n < 0 || qml_model_rec_context(m, uids[u], top, n, &act, &pop) < 0 ||
+            qml_col_push_num(qml_frame_col(pf, 0), act) < 0 ||
+            qml_col_push_num(qml_frame_col(pf, 1), pop) < 0 || qml_frame_end_row(pf) < 0) {
+            free(top);
+            rc = n < 0 ? n : oom(err);
+            goto out;
+        }
+    }
+    free(top);
     if ((rc = write_profile(w, pf, err)) < 0 || (rc = stage(r, QML_STAGE_BUNDLE)) < 0)
         goto out;
     /* qml_als_save writes into a scratch directory inside the bundle; each

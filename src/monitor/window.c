@@ -18,11 +18,13 @@
  * compared.
  *
  * Recommender windows (manifest kind "als", or rows whose prediction carries
- * "items") get derived columns, used when the profile has them:
+ * "items") read most columns from the logged features like any model: serve
+ * logs, per request, "user_activity" (the user's distinct training items, 0
+ * when unknown) and "item_popularity" (mean training popularity of the items
+ * served), the two quantities a recommender's training profile holds. Two
+ * derived columns exist for profiles that name them:
  *   user_id          categorical, the requested user of each request
  *   item_id          categorical, every recommended item
- *   user_activity    numeric, requests per distinct user in the window
- *   item_popularity  numeric, recommendations per distinct item in the window
  */
 #include <math.h>
 #include <stdio.h>
@@ -139,13 +141,6 @@ static int is_rec_row(const json_t *row)
     return json_is_object(pred) && json_is_array(json_object_get(pred, "items"));
 }
 
-/* Adds one per key of counts (a JSON object used as a map). */
-static void tally(json_t *counts, const char *key)
-{
-    json_t *v = json_object_get(counts, key);
-    json_object_set_new(counts, key, json_integer(v ? json_integer_value(v) + 1 : 1));
-}
-
 /* The window's values of profile column pc as a one-column frame; *n_present
  * counts the non-missing cells. NULL when out of memory. */
 static qml_frame *window_column(const qml_profile_column *pc, const json_t *rows, int rec,
@@ -177,29 +172,6 @@ static qml_frame *window_column(const qml_profile_column *pc, const json_t *rows
                     PUSH_STR(s);
             }
         }
-    } else if (rec && !pc->categorical &&
-               (strcmp(pc->name, "user_activity") == 0 || strcmp(pc->name, "item_popularity") == 0)) {
-        json_t *counts = json_object();
-        int users = strcmp(pc->name, "user_activity") == 0;
-        json_array_foreach(rows, i, row) {
-            const char *s;
-            if (users) {
-                if (cell_str(json_object_get(json_object_get(row, "features"), "user_id"), buf,
-                             sizeof buf, &s))
-                    tally(counts, s);
-                continue;
-            }
-            size_t j;
-            json_t *it;
-            json_array_foreach(json_object_get(json_object_get(row, "prediction"), "items"), j, it)
-                if (cell_str(it, buf, sizeof buf, &s))
-                    tally(counts, s);
-        }
-        const char *key;
-        json_t *v;
-        json_object_foreach(counts, key, v)
-            PUSH_NUM((double)json_integer_value(v));
-        json_decref(counts);
     } else {
         json_array_foreach(rows, i, row) {
             const json_t *v = json_object_get(json_object_get(row, "features"), pc->name);

@@ -610,9 +610,19 @@ static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer
         json_t *items = json_array();
         for (int j = 0; j < counts[0] && items; j++)
             json_array_append_new(items, json_string(recs[j].item_id));
-        serve_predlog_add(s->predlog, m->name, v->vstr, rq->id && *rq->id ? rq->id : rid,
-                          json_pack("{s:s%}", t->name, (const char *)t->bytes[0].p,
-                                    t->bytes[0].len),
+        json_t *features = json_pack("{s:s%}", t->name, (const char *)t->bytes[0].p,
+                                     t->bytes[0].len);
+        /* What the monitor compares with the version's profile: the user's
+         * training activity and the popularity of what was served. */
+        double act, pop;
+        char *uid = strndup((const char *)t->bytes[0].p, t->bytes[0].len);
+        if (!similar && uid &&
+            qml_model_rec_context(v->model, uid, recs, counts[0], &act, &pop) == 0) {
+            json_object_set_new(features, "user_activity", json_real(act));
+            json_object_set_new(features, "item_popularity", json_real(pop));
+        }
+        free(uid);
+        serve_predlog_add(s->predlog, m->name, v->vstr, rq->id && *rq->id ? rq->id : rid, features,
                           json_pack("{s:o, s:b}", "items", items ? items : json_array(),
                                     "fallback", fb[0]));
     }

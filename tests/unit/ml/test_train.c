@@ -27,6 +27,7 @@
 #include "ml/clean.h"
 #include "ml/csv.h"
 #include "ml/model.h"
+#include "ml/profile.h"
 #include "ml/train.h"
 
 static char *path_of(const char *env, const char *name)
@@ -294,6 +295,31 @@ static void test_online_retail_als(void **state)
     assert_int_equal(qml_model_similar(lm, "no-such-item", 5, b, &err), QN_NOT_FOUND);
     float out[1];
     assert_int_equal(qml_model_predict(lm, &(qml_input_batch){0}, out, &err), QN_FAILED_PRECONDITION);
+
+    /* The profile holds what the monitor will see in traffic: user activity
+     * and served-item popularity over 2,000 sampled requests; an unknown user
+     * has activity 0 and gets the popular fallback (mean popularity above the
+     * profile's median). */
+    char *pp = malloc(strlen(dir) + 32);
+    sprintf(pp, "%s/profile.json", dir);
+    size_t plen;
+    char *pjs = slurp(pp, &plen);
+    qml_profile *prof;
+    assert_int_equal(qml_profile_from_json(pjs, plen, &prof, &err), 0);
+    assert_int_equal(prof->nrows, 2000);
+    assert_int_equal(prof->ncols, 2);
+    assert_string_equal(prof->cols[0].name, "user_activity");
+    assert_string_equal(prof->cols[1].name, "item_popularity");
+    assert_true(prof->cols[0].min >= 1);
+    double act, pop;
+    int nf = qml_model_recommend(lm, "no-such-user", 10, 0, b, &fb, &err);
+    assert_int_equal(nf, 10);
+    assert_int_equal(qml_model_rec_context(lm, "no-such-user", b, nf, &act, &pop), 0);
+    assert_true(act == 0);
+    assert_true(pop > prof->cols[1].quantiles[QML_PROFILE_NQ / 2]);
+    qml_profile_free(prof);
+    free(pjs);
+    free(pp);
     qml_model_free(lm);
 
     /* A second run into the same directory is refused (bundles are written once). */
