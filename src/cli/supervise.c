@@ -248,15 +248,33 @@ static int supervise(void)
     return 0;
 }
 
+/* GET /healthz: 1 when the process answers. */
+static int service_live(const cli_service *s)
+{
+    qn_err err;
+    char url[96];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", g_cli.port_base + s->offset);
+    qn_client_opts o = {.base_url = url, .timeout_ms = 1000, .max_retries = -1};
+    qn_client *c = qn_client_new(&o, &err);
+    int rc = c ? qn_client_json(c, "GET", "/healthz", NULL, NULL, NULL, &err) : -1;
+    qn_client_free(c);
+    return rc == 200;
+}
+
+/* Waits until every service is ready, except serve, which only has to be
+ * alive: it turns ready once each model it serves has a version, and on a
+ * fresh machine no model has one before the first training. */
 static int wait_ready(int64_t timeout_ms)
 {
     int64_t deadline = now_ms() + timeout_ms;
     for (size_t i = 0; i < g_nchildren; i++) {
         const cli_service *s = g_children[i].svc;
-        while (!service_ready(s, NULL)) {
+        int serve = strcmp(s->name, "serve") == 0;
+        while (!(serve ? service_live(s) : service_ready(s, NULL))) {
             if (now_ms() > deadline || g_stop) {
-                fprintf(stderr, "quern: quern-%s is not ready after %lld s; its log: %s/logs/%s.log\n",
-                        s->name, (long long)(timeout_ms / 1000), g_cli.home, s->name);
+                fprintf(stderr, "quern: quern-%s is not %s after %lld s; its log: %s/logs/%s.log\n",
+                        s->name, serve ? "answering" : "ready", (long long)(timeout_ms / 1000),
+                        g_cli.home, s->name);
                 return -1;
             }
             usleep(50000);
@@ -349,7 +367,8 @@ int cmd_up(int argc, char **argv)
             json_decref(running);
             if (wait_ready(READY_TIMEOUT_MS) < 0)
                 return CLI_FAILED;
-            return cmd_status(1, argv);
+            cmd_status(1, argv); /* serve may still wait for its first model version */
+            return CLI_OK;
         }
         setsid();
         char log[PATH_MAX];
