@@ -816,6 +816,15 @@ int qml_als_recommend_popular(const qml_als *m, int k, qml_als_rec *out, qn_err 
     return n;
 }
 
+int64_t qml_als_seen(const qml_als *m, int32_t user, const int32_t **items)
+{
+    *items = NULL;
+    if (!m->seen_indptr || user < 0 || user >= m->n_users)
+        return 0;
+    *items = m->seen_indices + m->seen_indptr[user];
+    return m->seen_indptr[user + 1] - m->seen_indptr[user];
+}
+
 int qml_als_recommend_id(const qml_als *m, const char *user_id, int k, int exclude_seen,
                          qml_als_rec *out, int *fallback, qn_err *err)
 {

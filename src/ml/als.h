@@ -127,6 +127,11 @@ float *qml_als_item_factors(qml_als *m);
  * or NULL before training. */
 const float *qml_als_popularity(const qml_als *m);
 
+/* The items user interacted with in training (ascending item indices) in
+ * *items and their count, or 0 (and *items NULL) for a user out of range or a
+ * model never trained nor loaded. Borrowed from the model. Thread-safe. */
+int64_t qml_als_seen(const qml_als *m, int32_t user, const int32_t **items);
+
 /* Attaches string ids: user_ids[n_users], item_ids[n_items], copied. A
  * duplicate id is QN_INVALID_ARGUMENT naming it; the old ids are then kept. */
 int qml_als_set_ids(qml_als *m, const char *const *user_ids, const char *const *item_ids,

@@ -415,7 +415,7 @@ fail:
 }
 
 /* The text of a cell (categorical string, or a number written shortest). */
-static const char *cell_text(const qml_column *c, size_t r, char *buf, size_t cap)
+const char *qml_cell_text(const qml_column *c, size_t r, char *buf, size_t cap)
 {
     if (c->type == QML_CATEGORICAL)
         return qml_dict_str(c->dict, c->cat[r]);
@@ -838,7 +838,7 @@ static int do_cast(const qml_frame *f, const step *st, qml_frame **out, uint8_t 
         if (miss[r])
             continue;
         if (st->to == QML_CATEGORICAL) {
-            const char *s = cell_text(c, r, tb, sizeof tb);
+            const char *s = qml_cell_text(c, r, tb, sizeof tb);
             if ((codes[r] = qml_dict_intern(dict, s, strlen(s))) < 0) {
                 rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
                 goto out;
@@ -896,7 +896,7 @@ static int do_map_weights(const qml_frame *f, const step *st, qml_frame **out, u
             (*nmissing)++;
             continue;
         }
-        json_t *w = json_object_get(map, cell_text(c, r, tb, sizeof tb));
+        json_t *w = json_object_get(map, qml_cell_text(c, r, tb, sizeof tb));
         if (w) {
             num[r] = json_number_value(w);
         } else if (st->has_default) {
@@ -1096,7 +1096,7 @@ static int code_ids(const qml_column *c, const uint8_t *use, qml_dict *d, int32_
             }
             codes[r] = map[k];
         } else {
-            const char *s = cell_text(c, r, tb, sizeof tb);
+            const char *s = qml_cell_text(c, r, tb, sizeof tb);
             codes[r] = qml_dict_intern(d, s, strlen(s));
         }
         if (codes[r] < 0) {

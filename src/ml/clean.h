@@ -87,6 +87,12 @@ typedef struct qml_clean_report {
 int qml_clean_apply(const qml_frame *in, const qml_clean_steps *s, qml_frame **out,
                     qml_clean_report *rep, qn_err *err);
 
+/* The text of cell r of c as an id (what interactions use): the string of a
+ * categorical cell, a number written shortest ("12346"), a timestamp as
+ * qml_format_timestamp, a boolean as "true"/"false". Returns the string (the
+ * dictionary's or buf, cap >= 40); the cell must not be missing. Thread-safe. */
+const char *qml_cell_text(const qml_column *c, size_t r, char *buf, size_t cap);
+
 /* ---- interactions -------------------------------------------------------- */
 
 /* A user x item confidence matrix and the ids of its rows and columns.

@@ -192,7 +192,7 @@ out:
     return rc;
 }
 
-static int check_interactions(const qml_interactions *in, qn_err *err)
+static int check_events(const qml_events *in, qn_err *err)
 {
     if (in->n_users < 0 || in->n_items < 0)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "negative shape %d users x %d items",
@@ -240,20 +240,15 @@ static int cmp_pair(const void *a, const void *b)
     return (x->item > y->item) - (x->item < y->item);
 }
 
-int qml_split_interactions_leave_k_out(const qml_interactions *in, int k, uint64_t seed,
-                                       qml_csr **train, qml_csr **test, qn_err *err)
+/* Marks in side[] (1 = test) the events of each user's k held-out pairs. */
+static int leave_k_out_sides(const qml_events *in, int k, uint64_t seed, uint8_t *side,
+                             qn_err *err)
 {
-    *train = *test = NULL;
-    if (k < 1)
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "leave-k-out: k must be >= 1, got %d", k);
-    int rc = check_interactions(in, err);
-    if (rc < 0)
-        return rc;
+    int rc = 0;
     size_t n = in->n;
     event *ev = malloc((n ? n : 1) * sizeof *ev);
     pair *pairs = malloc((n ? n : 1) * sizeof *pairs);
-    uint8_t *side = calloc(n ? n : 1, 1);
-    if (!ev || !pairs || !side) {
+    if (!ev || !pairs) {
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory splitting %zu events", n);
         goto out;
     }
@@ -286,22 +281,74 @@ int qml_split_interactions_leave_k_out(const qml_interactions *in, int k, uint64
         }
         b = e;
     }
-    rc = build_pair(in->n_users, in->n_items, in->user, in->item, in->value, side, n, train,
-                    test, err);
 out:
     free(ev);
     free(pairs);
+    return rc;
+}
+
+int qml_split_events_leave_k_out(const qml_events *in, int k, uint64_t seed, qml_csr **train,
+                                 qml_csr **test, qn_err *err)
+{
+    *train = *test = NULL;
+    if (k < 1)
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "leave-k-out: k must be >= 1, got %d", k);
+    int rc = check_events(in, err);
+    if (rc < 0)
+        return rc;
+    uint8_t *side = calloc(in->n ? in->n : 1, 1);
+    if (!side)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory splitting %zu events", in->n);
+    if ((rc = leave_k_out_sides(in, k, seed, side, err)) == 0)
+        rc = build_pair(in->n_users, in->n_items, in->user, in->item, in->value, side, in->n,
+                        train, test, err);
     free(side);
     return rc;
 }
 
-int qml_split_interactions_by_time(const qml_interactions *in, double cutoff, qml_csr **train,
+int qml_split_events_leave_k_out_rows(const qml_events *in, int k, uint64_t seed,
+                                      qml_split *out, qn_err *err)
+{
+    memset(out, 0, sizeof *out);
+    if (k < 1)
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "leave-k-out: k must be >= 1, got %d", k);
+    int rc = check_events(in, err);
+    if (rc < 0)
+        return rc;
+    size_t n = in->n;
+    uint8_t *side = calloc(n ? n : 1, 1);
+    if (!side)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory splitting %zu events", n);
+    if ((rc = leave_k_out_sides(in, k, seed, side, err)) < 0)
+        goto out;
+    size_t nt = 0;
+    for (size_t i = 0; i < n; i++)
+        nt += side[i];
+    out->train = malloc((n - nt ? n - nt : 1) * sizeof *out->train);
+    out->test = malloc((nt ? nt : 1) * sizeof *out->test);
+    if (!out->train || !out->test) {
+        qml_split_free(out);
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory splitting %zu events", n);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (side[i])
+            out->test[out->n_test++] = i;
+        else
+            out->train[out->n_train++] = i;
+    }
+out:
+    free(side);
+    return rc;
+}
+
+int qml_split_events_by_time(const qml_events *in, double cutoff, qml_csr **train,
                                    qml_csr **test, qn_err *err)
 {
     *train = *test = NULL;
     if (!in->time)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "a split by time needs event times");
-    int rc = check_interactions(in, err);
+    int rc = check_events(in, err);
     if (rc < 0)
         return rc;
     uint8_t *side = malloc(in->n ? in->n : 1);

@@ -66,16 +66,16 @@ int qml_split_random(size_t n, double test_ratio, uint64_t seed, qml_split *out,
  * QN_INVALID_ARGUMENT naming the row. */
 int qml_split_by_time(const double *time, size_t n, double cutoff, qml_split *out, qn_err *err);
 
-/* An interactions list: n (user, item, value[, time]) events, users in
+/* An events list: n (user, item, value[, time]) events, users in
  * [0, n_users), items in [0, n_items). value may be NULL (each event counts
  * 1); time may be NULL. */
-typedef struct qml_interactions {
+typedef struct qml_events {
     size_t n;
     const int32_t *user, *item;
     const float *value;
     const double *time;
     int32_t n_users, n_items;
-} qml_interactions;
+} qml_events;
 
 /* Per-user leave-k-out on a CSR (users x items): for every user with more
  * than k items, k of them chosen at random (seeded) move to test; users with
@@ -87,12 +87,16 @@ int qml_split_csr_leave_k_out(const qml_csr *m, int k, uint64_t seed, qml_csr **
  * event of a held-out pair goes to test, so an item is never on both sides).
  * With times, each user's k most recently seen items are held out (ties by
  * item id); without, k at random. Values of repeated events are summed. */
-int qml_split_interactions_leave_k_out(const qml_interactions *in, int k, uint64_t seed,
-                                       qml_csr **train, qml_csr **test, qn_err *err);
+int qml_split_events_leave_k_out(const qml_events *in, int k, uint64_t seed, qml_csr **train,
+                                 qml_csr **test, qn_err *err);
+/* The same choice as row indices of the events (for callers that keep the
+ * holdout as rows of a frame, as train does). */
+int qml_split_events_leave_k_out_rows(const qml_events *in, int k, uint64_t seed,
+                                      qml_split *out, qn_err *err);
 
 /* Events before cutoff to train, the others to test (needs in->time). */
-int qml_split_interactions_by_time(const qml_interactions *in, double cutoff, qml_csr **train,
-                                   qml_csr **test, qn_err *err);
+int qml_split_events_by_time(const qml_events *in, double cutoff, qml_csr **train,
+                             qml_csr **test, qn_err *err);
 
 /* ---- classifier and regressor metrics ---------------------------------------
  * Each takes n >= 1 pairs and returns 0 with *out set, or QN_INVALID_ARGUMENT. */

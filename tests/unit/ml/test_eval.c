@@ -244,8 +244,8 @@ static void test_leave_k_out(void **state)
     int32_t users[] = {0, 0, 0, 1, 1, 2};
     int32_t items[] = {3, 4, 3, 1, 2, 0};
     double times[] = {1, 5, 9, 2, 1, 4};
-    qml_interactions in = {6, users, items, NULL, times, 3, 5};
-    assert_int_equal(qml_split_interactions_leave_k_out(&in, 1, 0, &tr, &te, &err), 0);
+    qml_events in = {6, users, items, NULL, times, 3, 5};
+    assert_int_equal(qml_split_events_leave_k_out(&in, 1, 0, &tr, &te, &err), 0);
     assert_int_equal(te->indptr[1] - te->indptr[0], 1);
     assert_int_equal(te->indices[te->indptr[0]], 3);
     assert_float_equal(te->data[te->indptr[0]], 2.0, 0);
@@ -254,13 +254,13 @@ static void test_leave_k_out(void **state)
     assert_int_equal(tr->nnz, 3);
     qml_csr_free(tr);
     qml_csr_free(te);
-    assert_int_equal(qml_split_interactions_by_time(&in, 4, &tr, &te, &err), 0);
+    assert_int_equal(qml_split_events_by_time(&in, 4, &tr, &te, &err), 0);
     assert_int_equal(tr->nnz, 3);   /* (0,3) t1, (1,1) t2, (1,2) t1 */
     assert_int_equal(te->nnz, 3);   /* (0,4) t5, (0,3) t9, (2,0) t4 */
     qml_csr_free(tr);
     qml_csr_free(te);
     items[2] = 5;
-    assert_int_equal(qml_split_interactions_leave_k_out(&in, 1, 0, &tr, &te, &err),
+    assert_int_equal(qml_split_events_leave_k_out(&in, 1, 0, &tr, &te, &err),
                      QN_INVALID_ARGUMENT);
     assert_non_null(strstr(err.msg, "interaction 2"));
 }
