@@ -128,8 +128,25 @@ int train_request_parse(const json_t *body, int from_bus, json_t **out, qn_err *
         json_decref(policy);
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     }
-    if (merge_into_spec(spec, body, "params", err) < 0 || merge_into_spec(spec, body, "split", err) < 0 ||
-        train_spec_check(kind, spec, err) < 0) {
+    /* The spec carries the kind and the primary metric too (ml/train.h):
+     * take them from the job, refusing a contradiction. */
+    const char *sk = json_string_value(json_object_get(spec, "kind"));
+    const char *pm = json_string_value(json_object_get(policy, "metric"));
+    const char *sm = json_string_value(json_object_get(spec, "metric"));
+    if (sk && strcmp(sk, kind) != 0)
+        qn_err_set(err, QN_INVALID_ARGUMENT, "spec.kind \"%s\" contradicts kind \"%s\"", sk, kind);
+    else if (pm && sm && strcmp(pm, sm) != 0)
+        qn_err_set(err, QN_INVALID_ARGUMENT,
+                   "spec.metric \"%s\" contradicts promote_policy.metric \"%s\"", sm, pm);
+    else
+        qn_err_clear(err);
+    json_object_set_new(spec, "kind", json_string(kind));
+    if (pm)
+        json_object_set_new(spec, "metric", json_string(pm));
+    else if (sm)
+        json_object_set_new(policy, "metric", json_string(sm));
+    if (err->code < 0 || merge_into_spec(spec, body, "params", err) < 0 ||
+        merge_into_spec(spec, body, "split", err) < 0 || train_spec_check(kind, spec, err) < 0) {
         json_decref(spec);
         json_decref(policy);
         return err->code;
