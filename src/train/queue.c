@@ -222,7 +222,7 @@ static json_t *finished_data(trainer *t, const train_job *job, const char *state
 /* Claims the oldest job queued here: state running, one more attempt. 1 and
  * *job when there was one, 0 when none, negative on a store failure. A job
  * past --max-attempts is failed instead (it may be what kills the process). */
-static int claim_local(trainer *t, train_job *job, qn_err *err)
+static int claim_local(trainer *t, train_slot *slot, train_job *job, qn_err *err)
 {
     int rc;
     qn_stmt *st;
@@ -299,7 +299,17 @@ static int claim_local(trainer *t, train_job *job, qn_err *err)
     qn_bind_int64(st, 2, now);
     qn_bind_int64(st, 3, now);
     qn_bind_text(st, 4, job->id, -1);
+    /* The slot is filled before the claim commits: a DELETE that finds the
+     * job no longer queued then always finds it in a slot. A stop that began
+     * before would not have seen it: it is flagged here. */
+    pthread_mutex_lock(&t->mu);
+    snprintf(slot->job_id, sizeof slot->job_id, "%s", job->id);
+    atomic_store(&slot->cancel, atomic_load(&t->stopping) ? TRAIN_SHUTDOWN : TRAIN_GO);
+    pthread_mutex_unlock(&t->mu);
     if ((rc = qn_step(st, err)) < 0 || (rc = qn_tx_commit(c, err)) < 0) {
+        pthread_mutex_lock(&t->mu);
+        slot->job_id[0] = 0;
+        pthread_mutex_unlock(&t->mu);
         job_clear(job);
         goto out;
     }
@@ -312,12 +322,7 @@ out:
 /* Runs a claimed job and records how it ended. */
 static void run_job(trainer *t, train_slot *slot, train_job *job)
 {
-    pthread_mutex_lock(&t->mu);
-    snprintf(slot->job_id, sizeof slot->job_id, "%s", job->id);
-    /* A stop that began before the slot was filled did not see this job. */
-    atomic_store(&slot->cancel, atomic_load(&t->stopping) ? TRAIN_SHUTDOWN : TRAIN_GO);
-    pthread_mutex_unlock(&t->mu);
-    job->slot = slot;
+    job->slot = slot; /* filled by claim_local */
     qn_gauge_add(t->jobs_running, NULL, 1);
     if (job->origin && strcmp(job->origin, t->instance) != 0)
         train_publish_now(t, "quern.train.progress",
@@ -409,7 +414,7 @@ static void *worker(void *arg)
     while (!atomic_load(&t->stopping)) {
         train_job job;
         memset(&job, 0, sizeof job);
-        int rc = claim_local(t, &job, &err);
+        int rc = claim_local(t, slot, &job, &err);
         if (rc == 1) {
             run_job(t, slot, &job);
             continue;

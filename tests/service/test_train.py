@@ -177,6 +177,8 @@ class TrainTest(ServiceTest):
         for m in ("map@10", "baseline.map@10", "ndcg@10", "n_train"):
             self.assertIn(m, v1["metrics"])
         self.assertEqual(v1["metrics"]["map@10"], res["metrics"]["map@10"])
+        # The factors beat the popularity baseline on the same holdout.
+        self.assertGreater(v1["metrics"]["map@10"], 1.5 * v1["metrics"]["baseline.map@10"])
         self.assertEqual(v1["dataset"], {"name": "retail", "version": ds["version"],
                                          "digest": ds["manifest_digest"]})
         self.assertEqual(v1["params"]["factors"], 16)
@@ -212,10 +214,10 @@ class TrainTest(ServiceTest):
         good = self.wait(tr, good["id"])
         r = good["result"]
         self.assertEqual(good["state"], "succeeded", good)
-        if r["scores"]["challenger"] > r["scores"]["champion"]:
-            self.assertEqual((r["outcome"], self.alias("recs")), ("promoted", 3))
-        else:
-            self.assertEqual((r["outcome"], self.alias("recs")), ("kept_champion", 1))
+        self.assertGreater(r["scores"]["challenger"], r["scores"]["champion"])
+        self.assertEqual((r["outcome"], r["version"], self.alias("recs")), ("promoted", 3, 3))
+        v3 = [v for v in self.versions("recs") if v["version"] == 3][0]
+        self.assertEqual((v3["tags"]["decision"], v3["tags"]["champion_version"]), ("promoted", "1"))
 
         # An impossible margin keeps the champion whatever the scores.
         m = self.post_job(tr, self.als_job(promote_policy={"metric": "map@10", "margin": 1.0}))
