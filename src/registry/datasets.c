@@ -112,7 +112,7 @@ int reg_dataset_versions_create(qn_req *req, qn_res *res, void *ud)
         return qn_res_error(res, err.code, "%s", err.msg);
 
     char *manifest_text = qn_json_canonical(manifest);
-    char *tags_text = qn_json_canonical(tags ? tags : json_object());
+    char *tags_text = (tags ? qn_json_canonical(tags) : strdup("{}"));
     char hex[QN_SHA256_HEX + 1], digest[80];
     qn_sha256_buf(manifest_text, strlen(manifest_text), hex);
     snprintf(digest, sizeof digest, "sha256:%s", hex);

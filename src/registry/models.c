@@ -202,7 +202,7 @@ int reg_models_create(qn_req *req, qn_res *res, void *ud)
         qn_json_tags(body, "tags", &tags, &err) < 0)
         return qn_res_error(res, err.code, "%s", err.msg);
 
-    char *tags_text = qn_json_canonical(tags ? tags : json_object());
+    char *tags_text = (tags ? qn_json_canonical(tags) : strdup("{}"));
     int64_t now = qn_now_ms(), id = 0;
     json_t *out = NULL;
     qn_conn *c = qn_store_acquire(r->db, &err);
@@ -449,9 +449,9 @@ int reg_versions_create(qn_req *req, qn_res *res, void *ud)
     manifest_text = qn_json_canonical(manifest);
     json_t *metrics = json_object_get(body, "metrics"), *params = json_object_get(body, "params"),
            *dataset = json_object_get(body, "dataset");
-    metrics_text = qn_json_canonical(metrics && !json_is_null(metrics) ? metrics : json_object());
-    params_text = qn_json_canonical(params && !json_is_null(params) ? params : json_object());
-    tags_text = qn_json_canonical(tags ? tags : json_object());
+    metrics_text = (metrics && !json_is_null(metrics) ? qn_json_canonical(metrics) : strdup("{}"));
+    params_text = (params && !json_is_null(params) ? qn_json_canonical(params) : strdup("{}"));
+    tags_text = (tags ? qn_json_canonical(tags) : strdup("{}"));
     dataset_text = dataset && !json_is_null(dataset) ? qn_json_canonical(dataset) : NULL;
     int64_t now = qn_now_ms(), id, version;
     c = qn_store_acquire(r->db, &err);

@@ -401,6 +401,7 @@ static void run_job(trainer *t, train_slot *slot, train_job *job)
 typedef struct worker_arg {
     trainer *t;
     train_slot *slot;
+    qn_consumer *cons;
 } worker_arg;
 
 static void *worker(void *arg)
@@ -408,9 +409,9 @@ static void *worker(void *arg)
     worker_arg *wa = arg;
     trainer *t = wa->t;
     train_slot *slot = wa->slot;
+    qn_consumer *cons = wa->cons;
     free(wa);
     qn_err err;
-    qn_consumer *cons = NULL;
     while (!atomic_load(&t->stopping)) {
         train_job job;
         memset(&job, 0, sizeof job);
@@ -423,12 +424,6 @@ static void *worker(void *arg)
             continue;
         if (rc < 0)
             qn_log_warn(NULL, "cannot read the local queue", "{s:s}", "detail", err.msg);
-        if (!cons && !(cons = qn_bus_subscribe(t->bus, TRAIN_GROUP, requested_topics, &err))) {
-            qn_log_warn(NULL, "cannot subscribe to training requests", "{s:s}", "detail", err.msg);
-            struct timespec nap = {1, 0};
-            nanosleep(&nap, NULL);
-            continue;
-        }
         qn_msg *msg = NULL;
         rc = qn_consumer_receive(cons, RECEIVE_MS, &msg, &err);
         if (rc < 0) {
@@ -504,7 +499,7 @@ static int on_status(const qn_msg *msg, void *ud, qn_err *err)
         json_t *request = json_object_get(data, "request");
         json_t *error = json_pack("{s:s, s:s}", "code", "cancelled", "message",
                                   "cancelled before a trainer took it");
-        a = qn_json_canonical(request ? request : json_object());
+        a = request ? qn_json_canonical(request) : strdup("{}");
         e = qn_json_canonical(error);
         json_decref(error);
         if (!(c = qn_store_acquire(t->db, err)) ||
@@ -542,7 +537,7 @@ static int on_status(const qn_msg *msg, void *ud, qn_err *err)
     if (strcmp(type, "quern.train.progress") == 0) {
         const char *state = json_string_value(json_object_get(data, "state"));
         json_t *p = json_object_get(data, "progress");
-        a = qn_json_canonical(p ? p : json_object());
+        a = p ? qn_json_canonical(p) : strdup("{}");
         if (!state || !(st = qn_prepare(c,
                                         "UPDATE jobs SET state = ?, progress = ?, runner = ?, attempts = ?, "
                                         "started_at = COALESCE(started_at, ?), updated_at = ?, seq = seq + 1 "
@@ -630,21 +625,35 @@ int train_queue_start(trainer *t, qn_err *err)
     t->slots = calloc((size_t)t->workers, sizeof *t->slots);
     t->threads = calloc((size_t)t->workers, sizeof *t->threads);
     if (!t->slots || !t->threads) {
+        free(t->slots);
+        free(t->threads);
+        t->slots = NULL;
+        t->threads = NULL;
         qn_subscriber_stop(t->status);
         t->status = NULL;
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     }
     for (int i = 0; i < t->workers; i++) {
+        /* Subscribed before the server listens: the group exists before the
+         * first request is published, or that request would never reach it. */
         worker_arg *wa = malloc(sizeof *wa);
+        qn_consumer *cons = wa ? qn_bus_subscribe(t->bus, TRAIN_GROUP, requested_topics, err) : NULL;
         if (wa) {
             wa->t = t;
             wa->slot = &t->slots[i];
+            wa->cons = cons;
         }
-        if (!wa || pthread_create(&t->threads[i], NULL, worker, wa) != 0) {
+        if (!cons || pthread_create(&t->threads[i], NULL, worker, wa) != 0) {
+            if (!wa)
+                qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+            else if (cons)
+                qn_err_set(err, QN_RESOURCE_EXHAUSTED, "cannot start worker %d", i);
+            rc = err->code;
+            qn_consumer_close(cons);
             free(wa);
             t->workers = i;
             train_queue_stop(t);
-            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "cannot start worker %d", i);
+            return rc;
         }
     }
     return 0;

@@ -87,7 +87,12 @@ class TrainTest(ServiceTest):
 
     def tearDown(self):
         super().tearDown()
-        shutil.rmtree(self.home, ignore_errors=True)
+        # Under the sanitizers, a report in any log fails the test.
+        for svc in self.services:
+            for needle in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+                self.assertNotIn(needle, svc.log(), f"{svc.name} log ({svc.log_path})")
+        if not os.environ.get("QUERN_KEEP"):
+            shutil.rmtree(self.home, ignore_errors=True)
 
     # -- helpers ------------------------------------------------------------
 
