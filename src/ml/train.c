@@ -1000,10 +1000,13 @@ static int feature_specs(const qml_train_spec *s, const qml_frame *f, qml_featur
                               i, name);
         qml_type t = qml_frame_col(f, (size_t)ci)->type;
         int cat = t == QML_CATEGORICAL;
-        int impute = tf && tf->impute != -1 ? tf->impute
-                     : cat ? (int)QML_IMPUTE_MOST_FREQUENT : (int)QML_IMPUTE_MEAN;
         int encode = tf && tf->encode != -1 ? tf->encode
                      : cat ? (int)QML_TF_ONEHOT : tree ? -2 : (int)QML_TF_STANDARDIZE;
+        /* Codes (one-hot, hashing) impute their most frequent value, not a mean
+         * that names no category. */
+        int coded = cat || encode == QML_TF_ONEHOT || encode == QML_TF_HASH;
+        int impute = tf && tf->impute != -1 ? tf->impute
+                     : coded ? (int)QML_IMPUTE_MOST_FREQUENT : (int)QML_IMPUTE_MEAN;
         qml_tf_step *st = *steps + 2 * *n;
         size_t ns = 0;
         if (impute >= 0) {

@@ -12,7 +12,9 @@
  *     // res.holdout: the test rows; the bundle is in jobs/42/bundle
  *     json_t *champion;
  *     qml_model_evaluate(production_model, spec, res.holdout, &champion, &err);
- *     if (qml_train_better(spec, res.primary_value, champion, margin)) -> promote
+ *     double old = json_number_value(json_object_get(champion, res.primary));
+ *     if (res.higher_is_better ? res.primary_value > old + margin
+ *                              : res.primary_value < old - margin) -> promote
  *     qml_train_result_free(&res);
  *     qml_train_spec_free(spec);
  *
@@ -35,7 +37,8 @@
  *             min_frequency?}] (tabular, optional). impute: mean | median |
  *             most_frequent | constant (with fill) | none; encode: standardize |
  *             minmax | onehot | hash (buckets, default 32) | none. Defaults per
- *             column type: numeric/boolean/timestamp -> impute mean, then
+ *             column type: numeric/boolean/timestamp -> impute mean (most_frequent when encoded
+ *             by onehot or hash), then
  *             standardize for logistic/linear and nothing for xgboost;
  *             categorical -> impute most_frequent + onehot. Without "features",
  *             every column but the label and the excluded ones.
