@@ -430,6 +430,44 @@ typedef struct verdict {
     json_t *champion_metrics;
 } verdict;
 
+static int same_str(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* The spec to score the champion with. Same kind: the challenger's spec (so
+ * both are measured alike). Another kind (logistic champion, XGBoost
+ * challenger): the champion's own spec from its manifest, which must predict
+ * the same thing (label, or user and item). *out NULL means "use spec". */
+static int champion_spec(const qml_model *champ, const qml_train_spec *spec, qml_train_spec **out, qn_err *err)
+{
+    *out = NULL;
+    if (strcmp(qml_model_kind(champ), spec->kind) == 0)
+        return 0;
+    const json_t *cs = json_object_get(json_object_get(qml_model_manifest(champ), "params"), "spec");
+    if (!json_is_object(cs))
+        return qn_err_set(err, QN_FAILED_PRECONDITION, "the champion (%s) records no training spec",
+                          qml_model_kind(champ));
+    char *text = qn_json_canonical(cs);
+    if (!text)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    int rc = qml_train_spec_from_json(text, strlen(text), out, err);
+    free(text);
+    if (rc < 0)
+        return qn_err_wrap(err, "the champion's spec");
+    if (!same_str((*out)->label, spec->label) || !same_str((*out)->user, spec->user) ||
+        !same_str((*out)->item, spec->item)) {
+        qml_train_spec_free(*out);
+        *out = NULL;
+        return qn_err_set(err, QN_FAILED_PRECONDITION,
+                          "the champion (%s) predicts another target than the challenger (%s)",
+                          qml_model_kind(champ), spec->kind);
+    }
+    /* Same cutoff and primary metric as the challenger. */
+    (*out)->k = spec->k;
+    return 0;
+}
+
 static void decide(run_ctx *r, const qml_train_spec *spec, const qml_train_result *res, verdict *d)
 {
     trainer *t = r->t;
@@ -455,9 +493,11 @@ static void decide(run_ctx *r, const qml_train_spec *spec, const qml_train_resul
         return;
     }
     qml_model *champ = NULL;
+    qml_train_spec *cspec = NULL;
     int rc = load_champion(t, job->model, d->champion_version, &champ, &err);
-    if (rc == 0)
-        rc = qml_model_evaluate(champ, spec, res->holdout, &d->champion_metrics, &err);
+    if (rc == 0 && (rc = champion_spec(champ, spec, &cspec, &err)) == 0)
+        rc = qml_model_evaluate(champ, cspec ? cspec : spec, res->holdout, &d->champion_metrics, &err);
+    qml_train_spec_free(cspec);
     qml_model_free(champ);
     json_t *s = rc == 0 ? json_object_get(d->champion_metrics, res->primary) : NULL;
     if (s && json_is_number(s))

@@ -264,12 +264,24 @@ class TrainTest(ServiceTest):
         r = job["result"]
         self.assertEqual((r["metric"], r["outcome"]), ("roc_auc", "promoted"))
         self.assertGreater(r["metrics"]["roc_auc"], 0.8)
+        first_auc = r["metrics"]["roc_auc"]
         self.assertEqual(self.alias("income"), 1)
         # Same spec again: same data, same split, same score -> not better by > 0.
         job = self.wait(tr, self.post_job(tr, body)["id"])
         r = job["result"]
         self.assertEqual(r["outcome"], "kept_champion", r)
         self.assertAlmostEqual(r["scores"]["challenger"], r["scores"]["champion"], places=9)
+        # XGBoost challenges the logistic champion on the same holdout.
+        xgb = dict(body, kind="xgboost", params={"num_round": 60, "max_depth": 4, "eta": 0.2, "nthread": 1})
+        job = self.wait(tr, self.post_job(tr, xgb)["id"])
+        self.assertEqual(job["state"], "succeeded", job)
+        r = job["result"]
+        self.assertEqual((r["version"], r["champion_version"]), (3, 1))
+        self.assertGreater(r["metrics"]["roc_auc"], 0.85)
+        # The logistic champion is scored with its own spec on the same rows: its own AUC.
+        self.assertAlmostEqual(r["scores"]["champion"], first_auc, places=9)
+        self.assertEqual(r["outcome"], "promoted" if r["scores"]["challenger"] > r["scores"]["champion"]
+                         else "kept_champion")
 
     # -- bad input --------------------------------------------------------------
 
@@ -419,6 +431,47 @@ class TrainTest(ServiceTest):
         st, _, _ = a.request("DELETE", f"/v1/jobs/{long['id']}")
         self.assertEqual(st, 202)
         self.assertEqual(self.wait(a, long["id"], timeout=30)["state"], "cancelled")
+
+    def publish(self, event):
+        """Publishes a CloudEvent on the embedded bus the way qn_bus_publish's
+        sqlite backend does (one row; groups fan out lazily), as the CLI or
+        quern-alert would through the core API."""
+        import sqlite3
+        db = sqlite3.connect(os.path.join(self.home, "bus.db"), timeout=10)
+        with db:
+            db.execute("INSERT INTO bus_messages (id, topic, body, published_at) VALUES (?, ?, ?, ?)",
+                       (event["id"], event["type"], json.dumps(event), int(time.time() * 1000)))
+        db.close()
+
+    def test_request_published_on_the_bus(self):
+        import uuid
+        self.retail(rows=6000)
+        tr = self.trainer()
+        data = {"model": "recs", "kind": "als", "dataset": "retail", "spec": dict(ALS_SPEC),
+                "params": {"factors": 8, "iterations": 3}, "reason": "drift"}
+        ev = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "quern-alert",
+              "type": "quern.train.requested", "time": "2026-11-28T13:30:00.000Z",
+              "datacontenttype": "application/json", "data": data}
+        self.publish(ev)
+        self.publish(ev)  # delivered twice (at least once): runs once
+        bad = dict(ev, id=str(uuid.uuid4()), data=dict(data, kind="svm"))
+        self.publish(bad)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            st, _, job = tr.request("GET", f"/v1/jobs/{ev['id']}")
+            if st == 200 and job["state"] in ("succeeded", "failed"):
+                break
+            time.sleep(0.1)
+        self.assertEqual(job["state"], "succeeded", job)
+        self.assertIsNone(job["origin"])
+        self.assertEqual(job["result"]["version"], 1)
+        failed = self.wait(tr, bad["id"])
+        self.assertEqual(failed["state"], "failed")
+        self.assertIn("svm", failed["error"]["message"])
+        time.sleep(1)
+        self.assertEqual(len(self.versions("recs")), 1)
+        st, _, page = tr.request("GET", "/v1/jobs")
+        self.assertEqual(len(page["jobs"]), 2)
 
     # -- service hygiene -----------------------------------------------------------
 
