@@ -1,0 +1,701 @@
+/*
+ * run.c - one training job from its dataset snapshot to a registered (and
+ * maybe promoted) model version.
+ *
+ *   1. If the registry already holds a version made by this job (tag
+ *      quern.job_id; the trainer died after registering it), finish from it:
+ *      a job registers at most one version however often it is retried.
+ *   2. Fetch the dataset version's manifest, download its CSV blob into
+ *      <data>/datasets (by digest, verified), read it with the manifest's schema.
+ *   3. qml_train_run into <data>/work/<job>: split, transforms, model, holdout
+ *      metrics, reference profile, bundle (libquern-ml's ml/train.h), with
+ *      progress written to the job row a few times a second.
+ *   4. Champion/challenger: the version behind the policy's alias (production)
+ *      is downloaded into <data>/cache, loaded and scored by qml_model_evaluate
+ *      on the same holdout rows, with the same primary metric.
+ *   5. Upload the bundle's files as blobs (HEAD first: skip what is stored),
+ *      register the version with metrics, params, lineage and the decision as
+ *      tags, then move the alias if the decision says so.
+ */
+#include <errno.h>
+#include <ftw.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/digest.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "core/service.h"
+#include "ml/csv.h"
+#include "ml/model.h"
+#include "ml/train.h"
+#include "train/train.h"
+
+#define JOB_TAG "quern.job_id"
+
+int train_spec_check(const char *kind, const json_t *spec, qn_err *err)
+{
+    (void)kind;
+    char *text = qn_json_canonical(spec);
+    if (!text)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    qml_train_spec *s = NULL;
+    int rc = qml_train_spec_from_json(text, strlen(text), &s, err);
+    free(text);
+    qml_train_spec_free(s);
+    return rc < 0 ? qn_err_wrap(err, "spec") : 0;
+}
+
+/* ---- small helpers ---------------------------------------------------------- */
+
+typedef struct run_ctx {
+    trainer *t;
+    train_job *job;
+    int64_t start_ms, last_ms;
+    int last_stage;
+    const char *state;       /* the job state last written */
+    long iterations;         /* declared iterations / rounds, 0 when unknown */
+} run_ctx;
+
+static int cancelled(const run_ctx *r, qn_err *err)
+{
+    if (atomic_load(&r->job->slot->cancel) != TRAIN_GO)
+        return qn_err_set(err, QN_CANCELLED, "job %s was cancelled", r->job->id);
+    return 0;
+}
+
+/* Writes the job's state/progress and tells its origin, when another trainer. */
+static void set_progress(run_ctx *r, const char *state, json_t *progress)
+{
+    qn_err err;
+    if (train_job_update(r->t, r->job->id, state, progress, NULL, NULL, NULL, &err) < 0)
+        qn_log_warn(NULL, "cannot record progress", "{s:s, s:s}", "job", r->job->id, "detail", err.msg);
+    if (state)
+        r->state = state;
+    if (r->job->origin && strcmp(r->job->origin, r->t->instance) != 0)
+        train_publish_now(r->t, "quern.train.progress",
+                          json_pack("{s:s, s:s, s:s, s:i, s:O}", "job_id", r->job->id, "state", r->state,
+                                    "runner", r->t->instance, "attempts", r->job->attempts, "progress",
+                                    progress));
+    json_decref(progress);
+}
+
+static json_t *progress_json(run_ctx *r, const char *stage, int iteration, double loss, double fraction)
+{
+    double elapsed = (double)(qn_now_ms() - r->start_ms) / 1000.0;
+    json_t *p = json_pack("{s:s, s:i, s:f, s:f}", "stage", stage, "iteration", iteration, "fraction",
+                          fraction, "elapsed_s", elapsed);
+    json_object_set_new(p, "loss", isfinite(loss) ? json_real(loss) : json_null());
+    json_object_set_new(p, "eta_s", fraction > 0.01 && fraction < 1 ? json_real(elapsed * (1 - fraction) / fraction)
+                                                                   : (fraction >= 1 ? json_real(0) : json_null()));
+    if (r->iterations > 0)
+        json_object_set_new(p, "iterations", json_integer(r->iterations));
+    return p;
+}
+
+/* The training loop's callback: at most one row update per --progress-interval
+ * (stage changes always go through). */
+static void on_progress(void *ctx, qml_train_stage stage, int iteration, double loss, double fraction)
+{
+    run_ctx *r = ctx;
+    int64_t now = qn_now_ms();
+    if ((int)stage == r->last_stage && now - r->last_ms < r->t->progress_ms)
+        return;
+    r->last_ms = now;
+    r->last_stage = (int)stage;
+    const char *state = stage >= QML_STAGE_EVALUATE ? "evaluating" : "running";
+    set_progress(r, strcmp(state, r->state) ? state : NULL,
+                 progress_json(r, qml_train_stage_name(stage), iteration, loss, fraction));
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static void rm_tree(const char *dir)
+{
+    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+static int path_exists(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0;
+}
+
+/* Flattens nested objects into dotted keys; keeps what fits (numbers for
+ * metrics, scalars for params), since the registry takes flat maps. */
+static void flatten(json_t *out, const char *prefix, const json_t *in, int numbers_only)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)in, k, v) {
+        char key[256];
+        snprintf(key, sizeof key, "%s%s%s", prefix, prefix[0] ? "." : "", k);
+        if (json_is_object(v))
+            flatten(out, key, v, numbers_only);
+        else if (json_is_number(v) && isfinite(json_number_value(v)))
+            json_object_set(out, key, v);
+        else if (!numbers_only && (json_is_string(v) || json_is_boolean(v)))
+            json_object_set(out, key, v);
+    }
+}
+
+static char *fmt_num(double v, char buf[40])
+{
+    snprintf(buf, 40, "%.10g", v);
+    return buf;
+}
+
+/* ---- the dataset --------------------------------------------------------------- */
+
+/* Downloads the dataset version's CSV (once per digest) and reads it with the
+ * manifest's schema. Fills lineage {name, version, digest}. */
+static int load_dataset(run_ctx *r, qml_frame **frame, json_t **lineage, json_t **report, qn_err *err)
+{
+    trainer *t = r->t;
+    train_job *job = r->job;
+    json_t *dsv = NULL;
+    qml_field_spec *fields = NULL;
+    char *path = NULL, *part = NULL;
+    int rc;
+    char url[512];
+    if (job->dataset_version > 0)
+        snprintf(url, sizeof url, "/v1/datasets/%s/versions/%lld", job->dataset, (long long)job->dataset_version);
+    else
+        snprintf(url, sizeof url, "/v1/datasets/%s/versions/latest", job->dataset);
+    if ((rc = qn_client_json(t->reg, "GET", url, NULL, NULL, &dsv, err)) < 0) {
+        if (rc == QN_NOT_FOUND)
+            qn_err_set(err, QN_NOT_FOUND, "dataset \"%s\" version %s does not exist in the registry",
+                       job->dataset, job->dataset_version > 0 ? strrchr(url, '/') + 1 : "latest");
+        else
+            qn_err_wrap(err, "fetching dataset %s", job->dataset);
+        goto out;
+    }
+    json_t *man = json_object_get(dsv, "manifest");
+    json_t *files = json_object_get(man, "files");
+    const char *name = NULL, *digest = NULL, *k;
+    json_t *v;
+    json_object_foreach(files, k, v) {
+        size_t n = strlen(k);
+        if (json_is_string(v) && n > 4 && strcmp(k + n - 4, ".csv") == 0 &&
+            (!name || strcmp(k, "data.csv") == 0)) {
+            name = k;
+            digest = json_string_value(v);
+        }
+    }
+    if (!digest || strncmp(digest, "sha256:", 7) != 0 || !qn_sha256_hex_valid(digest + 7, strlen(digest + 7))) {
+        rc = qn_err_set(err, QN_FAILED_PRECONDITION,
+                        "dataset %s: its manifest names no CSV file (files must hold e.g. \"data.csv\": "
+                        "\"sha256:...\")",
+                        job->dataset);
+        goto out;
+    }
+    /* Schema: {"columns":[{"name","type"}]}; types left out are inferred. */
+    json_t *cols = json_object_get(json_object_get(man, "schema"), "columns");
+    size_t ncols = json_is_array(cols) ? json_array_size(cols) : 0;
+    if (ncols && !(fields = calloc(ncols, sizeof *fields))) {
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < ncols; i++) {
+        json_t *c = json_array_get(cols, i);
+        const char *cn = json_string_value(json_object_get(c, "name"));
+        const char *ct = json_string_value(json_object_get(c, "type"));
+        qml_type ty;
+        if (!cn) {
+            rc = qn_err_set(err, QN_FAILED_PRECONDITION, "dataset %s: schema column %zu has no name",
+                            job->dataset, i);
+            goto out;
+        }
+        fields[i].name = cn;
+        fields[i].type = QML_INFER;
+        if (ct) {
+            if (qml_type_parse(ct, &ty) < 0) {
+                rc = qn_err_set(err, QN_FAILED_PRECONDITION,
+                                "dataset %s: column %s has type \"%s\" (numeric, categorical, boolean or "
+                                "timestamp expected)",
+                                job->dataset, cn, ct);
+                goto out;
+            }
+            fields[i].type = (int)ty;
+        }
+    }
+
+    if (asprintf(&path, "%s/%s.csv", t->dataset_dir, digest + 7) < 0 ||
+        asprintf(&part, "%s/%s.%s.part", t->dataset_dir, digest + 7, job->id) < 0) {
+        path = part = NULL;
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    if (!path_exists(path)) {
+        char blob[128], hex[QN_SHA256_HEX + 1];
+        snprintf(blob, sizeof blob, "/v1/blobs/%s", digest);
+        if ((rc = qn_client_get_file(t->reg, blob, part, NULL, err)) < 0) {
+            qn_err_wrap(err, "downloading %s of dataset %s", name, job->dataset);
+            goto out;
+        }
+        struct stat sb;
+        if (stat(part, &sb) == 0 && sb.st_size > t->max_dataset) {
+            remove(part);
+            rc = qn_err_set(err, QN_FAILED_PRECONDITION,
+                            "dataset %s: %s is %lld bytes, more than --max-dataset-size %lld", job->dataset,
+                            name, (long long)sb.st_size, t->max_dataset);
+            goto out;
+        }
+        if ((rc = qn_sha256_file(part, hex, err)) < 0 || strcmp(hex, digest + 7) != 0) {
+            remove(part);
+            if (rc == 0)
+                rc = qn_err_set(err, QN_DATA_LOSS, "dataset %s: downloaded %s does not match its digest",
+                                job->dataset, name);
+            goto out;
+        }
+        if (rename(part, path) < 0) {
+            rc = qn_err_set(err, QN_INTERNAL, "cannot store dataset file %s: %s", path, strerror(errno));
+            remove(part);
+            goto out;
+        }
+    }
+    if ((rc = cancelled(r, err)) < 0)
+        goto out;
+
+    qml_csv_opts o;
+    qml_csv_opts_init(&o);
+    o.fields = fields;
+    o.n_fields = ncols;
+    qml_read_report rep;
+    if ((rc = qml_csv_read_all(path, &o, frame, &rep, err)) < 0) {
+        qn_err_wrap(err, "reading dataset %s", job->dataset);
+        goto out;
+    }
+    *report = json_pack("{s:I, s:I}", "rows", (json_int_t)rep.rows_ok, "rows_bad", (json_int_t)rep.rows_bad);
+    *lineage = json_pack("{s:s, s:O, s:O}", "name", job->dataset, "version", json_object_get(dsv, "version"),
+                         "digest", json_object_get(dsv, "manifest_digest"));
+    if (rep.rows_bad)
+        qn_log_warn(NULL, "dataset rows refused by the reader", "{s:s, s:s, s:I}", "job", job->id, "dataset",
+                    job->dataset, "rows_bad", (json_int_t)rep.rows_bad);
+out:
+    json_decref(dsv);
+    free(fields);
+    free(path);
+    free(part);
+    return rc;
+}
+
+/* ---- the champion ----------------------------------------------------------------- */
+
+/* Downloads version n of the model into the cache (once per manifest digest)
+ * and loads it. */
+static int load_champion(trainer *t, const char *model, int64_t n, qml_model **out, qn_err *err)
+{
+    json_t *ver = NULL;
+    char *dir = NULL, *mpath = NULL, *text = NULL;
+    char url[512];
+    int rc;
+    snprintf(url, sizeof url, "/v1/models/%s/versions/%lld", model, (long long)n);
+    if ((rc = qn_client_json(t->reg, "GET", url, NULL, NULL, &ver, err)) < 0)
+        goto out;
+    const char *md = json_string_value(json_object_get(ver, "manifest_digest"));
+    json_t *man = json_object_get(ver, "manifest");
+    if (!md || strlen(md) < 8 || !json_is_object(man)) {
+        rc = qn_err_set(err, QN_INTERNAL, "the registry's answer for %s version %lld lacks a manifest", model,
+                        (long long)n);
+        goto out;
+    }
+    if (asprintf(&dir, "%s/%s", t->cache_dir, md + 7) < 0 || asprintf(&mpath, "%s/manifest.json", dir) < 0) {
+        dir = mpath = NULL;
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    if (!path_exists(mpath)) {
+        /* The manifest goes last: a cache dir without one is incomplete. */
+        if ((rc = qn_mkdir_p(dir, err)) < 0)
+            goto out;
+        const char *k;
+        json_t *v;
+        json_object_foreach(json_object_get(man, "files"), k, v) {
+            char blob[128], dest[4096];
+            snprintf(blob, sizeof blob, "/v1/blobs/%s", json_string_value(v));
+            snprintf(dest, sizeof dest, "%s/%s", dir, k);
+            if ((rc = qn_client_get_file(t->reg, blob, dest, NULL, err)) < 0)
+                goto out;
+        }
+        text = qn_json_canonical(man);
+        FILE *f = text ? fopen(mpath, "wb") : NULL;
+        if (!f || fwrite(text, 1, strlen(text), f) != strlen(text) || fclose(f) != 0) {
+            rc = qn_err_set(err, QN_INTERNAL, "cannot write %s", mpath);
+            goto out;
+        }
+    }
+    if ((rc = qml_model_load(dir, NULL, out, err)) < 0)
+        rm_tree(dir); /* a bad copy is fetched again next time */
+out:
+    json_decref(ver);
+    free(dir);
+    free(mpath);
+    free(text);
+    return rc;
+}
+
+/* ---- the registry ------------------------------------------------------------------- */
+
+/* Uploads a file of the bundle unless the registry has that digest already. */
+static int upload_blob(trainer *t, const char *dir, const char *name, const char *digest, qn_err *err)
+{
+    char url[128], path[4096];
+    snprintf(url, sizeof url, "/v1/blobs/%s", digest);
+    int rc = qn_client_raw(t->reg, "HEAD", url, NULL, NULL, 0, NULL, NULL, err);
+    if (rc >= 200 && rc < 300)
+        return 0;
+    if (rc != QN_NOT_FOUND)
+        return qn_err_wrap(err, "checking blob %s", name);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    rc = qn_client_put_file(t->reg, url, path, NULL, err);
+    return rc < 0 ? qn_err_wrap(err, "uploading %s", name) : 0;
+}
+
+/* The version this job registered earlier (a retried job), or 0 when none. */
+static int find_registered(trainer *t, const train_job *job, json_t **version, qn_err *err)
+{
+    char url[512];
+    json_t *page = NULL;
+    *version = NULL;
+    snprintf(url, sizeof url, "/v1/models/%s/versions?limit=1&tag=%s:%s", job->model, JOB_TAG, job->id);
+    int rc = qn_client_json(t->reg, "GET", url, NULL, NULL, &page, err);
+    if (rc == QN_NOT_FOUND)
+        return 0; /* no such model yet */
+    if (rc < 0)
+        return qn_err_wrap(err, "looking for a version of job %s", job->id);
+    json_t *v = json_array_get(json_object_get(page, "versions"), 0);
+    if (v)
+        *version = json_incref(v);
+    json_decref(page);
+    return 0;
+}
+
+static int ensure_model(trainer *t, const char *model, qn_err *err)
+{
+    json_t *body = json_pack("{s:s, s:s}", "name", model, "description", "created by quern-train");
+    int rc = qn_client_json(t->reg, "POST", "/v1/models", body, NULL, NULL, err);
+    json_decref(body);
+    if (rc == QN_ALREADY_EXISTS || rc >= 0)
+        return 0;
+    return qn_err_wrap(err, "creating model %s", model);
+}
+
+/* The alias' version, 0 when the alias is not set. */
+static int alias_version(trainer *t, const char *model, const char *alias, int64_t *version, qn_err *err)
+{
+    char url[512];
+    json_t *a = NULL;
+    snprintf(url, sizeof url, "/v1/models/%s/aliases/%s", model, alias);
+    int rc = qn_client_json(t->reg, "GET", url, NULL, NULL, &a, err);
+    *version = 0;
+    if (rc == QN_NOT_FOUND)
+        return 0;
+    if (rc < 0)
+        return qn_err_wrap(err, "reading alias %s of %s", alias, model);
+    *version = json_integer_value(json_object_get(a, "version"));
+    json_decref(a);
+    return 0;
+}
+
+static int move_alias(trainer *t, const char *model, const char *alias, int64_t version, qn_err *err)
+{
+    char url[512];
+    snprintf(url, sizeof url, "/v1/models/%s/aliases/%s", model, alias);
+    json_t *body = json_pack("{s:I}", "version", (json_int_t)version);
+    int rc = qn_client_json(t->reg, "PUT", url, body, NULL, NULL, err);
+    json_decref(body);
+    return rc < 0 ? qn_err_wrap(err, "moving alias %s of %s to version %lld", alias, model, (long long)version)
+                  : 0;
+}
+
+/* ---- the decision -------------------------------------------------------------------- */
+
+typedef struct verdict {
+    const char *decision;     /* promoted, kept_champion, not_promoted */
+    char reason[1200];
+    int64_t champion_version; /* 0: none */
+    double champion_score;    /* NAN when not scored */
+    json_t *champion_metrics;
+} verdict;
+
+static int same_str(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* The spec to score the champion with. Same kind: the challenger's spec (so
+ * both are measured alike). Another kind (logistic champion, XGBoost
+ * challenger): the champion's own spec from its manifest, which must predict
+ * the same thing (label, or user and item). *out NULL means "use spec". */
+static int champion_spec(const qml_model *champ, const qml_train_spec *spec, qml_train_spec **out, qn_err *err)
+{
+    *out = NULL;
+    if (strcmp(qml_model_kind(champ), spec->kind) == 0)
+        return 0;
+    const json_t *cs = json_object_get(json_object_get(qml_model_manifest(champ), "params"), "spec");
+    if (!json_is_object(cs))
+        return qn_err_set(err, QN_FAILED_PRECONDITION, "the champion (%s) records no training spec",
+                          qml_model_kind(champ));
+    char *text = qn_json_canonical(cs);
+    if (!text)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    int rc = qml_train_spec_from_json(text, strlen(text), out, err);
+    free(text);
+    if (rc < 0)
+        return qn_err_wrap(err, "the champion's spec");
+    if (!same_str((*out)->label, spec->label) || !same_str((*out)->user, spec->user) ||
+        !same_str((*out)->item, spec->item)) {
+        qml_train_spec_free(*out);
+        *out = NULL;
+        return qn_err_set(err, QN_FAILED_PRECONDITION,
+                          "the champion (%s) predicts another target than the challenger (%s)",
+                          qml_model_kind(champ), spec->kind);
+    }
+    /* Same cutoff and primary metric as the challenger. */
+    (*out)->k = spec->k;
+    return 0;
+}
+
+static void decide(run_ctx *r, const qml_train_spec *spec, const qml_train_result *res, verdict *d)
+{
+    trainer *t = r->t;
+    train_job *job = r->job;
+    const char *mode = json_string_value(json_object_get(job->policy, "mode"));
+    const char *alias = json_string_value(json_object_get(job->policy, "alias"));
+    double margin = json_number_value(json_object_get(job->policy, "margin"));
+    qn_err err;
+    d->champion_score = NAN;
+    if (alias_version(t, job->model, alias, &d->champion_version, &err) < 0) {
+        d->decision = "kept_champion";
+        snprintf(d->reason, sizeof d->reason, "the current %s version could not be read: %s", alias, err.msg);
+        return;
+    }
+    if (strcmp(mode, "never") == 0) {
+        d->decision = "not_promoted";
+        snprintf(d->reason, sizeof d->reason, "promote_policy.mode is never");
+        return;
+    }
+    if (!d->champion_version) {
+        d->decision = "promoted";
+        snprintf(d->reason, sizeof d->reason, "no %s version yet", alias);
+        return;
+    }
+    qml_model *champ = NULL;
+    qml_train_spec *cspec = NULL;
+    int rc = load_champion(t, job->model, d->champion_version, &champ, &err);
+    if (rc == 0 && (rc = champion_spec(champ, spec, &cspec, &err)) == 0)
+        rc = qml_model_evaluate(champ, cspec ? cspec : spec, res->holdout, &d->champion_metrics, &err);
+    qml_train_spec_free(cspec);
+    qml_model_free(champ);
+    json_t *s = rc == 0 ? json_object_get(d->champion_metrics, res->primary) : NULL;
+    if (s && json_is_number(s))
+        d->champion_score = json_number_value(s);
+    if (strcmp(mode, "always") == 0) {
+        d->decision = "promoted";
+        snprintf(d->reason, sizeof d->reason, "promote_policy.mode is always");
+        return;
+    }
+    if (!isfinite(d->champion_score)) {
+        /* Safe side: a champion we cannot score is not replaced blindly. */
+        d->decision = "kept_champion";
+        snprintf(d->reason, sizeof d->reason,
+                 "the %s version %lld could not be scored on the new holdout (%s); use "
+                 "promote_policy.mode \"always\" to replace it anyway",
+                 alias, (long long)d->champion_version, rc < 0 ? err.msg : "metric missing");
+        return;
+    }
+    double ch = res->primary_value, cp = d->champion_score;
+    int better = res->higher_is_better ? ch > cp + margin : ch < cp - margin;
+    d->decision = better ? "promoted" : "kept_champion";
+    snprintf(d->reason, sizeof d->reason, "%s %.6g vs %s version %lld %.6g (%s is better, margin %g)",
+             res->primary, ch, alias, (long long)d->champion_version, cp,
+             res->higher_is_better ? "higher" : "lower", margin);
+}
+
+/* ---- the job ---------------------------------------------------------------------------- */
+
+static const char *outcome_of(const char *decision)
+{
+    return strcmp(decision, "not_promoted") == 0 ? "registered" : decision;
+}
+
+/* Finishes a job whose version the registry already holds (a retry after a
+ * crash between registering and recording the end). */
+static int finish_registered(run_ctx *r, json_t *ver, json_t **result, qn_err *err)
+{
+    train_job *job = r->job;
+    json_t *tags = json_object_get(ver, "tags");
+    const char *dec = json_string_value(json_object_get(tags, "decision"));
+    const char *alias = json_string_value(json_object_get(job->policy, "alias"));
+    int64_t version = json_integer_value(json_object_get(ver, "version"));
+    if (!dec)
+        dec = "kept_champion";
+    qn_log_info(NULL, "version already registered by this job; finishing from it", "{s:s, s:I}", "job",
+                job->id, "version", (json_int_t)version);
+    if (strcmp(dec, "promoted") == 0 && move_alias(r->t, job->model, alias, version, err) < 0)
+        return err->code;
+    *result = json_pack("{s:s, s:s, s:s, s:I, s:O, s:O, s:b}", "outcome", outcome_of(dec), "decision", dec,
+                        "model", job->model, "version", (json_int_t)version, "metrics",
+                        json_object_get(ver, "metrics"), "tags", tags, "resumed", 1);
+    return 0;
+}
+
+int train_run(trainer *t, train_job *job, json_t **result, qn_err *err)
+{
+    run_ctx r = {.t = t, .job = job, .start_ms = qn_now_ms(), .last_stage = -1, .state = "running"};
+    qml_train_spec *spec = NULL;
+    qml_frame *frame = NULL;
+    qml_train_result res;
+    memset(&res, 0, sizeof res);
+    json_t *lineage = NULL, *report = NULL, *existing = NULL, *manifest = NULL, *body = NULL, *created = NULL;
+    verdict d = {0};
+    char *bundle = NULL, *spec_text = NULL;
+    int rc;
+    *result = NULL;
+
+    json_t *it = json_object_get(json_object_get(job->spec, "params"), strcmp(job->kind, "als") ? "num_round"
+                                                                                                : "iterations");
+    r.iterations = json_is_integer(it) ? (long)json_integer_value(it)
+                                       : (!strcmp(job->kind, "als") ? 15 : !strcmp(job->kind, "xgboost") ? 100 : 0);
+
+    if ((rc = find_registered(t, job, &existing, err)) < 0)
+        goto out;
+    if (existing) {
+        rc = finish_registered(&r, existing, result, err);
+        goto out;
+    }
+    set_progress(&r, NULL, progress_json(&r, "dataset", 0, NAN, 0));
+    if ((spec_text = qn_json_canonical(job->spec)) == NULL) {
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    if ((rc = qml_train_spec_from_json(spec_text, strlen(spec_text), &spec, err)) < 0 ||
+        (rc = load_dataset(&r, &frame, &lineage, &report, err)) < 0 || (rc = cancelled(&r, err)) < 0)
+        goto out;
+
+    if (asprintf(&bundle, "%s/%s-%d", t->work_dir, job->id, job->attempts) < 0) {
+        bundle = NULL;
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    rm_tree(bundle); /* left over by a crash of this very attempt number */
+    qml_train_opts o = {.progress = on_progress,
+                        .progress_ctx = &r,
+                        .cancel = &job->slot->cancel,
+                        .dataset_name = job->dataset,
+                        .dataset_version = json_integer_value(json_object_get(lineage, "version"))};
+    if ((rc = qml_train_run(spec, frame, bundle, &o, &res, err)) < 0) {
+        if (rc != QN_CANCELLED)
+            qn_err_wrap(err, "training");
+        goto out;
+    }
+    qml_frame_free(frame);
+    frame = NULL;
+
+    /* Champion/challenger on the same holdout rows. */
+    set_progress(&r, "evaluating", progress_json(&r, "champion", 0, NAN, 1));
+    decide(&r, spec, &res, &d);
+    if ((rc = cancelled(&r, err)) < 0)
+        goto out;
+
+    /* Blobs, version, alias. */
+    set_progress(&r, "registering", progress_json(&r, "upload", 0, NAN, 1));
+    char mpath[4096];
+    snprintf(mpath, sizeof mpath, "%s/manifest.json", bundle);
+    json_error_t je;
+    if (!(manifest = json_load_file(mpath, 0, &je))) {
+        rc = qn_err_set(err, QN_INTERNAL, "cannot read the bundle's manifest: %s", je.text);
+        goto out;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_object_get(manifest, "files"), k, v) {
+        if ((rc = upload_blob(t, bundle, k, json_string_value(v), err)) < 0 || (rc = cancelled(&r, err)) < 0)
+            goto out;
+    }
+    if ((rc = ensure_model(t, job->model, err)) < 0)
+        goto out;
+
+    char num[40];
+    json_t *metrics = json_object(), *params = json_object(), *tags = json_object();
+    flatten(metrics, "", res.metrics, 1);
+    flatten(params, "", json_object_get(job->spec, "params"), 0);
+    json_object_set_new(params, "kind", json_string(job->kind));
+    json_object_set_new(tags, JOB_TAG, json_string(job->id));
+    json_object_set_new(tags, "decision", json_string(d.decision));
+    json_object_set_new(tags, "decision_reason", json_string(d.reason));
+    json_object_set_new(tags, "metric", json_string(res.primary));
+    json_object_set_new(tags, "challenger_score", json_string(fmt_num(res.primary_value, num)));
+    if (d.champion_version) {
+        json_object_set_new(tags, "champion_version", json_string(fmt_num((double)d.champion_version, num)));
+        if (isfinite(d.champion_score))
+            json_object_set_new(tags, "champion_score", json_string(fmt_num(d.champion_score, num)));
+    }
+    const char *reason = json_string_value(json_object_get(job->request, "reason"));
+    char desc[1200];
+    snprintf(desc, sizeof desc, "trained by quern-train job %s%s%s", job->id, reason ? ": " : "",
+             reason ? reason : "");
+    body = json_pack("{s:O, s:o, s:o, s:o, s:O, s:s}", "manifest", manifest, "metrics", metrics, "params", params,
+                     "tags", tags, "dataset", lineage, "description", desc);
+    char url[512];
+    snprintf(url, sizeof url, "/v1/models/%s/versions", job->model);
+    if ((rc = qn_client_json(t->reg, "POST", url, body, NULL, &created, err)) < 0) {
+        qn_err_wrap(err, "registering the version");
+        goto out;
+    }
+    int64_t version = json_integer_value(json_object_get(created, "version"));
+    const char *alias = json_string_value(json_object_get(job->policy, "alias"));
+    int promoted = strcmp(d.decision, "promoted") == 0;
+    if (promoted) {
+        if ((rc = move_alias(t, job->model, alias, version, err)) < 0)
+            goto out;
+        qn_counter_add(t->promotions, NULL, 1);
+    }
+    *result = json_pack("{s:s, s:s, s:s, s:s, s:I, s:O, s:s, s:b, s:f, s:s, s:b, s:O, s:O, s:O, s:s}", "outcome",
+                        outcome_of(d.decision), "decision", d.decision, "reason", d.reason, "model", job->model,
+                        "version", (json_int_t)version, "metrics", res.metrics, "metric", res.primary,
+                        "higher_is_better", res.higher_is_better, "challenger_score", res.primary_value, "alias",
+                        alias, "promoted", promoted, "dataset", lineage, "rows", report, "manifest_digest",
+                        json_object_get(created, "manifest_digest"), "bundle_digest", res.manifest_digest);
+    json_t *scores = json_pack("{s:f}", "challenger", res.primary_value);
+    if (d.champion_version) {
+        json_object_set_new(*result, "champion_version", json_integer(d.champion_version));
+        json_object_set_new(*result, "champion_score",
+                            isfinite(d.champion_score) ? json_real(d.champion_score) : json_null());
+        json_object_set_new(scores, "champion", isfinite(d.champion_score) ? json_real(d.champion_score) : json_null());
+        if (d.champion_metrics)
+            json_object_set(*result, "champion_metrics", d.champion_metrics);
+    }
+    json_object_set_new(*result, "scores", scores);
+    rc = 0;
+out:
+    if (rc == 0 && *result)
+        set_progress(&r, NULL, progress_json(&r, "done", 0, NAN, 1));
+    if (bundle)
+        rm_tree(bundle);
+    free(bundle);
+    free(spec_text);
+    qml_train_spec_free(spec);
+    qml_frame_free(frame);
+    qml_train_result_free(&res);
+    json_decref(lineage);
+    json_decref(report);
+    json_decref(existing);
+    json_decref(manifest);
+    json_decref(body);
+    json_decref(created);
+    json_decref(d.champion_metrics);
+    return rc;
+}
