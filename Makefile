@@ -47,7 +47,7 @@ test-sanitize: $(ASAN_BUILD)/CMakeCache.txt
 	  ctest --output-on-failure -j $(JOBS) --timeout 1800 -LE slow
 
 demo: build
-	bash scripts/demo.sh
+	/usr/bin/python3 scripts/demo.py
 
 bench: build
 	bash bench/run.sh

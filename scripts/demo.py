@@ -24,6 +24,7 @@ their logs to $QUERN_DEMO_HOME/logs. Ports: $QUERN_PORT_BASE (default 7700) + 1.
 """
 import argparse
 import csv
+import datetime
 import http.client
 import json
 import lzma
@@ -42,7 +43,7 @@ BIN = os.environ.get("QUERN_BIN", os.path.join(ROOT, "build", "bin"))
 CUTOFF = "2011-09-01"          # phase 1: purchases before this date
 V1_HOLDOUT = "2011-08-01"      # v1 is evaluated on August, trained before it
 V2_HOLDOUT = "2011-11-01"      # v2 (and v1, as champion) on November-December
-WINDOW = 400                   # requests per monitor window
+WINDOW = 2000                  # requests per monitor window
 MODEL = "retail"
 
 
@@ -131,12 +132,14 @@ def write_csv(path, header, rows):
 
 
 def customers(rows, ix, since=None, until=None):
-    """One entry per purchase line of a known customer, in the period: traffic shaped
-    like buying (active customers ask as often as they buy)."""
-    return [r[ix["CustomerID"]] for r in rows
-            if r[ix["CustomerID"]] and not r[ix["InvoiceNo"]].startswith("C")
-            and (since is None or r[ix["InvoiceDate"]] >= since)
-            and (until is None or r[ix["InvoiceDate"]] < until)]
+    """One entry per distinct (customer, item) purchase in the period: traffic shaped
+    like buying (a customer asks as often as they buy something new), the same shape
+    the training profile samples."""
+    pairs = sorted({(r[ix["CustomerID"]], r[ix["StockCode"]]) for r in rows
+                    if r[ix["CustomerID"]] and not r[ix["InvoiceNo"]].startswith("C")
+                    and (since is None or r[ix["InvoiceDate"]] >= since)
+                    and (until is None or r[ix["InvoiceDate"]] < until)})
+    return [c for c, _ in pairs]
 
 
 # ---- traffic ------------------------------------------------------------------------
@@ -287,14 +290,14 @@ def run():
     # 2. serve, with a control window ----------------------------------------------
     wait("serve to load version 1", lambda: serve.call("GET", "/v2/health/ready")[0] == 200)
     say("2. quern-serve answers; a control window of customers like the training ones")
-    august = customers(before, ix, since=V1_HOLDOUT)
-    st, body = serve.call("GET", f"/v1/models/{MODEL}/recommend?user={august[0]}&k=5")
-    detail(f"REST  GET /v1/models/{MODEL}/recommend?user={august[0]}&k=5 -> "
+    known = customers(before, ix, until=V1_HOLDOUT)
+    st, body = serve.call("GET", f"/v1/models/{MODEL}/recommend?user={known[0]}&k=5")
+    detail(f"REST  GET /v1/models/{MODEL}/recommend?user={known[0]}&k=5 -> "
            + ", ".join(i["item"] for i in body["items"]))
-    gv, gshape, gitems = grpc_recommend(BASE + 6, august[:3])
+    gv, gshape, gitems = grpc_recommend(BASE + 6, known[:3])
     detail(f"gRPC  ModelInfer(user_id=[3 users]) -> version {gv}, item_id shape {gshape}, first {gitems}")
     t0 = time.perf_counter()
-    fb, failed = replay(serve, august, WINDOW, seed=1)
+    fb, failed = replay(serve, known, WINDOW, seed=1)
     dt = time.perf_counter() - t0
     story["control"] = {"requests": WINDOW, "fallback": fb, "failed": failed}
     detail(f"{WINDOW} requests in {dt:.2f} s ({dt / WINDOW * 1e6:.0f} us each, from Python), {fb} unknown users")
@@ -326,7 +329,7 @@ def run():
         for f in drift["features"] if "statistic" in f))
 
     # From here a steady client load runs beside, through the retrain and the swap.
-    load = Load(serve, august).start()
+    load = Load(serve, known).start()
     fired = wait("the alert", lambda: alerts(alert))
     story["alert"] = {"rule": fired["rule"], "actions": [a["type"] + ":" + a["status"] for a in fired["actions"]]}
     detail(f"alert {fired['rule']} fired ({fired['severity']}): " + ", ".join(story["alert"]["actions"]))
@@ -340,9 +343,11 @@ def run():
                    "baseline.map@10": r2["metrics"]["baseline.map@10"]}
     detail(f"version {r2['version']}: {r2['reason']} -> {r2['outcome']}")
     if r2["outcome"] == "promoted":
-        t_promote = time.time()
         wait("serve to swap to version 2", lambda: str(r2["version"]) in load.versions, timeout=60)
         time.sleep(1.0)
+        st, alias = reg.call("GET", f"/v1/models/{MODEL}/aliases/production")
+        t_promote = datetime.datetime.strptime(alias["updated_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
     load.stop()
     story["serve"] = {"requests": load.ok + load.failed, "failed": load.failed, "versions": load.versions,
                       "errors": load.errors}
@@ -390,7 +395,7 @@ def alerts(api):
 
 def finished_retrain():
     jobs = quern("jobs", "list")
-    done = [j for j in jobs if j.get("model") == MODEL and j.get("origin") != "cli-v1"
+    done = [j for j in jobs if j.get("model") == MODEL
             and j["state"] in ("succeeded", "failed", "cancelled")
             and (j.get("result") or {}).get("version") != 1]
     if done and done[0]["state"] != "succeeded":

@@ -665,7 +665,7 @@ static int seen_has(const qml_als *als, int32_t u, int32_t item)
 /* The AUC ranks at most this many items per user; beyond, items tie below. */
 #define QML_ALS_EVAL_DEPTH 5000
 /* Requests sampled from the training pairs to profile a recommender. */
-#define PROFILE_REQUESTS 2000
+#define PROFILE_REQUESTS 5000
 
 static int add_rec_report(json_t *out, const char *prefix, const qml_rec_report *r, qn_err *err)
 {
@@ -895,9 +895,11 @@ static int split_rows(const run *r, const qml_frame *f, qml_split *sp, qn_err *e
     if (s->split.kind == QML_SPLIT_TIME) {
         int rc = qml_split_by_time(tc->num, n, s->split.cutoff, sp, err);
         if (rc == 0 && (sp->n_train == 0 || sp->n_test == 0)) {
+            const char *empty = sp->n_train == 0 ? "train (before the cutoff)"
+                                                 : "holdout (from the cutoff on)";
             qml_split_free(sp);
             return qn_err_set(err, QN_INVALID_ARGUMENT, "split.cutoff leaves the %s part empty",
-                              sp->n_train == 0 ? "train" : "test");
+                              empty);
         }
         return rc;
     }

@@ -297,7 +297,7 @@ static void test_online_retail_als(void **state)
     assert_int_equal(qml_model_predict(lm, &(qml_input_batch){0}, out, &err), QN_FAILED_PRECONDITION);
 
     /* The profile holds what the monitor will see in traffic: user activity
-     * and served-item popularity over 2,000 sampled requests; an unknown user
+     * and served-item popularity over 5,000 sampled requests; an unknown user
      * has activity 0 and gets the popular fallback (mean popularity above the
      * profile's median). */
     char *pp = malloc(strlen(dir) + 32);
@@ -306,7 +306,7 @@ static void test_online_retail_als(void **state)
     char *pjs = slurp(pp, &plen);
     qml_profile *prof;
     assert_int_equal(qml_profile_from_json(pjs, plen, &prof, &err), 0);
-    assert_int_equal(prof->nrows, 2000);
+    assert_int_equal(prof->nrows, 5000);
     assert_int_equal(prof->ncols, 2);
     assert_string_equal(prof->cols[0].name, "user_activity");
     assert_string_equal(prof->cols[1].name, "item_popularity");
