@@ -17,6 +17,7 @@ PKGS=(
   libssl-dev           # libcrypto: SHA-256 of blobs, HMAC, random ids
   libcurl4-openssl-dev # HTTP client between services, CLI and tests
   librabbitmq-dev      # rabbitmq-c: the amqp:// backend of the bus (scale-out twin of sqlite://)
+  libpq-dev            # libpq: the postgres:// backend of the store (scale-out twin of sqlite://)
   # libquern-ml
   libopenblas-dev      # BLAS for ALS (sgemm/ssyrk)
   liblapacke-dev       # LAPACKE for closed-form ridge regression
@@ -33,6 +34,7 @@ PKGS=(
   python3-scipy        # reference checks: drift statistics vs scipy.stats
   python3-xgboost      # reference checks: a Python-trained model predicts identically
   rabbitmq-server      # bus contract tests start a private broker (and restart it mid-stream)
+  postgresql           # store contract and registry tests start a private server (initdb, pg_ctl)
   python3-grpcio       # gRPC tests and bench: a stock Python client talks to quern-serve
   python3-grpc-tools   # generates that client's stubs from proto/*.proto at test time
   python3-protobuf     # the message classes those stubs use

@@ -123,7 +123,7 @@ int reg_dataset_versions_create(qn_req *req, qn_res *res, void *ud)
         goto fail;
     qn_stmt *st = qn_prepare(c,
                              "INSERT INTO datasets (name, created_at, updated_at) VALUES (?, ?, ?) "
-                             "ON CONFLICT (name) DO UPDATE SET latest_version = latest_version + 1, "
+                             "ON CONFLICT (name) DO UPDATE SET latest_version = datasets.latest_version + 1, "
                              "updated_at = excluded.updated_at RETURNING id, latest_version",
                              &err);
     if (!st)

@@ -4,7 +4,14 @@ Black-box tests use only the standard library (run by /usr/bin/python3). A
 service is started on 127.0.0.1:0 with its own temporary --data dir; the port
 it bound is read from its "listening" log line. Every process started here is
 stopped by PID when the test ends.
+
+With QUERN_TEST_PG set (tests/unit/core/run_store_pg.sh sets it), services
+that keep metadata (registry, ingest, prep) store it in that PostgreSQL
+database instead of SQLite: they get --db URL?schema=NAME, one schema per
+service and --data dir, so a restart on the same --data finds its data again
+and tests never see each other's rows. Without it nothing changes.
 """
+import hashlib
 import http.client
 import json
 import os
@@ -16,6 +23,15 @@ import unittest
 
 BIN = os.environ.get("QUERN_BIN", os.path.join(os.path.dirname(__file__), "../../build/bin"))
 WORK = os.environ.get("QUERN_TEST_WORK", tempfile.gettempdir())
+PG = os.environ.get("QUERN_TEST_PG")
+DB_SERVICES = ("registry", "ingest", "prep")
+
+
+def pg_url(name, data):
+    """The --db URL of service name with its --data dir on QUERN_TEST_PG."""
+    tag = hashlib.sha1(os.path.abspath(data).encode()).hexdigest()[:12]
+    sep = "&" if "?" in PG else "?"
+    return f"{PG}{sep}schema={name}_{tag}"
 
 
 class Service:
@@ -38,6 +54,8 @@ class Service:
         offset = log.tell()  # a restart appends: read only this run's lines
         cmd = [os.path.join(BIN, f"quern-{self.name}"), "--listen", "127.0.0.1:0",
                "--data", self.data] + self.args
+        if PG and self.name in DB_SERVICES and not any(a.startswith("--db") for a in self.args):
+            cmd += ["--db", pg_url(self.name, self.data)]
         self.proc = subprocess.Popen(cmd, stderr=log, stdout=log, env=self.env)
         log.close()
         deadline = time.time() + timeout

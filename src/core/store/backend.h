@@ -3,7 +3,7 @@
  *
  * store.c owns everything backend-neutral: URL scheme dispatch, the
  * connection pool, the per-connection statement cache, transaction tracking
- * and migrations. A backend (store_sqlite.c; later store_pg.c) fills one
+ * and migrations. A backend (store_sqlite.c, store_pg.c) fills one
  * qn__store_ops table with thin wrappers over its client library and is
  * listed once in store.c's backend table. Handles are opaque void pointers:
  * ctx (per store), conn (per pooled connection), stmt (per prepared statement).
@@ -56,5 +56,6 @@ typedef struct qn__store_ops {
 } qn__store_ops;
 
 extern const qn__store_ops qn__store_sqlite;
+extern const qn__store_ops qn__store_pg;
 
 #endif

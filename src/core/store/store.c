@@ -8,7 +8,8 @@
  * connection has a transaction open, and schema migrations.
  *
  * Migrations: each pending migration runs in its own write transaction
- * (BEGIN IMMEDIATE on SQLite) that first re-reads the recorded version. Two
+ * (BEGIN IMMEDIATE on SQLite, the schema's advisory lock on PostgreSQL) that
+ * first re-reads the recorded version. Two
  * processes opening the same database at once therefore serialise on the
  * write lock and the second finds the work done: no migration runs twice.
  * A failing migration rolls back completely (DDL is transactional on both
@@ -29,6 +30,7 @@
 
 static const qn__store_ops *const backends[] = {
     &qn__store_sqlite,
+    &qn__store_pg,
 };
 
 /* Statements kept per connection. Services use a few dozen distinct SQL

@@ -4,10 +4,13 @@
  * Services keep their metadata through this interface only: SQL with '?'
  * placeholders, prepared statements (cached per connection), explicit
  * transactions, and schema migrations recorded in a version table. The
- * embedded backend is SQLite (WAL, busy timeout); a PostgreSQL backend (libpq)
- * can be added beside it (store_pg.c) without touching the services, which is
- * why SQL here sticks to the common subset (RETURNING, ON CONFLICT, no
- * AUTOINCREMENT) and placeholders are '?' (rewritten to $n for PostgreSQL).
+ * embedded backend is SQLite (WAL, busy timeout); the scale-out one is
+ * PostgreSQL (libpq, store_pg.c: one schema per service), chosen by the URL
+ * alone, which is why SQL here sticks to the common subset (RETURNING,
+ * ON CONFLICT with qualified column references, no AUTOINCREMENT) and
+ * placeholders are '?' (rewritten to $n for PostgreSQL). Migration DDL may
+ * use SQLite's INTEGER PRIMARY KEY, INTEGER, REAL and BLOB: the PostgreSQL
+ * backend translates them (docs/operations.md).
  *
  *     static const qn_migration migrations[] = {
  *         {1, "CREATE TABLE models (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL)"},
@@ -51,10 +54,13 @@ typedef struct qn_migration {
 enum { QN_TX_READ = 0, QN_TX_WRITE = 1 };
 
 /* url: "sqlite:///abs/path.db", "sqlite://rel/path.db", or a plain path
- * (SQLite). Creates the file if needed, enables WAL and a busy timeout,
- * applies the migrations above the recorded version, each in its own
+ * (SQLite: creates the file if needed, enables WAL and a busy timeout), or
+ * "postgres://user:pass@host:port/db?schema=NAME" (PostgreSQL: creates the
+ * schema if needed; NAME defaults to the program name less "quern-").
+ * Applies the migrations above the recorded version, each in its own
  * transaction. pool: connections kept (0: 8). NULL with err on failure
- * (an unknown scheme is QN_INVALID_ARGUMENT). */
+ * (an unknown scheme or a bad option is QN_INVALID_ARGUMENT, a server that
+ * cannot be reached QN_UNAVAILABLE). */
 qn_store *qn_store_open(const char *url, const qn_migration *migs, size_t nmigs, qn_err *err);
 qn_store *qn_store_open_pool(const char *url, const qn_migration *migs, size_t nmigs,
                              unsigned pool, qn_err *err);
@@ -68,9 +74,11 @@ qn_conn *qn_store_acquire(qn_store *s, qn_err *err);
 /* Returns c to the pool; a transaction left open is rolled back. */
 void qn_store_release(qn_store *s, qn_conn *c);
 
-/* QN_TX_WRITE takes the write lock up front (SQLite BEGIN IMMEDIATE), so two
- * writers never deadlock upgrading; waits up to the busy timeout, then
- * QN_UNAVAILABLE. */
+/* QN_TX_WRITE takes the store's write lock up front (SQLite BEGIN IMMEDIATE;
+ * on PostgreSQL an advisory lock per schema), so write transactions run one
+ * at a time and never deadlock upgrading; waits up to the busy timeout, then
+ * QN_UNAVAILABLE. QN_TX_READ reads one snapshot and never waits for writers.
+ * On PostgreSQL a failed statement aborts the transaction: roll back. */
 int qn_tx_begin(qn_conn *c, int mode, qn_err *err);
 int qn_tx_commit(qn_conn *c, qn_err *err);
 void qn_tx_rollback(qn_conn *c);
@@ -91,7 +99,8 @@ int qn_bind_null(qn_stmt *st, int idx);
 
 /* Advances: 1 when a row is ready, 0 when done, negative on error:
  * QN_ALREADY_EXISTS (unique/primary key clash), QN_FAILED_PRECONDITION
- * (other constraint), QN_UNAVAILABLE (busy past the timeout), QN_INTERNAL. */
+ * (other constraint), QN_UNAVAILABLE (busy past the timeout, a lost server
+ * connection: the next call reconnects), QN_INTERNAL. */
 int qn_step(qn_stmt *st, qn_err *err);
 /* Columns are 0-based; valid until the next step/reset. */
 int qn_col_is_null(qn_stmt *st, int col);

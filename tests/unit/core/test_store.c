@@ -1,7 +1,12 @@
-/* test_store.c - the SQLite store: migrations (once, idempotent, atomic on
- * failure, safe when two processes open at once), binds and columns of every
- * type, error mapping, gapless sequence numbers under 8 writer threads, busy
- * handling, the statement cache, and release rolling back. */
+/* test_store.c - the store contract, run on every backend: SQLite always,
+ * then PostgreSQL when QUERN_TEST_PG holds a server URL (run_store_pg.sh
+ * starts a private server): migrations (once, idempotent, atomic on failure,
+ * safe when two processes open at once), binds and columns of every type,
+ * placeholders beside quotes and comments, error mapping, gapless sequence
+ * numbers under 8 writer threads, busy handling, the statement cache, and
+ * release rolling back. PostgreSQL also gets: schemas kept apart, the default
+ * schema, URL checks, and a server restarted (and stopped) under a pooled
+ * connection (QUERN_TEST_PG_CTL). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,7 +14,6 @@
 #include <cmocka.h>
 #include <math.h>
 #include <pthread.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,21 +23,61 @@
 
 #include "core/store/store.h"
 
-static char dbpath[512];
+static const char *pg_base; /* QUERN_TEST_PG */
+static int on_pg;           /* the group running: 0 SQLite, 1 PostgreSQL */
+static char dbpath[512];    /* SQLite: this test's file */
+static char schema[64];     /* PostgreSQL: this test's schema */
+static char url[1024];      /* this test's store URL */
 
-/* A fresh database path per test under QUERN_TEST_WORK. */
-static int setup(void **state)
+static void remove_db(void)
 {
-    static int n;
-    const char *work = getenv("QUERN_TEST_WORK");
-    snprintf(dbpath, sizeof dbpath, "%s/store_%d_%d.db", work ? work : "/tmp", (int)getpid(),
-             n++);
     unlink(dbpath);
     char side[600];
     snprintf(side, sizeof side, "%s-wal", dbpath);
     unlink(side);
     snprintf(side, sizeof side, "%s-shm", dbpath);
     unlink(side);
+}
+
+/* A fresh database per test: a file under QUERN_TEST_WORK, or a new schema. */
+static int setup(void **state)
+{
+    (void)state;
+    static int n;
+    if (on_pg) {
+        snprintf(schema, sizeof schema, "t_%d_%d", (int)getpid(), n++);
+        snprintf(url, sizeof url, "%s%cschema=%s", pg_base, strchr(pg_base, '?') ? '&' : '?',
+                 schema);
+        return 0;
+    }
+    const char *work = getenv("QUERN_TEST_WORK");
+    snprintf(dbpath, sizeof dbpath, "%s/store_%d_%d.db", work ? work : "/tmp", (int)getpid(),
+             n++);
+    remove_db();
+    snprintf(url, sizeof url, "%s", dbpath);
+    return 0;
+}
+
+/* url with one more option (busy_timeout=200...). */
+static void url_with(char *out, size_t cap, const char *opt)
+{
+    if (on_pg)
+        snprintf(out, cap, "%s&%s", url, opt);
+    else
+        snprintf(out, cap, "sqlite://%s?%s", dbpath, opt);
+}
+
+static int group_sqlite(void **state)
+{
+    (void)state;
+    on_pg = 0;
+    return 0;
+}
+
+static int group_pg(void **state)
+{
+    (void)state;
+    on_pg = 1;
     return 0;
 }
 
@@ -42,7 +86,7 @@ static const qn_migration migs[] = {
     {2, "CREATE TABLE seq (n INTEGER PRIMARY KEY, who INTEGER NOT NULL);"
         "CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);"
         "INSERT INTO counter (id, n) VALUES (1, 0)"},
-    {3, "CREATE TABLE vals (i INTEGER, d REAL, t TEXT, b BLOB, z TEXT,"
+    {3, "CREATE TABLE vals (id INTEGER PRIMARY KEY, i INTEGER, d REAL, t TEXT, b BLOB, z TEXT,"
         " parent TEXT REFERENCES kv(k))"},
 };
 #define NMIGS (sizeof migs / sizeof migs[0])
@@ -60,22 +104,47 @@ static int64_t query_int(qn_store *db, const char *sql)
     return v;
 }
 
-static void test_migrations_once(void **state)
+/* Whether this test's database has a table called name. */
+static int table_exists(qn_store *db, const char *name)
 {
     qn_err err;
-    qn_store *db = qn_store_open(dbpath, migs, 2, &err);
-    assert_non_null(db);
-    assert_string_equal(qn_store_backend(db), "sqlite");
+    qn_conn *c = qn_store_acquire(db, &err);
+    assert_non_null(c);
+    qn_stmt *st = qn_prepare(c,
+                             on_pg ? "SELECT COUNT(*) FROM information_schema.tables "
+                                     "WHERE table_schema = current_schema() AND table_name = ?"
+                                   : "SELECT COUNT(*) FROM sqlite_master WHERE name = ?",
+                             &err);
+    assert_non_null(st);
+    qn_bind_text(st, 1, name, -1);
+    assert_int_equal(qn_step(st, &err), 1);
+    int64_t v = qn_col_int64(st, 0);
+    qn_store_release(db, c);
+    return v > 0;
+}
+
+static void test_migrations_once(void **state)
+{
+    (void)state;
+    qn_err err;
+    qn_store *db = qn_store_open(url, migs, 2, &err);
+    if (!db)
+        fail_msg("%s", err.msg);
+    assert_string_equal(qn_store_backend(db), on_pg ? "postgres" : "sqlite");
     assert_int_equal(qn_store_version(db), 2);
     assert_int_equal(query_int(db, "SELECT COUNT(*) FROM schema_migrations"), 2);
     qn_store_close(db);
 
     /* Reopen with one more: only 3 runs. Reopen again: nothing runs (if 2 ran
-     * twice, its INSERT would leave two counter rows or fail). */
-    char url[600];
-    snprintf(url, sizeof url, "sqlite://%s", dbpath);
+     * twice, its INSERT would leave two counter rows or fail). SQLite is
+     * reopened through its sqlite:// form as well as the plain path. */
+    char again[1100];
+    if (on_pg)
+        snprintf(again, sizeof again, "%s", url);
+    else
+        snprintf(again, sizeof again, "sqlite://%s", dbpath);
     for (int i = 0; i < 2; i++) {
-        db = qn_store_open(url, migs, NMIGS, &err);
+        db = qn_store_open(again, migs, NMIGS, &err);
         if (!db)
             fail_msg("%s", err.msg);
         assert_int_equal(qn_store_version(db), 3);
@@ -85,10 +154,30 @@ static void test_migrations_once(void **state)
         qn_store_close(db);
     }
 
-    /* WAL is on, foreign keys are enforced, synchronous is NORMAL (1). */
-    db = qn_store_open(url, migs, NMIGS, &err);
+    /* Foreign keys are enforced. */
+    db = qn_store_open(again, migs, NMIGS, &err);
     qn_conn *c = qn_store_acquire(db, &err);
-    qn_stmt *st = qn_prepare(c, "PRAGMA journal_mode", &err);
+    qn_stmt *st = qn_prepare(c, "INSERT INTO vals (parent) VALUES ('no such key')", &err);
+    assert_int_equal(qn_step(st, &err), QN_FAILED_PRECONDITION);
+    assert_non_null(strcasestr(err.msg, "FOREIGN KEY"));
+    if (on_pg) {
+        /* The tables live in this store's schema, which is the search path. */
+        st = qn_prepare(c, "SELECT current_schema()", &err);
+        assert_int_equal(qn_step(st, &err), 1);
+        assert_string_equal(qn_col_text(st, 0), schema);
+        assert_true(table_exists(db, "schema_migrations"));
+        assert_true(table_exists(db, "counter"));
+        /* INTEGER became 64-bit: a time in ms since the epoch fits. */
+        st = qn_prepare(c, "INSERT INTO kv (k, v) VALUES ('big', ?)", &err);
+        qn_bind_int64(st, 1, INT64_C(1) << 40);
+        assert_int_equal(qn_step(st, &err), 0);
+        qn_store_release(db, c);
+        assert_true(query_int(db, "SELECT v FROM kv WHERE k = 'big'") == INT64_C(1) << 40);
+        qn_store_close(db);
+        return;
+    }
+    /* WAL is on, foreign keys are enforced, synchronous is NORMAL (1). */
+    st = qn_prepare(c, "PRAGMA journal_mode", &err);
     assert_int_equal(qn_step(st, &err), 1);
     assert_string_equal(qn_col_text(st, 0), "wal");
     st = qn_prepare(c, "PRAGMA synchronous", &err);
@@ -97,15 +186,12 @@ static void test_migrations_once(void **state)
     st = qn_prepare(c, "PRAGMA foreign_keys", &err);
     assert_int_equal(qn_step(st, &err), 1);
     assert_int_equal(qn_col_int64(st, 0), 1);
-    st = qn_prepare(c, "INSERT INTO vals (parent) VALUES ('no such key')", &err);
-    assert_int_equal(qn_step(st, &err), QN_FAILED_PRECONDITION);
-    assert_non_null(strstr(err.msg, "FOREIGN KEY"));
     qn_store_release(db, c);
     qn_store_close(db);
 
     /* ?synchronous=full is honoured (FULL is 2). */
-    snprintf(url, sizeof url, "sqlite://%s?synchronous=full", dbpath);
-    db = qn_store_open(url, migs, NMIGS, &err);
+    url_with(again, sizeof again, "synchronous=full");
+    db = qn_store_open(again, migs, NMIGS, &err);
     assert_non_null(db);
     assert_int_equal(query_int(db, "PRAGMA synchronous"), 2);
     qn_store_close(db);
@@ -113,61 +199,89 @@ static void test_migrations_once(void **state)
 
 static void test_migration_failure(void **state)
 {
+    (void)state;
     qn_err err;
     static const qn_migration bad[] = {
         {1, "CREATE TABLE a (x INTEGER)"},
         {2, "CREATE TABLE b (y INTEGER); INSERT INTO b VALUES (1); INSERT INTO nosuch VALUES (1)"},
     };
-    qn_store *db = qn_store_open(dbpath, bad, 2, &err);
+    qn_store *db = qn_store_open(url, bad, 2, &err);
     assert_null(db);
     assert_int_equal(err.code, QN_INTERNAL);
     assert_non_null(strstr(err.msg, "migration 2"));
     assert_non_null(strstr(err.msg, "nosuch"));
 
     /* Version 1 stayed, and migration 2 left nothing behind (no table b). */
-    db = qn_store_open(dbpath, bad, 1, &err);
+    db = qn_store_open(url, bad, 1, &err);
     assert_non_null(db);
     assert_int_equal(qn_store_version(db), 1);
-    assert_int_equal(query_int(db, "SELECT COUNT(*) FROM sqlite_master WHERE name = 'b'"), 0);
+    assert_true(table_exists(db, "a"));
+    assert_false(table_exists(db, "b"));
     assert_int_equal(query_int(db, "SELECT MAX(version) FROM schema_migrations"), 1);
     qn_store_close(db);
 
     /* A database newer than the build refuses to open rather than guess. */
     static const qn_migration two[] = {{1, "CREATE TABLE a (x INTEGER)"},
                                        {2, "CREATE TABLE c (z INTEGER)"}};
-    db = qn_store_open(dbpath, two, 2, &err);
+    db = qn_store_open(url, two, 2, &err);
     assert_non_null(db);
     qn_store_close(db);
-    assert_null(qn_store_open(dbpath, two, 1, &err));
+    assert_null(qn_store_open(url, two, 1, &err));
     assert_int_equal(err.code, QN_FAILED_PRECONDITION);
 
     /* Versions out of order are refused. */
     static const qn_migration unordered[] = {{2, "SELECT 1"}, {1, "SELECT 1"}};
-    assert_null(qn_store_open(dbpath, unordered, 2, &err));
+    assert_null(qn_store_open(url, unordered, 2, &err));
     assert_int_equal(err.code, QN_INVALID_ARGUMENT);
 }
 
+/* Bad URLs of both backends are refused before anything is touched (the
+ * PostgreSQL ones need no server). */
 static void test_bad_urls(void **state)
 {
+    (void)state;
     qn_err err;
     assert_null(qn_store_open("mysql://localhost/db", migs, NMIGS, &err));
     assert_int_equal(err.code, QN_INVALID_ARGUMENT);
     assert_non_null(strstr(err.msg, "mysql"));
-    char url[600];
-    snprintf(url, sizeof url, "sqlite://%s?synchronous=sometimes", dbpath);
-    assert_null(qn_store_open(url, migs, NMIGS, &err));
-    assert_int_equal(err.code, QN_INVALID_ARGUMENT);
-    snprintf(url, sizeof url, "sqlite://%s?color=blue", dbpath);
-    assert_null(qn_store_open(url, migs, NMIGS, &err));
-    assert_int_equal(err.code, QN_INVALID_ARGUMENT);
-    assert_null(qn_store_open("sqlite:///nonexistent-dir/x/y.db", migs, NMIGS, &err));
-    assert_int_equal(err.code, QN_INTERNAL);
+    char bad[1100];
+    static const char *const sqlite_opts[] = {"synchronous=sometimes", "color=blue",
+                                              "busy_timeout=soon"};
+    for (size_t i = 0; i < 3 && !on_pg; i++) {
+        url_with(bad, sizeof bad, sqlite_opts[i]);
+        assert_null(qn_store_open(bad, migs, NMIGS, &err));
+        assert_int_equal(err.code, QN_INVALID_ARGUMENT);
+    }
+    if (!on_pg) {
+        assert_null(qn_store_open("sqlite:///nonexistent-dir/x/y.db", migs, NMIGS, &err));
+        assert_int_equal(err.code, QN_INTERNAL);
+    }
+    static const char *const pg_bad[] = {
+        "postgres://u@127.0.0.1:1/db?schema=Bad-Name",
+        "postgres://u@127.0.0.1:1/db?schema=",
+        "postgres://u@127.0.0.1:1/db?schema=9lives",
+        "postgresql://u@127.0.0.1:1/db?color=blue",
+        "postgres://u@127.0.0.1:1/db?busy_timeout=soon",
+        "postgres://u@127.0.0.1:1/db?options=-csearch_path%3Dpublic",
+        "postgres://u@[::1/db",
+    };
+    for (size_t i = 0; i < sizeof pg_bad / sizeof pg_bad[0]; i++) {
+        assert_null(qn_store_open(pg_bad[i], migs, NMIGS, &err));
+        if (err.code != QN_INVALID_ARGUMENT)
+            fail_msg("%s: %s", pg_bad[i], err.msg);
+    }
+    /* A server that is not there: unavailable (a retry may work), and the
+     * message says where it tried. */
+    assert_null(qn_store_open("postgres://u@127.0.0.1:1/db?schema=s&connect_timeout=2", migs,
+                              NMIGS, &err));
+    assert_int_equal(err.code, QN_UNAVAILABLE);
+    assert_non_null(strstr(err.msg, "127.0.0.1"));
 }
 
 static void test_types_and_errors(void **state)
 {
     qn_err err;
-    qn_store *db = qn_store_open(dbpath, migs, NMIGS, &err);
+    qn_store *db = qn_store_open(url, migs, NMIGS, &err);
     assert_non_null(db);
     qn_conn *c = qn_store_acquire(db, &err);
     qn_stmt *st = qn_prepare(c, "INSERT INTO vals (i, d, t, b, z) VALUES (?, ?, ?, ?, ?)", &err);
@@ -192,7 +306,7 @@ static void test_types_and_errors(void **state)
     qn_bind_text(st, 5, "full string", -1);
     assert_int_equal(qn_step(st, &err), 0);
 
-    st = qn_prepare(c, "SELECT i, d, t, b, z FROM vals ORDER BY rowid", &err);
+    st = qn_prepare(c, "SELECT i, d, t, b, z FROM vals ORDER BY id", &err);
     assert_int_equal(qn_step(st, &err), 1);
     assert_true(qn_col_int64(st, 0) == INT64_MIN);
     assert_true(qn_col_double(st, 1) == -1.5e-300);
@@ -224,7 +338,7 @@ static void test_types_and_errors(void **state)
     qn_bind_int64(st, 2, 2);
     assert_int_equal(qn_step(st, &err), QN_ALREADY_EXISTS);
     assert_int_equal(err.code, QN_ALREADY_EXISTS);
-    assert_non_null(strstr(err.msg, "UNIQUE"));
+    assert_non_null(strcasestr(err.msg, "UNIQUE"));
     /* The statement is usable again after the error. */
     qn_bind_text(st, 1, "b", -1);
     qn_bind_int64(st, 2, 2);
@@ -243,9 +357,42 @@ static void test_types_and_errors(void **state)
     assert_null(qn_prepare(c, "SELECT 1; SELECT 2", &err));
     assert_int_equal(err.code, QN_INTERNAL);
     assert_non_null(qn_prepare(c, "SELECT 1;  ", &err));
-    assert_int_equal(qn_exec(c, "CREATE TABLE e (x); DROP TABLE e", &err), 0);
+    assert_int_equal(qn_exec(c, "CREATE TABLE e (x INTEGER); DROP TABLE e", &err), 0);
     assert_int_equal(qn_exec(c, "INSERT INTO kv (k, v) VALUES ('a', 9)", &err),
                      QN_ALREADY_EXISTS);
+
+    /* '?' inside literals, quoted identifiers and comments is not a
+     * placeholder; booleans read as 1/0 on both backends. */
+    st = qn_prepare(c,
+                    "SELECT '?', \"k\", k = 'a' AND v > 0, ? || 'x' FROM kv /* ? */ "
+                    "WHERE k = ? -- ?\n",
+                    &err);
+    if (!st)
+        fail_msg("%s", err.msg);
+    assert_int_equal(qn_bind_text(st, 1, "it's", -1), 0);
+    assert_int_equal(qn_bind_text(st, 2, "a", -1), 0);
+    assert_true(qn_bind_text(st, 3, "no third", -1) < 0);
+    assert_int_equal(qn_step(st, &err), 1);
+    assert_string_equal(qn_col_text(st, 0), "?");
+    assert_string_equal(qn_col_text(st, 1), "a");
+    assert_int_equal(qn_col_int64(st, 2), 1);
+    assert_string_equal(qn_col_text(st, 2), "1");
+    assert_string_equal(qn_col_text(st, 3), "it'sx");
+    assert_int_equal(qn_step(st, &err), 0);
+    /* Stepping past the end runs the statement again, as on SQLite. */
+    assert_int_equal(qn_step(st, &err), 1);
+    assert_string_equal(qn_col_text(st, 1), "a");
+
+    /* Changes count INSERT/UPDATE/DELETE only, RETURNING rows included. */
+    st = qn_prepare(c, "UPDATE kv SET v = v + 1 RETURNING k", &err);
+    int rows = 0;
+    while (qn_step(st, &err) == 1)
+        rows++;
+    assert_int_equal(rows, 2);
+    assert_int_equal(qn_changes(c), 2);
+    st = qn_prepare(c, "SELECT k FROM kv", &err);
+    assert_int_equal(qn_step(st, &err), 1);
+    assert_int_equal(qn_changes(c), 2);
     qn_store_release(db, c);
     qn_store_close(db);
 }
@@ -253,7 +400,7 @@ static void test_types_and_errors(void **state)
 static void test_statement_cache(void **state)
 {
     qn_err err;
-    qn_store *db = qn_store_open_pool(dbpath, migs, NMIGS, 1, &err);
+    qn_store *db = qn_store_open_pool(url, migs, NMIGS, 1, &err);
     qn_conn *c = qn_store_acquire(db, &err);
     qn_stmt *a = qn_prepare(c, "SELECT ? + 1", &err);
     qn_bind_int64(a, 1, 41);
@@ -279,6 +426,13 @@ static void test_statement_cache(void **state)
         assert_int_equal(qn_step(st, &err), 1);
         assert_int_equal(qn_col_int64(st, 0), i);
     }
+    if (on_pg) {
+        /* Evicted statements were deallocated on the server too. */
+        qn_stmt *st = qn_prepare(c2, "SELECT COUNT(*) FROM pg_prepared_statements", &err);
+        assert_int_equal(qn_step(st, &err), 1);
+        int64_t n = qn_col_int64(st, 0);
+        assert_true(n > 100 && n <= 258);
+    }
     qn_store_release(db, c2);
     qn_store_close(db);
 }
@@ -286,7 +440,7 @@ static void test_statement_cache(void **state)
 static void test_release_rolls_back(void **state)
 {
     qn_err err;
-    qn_store *db = qn_store_open_pool(dbpath, migs, NMIGS, 2, &err);
+    qn_store *db = qn_store_open_pool(url, migs, NMIGS, 2, &err);
     qn_conn *c = qn_store_acquire(db, &err);
     assert_int_equal(qn_tx_begin(c, QN_TX_WRITE, &err), 0);
     qn_stmt *st = qn_prepare(c, "INSERT INTO kv (k, v) VALUES ('lost', 1)", &err);
@@ -316,16 +470,20 @@ static void test_release_rolls_back(void **state)
 
 static void test_busy(void **state)
 {
+    (void)state;
     qn_err err;
-    char url[600];
-    snprintf(url, sizeof url, "sqlite://%s?busy_timeout=200", dbpath);
-    qn_store *db = qn_store_open(url, migs, NMIGS, &err);
-    assert_non_null(db);
-    /* Another writer (a raw connection, as another process would be) holds
-     * the write lock. */
-    sqlite3 *other;
-    assert_int_equal(sqlite3_open(dbpath, &other), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    char burl[1100];
+    url_with(burl, sizeof burl, "busy_timeout=200");
+    qn_store *db = qn_store_open(burl, migs, NMIGS, &err);
+    if (!db)
+        fail_msg("%s", err.msg);
+    /* Another writer (another store on the same database, as another
+     * process would be) holds the write lock. */
+    qn_store *other = qn_store_open(url, migs, NMIGS, &err);
+    assert_non_null(other);
+    qn_conn *oc = qn_store_acquire(other, &err);
+    assert_int_equal(qn_tx_begin(oc, QN_TX_WRITE, &err), 0);
+    assert_int_equal(qn_exec(oc, "INSERT INTO kv (k, v) VALUES ('other', 1)", &err), 0);
     qn_conn *c = qn_store_acquire(db, &err);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -333,17 +491,23 @@ static void test_busy(void **state)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double waited = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
     assert_true(waited >= 0.15 && waited < 3.0); /* waited for the timeout, then gave up */
-    /* Readers are not blocked by a writer in WAL mode. */
+    /* Readers are not blocked by a writer, and do not see its work. */
     assert_int_equal(qn_tx_begin(c, QN_TX_READ, &err), 0);
     qn_stmt *st = qn_prepare(c, "SELECT COUNT(*) FROM kv", &err);
     assert_int_equal(qn_step(st, &err), 1);
+    assert_int_equal(qn_col_int64(st, 0), 0);
+    assert_int_equal(qn_step(st, &err), 0); /* a pending SELECT would pin its snapshot */
     qn_tx_rollback(c);
     /* Once the other writer finishes, writing works. */
-    assert_int_equal(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(qn_tx_commit(oc, &err), 0);
     assert_int_equal(qn_tx_begin(c, QN_TX_WRITE, &err), 0);
+    st = qn_prepare(c, "SELECT COUNT(*) FROM kv", &err);
+    assert_int_equal(qn_step(st, &err), 1);
+    assert_int_equal(qn_col_int64(st, 0), 1);
     assert_int_equal(qn_tx_commit(c, &err), 0);
     qn_store_release(db, c);
-    sqlite3_close(other);
+    qn_store_release(other, oc);
+    qn_store_close(other);
     qn_store_close(db);
 }
 
@@ -395,7 +559,7 @@ static void *writer(void *p)
 static void test_concurrent_writers(void **state)
 {
     qn_err err;
-    qn_store *db = qn_store_open(dbpath, migs, NMIGS, &err);
+    qn_store *db = qn_store_open(url, migs, NMIGS, &err);
     assert_non_null(db);
     pthread_t th[WRITERS];
     warg args[WRITERS];
@@ -439,7 +603,7 @@ static void test_two_processes_migrate(void **state)
             assert_true(kids[k] >= 0);
             if (kids[k] == 0) {
                 qn_err err;
-                qn_store *db = qn_store_open(dbpath, migs, NMIGS, &err);
+                qn_store *db = qn_store_open(url, migs, NMIGS, &err);
                 if (!db) {
                     fprintf(stderr, "child: %s\n", err.msg);
                     _exit(1);
@@ -456,7 +620,7 @@ static void test_two_processes_migrate(void **state)
             assert_int_equal(WEXITSTATUS(st), 0);
         }
         qn_err err;
-        qn_store *db = qn_store_open(dbpath, migs, NMIGS, &err);
+        qn_store *db = qn_store_open(url, migs, NMIGS, &err);
         assert_non_null(db);
         assert_int_equal(query_int(db, "SELECT COUNT(*) FROM schema_migrations"), 3);
         assert_int_equal(query_int(db, "SELECT COUNT(*) FROM counter"), 1);
@@ -480,7 +644,7 @@ static void *late_acquirer(void *p)
 static void test_pool_blocks(void **state)
 {
     qn_err err;
-    qn_store *db = qn_store_open_pool(dbpath, migs, NMIGS, 2, &err);
+    qn_store *db = qn_store_open_pool(url, migs, NMIGS, 2, &err);
     qn_conn *c1 = qn_store_acquire(db, &err);
     qn_conn *c2 = qn_store_acquire(db, &err);
     assert_non_null(c1);
@@ -498,19 +662,179 @@ static void test_pool_blocks(void **state)
     qn_store_close(db);
 }
 
+/* ---- PostgreSQL only ---- */
+
+/* Two stores with different schemas in one database: same table names, no
+ * clash, no shared rows. A URL without schema= uses the program's name. */
+static void test_pg_schemas(void **state)
+{
+    (void)state;
+    qn_err err;
+    char url2[1100];
+    snprintf(url2, sizeof url2, "%s_other", url);
+    qn_store *a = qn_store_open(url, migs, NMIGS, &err);
+    qn_store *b = qn_store_open(url2, migs, NMIGS, &err);
+    assert_non_null(a);
+    assert_non_null(b);
+    qn_conn *c = qn_store_acquire(a, &err);
+    assert_int_equal(qn_exec(c, "INSERT INTO kv (k, v) VALUES ('only-in-a', 1)", &err), 0);
+    qn_store_release(a, c);
+    assert_int_equal(query_int(a, "SELECT COUNT(*) FROM kv"), 1);
+    assert_int_equal(query_int(b, "SELECT COUNT(*) FROM kv"), 0);
+    assert_int_equal(query_int(b, "SELECT COUNT(*) FROM schema_migrations"), 3);
+    qn_store_close(a);
+    qn_store_close(b);
+
+    /* The default: this program, core_test_store. */
+    static const qn_migration none[] = {{1, "CREATE TABLE IF NOT EXISTS d (x INTEGER)"}};
+    qn_store *d = qn_store_open(pg_base, none, 1, &err);
+    if (!d)
+        fail_msg("%s", err.msg);
+    c = qn_store_acquire(d, &err);
+    qn_stmt *st = qn_prepare(c, "SELECT current_schema()", &err);
+    assert_int_equal(qn_step(st, &err), 1);
+    assert_string_equal(qn_col_text(st, 0), "core_test_store");
+    qn_store_release(d, c);
+    qn_store_close(d);
+}
+
+/* A statement failing inside a PostgreSQL transaction aborts it: the commit
+ * says so (QN_ABORTED) instead of pretending, and nothing is kept. */
+static void test_pg_aborted_tx(void **state)
+{
+    (void)state;
+    qn_err err;
+    qn_store *db = qn_store_open(url, migs, NMIGS, &err);
+    qn_conn *c = qn_store_acquire(db, &err);
+    assert_int_equal(qn_tx_begin(c, QN_TX_WRITE, &err), 0);
+    assert_int_equal(qn_exec(c, "INSERT INTO kv (k, v) VALUES ('x', 1)", &err), 0);
+    assert_int_equal(qn_exec(c, "INSERT INTO kv (k, v) VALUES ('x', 2)", &err), QN_ALREADY_EXISTS);
+    /* Every later statement fails, at prepare or at step. */
+    qn_stmt *st = qn_prepare(c, "SELECT COUNT(*) FROM kv", &err);
+    assert_int_equal(st ? qn_step(st, &err) : err.code, QN_ABORTED);
+    assert_int_equal(qn_tx_commit(c, &err), QN_ABORTED);
+    qn_store_release(db, c);
+    assert_int_equal(query_int(db, "SELECT COUNT(*) FROM kv"), 0);
+    qn_store_close(db);
+}
+
+static void server(const char *action)
+{
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "%s %s", getenv("QUERN_TEST_PG_CTL"), action);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* One query on c, counting the QN_UNAVAILABLE answers before it works. */
+static int query_after_outage(qn_conn *c, const char *sql, int64_t *v)
+{
+    qn_err err;
+    int unavailable = 0;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        qn_stmt *st = qn_prepare(c, sql, &err);
+        int rc = st ? qn_step(st, &err) : err.code;
+        if (rc == 1) {
+            *v = qn_col_int64(st, 0);
+            return unavailable;
+        }
+        if (rc != QN_UNAVAILABLE)
+            fail_msg("%s: %d %s", sql, rc, err.msg);
+        print_message("after the outage: %s\n", err.msg);
+        unavailable++;
+    }
+    fail_msg("%s: still unavailable after %d tries", sql, unavailable);
+    return -1;
+}
+
+/* The server restarts under a pooled connection: the next call reconnects
+ * (at worst after answering QN_UNAVAILABLE once), its prepared statements
+ * come back, committed data is kept. A transaction cut by the restart keeps
+ * failing until rolled back, then the connection works again. While the
+ * server is down, calls answer QN_UNAVAILABLE, and work once it is back. */
+static void test_pg_reconnect(void **state)
+{
+    (void)state;
+    qn_err err;
+    qn_store *db = qn_store_open_pool(url, migs, NMIGS, 1, &err);
+    assert_non_null(db);
+    qn_conn *c = qn_store_acquire(db, &err);
+    assert_int_equal(qn_exec(c, "INSERT INTO kv (k, v) VALUES ('before', 7)", &err), 0);
+    qn_stmt *st = qn_prepare(c, "SELECT v FROM kv WHERE k = 'before'", &err);
+    assert_int_equal(qn_step(st, &err), 1);
+    qn_store_release(db, c);
+
+    server("restart");
+    c = qn_store_acquire(db, &err);
+    int64_t v = 0;
+    assert_true(query_after_outage(c, "SELECT v FROM kv WHERE k = 'before'", &v) <= 1);
+    assert_int_equal(v, 7);
+    st = qn_prepare(c, "INSERT INTO kv (k, v) VALUES (?, ?)", &err);
+    qn_bind_text(st, 1, "after", -1);
+    qn_bind_int64(st, 2, 8);
+    assert_int_equal(qn_step(st, &err), 0);
+
+    /* Cut inside a transaction. */
+    assert_int_equal(qn_tx_begin(c, QN_TX_WRITE, &err), 0);
+    st = qn_prepare(c, "INSERT INTO kv (k, v) VALUES (?, ?)", &err);
+    qn_bind_text(st, 1, "cut", -1);
+    qn_bind_int64(st, 2, 9);
+    assert_int_equal(qn_step(st, &err), 0);
+    server("restart");
+    for (int i = 0; i < 2; i++) { /* the second time too: not on a new session */
+        st = qn_prepare(c, "UPDATE kv SET v = v + 1 WHERE k = 'before'", &err);
+        assert_int_equal(st ? qn_step(st, &err) : err.code, QN_UNAVAILABLE);
+    }
+    assert_true(qn_tx_commit(c, &err) < 0);
+    qn_store_release(db, c);
+    c = qn_store_acquire(db, &err);
+    assert_true(query_after_outage(c, "SELECT COUNT(*) FROM kv WHERE k = 'cut'", &v) <= 1);
+    assert_int_equal(v, 0);
+    qn_store_release(db, c);
+    assert_int_equal(query_int(db, "SELECT v FROM kv WHERE k = 'before'"), 7);
+    assert_int_equal(query_int(db, "SELECT v FROM kv WHERE k = 'after'"), 8);
+
+    /* Down for a while. */
+    server("stop");
+    c = qn_store_acquire(db, &err);
+    for (int i = 0; i < 2; i++) {
+        st = qn_prepare(c, "SELECT COUNT(*) FROM kv", &err);
+        assert_int_equal(st ? qn_step(st, &err) : err.code, QN_UNAVAILABLE);
+    }
+    assert_non_null(strstr(err.msg, "reconnect failed"));
+    assert_int_equal(qn_tx_begin(c, QN_TX_WRITE, &err), QN_UNAVAILABLE);
+    qn_store_release(db, c);
+    server("start");
+    c = qn_store_acquire(db, &err);
+    assert_true(query_after_outage(c, "SELECT COUNT(*) FROM kv", &v) <= 1);
+    assert_int_equal(v, 2);
+    qn_store_release(db, c);
+    qn_store_close(db);
+}
+
+#define CASE(f) cmocka_unit_test_setup(f, setup)
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup(test_migrations_once, setup),
-        cmocka_unit_test_setup(test_migration_failure, setup),
-        cmocka_unit_test_setup(test_bad_urls, setup),
-        cmocka_unit_test_setup(test_types_and_errors, setup),
-        cmocka_unit_test_setup(test_statement_cache, setup),
-        cmocka_unit_test_setup(test_release_rolls_back, setup),
-        cmocka_unit_test_setup(test_busy, setup),
-        cmocka_unit_test_setup(test_concurrent_writers, setup),
-        cmocka_unit_test_setup(test_two_processes_migrate, setup),
-        cmocka_unit_test_setup(test_pool_blocks, setup),
+    const struct CMUnitTest contract[] = {
+        CASE(test_migrations_once),  CASE(test_migration_failure), CASE(test_bad_urls),
+        CASE(test_types_and_errors), CASE(test_statement_cache),   CASE(test_release_rolls_back),
+        CASE(test_busy),             CASE(test_concurrent_writers), CASE(test_two_processes_migrate),
+        CASE(test_pool_blocks),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    const struct CMUnitTest pg_only[] = {
+        CASE(test_pg_schemas),
+        CASE(test_pg_aborted_tx),
+    };
+    const struct CMUnitTest pg_restart[] = {
+        CASE(test_pg_reconnect),
+    };
+    int failed = cmocka_run_group_tests_name("store on sqlite", contract, group_sqlite, NULL);
+    pg_base = getenv("QUERN_TEST_PG");
+    if (pg_base && *pg_base) {
+        failed += cmocka_run_group_tests_name("store on postgres", contract, group_pg, NULL);
+        failed += cmocka_run_group_tests_name("postgres only", pg_only, group_pg, NULL);
+        if (getenv("QUERN_TEST_PG_CTL"))
+            failed += cmocka_run_group_tests_name("postgres restarts", pg_restart, group_pg, NULL);
+    }
+    return failed;
 }
