@@ -115,7 +115,7 @@ static int valid_name(const char *s, int colon_ok)
     return 1;
 }
 
-static int valid_label_name(const char *s)
+__attribute__((unused)) static int valid_label_name(const char *s)
 {
     return valid_name(s, 0) && strncmp(s, "__", 2) != 0;
 }

@@ -721,7 +721,7 @@ int qml_jensenshannon(const double *p, const double *q, size_t k, double base, d
 {
     if (k == 0)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "jensenshannon: no cells");
-    double sp, sq;
+    double sp = 0, sq = 0;
     int rc;
     if ((rc = check_weights("jensenshannon", p, k, &sp, err)) < 0 ||
         (rc = check_weights("jensenshannon", q, k, &sq, err)) < 0)

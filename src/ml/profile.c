@@ -565,7 +565,7 @@ int qml_profile_from_json(const char *json, size_t len, qml_profile **out, qn_er
     int rc = 0;
     qml_profile *p = calloc(1, sizeof *p);
     json_t *cols, *fmt = json_object_get(root, "format");
-    uint64_t rs, mc;
+    uint64_t rs = 0, mc = 0;
     if (!p) {
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "profile: out of memory");
         goto out;

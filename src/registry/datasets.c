@@ -202,7 +202,7 @@ int reg_dataset_versions_list(qn_req *req, qn_res *res, void *ud)
     registry *r = ud;
     qn_err err;
     const char *name;
-    int64_t before = 0, id;
+    int64_t before = 0, id = 0;
     qn_page pg;
     char after[QN_PAGE_KEY_MAX];
     if (check_dataset_name(req, res, &name) < 0)
@@ -245,7 +245,7 @@ int reg_dataset_versions_get(qn_req *req, qn_res *res, void *ud)
     registry *r = ud;
     qn_err err;
     const char *name, *n = qn_req_param(req, "n");
-    int64_t version = 0, id;
+    int64_t version = 0, id = 0;
     if (check_dataset_name(req, res, &name) < 0)
         return 0;
     if (strcmp(n, "latest") != 0 && qn_uint_parse("version", n, MAX_VERSION, &version, &err) < 0)

@@ -28,6 +28,7 @@ static const char *const version_statuses[] = {"ready", "deprecated", "archived"
 /* Looks up a model's id; QN_NOT_FOUND naming the model when absent. */
 static int model_id(qn_conn *c, const char *name, int64_t *id, qn_err *err)
 {
+    *id = 0;
     qn_stmt *st = qn_prepare(c, "SELECT id FROM models WHERE name = ?", err);
     if (!st)
         return err->code;

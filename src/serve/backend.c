@@ -642,6 +642,7 @@ static int lookup(serve *s, const char *model, const char *version, serve_model 
 {
     serve_model *m = model ? serve_model_find(s, model) : NULL;
     *vo = NULL;
+    *mo = NULL;
     if (!m)
         return qn_err_set(err, QN_NOT_FOUND, "model '%s' is not served here", model ? model : "");
     *mo = m;

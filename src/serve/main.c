@@ -72,7 +72,7 @@ static int parse_rate(const char *what, const char *text, double *out, qn_err *e
 
 static int sample_rates(serve *s, qn_err *err)
 {
-    double def;
+    double def = 0;
     int rc = parse_rate("--log-sample-rate", s->cfg->log_sample_rate, &def, err);
     if (rc < 0)
         return rc;

@@ -479,8 +479,8 @@ static void follow_one(serve *s, serve_model *m)
         v = version_load(s, dir, want, &reason, &err);
     }
     if (!v) {
+        rm_tree(dir); /* never left for a restart to pick up; gone before the refusal shows */
         refuse(s, m, want, reason, &err);
-        rm_tree(dir); /* never left for a restart to pick up */
         goto out;
     }
     install(s, m, v, "registry");

@@ -116,7 +116,7 @@ static int check(const tcase *c, const char *what, double got, double want)
 static int run_case(const tcase *c)
 {
     qn_err err;
-    size_t na, nb;
+    size_t na = 0, nb = 0;
     const double *e = get(c, "expect", NULL);
     if (strcmp(c->kind, "ks") == 0) {
         const double *a = get(c, "a", &na), *b = get(c, "b", &nb);
@@ -162,7 +162,7 @@ static int run_case(const tcase *c)
         return bad;
     }
     if (strcmp(c->kind, "hist") == 0) {
-        size_t nx, ne, nexp;
+        size_t nx = 0, ne = 0, nexp = 0;
         const double *x = get(c, "x", &nx), *edges = get(c, "edges", &ne);
         get(c, "expect", &nexp);
         assert_int_equal(nexp, ne - 1);
@@ -219,7 +219,7 @@ static void test_against_scipy(void **state)
         bad += b != 0;
         ncases++;
         if (strcmp(c.kind, "ks") == 0) {
-            size_t na, nb;
+            size_t na = 0, nb = 0;
             qml_ks_result r;
             qn_err err;
             get(&c, "a", &na);
