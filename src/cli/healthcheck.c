@@ -4,9 +4,9 @@
  *
  * The image holds every service but has one HEALTHCHECK, and the runtime image
  * has no curl. So with no URL this finds the service it runs beside: the
- * container's PID 1 is the service (the entrypoint execs it), and its
- * --listen flag or QUERN_LISTEN (read from /proc/1) says where it listens;
- * our own QUERN_LISTEN is the last resort. A wildcard host (0.0.0.0, ::) is
+ * container's PID 1 is the service (the entrypoint execs it), and when PID 1
+ * is a quern-<service>, its --listen flag or QUERN_LISTEN (read from /proc/1)
+ * says where it listens; our own QUERN_LISTEN is the last resort. A wildcard host (0.0.0.0, ::) is
  * asked on loopback. GET /healthz (or /readyz with --ready), one try, 3 s:
  * exit 0 on 2xx, 1 otherwise, 2 when there is nothing to ask. Hidden from
  * `quern --help`: people use `quern status`.
@@ -37,11 +37,15 @@ static ssize_t read_proc(const char *path, char *buf, size_t cap)
     return (ssize_t)n;
 }
 
-/* The listen address PID 1 was given: its --listen flag, else its QUERN_LISTEN. */
+/* The listen address PID 1 was given, when PID 1 is a quern-<service>: its
+ * --listen flag, else its QUERN_LISTEN. -1 when PID 1 is anything else. */
 static int pid1_listen(char *out, size_t cap)
 {
     static char buf[65536];
     ssize_t n = read_proc("/proc/1/cmdline", buf, sizeof buf);
+    const char *slash = n > 0 ? strrchr(buf, '/') : NULL;
+    if (n <= 0 || strncmp(slash ? slash + 1 : buf, "quern-", 6) != 0)
+        return -1;
     for (ssize_t i = 0; n > 0 && i < n; i += (ssize_t)strlen(buf + i) + 1) {
         const char *arg = buf + i;
         if (strncmp(arg, "--listen=", 9) == 0) {
