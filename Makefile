@@ -8,6 +8,7 @@
 #   make demo           the flagship use case on embedded defaults
 #   make bench          benchmarks, each beside its baseline
 #   make fuzz           libFuzzer on every target for FUZZ_SECONDS each
+#   make image          the container image (podman or docker; see docs/operations.md)
 
 BUILD        ?= build
 ASAN_BUILD   ?= build-asan
@@ -16,7 +17,7 @@ JOBS         ?= $(shell nproc)
 FUZZ_SECONDS ?= 30
 DEPS_STAMP   := .deps-stamp
 
-.PHONY: all deps build test test-unit test-sanitize demo bench fuzz clean
+.PHONY: all deps build test test-unit test-sanitize demo bench fuzz image clean
 
 all: build
 
@@ -58,6 +59,12 @@ $(FUZZ_BUILD)/CMakeCache.txt: $(DEPS_STAMP)
 fuzz: $(FUZZ_BUILD)/CMakeCache.txt
 	cmake --build $(FUZZ_BUILD) -j $(JOBS)
 	bash tests/fuzz/run.sh $(FUZZ_BUILD)/fuzz $(FUZZ_SECONDS)
+
+# Container tooling comes from its own script, so `make deps`/`make test`
+# never pull it in.
+image:
+	bash scripts/deps-image.sh
+	JOBS=$(JOBS) bash scripts/image.sh
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(DEPS_STAMP)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Quern needs, skipping those already present.
 # Idempotent: run it as often as you like. `make deps` calls it.
+# `deps.sh --build` installs only what compiling the binaries needs (the build
+# stage of deploy/container/Containerfile), not the test tools.
 #
 # Each package and why it is here (see also docs/dependencies.md):
 set -euo pipefail
@@ -27,8 +29,10 @@ PKGS=(
   libgrpc-dev          # gRPC core C library: the Open Inference Protocol over gRPC
   libprotobuf-c-dev    # protobuf-c runtime: (un)packs the messages of proto/*.proto
   protobuf-c-compiler  # protoc-c: generates the C message code at build time
+  libcmocka-dev        # unit-test framework (CMake configure requires it)
+)
+TEST_PKGS=(
   # tests
-  libcmocka-dev        # unit-test framework
   prometheus           # promtool: checks /metrics output
   python3-numpy        # reference checks: .npy round trip, ALS reference step
   python3-scipy        # reference checks: drift statistics vs scipy.stats
@@ -46,7 +50,16 @@ PKGS=(
   xz-utils             # the shipped data sets are xz-compressed (data/)
   clang                # fuzz targets (libFuzzer) and sanitizer builds
   libclang-rt-14-dev   # clang's sanitizer and libFuzzer runtimes
+  python3-yaml         # tests/deploy: parses deploy/compose.yaml and the rendered k8s manifests
 )
+# tests/deploy renders deploy/k8s with `kubectl kustomize`. Debian's kubectl
+# (kubernetes-client) only when no kubectl is on PATH: another package's
+# kubectl would clash with it over /usr/bin/kubectl.
+command -v kubectl >/dev/null 2>&1 || TEST_PKGS+=(kubernetes-client)
+
+if [ "${1:-}" != --build ]; then
+  PKGS+=("${TEST_PKGS[@]}")
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -89,4 +89,7 @@ int cmd_recommend(int argc, char **argv);
 int cmd_drift(int argc, char **argv);
 int cmd_alerts(int argc, char **argv);
 
+/* healthcheck.c: GET /healthz of the service beside it (container health check). */
+int cmd_healthcheck(int argc, char **argv);
+
 #endif

@@ -38,6 +38,8 @@ static const command commands[] = {
     {"recommend", cmd_recommend, "top-k items for a user from a served recommender"},
     {"drift", cmd_drift, "the latest drift report of a model"},
     {"alerts", cmd_alerts, "firing and resolved alerts"},
+    /* Hidden (no summary): the container health check, see healthcheck.c. */
+    {"healthcheck", cmd_healthcheck, NULL},
 };
 
 static void help(FILE *out)
@@ -46,7 +48,8 @@ static void help(FILE *out)
                  "Quern: from raw events to a model in production, and back when the world changes.\n\n"
                  "commands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+        if (commands[i].summary)
+            fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fprintf(out, "\nglobal options:\n"
                  "  --json       machine-readable output\n"
                  "  --version    print the version\n\n"
