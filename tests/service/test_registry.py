@@ -368,7 +368,13 @@ class RegistryTest(ServiceTest):
         self.assertEqual(st, 200)
         st, _, body = self.reg.request("GET", "/readyz")
         self.assertEqual(st, 200)
-        st, h, text = self.reg.request("GET", "/metrics", raw=True)
+        # A request is counted once the server reports it complete, a moment
+        # after the client read it: scrape until the 404 above shows.
+        for _ in range(100):
+            st, h, text = self.reg.request("GET", "/metrics", raw=True)
+            if b'code="404"' in text:
+                break
+            time.sleep(0.02)
         self.assertEqual(st, 200)
         self.assertTrue(h["content-type"].startswith("text/plain"))
         text = text.decode()
