@@ -7,7 +7,6 @@
  * deadline.
  */
 #include "core/client.h"
-#include "core/otel.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -17,6 +16,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "core/otel.h"
 
 #define RETRY_BASE_MS 50
 #define RETRY_CAP_MS 2000
