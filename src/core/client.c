@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/otel.h"
+
 #define RETRY_BASE_MS 50
 #define RETRY_CAP_MS 2000
 
@@ -196,7 +198,7 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int do_call(qn_client *c, call *k, qn_err *err)
+static int do_call_untraced(qn_client *c, call *k, qn_err *err)
 {
     int safe = k->idem_key || strcmp(k->method, "GET") == 0 || strcmp(k->method, "HEAD") == 0 ||
                strcmp(k->method, "PUT") == 0 || strcmp(k->method, "DELETE") == 0;
@@ -317,6 +319,32 @@ static int do_call(qn_client *c, call *k, qn_err *err)
             return rc;
         usleep((useconds_t)(sleep_ms * 1000));
     }
+}
+
+/* The call as a CLIENT span, child of the caller's context: the span's
+ * traceparent is what the upstream sees, so its SERVER span hangs below it. */
+static int do_call(qn_client *c, call *k, qn_err *err)
+{
+    if (!k->trace || !qn_otel_enabled())
+        return do_call_untraced(c, k, err);
+    qn_span s;
+    char url[512];
+    qn_span_start(&s, k->method, QN_SPAN_CLIENT, k->trace);
+    snprintf(url, sizeof url, "%s%s", c->base, k->path);
+    qn_span_attr_str(&s, "http.method", k->method);
+    qn_span_attr_str(&s, "http.url", url);
+    const qn_trace_ctx *caller = k->trace;
+    k->trace = &s.ctx;
+    int rc = do_call_untraced(c, k, err);
+    k->trace = caller;
+    if (rc >= 0) {
+        qn_span_attr_int(&s, "http.status_code", rc);
+    } else {
+        qn_span_attr_str(&s, "error.type", qn_code_name(rc));
+        qn_span_error(&s, err->msg);
+    }
+    qn_span_end(&s);
+    return rc;
 }
 
 static int json_call(qn_client *c, const char *method, const char *path, const json_t *body,

@@ -66,6 +66,7 @@ typedef struct qn_common_cfg {
     int auth_reads;      /* QUERN_AUTH_READS=1: reads need the token too */
     long long threads;   /* HTTP worker threads */
     long long drain_ms;  /* SIGTERM drain deadline */
+    char *otlp_endpoint; /* OTLP/HTTP collector base URL; NULL or "": tracing off */
 } qn_common_cfg;
 
 #define QN_CFG_COMMON(type, listen_def, service)                                                \
@@ -89,7 +90,10 @@ typedef struct qn_common_cfg {
     {"threads", "QUERN_THREADS", QN_CFG_INT, "4", 1, 256,                                       \
      "HTTP worker threads", offsetof(type, common.threads)},                                    \
     {"drain-timeout", "QUERN_DRAIN_TIMEOUT", QN_CFG_DURATION, "10s", 0, 3600000,                \
-     "How long SIGTERM waits for in-flight requests", offsetof(type, common.drain_ms)}
+     "How long SIGTERM waits for in-flight requests", offsetof(type, common.drain_ms)},         \
+    {"otlp-endpoint", "QUERN_OTLP_ENDPOINT", QN_CFG_STRING, NULL, 0, 0,                         \
+     "OpenTelemetry collector (OTLP/HTTP) base URL, e.g. http://127.0.0.1:4318 (unset: no tracing)", \
+     offsetof(type, common.otlp_endpoint)}
 
 /* Fills cfg from argv, then the environment, then defaults, checking types and
  * bounds. Returns 0; QN_CONFIG_EXIT after printing --help or --version to

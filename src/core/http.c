@@ -36,6 +36,7 @@
 #include "core/buf.h"
 #include "core/http_route.h"
 #include "core/log.h"
+#include "core/otel.h"
 
 #define DEFAULT_JSON_DEPTH 32
 #define CONNECTION_LIMIT 1024
@@ -81,7 +82,7 @@ struct qn_req {
     uint64_t received, discarded;
     qn_buf body;
     json_t *json;
-    qn_trace_ctx trace;
+    qn_span span;             /* SERVER span; span.ctx is the request's trace context */
     char trace_id[QN_TRACE_ID_HEX + 1];
     char request_id[QN_UUID_LEN + 29];
     void *state;
@@ -386,7 +387,7 @@ const char *qn_req_method(const qn_req *req) { return req->method; }
 const char *qn_req_path(const qn_req *req) { return req->raw_path; }
 const char *qn_req_route(const qn_req *req) { return req->route_label; }
 qn_arena *qn_req_arena(qn_req *req) { return req->arena; }
-const qn_trace_ctx *qn_req_trace(const qn_req *req) { return &req->trace; }
+const qn_trace_ctx *qn_req_trace(const qn_req *req) { return &req->span.ctx; }
 const char *qn_req_trace_id(const qn_req *req) { return req->trace_id; }
 void *qn_req_state(const qn_req *req) { return req->state; }
 
@@ -569,6 +570,34 @@ static void req_free(qn_req *req)
     free(req);
 }
 
+static int is_builtin(const qn_route *r)
+{
+    return r && (r->handler == builtin_healthz || r->handler == builtin_readyz ||
+                 r->handler == builtin_metrics);
+}
+
+/* Probes and scrapes would drown the traces that matter: they get none. */
+static void end_span(qn_req *req, int status)
+{
+    qn_span *s = &req->span;
+    if (!s->rec)
+        return;
+    if (is_builtin(req->route)) {
+        qn_span_discard(s);
+        return;
+    }
+    char name[160];
+    snprintf(name, sizeof name, "%s %s", req->method, req->route_label);
+    qn_span_set_name(s, name);
+    qn_span_attr_str(s, "http.method", req->method);
+    qn_span_attr_str(s, "http.route", req->route_label);
+    qn_span_attr_int(s, "http.status_code", status);
+    qn_span_attr_str(s, "http.request_id", req->request_id);
+    if (status >= 500)
+        qn_span_error(s, "server error");
+    qn_span_end(s);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -593,6 +622,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                      req->raw_path, "route", req->route_label, "status", status, "duration_ms",
                      dt * 1e3, "bytes_in", (json_int_t)req->received, "request_id",
                      req->request_id, "completed", toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+        end_span(req, status);
     }
     req_free(req);
     if (h->m_inflight)
@@ -607,10 +637,10 @@ static void set_ids(qn_req *req)
 {
     const char *tp = qn_req_header(req, "traceparent");
     qn_trace_ctx in;
-    if (!tp || qn_traceparent_parse(tp, &in) < 0)
-        qn_trace_new(&in);
-    qn_trace_child(&in, &req->trace);
-    qn_trace_id_hex(&req->trace, req->trace_id);
+    int have = tp && qn_traceparent_parse(tp, &in) == 0;
+    /* Named once the route is known (at the end). */
+    qn_span_start(&req->span, "HTTP", QN_SPAN_SERVER, have ? &in : NULL);
+    qn_trace_id_hex(&req->span.ctx, req->trace_id);
 
     /* A caller's request id is echoed when it is short and plain. */
     const char *rid = qn_req_header(req, "X-Request-Id");

@@ -18,12 +18,15 @@
 #include <sys/types.h>
 
 #include "core/log.h"
+#include "core/otel.h"
 
 #ifndef QUERN_VERSION
 #define QUERN_VERSION "unknown"
 #endif
 
 #define TOKEN_MAX 4096
+/* How long a stopping service spends sending its last spans. */
+#define OTEL_FLUSH_MS 3000
 
 int qn_mkdir_p(const char *dir, qn_err *err)
 {
@@ -188,6 +191,16 @@ int qn_service_main(const qn_service_def *def, int argc, char **argv)
                                   vlabel),
                  vval, 1);
 
+    if (common->otlp_endpoint && *common->otlp_endpoint) {
+        qn_otel_opts oo = {.endpoint = common->otlp_endpoint, .service = prog, .metrics = metrics};
+        if (qn_otel_start(&oo, &err) < 0) {
+            fprintf(stderr, "%s: --otlp-endpoint: %s\n", prog, err.msg);
+            exit_code = 2;
+            goto out;
+        }
+        qn_log_info(NULL, "tracing on", "{s:s}", "otlp_endpoint", common->otlp_endpoint);
+    }
+
     ctx.name = def->name;
     ctx.cfg = cfg;
     ctx.common = common;
@@ -239,6 +252,14 @@ int qn_service_main(const qn_service_def *def, int argc, char **argv)
     started = 0;
     qn_http_stop(http);
     http = NULL;
+    if (qn_otel_enabled()) {
+        qn_otel_shutdown(OTEL_FLUSH_MS);
+        qn_otel_stats st;
+        qn_otel_stats_get(&st);
+        qn_log_info(NULL, "spans flushed", "{s:I, s:I, s:I}", "exported", (json_int_t)st.exported,
+                    "dropped_queue", (json_int_t)st.dropped_queue, "dropped_export",
+                    (json_int_t)st.dropped_export);
+    }
     qn_log_info(NULL, "stopped", NULL);
     exit_code = 0;
 out:
@@ -246,6 +267,7 @@ out:
         qn_http_stop(http);
     if (started && def->stop)
         def->stop(&ctx);
+    qn_otel_shutdown(0); /* before the metrics it counts into */
     qn_metrics_free(metrics);
     free(token);
     qn_config_free(def->opts, def->nopts, cfg);

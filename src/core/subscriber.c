@@ -2,6 +2,7 @@
 #include "core/subscriber.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 
 #include "core/json.h"
 #include "core/log.h"
+#include "core/otel.h"
 
 #define RECEIVE_MS 200
 
@@ -57,6 +59,40 @@ static int with_conn(qn_store *db, int (*f)(qn_conn *, const char *, qn_err *), 
     return rc;
 }
 
+/* The message being handled on this thread and its CONSUMER span's context. */
+static _Thread_local const qn_msg *current_msg;
+static _Thread_local qn_trace_ctx current_ctx;
+
+const qn_trace_ctx *qn_subscriber_trace(const qn_msg *msg)
+{
+    return msg && msg == current_msg ? &current_ctx : NULL;
+}
+
+/* Runs the handler inside a CONSUMER span whose parent is the event's
+ * traceparent (a new trace when it has none). */
+static int handle(qn_subscriber *s, qn_msg *msg, const char *tp, qn_err *err)
+{
+    qn_trace_ctx parent;
+    int have = tp && qn_traceparent_parse(tp, &parent) == 0;
+    char name[300];
+    snprintf(name, sizeof name, "process %s", msg->topic);
+    qn_span span;
+    qn_span_start(&span, name, QN_SPAN_CONSUMER, have ? &parent : NULL);
+    qn_span_attr_str(&span, "messaging.system", "quern");
+    qn_span_attr_str(&span, "messaging.destination.name", msg->topic);
+    qn_span_attr_str(&span, "messaging.message.id", msg->id);
+    qn_span_attr_str(&span, "messaging.consumer.group.name", s->group);
+    qn_span_attr_int(&span, "messaging.delivery.attempt", msg->attempt);
+    current_msg = msg;
+    current_ctx = span.ctx;
+    int rc = s->fn(msg, s->ud, err);
+    current_msg = NULL;
+    if (rc < 0)
+        qn_span_error(&span, err->msg);
+    qn_span_end(&span);
+    return rc;
+}
+
 static void *run(void *arg)
 {
     qn_subscriber *s = arg;
@@ -83,7 +119,7 @@ static void *run(void *arg)
             qn_msg_free(msg);
             continue;
         }
-        rc = s->fn(msg, s->ud, &err);
+        rc = handle(s, msg, tp, &err);
         if (rc < 0) {
             qn_log_warn(tid[0] ? tid : NULL, "event handler failed; it will be redelivered",
                         "{s:s, s:s, s:i, s:s}", "id", msg->id, "type", msg->topic, "attempt",

@@ -11,6 +11,7 @@
  *
  *     static int on_promoted(const qn_msg *msg, void *ud, qn_err *err)
  *     {
+ *         const qn_trace_ctx *tc = qn_subscriber_trace(msg);  // this delivery's span
  *         ... return 0 to ack, a negative code to have it redelivered
  *     }
  *     static const char *const topics[] = {"quern.model.promoted", NULL};
@@ -28,6 +29,7 @@
 #include "core/bus/bus.h"
 #include "core/err.h"
 #include "core/store/store.h"
+#include "core/trace.h"
 
 #define QN_INBOX_SCHEMA "CREATE TABLE inbox (id TEXT PRIMARY KEY, received_at INTEGER NOT NULL);"
 
@@ -41,6 +43,12 @@ qn_subscriber *qn_subscriber_start(qn_bus *bus, const char *group, const char *c
                                    qn_store *db, qn_event_handler fn, void *ud, qn_err *err);
 /* Stops the thread (after the message in hand) and closes the consumer. */
 void qn_subscriber_stop(qn_subscriber *s);
+
+/* The trace context of the message being handled: the CONSUMER span the
+ * loop runs the handler in (a child of the event's traceparent, or a new
+ * trace). Pass it to the calls and events the handler makes, so the trace
+ * goes on. NULL when msg is not the message in hand on this thread. */
+const qn_trace_ctx *qn_subscriber_trace(const qn_msg *msg);
 
 /* 1 when event id was handled already, 0 if not, negative on error. */
 int qn_inbox_seen(qn_conn *c, const char *id, qn_err *err);

@@ -8,7 +8,7 @@
  *     char tp[QN_TRACEPARENT_LEN + 1];
  *     qn_traceparent_format(&span, tp);             // "00-<32 hex>-<16 hex>-01"
  *
- * Span export (OTLP) comes later; this carries context. Thread-safe.
+ * This carries context; spans and their export are core/otel.h. Thread-safe.
  */
 #ifndef QN_TRACE_H
 #define QN_TRACE_H

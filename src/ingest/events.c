@@ -104,7 +104,9 @@ static int bump_seq(qn_conn *c, int64_t id, int64_t last, qn_err *err)
 static int append_event(qn_req *req, qn_conn *c, const char *dataset, const char *batch_id,
                         int64_t rows, int64_t first, int64_t last, qn_err *err)
 {
-    const char *tp = qn_req_header(req, "traceparent");
+    /* The request's own span: consumers continue the caller's trace below it. */
+    char tp[QN_TRACEPARENT_LEN + 1];
+    qn_traceparent_format(qn_req_trace(req), tp);
     json_t *data = json_pack("{s:s, s:s, s:I, s:I, s:I}", "dataset", dataset, "batch_id", batch_id,
                              "rows", (json_int_t)rows, "first_seq", (json_int_t)first, "last_seq",
                              (json_int_t)last);

@@ -183,7 +183,9 @@ int ing_feedback_post(qn_req *req, qn_res *res, void *ud)
             goto fail;
         goto done;
     }
-    const char *tp = qn_req_header(req, "traceparent");
+    /* The request's own span: consumers continue the caller's trace below it. */
+    char tp[QN_TRACEPARENT_LEN + 1];
+    qn_traceparent_format(qn_req_trace(req), tp);
     int64_t now = qn_now_ms();
     for (size_t i = 0; i < n; i++) {
         json_t *ev = qn_event_new("quern.feedback.received", "quern-ingest", json_incref(recs[i]), tp);

@@ -85,6 +85,8 @@ static const qn_migration migrations[] = {
      "CREATE INDEX runs_pipeline ON runs (pipeline, seq);"
      "CREATE INDEX runs_state ON runs (state, seq);"
      QN_OUTBOX_SCHEMA QN_INBOX_SCHEMA},
+    /* The trace a run continues (the request or event that queued it). */
+    {2, "ALTER TABLE runs ADD COLUMN traceparent TEXT"},
 };
 
 #define KB 1024u

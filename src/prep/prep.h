@@ -92,9 +92,10 @@ int prep_runs_list(qn_req *req, qn_res *res, void *ud);
 int prep_runs_get(qn_req *req, qn_res *res, void *ud);
 /* Queues a run of pipeline inside the caller's write transaction on c.
  * coalesce: when a run of the pipeline is already queued, add none and
- * return 0 with id_out empty. id_out (PREP_RUN_ID_HEX + 1) receives the id. */
+ * return 0 with id_out empty. id_out (PREP_RUN_ID_HEX + 1) receives the id.
+ * trace (may be NULL) is what caused the run: its span is the run's parent. */
 int prep_enqueue(qn_conn *c, const char *pipeline, const char *trigger, int coalesce,
-                 char *id_out, qn_err *err);
+                 const qn_trace_ctx *trace, char *id_out, qn_err *err);
 /* Wakes the workers after a commit that queued runs. */
 void prep_kick(prep *p);
 /* Requeues runs left "running" by a crash; starts the workers. */

@@ -19,6 +19,7 @@
 
 #include "core/json.h"
 #include "core/log.h"
+#include "core/otel.h"
 #include "core/trace.h"
 #include "core/validate.h"
 #include "prep/prep.h"
@@ -67,8 +68,8 @@ static json_t *run_json(qn_stmt *st)
 
 /* ---- the queue ----------------------------------------------------------- */
 
-int prep_enqueue(qn_conn *c, const char *pipeline, const char *trigger, int coalesce, char *id_out,
-                 qn_err *err)
+int prep_enqueue(qn_conn *c, const char *pipeline, const char *trigger, int coalesce,
+                 const qn_trace_ctx *trace, char *id_out, qn_err *err)
 {
     id_out[0] = '\0';
     qn_stmt *st;
@@ -88,13 +89,21 @@ int prep_enqueue(qn_conn *c, const char *pipeline, const char *trigger, int coal
     qn_random_bytes(raw, sizeof raw);
     for (size_t i = 0; i < sizeof raw; i++)
         snprintf(id_out + 2 * i, 3, "%02x", raw[i]);
-    if (!(st = qn_prepare(c, "INSERT INTO runs (id, pipeline, state, trigger, created_at) VALUES (?, ?, 'queued', ?, ?)",
+    if (!(st = qn_prepare(c, "INSERT INTO runs (id, pipeline, state, trigger, created_at, traceparent) "
+                             "VALUES (?, ?, 'queued', ?, ?, ?)",
                           err)))
         return err->code;
     qn_bind_text(st, 1, id_out, -1);
     qn_bind_text(st, 2, pipeline, -1);
     qn_bind_text(st, 3, trigger, -1);
     qn_bind_int64(st, 4, qn_now_ms());
+    char tp[QN_TRACEPARENT_LEN + 1];
+    if (trace) {
+        qn_traceparent_format(trace, tp);
+        qn_bind_text(st, 5, tp, -1);
+    } else {
+        qn_bind_null(st, 5);
+    }
     return qn_step(st, err) < 0 ? err->code : 0;
 }
 
@@ -147,7 +156,7 @@ int prep_runs_create(qn_req *req, qn_res *res, void *ud)
         qn_store_release(p->db, c);
         return qn_res_error(res, QN_NOT_FOUND, "pipeline \"%s\" does not exist", name);
     }
-    if (prep_enqueue(c, name, "manual", 0, id, &err) < 0 || qn_tx_commit(c, &err) < 0)
+    if (prep_enqueue(c, name, "manual", 0, qn_req_trace(req), id, &err) < 0 || qn_tx_commit(c, &err) < 0)
         goto fail;
     qn_store_release(p->db, c);
     prep_kick(p);
@@ -268,6 +277,7 @@ typedef struct job {
     int64_t prev_last_seq;
     int64_t prev_version;
     int attempts;
+    char traceparent[QN_TRACEPARENT_LEN + 1]; /* "" when the run has no parent trace */
 } job;
 
 /* Claims the oldest runnable queued run: 1 and *j, 0 when there is none. */
@@ -280,7 +290,7 @@ static int claim(prep *p, job *j, qn_err *err)
     if ((rc = qn_tx_begin(c, QN_TX_WRITE, err)) < 0)
         goto out;
     qn_stmt *st = qn_prepare(c,
-                             "SELECT r.seq, r.id, r.pipeline, r.attempts, p.spec, p.spec_digest FROM runs r "
+                             "SELECT r.seq, r.id, r.pipeline, r.attempts, p.spec, p.spec_digest, r.traceparent FROM runs r "
                              "JOIN pipelines p ON p.name = r.pipeline WHERE r.state = 'queued' AND NOT EXISTS "
                              "(SELECT 1 FROM runs x WHERE x.pipeline = r.pipeline AND x.state = 'running') "
                              "ORDER BY r.seq LIMIT 1",
@@ -297,6 +307,7 @@ static int claim(prep *p, job *j, qn_err *err)
     j->attempts = (int)qn_col_int64(st, 3) + 1;
     j->spec = json_loads(qn_col_text(st, 4), 0, NULL);
     snprintf(j->digest, sizeof j->digest, "%s", qn_col_text(st, 5));
+    snprintf(j->traceparent, sizeof j->traceparent, "%s", qn_col_is_null(st, 6) ? "" : qn_col_text(st, 6));
     qn_step(st, err);
     if (!j->spec) {
         rc = qn_err_set(err, QN_INTERNAL, "stored spec of pipeline %s does not parse", j->pipeline);
@@ -435,9 +446,18 @@ done:
 
 static void run_one(prep *p, job *j)
 {
-    qn_trace_ctx trace;
+    /* The run is a span of the trace that queued it (or a new trace). */
+    qn_trace_ctx parent;
+    int have = j->traceparent[0] && qn_traceparent_parse(j->traceparent, &parent) == 0;
+    char name[QN_NAME_MAX + 16];
+    snprintf(name, sizeof name, "prep run %s", j->pipeline);
+    qn_span span;
+    qn_span_start(&span, name, QN_SPAN_INTERNAL, have ? &parent : NULL);
+    qn_span_attr_str(&span, "quern.pipeline", j->pipeline);
+    qn_span_attr_str(&span, "quern.run_id", j->id);
+    qn_span_attr_int(&span, "quern.attempt", j->attempts);
+    const qn_trace_ctx trace = span.ctx;
     char tp[QN_TRACEPARENT_LEN + 1], tid[QN_TRACE_ID_HEX + 1];
-    qn_trace_new(&trace);
     qn_traceparent_format(&trace, tp);
     qn_trace_id_hex(&trace, tid);
     struct timespec t0, t1;
@@ -488,6 +508,15 @@ static void run_one(prep *p, job *j)
                         "dataset_version", (json_int_t)r.version, "source_last_seq", (json_int_t)r.last_seq,
                         "rows_in", (json_int_t)r.rows_in, "rows_out", (json_int_t)r.rows_out, "seconds", secs);
     }
+    if (rc == 0) {
+        qn_span_attr_int(&span, "quern.rows_in", r.rows_in);
+        qn_span_attr_int(&span, "quern.rows_out", r.rows_out);
+        qn_span_attr_int(&span, "quern.dataset_version", r.version);
+        qn_span_attr_bool(&span, "quern.skipped", r.skipped);
+    } else if (rc != QN_CANCELLED) {
+        qn_span_error(&span, rerr.msg);
+    }
+    qn_span_end(&span);
     json_decref(r.report);
 }
 

@@ -69,7 +69,7 @@ int prep_on_ingested(const qn_msg *msg, void *ud, qn_err *err)
         int64_t total = pending[i] + n;
         char id[PREP_RUN_ID_HEX + 1] = "";
         if (total >= every[i]) {
-            if ((rc = prep_enqueue(c, names[i], "rows", 1, id, err)) < 0)
+            if ((rc = prep_enqueue(c, names[i], "rows", 1, qn_subscriber_trace(msg), id, err)) < 0)
                 goto out;
             total = 0;
             queued += id[0] != '\0';
@@ -127,7 +127,7 @@ static int schedule_tick(prep *p, qn_err *err)
         goto out;
     for (size_t i = 0; i < k; i++) {
         char id[PREP_RUN_ID_HEX + 1];
-        if ((rc = prep_enqueue(c, names[i], "schedule", 1, id, err)) < 0)
+        if ((rc = prep_enqueue(c, names[i], "schedule", 1, NULL, id, err)) < 0)
             goto out;
         queued += id[0] != '\0';
         if (!(st = qn_prepare(c, "UPDATE pipelines SET next_run_at = ? WHERE name = ?", err))) {

@@ -44,6 +44,7 @@
 
 #include "core/arena.h"
 #include "core/log.h"
+#include "core/otel.h"
 #include "core/trace.h"
 #include "grpc_service.pb-c.h"
 #include "health.pb-c.h"
@@ -115,6 +116,8 @@ typedef struct rpc {
     grpc_slice status_details;
     int has_status_details;
     int cancelled;
+    /* Tracing on: the SERVER span's traceparent, which the backend sees. */
+    char span_tp[QN_TRACEPARENT_LEN + 1];
 } rpc;
 
 /* What a method handler produces besides the reply. */
@@ -939,7 +942,8 @@ static int do_model_infer(serve_grpc *g, rpc *r, const uint8_t *in, size_t inlen
 {
     char tp[TRACEPARENT_MAX];
     serve__grpc_infer_out o;
-    int rc = serve__grpc_infer(g->be, in, inlen, find_traceparent(&r->md, tp), &o, err);
+    int rc = serve__grpc_infer(g->be, in, inlen, r->span_tp[0] ? r->span_tp : find_traceparent(&r->md, tp), &o,
+                               err);
     if (rc == 0) {
         /* The slice takes the packed reply without a copy and frees it. */
         grpc_slice s = grpc_slice_new(o.reply, o.reply_len, free);
@@ -1131,6 +1135,18 @@ static void answer(serve_grpc *g, rpc *r)
     qn_err_clear(&err);
     call_out out = {0};
     int rc;
+
+    /* A SERVER span continuing the caller's trace from the metadata. */
+    char in_tp[TRACEPARENT_MAX];
+    qn_trace_ctx parent;
+    const char *tps = find_traceparent(&r->md, in_tp);
+    int have_parent = tps && qn_traceparent_parse(tps, &parent) == 0;
+    const char *full = r->method == M_GENERIC ? "unimplemented" : methods[r->method].path;
+    qn_span span;
+    qn_span_start(&span, full[0] == '/' ? full + 1 : full, QN_SPAN_SERVER, have_parent ? &parent : NULL);
+    r->span_tp[0] = '\0';
+    if (span.rec)
+        qn_traceparent_format(&span.ctx, r->span_tp);
     if (r->method == M_GENERIC) {
         char path[256];
         size_t n = GRPC_SLICE_LENGTH(r->details.method);
@@ -1160,18 +1176,29 @@ static void answer(serve_grpc *g, rpc *r)
     int code = rc < 0 ? -rc : 0;
     if (code < 0 || code > 16)
         code = GRPC_STATUS_UNKNOWN;
+    if (r->method == M_HEALTH_CHECK) {
+        qn_span_discard(&span); /* probes would drown the traces that matter */
+    } else {
+        qn_span_attr_str(&span, "rpc.system", "grpc");
+        qn_span_attr_str(&span, "rpc.method", method_label(r->method));
+        qn_span_attr_int(&span, "rpc.grpc.status_code", code);
+        if (out.model)
+            qn_span_attr_str(&span, "quern.model", out.model);
+        if (out.version)
+            qn_span_attr_str(&span, "quern.version", out.version);
+        if (rc < 0 && (rc == QN_INTERNAL || rc == QN_UNKNOWN || rc == QN_DATA_LOSS || rc == QN_UNAVAILABLE ||
+                       rc == QN_DEADLINE_EXCEEDED))
+            qn_span_error(&span, err.msg);
+        qn_span_end(&span);
+    }
     if (rc < 0 && out.reply) {
         grpc_byte_buffer_destroy(out.reply);
         out.reply = NULL;
     }
     if (rc < 0 && (rc == QN_INTERNAL || rc == QN_UNKNOWN || rc == QN_DATA_LOSS)) {
-        char tp[TRACEPARENT_MAX], tid[QN_TRACE_ID_HEX + 1];
-        qn_trace_ctx ctx;
-        const char *tps = find_traceparent(&r->md, tp);
-        int have = tps && qn_traceparent_parse(tps, &ctx) == 0;
-        if (have)
-            qn_trace_id_hex(&ctx, tid);
-        qn_log_error(have ? tid : NULL, "grpc call failed", "{s:s, s:s}", "method",
+        char tid[QN_TRACE_ID_HEX + 1];
+        qn_trace_id_hex(&span.ctx, tid);
+        qn_log_error(tid, "grpc call failed", "{s:s, s:s}", "method",
                      method_label(r->method), "error", err.msg);
     }
 

@@ -32,6 +32,7 @@
 #include "core/json.h"
 #include "core/log.h"
 #include "core/service.h"
+#include "core/otel.h"
 #include "core/trace.h"
 #include "core/validate.h"
 #include "ml/bundle.h"
@@ -342,14 +343,15 @@ static void refuse(serve *s, serve_model *m, int64_t version, const char *reason
 /* Fetches version's manifest and files into a temporary directory and
  * renames it to dest. Transport failures are QN_UNAVAILABLE (retried at the
  * next poll); a bad manifest is QN_INVALID_ARGUMENT (refused). */
-static int download(serve *s, serve_model *m, int64_t version, const char *dest, qn_err *err)
+static int download(serve *s, serve_model *m, int64_t version, const char *dest, const qn_trace_ctx *tc,
+                    qn_err *err)
 {
     char path[512], *tmp = NULL, *file = NULL, *text = NULL;
     json_t *doc = NULL;
     qml_manifest *man = NULL;
     int rc;
     snprintf(path, sizeof path, "/v1/models/%s/versions/%lld", m->name, (long long)version);
-    if ((rc = qn_client_json(s->registry, "GET", path, NULL, NULL, &doc, err)) < 0)
+    if ((rc = qn_client_json(s->registry, "GET", path, NULL, tc, &doc, err)) < 0)
         goto out;
     json_t *mj = json_object_get(doc, "manifest");
     text = mj ? json_dumps(mj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
@@ -379,7 +381,7 @@ static int download(serve *s, serve_model *m, int64_t version, const char *dest,
             goto out;
         }
         snprintf(path, sizeof path, "/v1/blobs/%s", digest);
-        if ((rc = qn_client_get_file(s->registry, path, file, NULL, err)) < 0) {
+        if ((rc = qn_client_get_file(s->registry, path, file, tc, err)) < 0) {
             qn_err_wrap(err, "file %s", name);
             goto out;
         }
@@ -427,14 +429,18 @@ static void load_from_cache(serve *s, serve_model *m)
     free(dir);
 }
 
-/* One round for one model: what does the alias say, and is that what we serve? */
-static void follow_one(serve *s, serve_model *m)
+/* One round for one model: what does the alias say, and is that what we
+ * serve? tc: the promotion's trace being followed, or NULL (a poll). */
+static void follow_one_in(serve *s, serve_model *m, qn_span *span)
 {
+    const qn_trace_ctx *tc = span ? &span->ctx : NULL;
     char path[512];
     json_t *doc = NULL;
     qn_err err;
     snprintf(path, sizeof path, "/v1/models/%s/aliases/%s", m->name, m->alias);
-    if (qn_client_json(s->registry, "GET", path, NULL, NULL, &doc, &err) < 0) {
+    if (qn_client_json(s->registry, "GET", path, NULL, tc, &doc, &err) < 0) {
+        if (span)
+            qn_span_error(span, err.msg);
         qn_log(err.code == QN_NOT_FOUND ? QN_LOG_WARN : QN_LOG_DEBUG, NULL,
                "cannot read the alias from the registry", "{s:s, s:s, s:s}", "model", m->name,
                "alias", m->alias, "error", err.msg);
@@ -465,7 +471,7 @@ static void follow_one(serve *s, serve_model *m)
     if (access(mpath, F_OK) == 0)
         v = version_load(s, dir, want, &reason, &err); /* cached earlier: digests rechecked */
     if (!v) {
-        int rc = download(s, m, want, dir, &err);
+        int rc = download(s, m, want, dir, tc, &err);
         if (rc < 0) {
             if (rc == QN_UNAVAILABLE || rc == QN_DEADLINE_EXCEEDED || rc == QN_INTERNAL ||
                 rc == QN_RESOURCE_EXHAUSTED)
@@ -484,9 +490,30 @@ static void follow_one(serve *s, serve_model *m)
         goto out;
     }
     install(s, m, v, "registry");
+    if (span)
+        qn_span_attr_int(span, "quern.version", want);
 out:
     free(dir);
     free(mpath);
+}
+
+static void follow_one(serve *s, serve_model *m)
+{
+    pthread_mutex_lock(&m->mu);
+    qn_trace_ctx parent = m->promo_trace;
+    int have = m->has_promo_trace;
+    m->has_promo_trace = 0;
+    pthread_mutex_unlock(&m->mu);
+    if (!have) {
+        follow_one_in(s, m, NULL);
+        return;
+    }
+    qn_span span;
+    qn_span_start(&span, "serve follow alias", QN_SPAN_INTERNAL, &parent);
+    qn_span_attr_str(&span, "quern.model", m->name);
+    qn_span_attr_str(&span, "quern.alias", m->alias);
+    follow_one_in(s, m, &span);
+    qn_span_end(&span);
 }
 
 static void *follower_main(void *arg)
@@ -545,6 +572,13 @@ static int on_promoted(const qn_msg *msg, void *ud, qn_err *err)
     if (m && alias && strcmp(alias, m->alias) == 0) {
         qn_log_info(NULL, "promotion received", "{s:s, s:s, s:O}", "model", model, "alias", alias,
                     "version", json_object_get(data, "version"));
+        const qn_trace_ctx *tc = qn_subscriber_trace(msg);
+        if (tc) {
+            pthread_mutex_lock(&m->mu);
+            m->promo_trace = *tc;
+            m->has_promo_trace = 1;
+            pthread_mutex_unlock(&m->mu);
+        }
         kick(s);
     }
     return 0;

@@ -33,6 +33,7 @@
 #include "core/http.h"
 #include "core/metrics.h"
 #include "core/subscriber.h"
+#include "core/trace.h"
 #include "ml/model.h"
 #include "serve/oip.h"
 
@@ -85,6 +86,10 @@ typedef struct serve_model {
     char *source;           /* "registry" or "cache" for the current version */
     double sample_rate;
     serve_batcher *batcher; /* NULL: batching off */
+    /* The trace of the last promotion received and not yet followed (under
+     * mu): the follower's next round for this model continues it. */
+    qn_trace_ctx promo_trace;
+    int has_promo_trace;
 } serve_model;
 
 typedef struct serve {

@@ -76,6 +76,8 @@ static const qn_migration migrations[] = {
      "CREATE INDEX jobs_runner ON jobs (runner, state, n);"
      "CREATE INDEX jobs_model ON jobs (model, n);"
      QN_OUTBOX_SCHEMA},
+    /* The trace a job continues: the span that accepted its request. */
+    {2, "ALTER TABLE jobs ADD COLUMN traceparent TEXT"},
 };
 
 /* The trainer's API. Job bodies are small JSON documents. */

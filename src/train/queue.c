@@ -22,6 +22,7 @@
 
 #include "core/json.h"
 #include "core/log.h"
+#include "core/otel.h"
 #include "train/train.h"
 
 #define RECEIVE_MS 300
@@ -106,7 +107,31 @@ out:
 
 /* Takes a quern.train.requested message: the job becomes ours (queued, with
  * this trainer as runner) unless it is known here already. 0 to ack. */
-static int accept_request(trainer *t, const qn_msg *msg, qn_err *err)
+static int accept_request(trainer *t, const qn_msg *msg, const char *tp, qn_err *err);
+
+/* accept_request inside a CONSUMER span (parent: the event's traceparent),
+ * whose context the job keeps: the run continues the requester's trace. */
+static int accept_traced(trainer *t, const qn_msg *msg, qn_err *err)
+{
+    const char *etp = json_string_value(json_object_get(msg->event, "traceparent"));
+    qn_trace_ctx parent;
+    int have = etp && qn_traceparent_parse(etp, &parent) == 0;
+    qn_span span;
+    qn_span_start(&span, "process quern.train.requested", QN_SPAN_CONSUMER, have ? &parent : NULL);
+    qn_span_attr_str(&span, "messaging.system", "quern");
+    qn_span_attr_str(&span, "messaging.destination.name", msg->topic);
+    qn_span_attr_str(&span, "messaging.message.id", msg->id);
+    qn_span_attr_str(&span, "messaging.consumer.group.name", TRAIN_GROUP);
+    char tp[QN_TRACEPARENT_LEN + 1];
+    qn_traceparent_format(&span.ctx, tp);
+    int rc = accept_request(t, msg, tp, err);
+    if (rc < 0)
+        qn_span_error(&span, err->msg);
+    qn_span_end(&span);
+    return rc;
+}
+
+static int accept_request(trainer *t, const qn_msg *msg, const char *tp, qn_err *err)
 {
     const json_t *data = json_object_get(msg->event, "data");
     const char *id = json_string_value(json_object_get(data, "job_id"));
@@ -152,18 +177,20 @@ static int accept_request(trainer *t, const qn_msg *msg, qn_err *err)
             rc = 0;
             goto out;
         }
-        st = qn_prepare(c, "UPDATE jobs SET runner = ?, updated_at = ?, seq = seq + 1 WHERE id = ?", err);
+        st = qn_prepare(c, "UPDATE jobs SET runner = ?, updated_at = ?, traceparent = ?, seq = seq + 1 WHERE id = ?",
+                        err);
         if (!st) {
             rc = err->code;
             goto out;
         }
         qn_bind_text(st, 1, t->instance, -1);
         qn_bind_int64(st, 2, now);
-        qn_bind_text(st, 3, id, -1);
+        qn_bind_text(st, 3, tp, -1);
+        qn_bind_text(st, 4, id, -1);
     } else {
         st = qn_prepare(c,
                         "INSERT INTO jobs (id, model, kind, dataset, request, state, origin, runner, "
-                        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                        "created_at, updated_at, traceparent) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
                         err);
         if (!st) {
             rc = err->code;
@@ -178,6 +205,7 @@ static int accept_request(trainer *t, const qn_msg *msg, qn_err *err)
         qn_bind_text(st, 7, t->instance, -1);
         qn_bind_int64(st, 8, now);
         qn_bind_int64(st, 9, now);
+        qn_bind_text(st, 10, tp, -1);
     }
     if ((rc = qn_step(st, err)) < 0 || (rc = qn_tx_commit(c, err)) < 0)
         goto out;
@@ -231,7 +259,7 @@ static int claim_local(trainer *t, train_slot *slot, train_job *job, qn_err *err
         return err->code;
     if ((rc = qn_tx_begin(c, QN_TX_WRITE, err)) < 0 ||
         !(st = qn_prepare(c,
-                          "SELECT id, request, origin, attempts FROM jobs WHERE runner = ? AND state = "
+                          "SELECT id, request, origin, attempts, traceparent FROM jobs WHERE runner = ? AND state = "
                           "'queued' ORDER BY n LIMIT 1",
                           err))) {
         rc = err->code;
@@ -244,6 +272,7 @@ static int claim_local(trainer *t, train_slot *slot, train_job *job, qn_err *err
     job->request = qn_json_from_text(qn_col_text(st, 1));
     job->origin = qn_col_is_null(st, 2) ? NULL : strdup(qn_col_text(st, 2));
     job->attempts = (int)qn_col_int64(st, 3) + 1;
+    snprintf(job->traceparent, sizeof job->traceparent, "%s", qn_col_is_null(st, 4) ? "" : qn_col_text(st, 4));
     qn_step(st, err);
     job->model = json_string_value(json_object_get(job->request, "model"));
     job->kind = json_string_value(json_object_get(job->request, "kind"));
@@ -323,6 +352,20 @@ out:
 static void run_job(trainer *t, train_slot *slot, train_job *job)
 {
     job->slot = slot; /* filled by claim_local */
+    /* The job's span continues the trace of its request; each stage of the
+     * run is a span below it (run.c), and so is its quern.train.finished. */
+    qn_trace_ctx parent;
+    int have = job->traceparent[0] && qn_traceparent_parse(job->traceparent, &parent) == 0;
+    qn_span span;
+    qn_span_start(&span, "train job", QN_SPAN_INTERNAL, have ? &parent : NULL);
+    qn_span_attr_str(&span, "quern.job_id", job->id);
+    qn_span_attr_str(&span, "quern.model", job->model);
+    qn_span_attr_str(&span, "quern.kind", job->kind);
+    qn_span_attr_str(&span, "quern.dataset", job->dataset);
+    qn_span_attr_int(&span, "quern.attempt", job->attempts);
+    job->trace = span.ctx;
+    char tp[QN_TRACEPARENT_LEN + 1];
+    qn_traceparent_format(&span.ctx, tp);
     qn_gauge_add(t->jobs_running, NULL, 1);
     if (job->origin && strcmp(job->origin, t->instance) != 0)
         train_publish_now(t, "quern.train.progress",
@@ -362,6 +405,8 @@ static void run_job(trainer *t, train_slot *slot, train_job *job)
             qn_store_release(t->db, c);
         qn_log_info(NULL, "job interrupted by the stop; it runs again at the next start", "{s:s}", "job",
                     job->id);
+        qn_span_error(&span, "interrupted by the stop");
+        qn_span_end(&span);
         job_clear(job);
         return;
     }
@@ -380,7 +425,7 @@ static void run_job(trainer *t, train_slot *slot, train_job *job)
         error = json_pack("{s:s, s:s}", "code", qn_code_name(err.code), "message", err.msg);
     }
     json_t *ev = qn_event_new("quern.train.finished", TRAIN_SOURCE,
-                              finished_data(t, job, state, outcome, result, error), NULL);
+                              finished_data(t, job, state, outcome, result, error), tp);
     if (train_job_update(t, job->id, state, NULL, result, error, ev, &uerr) < 0)
         qn_log_error(NULL, "cannot record the end of a job", "{s:s, s:s}", "job", job->id, "detail",
                      uerr.msg);
@@ -392,6 +437,10 @@ static void run_job(trainer *t, train_slot *slot, train_job *job)
     else
         qn_log_warn(NULL, "job ended", "{s:s, s:s, s:s, s:f}", "job", job->id, "state", state, "detail",
                     rc == QN_CANCELLED ? "cancelled" : err.msg, "seconds", secs);
+    qn_span_attr_str(&span, "quern.outcome", outcome);
+    if (rc < 0 && rc != QN_CANCELLED)
+        qn_span_error(&span, err.msg);
+    qn_span_end(&span);
     json_decref(ev);
     json_decref(error);
     json_decref(result);
@@ -434,7 +483,7 @@ static void *worker(void *arg)
         }
         if (rc == 0)
             continue;
-        if (accept_request(t, msg, &err) < 0) {
+        if (accept_traced(t, msg, &err) < 0) {
             qn_log_warn(NULL, "cannot accept a training request; it will be redelivered",
                         "{s:s, s:s}", "event", msg->id, "detail", err.msg);
             qn_consumer_nack(cons, msg, &err);

@@ -29,6 +29,7 @@
 #include "core/digest.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "core/otel.h"
 #include "core/service.h"
 #include "ml/csv.h"
 #include "ml/model.h"
@@ -59,7 +60,36 @@ typedef struct run_ctx {
     int last_stage;
     const char *state;       /* the job state last written */
     long iterations;         /* declared iterations / rounds, 0 when unknown */
+    qn_span stage;           /* the stage being run, a child of the job's span */
+    int stage_open;
+    int train_stage;         /* the training loop's stage with a span open, -1: none */
 } run_ctx;
+
+/* Stage spans: one at a time, each a child of the job's span. */
+static void stage_end(run_ctx *r, int rc, const qn_err *err)
+{
+    if (!r->stage_open)
+        return;
+    if (rc < 0 && rc != QN_CANCELLED)
+        qn_span_error(&r->stage, err ? err->msg : "failed");
+    qn_span_end(&r->stage);
+    r->stage_open = 0;
+    r->train_stage = -1;
+}
+
+static void stage_begin(run_ctx *r, const char *name)
+{
+    stage_end(r, 0, NULL);
+    qn_span_start(&r->stage, name, QN_SPAN_INTERNAL, &r->job->trace);
+    qn_span_attr_str(&r->stage, "quern.job_id", r->job->id);
+    r->stage_open = 1;
+}
+
+/* The context calls made now belong to: the open stage, else the job. */
+static const qn_trace_ctx *cur_trace(const run_ctx *r)
+{
+    return r->stage_open ? &r->stage.ctx : &r->job->trace;
+}
 
 static int cancelled(const run_ctx *r, qn_err *err)
 {
@@ -102,6 +132,14 @@ static json_t *progress_json(run_ctx *r, const char *stage, int iteration, doubl
 static void on_progress(void *ctx, qml_train_stage stage, int iteration, double loss, double fraction)
 {
     run_ctx *r = ctx;
+    if ((int)stage != r->train_stage) {
+        if (stage == QML_STAGE_DONE) {
+            stage_end(r, 0, NULL);
+        } else {
+            stage_begin(r, qml_train_stage_name(stage));
+            r->train_stage = (int)stage;
+        }
+    }
     int64_t now = qn_now_ms();
     if ((int)stage == r->last_stage && now - r->last_ms < r->t->progress_ms)
         return;
@@ -173,7 +211,7 @@ static int load_dataset(run_ctx *r, qml_frame **frame, json_t **lineage, json_t 
         snprintf(url, sizeof url, "/v1/datasets/%s/versions/%lld", job->dataset, (long long)job->dataset_version);
     else
         snprintf(url, sizeof url, "/v1/datasets/%s/versions/latest", job->dataset);
-    if ((rc = qn_client_json(t->reg, "GET", url, NULL, NULL, &dsv, err)) < 0) {
+    if ((rc = qn_client_json(t->reg, "GET", url, NULL, cur_trace(r), &dsv, err)) < 0) {
         if (rc == QN_NOT_FOUND)
             qn_err_set(err, QN_NOT_FOUND, "dataset \"%s\" version %s does not exist in the registry",
                        job->dataset, job->dataset_version > 0 ? strrchr(url, '/') + 1 : "latest");
@@ -240,7 +278,7 @@ static int load_dataset(run_ctx *r, qml_frame **frame, json_t **lineage, json_t 
     if (!path_exists(path)) {
         char blob[128], hex[QN_SHA256_HEX + 1];
         snprintf(blob, sizeof blob, "/v1/blobs/%s", digest);
-        if ((rc = qn_client_get_file(t->reg, blob, part, NULL, err)) < 0) {
+        if ((rc = qn_client_get_file(t->reg, blob, part, cur_trace(r), err)) < 0) {
             qn_err_wrap(err, "downloading %s of dataset %s", name, job->dataset);
             goto out;
         }
@@ -295,14 +333,15 @@ out:
 
 /* Downloads version n of the model into the cache (once per manifest digest)
  * and loads it. */
-static int load_champion(trainer *t, const char *model, int64_t n, qml_model **out, qn_err *err)
+static int load_champion(trainer *t, const qn_trace_ctx *tc, const char *model, int64_t n, qml_model **out,
+                         qn_err *err)
 {
     json_t *ver = NULL;
     char *dir = NULL, *mpath = NULL, *text = NULL;
     char url[512];
     int rc;
     snprintf(url, sizeof url, "/v1/models/%s/versions/%lld", model, (long long)n);
-    if ((rc = qn_client_json(t->reg, "GET", url, NULL, NULL, &ver, err)) < 0)
+    if ((rc = qn_client_json(t->reg, "GET", url, NULL, tc, &ver, err)) < 0)
         goto out;
     const char *md = json_string_value(json_object_get(ver, "manifest_digest"));
     json_t *man = json_object_get(ver, "manifest");
@@ -326,7 +365,7 @@ static int load_champion(trainer *t, const char *model, int64_t n, qml_model **o
             char blob[128], dest[4096];
             snprintf(blob, sizeof blob, "/v1/blobs/%s", json_string_value(v));
             snprintf(dest, sizeof dest, "%s/%s", dir, k);
-            if ((rc = qn_client_get_file(t->reg, blob, dest, NULL, err)) < 0)
+            if ((rc = qn_client_get_file(t->reg, blob, dest, tc, err)) < 0)
                 goto out;
         }
         text = qn_json_canonical(man);
@@ -349,17 +388,17 @@ out:
 /* ---- the registry ------------------------------------------------------------------- */
 
 /* Uploads a file of the bundle unless the registry has that digest already. */
-static int upload_blob(trainer *t, const char *dir, const char *name, const char *digest, qn_err *err)
+static int upload_blob(trainer *t, const qn_trace_ctx *tc, const char *dir, const char *name, const char *digest, qn_err *err)
 {
     char url[128], path[4096];
     snprintf(url, sizeof url, "/v1/blobs/%s", digest);
-    int rc = qn_client_raw(t->reg, "HEAD", url, NULL, NULL, 0, NULL, NULL, err);
+    int rc = qn_client_raw(t->reg, "HEAD", url, NULL, NULL, 0, tc, NULL, err);
     if (rc >= 200 && rc < 300)
         return 0;
     if (rc != QN_NOT_FOUND)
         return qn_err_wrap(err, "checking blob %s", name);
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    rc = qn_client_put_file(t->reg, url, path, NULL, err);
+    rc = qn_client_put_file(t->reg, url, path, tc, err);
     return rc < 0 ? qn_err_wrap(err, "uploading %s", name) : 0;
 }
 
@@ -370,7 +409,7 @@ static int find_registered(trainer *t, const train_job *job, json_t **version, q
     json_t *page = NULL;
     *version = NULL;
     snprintf(url, sizeof url, "/v1/models/%s/versions?limit=1&tag=%s:%s", job->model, JOB_TAG, job->id);
-    int rc = qn_client_json(t->reg, "GET", url, NULL, NULL, &page, err);
+    int rc = qn_client_json(t->reg, "GET", url, NULL, &job->trace, &page, err);
     if (rc == QN_NOT_FOUND)
         return 0; /* no such model yet */
     if (rc < 0)
@@ -382,10 +421,10 @@ static int find_registered(trainer *t, const train_job *job, json_t **version, q
     return 0;
 }
 
-static int ensure_model(trainer *t, const char *model, qn_err *err)
+static int ensure_model(trainer *t, const qn_trace_ctx *tc, const char *model, qn_err *err)
 {
     json_t *body = json_pack("{s:s, s:s}", "name", model, "description", "created by quern-train");
-    int rc = qn_client_json(t->reg, "POST", "/v1/models", body, NULL, NULL, err);
+    int rc = qn_client_json(t->reg, "POST", "/v1/models", body, tc, NULL, err);
     json_decref(body);
     if (rc == QN_ALREADY_EXISTS || rc >= 0)
         return 0;
@@ -393,12 +432,12 @@ static int ensure_model(trainer *t, const char *model, qn_err *err)
 }
 
 /* The alias' version, 0 when the alias is not set. */
-static int alias_version(trainer *t, const char *model, const char *alias, int64_t *version, qn_err *err)
+static int alias_version(trainer *t, const qn_trace_ctx *tc, const char *model, const char *alias, int64_t *version, qn_err *err)
 {
     char url[512];
     json_t *a = NULL;
     snprintf(url, sizeof url, "/v1/models/%s/aliases/%s", model, alias);
-    int rc = qn_client_json(t->reg, "GET", url, NULL, NULL, &a, err);
+    int rc = qn_client_json(t->reg, "GET", url, NULL, tc, &a, err);
     *version = 0;
     if (rc == QN_NOT_FOUND)
         return 0;
@@ -409,12 +448,12 @@ static int alias_version(trainer *t, const char *model, const char *alias, int64
     return 0;
 }
 
-static int move_alias(trainer *t, const char *model, const char *alias, int64_t version, qn_err *err)
+static int move_alias(trainer *t, const qn_trace_ctx *tc, const char *model, const char *alias, int64_t version, qn_err *err)
 {
     char url[512];
     snprintf(url, sizeof url, "/v1/models/%s/aliases/%s", model, alias);
     json_t *body = json_pack("{s:I}", "version", (json_int_t)version);
-    int rc = qn_client_json(t->reg, "PUT", url, body, NULL, NULL, err);
+    int rc = qn_client_json(t->reg, "PUT", url, body, tc, NULL, err);
     json_decref(body);
     return rc < 0 ? qn_err_wrap(err, "moving alias %s of %s to version %lld", alias, model, (long long)version)
                   : 0;
@@ -477,7 +516,7 @@ static void decide(run_ctx *r, const qml_train_spec *spec, const qml_train_resul
     double margin = json_number_value(json_object_get(job->policy, "margin"));
     qn_err err;
     d->champion_score = NAN;
-    if (alias_version(t, job->model, alias, &d->champion_version, &err) < 0) {
+    if (alias_version(t, cur_trace(r), job->model, alias, &d->champion_version, &err) < 0) {
         d->decision = "kept_champion";
         snprintf(d->reason, sizeof d->reason, "the current %s version could not be read: %s", alias, err.msg);
         return;
@@ -494,7 +533,7 @@ static void decide(run_ctx *r, const qml_train_spec *spec, const qml_train_resul
     }
     qml_model *champ = NULL;
     qml_train_spec *cspec = NULL;
-    int rc = load_champion(t, job->model, d->champion_version, &champ, &err);
+    int rc = load_champion(t, cur_trace(r), job->model, d->champion_version, &champ, &err);
     if (rc == 0 && (rc = champion_spec(champ, spec, &cspec, &err)) == 0)
         rc = qml_model_evaluate(champ, cspec ? cspec : spec, res->holdout, &d->champion_metrics, &err);
     qml_train_spec_free(cspec);
@@ -544,7 +583,7 @@ static int finish_registered(run_ctx *r, json_t *ver, json_t **result, qn_err *e
         dec = "kept_champion";
     qn_log_info(NULL, "version already registered by this job; finishing from it", "{s:s, s:I}", "job",
                 job->id, "version", (json_int_t)version);
-    if (strcmp(dec, "promoted") == 0 && move_alias(r->t, job->model, alias, version, err) < 0)
+    if (strcmp(dec, "promoted") == 0 && move_alias(r->t, &job->trace, job->model, alias, version, err) < 0)
         return err->code;
     *result = json_pack("{s:s, s:s, s:s, s:I, s:O, s:O, s:b}", "outcome", outcome_of(dec), "decision", dec,
                         "model", job->model, "version", (json_int_t)version, "metrics",
@@ -554,7 +593,8 @@ static int finish_registered(run_ctx *r, json_t *ver, json_t **result, qn_err *e
 
 int train_run(trainer *t, train_job *job, json_t **result, qn_err *err)
 {
-    run_ctx r = {.t = t, .job = job, .start_ms = qn_now_ms(), .last_stage = -1, .state = "running"};
+    run_ctx r = {.t = t, .job = job, .start_ms = qn_now_ms(), .last_stage = -1, .state = "running",
+                 .train_stage = -1};
     qml_train_spec *spec = NULL;
     qml_frame *frame = NULL;
     qml_train_result res;
@@ -581,9 +621,13 @@ int train_run(trainer *t, train_job *job, json_t **result, qn_err *err)
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
-    if ((rc = qml_train_spec_from_json(spec_text, strlen(spec_text), &spec, err)) < 0 ||
-        (rc = load_dataset(&r, &frame, &lineage, &report, err)) < 0 || (rc = cancelled(&r, err)) < 0)
+    if ((rc = qml_train_spec_from_json(spec_text, strlen(spec_text), &spec, err)) < 0)
         goto out;
+    stage_begin(&r, "dataset");
+    if ((rc = load_dataset(&r, &frame, &lineage, &report, err)) < 0 || (rc = cancelled(&r, err)) < 0)
+        goto out;
+    qn_span_attr_int(&r.stage, "quern.dataset_version", json_integer_value(json_object_get(lineage, "version")));
+    stage_end(&r, 0, NULL);
 
     if (asprintf(&bundle, "%s/%s-%d", t->work_dir, job->id, job->attempts) < 0) {
         bundle = NULL;
@@ -601,17 +645,21 @@ int train_run(trainer *t, train_job *job, json_t **result, qn_err *err)
             qn_err_wrap(err, "training");
         goto out;
     }
+    stage_end(&r, 0, NULL);
     qml_frame_free(frame);
     frame = NULL;
 
     /* Champion/challenger on the same holdout rows. */
     set_progress(&r, "evaluating", progress_json(&r, "champion", 0, NAN, 1));
+    stage_begin(&r, "champion");
     decide(&r, spec, &res, &d);
+    qn_span_attr_str(&r.stage, "quern.decision", d.decision);
     if ((rc = cancelled(&r, err)) < 0)
         goto out;
 
     /* Blobs, version, alias. */
     set_progress(&r, "registering", progress_json(&r, "upload", 0, NAN, 1));
+    stage_begin(&r, "upload");
     char mpath[4096];
     snprintf(mpath, sizeof mpath, "%s/manifest.json", bundle);
     json_error_t je;
@@ -622,11 +670,13 @@ int train_run(trainer *t, train_job *job, json_t **result, qn_err *err)
     const char *k;
     json_t *v;
     json_object_foreach(json_object_get(manifest, "files"), k, v) {
-        if ((rc = upload_blob(t, bundle, k, json_string_value(v), err)) < 0 || (rc = cancelled(&r, err)) < 0)
+        if ((rc = upload_blob(t, cur_trace(&r), bundle, k, json_string_value(v), err)) < 0 ||
+            (rc = cancelled(&r, err)) < 0)
             goto out;
     }
-    if ((rc = ensure_model(t, job->model, err)) < 0)
+    if ((rc = ensure_model(t, cur_trace(&r), job->model, err)) < 0)
         goto out;
+    stage_begin(&r, "register");
 
     char num[40];
     json_t *metrics = json_object(), *params = json_object(), *tags = json_object();
@@ -651,7 +701,7 @@ int train_run(trainer *t, train_job *job, json_t **result, qn_err *err)
                      "tags", tags, "dataset", lineage, "description", desc);
     char url[512];
     snprintf(url, sizeof url, "/v1/models/%s/versions", job->model);
-    if ((rc = qn_client_json(t->reg, "POST", url, body, NULL, &created, err)) < 0) {
+    if ((rc = qn_client_json(t->reg, "POST", url, body, cur_trace(&r), &created, err)) < 0) {
         qn_err_wrap(err, "registering the version");
         goto out;
     }
@@ -659,7 +709,7 @@ int train_run(trainer *t, train_job *job, json_t **result, qn_err *err)
     const char *alias = json_string_value(json_object_get(job->policy, "alias"));
     int promoted = strcmp(d.decision, "promoted") == 0;
     if (promoted) {
-        if ((rc = move_alias(t, job->model, alias, version, err)) < 0)
+        if ((rc = move_alias(t, cur_trace(&r), job->model, alias, version, err)) < 0)
             goto out;
         qn_counter_add(t->promotions, NULL, 1);
     }
@@ -679,8 +729,11 @@ int train_run(trainer *t, train_job *job, json_t **result, qn_err *err)
             json_object_set(*result, "champion_metrics", d.champion_metrics);
     }
     json_object_set_new(*result, "scores", scores);
+    qn_span_attr_int(&r.stage, "quern.version", version);
+    qn_span_attr_bool(&r.stage, "quern.promoted", promoted);
     rc = 0;
 out:
+    stage_end(&r, rc, err);
     if (rc == 0 && *result)
         set_progress(&r, NULL, progress_json(&r, "done", 0, NAN, 1));
     if (bundle)

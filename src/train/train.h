@@ -36,6 +36,7 @@
 #include "core/outbox.h"
 #include "core/store/store.h"
 #include "core/subscriber.h"
+#include "core/trace.h"
 #include "core/validate.h"
 
 #define TRAIN_SOURCE "quern-train"
@@ -90,6 +91,8 @@ typedef struct train_job {
     char *origin;                 /* trainer that accepted the POST, or NULL */
     int attempts;                 /* including this run */
     train_slot *slot;
+    char traceparent[QN_TRACEPARENT_LEN + 1]; /* the request's trace, "" when none */
+    qn_trace_ctx trace;           /* the job's own span while it runs */
 } train_job;
 
 /* Answers a storage failure (client codes pass through, the rest is logged

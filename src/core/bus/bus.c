@@ -5,6 +5,7 @@
  * (bus_sqlite.c, bus_amqp.c) only store and move serialized envelopes.
  */
 #include <assert.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -12,6 +13,7 @@
 
 #include "core/bus/backend.h"
 #include "core/json.h"
+#include "core/otel.h"
 #include "core/trace.h"
 
 #define DEFAULT_MAX_BYTES ((size_t)1 << 20)
@@ -167,6 +169,23 @@ json_t *qn_event_new(const char *type, const char *source, json_t *data, const c
         json_object_set_new(ev, "time", json_string(ts)) < 0 ||
         json_object_set_new(ev, "datacontenttype", json_string("application/json")) < 0)
         goto fail;
+    /* Tracing on: the event is sent by a PRODUCER span of the caller's
+     * trace, and carries that span's context to its consumers (the outbox
+     * may publish it later, from another thread: the context is fixed now). */
+    char tp[QN_TRACEPARENT_LEN + 1];
+    qn_trace_ctx parent;
+    if (traceparent && qn_otel_enabled() && qn_traceparent_parse(traceparent, &parent) == 0) {
+        qn_span s;
+        char name[300];
+        snprintf(name, sizeof name, "publish %s", type ? type : "");
+        qn_span_start(&s, name, QN_SPAN_PRODUCER, &parent);
+        qn_span_attr_str(&s, "messaging.system", "quern");
+        qn_span_attr_str(&s, "messaging.destination.name", type ? type : "");
+        qn_span_attr_str(&s, "messaging.message.id", id);
+        qn_traceparent_format(&s.ctx, tp);
+        traceparent = tp;
+        qn_span_end(&s);
+    }
     if (traceparent && json_object_set_new(ev, "traceparent", json_string(traceparent)) < 0)
         goto fail;
     if (json_object_set_new(ev, "data", data) < 0) {

@@ -143,7 +143,10 @@ void qn_msg_free(qn_msg *msg);
 
 /* A new envelope: specversion "1.0", a fresh UUID v4 id, time now (RFC 3339),
  * datacontenttype "application/json", type, source, data (stolen; NULL gives
- * {}), and traceparent when not NULL. NULL only when out of memory. The
+ * {}), and traceparent when not NULL. With tracing on (core/otel.h) and a
+ * valid traceparent, a PRODUCER span "publish <type>" is recorded as the
+ * traceparent's child and the envelope carries that span's context instead,
+ * so consumers hang below the send. NULL only when out of memory. The
  * caller owns the result. Thread-safe. */
 json_t *qn_event_new(const char *type, const char *source, json_t *data, const char *traceparent);
 /* Checks an envelope: an object; specversion "1.0"; id, source and type
