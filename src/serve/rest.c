@@ -80,6 +80,33 @@ static void put_num(qn_buf *b, double x, int fp32)
         qn_buf_printf(b, fp32 ? "%.9g" : "%.17g", x);
 }
 
+/* A double as jansson writes a real: %.17g, ".0" when it would read as an
+ * integer, no '+' or leading zeros in the exponent. */
+static void put_real(qn_buf *b, double x)
+{
+    if (!isfinite(x)) {
+        qn_buf_puts(b, "null");
+        return;
+    }
+    char t[40], o[48];
+    snprintf(t, sizeof t, "%.17g", x);
+    size_t n = 0;
+    for (const char *p = t; *p; p++) {
+        o[n++] = *p;
+        if (*p == 'e') {
+            if (p[1] == '+')
+                p++;
+            else if (p[1] == '-')
+                o[n++] = *++p;
+            while (p[1] == '0' && p[2])
+                p++;
+        }
+    }
+    if (!strpbrk(t, ".e"))
+        o[n++] = '.', o[n++] = '0';
+    qn_buf_append(b, o, n);
+}
+
 static int write_response(qn_buf *b, const oip_infer_response *rs)
 {
     qn_buf_puts(b, "{\"model_name\":");
@@ -363,23 +390,38 @@ static int recommend_common(qn_req *req, qn_res *res, serve *s, int similar)
             else if (!strcmp(rs.outputs[i].name, "fallback"))
                 fb = &rs.outputs[i];
         }
-        json_t *items = json_array();
+        /* Written by hand, as jansson would (same keys, order and numbers):
+         * building and dumping a tree was a sixth of the request. */
+        qn_buf b;
+        qn_buf_init(&b, (size_t)64 << 20);
+        qn_buf_puts(&b, "{\"model\":");
+        buf_json_str(&b, model, strlen(model));
+        qn_buf_puts(&b, ",\"version\":");
+        buf_json_str(&b, rs.version, strlen(rs.version));
+        qn_buf_printf(&b, ",\"%s\":", key);
+        buf_json_str(&b, id, strlen(id));
+        qn_buf_puts(&b, ",\"items\":[");
         for (size_t j = 0; ids && scores && j < ids->nbytes; j++) {
             if (!ids->bytes[j].len)
                 break; /* padding */
             float sc;
             memcpy(&sc, (const uint8_t *)scores->data + j * 4, 4);
-            json_array_append_new(items, json_pack("{s:s%, s:f}", "item",
-                                                   (const char *)ids->bytes[j].p,
-                                                   ids->bytes[j].len, "score", (double)sc));
+            qn_buf_puts(&b, j ? ",{\"item\":" : "{\"item\":");
+            buf_json_str(&b, (const char *)ids->bytes[j].p, ids->bytes[j].len);
+            qn_buf_puts(&b, ",\"score\":");
+            put_real(&b, sc);
+            qn_buf_puts(&b, "}");
         }
-        json_t *out = json_pack("{s:s, s:s, s:s, s:o}", "model", model, "version", rs.version,
-                                key, id, "items", items);
+        qn_buf_puts(&b, "]");
         if (!similar)
-            json_object_set_new(out, "fallback",
-                                json_boolean(fb && fb->data && ((uint8_t *)fb->data)[0]));
+            qn_buf_puts(&b, fb && fb->data && ((uint8_t *)fb->data)[0] ? ",\"fallback\":true"
+                                                                      : ",\"fallback\":false");
+        if (qn_buf_puts(&b, "}") < 0)
+            qn_res_error(res, QN_RESOURCE_EXHAUSTED, "the response is too large");
+        else
+            qn_res_text(res, 200, "application/json", b.data, b.len);
+        qn_buf_free(&b);
         qn_res_header(res, "X-Quern-Model-Version", rs.version);
-        qn_res_json(res, 200, out);
     } else {
         /* Name the query parameter, not the internal tensor. */
         const char *msg = err.msg;
