@@ -11,6 +11,7 @@
 #include "core/arena.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,7 +46,11 @@ static blk *blk_new(size_t cap)
     if (cap > SIZE_MAX - BLK_HDR - ARENA_ALIGN)
         return NULL;
     size_t total = align_up(BLK_HDR + cap);
-    blk *b = aligned_alloc(ARENA_ALIGN, total);
+    /* malloc already aligns to max_align_t (16 on the usual 64-bit ABIs) and
+     * is several times cheaper than aligned_alloc, which every HTTP request
+     * pays once for its arena. */
+    blk *b = ARENA_ALIGN <= _Alignof(max_align_t) ? malloc(total)
+                                                  : aligned_alloc(ARENA_ALIGN, total);
     if (!b)
         return NULL;
     b->next = NULL;

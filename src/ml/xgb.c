@@ -206,8 +206,11 @@ static int predict_raw(const qml_xgb *m, const float *x, size_t n_rows, size_t n
     snprintf(arr, sizeof arr,
              "{\"data\":[%" PRIuPTR ",true],\"shape\":[%zu,%zu],\"typestr\":\"<f4\",\"version\":3}",
              (uintptr_t)x, n_rows, n_cols);
-    static const char cfg[] = "{\"type\":0,\"training\":false,\"iteration_begin\":0,"
-                              "\"iteration_end\":0,\"strict_shape\":true,\"missing\":NaN,\"cache_id\":0}";
+    /* Only the keys xgboost requires: it parses this text on every call, at
+     * a few thousand instructions per string ("training" is not read by
+     * in-place prediction). */
+    static const char cfg[] = "{\"type\":0,\"iteration_begin\":0,\"iteration_end\":0,"
+                              "\"strict_shape\":true,\"missing\":NaN,\"cache_id\":0}";
     if (XGBoosterPredictFromDense(m->h, arr, cfg, NULL, shape, dim, res) != 0)
         return xgb_fail(err, QN_INTERNAL, "xgboost prediction");
     return 0;

@@ -4,7 +4,8 @@
  *
  * JSON tensors are translated into the protocol-neutral oip structs (data
  * converted to flat little-endian bytes of the declared datatype, checked
- * element by element against it) and answered by the same backend as gRPC.
+ * element by element against it; oip_json.c) and answered by the same
+ * backend as gRPC.
  * Nested "data" arrays are flattened row-major. Triton's binary tensor
  * extension is accepted on input: with an Inference-Header-Content-Length
  * header the body is that many bytes of JSON followed by the raw tensors, in
@@ -27,11 +28,8 @@
 #include "core/json.h"
 #include "core/log.h"
 #include "core/validate.h"
+#include "serve/oip_json.h"
 #include "serve/serve.h"
-
-#define MAX_INPUTS 256
-#define MAX_OUTPUTS 64
-#define MAX_ID 256
 
 /* ---- small helpers ---------------------------------------------------------- */
 
@@ -72,354 +70,6 @@ static serve *S(void *ud)
 
 /* ---- JSON tensors -> oip ------------------------------------------------------- */
 
-typedef struct parse_ctx {
-    qn_arena *a;
-    const char *name;
-    oip_datatype dt;
-    uint8_t *data;       /* fixed-size types */
-    oip_bytes *bytes;    /* BYTES */
-    size_t n, cap;
-} parse_ctx;
-
-static int put_elem(parse_ctx *p, const json_t *v, qn_err *err)
-{
-    if (p->n == p->cap)
-        return qn_err_set(err, QN_INVALID_ARGUMENT,
-                          "input '%s': the data has more elements than the shape holds (%zu)",
-                          p->name, p->cap);
-    size_t i = p->n;
-    switch (p->dt) {
-    case OIP_BOOL:
-        if (!json_is_boolean(v))
-            return qn_err_set(err, QN_INVALID_ARGUMENT,
-                              "input '%s', element %zu: BOOL data must be true or false", p->name,
-                              i);
-        p->data[i] = json_is_true(v);
-        break;
-#define INT_CASE(E, T, LO, HI)                                                                  \
-    case OIP_##E: {                                                                             \
-        if (!json_is_integer(v) || json_integer_value(v) < (LO) ||                              \
-            (HI != 0 && (unsigned long long)json_integer_value(v) > (unsigned long long)(HI)))  \
-            return qn_err_set(err, QN_INVALID_ARGUMENT,                                          \
-                              "input '%s', element %zu: expected an integer within the range "  \
-                              "of " #E,                                                          \
-                              p->name, i);                                                        \
-        T x = (T)json_integer_value(v);                                                         \
-        memcpy(p->data + i * sizeof x, &x, sizeof x);                                           \
-        break;                                                                                  \
-    }
-        INT_CASE(UINT8, uint8_t, 0, UINT8_MAX)
-        INT_CASE(UINT16, uint16_t, 0, UINT16_MAX)
-        INT_CASE(UINT32, uint32_t, 0, UINT32_MAX)
-        INT_CASE(UINT64, uint64_t, 0, 0)
-        INT_CASE(INT8, int8_t, INT8_MIN, INT8_MAX)
-        INT_CASE(INT16, int16_t, INT16_MIN, INT16_MAX)
-        INT_CASE(INT32, int32_t, INT32_MIN, INT32_MAX)
-        INT_CASE(INT64, int64_t, INT64_MIN, 0)
-#undef INT_CASE
-    case OIP_FP32:
-    case OIP_FP64: {
-        double d;
-        if (json_is_null(v))
-            d = NAN; /* missing: the transforms impute it or refuse it by name */
-        else if (json_is_number(v))
-            d = json_number_value(v);
-        else
-            return qn_err_set(err, QN_INVALID_ARGUMENT,
-                              "input '%s', element %zu: expected a number (or null for missing)",
-                              p->name, i);
-        if (p->dt == OIP_FP32) {
-            float f = (float)d;
-            memcpy(p->data + i * 4, &f, 4);
-        } else {
-            memcpy(p->data + i * 8, &d, 8);
-        }
-        break;
-    }
-    case OIP_BYTES:
-        if (!json_is_string(v))
-            return qn_err_set(err, QN_INVALID_ARGUMENT,
-                              "input '%s', element %zu: BYTES data must be strings", p->name, i);
-        p->bytes[i] = (oip_bytes){(const uint8_t *)json_string_value(v), json_string_length(v)};
-        break;
-    default:
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "input '%s': datatype %s", p->name,
-                          oip_datatype_name(p->dt));
-    }
-    p->n++;
-    return 0;
-}
-
-static int flatten(parse_ctx *p, const json_t *v, int depth, qn_err *err)
-{
-    if (!json_is_array(v))
-        return put_elem(p, v, err);
-    if (depth >= OIP_MAX_DIMS)
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "input '%s': data nested deeper than %d",
-                          p->name, OIP_MAX_DIMS);
-    size_t i;
-    json_t *x;
-    json_array_foreach(v, i, x) {
-        int rc = flatten(p, x, depth + 1, err);
-        if (rc < 0)
-            return rc;
-    }
-    return 0;
-}
-
-static int parse_shape(const json_t *js, const char *name, oip_tensor *t, qn_err *err)
-{
-    if (!json_is_array(js) || json_array_size(js) < 1 || json_array_size(js) > OIP_MAX_DIMS)
-        return qn_err_set(err, QN_INVALID_ARGUMENT,
-                          "input '%s': shape must be an array of 1 to %d integers", name,
-                          OIP_MAX_DIMS);
-    t->ndim = (int)json_array_size(js);
-    for (int d = 0; d < t->ndim; d++) {
-        const json_t *x = json_array_get(js, (size_t)d);
-        if (!json_is_integer(x) || json_integer_value(x) < 0)
-            return qn_err_set(err, QN_INVALID_ARGUMENT,
-                              "input '%s': shape[%d] must be an integer >= 0", name, d);
-        t->shape[d] = json_integer_value(x);
-    }
-    return 0;
-}
-
-/* Raw bytes of one input from the binary section. */
-static int take_binary(const char **bin, size_t *left, oip_tensor *t, int64_t nelem, size_t size,
-                       qn_arena *a, qn_err *err)
-{
-    const json_t *bds = t->parameters ? json_object_get(t->parameters, "binary_data_size") : NULL;
-    if (!json_is_integer(bds) || json_integer_value(bds) < 0)
-        return qn_err_set(err, QN_INVALID_ARGUMENT,
-                          "input '%s': no data, and no parameters.binary_data_size", t->name);
-    size_t sz = (size_t)json_integer_value(bds);
-    if (sz > *left)
-        return qn_err_set(err, QN_INVALID_ARGUMENT,
-                          "input '%s': binary_data_size %zu exceeds the %zu bytes left in the "
-                          "body",
-                          t->name, sz, *left);
-    const char *p = *bin;
-    *bin += sz;
-    *left -= sz;
-    if (t->datatype != OIP_BYTES) {
-        if (sz != (size_t)nelem * size)
-            return qn_err_set(err, QN_INVALID_ARGUMENT,
-                              "input '%s': shape holds %lld elements (%zu bytes) but "
-                              "binary_data_size is %zu",
-                              t->name, (long long)nelem, (size_t)nelem * size, sz);
-        t->data = p;
-        t->data_len = sz;
-        return 0;
-    }
-    oip_bytes *el = qn_arena_alloc(a, (size_t)(nelem ? nelem : 1) * sizeof *el);
-    if (!el)
-        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-    size_t off = 0, n = 0;
-    while (off < sz) {
-        uint32_t len;
-        if (sz - off < 4)
-            return qn_err_set(err, QN_INVALID_ARGUMENT,
-                              "input '%s': element %zu: truncated length prefix", t->name, n);
-        memcpy(&len, p + off, 4);
-        off += 4;
-        if (len > sz - off)
-            return qn_err_set(err, QN_INVALID_ARGUMENT,
-                              "input '%s': element %zu: length %u runs past the data", t->name, n,
-                              len);
-        if ((int64_t)n == nelem)
-            return qn_err_set(err, QN_INVALID_ARGUMENT,
-                              "input '%s': the data has more elements than the shape holds "
-                              "(%lld)",
-                              t->name, (long long)nelem);
-        el[n++] = (oip_bytes){(const uint8_t *)p + off, len};
-        off += len;
-    }
-    t->bytes = el;
-    t->nbytes = n;
-    return 0;
-}
-
-/* The jansson error position of an undecodable byte, mapped to the input
- * whose "name" comes last before it, so the message names the input. */
-static void name_near(const char *body, size_t pos, char *out, size_t cap)
-{
-    out[0] = '\0';
-    for (size_t i = pos; i-- > 0;) {
-        if (i + 6 <= pos && memcmp(body + i, "\"name\"", 6) == 0) {
-            const char *q = strchr(body + i + 6, '"');
-            if (!q || (size_t)(q - body) >= pos)
-                return;
-            const char *e = strchr(q + 1, '"');
-            if (!e)
-                return;
-            size_t n = (size_t)(e - q - 1) < cap - 1 ? (size_t)(e - q - 1) : cap - 1;
-            memcpy(out, q + 1, n);
-            out[n] = '\0';
-            return;
-        }
-    }
-}
-
-typedef struct parsed {
-    json_t *doc;
-    oip_infer_request rq;
-    oip_tensor *inputs;
-    const char **outputs;
-} parsed;
-
-static int parse_infer(qn_req *req, parsed *pr, qn_err *err)
-{
-    size_t len;
-    const char *body = qn_req_body(req, &len);
-    size_t jlen = len;
-    const char *hcl = qn_req_header(req, "Inference-Header-Content-Length");
-    qn_arena *a = qn_req_arena(req);
-    if (hcl) {
-        char *end;
-        unsigned long long x = strtoull(hcl, &end, 10);
-        if (*end || end == hcl || x > len)
-            return qn_err_set(err, QN_INVALID_ARGUMENT,
-                              "Inference-Header-Content-Length %s does not fit the %zu-byte body",
-                              hcl, len);
-        jlen = (size_t)x;
-    }
-    if (!body || jlen == 0)
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "the request body must be a JSON object");
-    json_error_t je;
-    pr->doc = json_loadb(body, jlen, JSON_REJECT_DUPLICATES, &je);
-    if (!pr->doc) {
-        char near[128];
-        if (strstr(je.text, "decode byte") || strstr(je.text, "UTF-8")) {
-            name_near(body, (size_t)je.position, near, sizeof near);
-            if (near[0])
-                return qn_err_set(err, QN_INVALID_ARGUMENT,
-                                  "input '%s': the data is not valid UTF-8 (byte %d of the body)",
-                                  near, je.position);
-        }
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "the body is not valid JSON: %s (line %d, "
-                          "column %d)", je.text, je.line, je.column);
-    }
-    json_t *d = pr->doc;
-    static const char *const top[] = {"id", "parameters", "inputs", "outputs", NULL};
-    static const char *const in_keys[] = {"name", "shape", "datatype", "data", "parameters", NULL};
-    static const char *const out_keys[] = {"name", "parameters", NULL};
-    int rc;
-    if ((rc = qn_json_only(d, top, err)) < 0)
-        return rc;
-    const json_t *id = json_object_get(d, "id");
-    if (id && (!json_is_string(id) || json_string_length(id) > MAX_ID))
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "id must be a string of at most %d bytes",
-                          MAX_ID);
-    pr->rq.id = id ? json_string_value(id) : NULL;
-    const json_t *params = json_object_get(d, "parameters");
-    if (params && !json_is_object(params))
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "parameters must be an object");
-    pr->rq.parameters = (json_t *)params;
-    const json_t *ins = json_object_get(d, "inputs");
-    if (!json_is_array(ins) || json_array_size(ins) == 0 || json_array_size(ins) > MAX_INPUTS)
-        return qn_err_set(err, QN_INVALID_ARGUMENT,
-                          "inputs must be an array of 1 to %d tensors", MAX_INPUTS);
-    size_t nin = json_array_size(ins);
-    pr->inputs = qn_arena_calloc(a, nin, sizeof *pr->inputs);
-    if (!pr->inputs)
-        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-    const char *bin = body + jlen;
-    size_t left = len - jlen;
-    for (size_t i = 0; i < nin; i++) {
-        const json_t *ji = json_array_get(ins, i);
-        oip_tensor *t = &pr->inputs[i];
-        const json_t *jn = json_object_get(ji, "name");
-        if (!json_is_object(ji) || !json_is_string(jn))
-            return qn_err_set(err, QN_INVALID_ARGUMENT, "inputs[%zu] must be an object with a "
-                              "\"name\"", i);
-        t->name = json_string_value(jn);
-        if ((rc = qn_json_only(ji, in_keys, err)) < 0)
-            return qn_err_wrap(err, "input '%s'", t->name);
-        const json_t *jd = json_object_get(ji, "datatype");
-        if (!json_is_string(jd))
-            return qn_err_set(err, QN_INVALID_ARGUMENT, "input '%s': datatype is missing",
-                              t->name);
-        t->datatype = oip_datatype_parse(json_string_value(jd));
-        if (t->datatype == OIP_INVALID)
-            return qn_err_set(err, QN_INVALID_ARGUMENT,
-                              "input '%s': unknown datatype '%s' (BOOL, UINT8..UINT64, "
-                              "INT8..INT64, FP16, FP32, FP64 or BYTES)",
-                              t->name, json_string_value(jd));
-        if ((rc = parse_shape(json_object_get(ji, "shape"), t->name, t, err)) < 0)
-            return rc;
-        const json_t *tp = json_object_get(ji, "parameters");
-        if (tp && !json_is_object(tp))
-            return qn_err_set(err, QN_INVALID_ARGUMENT, "input '%s': parameters must be an "
-                              "object", t->name);
-        t->parameters = (json_t *)tp;
-        int64_t nelem = oip_tensor_nelem(t);
-        char shp[96];
-        size_t o = 0;
-        for (int k = 0; k < t->ndim; k++)
-            o += (size_t)snprintf(shp + o, sizeof shp - o, "%s%lld", k ? "," : "",
-                                  (long long)t->shape[k]);
-        if (nelem < 0 || nelem > (int64_t)(SERVE_MAX_INFER_BODY))
-            return qn_err_set(err, QN_INVALID_ARGUMENT, "input '%s': shape [%s] is too large",
-                              t->name, shp);
-        size_t size = oip_datatype_size(t->datatype);
-        const json_t *data = json_object_get(ji, "data");
-        if (!data)
-            rc = take_binary(&bin, &left, t, nelem, size, a, err);
-        else if (t->datatype == OIP_FP16)
-            rc = qn_err_set(err, QN_INVALID_ARGUMENT,
-                            "input '%s': FP16 cannot be sent as JSON data; send it raw with the "
-                            "binary tensor extension (parameters.binary_data_size)",
-                            t->name);
-        else {
-            parse_ctx p = {.a = a, .name = t->name, .dt = t->datatype, .cap = (size_t)nelem};
-            if (t->datatype == OIP_BYTES)
-                p.bytes = qn_arena_alloc(a, (size_t)(nelem ? nelem : 1) * sizeof *p.bytes);
-            else
-                p.data = qn_arena_alloc(a, (size_t)(nelem ? nelem : 1) * size);
-            if (!p.bytes && !p.data)
-                return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-            if ((rc = flatten(&p, data, 0, err)) == 0 && p.n != (size_t)nelem)
-                rc = qn_err_set(err, QN_INVALID_ARGUMENT,
-                                "input '%s': shape [%s] holds %lld elements but the data has %zu",
-                                t->name, shp, (long long)nelem, p.n);
-            if (t->datatype == OIP_BYTES) {
-                t->bytes = p.bytes;
-                t->nbytes = p.n;
-            } else {
-                t->data = p.data;
-                t->data_len = p.n * size;
-            }
-        }
-        if (rc < 0)
-            return rc;
-    }
-    pr->rq.inputs = pr->inputs;
-    pr->rq.ninputs = nin;
-    const json_t *outs = json_object_get(d, "outputs");
-    if (outs) {
-        if (!json_is_array(outs) || json_array_size(outs) > MAX_OUTPUTS)
-            return qn_err_set(err, QN_INVALID_ARGUMENT, "outputs must be an array of at most %d",
-                              MAX_OUTPUTS);
-        size_t no = json_array_size(outs);
-        pr->outputs = qn_arena_calloc(a, no ? no : 1, sizeof *pr->outputs);
-        if (!pr->outputs)
-            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-        for (size_t i = 0; i < no; i++) {
-            const json_t *jo = json_array_get(outs, i);
-            const json_t *jn = json_object_get(jo, "name");
-            if (!json_is_object(jo) || !json_is_string(jn))
-                return qn_err_set(err, QN_INVALID_ARGUMENT, "outputs[%zu] must be an object "
-                                  "with a \"name\"", i);
-            if ((rc = qn_json_only(jo, out_keys, err)) < 0)
-                return qn_err_wrap(err, "output '%s'", json_string_value(jn));
-            pr->outputs[i] = json_string_value(jn);
-        }
-        pr->rq.outputs = pr->outputs;
-        pr->rq.noutputs = no;
-    }
-    return 0;
-}
-
 /* ---- oip response -> JSON ------------------------------------------------------ */
 
 static void put_num(qn_buf *b, double x, int fp32)
@@ -428,6 +78,33 @@ static void put_num(qn_buf *b, double x, int fp32)
         qn_buf_puts(b, "null");
     else
         qn_buf_printf(b, fp32 ? "%.9g" : "%.17g", x);
+}
+
+/* A double as jansson writes a real: %.17g, ".0" when it would read as an
+ * integer, no '+' or leading zeros in the exponent. */
+static void put_real(qn_buf *b, double x)
+{
+    if (!isfinite(x)) {
+        qn_buf_puts(b, "null");
+        return;
+    }
+    char t[40], o[48];
+    snprintf(t, sizeof t, "%.17g", x);
+    size_t n = 0;
+    for (const char *p = t; *p; p++) {
+        o[n++] = *p;
+        if (*p == 'e') {
+            if (p[1] == '+')
+                p++;
+            else if (p[1] == '-')
+                o[n++] = *++p;
+            while (p[1] == '0' && p[2])
+                p++;
+        }
+    }
+    if (!strpbrk(t, ".e"))
+        o[n++] = '.', o[n++] = '0';
+    qn_buf_append(b, o, n);
 }
 
 static int write_response(qn_buf *b, const oip_infer_response *rs)
@@ -592,18 +269,38 @@ static int h_model_ready(qn_req *req, qn_res *res, void *ud)
     return qn_res_json(res, rc ? 200 : 503, json_pack("{s:s, s:b}", "name", model, "ready", rc));
 }
 
+/* The request's JSON (and binary tensors) into pr; 0 or an error naming
+ * the input at fault. */
+static int read_infer(qn_req *req, oip_json_req *pr, qn_err *err)
+{
+    size_t len;
+    const char *body = qn_req_body(req, &len);
+    size_t jlen = len;
+    const char *hcl = qn_req_header(req, "Inference-Header-Content-Length");
+    if (hcl) {
+        char *end;
+        unsigned long long x = strtoull(hcl, &end, 10);
+        if (*end || end == hcl || x > len)
+            return qn_err_set(err, QN_INVALID_ARGUMENT,
+                              "Inference-Header-Content-Length %s does not fit the %zu-byte body",
+                              hcl, len);
+        jlen = (size_t)x;
+    }
+    return oip_json_parse_infer(body, len, jlen, qn_req_arena(req), pr, err);
+}
+
 static int h_infer(qn_req *req, qn_res *res, void *ud)
 {
     serve *s = ud;
     double t0 = now_s();
-    parsed pr;
+    oip_json_req pr;
     memset(&pr, 0, sizeof pr);
     oip_infer_response rs;
     memset(&rs, 0, sizeof rs);
     qn_err err;
     qn_err_clear(&err);
     char tp[QN_TRACEPARENT_LEN + 1];
-    int rc = parse_infer(req, &pr, &err);
+    int rc = read_infer(req, &pr, &err);
     if (rc == 0) {
         pr.rq.model = qn_req_param(req, "m");
         pr.rq.version = qn_req_param(req, "v");
@@ -632,7 +329,7 @@ static int h_infer(qn_req *req, qn_res *res, void *ud)
         qn_res_error(res, rc, "%s", err.msg);
     }
     oip_response_free(&rs);
-    json_decref(pr.doc);
+    oip_json_req_free(&pr);
     return 0;
 }
 
@@ -693,23 +390,38 @@ static int recommend_common(qn_req *req, qn_res *res, serve *s, int similar)
             else if (!strcmp(rs.outputs[i].name, "fallback"))
                 fb = &rs.outputs[i];
         }
-        json_t *items = json_array();
+        /* Written by hand, as jansson would (same keys, order and numbers):
+         * building and dumping a tree was a sixth of the request. */
+        qn_buf b;
+        qn_buf_init(&b, (size_t)64 << 20);
+        qn_buf_puts(&b, "{\"model\":");
+        buf_json_str(&b, model, strlen(model));
+        qn_buf_puts(&b, ",\"version\":");
+        buf_json_str(&b, rs.version, strlen(rs.version));
+        qn_buf_printf(&b, ",\"%s\":", key);
+        buf_json_str(&b, id, strlen(id));
+        qn_buf_puts(&b, ",\"items\":[");
         for (size_t j = 0; ids && scores && j < ids->nbytes; j++) {
             if (!ids->bytes[j].len)
                 break; /* padding */
             float sc;
             memcpy(&sc, (const uint8_t *)scores->data + j * 4, 4);
-            json_array_append_new(items, json_pack("{s:s%, s:f}", "item",
-                                                   (const char *)ids->bytes[j].p,
-                                                   ids->bytes[j].len, "score", (double)sc));
+            qn_buf_puts(&b, j ? ",{\"item\":" : "{\"item\":");
+            buf_json_str(&b, (const char *)ids->bytes[j].p, ids->bytes[j].len);
+            qn_buf_puts(&b, ",\"score\":");
+            put_real(&b, sc);
+            qn_buf_puts(&b, "}");
         }
-        json_t *out = json_pack("{s:s, s:s, s:s, s:o}", "model", model, "version", rs.version,
-                                key, id, "items", items);
+        qn_buf_puts(&b, "]");
         if (!similar)
-            json_object_set_new(out, "fallback",
-                                json_boolean(fb && fb->data && ((uint8_t *)fb->data)[0]));
+            qn_buf_puts(&b, fb && fb->data && ((uint8_t *)fb->data)[0] ? ",\"fallback\":true"
+                                                                      : ",\"fallback\":false");
+        if (qn_buf_puts(&b, "}") < 0)
+            qn_res_error(res, QN_RESOURCE_EXHAUSTED, "the response is too large");
+        else
+            qn_res_text(res, 200, "application/json", b.data, b.len);
+        qn_buf_free(&b);
         qn_res_header(res, "X-Quern-Model-Version", rs.version);
-        qn_res_json(res, 200, out);
     } else {
         /* Name the query parameter, not the internal tensor. */
         const char *msg = err.msg;

@@ -13,6 +13,7 @@
  *   batch.c    optional dynamic batching per model
  *   predlog.c  sampled prediction logging to the bus, off the request path
  *   grpc_server.c, oip.c  the gRPC front and the protocol data model
+ *   oip_json.c the JSON body of an infer request (a fast reader, jansson behind it)
  *
  * A request holds a reference to the version it runs on (serve_acquire /
  * serve_release) from the first byte of model work to the last byte of
