@@ -66,6 +66,8 @@ typedef struct qn_common_cfg {
     int auth_reads;      /* QUERN_AUTH_READS=1: reads need the token too */
     long long threads;   /* HTTP worker threads */
     long long drain_ms;  /* SIGTERM drain deadline */
+    long long breaker_failures;    /* consecutive upstream failures that open a circuit */
+    long long breaker_cooldown_ms; /* first open period of a circuit (doubles, capped) */
 } qn_common_cfg;
 
 #define QN_CFG_COMMON(type, listen_def, service)                                                \
@@ -89,7 +91,13 @@ typedef struct qn_common_cfg {
     {"threads", "QUERN_THREADS", QN_CFG_INT, "4", 1, 256,                                       \
      "HTTP worker threads", offsetof(type, common.threads)},                                    \
     {"drain-timeout", "QUERN_DRAIN_TIMEOUT", QN_CFG_DURATION, "10s", 0, 3600000,                \
-     "How long SIGTERM waits for in-flight requests", offsetof(type, common.drain_ms)}
+     "How long SIGTERM waits for in-flight requests", offsetof(type, common.drain_ms)},       \
+    {"breaker-failures", "QUERN_BREAKER_FAILURES", QN_CFG_INT, "5", 0, 1000,                    \
+     "Consecutive failures of an upstream that open its circuit (0: never)",                    \
+     offsetof(type, common.breaker_failures)},                                                  \
+    {"breaker-cooldown", "QUERN_BREAKER_COOLDOWN", QN_CFG_DURATION, "1s", 10, 600000,           \
+     "First wait of an open circuit before a probe (doubles per failed probe, to 30s)",         \
+     offsetof(type, common.breaker_cooldown_ms)}
 
 /* Fills cfg from argv, then the environment, then defaults, checking types and
  * bounds. Returns 0; QN_CONFIG_EXIT after printing --help or --version to

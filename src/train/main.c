@@ -193,6 +193,7 @@ static int train_start(qn_service_ctx *ctx, qn_err *err)
                          .timeout_ms = (long)cfg->registry_timeout_ms,
                          .token = ctx->token,
                          .user_agent = "quern-train/0.1.0"};
+    qn_service_client_opts(ctx, "registry", &co);
     if (!(t->reg = qn_client_new(&co, err))) {
         rc = err->code;
         goto fail;
