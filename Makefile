@@ -5,6 +5,7 @@
 #   make build          build everything into build/bin/
 #   make test           build and run the whole suite (unit, service, fuzz replay)
 #   make test-sanitize  the same suite built with ASan + UBSan (build-asan/)
+#   make test-faults    fault and multi-host tests (CTest label faults; root for namespaces)
 #   make demo           the flagship use case on embedded defaults
 #   make bench          benchmarks, each beside its baseline
 #   make fuzz           libFuzzer on every target for FUZZ_SECONDS each
@@ -17,7 +18,7 @@ JOBS         ?= $(shell nproc)
 FUZZ_SECONDS ?= 30
 DEPS_STAMP   := .deps-stamp
 
-.PHONY: all deps build test test-unit test-sanitize demo bench fuzz image clean
+.PHONY: all deps build test test-unit test-sanitize test-faults demo bench fuzz image clean
 
 all: build
 
@@ -36,7 +37,11 @@ build: $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
 
 test: build
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900 -LE faults
+
+# One at a time: they kill, restart and partition real processes.
+test-faults: build
+	cd $(BUILD) && ctest --output-on-failure -L faults --timeout 600
 
 $(ASAN_BUILD)/CMakeCache.txt: $(DEPS_STAMP)
 	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DQUERN_SANITIZE=ON
@@ -45,7 +50,7 @@ test-sanitize: $(ASAN_BUILD)/CMakeCache.txt
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  ctest --output-on-failure -j $(JOBS) --timeout 1800 -LE slow
+	  ctest --output-on-failure -j $(JOBS) --timeout 1800 -LE 'slow|faults'
 
 demo: build
 	/usr/bin/python3 scripts/demo.py

@@ -39,6 +39,7 @@ TEST_PKGS=(
   python3-xgboost      # reference checks: a Python-trained model predicts identically
   rabbitmq-server      # bus contract tests start a private broker (and restart it mid-stream)
   postgresql           # store contract and registry tests start a private server (initdb, pg_ctl)
+  iproute2             # fault tests: the multi-host run makes network namespaces and veths (ip netns)
   python3-grpcio       # gRPC tests and bench: a stock Python client talks to quern-serve
   python3-grpc-tools   # generates that client's stubs from proto/*.proto at test time
   python3-protobuf     # the message classes those stubs use

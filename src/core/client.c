@@ -5,8 +5,17 @@
  * DNS across calls and threads, so keep-alive survives. Retries sleep
  * min(cap, base * 2^attempt) * U[0,1) ("full jitter"), never past the call's
  * deadline.
+ *
+ * The circuit breaker and the bound on concurrent calls (see client.h) wrap
+ * each call: do_call takes a slot (waiting at most until the deadline), asks
+ * the breaker before every attempt and tells it how the attempt went. A
+ * breaker counts attempts, not calls, so one call that retries against a dead
+ * upstream already moves it toward open; and a retry never goes out through a
+ * circuit that opened meanwhile.
  */
 #include "core/client.h"
+
+#include "core/log.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -21,14 +30,29 @@
 
 #define RETRY_BASE_MS 50
 #define RETRY_CAP_MS 2000
+#define BREAKER_CAP_MS 30000
 
 struct qn_client {
     char *base;
+    char *name;                 /* upstream label */
     qn_client_opts o;
     char *token_header;
     char *user_agent;
     CURLSH *share;
     pthread_mutex_t locks[CURL_LOCK_DATA_LAST];
+
+    /* Breaker and slots, under mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t slot_cv;     /* CLOCK_MONOTONIC */
+    int in_flight;
+    qn_circuit state;
+    int fails;                  /* consecutive failed attempts while closed */
+    int probing;                /* half-open: the probe is out */
+    long long open_until;       /* monotonic ms */
+    long long cooldown_ms;      /* the current open period */
+    char last_error[256];       /* what opened the circuit */
+
+    qn_metric *m_state, *m_requests, *m_retries, *m_in_flight;
 };
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -72,9 +96,23 @@ qn_client *qn_client_new(const qn_client_opts *opts, qn_err *err)
         c->o.max_retries = 0;
     if (!c->o.max_response)
         c->o.max_response = 64u << 20;
+    if (!c->o.breaker_failures)
+        c->o.breaker_failures = 5;
+    if (!c->o.breaker_cooldown_ms)
+        c->o.breaker_cooldown_ms = 1000;
+    if (!c->o.max_concurrency)
+        c->o.max_concurrency = 32;
+    c->cooldown_ms = c->o.breaker_cooldown_ms;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->slot_cv, &ca);
+    pthread_condattr_destroy(&ca);
     c->base = strdup(opts->base_url);
+    c->name = strdup(opts->name && *opts->name ? opts->name : opts->base_url);
     c->user_agent = strdup(opts->user_agent ? opts->user_agent : "quern/" QUERN_VERSION);
-    if (!c->base || !c->user_agent)
+    if (!c->base || !c->user_agent || !c->name)
         goto oom;
     size_t n = strlen(c->base);
     while (n > 0 && c->base[n - 1] == '/')
@@ -91,6 +129,22 @@ qn_client *qn_client_new(const qn_client_opts *opts, qn_err *err)
     curl_share_setopt(c->share, CURLSHOPT_USERDATA, c);
     curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
     curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    if (opts->metrics) {
+        static const char *const up[] = {"upstream", NULL};
+        static const char *const upo[] = {"upstream", "outcome", NULL};
+        c->m_state = qn_metrics_gauge(opts->metrics, "quern_circuit_state",
+                                      "Circuit breaker per upstream: 0 closed, 1 open, 2 half-open.", up);
+        c->m_requests = qn_metrics_counter(opts->metrics, "quern_client_requests_total",
+                                           "Calls to other services, by how they ended.", upo);
+        c->m_retries = qn_metrics_counter(opts->metrics, "quern_client_retries_total",
+                                          "Attempts repeated after a failure that may pass.", up);
+        c->m_in_flight = qn_metrics_gauge(opts->metrics, "quern_client_in_flight",
+                                          "Calls to the upstream in flight now.", up);
+        const char *v[] = {c->name};
+        qn_gauge_set(c->m_state, v, QN_CIRCUIT_CLOSED);
+        qn_counter_add(c->m_retries, v, 0);
+        qn_gauge_set(c->m_in_flight, v, 0);
+    }
     return c;
 oom:
     qn_client_free(c);
@@ -107,7 +161,10 @@ void qn_client_free(qn_client *c)
         for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
             pthread_mutex_destroy(&c->locks[i]);
     }
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->slot_cv);
     free(c->base);
+    free(c->name);
     free(c->user_agent);
     free(c->token_header);
     free(c);
@@ -198,32 +255,178 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int do_call_untraced(qn_client *c, call *k, qn_err *err)
+/* ---- circuit breaker and call slots ------------------------------------------ */
+
+static const char *circuit_name(qn_circuit s)
+{
+    return s == QN_CIRCUIT_OPEN ? "open" : s == QN_CIRCUIT_HALF_OPEN ? "half-open" : "closed";
+}
+
+/* Under c->mu. */
+static void set_state(qn_client *c, qn_circuit s)
+{
+    if (c->state == s)
+        return;
+    qn_circuit was = c->state;
+    c->state = s;
+    if (c->m_state) {
+        const char *v[] = {c->name};
+        qn_gauge_set(c->m_state, v, s);
+    }
+    if (s == QN_CIRCUIT_OPEN)
+        qn_log_warn(NULL, "circuit open", "{s:s, s:s, s:I, s:s}", "upstream", c->name, "was",
+                    circuit_name(was), "cooldown_ms", (json_int_t)c->cooldown_ms, "last_error",
+                    c->last_error);
+    else if (s == QN_CIRCUIT_CLOSED)
+        qn_log_info(NULL, "circuit closed", "{s:s}", "upstream", c->name);
+}
+
+/* Under c->mu: opens for the current cool-down, remembering why. */
+static void trip(qn_client *c, const qn_err *why)
+{
+    snprintf(c->last_error, sizeof c->last_error, "%.200s", why->msg);
+    c->open_until = now_ms() + c->cooldown_ms;
+    c->probing = 0;
+    set_state(c, QN_CIRCUIT_OPEN);
+}
+
+qn_circuit qn_client_circuit(qn_client *c)
+{
+    pthread_mutex_lock(&c->mu);
+    qn_circuit s = c->state;
+    pthread_mutex_unlock(&c->mu);
+    return s;
+}
+
+/* Before an attempt: 0 to go (*probe = 1 when it is the half-open probe), or
+ * QN_UNAVAILABLE while the circuit refuses calls. peek only looks (no probe
+ * is taken): a call fails fast before it waits for a slot. */
+static int breaker_admit(qn_client *c, int peek, int *probe, qn_err *err)
+{
+    *probe = 0;
+    if (c->o.breaker_failures < 0)
+        return 0;
+    int rc = 0;
+    pthread_mutex_lock(&c->mu);
+    long long now = now_ms();
+    if (c->state == QN_CIRCUIT_OPEN && now >= c->open_until && !peek)
+        set_state(c, QN_CIRCUIT_HALF_OPEN);
+    if (c->state == QN_CIRCUIT_OPEN && now < c->open_until)
+        rc = qn_err_set(err, QN_UNAVAILABLE, "circuit open for %s; retrying after %.1fs (last failure: %s)",
+                        c->name, (double)(c->open_until - now) / 1000.0, c->last_error);
+    else if (c->state == QN_CIRCUIT_HALF_OPEN && c->probing)
+        rc = qn_err_set(err, QN_UNAVAILABLE, "circuit half-open for %s; a probe call is testing it (last failure: %s)",
+                        c->name, c->last_error);
+    else if (c->state == QN_CIRCUIT_HALF_OPEN && !peek)
+        c->probing = *probe = 1;
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+/* After an admitted attempt: failed says whether the upstream failed it
+ * (transport error, timeout, 5xx); why is the error when it did. Only the
+ * probe moves a circuit that is not closed. */
+static void breaker_record(qn_client *c, int probe, int failed, const qn_err *why)
+{
+    if (c->o.breaker_failures < 0)
+        return;
+    pthread_mutex_lock(&c->mu);
+    if (c->state == QN_CIRCUIT_CLOSED) {
+        if (!failed) {
+            c->fails = 0;
+        } else if (++c->fails >= c->o.breaker_failures) {
+            c->cooldown_ms = c->o.breaker_cooldown_ms;
+            trip(c, why);
+        }
+    } else if (probe) {
+        c->probing = 0;
+        if (failed) {
+            long long cap = c->o.breaker_cooldown_ms > BREAKER_CAP_MS ? c->o.breaker_cooldown_ms : BREAKER_CAP_MS;
+            c->cooldown_ms = c->cooldown_ms * 2 > cap ? cap : c->cooldown_ms * 2;
+            trip(c, why);
+        } else {
+            c->fails = 0;
+            c->cooldown_ms = c->o.breaker_cooldown_ms;
+            set_state(c, QN_CIRCUIT_CLOSED);
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* Takes one of max_concurrency call slots, waiting at most until deadline. */
+static int slot_take(qn_client *c, long long deadline, const char *method, const char *url, qn_err *err)
+{
+    pthread_mutex_lock(&c->mu);
+    while (c->o.max_concurrency > 0 && c->in_flight >= c->o.max_concurrency) {
+        struct timespec ts = {.tv_sec = deadline / 1000, .tv_nsec = (deadline % 1000) * 1000000};
+        if (now_ms() >= deadline ||
+            (pthread_cond_timedwait(&c->slot_cv, &c->mu, &ts) == ETIMEDOUT &&
+             c->in_flight >= c->o.max_concurrency)) {
+            pthread_mutex_unlock(&c->mu);
+            return qn_err_set(err, QN_DEADLINE_EXCEEDED,
+                              "%s %s: no free call slot within %ld ms (%d calls to %s in flight)", method, url,
+                              c->o.timeout_ms, c->o.max_concurrency, c->name);
+        }
+    }
+    c->in_flight++;
+    if (c->m_in_flight) {
+        const char *v[] = {c->name};
+        qn_gauge_set(c->m_in_flight, v, c->in_flight);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return 0;
+}
+
+static void slot_give(qn_client *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->in_flight--;
+    if (c->m_in_flight) {
+        const char *v[] = {c->name};
+        qn_gauge_set(c->m_in_flight, v, c->in_flight);
+    }
+    pthread_cond_signal(&c->slot_cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* The attempts of one call, retried while safe and within the deadline.
+ * *outcome names how it ended (the label of quern_client_requests_total). */
+static int attempts(qn_client *c, call *k, long long deadline, const char **outcome, qn_err *err)
 {
     int safe = k->idem_key || strcmp(k->method, "GET") == 0 || strcmp(k->method, "HEAD") == 0 ||
                strcmp(k->method, "PUT") == 0 || strcmp(k->method, "DELETE") == 0;
-    long long deadline = now_ms() + c->o.timeout_ms;
     char url[4096], tp[QN_TRACEPARENT_LEN + 1 + 16], ct[160], idem[300];
     snprintf(url, sizeof url, "%s%s", c->base, k->path);
     int rc = QN_UNAVAILABLE;
 
     for (int attempt = 0;; attempt++) {
         long long left = deadline - now_ms();
+        *outcome = "deadline_exceeded";
         if (left <= 0)
             return qn_err_set(err, QN_DEADLINE_EXCEEDED, "%s %s: no answer within %ld ms", k->method,
                               url, c->o.timeout_ms);
+        int probe;
+        *outcome = "circuit_open";
+        if ((rc = breaker_admit(c, 0, &probe, err)) < 0)
+            return rc;
+        *outcome = "other";
         CURL *h = curl_easy_init();
         struct curl_slist *hdrs = NULL;
-        if (!h)
+        if (!h) {
+            breaker_record(c, probe, 0, NULL);
             return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        }
         if (k->out)
             qn_buf_reset(k->out);
         if (k->upload)
             rewind(k->upload);
         if (k->download) {
             rewind(k->download);
-            if (ftruncate(fileno(k->download), 0) < 0)
+            if (ftruncate(fileno(k->download), 0) < 0) {
+                curl_easy_cleanup(h);
+                breaker_record(c, probe, 0, NULL);
                 return qn_err_set(err, QN_INTERNAL, "cannot truncate download file");
+            }
         }
         curl_easy_setopt(h, CURLOPT_URL, url);
         curl_easy_setopt(h, CURLOPT_SHARE, c->share);
@@ -278,10 +481,11 @@ static int do_call_untraced(qn_client *c, call *k, qn_err *err)
         curl_slist_free_all(hdrs);
         curl_easy_cleanup(h);
 
-        int retry = 0;
+        int retry = 0, failed = 0;
         if (cc != CURLE_OK) {
             if (cc == CURLE_WRITE_ERROR && !k->download) {
                 qn_buf_free(&errbody);
+                breaker_record(c, probe, 0, NULL);
                 return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "%s %s: answer larger than %zu bytes",
                                   k->method, url, c->o.max_response);
             }
@@ -289,8 +493,12 @@ static int do_call_untraced(qn_client *c, call *k, qn_err *err)
                             "%s %s: %s", k->method, url, curl_easy_strerror(cc));
             retry = cc == CURLE_COULDNT_CONNECT || cc == CURLE_GOT_NOTHING || cc == CURLE_SEND_ERROR ||
                     cc == CURLE_RECV_ERROR || cc == CURLE_COULDNT_RESOLVE_HOST;
+            failed = 1;
+            *outcome = cc == CURLE_OPERATION_TIMEDOUT ? "deadline_exceeded" : "unavailable";
         } else if (status >= 200 && status < 300) {
             qn_buf_free(&errbody);
+            breaker_record(c, probe, 0, NULL);
+            *outcome = "ok";
             return (int)status;
         } else {
             const qn_buf *b = k->out ? k->out : &errbody;
@@ -305,8 +513,11 @@ static int do_call_untraced(qn_client *c, call *k, qn_err *err)
             }
             rc = error_from_answer(c, k, status, b->data, b->len, err);
             retry = retryable_status(status);
+            failed = status >= 500;
+            *outcome = failed ? "server_error" : "client_error";
         }
         qn_buf_free(&errbody);
+        breaker_record(c, probe, failed, err);
         if (!retry || !safe || attempt >= c->o.max_retries)
             return rc;
         long long cap = RETRY_BASE_MS << (attempt < 10 ? attempt : 10);
@@ -318,8 +529,35 @@ static int do_call_untraced(qn_client *c, call *k, qn_err *err)
         if (now_ms() + sleep_ms >= deadline)
             return rc;
         usleep((useconds_t)(sleep_ms * 1000));
+        if (c->m_retries) {
+            const char *v[] = {c->name};
+            qn_counter_add(c->m_retries, v, 1);
+        }
     }
 }
+
+/* One call: fail fast on an open circuit, take a slot, run the attempts. */
+static int do_call_untraced(qn_client *c, call *k, qn_err *err)
+{
+    long long deadline = now_ms() + c->o.timeout_ms;
+    const char *outcome = "circuit_open";
+    int probe, rc = breaker_admit(c, 1, &probe, err);
+    if (rc == 0) {
+        char url[4096];
+        snprintf(url, sizeof url, "%s%s", c->base, k->path);
+        outcome = "deadline_exceeded";
+        if ((rc = slot_take(c, deadline, k->method, url, err)) == 0) {
+            rc = attempts(c, k, deadline, &outcome, err);
+            slot_give(c);
+        }
+    }
+    if (c->m_requests) {
+        const char *v[] = {c->name, outcome};
+        qn_counter_add(c->m_requests, v, 1);
+    }
+    return rc;
+}
+
 
 /* The call as a CLIENT span, child of the caller's context: the span's
  * traceparent is what the upstream sees, so its SERVER span hangs below it. */

@@ -9,6 +9,21 @@
  * Errors from a Quern service are mapped back from its JSON error model, so
  * a 404 from the registry is QN_NOT_FOUND here with the registry's message.
  *
+ * Each client is one circuit breaker for its upstream. Closed, it counts
+ * consecutive failed attempts (transport errors, timeouts, 5xx; a 4xx is an
+ * answer, so it counts as success); at breaker_failures it opens, and calls
+ * fail fast with QN_UNAVAILABLE ("circuit open for registry; retrying after
+ * 0.8s") without touching the network. After the cool-down it is half-open:
+ * one call goes through as a probe (the others still fail fast); success
+ * closes it, failure opens it again with twice the cool-down (capped at
+ * max(30 s, the first cool-down)). At most max_concurrency calls are in flight
+ * at once; a call waits for a slot, and that wait counts against its
+ * deadline. With opts.metrics the client keeps quern_circuit_state{upstream}
+ * (0 closed, 1 open, 2 half-open), quern_client_requests_total{upstream,
+ * outcome} (ok, client_error, server_error, unavailable, deadline_exceeded,
+ * circuit_open), quern_client_retries_total{upstream} and
+ * quern_client_in_flight{upstream}.
+ *
  *     qn_client_opts o = {.base_url = "http://127.0.0.1:7701", .timeout_ms = 5000};
  *     qn_client *reg = qn_client_new(&o, &err);
  *     json_t *model;
@@ -28,6 +43,7 @@
 
 #include "core/buf.h"
 #include "core/err.h"
+#include "core/metrics.h"
 #include "core/trace.h"
 
 typedef struct qn_client qn_client;
@@ -40,11 +56,27 @@ typedef struct qn_client_opts {
     const char *token;        /* bearer token sent on every call, or NULL */
     const char *user_agent;   /* "quern-train/0.1.0" */
     size_t max_response;      /* bytes kept in memory (0: 64 MiB) */
+    const char *name;         /* upstream label in metrics and errors ("registry");
+                                 NULL: the base URL */
+    int breaker_failures;     /* consecutive failures that open the circuit (0: 5; -1: never) */
+    long breaker_cooldown_ms; /* first open period (0: 1 s); doubles per failed probe */
+    int max_concurrency;      /* calls in flight at once (0: 32; -1: unbounded) */
+    qn_metrics *metrics;      /* where the client's metrics go (not owned), or NULL */
 } qn_client_opts;
+
+/* The breaker's state, as quern_circuit_state shows it. */
+typedef enum qn_circuit {
+    QN_CIRCUIT_CLOSED = 0,
+    QN_CIRCUIT_OPEN = 1,
+    QN_CIRCUIT_HALF_OPEN = 2,
+} qn_circuit;
 
 qn_client *qn_client_new(const qn_client_opts *opts, qn_err *err);
 void qn_client_free(qn_client *c);
 const char *qn_client_base(const qn_client *c);
+/* The circuit's state now (an open circuit whose cool-down has passed still
+ * reads open until a call probes it). Thread-safe. */
+qn_circuit qn_client_circuit(qn_client *c);
 
 /* Sends body (may be NULL) as JSON; on 2xx stores the parsed answer in *out
  * (NULL for an empty body; caller decrefs) and returns the HTTP status. On

@@ -67,6 +67,8 @@ typedef struct qn_common_cfg {
     long long threads;   /* HTTP worker threads */
     long long drain_ms;  /* SIGTERM drain deadline */
     char *otlp_endpoint; /* OTLP/HTTP collector base URL; NULL or "": tracing off */
+    long long breaker_failures;    /* consecutive upstream failures that open a circuit */
+    long long breaker_cooldown_ms; /* first open period of a circuit (doubles, capped) */
 } qn_common_cfg;
 
 #define QN_CFG_COMMON(type, listen_def, service)                                                \
@@ -93,7 +95,13 @@ typedef struct qn_common_cfg {
      "How long SIGTERM waits for in-flight requests", offsetof(type, common.drain_ms)},         \
     {"otlp-endpoint", "QUERN_OTLP_ENDPOINT", QN_CFG_STRING, NULL, 0, 0,                         \
      "OpenTelemetry collector (OTLP/HTTP) base URL, e.g. http://127.0.0.1:4318 (unset: no tracing)", \
-     offsetof(type, common.otlp_endpoint)}
+     offsetof(type, common.otlp_endpoint)},                                                     \
+    {"breaker-failures", "QUERN_BREAKER_FAILURES", QN_CFG_INT, "5", 0, 1000,                    \
+     "Consecutive failures of an upstream that open its circuit (0: never)",                    \
+     offsetof(type, common.breaker_failures)},                                                  \
+    {"breaker-cooldown", "QUERN_BREAKER_COOLDOWN", QN_CFG_DURATION, "1s", 10, 600000,           \
+     "First wait of an open circuit before a probe (doubles per failed probe, to 30s)",         \
+     offsetof(type, common.breaker_cooldown_ms)}
 
 /* Fills cfg from argv, then the environment, then defaults, checking types and
  * bounds. Returns 0; QN_CONFIG_EXIT after printing --help or --version to

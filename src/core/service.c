@@ -274,3 +274,12 @@ out:
     free(cfg);
     return exit_code;
 }
+
+void qn_service_client_opts(const qn_service_ctx *ctx, const char *upstream, qn_client_opts *o)
+{
+    o->name = upstream;
+    o->token = ctx->token;
+    o->metrics = ctx->metrics;
+    o->breaker_failures = ctx->common->breaker_failures > 0 ? (int)ctx->common->breaker_failures : -1;
+    o->breaker_cooldown_ms = (long)ctx->common->breaker_cooldown_ms;
+}

@@ -24,6 +24,7 @@
 
 #include <stddef.h>
 
+#include "core/client.h"
 #include "core/config.h"
 #include "core/http.h"
 #include "core/metrics.h"
@@ -57,6 +58,13 @@ typedef struct qn_service_def {
 } qn_service_def;
 
 int qn_service_main(const qn_service_def *def, int argc, char **argv);
+
+/* Fills the parts of o every service sets the same way for a client to
+ * another service: upstream (the label in quern_circuit_state and errors,
+ * e.g. "registry"), the bearer token, the service's metrics and the breaker
+ * settings (--breaker-failures, --breaker-cooldown). The caller sets base_url,
+ * timeouts and the rest. */
+void qn_service_client_opts(const qn_service_ctx *ctx, const char *upstream, qn_client_opts *o);
 
 /* Creates dir and its parents (0755). 0 or QN_INTERNAL with err filled. */
 int qn_mkdir_p(const char *dir, qn_err *err);

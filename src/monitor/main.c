@@ -175,6 +175,7 @@ static int monitor_start(qn_service_ctx *ctx, qn_err *err)
     free(url);
     qn_client_opts co = {.base_url = cfg->common.registry, .timeout_ms = 5000, .token = ctx->token,
                          .user_agent = "quern-monitor", .max_response = 256u << 20};
+    qn_service_client_opts(ctx, "registry", &co);
     qn_bus_opts bo = {.metrics = ctx->metrics, .visibility_ms = cfg->lease_ms};
     static const char *const topics[] = {"quern.predictions.logged", "quern.feedback.received",
                                          "quern.model.promoted", NULL};

@@ -202,6 +202,8 @@ static int prep_start(qn_service_ctx *ctx, qn_err *err)
                          .user_agent = "quern-prep/0.1.0"};
     qn_client_opts ro = {.base_url = cfg->common.registry, .timeout_ms = 300000, .token = ctx->token,
                          .user_agent = "quern-prep/0.1.0"};
+    qn_service_client_opts(ctx, "ingest", &io);
+    qn_service_client_opts(ctx, "registry", &ro);
     if (!(p->ingest = qn_client_new(&io, err)) || !(p->registry = qn_client_new(&ro, err))) {
         prep_free(p);
         return err->code;

@@ -163,6 +163,7 @@ static int serve_start(qn_service_ctx *ctx, qn_err *err)
     qn_client_opts co = {.base_url = cfg->common.registry, .timeout_ms = 120000,
                          .connect_timeout_ms = 2000, .token = ctx->token,
                          .user_agent = "quern-serve/" QUERN_VERSION};
+    qn_service_client_opts(ctx, "registry", &co);
     if (!(s->registry = qn_client_new(&co, err))) {
         rc = err->code;
         goto fail;

@@ -24,6 +24,7 @@ typedef struct train_cfg {
     long long max_attempts;
     long long max_dataset;
     long long registry_timeout_ms;
+    long long upstream_wait_ms;
     char *db_url;
 } train_cfg;
 
@@ -42,6 +43,9 @@ static const qn_cfg_opt opts[] = {
     {"registry-timeout", "QUERN_TRAIN_REGISTRY_TIMEOUT", QN_CFG_DURATION, "10m", 1000, 86400000,
      "Deadline of one call to the registry (blob transfers included)",
      offsetof(train_cfg, registry_timeout_ms)},
+    {"upstream-wait", "QUERN_TRAIN_UPSTREAM_WAIT", QN_CFG_DURATION, "10m", 0, 86400000,
+     "How long a job waits, trying again with backoff, while the registry is unavailable (0: fail at once)",
+     offsetof(train_cfg, upstream_wait_ms)},
     {"db", "QUERN_TRAIN_DB", QN_CFG_STRING, NULL, 0, 0,
      "Jobs store URL (default: sqlite://<data>/train.db)", offsetof(train_cfg, db_url)},
 };
@@ -173,6 +177,7 @@ static int train_start(qn_service_ctx *ctx, qn_err *err)
     t->workers = (int)cfg->workers;
     t->progress_ms = cfg->progress_ms;
     t->max_attempts = (int)cfg->max_attempts;
+    t->upstream_wait_ms = cfg->upstream_wait_ms;
     t->max_dataset = cfg->max_dataset;
     if (!(t->data_dir = strdup(cfg->common.data)) ||
         asprintf(&t->work_dir, "%s/work", cfg->common.data) < 0 ||
@@ -195,6 +200,7 @@ static int train_start(qn_service_ctx *ctx, qn_err *err)
                          .timeout_ms = (long)cfg->registry_timeout_ms,
                          .token = ctx->token,
                          .user_agent = "quern-train/0.1.0"};
+    qn_service_client_opts(ctx, "registry", &co);
     if (!(t->reg = qn_client_new(&co, err))) {
         rc = err->code;
         goto fail;
@@ -211,7 +217,10 @@ static int train_start(qn_service_ctx *ctx, qn_err *err)
                                        "Jobs this trainer is running now.", NULL);
     t->promotions = qn_metrics_counter(ctx->metrics, "quern_train_promotions_total",
                                        "New versions that moved the alias.", NULL);
+    t->upstream_waits = qn_metrics_counter(ctx->metrics, "quern_train_upstream_waits_total",
+                                           "Job runs repeated because the registry was unavailable.", NULL);
     qn_gauge_set(t->jobs_running, NULL, 0);
+    qn_counter_add(t->upstream_waits, NULL, 0);
 
     qn_bus_opts bo = {.metrics = ctx->metrics};
     if (!(t->bus = qn_bus_open(cfg->common.bus, &bo, err)) ||

@@ -348,6 +348,35 @@ out:
     return rc;
 }
 
+/* Runs a job; while it fails because the registry is unavailable (down, or
+ * its circuit open here) it waits with backoff (0.5 s doubling to 15 s) and
+ * runs again, for up to --upstream-wait. A job is safe to run again: it
+ * registers at most one version (train_run finds the one it registered). A
+ * stop or a cancel ends the wait (QN_CANCELLED). */
+static int run_waiting(trainer *t, train_slot *slot, train_job *job, json_t **result, qn_err *err)
+{
+    long long give_up = qn_now_ms() + t->upstream_wait_ms;
+    for (int n = 0;; n++) {
+        int rc = train_run(t, job, result, err);
+        if ((rc != QN_UNAVAILABLE && rc != QN_DEADLINE_EXCEEDED) || atomic_load(&slot->cancel) != TRAIN_GO)
+            return rc;
+        long long pause = 500LL << (n < 5 ? n : 5);
+        if (pause > 15000)
+            pause = 15000;
+        if (qn_now_ms() + pause > give_up)
+            return rc;
+        qn_counter_add(t->upstream_waits, NULL, 1);
+        qn_log_warn(NULL, "the registry is unavailable; the job waits and runs again", "{s:s, s:I, s:s}", "job",
+                    job->id, "retry_in_ms", (json_int_t)pause, "error", err->msg);
+        for (long long end = qn_now_ms() + pause; qn_now_ms() < end;) {
+            if (atomic_load(&slot->cancel) != TRAIN_GO)
+                return qn_err_set(err, QN_CANCELLED, "cancelled while waiting for the registry");
+            struct timespec ts = {0, 50 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
 /* Runs a claimed job and records how it ended. */
 static void run_job(trainer *t, train_slot *slot, train_job *job)
 {
@@ -379,7 +408,7 @@ static void run_job(trainer *t, train_slot *slot, train_job *job)
     qn_err err;
     qn_err_clear(&err);
     json_t *result = NULL;
-    int rc = train_run(t, job, &result, &err);
+    int rc = run_waiting(t, slot, job, &result, &err);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     int why = atomic_load(&slot->cancel);

@@ -68,6 +68,7 @@ typedef struct trainer {
     int workers;
     long long progress_ms;        /* least time between two progress updates */
     int max_attempts;             /* runs of one job before it is failed for good */
+    long long upstream_wait_ms;   /* how long a job waits for an unavailable registry */
     long long max_dataset;        /* bytes of a dataset file */
     pthread_t *threads;
     train_slot *slots;            /* one per worker */
@@ -78,6 +79,7 @@ typedef struct trainer {
     qn_metric *job_seconds;
     qn_metric *jobs_running;
     qn_metric *promotions;
+    qn_metric *upstream_waits;    /* runs of a job repeated after the registry was unavailable */
 } trainer;
 
 /* A job as a worker runs it: the normalized request plus bookkeeping. */

@@ -11,11 +11,17 @@
 # and removes the temp dir. Exit 77 (CTest: skipped) when rabbitmq-server is
 # not installed. Works as root or as a user; needs no running service.
 #
+# QUERN_TEST_BIND (default 127.0.0.1) is the address AMQP listens on: the
+# multi-host fault test runs this script inside a network namespace and gives
+# the address of that namespace's veth (Erlang distribution and epmd stay on
+# the namespace's loopback).
+#
 # Internal: "run_bus_amqp.sh --restart DIR" kills and restarts the broker of
 # DIR; the test calls it through QUERN_TEST_AMQP_RESTART.
 set -euo pipefail
 
 RMQ_BIN=/usr/lib/rabbitmq/bin
+BIND=${QUERN_TEST_BIND:-127.0.0.1}
 EPMD=$(command -v epmd || true)
 
 # The broker's environment, kept in DIR/env.sh for the restart helper.
@@ -23,14 +29,14 @@ write_env() {
     local dir=$1 amqp=$2 dist=$3 epmdp=$4
     mkdir -p "$dir/home" "$dir/mnesia" "$dir/log"
     echo '[].' > "$dir/enabled_plugins"
-    printf 'loopback_users = none\nlisteners.tcp.default = 127.0.0.1:%s\n' "$amqp" > "$dir/rabbitmq.conf"
+    printf 'loopback_users = none\nlisteners.tcp.default = %s:%s\n' "$BIND" "$amqp" > "$dir/rabbitmq.conf"
     : > "$dir/rabbitmq-env.conf"
     cat > "$dir/env.sh" <<EOF
 export HOME='$dir/home'
 export ERL_EPMD_PORT=$epmdp
 export ERL_EPMD_ADDRESS=127.0.0.1
 export RABBITMQ_NODENAME=quern-test@localhost
-export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+export RABBITMQ_NODE_IP_ADDRESS=$BIND
 export RABBITMQ_NODE_PORT=$amqp
 export RABBITMQ_DIST_PORT=$dist
 export RABBITMQ_MNESIA_BASE='$dir/mnesia'
@@ -127,10 +133,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Three free loopback ports: AMQP, Erlang distribution, epmd.
-read -r amqp_port dist_port epmd_port < <(/usr/bin/python3 - <<'EOF'
-import socket
+read -r amqp_port dist_port epmd_port < <(/usr/bin/python3 - "$BIND" <<'EOF'
+import socket, sys
 ss = [socket.socket() for _ in range(3)]
-for s in ss:
+ss[0].bind((sys.argv[1], 0))
+for s in ss[1:]:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))
 EOF
@@ -144,8 +151,8 @@ sleep 0.2
 
 t0=$(date +%s)
 start_broker "$dir"
-echo "run_bus_amqp: broker up on 127.0.0.1:$amqp_port in $(( $(date +%s) - t0 )) s" >&2
+echo "run_bus_amqp: broker up on $BIND:$amqp_port in $(( $(date +%s) - t0 )) s" >&2
 
-export QUERN_TEST_AMQP="amqp://guest:guest@127.0.0.1:$amqp_port/"
+export QUERN_TEST_AMQP="amqp://guest:guest@$BIND:$amqp_port/"
 export QUERN_TEST_AMQP_RESTART="bash '$0' --restart '$dir'"
 "$@"

@@ -14,11 +14,16 @@
 # server (pg_ctl stop -m immediate) and removes the temp dir. Exit 77 (CTest:
 # skipped) when the server binaries are not installed.
 #
+# QUERN_TEST_BIND (default 127.0.0.1) is the address the server listens on
+# (the multi-host fault test gives the address of a network namespace's veth;
+# clients in the same subnet are then trusted too: pg_hba "samenet").
+#
 # Internal: "run_store_pg.sh --ctl DIR stop|start|restart" drives the server
 # of DIR; the restart test calls it through QUERN_TEST_PG_CTL.
 set -euo pipefail
 
 PG_BIN=${QUERN_PG_BIN:-/usr/lib/postgresql/15/bin}
+BIND=${QUERN_TEST_BIND:-127.0.0.1}
 
 # Runs a server binary as the cluster's owner.
 as_owner() {
@@ -36,7 +41,7 @@ pg_ctl_do() {
     case "$action" in
     start | restart)
         as_owner "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-            -o "-p $PGPORT -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" "$action" >/dev/null
+            -o "-p $PGPORT -k $dir -c listen_addresses=$BIND -c fsync=off" "$action" >/dev/null
         ;;
     stop)
         as_owner "$PG_BIN/pg_ctl" -D "$dir/data" -w -t 60 -m fast stop >/dev/null
@@ -83,16 +88,19 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 [ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
-port=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(/usr/bin/python3 -c 'import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' "$BIND")
 echo "export PGPORT=$port" > "$dir/env.sh"
 
 t0=$(date +%s)
 as_owner "$PG_BIN/initdb" -D "$dir/data" -U quern --auth=trust --no-locale -E UTF8 --no-sync \
     > "$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+if [ "$BIND" != 127.0.0.1 ]; then
+    echo "host all all samenet trust" >> "$dir/data/pg_hba.conf"
+fi
 pg_ctl_do "$dir" start
-"$PG_BIN/createdb" -h 127.0.0.1 -p "$port" -U quern quern
-echo "run_store_pg: server up on 127.0.0.1:$port in $(( $(date +%s) - t0 )) s" >&2
+"$PG_BIN/createdb" -h "$BIND" -p "$port" -U quern quern
+echo "run_store_pg: server up on $BIND:$port in $(( $(date +%s) - t0 )) s" >&2
 
-export QUERN_TEST_PG="postgres://quern@127.0.0.1:$port/quern"
+export QUERN_TEST_PG="postgres://quern@$BIND:$port/quern"
 export QUERN_TEST_PG_CTL="bash '$0' --ctl '$dir'"
 "$@"
