@@ -988,8 +988,11 @@ static int apply_step(const qml_frame *f, const step *st, qml_frame **out,
         if ((rc = filter_mask(f, st, keep, &nm, err)) < 0)
             break;
         rc = take_kept(f, keep, out, err);
-        snprintf(sr->note, sizeof sr->note, "rows failing %s %s dropped (%zu had it missing)",
-                 st->column, cmp_names[st->cmp], nm);
+        char *val = json_dumps(json_object_get(st->spec, "value"), JSON_COMPACT | JSON_ENCODE_ANY);
+        snprintf(sr->note, sizeof sr->note, "rows failing %s %s %.60s%s dropped (%zu had it missing)",
+                 st->column, cmp_names[st->cmp], val ? val : "",
+                 val && strlen(val) > 60 ? "..." : "", nm);
+        free(val);
         break;
     }
     case OP_DEDUPE:
