@@ -16,6 +16,7 @@
 
 #include "core/json.h"
 #include "core/log.h"
+#include "core/validate.h"
 
 #define BATCH 512
 #define POLL_MS 500
@@ -287,4 +288,40 @@ void qn_outbox_stop(qn_outbox *ob)
     pthread_cond_destroy(&ob->cv);
     free(ob->service);
     free(ob);
+}
+
+int qn_outbox_list(qn_store *db, qn_req *req, qn_res *res)
+{
+    qn_err err;
+    int64_t limit, after = 0;
+    const char *a = qn_req_query(req, "after");
+    if (qn_limit_parse(qn_req_query(req, "limit"), 100, 1000, &limit, &err) < 0 ||
+        (a && strcmp(a, "0") != 0 && qn_uint_parse("after", a, INT64_MAX / 2, &after, &err) < 0))
+        return qn_res_error(res, err.code, "%s", err.msg);
+    json_t *list = json_array();
+    qn_conn *c = qn_store_acquire(db, &err);
+    qn_stmt *st = c ? qn_prepare(c, "SELECT seq, body, published_at FROM outbox WHERE seq > ? "
+                                    "ORDER BY seq LIMIT ?", &err)
+                    : NULL;
+    int rc = st ? 0 : err.code;
+    int64_t last = after;
+    if (st) {
+        qn_bind_int64(st, 1, after);
+        qn_bind_int64(st, 2, limit);
+        while ((rc = qn_step(st, &err)) == 1) {
+            last = qn_col_int64(st, 0);
+            json_array_append_new(list, json_pack("{s:I, s:o, s:b}", "seq", (json_int_t)last, "event",
+                                                  qn_json_from_text(qn_col_text(st, 1)), "published",
+                                                  !qn_col_is_null(st, 2)));
+        }
+    }
+    if (c)
+        qn_store_release(db, c);
+    if (rc < 0) {
+        json_decref(list);
+        qn_log_error(qn_req_trace_id(req), "cannot read the outbox", "{s:s}", "detail", err.msg);
+        return err.code == QN_UNAVAILABLE ? qn_res_error(res, QN_UNAVAILABLE, "busy; retry shortly")
+                                          : qn_res_error(res, QN_INTERNAL, "internal error");
+    }
+    return qn_res_json(res, 200, json_pack("{s:o, s:I}", "events", list, "next_after", (json_int_t)last));
 }

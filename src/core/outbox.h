@@ -37,6 +37,7 @@
 
 #include "core/bus/bus.h"
 #include "core/err.h"
+#include "core/http.h"
 #include "core/metrics.h"
 #include "core/store/store.h"
 
@@ -68,6 +69,12 @@ int64_t qn_outbox_pending(qn_outbox *ob);
 /* Publishes everything pending, waiting up to timeout_ms. 0 when nothing is
  * left, QN_DEADLINE_EXCEEDED otherwise (the rest stays for the next start). */
 int qn_outbox_flush(qn_outbox *ob, long long timeout_ms);
+/* Answers a listing of db's outbox table (the handler of a service's GET
+ * /v1/events or /v1/outbox): query after=SEQ and limit=N (1..1000, default
+ * 100) -> {"events":[{"seq","event","published"}],"next_after":SEQ}. Bad
+ * parameters are a 400; storage failures a 503 (busy) or a bare 500. */
+int qn_outbox_list(qn_store *db, qn_req *req, qn_res *res);
+
 /* Stops the thread and frees the outbox (does not flush). NULL is a no-op. */
 void qn_outbox_stop(qn_outbox *ob);
 

@@ -120,39 +120,7 @@ int prep_fail(qn_req *req, qn_res *res, const qn_err *err)
 static int events_list(qn_req *req, qn_res *res, void *ud)
 {
     prep *p = ud;
-    qn_err err;
-    int64_t limit, after = 0;
-    const char *a = qn_req_query(req, "after");
-    if (qn_limit_parse(qn_req_query(req, "limit"), 100, 1000, &limit, &err) < 0 ||
-        (a && strcmp(a, "0") != 0 && qn_uint_parse("after", a, INT64_MAX / 2, &after, &err) < 0))
-        return qn_res_error(res, err.code, "%s", err.msg);
-    json_t *list = json_array();
-    qn_conn *c = qn_store_acquire(p->db, &err);
-    if (!c)
-        goto fail;
-    qn_stmt *st = qn_prepare(c, "SELECT seq, body, published_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                             &err);
-    if (!st)
-        goto fail;
-    qn_bind_int64(st, 1, after);
-    qn_bind_int64(st, 2, limit);
-    int rc;
-    int64_t last = after;
-    while ((rc = qn_step(st, &err)) == 1) {
-        last = qn_col_int64(st, 0);
-        json_t *ev = json_loads(qn_col_text(st, 1), 0, NULL);
-        json_array_append_new(list, json_pack("{s:I, s:o, s:b}", "seq", (json_int_t)last, "event",
-                                              ev ? ev : json_null(), "published", !qn_col_is_null(st, 2)));
-    }
-    if (rc < 0)
-        goto fail;
-    qn_store_release(p->db, c);
-    return qn_res_json(res, 200, json_pack("{s:o, s:I}", "events", list, "next_after", (json_int_t)last));
-fail:
-    json_decref(list);
-    if (c)
-        qn_store_release(p->db, c);
-    return prep_fail(req, res, &err);
+    return qn_outbox_list(p->db, req, res);
 }
 
 static void prep_free(prep *p)
