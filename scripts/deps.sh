@@ -76,10 +76,7 @@ echo "deps: installing ${missing[*]}"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
-stamp=/var/lib/apt/periodic/update-success-stamp
-if [ ! -d /var/lib/apt/lists ] || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] \
-   || ! apt-cache show "${missing[0]}" >/dev/null 2>&1; then
-  $SUDO apt-get update -qq
-fi
+# Package lists on a fresh machine may be missing or old (a listed version
+# gone from the mirror): refresh them once before installing anything.
+$SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-: "$stamp"
