@@ -163,6 +163,16 @@ class PrepTest(ServiceTest):
             for needle in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
                 self.assertNotIn(needle, svc.log(), f"{svc.name}: {svc.log_path}")
 
+    def wait_running(self, pipeline, rid, timeout=60):
+        """Until a worker has taken the run (it then waits on the paused ingest);
+        on a loaded machine that can take more than a moment."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.prep.request("GET", f"/v1/pipelines/{pipeline}/runs/{rid}")[2]["state"] == "running":
+                return
+            time.sleep(0.05)
+        self.fail(f"run {rid} never started")
+
     def pause_ingest(self):
         os.kill(self.ing.proc.pid, signal.SIGSTOP)
 
@@ -494,11 +504,7 @@ class PrepTest(ServiceTest):
         self.pause_ingest()  # the run waits on its first page
         st, _, body = self.prep.request("POST", "/v1/pipelines/slow/runs")
         rid = body["run_id"]
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            if self.prep.request("GET", f"/v1/pipelines/slow/runs/{rid}")[2]["state"] == "running":
-                break
-            time.sleep(0.05)
+        self.wait_running("slow", rid)
         self.prep.kill9()
         self.resume_ingest()
         self.services.remove(self.prep)
@@ -513,7 +519,7 @@ class PrepTest(ServiceTest):
         self.put_pipeline("slow", {"source": "slow", "output": "slow-clean", "steps": []}, status=(201,))
         self.pause_ingest()
         st, _, body = self.prep.request("POST", "/v1/pipelines/slow/runs")
-        time.sleep(0.5)
+        self.wait_running("slow", body["run_id"])
         threading.Timer(1.0, self.resume_ingest).start()  # the page arrives while prep is stopping
         self.assertEqual(self.prep.stop(signal.SIGTERM), 0)
         self.assertIn('"stopped"', self.prep.log())
