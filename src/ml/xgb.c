@@ -7,6 +7,7 @@
  * threads only ever read it.
  */
 #include "ml/xgb.h"
+#include "ml/xgb_forest.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -26,6 +27,7 @@
 
 struct qml_xgb {
     BoosterHandle h;
+    qml__forest *forest; /* our own walk of the trees, when it agrees with XGBoost */
     size_t n_features;
     size_t n_outputs;
     int n_classes;
@@ -423,6 +425,48 @@ out:
 
 /* ---- load and save ------------------------------------------------------------ */
 
+/* Probe rows for a forest: every feature takes a value from its own splits
+ * (exactly at a threshold, which goes right, or just below it, which goes
+ * left), a missing value, or 0, so the probes walk the trees' branches and
+ * default directions. Returns 1 when the forest and XGBoost agree on them. */
+static int forest_agrees(const qml_xgb *m, qn_err *err)
+{
+    enum { ROWS = 256 };
+    size_t nf = m->n_features, no = m->n_outputs;
+    float *x = malloc(ROWS * nf * sizeof *x), *mine = malloc(ROWS * no * sizeof *mine);
+    const bst_ulong *shape;
+    bst_ulong dim;
+    const float *theirs;
+    int ok = 0;
+    if (!x || !mine)
+        goto out;
+    uint64_t s = 0x9E3779B97F4A7C15ULL;
+    for (size_t r = 0; r < ROWS; r++) {
+        for (size_t j = 0; j < nf; j++) {
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            float v = qml__forest_split_value(m->forest, j, s);
+            switch (s % 8) {
+            case 0: v = NAN; break;
+            case 1: v = 0; break;
+            case 2: case 3: v = nextafterf(v, -INFINITY); break;
+            default: break;
+            }
+            x[r * nf + j] = v;
+        }
+    }
+    qml__forest_predict(m->forest, x, ROWS, nf, mine);
+    if (predict_raw(m, x, ROWS, nf, &shape, &dim, &theirs, err) < 0 || dim != 2 || shape[0] != ROWS ||
+        shape[1] != no)
+        goto out;
+    ok = 1;
+    for (size_t i = 0; i < ROWS * no && ok; i++)
+        ok = fabsf(mine[i] - theirs[i]) <= 1e-6f;
+out:
+    free(x);
+    free(mine);
+    return ok;
+}
+
 int qml_xgb_load_buffer(const void *buf, size_t len, int nthread, qml_xgb **out, qn_err *err)
 {
     const char *s = buf;
@@ -443,7 +487,25 @@ int qml_xgb_load_buffer(const void *buf, size_t len, int nthread, qml_xgb **out,
         XGBoosterFree(h);
         return rc;
     }
-    return pin(h, nthread, out, err);
+    int rc = pin(h, nthread, out, err);
+    if (rc < 0)
+        return rc;
+    /* Our own walk of the trees, kept only when it is of a form we take and
+     * gives XGBoost's answers on probe rows; otherwise the C API serves. */
+    qml_xgb *m = *out;
+    qn_err ignored;
+    if (qml__forest_parse(buf, len, &m->forest) == 0 &&
+        (qml__forest_n_features(m->forest) != m->n_features ||
+         qml__forest_n_outputs(m->forest) != m->n_outputs || !forest_agrees(m, &ignored))) {
+        qml__forest_free(m->forest);
+        m->forest = NULL;
+    }
+    return 0;
+}
+
+int qml_xgb_native(const qml_xgb *m)
+{
+    return m->forest != NULL;
 }
 
 int qml_xgb_load_file(const char *path, int nthread, qml_xgb **out, qn_err *err)
@@ -560,6 +622,10 @@ int qml_xgb_predict(const qml_xgb *m, const float *x, size_t n_rows, size_t n_co
     if (n_rows > (size_t)INT64_MAX / n_cols / m->n_outputs)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "prediction batch of %zu rows is too large",
                           n_rows);
+    if (m->forest) {
+        qml__forest_predict(m->forest, x, n_rows, n_cols, out);
+        return 0;
+    }
     const bst_ulong *shape;
     bst_ulong dim;
     const float *res;
@@ -581,5 +647,6 @@ void qml_xgb_free(qml_xgb *m)
         return;
     if (m->h)
         XGBoosterFree(m->h);
+    qml__forest_free(m->forest);
     free(m);
 }

@@ -120,6 +120,12 @@ int qml_xgb_n_rounds(const qml_xgb *m);
 int qml_xgb_predict(const qml_xgb *m, const float *x, size_t n_rows, size_t n_cols, float *out,
                     qn_err *err);
 
+/* 1 when predictions walk the trees in libquern-ml (a loaded gbtree model
+ * with numeric splits and a binary:logistic, reg:squarederror or
+ * multi:softprob objective, checked against XGBoost on probe rows at load),
+ * 0 when they go through XGBoost's C API. Either way the answers are
+ * XGBoost's (within 1e-6). */
+int qml_xgb_native(const qml_xgb *m);
 void qml_xgb_free(qml_xgb *m);
 
 #endif
