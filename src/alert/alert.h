@@ -27,6 +27,7 @@
 #include "core/bus/bus.h"
 #include "core/http.h"
 #include "core/metrics.h"
+#include "core/ticker.h"
 #include "core/outbox.h"
 #include "core/store/store.h"
 #include "core/subscriber.h"
@@ -107,10 +108,7 @@ struct alerter {
     al_rules *rules;
     pthread_mutex_t mu;           /* alert state changes */
     int64_t retrain_timeout_ms, backoff_ms, backoff_max_ms, hook_timeout_ms, metric_interval_ms;
-    pthread_t poller;
-    pthread_mutex_t poll_mu;
-    pthread_cond_t poll_cv;
-    int stopping;
+    qn_ticker *poller;            /* metric rules, resolve-after, stale retrains */
     json_t *since;                /* metric rules: "rule\x1fseries" -> ms the condition began */
     qn_metric *m_rules, *m_fired, *m_resolved, *m_suppressed, *m_hooks, *m_queue, *m_retrains,
         *m_reloads, *m_firing;

@@ -28,6 +28,7 @@
 #include "core/buf.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "core/ticker.h"
 #include "core/trace.h"
 #include "alert/alert.h"
 
@@ -673,41 +674,21 @@ out:
     queue_jobs(a, jobs, njobs);
 }
 
-static void *poller(void *arg)
+static void poll_tick(void *ud)
 {
-    alerter *a = arg;
-    pthread_mutex_lock(&a->poll_mu);
-    while (!a->stopping) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        int64_t ns = ts.tv_nsec + (a->metric_interval_ms % 1000) * 1000000;
-        ts.tv_sec += a->metric_interval_ms / 1000 + ns / 1000000000;
-        ts.tv_nsec = ns % 1000000000;
-        pthread_cond_timedwait(&a->poll_cv, &a->poll_mu, &ts);
-        if (a->stopping)
-            break;
-        pthread_mutex_unlock(&a->poll_mu);
-        poll_once(a);
-        pthread_mutex_lock(&a->poll_mu);
-    }
-    pthread_mutex_unlock(&a->poll_mu);
-    return NULL;
+    poll_once(ud);
 }
 
 int al_poller_start(alerter *a, qn_err *err)
 {
-    if (pthread_create(&a->poller, NULL, poller, a) != 0)
-        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "cannot start the poller thread");
-    return 0;
+    a->poller = qn_ticker_start(poll_tick, a, a->metric_interval_ms, err);
+    return a->poller ? 0 : err->code;
 }
 
 void al_poller_stop(alerter *a)
 {
-    pthread_mutex_lock(&a->poll_mu);
-    a->stopping = 1;
-    pthread_cond_signal(&a->poll_cv);
-    pthread_mutex_unlock(&a->poll_mu);
-    pthread_join(a->poller, NULL);
+    qn_ticker_stop(a->poller);
+    a->poller = NULL;
 }
 
 /* ---- webhook outcomes ---------------------------------------------------- */

@@ -86,8 +86,6 @@ static void alerter_free(alerter *a)
     free(a->rules_path);
     pthread_mutex_destroy(&a->mu);
     pthread_mutex_destroy(&a->rules_mu);
-    pthread_mutex_destroy(&a->poll_mu);
-    pthread_cond_destroy(&a->poll_cv);
     free(a);
 }
 
@@ -119,8 +117,6 @@ static int alert_start(qn_service_ctx *ctx, qn_err *err)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     pthread_mutex_init(&a->mu, NULL);
     pthread_mutex_init(&a->rules_mu, NULL);
-    pthread_mutex_init(&a->poll_mu, NULL);
-    pthread_cond_init(&a->poll_cv, NULL);
     a->retrain_timeout_ms = cfg->retrain_timeout_ms;
     a->backoff_ms = cfg->backoff_ms;
     a->backoff_max_ms = cfg->backoff_max_ms;

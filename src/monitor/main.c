@@ -111,8 +111,6 @@ static void monitor_free(monitor *m)
     free(m->hit_outcomes);
     free(m->alias);
     pthread_mutex_destroy(&m->mu);
-    pthread_mutex_destroy(&m->tick_mu);
-    pthread_cond_destroy(&m->tick_cv);
     free(m);
 }
 
@@ -148,8 +146,6 @@ static int monitor_start(qn_service_ctx *ctx, qn_err *err)
     if (!m)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     pthread_mutex_init(&m->mu, NULL);
-    pthread_mutex_init(&m->tick_mu, NULL);
-    pthread_cond_init(&m->tick_cv, NULL);
     m->window_rows = cfg->window_rows;
     m->window_seconds = cfg->window_seconds;
     m->min_rows = cfg->min_rows;

@@ -31,6 +31,7 @@
 #include "core/client.h"
 #include "core/http.h"
 #include "core/metrics.h"
+#include "core/ticker.h"
 #include "core/outbox.h"
 #include "core/store/store.h"
 #include "core/subscriber.h"
@@ -79,11 +80,9 @@ typedef struct monitor {
     mon_profile *profiles;
     size_t n_profiles;
     /* the ticker thread closes windows by time and sweeps old rows */
-    pthread_t ticker;
-    pthread_mutex_t tick_mu;
-    pthread_cond_t tick_cv;
-    int stopping;
+    qn_ticker *ticker;
     int64_t tick_ms;
+    int64_t last_sweep_ms;  /* touched by the ticker thread only */
     /* metrics */
     qn_metric *m_score;       /* quern_drift_score{model,feature,method} */
     qn_metric *m_detected;    /* quern_drift_detected{model} */

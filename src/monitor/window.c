@@ -883,46 +883,26 @@ static void sweep(monitor *m)
     qn_store_release(m->db, c);
 }
 
-static void *ticker(void *arg)
+static void tick(void *ud)
 {
-    monitor *m = arg;
-    int64_t last_sweep = 0;
-    pthread_mutex_lock(&m->tick_mu);
-    while (!m->stopping) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        int64_t ns = ts.tv_nsec + (m->tick_ms % 1000) * 1000000;
-        ts.tv_sec += m->tick_ms / 1000 + ns / 1000000000;
-        ts.tv_nsec = ns % 1000000000;
-        pthread_cond_timedwait(&m->tick_cv, &m->tick_mu, &ts);
-        if (m->stopping)
-            break;
-        pthread_mutex_unlock(&m->tick_mu);
-        qn_err err;
-        if (mon_close_due(m, NULL, 0, &err) < 0)
-            qn_log_warn(NULL, "closing windows by time failed", "{s:s}", "detail", err.msg);
-        if (qn_now_ms() - last_sweep > 60000) {
-            sweep(m);
-            last_sweep = qn_now_ms();
-        }
-        pthread_mutex_lock(&m->tick_mu);
+    monitor *m = ud;
+    qn_err err;
+    if (mon_close_due(m, NULL, 0, &err) < 0)
+        qn_log_warn(NULL, "closing windows by time failed", "{s:s}", "detail", err.msg);
+    if (qn_now_ms() - m->last_sweep_ms > 60000) {
+        sweep(m);
+        m->last_sweep_ms = qn_now_ms();
     }
-    pthread_mutex_unlock(&m->tick_mu);
-    return NULL;
 }
 
 int mon_ticker_start(monitor *m, qn_err *err)
 {
-    if (pthread_create(&m->ticker, NULL, ticker, m) != 0)
-        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "cannot start the window ticker");
-    return 0;
+    m->ticker = qn_ticker_start(tick, m, m->tick_ms, err);
+    return m->ticker ? 0 : err->code;
 }
 
 void mon_ticker_stop(monitor *m)
 {
-    pthread_mutex_lock(&m->tick_mu);
-    m->stopping = 1;
-    pthread_cond_signal(&m->tick_cv);
-    pthread_mutex_unlock(&m->tick_mu);
-    pthread_join(m->ticker, NULL);
+    qn_ticker_stop(m->ticker);
+    m->ticker = NULL;
 }
