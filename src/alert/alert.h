@@ -27,6 +27,7 @@
 #include "core/bus/bus.h"
 #include "core/http.h"
 #include "core/metrics.h"
+#include "core/netallow.h"
 #include "core/ticker.h"
 #include "core/outbox.h"
 #include "core/store/store.h"
@@ -37,7 +38,8 @@ typedef enum { ACT_LOG, ACT_WEBHOOK, ACT_RETRAIN } al_action_type;
 typedef struct al_action {
     al_action_type type;
     char *url;          /* webhook */
-    char *secret;       /* webhook, NULL: unsigned */
+    char *secret;       /* webhook, NULL: unsigned; never shown nor logged */
+    int secret_from_env;  /* the secret came from secret_env */
     int retries;        /* webhook: attempts after the first */
     char *model;        /* retrain: template */
     json_t *job;        /* retrain: the job template */
@@ -73,10 +75,31 @@ typedef struct al_rules {
 
 typedef struct alerter alerter;
 
+/* Where rules may send and read: --webhook-allow (QN_NETALLOW_PUBLIC) and
+ * --scrape-allow (QN_NETALLOW_LISTED), owned by the alerter. */
+typedef struct al_allow {
+    const qn_netallow *webhook;
+    const qn_netallow *scrape;
+} al_allow;
+
+/* What GET /v1/rules shows for a secret that is set. */
+#define AL_SECRET_SET "(set)"
+
 /* rules.c */
-/* Parses and validates a rules document ({"rules":[...]} or [...]). 0 and
+/* Parses and validates a rules document ({"rules":[...]} or [...]) against
+ * the allow-lists (a webhook to a refused literal address, a metric URL whose
+ * path is not /metrics or whose host is not in --scrape-allow: refused). 0 and
  * *out, or QN_INVALID_ARGUMENT naming "rules[i].field". */
-int al_rules_parse(const json_t *doc, al_rules **out, qn_err *err);
+int al_rules_parse(const json_t *doc, const al_allow *allow, al_rules **out, qn_err *err);
+/* Lets a document read back from GET /v1/rules be given again: a webhook
+ * "secret":"(set)" takes the secret in force of the same rule and action, a
+ * redacted URL ("https://u:***@h/...") the URL in force it stands for; in rs
+ * and in rs->doc. old may be NULL (nothing in force). 0, or
+ * QN_INVALID_ARGUMENT naming the field when there is nothing to take. */
+int al_rules_inherit(al_rules *rs, const al_rules *old, qn_err *err);
+/* The rules as they may be shown: the document with every secret "(set)" and
+ * every URL redacted (qn_url_redact). New reference; NULL when out of memory. */
+json_t *al_rules_public(const al_rules *rs);
 void al_rules_free(al_rules *r);
 /* Value at a dotted path ("data.model") of root, borrowed, or NULL. */
 const json_t *al_path(const json_t *root, const char *path);
@@ -104,6 +127,9 @@ struct alerter {
     qn_subscriber *sub;
     al_webhooks *hooks;
     char *rules_path;
+    qn_netallow *webhook_allow;   /* --webhook-allow */
+    qn_netallow *scrape_allow;    /* --scrape-allow */
+    al_allow allow;               /* the two above, for al_rules_parse */
     pthread_mutex_t rules_mu;
     al_rules *rules;
     pthread_mutex_t mu;           /* alert state changes */
@@ -119,8 +145,9 @@ al_rules *al_rules_get(alerter *a);   /* a reference: al_rules_put when done */
 void al_rules_put(alerter *a, al_rules *r);
 /* Installs r (stolen) as the current rules. */
 void al_rules_install(alerter *a, al_rules *r);
-/* Loads the rules file; 0 or an error naming the file and field. */
-int al_rules_load_file(const char *path, al_rules **out, qn_err *err);
+/* Loads the rules file (al_rules_parse, then al_rules_inherit from the rules
+ * in force, if any); 0 or an error naming the file and field. */
+int al_rules_load_file(alerter *a, const char *path, al_rules **out, qn_err *err);
 int al_on_event(const qn_msg *msg, void *ud, qn_err *err);
 int al_poller_start(alerter *a, qn_err *err);
 void al_poller_stop(alerter *a);

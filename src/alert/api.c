@@ -3,17 +3,25 @@
  *
  *   GET /v1/alerts?state=firing|resolved&rule=NAME&limit=N   newest first
  *   GET /v1/alerts/{id}        one alert: evidence and every action's status
- *   GET /v1/rules              the rules in force, as given
+ *   GET /v1/rules              the rules in force, as given but with every
+ *                              secret "(set)" and URLs redacted
  *   PUT /v1/rules              replaces them (validated as the file is; on
- *                              success also written to --rules, atomically)
+ *                              success also written to --rules, atomically);
+ *                              "(set)" and redacted URLs keep the values in force
+ *
+ * No answer carries a webhook secret or a URL's credentials: rules leave
+ * through al_rules_public, and stored URLs are redacted again on the way out
+ * (rows written before redaction existed included).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/json.h"
 #include "core/log.h"
+#include "core/netallow.h"
 #include "core/validate.h"
 #include "alert/alert.h"
 
@@ -28,6 +36,16 @@ int al_fail(qn_req *req, qn_res *res, const qn_err *err)
     return qn_res_error(res, QN_INTERNAL, "internal error");
 }
 
+/* Redacts the URL at key of obj (no-op when there is none). */
+static void redact_url(json_t *obj, const char *key)
+{
+    const char *v = json_string_value(json_object_get(obj, key));
+    char *r = v ? qn_url_redact(v) : NULL;
+    if (r)
+        json_object_set_new(obj, key, json_string(r));
+    free(r);
+}
+
 #define ALERT_COLS "id, rule, dedupe_key, state, severity, summary, evidence, count, fired_at, last_seen, resolved_at, resolved_by"
 
 static json_t *alert_row(qn_conn *c, qn_stmt *st, qn_err *err)
@@ -39,6 +57,7 @@ static json_t *alert_row(qn_conn *c, qn_stmt *st, qn_err *err)
                           qn_json_time(qn_col_int64(st, 8)), "last_seen", qn_json_time(qn_col_int64(st, 9)),
                           "resolved_at", qn_col_is_null(st, 10) ? json_null() : qn_json_time(qn_col_int64(st, 10)),
                           "resolved_by", qn_col_is_null(st, 11) ? json_null() : json_string(qn_col_text(st, 11)));
+    redact_url(json_object_get(a, "evidence"), "url");  /* metric rules */
     json_t *acts = json_array();
     qn_stmt *as = qn_prepare(c, "SELECT id, type, status, attempts, last_error, detail, updated_at FROM actions "
                                 "WHERE alert_id = ? ORDER BY idx", err);
@@ -55,6 +74,7 @@ static json_t *alert_row(qn_conn *c, qn_stmt *st, qn_err *err)
                                 qn_json_time(qn_col_int64(as, 6)), "detail", qn_json_from_text(qn_col_text(as, 5)));
         if (!qn_col_is_null(as, 4))
             json_object_set_new(one, "last_error", json_string(qn_col_text(as, 4)));
+        redact_url(json_object_get(one, "detail"), "url");
         json_array_append_new(acts, one);
     }
     json_object_set_new(a, "actions", acts);
@@ -140,18 +160,23 @@ int al_rules_show(qn_req *req, qn_res *res, void *ud)
     (void)req;
     alerter *a = ud;
     al_rules *rs = al_rules_get(a);
-    json_t *out = json_pack("{s:O, s:I, s:s?}", "rules", json_object_get(rs->doc, "rules"), "count",
-                            (json_int_t)rs->n, "file", a->rules_path);
+    json_t *out = json_pack("{s:o, s:I, s:s?}", "rules", al_rules_public(rs), "count", (json_int_t)rs->n, "file",
+                            a->rules_path);
     al_rules_put(a, rs);
     return qn_res_json(res, 200, out);
 }
 
-/* Writes doc to path through a temporary file and rename (never half-written). */
+/* Writes doc to path through a temporary file and rename (never half-written).
+ * The file holds the secrets: it keeps the mode of the file it replaces, or
+ * is 0600 when new. */
 static int write_rules(const char *path, const json_t *doc, qn_err *err)
 {
     char tmp[4200];
+    struct stat st;
+    mode_t mode = stat(path, &st) == 0 ? st.st_mode & 07777 : 0600;
     snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    if (json_dump_file(doc, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) != 0 || rename(tmp, path) != 0) {
+    if (json_dump_file(doc, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) != 0 || chmod(tmp, mode) != 0 ||
+        rename(tmp, path) != 0) {
         unlink(tmp);
         return qn_err_set(err, QN_INTERNAL, "cannot write the rules file %s", path);
     }
@@ -166,7 +191,16 @@ int al_rules_put_http(qn_req *req, qn_res *res, void *ud)
         return 0;
     qn_err err;
     al_rules *rs;
-    if (al_rules_parse(body, &rs, &err) < 0) {
+    if (al_rules_parse(body, &a->allow, &rs, &err) < 0) {
+        const char *l[] = {"refused"};
+        qn_counter_add(a->m_reloads, l, 1);
+        return qn_res_error(res, err.code, "%s", err.msg);
+    }
+    al_rules *cur = al_rules_get(a);
+    int rc = al_rules_inherit(rs, cur, &err);
+    al_rules_put(a, cur);
+    if (rc < 0) {
+        al_rules_free(rs);
         const char *l[] = {"refused"};
         qn_counter_add(a->m_reloads, l, 1);
         return qn_res_error(res, err.code, "%s", err.msg);
@@ -175,7 +209,7 @@ int al_rules_put_http(qn_req *req, qn_res *res, void *ud)
         al_rules_free(rs);
         return al_fail(req, res, &err);
     }
-    json_t *out = json_pack("{s:O, s:I}", "rules", json_object_get(rs->doc, "rules"), "count", (json_int_t)rs->n);
+    json_t *out = json_pack("{s:o, s:I}", "rules", al_rules_public(rs), "count", (json_int_t)rs->n);
     al_rules_install(a, rs);
     const char *l[] = {"ok"};
     qn_counter_add(a->m_reloads, l, 1);

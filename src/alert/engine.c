@@ -15,8 +15,9 @@
  * key hold back re-firing in the first place.
  *
  * The poller thread evaluates metric rules (scraping Prometheus text from
- * the rule's URL), resolves alerts whose "after" passed, and expires stale
- * pending retrains.
+ * the rule's URL, pinned to addresses --scrape-allow allows), resolves alerts
+ * whose "after" passed, and expires stale pending retrains. URLs are stored
+ * and logged only redacted (qn_url_redact); secrets never.
  */
 #include <curl/curl.h>
 #include <math.h>
@@ -28,6 +29,7 @@
 #include "core/buf.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "core/netallow.h"
 #include "core/ticker.h"
 #include "core/trace.h"
 #include "alert/alert.h"
@@ -64,15 +66,34 @@ void al_rules_install(alerter *a, al_rules *r)
     qn_gauge_set(a->m_rules, NULL, (double)r->n);
 }
 
-int al_rules_load_file(const char *path, al_rules **out, qn_err *err)
+int al_rules_load_file(alerter *a, const char *path, al_rules **out, qn_err *err)
 {
     json_error_t je;
     json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-    if (!doc)
+    if (!doc) {
+        /* jansson quotes the text near the fault, which may be a secret: not in logs */
+        char *near = strstr(je.text, " near '");
+        if (near)
+            *near = 0;
         return qn_err_set(err, QN_INVALID_ARGUMENT, "rules file %s: line %d column %d: %s", path, je.line,
                           je.column, je.text);
-    int rc = al_rules_parse(doc, out, err);
+    }
+    int rc = al_rules_parse(doc, &a->allow, out, err);
     json_decref(doc);
+    if (rc == 0) {
+        pthread_mutex_lock(&a->rules_mu);
+        al_rules *cur = a->rules;
+        if (cur)
+            cur->refs++;
+        pthread_mutex_unlock(&a->rules_mu);
+        rc = al_rules_inherit(*out, cur, err);
+        if (cur)
+            al_rules_put(a, cur);
+        if (rc < 0) {
+            al_rules_free(*out);
+            *out = NULL;
+        }
+    }
     if (rc < 0)
         qn_err_wrap(err, "rules file %s", path);
     return rc;
@@ -283,8 +304,11 @@ static int fire(alerter *a, qn_conn *c, const al_rule *r, const char *key, const
                 rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
                 break;
             }
-            rc = action_insert(c, aid, id, i, "webhook", "pending",
-                               json_pack("{s:s, s:b}", "url", act->url, "signed", act->secret != NULL), btext, err);
+            char *shown = qn_url_redact(act->url);
+            rc = shown ? action_insert(c, aid, id, i, "webhook", "pending",
+                                       json_pack("{s:s, s:b}", "url", shown, "signed", act->secret != NULL), btext, err)
+                       : qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+            free(shown);
             if (rc >= 0 && *njobs < 16) {
                 snprintf(jobs[*njobs].id, sizeof jobs[*njobs].id, "%s", aid);
                 jobs[*njobs].act = act;
@@ -462,11 +486,22 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
     return qn_buf_append(ud, p, size * n) < 0 ? 0 : size * n;
 }
 
-static int scrape(const char *url, qn_buf *out, char *errbuf)
+/* GETs url into out, connecting only to addresses --scrape-allow allows (the
+ * path was checked when the rule was loaded). 0, or -1 with errbuf set. */
+static int scrape(const alerter *a, const char *url, qn_buf *out, char *errbuf)
 {
+    qn_err e;
+    qn_netpin *pin = NULL;
     CURL *h = curl_easy_init();
-    if (!h)
+    if (!h) {
+        snprintf(errbuf, CURL_ERROR_SIZE, "cannot create an HTTP handle");
         return -1;
+    }
+    if (qn_netallow_pin(a->scrape_allow, h, url, &pin, &e) < 0) {
+        snprintf(errbuf, CURL_ERROR_SIZE, "%.250s", e.msg);
+        curl_easy_cleanup(h);
+        return -1;
+    }
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 5000L);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
@@ -477,8 +512,11 @@ static int scrape(const char *url, qn_buf *out, char *errbuf)
     long status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_cleanup(h);
+    qn_netpin_free(pin);
     if (cc == CURLE_OK && status != 200)
         snprintf(errbuf, CURL_ERROR_SIZE, "HTTP %ld", status);
+    else if (cc != CURLE_OK && !errbuf[0])
+        snprintf(errbuf, CURL_ERROR_SIZE, "%s", curl_easy_strerror(cc));
     return cc == CURLE_OK && status == 200 ? 0 : -1;
 }
 
@@ -559,10 +597,12 @@ static void eval_metric_rule(alerter *a, qn_conn *c, const al_rule *r, hook_job 
     qn_buf_init(&body, 32u << 20);
     char errbuf[CURL_ERROR_SIZE] = "";
     qn_err err;
-    if (scrape(r->metric_url, &body, errbuf) < 0) {
-        qn_log_warn(NULL, "metric rule: scrape failed", "{s:s, s:s, s:s}", "rule", r->name, "url", r->metric_url,
-                    "detail", errbuf);
+    char *shown = qn_url_redact(r->metric_url);  /* the URL as evidence and logs may show it */
+    if (!shown || scrape(a, r->metric_url, &body, errbuf) < 0) {
+        qn_log_warn(NULL, "metric rule: scrape failed", "{s:s, s:s?, s:s}", "rule", r->name, "url", shown,
+                    "detail", shown ? errbuf : "out of memory");
         qn_buf_free(&body);
+        free(shown);
         return;
     }
     int64_t now = qn_now_ms();
@@ -583,7 +623,7 @@ static void eval_metric_rule(alerter *a, qn_conn *c, const al_rule *r, hook_job 
         char skey[1024];
         snprintf(skey, sizeof skey, "%s\x1f%s", r->name, series ? series : "");
         json_t *root = json_pack("{s:s, s:o, s:f, s:s}", "metric", r->metric_name, "labels", labels, "value", v,
-                                 "url", r->metric_url);
+                                 "url", shown);
         char *key = r->dedupe ? al_template(r->dedupe, root) : strdup(series ? series : "");
         free(series);
         if (!root || !key) {
@@ -620,6 +660,7 @@ static void eval_metric_rule(alerter *a, qn_conn *c, const al_rule *r, hook_job 
         free(key);
     }
     qn_buf_free(&body);
+    free(shown);
 }
 
 static void poll_once(alerter *a)

@@ -9,16 +9,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/config.h"
 #include "core/log.h"
+#include "core/netallow.h"
 #include "core/outbox.h"
 #include "core/service.h"
 #include "alert/alert.h"
 
 typedef struct alert_cfg {
     qn_common_cfg common;
-    char *db_url, *rules;
+    char *db_url, *rules, *webhook_allow, *scrape_allow;
     long long workers, queue, hook_timeout_ms, backoff_ms, backoff_max_ms, retrain_timeout_ms, poll_ms, lease_ms;
 } alert_cfg;
 
@@ -28,6 +30,14 @@ static const qn_cfg_opt opts[] = {
      "State store URL (default: sqlite://<data>/alert.db)", offsetof(alert_cfg, db_url)},
     {"rules", "QUERN_ALERT_RULES", QN_CFG_STRING, NULL, 0, 0,
      "Rules file (JSON); reloaded on SIGHUP, rewritten by PUT /v1/rules", offsetof(alert_cfg, rules)},
+    {"webhook-allow", "QUERN_WEBHOOK_ALLOW", QN_CFG_STRING, NULL, 0, 0,
+     "Hosts and CIDRs webhooks may reach besides public addresses (comma-separated); loopback, link-local, "
+     "private, multicast and other special addresses are refused unless listed",
+     offsetof(alert_cfg, webhook_allow)},
+    {"scrape-allow", "QUERN_SCRAPE_ALLOW", QN_CFG_STRING, "platform", 0, 0,
+     "Hosts and CIDRs whose /metrics metric rules may read (comma-separated); \"platform\": loopback and the "
+     "hosts of --registry and of QUERN_INGEST, QUERN_PREP, QUERN_TRAIN, QUERN_SERVE, QUERN_MONITOR, QUERN_ALERT",
+     offsetof(alert_cfg, scrape_allow)},
     {"webhook-workers", "QUERN_ALERT_WEBHOOK_WORKERS", QN_CFG_INT, "2", 1, 64,
      "Threads delivering webhooks", offsetof(alert_cfg, workers)},
     {"webhook-queue", "QUERN_ALERT_WEBHOOK_QUEUE", QN_CFG_INT, "1000", 1, 1000000,
@@ -84,6 +94,8 @@ static void alerter_free(alerter *a)
         al_rules_put(a, a->rules);
     json_decref(a->since);
     free(a->rules_path);
+    qn_netallow_free(a->webhook_allow);
+    qn_netallow_free(a->scrape_allow);
     pthread_mutex_destroy(&a->mu);
     pthread_mutex_destroy(&a->rules_mu);
     free(a);
@@ -108,6 +120,48 @@ static void metrics_init(alerter *a, qn_metrics *m)
     a->m_reloads = qn_metrics_counter(m, "quern_alert_rule_reloads_total", "Rule reloads by outcome.", o);
 }
 
+/* The platform's own services, whose /metrics metric rules may read by
+ * default: loopback (where every service listens in the one-machine layout)
+ * and the hosts of the service URLs this process is given, the way the CLI
+ * is (--registry; QUERN_INGEST ... QUERN_ALERT when set). */
+static int add_platform(qn_netallow *al, const char *registry, qn_err *err)
+{
+    static const char *const envs[] = {"QUERN_INGEST", "QUERN_PREP", "QUERN_TRAIN", "QUERN_SERVE",
+                                       "QUERN_MONITOR", "QUERN_ALERT"};
+    int rc = qn_netallow_add(al, "127.0.0.1,::1,localhost", err);
+    for (size_t i = 0; rc == 0 && i <= QN_NELEM(envs); i++) {
+        const char *url = i == 0 ? registry : getenv(envs[i - 1]);
+        char host[256];
+        qn_err e;
+        if (!url || !*url)
+            continue;
+        if (qn_url_parts(url, host, sizeof host, NULL, NULL, 0, NULL, &e) < 0) {
+            qn_log_warn(NULL, "a service URL is not usable for --scrape-allow platform", "{s:s, s:s}", "setting",
+                        i == 0 ? "--registry" : envs[i - 1], "detail", e.msg);
+            continue;
+        }
+        rc = qn_netallow_add(al, host, err);
+    }
+    return rc;
+}
+
+/* Fills --scrape-allow: its entries, with "platform" standing for add_platform's. */
+static int scrape_allow_fill(qn_netallow *al, const char *spec, const char *registry, qn_err *err)
+{
+    char *copy = strdup(spec ? spec : ""), *save = NULL;
+    int rc = copy ? 0 : qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    for (char *tok = copy ? strtok_r(copy, ",", &save) : NULL; tok && rc == 0; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ')
+            tok++;
+        size_t n = strlen(tok);
+        while (n && tok[n - 1] == ' ')
+            tok[--n] = 0;
+        rc = strcasecmp(tok, "platform") == 0 ? add_platform(al, registry, err) : qn_netallow_add(al, tok, err);
+    }
+    free(copy);
+    return rc;
+}
+
 static int alert_start(qn_service_ctx *ctx, qn_err *err)
 {
     alert_cfg *cfg = ctx->cfg;
@@ -125,15 +179,28 @@ static int alert_start(qn_service_ctx *ctx, qn_err *err)
     a->since = json_object();
     metrics_init(a, ctx->metrics);
     curl_global_init(CURL_GLOBAL_DEFAULT);
+    a->webhook_allow = qn_netallow_new(QN_NETALLOW_PUBLIC, "--webhook-allow");
+    a->scrape_allow = qn_netallow_new(QN_NETALLOW_LISTED, "--scrape-allow");
+    if (!a->webhook_allow || !a->scrape_allow) {
+        alerter_free(a);
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    if (qn_netallow_add(a->webhook_allow, cfg->webhook_allow, err) < 0 ||
+        scrape_allow_fill(a->scrape_allow, cfg->scrape_allow, cfg->common.registry, err) < 0) {
+        alerter_free(a);
+        return err->code;
+    }
+    a->allow.webhook = a->webhook_allow;
+    a->allow.scrape = a->scrape_allow;
     al_rules *rs = NULL;
     if (cfg->rules) {
-        if (!(a->rules_path = strdup(cfg->rules)) || al_rules_load_file(cfg->rules, &rs, err) < 0) {
+        if (!(a->rules_path = strdup(cfg->rules)) || al_rules_load_file(a, cfg->rules, &rs, err) < 0) {
             alerter_free(a);
             return err->code ? err->code : QN_RESOURCE_EXHAUSTED;
         }
     } else {
         json_t *empty = json_pack("{s:[]}", "rules");
-        int rc = al_rules_parse(empty, &rs, err);
+        int rc = al_rules_parse(empty, &a->allow, &rs, err);
         json_decref(empty);
         if (rc < 0) {
             alerter_free(a);
@@ -172,8 +239,9 @@ static int alert_start(qn_service_ctx *ctx, qn_err *err)
     ctx->routes = routes;
     ctx->nroutes = QN_NELEM(routes);
     ctx->ud = a;
-    qn_log_info(NULL, "alert open", "{s:s, s:s?, s:i}", "data", cfg->common.data, "rules", cfg->rules, "count",
-                (int)rs->n);
+    qn_log_info(NULL, "alert open", "{s:s, s:s?, s:i, s:i, s:i}", "data", cfg->common.data, "rules", cfg->rules,
+                "count", (int)rs->n, "webhook_allow", (int)qn_netallow_count(a->webhook_allow), "scrape_allow",
+                (int)qn_netallow_count(a->scrape_allow));
     return 0;
 }
 
@@ -185,7 +253,7 @@ static void alert_reload(qn_service_ctx *ctx)
     qn_err err;
     al_rules *rs;
     const char *outcome = "ok";
-    if (al_rules_load_file(a->rules_path, &rs, &err) < 0) {
+    if (al_rules_load_file(a, a->rules_path, &rs, &err) < 0) {
         outcome = "refused";
         qn_log_error(NULL, "rules not reloaded; the previous rules stay", "{s:s}", "detail", err.msg);
     } else {

@@ -13,7 +13,14 @@
  *               {"type":"retrain","model":"{data.model}","job":{"kind":...,"dataset":...,...}}]}
  * Everything is checked up front and an error names the rule by index and
  * the field ("rules[2].actions[0].url: ..."), so a bad file is refused whole
- * and the rules in force stay.
+ * and the rules in force stay. Outbound targets are checked here as far as
+ * they can be without resolving names (core/netallow.h): a webhook to a
+ * refused literal address, a metric URL other than /metrics of a host in
+ * --scrape-allow. Names are checked again, after resolution, at each send.
+ *
+ * Secrets are write-only: al_rules_public is the only form of the rules that
+ * leaves the service (secrets "(set)", URLs redacted), and al_rules_inherit
+ * turns that form, given back, into the values in force.
  */
 #include <math.h>
 #include <stdio.h>
@@ -22,6 +29,7 @@
 
 #include "core/bus/bus.h"
 #include "core/config.h"
+#include "core/netallow.h"
 #include "core/validate.h"
 #include "alert/alert.h"
 
@@ -215,7 +223,7 @@ static int event_pattern(const json_t *o, const char *ctx, char **out, qn_err *e
     return 0;
 }
 
-static int parse_action(const json_t *o, const char *ctx, al_action *a, qn_err *err)
+static int parse_action(const json_t *o, const char *ctx, const al_allow *allow, al_action *a, qn_err *err)
 {
     static const char *const keys[] = {"type", "url", "secret", "secret_env", "retries", "model", "job", NULL};
     int rc;
@@ -232,6 +240,11 @@ static int parse_action(const json_t *o, const char *ctx, al_action *a, qn_err *
             rc = BAD("%s.url must start with http:// or https://", ctx);
             goto out;
         }
+        qn_err e;
+        if (allow && allow->webhook && qn_netallow_check_url(allow->webhook, a->url, &e) < 0) {
+            rc = BAD("%s.url: %s", ctx, e.msg);
+            goto out;
+        }
         if ((rc = str_field(o, "secret", 0, 1024, ctx, &a->secret, err)) < 0)
             goto out;
         const json_t *env = json_object_get(o, "secret_env");
@@ -246,6 +259,7 @@ static int parse_action(const json_t *o, const char *ctx, al_action *a, qn_err *
                          json_is_string(env) ? json_string_value(env) : "(not a string)");
                 goto out;
             }
+            a->secret_from_env = 1;
             if (!(a->secret = strdup(val))) {
                 rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
                 goto out;
@@ -304,7 +318,23 @@ out:
     return rc;
 }
 
-static int parse_rule(const json_t *o, size_t idx, al_rule *r, qn_err *err)
+/* A metric URL reads /metrics (no query) of a host in --scrape-allow. */
+static int metric_url_check(const char *url, const char *mctx, const al_allow *allow, qn_err *err)
+{
+    char host[256], path[256];
+    int has_query = 0;
+    qn_err e;
+    if (qn_url_parts(url, host, sizeof host, NULL, path, sizeof path, &has_query, &e) < 0)
+        return BAD("%s.url: %s", mctx, e.msg);
+    if (strcmp(path, "/metrics") != 0 || has_query)
+        return BAD("%s.url: a metric rule reads only the /metrics path (no query) of a host in --scrape-allow, "
+                   "not %.100s%s", mctx, path, has_query ? "?..." : "");
+    if (allow && allow->scrape && qn_netallow_check_url(allow->scrape, url, &e) < 0)
+        return BAD("%s.url: %s", mctx, e.msg);
+    return 0;
+}
+
+static int parse_rule(const json_t *o, size_t idx, const al_allow *allow, al_rule *r, qn_err *err)
 {
     static const char *const keys[] = {"name", "on", "severity", "cooldown", "dedupe", "resolve", "actions", NULL};
     char ctx[96], sub[128];
@@ -364,6 +394,8 @@ static int parse_rule(const json_t *o, size_t idx, al_rule *r, qn_err *err)
             return BAD("%s.for must be a duration such as \"1m\"", mctx);
         if (json_object_get(on, "where"))
             return BAD("%s.where: only event conditions take it", sub);
+        if ((rc = metric_url_check(r->metric_url, mctx, allow, err)) < 0)
+            return rc;
     } else {
         if ((rc = event_pattern(on, sub, &r->event, err)) < 0 || (rc = where_field(on, sub, &r->where, err)) < 0)
             return rc;
@@ -414,14 +446,14 @@ static int parse_rule(const json_t *o, size_t idx, al_rule *r, qn_err *err)
     json_array_foreach(acts, i, a) {
         snprintf(sub, sizeof sub, "%s.actions[%zu]", ctx, i);
         r->nactions++;
-        if ((rc = parse_action(a, sub, &r->actions[i], err)) < 0)
+        if ((rc = parse_action(a, sub, allow, &r->actions[i], err)) < 0)
             break;
     }
     json_decref((json_t *)acts);
     return rc;
 }
 
-int al_rules_parse(const json_t *doc, al_rules **out, qn_err *err)
+int al_rules_parse(const json_t *doc, const al_allow *allow, al_rules **out, qn_err *err)
 {
     const json_t *list = json_is_array(doc) ? doc : json_object_get(doc, "rules");
     if (json_is_object(doc) && json_object_size(doc) != 1)
@@ -439,7 +471,7 @@ int al_rules_parse(const json_t *doc, al_rules **out, qn_err *err)
     json_t *o;
     json_array_foreach(list, i, o) {
         rs->n++;
-        int rc = parse_rule(o, i, &rs->rules[i], err);
+        int rc = parse_rule(o, i, allow, &rs->rules[i], err);
         if (rc < 0) {
             al_rules_free(rs);
             return rc;
@@ -451,7 +483,110 @@ int al_rules_parse(const json_t *doc, al_rules **out, qn_err *err)
                 return rc2;
             }
     }
-    rs->doc = json_pack("{s:O}", "rules", list);
+    /* a copy: al_rules_inherit may write the values in force into it */
+    if (!(rs->doc = json_pack("{s:o}", "rules", json_deep_copy(list)))) {
+        al_rules_free(rs);
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    }
     *out = rs;
     return 0;
+}
+
+static const al_rule *rule_named(const al_rules *rs, const char *name)
+{
+    for (size_t i = 0; rs && i < rs->n; i++)
+        if (strcmp(rs->rules[i].name, name) == 0)
+            return &rs->rules[i];
+    return NULL;
+}
+
+/* 1 when shown (a redacted URL) is what old is shown as. */
+static int shows_as(const char *old, const char *shown)
+{
+    char *r = old ? qn_url_redact(old) : NULL;
+    int same = r && strcmp(r, shown) == 0;
+    free(r);
+    return same;
+}
+
+/* Replaces *field (and the doc's value at key of obj) with the value in force. */
+static int take(char **field, json_t *obj, const char *key, const char *value, qn_err *err)
+{
+    char *v = strdup(value);
+    if (!v || json_object_set_new(obj, key, json_string(value)) != 0) {
+        free(v);
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    free(*field);
+    *field = v;
+    return 0;
+}
+
+int al_rules_inherit(al_rules *rs, const al_rules *old, qn_err *err)
+{
+    json_t *list = json_object_get(rs->doc, "rules");
+    int rc;
+    for (size_t i = 0; i < rs->n; i++) {
+        al_rule *r = &rs->rules[i];
+        const al_rule *was = rule_named(old, r->name);
+        json_t *rdoc = json_array_get(list, i);
+        if (r->metric_url && strstr(r->metric_url, "***")) {
+            if (!was || !shows_as(was->metric_url, r->metric_url))
+                return BAD("rules[%zu].on.metric.url: a redacted URL (with ***) stands for the URL in force, and "
+                           "rule %s has no metric URL shown so; give the whole URL", i, r->name);
+            json_t *m = json_object_get(json_object_get(rdoc, "on"), "metric");
+            if ((rc = take(&r->metric_url, m, "url", was->metric_url, err)) < 0)
+                return rc;
+        }
+        json_t *adocs = json_object_get(rdoc, "actions");
+        for (size_t j = 0; j < r->nactions; j++) {
+            al_action *act = &r->actions[j];
+            const al_action *wa = was && j < was->nactions && was->actions[j].type == ACT_WEBHOOK ? &was->actions[j] : NULL;
+            json_t *adoc = json_array_get(adocs, j);
+            if (act->type != ACT_WEBHOOK)
+                continue;
+            if (strstr(act->url, "***")) {
+                if (!wa || !shows_as(wa->url, act->url))
+                    return BAD("rules[%zu].actions[%zu].url: a redacted URL (with ***) stands for the URL in force, and "
+                               "rule %s has no webhook shown so at actions[%zu]; give the whole URL", i, j, r->name, j);
+                if ((rc = take(&act->url, adoc, "url", wa->url, err)) < 0)
+                    return rc;
+            }
+            if (act->secret && strcmp(act->secret, AL_SECRET_SET) == 0) {
+                if (!wa || !wa->secret || wa->secret_from_env)
+                    return BAD("rules[%zu].actions[%zu].secret: \"" AL_SECRET_SET "\" stands for the secret in force, "
+                               "and rule %s has no webhook with a secret at actions[%zu]; give the secret", i, j,
+                               r->name, j);
+                if ((rc = take(&act->secret, adoc, "secret", wa->secret, err)) < 0)
+                    return rc;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Redacts the string at key of obj in place. */
+static void redact_in(json_t *obj, const char *key)
+{
+    const char *v = json_string_value(json_object_get(obj, key));
+    char *r = v ? qn_url_redact(v) : NULL;
+    if (r)
+        json_object_set_new(obj, key, json_string(r));
+    free(r);
+}
+
+json_t *al_rules_public(const al_rules *rs)
+{
+    json_t *list = json_deep_copy(json_object_get(rs->doc, "rules"));
+    size_t i, j;
+    json_t *rule, *act;
+    json_array_foreach(list, i, rule) {
+        redact_in(json_object_get(json_object_get(rule, "on"), "metric"), "url");
+        json_array_foreach(json_object_get(rule, "actions"), j, act) {
+            redact_in(act, "url");
+            if (json_object_get(act, "secret"))
+                json_object_set_new(act, "secret", json_string(AL_SECRET_SET));
+        }
+    }
+    return list;
 }

@@ -13,6 +13,12 @@
  * earliest due delivery, so one target in backoff never holds up others;
  * the request timeout (--webhook-timeout) bounds how long a dead target can
  * occupy a worker. Every outcome is written to the action's row.
+ *
+ * Before each attempt the target's name is resolved and every address is
+ * checked against --webhook-allow, and the POST goes only to those addresses
+ * (qn_netallow_pin: no redirects, no proxy). A refused address fails the
+ * delivery at once with the reason; it is not retried. The URL (which may
+ * hold credentials) and the secret are never logged.
  */
 #include <curl/curl.h>
 #include <openssl/evp.h>
@@ -24,6 +30,7 @@
 
 #include "core/json.h"
 #include "core/log.h"
+#include "core/netallow.h"
 #include "core/trace.h"
 #include "alert/alert.h"
 
@@ -69,14 +76,23 @@ static size_t discard(char *p, size_t size, size_t n, void *ud)
     return size * n;
 }
 
-/* One POST; 0 on 2xx, else -1 with a reason in errbuf. */
+/* One POST; 0 on 2xx, -1 with a reason in errbuf (worth retrying), or -2
+ * when --webhook-allow refuses an address the target resolves to (final). */
 static int post(const alerter *a, const delivery *d, char *errbuf, size_t errcap)
 {
     char curlerr[CURL_ERROR_SIZE] = "";
+    qn_err e;
+    qn_netpin *pin = NULL;
     CURL *h = curl_easy_init();
     if (!h) {
         snprintf(errbuf, errcap, "cannot create an HTTP handle");
         return -1;
+    }
+    int prc = qn_netallow_pin(a->webhook_allow, h, d->url, &pin, &e);
+    if (prc < 0) {
+        snprintf(errbuf, errcap, "%s", e.msg);
+        curl_easy_cleanup(h);
+        return prc == QN_PERMISSION_DENIED || prc == QN_INVALID_ARGUMENT ? -2 : -1;
     }
     struct curl_slist *hdrs = curl_slist_append(NULL, "Content-Type: application/json");
     char line[160];
@@ -98,12 +114,12 @@ static int post(const alerter *a, const delivery *d, char *errbuf, size_t errcap
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, curlerr);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     CURLcode cc = curl_easy_perform(h);
     long status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     curl_slist_free_all(hdrs);
     curl_easy_cleanup(h);
+    qn_netpin_free(pin);
     if (cc != CURLE_OK) {
         snprintf(errbuf, errcap, "%s", curlerr[0] ? curlerr : curl_easy_strerror(cc));
         return -1;
@@ -157,9 +173,11 @@ static void *worker(void *arg)
         qn_gauge_set(w->a->m_queue, NULL, (double)w->n);
         pthread_mutex_unlock(&w->mu);
 
-        char errbuf[300] = "";
+        char errbuf[QN_ERR_MSG_MAX] = "";
         d.attempt++;
-        int ok = post(w->a, &d, errbuf, sizeof errbuf) == 0;
+        int prc = post(w->a, &d, errbuf, sizeof errbuf), ok = prc == 0;
+        if (prc == -2)
+            d.retries = 0;  /* refused by the allow-list: another try would be refused too */
         if (ok) {
             al_action_done(w->a, d.id, "delivered", d.attempt, NULL);
             qn_log_info(NULL, "webhook delivered", "{s:s, s:i}", "action", d.id, "attempts", d.attempt);

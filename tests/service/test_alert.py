@@ -3,7 +3,12 @@ an alert with its evidence, a signed webhook (HMAC checked here), exactly one
 retrain however many drift events arrive, resolution on quern.train.finished;
 one pending retrain per model; a dead webhook target retried with backoff
 then recorded failed while other alerts fire on time; metric rules; rules
-reloaded by SIGHUP and PUT /v1/rules, invalid rules refused."""
+reloaded by SIGHUP and PUT /v1/rules, invalid rules refused; secrets and URL
+credentials never shown nor logged; webhook and scrape targets checked
+against --webhook-allow / --scrape-allow (literal addresses at load, names
+after resolution at send time). The local receivers listen on 127.0.0.1, so
+alert is started with --webhook-allow 127.0.0.1 unless a test says otherwise."""
+import base64
 import hashlib
 import hmac
 import http.server
@@ -40,6 +45,7 @@ class Receiver:
 
     def __init__(self):
         self.posts = []
+        self.gets = []
         self.metrics = ""
         rec = self
 
@@ -52,6 +58,7 @@ class Receiver:
                 self.end_headers()
 
             def do_GET(self):
+                rec.gets.append(({k.lower(): v for k, v in self.headers.items()}, self.path))
                 data = rec.metrics.encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
@@ -121,12 +128,16 @@ class AlertTest(ServiceTest):
         self.rx.close()
         shutil.rmtree(self.home, ignore_errors=True)
 
-    def start_alert(self, rules, *extra):
+    def start_alert(self, rules, *extra, allow="127.0.0.1"):
+        """Starts alert on self.rules_path; allow is --webhook-allow (None: not given)."""
         with open(self.rules_path, "w") as f:
             json.dump({"rules": rules}, f)
+        args = ["--rules", self.rules_path, "--webhook-backoff", "100ms", "--webhook-timeout", "1s",
+                "--poll-interval", "200ms", "--bus-lease", "2s", *extra]
+        if allow is not None:
+            args += ["--webhook-allow", allow]
         self.al = self.start("alert", data=os.path.join(self.home, "alert"), env={"QUERN_HOME": self.home},
-                             args=["--rules", self.rules_path, "--webhook-backoff", "100ms", "--webhook-timeout", "1s",
-                                   "--poll-interval", "200ms", "--bus-lease", "2s", *extra])
+                             args=args)
         return self.al
 
     def alerts(self, query=""):
@@ -285,6 +296,176 @@ class AlertTest(ServiceTest):
                            capture_output=True, env=dict(os.environ, QUERN_HOME=self.home), timeout=30)
         self.assertNotEqual(p.returncode, 0)
         self.assertIn(b"rules[0].resolve", p.stderr)
+
+    # ---- secrets are write-only ------------------------------------------------------------
+
+    def call(self, seen, method, path, body=None):
+        """A request whose answer text is kept in seen; returns (status, parsed JSON or text)."""
+        st, _, raw = self.al.request(method, path, body, raw=True)
+        text = raw.decode(errors="replace")
+        seen.append(f"{method} {path} -> {st}: {text}")
+        try:
+            return st, json.loads(text)
+        except ValueError:
+            return st, text
+
+    def test_secrets_never_shown_nor_logged(self):
+        port = self.rx.port
+        hook = f"http://hookuser:hookpass@127.0.0.1:{port}/hook?token=tok123&x=1"
+        scrape = f"http://scrapeuser:scrapepw@127.0.0.1:{port}/metrics"
+        leaks = (SECRET, "hookpass", "tok123", "scrapepw")
+        self.rx.metrics = 'quern_drift_score{model="retail"} 0.5\n'
+        metric_rule = {"name": "score", "on": {"metric": {"url": scrape, "name": "quern_drift_score", "op": ">",
+                                                          "value": 0.2}},
+                       "actions": [{"type": "webhook", "url": hook, "secret": SECRET, "retries": 0}]}
+        self.start_alert([drift_rule(hook), metric_rule], "--log-level", "debug")
+        seen = []
+        st, rules = self.call(seen, "GET", "/v1/rules")
+        self.assertEqual(st, 200)
+        shown_hook = f"http://hookuser:***@127.0.0.1:{port}/hook?token=***&x=1"
+        self.assertEqual(rules["rules"][0]["actions"][1], {"type": "webhook", "url": shown_hook, "secret": "(set)",
+                                                             "retries": 2})
+        self.assertEqual(rules["rules"][1]["on"]["metric"]["url"], f"http://scrapeuser:***@127.0.0.1:{port}/metrics")
+        # the real values are what is used: credentials, token and signature reach the receiver
+        events.publish(self.bus, [drift("retail")])
+        wait_for(lambda: len([p for p in self.rx.posts if json.loads(p[1])["alert"]["rule"] == "drift"]) == 1)
+        hdrs, body = [p for p in self.rx.posts if json.loads(p[1])["alert"]["rule"] == "drift"][0]
+        self.assertEqual(hdrs["authorization"], "Basic " + base64.b64encode(b"hookuser:hookpass").decode())
+        self.assertEqual(hdrs["x-quern-signature"],
+                         "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest())
+        wait_for(lambda: any(h.get("authorization") == "Basic " + base64.b64encode(b"scrapeuser:scrapepw").decode()
+                             for h, _ in self.rx.gets))
+        wait_for(lambda: len(self.rx.posts) == 2)  # the metric rule's webhook too
+        alerts = wait_for(lambda: (lambda l: l if len(l) == 2 and all(
+            x["status"] in ("delivered", "failed") for a in l for x in a["actions"] if x["type"] == "webhook") else None)(
+            self.call(seen, "GET", "/v1/alerts")[1]["alerts"]))
+        for a in alerts:
+            st, one = self.call(seen, "GET", f"/v1/alerts/{a['id']}")
+            hook_acts = [x for x in one["actions"] if x["type"] == "webhook"]
+            self.assertEqual([x["detail"]["url"] for x in hook_acts], [shown_hook])
+            self.assertEqual(hook_acts[0]["status"], "delivered", hook_acts)
+            if a["rule"] == "score":
+                self.assertEqual(one["evidence"]["url"], f"http://scrapeuser:***@127.0.0.1:{port}/metrics")
+        # what GET /v1/rules shows can be given back: "(set)" and *** keep the values in force
+        st, put = self.call(seen, "PUT", "/v1/rules", {"rules": rules["rules"]})
+        self.assertEqual(st, 200, put)
+        self.assertEqual(put["rules"][0]["actions"][1]["secret"], "(set)")
+        with open(self.rules_path) as f:
+            on_disk = json.load(f)["rules"]
+        self.assertEqual((on_disk[0]["actions"][1]["secret"], on_disk[0]["actions"][1]["url"]), (SECRET, hook))
+        self.assertEqual(on_disk[1]["on"]["metric"]["url"], scrape)
+        events.publish(self.bus, [drift("other")])
+        wait_for(lambda: any(json.loads(b)["alert"]["subject"] == "other" for _, b in self.rx.posts))
+        hdrs, body = [p for p in self.rx.posts if json.loads(p[1])["alert"]["subject"] == "other"][0]
+        self.assertEqual(hdrs["x-quern-signature"],
+                         "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest())
+        # "(set)" where no secret is in force, *** where no such URL is: refused, naming the field
+        self.assertEqual(self.call(seen, "PUT", "/v1/rules", {"rules": [{"name": "new", "on": {"event": "quern.a"},
+            "actions": [{"type": "webhook", "url": f"http://127.0.0.1:{port}/h", "secret": "(set)"}]}]})[0], 400)
+        self.assertIn("rules[0].actions[0].secret", seen[-1])
+        self.assertEqual(self.call(seen, "PUT", "/v1/rules", {"rules": [{"name": "drift", "on": {"event": "quern.a"},
+            "actions": [{"type": "log"}, {"type": "webhook", "url": f"http://u:***@127.0.0.1:{port}/other"}]}]})[0], 400)
+        self.assertIn("rules[0].actions[1].url", seen[-1])
+        # a refused document holding the secret does not echo it
+        self.assertEqual(self.call(seen, "PUT", "/v1/rules", {"rules": [{"name": "a", "on": {"event": "quern.a"},
+            "severity": "loud", "actions": [{"type": "webhook", "url": hook, "secret": SECRET}]}]})[0], 400)
+        # a rules file broken right at the secret: the reload is refused and the log does not quote it
+        with open(self.rules_path, "w") as f:
+            f.write('{"rules": ["%s" "%s"]}' % (SECRET, SECRET))
+        self.al.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "rules not reloaded" in self.al.log())
+        self.call(seen, "GET", "/v1/rules")
+        self.call(seen, "GET", "/metrics")
+        self.assertEqual(self.al.stop(), 0)
+        log = self.al.log()
+        self.assertIn("webhook delivered", log)  # the log is there, and says things
+        for leak in leaks:
+            self.assertNotIn(leak, log, f"{leak} in the log")
+            for text in seen:
+                self.assertNotIn(leak, text)
+
+    # ---- outbound targets ------------------------------------------------------------------
+
+    def test_webhook_targets_refused_unless_allowed(self):
+        port = self.rx.port
+
+        def rules(url):
+            return {"rules": [{"name": "h", "on": {"event": "quern.dataset.ready"},
+                               "actions": [{"type": "webhook", "url": url, "retries": 3}]}]}
+        self.start_alert([], allow=None)
+        for url, needle in ((f"http://127.0.0.1:{port}/hook", "127.0.0.1 is a loopback address"),
+                            ("http://169.254.169.254/latest/meta-data/", "link-local"),
+                            ("http://[::ffff:169.254.169.254]/", "link-local"),
+                            ("http://10.0.0.8:7702/v1/datasets/x/events", "private"),
+                            ("http://[::1]:7702/", "loopback"),
+                            ("http://2130706433/", "loopback"),
+                            ("http://[fd00::1]/", "unique local")):
+            self.assertError(self.al.request("PUT", "/v1/rules", rules(url)), 400, "invalid_argument",
+                             "rules[0].actions[0].url", needle, "--webhook-allow")
+        # a name resolving to loopback passes at load and is refused at send time, once, with the reason
+        st, _, body = self.al.request("PUT", "/v1/rules", rules(f"http://localhost:{port}/hook"))
+        self.assertEqual(st, 200, body)
+        events.publish(self.bus, [events.envelope("quern.dataset.ready", {"dataset": "d", "version": 1})])
+        a = wait_for(lambda: self.alerts())[0]
+        act = wait_for(lambda: (lambda x: x if x["status"] == "failed" else None)(
+            self.al.request("GET", f"/v1/alerts/{a['id']}")[2]["actions"][0]))
+        self.assertEqual(act["attempts"], 1, act)
+        for needle in ("localhost (resolving to", "loopback", "--webhook-allow"):
+            self.assertIn(needle, act["last_error"])
+        self.assertEqual(self.rx.posts, [])
+        self.assertEqual(self.al.stop(), 0)
+        # listing loopback lets loopback through, and nothing else
+        self.start_alert([], allow="127.0.0.1, ::1")
+        self.assertError(self.al.request("PUT", "/v1/rules", rules("http://169.254.169.254/")), 400,
+                         "invalid_argument", "rules[0].actions[0].url", "169.254.169.254 is a link-local address")
+        self.assertEqual(self.al.request("PUT", "/v1/rules", rules(f"http://127.0.0.1:{port}/hook"))[0], 200)
+        self.assertEqual(self.al.request("PUT", "/v1/rules", rules(f"http://[::1]:{port}/hook"))[0], 200)
+        self.assertEqual(self.al.stop(), 0)
+        # a bad allow-list refuses to start, naming the flag and the entry
+        for flag, value, needle in (("--webhook-allow", "10.0.0.1/8", b"10.0.0.0/8"),
+                                    ("--scrape-allow", "http://x", b"give only its host")):
+            p = subprocess.run([os.path.join(os.environ.get("QUERN_BIN", "build/bin"), "quern-alert"), flag, value,
+                                "--listen", "127.0.0.1:0", "--data", os.path.join(self.home, "alert")],
+                               capture_output=True, env=dict(os.environ, QUERN_HOME=self.home), timeout=30)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn(flag.encode(), p.stderr)
+            self.assertIn(needle, p.stderr)
+
+    def test_metric_rules_read_only_platform_metrics(self):
+        port = self.rx.port
+
+        def rules(url):
+            return {"rules": [{"name": "m", "on": {"metric": {"url": url, "name": "quern_drift_score", "op": ">",
+                                                              "value": 0.2}}, "actions": [{"type": "log"}]}]}
+        self.start_alert([], allow=None)
+        for url, needle in ((f"http://127.0.0.1:{port}/v1/datasets/x/events", "only the /metrics path"),
+                            (f"http://127.0.0.1:{port}/metrics?name[]=x", "only the /metrics path"),
+                            (f"http://127.0.0.1:{port}/metrics/../v1/models", "only the /metrics path"),
+                            (f"http://127.0.0.1:{port}/", "only the /metrics path"),
+                            ("http://10.1.2.3/metrics", "10.1.2.3 is not in --scrape-allow"),
+                            ("http://169.254.169.254/metrics", "is not in --scrape-allow")):
+            self.assertError(self.al.request("PUT", "/v1/rules", rules(url)), 400, "invalid_argument",
+                             "rules[0].on.metric.url", needle)
+        # the default ("platform") holds loopback, where the one-machine layout listens
+        self.assertEqual(self.al.request("PUT", "/v1/rules", rules(f"http://127.0.0.1:{port}/metrics"))[0], 200)
+        self.assertEqual(self.al.stop(), 0)
+        # an explicit list replaces the default; with names only, another name is refused at load
+        self.start_alert([], "--scrape-allow", "quern-monitor", allow=None)
+        for url, needle in ((f"http://127.0.0.1:{port}/metrics", "127.0.0.1 is not in --scrape-allow"),
+                            ("http://metrics.example.com/metrics", "metrics.example.com is not in --scrape-allow")):
+            self.assertError(self.al.request("PUT", "/v1/rules", rules(url)), 400, "invalid_argument",
+                             "rules[0].on.metric.url", needle)
+        self.assertEqual(self.al.request("PUT", "/v1/rules", rules("http://quern-monitor:7707/metrics"))[0], 200)
+        self.assertEqual(self.al.stop(), 0)
+        # a name is checked after resolution: localhost is not in 10.0.0.0/8, so it is never scraped
+        self.rx.gets.clear()
+        self.rx.metrics = 'quern_drift_score{model="retail"} 0.5\n'
+        self.start_alert([rules(f"http://localhost:{port}/metrics")["rules"][0]], "--scrape-allow", "10.0.0.0/8",
+                         allow=None)
+        wait_for(lambda: "metric rule: scrape failed" in self.al.log(), timeout=10)
+        self.assertIn("is not in --scrape-allow", self.al.log())
+        self.assertEqual(self.rx.gets, [])
+        self.assertEqual(self.alerts(), [])
 
 
 if __name__ == "__main__":
