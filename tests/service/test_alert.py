@@ -211,7 +211,9 @@ class AlertTest(ServiceTest):
     def test_webhook_down_retried_then_failed_nothing_blocked(self):
         dead = f"http://127.0.0.1:{free_port()}/hook"
         other = {"name": "other", "on": {"event": "quern.dataset.ready"}, "actions": [{"type": "log"}]}
-        self.start_alert([drift_rule(dead, actions=[{"type": "webhook", "url": dead, "retries": 3}]), other])
+        # a backoff long enough that the other alert fires while retries go on, even under ASan
+        self.start_alert([drift_rule(dead, actions=[{"type": "webhook", "url": dead, "retries": 3}]), other],
+                         "--webhook-backoff", "400ms")
         t0 = time.time()
         events.publish(self.bus, [drift("retail")])
         wait_for(lambda: self.alerts("?rule=drift"))
@@ -225,8 +227,8 @@ class AlertTest(ServiceTest):
             self.al.request("GET", f"/v1/alerts/{a['id']}")[2]["actions"][0]), timeout=20)
         self.assertEqual(act["attempts"], 4)
         self.assertTrue(act["last_error"])
-        # backoff: 3 waits of >= 0.5 * 100, 200, 400 ms
-        self.assertGreater(time.time() - t0, 0.35)
+        # backoff: 3 waits of >= 0.5 * 400, 800, 1600 ms
+        self.assertGreater(time.time() - t0, 1.4)
         self.assertLess(fired_other - t0, 3)
         st, _, text = self.al.request("GET", "/metrics", raw=True)
         self.assertIn(b'quern_alert_webhooks_total{service="alert",outcome="failed"} 1', text)
