@@ -12,6 +12,14 @@
  * when the condition clears. quern.alert.fired / quern.alert.resolved leave
  * through the outbox in the transaction that changes the alert.
  *
+ * Outbound targets are checked (core/netallow.h): webhooks against
+ * --webhook-allow (public addresses, plus what is listed), metric rules read
+ * only /metrics of hosts in --scrape-allow; literal addresses at rule load,
+ * names after resolution at each connection, which is pinned to the checked
+ * addresses. Secrets are write-only: rules leave only through
+ * al_rules_public ("(set)", URLs redacted), and URLs are stored and logged
+ * redacted.
+ *
  * Modules: main.c (config, schema, routes, start/stop, reload), rules.c
  * (parsing and strict validation, templates, predicates), engine.c (events,
  * firing, resolving, retrains, the metric poller), webhook.c (delivery
