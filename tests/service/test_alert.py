@@ -462,10 +462,12 @@ class AlertTest(ServiceTest):
         # a name is checked after resolution: localhost is not in 10.0.0.0/8, so it is never scraped
         self.rx.gets.clear()
         self.rx.metrics = 'quern_drift_score{model="retail"} 0.5\n'
-        self.start_alert([rules(f"http://localhost:{port}/metrics")["rules"][0]], "--scrape-allow", "10.0.0.0/8",
-                         allow=None)
-        wait_for(lambda: "metric rule: scrape failed" in self.al.log(), timeout=10)
-        self.assertIn("is not in --scrape-allow", self.al.log())
+        local = dict(rules(f"http://localhost:{port}/metrics")["rules"][0], name="local")
+        self.start_alert([local], "--scrape-allow", "10.0.0.0/8", allow=None)
+        refused = wait_for(lambda: [json.loads(line) for line in self.al.log().splitlines()
+                                    if '"rule":"local"' in line and "scrape failed" in line], timeout=10)
+        self.assertIn("localhost (resolving to ", refused[0]["detail"])
+        self.assertIn("is not in --scrape-allow", refused[0]["detail"])
         self.assertEqual(self.rx.gets, [])
         self.assertEqual(self.alerts(), [])
 
