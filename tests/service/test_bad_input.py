@@ -16,6 +16,12 @@ framing cases can lie about Content-Length and Transfer-Encoding) and must get:
 
 A few cases check more (a body refused by ingest must not have been stored).
 Every failing case is listed at the end, grouped by service, not only the first.
+The services are independent, so each one's cases run in a thread of their own.
+
+test_grpc_battery does the same on quern-serve's gRPC port with a stock
+client (python3-grpcio, stubs generated from proto/ at run time): each bad
+ModelInfer / ModelMetadata / ModelReady request gets a client status code
+(INVALID_ARGUMENT, NOT_FOUND...) with a message, never INTERNAL or UNKNOWN.
 """
 import hashlib
 import http.client
@@ -377,7 +383,8 @@ def cases_registry():
         Case(R, "PUT", "/v1/blobs/sha256:" + HEX, b"not the digest", headers=[("Content-Type", "application/octet-stream")], note="(content hashes to another digest)"),
         Case(R, "PUT", "/v1/blobs/sha256:" + HEX, b"", framing="raw", headers=[("Content-Length", "9" * 15)], expect=(400, 413), note="(over --max-blob-size)"),
         Case(R, "GET", f"/v1/blobs/{sha(MODEL_JSON)}", headers=[("Range", "bytes=999999-")], expect=416),
-        Case(R, "GET", f"/v1/blobs/{sha(MODEL_JSON)}", headers=[("Range", "bytes=5-2")], expect=(400, 416)),
+        Case(R, "GET", f"/v1/blobs/{sha(MODEL_JSON)}", headers=[("Range", "bytes=5-2")], expect=(200, 400, 416),
+             note="(invalid: refused, or ignored as RFC 9110 allows)"),
         Case(R, "GET", f"/v1/blobs/{sha(MODEL_JSON)}", headers=[("Range", "bytes=-0")], expect=(200, 400, 416),
              note="(unsatisfiable, or ignored as RFC 9110 allows)"),
         Case(R, "GET", f"/v1/blobs/{sha(MODEL_JSON)}", headers=[("Range", "bytes=99999999999999999999999-")],
@@ -1149,8 +1156,17 @@ class BadInputBattery(unittest.TestCase):
         with open(rules, "w") as f:
             json.dump({"rules": [RULE]}, f)
         cls.start("alert", ["--rules", rules])
-        cls.start("serve", ["--models", "m", "--registry", url, "--grpc-listen", "off",
-                            "--poll-interval", "1h"])
+        serve = cls.start("serve", ["--models", "m", "--registry", url,
+                                    "--grpc-listen", "127.0.0.1:0", "--poll-interval", "1h"])
+        cls.grpc_port = None
+        for line in serve.log().splitlines():
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("msg") == "grpc listening" and ev.get("port"):
+                cls.grpc_port = int(ev["port"])
+        assert cls.grpc_port, "serve logged no grpc port"
 
     # -- checks beyond the answer ----------------------------------------------------
 
@@ -1218,6 +1234,150 @@ class BadInputBattery(unittest.TestCase):
                 lines.append(f"{svc}: {group} ({len(items)})")
                 lines += items
             self.fail(f"{len(failures)} of {len(cases)} bad-input cases failed:\n" + "\n".join(lines))
+
+    def test_grpc_battery(self):
+        """The same discipline on quern-serve's gRPC port: every bad request is
+        a client status code with a message, never INTERNAL or UNKNOWN, and
+        the server stays up."""
+        try:
+            import grpc  # noqa: F401  (python3-grpcio)
+            import grpc_tools  # noqa: F401  (python3-grpc-tools)
+        except ImportError as e:
+            self.skipTest(f"no gRPC client for Python: {e}")
+        good, cases = grpc_cases(self.home)
+        self.assertGreaterEqual(len(cases), 30)
+        ch = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        client_codes = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                        grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.FAILED_PRECONDITION,
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED}
+        failures = []
+        live = ch.unary_unary("/inference.GRPCInferenceService/ServerLive")
+        # The control: the well-formed request the cases spoil is answered.
+        infer_call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        self.assertGreater(len(infer_call(good, timeout=TIMEOUT)), 0)
+        seen = {}
+        for what, method, raw in cases:
+            call = ch.unary_unary(f"/inference.GRPCInferenceService/{method}")
+            try:
+                call(raw, timeout=TIMEOUT)
+                failures.append(f"  {what}: {method} succeeded")
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details() or ""
+                seen[code.name] = seen.get(code.name, 0) + 1
+                if code not in client_codes:
+                    failures.append(f"  {what}: {method} -> {code.name} {details[:200]!r}")
+                elif not details.strip():
+                    failures.append(f"  {what}: {method} -> {code.name} without a message")
+            try:
+                live(b"", timeout=TIMEOUT)
+                alive = self.alive("serve")
+            except grpc.RpcError:
+                alive = False
+            if not alive:
+                failures.append(f"  {what}: serve died; log tail {self.svcs['serve'].log()[-800:]!r}")
+                break
+        ch.close()
+        print(f"\ngRPC bad-input battery: {len(cases)} cases, {len(failures)} failed; codes {seen}",
+              file=sys.stderr)
+        if failures:
+            self.fail(f"{len(failures)} of {len(cases)} gRPC cases failed:\n" + "\n".join(failures))
+
+
+def grpc_cases(work):
+    """The well-formed ModelInfer request the cases spoil, and the cases:
+    (what, method, serialized request) for the gRPC battery; the request
+    bytes are built with stubs generated from proto/ at run time, and patched
+    where protobuf itself would refuse to build them (invalid UTF-8)."""
+    proto = os.environ.get("QUERN_SOURCE_DIR")
+    proto = os.path.join(proto, "proto") if proto else os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "proto")
+    out = tempfile.mkdtemp(prefix="grpc-stubs-", dir=work)
+    import subprocess
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", proto, "--python_out", out,
+                    os.path.join(proto, "grpc_service.proto")], check=True)
+    sys.path.insert(0, out)
+    import grpc_service_pb2 as pb
+
+    def req(model="m", version="", inputs=None, raw=None, outputs=(), **kw):
+        r = pb.ModelInferRequest(model_name=model, model_version=version, **kw)
+        for name, dt, shape, contents in (inputs if inputs is not None else GOOD_GRPC):
+            t = r.inputs.add(name=name, datatype=dt, shape=shape)
+            for field, vals in (contents or {}).items():
+                getattr(t.contents, field).extend(vals)
+        for o in outputs:
+            r.outputs.add(name=o)
+        if raw is not None:
+            r.raw_input_contents.extend(raw)
+        return r.SerializeToString()
+
+    GOOD_GRPC = [("x1", "FP64", [2], {"fp64_contents": [1.0, 2.0]}),
+                 ("x2", "FP64", [2], {"fp64_contents": [3.0, 4.0]}),
+                 ("c", "BYTES", [2], {"bytes_contents": [b"a", b"b"]})]
+
+    def swap(i, **kw):
+        ins = [list(t) for t in GOOD_GRPC]
+        for k, v in kw.items():
+            ins[i][("name", "datatype", "shape", "contents").index(k)] = v
+        return [tuple(t) for t in ins]
+
+    f64 = b"\x00\x00\x00\x00\x00\x00\xf0\x3f"
+    raw_ok = [f64, f64, b"\x01\x00\x00\x00a"]
+    raw_ins = [("x1", "FP64", [1], None), ("x2", "FP64", [1], None), ("c", "BYTES", [1], None)]
+    marker = "\x01\x02"  # replaced by invalid UTF-8 after serialization
+    bad_utf8 = lambda b: b.replace(marker.encode(), b"\xff\xfe")  # noqa: E731
+    I, M, R = "ModelInfer", "ModelMetadata", "ModelReady"
+    return req(), [
+        ("no model name", I, req(model="")),
+        ("unknown model", I, req(model="no-such")),
+        ("model name 5000 bytes", I, req(model="m" * 5000)),
+        ("model name invalid UTF-8", I, bad_utf8(req(model=marker))),
+        ("version abc", I, req(version="abc")),
+        ("version -1", I, req(version="-1")),
+        ("version 99", I, req(version="99")),
+        ("version 2^70", I, req(version=str(2 ** 70))),
+        ("no inputs", I, req(inputs=[])),
+        ("an input missing", I, req(inputs=GOOD_GRPC[:2])),
+        ("an input twice", I, req(inputs=GOOD_GRPC + GOOD_GRPC[:1])),
+        ("unknown input", I, req(inputs=GOOD_GRPC + [("x9", "FP64", [2], {"fp64_contents": [1, 2]})])),
+        ("empty input name", I, req(inputs=swap(0, name=""))),
+        ("input name invalid UTF-8", I, bad_utf8(req(inputs=swap(0, name=marker)))),
+        ("input name cut UTF-8", I, req(inputs=swap(0, name="x1")).replace(b"\x02x1", b"\x02x\xc3", 1)),
+        ("datatype FP128", I, req(inputs=swap(0, datatype="FP128"))),
+        ("datatype empty", I, req(inputs=swap(0, datatype=""))),
+        ("datatype BYTES for a number", I, req(inputs=swap(0, datatype="BYTES", contents={"bytes_contents": [b"1", b"2"]}))),
+        ("no shape", I, req(inputs=swap(0, shape=[]))),
+        ("shape -1", I, req(inputs=swap(0, shape=[-1]))),
+        ("shape 3 for 2 values", I, req(inputs=swap(0, shape=[3]))),
+        ("shape 2^40", I, req(inputs=swap(0, shape=[1 << 40]))),
+        ("shape 2^62 x 4", I, req(inputs=swap(0, shape=[1 << 62, 4]))),
+        ("shape 2^31 x 2^31", I, req(inputs=swap(0, shape=[1 << 31, 1 << 31]))),
+        ("shape of 20 dims", I, req(inputs=swap(0, shape=[1] * 19 + [2]))),
+        ("BYTES shape 2^40", I, req(inputs=swap(2, shape=[1 << 40]))),
+        ("no contents", I, req(inputs=swap(0, contents={}))),
+        ("contents in the wrong field", I, req(inputs=swap(0, contents={"fp32_contents": [1.0, 2.0]}))),
+        ("contents in two fields", I, req(inputs=swap(0, contents={"fp64_contents": [1.0, 2.0], "int64_contents": [1, 2]}))),
+        ("contents and raw both", I, req(raw=raw_ok)),
+        ("raw: one entry short", I, req(inputs=raw_ins, raw=raw_ok[:2])),
+        ("raw: one entry too many", I, req(inputs=raw_ins, raw=raw_ok + [f64])),
+        ("raw: 5 bytes for an FP64", I, req(inputs=raw_ins, raw=[b"\x00" * 5, f64, raw_ok[2]])),
+        ("raw: shape 2^40, 8 bytes", I, req(inputs=[("x1", "FP64", [1 << 40], None)] + raw_ins[1:], raw=raw_ok)),
+        ("raw: shape 2^62 x 4, 8 bytes", I, req(inputs=[("x1", "FP64", [1 << 62, 4], None)] + raw_ins[1:], raw=raw_ok)),
+        ("raw: BYTES element claims 2 GiB", I, req(inputs=raw_ins, raw=[f64, f64, b"\xff\xff\xff\x7fa"])),
+        ("raw: BYTES 3 bytes of a length", I, req(inputs=raw_ins, raw=[f64, f64, b"\x01\x00\x00"])),
+        ("raw: bytes after the last BYTES element", I, req(inputs=raw_ins, raw=[f64, f64, b"\x01\x00\x00\x00abc"])),
+        ("unknown output", I, req(outputs=["nope"])),
+        ("output name invalid UTF-8", I, bad_utf8(req(outputs=[marker]))),
+        ("not a protobuf message", I, b"\xff\xff\xff\xff\x0f garbage"),
+        ("truncated message", I, req()[:-3]),
+        ("metadata: unknown model", M, pb.ModelMetadataRequest(name="no-such").SerializeToString()),
+        ("metadata: empty name", M, pb.ModelMetadataRequest(name="").SerializeToString()),
+        ("metadata: name invalid UTF-8", M, bad_utf8(pb.ModelMetadataRequest(name=marker).SerializeToString())),
+        ("metadata: version abc", M, pb.ModelMetadataRequest(name="m", version="abc").SerializeToString()),
+        ("metadata: not a protobuf message", M, b"\xff\xff\xff"),
+        ("ready: unknown model", R, pb.ModelReadyRequest(name="no-such").SerializeToString()),
+        ("ready: name invalid UTF-8", R, bad_utf8(pb.ModelReadyRequest(name=marker).SerializeToString())),
+        ("unknown method", "ModelStreamInfer", req()),
+    ]
 
 
 if __name__ == "__main__":
