@@ -33,8 +33,9 @@ deps:
 $(BUILD)/CMakeCache.txt: $(DEPS_STAMP)
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
+# Warnings, errors and a one-line summary; no directory chatter (scripts/build.sh).
 build: $(BUILD)/CMakeCache.txt
-	cmake --build $(BUILD) -j $(JOBS)
+	@bash scripts/build.sh $(BUILD) $(JOBS)
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900 -LE faults

@@ -13,6 +13,7 @@
 
 #include "core/json.h"
 #include "core/log.h"
+#include "core/validate.h"
 #include "ingest/ingest.h"
 
 /* label is left out on purpose: it may be a class name, a number or a
@@ -43,6 +44,12 @@ static int check_record(const json_t *rec, char *msg, size_t cap)
     qn_err e;
     if (qn_json_only(rec, fields, &e) < 0) {
         snprintf(msg, cap, "%.100s (model, request_id, user, item, label, outcome, value, time)", e.msg);
+        return 1;
+    }
+    /* model names what monitor and the registry know by name: the same rules. */
+    const char *model = json_string_value(json_object_get(rec, "model"));
+    if (model && qn_name_check("model", model, &e) < 0) {
+        snprintf(msg, cap, "%.150s", e.msg);
         return 1;
     }
     if (!present(rec, "request_id") && !(present(rec, "user") && present(rec, "item"))) {

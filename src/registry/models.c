@@ -535,6 +535,16 @@ fail:
     return reg_fail(req, res, &err);
 }
 
+/* A version status: one of version_statuses (PATCH sets it, ?status= filters by it). */
+static int check_version_status(const char *status, qn_err *err)
+{
+    for (const char *const *s = version_statuses; *s; s++)
+        if (strcmp(*s, status) == 0)
+            return 0;
+    return qn_err_set(err, QN_INVALID_ARGUMENT,
+                      "status \"%.32s\" is unknown; use ready, deprecated or archived", status);
+}
+
 int reg_versions_list(qn_req *req, qn_res *res, void *ud)
 {
     registry *r = ud;
@@ -549,6 +559,10 @@ int reg_versions_list(qn_req *req, qn_res *res, void *ud)
     if (qn_page_begin(&pg, "versions", qn_req_query(req, "limit"), 50, 1000,
                       qn_req_query(req, "page_token"), after, &err) < 0 ||
         (after[0] && qn_uint_parse("page_token", after, MAX_VERSION, &before, &err) < 0)) {
+        qn_page_free(&pg);
+        return qn_res_error(res, err.code, "%s", err.msg);
+    }
+    if (status && check_version_status(status, &err) < 0) {
         qn_page_free(&pg);
         return qn_res_error(res, err.code, "%s", err.msg);
     }
@@ -689,14 +703,8 @@ int reg_versions_patch(qn_req *req, qn_res *res, void *ud)
         qn_json_str(body, "status", 0, 32, &status, &err) < 0 || qn_json_obj(body, "tags", 0, &tags, &err) < 0 ||
         (tags && check_tag_patch(tags, &err) < 0))
         return qn_res_error(res, err.code, "%s", err.msg);
-    if (status) {
-        int ok = 0;
-        for (const char *const *s = version_statuses; *s; s++)
-            ok |= strcmp(*s, status) == 0;
-        if (!ok)
-            return qn_res_error(res, QN_INVALID_ARGUMENT,
-                                "status \"%s\" is unknown; use ready, deprecated or archived", status);
-    }
+    if (status && check_version_status(status, &err) < 0)
+        return qn_res_error(res, err.code, "%s", err.msg);
 
     c = qn_store_acquire(r->db, &err);
     if (!c || qn_tx_begin(c, QN_TX_WRITE, &err) < 0 || load_version(c, name, n, &out, &err) < 0 ||

@@ -36,6 +36,7 @@
 
 #include "core/bus/backend.h"
 #include "core/json.h"
+#include "core/service.h"
 #include "core/trace.h"
 
 #define BUSY_MS 10000
@@ -169,6 +170,25 @@ static int64_t sweep_every(const qn_bus_opts *o)
 {
     int64_t e = o->retention_ms / 10;
     return e < 1000 ? 1000 : e > 60000 ? 60000 : e;
+}
+
+/* Creates the directory that will hold the database file path (the default
+ * ./.quern/bus.db on a fresh checkout), so a service started alone works.
+ * A path without a directory part needs nothing. */
+static int make_parent_dir(const char *path, qn_err *err)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path)
+        return 0;
+    size_t n = (size_t)(slash - path);
+    char *dir = strndup(path, n);
+    if (!dir)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "bus: out of memory");
+    int rc = qn_mkdir_p(dir, err);
+    free(dir);
+    if (rc < 0)
+        qn_err_wrap(err, "bus sqlite: the directory of %s", path);
+    return rc;
 }
 
 /* --- publishing --------------------------------------------------------- */
@@ -671,7 +691,7 @@ qn_bus *qn__bus_sqlite_open(const char *rest, const qn_bus_opts *o, qn_err *err)
     pthread_cond_init(&b->wcond, &ca);
     pthread_condattr_destroy(&ca);
     b->last_sweep = wall_ms();
-    if (!(b->db = open_conn(b->path, 1, err)) ||
+    if (make_parent_dir(b->path, err) < 0 || !(b->db = open_conn(b->path, 1, err)) ||
         prep(b->db,
              "INSERT INTO bus_messages (id, topic, body, published_at) VALUES (?1, ?2, ?3, ?4)",
              &b->ins, err) < 0) {
