@@ -526,6 +526,9 @@ static int ingest(const void *opts)
             rec_line = lineno, rec_lines = 0;
         rec_lines++;
         if (qn_buf_append(&rec, line, (size_t)n) < 0) {
+            /* What came before is sent, so that the count below is all of it. */
+            if ((rc = flush_batch(&r)) != CLI_OK)
+                goto out;
             cli_err("%s: line %lld: a record of more than %lld bytes does not fit in one request (--batch-bytes)",
                     o->file, rec_line, r.max_bytes);
             cli_err("%lld rows before it were acknowledged by ingest (%lld accepted, %lld rejected)",
