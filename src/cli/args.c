@@ -128,12 +128,16 @@ void cli_help_cmd(FILE *f, const cli_cmd *c)
 static int usage_error(const cli_cmd *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int usage_error(const cli_cmd *c, const char *fmt, ...)
 {
-    char msg[512];
-    va_list ap;
+    va_list ap, ap2;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap2);
+    va_end(ap2);
+    char *msg = n >= 0 ? qn_arena_alloc(g_cli.arena, (size_t)n + 1) : NULL;
+    if (msg)
+        vsnprintf(msg, (size_t)n + 1, fmt, ap);
     va_end(ap);
-    cli_err("%s %s", c->name, msg);
+    cli_err("%s %s", c->name, msg ? msg : "was given bad arguments");
     cli_usage_line(stderr, "usage: ", c);
     fprintf(stderr, "`quern help %s` describes every option.\n", c->name);
     return CLI_USAGE;
@@ -198,7 +202,7 @@ static int store(const cli_cmd *c, const cli_opt *o, void *base, const char *tex
             return usage_error(c, "%s: %s", label, why);
         }
         if (!(o->min == 0 && o->max == 0) && (v < o->min || v > o->max)) {
-            snprintf(why, sizeof why, "%s is out of range %lld..%lld", text, o->min, o->max);
+            snprintf(why, sizeof why, "%.60s is out of range %lld..%lld", text, o->min, o->max);
             return usage_error(c, "%s: %s", label, why);
         }
         *(long long *)slot = v;
