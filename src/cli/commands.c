@@ -370,7 +370,7 @@ static int send_range(ingest_run *r, size_t from, size_t to)
 {
     qn_buf req, ans;
     qn_err err;
-    qn_buf_init(&req, (size_t)r->max_bytes + r->header_len);
+    qn_buf_init(&req, r->body.len); /* a part of the batch is never larger than the batch */
     qn_buf_init(&ans, 16u << 20);
     json_t *a = NULL;
     const char *data = r->body.data;
