@@ -198,7 +198,8 @@ static int store(const cli_cmd *c, const cli_opt *o, void *base, const char *tex
         }
         char why[200];
         if (bad) {
-            snprintf(why, sizeof why, "\"%.60s\" is not %s", text, o->type == CLI_SIZE ? "a size (e.g. 16M)" : "a whole number");
+            snprintf(why, sizeof why, "\"%.60s\" is not %s", text,
+                     o->type == CLI_SIZE ? "a size (e.g. 16M)" : "a whole number");
             return usage_error(c, "%s: %s", label, why);
         }
         if (!(o->min == 0 && o->max == 0) && (v < o->min || v > o->max)) {

@@ -270,8 +270,9 @@ const cli_cmd cli_cmd_models_list = CLI_CMD_NOOPTS("models list", "every model: 
                                                    models_list);
 const cli_cmd cli_cmd_models_show = CLI_CMD("models show", "a model: description, tags, latest version, aliases",
                                             NULL, model_name_table, name_opts, models_show);
-const cli_cmd cli_cmd_models_versions = CLI_CMD("models versions", "a model's versions with status, aliases and metrics",
-                                                NULL, model_name_table, name_opts, models_versions);
+const cli_cmd cli_cmd_models_versions = CLI_CMD("models versions",
+                                                "a model's versions with status, aliases and metrics", NULL,
+                                                model_name_table, name_opts, models_versions);
 const cli_cmd cli_cmd_models_promote = CLI_CMD("models promote", "point an alias (production) at a version", NULL,
                                                promote_table, promote_opts, models_promote);
 const cli_cmd cli_cmd_models_import = CLI_CMD(
@@ -341,9 +342,11 @@ static void print_row_errors(ingest_run *r, size_t from, const json_t *errors)
         const json_t *l = json_object_get(e, "line");
         const char *why = json_string_value(json_object_get(e, "reason"));
         if (json_is_integer(l))
-            cli_err("  line %lld of %s: %s", file_line(r, from, json_integer_value(l)), r->o->file, why ? why : "invalid");
+            cli_err("  line %lld of %s: %s", file_line(r, from, json_integer_value(l)), r->o->file,
+                    why ? why : "invalid");
         else
-            cli_err("  row %s of the batch from line %lld: %s", cli_field(e, "row"), r->line[from], why ? why : "invalid");
+            cli_err("  row %s of the batch from line %lld: %s", cli_field(e, "row"), r->line[from],
+                    why ? why : "invalid");
     }
 }
 
@@ -924,7 +927,8 @@ typedef struct predict_opts {
 
 static const cli_opt predict_table[] = {
     {"MODEL", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the served model", offsetof(predict_opts, model)},
-    {"row", 0, CLI_LIST, NULL, 0, 0, NULL, 0, "one row, a JSON object (e.g. '{\"age\":39,\"workclass\":\"State-gov\"}')",
+    {"row", 0, CLI_LIST, NULL, 0, 0, NULL, 0,
+     "one row, a JSON object (e.g. '{\"age\":39,\"workclass\":\"State-gov\"}')",
      offsetof(predict_opts, rows)},
     {"file", 0, CLI_LIST, NULL, 0, 0, NULL, 0, "rows, one JSON object per line", offsetof(predict_opts, files)},
 };

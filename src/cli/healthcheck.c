@@ -154,8 +154,8 @@ static int healthcheck(const void *opts)
 }
 
 /* Hidden from `quern help` (no summary): people use `quern status`. */
-const cli_cmd cli_cmd_healthcheck = {"healthcheck", NULL,
-                                     "GET /healthz (or /readyz with --ready) of URL, or of the service this container runs;\n"
-                                     "exit 0 on 2xx, 1 otherwise, 2 when there is nothing to ask.",
-                                     healthcheck_table, sizeof healthcheck_table / sizeof healthcheck_table[0],
-                                     sizeof(healthcheck_opts), healthcheck};
+const cli_cmd cli_cmd_healthcheck = CLI_CMD(
+    "healthcheck", NULL,
+    "GET /healthz (or /readyz with --ready) of URL, or of the service this container runs;\n"
+    "exit 0 on 2xx, 1 otherwise, 2 when there is nothing to ask.",
+    healthcheck_table, healthcheck_opts, healthcheck);

@@ -87,8 +87,9 @@ static void help(FILE *out)
         }
         if (i > 0 && strncmp(commands[i - 1]->name, c->name, (size_t)(sp - c->name + 1)) == 0)
             continue; /* the group is listed once */
+        size_t glen = (size_t)(sp - c->name);
         for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++)
-            if ((size_t)(sp - c->name) == strlen(groups[g].name) && strncmp(c->name, groups[g].name, (size_t)(sp - c->name)) == 0)
+            if (glen == strlen(groups[g].name) && strncmp(c->name, groups[g].name, glen) == 0)
                 fprintf(out, "  %-10s %s\n", groups[g].name, groups[g].summary);
     }
     fprintf(out, "\nglobal options (anywhere on the line):\n");

@@ -228,7 +228,8 @@ static int supervise(void)
                                                 : 1000;
                 c->pid = 0;
                 c->restart_at_ms = now_ms() + c->backoff_ms;
-                cli_err("quern-%s exited (%s %d) after %.1f s; restarting in %.1f s", c->svc->name, WIFSIGNALED(status) ? "signal" : "status",
+                cli_err("quern-%s exited (%s %d) after %.1f s; restarting in %.1f s", c->svc->name,
+                        WIFSIGNALED(status) ? "signal" : "status",
                         WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status), ran / 1000.0,
                         c->backoff_ms / 1000.0);
             }
@@ -272,8 +273,8 @@ static int wait_ready(int64_t timeout_ms)
         int serve = strcmp(s->name, "serve") == 0;
         while (!(serve ? service_live(s) : service_ready(s, NULL))) {
             if (now_ms() > deadline || g_stop) {
-                cli_err("quern-%s is not %s after %lld s; its log: %s/logs/%s.log", s->name, serve ? "answering" : "ready", (long long)(timeout_ms / 1000),
-                        g_cli.home, s->name);
+                cli_err("quern-%s is not %s after %lld s; its log: %s/logs/%s.log", s->name,
+                        serve ? "answering" : "ready", (long long)(timeout_ms / 1000), g_cli.home, s->name);
                 return -1;
             }
             usleep(50000);
