@@ -405,9 +405,7 @@ static int send_range(ingest_run *r, size_t from, size_t to)
         /* 413: this ingest takes less than --batch-bytes; so be it from now on. */
         if (json_integer_value(limit) < r->max_bytes) {
             r->max_bytes = json_integer_value(limit);
-            if (!g_cli.json)
-                cli_err("note: ingest accepts at most %lld bytes per request; sending smaller batches",
-                        r->max_bytes);
+            cli_err("note: ingest accepts at most %lld bytes per request; sending smaller batches", r->max_bytes);
         }
         rc = send_smaller(r, from, to);
         goto out;

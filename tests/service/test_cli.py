@@ -3,6 +3,7 @@ of real service processes, and the client commands with their exit codes."""
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -241,6 +242,11 @@ class CliTest(unittest.TestCase):
         for line in err.splitlines():
             self.assertTrue(line.startswith("quern: "), err)
         self.assertEqual(self.api(2, "/v1/datasets/bad")["rows"], 2000)
+        # --skip-invalid: the valid rows stored, the invalid one named by its line of the file.
+        rc, out, err = self.quern("ingest", "skipped", path, "--batch", "1000", "--skip-invalid")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("2999 rows accepted, 1 rejected, in 3 batches", out)
+        self.assertIn(f"line 2500 of {path}: invalid JSON", err)
 
         # A record larger than a request can be: named, nothing after it sent.
         with open(path, "w") as f:
@@ -257,6 +263,29 @@ class CliTest(unittest.TestCase):
         self.assertEqual(rc, 1, err)
         self.assertIn("failed at line 1", err)
         self.assertIn("quern up", err)
+
+    def test_ingest_follows_a_smaller_body_limit(self):
+        """An ingest with --max-body 64K under --batch-bytes 100K: its 413 names its limit, and the
+        CLI sends the batch again in requests under it. (When ingest closes the connection before
+        the 413 can be read, the CLI must say so and stop instead: never lose rows quietly.)"""
+        self.env["QUERN_INGEST_MAX_BODY"] = "64K"
+        self.up("ingest")
+        path = os.path.join(self.home, "rows.csv")
+        with open(path, "w") as f:
+            f.write("i,note\n")
+            for i in range(3000):
+                f.write(f"{i},{'n' * 200}\n")
+        rc, out, err = self.quern("--json", "ingest", "limited", path, "--batch-bytes", "100K")
+        rows = self.api(2, "/v1/datasets/limited")["rows"] if rc == 0 or "acknowledged" in err else 0
+        if rc == 0:
+            self.assertIn("ingest accepts at most 65536 bytes per request", err)
+            self.assertEqual((json.loads(out)["accepted"], rows), (3000, 3000))
+            self.assertGreaterEqual(json.loads(out)["batches"], 3000 * 205 // 65536 + 1)
+        else:
+            self.assertEqual(rc, 1, err)
+            self.assertIn("the connection broke while", err)
+            acked = int(re.search(r"(\d+) rows before line \d+ were acknowledged", err).group(1))
+            self.assertEqual(rows, acked)
 
     def test_names_of_the_maximum_length(self):
         """128 characters is the longest name the services take: every path the CLI builds
