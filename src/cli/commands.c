@@ -1,9 +1,11 @@
 /*
  * commands.c - the client commands of quern: each one is a thin layer over a
  * service's HTTP API (docs/<service>.md), printing tables on a terminal and
- * JSON with --json.
+ * JSON with --json. Each command is a table of its arguments and options (see
+ * cli.h) and a function that gets them parsed.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,43 +30,30 @@ static int call(const char *service, const char *method, const char *path, const
     return rc < 0 ? cli_fail(service, &err) : CLI_OK;
 }
 
-/* Percent-encodes s for a path segment or query value. */
-static const char *enc(const char *s)
-{
-    static char bufs[4][1024];
-    static int k;
-    char *out = bufs[k++ & 3];
-    size_t o = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p && o + 4 < sizeof bufs[0]; p++) {
-        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-            *p == '-' || *p == '_' || *p == '.' || *p == '~')
-            out[o++] = (char)*p;
-        else
-            o += (size_t)snprintf(out + o, 4, "%%%02X", *p);
-    }
-    out[o] = '\0';
-    return out;
-}
-
 static int read_file(const char *path, qn_buf *b)
 {
     FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    int rc = CLI_OK;
     if (!f) {
-        fprintf(stderr, "quern: cannot open %s: %s\n", path, strerror(errno));
+        cli_err("cannot open %s: %s", path, strerror(errno));
         return CLI_USAGE;
     }
     char chunk[65536];
     size_t n;
     while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
         if (qn_buf_append(b, chunk, n) < 0) {
-            fprintf(stderr, "quern: %s is larger than %zu bytes\n", path, b->max);
-            if (f != stdin)
-                fclose(f);
-            return CLI_USAGE;
+            cli_err("%s is larger than %zu bytes", path, b->max);
+            rc = CLI_USAGE;
+            goto out;
         }
+    if (ferror(f)) {
+        cli_err("cannot read %s: %s", path, strerror(errno));
+        rc = CLI_FAILED;
+    }
+out:
     if (f != stdin)
         fclose(f);
-    return CLI_OK;
+    return rc;
 }
 
 static json_t *load_json_file(const char *path)
@@ -72,7 +61,7 @@ static json_t *load_json_file(const char *path)
     json_error_t je;
     json_t *v = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
     if (!v)
-        fprintf(stderr, "quern: %s:%d:%d: %s\n", path, je.line, je.column, je.text);
+        cli_err("%s:%d:%d: %s", path, je.line, je.column, je.text);
     return v;
 }
 
@@ -81,9 +70,14 @@ static json_t *parse_json_arg(const char *what, const char *s)
     json_error_t je;
     json_t *v = json_loads(s, JSON_REJECT_DUPLICATES, &je);
     if (!v)
-        fprintf(stderr, "quern: %s is not valid JSON (column %d: %s)\n", what, je.column, je.text);
+        cli_err("%s is not valid JSON (column %d: %s)", what, je.column, je.text);
     return v;
 }
+
+/* Most commands take one name (a model, a pipeline, a job). */
+typedef struct name_opts {
+    const char *name;
+} name_opts;
 
 /* ---- models ---------------------------------------------------------------- */
 
@@ -92,10 +86,16 @@ static json_t *parse_tensors(const char *spec, const char *what)
 {
     json_t *out = json_array();
     char *copy = strdup(spec), *save = NULL;
+    if (!out || !copy) {
+        cli_err("out of memory");
+        json_decref(out);
+        free(copy);
+        return NULL;
+    }
     for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         char *colon = strchr(t, ':');
         if (!colon || colon == t || !colon[1]) {
-            fprintf(stderr, "quern: %s entry \"%s\" must be NAME:DATATYPE (e.g. age:FP64)\n", what, t);
+            cli_err("%s entry \"%s\" must be NAME:DATATYPE (e.g. age:FP64)", what, t);
             json_decref(out);
             free(copy);
             return NULL;
@@ -108,340 +108,598 @@ static json_t *parse_tensors(const char *spec, const char *what)
     return out;
 }
 
-static int models_import(int argc, char **argv)
+typedef struct import_opts {
+    const char *name, *kind, *file, *inputs, *outputs, *alias, *file_name;
+} import_opts;
+
+static const cli_opt import_table[] = {
+    {"name", 0, CLI_STR, NULL, 0, 0, NULL, 1, "model name (created if needed)", offsetof(import_opts, name)},
+    {"kind", 0, CLI_STR, NULL, 0, 0, "xgboost|logistic|linear", 1, "what the file holds",
+     offsetof(import_opts, kind)},
+    {"file", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the model file (e.g. Python xgboost's JSON)",
+     offsetof(import_opts, file)},
+    {"inputs", 0, CLI_STR, NULL, 0, 0, NULL, 1, "input tensors, NAME:DATATYPE,... (e.g. age:FP64,workclass:BYTES)",
+     offsetof(import_opts, inputs)},
+    {"outputs", 0, CLI_STR, NULL, 0, 0, NULL, 0,
+     "output tensors, NAME:DATATYPE,... (default probability:FP32, prediction:FP32 for linear)",
+     offsetof(import_opts, outputs)},
+    {"promote", 0, CLI_STR, NULL, 0, 0, NULL, 0, "point this alias (e.g. production) at the new version",
+     offsetof(import_opts, alias)},
+    {"file-name", 0, CLI_STR, NULL, 0, 0, NULL, 0, "the file's name in the manifest (default model.json, linear.json)",
+     offsetof(import_opts, file_name)},
+};
+
+static int models_import(const void *opts)
 {
-    const char *name = NULL, *kind = NULL, *file = NULL, *inputs = NULL, *outputs = NULL,
-               *alias = NULL, *file_name = NULL;
-    cli_args a = {argc, argv, 2};
-    for (; a.i < argc; a.i++) {
-        const char *v;
-        if ((v = cli_opt(&a, "--name"))) name = v;
-        else if ((v = cli_opt(&a, "--kind"))) kind = v;
-        else if ((v = cli_opt(&a, "--file"))) file = v;
-        else if ((v = cli_opt(&a, "--inputs"))) inputs = v;
-        else if ((v = cli_opt(&a, "--outputs"))) outputs = v;
-        else if ((v = cli_opt(&a, "--promote"))) alias = v;
-        else if ((v = cli_opt(&a, "--file-name"))) file_name = v;
-        else name = NULL, kind = NULL, file = NULL, a.i = argc + 1;
-    }
-    if (a.i > argc || !name || !kind || !file || !inputs)
-        return cli_usage("quern models import --name NAME --kind xgboost|logistic|linear --file MODEL "
-                         "--inputs NAME:TYPE,... [--outputs NAME:TYPE,...] [--promote ALIAS]\n"
-                         "  registers a model trained elsewhere (e.g. Python xgboost's JSON) so serve runs it");
-    json_t *in = parse_tensors(inputs, "--inputs");
-    json_t *out = outputs ? parse_tensors(outputs, "--outputs")
-                          : json_pack("[{s:s, s:s, s:[i]}]", "name",
-                                      strcmp(kind, "linear") == 0 ? "prediction" : "probability",
-                                      "datatype", "FP32", "shape", -1);
-    if (!in || !out) {
-        json_decref(in);
-        json_decref(out);
-        return CLI_USAGE;
-    }
+    const import_opts *o = opts;
+    json_t *in = parse_tensors(o->inputs, "--inputs");
+    json_t *out = o->outputs ? parse_tensors(o->outputs, "--outputs")
+                             : json_pack("[{s:s, s:s, s:[i]}]", "name",
+                                         strcmp(o->kind, "linear") == 0 ? "prediction" : "probability",
+                                         "datatype", "FP32", "shape", -1);
+    json_t *version = NULL;
+    int rc = CLI_USAGE;
+    if (!in || !out)
+        goto out;
     qn_err err;
-    char hex[QN_SHA256_HEX + 1], path[128];
-    if (qn_sha256_file(file, hex, &err) < 0) {
-        json_decref(in);
-        json_decref(out);
-        return cli_fail(NULL, &err);
+    char hex[QN_SHA256_HEX + 1];
+    if (qn_sha256_file(o->file, hex, &err) < 0) {
+        rc = cli_fail(NULL, &err);
+        goto out;
     }
-    snprintf(path, sizeof path, "/v1/blobs/sha256:%s", hex);
-    int rc = qn_client_put_file(cli_client("registry"), path, file, NULL, &err);
-    if (rc < 0) {
-        json_decref(in);
-        json_decref(out);
-        return cli_fail("registry", &err);
+    const char *digest = cli_printf("sha256:%s", hex);
+    if (qn_client_put_file(cli_client("registry"), cli_printf("/v1/blobs/%s", digest), o->file, NULL, &err) < 0) {
+        rc = cli_fail("registry", &err);
+        goto out;
     }
     json_t *created = NULL;
-    json_t *body = json_pack("{s:s}", "name", name);
-    rc = qn_client_json(cli_client("registry"), "POST", "/v1/models", body, NULL, &created, &err);
+    json_t *body = json_pack("{s:s}", "name", o->name);
+    int st = qn_client_json(cli_client("registry"), "POST", "/v1/models", body, NULL, &created, &err);
     json_decref(body);
     json_decref(created);
-    if (rc < 0 && err.code != QN_ALREADY_EXISTS) {
-        json_decref(in);
-        json_decref(out);
-        return cli_fail("registry", &err);
+    if (st < 0 && err.code != QN_ALREADY_EXISTS) {
+        rc = cli_fail("registry", &err);
+        goto out;
     }
-    char digest[80];
-    snprintf(digest, sizeof digest, "sha256:%s", hex);
-    const char *fname = file_name ? file_name : strcmp(kind, "xgboost") == 0 ? "model.json" : "linear.json";
-    json_t *manifest = json_pack("{s:s, s:s, s:o, s:o, s:{s:s}}", "format", "quern.model/1", "kind", kind,
+    const char *fname = o->file_name ? o->file_name : strcmp(o->kind, "xgboost") == 0 ? "model.json" : "linear.json";
+    json_t *manifest = json_pack("{s:s, s:s, s:O, s:O, s:{s:s}}", "format", "quern.model/1", "kind", o->kind,
                                  "inputs", in, "outputs", out, "files", fname, digest);
     json_t *req = json_pack("{s:o, s:s}", "manifest", manifest, "description", "imported with quern models import");
-    json_t *version = NULL;
-    snprintf(path, sizeof path, "/v1/models/%s/versions", enc(name));
-    rc = call("registry", "POST", path, req, &version);
+    rc = call("registry", "POST", cli_printf("/v1/models/%s/versions", cli_enc(o->name)), req, &version);
     json_decref(req);
     if (rc != CLI_OK)
-        return rc;
+        goto out;
     long long v = (long long)json_integer_value(json_object_get(version, "version"));
-    if (alias) {
-        snprintf(path, sizeof path, "/v1/models/%s/aliases/%s", enc(name), enc(alias));
+    if (o->alias) {
         json_t *ab = json_pack("{s:I}", "version", (json_int_t)v);
-        rc = call("registry", "PUT", path, ab, NULL);
+        rc = call("registry", "PUT", cli_printf("/v1/models/%s/aliases/%s", cli_enc(o->name), cli_enc(o->alias)),
+                  ab, NULL);
         json_decref(ab);
-        if (rc != CLI_OK) {
-            json_decref(version);
-            return rc;
-        }
+        if (rc != CLI_OK)
+            goto out;
     }
     if (g_cli.json)
         cli_print_json(version);
     else
-        printf("Registered %s version %lld (blob %s)%s%s\n", name, v, digest, alias ? ", now " : "",
-               alias ? alias : "");
+        printf("Registered %s version %lld (blob %s)%s%s\n", o->name, v, digest, o->alias ? ", now " : "",
+               o->alias ? o->alias : "");
+out:
+    json_decref(in);
+    json_decref(out);
     json_decref(version);
-    return CLI_OK;
+    return rc;
 }
 
-int cmd_models(int argc, char **argv)
+static int models_list(const void *opts)
 {
-    static const char *usage =
-        "quern models list | show NAME | versions NAME | promote NAME VERSION [--alias production]\n"
-        "       quern models import --name NAME --kind KIND --file FILE --inputs NAME:TYPE,...";
-    if (argc < 2)
-        return cli_usage(usage);
-    const char *sub = argv[1];
-    char path[512];
+    (void)opts;
     json_t *out = NULL;
-    int rc;
-    if (strcmp(sub, "list") == 0) {
-        if ((rc = call("registry", "GET", "/v1/models?limit=1000", NULL, &out)) != CLI_OK)
-            return rc;
-        static const char *const h[] = {"MODEL", "LATEST", "ALIASES", "UPDATED", NULL};
-        static const char *const p[] = {"name", "latest_version", "aliases", "updated_at"};
-        cli_print_table(json_object_get(out, "models"), h, p);
-    } else if (strcmp(sub, "show") == 0 && argc == 3) {
-        snprintf(path, sizeof path, "/v1/models/%s", enc(argv[2]));
-        if ((rc = call("registry", "GET", path, NULL, &out)) != CLI_OK)
-            return rc;
-        cli_print_json(out);
-    } else if (strcmp(sub, "versions") == 0 && argc == 3) {
-        snprintf(path, sizeof path, "/v1/models/%s/versions?limit=1000", enc(argv[2]));
-        if ((rc = call("registry", "GET", path, NULL, &out)) != CLI_OK)
-            return rc;
-        static const char *const h[] = {"VERSION", "STATUS", "ALIASES", "DATASET", "CREATED", "METRICS", NULL};
-        static const char *const p[] = {"version", "status", "aliases", "dataset", "created_at", "metrics"};
-        cli_print_table(json_object_get(out, "versions"), h, p);
-    } else if (strcmp(sub, "promote") == 0 && argc >= 4) {
-        const char *alias = "production";
-        cli_args a = {argc, argv, 4};
-        for (; a.i < argc; a.i++) {
-            const char *v = cli_opt(&a, "--alias");
-            if (!v)
-                return cli_usage(usage);
-            alias = v;
-        }
-        char *end;
-        long long v = strtoll(argv[3], &end, 10);
-        if (*end || v < 1)
-            return cli_usage(usage);
-        snprintf(path, sizeof path, "/v1/models/%s/aliases/%s", enc(argv[2]), enc(alias));
-        json_t *body = json_pack("{s:I}", "version", (json_int_t)v);
-        rc = call("registry", "PUT", path, body, &out);
-        json_decref(body);
-        if (rc != CLI_OK)
-            return rc;
-        if (g_cli.json)
-            cli_print_json(out);
-        else
-            printf("%s: %s -> version %lld (was %s)\n", argv[2], alias, v,
-                   cli_field(out, "previous_version"));
-    } else if (strcmp(sub, "import") == 0) {
-        return models_import(argc, argv);
-    } else {
-        return cli_usage(usage);
-    }
+    int rc = call("registry", "GET", "/v1/models?limit=1000", NULL, &out);
+    if (rc != CLI_OK)
+        return rc;
+    static const char *const h[] = {"MODEL", "LATEST", "ALIASES", "UPDATED", NULL};
+    static const char *const p[] = {"name", "latest_version", "aliases", "updated_at"};
+    cli_print_table(json_object_get(out, "models"), h, p);
     json_decref(out);
     return CLI_OK;
 }
 
-/* ---- ingest ---------------------------------------------------------------- */
-
-/* Sends one batch; returns an exit code and adds to the counters. */
-static int ingest_batch(const char *dataset, const char *ctype, const char *data, size_t len,
-                        const char *key, int skip, long long *accepted, long long *rejected)
+static int models_show(const void *opts)
 {
-    char path[512];
-    qn_err err;
-    qn_buf out;
-    qn_buf_init(&out, 16 << 20);
-    snprintf(path, sizeof path, "/v1/datasets/%s/events%s", enc(dataset), skip ? "?on_error=skip" : "");
-    /* A key per batch (file digest + offset) makes retries count once. */
-    (void)key;
-    int rc = qn_client_raw(cli_client("ingest"), "POST", path, ctype, data, len, NULL, &out, &err);
-    if (rc < 0) {
-        qn_buf_free(&out);
-        return cli_fail("ingest", &err);
-    }
-    json_t *ans = out.len ? json_loadb(out.data, out.len, 0, NULL) : NULL;
-    *accepted += json_integer_value(json_object_get(ans, "accepted"));
-    *rejected += json_integer_value(json_object_get(ans, "rejected"));
-    json_decref(ans);
-    qn_buf_free(&out);
+    const name_opts *o = opts;
+    json_t *out = NULL;
+    int rc = call("registry", "GET", cli_printf("/v1/models/%s", cli_enc(o->name)), NULL, &out);
+    if (rc != CLI_OK)
+        return rc;
+    cli_print_kv(out);
+    json_decref(out);
     return CLI_OK;
 }
 
-int cmd_ingest(int argc, char **argv)
+static int models_versions(const void *opts)
 {
-    static const char *usage = "quern ingest DATASET FILE [--format csv|ndjson] [--batch ROWS] [--skip-invalid]\n"
-                               "  sends FILE (or - for stdin) in batches; CSV keeps its header in every batch";
-    const char *dataset = NULL, *file = NULL, *format = NULL;
-    long batch = 5000;
-    int skip = 0;
-    cli_args a = {argc, argv, 1};
-    for (; a.i < argc; a.i++) {
-        const char *v;
-        if ((v = cli_opt(&a, "--format"))) format = v;
-        else if ((v = cli_opt(&a, "--batch"))) batch = strtol(v, NULL, 10);
-        else if (cli_flag(&a, "--skip-invalid")) skip = 1;
-        else if (!dataset) dataset = argv[a.i];
-        else if (!file) file = argv[a.i];
-        else return cli_usage(usage);
+    const name_opts *o = opts;
+    json_t *out = NULL;
+    int rc = call("registry", "GET", cli_printf("/v1/models/%s/versions?limit=1000", cli_enc(o->name)), NULL, &out);
+    if (rc != CLI_OK)
+        return rc;
+    static const char *const h[] = {"VERSION", "STATUS", "ALIASES", "DATASET", "CREATED", "METRICS", NULL};
+    static const char *const p[] = {"version", "status", "aliases", "dataset", "created_at", "metrics"};
+    cli_print_table(json_object_get(out, "versions"), h, p);
+    json_decref(out);
+    return CLI_OK;
+}
+
+typedef struct promote_opts {
+    const char *name;
+    long long version;
+    const char *alias;
+} promote_opts;
+
+static const cli_opt promote_table[] = {
+    {"NAME", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the model", offsetof(promote_opts, name)},
+    {"VERSION", 0, CLI_INT, NULL, 1, 2147483647, NULL, 1, "the version the alias points at",
+     offsetof(promote_opts, version)},
+    {"alias", 0, CLI_STR, "production", 0, 0, NULL, 0, "the alias to move", offsetof(promote_opts, alias)},
+};
+
+static int models_promote(const void *opts)
+{
+    const promote_opts *o = opts;
+    json_t *out = NULL;
+    json_t *body = json_pack("{s:I}", "version", (json_int_t)o->version);
+    int rc = call("registry", "PUT", cli_printf("/v1/models/%s/aliases/%s", cli_enc(o->name), cli_enc(o->alias)),
+                  body, &out);
+    json_decref(body);
+    if (rc != CLI_OK)
+        return rc;
+    if (g_cli.json)
+        cli_print_json(out);
+    else
+        printf("%s: %s -> version %lld (was %s)\n", o->name, o->alias, o->version,
+               cli_field(out, "previous_version"));
+    json_decref(out);
+    return CLI_OK;
+}
+
+static const cli_opt model_name_table[] = {
+    {"NAME", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the model", offsetof(name_opts, name)},
+};
+
+const cli_cmd cli_cmd_models_list = CLI_CMD_NOOPTS("models list", "every model: latest version, aliases", NULL,
+                                                   models_list);
+const cli_cmd cli_cmd_models_show = CLI_CMD("models show", "a model: description, tags, latest version, aliases",
+                                            NULL, model_name_table, name_opts, models_show);
+const cli_cmd cli_cmd_models_versions = CLI_CMD("models versions",
+                                                "a model's versions with status, aliases and metrics", NULL,
+                                                model_name_table, name_opts, models_versions);
+const cli_cmd cli_cmd_models_promote = CLI_CMD("models promote", "point an alias (production) at a version", NULL,
+                                               promote_table, promote_opts, models_promote);
+const cli_cmd cli_cmd_models_import = CLI_CMD(
+    "models import", "register a model trained elsewhere so serve runs it unchanged",
+    "e.g. quern models import --name adult --kind xgboost --file model.json --inputs age:FP64,workclass:BYTES "
+    "--promote production",
+    import_table, import_opts, models_import);
+
+/* ---- ingest ---------------------------------------------------------------- */
+
+typedef struct ingest_opts {
+    const char *dataset, *file, *format;
+    long long batch, batch_bytes;
+    int skip;
+} ingest_opts;
+
+static const cli_opt ingest_table[] = {
+    {"DATASET", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the dataset (created if needed)", offsetof(ingest_opts, dataset)},
+    {"FILE", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the rows, or - for stdin", offsetof(ingest_opts, file)},
+    {"format", 0, CLI_STR, NULL, 0, 0, "csv|ndjson", 0, "how FILE is written (default: csv when its name says .csv)",
+     offsetof(ingest_opts, format)},
+    {"batch", 0, CLI_INT, "5000", 1, 100000, NULL, 0, "rows per request at most", offsetof(ingest_opts, batch)},
+    {"batch-bytes", 0, CLI_SIZE, "16M", 1024, 1LL << 30, NULL, 0,
+     "bytes per request at most (ingest takes 64M by default; less when it says so)",
+     offsetof(ingest_opts, batch_bytes)},
+    {"skip-invalid", 0, CLI_FLAG, NULL, 0, 0, NULL, 0, "store the valid rows of a batch and report the others",
+     offsetof(ingest_opts, skip)},
+};
+
+/* The batch being filled: the CSV header, then whole records, each with the
+ * line of the file where it starts, so that a refusal names the line and a
+ * batch ingest finds too large is sent again in smaller requests. */
+typedef struct ingest_run {
+    const ingest_opts *o;
+    const char *path, *ctype;
+    int csv;
+    qn_buf body;          /* the CSV header (header_len bytes), then the records */
+    size_t header_len;
+    long long header_lines;
+    size_t *off;          /* record i starts at body.data + off[i] ... */
+    long long *line;      /* ... and at this line of the file */
+    size_t n;             /* records in the batch (at most o->batch) */
+    int nonblank;         /* the batch has a record that is not blank */
+    long long max_bytes;  /* of one request: --batch-bytes, or ingest's limit when smaller */
+    long long accepted, rejected, requests, reported;
+} ingest_run;
+
+static size_t rec_end(const ingest_run *r, size_t i)
+{
+    return i < r->n ? r->off[i] : r->body.len;
+}
+
+/* A line of a request body (1-based, header included) as a line of the file. */
+static long long file_line(const ingest_run *r, size_t from, long long body_line)
+{
+    return r->line[from] + (body_line - r->header_lines - 1);
+}
+
+/* The errors ingest lists (refused or skipped rows), with their file lines. */
+static void print_row_errors(ingest_run *r, size_t from, const json_t *errors)
+{
+    size_t i;
+    const json_t *e;
+    json_array_foreach(errors, i, e) {
+        if (r->reported++ >= 10)
+            return;
+        const json_t *l = json_object_get(e, "line");
+        const char *why = json_string_value(json_object_get(e, "reason"));
+        if (json_is_integer(l))
+            cli_err("  line %lld of %s: %s", file_line(r, from, json_integer_value(l)), r->o->file,
+                    why ? why : "invalid");
+        else
+            cli_err("  row %s of the batch from line %lld: %s", cli_field(e, "row"), r->line[from],
+                    why ? why : "invalid");
     }
-    if (!dataset || !file || batch < 1 || batch > 100000)
-        return cli_usage(usage);
-    if (!format)
-        format = strstr(file, ".csv") ? "csv" : "ndjson";
-    int csv = strcmp(format, "csv") == 0;
-    if (!csv && strcmp(format, "ndjson") != 0)
-        return cli_usage(usage);
-    FILE *f = strcmp(file, "-") == 0 ? stdin : fopen(file, "rb");
-    if (!f) {
-        fprintf(stderr, "quern: cannot open %s: %s\n", file, strerror(errno));
-        return CLI_USAGE;
+}
+
+static int send_range(ingest_run *r, size_t from, size_t to);
+
+/* Sends [from, to) again in requests of at most r->max_bytes. */
+static int send_smaller(ingest_run *r, size_t from, size_t to)
+{
+    for (size_t a = from; a < to;) {
+        size_t b = a + 1;
+        while (b < to && r->header_len + (rec_end(r, b + 1) - r->off[a]) <= (size_t)r->max_bytes)
+            b++;
+        int rc = send_range(r, a, b);
+        if (rc != CLI_OK)
+            return rc;
+        a = b;
     }
-    qn_buf header, body;
-    qn_buf_init(&header, 1 << 20);
-    qn_buf_init(&body, 64u << 20);
+    return CLI_OK;
+}
+
+/* POSTs records [from, to) with the header; adds to the counters, or prints
+ * where it failed and how much ingest acknowledged before. */
+static int send_range(ingest_run *r, size_t from, size_t to)
+{
+    qn_buf req, ans;
+    qn_err err;
+    qn_buf_init(&req, r->body.len); /* a part of the batch is never larger than the batch */
+    qn_buf_init(&ans, 16u << 20);
+    json_t *a = NULL;
+    const char *data = r->body.data;
+    size_t len = rec_end(r, to);
+    int rc = CLI_OK;
+    if (from > 0) { /* a part of the batch: header + those records */
+        if (qn_buf_append(&req, r->body.data, r->header_len) < 0 ||
+            qn_buf_append(&req, r->body.data + r->off[from], rec_end(r, to) - r->off[from]) < 0) {
+            cli_err("out of memory building a request for the rows from line %lld", r->line[from]);
+            rc = CLI_FAILED;
+            goto out;
+        }
+        data = req.data;
+        len = req.len;
+    }
+    int st = qn_client_raw(cli_client("ingest"), "POST", r->path, r->ctype, data, len, NULL, &ans, &err);
+    a = ans.len ? json_loadb(ans.data, ans.len, 0, NULL) : NULL;
+    if (st >= 0) {
+        r->requests++;
+        r->accepted += json_integer_value(json_object_get(a, "accepted"));
+        r->rejected += json_integer_value(json_object_get(a, "rejected"));
+        print_row_errors(r, from, json_object_get(a, "errors"));
+        goto out;
+    }
+    const json_t *details = json_object_get(json_object_get(a, "error"), "details");
+    const json_t *limit = json_object_get(details, "limit");
+    if (err.code == QN_RESOURCE_EXHAUSTED && json_is_integer(limit) && to - from > 1 &&
+        json_integer_value(limit) > 0) {
+        /* 413: this ingest takes less than --batch-bytes; so be it from now on. */
+        if (json_integer_value(limit) < r->max_bytes) {
+            r->max_bytes = json_integer_value(limit);
+            cli_err("note: ingest accepts at most %lld bytes per request; sending smaller batches", r->max_bytes);
+        }
+        rc = send_smaller(r, from, to);
+        goto out;
+    }
+    /* Where it happened: the first row ingest names, else the first of the request. */
+    long long at = r->line[from];
+    const json_t *first = json_array_get(json_object_get(details, "errors"), 0);
+    if (json_is_integer(json_object_get(first, "line")))
+        at = file_line(r, from, json_integer_value(json_object_get(first, "line")));
+    cli_err("%s: failed at line %lld (a request of the rows at lines %lld-%lld): %s", r->o->file, at, r->line[from],
+            r->line[to - 1], err.msg);
+    print_row_errors(r, from, json_object_get(details, "errors"));
+    cli_err("%lld rows before line %lld were acknowledged by ingest (%lld accepted, %lld rejected); "
+            "nothing from line %lld on was stored",
+            r->accepted + r->rejected, r->line[from], r->accepted, r->rejected, r->line[from]);
+    if (err.code == QN_UNAVAILABLE || err.code == QN_DEADLINE_EXCEEDED) {
+        /* A service that refuses a body as too large may close the connection
+         * before the client can read why: say so when ingest still answers. */
+        qn_err live;
+        if (qn_client_json(cli_client("ingest"), "GET", "/healthz", NULL, NULL, NULL, &live) >= 0)
+            cli_err("ingest answers, but the connection broke while %zu bytes were sent: if its --max-body "
+                    "is smaller, send with a smaller --batch-bytes", len);
+        else
+            cli_err("is quern-ingest running? `quern up --detach` starts every service; `quern status` shows them");
+    }
+    rc = cli_exit_code(err.code);
+out:
+    json_decref(a);
+    qn_buf_free(&req);
+    qn_buf_free(&ans);
+    return rc;
+}
+
+/* Sends the batch, then starts the next one (the header stays). */
+static int flush_batch(ingest_run *r)
+{
+    int rc = CLI_OK;
+    if (r->n && r->nonblank)
+        rc = send_range(r, 0, r->n);
+    r->body.len = r->header_len;
+    r->n = 0;
+    r->nonblank = 0;
+    if (rc == CLI_OK && !g_cli.json && g_cli.tty)
+        cli_progress("\r%lld rows sent", r->accepted + r->rejected);
+    return rc;
+}
+
+static int is_blank(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n')
+            return 0;
+    return 1;
+}
+
+/* Adds one whole record (a CSV record may span lines), sending the batch
+ * first when the record would take it past its rows or bytes. */
+static int add_record(ingest_run *r, const char *rec, size_t len, long long line, long long nlines)
+{
+    if (r->csv && r->header_len == 0) {
+        if (qn_buf_append(&r->body, rec, len) < 0)
+            goto too_big;
+        r->header_len = len;
+        r->header_lines = nlines;
+        return CLI_OK;
+    }
+    int rc;
+    if (r->n > 0 && r->body.len + len > (size_t)r->max_bytes && (rc = flush_batch(r)) != CLI_OK)
+        return rc;
+    if (r->header_len + len > (size_t)r->max_bytes || qn_buf_append(&r->body, rec, len) < 0)
+        goto too_big;
+    r->off[r->n] = r->body.len - len;
+    r->line[r->n] = line;
+    r->n++;
+    r->nonblank |= !is_blank(rec, len);
+    if (r->n >= (size_t)r->o->batch)
+        return flush_batch(r);
+    return CLI_OK;
+too_big:
+    cli_err("%s: line %lld: a record of %zu bytes does not fit in one request of %lld bytes (--batch-bytes)",
+            r->o->file, line, len, r->max_bytes);
+    cli_err("%lld rows before it were acknowledged by ingest (%lld accepted, %lld rejected)",
+            r->accepted + r->rejected, r->accepted, r->rejected);
+    return CLI_USAGE;
+}
+
+static int ingest(const void *opts)
+{
+    const ingest_opts *o = opts;
+    ingest_run r = {.o = o, .max_bytes = o->batch_bytes};
+    const char *format = o->format ? o->format : strstr(o->file, ".csv") ? "csv" : "ndjson";
+    r.csv = strcmp(format, "csv") == 0;
+    r.ctype = r.csv ? "text/csv" : "application/x-ndjson";
+    r.path = cli_printf("/v1/datasets/%s/events%s", cli_enc(o->dataset), o->skip ? "?on_error=skip" : "");
+    r.off = calloc((size_t)o->batch, sizeof *r.off);
+    r.line = calloc((size_t)o->batch, sizeof *r.line);
+    qn_buf_init(&r.body, (size_t)o->batch_bytes);
+    qn_buf rec;
+    qn_buf_init(&rec, (size_t)o->batch_bytes);
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
-    long rows = 0;
-    long long accepted = 0, rejected = 0, batches = 0;
+    long long lineno = 0, rec_line = 0, rec_lines = 0;
     int rc = CLI_OK, in_quotes = 0;
+    FILE *f = strcmp(o->file, "-") == 0 ? stdin : fopen(o->file, "rb");
+    if (!f) {
+        cli_err("cannot open %s: %s", o->file, strerror(errno));
+        rc = CLI_USAGE;
+        goto out;
+    }
+    if (!r.off || !r.line) {
+        cli_err("out of memory");
+        rc = CLI_FAILED;
+        goto out;
+    }
     while ((n = getline(&line, &cap, f)) > 0) {
-        if (csv && header.len == 0) {
-            qn_buf_append(&header, line, (size_t)n);
-            qn_buf_append(&body, line, (size_t)n);
-            continue;
+        lineno++;
+        if (rec.len == 0)
+            rec_line = lineno, rec_lines = 0;
+        rec_lines++;
+        if (qn_buf_append(&rec, line, (size_t)n) < 0) {
+            /* What came before is sent, so that the count below is all of it. */
+            if ((rc = flush_batch(&r)) != CLI_OK)
+                goto out;
+            cli_err("%s: line %lld: a record of more than %lld bytes does not fit in one request (--batch-bytes)",
+                    o->file, rec_line, r.max_bytes);
+            cli_err("%lld rows before it were acknowledged by ingest (%lld accepted, %lld rejected)",
+                    r.accepted + r.rejected, r.accepted, r.rejected);
+            rc = CLI_USAGE;
+            goto out;
         }
-        qn_buf_append(&body, line, (size_t)n);
-        if (csv) /* a quoted field may hold newlines: a record ends outside quotes */
+        if (r.csv) /* a quoted field may hold newlines: a record ends outside quotes */
             for (ssize_t i = 0; i < n; i++)
                 in_quotes ^= line[i] == '"';
         if (in_quotes)
             continue;
-        if (++rows % batch == 0) {
-            rc = ingest_batch(dataset, csv ? "text/csv" : "application/x-ndjson", body.data, body.len, NULL,
-                              skip, &accepted, &rejected);
-            if (rc != CLI_OK)
-                break;
-            batches++;
-            if (!g_cli.json && g_cli.tty)
-                fprintf(stderr, "\r%lld rows sent", accepted + rejected);
-            qn_buf_reset(&body);
-            if (csv)
-                qn_buf_append(&body, header.data, header.len);
-        }
+        if ((rc = add_record(&r, rec.data, rec.len, rec_line, rec_lines)) != CLI_OK)
+            goto out;
+        qn_buf_reset(&rec);
     }
-    if (rc == CLI_OK && body.len > (csv ? header.len : 0)) {
-        rc = ingest_batch(dataset, csv ? "text/csv" : "application/x-ndjson", body.data, body.len, NULL, skip,
-                          &accepted, &rejected);
-        batches++;
+    if (ferror(f)) {
+        cli_err("cannot read %s at line %lld: %s", o->file, lineno + 1, strerror(errno));
+        cli_err("%lld rows before it were acknowledged by ingest", r.accepted + r.rejected);
+        rc = CLI_FAILED;
+        goto out;
     }
-    free(line);
-    if (f != stdin)
-        fclose(f);
-    qn_buf_free(&header);
-    qn_buf_free(&body);
-    if (rc != CLI_OK)
-        return rc;
+    /* An unterminated quote: ingest says what is wrong with it. */
+    if (rec.len && (rc = add_record(&r, rec.data, rec.len, rec_line, rec_lines)) != CLI_OK)
+        goto out;
+    if ((rc = flush_batch(&r)) != CLI_OK)
+        goto out;
     if (g_cli.json) {
-        json_t *o = json_pack("{s:s, s:I, s:I, s:I}", "dataset", dataset, "accepted", (json_int_t)accepted,
-                              "rejected", (json_int_t)rejected, "batches", (json_int_t)batches);
-        cli_print_json(o);
-        json_decref(o);
+        json_t *j = json_pack("{s:s, s:I, s:I, s:I}", "dataset", o->dataset, "accepted", (json_int_t)r.accepted,
+                              "rejected", (json_int_t)r.rejected, "batches", (json_int_t)r.requests);
+        cli_print_json(j);
+        json_decref(j);
     } else {
-        printf("%s%s: %lld rows accepted, %lld rejected, in %lld batches\n", g_cli.tty ? "\r" : "", dataset,
-               accepted, rejected, batches);
+        if (g_cli.line_open)
+            fputc('\r', stderr), g_cli.line_open = 0;
+        printf("%s: %lld rows accepted, %lld rejected, in %lld batches\n", o->dataset, r.accepted, r.rejected,
+               r.requests);
     }
-    return rejected && !skip ? CLI_USAGE : CLI_OK;
+    rc = r.rejected && !o->skip ? CLI_USAGE : CLI_OK;
+out:
+    free(line);
+    if (f && f != stdin)
+        fclose(f);
+    qn_buf_free(&rec);
+    qn_buf_free(&r.body);
+    free(r.off);
+    free(r.line);
+    return rc;
 }
+
+const cli_cmd cli_cmd_ingest = CLI_CMD(
+    "ingest", "send events or rows to a dataset (CSV, NDJSON)",
+    "Sends FILE in batches cut by rows and by bytes; CSV keeps its header in every batch and a quoted\n"
+    "record is never split. A failure names the line of FILE where it happened and how many rows\n"
+    "ingest acknowledged before it, and exits non-zero.",
+    ingest_table, ingest_opts, ingest);
 
 /* ---- pipelines --------------------------------------------------------------- */
 
-int cmd_pipelines(int argc, char **argv)
+static const cli_opt pipeline_name_table[] = {
+    {"NAME", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the pipeline", offsetof(name_opts, name)},
+};
+
+typedef struct put_opts {
+    const char *name, *file;
+} put_opts;
+
+static const cli_opt pipeline_put_table[] = {
+    {"NAME", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the pipeline", offsetof(put_opts, name)},
+    {"FILE", 0, CLI_STR, NULL, 0, 0, NULL, 1, "its spec, JSON (docs/prep.md)", offsetof(put_opts, file)},
+};
+
+static int pipelines_list(const void *opts)
 {
-    static const char *usage = "quern pipelines list | show NAME | put NAME FILE | run NAME";
-    char path[512];
+    (void)opts;
     json_t *out = NULL;
-    int rc;
-    if (argc == 2 && strcmp(argv[1], "list") == 0) {
-        if ((rc = call("prep", "GET", "/v1/pipelines", NULL, &out)) != CLI_OK)
-            return rc;
-        static const char *const h[] = {"PIPELINE", "SOURCE", "OUTPUT", "TRIGGER", NULL};
-        static const char *const p[] = {"name", "source", "output", "trigger.kind"};
-        cli_print_table(json_object_get(out, "pipelines"), h, p);
-    } else if (argc == 3 && strcmp(argv[1], "show") == 0) {
-        snprintf(path, sizeof path, "/v1/pipelines/%s", enc(argv[2]));
-        if ((rc = call("prep", "GET", path, NULL, &out)) != CLI_OK)
-            return rc;
-        cli_print_json(out);
-    } else if (argc == 4 && strcmp(argv[1], "put") == 0) {
-        json_t *body = load_json_file(argv[3]);
-        if (!body)
-            return CLI_USAGE;
-        snprintf(path, sizeof path, "/v1/pipelines/%s", enc(argv[2]));
-        rc = call("prep", "PUT", path, body, &out);
-        json_decref(body);
-        if (rc != CLI_OK)
-            return rc;
-        if (g_cli.json)
-            cli_print_json(out);
-        else
-            printf("Pipeline %s stored\n", argv[2]);
-    } else if (argc == 3 && strcmp(argv[1], "run") == 0) {
-        snprintf(path, sizeof path, "/v1/pipelines/%s/runs", enc(argv[2]));
-        if ((rc = call("prep", "POST", path, NULL, &out)) != CLI_OK)
-            return rc;
-        const char *id = json_string_value(json_object_get(out, "run_id"));
-        for (int i = 0; id && i < 6000; i++) { /* follow the run for up to 10 minutes */
-            json_t *run = NULL;
-            snprintf(path, sizeof path, "/v1/pipelines/%s/runs/%s", enc(argv[2]), enc(id));
-            if ((rc = call("prep", "GET", path, NULL, &run)) != CLI_OK)
-                break;
-            const char *state = json_string_value(json_object_get(run, "state"));
-            if (state && strcmp(state, "queued") != 0 && strcmp(state, "running") != 0) {
-                json_decref(out);
-                out = run;
-                break;
-            }
-            json_decref(run);
-            usleep(100000);
-        }
-        if (g_cli.json) {
-            cli_print_json(out);
-        } else {
-            printf("run %s: %s", cli_field(out, "run_id"), cli_field(out, "state"));
-            if (json_object_get(out, "dataset_version"))
-                printf(", dataset version %s", cli_field(out, "dataset_version"));
-            if (json_object_get(out, "report"))
-                printf(", rows in %s, out %s", cli_field(out, "report.rows_in"), cli_field(out, "report.rows_out"));
-            if (json_object_get(out, "error") && !json_is_null(json_object_get(out, "error")))
-                printf("\nerror: %s", cli_field(out, "error"));
-            printf("\n");
-        }
-        const char *state = json_string_value(json_object_get(out, "state"));
-        rc = state && strcmp(state, "failed") == 0 ? CLI_FAILED : CLI_OK;
-        json_decref(out);
+    int rc = call("prep", "GET", "/v1/pipelines", NULL, &out);
+    if (rc != CLI_OK)
         return rc;
-    } else {
-        return cli_usage(usage);
-    }
+    static const char *const h[] = {"PIPELINE", "SOURCE", "OUTPUT", "TRIGGER", NULL};
+    static const char *const p[] = {"name", "source", "output", "trigger.kind"};
+    cli_print_table(json_object_get(out, "pipelines"), h, p);
     json_decref(out);
     return CLI_OK;
 }
+
+static int pipelines_show(const void *opts)
+{
+    const name_opts *o = opts;
+    json_t *out = NULL;
+    int rc = call("prep", "GET", cli_printf("/v1/pipelines/%s", cli_enc(o->name)), NULL, &out);
+    if (rc != CLI_OK)
+        return rc;
+    cli_print_kv(out);
+    json_decref(out);
+    return CLI_OK;
+}
+
+static int pipelines_put(const void *opts)
+{
+    const put_opts *o = opts;
+    json_t *out = NULL;
+    json_t *body = load_json_file(o->file);
+    if (!body)
+        return CLI_USAGE;
+    int rc = call("prep", "PUT", cli_printf("/v1/pipelines/%s", cli_enc(o->name)), body, &out);
+    json_decref(body);
+    if (rc != CLI_OK)
+        return rc;
+    if (g_cli.json)
+        cli_print_json(out);
+    else
+        printf("Pipeline %s stored\n", o->name);
+    json_decref(out);
+    return CLI_OK;
+}
+
+static int pipelines_run(const void *opts)
+{
+    const name_opts *o = opts;
+    json_t *out = NULL;
+    int rc = call("prep", "POST", cli_printf("/v1/pipelines/%s/runs", cli_enc(o->name)), NULL, &out);
+    if (rc != CLI_OK)
+        return rc;
+    const char *id = json_string_value(json_object_get(out, "run_id"));
+    const char *path = id ? cli_printf("/v1/pipelines/%s/runs/%s", cli_enc(o->name), cli_enc(id)) : NULL;
+    for (int i = 0; path && i < 6000; i++) { /* follow the run for up to 10 minutes */
+        json_t *run = NULL;
+        if ((rc = call("prep", "GET", path, NULL, &run)) != CLI_OK) {
+            json_decref(out);
+            return rc;
+        }
+        const char *state = json_string_value(json_object_get(run, "state"));
+        if (state && strcmp(state, "queued") != 0 && strcmp(state, "running") != 0) {
+            json_decref(out);
+            out = run;
+            break;
+        }
+        json_decref(run);
+        usleep(100000);
+    }
+    if (g_cli.json) {
+        cli_print_json(out);
+    } else {
+        /* The run's own record: rows_in and rows_out are what it read and wrote. */
+        printf("run %s: %s", cli_field(out, "run_id"), cli_field(out, "state"));
+        if (json_object_get(out, "dataset_version"))
+            printf(", dataset version %s", cli_field(out, "dataset_version"));
+        if (json_object_get(out, "rows_in") || json_object_get(out, "rows_out"))
+            printf(", rows in %s, out %s", cli_field(out, "rows_in"), cli_field(out, "rows_out"));
+        else if (json_object_get(out, "report"))
+            printf(", rows in %s, out %s", cli_field(out, "report.rows_in"), cli_field(out, "report.rows_out"));
+        if (json_object_get(out, "error") && !json_is_null(json_object_get(out, "error")))
+            printf("\nerror: %s", cli_field(out, "error"));
+        printf("\n");
+    }
+    const char *state = json_string_value(json_object_get(out, "state"));
+    rc = state && strcmp(state, "failed") == 0 ? CLI_FAILED : CLI_OK;
+    json_decref(out);
+    return rc;
+}
+
+const cli_cmd cli_cmd_pipelines_list = CLI_CMD_NOOPTS("pipelines list", "every pipeline: source, output, trigger",
+                                                      NULL, pipelines_list);
+const cli_cmd cli_cmd_pipelines_show = CLI_CMD("pipelines show", "a pipeline's spec", NULL, pipeline_name_table,
+                                               name_opts, pipelines_show);
+const cli_cmd cli_cmd_pipelines_put = CLI_CMD("pipelines put", "store a pipeline from its JSON spec", NULL,
+                                              pipeline_put_table, put_opts, pipelines_put);
+const cli_cmd cli_cmd_pipelines_run = CLI_CMD("pipelines run", "run a pipeline now and follow the run to its end",
+                                              NULL, pipeline_name_table, name_opts, pipelines_run);
 
 /* ---- train and jobs --------------------------------------------------------------- */
 
@@ -456,37 +714,39 @@ static void progress_line(const json_t *job, int final)
         for (int i = 0; i < 30; i++)
             bar[i] = i < fill ? '#' : '.';
         bar[30] = '\0';
-        fprintf(stderr, "\r[%s] %3.0f%% %-11s iter %-5s loss %-10s elapsed %ss eta %ss   ", bar, frac * 100,
-                state, cli_field(p, "iteration"), cli_field(p, "loss"), cli_field(p, "elapsed"),
-                cli_field(p, "eta"));
-        if (final)
+        cli_progress("\r[%s] %3.0f%% %-11s iter %-5s loss %-10s elapsed %ss eta %ss   ", bar, frac * 100, state,
+                     cli_field(p, "iteration"), cli_field(p, "loss"), cli_field(p, "elapsed"), cli_field(p, "eta"));
+        if (final) {
             fputc('\n', stderr);
+            g_cli.line_open = 0;
+        }
     } else {
         printf("%s iteration=%s loss=%s elapsed=%s eta=%s\n", state, cli_field(p, "iteration"),
                cli_field(p, "loss"), cli_field(p, "elapsed"), cli_field(p, "eta"));
+        fflush(stdout);
     }
 }
 
 static int follow_job(const char *id)
 {
-    char path[256];
-    char last[512] = "";
-    snprintf(path, sizeof path, "/v1/jobs/%s", enc(id));
+    const char *path = cli_printf("/v1/jobs/%s", cli_enc(id));
+    char *last = NULL;
+    int rc;
     for (;;) {
         json_t *job = NULL;
-        int rc = call("train", "GET", path, NULL, &job);
-        if (rc != CLI_OK)
-            return rc;
+        cli_scratch_reset();
+        if ((rc = call("train", "GET", path, NULL, &job)) != CLI_OK)
+            break;
         const char *state = cli_field(job, "state");
         int done = strcmp(state, "succeeded") == 0 || strcmp(state, "failed") == 0 ||
                    strcmp(state, "cancelled") == 0;
-        char *now = json_dumps(json_object_get(job, "progress"), JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
-        char key[512];
-        snprintf(key, sizeof key, "%s %s", state, now ? now : "");
-        free(now);
-        if (!g_cli.json && (g_cli.tty || strcmp(key, last) != 0))
+        json_t *seen = json_pack("[s, O?]", state, json_object_get(job, "progress"));
+        char *now = seen ? json_dumps(seen, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY) : NULL;
+        json_decref(seen);
+        if (!g_cli.json && (g_cli.tty || !last || !now || strcmp(now, last) != 0))
             progress_line(job, done);
-        snprintf(last, sizeof last, "%s", key);
+        free(last);
+        last = now;
         if (done) {
             if (g_cli.json) {
                 cli_print_json(job);
@@ -502,49 +762,50 @@ static int follow_job(const char *id)
             }
             rc = strcmp(state, "succeeded") == 0 ? CLI_OK : CLI_FAILED;
             json_decref(job);
-            return rc;
+            break;
         }
         json_decref(job);
         usleep(g_cli.tty ? 200000 : 1000000);
     }
+    free(last);
+    return rc;
 }
 
-int cmd_train(int argc, char **argv)
+typedef struct train_opts {
+    const char *model, *kind, *dataset, *spec, *params;
+    long long dataset_version;
+    int detach;
+} train_opts;
+
+static const cli_opt train_table[] = {
+    {"MODEL", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the model the job registers a version of", offsetof(train_opts, model)},
+    {"kind", 0, CLI_STR, NULL, 0, 0, NULL, 1, "als, logistic, linear or xgboost (docs/train.md)",
+     offsetof(train_opts, kind)},
+    {"dataset", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the registry dataset to train on", offsetof(train_opts, dataset)},
+    {"dataset-version", 0, CLI_INT, NULL, 1, 2147483647, NULL, 0, "that version of it (default: the latest)",
+     offsetof(train_opts, dataset_version)},
+    {"spec", 0, CLI_STR, NULL, 0, 0, NULL, 0, "a JSON file with the job's spec", offsetof(train_opts, spec)},
+    {"params", 0, CLI_STR, NULL, 0, 0, NULL, 0, "the learner's parameters, JSON (e.g. '{\"factors\":64}')",
+     offsetof(train_opts, params)},
+    {"detach", 0, CLI_FLAG, NULL, 0, 0, NULL, 0, "queue the job and return", offsetof(train_opts, detach)},
+};
+
+static int train(const void *opts)
 {
-    static const char *usage =
-        "quern train MODEL --kind als|logistic|linear|xgboost --dataset NAME [--dataset-version N]\n"
-        "            [--spec FILE.json] [--params JSON] [--detach]\n"
-        "  starts a training job and follows it (a progress bar on a terminal, lines when piped)";
-    const char *model = NULL, *kind = NULL, *dataset = NULL, *spec = NULL, *params = NULL;
-    long long dsv = 0;
-    int detach = 0;
-    cli_args a = {argc, argv, 1};
-    for (; a.i < argc; a.i++) {
-        const char *v;
-        if ((v = cli_opt(&a, "--kind"))) kind = v;
-        else if ((v = cli_opt(&a, "--dataset"))) dataset = v;
-        else if ((v = cli_opt(&a, "--dataset-version"))) dsv = strtoll(v, NULL, 10);
-        else if ((v = cli_opt(&a, "--spec"))) spec = v;
-        else if ((v = cli_opt(&a, "--params"))) params = v;
-        else if (cli_flag(&a, "--detach")) detach = 1;
-        else if (!model && argv[a.i][0] != '-') model = argv[a.i];
-        else return cli_usage(usage);
-    }
-    if (!model || !kind || !dataset)
-        return cli_usage(usage);
-    json_t *body = json_pack("{s:s, s:s, s:s}", "model", model, "kind", kind, "dataset", dataset);
-    if (dsv > 0)
-        json_object_set_new(body, "dataset_version", json_integer(dsv));
-    if (spec) {
-        json_t *s = load_json_file(spec);
+    const train_opts *o = opts;
+    json_t *body = json_pack("{s:s, s:s, s:s}", "model", o->model, "kind", o->kind, "dataset", o->dataset);
+    if (o->dataset_version > 0)
+        json_object_set_new(body, "dataset_version", json_integer(o->dataset_version));
+    if (o->spec) {
+        json_t *s = load_json_file(o->spec);
         if (!s) {
             json_decref(body);
             return CLI_USAGE;
         }
         json_object_set_new(body, "spec", s);
     }
-    if (params) {
-        json_t *p = parse_json_arg("--params", params);
+    if (o->params) {
+        json_t *p = parse_json_arg("--params", o->params);
         if (!p) {
             json_decref(body);
             return CLI_USAGE;
@@ -556,58 +817,82 @@ int cmd_train(int argc, char **argv)
     json_decref(body);
     if (rc != CLI_OK)
         return rc;
-    char id[64];
-    snprintf(id, sizeof id, "%s", cli_field(out, "id"));
-    if (detach || g_cli.json) {
-        if (g_cli.json && detach)
+    const char *id = cli_printf("%s", cli_field(out, "id"));
+    if (o->detach) {
+        if (g_cli.json)
             cli_print_json(out);
+        else
+            printf("job %s queued; follow it with: quern jobs follow %s\n", id, id);
         json_decref(out);
-        if (detach) {
-            if (!g_cli.json)
-                printf("job %s queued; follow it with: quern jobs show %s\n", id, id);
-            return CLI_OK;
-        }
-    } else {
-        json_decref(out);
-        printf("job %s queued\n", id);
+        return CLI_OK;
     }
+    json_decref(out);
+    if (!g_cli.json)
+        printf("job %s queued\n", id);
     return follow_job(id);
 }
 
-int cmd_jobs(int argc, char **argv)
+const cli_cmd cli_cmd_train = CLI_CMD("train", "start a training job and follow it",
+                                      "A progress bar on a terminal, one line per change when piped.", train_table,
+                                      train_opts, train);
+
+static const cli_opt job_id_table[] = {
+    {"ID", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the job", offsetof(name_opts, name)},
+};
+
+static int jobs_list(const void *opts)
 {
-    static const char *usage = "quern jobs list | show ID | follow ID | cancel ID";
-    char path[256];
+    (void)opts;
     json_t *out = NULL;
-    int rc;
-    if (argc == 2 && strcmp(argv[1], "list") == 0) {
-        if ((rc = call("train", "GET", "/v1/jobs?limit=100", NULL, &out)) != CLI_OK)
-            return rc;
-        static const char *const h[] = {"JOB", "MODEL", "KIND", "STATE", "CREATED", "VERSION", "OUTCOME", NULL};
-        static const char *const p[] = {"id", "model", "kind", "state", "created_at", "result.version",
-                                        "result.outcome"};
-        cli_print_table(json_object_get(out, "jobs"), h, p);
-    } else if (argc == 3 && strcmp(argv[1], "show") == 0) {
-        snprintf(path, sizeof path, "/v1/jobs/%s", enc(argv[2]));
-        if ((rc = call("train", "GET", path, NULL, &out)) != CLI_OK)
-            return rc;
-        cli_print_json(out);
-    } else if (argc == 3 && strcmp(argv[1], "follow") == 0) {
-        return follow_job(argv[2]);
-    } else if (argc == 3 && strcmp(argv[1], "cancel") == 0) {
-        snprintf(path, sizeof path, "/v1/jobs/%s", enc(argv[2]));
-        if ((rc = call("train", "DELETE", path, NULL, &out)) != CLI_OK)
-            return rc;
-        if (!g_cli.json)
-            printf("job %s cancelled\n", argv[2]);
-        else
-            cli_print_json(out);
-    } else {
-        return cli_usage(usage);
-    }
+    int rc = call("train", "GET", "/v1/jobs?limit=100", NULL, &out);
+    if (rc != CLI_OK)
+        return rc;
+    static const char *const h[] = {"JOB", "MODEL", "KIND", "STATE", "CREATED", "VERSION", "OUTCOME", NULL};
+    static const char *const p[] = {"id", "model", "kind", "state", "created_at", "result.version", "result.outcome"};
+    cli_print_table(json_object_get(out, "jobs"), h, p);
     json_decref(out);
     return CLI_OK;
 }
+
+static int jobs_show(const void *opts)
+{
+    const name_opts *o = opts;
+    json_t *out = NULL;
+    int rc = call("train", "GET", cli_printf("/v1/jobs/%s", cli_enc(o->name)), NULL, &out);
+    if (rc != CLI_OK)
+        return rc;
+    cli_print_kv(out);
+    json_decref(out);
+    return CLI_OK;
+}
+
+static int jobs_follow(const void *opts)
+{
+    return follow_job(((const name_opts *)opts)->name);
+}
+
+static int jobs_cancel(const void *opts)
+{
+    const name_opts *o = opts;
+    json_t *out = NULL;
+    int rc = call("train", "DELETE", cli_printf("/v1/jobs/%s", cli_enc(o->name)), NULL, &out);
+    if (rc != CLI_OK)
+        return rc;
+    if (g_cli.json)
+        cli_print_json(out);
+    else
+        printf("job %s cancelled\n", o->name);
+    json_decref(out);
+    return CLI_OK;
+}
+
+const cli_cmd cli_cmd_jobs_list = CLI_CMD_NOOPTS("jobs list", "the latest 100 training jobs", NULL, jobs_list);
+const cli_cmd cli_cmd_jobs_show = CLI_CMD("jobs show", "a job: state, progress, result", NULL, job_id_table,
+                                          name_opts, jobs_show);
+const cli_cmd cli_cmd_jobs_follow = CLI_CMD("jobs follow", "follow a job to its end", NULL, job_id_table, name_opts,
+                                            jobs_follow);
+const cli_cmd cli_cmd_jobs_cancel = CLI_CMD("jobs cancel", "cancel a queued or running job", NULL, job_id_table,
+                                            name_opts, jobs_cancel);
 
 /* ---- predict and recommend ------------------------------------------------------ */
 
@@ -633,107 +918,122 @@ static json_t *rows_to_infer(json_t *rows)
     return json_pack("{s:o}", "inputs", inputs);
 }
 
-int cmd_predict(int argc, char **argv)
+typedef struct predict_opts {
+    const char *model;
+    cli_list rows, files;
+} predict_opts;
+
+static const cli_opt predict_table[] = {
+    {"MODEL", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the served model", offsetof(predict_opts, model)},
+    {"row", 0, CLI_LIST, NULL, 0, 0, NULL, 0,
+     "one row, a JSON object (e.g. '{\"age\":39,\"workclass\":\"State-gov\"}')",
+     offsetof(predict_opts, rows)},
+    {"file", 0, CLI_LIST, NULL, 0, 0, NULL, 0, "rows, one JSON object per line", offsetof(predict_opts, files)},
+};
+
+/* Appends the rows of an NDJSON file. */
+static int rows_from_file(const char *file, json_t *rows)
 {
-    static const char *usage = "quern predict MODEL (--row JSON | --file ROWS.ndjson)\n"
-                               "  e.g. quern predict adult --row '{\"age\":39,\"workclass\":\"State-gov\",...}'";
-    const char *model = NULL;
-    json_t *rows = json_array();
-    cli_args a = {argc, argv, 1};
-    for (; a.i < argc; a.i++) {
-        const char *v;
-        if ((v = cli_opt(&a, "--row"))) {
-            json_t *r = parse_json_arg("--row", v);
-            if (!json_is_object(r)) {
-                json_decref(r);
-                json_decref(rows);
-                return cli_usage(usage);
-            }
-            json_array_append_new(rows, r);
-        } else if ((v = cli_opt(&a, "--file"))) {
-            qn_buf b;
-            qn_buf_init(&b, 64u << 20);
-            if (read_file(v, &b) != CLI_OK) {
-                qn_buf_free(&b);
-                json_decref(rows);
-                return CLI_USAGE;
-            }
-            char *save = NULL;
-            for (char *l = b.data ? strtok_r(b.data, "\n", &save) : NULL; l; l = strtok_r(NULL, "\n", &save)) {
-                json_t *r = json_loads(l, 0, NULL);
-                if (!json_is_object(r)) {
-                    fprintf(stderr, "quern: %s: every line must be a JSON object\n", v);
-                    json_decref(r);
-                    qn_buf_free(&b);
-                    json_decref(rows);
-                    return CLI_USAGE;
-                }
-                json_array_append_new(rows, r);
-            }
-            qn_buf_free(&b);
-        } else if (!model) {
-            model = argv[a.i];
-        } else {
-            json_decref(rows);
-            return cli_usage(usage);
+    qn_buf b;
+    qn_buf_init(&b, 64u << 20);
+    int rc = read_file(file, &b);
+    char *save = NULL;
+    long long lineno = 0;
+    for (char *l = rc == CLI_OK && b.data ? strtok_r(b.data, "\n", &save) : NULL; l; l = strtok_r(NULL, "\n", &save)) {
+        json_t *r = json_loads(l, 0, NULL);
+        lineno++;
+        if (!json_is_object(r)) {
+            cli_err("%s: every line must be a JSON object (line %lld is not)", file, lineno);
+            json_decref(r);
+            rc = CLI_USAGE;
+            break;
         }
+        json_array_append_new(rows, r);
     }
-    if (!model || json_array_size(rows) == 0) {
-        json_decref(rows);
-        return cli_usage(usage);
+    qn_buf_free(&b);
+    return rc;
+}
+
+static int predict(const void *opts)
+{
+    const predict_opts *o = opts;
+    json_t *rows = json_array(), *req = NULL, *out = NULL;
+    int rc = CLI_OK;
+    for (size_t i = 0; i < o->rows.n && rc == CLI_OK; i++) {
+        json_t *r = parse_json_arg("--row", o->rows.v[i]);
+        if (!json_is_object(r)) {
+            if (r)
+                cli_err("--row must be a JSON object");
+            json_decref(r);
+            rc = CLI_USAGE;
+            break;
+        }
+        json_array_append_new(rows, r);
     }
-    json_t *req = rows_to_infer(rows), *out = NULL;
-    json_decref(rows);
-    char path[256];
-    snprintf(path, sizeof path, "/v2/models/%s/infer", enc(model));
-    int rc = call("serve", "POST", path, req, &out);
-    json_decref(req);
+    for (size_t i = 0; i < o->files.n && rc == CLI_OK; i++)
+        rc = rows_from_file(o->files.v[i], rows);
     if (rc != CLI_OK)
-        return rc;
+        goto out;
+    if (json_array_size(rows) == 0) {
+        cli_err("predict needs rows: --row JSON or --file ROWS.ndjson");
+        rc = CLI_USAGE;
+        goto out;
+    }
+    req = rows_to_infer(rows);
+    if ((rc = call("serve", "POST", cli_printf("/v2/models/%s/infer", cli_enc(o->model)), req, &out)) != CLI_OK)
+        goto out;
     if (g_cli.json) {
         cli_print_json(out);
     } else {
-        printf("%s version %s\n", model, cli_field(out, "model_version"));
+        printf("%s version %s\n", o->model, cli_field(out, "model_version"));
         size_t i;
-        json_t *o;
-        json_array_foreach(json_object_get(out, "outputs"), i, o) {
-            char *d = json_dumps(json_object_get(o, "data"), JSON_COMPACT);
-            printf("%s: %s\n", cli_field(o, "name"), d ? d : "");
+        json_t *t;
+        json_array_foreach(json_object_get(out, "outputs"), i, t) {
+            char *d = json_dumps(json_object_get(t, "data"), JSON_COMPACT);
+            printf("%s: %s\n", cli_field(t, "name"), d ? d : "");
             free(d);
         }
     }
+out:
+    json_decref(rows);
+    json_decref(req);
     json_decref(out);
-    return CLI_OK;
+    return rc;
 }
 
-int cmd_recommend(int argc, char **argv)
+const cli_cmd cli_cmd_predict = CLI_CMD("predict", "send rows to a served model",
+                                        "An Open Inference Protocol infer with one tensor per column (FP64 numbers, "
+                                        "BOOL booleans, BYTES otherwise).",
+                                        predict_table, predict_opts, predict);
+
+typedef struct recommend_opts {
+    const char *model, *user;
+    long long k;
+    int exclude;
+} recommend_opts;
+
+static const cli_opt recommend_table[] = {
+    {"MODEL", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the served recommender", offsetof(recommend_opts, model)},
+    {"USER", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the user", offsetof(recommend_opts, user)},
+    {"k", 0, CLI_INT, "10", 1, 1000, NULL, 0, "how many items", offsetof(recommend_opts, k)},
+    {"exclude-seen", 0, CLI_FLAG, NULL, 0, 0, NULL, 0, "leave out items the user already has",
+     offsetof(recommend_opts, exclude)},
+};
+
+static int recommend(const void *opts)
 {
-    static const char *usage = "quern recommend MODEL USER [--k 10] [--exclude-seen]";
-    const char *model = NULL, *user = NULL;
-    long k = 10;
-    int exclude = 0;
-    cli_args a = {argc, argv, 1};
-    for (; a.i < argc; a.i++) {
-        const char *v;
-        if ((v = cli_opt(&a, "--k"))) k = strtol(v, NULL, 10);
-        else if (cli_flag(&a, "--exclude-seen")) exclude = 1;
-        else if (!model) model = argv[a.i];
-        else if (!user) user = argv[a.i];
-        else return cli_usage(usage);
-    }
-    if (!model || !user || k < 1 || k > 1000)
-        return cli_usage(usage);
-    char path[512];
-    snprintf(path, sizeof path, "/v1/models/%s/recommend?user=%s&k=%ld%s", enc(model), enc(user), k,
-             exclude ? "&exclude_seen=true" : "");
+    const recommend_opts *o = opts;
     json_t *out = NULL;
-    int rc = call("serve", "GET", path, NULL, &out);
+    int rc = call("serve", "GET",
+                  cli_printf("/v1/models/%s/recommend?user=%s&k=%lld%s", cli_enc(o->model), cli_enc(o->user), o->k,
+                             o->exclude ? "&exclude_seen=true" : ""),
+                  NULL, &out);
     if (rc != CLI_OK)
         return rc;
     if (g_cli.json) {
         cli_print_json(out);
     } else {
-        printf("%s version %s, user %s%s\n", model, cli_field(out, "version"), user,
+        printf("%s version %s, user %s%s\n", o->model, cli_field(out, "version"), o->user,
                json_is_true(json_object_get(out, "fallback")) ? " (unknown user: popular items)" : "");
         static const char *const h[] = {"ITEM", "SCORE", NULL};
         static const char *const p[] = {"item", "score"};
@@ -743,23 +1043,28 @@ int cmd_recommend(int argc, char **argv)
     return CLI_OK;
 }
 
+const cli_cmd cli_cmd_recommend = CLI_CMD("recommend", "top-k items for a user from a served recommender",
+                                          "An unknown user gets popular items, and the answer says so.",
+                                          recommend_table, recommend_opts, recommend);
+
 /* ---- drift and alerts --------------------------------------------------------------- */
 
-int cmd_drift(int argc, char **argv)
+static const cli_opt drift_table[] = {
+    {"MODEL", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the monitored model", offsetof(name_opts, name)},
+};
+
+static int drift(const void *opts)
 {
-    if (argc != 2)
-        return cli_usage("quern drift MODEL\n  the latest drift report of MODEL's served version");
-    char path[256];
-    snprintf(path, sizeof path, "/v1/monitors/%s/report", enc(argv[1]));
+    const name_opts *o = opts;
     json_t *out = NULL;
-    int rc = call("monitor", "GET", path, NULL, &out);
+    int rc = call("monitor", "GET", cli_printf("/v1/monitors/%s/report", cli_enc(o->name)), NULL, &out);
     if (rc != CLI_OK)
         return rc;
     if (g_cli.json) {
         cli_print_json(out);
     } else {
         json_t *rep = json_object_get(out, "report") ? json_object_get(out, "report") : out;
-        printf("%s version %s: window of %s rows, dataset drift: %s (share %s)\n", argv[1],
+        printf("%s version %s: window of %s rows, dataset drift: %s (share %s)\n", o->name,
                cli_field(rep, "version"), cli_field(rep, "window.rows"), cli_field(rep, "dataset_drift"),
                cli_field(rep, "share_drifted"));
         static const char *const h[] = {"FEATURE", "METHOD", "STATISTIC", "P_VALUE", "THRESHOLD", "DRIFTED", NULL};
@@ -770,20 +1075,24 @@ int cmd_drift(int argc, char **argv)
     return CLI_OK;
 }
 
-int cmd_alerts(int argc, char **argv)
+const cli_cmd cli_cmd_drift = CLI_CMD("drift", "the latest drift report of a model's served version", NULL,
+                                      drift_table, name_opts, drift);
+
+typedef struct alerts_opts {
+    const char *state;
+} alerts_opts;
+
+static const cli_opt alerts_table[] = {
+    {"state", 0, CLI_STR, NULL, 0, 0, NULL, 0, "only alerts in this state: firing or resolved",
+     offsetof(alerts_opts, state)},
+};
+
+static int alerts(const void *opts)
 {
-    const char *state = NULL;
-    cli_args a = {argc, argv, 1};
-    for (; a.i < argc; a.i++) {
-        const char *v = cli_opt(&a, "--state");
-        if (!v)
-            return cli_usage("quern alerts [--state firing|resolved]");
-        state = v;
-    }
-    char path[256];
-    snprintf(path, sizeof path, "/v1/alerts%s%s", state ? "?state=" : "", state ? enc(state) : "");
+    const alerts_opts *o = opts;
     json_t *out = NULL;
-    int rc = call("alert", "GET", path, NULL, &out);
+    int rc = call("alert", "GET", o->state ? cli_printf("/v1/alerts?state=%s", cli_enc(o->state)) : "/v1/alerts",
+                  NULL, &out);
     if (rc != CLI_OK)
         return rc;
     static const char *const h[] = {"ALERT", "RULE", "SEVERITY", "STATE", "SUBJECT", "FIRED", "RESOLVED", NULL};
@@ -792,3 +1101,6 @@ int cmd_alerts(int argc, char **argv)
     json_decref(out);
     return CLI_OK;
 }
+
+const cli_cmd cli_cmd_alerts = CLI_CMD("alerts", "firing and resolved alerts", NULL, alerts_table, alerts_opts,
+                                       alerts);

@@ -12,67 +12,78 @@
  * `quern --help`: people use `quern status`.
  */
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "core/buf.h"
 
-/* Reads a NUL-separated /proc file whole (bounded). Returns its length, or -1. */
-static ssize_t read_proc(const char *path, char *buf, size_t cap)
+/* Reads a NUL-separated /proc file whole into b (at most b->max bytes, far
+ * more than the kernel's argument and environment limits). Returns its
+ * length, or -1. */
+static ssize_t read_proc(const char *path, qn_buf *b)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
-    size_t n = 0;
-    while (n + 1 < cap) {
-        ssize_t r = read(fd, buf + n, cap - 1 - n);
-        if (r <= 0)
+    char chunk[65536];
+    ssize_t r;
+    while ((r = read(fd, chunk, sizeof chunk)) > 0)
+        if (qn_buf_append(b, chunk, (size_t)r) < 0)
             break;
-        n += (size_t)r;
-    }
     close(fd);
-    buf[n] = '\0';
-    return (ssize_t)n;
+    if (qn_buf_append(b, "", 1) < 0) /* the terminating NUL of the last string */
+        return -1;
+    return (ssize_t)b->len - 1;
 }
 
 /* The listen address PID 1 was given, when PID 1 is a quern-<service>: its
- * --listen flag, else its QUERN_LISTEN. -1 when PID 1 is anything else. */
-static int pid1_listen(char *out, size_t cap)
+ * --listen flag, else its QUERN_LISTEN. NULL when PID 1 is anything else. */
+static const char *pid1_listen(void)
 {
-    static char buf[65536];
-    ssize_t n = read_proc("/proc/1/cmdline", buf, sizeof buf);
+    const char *found = NULL;
+    qn_buf b;
+    qn_buf_init(&b, 64u << 20);
+    ssize_t n = read_proc("/proc/1/cmdline", &b);
+    const char *buf = b.data;
     const char *slash = n > 0 ? strrchr(buf, '/') : NULL;
     if (n <= 0 || strncmp(slash ? slash + 1 : buf, "quern-", 6) != 0)
-        return -1;
-    for (ssize_t i = 0; n > 0 && i < n; i += (ssize_t)strlen(buf + i) + 1) {
+        goto out;
+    for (ssize_t i = 0; i < n; i += (ssize_t)strlen(buf + i) + 1) {
         const char *arg = buf + i;
         if (strncmp(arg, "--listen=", 9) == 0) {
-            snprintf(out, cap, "%s", arg + 9);
-            return 0;
+            found = cli_printf("%s", arg + 9);
+            goto out;
         }
         if (strcmp(arg, "--listen") == 0 && i + (ssize_t)strlen(arg) + 1 < n) {
-            snprintf(out, cap, "%s", arg + strlen(arg) + 1);
-            return 0;
+            found = cli_printf("%s", arg + strlen(arg) + 1);
+            goto out;
         }
     }
-    n = read_proc("/proc/1/environ", buf, sizeof buf);
+    qn_buf_reset(&b);
+    n = read_proc("/proc/1/environ", &b);
+    buf = b.data;
     for (ssize_t i = 0; n > 0 && i < n; i += (ssize_t)strlen(buf + i) + 1) {
         if (strncmp(buf + i, "QUERN_LISTEN=", 13) == 0 && buf[i + 13]) {
-            snprintf(out, cap, "%s", buf + i + 13);
-            return 0;
+            found = cli_printf("%s", buf + i + 13);
+            goto out;
         }
     }
-    return -1;
+out:
+    qn_buf_free(&b);
+    return found;
 }
 
-/* "HOST:PORT" -> "http://HOST:PORT", a wildcard or empty host becoming loopback. */
-static int listen_to_url(const char *listen, char *url, size_t cap)
+/* "HOST:PORT" -> "http://HOST:PORT", a wildcard or empty host becoming
+ * loopback; NULL when listen is not HOST:PORT. */
+static const char *listen_to_url(const char *listen)
 {
     const char *colon = strrchr(listen, ':');
     if (!colon || !colon[1])
-        return -1;
+        return NULL;
     size_t hlen = (size_t)(colon - listen);
     const char *host = listen;
     if (hlen == 0 || (hlen == 7 && strncmp(listen, "0.0.0.0", 7) == 0) ||
@@ -80,48 +91,47 @@ static int listen_to_url(const char *listen, char *url, size_t cap)
         host = "127.0.0.1";
         hlen = strlen(host);
     }
-    int w = snprintf(url, cap, "http://%.*s:%s", (int)hlen, host, colon + 1);
-    return w > 0 && (size_t)w < cap ? 0 : -1;
+    return cli_printf("http://%.*s:%s", (int)hlen, host, colon + 1);
 }
 
-int cmd_healthcheck(int argc, char **argv)
-{
-    static const char usage[] = "quern healthcheck [--ready] [URL]";
-    const char *path = "/healthz", *url = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--ready") == 0)
-            path = "/readyz";
-        else if (strcmp(argv[i], "--help") == 0)
-            return printf("usage: %s\n", usage), CLI_OK;
-        else if (argv[i][0] != '-' && !url)
-            url = argv[i];
-        else
-            return cli_usage(usage);
-    }
+typedef struct healthcheck_opts {
+    const char *url;
+    int ready;
+} healthcheck_opts;
 
-    char base[512], listen[256];
+static const cli_opt healthcheck_table[] = {
+    {"URL", 0, CLI_STR, NULL, 0, 0, NULL, 0, "a service's base URL, or a full URL to GET (default: the service beside)",
+     offsetof(healthcheck_opts, url)},
+    {"ready", 0, CLI_FLAG, NULL, 0, 0, NULL, 0, "ask /readyz instead of /healthz", offsetof(healthcheck_opts, ready)},
+};
+
+static int healthcheck(const void *opts)
+{
+    const healthcheck_opts *ho = opts;
+    const char *path = ho->ready ? "/readyz" : "/healthz", *url = ho->url, *base;
     if (url) {
         /* A full URL is asked as is; a bare base gets the path appended. */
         const char *p = strstr(url, "://");
-        if (p && strchr(p + 3, '/')) {
-            const char *slash = strchr(p + 3, '/');
-            snprintf(base, sizeof base, "%.*s", (int)(slash - url), url);
+        const char *slash = p ? strchr(p + 3, '/') : NULL;
+        if (slash) {
+            base = cli_printf("%.*s", (int)(slash - url), url);
             path = slash;
         } else {
-            snprintf(base, sizeof base, "%s", url);
+            base = url;
         }
     } else {
-        const char *env = getenv("QUERN_LISTEN");
-        if (pid1_listen(listen, sizeof listen) < 0) {
+        const char *listen = pid1_listen();
+        if (!listen) {
+            const char *env = getenv("QUERN_LISTEN");
             if (!env || !*env) {
-                fprintf(stderr, "quern: healthcheck: no URL given, and neither PID 1's --listen "
-                                "nor QUERN_LISTEN says where the service listens\n");
+                cli_err("healthcheck: no URL given, and neither PID 1's --listen nor QUERN_LISTEN says "
+                        "where the service listens");
                 return CLI_USAGE;
             }
-            snprintf(listen, sizeof listen, "%s", env);
+            listen = env;
         }
-        if (listen_to_url(listen, base, sizeof base) < 0) {
-            fprintf(stderr, "quern: healthcheck: listen address \"%s\" is not HOST:PORT\n", listen);
+        if (!(base = listen_to_url(listen))) {
+            cli_err("healthcheck: listen address \"%s\" is not HOST:PORT", listen);
             return CLI_USAGE;
         }
     }
@@ -131,14 +141,21 @@ int cmd_healthcheck(int argc, char **argv)
                         .max_retries = -1, .user_agent = "quern-healthcheck/" QUERN_VERSION};
     qn_client *c = qn_client_new(&o, &err);
     if (!c) {
-        fprintf(stderr, "quern: healthcheck: %s\n", err.msg);
+        cli_err("healthcheck: %s", err.msg);
         return CLI_USAGE;
     }
     int rc = qn_client_raw(c, "GET", path, NULL, NULL, 0, NULL, NULL, &err);
     qn_client_free(c);
     if (rc < 200 || rc > 299) {
-        fprintf(stderr, "quern: healthcheck %s%s: %s\n", base, path, rc < 0 ? err.msg : "not 2xx");
+        cli_err("healthcheck %s%s: %s", base, path, rc < 0 ? err.msg : "not 2xx");
         return CLI_FAILED;
     }
     return CLI_OK;
 }
+
+/* Hidden from `quern help` (no summary): people use `quern status`. */
+const cli_cmd cli_cmd_healthcheck = CLI_CMD(
+    "healthcheck", NULL,
+    "GET /healthz (or /readyz with --ready) of URL, or of the service this container runs;\n"
+    "exit 0 on 2xx, 1 otherwise, 2 when there is nothing to ask.",
+    healthcheck_table, healthcheck_opts, healthcheck);

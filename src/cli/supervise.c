@@ -50,36 +50,42 @@ static void on_signal(int sig)
     g_stop = sig;
 }
 
-static void home_path(char *out, size_t cap, const char *rel)
+/* $QUERN_HOME/rel (g_cli.arena: no length limit but the system's). */
+static const char *home_path(const char *rel)
 {
-    snprintf(out, cap, "%s/%s", g_cli.home, rel);
+    return cli_printf("%s/%s", g_cli.home, rel);
 }
 
-/* The directory of the running quern binary: the services sit beside it. */
-static void bin_dir(char *out, size_t cap)
+/* The directory of the running quern binary: the services sit beside it.
+ * Computed once, before any fork (g_cli.arena). */
+static const char *bin_dir(void)
 {
-    ssize_t n = readlink("/proc/self/exe", out, cap - 1);
-    if (n <= 0) {
-        snprintf(out, cap, ".");
-        return;
-    }
-    out[n] = '\0';
-    char *slash = strrchr(out, '/');
+    static const char *dir;
+    if (dir)
+        return dir;
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0 || (size_t)n >= sizeof exe - 1)
+        return dir = ".";
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
     if (slash)
         *slash = '\0';
+    return dir = cli_printf("%s", exe);
+}
+
+static const char *service_exe(const cli_service *s)
+{
+    return cli_printf("%s/quern-%s", bin_dir(), s->name);
 }
 
 static int service_installed(const cli_service *s)
 {
-    char dir[PATH_MAX], path[PATH_MAX + 64];
-    bin_dir(dir, sizeof dir);
-    snprintf(path, sizeof path, "%s/quern-%s", dir, s->name);
-    return access(path, X_OK) == 0;
+    return access(service_exe(s), X_OK) == 0;
 }
 
 static void write_state(void)
 {
-    char path[PATH_MAX], tmp[PATH_MAX + 8];
     json_t *svcs = json_array();
     for (size_t i = 0; i < g_nchildren; i++) {
         child *c = &g_children[i];
@@ -90,8 +96,7 @@ static void write_state(void)
     }
     json_t *st = json_pack("{s:i, s:i, s:o}", "pid", (int)getpid(), "port_base", g_cli.port_base,
                            "services", svcs);
-    home_path(path, sizeof path, "run/supervisor.json");
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    const char *path = home_path("run/supervisor.json"), *tmp = home_path("run/supervisor.json.tmp");
     if (json_dump_file(st, tmp, JSON_INDENT(2)) == 0)
         rename(tmp, path);
     json_decref(st);
@@ -99,10 +104,9 @@ static void write_state(void)
 
 static pid_t spawn(const cli_service *s)
 {
-    char dir[PATH_MAX], exe[PATH_MAX + 64], log[PATH_MAX], listen[64], grpc[64];
-    bin_dir(dir, sizeof dir);
-    snprintf(exe, sizeof exe, "%s/quern-%s", dir, s->name);
-    snprintf(log, sizeof log, "%s/logs/%s.log", g_cli.home, s->name);
+    /* "127.0.0.1:" and a port always fit. */
+    char listen[32], grpc[32];
+    const char *exe = service_exe(s), *log = cli_printf("%s/logs/%s.log", g_cli.home, s->name);
     snprintf(listen, sizeof listen, "127.0.0.1:%d", g_cli.port_base + s->offset);
     snprintf(grpc, sizeof grpc, "127.0.0.1:%d", g_cli.port_base + 6);
     pid_t pid = fork();
@@ -126,7 +130,7 @@ static pid_t spawn(const cli_service *s)
         execl(exe, exe, "--listen", listen, "--grpc-listen", grpc, (char *)NULL);
     else
         execl(exe, exe, "--listen", listen, (char *)NULL);
-    fprintf(stderr, "quern: cannot run %s: %s\n", exe, strerror(errno));
+    cli_err("cannot run %s: %s", exe, strerror(errno));
     _exit(127);
 }
 
@@ -141,7 +145,7 @@ static int64_t now_ms(void)
 static int service_ready(const cli_service *s, json_t **why)
 {
     qn_err err;
-    char url[96];
+    char url[32];
     snprintf(url, sizeof url, "http://127.0.0.1:%d", g_cli.port_base + s->offset);
     qn_client_opts o = {.base_url = url, .timeout_ms = 1000, .max_retries = -1};
     qn_client *c = qn_client_new(&o, &err);
@@ -183,8 +187,7 @@ static void stop_all(void)
         if (now_ms() > deadline) {
             for (size_t i = 0; i < g_nchildren; i++)
                 if (g_children[i].pid > 0) {
-                    fprintf(stderr, "quern: quern-%s did not stop in time; killing it\n",
-                            g_children[i].svc->name);
+                    cli_err("quern-%s did not stop in time; killing it", g_children[i].svc->name);
                     kill(g_children[i].pid, SIGKILL);
                     waitpid(g_children[i].pid, NULL, 0);
                     g_children[i].pid = 0;
@@ -225,8 +228,8 @@ static int supervise(void)
                                                 : 1000;
                 c->pid = 0;
                 c->restart_at_ms = now_ms() + c->backoff_ms;
-                fprintf(stderr, "quern: quern-%s exited (%s %d) after %.1f s; restarting in %.1f s\n",
-                        c->svc->name, WIFSIGNALED(status) ? "signal" : "status",
+                cli_err("quern-%s exited (%s %d) after %.1f s; restarting in %.1f s", c->svc->name,
+                        WIFSIGNALED(status) ? "signal" : "status",
                         WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status), ran / 1000.0,
                         c->backoff_ms / 1000.0);
             }
@@ -242,9 +245,7 @@ static int supervise(void)
         usleep(100000);
     }
     stop_all();
-    char path[PATH_MAX];
-    home_path(path, sizeof path, "run/supervisor.json");
-    unlink(path);
+    unlink(home_path("run/supervisor.json"));
     return 0;
 }
 
@@ -252,7 +253,7 @@ static int supervise(void)
 static int service_live(const cli_service *s)
 {
     qn_err err;
-    char url[96];
+    char url[32];
     snprintf(url, sizeof url, "http://127.0.0.1:%d", g_cli.port_base + s->offset);
     qn_client_opts o = {.base_url = url, .timeout_ms = 1000, .max_retries = -1};
     qn_client *c = qn_client_new(&o, &err);
@@ -272,9 +273,8 @@ static int wait_ready(int64_t timeout_ms)
         int serve = strcmp(s->name, "serve") == 0;
         while (!(serve ? service_live(s) : service_ready(s, NULL))) {
             if (now_ms() > deadline || g_stop) {
-                fprintf(stderr, "quern: quern-%s is not %s after %lld s; its log: %s/logs/%s.log\n",
-                        s->name, serve ? "answering" : "ready", (long long)(timeout_ms / 1000),
-                        g_cli.home, s->name);
+                cli_err("quern-%s is not %s after %lld s; its log: %s/logs/%s.log", s->name,
+                        serve ? "answering" : "ready", (long long)(timeout_ms / 1000), g_cli.home, s->name);
                 return -1;
             }
             usleep(50000);
@@ -286,8 +286,7 @@ static int wait_ready(int64_t timeout_ms)
 /* Reads the supervisor state; NULL when no supervisor runs. */
 static json_t *read_state(void)
 {
-    char path[PATH_MAX];
-    home_path(path, sizeof path, "run/supervisor.json");
+    const char *path = home_path("run/supervisor.json");
     json_t *st = json_load_file(path, 0, NULL);
     if (!st)
         return NULL;
@@ -300,36 +299,37 @@ static json_t *read_state(void)
     return st;
 }
 
-int cmd_up(int argc, char **argv)
+static int status_table(void);
+
+typedef struct up_opts {
+    int detach;
+    const char *services;
+} up_opts;
+
+static const cli_opt up_table[] = {
+    {"detach", 'd', CLI_FLAG, NULL, 0, 0, NULL, 0, "run in the background; return once every service is ready",
+     offsetof(up_opts, detach)},
+    {"services", 0, CLI_STR, NULL, 0, 0, NULL, 0, "only these, comma-separated (e.g. registry,ingest)",
+     offsetof(up_opts, services)},
+};
+
+static int up(const void *opts)
 {
-    int detach = 0;
-    const char *only = NULL;
-    cli_args a = {argc, argv, 1};
-    for (; a.i < argc; a.i++) {
-        const char *v;
-        if (cli_flag(&a, "--detach") || cli_flag(&a, "-d"))
-            detach = 1;
-        else if ((v = cli_opt(&a, "--services")))
-            only = v;
-        else
-            return cli_usage("quern up [--detach] [--services registry,ingest,...]\n"
-                             "  starts every installed service on embedded defaults under $QUERN_HOME");
-    }
+    const up_opts *o = opts;
+    int detach = o->detach;
+    const char *only = o->services;
     json_t *running = read_state();
     if (running) {
-        fprintf(stderr, "quern: services already run under %s (supervisor pid %lld); `quern status` "
-                        "shows them, `quern down` stops them\n",
+        cli_err("services already run under %s (supervisor pid %lld); `quern status` shows them, "
+                "`quern down` stops them",
                 g_cli.home, (long long)json_integer_value(json_object_get(running, "pid")));
         json_decref(running);
         return CLI_CONFLICT;
     }
-    char path[PATH_MAX];
     qn_err err;
-    home_path(path, sizeof path, "logs");
-    if (qn_mkdir_p(path, &err) < 0)
+    if (qn_mkdir_p(home_path("logs"), &err) < 0)
         return cli_fail(NULL, &err);
-    home_path(path, sizeof path, "run");
-    if (qn_mkdir_p(path, &err) < 0)
+    if (qn_mkdir_p(home_path("run"), &err) < 0)
         return cli_fail(NULL, &err);
     /* Services resolve ${QUERN_HOME} themselves: make it absolute so that a
      * daemon (which changes directory) and its children agree. */
@@ -346,7 +346,7 @@ int cmd_up(int argc, char **argv)
         g_children[g_nchildren++] = (child){.svc = s};
     }
     if (g_nchildren == 0) {
-        fprintf(stderr, "quern: no service binaries found beside this quern; run `make build`\n");
+        cli_err("no service binaries found beside this quern; run `make build`");
         return CLI_FAILED;
     }
 
@@ -360,20 +360,17 @@ int cmd_up(int argc, char **argv)
             while (!(running = read_state()) && now_ms() < deadline)
                 usleep(20000);
             if (!running) {
-                fprintf(stderr, "quern: the supervisor did not start; see %s/logs/supervisor.log\n",
-                        g_cli.home);
+                cli_err("the supervisor did not start; see %s/logs/supervisor.log", g_cli.home);
                 return CLI_FAILED;
             }
             json_decref(running);
             if (wait_ready(READY_TIMEOUT_MS) < 0)
                 return CLI_FAILED;
-            cmd_status(1, argv); /* serve may still wait for its first model version */
+            status_table(); /* serve may still wait for its first model version */
             return CLI_OK;
         }
         setsid();
-        char log[PATH_MAX];
-        home_path(log, sizeof log, "logs/supervisor.log");
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        int fd = open(home_path("logs/supervisor.log"), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
         if (fd >= 0) {
             dup2(fd, STDOUT_FILENO);
             dup2(fd, STDERR_FILENO);
@@ -393,7 +390,7 @@ int cmd_up(int argc, char **argv)
         pid_t reporter = fork();
         if (reporter == 0) {
             if (wait_ready(READY_TIMEOUT_MS) == 0) {
-                cmd_status(1, argv);
+                status_table();
                 printf("Quern is up (state in %s). Ctrl-C stops it.\n", g_cli.home);
             } else {
                 kill(getppid(), SIGTERM);
@@ -405,26 +402,30 @@ int cmd_up(int argc, char **argv)
     return supervise();
 }
 
-int cmd_down(int argc, char **argv)
+const cli_cmd cli_cmd_up = CLI_CMD("up", "start every service on embedded defaults (--detach to return once ready)",
+                                   "Starts every installed service under $QUERN_HOME, the registry first; restarts a\n"
+                                   "service that exits, with a growing delay. In the foreground, Ctrl-C stops them.",
+                                   up_table, up_opts, up);
+
+static int down(const void *opts)
 {
-    if (argc > 1)
-        return cli_usage("quern down\n  stops the services `quern up` started under $QUERN_HOME");
+    (void)opts;
     json_t *st = read_state();
     if (!st) {
-        fprintf(stderr, "quern: nothing runs under %s\n", g_cli.home);
+        cli_err("nothing runs under %s", g_cli.home);
         return CLI_OK;
     }
     pid_t pid = (pid_t)json_integer_value(json_object_get(st, "pid"));
     json_decref(st);
     if (kill(pid, SIGTERM) != 0) {
-        fprintf(stderr, "quern: cannot signal the supervisor (pid %d): %s\n", (int)pid, strerror(errno));
+        cli_err("cannot signal the supervisor (pid %d): %s", (int)pid, strerror(errno));
         return CLI_FAILED;
     }
     int64_t deadline = now_ms() + STOP_GRACE_MS + 10000;
     while (kill(pid, 0) == 0 && now_ms() < deadline)
         usleep(50000);
     if (kill(pid, 0) == 0) {
-        fprintf(stderr, "quern: the supervisor (pid %d) is still running\n", (int)pid);
+        cli_err("the supervisor (pid %d) is still running", (int)pid);
         return CLI_FAILED;
     }
     if (!g_cli.json)
@@ -432,12 +433,15 @@ int cmd_down(int argc, char **argv)
     return CLI_OK;
 }
 
-/* The version a service reports in quern_build_info. */
-static void service_version(const cli_service *s, char *out, size_t cap)
+const cli_cmd cli_cmd_down = CLI_CMD_NOOPTS("down", "stop the services started by `quern up`",
+                                           "SIGTERM to each (it drains and flushes), SIGKILL after 20 s.", down);
+
+/* The version a service reports in quern_build_info ("-" when it does not). */
+static const char *service_version(const cli_service *s)
 {
     qn_err err;
-    char url[96];
-    snprintf(out, cap, "-");
+    char url[32];
+    const char *out = "-";
     snprintf(url, sizeof url, "http://127.0.0.1:%d", g_cli.port_base + s->offset);
     qn_client_opts o = {.base_url = url, .timeout_ms = 1000, .max_retries = -1};
     qn_client *c = qn_client_new(&o, &err);
@@ -449,14 +453,15 @@ static void service_version(const cli_service *s, char *out, size_t cap)
         if (v) {
             v += 9;
             size_t n = strcspn(v, "\"");
-            snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), v);
+            out = cli_printf("%.*s", (int)n, v);
         }
     }
     qn_buf_free(&b);
     qn_client_free(c);
+    return out;
 }
 
-int cmd_status(int argc, char **argv)
+static int status_table(void)
 {
     json_t *st = read_state();
     json_t *rows = json_array();
@@ -474,9 +479,9 @@ int cmd_status(int argc, char **argv)
                 entry = e;
         if (!entry && !service_installed(s))
             continue;
-        char version[64], uptime[32] = "-";
+        char uptime[64] = "-";
         int ready = service_ready(s, NULL);
-        service_version(s, version, sizeof version);
+        const char *version = service_version(s);
         int pid = entry ? (int)json_integer_value(json_object_get(entry, "pid")) : 0;
         if (entry && pid > 0) {
             int64_t up = (now - json_integer_value(json_object_get(entry, "started_ms"))) / 1000;
@@ -501,3 +506,12 @@ int cmd_status(int argc, char **argv)
     json_decref(st);
     return all_ready ? CLI_OK : CLI_FAILED;
 }
+
+static int status(const void *opts)
+{
+    (void)opts;
+    return status_table();
+}
+
+const cli_cmd cli_cmd_status = CLI_CMD_NOOPTS("status", "a table of the services: pid, port, ready, uptime, version",
+                                              "Exits 1 when a service is not ready.", status);

@@ -3,12 +3,14 @@ of real service processes, and the client commands with their exit codes."""
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
 import tempfile
 import time
 import unittest
+import urllib.request
 
 BIN = os.environ.get("QUERN_BIN", os.path.join(os.path.dirname(__file__), "../../build/bin"))
 WORK = os.environ.get("QUERN_TEST_WORK", tempfile.gettempdir())
@@ -47,6 +49,16 @@ class CliTest(unittest.TestCase):
         p = subprocess.run([os.path.join(BIN, "quern"), *args], env=self.env, capture_output=True,
                            text=True, input=stdin, timeout=120)
         return p.returncode, p.stdout, p.stderr
+
+    def api(self, service_offset, path):
+        """GET a service's JSON API directly (what the CLI sent, seen from the other end)."""
+        url = f"http://127.0.0.1:{int(self.env['QUERN_PORT_BASE']) + service_offset}{path}"
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return json.loads(r.read())
+
+    def up(self, services):
+        rc, out, err = self.quern("up", "--detach", "--services", services)
+        self.assertEqual(rc, 0, err)
 
     def status(self):
         rc, out, err = self.quern("--json", "status")
@@ -125,6 +137,202 @@ class CliTest(unittest.TestCase):
                                   "--inputs", "age:FLOAT")
         self.assertEqual(rc, 2)
         self.assertIn("FLOAT", err)
+
+        # show: key-value lines, JSON with --json (after the command too).
+        rc, out, err = self.quern("models", "show", "adult")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"(?m)^name\s+adult$")
+        self.assertRegex(out, r"(?m)^aliases\s+production=1$")
+        with self.assertRaises(ValueError):
+            json.loads(out)
+        rc, out, err = self.quern("models", "show", "adult", "--json")
+        self.assertEqual((rc, json.loads(out)["name"]), (0, "adult"))
+
+    def test_options_tables_help_and_usage_errors(self):
+        # Global options anywhere on the line: `status --json` is JSON (nothing runs: exit 1).
+        rc, out, err = self.quern("status", "--json")
+        self.assertEqual(rc, 1)
+        self.assertIn("registry", {s["service"] for s in json.loads(out)})
+        # Help comes from the option table, as `quern help CMD` and `quern CMD --help`.
+        for args in (("help", "ingest"), ("ingest", "--help"), ("ingest", "-h")):
+            rc, out, err = self.quern(*args)
+            self.assertEqual(rc, 0, args)
+            self.assertIn("usage: quern ingest DATASET FILE", out)
+            self.assertRegex(out, r"--batch N\s+rows per request at most \[default 5000\] \[1..100000\]")
+            self.assertIn("--batch-bytes SIZE", out)
+            self.assertIn("--format csv|ndjson", out)
+        rc, out, err = self.quern("help", "models", "import")
+        self.assertIn("--inputs INPUTS", out)
+        self.assertIn("(required)", out)
+        rc, out, err = self.quern("help", "models")
+        self.assertEqual(rc, 0)
+        self.assertIn("quern models promote NAME VERSION", out)
+        self.assertRegex(self.quern("--version")[1], r"^quern \d+\.\d+\.\d+")
+        # Usage errors: exit 2, what is wrong, the usage line; every line of stderr is whole.
+        for args, needle in ((("ingest", "ds", "f", "--bogus"), "has no option --bogus"),
+                             (("ingest", "ds"), "needs FILE"),
+                             (("ingest", "ds", "f", "--batch", "0"), "--batch: 0 is out of range 1..100000"),
+                             (("ingest", "ds", "f", "--batch", "ten"), "not a whole number"),
+                             (("ingest", "ds", "f", "--format", "xml"), "not one of csv|ndjson"),
+                             (("ingest", "ds", "f", "--batch-bytes", "1Q"), "not a size"),
+                             (("ingest", "ds", "f", "extra"), "takes no argument \"extra\""),
+                             (("models", "promote", "m", "0"), "VERSION: 0 is out of range"),
+                             (("models", "import", "--name", "x"), "needs --kind"),
+                             (("recommend", "m", "u", "--k"), "--k needs a value"),
+                             (("up", "--detach=yes"), "takes no value"),
+                             (("jobs", "bogus"), "no subcommand \"bogus\""),
+                             (("bogus",), "unknown command")):
+            rc, out, err = self.quern(*args)
+            self.assertEqual(rc, 2, (args, err))
+            self.assertIn(needle, err, args)
+            self.assertTrue(err.startswith("quern: ") and err.endswith("\n"), (args, err))
+            self.assertNotRegex(err, r"[^\n]quern: ", "a message ran into the previous one")
+
+    def test_ingest_large_file_every_row_arrives(self):
+        """A file far larger than one batch (60,000 rows of 2 KB, --batch 50000 = 100 MB a batch by
+        rows): batches are cut by bytes too, and every row is at the other end exactly once."""
+        self.up("ingest")
+        path = os.path.join(self.home, "big.ndjson")
+        pad = "x" * 2000
+        with open(path, "w") as f:
+            for i in range(60000):
+                f.write(json.dumps({"i": i, "pad": pad}) + "\n")
+        rc, out, err = self.quern("--json", "ingest", "big", path, "--batch", "50000")
+        self.assertEqual(rc, 0, err)
+        ans = json.loads(out)
+        self.assertEqual((ans["accepted"], ans["rejected"]), (60000, 0))
+        self.assertGreaterEqual(ans["batches"], 7, "16 MiB a request: at least 7 requests for 120 MB")
+        self.assertEqual(self.api(2, "/v1/datasets/big")["rows"], 60000)
+        seen, after = [], 0
+        while True:
+            page = self.api(2, f"/v1/datasets/big/events?after={after}&limit=10000")
+            seen += [e["data"]["i"] for e in page["events"]]
+            if page["next_after"] == after or page["next_after"] >= page["last_seq"]:
+                break
+            after = page["next_after"]
+        self.assertEqual(sorted(seen), list(range(60000)))
+        os.unlink(path)
+
+        # --batch-bytes cuts smaller requests; CSV keeps its header and whole quoted records.
+        path = os.path.join(self.home, "quoted.csv")
+        with open(path, "w") as f:
+            f.write("i,note\n")
+            for i in range(1000):
+                f.write(f'{i},"line one\nline two {"y" * 100}"\n')
+        rc, out, err = self.quern("--json", "ingest", "quoted", path, "--batch-bytes", "8K")
+        self.assertEqual(rc, 0, err)
+        ans = json.loads(out)
+        self.assertEqual(ans["accepted"], 1000)
+        self.assertGreaterEqual(ans["batches"], 1000 * 130 // 8192)
+        ev = self.api(2, "/v1/datasets/quoted/events?after=999&limit=1")["events"][0]["data"]
+        self.assertEqual(ev["i"], "999")
+        self.assertTrue(ev["note"].startswith("line one\nline two"))
+
+    def test_ingest_failure_names_the_line(self):
+        self.up("ingest")
+        path = os.path.join(self.home, "bad.ndjson")
+        with open(path, "w") as f:
+            for i in range(1, 3001):
+                f.write("{not json\n" if i == 2500 else json.dumps({"i": i}) + "\n")
+        rc, out, err = self.quern("ingest", "bad", path, "--batch", "1000")
+        self.assertEqual(rc, 2, err)
+        self.assertIn("failed at line 2500", err)
+        self.assertIn(f"line 2500 of {path}: invalid JSON", err)
+        self.assertIn("2000 rows before line 2001 were acknowledged", err)
+        for line in err.splitlines():
+            self.assertTrue(line.startswith("quern: "), err)
+        self.assertEqual(self.api(2, "/v1/datasets/bad")["rows"], 2000)
+        # --skip-invalid: the valid rows stored, the invalid one named by its line of the file.
+        rc, out, err = self.quern("ingest", "skipped", path, "--batch", "1000", "--skip-invalid")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("2999 rows accepted, 1 rejected, in 3 batches", out)
+        self.assertIn(f"line 2500 of {path}: invalid JSON", err)
+
+        # A record larger than a request can be: named, nothing after it sent.
+        with open(path, "w") as f:
+            f.write(json.dumps({"i": 1}) + "\n" + json.dumps({"i": 2, "pad": "z" * 4000}) + "\n")
+        rc, out, err = self.quern("ingest", "bad2", path, "--batch-bytes", "2K")
+        self.assertEqual(rc, 2, err)
+        self.assertIn("line 2: a record of more than 2048 bytes does not fit", err)
+        self.assertIn("1 rows before it were acknowledged", err)
+        self.assertEqual(self.api(2, "/v1/datasets/bad2")["rows"], 1)
+
+        # Ingest gone: exit 1, the line, and what to do.
+        self.assertEqual(self.quern("down")[0], 0)
+        rc, out, err = self.quern("ingest", "bad", path)
+        self.assertEqual(rc, 1, err)
+        self.assertIn("failed at line 1", err)
+        self.assertIn("quern up", err)
+
+    def test_ingest_follows_a_smaller_body_limit(self):
+        """An ingest with --max-body 64K under --batch-bytes 100K: its 413 names its limit, and the
+        CLI sends the batch again in requests under it. (When ingest closes the connection before
+        the 413 can be read, the CLI must say so and stop instead: never lose rows quietly.)"""
+        self.env["QUERN_INGEST_MAX_BODY"] = "64K"
+        self.up("ingest")
+        path = os.path.join(self.home, "rows.csv")
+        with open(path, "w") as f:
+            f.write("i,note\n")
+            for i in range(3000):
+                f.write(f"{i},{'n' * 200}\n")
+        rc, out, err = self.quern("--json", "ingest", "limited", path, "--batch-bytes", "100K")
+        rows = self.api(2, "/v1/datasets/limited")["rows"] if rc == 0 or "acknowledged" in err else 0
+        if rc == 0:
+            self.assertIn("ingest accepts at most 65536 bytes per request", err)
+            self.assertEqual((json.loads(out)["accepted"], rows), (3000, 3000))
+            self.assertGreaterEqual(json.loads(out)["batches"], 3000 * 205 // 65536 + 1)
+        else:
+            self.assertEqual(rc, 1, err)
+            self.assertIn("the connection broke while", err)
+            acked = int(re.search(r"(\d+) rows before line \d+ were acknowledged", err).group(1))
+            self.assertEqual(rows, acked)
+
+    def test_names_of_the_maximum_length(self):
+        """128 characters is the longest name the services take: every path the CLI builds
+        from such names arrives whole."""
+        self.up("registry,ingest")
+        name, alias, ds = "m" * 127 + "1", "a" * 127 + "2", "d" * 127 + "3"
+        model = os.path.join(self.home, "model.json")
+        with open(model, "w") as f:
+            json.dump({"learner": {}}, f)
+        rc, out, err = self.quern("models", "import", "--name", name, "--kind", "xgboost", "--file", model,
+                                  "--inputs", "x:FP64", "--promote", alias)
+        self.assertEqual(rc, 0, err)
+        rc, out, err = self.quern("--json", "models", "versions", name)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(out)[0]["aliases"], [alias])
+        rc, out, err = self.quern("models", "promote", name, "1", "--alias", alias[:-1] + "9")
+        self.assertEqual(rc, 0, err)
+        rc, out, err = self.quern("--json", "models", "show", name)
+        self.assertEqual(json.loads(out)["aliases"], {alias: 1, alias[:-1] + "9": 1})
+        rows = os.path.join(self.home, "rows.ndjson")
+        with open(rows, "w") as f:
+            f.write('{"a": 1}\n{"a": 2}\n')
+        rc, out, err = self.quern("ingest", ds, rows)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.api(2, f"/v1/datasets/{ds}")["rows"], 2)
+        # One more character is the service's to refuse, whole (not cut to fit a buffer).
+        rc, out, err = self.quern("models", "show", name + "x")
+        self.assertEqual(rc, 2, err)
+
+    def test_pipelines_run_prints_the_run_record(self):
+        self.up("registry,ingest,prep")
+        rows = os.path.join(self.home, "raw.csv")
+        with open(rows, "w") as f:
+            f.write("user,item,qty\n")
+            for i in range(10):
+                f.write(f"u{i},{'' if i % 3 == 0 else 'i' + str(i)},{i}\n")
+        self.assertEqual(self.quern("ingest", "raw", rows)[0], 0)
+        spec = os.path.join(self.home, "pipe.json")
+        with open(spec, "w") as f:
+            json.dump({"source": "raw", "output": "clean", "steps": [{"op": "drop_missing", "columns": ["item"]}]}, f)
+        rc, out, err = self.quern("pipelines", "put", "p", spec)
+        self.assertEqual(rc, 0, err)
+        rc, out, err = self.quern("pipelines", "run", "p")
+        self.assertEqual(rc, 0, err)
+        runs = self.api(3, "/v1/pipelines/p/runs")["runs"]
+        self.assertEqual((runs[0]["rows_in"], runs[0]["rows_out"]), (10, 6))
+        self.assertIn("rows in 10, out 6", out)
 
 
 if __name__ == "__main__":
