@@ -10,7 +10,9 @@
  * cannot drift apart. serve's main starts it beside the REST server:
  *
  *     qn_err err;
- *     serve_grpc *g = serve_grpc_start("127.0.0.1:7706", &backend, metrics, &err);
+ *     serve_grpc_opts o = {.listen = "127.0.0.1:7706", .backend = &backend,
+ *                          .metrics = metrics, .token = token, .auth_reads = 0};
+ *     serve_grpc *g = serve_grpc_start(&o, &err);
  *     if (!g) { qn_log_error(NULL, err.msg, NULL); return 1; }
  *     qn_log_info(NULL, "grpc listening", "{s:i}", "port", serve_grpc_port(g));
  *     ... wait for SIGTERM ...
@@ -31,6 +33,15 @@
  *   raw inputs (or when an output is FP16, which has no typed field), typed
  *   contents otherwise. Clients that send raw get raw back, which is what
  *   Triton's clients expect; KServe's typed-only clients get typed data.
+ * - Auth follows REST's rules (core/http.h): with a token set, a call must
+ *   carry `authorization: Bearer <token>` metadata or it fails with
+ *   UNAUTHENTICATED. ModelInfer always needs it; the read calls
+ *   (ModelMetadata, ServerMetadata, ModelReady) only with auth_reads on; the
+ *   probes (ServerLive, ServerReady, grpc.health.v1 Check) never. The token
+ *   is compared in constant time.
+ * - Text in a request (model name, version, id, input, output and
+ *   parameter names) must be valid UTF-8 (INVALID_ARGUMENT otherwise), and
+ *   status messages are always valid UTF-8 (client bytes escaped as \xHH).
  * - A `traceparent` in the call's metadata (W3C trace context) reaches the
  *   backend as oip_infer_request.traceparent when it is well formed; a
  *   malformed one is ignored, as the W3C rules say.
@@ -60,16 +71,22 @@
 
 typedef struct serve_grpc serve_grpc;
 
+typedef struct serve_grpc_opts {
+    const char *listen;          /* "HOST:PORT"; port 0 picks a free one */
+    const oip_backend *backend;  /* must outlive the server, thread-safe */
+    qn_metrics *metrics;         /* may be NULL */
+    const char *token;           /* NULL or "": no auth; copied */
+    int auth_reads;              /* 1: the read calls need the token too */
+} serve_grpc_opts;
+
 /*
- * Starts the server on listen ("HOST:PORT"; port 0 picks a free one) with
- * insecure (plaintext) HTTP/2, answering with backend, which must outlive
- * the server and be thread-safe. metrics may be NULL; the families are
- * created in it now. Returns the running server, or NULL with err filled:
- * QN_INVALID_ARGUMENT when listen cannot be bound (malformed, or in use),
- * QN_RESOURCE_EXHAUSTED / QN_INTERNAL when threads or memory fail.
+ * Starts the server on o->listen with insecure (plaintext) HTTP/2, answering
+ * with o->backend. The metric families are created in o->metrics now.
+ * Returns the running server, or NULL with err filled: QN_INVALID_ARGUMENT
+ * when listen cannot be bound (malformed, or in use) or the backend lacks a
+ * method, QN_RESOURCE_EXHAUSTED / QN_INTERNAL when threads or memory fail.
  */
-serve_grpc *serve_grpc_start(const char *listen, const oip_backend *backend, qn_metrics *metrics,
-                             qn_err *err);
+serve_grpc *serve_grpc_start(const serve_grpc_opts *o, qn_err *err);
 
 /* The port actually bound (useful with port 0). */
 int serve_grpc_port(const serve_grpc *g);

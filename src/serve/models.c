@@ -299,8 +299,7 @@ static void install(serve *s, serve_model *m, serve_version *v, const char *sour
     serve_version *old = m->cur;
     m->cur = v;
     m->state = "ready";
-    free(m->source);
-    m->source = strdup(source);
+    m->source = source; /* a string literal: nothing to copy, nothing to fail */
     pthread_mutex_unlock(&m->mu);
 
     if (old) {
@@ -323,8 +322,10 @@ static void refuse(serve *s, serve_model *m, int64_t version, const char *reason
 {
     char ts[32];
     qn_time_rfc3339(qn_now_ms(), ts);
+    qn_err e = *err; /* the message may quote a file's bytes: keep it valid UTF-8 */
+    oip_err_utf8(&e);
     json_t *r = json_pack("{s:I, s:s, s:s, s:s}", "version", (json_int_t)version, "reason",
-                          reason, "message", err->msg, "time", ts);
+                          reason, "message", e.msg, "time", ts);
     pthread_mutex_lock(&m->mu);
     json_decref(m->last_refusal);
     m->last_refusal = r;
@@ -334,7 +335,7 @@ static void refuse(serve *s, serve_model *m, int64_t version, const char *reason
     const char *lv[] = {m->name, reason};
     qn_counter_add(s->m_refusals, lv, 1);
     qn_log_warn(NULL, "model version refused", "{s:s, s:I, s:s, s:s, s:I}", "model", m->name,
-                "version", (json_int_t)version, "reason", reason, "error", err->msg,
+                "version", (json_int_t)version, "reason", reason, "error", e.msg,
                 "still_serving", (json_int_t)serving);
 }
 
@@ -670,7 +671,6 @@ void serve_models_stop(serve *s)
         serve_release(m->cur);
         m->cur = NULL;
         json_decref(m->last_refusal);
-        free(m->source);
         free(m->name);
         free(m->alias);
         serve_batcher_free(m->batcher);
