@@ -919,6 +919,112 @@ class ServeTest(unittest.TestCase):
         finally:
             s.stop()
 
+    # ---- the token on REST and gRPC ------------------------------------------------
+
+    @classmethod
+    def grpc_stubs(cls):
+        """grpcio stubs generated from proto/ (once per run)."""
+        if not hasattr(cls, "_pb"):
+            import grpc  # noqa: F401 - /usr/bin/python3 has python3-grpcio
+            proto = os.path.join(os.path.dirname(__file__), "../../proto")
+            out = tempfile.mkdtemp(prefix="grpc_stubs_", dir=WORK)
+            subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", proto,
+                            "--python_out", out, "--grpc_python_out", out,
+                            os.path.join(proto, "grpc_service.proto"),
+                            os.path.join(proto, "health.proto")], check=True)
+            sys.path.insert(0, out)
+            import grpc_service_pb2
+            import grpc_service_pb2_grpc
+            import health_pb2
+            import health_pb2_grpc
+            cls._pb = (grpc_service_pb2, grpc_service_pb2_grpc, health_pb2, health_pb2_grpc)
+        return cls._pb
+
+    @staticmethod
+    def grpc_port(svc):
+        for line in svc.log().splitlines():
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("msg") == "grpc listening":
+                port = ev["port"]
+        return port
+
+    def check_token_rules(self, svc, token, auth_reads):
+        import grpc
+        pb, pbg, hpb, hpbg = self.grpc_stubs()
+        row = [39, 77516, 13, 0, 0, 40]
+        good = {"Authorization": f"Bearer {token}"}
+        wrong = {"Authorization": "Bearer not-the-token"}
+        body = {"inputs": self.adult_inputs([row])}
+        # REST: infer always needs the token; probes never; reads with --auth-reads
+        inf = "/v2/models/adult/infer"
+        self.assertOipError(svc.request("POST", inf, body), 401, "Bearer")
+        self.assertOipError(svc.request("POST", inf, body, headers=wrong), 401, "token")
+        st, _, out = svc.request("POST", inf, body, headers=good)
+        self.assertEqual(st, 200, out)
+        for path in ("/v2/health/live", "/v2/health/ready", "/healthz", "/readyz"):
+            self.assertEqual(svc.request("GET", path)[0], 200, path)
+        for path in ("/v2", "/v2/models/adult", "/v2/models/adult/ready", "/v1/models"):
+            self.assertEqual(svc.request("GET", path)[0], 401 if auth_reads else 200, path)
+            self.assertEqual(svc.request("GET", path, headers=good)[0], 200, path)
+        # gRPC: the same rules
+        ch = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port(svc)}")
+        try:
+            stub, health = pbg.GRPCInferenceServiceStub(ch), hpbg.HealthStub(ch)
+            rq = pb.ModelInferRequest(model_name="adult")
+            for i, c in enumerate(NUMERIC):
+                rq.inputs.add(name=c, datatype="FP64", shape=[1]).contents.fp64_contents.append(
+                    float(row[i]))
+            md = [("authorization", f"Bearer {token}")]
+
+            def code_of(call, req, metadata=None):
+                try:
+                    call(req, timeout=20, metadata=metadata)
+                    return grpc.StatusCode.OK
+                except grpc.RpcError as e:
+                    if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                        self.assertTrue(e.details(), "UNAUTHENTICATED without a message")
+                    return e.code()
+
+            U, OK = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OK
+            self.assertEqual(code_of(stub.ModelInfer, rq), U)
+            self.assertEqual(code_of(stub.ModelInfer, rq, [("authorization", "Bearer x")]), U)
+            r = stub.ModelInfer(rq, timeout=20, metadata=md)
+            self.assertAlmostEqual(r.outputs[0].contents.fp32_contents[0],
+                                   out["outputs"][0]["data"][0], places=6)
+            self.assertEqual(health.Check(hpb.HealthCheckRequest(), timeout=20).status,
+                             hpb.HealthCheckResponse.SERVING)
+            self.assertTrue(stub.ServerLive(pb.ServerLiveRequest(), timeout=20).live)
+            self.assertTrue(stub.ServerReady(pb.ServerReadyRequest(), timeout=20).ready)
+            for call, req in ((stub.ModelMetadata, pb.ModelMetadataRequest(name="adult")),
+                              (stub.ServerMetadata, pb.ServerMetadataRequest()),
+                              (stub.ModelReady, pb.ModelReadyRequest(name="adult"))):
+                self.assertEqual(code_of(call, req), U if auth_reads else OK, call)
+                self.assertEqual(code_of(call, req, md), OK, call)
+        finally:
+            ch.close()
+
+    def test_30_token_rest_and_grpc(self):
+        """--token: infer needs it on both protocols; --auth-reads adds the
+        reads; health probes (REST /v2/health/*, gRPC Health, ServerLive/Ready)
+        stay open."""
+        token = "serve-t0ken-42"
+        tf = os.path.join(tempfile.mkdtemp(prefix="quern-serve-tok-", dir=WORK), "token")
+        Path(tf).write_text(token + "\n")
+        for auth_reads, extra in ((0, ["--token", token]),
+                                  (1, ["--token-file", tf, "--auth-reads"])):
+            s = Service("serve", env=self.env,
+                        args=["--models", "adult", "--grpc-listen", "127.0.0.1:0",
+                              "--registry", f"http://127.0.0.1:{self.reg.port}", *extra])
+            s.start(timeout=30)
+            try:
+                self.check_token_rules(s, token, auth_reads)
+            finally:
+                self.assertEqual(s.stop(), 0)
+            self.assertNotIn(token, s.log())
+
     # ---- registry down, restart from cache, SIGTERM ------------------------------
 
     def test_90_registry_down_and_cache(self):
