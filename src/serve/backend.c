@@ -490,6 +490,10 @@ static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer
         (rc = param_bool(rq->parameters, "exclude_seen", 0, &exclude, err)) < 0 ||
         (rc = check_outputs(v->outputs, v->noutputs, "fallback", rq, err)) < 0)
         return rc;
+    if (similar && exclude) /* refused, as GET .../similar does, rather than ignored */
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "parameter exclude_seen applies to 'user_id' (recommendations), not "
+                          "to 'item_id' (similar items)");
 
     qml_model_rec *recs = calloc((size_t)(n ? n : 1) * (size_t)k, sizeof *recs);
     int *counts = calloc((size_t)(n ? n : 1), sizeof *counts);

@@ -913,6 +913,11 @@ int serve__grpc_infer(const oip_backend *be, const uint8_t *in, size_t inlen,
         (rc = check_text("model_version", rq->model_version, err)) < 0 ||
         (rc = check_text("id", rq->id, err)) < 0)
         goto out;
+    if (rq->id && strlen(rq->id) > OIP_MAX_ID) {
+        rc = qn_err_set(err, QN_INVALID_ARGUMENT, "id is %zu bytes; at most %d", strlen(rq->id),
+                        OIP_MAX_ID);
+        goto out;
+    }
     int raw = rq->n_raw_input_contents > 0;
     if (raw && rq->n_raw_input_contents != rq->n_inputs) {
         rc = qn_err_set(err, QN_INVALID_ARGUMENT,

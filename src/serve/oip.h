@@ -28,6 +28,8 @@
 #include "core/err.h"
 
 #define OIP_MAX_DIMS 8
+/* Longest request id (bytes) either protocol takes: it is echoed and logged. */
+#define OIP_MAX_ID 256
 
 /* XX(enum suffix, protocol name, element size in bytes (0 = variable)) */
 #define OIP_DATATYPE_MAP(XX) \

@@ -29,7 +29,7 @@
 
 #define OIP_JSON_MAX_INPUTS 256
 #define OIP_JSON_MAX_OUTPUTS 64
-#define OIP_JSON_MAX_ID 256
+#define OIP_JSON_MAX_ID OIP_MAX_ID
 /* Elements per input at most (a body cannot hold more anyway). */
 #define OIP_JSON_MAX_ELEMS (64ull * 1024 * 1024)
 

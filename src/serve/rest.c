@@ -391,6 +391,8 @@ static int recommend_common(qn_req *req, qn_res *res, serve *s, int similar)
                     .shape = {1}, .bytes = &el, .nbytes = 1};
     json_t *params = json_pack("{s:I, s:b}", "k", (json_int_t)k, "exclude_seen",
                                ex && !strcmp(ex, "true"));
+    if (!params) /* never answer with the default k instead of the one asked for */
+        return rest_error(res, QN_RESOURCE_EXHAUSTED, "out of memory");
     oip_infer_request rq = {.model = model, .inputs = &t, .ninputs = 1, .parameters = params};
     oip_infer_response rs;
     double t0 = now_s();

@@ -703,6 +703,9 @@ class ServeTest(unittest.TestCase):
         add("recs infer [1,2] shape", {"inputs": [{"name": "user_id", "datatype": "BYTES",
                                                    "shape": [1, 2], "data": ["u1", "u2"]}]},
             400, "user_id", path=recs)
+        add("recs infer item_id with exclude_seen",
+            {"inputs": [dict(uid[0], name="item_id", data=["item-1"])],
+             "parameters": {"exclude_seen": True}}, 400, "exclude_seen", path=recs)
         add("recs infer unknown output", {"inputs": uid, "outputs": [{"name": "nope"}]}, 400,
             "nope", path=recs)
         # paths with bytes that are not UTF-8
@@ -1005,6 +1008,100 @@ class ServeTest(unittest.TestCase):
                 self.assertEqual(code_of(call, req, md), OK, call)
         finally:
             ch.close()
+
+    def test_31_grpc_bad_input(self):
+        """gRPC against the real backend: each bad call is INVALID_ARGUMENT (or
+        NOT_FOUND) with a valid UTF-8 message, and serve keeps answering."""
+        import grpc
+        pb, pbg, hpb, hpbg = self.grpc_stubs()
+        S = grpc.StatusCode
+        row = [39, 77516, 13, 0, 0, 40]
+        ch = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port(self.serve)}")
+        stub = pbg.GRPCInferenceServiceStub(ch)
+        raw_infer = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                   request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+
+        def adult(**kw):
+            rq = pb.ModelInferRequest(model_name="adult", **kw)
+            for i, c in enumerate(NUMERIC):
+                rq.inputs.add(name=c, datatype="FP64", shape=[1]).contents.fp64_contents.append(
+                    float(row[i]))
+            return rq
+
+        def recs(name="user_id", value=b"u1", **params):
+            rq = pb.ModelInferRequest(model_name="recs")
+            rq.inputs.add(name=name, datatype="BYTES", shape=[1]).contents.bytes_contents.append(
+                value)
+            for k, v in params.items():
+                if isinstance(v, bool):
+                    rq.parameters[k].bool_param = v
+                elif isinstance(v, int):
+                    rq.parameters[k].int64_param = v
+                else:
+                    rq.parameters[k].string_param = v
+            return rq
+
+        def ser(rq):
+            return rq.SerializeToString()
+
+        def field(num, payload):
+            out, n = bytearray(), num << 3 | 2
+            for x in (n, len(payload)):
+                while True:
+                    b, x = x & 0x7F, x >> 7
+                    out.append(b | (0x80 if x else 0))
+                    if not x:
+                        break
+            return bytes(out) + payload
+
+        huge = adult()
+        huge.inputs[0].shape[:] = [2 ** 40]
+        zero = adult()
+        zero.inputs[0].shape[:] = [0]
+        wrong_dt = adult()
+        wrong_dt.inputs[1].datatype = "BYTES"
+        wrong_dt.inputs[1].contents.Clear()
+        wrong_dt.inputs[1].contents.bytes_contents.append(b"x")
+        cases = [
+            ("input name not UTF-8", ser(adult()) + field(5, field(1, b"a\xffge") + field(
+                2, b"FP64")), S.INVALID_ARGUMENT, "inputs[6].name"),
+            ("model name not UTF-8", field(1, b"adu\xfflt"), S.INVALID_ARGUMENT, "model_name"),
+            ("id 300 bytes", ser(adult(id="i" * 300)), S.INVALID_ARGUMENT, "id"),
+            ("shape 2**40", ser(huge), S.INVALID_ARGUMENT, "age"),
+            ("shape 0 vs data 1", ser(zero), S.INVALID_ARGUMENT, "age"),
+            ("BYTES for a number", ser(wrong_dt), S.INVALID_ARGUMENT, "fnlwgt"),
+            ("unknown model", ser(pb.ModelInferRequest(model_name="nope")), S.NOT_FOUND, "nope"),
+            ("unknown output", ser(adult()) + field(6, field(1, b"logits")), S.INVALID_ARGUMENT,
+             "logits"),
+            ("user not UTF-8", ser(recs(value=b"\xc3\x28")), S.INVALID_ARGUMENT, "UTF-8"),
+            ("k as text", ser(recs(k="abc")), S.INVALID_ARGUMENT, "k"),
+            ("k huge", ser(recs(k=10 ** 12)), S.INVALID_ARGUMENT, "k"),
+            ("k zero", ser(recs(k=0)), S.INVALID_ARGUMENT, "k"),
+            ("exclude_seen as text", ser(recs(exclude_seen="yes")), S.INVALID_ARGUMENT,
+             "exclude_seen"),
+            ("exclude_seen on item_id", ser(recs(name="item_id", value=b"item-1",
+                                                 exclude_seen=True)),
+             S.INVALID_ARGUMENT, "exclude_seen"),
+            ("unknown user input", ser(recs(name="who")), S.INVALID_ARGUMENT, "user_id"),
+        ]
+        failures = []
+        try:
+            for label, msg, code, needle in cases:
+                try:
+                    raw_infer(msg, timeout=20)
+                    failures.append((label, "succeeded"))
+                except grpc.RpcError as e:
+                    d = e.details() or ""
+                    d.encode("utf-8")
+                    if e.code() != code or needle not in d:
+                        failures.append((label, e.code(), d))
+                self.assertIsNone(self.serve.proc.poll(), label)
+            r = stub.ModelInfer(adult(), timeout=20)
+            self.assertEqual(len(r.outputs[0].contents.fp32_contents), 1)
+        finally:
+            ch.close()
+        self.assertEqual(failures, [])
 
     def test_30_token_rest_and_grpc(self):
         """--token: infer needs it on both protocols; --auth-reads adds the
