@@ -68,8 +68,8 @@ static void buf_json_str(qn_buf *b, const char *s, size_t len)
  * from the path, query values, JSON), and an answer must be valid UTF-8
  * whatever the client sent, so bad bytes are escaped (\xFF) and a
  * truncated character dropped. */
-__attribute__((format(printf, 3, 4))) static int rest_error(qn_res *res, int code,
-                                                            const char *fmt, ...)
+__attribute__((format(printf, 3, 4)))
+static int rest_error(qn_res *res, int code, const char *fmt, ...)
 {
     qn_err e;
     va_list ap;
@@ -364,8 +364,8 @@ static int recommend_common(qn_req *req, qn_res *res, serve *s, int similar)
     if (!m)
         return rest_error(res, QN_NOT_FOUND, "model '%s' is not served here", model);
     if (!id || !*id || strlen(id) > 256)
-        return rest_error(res, QN_INVALID_ARGUMENT, "query parameter %s is required (1 to 256 "
-                            "bytes)", key);
+        return rest_error(res, QN_INVALID_ARGUMENT,
+                          "query parameter %s is required (1 to 256 bytes)", key);
     if (!oip_utf8_valid(id, strlen(id)))
         return rest_error(res, QN_INVALID_ARGUMENT, "query parameter %s is not valid UTF-8", key);
     if (ks && qn_uint_parse("k", ks, 1000, &k, &err) < 0)
@@ -383,8 +383,8 @@ static int recommend_common(qn_req *req, qn_res *res, serve *s, int similar)
     serve_release(v);
     if (!als)
         return rest_error(res, QN_FAILED_PRECONDITION,
-                            "model '%s' is a %s model; recommendations need an ALS model", model,
-                            kind);
+                          "model '%s' is a %s model; recommendations need an ALS model", model,
+                          kind);
 
     oip_bytes el = {(const uint8_t *)id, strlen(id)};
     oip_tensor t = {.name = similar ? "item_id" : "user_id", .datatype = OIP_BYTES, .ndim = 1,
