@@ -1004,6 +1004,7 @@ out:
         free(out->reply);
         out->reply = NULL;
         out->reply_len = 0;
+        oip_err_utf8(err); /* the message may quote the request's bytes */
     }
     return rc;
 }

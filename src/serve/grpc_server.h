@@ -105,7 +105,8 @@ void serve_grpc_shutdown(serve_grpc *g, long long deadline_ms);
  * Internal, for tests and fuzzing: one ModelInfer without the transport.
  * in/inlen: a serialized ModelInferRequest; traceparent may be NULL. On
  * success (0) out->reply holds the serialized ModelInferResponse; on failure
- * a negative qn_code with err filled, as the call's status would be.
+ * a negative qn_code with err filled (a valid UTF-8 message), as the call's
+ * status would be.
  * out->model/version are the metric labels (NULL when not counted). Free
  * out with serve__grpc_infer_out_free either way. Thread-safe if be is.
  */

@@ -258,8 +258,8 @@ static void name_near(const char *body, size_t pos, char *out, size_t cap)
     }
 }
 
-int oip_json_parse_tree(const char *body, size_t len, size_t jlen, qn_arena *a, oip_json_req *pr,
-                        qn_err *err)
+static int parse_tree(const char *body, size_t len, size_t jlen, qn_arena *a, oip_json_req *pr,
+                      qn_err *err)
 {
     if (!body || jlen == 0)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "the request body must be a JSON object");
@@ -413,6 +413,15 @@ int oip_json_parse_tree(const char *body, size_t len, size_t jlen, qn_arena *a, 
     return 0;
 }
 
+
+int oip_json_parse_tree(const char *body, size_t len, size_t jlen, qn_arena *a, oip_json_req *pr,
+                        qn_err *err)
+{
+    int rc = parse_tree(body, len, jlen, a, pr, err);
+    if (rc < 0)
+        oip_err_utf8(err); /* messages quote names and JSON text from the body */
+    return rc;
+}
 
 /* ---- the fast reader ---------------------------------------------------------------- */
 
@@ -806,10 +815,7 @@ int oip_json_parse_infer(const char *body, size_t len, size_t jlen, qn_arena *a,
     memset(pr, 0, sizeof *pr);
     if (jlen == len && oip_json_parse_fast(body, len, a, pr) == 0)
         return 0;
-    int rc = oip_json_parse_tree(body, len, jlen, a, pr, err);
-    if (rc < 0)
-        oip_err_utf8(err); /* messages quote names and JSON text from the body */
-    return rc;
+    return oip_json_parse_tree(body, len, jlen, a, pr, err);
 }
 
 void oip_json_req_free(oip_json_req *pr)
