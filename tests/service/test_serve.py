@@ -922,6 +922,60 @@ class ServeTest(unittest.TestCase):
         finally:
             s.stop()
 
+    def test_21_dynamic_batching(self):
+        """--batching: concurrent small requests share predictions and each gets
+        its own rows back (equal to Python xgboost's); a request whose value
+        the model refuses (an infinity, sent raw) fails alone with a 400 while
+        the requests batched with it succeed."""
+        s = Service("serve", env=self.env,
+                    args=["--models", "adult", "--grpc-listen", "off", "--batching",
+                          "adult:8:3000", "--registry", f"http://127.0.0.1:{self.reg.port}"])
+        s.start(timeout=30)
+        rows = self.Xt[:120].tolist()
+        want = self.boosters[1].predict(xgb.DMatrix(np.array(rows, dtype=np.float32)))
+        errors = []
+
+        def bad_request():
+            inputs, blobs = [], []
+            for i, c in enumerate(NUMERIC):
+                inputs.append({"name": c, "datatype": "FP64", "shape": [1],
+                               "parameters": {"binary_data_size": 8}})
+                blobs.append(struct.pack("<d", math.inf if c == "age" else rows[0][i]))
+            head = json.dumps({"inputs": inputs}).encode()
+            st, _, body = s.request("POST", "/v2/models/adult/infer", body=head + b"".join(blobs),
+                                    headers={"Inference-Header-Content-Length": str(len(head))})
+            if st != 400 or "age" not in body.get("error", ""):
+                errors.append(("bad", st, body))
+
+        def work(k):
+            try:
+                for j in range(15):
+                    if k == 0 and j % 5 == 0:
+                        bad_request()
+                    lo = (k * 15 + j) % 118
+                    n = 1 + (j % 3)
+                    st, _, body = s.request("POST", "/v2/models/adult/infer",
+                                            {"inputs": self.adult_inputs(rows[lo:lo + n])})
+                    if st != 200:
+                        errors.append((k, j, st, body))
+                        continue
+                    got = np.array(body["outputs"][0]["data"])
+                    if got.shape != (n,) or float(np.max(np.abs(got - want[lo:lo + n]))) > 1e-6:
+                        errors.append((k, j, got.tolist(), want[lo:lo + n].tolist()))
+            except Exception as e:  # noqa: BLE001 - report, don't hide
+                errors.append(repr(e))
+
+        try:
+            ts = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            self.assertEqual(errors, [])
+        finally:
+            self.assertEqual(s.stop(), 0)
+        self.assertIn('"dynamic batching"', s.log())
+
     # ---- the token on REST and gRPC ------------------------------------------------
 
     @classmethod
