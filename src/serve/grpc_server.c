@@ -926,6 +926,12 @@ int serve__grpc_infer(const oip_backend *be, const uint8_t *in, size_t inlen,
                         rq->n_raw_input_contents, rq->n_inputs);
         goto out;
     }
+    if (rq->n_inputs > OIP_MAX_INPUTS || rq->n_outputs > OIP_MAX_OUTPUTS) {
+        rc = qn_err_set(err, QN_INVALID_ARGUMENT,
+                        "%zu inputs and %zu outputs requested; at most %d and %d", rq->n_inputs,
+                        rq->n_outputs, OIP_MAX_INPUTS, OIP_MAX_OUTPUTS);
+        goto out;
+    }
     inputs = calloc(rq->n_inputs ? rq->n_inputs : 1, sizeof *inputs);
     if (!inputs) {
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");

@@ -30,6 +30,10 @@
 #define OIP_MAX_DIMS 8
 /* Longest request id (bytes) either protocol takes: it is echoed and logged. */
 #define OIP_MAX_ID 256
+/* Most inputs and requested outputs in one request, on either protocol
+ * (names are compared pairwise). */
+#define OIP_MAX_INPUTS 256
+#define OIP_MAX_OUTPUTS 64
 
 /* XX(enum suffix, protocol name, element size in bytes (0 = variable)) */
 #define OIP_DATATYPE_MAP(XX) \

@@ -27,8 +27,8 @@
 #include "core/err.h"
 #include "serve/oip.h"
 
-#define OIP_JSON_MAX_INPUTS 256
-#define OIP_JSON_MAX_OUTPUTS 64
+#define OIP_JSON_MAX_INPUTS OIP_MAX_INPUTS
+#define OIP_JSON_MAX_OUTPUTS OIP_MAX_OUTPUTS
 #define OIP_JSON_MAX_ID OIP_MAX_ID
 /* Elements per input at most (a body cannot hold more anyway). */
 #define OIP_JSON_MAX_ELEMS (64ull * 1024 * 1024)

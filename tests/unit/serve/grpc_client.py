@@ -336,6 +336,17 @@ class Checks:
                           S.INVALID_ARGUMENT, "k\\xFF")
         assert self.stub.ServerLive(self.pb.ServerLiveRequest(), timeout=10).live is True
 
+    def test_too_many_inputs(self):
+        # capped as on REST (names are compared pairwise: 20,000 inputs would
+        # take the server minutes); refused at once, well inside the timeout
+        S = self.grpc.StatusCode
+        many = [(f"i{k}", "FP32", [0], None) for k in range(20000)]
+        self.expect_error(self.stub.ModelInfer, self.infer_req(inputs=many), S.INVALID_ARGUMENT,
+                          "20000 inputs", "256")
+        self.expect_error(self.stub.ModelInfer, self.infer_req(
+            inputs=[("x", "FP32", [1, 3], {"fp32_contents": [1, 2, 3]})],
+            outputs=["y"] * 65), S.INVALID_ARGUMENT, "65 outputs")
+
     def test_infer_shapes(self):
         # zero, huge and overflowing dimensions: refused with a message,
         # nothing allocated for them
