@@ -42,6 +42,8 @@
  * - Text in a request (model name, version, id, input, output and
  *   parameter names) must be valid UTF-8 (INVALID_ARGUMENT otherwise), and
  *   status messages are always valid UTF-8 (client bytes escaped as \xHH).
+ *   As on REST, an id is at most OIP_MAX_ID bytes and a request holds at
+ *   most OIP_MAX_INPUTS inputs and OIP_MAX_OUTPUTS requested outputs.
  * - A `traceparent` in the call's metadata (W3C trace context) reaches the
  *   backend as oip_infer_request.traceparent when it is well formed; a
  *   malformed one is ignored, as the W3C rules say.
