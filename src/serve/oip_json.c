@@ -238,16 +238,19 @@ static int take_binary(const char **bin, size_t *left, oip_tensor *t, int64_t ne
 }
 
 /* The jansson error position of an undecodable byte, mapped to the input
- * whose "name" comes last before it, so the message names the input. */
-static void name_near(const char *body, size_t pos, char *out, size_t cap)
+ * whose "name" comes last before it, so the message names the input. The
+ * body is not NUL-terminated: every search stops at len. */
+static void name_near(const char *body, size_t len, size_t pos, char *out, size_t cap)
 {
     out[0] = '\0';
+    if (pos > len)
+        pos = len;
     for (size_t i = pos; i-- > 0;) {
         if (i + 6 <= pos && memcmp(body + i, "\"name\"", 6) == 0) {
-            const char *q = strchr(body + i + 6, '"');
-            if (!q || (size_t)(q - body) >= pos)
+            const char *q = memchr(body + i + 6, '"', pos - (i + 6));
+            if (!q)
                 return;
-            const char *e = strchr(q + 1, '"');
+            const char *e = memchr(q + 1, '"', len - (size_t)(q + 1 - body));
             if (!e)
                 return;
             size_t n = (size_t)(e - q - 1) < cap - 1 ? (size_t)(e - q - 1) : cap - 1;
@@ -268,7 +271,8 @@ static int parse_tree(const char *body, size_t len, size_t jlen, qn_arena *a, oi
     if (!pr->doc) {
         char near[128];
         if (strstr(je.text, "decode byte") || strstr(je.text, "UTF-8")) {
-            name_near(body, (size_t)je.position, near, sizeof near);
+            name_near(body, jlen, je.position > 0 ? (size_t)je.position : 0, near,
+                      sizeof near);
             if (near[0])
                 return qn_err_set(err, QN_INVALID_ARGUMENT,
                                   "input '%s': the data is not valid UTF-8 (byte %d of the body)",
