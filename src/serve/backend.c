@@ -24,44 +24,6 @@ static const char *const extensions[] = {"model_repository_metadata_none", "bina
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static int utf8_valid(const uint8_t *p, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = p[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t len;
-        uint32_t cp;
-        if ((c & 0xE0) == 0xC0) {
-            len = 2;
-            cp = c & 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            len = 3;
-            cp = c & 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            len = 4;
-            cp = c & 0x07;
-        } else {
-            return 0;
-        }
-        if (i + len > n)
-            return 0;
-        for (size_t k = 1; k < len; k++) {
-            if ((p[i + k] & 0xC0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (p[i + k] & 0x3F);
-        }
-        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return 0;
-        i += len;
-    }
-    return 1;
-}
-
 static float half_to_float(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
@@ -213,7 +175,7 @@ static int check_tensor(const oip_tensor_meta *want, const oip_tensor *t, int64_
                                         "has %zu",
                                         t->name, got, (long long)nelem, t->nbytes);
         for (size_t i = 0; i < t->nbytes; i++)
-            if (!utf8_valid(t->bytes[i].p, t->bytes[i].len))
+            if (!oip_utf8_valid(t->bytes[i].p, t->bytes[i].len))
                 return qn_err_set(err, QN_INVALID_ARGUMENT,
                                   "input '%s', element %zu: not valid UTF-8 text", t->name, i);
     } else {
@@ -528,6 +490,10 @@ static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer
         (rc = param_bool(rq->parameters, "exclude_seen", 0, &exclude, err)) < 0 ||
         (rc = check_outputs(v->outputs, v->noutputs, "fallback", rq, err)) < 0)
         return rc;
+    if (similar && exclude) /* refused, as GET .../similar does, rather than ignored */
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "parameter exclude_seen applies to 'user_id' (recommendations), not "
+                          "to 'item_id' (similar items)");
 
     qml_model_rec *recs = calloc((size_t)(n ? n : 1) * (size_t)k, sizeof *recs);
     int *counts = calloc((size_t)(n ? n : 1), sizeof *counts);

@@ -40,6 +40,7 @@ struct serve_batcher {
     pthread_cond_t cv;      /* the batcher waits here */
     pthread_cond_t done_cv; /* request threads wait here */
     waiter *head, *tail;
+    waiter **group;         /* max_batch slots: the batch being run (batcher thread only) */
     size_t rows;
     int stopping;
     pthread_t thread;
@@ -120,7 +121,7 @@ static void run_group(waiter **ws, size_t n)
 static void *batcher_main(void *arg)
 {
     serve_batcher *b = arg;
-    waiter **group = calloc(b->max_batch, sizeof *group);
+    waiter **group = b->group;
     pthread_mutex_lock(&b->mu);
     for (;;) {
         while (!b->head && !b->stopping)
@@ -165,7 +166,6 @@ static void *batcher_main(void *arg)
         pthread_cond_broadcast(&b->done_cv);
     }
     pthread_mutex_unlock(&b->mu);
-    free(group);
     return NULL;
 }
 
@@ -205,6 +205,7 @@ void serve_batcher_free(serve_batcher *b)
     pthread_mutex_destroy(&b->mu);
     pthread_cond_destroy(&b->cv);
     pthread_cond_destroy(&b->done_cv);
+    free(b->group);
     free(b->model);
     free(b);
 }
@@ -235,8 +236,13 @@ int serve_batching_setup(serve *s, const char *spec, qn_err *err)
                             name);
             break;
         }
+        /* Everything the thread needs is allocated here, so that running
+         * out of memory fails the start instead of the batcher. */
         serve_batcher *b = calloc(1, sizeof *b);
-        if (!b || !(b->model = strdup(name))) {
+        if (!b || !(b->model = strdup(name)) ||
+            !(b->group = calloc((size_t)maxb, sizeof *b->group))) {
+            if (b)
+                free(b->model);
             free(b);
             rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
             break;
@@ -247,6 +253,10 @@ int serve_batching_setup(serve *s, const char *spec, qn_err *err)
         pthread_cond_init(&b->cv, NULL);
         pthread_cond_init(&b->done_cv, NULL);
         if (pthread_create(&b->thread, NULL, batcher_main, b) != 0) {
+            pthread_mutex_destroy(&b->mu);
+            pthread_cond_destroy(&b->cv);
+            pthread_cond_destroy(&b->done_cv);
+            free(b->group);
             free(b->model);
             free(b);
             rc = qn_err_set(err, QN_INTERNAL, "cannot start a batcher thread");

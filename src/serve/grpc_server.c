@@ -40,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "core/arena.h"
@@ -53,18 +54,22 @@
 #error "the raw tensor layout is little-endian; this file assumes a little-endian host"
 #endif
 
-/* XX(enum suffix, full method path, outstanding requests) */
-#define METHOD_MAP(XX)                                                   \
-    XX(SERVER_LIVE, "/inference.GRPCInferenceService/ServerLive", 2)     \
-    XX(SERVER_READY, "/inference.GRPCInferenceService/ServerReady", 2)   \
-    XX(MODEL_READY, "/inference.GRPCInferenceService/ModelReady", 2)     \
-    XX(SERVER_META, "/inference.GRPCInferenceService/ServerMetadata", 2) \
-    XX(MODEL_META, "/inference.GRPCInferenceService/ModelMetadata", 2)   \
-    XX(MODEL_INFER, "/inference.GRPCInferenceService/ModelInfer", 8)     \
-    XX(HEALTH_CHECK, "/grpc.health.v1.Health/Check", 2)
+/* Who may call a method when a token is set (REST's rules, core/http.h):
+ * probes are open, reads need the token under --auth-reads, the rest always. */
+typedef enum { AUTH_OPEN, AUTH_READ, AUTH_ALWAYS } auth_class;
+
+/* XX(enum suffix, full method path, outstanding requests, auth class) */
+#define METHOD_MAP(XX)                                                               \
+    XX(SERVER_LIVE, "/inference.GRPCInferenceService/ServerLive", 2, AUTH_OPEN)      \
+    XX(SERVER_READY, "/inference.GRPCInferenceService/ServerReady", 2, AUTH_OPEN)    \
+    XX(MODEL_READY, "/inference.GRPCInferenceService/ModelReady", 2, AUTH_READ)      \
+    XX(SERVER_META, "/inference.GRPCInferenceService/ServerMetadata", 2, AUTH_READ)  \
+    XX(MODEL_META, "/inference.GRPCInferenceService/ModelMetadata", 2, AUTH_READ)    \
+    XX(MODEL_INFER, "/inference.GRPCInferenceService/ModelInfer", 8, AUTH_ALWAYS)    \
+    XX(HEALTH_CHECK, "/grpc.health.v1.Health/Check", 2, AUTH_OPEN)
 
 enum {
-#define XX(e, path, n) M_##e,
+#define XX(e, path, n, a) M_##e,
     METHOD_MAP(XX)
 #undef XX
     M_COUNT,
@@ -74,8 +79,9 @@ enum {
 static const struct {
     const char *path;
     int outstanding;
+    auth_class auth;
 } methods[] = {
-#define XX(e, p, n) [M_##e] = {p, n},
+#define XX(e, p, n, a) [M_##e] = {p, n, a},
     METHOD_MAP(XX)
 #undef XX
 };
@@ -87,6 +93,9 @@ struct serve_grpc {
     grpc_server *server;
     grpc_completion_queue *cq;
     const oip_backend *be;
+    char *token;        /* NULL: no auth */
+    size_t token_len;
+    int auth_reads;
     void *method_tags[M_COUNT];
     int port;
     pthread_t threads[SERVE_GRPC_THREADS];
@@ -231,6 +240,42 @@ static char *fmt_shape(char *buf, size_t n, const int64_t *shape, size_t ndim)
     return buf;
 }
 
+/* Equal in time that depends only on the wanted token's length: every byte
+ * of it is visited whatever the given one holds (as core/http.c does). */
+static int token_equal(const uint8_t *given, size_t glen, const char *want, size_t wlen)
+{
+    unsigned diff = (unsigned)(glen != wlen);
+    for (size_t i = 0; i < wlen; i++) {
+        unsigned char c = i < glen ? given[i] : 0;
+        diff |= (unsigned)(c ^ (unsigned char)want[i]);
+    }
+    return diff == 0;
+}
+
+/* 0 when the call may go ahead, else QN_UNAUTHENTICATED with err filled. */
+static int check_auth(const serve_grpc *g, const rpc *r, qn_err *err)
+{
+    auth_class need = r->method == M_GENERIC ? AUTH_OPEN : methods[r->method].auth;
+    if (!g->token || need == AUTH_OPEN || (need == AUTH_READ && !g->auth_reads))
+        return 0;
+    const grpc_slice *v = NULL;
+    for (size_t i = 0; i < r->md.count && !v; i++)
+        if (grpc_slice_str_cmp(r->md.metadata[i].key, "authorization") == 0)
+            v = &r->md.metadata[i].value;
+    const uint8_t *p = v ? GRPC_SLICE_START_PTR(*v) : NULL;
+    size_t n = v ? GRPC_SLICE_LENGTH(*v) : 0;
+    if (!v || n < 7 || strncasecmp((const char *)p, "Bearer ", 7) != 0)
+        return qn_err_set(err, QN_UNAUTHENTICATED,
+                          "this call needs an `authorization: Bearer <token>` metadata entry");
+    p += 7;
+    n -= 7;
+    while (n > 0 && *p == ' ')
+        p++, n--;
+    if (!token_equal(p, n, g->token, g->token_len))
+        return qn_err_set(err, QN_UNAUTHENTICATED, "the bearer token is not valid");
+    return 0;
+}
+
 /* A well-formed traceparent from the call's metadata into buf, or NULL. */
 static const char *find_traceparent(const grpc_metadata_array *md, char buf[TRACEPARENT_MAX])
 {
@@ -246,6 +291,18 @@ static const char *find_traceparent(const grpc_metadata_array *md, char buf[TRAC
         return qn_traceparent_parse(buf, &ctx) == 0 ? buf : NULL;
     }
     return NULL;
+}
+
+/* protobuf-c does not check that string fields are UTF-8 (proto3 says they
+ * are): INVALID_ARGUMENT naming the field when s is not, quoting it escaped. */
+static int check_text(const char *field, const char *s, qn_err *err)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (!s || oip_utf8_valid(s, n))
+        return 0;
+    char esc[160];
+    oip_utf8_escape(esc, sizeof esc, s, n);
+    return qn_err_set(err, QN_INVALID_ARGUMENT, "%s \"%s\" is not valid UTF-8", field, esc);
 }
 
 /* Decoding can multiply a message's size (a packed bool is 1 byte on the
@@ -565,6 +622,11 @@ static int convert_input(const Inference__ModelInferRequest__InferInputTensor *i
     const char *name = in->name;
     if (!name || !*name)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "inputs[%zu]: name is required", idx);
+    char field[48];
+    snprintf(field, sizeof field, "inputs[%zu].name", idx);
+    int rc = check_text(field, name, err);
+    if (rc < 0)
+        return rc;
     t->name = name;
     t->datatype = oip_datatype_parse(in->datatype);
     if (t->datatype == OIP_INVALID)
@@ -586,7 +648,6 @@ static int convert_input(const Inference__ModelInferRequest__InferInputTensor *i
     if (nelem < 0)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "input %s: the shape's product overflows",
                           name);
-    int rc;
     PARAMS_TO_JSON(rc, in->parameters, in->n_parameters, &t->parameters, "input", err);
     if (rc < 0)
         return qn_err_wrap(err, "input %s", name);
@@ -848,12 +909,27 @@ int serve__grpc_infer(const oip_backend *be, const uint8_t *in, size_t inlen,
         rc = qn_err_set(err, QN_INVALID_ARGUMENT, "model_name is required");
         goto out;
     }
+    if ((rc = check_text("model_name", rq->model_name, err)) < 0 ||
+        (rc = check_text("model_version", rq->model_version, err)) < 0 ||
+        (rc = check_text("id", rq->id, err)) < 0)
+        goto out;
+    if (rq->id && strlen(rq->id) > OIP_MAX_ID) {
+        rc = qn_err_set(err, QN_INVALID_ARGUMENT, "id is %zu bytes; at most %d", strlen(rq->id),
+                        OIP_MAX_ID);
+        goto out;
+    }
     int raw = rq->n_raw_input_contents > 0;
     if (raw && rq->n_raw_input_contents != rq->n_inputs) {
         rc = qn_err_set(err, QN_INVALID_ARGUMENT,
                         "raw_input_contents has %zu entries for %zu inputs (one per input, in "
                         "order)",
                         rq->n_raw_input_contents, rq->n_inputs);
+        goto out;
+    }
+    if (rq->n_inputs > OIP_MAX_INPUTS || rq->n_outputs > OIP_MAX_OUTPUTS) {
+        rc = qn_err_set(err, QN_INVALID_ARGUMENT,
+                        "%zu inputs and %zu outputs requested; at most %d and %d", rq->n_inputs,
+                        rq->n_outputs, OIP_MAX_INPUTS, OIP_MAX_OUTPUTS);
         goto out;
     }
     inputs = calloc(rq->n_inputs ? rq->n_inputs : 1, sizeof *inputs);
@@ -886,6 +962,10 @@ int serve__grpc_infer(const oip_backend *be, const uint8_t *in, size_t inlen,
             rc = qn_err_set(err, QN_INVALID_ARGUMENT, "outputs[%zu]: name is required", i);
             goto out;
         }
+        char field[48];
+        snprintf(field, sizeof field, "outputs[%zu].name", i);
+        if ((rc = check_text(field, onames[i], err)) < 0)
+            goto out;
     }
     PARAMS_TO_JSON(rc, rq->parameters, rq->n_parameters, &orq.parameters, "request", err);
     if (rc < 0)
@@ -906,6 +986,11 @@ int serve__grpc_infer(const oip_backend *be, const uint8_t *in, size_t inlen,
         out->model = strdup(rq->model_name);
         out->version = strdup(rc == 0 && ors.version ? ors.version
                                                      : (orq.version ? orq.version : ""));
+        if (!out->model || !out->version) { /* out of memory: the call is not counted */
+            free(out->model);
+            free(out->version);
+            out->model = out->version = NULL;
+        }
     }
     if (rc < 0) {
         rc = backend_fail(rc, err, "infer");
@@ -925,6 +1010,7 @@ out:
         free(out->reply);
         out->reply = NULL;
         out->reply_len = 0;
+        oip_err_utf8(err); /* the message may quote the request's bytes */
     }
     return rc;
 }
@@ -988,6 +1074,9 @@ static int do_model_ready(serve_grpc *g, rpc *r, const uint8_t *in, size_t inlen
         rc = qn_err_set(err, QN_INVALID_ARGUMENT, "name is required");
         goto out;
     }
+    if ((rc = check_text("name", rq->name, err)) < 0 ||
+        (rc = check_text("version", rq->version, err)) < 0)
+        goto out;
     rc = g->be->model_ready(g->be->ud, rq->name, *rq->version ? rq->version : NULL, err);
     if (rc < 0) {
         rc = backend_fail(rc, err, "model_ready");
@@ -1026,6 +1115,9 @@ static int do_model_meta(serve_grpc *g, rpc *r, const uint8_t *in, size_t inlen,
         rc = qn_err_set(err, QN_INVALID_ARGUMENT, "name is required");
         goto out;
     }
+    if ((rc = check_text("name", rq->name, err)) < 0 ||
+        (rc = check_text("version", rq->version, err)) < 0)
+        goto out;
     oip_model_meta meta = {0};
     rc = g->be->model_metadata(g->be->ud, rq->name, *rq->version ? rq->version : NULL, &meta,
                                &hold, err);
@@ -1080,6 +1172,8 @@ static int do_health_check(serve_grpc *g, rpc *r, const uint8_t *in, size_t inle
         return qn_err_set(err, QN_INVALID_ARGUMENT, "HealthCheckRequest: not a valid message");
     Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
     int ready;
+    if ((rc = check_text("service", rq->service, err)) < 0)
+        goto out;
     if (!*rq->service || strcmp(rq->service, "inference.GRPCInferenceService") == 0) {
         ready = g->be->server_ready ? g->be->server_ready(g->be->ud) > 0 : 1;
     } else {
@@ -1155,6 +1249,8 @@ static void answer(serve_grpc *g, rpc *r)
         memcpy(path, GRPC_SLICE_START_PTR(r->details.method), n);
         path[n] = 0;
         rc = qn_err_set(&err, QN_UNIMPLEMENTED, "method %s is not served here", path);
+    } else if ((rc = check_auth(g, r, &err)) < 0) {
+        /* refused before the message is looked at */
     } else if (!r->payload) {
         rc = qn_err_set(&err, QN_INVALID_ARGUMENT, "the call carried no request message");
     } else if (gpr_time_cmp(r->deadline, gpr_now(r->deadline.clock_type)) < 0) {
@@ -1176,6 +1272,7 @@ static void answer(serve_grpc *g, rpc *r)
     int code = rc < 0 ? -rc : 0;
     if (code < 0 || code > 16)
         code = GRPC_STATUS_UNKNOWN;
+    oip_err_utf8(&err); /* it may quote a client's bytes */
     if (r->method == M_HEALTH_CHECK) {
         qn_span_discard(&span); /* probes would drown the traces that matter */
     } else {
@@ -1306,24 +1403,28 @@ static void grpc_log_to_qn(gpr_log_func_args *a)
            a->file ? a->file : "", "line", a->line);
 }
 
-serve_grpc *serve_grpc_start(const char *listen, const oip_backend *backend, qn_metrics *metrics,
-                             qn_err *err)
+serve_grpc *serve_grpc_start(const serve_grpc_opts *o, qn_err *err)
 {
+    const char *listen = o->listen ? o->listen : "";
+    const oip_backend *backend = o->backend;
     if (!backend || !backend->infer || !backend->model_ready || !backend->model_metadata) {
         qn_err_set(err, QN_INVALID_ARGUMENT, "grpc: the backend lacks infer/model_ready/model_metadata");
         return NULL;
     }
     serve_grpc *g = calloc(1, sizeof *g);
-    if (!g) {
+    if (!g || (o->token && *o->token && !(g->token = strdup(o->token)))) {
+        free(g);
         qn_err_set(err, QN_RESOURCE_EXHAUSTED, "grpc: out of memory");
         return NULL;
     }
+    g->token_len = g->token ? strlen(g->token) : 0;
+    g->auth_reads = o->auth_reads;
     gpr_set_log_function(grpc_log_to_qn);
     grpc_init();
     g->be = backend;
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->cv, NULL);
-    metrics_init(g, metrics);
+    metrics_init(g, o->metrics);
 
     /* Message bounds both ways; no SO_REUSEPORT (gRPC's default on Linux),
      * so a second server on our port fails to start instead of silently
@@ -1449,6 +1550,7 @@ void serve_grpc_shutdown(serve_grpc *g, long long deadline_ms)
     grpc_completion_queue_destroy(g->cq);
     pthread_mutex_destroy(&g->mu);
     pthread_cond_destroy(&g->cv);
+    free(g->token);
     free(g);
     grpc_shutdown();
 }

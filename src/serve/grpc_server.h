@@ -10,7 +10,9 @@
  * cannot drift apart. serve's main starts it beside the REST server:
  *
  *     qn_err err;
- *     serve_grpc *g = serve_grpc_start("127.0.0.1:7706", &backend, metrics, &err);
+ *     serve_grpc_opts o = {.listen = "127.0.0.1:7706", .backend = &backend,
+ *                          .metrics = metrics, .token = token, .auth_reads = 0};
+ *     serve_grpc *g = serve_grpc_start(&o, &err);
  *     if (!g) { qn_log_error(NULL, err.msg, NULL); return 1; }
  *     qn_log_info(NULL, "grpc listening", "{s:i}", "port", serve_grpc_port(g));
  *     ... wait for SIGTERM ...
@@ -31,6 +33,17 @@
  *   raw inputs (or when an output is FP16, which has no typed field), typed
  *   contents otherwise. Clients that send raw get raw back, which is what
  *   Triton's clients expect; KServe's typed-only clients get typed data.
+ * - Auth follows REST's rules (core/http.h): with a token set, a call must
+ *   carry `authorization: Bearer <token>` metadata or it fails with
+ *   UNAUTHENTICATED. ModelInfer always needs it; the read calls
+ *   (ModelMetadata, ServerMetadata, ModelReady) only with auth_reads on; the
+ *   probes (ServerLive, ServerReady, grpc.health.v1 Check) never. The token
+ *   is compared in constant time.
+ * - Text in a request (model name, version, id, input, output and
+ *   parameter names) must be valid UTF-8 (INVALID_ARGUMENT otherwise), and
+ *   status messages are always valid UTF-8 (client bytes escaped as \xHH).
+ *   As on REST, an id is at most OIP_MAX_ID bytes and a request holds at
+ *   most OIP_MAX_INPUTS inputs and OIP_MAX_OUTPUTS requested outputs.
  * - A `traceparent` in the call's metadata (W3C trace context) reaches the
  *   backend as oip_infer_request.traceparent when it is well formed; a
  *   malformed one is ignored, as the W3C rules say.
@@ -60,16 +73,22 @@
 
 typedef struct serve_grpc serve_grpc;
 
+typedef struct serve_grpc_opts {
+    const char *listen;          /* "HOST:PORT"; port 0 picks a free one */
+    const oip_backend *backend;  /* must outlive the server, thread-safe */
+    qn_metrics *metrics;         /* may be NULL */
+    const char *token;           /* NULL or "": no auth; copied */
+    int auth_reads;              /* 1: the read calls need the token too */
+} serve_grpc_opts;
+
 /*
- * Starts the server on listen ("HOST:PORT"; port 0 picks a free one) with
- * insecure (plaintext) HTTP/2, answering with backend, which must outlive
- * the server and be thread-safe. metrics may be NULL; the families are
- * created in it now. Returns the running server, or NULL with err filled:
- * QN_INVALID_ARGUMENT when listen cannot be bound (malformed, or in use),
- * QN_RESOURCE_EXHAUSTED / QN_INTERNAL when threads or memory fail.
+ * Starts the server on o->listen with insecure (plaintext) HTTP/2, answering
+ * with o->backend. The metric families are created in o->metrics now.
+ * Returns the running server, or NULL with err filled: QN_INVALID_ARGUMENT
+ * when listen cannot be bound (malformed, or in use) or the backend lacks a
+ * method, QN_RESOURCE_EXHAUSTED / QN_INTERNAL when threads or memory fail.
  */
-serve_grpc *serve_grpc_start(const char *listen, const oip_backend *backend, qn_metrics *metrics,
-                             qn_err *err);
+serve_grpc *serve_grpc_start(const serve_grpc_opts *o, qn_err *err);
 
 /* The port actually bound (useful with port 0). */
 int serve_grpc_port(const serve_grpc *g);
@@ -88,7 +107,8 @@ void serve_grpc_shutdown(serve_grpc *g, long long deadline_ms);
  * Internal, for tests and fuzzing: one ModelInfer without the transport.
  * in/inlen: a serialized ModelInferRequest; traceparent may be NULL. On
  * success (0) out->reply holds the serialized ModelInferResponse; on failure
- * a negative qn_code with err filled, as the call's status would be.
+ * a negative qn_code with err filled (a valid UTF-8 message), as the call's
+ * status would be.
  * out->model/version are the metric labels (NULL when not counted). Free
  * out with serve__grpc_infer_out_free either way. Thread-safe if be is.
  */

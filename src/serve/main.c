@@ -4,6 +4,7 @@
  * Serves the models named by --models over REST (rest.c, on the shared HTTP
  * server of core/service.h) and gRPC (grpc_server.c on --grpc-listen), both
  * answered by one backend (backend.c) over the model manager (models.c).
+ * The gRPC port follows REST's auth rules with the same token.
  * On SIGTERM the service turns not ready, drains HTTP, then drains gRPC,
  * stops following the registry, flushes the prediction log and exits 0.
  */
@@ -182,7 +183,11 @@ static int serve_start(qn_service_ctx *ctx, qn_err *err)
     if ((rc = serve_models_start(s, err)) < 0)
         goto fail;
     if (cfg->grpc_listen && strcmp(cfg->grpc_listen, "off") != 0) {
-        if (!(sm->grpc = serve_grpc_start(cfg->grpc_listen, &s->backend, ctx->metrics, err))) {
+        /* The same token and rules as REST (core/service.c resolved it). */
+        serve_grpc_opts go = {.listen = cfg->grpc_listen, .backend = &s->backend,
+                              .metrics = ctx->metrics, .token = ctx->token,
+                              .auth_reads = cfg->common.auth_reads};
+        if (!(sm->grpc = serve_grpc_start(&go, err))) {
             rc = err->code;
             goto fail;
         }

@@ -262,7 +262,7 @@ static void save_last_good(serve *s, serve_model *m, int64_t version)
     char *dir = model_dir(s, m), *path = NULL;
     qn_err err;
     if (dir && asprintf(&path, "%s/last_good.json", dir) >= 0) {
-        char text[128];
+        char text[QN_NAME_MAX + 64]; /* a name of the longest allowed length fits whole */
         snprintf(text, sizeof text, "{\"model\":\"%s\",\"version\":%lld}\n", m->name,
                  (long long)version);
         if (write_atomic(path, text, &err) < 0)
@@ -299,8 +299,7 @@ static void install(serve *s, serve_model *m, serve_version *v, const char *sour
     serve_version *old = m->cur;
     m->cur = v;
     m->state = "ready";
-    free(m->source);
-    m->source = strdup(source);
+    m->source = source; /* a string literal: nothing to copy, nothing to fail */
     pthread_mutex_unlock(&m->mu);
 
     if (old) {
@@ -323,8 +322,10 @@ static void refuse(serve *s, serve_model *m, int64_t version, const char *reason
 {
     char ts[32];
     qn_time_rfc3339(qn_now_ms(), ts);
+    qn_err e = *err; /* the message may quote a file's bytes: keep it valid UTF-8 */
+    oip_err_utf8(&e);
     json_t *r = json_pack("{s:I, s:s, s:s, s:s}", "version", (json_int_t)version, "reason",
-                          reason, "message", err->msg, "time", ts);
+                          reason, "message", e.msg, "time", ts);
     pthread_mutex_lock(&m->mu);
     json_decref(m->last_refusal);
     m->last_refusal = r;
@@ -334,7 +335,7 @@ static void refuse(serve *s, serve_model *m, int64_t version, const char *reason
     const char *lv[] = {m->name, reason};
     qn_counter_add(s->m_refusals, lv, 1);
     qn_log_warn(NULL, "model version refused", "{s:s, s:I, s:s, s:s, s:I}", "model", m->name,
-                "version", (json_int_t)version, "reason", reason, "error", err->msg,
+                "version", (json_int_t)version, "reason", reason, "error", e.msg,
                 "still_serving", (json_int_t)serving);
 }
 
@@ -354,10 +355,14 @@ static int download(serve *s, serve_model *m, int64_t version, const char *dest,
     if ((rc = qn_client_json(s->registry, "GET", path, NULL, tc, &doc, err)) < 0)
         goto out;
     json_t *mj = json_object_get(doc, "manifest");
-    text = mj ? json_dumps(mj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
-    if (!text) {
+    if (!json_is_object(mj)) {
         rc = qn_err_set(err, QN_INVALID_ARGUMENT, "the registry's version %lld has no manifest",
                         (long long)version);
+        goto out;
+    }
+    if (!(text = json_dumps(mj, JSON_COMPACT | JSON_SORT_KEYS))) {
+        /* out of memory: retried at the next poll, not a refusal */
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory writing the manifest");
         goto out;
     }
     if ((rc = qml_manifest_parse(text, strlen(text), &man, err)) < 0)
@@ -464,6 +469,8 @@ static void follow_one_in(serve *s, serve_model *m, qn_span *span)
     char *dir = version_dir(s, m, want), *mpath = NULL;
     if (!dir || asprintf(&mpath, "%s/manifest.json", dir) < 0) {
         free(dir);
+        qn_log_warn(NULL, "out of memory following the alias; retrying at the next poll",
+                    "{s:s, s:I}", "model", m->name, "version", (json_int_t)want);
         return;
     }
     const char *reason = "download";
@@ -670,7 +677,6 @@ void serve_models_stop(serve *s)
         serve_release(m->cur);
         m->cur = NULL;
         json_decref(m->last_refusal);
-        free(m->source);
         free(m->name);
         free(m->alias);
         serve_batcher_free(m->batcher);

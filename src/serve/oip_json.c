@@ -128,6 +128,32 @@ static int flatten(parse_ctx *p, const json_t *v, int depth, qn_err *err)
     return 0;
 }
 
+/* The elements of data as flatten would take them, counting stops once past
+ * cap (enough to say "more than the shape holds"). Checked before anything
+ * is allocated for the input, so a small body cannot make a large
+ * allocation by declaring a large shape. */
+static int count_elems(const json_t *v, int depth, size_t cap, size_t *n, const char *name,
+                       qn_err *err)
+{
+    if (!json_is_array(v)) {
+        (*n)++;
+        return 0;
+    }
+    if (depth >= OIP_MAX_DIMS)
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "input '%s': data nested deeper than %d",
+                          name, OIP_MAX_DIMS);
+    size_t i;
+    json_t *x;
+    json_array_foreach(v, i, x) {
+        int rc = count_elems(x, depth + 1, cap, n, name, err);
+        if (rc < 0)
+            return rc;
+        if (*n > cap)
+            break;
+    }
+    return 0;
+}
+
 static int parse_shape(const json_t *js, const char *name, oip_tensor *t, qn_err *err)
 {
     if (!json_is_array(js) || json_array_size(js) < 1 || json_array_size(js) > OIP_MAX_DIMS)
@@ -172,6 +198,13 @@ static int take_binary(const char **bin, size_t *left, oip_tensor *t, int64_t ne
         t->data_len = sz;
         return 0;
     }
+    /* Each element takes at least its 4-byte length: bound the count by the
+     * bytes before allocating for it. */
+    if ((uint64_t)nelem > sz / 4)
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "input '%s': shape holds %lld BYTES elements but binary_data_size %zu "
+                          "is too small for them (each takes a 4-byte length)",
+                          t->name, (long long)nelem, sz);
     oip_bytes *el = qn_arena_alloc(a, (size_t)(nelem ? nelem : 1) * sizeof *el);
     if (!el)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
@@ -195,22 +228,29 @@ static int take_binary(const char **bin, size_t *left, oip_tensor *t, int64_t ne
         el[n++] = (oip_bytes){(const uint8_t *)p + off, len};
         off += len;
     }
+    if ((int64_t)n != nelem)
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "input '%s': shape holds %lld elements but the binary data has %zu",
+                          t->name, (long long)nelem, n);
     t->bytes = el;
     t->nbytes = n;
     return 0;
 }
 
 /* The jansson error position of an undecodable byte, mapped to the input
- * whose "name" comes last before it, so the message names the input. */
-static void name_near(const char *body, size_t pos, char *out, size_t cap)
+ * whose "name" comes last before it, so the message names the input. The
+ * body is not NUL-terminated: every search stops at len. */
+static void name_near(const char *body, size_t len, size_t pos, char *out, size_t cap)
 {
     out[0] = '\0';
+    if (pos > len)
+        pos = len;
     for (size_t i = pos; i-- > 0;) {
         if (i + 6 <= pos && memcmp(body + i, "\"name\"", 6) == 0) {
-            const char *q = strchr(body + i + 6, '"');
-            if (!q || (size_t)(q - body) >= pos)
+            const char *q = memchr(body + i + 6, '"', pos - (i + 6));
+            if (!q)
                 return;
-            const char *e = strchr(q + 1, '"');
+            const char *e = memchr(q + 1, '"', len - (size_t)(q + 1 - body));
             if (!e)
                 return;
             size_t n = (size_t)(e - q - 1) < cap - 1 ? (size_t)(e - q - 1) : cap - 1;
@@ -221,8 +261,8 @@ static void name_near(const char *body, size_t pos, char *out, size_t cap)
     }
 }
 
-int oip_json_parse_tree(const char *body, size_t len, size_t jlen, qn_arena *a, oip_json_req *pr,
-                        qn_err *err)
+static int parse_tree(const char *body, size_t len, size_t jlen, qn_arena *a, oip_json_req *pr,
+                      qn_err *err)
 {
     if (!body || jlen == 0)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "the request body must be a JSON object");
@@ -231,7 +271,8 @@ int oip_json_parse_tree(const char *body, size_t len, size_t jlen, qn_arena *a, 
     if (!pr->doc) {
         char near[128];
         if (strstr(je.text, "decode byte") || strstr(je.text, "UTF-8")) {
-            name_near(body, (size_t)je.position, near, sizeof near);
+            name_near(body, jlen, je.position > 0 ? (size_t)je.position : 0, near,
+                      sizeof near);
             if (near[0])
                 return qn_err_set(err, QN_INVALID_ARGUMENT,
                                   "input '%s': the data is not valid UTF-8 (byte %d of the body)",
@@ -309,6 +350,19 @@ int oip_json_parse_tree(const char *body, size_t len, size_t jlen, qn_arena *a, 
                             "binary tensor extension (parameters.binary_data_size)",
                             t->name);
         else {
+            size_t have = 0;
+            if ((rc = count_elems(data, 0, (size_t)nelem, &have, t->name, err)) < 0)
+                return rc;
+            if (have > (size_t)nelem)
+                return qn_err_set(err, QN_INVALID_ARGUMENT,
+                                  "input '%s': the data has more elements than the shape holds "
+                                  "(%lld)",
+                                  t->name, (long long)nelem);
+            if (have < (size_t)nelem)
+                return qn_err_set(err, QN_INVALID_ARGUMENT,
+                                  "input '%s': shape [%s] holds %lld elements but the data has "
+                                  "%zu",
+                                  t->name, shp, (long long)nelem, have);
             parse_ctx p = {.a = a, .name = t->name, .dt = t->datatype, .cap = (size_t)nelem};
             if (t->datatype == OIP_BYTES)
                 p.bytes = qn_arena_alloc(a, (size_t)(nelem ? nelem : 1) * sizeof *p.bytes);
@@ -331,6 +385,11 @@ int oip_json_parse_tree(const char *body, size_t len, size_t jlen, qn_arena *a, 
         if (rc < 0)
             return rc;
     }
+    if (left > 0)
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "the body has %zu bytes after the last binary tensor (the inputs' "
+                          "binary_data_size add up to %zu)",
+                          left, (size_t)(len - jlen - left));
     pr->rq.inputs = inputs;
     pr->rq.ninputs = nin;
     const json_t *outs = json_object_get(d, "outputs");
@@ -358,6 +417,15 @@ int oip_json_parse_tree(const char *body, size_t len, size_t jlen, qn_arena *a, 
     return 0;
 }
 
+
+int oip_json_parse_tree(const char *body, size_t len, size_t jlen, qn_arena *a, oip_json_req *pr,
+                        qn_err *err)
+{
+    int rc = parse_tree(body, len, jlen, a, pr, err);
+    if (rc < 0)
+        oip_err_utf8(err); /* messages quote names and JSON text from the body */
+    return rc;
+}
 
 /* ---- the fast reader ---------------------------------------------------------------- */
 
@@ -633,6 +701,10 @@ static int take_input(scan *s, oip_tensor *t)
                 return 0;
             int64_t nelem = oip_tensor_nelem(t);
             if (nelem < 0 || nelem > (int64_t)OIP_JSON_MAX_ELEMS)
+                return 0;
+            /* Each element takes at least two bytes of what is left ("1,"):
+             * a larger shape is declined before anything is allocated. */
+            if ((uint64_t)nelem > (uint64_t)(s->end - s->p) / 2 + 1)
                 return 0;
             size_t size = oip_datatype_size(t->datatype), cnt = (size_t)(nelem ? nelem : 1);
             fill f = {.dt = t->datatype, .cap = (size_t)nelem};

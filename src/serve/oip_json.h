@@ -27,9 +27,9 @@
 #include "core/err.h"
 #include "serve/oip.h"
 
-#define OIP_JSON_MAX_INPUTS 256
-#define OIP_JSON_MAX_OUTPUTS 64
-#define OIP_JSON_MAX_ID 256
+#define OIP_JSON_MAX_INPUTS OIP_MAX_INPUTS
+#define OIP_JSON_MAX_OUTPUTS OIP_MAX_OUTPUTS
+#define OIP_JSON_MAX_ID OIP_MAX_ID
 /* Elements per input at most (a body cannot hold more anyway). */
 #define OIP_JSON_MAX_ELEMS (64ull * 1024 * 1024)
 
@@ -39,10 +39,11 @@ typedef struct oip_json_req {
 } oip_json_req;
 
 /* Reads body[0..jlen) as the JSON of an infer request; body[jlen..len) holds
- * the binary tensors (jlen == len: none). Arrays and strings go in a (or
- * point into the body or pr->doc). 0, or QN_INVALID_ARGUMENT naming the
- * input at fault, QN_RESOURCE_EXHAUSTED. Call oip_json_req_free either way.
- * Thread-safe (no shared state). */
+ * the binary tensors (jlen == len: none), which must be used exactly. Arrays
+ * and strings go in a (or point into the body or pr->doc). 0, or
+ * QN_INVALID_ARGUMENT naming the input at fault, QN_RESOURCE_EXHAUSTED; the
+ * message is valid UTF-8 whatever the body held. Call oip_json_req_free
+ * either way. Thread-safe (no shared state). */
 int oip_json_parse_infer(const char *body, size_t len, size_t jlen, qn_arena *a,
                          oip_json_req *pr, qn_err *err);
 void oip_json_req_free(oip_json_req *pr);

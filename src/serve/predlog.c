@@ -37,6 +37,7 @@ struct serve_predlog {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     sample *ring;
+    sample *taken;      /* cap slots: what the thread drained (thread only) */
     size_t cap, head, count, batch;
     int stopping;
     pthread_t thread;
@@ -103,22 +104,35 @@ static void publish(serve_predlog *p, sample *taken, size_t n)
         if (done[i])
             continue;
         json_t *preds = json_array();
-        size_t c = 0;
-        for (size_t j = i; j < n && c < p->batch; j++) {
+        size_t c = 0, lost = 0;
+        for (size_t j = i; j < n && c + lost < p->batch; j++) {
             if (done[j] || strcmp(taken[j].model, taken[i].model) ||
                 strcmp(taken[j].version, taken[i].version))
                 continue;
             done[j] = 1;
-            json_array_append_new(preds, json_pack("{s:s, s:o, s:O, s:O}", "request_id",
-                                                   taken[j].request_id, "time",
-                                                   qn_json_time(taken[j].time_ms), "features",
-                                                   taken[j].features, "prediction",
-                                                   taken[j].prediction));
+            /* Out of memory (or text jansson refuses): that sample is dropped
+             * and counted, never sent as a hole or counted as sent. */
+            json_t *one = json_pack("{s:s, s:o, s:O, s:O}", "request_id", taken[j].request_id,
+                                    "time", qn_json_time(taken[j].time_ms), "features",
+                                    taken[j].features, "prediction", taken[j].prediction);
+            if (!one || !preds || json_array_append_new(preds, one) < 0) {
+                if (one && !preds)
+                    json_decref(one);
+                lost++;
+                continue;
+            }
             c++;
+        }
+        if (lost)
+            qn_counter_add(p->dropped, NULL, (double)lost);
+        if (!c) {
+            json_decref(preds);
+            continue;
         }
         json_t *data = json_pack("{s:s, s:s, s:o}", "model", taken[i].model, "version",
                                  taken[i].version, "predictions", preds);
-        events[nev] = qn_event_new("quern.predictions.logged", "quern-serve", data, NULL);
+        events[nev] = data ? qn_event_new("quern.predictions.logged", "quern-serve", data, NULL)
+                           : NULL;
         counts[nev] = c;
         if (events[nev])
             nev++;
@@ -147,7 +161,7 @@ out:
 static void *predlog_main(void *arg)
 {
     serve_predlog *p = arg;
-    sample *taken = calloc(p->cap, sizeof *taken);
+    sample *taken = p->taken;
     pthread_mutex_lock(&p->mu);
     for (;;) {
         if (!p->stopping && p->count < p->batch) {
@@ -157,7 +171,7 @@ static void *predlog_main(void *arg)
             pthread_cond_timedwait(&p->cv, &p->mu, &ts);
         }
         size_t n = 0;
-        while (p->count && taken && n < p->cap) {
+        while (p->count && n < p->cap) {
             taken[n++] = p->ring[p->head];
             p->head = (p->head + 1) % p->cap;
             p->count--;
@@ -175,15 +189,19 @@ static void *predlog_main(void *arg)
             break;
     }
     pthread_mutex_unlock(&p->mu);
-    free(taken);
     return NULL;
 }
 
 serve_predlog *serve_predlog_start(qn_bus *bus, qn_metrics *metrics, size_t queue, size_t batch,
                                    qn_err *err)
 {
+    /* The thread's buffer too is allocated here: a thread that could not
+     * get it would never drain the ring (and never let shutdown finish). */
     serve_predlog *p = calloc(1, sizeof *p);
-    if (!p || !(p->ring = calloc(queue, sizeof *p->ring))) {
+    if (!p || !(p->ring = calloc(queue, sizeof *p->ring)) ||
+        !(p->taken = calloc(queue, sizeof *p->taken))) {
+        if (p)
+            free(p->ring);
         free(p);
         qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory for the prediction log queue");
         return NULL;
@@ -199,6 +217,9 @@ serve_predlog *serve_predlog_start(qn_bus *bus, qn_metrics *metrics, size_t queu
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     if (pthread_create(&p->thread, NULL, predlog_main, p) != 0) {
+        pthread_mutex_destroy(&p->mu);
+        pthread_cond_destroy(&p->cv);
+        free(p->taken);
         free(p->ring);
         free(p);
         qn_err_set(err, QN_INTERNAL, "cannot start the prediction log thread");
@@ -218,6 +239,7 @@ void serve_predlog_stop(serve_predlog *p)
     pthread_join(p->thread, NULL);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
+    free(p->taken);
     free(p->ring);
     free(p);
 }

@@ -84,7 +84,7 @@ typedef struct serve_model {
     int64_t target;         /* the version the alias names, as last seen; 0 unknown */
     int64_t refused;        /* the last version refused (not retried until the alias moves) */
     json_t *last_refusal;   /* {"version","reason","message","time"} or NULL */
-    char *source;           /* "registry" or "cache" for the current version */
+    const char *source;     /* "registry" or "cache" (static) for the current version */
     double sample_rate;
     serve_batcher *batcher; /* NULL: batching off */
     /* The trace of the last promotion received and not yet followed (under

@@ -502,6 +502,259 @@ class ServeTest(unittest.TestCase):
                                                  "shape": [1], "data": ["u1"]}],
                                        parameters={"k": 0}), 400, "k")
 
+    # ---- bad input: always a 4xx with a message, never a 5xx, serve stays up -------
+
+    def vm_peak_kb(self):
+        with open(f"/proc/{self.serve.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmPeak:"):
+                    return int(line.split()[1])
+        return 0
+
+    def bad_cases(self):
+        """(label, method, path, body bytes or JSON or None, headers, status, needles)."""
+        row = [39, 77516, 13, 0, 0, 40]
+        J = {"Content-Type": "application/json"}
+        inf = "/v2/models/adult/infer"
+        good = self.adult_inputs([row])
+
+        def with_input(i, **kw):
+            ins = self.adult_inputs([row])
+            ins[i] = dict(ins[i], **kw)
+            return {"inputs": ins}
+
+        def raw_json(text):
+            return text if isinstance(text, bytes) else text.encode()
+
+        def binary(inputs, blob, hcl=None, ctype="application/octet-stream"):
+            head = json.dumps({"inputs": inputs}).encode()
+            return (head + blob, {"Inference-Header-Content-Length":
+                                  str(len(head)) if hcl is None else hcl,
+                                  "Content-Type": ctype})
+
+        def bin_inputs(sizes, dt="FP64", shape=(1,)):
+            return [{"name": c, "datatype": dt, "shape": list(shape),
+                     "parameters": {"binary_data_size": n}} for c, n in zip(NUMERIC, sizes)]
+
+        eight = b"\0" * 8
+        work_bytes = lambda blob, shape, size=None: binary(
+            bin_inputs([8] * 6) + [{"name": "workclass", "datatype": "BYTES", "shape": shape,
+                                    "parameters": {"binary_data_size":
+                                                   len(blob) if size is None else size}}],
+            eight * 6 + blob)
+        pre = struct.pack
+        cases = []
+
+        def add(label, body, status, *needles, path=inf, method="POST", headers=None):
+            cases.append((label, method, path, body, headers, status, needles))
+
+        # invalid UTF-8 where the message would echo it (name, id, outputs, params)
+        add("utf8 input name", raw_json(b'{"inputs":[{"name":"ag\xffe","datatype":"FP64",'
+                                        b'"shape":[1],"data":[1]}]}'), 400, headers=J)
+        add("utf8 input name, valid data after", raw_json(
+            json.dumps({"inputs": good})[:-2].encode() +
+            b', {"name": "w\xc3\x28", "datatype": "FP64", "shape": [1], "data": [1]}]}'),
+            400, headers=J)
+        add("utf8 id", raw_json(b'{"id":"r\xfe","inputs":' + json.dumps(good).encode() + b"}"),
+            400, headers=J)
+        add("utf8 output name", raw_json(b'{"inputs":' + json.dumps(good).encode() +
+                                         b',"outputs":[{"name":"p\x80"}]}'), 400, headers=J)
+        add("utf8 parameter key", raw_json(b'{"parameters":{"k\xff":1},"inputs":' +
+                                           json.dumps(good).encode() + b"}"), 400, headers=J)
+        add("utf8 cut at the end", raw_json(b'{"inputs":[{"name":"\xe2\x82'), 400, headers=J)
+        add("valid multibyte unknown input", with_input(0, name="\u00e2ge\u20ac"), 400,
+            "\u00e2ge\u20ac")
+        # shapes: empty, negative, zero, huge, overflowing, too many dims, not integers
+        add("shape []", with_input(0, shape=[]), 400, "age", "shape")
+        add("shape [-1]", with_input(0, shape=[-1]), 400, "age", "shape")
+        add("shape [1.5]", with_input(0, shape=[1.5]), 400, "age", "shape")
+        add("shape ['1']", with_input(0, shape=["1"]), 400, "age", "shape")
+        add("shape [2**40]", with_input(0, shape=[2 ** 40]), 400, "age")
+        add("shape [2**62, 2**62]", with_input(0, shape=[2 ** 62, 2 ** 62]), 400, "age")
+        add("shape 9 dims", with_input(0, shape=[1] * 9, data=[1]), 400, "age")
+        add("shape [0] vs data [1]", with_input(0, shape=[0]), 400, "age")
+        add("shape [1,0]", with_input(0, shape=[1, 0], data=[]), 400, "age")
+        add("shape [64M] data [1] FP64", with_input(0, shape=[64 * 1024 * 1024]), 400, "age")
+        add("shape [64M] data [1] BYTES", with_input(0, shape=[64 * 1024 * 1024],
+                                                     datatype="BYTES", data=["a"]), 400, "age")
+        add("data nested 9 deep", with_input(0, data=[[[[[[[[[1]]]]]]]]]), 400, "age")
+        add("data more than shape", with_input(0, data=[1, 2]), 400, "age")
+        # datatypes against data and against the model
+        add("BOOL given 1", with_input(0, datatype="BOOL", data=[1]), 400, "age", "BOOL")
+        add("INT32 given 1.5", with_input(0, datatype="INT32", data=[1.5]), 400, "age")
+        add("UINT8 given -1", with_input(0, datatype="UINT8", data=[-1]), 400, "age")
+        add("INT64 given 2**63", raw_json(json.dumps({"inputs": good}).replace(
+            '"data": [39]', '"data": [9223372036854775808]')), 400, headers=J)
+        add("FP64 given text", with_input(0, data=["x"]), 400, "age")
+        add("FP64 given object", with_input(0, data=[{"a": 1}]), 400, "age")
+        add("BYTES given number", with_input(0, datatype="BYTES", data=[1]), 400, "age")
+        add("datatype lowercase", with_input(0, datatype="fp64"), 400, "age", "fp64")
+        add("datatype not a string", with_input(0, datatype=64), 400, "age")
+        add("no data, no binary", {"inputs": [{"name": "age", "datatype": "FP64",
+                                               "shape": [1]}] + good[1:]}, 400, "age")
+        add("input not an object", {"inputs": [1]}, 400, "inputs[0]")
+        add("input without name", {"inputs": [{"datatype": "FP64"}]}, 400, "inputs[0]")
+        add("input name not a string", {"inputs": [{"name": 7}]}, 400, "inputs[0]")
+        add("input unknown key", with_input(0, colour="red"), 400, "age", "colour")
+        add("inputs an object", {"inputs": {"age": 1}}, 400, "inputs")
+        add("257 inputs", {"inputs": [good[0]] * 257}, 400, "inputs")
+        add("input twice", {"inputs": good + [good[0]]}, 400, "age", "twice")
+        # outputs, id, parameters, top level
+        add("outputs not a list", {"inputs": good, "outputs": {"name": "p"}}, 400, "outputs")
+        add("output without name", {"inputs": good, "outputs": [{}]}, 400, "outputs[0]")
+        add("output name a number", {"inputs": good, "outputs": [{"name": 1}]}, 400, "outputs[0]")
+        add("65 outputs", {"inputs": good, "outputs": [{"name": "probability"}] * 65}, 400,
+            "outputs")
+        add("unknown output", {"inputs": good, "outputs": [{"name": "logits"}]}, 400, "logits")
+        add("id a number", {"inputs": good, "id": 5}, 400, "id")
+        add("id 257 bytes", {"inputs": good, "id": "x" * 257}, 400, "id")
+        add("parameters a list", {"inputs": good, "parameters": [1]}, 400, "parameters")
+        add("input parameters a list", with_input(0, parameters=[1]), 400, "age")
+        add("body a list", raw_json("[1]"), 400, headers=J)
+        add("body null", raw_json("null"), 400, headers=J)
+        add("body empty", b"", 400, headers=J)
+        add("duplicate keys", raw_json('{"inputs":[],"inputs":[]}'), 400, headers=J)
+        add("NUL in a name", raw_json('{"inputs":[{"name":"a\\u0000b","datatype":"FP64",'
+                                      '"shape":[1],"data":[1]}]}'), 400, headers=J)
+        add("lone surrogate escape", raw_json('{"inputs":[{"name":"\\ud800","datatype":"FP64",'
+                                              '"shape":[1],"data":[1]}]}'), 400, headers=J)
+        # Triton's binary tensor extension
+        b, h = binary(bin_inputs([8] * 6), eight * 6 + b"x")
+        add("binary: one byte after the last tensor", b, 400, "after the last binary tensor",
+            headers=h)
+        b, h = binary(bin_inputs([8] * 6), eight * 7)
+        add("binary: a tensor's worth after", b, 400, "8 bytes after", headers=h)
+        b, h = binary(good, eight)
+        add("binary: JSON data and trailing bytes", b, 400, "after the last", headers=h)
+        b, h = binary(bin_inputs([8] * 6), eight * 5 + b"\0" * 7)
+        add("binary: one byte short", b, 400, "hours_per_week", headers=h)
+        b, h = binary(bin_inputs([8] * 5 + [16]), eight * 7)
+        add("binary: size over the shape", b, 400, "hours_per_week", headers=h)
+        b, h = binary(bin_inputs([8] * 5 + [-8]), eight * 6)
+        add("binary: negative size", b, 400, "hours_per_week", headers=h)
+        b, h = binary(bin_inputs([8] * 5 + ["8"]), eight * 6)
+        add("binary: size as text", b, 400, "hours_per_week", headers=h)
+        b, h = binary(bin_inputs([8] * 6), eight * 6, hcl="100000")
+        add("binary: header length past the body", b, 400, "Inference-Header-Content-Length",
+            headers=h)
+        b, h = binary(bin_inputs([8] * 6), eight * 6, hcl="12x")
+        add("binary: header length not a number", b, 400, "Inference-Header-Content-Length",
+            headers=h)
+        b, h = binary(bin_inputs([8] * 6), eight * 6, hcl="0")
+        add("binary: header length 0", b, 400, headers=h)
+        b, h = binary(bin_inputs([8] * 6), eight * 6, hcl="-1")
+        add("binary: header length negative", b, 400, headers=h)
+        b, h = work_bytes(pre("<I", 100) + b"abc", [1])
+        add("binary BYTES: length past the data", b, 400, "workclass", path="/v2/models/lr/infer",
+            headers=h)
+        b, h = work_bytes(b"\1\0", [1])
+        add("binary BYTES: truncated length", b, 400, "workclass", path="/v2/models/lr/infer",
+            headers=h)
+        b, h = work_bytes(pre("<I", 1) + b"a" + pre("<I", 1) + b"b", [1])
+        add("binary BYTES: more elements than the shape", b, 400, "workclass",
+            path="/v2/models/lr/infer", headers=h)
+        b, h = work_bytes(pre("<I", 1) + b"a", [2])
+        add("binary BYTES: too few bytes for the shape", b, 400, "workclass",
+            path="/v2/models/lr/infer", headers=h)
+        b, h = work_bytes(pre("<I", 5) + b"abcde", [2])
+        add("binary BYTES: fewer elements than the shape", b, 400, "workclass",
+            "elements", path="/v2/models/lr/infer", headers=h)
+        b, h = work_bytes(pre("<I", 1) + b"a", [2 ** 40])
+        add("binary BYTES: huge shape", b, 400, "workclass", path="/v2/models/lr/infer",
+            headers=h)
+        b, h = work_bytes(pre("<I", 2) + b"\xff\xfe", [1])
+        add("binary BYTES: not UTF-8", b, 400, "workclass", "UTF-8",
+            path="/v2/models/lr/infer", headers=h)
+        b, h = binary(bin_inputs([8] * 6), eight * 6, hcl="1\xff")
+        add("binary: header length not UTF-8", b, 400, headers=h)
+        # recommendations: k, user, exclude_seen; infer parameters
+        rec = "/v1/models/recs/recommend"
+        for q, needle in (("user=u1&k=0", "k"), ("user=u1&k=-1", "k"), ("user=u1&k=abc", "k"),
+                          ("user=u1&k=1001", "k"), ("user=u1&k=99999999999999999999", "k"),
+                          ("user=u1&k=1.5", "k"), ("user=u1&k=", "k"),
+                          ("user=" + "a" * 300, "user"), ("user=", "user"),
+                          ("user=u1&exclude_seen=maybe", "exclude_seen"),
+                          ("user=u1&exclude_seen=1", "exclude_seen"),
+                          ("user=u%FF1", "user"), ("user=%C3%28", "user")):
+            add(f"recommend ?{q}", None, 400, needle, method="GET", path=f"{rec}?{q}")
+        add("similar with exclude_seen", None, 400, "exclude_seen", method="GET",
+            path="/v1/models/recs/similar?item=item-1&exclude_seen=true")
+        add("similar item not UTF-8", None, 400, "item", method="GET",
+            path="/v1/models/recs/similar?item=%FE")
+        add("recommend on a tabular model", None, 400, "ALS", method="GET",
+            path="/v1/models/adult/recommend?user=u1")
+        recs = "/v2/models/recs/infer"
+        uid = [{"name": "user_id", "datatype": "BYTES", "shape": [1], "data": ["u1"]}]
+        for k in (0, -5, 1001, 10 ** 12, 1.5, "abc", "", [3], None, True):
+            add(f"recs infer k={k!r}", {"inputs": uid, "parameters": {"k": k}}, 400, "k",
+                path=recs)
+        add("recs infer exclude_seen=yes", {"inputs": uid, "parameters": {"exclude_seen": "yes"}},
+            400, "exclude_seen", path=recs)
+        add("recs infer FP32 user", {"inputs": [{"name": "user_id", "datatype": "FP32",
+                                                 "shape": [1], "data": [1]}]}, 400, "user_id",
+            path=recs)
+        add("recs infer two inputs", {"inputs": uid + [dict(uid[0], name="item_id")]}, 400,
+            path=recs)
+        add("recs infer no known input", {"inputs": [dict(uid[0], name="who")]}, 400, "user_id",
+            path=recs)
+        add("recs infer 1001 rows", {"inputs": [{"name": "user_id", "datatype": "BYTES",
+                                                 "shape": [1001], "data": ["u1"] * 1001}]},
+            400, "user_id", path=recs)
+        add("recs infer [1,2] shape", {"inputs": [{"name": "user_id", "datatype": "BYTES",
+                                                   "shape": [1, 2], "data": ["u1", "u2"]}]},
+            400, "user_id", path=recs)
+        add("recs infer item_id with exclude_seen",
+            {"inputs": [dict(uid[0], name="item_id", data=["item-1"])],
+             "parameters": {"exclude_seen": True}}, 400, "exclude_seen", path=recs)
+        add("recs infer unknown output", {"inputs": uid, "outputs": [{"name": "nope"}]}, 400,
+            "nope", path=recs)
+        # paths with bytes that are not UTF-8
+        for path, method in (("/v2/models/%FF", "GET"), ("/v2/models/%FF/ready", "GET"),
+                             ("/v2/models/adult/versions/%FF", "GET"),
+                             ("/v2/models/%FF/infer", "POST"),
+                             ("/v1/models/%FF/recommend?user=u1", "GET")):
+            add(f"{method} {path}", {"inputs": good} if method == "POST" else None, None,
+                method=method, path=path)
+        return cases
+
+    def test_08_bad_input_battery(self):
+        """Every case is a 4xx (or the status given) with a JSON message that is
+        valid UTF-8 and names what to fix; serve answers a good request after each."""
+        row = [39, 77516, 13, 0, 0, 40]
+        peak0 = self.vm_peak_kb()
+        cases = self.bad_cases()
+        failures = []
+        for label, method, path, body, headers, status, needles in cases:
+            try:
+                st, h, raw = self.serve.request(method, path, body=body, headers=headers,
+                                                raw=True)
+                text = raw.decode("utf-8")  # raises on invalid UTF-8
+                doc = json.loads(text)
+                err = doc.get("error")
+                msg = err if isinstance(err, str) else (err or {}).get("message")
+                if status is None:
+                    ok = 400 <= st < 500
+                else:
+                    ok = st == status
+                if not ok or not isinstance(msg, str) or not msg:
+                    failures.append((label, st, text[:300]))
+                    continue
+                for n in needles:
+                    if n not in msg:
+                        failures.append((label, st, f"{n!r} not in {msg!r}"))
+            except Exception as e:  # noqa: BLE001 - collect, then report them all
+                failures.append((label, "exception", repr(e)))
+            if self.serve.proc.poll() is not None:
+                self.fail(f"serve died on {label}: {failures[-1:]}\n{self.serve.log()[-3000:]}")
+        self.maxDiff = None
+        self.assertEqual(failures, [], f"{len(failures)} of {len(cases)} cases failed")
+        self.assertGreater(len(cases), 100)
+        st, _, body = self.infer("adult", self.adult_inputs([row]))
+        self.assertEqual(st, 200, body)
+        # the huge shapes with one value were refused before their memory was taken
+        self.assertLess(self.vm_peak_kb() - peak0, 400 * 1024, "VmPeak grew by over 400 MiB")
+        self.assertNotIn('"internal error"', self.serve.log())
+
     def assertError(self, resp, status, code, *needles):
         st, _, body = resp
         self.assertEqual(st, status, body)
@@ -668,6 +921,260 @@ class ServeTest(unittest.TestCase):
                             1e-6)
         finally:
             s.stop()
+
+    def test_21_dynamic_batching(self):
+        """--batching: concurrent small requests share predictions and each gets
+        its own rows back (equal to Python xgboost's); a request whose value
+        the model refuses (an infinity, sent raw) fails alone with a 400 while
+        the requests batched with it succeed."""
+        s = Service("serve", env=self.env,
+                    args=["--models", "adult", "--grpc-listen", "off", "--batching",
+                          "adult:8:3000", "--registry", f"http://127.0.0.1:{self.reg.port}"])
+        s.start(timeout=30)
+        rows = self.Xt[:120].tolist()
+        want = self.boosters[1].predict(xgb.DMatrix(np.array(rows, dtype=np.float32)))
+        errors = []
+
+        def bad_request():
+            inputs, blobs = [], []
+            for i, c in enumerate(NUMERIC):
+                inputs.append({"name": c, "datatype": "FP64", "shape": [1],
+                               "parameters": {"binary_data_size": 8}})
+                blobs.append(struct.pack("<d", math.inf if c == "age" else rows[0][i]))
+            head = json.dumps({"inputs": inputs}).encode()
+            st, _, body = s.request("POST", "/v2/models/adult/infer", body=head + b"".join(blobs),
+                                    headers={"Inference-Header-Content-Length": str(len(head))})
+            if st != 400 or "age" not in body.get("error", ""):
+                errors.append(("bad", st, body))
+
+        def work(k):
+            try:
+                for j in range(15):
+                    if k == 0 and j % 5 == 0:
+                        bad_request()
+                    lo = (k * 15 + j) % 118
+                    n = 1 + (j % 3)
+                    st, _, body = s.request("POST", "/v2/models/adult/infer",
+                                            {"inputs": self.adult_inputs(rows[lo:lo + n])})
+                    if st != 200:
+                        errors.append((k, j, st, body))
+                        continue
+                    got = np.array(body["outputs"][0]["data"])
+                    if got.shape != (n,) or float(np.max(np.abs(got - want[lo:lo + n]))) > 1e-6:
+                        errors.append((k, j, got.tolist(), want[lo:lo + n].tolist()))
+            except Exception as e:  # noqa: BLE001 - report, don't hide
+                errors.append(repr(e))
+
+        try:
+            ts = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            self.assertEqual(errors, [])
+        finally:
+            self.assertEqual(s.stop(), 0)
+        self.assertIn('"dynamic batching"', s.log())
+
+    # ---- the token on REST and gRPC ------------------------------------------------
+
+    @classmethod
+    def grpc_stubs(cls):
+        """grpcio stubs generated from proto/ (once per run)."""
+        if not hasattr(cls, "_pb"):
+            import grpc  # noqa: F401 - /usr/bin/python3 has python3-grpcio
+            proto = os.path.join(os.path.dirname(__file__), "../../proto")
+            out = tempfile.mkdtemp(prefix="grpc_stubs_", dir=WORK)
+            subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", proto,
+                            "--python_out", out, "--grpc_python_out", out,
+                            os.path.join(proto, "grpc_service.proto"),
+                            os.path.join(proto, "health.proto")], check=True)
+            sys.path.insert(0, out)
+            import grpc_service_pb2
+            import grpc_service_pb2_grpc
+            import health_pb2
+            import health_pb2_grpc
+            cls._pb = (grpc_service_pb2, grpc_service_pb2_grpc, health_pb2, health_pb2_grpc)
+        return cls._pb
+
+    @staticmethod
+    def grpc_port(svc):
+        for line in svc.log().splitlines():
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("msg") == "grpc listening":
+                port = ev["port"]
+        return port
+
+    def check_token_rules(self, svc, token, auth_reads):
+        import grpc
+        pb, pbg, hpb, hpbg = self.grpc_stubs()
+        row = [39, 77516, 13, 0, 0, 40]
+        good = {"Authorization": f"Bearer {token}"}
+        wrong = {"Authorization": "Bearer not-the-token"}
+        body = {"inputs": self.adult_inputs([row])}
+        # REST: infer always needs the token; probes never; reads with --auth-reads
+        inf = "/v2/models/adult/infer"
+        self.assertOipError(svc.request("POST", inf, body), 401, "Bearer")
+        self.assertOipError(svc.request("POST", inf, body, headers=wrong), 401, "token")
+        st, _, out = svc.request("POST", inf, body, headers=good)
+        self.assertEqual(st, 200, out)
+        for path in ("/v2/health/live", "/v2/health/ready", "/healthz", "/readyz"):
+            self.assertEqual(svc.request("GET", path)[0], 200, path)
+        for path in ("/v2", "/v2/models/adult", "/v2/models/adult/ready", "/v1/models"):
+            self.assertEqual(svc.request("GET", path)[0], 401 if auth_reads else 200, path)
+            self.assertEqual(svc.request("GET", path, headers=good)[0], 200, path)
+        # gRPC: the same rules
+        ch = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port(svc)}")
+        try:
+            stub, health = pbg.GRPCInferenceServiceStub(ch), hpbg.HealthStub(ch)
+            rq = pb.ModelInferRequest(model_name="adult")
+            for i, c in enumerate(NUMERIC):
+                rq.inputs.add(name=c, datatype="FP64", shape=[1]).contents.fp64_contents.append(
+                    float(row[i]))
+            md = [("authorization", f"Bearer {token}")]
+
+            def code_of(call, req, metadata=None):
+                try:
+                    call(req, timeout=20, metadata=metadata)
+                    return grpc.StatusCode.OK
+                except grpc.RpcError as e:
+                    if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                        self.assertTrue(e.details(), "UNAUTHENTICATED without a message")
+                    return e.code()
+
+            U, OK = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OK
+            self.assertEqual(code_of(stub.ModelInfer, rq), U)
+            self.assertEqual(code_of(stub.ModelInfer, rq, [("authorization", "Bearer x")]), U)
+            r = stub.ModelInfer(rq, timeout=20, metadata=md)
+            self.assertAlmostEqual(r.outputs[0].contents.fp32_contents[0],
+                                   out["outputs"][0]["data"][0], places=6)
+            self.assertEqual(health.Check(hpb.HealthCheckRequest(), timeout=20).status,
+                             hpb.HealthCheckResponse.SERVING)
+            self.assertTrue(stub.ServerLive(pb.ServerLiveRequest(), timeout=20).live)
+            self.assertTrue(stub.ServerReady(pb.ServerReadyRequest(), timeout=20).ready)
+            for call, req in ((stub.ModelMetadata, pb.ModelMetadataRequest(name="adult")),
+                              (stub.ServerMetadata, pb.ServerMetadataRequest()),
+                              (stub.ModelReady, pb.ModelReadyRequest(name="adult"))):
+                self.assertEqual(code_of(call, req), U if auth_reads else OK, call)
+                self.assertEqual(code_of(call, req, md), OK, call)
+        finally:
+            ch.close()
+
+    def test_31_grpc_bad_input(self):
+        """gRPC against the real backend: each bad call is INVALID_ARGUMENT (or
+        NOT_FOUND) with a valid UTF-8 message, and serve keeps answering."""
+        import grpc
+        pb, pbg, hpb, hpbg = self.grpc_stubs()
+        S = grpc.StatusCode
+        row = [39, 77516, 13, 0, 0, 40]
+        ch = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port(self.serve)}")
+        stub = pbg.GRPCInferenceServiceStub(ch)
+        raw_infer = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                   request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+
+        def adult(**kw):
+            rq = pb.ModelInferRequest(model_name="adult", **kw)
+            for i, c in enumerate(NUMERIC):
+                rq.inputs.add(name=c, datatype="FP64", shape=[1]).contents.fp64_contents.append(
+                    float(row[i]))
+            return rq
+
+        def recs(name="user_id", value=b"u1", **params):
+            rq = pb.ModelInferRequest(model_name="recs")
+            rq.inputs.add(name=name, datatype="BYTES", shape=[1]).contents.bytes_contents.append(
+                value)
+            for k, v in params.items():
+                if isinstance(v, bool):
+                    rq.parameters[k].bool_param = v
+                elif isinstance(v, int):
+                    rq.parameters[k].int64_param = v
+                else:
+                    rq.parameters[k].string_param = v
+            return rq
+
+        def ser(rq):
+            return rq.SerializeToString()
+
+        def field(num, payload):
+            out, n = bytearray(), num << 3 | 2
+            for x in (n, len(payload)):
+                while True:
+                    b, x = x & 0x7F, x >> 7
+                    out.append(b | (0x80 if x else 0))
+                    if not x:
+                        break
+            return bytes(out) + payload
+
+        huge = adult()
+        huge.inputs[0].shape[:] = [2 ** 40]
+        zero = adult()
+        zero.inputs[0].shape[:] = [0]
+        wrong_dt = adult()
+        wrong_dt.inputs[1].datatype = "BYTES"
+        wrong_dt.inputs[1].contents.Clear()
+        wrong_dt.inputs[1].contents.bytes_contents.append(b"x")
+        cases = [
+            ("input name not UTF-8", ser(adult()) + field(5, field(1, b"a\xffge") + field(
+                2, b"FP64")), S.INVALID_ARGUMENT, "inputs[6].name"),
+            ("model name not UTF-8", field(1, b"adu\xfflt"), S.INVALID_ARGUMENT, "model_name"),
+            ("id 300 bytes", ser(adult(id="i" * 300)), S.INVALID_ARGUMENT, "id"),
+            ("shape 2**40", ser(huge), S.INVALID_ARGUMENT, "age"),
+            ("shape 0 vs data 1", ser(zero), S.INVALID_ARGUMENT, "age"),
+            ("BYTES for a number", ser(wrong_dt), S.INVALID_ARGUMENT, "fnlwgt"),
+            ("unknown model", ser(pb.ModelInferRequest(model_name="nope")), S.NOT_FOUND, "nope"),
+            ("unknown output", ser(adult()) + field(6, field(1, b"logits")), S.INVALID_ARGUMENT,
+             "logits"),
+            ("user not UTF-8", ser(recs(value=b"\xc3\x28")), S.INVALID_ARGUMENT, "UTF-8"),
+            ("k as text", ser(recs(k="abc")), S.INVALID_ARGUMENT, "k"),
+            ("k huge", ser(recs(k=10 ** 12)), S.INVALID_ARGUMENT, "k"),
+            ("k zero", ser(recs(k=0)), S.INVALID_ARGUMENT, "k"),
+            ("exclude_seen as text", ser(recs(exclude_seen="yes")), S.INVALID_ARGUMENT,
+             "exclude_seen"),
+            ("exclude_seen on item_id", ser(recs(name="item_id", value=b"item-1",
+                                                 exclude_seen=True)),
+             S.INVALID_ARGUMENT, "exclude_seen"),
+            ("unknown user input", ser(recs(name="who")), S.INVALID_ARGUMENT, "user_id"),
+        ]
+        failures = []
+        try:
+            for label, msg, code, needle in cases:
+                try:
+                    raw_infer(msg, timeout=20)
+                    failures.append((label, "succeeded"))
+                except grpc.RpcError as e:
+                    d = e.details() or ""
+                    d.encode("utf-8")
+                    if e.code() != code or needle not in d:
+                        failures.append((label, e.code(), d))
+                self.assertIsNone(self.serve.proc.poll(), label)
+            r = stub.ModelInfer(adult(), timeout=20)
+            self.assertEqual(len(r.outputs[0].contents.fp32_contents), 1)
+        finally:
+            ch.close()
+        self.assertEqual(failures, [])
+
+    def test_30_token_rest_and_grpc(self):
+        """--token: infer needs it on both protocols; --auth-reads adds the
+        reads; health probes (REST /v2/health/*, gRPC Health, ServerLive/Ready)
+        stay open."""
+        token = "serve-t0ken-42"
+        tf = os.path.join(tempfile.mkdtemp(prefix="quern-serve-tok-", dir=WORK), "token")
+        Path(tf).write_text(token + "\n")
+        for auth_reads, extra in ((0, ["--token", token]),
+                                  (1, ["--token-file", tf, "--auth-reads"])):
+            s = Service("serve", env=self.env,
+                        args=["--models", "adult", "--grpc-listen", "127.0.0.1:0",
+                              "--registry", f"http://127.0.0.1:{self.reg.port}", *extra])
+            s.start(timeout=30)
+            try:
+                self.check_token_rules(s, token, auth_reads)
+            finally:
+                self.assertEqual(s.stop(), 0)
+            self.assertNotIn(token, s.log())
 
     # ---- registry down, restart from cache, SIGTERM ------------------------------
 

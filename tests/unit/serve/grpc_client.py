@@ -3,11 +3,12 @@
 grpc_tools.protoc) against quern-serve's gRPC front running the test backend
 of sum_backend.c. Run by test_grpc.c; exits 0 when every check passes.
 
-    grpc_client.py --port P --proto DIR --work DIR [--mode all|notready|slow]
+    grpc_client.py --port P --proto DIR --work DIR [--mode all|notready|slow|auth]
 
 Modes: all (every method, conversions, errors), notready (the server reports
 not ready), slow (one ModelInfer that sleeps in the backend; --expect ok|error
-says how it must end, for the shutdown tests).
+says how it must end, for the shutdown tests), auth (the server has --token
+TOKEN; --auth-reads 0|1 says whether the read calls need it too).
 """
 import argparse
 import atexit
@@ -22,6 +23,21 @@ import threading
 import traceback
 
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def field(num, payload):
+    """A length-delimited protobuf field (strings, bytes, messages)."""
+    return varint(num << 3 | 2) + varint(len(payload)) + payload
 
 
 def gen_stubs(proto, work):
@@ -273,18 +289,6 @@ class Checks:
     def test_infer_decode_budget(self):
         # 20M empty BYTES elements: 40 MiB on the wire (under the message
         # limit) but over 300 MiB once decoded; refused, not decoded.
-        def varint(n):
-            out = bytearray()
-            while True:
-                b = n & 0x7F
-                n >>= 7
-                out.append(b | (0x80 if n else 0))
-                if not n:
-                    return bytes(out)
-
-        def field(num, payload):
-            return varint(num << 3 | 2) + varint(len(payload)) + payload
-
         n = 20_000_000
         contents = b"\x42\x00" * n
         tensor = field(1, b"x") + field(2, b"BYTES") + field(3, varint(n)) + field(5, contents)
@@ -294,6 +298,73 @@ class Checks:
                                    request_serializer=lambda b: b,
                                    response_deserializer=lambda b: b)
         self.expect_error(call, msg, self.grpc.StatusCode.RESOURCE_EXHAUSTED, "MiB")
+
+    def raw_call(self, method):
+        return self.ch.unary_unary(f"/inference.GRPCInferenceService/{method}",
+                                   request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+
+    def test_invalid_utf8(self):
+        # protobuf-c does not check string fields; the server does, and its
+        # messages stay valid UTF-8 (the bad byte escaped as \xFF).
+        S = self.grpc.StatusCode
+        x = field(1, b"x") + field(2, b"FP32") + field(3, varint(1) + varint(3))
+        raw = field(7, struct.pack("<3f", 1, 2, 3))
+        infer = self.raw_call("ModelInfer")
+        for msg, needles in [
+            (field(1, b"s\xffm") + field(5, x) + raw, ["model_name", "s\\xFFm", "UTF-8"]),
+            (field(1, b"sum") + field(2, b"\xc3") + field(5, x) + raw, ["model_version"]),
+            (field(1, b"sum") + field(3, b"id\xfe") + field(5, x) + raw, ["id", "id\\xFE"]),
+            (field(1, b"sum") + field(5, field(1, b"na\xffme") + x[3:]) + raw,
+             ["inputs[0].name", "na\\xFFme", "UTF-8"]),
+            (field(1, b"sum") + field(5, x) + field(6, field(1, b"\xed\xa0\x80")) + raw,
+             ["outputs[0].name", "\\xED\\xA0\\x80"]),
+        ]:
+            e = self.expect_error(infer, msg, S.INVALID_ARGUMENT, *needles)
+            e.details().encode("utf-8")
+        # a valid multi-byte name that is unknown comes back intact
+        self.expect_error(self.stub.ModelInfer,
+                          self.infer_req(model="mod\u00e8le", inputs=[("x", "FP32", [1, 3], None)],
+                                         raw=[b"\0" * 12]),
+                          S.NOT_FOUND, "mod\u00e8le")
+        for method in ("ModelReady", "ModelMetadata"):
+            self.expect_error(self.raw_call(method), field(1, b"su\x80m"),
+                              S.INVALID_ARGUMENT, "name", "su\\x80m")
+        # a parameter key that is not UTF-8 (map entry: key 1, value 2)
+        param = field(4, field(1, b"k\xff") + field(2, varint(1 << 3) + varint(1)))
+        self.expect_error(infer, field(1, b"sum") + param + field(5, x) + raw,
+                          S.INVALID_ARGUMENT, "k\\xFF")
+        assert self.stub.ServerLive(self.pb.ServerLiveRequest(), timeout=10).live is True
+
+    def test_too_many_inputs(self):
+        # capped as on REST (names are compared pairwise: 20,000 inputs would
+        # take the server minutes); refused at once, well inside the timeout
+        S = self.grpc.StatusCode
+        many = [(f"i{k}", "FP32", [0], None) for k in range(20000)]
+        self.expect_error(self.stub.ModelInfer, self.infer_req(inputs=many), S.INVALID_ARGUMENT,
+                          "20000 inputs", "256")
+        self.expect_error(self.stub.ModelInfer, self.infer_req(
+            inputs=[("x", "FP32", [1, 3], {"fp32_contents": [1, 2, 3]})],
+            outputs=["y"] * 65), S.INVALID_ARGUMENT, "65 outputs")
+
+    def test_infer_shapes(self):
+        # zero, huge and overflowing dimensions: refused with a message,
+        # nothing allocated for them
+        S = self.grpc.StatusCode
+        ie = lambda rq, code, *n: self.expect_error(self.stub.ModelInfer, rq, code, *n)
+        ie(self.infer_req(inputs=[("x", "FP32", [2**40, 3], None)], raw=[b"\0" * 12]),
+           S.INVALID_ARGUMENT, "input x")
+        ie(self.infer_req(inputs=[("x", "FP32", [2**62, 2**62], None)], raw=[b"\0" * 12]),
+           S.INVALID_ARGUMENT, "input x", "overflows")
+        ie(self.infer_req(inputs=[("x", "FP32", [2**40, 3], {"fp32_contents": [1, 2, 3]})]),
+           S.INVALID_ARGUMENT, "input x")
+        ie(self.infer_req(model="echo", inputs=[("b", "BYTES", [2**40], None)],
+                          raw=[self.pack_bytes([b"a"])]),
+           S.INVALID_ARGUMENT, "input b")
+        ie(self.infer_req(inputs=[("x", "FP32", [1, 0], None)], raw=[b""]),
+           S.INVALID_ARGUMENT, "input x")
+        ie(self.infer_req(inputs=[("x", "FP32", [], None)], raw=[b"\0" * 4]),
+           S.INVALID_ARGUMENT, "input x")
 
     def test_echo_typed_all_types(self):
         cases = [
@@ -390,6 +461,56 @@ class Checks:
         assert not errors, errors[:5]
 
 
+def auth_checks(c, token, auth_reads):
+    """The token rules of REST on gRPC: infer always, reads with
+    --auth-reads, probes never."""
+    grpc, pb, S = c.grpc, c.pb, c.grpc.StatusCode
+    good = [("authorization", f"Bearer {token}")]
+    infer = c.infer_req(inputs=[("x", "FP32", [1, 3], {"fp32_contents": [1, 2, 3]})])
+
+    def test_infer_needs_token():
+        c.expect_error(c.stub.ModelInfer, infer, S.UNAUTHENTICATED, "authorization", "Bearer")
+        c.expect_error(c.stub.ModelInfer, infer, S.UNAUTHENTICATED, "not valid",
+                       metadata=[("authorization", "Bearer wrong")])
+        # a prefix of the token, the token with a byte more, another scheme
+        c.expect_error(c.stub.ModelInfer, infer, S.UNAUTHENTICATED, "not valid",
+                       metadata=[("authorization", f"Bearer {token[:-1]}")])
+        c.expect_error(c.stub.ModelInfer, infer, S.UNAUTHENTICATED, "not valid",
+                       metadata=[("authorization", f"Bearer {token}x")])
+        c.expect_error(c.stub.ModelInfer, infer, S.UNAUTHENTICATED, "authorization",
+                       metadata=[("authorization", f"Basic {token}")])
+        r = c.stub.ModelInfer(infer, timeout=10, metadata=good)
+        assert list(r.outputs[0].contents.fp32_contents) == [6.0], r
+        r = c.stub.ModelInfer(infer, timeout=10,
+                              metadata=[("authorization", f"bearer  {token}")])
+        assert list(r.outputs[0].contents.fp32_contents) == [6.0], r
+
+    def test_probes_open():
+        assert c.stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live is True
+        assert c.stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready is True
+        st = c.health.Check(c.hpb.HealthCheckRequest(), timeout=10).status
+        assert st == c.hpb.HealthCheckResponse.SERVING, st
+        # a wrong token on a probe is ignored, not refused
+        assert c.stub.ServerLive(pb.ServerLiveRequest(), timeout=10,
+                                 metadata=[("authorization", "Bearer wrong")]).live is True
+
+    def test_reads():
+        reads = [(c.stub.ModelMetadata, pb.ModelMetadataRequest(name="sum")),
+                 (c.stub.ServerMetadata, pb.ServerMetadataRequest()),
+                 (c.stub.ModelReady, pb.ModelReadyRequest(name="sum"))]
+        for call, rq in reads:
+            if auth_reads:
+                c.expect_error(call, rq, S.UNAUTHENTICATED, "authorization")
+                c.expect_error(call, rq, S.UNAUTHENTICATED, "not valid",
+                               metadata=[("authorization", "Bearer wrong")])
+            else:
+                call(rq, timeout=10)
+            call(rq, timeout=10, metadata=good)
+
+    for t in (test_infer_needs_token, test_probes_open, test_reads):
+        c.run(t)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
@@ -397,6 +518,8 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--mode", default="all")
     ap.add_argument("--expect", default="ok")
+    ap.add_argument("--token", default="")
+    ap.add_argument("--auth-reads", type=int, default=0)
     a = ap.parse_args()
     gen_stubs(a.proto, a.work)
     c = Checks(a.port)
@@ -411,7 +534,9 @@ def main():
             ok = False
             print(f"slow call: {e.code()} {e.details()}")
         sys.exit(0 if ok == (a.expect == "ok") else 1)
-    if a.mode == "notready":
+    if a.mode == "auth":
+        auth_checks(c, a.token, a.auth_reads)
+    elif a.mode == "notready":
         def test_not_ready():
             assert c.stub.ServerReady(c.pb.ServerReadyRequest(), timeout=10).ready is False
             assert c.stub.ServerLive(c.pb.ServerLiveRequest(), timeout=10).live is True

@@ -23,7 +23,8 @@ int main(int argc, char **argv)
     sum_backend sb;
     sum_backend_init(&sb);
     qn_err err;
-    serve_grpc *g = serve_grpc_start(argc > 1 ? argv[1] : "127.0.0.1:0", &sb.be, NULL, &err);
+    serve_grpc_opts o = {.listen = argc > 1 ? argv[1] : "127.0.0.1:0", .backend = &sb.be};
+    serve_grpc *g = serve_grpc_start(&o, &err);
     if (!g) {
         fprintf(stderr, "grpc_sum_server: %s\n", err.msg);
         return 1;

@@ -3,8 +3,9 @@
  * socket by a stock client: grpcio with stubs that grpc_tools.protoc
  * generates from the proto/ files at test time (grpc_client.py, run with
  * /usr/bin/python3). The server answers with the test backend of
- * sum_backend.c. Also: bind failures, the metrics it records, and graceful
- * and forced shutdown with a call in flight.
+ * sum_backend.c. Also: bind failures, the metrics it records, graceful
+ * and forced shutdown with a call in flight, and the bearer token on calls
+ * (with and without auth on reads).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -41,6 +42,16 @@ static const char *client(int port, const char *mode, const char *expect)
     return client_cmd;
 }
 
+static serve_grpc *start(const char *listen, const oip_backend *be, qn_metrics *m)
+{
+    qn_err err;
+    serve_grpc_opts o = {.listen = listen, .backend = be, .metrics = m};
+    serve_grpc *g = serve_grpc_start(&o, &err);
+    if (!g)
+        printf("# serve_grpc_start(%s): %s\n", listen, err.msg);
+    return g;
+}
+
 static int run_client(int port, const char *mode)
 {
     int st = system(client(port, mode, "ok"));
@@ -52,23 +63,27 @@ static void test_bind_failures(void **state)
     sum_backend sb;
     sum_backend_init(&sb);
     qn_err err;
-    serve_grpc *g = serve_grpc_start("not-an-address:99999", &sb.be, NULL, &err);
+    serve_grpc_opts o = {.listen = "not-an-address:99999", .backend = &sb.be};
+    serve_grpc *g = serve_grpc_start(&o, &err);
     assert_null(g);
     assert_int_equal(err.code, QN_INVALID_ARGUMENT);
     assert_non_null(strstr(err.msg, "not-an-address:99999"));
 
     /* The same port twice: the second bind must fail, not share it. */
-    serve_grpc *a = serve_grpc_start("127.0.0.1:0", &sb.be, NULL, &err);
+    serve_grpc *a = start("127.0.0.1:0", &sb.be, NULL);
     assert_non_null(a);
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", serve_grpc_port(a));
-    serve_grpc *b = serve_grpc_start(addr, &sb.be, NULL, &err);
+    o.listen = addr;
+    serve_grpc *b = serve_grpc_start(&o, &err);
     assert_null(b);
     assert_int_equal(err.code, QN_INVALID_ARGUMENT);
     serve_grpc_shutdown(a, qn_now_ms() + 1000);
 
     oip_backend empty = {0};
-    assert_null(serve_grpc_start("127.0.0.1:0", &empty, NULL, &err));
+    o.listen = "127.0.0.1:0";
+    o.backend = &empty;
+    assert_null(serve_grpc_start(&o, &err));
     assert_int_equal(err.code, QN_INVALID_ARGUMENT);
 }
 
@@ -91,8 +106,7 @@ static void test_protocol(void **state)
     sum_backend sb;
     sum_backend_init(&sb);
     qn_metrics *m = qn_metrics_new();
-    qn_err err;
-    serve_grpc *g = serve_grpc_start("127.0.0.1:0", &sb.be, m, &err);
+    serve_grpc *g = start("127.0.0.1:0", &sb.be, m);
     assert_non_null(g);
     assert_true(serve_grpc_port(g) > 0);
 
@@ -131,6 +145,52 @@ static void test_protocol(void **state)
     qn_metrics_free(m);
 }
 
+/* With a token: the client checks infer, reads and probes (grpc_client.py
+ * auth_checks); the metrics show the refusals were counted by code. */
+static void run_auth(int auth_reads)
+{
+    sum_backend sb;
+    sum_backend_init(&sb);
+    qn_metrics *m = qn_metrics_new();
+    qn_err err;
+    const char *token = "t0ken-for-grpc-tests";
+    serve_grpc_opts o = {.listen = "127.0.0.1:0", .backend = &sb.be, .metrics = m,
+                         .token = token, .auth_reads = auth_reads};
+    serve_grpc *g = serve_grpc_start(&o, &err);
+    assert_non_null(g);
+    char extra[128];
+    snprintf(extra, sizeof extra, "ok --token %s --auth-reads %d", token, auth_reads);
+    int st = system(client(serve_grpc_port(g), "auth", extra));
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+
+    qn_buf out;
+    qn_buf_init(&out, 1 << 22);
+    assert_int_equal(qn_metrics_render(m, &out), 0);
+    const char *unauth =
+        "quern_grpc_server_handled_total{method=\"ModelInfer\",code=\"unauthenticated\"} ";
+    assert_true(has_series(out.data, unauth));
+    assert_true(series_value(out.data, unauth) >= 5);
+    const char *meta_unauth =
+        "quern_grpc_server_handled_total{method=\"ModelMetadata\",code=\"unauthenticated\"} ";
+    assert_int_equal(has_series(out.data, meta_unauth), auth_reads);
+    qn_buf_free(&out);
+    serve_grpc_shutdown(g, qn_now_ms() + 5000);
+    /* Refused calls never reached the backend: only the allowed infers did. */
+    assert_int_equal(atomic_load(&sb.infers), 2);
+    qn_metrics_free(m);
+}
+
+static void test_auth_infer_only(void **state)
+{
+    run_auth(0);
+}
+
+static void test_auth_reads(void **state)
+{
+    run_auth(1);
+}
+
 static void sleep_ms(int ms)
 {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
@@ -144,8 +204,7 @@ static int shutdown_with_call_in_flight(int grace_ms, const char *expect, long l
     sum_backend sb;
     sum_backend_init(&sb);
     sb.allow_sleep = 1;
-    qn_err err;
-    serve_grpc *g = serve_grpc_start("127.0.0.1:0", &sb.be, NULL, &err);
+    serve_grpc *g = start("127.0.0.1:0", &sb.be, NULL);
     assert_non_null(g);
     FILE *p = popen(client(serve_grpc_port(g), "slow", expect), "r");
     assert_non_null(p);
@@ -189,6 +248,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bind_failures),
         cmocka_unit_test(test_protocol),
+        cmocka_unit_test(test_auth_infer_only),
+        cmocka_unit_test(test_auth_reads),
         cmocka_unit_test(test_graceful_shutdown),
         cmocka_unit_test(test_forced_shutdown),
     };
