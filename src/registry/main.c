@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/config.h"
+#include "core/deps.h"
 #include "core/log.h"
 #include "core/outbox.h"
 #include "core/service.h"
@@ -134,27 +135,19 @@ static int registry_start(qn_service_ctx *ctx, qn_err *err)
 {
     registry_cfg *cfg = ctx->cfg;
     registry *r = calloc(1, sizeof *r);
-    char *url = NULL;
     if (!r)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     r->max_blob = cfg->max_blob;
-    if (cfg->db_url)
-        url = strdup(cfg->db_url);
-    else if (asprintf(&url, "sqlite://%s/registry.db", cfg->common.data) < 0)
-        url = NULL;
-    if (!url) {
-        free(r);
-        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-    }
-    r->db = qn_store_open(url, migrations, QN_NELEM(migrations), err);
-    free(url);
-    if (!r->db) {
+    qn_deps_opts o = {.db_url = cfg->db_url, .data = cfg->common.data, .db_file = "registry.db",
+                      .migrations = migrations, .nmigrations = QN_NELEM(migrations),
+                      .bus_url = cfg->common.bus, .source = "quern-registry", .metrics = ctx->metrics};
+    if (qn_deps_open(&o, &r->db, &r->bus, &r->outbox, err) < 0) {
         free(r);
         return err->code;
     }
     if (asprintf(&r->blob_dir, "%s/blobs/sha256", cfg->common.data) < 0 ||
         asprintf(&r->tmp_dir, "%s/blobs/tmp", cfg->common.data) < 0 || reg_blobs_init(r, err) < 0) {
-        qn_store_close(r->db);
+        qn_deps_close(r->db, r->bus, r->outbox);
         free(r->blob_dir);
         free(r);
         return err->code ? err->code : QN_RESOURCE_EXHAUSTED;
@@ -169,17 +162,6 @@ static int registry_start(qn_service_ctx *ctx, qn_err *err)
                                              "Model versions registered.", NULL);
     r->alias_moves = qn_metrics_counter(ctx->metrics, "quern_registry_alias_moves_total",
                                         "Alias moves (promotions).", NULL);
-    qn_bus_opts bo = {.metrics = ctx->metrics};
-    r->bus = qn_bus_open(cfg->common.bus, &bo, err);
-    if (!r->bus || !(r->outbox = qn_outbox_start(r->db, r->bus, "quern-registry", ctx->metrics, err))) {
-        qn_bus_close(r->bus);
-        qn_store_close(r->db);
-        free(r->blob_dir);
-        free(r->tmp_dir);
-        free(r);
-        return err->code;
-    }
-
     for (size_t i = 0; i < QN_NELEM(routes); i++)
         if (routes[i].stream == reg_blob_put_chunk)
             routes[i].max_body = (uint64_t)cfg->max_blob;
@@ -196,12 +178,8 @@ static void registry_stop(qn_service_ctx *ctx)
     registry *r = ctx->ud;
     if (!r)
         return;
-    if (qn_outbox_flush(r->outbox, 5000) < 0)
-        qn_log_warn(NULL, "events left in the outbox for the next start", "{s:I}", "pending",
-                    (json_int_t)qn_outbox_pending(r->outbox));
-    qn_outbox_stop(r->outbox);
-    qn_bus_close(r->bus);
-    qn_store_close(r->db);
+    qn_deps_flush(r->outbox, 5000);
+    qn_deps_close(r->db, r->bus, r->outbox);
     free(r->blob_dir);
     free(r->tmp_dir);
     free(r);
