@@ -30,69 +30,6 @@ static const qn_cfg_opt opts[] = {
      "Metadata store URL (default: sqlite://<data>/registry.db)", offsetof(registry_cfg, db_url)},
 };
 
-/* Schema. Versions are numbered from models.next_version inside a write
- * transaction, so numbers are gapless and never reused. Tags are stored both
- * as a JSON object (to return) and as rows (to filter on). Times are ms since
- * the epoch. */
-static const qn_migration migrations[] = {
-    {1,
-     "CREATE TABLE models ("
-     "  id INTEGER PRIMARY KEY,"
-     "  name TEXT NOT NULL UNIQUE,"
-     "  description TEXT NOT NULL DEFAULT '',"
-     "  tags TEXT NOT NULL DEFAULT '{}',"
-     "  next_version INTEGER NOT NULL DEFAULT 1,"
-     "  created_at INTEGER NOT NULL,"
-     "  updated_at INTEGER NOT NULL);"
-     "CREATE TABLE model_tags ("
-     "  model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,"
-     "  key TEXT NOT NULL, value TEXT NOT NULL,"
-     "  PRIMARY KEY (model_id, key));"
-     "CREATE TABLE versions ("
-     "  model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,"
-     "  version INTEGER NOT NULL,"
-     "  manifest TEXT NOT NULL,"
-     "  manifest_digest TEXT NOT NULL,"
-     "  metrics TEXT NOT NULL DEFAULT '{}',"
-     "  params TEXT NOT NULL DEFAULT '{}',"
-     "  tags TEXT NOT NULL DEFAULT '{}',"
-     "  dataset TEXT,"
-     "  description TEXT NOT NULL DEFAULT '',"
-     "  status TEXT NOT NULL DEFAULT 'ready',"
-     "  created_at INTEGER NOT NULL,"
-     "  updated_at INTEGER NOT NULL,"
-     "  PRIMARY KEY (model_id, version));"
-     "CREATE TABLE version_tags ("
-     "  model_id INTEGER NOT NULL,"
-     "  version INTEGER NOT NULL,"
-     "  key TEXT NOT NULL, value TEXT NOT NULL,"
-     "  PRIMARY KEY (model_id, version, key),"
-     "  FOREIGN KEY (model_id, version) REFERENCES versions(model_id, version) ON DELETE CASCADE);"
-     "CREATE TABLE aliases ("
-     "  model_id INTEGER NOT NULL,"
-     "  alias TEXT NOT NULL,"
-     "  version INTEGER NOT NULL,"
-     "  updated_at INTEGER NOT NULL,"
-     "  PRIMARY KEY (model_id, alias),"
-     "  FOREIGN KEY (model_id, version) REFERENCES versions(model_id, version) ON DELETE CASCADE);"
-     "CREATE TABLE datasets ("
-     "  id INTEGER PRIMARY KEY,"
-     "  name TEXT NOT NULL UNIQUE,"
-     "  latest_version INTEGER NOT NULL DEFAULT 1,"
-     "  created_at INTEGER NOT NULL,"
-     "  updated_at INTEGER NOT NULL);"
-     "CREATE TABLE dataset_versions ("
-     "  dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,"
-     "  version INTEGER NOT NULL,"
-     "  manifest TEXT NOT NULL,"
-     "  manifest_digest TEXT NOT NULL,"
-     "  description TEXT NOT NULL DEFAULT '',"
-     "  tags TEXT NOT NULL DEFAULT '{}',"
-     "  created_at INTEGER NOT NULL,"
-     "  PRIMARY KEY (dataset_id, version));"
-     QN_OUTBOX_SCHEMA},
-};
-
 #define MB (1024ull * 1024ull)
 
 /* The registry's API. Bodies are bounded per route: JSON documents are small,
@@ -131,6 +68,16 @@ int reg_fail(qn_req *req, qn_res *res, const qn_err *err)
     return qn_res_error(res, QN_INTERNAL, "internal error");
 }
 
+int reg_answer(qn_store *db, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_err *err, int status,
+               json_t *out)
+{
+    if (reg_db_end(db, c, rc, err) < 0) {
+        json_decref(out);
+        return reg_fail(req, res, err);
+    }
+    return status == 204 ? qn_res_empty(res, 204) : qn_res_json(res, status, out);
+}
+
 static int registry_start(qn_service_ctx *ctx, qn_err *err)
 {
     registry_cfg *cfg = ctx->cfg;
@@ -139,7 +86,7 @@ static int registry_start(qn_service_ctx *ctx, qn_err *err)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     r->max_blob = cfg->max_blob;
     qn_deps_opts o = {.db_url = cfg->db_url, .data = cfg->common.data, .db_file = "registry.db",
-                      .migrations = migrations, .nmigrations = QN_NELEM(migrations),
+                      .migrations = reg_db_migrations, .nmigrations = reg_db_nmigrations,
                       .bus_url = cfg->common.bus, .source = "quern-registry", .metrics = ctx->metrics};
     if (qn_deps_open(&o, &r->db, &r->bus, &r->outbox, err) < 0) {
         free(r);
