@@ -33,16 +33,11 @@ int reg_datasets_list(qn_req *req, qn_res *res, void *ud)
     qn_err err;
     qn_page pg;
     char after[QN_PAGE_KEY_MAX];
-    if (qn_page_begin(&pg, "datasets", qn_req_query(req, "limit"), 50, 1000,
-                      qn_req_query(req, "page_token"), after, &err) < 0)
-        return qn_res_error(res, err.code, "%s", err.msg);
+    if (reg_page_begin(req, res, &pg, "datasets", after, NULL) < 0)
+        return 0;
     qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
     int rc = c ? reg_db_datasets_page(c, after, &pg, &err) : err.code;
-    if (reg_db_end(r->db, c, rc, &err) < 0) {
-        qn_page_free(&pg);
-        return reg_fail(req, res, &err);
-    }
-    return qn_res_json(res, 200, qn_page_finish(&pg, "datasets"));
+    return reg_answer_page(r->db, req, res, c, rc, &err, &pg, "datasets");
 }
 
 static int check_dataset_manifest(const registry *r, const json_t *m, qn_err *err)
@@ -113,19 +108,11 @@ int reg_dataset_versions_list(qn_req *req, qn_res *res, void *ud)
     char after[QN_PAGE_KEY_MAX];
     if (check_dataset_name(req, res, &name) < 0)
         return 0;
-    if (qn_page_begin(&pg, "dataset_versions", qn_req_query(req, "limit"), 50, 1000,
-                      qn_req_query(req, "page_token"), after, &err) < 0 ||
-        (after[0] && qn_uint_parse("page_token", after, REG_MAX_VERSION, &before, &err) < 0)) {
-        qn_page_free(&pg);
-        return qn_res_error(res, err.code, "%s", err.msg);
-    }
+    if (reg_page_begin(req, res, &pg, "dataset_versions", after, &before) < 0)
+        return 0;
     qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
     int rc = c ? reg_db_versions_page(c, &reg_db_datasets, name, before, NULL, &pg, &err) : err.code;
-    if (reg_db_end(r->db, c, rc, &err) < 0) {
-        qn_page_free(&pg);
-        return reg_fail(req, res, &err);
-    }
-    return qn_res_json(res, 200, qn_page_finish(&pg, "versions"));
+    return reg_answer_page(r->db, req, res, c, rc, &err, &pg, "versions");
 }
 
 int reg_dataset_versions_get(qn_req *req, qn_res *res, void *ud)

@@ -78,6 +78,32 @@ int reg_answer(qn_store *db, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_er
     return status == 204 ? qn_res_empty(res, 204) : qn_res_json(res, status, out);
 }
 
+int reg_page_begin(qn_req *req, qn_res *res, qn_page *pg, const char *scope, char after[QN_PAGE_KEY_MAX],
+                   int64_t *before)
+{
+    qn_err err;
+    if (before)
+        *before = 0;
+    if (qn_page_begin(pg, scope, qn_req_query(req, "limit"), 50, 1000, qn_req_query(req, "page_token"), after,
+                      &err) < 0 ||
+        (before && after[0] && qn_uint_parse("page_token", after, REG_MAX_VERSION, before, &err) < 0)) {
+        qn_page_free(pg);
+        qn_res_error(res, err.code, "%s", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+int reg_answer_page(qn_store *db, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_err *err, qn_page *pg,
+                    const char *field)
+{
+    if (reg_db_end(db, c, rc, err) < 0) {
+        qn_page_free(pg);
+        return reg_fail(req, res, err);
+    }
+    return qn_res_json(res, 200, qn_page_finish(pg, field));
+}
+
 static int registry_start(qn_service_ctx *ctx, qn_err *err)
 {
     registry_cfg *cfg = ctx->cfg;

@@ -106,20 +106,15 @@ int reg_models_list(qn_req *req, qn_res *res, void *ud)
     qn_page pg;
     char after[QN_PAGE_KEY_MAX];
     char *tkey, *tval;
-    if (qn_page_begin(&pg, "models", qn_req_query(req, "limit"), 50, 1000,
-                      qn_req_query(req, "page_token"), after, &err) < 0)
-        return qn_res_error(res, err.code, "%s", err.msg);
+    if (reg_page_begin(req, res, &pg, "models", after, NULL) < 0)
+        return 0;
     if (parse_tag_filter(req, res, &tkey, &tval) < 0) {
         qn_page_free(&pg);
         return 0;
     }
     qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
     int rc = c ? reg_db_models_page(c, after, tkey, tval, &pg, &err) : err.code;
-    if (reg_db_end(r->db, c, rc, &err) < 0) {
-        qn_page_free(&pg);
-        return reg_fail(req, res, &err);
-    }
-    return qn_res_json(res, 200, qn_page_finish(&pg, "models"));
+    return reg_answer_page(r->db, req, res, c, rc, &err, &pg, "models");
 }
 
 int reg_models_get(qn_req *req, qn_res *res, void *ud)
@@ -280,12 +275,8 @@ int reg_versions_list(qn_req *req, qn_res *res, void *ud)
     char *tkey, *tval;
     if (check_model_name(req, res, &name) < 0)
         return 0;
-    if (qn_page_begin(&pg, "versions", qn_req_query(req, "limit"), 50, 1000,
-                      qn_req_query(req, "page_token"), after, &err) < 0 ||
-        (after[0] && qn_uint_parse("page_token", after, MAX_VERSION, &before, &err) < 0)) {
-        qn_page_free(&pg);
-        return qn_res_error(res, err.code, "%s", err.msg);
-    }
+    if (reg_page_begin(req, res, &pg, "versions", after, &before) < 0)
+        return 0;
     if (parse_tag_filter(req, res, &tkey, &tval) < 0) {
         qn_page_free(&pg);
         return 0;
@@ -293,11 +284,7 @@ int reg_versions_list(qn_req *req, qn_res *res, void *ud)
     const char *const filters[3] = {qn_req_query(req, "status"), tkey, tval};
     qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
     int rc = c ? reg_db_versions_page(c, &reg_db_models, name, before, filters, &pg, &err) : err.code;
-    if (reg_db_end(r->db, c, rc, &err) < 0) {
-        qn_page_free(&pg);
-        return reg_fail(req, res, &err);
-    }
-    return qn_res_json(res, 200, qn_page_finish(&pg, "versions"));
+    return reg_answer_page(r->db, req, res, c, rc, &err, &pg, "versions");
 }
 
 int reg_versions_get(qn_req *req, qn_res *res, void *ud)

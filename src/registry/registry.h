@@ -44,6 +44,16 @@ int reg_fail(qn_req *req, qn_res *res, const qn_err *err);
  * body) with out when it committed; otherwise reg_fail, and out is freed. */
 int reg_answer(qn_store *db, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_err *err, int status,
                json_t *out);
+/* Opens a listing's page from the query's limit (default 50, at most 1000)
+ * and page_token (after: the key it resumes after). With before set, the
+ * key is a version number, put in *before (0: from the newest). A bad
+ * parameter is answered (400) and -1 returned. */
+int reg_page_begin(qn_req *req, qn_res *res, qn_page *pg, const char *scope, char after[QN_PAGE_KEY_MAX],
+                   int64_t *before);
+/* Ends a listing's transaction and answers pg's items under field, or the
+ * failure (pg is then freed). */
+int reg_answer_page(qn_store *db, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_err *err, qn_page *pg,
+                    const char *field);
 
 /* models.c */
 int reg_models_create(qn_req *req, qn_res *res, void *ud);
