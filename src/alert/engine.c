@@ -400,56 +400,47 @@ static char *summary_of(const char *type, const char *key)
     return s;
 }
 
-int al_on_event(const qn_msg *msg, void *ud, qn_err *err)
+/* One event matched against the rules, inside its write transaction. */
+typedef struct event_tx {
+    alerter *a;
+    al_rules *rs;
+    const char *type;
+    const json_t *root, *data;
+    hook_job jobs[16]; /* out: webhooks to queue once committed */
+    size_t njobs;
+} event_tx;
+
+static int event_body(qn_conn *c, void *arg, qn_err *err)
 {
-    alerter *a = ud;
-    const char *type = json_string_value(json_object_get(msg->event, "type"));
-    const json_t *root = msg->event;
-    const json_t *data = json_object_get(root, "data");
-    if (!type)
-        return 0;
-    hook_job jobs[16];
-    size_t njobs = 0;
+    event_tx *x = arg;
+    alerter *a = x->a;
+    al_rules *rs = x->rs;
+    const char *type = x->type;
+    const json_t *root = x->root, *data = x->data;
     int rc;
-    al_rules *rs = al_rules_get(a);
-    pthread_mutex_lock(&a->mu);
-    qn_conn *c = qn_store_acquire(a->db, err);
-    if (!c) {
-        rc = err->code;
-        goto out;
-    }
-    if ((rc = qn_tx_begin(c, QN_TX_WRITE, err)) < 0)
-        goto out;
-    if ((rc = qn_inbox_seen(c, msg->id, err)) != 0) {
-        qn_tx_rollback(c);
-        rc = rc < 0 ? rc : 0;
-        goto out;
-    }
     if (strcmp(type, "quern.train.finished") == 0 && json_is_string(json_object_get(data, "model"))) {
         const char *job = json_string_value(json_object_get(data, "job_id"));
         qn_stmt *st = job ? qn_prepare(c, "DELETE FROM retrains WHERE model = ? AND job_id = ?", err)
                           : qn_prepare(c, "DELETE FROM retrains WHERE model = ?", err);
-        if (!st) {
-            rc = err->code;
-            goto rollback;
-        }
+        if (!st)
+            return err->code;
         qn_bind_text(st, 1, json_string_value(json_object_get(data, "model")), -1);
         if (job)
             qn_bind_text(st, 2, job, -1);
         if ((rc = qn_step(st, err)) < 0)
-            goto rollback;
+            return rc;
     }
     for (size_t i = 0; i < rs->n; i++) {
         const al_rule *r = &rs->rules[i];
         if (r->event && qn_topic_match(r->event, type) && (!r->where || al_where_match(r->where, root))) {
             char *key = r->dedupe ? al_template(r->dedupe, root) : strdup("");
             char *sum = key ? summary_of(type, key) : NULL;
-            rc = sum ? fire(a, c, r, key, root, data ? data : root, sum, jobs, &njobs, err)
+            rc = sum ? fire(a, c, r, key, root, data ? data : root, sum, x->jobs, &x->njobs, err)
                      : qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
             free(key);
             free(sum);
             if (rc < 0)
-                goto rollback;
+                return rc;
         }
         if (r->resolve_event && qn_topic_match(r->resolve_event, type) &&
             (!r->resolve_where || al_where_match(r->resolve_where, root))) {
@@ -459,24 +450,31 @@ int al_on_event(const qn_msg *msg, void *ud, qn_err *err)
             rc = resolve(a, c, r, key, why, err);
             free(key);
             if (rc < 0)
-                goto rollback;
+                return rc;
         }
     }
-    if ((rc = qn_inbox_mark(c, msg->id, err)) < 0 || (rc = qn_tx_commit(c, err)) < 0)
-        goto rollback;
-    queue_jobs(a, jobs, njobs);
-    njobs = 0;
-    goto out;
-rollback:
-    qn_tx_rollback(c);
-out:
-    for (size_t i = 0; i < njobs; i++)
-        free(jobs[i].body);
-    if (c)
-        qn_store_release(a->db, c);
+    return 0;
+}
+
+int al_on_event(const qn_msg *msg, void *ud, qn_err *err)
+{
+    alerter *a = ud;
+    const char *type = json_string_value(json_object_get(msg->event, "type"));
+    if (!type)
+        return 0;
+    event_tx x = {.a = a, .type = type, .root = msg->event, .data = json_object_get(msg->event, "data")};
+    x.rs = al_rules_get(a);
+    pthread_mutex_lock(&a->mu);
+    int rc = qn_subscriber_tx(a->db, msg, event_body, &x, err);
+    if (rc == 0) {
+        queue_jobs(a, x.jobs, x.njobs);
+        x.njobs = 0;
+    }
+    for (size_t i = 0; i < x.njobs; i++)
+        free(x.jobs[i].body);
     pthread_mutex_unlock(&a->mu);
-    al_rules_put(a, rs);
-    return rc < 0 ? rc : 0;
+    al_rules_put(a, x.rs);
+    return rc < 0 ? rc : 0; /* 1: a duplicate, handled already */
 }
 
 /* ---- the poller: metric rules, resolve-after, stale retrains ------------- */

@@ -12,6 +12,7 @@
 #include <strings.h>
 
 #include "core/config.h"
+#include "core/deps.h"
 #include "core/log.h"
 #include "core/netallow.h"
 #include "core/outbox.h"
@@ -87,9 +88,7 @@ static void alerter_free(alerter *a)
     if (!a)
         return;
     al_webhooks_stop(a->hooks);
-    qn_outbox_stop(a->outbox);
-    qn_bus_close(a->bus);
-    qn_store_close(a->db);
+    qn_deps_close(a->db, a->bus, a->outbox);
     if (a->rules)
         al_rules_put(a, a->rules);
     json_decref(a->since);
@@ -166,7 +165,6 @@ static int alert_start(qn_service_ctx *ctx, qn_err *err)
 {
     alert_cfg *cfg = ctx->cfg;
     alerter *a = calloc(1, sizeof *a);
-    char *url = NULL;
     if (!a)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     pthread_mutex_init(&a->mu, NULL);
@@ -208,19 +206,11 @@ static int alert_start(qn_service_ctx *ctx, qn_err *err)
         }
     }
     al_rules_install(a, rs);
-    if (cfg->db_url)
-        url = strdup(cfg->db_url);
-    else if (asprintf(&url, "sqlite://%s/alert.db", cfg->common.data) < 0)
-        url = NULL;
-    if (!url) {
-        alerter_free(a);
-        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-    }
-    a->db = qn_store_open(url, migrations, QN_NELEM(migrations), err);
-    free(url);
-    qn_bus_opts bo = {.metrics = ctx->metrics, .visibility_ms = cfg->lease_ms};
-    if (!a->db || !(a->bus = qn_bus_open(cfg->common.bus, &bo, err)) ||
-        !(a->outbox = qn_outbox_start(a->db, a->bus, "quern-alert", ctx->metrics, err)) ||
+    qn_deps_opts o = {.db_url = cfg->db_url, .data = cfg->common.data, .db_file = "alert.db",
+                      .migrations = migrations, .nmigrations = QN_NELEM(migrations),
+                      .bus_url = cfg->common.bus, .visibility_ms = cfg->lease_ms,
+                      .source = "quern-alert", .metrics = ctx->metrics};
+    if (qn_deps_open(&o, &a->db, &a->bus, &a->outbox, err) < 0 ||
         !(a->hooks = al_webhooks_start(a, (int)cfg->workers, (size_t)cfg->queue, err)) || al_requeue_pending(a, err) < 0) {
         alerter_free(a);
         return err->code ? err->code : QN_INTERNAL;
@@ -273,9 +263,7 @@ static void alert_stop(qn_service_ctx *ctx)
     al_poller_stop(a);
     al_webhooks_stop(a->hooks);
     a->hooks = NULL;
-    if (qn_outbox_flush(a->outbox, 5000) < 0)
-        qn_log_warn(NULL, "events left in the outbox for the next start", "{s:I}", "pending",
-                    (json_int_t)qn_outbox_pending(a->outbox));
+    qn_deps_flush(a->outbox, 5000);
     alerter_free(a);
     curl_global_cleanup();
 }

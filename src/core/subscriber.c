@@ -47,6 +47,27 @@ int qn_inbox_mark(qn_conn *c, const char *id, qn_err *err)
     return rc < 0 ? rc : 0;
 }
 
+int qn_subscriber_tx(qn_store *db, const qn_msg *msg, qn_tx_body fn, void *arg, qn_err *err)
+{
+    qn_conn *c = qn_store_acquire(db, err);
+    if (!c)
+        return err->code;
+    int rc = qn_tx_begin(c, QN_TX_WRITE, err);
+    if (rc < 0)
+        goto out;
+    if ((rc = qn_inbox_seen(c, msg->id, err)) != 0)
+        goto rollback; /* 1: handled already; negative: cannot tell */
+    if ((rc = fn(c, arg, err)) < 0 || (rc = qn_inbox_mark(c, msg->id, err)) < 0 ||
+        (rc = qn_tx_commit(c, err)) < 0)
+        goto rollback;
+    goto out;
+rollback:
+    qn_tx_rollback(c);
+out:
+    qn_store_release(db, c);
+    return rc;
+}
+
 /* Runs f(conn, id) on a pooled connection; returns its result. */
 static int with_conn(qn_store *db, int (*f)(qn_conn *, const char *, qn_err *), const char *id,
                      qn_err *err)

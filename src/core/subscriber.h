@@ -19,9 +19,21 @@
  *     ...
  *     qn_subscriber_stop(s);     // finishes the message in hand, then stops
  *
- * A handler that must change the store exactly once per event marks the id
- * itself, with qn_inbox_mark in its own transaction: the later mark by the
- * loop is then a no-op.
+ * A handler that must change the store exactly once per event runs its
+ * writes through qn_subscriber_tx: one write transaction that skips an id
+ * already in the inbox and marks it in the same commit as the change (the
+ * later mark by the loop is then a no-op):
+ *
+ *     static int count_tx(qn_conn *c, void *arg, qn_err *err) { ... writes on c ... }
+ *
+ *     static int on_event(const qn_msg *msg, void *ud, qn_err *err)
+ *     {
+ *         ... validate msg->event (return 0 to drop it), take locks ...
+ *         int rc = qn_subscriber_tx(st->db, msg, count_tx, &args, err);
+ *         if (rc == 0)
+ *             ... what follows a commit: gauges, kicks ...
+ *         return rc < 0 ? rc : 0;     // 1: a duplicate, acknowledged
+ *     }
  */
 #ifndef QN_SUBSCRIBER_H
 #define QN_SUBSCRIBER_H
@@ -49,6 +61,20 @@ void qn_subscriber_stop(qn_subscriber *s);
  * trace). Pass it to the calls and events the handler makes, so the trace
  * goes on. NULL when msg is not the message in hand on this thread. */
 const qn_trace_ctx *qn_subscriber_trace(const qn_msg *msg);
+
+/* The body of an event's write transaction: changes the store through c
+ * (open, in a write transaction) and returns 0, or a negative code with err
+ * filled to have the whole transaction rolled back. */
+typedef int (*qn_tx_body)(qn_conn *c, void *arg, qn_err *err);
+
+/* The transactional mode of an event handler: acquires a connection of db,
+ * begins a write transaction, and when msg's id is already in the inbox
+ * rolls back and returns 1 (a duplicate: acknowledge it). Otherwise calls
+ * fn(c, arg, err), marks the id and commits: 0. When fn, the mark or the
+ * commit fails, rolls back and returns that negative code, which the
+ * handler returns so the bus redelivers (then dead-letters) the event.
+ * The connection is released before returning. */
+int qn_subscriber_tx(qn_store *db, const qn_msg *msg, qn_tx_body fn, void *arg, qn_err *err);
 
 /* 1 when event id was handled already, 0 if not, negative on error. */
 int qn_inbox_seen(qn_conn *c, const char *id, qn_err *err);

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "core/config.h"
+#include "core/deps.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/outbox.h"
@@ -191,24 +192,17 @@ static int ingest_start(qn_service_ctx *ctx, qn_err *err)
 {
     ingest_cfg *cfg = ctx->cfg;
     ingest *g = calloc(1, sizeof *g);
-    char *url = NULL;
     if (!g)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     pthread_mutex_init(&g->write_mu, NULL);
     g->write_wait_ms = cfg->write_wait_ms;
     g->max_backlog = cfg->max_backlog;
     g->idem_ttl_ms = cfg->idem_ttl_ms;
-    if (cfg->db_url)
-        url = strdup(cfg->db_url);
-    else if (asprintf(&url, "sqlite://%s/ingest.db", cfg->common.data) < 0)
-        url = NULL;
-    if (!url) {
-        free(g);
-        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-    }
-    g->db = qn_store_open(url, migrations, QN_NELEM(migrations), err);
-    free(url);
-    if (!g->db) {
+    qn_deps_opts o = {.db_url = cfg->db_url, .data = cfg->common.data, .db_file = "ingest.db",
+                      .migrations = migrations, .nmigrations = QN_NELEM(migrations),
+                      .bus_url = cfg->common.bus, .source = "quern-ingest", .metrics = ctx->metrics};
+    if (qn_deps_open(&o, &g->db, &g->bus, &g->outbox, err) < 0) {
+        pthread_mutex_destroy(&g->write_mu);
         free(g);
         return err->code;
     }
@@ -228,15 +222,6 @@ static int ingest_start(qn_service_ctx *ctx, qn_err *err)
     g->backpressure = qn_metrics_counter(ctx->metrics, "quern_ingest_backpressure_total",
                                          "Writes turned away to keep up (backlog: 429, store: 503).",
                                          reason);
-
-    qn_bus_opts bo = {.metrics = ctx->metrics};
-    g->bus = qn_bus_open(cfg->common.bus, &bo, err);
-    if (!g->bus || !(g->outbox = qn_outbox_start(g->db, g->bus, "quern-ingest", ctx->metrics, err))) {
-        qn_bus_close(g->bus);
-        qn_store_close(g->db);
-        free(g);
-        return err->code;
-    }
     for (size_t i = 0; i < QN_NELEM(routes); i++)
         if (routes[i].handler == ing_events_post)
             routes[i].max_body = (uint64_t)cfg->max_body;
@@ -253,12 +238,8 @@ static void ingest_stop(qn_service_ctx *ctx)
     ingest *g = ctx->ud;
     if (!g)
         return;
-    if (qn_outbox_flush(g->outbox, 5000) < 0)
-        qn_log_warn(NULL, "events left in the outbox for the next start", "{s:I}", "pending",
-                    (json_int_t)qn_outbox_pending(g->outbox));
-    qn_outbox_stop(g->outbox);
-    qn_bus_close(g->bus);
-    qn_store_close(g->db);
+    qn_deps_flush(g->outbox, 5000);
+    qn_deps_close(g->db, g->bus, g->outbox);
     pthread_mutex_destroy(&g->write_mu);
     free(g);
 }

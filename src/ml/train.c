@@ -29,6 +29,29 @@ static int oom(qn_err *err)
     return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
 }
 
+/* XGBoost's rounds when the spec names none (its own default is 10). */
+#define XGB_NUM_ROUND 100
+#define XGB_NUM_ROUND_TEXT "100"
+
+long qml_train_iterations(const char *kind, const json_t *params)
+{
+    if (!kind)
+        return 0;
+    if (strcmp(kind, "als") == 0) {
+        const json_t *it = json_object_get(params, "iterations");
+        if (json_is_integer(it))
+            return (long)json_integer_value(it);
+        qml_als_params p;
+        qml_als_params_init(&p);
+        return p.iterations;
+    }
+    if (strcmp(kind, "xgboost") == 0) {
+        const json_t *n = json_object_get(params, "num_round");
+        return json_is_integer(n) ? (long)json_integer_value(n) : XGB_NUM_ROUND;
+    }
+    return 0;
+}
+
 /* ---- the spec ------------------------------------------------------------------ */
 
 typedef enum ptype { P_INT, P_NUM, P_BOOL, P_STR } ptype;
@@ -1123,7 +1146,7 @@ static int fit_xgb(const run *r, const float *X, size_t n, size_t d, const doubl
         np++;
     }
     if (!has_round)
-        p[np++] = (qml_xgb_param){"num_round", "100"};
+        p[np++] = (qml_xgb_param){"num_round", XGB_NUM_ROUND_TEXT};
     if (!has_method)
         p[np++] = (qml_xgb_param){"tree_method", "hist"};
     if (!has_obj)

@@ -121,6 +121,12 @@ typedef struct qml_train_spec {
 int qml_train_spec_from_json(const char *json, size_t len, qml_train_spec **out, qn_err *err);
 void qml_train_spec_free(qml_train_spec *s);
 
+/* The iterations a run of kind will make with params (the spec's "params"
+ * object, or NULL): ALS "iterations", XGBoost "num_round", each kind's own
+ * default when absent; 0 for kinds that do not iterate. For progress and ETA
+ * shown before the run starts. */
+long qml_train_iterations(const char *kind, const json_t *params);
+
 /* Stages a run reports, in order. */
 typedef enum qml_train_stage {
     QML_STAGE_SPLIT = 0,

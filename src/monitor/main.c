@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/config.h"
+#include "core/deps.h"
 #include "core/log.h"
 #include "core/outbox.h"
 #include "core/service.h"
@@ -103,10 +104,8 @@ static void monitor_free(monitor *m)
 {
     if (!m)
         return;
-    qn_outbox_stop(m->outbox);
-    qn_bus_close(m->bus);
     qn_client_free(m->registry);
-    qn_store_close(m->db);
+    qn_deps_close(m->db, m->bus, m->outbox);
     mon_profiles_free(m);
     free(m->hit_outcomes);
     free(m->alias);
@@ -142,7 +141,6 @@ static int monitor_start(qn_service_ctx *ctx, qn_err *err)
 {
     monitor_cfg *cfg = ctx->cfg;
     monitor *m = calloc(1, sizeof *m);
-    char *url = NULL;
     if (!m)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     pthread_mutex_init(&m->mu, NULL);
@@ -158,25 +156,20 @@ static int monitor_start(qn_service_ctx *ctx, qn_err *err)
     m->hit_outcomes = strdup(cfg->hit_outcomes ? cfg->hit_outcomes : "");
     m->alias = strdup(cfg->alias ? cfg->alias : "production");
     metrics_init(m, ctx->metrics);
-    if (cfg->db_url)
-        url = strdup(cfg->db_url);
-    else if (asprintf(&url, "sqlite://%s/monitor.db", cfg->common.data) < 0)
-        url = NULL;
-    if (!url || !m->hit_outcomes || !m->alias) {
-        free(url);
+    if (!m->hit_outcomes || !m->alias) {
         monitor_free(m);
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     }
-    m->db = qn_store_open(url, migrations, QN_NELEM(migrations), err);
-    free(url);
+    qn_deps_opts o = {.db_url = cfg->db_url, .data = cfg->common.data, .db_file = "monitor.db",
+                      .migrations = migrations, .nmigrations = QN_NELEM(migrations),
+                      .bus_url = cfg->common.bus, .visibility_ms = cfg->lease_ms,
+                      .source = "quern-monitor", .metrics = ctx->metrics};
     qn_client_opts co = {.base_url = cfg->common.registry, .timeout_ms = 5000, .token = ctx->token,
                          .user_agent = "quern-monitor", .max_response = 256u << 20};
     qn_service_client_opts(ctx, "registry", &co);
-    qn_bus_opts bo = {.metrics = ctx->metrics, .visibility_ms = cfg->lease_ms};
     static const char *const topics[] = {"quern.predictions.logged", "quern.feedback.received",
                                          "quern.model.promoted", NULL};
-    if (!m->db || !(m->registry = qn_client_new(&co, err)) || !(m->bus = qn_bus_open(cfg->common.bus, &bo, err)) ||
-        !(m->outbox = qn_outbox_start(m->db, m->bus, "quern-monitor", ctx->metrics, err)) ||
+    if (qn_deps_open(&o, &m->db, &m->bus, &m->outbox, err) < 0 || !(m->registry = qn_client_new(&co, err)) ||
         mon_gauges_restore(m, err) < 0) {
         monitor_free(m);
         return err->code ? err->code : QN_INTERNAL;
@@ -206,9 +199,7 @@ static void monitor_stop(qn_service_ctx *ctx)
         return;
     qn_subscriber_stop(m->sub);
     mon_ticker_stop(m);
-    if (qn_outbox_flush(m->outbox, 5000) < 0)
-        qn_log_warn(NULL, "events left in the outbox for the next start", "{s:I}", "pending",
-                    (json_int_t)qn_outbox_pending(m->outbox));
+    qn_deps_flush(m->outbox, 5000);
     monitor_free(m);
 }
 

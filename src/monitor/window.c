@@ -470,41 +470,30 @@ static void skip(monitor *m, const qn_msg *msg, const char *reason)
     qn_log_warn(NULL, "event ignored", "{s:s, s:s, s:s}", "id", msg->id, "type", msg->topic, "reason", reason);
 }
 
-static int on_predictions(monitor *m, const qn_msg *msg, const json_t *data, qn_err *err)
-{
-    const char *model = json_string_value(json_object_get(data, "model"));
-    int64_t version = json_version(json_object_get(data, "version"));
-    const json_t *preds = json_object_get(data, "predictions");
-    qn_err e;
-    if (!model || qn_name_check("model", model, &e) < 0)
-        return skip(m, msg, "bad_model"), 0;
-    if (version < 1)
-        return skip(m, msg, "bad_version"), 0;
-    if (!json_is_array(preds) || json_array_size(preds) > MAX_PREDICTIONS_PER_EVENT)
-        return skip(m, msg, "bad_predictions"), 0;
+/* One quern.predictions.logged event counted into its model version's window. */
+typedef struct predictions_tx {
+    monitor *m;
+    const char *model;
+    int64_t version;
+    const json_t *preds;
+    int64_t now;
+    int64_t counted, rows; /* out: predictions counted, rows in the open window */
+    json_t *closed;        /* out: reports of the windows closed */
+} predictions_tx;
 
-    int rc = 0;
-    int64_t counted = 0, now = qn_now_ms(), rows = 0;
-    json_t *closed = json_array();
+static int predictions_body(qn_conn *c, void *arg, qn_err *err)
+{
+    predictions_tx *x = arg;
+    monitor *m = x->m;
+    const char *model = x->model;
+    int64_t version = x->version, now = x->now;
     mon_settings s;
-    pthread_mutex_lock(&m->mu);
-    qn_conn *c = qn_store_acquire(m->db, err);
-    if (!c) {
-        rc = err->code;
-        goto out;
-    }
-    if ((rc = qn_tx_begin(c, QN_TX_WRITE, err)) < 0)
-        goto out;
-    if ((rc = qn_inbox_seen(c, msg->id, err)) != 0) {
-        qn_tx_rollback(c);
-        rc = rc < 0 ? rc : 0;  /* a duplicate: already counted */
-        goto out;
-    }
-    if ((rc = mon_settings_load(m, c, model, &s, err)) < 0 || (rc = rows_of(c, model, version, &rows, err)) < 0)
-        goto rollback;
+    int rc;
+    if ((rc = mon_settings_load(m, c, model, &s, err)) < 0 || (rc = rows_of(c, model, version, &x->rows, err)) < 0)
+        return rc;
     size_t i;
     json_t *p;
-    json_array_foreach(preds, i, p) {
+    json_array_foreach(x->preds, i, p) {
         if (!json_is_object(p))
             continue;
         json_t *features = json_object_get(p, "features");
@@ -514,7 +503,7 @@ static int on_predictions(monitor *m, const qn_msg *msg, const json_t *data, qn_
         char *ftext = json_is_object(features) ? qn_json_canonical(features) : NULL;
         char *ptext = pred ? qn_json_canonical(pred) : NULL;
         qn_stmt *st = NULL;
-        if (rows == 0 && (st = qn_prepare(c, "INSERT INTO windows (model, version, started_at, rows) VALUES (?, ?, ?, 0) "
+        if (x->rows == 0 && (st = qn_prepare(c, "INSERT INTO windows (model, version, started_at, rows) VALUES (?, ?, ?, 0) "
                                              "ON CONFLICT (model, version) DO NOTHING", err))) {
             qn_bind_text(st, 1, model, -1);
             qn_bind_int64(st, 2, version);
@@ -564,36 +553,47 @@ static int on_predictions(monitor *m, const qn_msg *msg, const json_t *data, qn_
         if (!st && rc >= 0)
             rc = err->code;
         if (rc < 0)
-            goto rollback;
-        counted++;
-        rows++;
-        if (rows >= s.window_rows) {
-            if ((rc = close_window(m, c, model, version, &s, closed, err)) < 0)
-                goto rollback;
-            rows = 0;
+            return rc;
+        x->counted++;
+        x->rows++;
+        if (x->rows >= s.window_rows) {
+            if ((rc = close_window(m, c, model, version, &s, x->closed, err)) < 0)
+                return rc;
+            x->rows = 0;
         }
     }
-    if ((rc = counter_add(c, model, "predictions", counted, err)) < 0 ||
-        (rc = qn_inbox_mark(c, msg->id, err)) < 0 || (rc = qn_tx_commit(c, err)) < 0)
-        goto rollback;
-    {
+    return counter_add(c, model, "predictions", x->counted, err);
+}
+
+static int on_predictions(monitor *m, const qn_msg *msg, const json_t *data, qn_err *err)
+{
+    const char *model = json_string_value(json_object_get(data, "model"));
+    int64_t version = json_version(json_object_get(data, "version"));
+    const json_t *preds = json_object_get(data, "predictions");
+    qn_err e;
+    if (!model || qn_name_check("model", model, &e) < 0)
+        return skip(m, msg, "bad_model"), 0;
+    if (version < 1)
+        return skip(m, msg, "bad_version"), 0;
+    if (!json_is_array(preds) || json_array_size(preds) > MAX_PREDICTIONS_PER_EVENT)
+        return skip(m, msg, "bad_predictions"), 0;
+
+    predictions_tx x = {.m = m, .model = model, .version = version, .preds = preds, .now = qn_now_ms(),
+                        .closed = json_array()};
+    pthread_mutex_lock(&m->mu);
+    int rc = qn_subscriber_tx(m->db, msg, predictions_body, &x, err);
+    if (rc == 0) {
         const char *ml[] = {model};
-        qn_counter_add(m->m_predictions, ml, (double)counted);
-        after_commit(m, closed);
+        qn_counter_add(m->m_predictions, ml, (double)x.counted);
+        after_commit(m, x.closed);
         char v[24];
         snprintf(v, sizeof v, "%lld", (long long)version);
         const char *rl[] = {model, v};
-        qn_gauge_set(m->m_window_rows, rl, (double)rows);
+        qn_gauge_set(m->m_window_rows, rl, (double)x.rows);
     }
-    goto out;
-rollback:
-    qn_tx_rollback(c);
-out:
-    if (c)
-        qn_store_release(m->db, c);
     pthread_mutex_unlock(&m->mu);
-    json_decref(closed);
-    return rc < 0 ? rc : 0;
+    json_decref(x.closed);
+    return rc < 0 ? rc : 0; /* 1: a duplicate, already counted */
 }
 
 /* 1 when the outcome/label names a purchase (m->hit_outcomes, comma-separated). */
@@ -630,75 +630,114 @@ static int hit_counts(qn_conn *c, const char *model, int64_t *joined, int64_t *h
     return rc;
 }
 
+/* One quern.feedback.received event joined to the recommendations it answers. */
+typedef struct feedback_tx {
+    monitor *m;
+    const char *model, *reqid, *user, *item;
+    int64_t t;
+    int purchase;
+    int joined, hit;  /* out: the join's result */
+    int64_t tj, th;   /* out: joined purchases and hits so far */
+} feedback_tx;
+
+static int feedback_body(qn_conn *c, void *arg, qn_err *err)
+{
+    feedback_tx *x = arg;
+    const char *model = x->model, *reqid = x->reqid;
+    int rc;
+    if (x->purchase && (reqid || x->user)) {
+        qn_stmt *st = reqid ? qn_prepare(c, "SELECT items FROM recs WHERE model = ? AND request_id = ?", err)
+                            : qn_prepare(c, "SELECT items FROM recs WHERE model = ? AND user_id = ? AND t >= ? AND t <= ?", err);
+        if (!st)
+            return err->code;
+        qn_bind_text(st, 1, model, -1);
+        qn_bind_text(st, 2, reqid ? reqid : x->user, -1);
+        if (!reqid) {
+            qn_bind_int64(st, 3, x->t - x->m->hit_horizon_ms);
+            qn_bind_int64(st, 4, x->t + 5000);  /* clock skew between serve and ingest */
+        }
+        while ((rc = qn_step(st, err)) == 1) {
+            x->joined = 1;
+            json_t *items = qn_json_from_text(qn_col_text(st, 0));
+            size_t j;
+            json_t *it;
+            json_array_foreach(items, j, it)
+                if (json_is_string(it) && strcmp(json_string_value(it), x->item) == 0)
+                    x->hit = 1;
+            json_decref(items);
+        }
+        if (rc < 0)
+            return rc;
+    }
+    if ((rc = counter_add(c, model, "feedback", 1, err)) < 0 ||
+        (x->joined && (rc = counter_add(c, model, "hit_joined", 1, err)) < 0) ||
+        (x->hit && (rc = counter_add(c, model, "hits", 1, err)) < 0))
+        return rc;
+    return hit_counts(c, model, &x->tj, &x->th, err);
+}
+
 static int on_feedback(monitor *m, const qn_msg *msg, const json_t *data, qn_err *err)
 {
     const char *model = json_string_value(json_object_get(data, "model"));
     qn_err e;
     if (!model || qn_name_check("model", model, &e) < 0)
         return skip(m, msg, "bad_model"), 0;
-    const char *reqid = json_string_value(json_object_get(data, "request_id"));
-    const char *user = json_string_value(json_object_get(data, "user"));
     const char *item = json_string_value(json_object_get(data, "item"));
-    int64_t t = mon_time_ms(json_object_get(data, "time"), qn_now_ms());
-    int purchase = item && is_purchase(m, data);
-    int joined = 0, hit = 0, rc;
-    int64_t tj = 0, th = 0;
-    qn_conn *c = qn_store_acquire(m->db, err);
-    if (!c)
-        return err->code;
-    if ((rc = qn_tx_begin(c, QN_TX_WRITE, err)) < 0)
-        goto out;
-    if ((rc = qn_inbox_seen(c, msg->id, err)) != 0) {
-        qn_tx_rollback(c);
-        rc = rc < 0 ? rc : 0;
-        goto out;
-    }
-    if (purchase && (reqid || user)) {
-        qn_stmt *st = reqid ? qn_prepare(c, "SELECT items FROM recs WHERE model = ? AND request_id = ?", err)
-                            : qn_prepare(c, "SELECT items FROM recs WHERE model = ? AND user_id = ? AND t >= ? AND t <= ?", err);
-        if (!st) {
-            rc = err->code;
-            goto rollback;
-        }
-        qn_bind_text(st, 1, model, -1);
-        qn_bind_text(st, 2, reqid ? reqid : user, -1);
-        if (!reqid) {
-            qn_bind_int64(st, 3, t - m->hit_horizon_ms);
-            qn_bind_int64(st, 4, t + 5000);  /* clock skew between serve and ingest */
-        }
-        while ((rc = qn_step(st, err)) == 1) {
-            joined = 1;
-            json_t *items = qn_json_from_text(qn_col_text(st, 0));
-            size_t j;
-            json_t *it;
-            json_array_foreach(items, j, it)
-                if (json_is_string(it) && strcmp(json_string_value(it), item) == 0)
-                    hit = 1;
-            json_decref(items);
-        }
-        if (rc < 0)
-            goto rollback;
-    }
-    if ((rc = counter_add(c, model, "feedback", 1, err)) < 0 ||
-        (joined && (rc = counter_add(c, model, "hit_joined", 1, err)) < 0) ||
-        (hit && (rc = counter_add(c, model, "hits", 1, err)) < 0) ||
-        (rc = hit_counts(c, model, &tj, &th, err)) < 0 || (rc = qn_inbox_mark(c, msg->id, err)) < 0 ||
-        (rc = qn_tx_commit(c, err)) < 0)
-        goto rollback;
-    const char *fl[] = {model, !purchase ? "no_purchase" : joined ? (hit ? "hit" : "miss") : "unjoined"};
+    feedback_tx x = {.m = m,
+                     .model = model,
+                     .reqid = json_string_value(json_object_get(data, "request_id")),
+                     .user = json_string_value(json_object_get(data, "user")),
+                     .item = item,
+                     .t = mon_time_ms(json_object_get(data, "time"), qn_now_ms()),
+                     .purchase = item && is_purchase(m, data)};
+    int rc = qn_subscriber_tx(m->db, msg, feedback_body, &x, err);
+    if (rc != 0)
+        return rc < 0 ? rc : 0; /* 1: a duplicate, already counted */
+    const char *fl[] = {model, !x.purchase ? "no_purchase" : x.joined ? (x.hit ? "hit" : "miss") : "unjoined"};
     qn_counter_add(m->m_feedback, fl, 1);
-    if (tj > 0) {
+    if (x.tj > 0) {
         char k[24];
         snprintf(k, sizeof k, "%lld", (long long)m->hit_k);
         const char *hl[] = {model, k};
-        qn_gauge_set(m->m_hit_rate, hl, (double)th / (double)tj);
+        qn_gauge_set(m->m_hit_rate, hl, (double)x.th / (double)x.tj);
     }
-    goto out;
-rollback:
-    qn_tx_rollback(c);
-out:
-    qn_store_release(m->db, c);
-    return rc < 0 ? rc : 0;
+    return 0;
+}
+
+/* A promotion's reset of one model's windows (see on_promoted). */
+typedef struct promoted_tx {
+    const char *model;
+    int64_t version;
+    json_t *dropped; /* out: the versions whose windows were dropped */
+} promoted_tx;
+
+static int promoted_body(qn_conn *c, void *arg, qn_err *err)
+{
+    promoted_tx *x = arg;
+    int rc;
+    qn_stmt *st = qn_prepare(c, "SELECT version FROM windows WHERE model = ? AND version <> ?", err);
+    if (!st)
+        return err->code;
+    qn_bind_text(st, 1, x->model, -1);
+    qn_bind_int64(st, 2, x->version);
+    while ((rc = qn_step(st, err)) == 1)
+        json_array_append_new(x->dropped, json_integer(qn_col_int64(st, 0)));
+    if (rc < 0)
+        return rc;
+    static const char *const sql[] = {
+        "DELETE FROM window_rows WHERE model = ? AND version <> ?",
+        "DELETE FROM windows WHERE model = ? AND version <> ?",
+        "DELETE FROM counters WHERE model = ? AND name IN ('hits', 'hit_joined') AND ? IS NOT NULL",
+    };
+    for (size_t k = 0; k < QN_NELEM(sql); k++) {
+        if (!(st = qn_prepare(c, sql[k], err)))
+            return err->code;
+        qn_bind_text(st, 1, x->model, -1);
+        qn_bind_int64(st, 2, x->version);
+        if ((rc = qn_step(st, err)) < 0)
+            return rc;
+    }
+    return 0;
 }
 
 /* A new version behind the followed alias: its windows start afresh against
@@ -711,72 +750,28 @@ static int on_promoted(monitor *m, const qn_msg *msg, const json_t *data, qn_err
     int64_t version = json_version(json_object_get(data, "version"));
     if (!model || !alias || strcmp(alias, m->alias) != 0)
         return 0;
-    int rc;
-    json_t *dropped = json_array();
+    promoted_tx x = {.model = model, .version = version, .dropped = json_array()};
     pthread_mutex_lock(&m->mu);
-    qn_conn *c = qn_store_acquire(m->db, err);
-    if (!c) {
-        rc = err->code;
-        goto out;
-    }
-    if ((rc = qn_tx_begin(c, QN_TX_WRITE, err)) < 0)
-        goto out;
-    if ((rc = qn_inbox_seen(c, msg->id, err)) != 0) {
-        qn_tx_rollback(c);
-        rc = rc < 0 ? rc : 0;
-        goto out;
-    }
-    qn_stmt *st = qn_prepare(c, "SELECT version FROM windows WHERE model = ? AND version <> ?", err);
-    if (!st) {
-        rc = err->code;
-        goto rollback;
-    }
-    qn_bind_text(st, 1, model, -1);
-    qn_bind_int64(st, 2, version);
-    while ((rc = qn_step(st, err)) == 1)
-        json_array_append_new(dropped, json_integer(qn_col_int64(st, 0)));
-    if (rc < 0)
-        goto rollback;
-    static const char *const sql[] = {
-        "DELETE FROM window_rows WHERE model = ? AND version <> ?",
-        "DELETE FROM windows WHERE model = ? AND version <> ?",
-        "DELETE FROM counters WHERE model = ? AND name IN ('hits', 'hit_joined') AND ? IS NOT NULL",
-    };
-    for (size_t k = 0; k < QN_NELEM(sql); k++) {
-        if (!(st = qn_prepare(c, sql[k], err))) {
-            rc = err->code;
-            goto rollback;
+    int rc = qn_subscriber_tx(m->db, msg, promoted_body, &x, err);
+    if (rc == 0) {
+        mon_profiles_forget(m, model);
+        size_t i;
+        json_t *v;
+        json_array_foreach(x.dropped, i, v) {
+            char vs[24];
+            snprintf(vs, sizeof vs, "%lld", (long long)json_integer_value(v));
+            const char *rl[] = {model, vs};
+            qn_metric_remove(m->m_window_rows, rl);
         }
-        qn_bind_text(st, 1, model, -1);
-        qn_bind_int64(st, 2, version);
-        if ((rc = qn_step(st, err)) < 0)
-            goto rollback;
+        char k[24];
+        snprintf(k, sizeof k, "%lld", (long long)m->hit_k);
+        const char *hl[] = {model, k};
+        qn_metric_remove(m->m_hit_rate, hl);
+        qn_log_info(NULL, "windows reset by a promotion", "{s:s, s:s, s:I, s:i}", "model", model, "alias", alias,
+                    "version", (json_int_t)version, "dropped_windows", (int)json_array_size(x.dropped));
     }
-    if ((rc = qn_inbox_mark(c, msg->id, err)) < 0 || (rc = qn_tx_commit(c, err)) < 0)
-        goto rollback;
-    mon_profiles_forget(m, model);
-    size_t i;
-    json_t *v;
-    json_array_foreach(dropped, i, v) {
-        char vs[24];
-        snprintf(vs, sizeof vs, "%lld", (long long)json_integer_value(v));
-        const char *rl[] = {model, vs};
-        qn_metric_remove(m->m_window_rows, rl);
-    }
-    char k[24];
-    snprintf(k, sizeof k, "%lld", (long long)m->hit_k);
-    const char *hl[] = {model, k};
-    qn_metric_remove(m->m_hit_rate, hl);
-    qn_log_info(NULL, "windows reset by a promotion", "{s:s, s:s, s:I, s:i}", "model", model, "alias", alias,
-                "version", (json_int_t)version, "dropped_windows", (int)json_array_size(dropped));
-    goto out;
-rollback:
-    qn_tx_rollback(c);
-out:
-    if (c)
-        qn_store_release(m->db, c);
     pthread_mutex_unlock(&m->mu);
-    json_decref(dropped);
+    json_decref(x.dropped);
     return rc < 0 ? rc : 0;
 }
 

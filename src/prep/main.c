@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "core/config.h"
+#include "core/deps.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/outbox.h"
@@ -129,7 +130,7 @@ static void prep_free(prep *p)
         return;
     qn_client_free(p->ingest);
     qn_client_free(p->registry);
-    qn_store_close(p->db);
+    qn_deps_close(p->db, p->bus, p->outbox);
     free(p->tmp_dir);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->wake);
@@ -140,7 +141,6 @@ static int prep_start(qn_service_ctx *ctx, qn_err *err)
 {
     prep_cfg *cfg = ctx->cfg;
     prep *p = calloc(1, sizeof *p);
-    char *url = NULL;
     if (!p)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     pthread_mutex_init(&p->mu, NULL);
@@ -149,19 +149,15 @@ static int prep_start(qn_service_ctx *ctx, qn_err *err)
     p->page_rows = cfg->page_rows;
     p->nworkers = (int)cfg->workers;
     p->metrics = ctx->metrics;
-    if (cfg->db_url)
-        url = strdup(cfg->db_url);
-    else if (asprintf(&url, "sqlite://%s/prep.db", cfg->common.data) < 0)
-        url = NULL;
-    if (!url || asprintf(&p->tmp_dir, "%s/tmp", cfg->common.data) < 0) {
-        free(url);
+    if (asprintf(&p->tmp_dir, "%s/tmp", cfg->common.data) < 0) {
         p->tmp_dir = NULL;
         prep_free(p);
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     }
-    p->db = qn_store_open(url, migrations, QN_NELEM(migrations), err);
-    free(url);
-    if (!p->db || qn_mkdir_p(p->tmp_dir, err) < 0) {
+    qn_deps_opts o = {.db_url = cfg->db_url, .data = cfg->common.data, .db_file = "prep.db",
+                      .migrations = migrations, .nmigrations = QN_NELEM(migrations),
+                      .bus_url = cfg->common.bus, .source = "quern-prep", .metrics = ctx->metrics};
+    if (qn_deps_open(&o, &p->db, &p->bus, &p->outbox, err) < 0 || qn_mkdir_p(p->tmp_dir, err) < 0) {
         prep_free(p);
         return err->code;
     }
@@ -193,18 +189,9 @@ static int prep_start(qn_service_ctx *ctx, qn_err *err)
     p->queued = qn_metrics_gauge(ctx->metrics, "quern_prep_runs_queued", "Runs waiting for a worker.",
                                  NULL);
 
-    qn_bus_opts bo = {.metrics = ctx->metrics};
-    p->bus = qn_bus_open(cfg->common.bus, &bo, err);
-    if (!p->bus || !(p->outbox = qn_outbox_start(p->db, p->bus, "quern-prep", ctx->metrics, err))) {
-        qn_bus_close(p->bus);
-        prep_free(p);
-        return err->code;
-    }
     if (prep_workers_start(p, err) < 0 || prep_triggers_start(p, err) < 0) {
         prep_triggers_stop(p);
         prep_workers_stop(p);
-        qn_outbox_stop(p->outbox);
-        qn_bus_close(p->bus);
         prep_free(p);
         return err->code;
     }
@@ -223,11 +210,7 @@ static void prep_stop(qn_service_ctx *ctx)
         return;
     prep_triggers_stop(p);
     prep_workers_stop(p);
-    if (qn_outbox_flush(p->outbox, 5000) < 0)
-        qn_log_warn(NULL, "events left in the outbox for the next start", "{s:I}", "pending",
-                    (json_int_t)qn_outbox_pending(p->outbox));
-    qn_outbox_stop(p->outbox);
-    qn_bus_close(p->bus);
+    qn_deps_flush(p->outbox, 5000);
     prep_free(p);
 }
 

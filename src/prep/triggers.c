@@ -23,6 +23,61 @@
 
 #define MAX_TRIGGERED 256
 
+/* The rows-trigger bookkeeping of one quern.events.ingested event. */
+typedef struct ingested_tx {
+    const qn_msg *msg;
+    const char *dataset;
+    int64_t rows;
+    size_t queued; /* runs queued (out) */
+} ingested_tx;
+
+/* Adds the event's rows to every rows-triggered pipeline reading its dataset,
+ * queueing a run for each one that reached its threshold. */
+static int ingested_body(qn_conn *c, void *arg, qn_err *err)
+{
+    ingested_tx *x = arg;
+    char names[MAX_TRIGGERED][QN_NAME_MAX + 1];
+    int64_t every[MAX_TRIGGERED], pending[MAX_TRIGGERED];
+    size_t k = 0;
+    int rc;
+    qn_stmt *st = qn_prepare(c, "SELECT name, trigger_every, pending_rows FROM pipelines "
+                                "WHERE source = ? AND trigger_kind = 'rows' ORDER BY name",
+                             err);
+    if (!st)
+        return err->code;
+    qn_bind_text(st, 1, x->dataset, -1);
+    while ((rc = qn_step(st, err)) == 1 && k < MAX_TRIGGERED) {
+        snprintf(names[k], sizeof names[k], "%s", qn_col_text(st, 0));
+        every[k] = qn_col_int64(st, 1);
+        pending[k] = qn_col_int64(st, 2);
+        k++;
+    }
+    if (rc == 1)
+        while ((rc = qn_step(st, err)) == 1)
+            ;
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < k; i++) {
+        int64_t total = pending[i] + x->rows;
+        char id[PREP_RUN_ID_HEX + 1] = "";
+        if (total >= every[i]) {
+            if ((rc = prep_enqueue(c, names[i], "rows", 1, qn_subscriber_trace(x->msg), id, err)) < 0)
+                return rc;
+            total = 0;
+            x->queued += id[0] != '\0';
+            qn_log_info(NULL, "rows threshold reached", "{s:s, s:s, s:I, s:s}", "pipeline", names[i], "dataset",
+                        x->dataset, "every", (json_int_t)every[i], "run_id", id[0] ? id : "(one already queued)");
+        }
+        if (!(st = qn_prepare(c, "UPDATE pipelines SET pending_rows = ? WHERE name = ?", err)))
+            return err->code;
+        qn_bind_int64(st, 1, total);
+        qn_bind_text(st, 2, names[i], -1);
+        if ((rc = qn_step(st, err)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
 int prep_on_ingested(const qn_msg *msg, void *ud, qn_err *err)
 {
     prep *p = ud;
@@ -34,64 +89,11 @@ int prep_on_ingested(const qn_msg *msg, void *ud, qn_err *err)
         qn_log_warn(NULL, "quern.events.ingested without dataset and rows ignored", "{s:s}", "id", msg->id);
         return 0;
     }
-    int64_t n = json_integer_value(rows);
-    char names[MAX_TRIGGERED][QN_NAME_MAX + 1];
-    int64_t every[MAX_TRIGGERED], pending[MAX_TRIGGERED];
-    size_t k = 0, queued = 0;
-    int rc;
-    qn_conn *c = qn_store_acquire(p->db, err);
-    if (!c)
-        return err->code;
-    if ((rc = qn_tx_begin(c, QN_TX_WRITE, err)) < 0)
-        goto out;
-    if ((rc = qn_inbox_seen(c, msg->id, err)) != 0)
-        goto out; /* 1: counted already */
-    qn_stmt *st = qn_prepare(c, "SELECT name, trigger_every, pending_rows FROM pipelines "
-                                "WHERE source = ? AND trigger_kind = 'rows' ORDER BY name",
-                             err);
-    if (!st) {
-        rc = err->code;
-        goto out;
-    }
-    qn_bind_text(st, 1, dataset, -1);
-    while ((rc = qn_step(st, err)) == 1 && k < MAX_TRIGGERED) {
-        snprintf(names[k], sizeof names[k], "%s", qn_col_text(st, 0));
-        every[k] = qn_col_int64(st, 1);
-        pending[k] = qn_col_int64(st, 2);
-        k++;
-    }
-    if (rc == 1)
-        while ((rc = qn_step(st, err)) == 1)
-            ;
-    if (rc < 0)
-        goto out;
-    for (size_t i = 0; i < k; i++) {
-        int64_t total = pending[i] + n;
-        char id[PREP_RUN_ID_HEX + 1] = "";
-        if (total >= every[i]) {
-            if ((rc = prep_enqueue(c, names[i], "rows", 1, qn_subscriber_trace(msg), id, err)) < 0)
-                goto out;
-            total = 0;
-            queued += id[0] != '\0';
-            qn_log_info(NULL, "rows threshold reached", "{s:s, s:s, s:I, s:s}", "pipeline", names[i], "dataset",
-                        dataset, "every", (json_int_t)every[i], "run_id", id[0] ? id : "(one already queued)");
-        }
-        if (!(st = qn_prepare(c, "UPDATE pipelines SET pending_rows = ? WHERE name = ?", err))) {
-            rc = err->code;
-            goto out;
-        }
-        qn_bind_int64(st, 1, total);
-        qn_bind_text(st, 2, names[i], -1);
-        if ((rc = qn_step(st, err)) < 0)
-            goto out;
-    }
-    if ((rc = qn_inbox_mark(c, msg->id, err)) < 0 || (rc = qn_tx_commit(c, err)) < 0)
-        goto out;
-    if (queued)
+    ingested_tx x = {.msg = msg, .dataset = dataset, .rows = json_integer_value(rows)};
+    int rc = qn_subscriber_tx(p->db, msg, ingested_body, &x, err);
+    if (rc == 0 && x.queued)
         prep_kick(p);
-out:
-    qn_store_release(p->db, c);
-    return rc < 0 ? rc : 0;
+    return rc < 0 ? rc : 0; /* 1: counted already */
 }
 
 /* Queues the runs of schedules that are due. */

@@ -8,20 +8,8 @@
  * kept for a day).
  */
 
-#include "core/bus/bus.h"
 #include "core/outbox.h"
 #include "registry/registry.h"
-
-int reg_event_append(qn_conn *c, const char *type, json_t *data, const char *traceparent,
-                     qn_err *err)
-{
-    json_t *ev = qn_event_new(type, "quern-registry", data, traceparent);
-    if (!ev)
-        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-    int rc = qn_outbox_append(c, ev, err);
-    json_decref(ev);
-    return rc;
-}
 
 int reg_events_list(qn_req *req, qn_res *res, void *ud)
 {

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/config.h"
+#include "core/deps.h"
 #include "core/log.h"
 #include "core/outbox.h"
 #include "core/service.h"
@@ -27,69 +28,6 @@ static const qn_cfg_opt opts[] = {
      "Largest blob accepted by PUT /v1/blobs", offsetof(registry_cfg, max_blob)},
     {"db", "QUERN_REGISTRY_DB", QN_CFG_STRING, NULL, 0, 0,
      "Metadata store URL (default: sqlite://<data>/registry.db)", offsetof(registry_cfg, db_url)},
-};
-
-/* Schema. Versions are numbered from models.next_version inside a write
- * transaction, so numbers are gapless and never reused. Tags are stored both
- * as a JSON object (to return) and as rows (to filter on). Times are ms since
- * the epoch. */
-static const qn_migration migrations[] = {
-    {1,
-     "CREATE TABLE models ("
-     "  id INTEGER PRIMARY KEY,"
-     "  name TEXT NOT NULL UNIQUE,"
-     "  description TEXT NOT NULL DEFAULT '',"
-     "  tags TEXT NOT NULL DEFAULT '{}',"
-     "  next_version INTEGER NOT NULL DEFAULT 1,"
-     "  created_at INTEGER NOT NULL,"
-     "  updated_at INTEGER NOT NULL);"
-     "CREATE TABLE model_tags ("
-     "  model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,"
-     "  key TEXT NOT NULL, value TEXT NOT NULL,"
-     "  PRIMARY KEY (model_id, key));"
-     "CREATE TABLE versions ("
-     "  model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,"
-     "  version INTEGER NOT NULL,"
-     "  manifest TEXT NOT NULL,"
-     "  manifest_digest TEXT NOT NULL,"
-     "  metrics TEXT NOT NULL DEFAULT '{}',"
-     "  params TEXT NOT NULL DEFAULT '{}',"
-     "  tags TEXT NOT NULL DEFAULT '{}',"
-     "  dataset TEXT,"
-     "  description TEXT NOT NULL DEFAULT '',"
-     "  status TEXT NOT NULL DEFAULT 'ready',"
-     "  created_at INTEGER NOT NULL,"
-     "  updated_at INTEGER NOT NULL,"
-     "  PRIMARY KEY (model_id, version));"
-     "CREATE TABLE version_tags ("
-     "  model_id INTEGER NOT NULL,"
-     "  version INTEGER NOT NULL,"
-     "  key TEXT NOT NULL, value TEXT NOT NULL,"
-     "  PRIMARY KEY (model_id, version, key),"
-     "  FOREIGN KEY (model_id, version) REFERENCES versions(model_id, version) ON DELETE CASCADE);"
-     "CREATE TABLE aliases ("
-     "  model_id INTEGER NOT NULL,"
-     "  alias TEXT NOT NULL,"
-     "  version INTEGER NOT NULL,"
-     "  updated_at INTEGER NOT NULL,"
-     "  PRIMARY KEY (model_id, alias),"
-     "  FOREIGN KEY (model_id, version) REFERENCES versions(model_id, version) ON DELETE CASCADE);"
-     "CREATE TABLE datasets ("
-     "  id INTEGER PRIMARY KEY,"
-     "  name TEXT NOT NULL UNIQUE,"
-     "  latest_version INTEGER NOT NULL DEFAULT 1,"
-     "  created_at INTEGER NOT NULL,"
-     "  updated_at INTEGER NOT NULL);"
-     "CREATE TABLE dataset_versions ("
-     "  dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,"
-     "  version INTEGER NOT NULL,"
-     "  manifest TEXT NOT NULL,"
-     "  manifest_digest TEXT NOT NULL,"
-     "  description TEXT NOT NULL DEFAULT '',"
-     "  tags TEXT NOT NULL DEFAULT '{}',"
-     "  created_at INTEGER NOT NULL,"
-     "  PRIMARY KEY (dataset_id, version));"
-     QN_OUTBOX_SCHEMA},
 };
 
 #define MB (1024ull * 1024ull)
@@ -130,31 +68,59 @@ int reg_fail(qn_req *req, qn_res *res, const qn_err *err)
     return qn_res_error(res, QN_INTERNAL, "internal error");
 }
 
+int reg_answer(qn_store *db, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_err *err, int status,
+               json_t *out)
+{
+    if (reg_db_end(db, c, rc, err) < 0) {
+        json_decref(out);
+        return reg_fail(req, res, err);
+    }
+    return status == 204 ? qn_res_empty(res, 204) : qn_res_json(res, status, out);
+}
+
+int reg_page_begin(qn_req *req, qn_res *res, qn_page *pg, const char *scope, char after[QN_PAGE_KEY_MAX],
+                   int64_t *before)
+{
+    qn_err err;
+    if (before)
+        *before = 0;
+    if (qn_page_begin(pg, scope, qn_req_query(req, "limit"), 50, 1000, qn_req_query(req, "page_token"), after,
+                      &err) < 0 ||
+        (before && after[0] && qn_uint_parse("page_token", after, REG_MAX_VERSION, before, &err) < 0)) {
+        qn_page_free(pg);
+        qn_res_error(res, err.code, "%s", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+int reg_answer_page(qn_store *db, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_err *err, qn_page *pg,
+                    const char *field)
+{
+    if (reg_db_end(db, c, rc, err) < 0) {
+        qn_page_free(pg);
+        return reg_fail(req, res, err);
+    }
+    return qn_res_json(res, 200, qn_page_finish(pg, field));
+}
+
 static int registry_start(qn_service_ctx *ctx, qn_err *err)
 {
     registry_cfg *cfg = ctx->cfg;
     registry *r = calloc(1, sizeof *r);
-    char *url = NULL;
     if (!r)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     r->max_blob = cfg->max_blob;
-    if (cfg->db_url)
-        url = strdup(cfg->db_url);
-    else if (asprintf(&url, "sqlite://%s/registry.db", cfg->common.data) < 0)
-        url = NULL;
-    if (!url) {
-        free(r);
-        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-    }
-    r->db = qn_store_open(url, migrations, QN_NELEM(migrations), err);
-    free(url);
-    if (!r->db) {
+    qn_deps_opts o = {.db_url = cfg->db_url, .data = cfg->common.data, .db_file = "registry.db",
+                      .migrations = reg_db_migrations, .nmigrations = reg_db_nmigrations,
+                      .bus_url = cfg->common.bus, .source = "quern-registry", .metrics = ctx->metrics};
+    if (qn_deps_open(&o, &r->db, &r->bus, &r->outbox, err) < 0) {
         free(r);
         return err->code;
     }
     if (asprintf(&r->blob_dir, "%s/blobs/sha256", cfg->common.data) < 0 ||
         asprintf(&r->tmp_dir, "%s/blobs/tmp", cfg->common.data) < 0 || reg_blobs_init(r, err) < 0) {
-        qn_store_close(r->db);
+        qn_deps_close(r->db, r->bus, r->outbox);
         free(r->blob_dir);
         free(r);
         return err->code ? err->code : QN_RESOURCE_EXHAUSTED;
@@ -169,17 +135,6 @@ static int registry_start(qn_service_ctx *ctx, qn_err *err)
                                              "Model versions registered.", NULL);
     r->alias_moves = qn_metrics_counter(ctx->metrics, "quern_registry_alias_moves_total",
                                         "Alias moves (promotions).", NULL);
-    qn_bus_opts bo = {.metrics = ctx->metrics};
-    r->bus = qn_bus_open(cfg->common.bus, &bo, err);
-    if (!r->bus || !(r->outbox = qn_outbox_start(r->db, r->bus, "quern-registry", ctx->metrics, err))) {
-        qn_bus_close(r->bus);
-        qn_store_close(r->db);
-        free(r->blob_dir);
-        free(r->tmp_dir);
-        free(r);
-        return err->code;
-    }
-
     for (size_t i = 0; i < QN_NELEM(routes); i++)
         if (routes[i].stream == reg_blob_put_chunk)
             routes[i].max_body = (uint64_t)cfg->max_blob;
@@ -196,12 +151,8 @@ static void registry_stop(qn_service_ctx *ctx)
     registry *r = ctx->ud;
     if (!r)
         return;
-    if (qn_outbox_flush(r->outbox, 5000) < 0)
-        qn_log_warn(NULL, "events left in the outbox for the next start", "{s:I}", "pending",
-                    (json_int_t)qn_outbox_pending(r->outbox));
-    qn_outbox_stop(r->outbox);
-    qn_bus_close(r->bus);
-    qn_store_close(r->db);
+    qn_deps_flush(r->outbox, 5000);
+    qn_deps_close(r->db, r->bus, r->outbox);
     free(r->blob_dir);
     free(r->tmp_dir);
     free(r);

@@ -8,7 +8,9 @@
  * CloudEvent to the outbox table, which core/outbox drains to the bus.
  *
  * Modules: main.c (config, routes, start/stop), models.c (models, versions,
- * aliases), datasets.c, blobs.c, events.c (events into and out of the outbox).
+ * aliases) and datasets.c (their HTTP handlers), db.c (the data layer under
+ * them: plain functions over a store connection), blobs.c, events.c (the
+ * outbox listing).
  */
 #ifndef QUERN_REGISTRY_H
 #define QUERN_REGISTRY_H
@@ -20,6 +22,7 @@
 #include "core/metrics.h"
 #include "core/outbox.h"
 #include "core/store/store.h"
+#include "registry/db.h"
 
 typedef struct registry {
     qn_store *db;
@@ -37,6 +40,20 @@ typedef struct registry {
 /* Answers a storage failure: client codes pass their message through, busy
  * becomes 503, anything else is logged and answered as a bare 500. */
 int reg_fail(qn_req *req, qn_res *res, const qn_err *err);
+/* Ends a handler's transaction (reg_db_end) and answers: status (204: no
+ * body) with out when it committed; otherwise reg_fail, and out is freed. */
+int reg_answer(qn_store *db, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_err *err, int status,
+               json_t *out);
+/* Opens a listing's page from the query's limit (default 50, at most 1000)
+ * and page_token (after: the key it resumes after). With before set, the
+ * key is a version number, put in *before (0: from the newest). A bad
+ * parameter is answered (400) and -1 returned. */
+int reg_page_begin(qn_req *req, qn_res *res, qn_page *pg, const char *scope, char after[QN_PAGE_KEY_MAX],
+                   int64_t *before);
+/* Ends a listing's transaction and answers pg's items under field, or the
+ * failure (pg is then freed). */
+int reg_answer_page(qn_store *db, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_err *err, qn_page *pg,
+                    const char *field);
 
 /* models.c */
 int reg_models_create(qn_req *req, qn_res *res, void *ud);
@@ -70,9 +87,7 @@ int reg_blob_exists(const registry *r, const char *hex);
  * missing blobs, naming the file. */
 int reg_manifest_check_blobs(const registry *r, const json_t *manifest, qn_err *err);
 
-/* events.c: appends a CloudEvent to the outbox inside the caller's transaction. */
-int reg_event_append(qn_conn *c, const char *type, json_t *data /* stolen */,
-                     const char *traceparent, qn_err *err);
+/* events.c: GET /v1/events, the outbox (db.c appends to it). */
 int reg_events_list(qn_req *req, qn_res *res, void *ud);
 
 #endif

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/deps.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/service.h"
@@ -110,7 +111,7 @@ static void serve_free(serve_main *sm)
     serve_grpc_shutdown(sm->grpc, 0);
     serve_models_stop(s);
     serve_predlog_stop(s->predlog);
-    qn_bus_close(s->bus);
+    qn_deps_close(NULL, s->bus, NULL);
     qn_client_free(s->registry);
     free(s->cache_dir);
     free(sm);
@@ -169,11 +170,9 @@ static int serve_start(qn_service_ctx *ctx, qn_err *err)
         rc = err->code;
         goto fail;
     }
-    qn_bus_opts bo = {.metrics = ctx->metrics};
-    if (!(s->bus = qn_bus_open(cfg->common.bus, &bo, err))) {
-        rc = err->code;
+    qn_deps_opts o = {.bus_url = cfg->common.bus, .metrics = ctx->metrics};
+    if ((rc = qn_deps_open(&o, NULL, &s->bus, NULL, err)) < 0)
         goto fail;
-    }
     if (!(s->predlog = serve_predlog_start(s->bus, ctx->metrics, (size_t)cfg->log_queue,
                                            (size_t)cfg->log_batch, err))) {
         rc = err->code;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "core/config.h"
+#include "core/deps.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/service.h"
@@ -145,10 +146,8 @@ static void trainer_free(trainer *t)
 {
     if (!t)
         return;
-    qn_outbox_stop(t->outbox);
-    qn_bus_close(t->bus);
     qn_client_free(t->reg);
-    qn_store_close(t->db);
+    qn_deps_close(t->db, t->bus, t->outbox);
     free(t->data_dir);
     free(t->work_dir);
     free(t->dataset_dir);
@@ -170,7 +169,6 @@ static int train_start(qn_service_ctx *ctx, qn_err *err)
 {
     train_cfg *cfg = ctx->cfg;
     trainer *t = calloc(1, sizeof *t);
-    char *url = NULL;
     int rc;
     if (!t)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
@@ -182,20 +180,18 @@ static int train_start(qn_service_ctx *ctx, qn_err *err)
     if (!(t->data_dir = strdup(cfg->common.data)) ||
         asprintf(&t->work_dir, "%s/work", cfg->common.data) < 0 ||
         asprintf(&t->dataset_dir, "%s/datasets", cfg->common.data) < 0 ||
-        asprintf(&t->cache_dir, "%s/cache", cfg->common.data) < 0 ||
-        (cfg->db_url ? !(url = strdup(cfg->db_url))
-                     : asprintf(&url, "sqlite://%s/train.db", cfg->common.data) < 0)) {
+        asprintf(&t->cache_dir, "%s/cache", cfg->common.data) < 0) {
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         goto fail;
     }
     if ((rc = qn_mkdir_p(t->work_dir, err)) < 0 || (rc = qn_mkdir_p(t->dataset_dir, err)) < 0 ||
         (rc = qn_mkdir_p(t->cache_dir, err)) < 0)
         goto fail;
-    if (!(t->db = qn_store_open(url, migrations, QN_NELEM(migrations), err)) ||
-        (rc = load_instance(t, err)) < 0) {
-        rc = err->code;
+    qn_deps_opts o = {.db_url = cfg->db_url, .data = cfg->common.data, .db_file = "train.db",
+                      .migrations = migrations, .nmigrations = QN_NELEM(migrations),
+                      .bus_url = cfg->common.bus, .source = TRAIN_SOURCE, .metrics = ctx->metrics};
+    if ((rc = qn_deps_open(&o, &t->db, &t->bus, &t->outbox, err)) < 0 || (rc = load_instance(t, err)) < 0)
         goto fail;
-    }
     qn_client_opts co = {.base_url = cfg->common.registry,
                          .timeout_ms = (long)cfg->registry_timeout_ms,
                          .token = ctx->token,
@@ -222,15 +218,9 @@ static int train_start(qn_service_ctx *ctx, qn_err *err)
     qn_gauge_set(t->jobs_running, NULL, 0);
     qn_counter_add(t->upstream_waits, NULL, 0);
 
-    qn_bus_opts bo = {.metrics = ctx->metrics};
-    if (!(t->bus = qn_bus_open(cfg->common.bus, &bo, err)) ||
-        !(t->outbox = qn_outbox_start(t->db, t->bus, TRAIN_SOURCE, ctx->metrics, err)) ||
-        (rc = train_queue_start(t, err)) < 0) {
-        rc = err->code;
+    if ((rc = train_queue_start(t, err)) < 0)
         goto fail;
-    }
     atomic_store(&t->bus_ok, 1);
-    free(url);
     ctx->routes = routes;
     ctx->nroutes = QN_NELEM(routes);
     ctx->ud = t;
@@ -238,7 +228,6 @@ static int train_start(qn_service_ctx *ctx, qn_err *err)
                 t->instance, "workers", t->workers, "registry", cfg->common.registry);
     return 0;
 fail:
-    free(url);
     trainer_free(t);
     return rc < 0 ? rc : QN_INTERNAL;
 }
@@ -250,9 +239,7 @@ static void train_stop(qn_service_ctx *ctx)
         return;
     /* Running jobs go back to "queued" (not cancelled): the next start runs them. */
     train_queue_stop(t);
-    if (qn_outbox_flush(t->outbox, 5000) < 0)
-        qn_log_warn(NULL, "events left in the outbox for the next start", "{s:I}", "pending",
-                    (json_int_t)qn_outbox_pending(t->outbox));
+    qn_deps_flush(t->outbox, 5000);
     trainer_free(t);
 }
 

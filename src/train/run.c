@@ -196,137 +196,162 @@ static char *fmt_num(double v, char buf[40])
 
 /* ---- the dataset --------------------------------------------------------------- */
 
-/* Downloads the dataset version's CSV (once per digest) and reads it with the
- * manifest's schema. Fills lineage {name, version, digest}. */
-static int load_dataset(run_ctx *r, qml_frame **frame, json_t **lineage, json_t **report, qn_err *err)
+/* Loading a dataset version: its manifest, the CSV file it names, the
+ * schema, the file (downloaded once per digest, verified), the frame. */
+typedef struct ds_load {
+    run_ctx *r;
+    json_t *dsv;             /* the dataset version, as the registry answers it */
+    const char *name, *digest; /* the CSV file and its "sha256:..." (in dsv) */
+    qml_field_spec *fields;  /* the manifest's schema (names in dsv) */
+    size_t ncols;
+    char *path, *part;       /* <datasets>/<hex>.csv, and its download in progress */
+    qml_frame **frame;       /* out */
+    json_t **lineage, **report; /* out */
+} ds_load;
+
+static int ds_fetch(ds_load *l, qn_err *err)
 {
-    trainer *t = r->t;
-    train_job *job = r->job;
-    json_t *dsv = NULL;
-    qml_field_spec *fields = NULL;
-    char *path = NULL, *part = NULL;
-    int rc;
+    train_job *job = l->r->job;
     char url[512];
     if (job->dataset_version > 0)
         snprintf(url, sizeof url, "/v1/datasets/%s/versions/%lld", job->dataset, (long long)job->dataset_version);
     else
         snprintf(url, sizeof url, "/v1/datasets/%s/versions/latest", job->dataset);
-    if ((rc = qn_client_json(t->reg, "GET", url, NULL, cur_trace(r), &dsv, err)) < 0) {
-        if (rc == QN_NOT_FOUND)
-            qn_err_set(err, QN_NOT_FOUND, "dataset \"%s\" version %s does not exist in the registry",
-                       job->dataset, job->dataset_version > 0 ? strrchr(url, '/') + 1 : "latest");
-        else
-            qn_err_wrap(err, "fetching dataset %s", job->dataset);
-        goto out;
-    }
-    json_t *man = json_object_get(dsv, "manifest");
-    json_t *files = json_object_get(man, "files");
-    const char *name = NULL, *digest = NULL, *k;
+    int rc = qn_client_json(l->r->t->reg, "GET", url, NULL, cur_trace(l->r), &l->dsv, err);
+    if (rc == QN_NOT_FOUND)
+        return qn_err_set(err, QN_NOT_FOUND, "dataset \"%s\" version %s does not exist in the registry",
+                          job->dataset, job->dataset_version > 0 ? strrchr(url, '/') + 1 : "latest");
+    return rc < 0 ? qn_err_wrap(err, "fetching dataset %s", job->dataset) : 0;
+}
+
+/* The manifest's CSV file: "data.csv", else the first *.csv. */
+static int ds_pick_file(ds_load *l, qn_err *err)
+{
+    json_t *files = json_object_get(json_object_get(l->dsv, "manifest"), "files");
+    const char *k;
     json_t *v;
     json_object_foreach(files, k, v) {
         size_t n = strlen(k);
         if (json_is_string(v) && n > 4 && strcmp(k + n - 4, ".csv") == 0 &&
-            (!name || strcmp(k, "data.csv") == 0)) {
-            name = k;
-            digest = json_string_value(v);
+            (!l->name || strcmp(k, "data.csv") == 0)) {
+            l->name = k;
+            l->digest = json_string_value(v);
         }
     }
-    if (!digest || strncmp(digest, "sha256:", 7) != 0 || !qn_sha256_hex_valid(digest + 7, strlen(digest + 7))) {
-        rc = qn_err_set(err, QN_FAILED_PRECONDITION,
-                        "dataset %s: its manifest names no CSV file (files must hold e.g. \"data.csv\": "
-                        "\"sha256:...\")",
-                        job->dataset);
-        goto out;
-    }
-    /* Schema: {"columns":[{"name","type"}]}; types left out are inferred. */
-    json_t *cols = json_object_get(json_object_get(man, "schema"), "columns");
-    size_t ncols = json_is_array(cols) ? json_array_size(cols) : 0;
-    if (ncols && !(fields = calloc(ncols, sizeof *fields))) {
-        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < ncols; i++) {
+    const char *d = l->digest;
+    if (!d || strncmp(d, "sha256:", 7) != 0 || !qn_sha256_hex_valid(d + 7, strlen(d + 7)))
+        return qn_err_set(err, QN_FAILED_PRECONDITION,
+                          "dataset %s: its manifest names no CSV file (files must hold e.g. \"data.csv\": "
+                          "\"sha256:...\")",
+                          l->r->job->dataset);
+    return 0;
+}
+
+/* Schema: {"columns":[{"name","type"}]}; types left out are inferred. */
+static int ds_schema(ds_load *l, qn_err *err)
+{
+    const char *dataset = l->r->job->dataset;
+    json_t *cols = json_object_get(json_object_get(json_object_get(l->dsv, "manifest"), "schema"), "columns");
+    l->ncols = json_is_array(cols) ? json_array_size(cols) : 0;
+    if (l->ncols && !(l->fields = calloc(l->ncols, sizeof *l->fields)))
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    for (size_t i = 0; i < l->ncols; i++) {
         json_t *c = json_array_get(cols, i);
         const char *cn = json_string_value(json_object_get(c, "name"));
         const char *ct = json_string_value(json_object_get(c, "type"));
         qml_type ty;
-        if (!cn) {
-            rc = qn_err_set(err, QN_FAILED_PRECONDITION, "dataset %s: schema column %zu has no name",
-                            job->dataset, i);
-            goto out;
-        }
-        fields[i].name = cn;
-        fields[i].type = QML_INFER;
+        if (!cn)
+            return qn_err_set(err, QN_FAILED_PRECONDITION, "dataset %s: schema column %zu has no name", dataset, i);
+        l->fields[i].name = cn;
+        l->fields[i].type = QML_INFER;
         if (ct) {
-            if (qml_type_parse(ct, &ty) < 0) {
-                rc = qn_err_set(err, QN_FAILED_PRECONDITION,
-                                "dataset %s: column %s has type \"%s\" (numeric, categorical, boolean or "
-                                "timestamp expected)",
-                                job->dataset, cn, ct);
-                goto out;
-            }
-            fields[i].type = (int)ty;
+            if (qml_type_parse(ct, &ty) < 0)
+                return qn_err_set(err, QN_FAILED_PRECONDITION,
+                                  "dataset %s: column %s has type \"%s\" (numeric, categorical, boolean or "
+                                  "timestamp expected)",
+                                  dataset, cn, ct);
+            l->fields[i].type = (int)ty;
         }
     }
+    return 0;
+}
 
-    if (asprintf(&path, "%s/%s.csv", t->dataset_dir, digest + 7) < 0 ||
-        asprintf(&part, "%s/%s.%s.part", t->dataset_dir, digest + 7, job->id) < 0) {
-        path = part = NULL;
-        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-        goto out;
+/* The file, downloaded into <datasets> unless a former job left it there. */
+static int ds_download(ds_load *l, qn_err *err)
+{
+    trainer *t = l->r->t;
+    train_job *job = l->r->job;
+    const char *hexd = l->digest + 7;
+    int rc;
+    if (asprintf(&l->path, "%s/%s.csv", t->dataset_dir, hexd) < 0 ||
+        asprintf(&l->part, "%s/%s.%s.part", t->dataset_dir, hexd, job->id) < 0) {
+        l->path = l->part = NULL;
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     }
-    if (!path_exists(path)) {
+    if (!path_exists(l->path)) {
         char blob[128], hex[QN_SHA256_HEX + 1];
-        snprintf(blob, sizeof blob, "/v1/blobs/%s", digest);
-        if ((rc = qn_client_get_file(t->reg, blob, part, cur_trace(r), err)) < 0) {
-            qn_err_wrap(err, "downloading %s of dataset %s", name, job->dataset);
-            goto out;
-        }
+        snprintf(blob, sizeof blob, "/v1/blobs/%s", l->digest);
+        if ((rc = qn_client_get_file(t->reg, blob, l->part, cur_trace(l->r), err)) < 0)
+            return qn_err_wrap(err, "downloading %s of dataset %s", l->name, job->dataset);
         struct stat sb;
-        if (stat(part, &sb) == 0 && sb.st_size > t->max_dataset) {
-            remove(part);
-            rc = qn_err_set(err, QN_FAILED_PRECONDITION,
-                            "dataset %s: %s is %lld bytes, more than --max-dataset-size %lld", job->dataset,
-                            name, (long long)sb.st_size, t->max_dataset);
-            goto out;
+        if (stat(l->part, &sb) == 0 && sb.st_size > t->max_dataset) {
+            remove(l->part);
+            return qn_err_set(err, QN_FAILED_PRECONDITION,
+                              "dataset %s: %s is %lld bytes, more than --max-dataset-size %lld", job->dataset,
+                              l->name, (long long)sb.st_size, t->max_dataset);
         }
-        if ((rc = qn_sha256_file(part, hex, err)) < 0 || strcmp(hex, digest + 7) != 0) {
-            remove(part);
-            if (rc == 0)
-                rc = qn_err_set(err, QN_DATA_LOSS, "dataset %s: downloaded %s does not match its digest",
-                                job->dataset, name);
-            goto out;
+        if ((rc = qn_sha256_file(l->part, hex, err)) < 0 || strcmp(hex, hexd) != 0) {
+            remove(l->part);
+            return rc < 0 ? rc
+                          : qn_err_set(err, QN_DATA_LOSS, "dataset %s: downloaded %s does not match its digest",
+                                       job->dataset, l->name);
         }
-        if (rename(part, path) < 0) {
-            rc = qn_err_set(err, QN_INTERNAL, "cannot store dataset file %s: %s", path, strerror(errno));
-            remove(part);
-            goto out;
+        if (rename(l->part, l->path) < 0) {
+            rc = qn_err_set(err, QN_INTERNAL, "cannot store dataset file %s: %s", l->path, strerror(errno));
+            remove(l->part);
+            return rc;
         }
     }
-    if ((rc = cancelled(r, err)) < 0)
-        goto out;
+    return cancelled(l->r, err);
+}
 
+static int ds_read(ds_load *l, qn_err *err)
+{
+    train_job *job = l->r->job;
     qml_csv_opts o;
     qml_csv_opts_init(&o);
-    o.fields = fields;
-    o.n_fields = ncols;
+    o.fields = l->fields;
+    o.n_fields = l->ncols;
     qml_read_report rep;
-    if ((rc = qml_csv_read_all(path, &o, frame, &rep, err)) < 0) {
-        qn_err_wrap(err, "reading dataset %s", job->dataset);
-        goto out;
-    }
-    *report = json_pack("{s:I, s:I}", "rows", (json_int_t)rep.rows_ok, "rows_bad", (json_int_t)rep.rows_bad);
-    *lineage = json_pack("{s:s, s:O, s:O}", "name", job->dataset, "version", json_object_get(dsv, "version"),
-                         "digest", json_object_get(dsv, "manifest_digest"));
+    if (qml_csv_read_all(l->path, &o, l->frame, &rep, err) < 0)
+        return qn_err_wrap(err, "reading dataset %s", job->dataset);
+    *l->report = json_pack("{s:I, s:I}", "rows", (json_int_t)rep.rows_ok, "rows_bad", (json_int_t)rep.rows_bad);
+    *l->lineage = json_pack("{s:s, s:O, s:O}", "name", job->dataset, "version", json_object_get(l->dsv, "version"),
+                            "digest", json_object_get(l->dsv, "manifest_digest"));
     if (rep.rows_bad)
         qn_log_warn(NULL, "dataset rows refused by the reader", "{s:s, s:s, s:I}", "job", job->id, "dataset",
                     job->dataset, "rows_bad", (json_int_t)rep.rows_bad);
-out:
-    json_decref(dsv);
-    free(fields);
-    free(path);
-    free(part);
-    return rc;
+    return 0;
+}
+
+/* The steps of the "dataset" stage, in order. */
+static int (*const ds_steps[])(ds_load *l, qn_err *err) = {ds_fetch, ds_pick_file, ds_schema, ds_download,
+                                                            ds_read};
+
+/* Downloads the dataset version's CSV (once per digest) and reads it with the
+ * manifest's schema. Fills lineage {name, version, digest} and report
+ * {rows, rows_bad}. */
+static int load_dataset(run_ctx *r, qml_frame **frame, json_t **lineage, json_t **report, qn_err *err)
+{
+    ds_load l = {.r = r, .frame = frame, .lineage = lineage, .report = report};
+    int rc = 0;
+    for (size_t i = 0; i < sizeof ds_steps / sizeof ds_steps[0] && rc >= 0; i++)
+        rc = ds_steps[i](&l, err);
+    json_decref(l.dsv);
+    free(l.fields);
+    free(l.path);
+    free(l.part);
+    return rc < 0 ? rc : 0;
 }
 
 /* ---- the champion ----------------------------------------------------------------- */
@@ -591,164 +616,219 @@ static int finish_registered(run_ctx *r, json_t *ver, json_t **result, qn_err *e
     return 0;
 }
 
-int train_run(trainer *t, train_job *job, json_t **result, qn_err *err)
-{
-    run_ctx r = {.t = t, .job = job, .start_ms = qn_now_ms(), .last_stage = -1, .state = "running",
-                 .train_stage = -1};
-    qml_train_spec *spec = NULL;
-    qml_frame *frame = NULL;
+/* What a job's stages hand on to each other (freed by train_run). */
+typedef struct job_run {
+    run_ctx r;
+    qml_train_spec *spec;
+    qml_frame *frame;          /* the dataset, until training is done with it */
     qml_train_result res;
-    memset(&res, 0, sizeof res);
-    json_t *lineage = NULL, *report = NULL, *existing = NULL, *manifest = NULL, *body = NULL, *created = NULL;
-    verdict d = {0};
-    char *bundle = NULL, *spec_text = NULL;
+    json_t *lineage, *report;  /* the dataset version's {name, version, digest}; rows read */
+    json_t *manifest;          /* the bundle's manifest */
+    json_t *body, *created;    /* the version registered: request and answer */
+    verdict d;
+    char *bundle;              /* <work>/<job>-<attempt>: the bundle's directory */
+    json_t *result;            /* the job's result, once registered */
+} job_run;
+
+static int stage_spec(job_run *j, qn_err *err)
+{
+    char *text = qn_json_canonical(j->r.job->spec);
+    if (!text)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    int rc = qml_train_spec_from_json(text, strlen(text), &j->spec, err);
+    free(text);
+    return rc;
+}
+
+static int stage_dataset(job_run *j, qn_err *err)
+{
     int rc;
-    *result = NULL;
+    if ((rc = load_dataset(&j->r, &j->frame, &j->lineage, &j->report, err)) < 0 || (rc = cancelled(&j->r, err)) < 0)
+        return rc;
+    qn_span_attr_int(&j->r.stage, "quern.dataset_version", json_integer_value(json_object_get(j->lineage, "version")));
+    return 0;
+}
 
-    json_t *it = json_object_get(json_object_get(job->spec, "params"), strcmp(job->kind, "als") ? "num_round"
-                                                                                                : "iterations");
-    r.iterations = json_is_integer(it) ? (long)json_integer_value(it)
-                                       : (!strcmp(job->kind, "als") ? 15 : !strcmp(job->kind, "xgboost") ? 100 : 0);
-
-    if ((rc = find_registered(t, job, &existing, err)) < 0)
-        goto out;
-    if (existing) {
-        rc = finish_registered(&r, existing, result, err);
-        goto out;
+/* The training loop (libquern-ml): its own stages open their spans through
+ * on_progress (split, transforms, fit, evaluate, profile, bundle). */
+static int stage_train(job_run *j, qn_err *err)
+{
+    train_job *job = j->r.job;
+    if (asprintf(&j->bundle, "%s/%s-%d", j->r.t->work_dir, job->id, job->attempts) < 0) {
+        j->bundle = NULL;
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     }
-    set_progress(&r, NULL, progress_json(&r, "dataset", 0, NAN, 0));
-    if ((spec_text = qn_json_canonical(job->spec)) == NULL) {
-        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-        goto out;
-    }
-    if ((rc = qml_train_spec_from_json(spec_text, strlen(spec_text), &spec, err)) < 0)
-        goto out;
-    stage_begin(&r, "dataset");
-    if ((rc = load_dataset(&r, &frame, &lineage, &report, err)) < 0 || (rc = cancelled(&r, err)) < 0)
-        goto out;
-    qn_span_attr_int(&r.stage, "quern.dataset_version", json_integer_value(json_object_get(lineage, "version")));
-    stage_end(&r, 0, NULL);
-
-    if (asprintf(&bundle, "%s/%s-%d", t->work_dir, job->id, job->attempts) < 0) {
-        bundle = NULL;
-        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-        goto out;
-    }
-    rm_tree(bundle); /* left over by a crash of this very attempt number */
+    rm_tree(j->bundle); /* left over by a crash of this very attempt number */
     qml_train_opts o = {.progress = on_progress,
-                        .progress_ctx = &r,
+                        .progress_ctx = &j->r,
                         .cancel = &job->slot->cancel,
                         .dataset_name = job->dataset,
-                        .dataset_version = json_integer_value(json_object_get(lineage, "version"))};
-    if ((rc = qml_train_run(spec, frame, bundle, &o, &res, err)) < 0) {
-        if (rc != QN_CANCELLED)
-            qn_err_wrap(err, "training");
-        goto out;
-    }
-    stage_end(&r, 0, NULL);
-    qml_frame_free(frame);
-    frame = NULL;
+                        .dataset_version = json_integer_value(json_object_get(j->lineage, "version"))};
+    int rc = qml_train_run(j->spec, j->frame, j->bundle, &o, &j->res, err);
+    if (rc < 0)
+        return rc == QN_CANCELLED ? rc : qn_err_wrap(err, "training");
+    qml_frame_free(j->frame);
+    j->frame = NULL;
+    return 0;
+}
 
-    /* Champion/challenger on the same holdout rows. */
-    set_progress(&r, "evaluating", progress_json(&r, "champion", 0, NAN, 1));
-    stage_begin(&r, "champion");
-    decide(&r, spec, &res, &d);
-    qn_span_attr_str(&r.stage, "quern.decision", d.decision);
-    if ((rc = cancelled(&r, err)) < 0)
-        goto out;
+/* Champion/challenger on the same holdout rows. */
+static int stage_champion(job_run *j, qn_err *err)
+{
+    decide(&j->r, j->spec, &j->res, &j->d);
+    qn_span_attr_str(&j->r.stage, "quern.decision", j->d.decision);
+    return cancelled(&j->r, err);
+}
 
-    /* Blobs, version, alias. */
-    set_progress(&r, "registering", progress_json(&r, "upload", 0, NAN, 1));
-    stage_begin(&r, "upload");
+/* The bundle's files as blobs, and the model they will be a version of. */
+static int stage_upload(job_run *j, qn_err *err)
+{
+    trainer *t = j->r.t;
     char mpath[4096];
-    snprintf(mpath, sizeof mpath, "%s/manifest.json", bundle);
+    snprintf(mpath, sizeof mpath, "%s/manifest.json", j->bundle);
     json_error_t je;
-    if (!(manifest = json_load_file(mpath, 0, &je))) {
-        rc = qn_err_set(err, QN_INTERNAL, "cannot read the bundle's manifest: %s", je.text);
-        goto out;
-    }
+    if (!(j->manifest = json_load_file(mpath, 0, &je)))
+        return qn_err_set(err, QN_INTERNAL, "cannot read the bundle's manifest: %s", je.text);
     const char *k;
     json_t *v;
-    json_object_foreach(json_object_get(manifest, "files"), k, v) {
-        if ((rc = upload_blob(t, cur_trace(&r), bundle, k, json_string_value(v), err)) < 0 ||
-            (rc = cancelled(&r, err)) < 0)
-            goto out;
+    int rc;
+    json_object_foreach(json_object_get(j->manifest, "files"), k, v) {
+        if ((rc = upload_blob(t, cur_trace(&j->r), j->bundle, k, json_string_value(v), err)) < 0 ||
+            (rc = cancelled(&j->r, err)) < 0)
+            return rc;
     }
-    if ((rc = ensure_model(t, cur_trace(&r), job->model, err)) < 0)
-        goto out;
-    stage_begin(&r, "register");
+    return ensure_model(t, cur_trace(&j->r), j->r.job->model, err);
+}
 
+/* The version with its metrics, params, lineage and decision; the alias
+ * when the decision says so; the job's result. */
+static int stage_register(job_run *j, qn_err *err)
+{
+    trainer *t = j->r.t;
+    train_job *job = j->r.job;
+    const qml_train_result *res = &j->res;
+    const verdict *d = &j->d;
     char num[40];
     json_t *metrics = json_object(), *params = json_object(), *tags = json_object();
-    flatten(metrics, "", res.metrics, 1);
+    flatten(metrics, "", res->metrics, 1);
     flatten(params, "", json_object_get(job->spec, "params"), 0);
     json_object_set_new(params, "kind", json_string(job->kind));
     json_object_set_new(tags, JOB_TAG, json_string(job->id));
-    json_object_set_new(tags, "decision", json_string(d.decision));
-    json_object_set_new(tags, "decision_reason", json_string(d.reason));
-    json_object_set_new(tags, "metric", json_string(res.primary));
-    json_object_set_new(tags, "challenger_score", json_string(fmt_num(res.primary_value, num)));
-    if (d.champion_version) {
-        json_object_set_new(tags, "champion_version", json_string(fmt_num((double)d.champion_version, num)));
-        if (isfinite(d.champion_score))
-            json_object_set_new(tags, "champion_score", json_string(fmt_num(d.champion_score, num)));
+    json_object_set_new(tags, "decision", json_string(d->decision));
+    json_object_set_new(tags, "decision_reason", json_string(d->reason));
+    json_object_set_new(tags, "metric", json_string(res->primary));
+    json_object_set_new(tags, "challenger_score", json_string(fmt_num(res->primary_value, num)));
+    if (d->champion_version) {
+        json_object_set_new(tags, "champion_version", json_string(fmt_num((double)d->champion_version, num)));
+        if (isfinite(d->champion_score))
+            json_object_set_new(tags, "champion_score", json_string(fmt_num(d->champion_score, num)));
     }
     const char *reason = json_string_value(json_object_get(job->request, "reason"));
     char desc[1200];
     snprintf(desc, sizeof desc, "trained by quern-train job %s%s%s", job->id, reason ? ": " : "",
              reason ? reason : "");
-    body = json_pack("{s:O, s:o, s:o, s:o, s:O, s:s}", "manifest", manifest, "metrics", metrics, "params", params,
-                     "tags", tags, "dataset", lineage, "description", desc);
+    j->body = json_pack("{s:O, s:o, s:o, s:o, s:O, s:s}", "manifest", j->manifest, "metrics", metrics, "params",
+                        params, "tags", tags, "dataset", j->lineage, "description", desc);
     char url[512];
     snprintf(url, sizeof url, "/v1/models/%s/versions", job->model);
-    if ((rc = qn_client_json(t->reg, "POST", url, body, cur_trace(&r), &created, err)) < 0) {
-        qn_err_wrap(err, "registering the version");
-        goto out;
-    }
-    int64_t version = json_integer_value(json_object_get(created, "version"));
+    int rc = qn_client_json(t->reg, "POST", url, j->body, cur_trace(&j->r), &j->created, err);
+    if (rc < 0)
+        return qn_err_wrap(err, "registering the version");
+    int64_t version = json_integer_value(json_object_get(j->created, "version"));
     const char *alias = json_string_value(json_object_get(job->policy, "alias"));
-    int promoted = strcmp(d.decision, "promoted") == 0;
+    int promoted = strcmp(d->decision, "promoted") == 0;
     if (promoted) {
-        if ((rc = move_alias(t, cur_trace(&r), job->model, alias, version, err)) < 0)
-            goto out;
+        if ((rc = move_alias(t, cur_trace(&j->r), job->model, alias, version, err)) < 0)
+            return rc;
         qn_counter_add(t->promotions, NULL, 1);
     }
-    *result = json_pack("{s:s, s:s, s:s, s:s, s:I, s:O, s:s, s:b, s:f, s:s, s:b, s:O, s:O, s:O, s:s}", "outcome",
-                        outcome_of(d.decision), "decision", d.decision, "reason", d.reason, "model", job->model,
-                        "version", (json_int_t)version, "metrics", res.metrics, "metric", res.primary,
-                        "higher_is_better", res.higher_is_better, "challenger_score", res.primary_value, "alias",
-                        alias, "promoted", promoted, "dataset", lineage, "rows", report, "manifest_digest",
-                        json_object_get(created, "manifest_digest"), "bundle_digest", res.manifest_digest);
-    json_t *scores = json_pack("{s:f}", "challenger", res.primary_value);
-    if (d.champion_version) {
-        json_object_set_new(*result, "champion_version", json_integer(d.champion_version));
-        json_object_set_new(*result, "champion_score",
-                            isfinite(d.champion_score) ? json_real(d.champion_score) : json_null());
-        json_object_set_new(scores, "champion", isfinite(d.champion_score) ? json_real(d.champion_score) : json_null());
-        if (d.champion_metrics)
-            json_object_set(*result, "champion_metrics", d.champion_metrics);
+    json_t *out = json_pack("{s:s, s:s, s:s, s:s, s:I, s:O, s:s, s:b, s:f, s:s, s:b, s:O, s:O, s:O, s:s}",
+                            "outcome", outcome_of(d->decision), "decision", d->decision, "reason", d->reason,
+                            "model", job->model, "version", (json_int_t)version, "metrics", res->metrics, "metric",
+                            res->primary, "higher_is_better", res->higher_is_better, "challenger_score",
+                            res->primary_value, "alias", alias, "promoted", promoted, "dataset", j->lineage,
+                            "rows", j->report, "manifest_digest", json_object_get(j->created, "manifest_digest"),
+                            "bundle_digest", res->manifest_digest);
+    json_t *scores = json_pack("{s:f}", "challenger", res->primary_value);
+    if (d->champion_version) {
+        json_object_set_new(out, "champion_version", json_integer(d->champion_version));
+        json_object_set_new(out, "champion_score", isfinite(d->champion_score) ? json_real(d->champion_score) : json_null());
+        json_object_set_new(scores, "champion", isfinite(d->champion_score) ? json_real(d->champion_score) : json_null());
+        if (d->champion_metrics)
+            json_object_set(out, "champion_metrics", d->champion_metrics);
     }
-    json_object_set_new(*result, "scores", scores);
-    qn_span_attr_int(&r.stage, "quern.version", version);
-    qn_span_attr_bool(&r.stage, "quern.promoted", promoted);
+    json_object_set_new(out, "scores", scores);
+    j->result = out;
+    qn_span_attr_int(&j->r.stage, "quern.version", version);
+    qn_span_attr_bool(&j->r.stage, "quern.promoted", promoted);
+    return 0;
+}
+
+/* A job's stages, in order. span: the trace span the stage runs in (NULL:
+ * none of its own; training opens one per libquern-ml stage). Before the
+ * stage runs, progress (when set) is written with state (NULL: unchanged)
+ * and fraction. */
+typedef struct run_stage {
+    const char *span;
+    const char *state, *progress;
+    double fraction;
+    int (*run)(job_run *j, qn_err *err);
+} run_stage;
+
+static const run_stage run_stages[] = {
+    {NULL, NULL, "dataset", 0, stage_spec},
+    {"dataset", NULL, NULL, 0, stage_dataset},
+    {NULL, NULL, NULL, 0, stage_train},
+    {"champion", "evaluating", "champion", 1, stage_champion},
+    {"upload", "registering", "upload", 1, stage_upload},
+    {"register", NULL, NULL, 0, stage_register},
+};
+
+int train_run(trainer *t, train_job *job, json_t **result, qn_err *err)
+{
+    job_run j = {.r = {.t = t, .job = job, .start_ms = qn_now_ms(), .last_stage = -1, .state = "running",
+                       .train_stage = -1}};
+    json_t *existing = NULL;
+    int rc;
+    *result = NULL;
+    j.r.iterations = qml_train_iterations(job->kind, json_object_get(job->spec, "params"));
+
+    if ((rc = find_registered(t, job, &existing, err)) < 0)
+        goto out;
+    if (existing) {
+        rc = finish_registered(&j.r, existing, result, err);
+        goto out;
+    }
+    for (size_t i = 0; i < QN_NELEM(run_stages); i++) {
+        const run_stage *s = &run_stages[i];
+        if (s->progress)
+            set_progress(&j.r, s->state, progress_json(&j.r, s->progress, 0, NAN, s->fraction));
+        if (s->span)
+            stage_begin(&j.r, s->span);
+        if ((rc = s->run(&j, err)) < 0)
+            goto out;
+        stage_end(&j.r, 0, NULL);
+    }
+    *result = j.result;
+    j.result = NULL;
     rc = 0;
 out:
-    stage_end(&r, rc, err);
+    stage_end(&j.r, rc, err);
     if (rc == 0 && *result)
-        set_progress(&r, NULL, progress_json(&r, "done", 0, NAN, 1));
-    if (bundle)
-        rm_tree(bundle);
-    free(bundle);
-    free(spec_text);
-    qml_train_spec_free(spec);
-    qml_frame_free(frame);
-    qml_train_result_free(&res);
-    json_decref(lineage);
-    json_decref(report);
+        set_progress(&j.r, NULL, progress_json(&j.r, "done", 0, NAN, 1));
+    if (j.bundle)
+        rm_tree(j.bundle);
+    free(j.bundle);
+    qml_train_spec_free(j.spec);
+    qml_frame_free(j.frame);
+    qml_train_result_free(&j.res);
+    json_decref(j.lineage);
+    json_decref(j.report);
     json_decref(existing);
-    json_decref(manifest);
-    json_decref(body);
-    json_decref(created);
-    json_decref(d.champion_metrics);
+    json_decref(j.manifest);
+    json_decref(j.body);
+    json_decref(j.created);
+    json_decref(j.result);
+    json_decref(j.d.champion_metrics);
     return rc;
 }

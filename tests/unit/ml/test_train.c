@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ml/als.h"
 #include "ml/clean.h"
 #include "ml/csv.h"
 #include "ml/model.h"
@@ -627,10 +628,30 @@ static void test_bike_linear_and_refusals(void **state)
     free(path);
 }
 
+/* The iterations shown in a job's progress before it runs: the params', or
+ * each kind's default (the same the training loop uses). */
+static void test_iterations_defaults(void **state)
+{
+    (void)state;
+    json_t *p = json_pack("{s:i, s:i}", "iterations", 7, "num_round", 42);
+    assert_int_equal(qml_train_iterations("als", p), 7);
+    assert_int_equal(qml_train_iterations("xgboost", p), 42);
+    assert_int_equal(qml_train_iterations("linear", p), 0);
+    json_decref(p);
+    qml_als_params ap;
+    qml_als_params_init(&ap);
+    assert_int_equal(qml_train_iterations("als", NULL), ap.iterations);
+    assert_int_equal(qml_train_iterations("als", NULL), 15);
+    assert_int_equal(qml_train_iterations("xgboost", NULL), 100);
+    assert_int_equal(qml_train_iterations("logistic", NULL), 0);
+    assert_int_equal(qml_train_iterations(NULL, NULL), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_spec_errors_name_the_field),
+        cmocka_unit_test(test_iterations_defaults),
         cmocka_unit_test(test_online_retail_als),
         cmocka_unit_test(test_adult_xgboost),
         cmocka_unit_test(test_adult_logistic),
