@@ -35,6 +35,7 @@
 
 #include "core/buf.h"
 #include "core/http_route.h"
+#include "core/json.h"
 #include "core/log.h"
 #include "core/otel.h"
 
@@ -216,7 +217,7 @@ int qn_res_json(qn_res *res, int status, json_t *body)
         res_internal(res);
         return 0;
     }
-    char *s = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *s = qn_json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
     json_decref(body);
     if (!s) {
         qn_log_error(res->req->trace_id, "cannot encode the JSON response", NULL);

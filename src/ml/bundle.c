@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "core/digest.h"
+#include "core/json.h"
 
 #define MAX_TENSORS 1024
 #define MAX_FILES 4096
@@ -324,7 +325,7 @@ const json_t *qml_manifest_get(const qml_manifest *m, const char *field)
 
 static int canonical(const json_t *root, char **out, size_t *len, qn_err *err)
 {
-    char *s = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
+    char *s = qn_json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
     if (!s)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory encoding the manifest");
     *out = s;

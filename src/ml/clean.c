@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "ml/schema.h"
+#include "core/json.h"
 
 typedef enum op {
     OP_DROP_MISSING, OP_FILTER, OP_IMPUTE, OP_DEDUPE, OP_CLIP, OP_CAST, OP_MAP_WEIGHTS,
@@ -988,7 +989,7 @@ static int apply_step(const qml_frame *f, const step *st, qml_frame **out,
         if ((rc = filter_mask(f, st, keep, &nm, err)) < 0)
             break;
         rc = take_kept(f, keep, out, err);
-        char *val = json_dumps(json_object_get(st->spec, "value"), JSON_COMPACT | JSON_ENCODE_ANY);
+        char *val = qn_json_dumps(json_object_get(st->spec, "value"), JSON_COMPACT | JSON_ENCODE_ANY);
         snprintf(sr->note, sizeof sr->note, "rows failing %s %s %.60s%s dropped (%zu had it missing)",
                  st->column, cmp_names[st->cmp], val ? val : "",
                  val && strlen(val) > 60 ? "..." : "", nm);

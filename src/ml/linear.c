@@ -8,6 +8,7 @@
  * classes[k]" (binary: one row for classes[1]).
  */
 #include "ml/linear.h"
+#include "core/json.h"
 
 #include <cblas.h>
 #include <jansson.h>
@@ -396,7 +397,7 @@ char *qml_linear_to_json(const qml_linear *m, qn_err *err)
             if (json_array_append_new(cl, json_integer(m->classes[k])) < 0)
                 goto out;
     }
-    text = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
+    text = qn_json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
 out:
     json_decref(root);
     if (!text)

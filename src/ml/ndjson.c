@@ -8,6 +8,7 @@
  * parsed at open, kept as JSON, used for the schema and emitted first.
  */
 #include "ml/ndjson.h"
+#include "core/json.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -240,7 +241,7 @@ static int push_value(qml_column *c, json_t *v, char *msg, size_t cap)
         return qml_col_push_num(c, json_is_true(v));
     }
     if (c->type == QML_CATEGORICAL) {
-        char *text = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+        char *text = qn_json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
         if (!text)
             return QN_RESOURCE_EXHAUSTED;
         int rc = qml_col_push_str(c, text, strlen(text));

@@ -9,6 +9,7 @@
  * bundle is outside input (tests/fuzz/fuzz_profile_json.c).
  */
 #include "ml/profile.h"
+#include "core/json.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -389,7 +390,7 @@ char *qml_profile_to_json(const qml_profile *p, qn_err *err)
             goto out;
     if (json_object_set(root, "columns", cols))
         goto out;
-    s = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    s = qn_json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(17));
 out:
     json_decref(cols);
     json_decref(root);

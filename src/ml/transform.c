@@ -8,6 +8,7 @@
  * serving reproduces training exactly.
  */
 #include "ml/transform.h"
+#include "core/json.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -744,7 +745,7 @@ char *qml_features_to_json(const qml_features *f, qn_err *err)
                 goto out;
         }
     }
-    text = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
+    text = qn_json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
 out:
     json_decref(root);
     if (!text)

@@ -43,6 +43,7 @@
 #include <time.h>
 
 #include "core/arena.h"
+#include "core/json.h"
 #include "core/log.h"
 #include "core/otel.h"
 #include "core/trace.h"
@@ -383,7 +384,7 @@ static int json_to_params(json_t *obj, qn_arena *a, Inference__ModelInferRespons
             p->parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM;
             p->string_param = (char *)json_string_value(v);
         } else {
-            char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+            char *s = qn_json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
             char *copy = s ? qn_arena_strdup(a, s) : NULL;
             free(s);
             if (!copy)

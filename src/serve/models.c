@@ -354,7 +354,7 @@ static int download(serve *s, serve_model *m, int64_t version, const char *dest,
     if ((rc = qn_client_json(s->registry, "GET", path, NULL, tc, &doc, err)) < 0)
         goto out;
     json_t *mj = json_object_get(doc, "manifest");
-    text = mj ? json_dumps(mj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    text = mj ? qn_json_dumps(mj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     if (!text) {
         rc = qn_err_set(err, QN_INVALID_ARGUMENT, "the registry's version %lld has no manifest",
                         (long long)version);
