@@ -190,6 +190,9 @@ static int next_object(qml_ndjson_reader *r, pend *pd, qn_err *err)
     }
     json_error_t je;
     json_t *v = json_loadb(s, len, JSON_REJECT_DUPLICATES, &je);
+    if (!v && json_error_code(&je) == json_error_out_of_memory) /* not the row's fault */
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "%s: out of memory reading line %llu",
+                          r->path, (unsigned long long)r->lines);
     if (!v) {
         pd->reason = QML_BAD_JSON;
         snprintf(pd->msg, sizeof pd->msg, "not JSON at column %d: %s", je.column, je.text);

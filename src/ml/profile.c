@@ -358,11 +358,13 @@ static json_t *column_json(const qml_profile_column *c)
                 json_decref(q);
                 q = NULL;
             }
-        bad = json_object_set_new(o, "mean", real_or_null(c->mean)) ||
+        bad = !q || json_object_set_new(o, "mean", real_or_null(c->mean)) ||
               json_object_set_new(o, "std", real_or_null(c->std)) ||
               json_object_set_new(o, "min", real_or_null(c->min)) ||
-              json_object_set_new(o, "max", real_or_null(c->max)) ||
-              !q || json_object_set_new(o, "quantiles", q) ||
+              json_object_set_new(o, "max", real_or_null(c->max));
+        if (bad) /* q was not handed over yet */
+            json_decref(q);
+        bad = bad || json_object_set_new(o, "quantiles", q) ||
               json_object_set_new(o, "edges", real_array(c->edges, c->nbins ? c->nbins + 1 : 0)) ||
               json_object_set_new(o, "hist", int_array(c->hist, c->nbins)) ||
               json_object_set_new(o, "sample", real_array(c->sample, c->sample_len));

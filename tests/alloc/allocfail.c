@@ -161,7 +161,7 @@ static int run_cloudevent(const uint8_t *d, size_t n, af_out *o, qn_err *err)
     int rc = qn_event_parse((const char *)d, n, 64 * 1024, &ev, err);
     if (rc < 0)
         return rc;
-    char *s = json_dumps(ev, JSON_SORT_KEYS | JSON_COMPACT);
+    char *s = qn_json_dumps(ev, JSON_SORT_KEYS | JSON_COMPACT);
     json_decref(ev);
     if (!s)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory writing the event");
