@@ -474,7 +474,7 @@ json_t *qn_req_json(qn_req *req, qn_res *res)
     }
     json_t *v = json_loadb(req->body.data, req->body.len, JSON_REJECT_DUPLICATES, &je);
     if (!v) {
-        qn_res_error_details(res, QN_INVALID_ARGUMENT,
+        qn_res_error_details(res, qn_json_load_code(&je),
                              json_pack("{s:i, s:i}", "line", je.line, "column", je.column),
                              "request body is not valid JSON at line %d, column %d: %s", je.line,
                              je.column, je.text);

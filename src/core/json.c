@@ -188,6 +188,12 @@ char *qn_json_dumps(const json_t *v, size_t flags)
     return s.p;
 }
 
+int qn_json_load_code(const json_error_t *je)
+{
+    return json_error_code(je) == json_error_out_of_memory ? QN_RESOURCE_EXHAUSTED
+                                                            : QN_INVALID_ARGUMENT;
+}
+
 char *qn_json_canonical(const json_t *v)
 {
     return qn_json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);

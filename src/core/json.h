@@ -53,6 +53,11 @@ char *qn_json_canonical(const json_t *v);
  * json_dumps. Caller frees. */
 char *qn_json_dumps(const json_t *v, size_t flags);
 
+/* The code for a jansson reader's failure (json_loadb and kin): the server's
+ * QN_RESOURCE_EXHAUSTED when it ran out of memory, else the text's
+ * QN_INVALID_ARGUMENT. */
+int qn_json_load_code(const json_error_t *je);
+
 /* Milliseconds since the epoch, and RFC 3339 UTC with milliseconds
  * ("2026-11-28T13:30:00.123Z") into out[32]. */
 int64_t qn_now_ms(void);

@@ -269,7 +269,7 @@ int qml_manifest_parse(const void *buf, size_t len, qml_manifest **out, qn_err *
     m->root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
     int rc;
     if (!m->root)
-        rc = qn_err_set(err, QN_INVALID_ARGUMENT, "manifest: invalid JSON at line %d column %d: %s",
+        rc = qn_err_set(err, qn_json_load_code(&jerr), "manifest: invalid JSON at line %d column %d: %s",
                         jerr.line, jerr.column, jerr.text);
     else
         rc = validate(m, err);

@@ -322,7 +322,7 @@ int qml_clean_parse(const char *json, size_t len, qml_clean_steps **out, qn_err 
     *out = NULL;
     json_t *arr = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
     if (!arr)
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "cleaning steps: not JSON (line %d column %d): %s",
+        return qn_err_set(err, qn_json_load_code(&je), "cleaning steps: not JSON (line %d column %d): %s",
                           je.line, je.column, je.text);
     int rc = qml_clean_from_json(arr, out, err);
     json_decref(arr);

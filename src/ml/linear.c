@@ -428,7 +428,7 @@ int qml_linear_from_json(const char *json, size_t len, qml_linear **out, qn_err 
     *out = NULL;
     json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "linear model JSON, line %d column %d: %s",
+        return qn_err_set(err, qn_json_load_code(&jerr), "linear model JSON, line %d column %d: %s",
                           jerr.line, jerr.column, jerr.text);
     const char *format = json_string_value(json_object_get(root, "format"));
     const char *kind = json_string_value(json_object_get(root, "kind"));

@@ -563,7 +563,7 @@ int qml_profile_from_json(const char *json, size_t len, qml_profile **out, qn_er
     json_error_t je;
     json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
     if (!root)
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "profile: bad JSON at line %d: %s", je.line,
+        return qn_err_set(err, qn_json_load_code(&je), "profile: bad JSON at line %d: %s", je.line,
                           je.text);
     int rc = 0;
     qml_profile *p = calloc(1, sizeof *p);

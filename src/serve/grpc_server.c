@@ -258,7 +258,8 @@ static const char *find_traceparent(const grpc_metadata_array *md, char buf[TRAC
 typedef struct budget_alloc {
     ProtobufCAllocator base;
     size_t used;
-    int exhausted;
+    int exhausted;  /* past the budget: the message's fault */
+    int oom;        /* malloc failed: the server's */
 } budget_alloc;
 
 static void *budget_malloc(void *ud, size_t n)
@@ -268,8 +269,12 @@ static void *budget_malloc(void *ud, size_t n)
         b->exhausted = 1;
         return NULL;
     }
-    b->used += n;
-    return malloc(n ? n : 1);
+    void *p = malloc(n ? n : 1);
+    if (p)
+        b->used += n;
+    else
+        b->oom = 1;
+    return p;
 }
 
 static void budget_free(void *ud, void *p)
@@ -837,6 +842,8 @@ int serve__grpc_infer(const oip_backend *be, const uint8_t *in, size_t inlen,
             rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED,
                             "ModelInferRequest: decoding it needs more than %zu MiB",
                             DECODE_BUDGET >> 20);
+        else if (ba.oom)
+            rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "ModelInferRequest: out of memory decoding it");
         else
             rc = qn_err_set(err, QN_INVALID_ARGUMENT, "ModelInferRequest: not a valid message");
         goto out;
