@@ -355,7 +355,9 @@ static enum MHD_Result res_send(qn_req *req)
         if (!res->body) {
             r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
         } else {
-            r = MHD_create_response_from_buffer(res->len, res->body, MHD_RESPMEM_MUST_FREE);
+            /* free by our own reference (not MHD's), so an allocator wrapped under
+             * the code (tests/alloc) sees the body go */
+            r = MHD_create_response_from_buffer_with_free_callback(res->len, res->body, free);
             if (r)
                 res->body = NULL;
         }
@@ -884,13 +886,31 @@ static enum MHD_Result run_handler(qn_req *req)
     return res_send(req);
 }
 
+/* The answer when there is no memory for a request at all: a static body,
+ * nothing allocated on our side. The connection closes after it. */
+static enum MHD_Result answer_oom(struct MHD_Connection *conn)
+{
+    static const char body[] =
+        "{\"error\":{\"code\":\"resource_exhausted\",\"message\":\"the server is out of memory\"}}";
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(sizeof body - 1, (void *)body, MHD_RESPMEM_PERSISTENT);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    enum MHD_Result ok =
+        MHD_queue_response(conn, (unsigned)qn_code_http_status(QN_RESOURCE_EXHAUSTED), r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_size, void **con_cls)
 {
     qn_req *req = *con_cls;
     if (!req)
-        return MHD_NO; /* out of memory when the request line arrived */
+        return answer_oom(conn); /* out of memory when the request line arrived */
     req->conn = conn;
     if (!req->started)
         return begin(req, method);

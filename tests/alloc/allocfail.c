@@ -24,21 +24,29 @@
  * the addresses into lines). The model-loader target makes its inputs: it trains small bundles of each
  * kind under $QUERN_TEST_WORK/allocfail first (unarmed).
  */
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "failalloc.h"
 
 #include "core/arena.h"
 #include "core/bus/bus.h"
 #include "core/err.h"
+#include "core/http.h"
 #include "core/json.h"
+#include "core/log.h"
 #include "ml/bundle.h"
 #include "ml/clean.h"
 #include "ml/csv.h"
@@ -511,6 +519,127 @@ static int run_model_load(const uint8_t *d, size_t n, af_out *o, qn_err *err)
     return rc;
 }
 
+/* HTTP request handling in process: a qn_http server on an ephemeral
+ * loopback port with two routes that read what services read (path
+ * parameter, query, headers, a JSON body through qn_req_json and the
+ * json.h accessors) and answer JSON. Each input is a raw request (with
+ * Connection: close); the run sends it, reads the whole answer, and waits
+ * until the server has freed the request (the worker thread's allocations
+ * count as the run's). The result is the status and the body; a status of
+ * 400 or more is the run's error, a connection closed without an answer is
+ * a failure. */
+static int h_item(qn_req *req, qn_res *res, void *ud)
+{
+    json_t *body = qn_req_json(req, res);
+    if (!body)
+        return 0;
+    static const char *const allowed[] = {"name", "n", "tags", NULL};
+    qn_err err;
+    const char *name = NULL;
+    int64_t n = 0;
+    json_t *tags = NULL;
+    if (qn_json_only(body, allowed, &err) < 0 || qn_json_str(body, "name", 0, 128, &name, &err) < 0 ||
+        qn_json_int(body, "n", 0, 0, 1000, &n, &err) < 0 ||
+        qn_json_tags(body, "tags", &tags, &err) < 0)
+        return qn_res_error(res, err.code, "%s", err.msg);
+    return qn_res_json(res, 201,
+                       json_pack("{s:s, s:s?, s:s?, s:I, s:O?}", "item", qn_req_param(req, "name"),
+                                 "q", qn_req_query(req, "q"), "name", name, "n", (json_int_t)n,
+                                 "tags", tags));
+}
+
+static int h_get(qn_req *req, qn_res *res, void *ud)
+{
+    return qn_res_json(res, 200,
+                       json_pack("{s:s, s:s?, s:s?, s:s?}", "item", qn_req_param(req, "name"), "q",
+                                 qn_req_query(req, "q"), "x", qn_req_query(req, "x"), "test",
+                                 qn_req_header(req, "x-test")));
+}
+
+static qn_http *http;
+
+static void http_start(void)
+{
+    static const qn_route routes[] = {
+        {"GET", "/v1/items/{name}", h_get, 0, 0, NULL},
+        {"POST", "/v1/items/{name}", h_item, 64 * 1024, 0, NULL},
+    };
+    int null = open("/dev/null", O_WRONLY);
+    if (null >= 0)
+        qn_log_set_fd(null);  /* allocation failures are logged; not here */
+    qn_http_opts o = {.service = "allocfail", .listen = "127.0.0.1:0", .threads = 1,
+                      .routes = routes, .nroutes = 2};
+    qn_err err;
+    if (!(http = qn_http_start(&o, &err))) {
+        fprintf(stderr, "allocfail: qn_http_start: %s\n", err.msg);
+        exit(2);
+    }
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {0, ms * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int run_http(const uint8_t *d, size_t n, af_out *o, qn_err *err)
+{
+    if (n == 0) /* nothing to send: the server would wait for a request line */
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "empty request");
+    if (!http)
+        http_start();
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return qn_err_set(err, QN_INTERNAL, "socket: %s", strerror(errno));
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)qn_http_port(http))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    static char ans[256 * 1024];
+    size_t len = 0;
+    ssize_t k;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        close(fd);
+        return qn_err_set(err, QN_INTERNAL, "connect: %s", strerror(errno));
+    }
+    for (size_t off = 0; off < n; off += (size_t)k)
+        if ((k = send(fd, d + off, n - off, MSG_NOSIGNAL)) <= 0)
+            break;
+    while (len < sizeof ans - 1 && (k = recv(fd, ans + len, sizeof ans - 1 - len, 0)) > 0)
+        len += (size_t)k;
+    close(fd);
+    ans[len] = '\0';
+    /* The worker frees the request after the client has seen the end: wait
+     * for it (nothing live, no allocation for a while), 5 s at most. */
+    long last = -1;
+    for (int i = 0, calm = 0; i < 5000 && calm < 3; i++) {
+        long c = failalloc_count();
+        calm = failalloc_live() == 0 && c == last ? calm + 1 : 0;
+        last = c;
+        sleep_ms(1);
+    }
+    int status = 0;
+    const char *body = strstr(ans, "\r\n\r\n");
+    if (len < 12 || sscanf(ans, "HTTP/1.%*d %d", &status) != 1 || !body) {
+        err->code = QN_UNAVAILABLE;  /* no message: the driver reports it */
+        err->msg[0] = '\0';
+        return QN_UNAVAILABLE;
+    }
+    body += 4;
+    hash_u64(o, (uint64_t)status);
+    hash_str(o, body);
+    if (status < 400)
+        return 0;
+    /* A server fault (5xx, or 429 which this code base gives out-of-memory)
+     * or the client's (other 4xx); the error model's shape, checked without
+     * allocating (the run's allocations are the server's alone). */
+    int rc = status == 429 || status >= 500 ? QN_RESOURCE_EXHAUSTED : QN_INVALID_ARGUMENT;
+    qn_err_set(err, rc, "HTTP %d: %.400s", status, body);
+    if (strncmp(body, "{\"error\":", 9) != 0)
+        err->msg[0] = '\0';  /* not the JSON error model: the driver reports it */
+    return rc;
+}
+
 /* ---- bundles for the model loader (made unarmed) ---------------------------- */
 
 static uint64_t rng = 12345;
@@ -668,6 +797,7 @@ static const af_target targets[] = {
     {"profile_json", run_profile_json, NULL},
     {"clean_json", run_clean_json, NULL},
     {"model_load", run_model_load, make_bundles},
+    {"http", run_http, NULL},
 };
 
 /* ---- the driver ------------------------------------------------------------ */
@@ -850,5 +980,7 @@ int main(int argc, char **argv)
         free(in.v[i].data);
     }
     free(in.v);
+    if (http)
+        qn_http_stop(http);
     return t.failures ? 1 : 0;
 }

@@ -370,6 +370,22 @@ void failalloc_arm(long n)
     pthread_mutex_unlock(&lock);
 }
 
+long failalloc_count(void)
+{
+    pthread_mutex_lock(&lock);
+    long r = count;
+    pthread_mutex_unlock(&lock);
+    return r;
+}
+
+long failalloc_live(void)
+{
+    pthread_mutex_lock(&lock);
+    long r = live;
+    pthread_mutex_unlock(&lock);
+    return r;
+}
+
 int failalloc_injected(void)
 {
     pthread_mutex_lock(&lock);

@@ -50,6 +50,11 @@ void failalloc_arm(long fail_at);
 failalloc_stats failalloc_disarm_report(int report);
 #define failalloc_disarm() failalloc_disarm_report(1)
 
+/* While armed: allocation calls so far and blocks live now (for code that
+ * must wait until another thread has finished and freed). */
+long failalloc_count(void);
+long failalloc_live(void);
+
 /* Non-zero when an allocation has been failed since failalloc_arm. */
 int failalloc_injected(void);
 
