@@ -352,7 +352,15 @@ static enum MHD_Result res_send(qn_req *req)
         res_internal(res);
     switch (res->kind) {
     case RES_BUF:
-        if (!res->body) {
+        if (!res->body && res->status >= 500) {
+            /* the error's body could not be allocated: a static one */
+            static const char msg[] = "{\"error\":{\"code\":\"internal\",\"message\":\"internal error\"}}";
+            static const char oip[] = "{\"error\":\"internal error\"}";
+            int is_oip = req->route && (req->route->flags & QN_ROUTE_OIP);
+            r = MHD_create_response_from_buffer(is_oip ? sizeof oip - 1 : sizeof msg - 1,
+                                                (void *)(is_oip ? oip : msg),
+                                                MHD_RESPMEM_PERSISTENT);
+        } else if (!res->body) {
             r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
         } else {
             /* free by our own reference (not MHD's), so an allocator wrapped under

@@ -7,8 +7,9 @@
  * For each input (a file, or each file of a folder: the fuzz corpora), the
  * driver runs the target once unarmed (lazy statics settle), once counting
  * (K allocations, the baseline result and its hash, nothing may stay live),
- * then once for each n = 1..K with allocation n failed (failalloc.h). Every
- * such run must:
+ * then twice for each n = 1..K: with allocation n failed, and with n and
+ * every later one failed (failalloc.h; SQLite's transient and persistent
+ * faultsim, curl's CURL_MEMLIMIT). Every such run must:
  *   - not crash (ASan/UBSan make a wild read or write a crash);
  *   - give back every block it took (live set empty after the run; LSan
  *     checks the shared libraries' side at exit in the sanitizer build);
@@ -866,20 +867,23 @@ typedef struct af_totals {
 
 static int verbose;
 
+static int cur_persist;
+
 static void fail_run(af_totals *t, const af_target *tg, const af_input *in, long n,
                      const char *what)
 {
     t->failures++;
-    fprintf(stderr, "FAIL %s %s: allocation %ld failed: %s\n", tg->name, in->name, n, what);
+    fprintf(stderr, "FAIL %s %s: allocation %ld%s failed: %s\n", tg->name, in->name, n,
+            cur_persist ? " and all later" : "", what);
 }
 
 /* One run with allocation n failed (0: none). */
-static int one(const af_target *tg, const af_input *in, long n, af_out *o, qn_err *err,
-               failalloc_stats *st)
+static int one(const af_target *tg, const af_input *in, long n, int persist, af_out *o,
+               qn_err *err, failalloc_stats *st)
 {
     o->h = 0xcbf29ce484222325ULL;
     qn_err_clear(err);
-    failalloc_arm(n);
+    failalloc_arm_mode(n, persist);
     int rc = tg->run(in->data, in->len, o, err);
     *st = failalloc_disarm();
     return rc;
@@ -893,21 +897,28 @@ static void run_input(const af_target *tg, const af_input *in, af_totals *t)
     o.h = 0;
     qn_err_clear(&err);
     (void)tg->run(in->data, in->len, &o, &err);  /* unarmed: lazy statics settle */
-    int brc = one(tg, in, 0, &base, &err, &st);
+    int brc = one(tg, in, 0, 0, &base, &err, &st);
     if (st.live) {
         fail_run(t, tg, in, 0, "the successful run leaked");
         return;
     }
+    cur_persist = 0;
     long k = st.count, every = env_long("QUERN_ALLOCFAIL_EVERY", 2000),
          tail = env_long("QUERN_ALLOCFAIL_TAIL", 400);
     long stride = k > every && tail > 0 ? (k - every + tail - 1) / tail : 1;
     if (verbose)
         printf("%s %s: K=%ld rc=%d\n", tg->name, in->name, k, brc);
     long only = env_long("QUERN_ALLOCFAIL_ONLY", 0);  /* debugging: this n alone */
-    for (long n = 1; n <= k; n += n < every ? 1 : stride) {
+    for (long i = 0; i < 2 * k; i++) {
+        /* each n twice: that allocation alone fails, then it and all later */
+        long n = 1 + i / 2;
+        int persist = (int)(i & 1);
+        if (n > every && (n - every) % stride != 0)
+            continue;
         if (only && n != only)
             continue;
-        int rc = one(tg, in, n, &o, &err, &st);
+        cur_persist = persist;
+        int rc = one(tg, in, n, persist, &o, &err, &st);
         t->runs++;
         char why[700];
         if (st.live) {
@@ -928,8 +939,9 @@ static void run_input(const af_target *tg, const af_input *in, af_totals *t)
                 /* an input that is fine, refused as if the client were at fault */
                 t->misfiled++;
                 if (verbose || t->misfiled <= 5)
-                    fprintf(stderr, "note %s %s: allocation %ld failed: reported as %s: %s\n",
-                            tg->name, in->name, n, qn_code_name(rc), err.msg);
+                    fprintf(stderr, "note %s %s: allocation %ld%s failed: reported as %s: %s\n",
+                            tg->name, in->name, n, persist ? " and all later" : "",
+                            qn_code_name(rc), err.msg);
             }
         } else if (rc > 0) {
             snprintf(why, sizeof why, "returned %d", rc);

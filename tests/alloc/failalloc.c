@@ -60,6 +60,7 @@ static int armed, trace;
  * json_error_out_of_memory. */
 static __thread int benign;
 static long count, fail_at, injected, live;
+static int persist;  /* fail every allocation from fail_at on */
 static slot *set;
 static size_t cap, used;  /* used counts live and tombstones */
 
@@ -128,7 +129,7 @@ static int enter(void)
     pthread_mutex_lock(&lock);
     if (armed) {
         count++;
-        if (count == fail_at) {
+        if (count == fail_at || (persist && fail_at > 0 && count > fail_at)) {
             injected++;
             fail = 1;
         }
@@ -363,9 +364,15 @@ void failalloc_init(void)
 
 void failalloc_arm(long n)
 {
+    failalloc_arm_mode(n, 0);
+}
+
+void failalloc_arm_mode(long n, int persistent)
+{
     pthread_mutex_lock(&lock);
     count = injected = 0;
     fail_at = n;
+    persist = persistent;
     armed = 1;
     pthread_mutex_unlock(&lock);
 }

@@ -32,7 +32,7 @@
 
 typedef struct failalloc_stats {
     long count;     /* allocation calls made while armed */
-    long injected;  /* how many of them were failed (0 or 1) */
+    long injected;  /* how many of them were failed */
     long live;      /* blocks allocated while armed and not freed by disarm */
 } failalloc_stats;
 
@@ -43,6 +43,9 @@ void failalloc_init(void);
 /* Starts counting from zero; fail_at > 0 makes that allocation (1-based)
  * fail, and only that one; 0 fails none. */
 void failalloc_arm(long fail_at);
+/* The same; persistent: that allocation and every later one fail (curl's
+ * CURL_MEMLIMIT: the error paths run out of memory too). */
+void failalloc_arm_mode(long fail_at, int persistent);
 
 /* Stops counting and returns what happened since failalloc_arm. When live is
  * not zero and report is non-zero, prints each leaked block's size and the
