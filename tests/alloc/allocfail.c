@@ -17,7 +17,8 @@
  *     or, when the failure was absorbed by a fallback, in exactly the
  *     baseline's result (same hash): nothing may be altered silently;
  *   - when the input succeeded in the baseline and now fails, say so as a
- *     server fault (QN_RESOURCE_EXHAUSTED, a 5xx), not as a client's (4xx).
+ *     server fault (QN_RESOURCE_EXHAUSTED; for HTTP a 5xx or 429), not as a
+ *     client's (other 4xx); see af_target.strict for the two exceptions.
  * n runs over 1..K while K <= QUERN_ALLOCFAIL_EVERY (default 2000), then
  * over QUERN_ALLOCFAIL_TAIL (default 400) evenly spaced points of the rest.
  * QUERN_ALLOCFAIL_ONLY=n runs only allocation n (with QUERN_ALLOCFAIL_TRACE,
@@ -780,25 +781,31 @@ typedef struct af_target {
     const char *name;
     af_run_fn run;
     void (*make_inputs)(af_inputs *in);  /* NULL: inputs come from the command line */
+    /* 1: a good input failing for memory must say RESOURCE_EXHAUSTED (a
+     * client fault code fails the run); 0: only noted. grpc_infer: the
+     * protobuf-to-JSON parameter conversion cannot tell invalid UTF-8 from
+     * out of memory (jansson answers NULL to both); xgb_forest: a refusal
+     * has no code, it only means "use XGBoost's predictor". */
+    int strict;
 } af_target;
 
 static const af_target targets[] = {
-    {"json_body", run_json_body, NULL},
-    {"cloudevent", run_cloudevent, NULL},
-    {"oip_json", run_oip_json, NULL},
-    {"grpc_infer", run_grpc_infer, NULL},
-    {"csv", run_csv, NULL},
-    {"ndjson", run_ndjson, NULL},
-    {"records", run_records, NULL},
-    {"manifest", run_manifest, NULL},
-    {"npy", run_npy, NULL},
-    {"xgb_forest", run_xgb_forest, NULL},
-    {"linear_json", run_linear_json, NULL},
-    {"transform_json", run_transform_json, NULL},
-    {"profile_json", run_profile_json, NULL},
-    {"clean_json", run_clean_json, NULL},
-    {"model_load", run_model_load, make_bundles},
-    {"http", run_http, NULL},
+    {"json_body", run_json_body, NULL, 1},
+    {"cloudevent", run_cloudevent, NULL, 1},
+    {"oip_json", run_oip_json, NULL, 1},
+    {"grpc_infer", run_grpc_infer, NULL, 0},
+    {"csv", run_csv, NULL, 1},
+    {"ndjson", run_ndjson, NULL, 1},
+    {"records", run_records, NULL, 1},
+    {"manifest", run_manifest, NULL, 1},
+    {"npy", run_npy, NULL, 1},
+    {"xgb_forest", run_xgb_forest, NULL, 0},
+    {"linear_json", run_linear_json, NULL, 1},
+    {"transform_json", run_transform_json, NULL, 1},
+    {"profile_json", run_profile_json, NULL, 1},
+    {"clean_json", run_clean_json, NULL, 1},
+    {"model_load", run_model_load, make_bundles, 1},
+    {"http", run_http, NULL, 1},
 };
 
 /* ---- the driver ------------------------------------------------------------ */
@@ -938,7 +945,11 @@ static void run_input(const af_target *tg, const af_input *in, af_totals *t)
             } else if (brc == 0 && rc != QN_RESOURCE_EXHAUSTED) {
                 /* an input that is fine, refused as if the client were at fault */
                 t->misfiled++;
-                if (verbose || t->misfiled <= 5)
+                if (tg->strict) {
+                    snprintf(why, sizeof why, "a good input refused as %s, not as "
+                             "resource_exhausted: %s", qn_code_name(rc), err.msg);
+                    fail_run(t, tg, in, n, why);
+                } else if (verbose || t->misfiled <= 5)
                     fprintf(stderr, "note %s %s: allocation %ld%s failed: reported as %s: %s\n",
                             tg->name, in->name, n, persist ? " and all later" : "",
                             qn_code_name(rc), err.msg);
