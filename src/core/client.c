@@ -14,6 +14,7 @@
  * circuit that opened meanwhile.
  */
 #include "core/client.h"
+#include "core/json.h"
 
 #include "core/log.h"
 
@@ -588,7 +589,7 @@ static int do_call(qn_client *c, call *k, qn_err *err)
 static int json_call(qn_client *c, const char *method, const char *path, const json_t *body,
                      const char *idem, const qn_trace_ctx *trace, json_t **out, qn_err *err)
 {
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    char *text = body ? qn_json_dumps(body, JSON_COMPACT) : NULL;
     qn_buf resp;
     qn_buf_init(&resp, c->o.max_response);
     call k = {.method = method, .path = path, .content_type = body ? "application/json" : NULL,

@@ -35,6 +35,7 @@
 
 #include "core/buf.h"
 #include "core/http_route.h"
+#include "core/json.h"
 #include "core/log.h"
 #include "core/otel.h"
 
@@ -216,7 +217,7 @@ int qn_res_json(qn_res *res, int status, json_t *body)
         res_internal(res);
         return 0;
     }
-    char *s = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *s = qn_json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
     json_decref(body);
     if (!s) {
         qn_log_error(res->req->trace_id, "cannot encode the JSON response", NULL);
@@ -351,10 +352,20 @@ static enum MHD_Result res_send(qn_req *req)
         res_internal(res);
     switch (res->kind) {
     case RES_BUF:
-        if (!res->body) {
+        if (!res->body && res->status >= 500) {
+            /* the error's body could not be allocated: a static one */
+            static const char msg[] = "{\"error\":{\"code\":\"internal\",\"message\":\"internal error\"}}";
+            static const char oip[] = "{\"error\":\"internal error\"}";
+            int is_oip = req->route && (req->route->flags & QN_ROUTE_OIP);
+            r = MHD_create_response_from_buffer(is_oip ? sizeof oip - 1 : sizeof msg - 1,
+                                                (void *)(is_oip ? oip : msg),
+                                                MHD_RESPMEM_PERSISTENT);
+        } else if (!res->body) {
             r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
         } else {
-            r = MHD_create_response_from_buffer(res->len, res->body, MHD_RESPMEM_MUST_FREE);
+            /* free by our own reference (not MHD's), so an allocator wrapped under
+             * the code (tests/alloc) sees the body go */
+            r = MHD_create_response_from_buffer_with_free_callback(res->len, res->body, free);
             if (r)
                 res->body = NULL;
         }
@@ -473,7 +484,7 @@ json_t *qn_req_json(qn_req *req, qn_res *res)
     }
     json_t *v = json_loadb(req->body.data, req->body.len, JSON_REJECT_DUPLICATES, &je);
     if (!v) {
-        qn_res_error_details(res, QN_INVALID_ARGUMENT,
+        qn_res_error_details(res, qn_json_load_code(&je),
                              json_pack("{s:i, s:i}", "line", je.line, "column", je.column),
                              "request body is not valid JSON at line %d, column %d: %s", je.line,
                              je.column, je.text);
@@ -883,13 +894,31 @@ static enum MHD_Result run_handler(qn_req *req)
     return res_send(req);
 }
 
+/* The answer when there is no memory for a request at all: a static body,
+ * nothing allocated on our side. The connection closes after it. */
+static enum MHD_Result answer_oom(struct MHD_Connection *conn)
+{
+    static const char body[] =
+        "{\"error\":{\"code\":\"resource_exhausted\",\"message\":\"the server is out of memory\"}}";
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(sizeof body - 1, (void *)body, MHD_RESPMEM_PERSISTENT);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    enum MHD_Result ok =
+        MHD_queue_response(conn, (unsigned)qn_code_http_status(QN_RESOURCE_EXHAUSTED), r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_size, void **con_cls)
 {
     qn_req *req = *con_cls;
     if (!req)
-        return MHD_NO; /* out of memory when the request line arrived */
+        return answer_oom(conn); /* out of memory when the request line arrived */
     req->conn = conn;
     if (!req->started)
         return begin(req, method);

@@ -1,7 +1,9 @@
 /* json.c - strict field access and canonical serialization (see json.h). */
 #include "core/json.h"
 
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -140,9 +142,61 @@ int qn_json_tags(const json_t *obj, const char *key, json_t **out, qn_err *err)
     return 0;
 }
 
+/* json_dump_callback sink whose first failure sticks: jansson does not check
+ * every callback's answer, so the sink must refuse everything after one. */
+typedef struct dump_sink {
+    char *p;
+    size_t len, cap;
+    int failed;
+} dump_sink;
+
+static int dump_put(const char *b, size_t n, void *ud)
+{
+    dump_sink *s = ud;
+    if (s->failed)
+        return -1;
+    if (n >= s->cap - s->len) {
+        size_t cap = s->cap ? s->cap : 256;
+        while (n >= cap - s->len) {
+            if (cap > SIZE_MAX / 2) {
+                s->failed = 1;
+                return -1;
+            }
+            cap *= 2;
+        }
+        char *p = realloc(s->p, cap);
+        if (!p) {
+            s->failed = 1;
+            return -1;
+        }
+        s->p = p;
+        s->cap = cap;
+    }
+    memcpy(s->p + s->len, b, n);
+    s->len += n;
+    s->p[s->len] = '\0';
+    return 0;
+}
+
+char *qn_json_dumps(const json_t *v, size_t flags)
+{
+    dump_sink s = {0};
+    if (json_dump_callback(v, dump_put, &s, flags) < 0 || s.failed || !s.p) {
+        free(s.p);
+        return NULL;
+    }
+    return s.p;
+}
+
+int qn_json_load_code(const json_error_t *je)
+{
+    return json_error_code(je) == json_error_out_of_memory ? QN_RESOURCE_EXHAUSTED
+                                                            : QN_INVALID_ARGUMENT;
+}
+
 char *qn_json_canonical(const json_t *v)
 {
-    return json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    return qn_json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
 }
 
 int64_t qn_now_ms(void)

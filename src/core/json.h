@@ -47,6 +47,17 @@ int qn_json_tags(const json_t *obj, const char *key, json_t **out, qn_err *err);
  * and storage. Caller frees. NULL when out of memory. */
 char *qn_json_canonical(const json_t *v);
 
+/* json_dumps(v, flags), but NULL when any allocation fails: jansson 2.14's
+ * json_dumps ignores a failed append of an object key and returns the text
+ * without it (a digest or a response body silently altered). Use this, not
+ * json_dumps. Caller frees. */
+char *qn_json_dumps(const json_t *v, size_t flags);
+
+/* The code for a jansson reader's failure (json_loadb and kin): the server's
+ * QN_RESOURCE_EXHAUSTED when it ran out of memory, else the text's
+ * QN_INVALID_ARGUMENT. */
+int qn_json_load_code(const json_error_t *je);
+
 /* Milliseconds since the epoch, and RFC 3339 UTC with milliseconds
  * ("2026-11-28T13:30:00.123Z") into out[32]. */
 int64_t qn_now_ms(void);

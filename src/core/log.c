@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "core/err.h"
+#include "core/json.h"
 
 static atomic_int log_min = QN_LOG_INFO;
 static atomic_int log_fd = 2;
@@ -142,7 +143,7 @@ void qn_log(qn_log_level level, const char *trace_id, const char *msg, const cha
     if (trace_id && *trace_id)
         json_object_set_new(obj, "trace_id", safe_string(trace_id));
 
-    char *line = json_dumps(obj, JSON_COMPACT);
+    char *line = qn_json_dumps(obj, JSON_COMPACT);
     json_decref(obj);
     if (!line)
         return;

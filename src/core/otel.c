@@ -15,6 +15,7 @@
  * (not base64), 64-bit integers (times, intValue) as decimal strings, enums
  * (kind, status code) as their numbers, empty fields left out.
  */
+#include "core/json.h"
 #include "core/otel.h"
 
 #include <curl/curl.h>
@@ -338,7 +339,7 @@ static char *encode(qn__span_rec *const *spans, unsigned n)
         "{s:[{s:{s:[{s:s, s:{s:s}}]}, s:[{s:{s:s, s:s}, s:o}]}]}", "resourceSpans", "resource", "attributes",
         "key", "service.name", "value", "stringValue", g.service, "scopeSpans", "scope", "name", "quern",
         "version", QUERN_VERSION, "spans", arr);
-    char *text = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    char *text = req ? qn_json_dumps(req, JSON_COMPACT) : NULL;
     json_decref(req);
     return text;
 }

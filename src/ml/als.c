@@ -38,6 +38,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "core/json.h"
 #include "ml/frame.h"
 #include "ml/npy.h"
 
@@ -924,7 +925,8 @@ static int read_ids(const char *path, int64_t n, qml_dict **out, qn_err *err)
         struct stat st;
         if (stat(path, &st) != 0)
             return qn_err_set(err, QN_NOT_FOUND, "%s: missing from the bundle", path);
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "%s: line %d: %s", path, jerr.line, jerr.text);
+        return qn_err_set(err, qn_json_load_code(&jerr), "%s: line %d: %s", path, jerr.line,
+                          jerr.text);
     }
     if (!json_is_array(arr) || (int64_t)json_array_size(arr) != n) {
         rc = qn_err_set(err, QN_INVALID_ARGUMENT, "%s: want a JSON array of %lld ids, found %s of %zu",

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "core/digest.h"
+#include "core/json.h"
 
 #define MAX_TENSORS 1024
 #define MAX_FILES 4096
@@ -268,7 +269,7 @@ int qml_manifest_parse(const void *buf, size_t len, qml_manifest **out, qn_err *
     m->root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
     int rc;
     if (!m->root)
-        rc = qn_err_set(err, QN_INVALID_ARGUMENT, "manifest: invalid JSON at line %d column %d: %s",
+        rc = qn_err_set(err, qn_json_load_code(&jerr), "manifest: invalid JSON at line %d column %d: %s",
                         jerr.line, jerr.column, jerr.text);
     else
         rc = validate(m, err);
@@ -324,7 +325,7 @@ const json_t *qml_manifest_get(const qml_manifest *m, const char *field)
 
 static int canonical(const json_t *root, char **out, size_t *len, qn_err *err)
 {
-    char *s = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
+    char *s = qn_json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
     if (!s)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory encoding the manifest");
     *out = s;

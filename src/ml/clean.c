@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "ml/schema.h"
+#include "core/json.h"
 
 typedef enum op {
     OP_DROP_MISSING, OP_FILTER, OP_IMPUTE, OP_DEDUPE, OP_CLIP, OP_CAST, OP_MAP_WEIGHTS,
@@ -321,7 +322,7 @@ int qml_clean_parse(const char *json, size_t len, qml_clean_steps **out, qn_err 
     *out = NULL;
     json_t *arr = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
     if (!arr)
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "cleaning steps: not JSON (line %d column %d): %s",
+        return qn_err_set(err, qn_json_load_code(&je), "cleaning steps: not JSON (line %d column %d): %s",
                           je.line, je.column, je.text);
     int rc = qml_clean_from_json(arr, out, err);
     json_decref(arr);
@@ -988,7 +989,7 @@ static int apply_step(const qml_frame *f, const step *st, qml_frame **out,
         if ((rc = filter_mask(f, st, keep, &nm, err)) < 0)
             break;
         rc = take_kept(f, keep, out, err);
-        char *val = json_dumps(json_object_get(st->spec, "value"), JSON_COMPACT | JSON_ENCODE_ANY);
+        char *val = qn_json_dumps(json_object_get(st->spec, "value"), JSON_COMPACT | JSON_ENCODE_ANY);
         snprintf(sr->note, sizeof sr->note, "rows failing %s %s %.60s%s dropped (%zu had it missing)",
                  st->column, cmp_names[st->cmp], val ? val : "",
                  val && strlen(val) > 60 ? "..." : "", nm);

@@ -396,6 +396,9 @@ static int read_nonblank(qml_csv_reader *r, rec *rc, qn_err *err)
     do
         k = read_record(r, rc, err);
     while (k > 0 && is_blank(rc));
+    if (k == QN_RESOURCE_EXHAUSTED) /* read_record's buffers return the bare code */
+        qn_err_set(err, k, "%s: out of memory near line %llu", r->path,
+                   (unsigned long long)r->lines);
     return k;
 }
 

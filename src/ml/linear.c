@@ -8,6 +8,7 @@
  * classes[k]" (binary: one row for classes[1]).
  */
 #include "ml/linear.h"
+#include "core/json.h"
 
 #include <cblas.h>
 #include <jansson.h>
@@ -396,7 +397,7 @@ char *qml_linear_to_json(const qml_linear *m, qn_err *err)
             if (json_array_append_new(cl, json_integer(m->classes[k])) < 0)
                 goto out;
     }
-    text = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
+    text = qn_json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
 out:
     json_decref(root);
     if (!text)
@@ -427,7 +428,7 @@ int qml_linear_from_json(const char *json, size_t len, qml_linear **out, qn_err 
     *out = NULL;
     json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "linear model JSON, line %d column %d: %s",
+        return qn_err_set(err, qn_json_load_code(&jerr), "linear model JSON, line %d column %d: %s",
                           jerr.line, jerr.column, jerr.text);
     const char *format = json_string_value(json_object_get(root, "format"));
     const char *kind = json_string_value(json_object_get(root, "kind"));

@@ -8,6 +8,7 @@
  * first request. See model.h for the bundle layout per kind.
  */
 #include "ml/model.h"
+#include "core/json.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -381,7 +382,7 @@ static int passthrough_features(qml_model *m, qn_err *err)
     }
     json_t *doc = json_pack("{s:s, s:I, s:o}", "format", "quern.features/1", "n_features",
                             (json_int_t)m->n_in, "columns", cols);
-    char *s = json_dumps(doc, JSON_COMPACT);
+    char *s = qn_json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
     if (!s)
         return oom(err);
@@ -471,7 +472,7 @@ int qml_model_load(const char *dir, const qml_model_opts *opts, qml_model **out,
         if ((rc = passthrough_features(m, err)) < 0)
             goto out;
     } else {
-        char *tfs = json_dumps(tf, JSON_COMPACT);
+        char *tfs = qn_json_dumps(tf, JSON_COMPACT);
         rc = tfs ? qml_features_from_json(tfs, strlen(tfs), &m->features, err) : oom(err);
         free(tfs);
         if (rc < 0) {

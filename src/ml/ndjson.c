@@ -8,6 +8,7 @@
  * parsed at open, kept as JSON, used for the schema and emitted first.
  */
 #include "ml/ndjson.h"
+#include "core/json.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -189,6 +190,9 @@ static int next_object(qml_ndjson_reader *r, pend *pd, qn_err *err)
     }
     json_error_t je;
     json_t *v = json_loadb(s, len, JSON_REJECT_DUPLICATES, &je);
+    if (!v && json_error_code(&je) == json_error_out_of_memory) /* not the row's fault */
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "%s: out of memory reading line %llu",
+                          r->path, (unsigned long long)r->lines);
     if (!v) {
         pd->reason = QML_BAD_JSON;
         snprintf(pd->msg, sizeof pd->msg, "not JSON at column %d: %s", je.column, je.text);
@@ -240,7 +244,7 @@ static int push_value(qml_column *c, json_t *v, char *msg, size_t cap)
         return qml_col_push_num(c, json_is_true(v));
     }
     if (c->type == QML_CATEGORICAL) {
-        char *text = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+        char *text = qn_json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
         if (!text)
             return QN_RESOURCE_EXHAUSTED;
         int rc = qml_col_push_str(c, text, strlen(text));

@@ -9,6 +9,7 @@
  * bundle is outside input (tests/fuzz/fuzz_profile_json.c).
  */
 #include "ml/profile.h"
+#include "core/json.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -357,11 +358,13 @@ static json_t *column_json(const qml_profile_column *c)
                 json_decref(q);
                 q = NULL;
             }
-        bad = json_object_set_new(o, "mean", real_or_null(c->mean)) ||
+        bad = !q || json_object_set_new(o, "mean", real_or_null(c->mean)) ||
               json_object_set_new(o, "std", real_or_null(c->std)) ||
               json_object_set_new(o, "min", real_or_null(c->min)) ||
-              json_object_set_new(o, "max", real_or_null(c->max)) ||
-              !q || json_object_set_new(o, "quantiles", q) ||
+              json_object_set_new(o, "max", real_or_null(c->max));
+        if (bad) /* q was not handed over yet */
+            json_decref(q);
+        bad = bad || json_object_set_new(o, "quantiles", q) ||
               json_object_set_new(o, "edges", real_array(c->edges, c->nbins ? c->nbins + 1 : 0)) ||
               json_object_set_new(o, "hist", int_array(c->hist, c->nbins)) ||
               json_object_set_new(o, "sample", real_array(c->sample, c->sample_len));
@@ -389,7 +392,7 @@ char *qml_profile_to_json(const qml_profile *p, qn_err *err)
             goto out;
     if (json_object_set(root, "columns", cols))
         goto out;
-    s = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    s = qn_json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(17));
 out:
     json_decref(cols);
     json_decref(root);
@@ -560,7 +563,7 @@ int qml_profile_from_json(const char *json, size_t len, qml_profile **out, qn_er
     json_error_t je;
     json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
     if (!root)
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "profile: bad JSON at line %d: %s", je.line,
+        return qn_err_set(err, qn_json_load_code(&je), "profile: bad JSON at line %d: %s", je.line,
                           je.text);
     int rc = 0;
     qml_profile *p = calloc(1, sizeof *p);

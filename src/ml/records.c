@@ -680,6 +680,8 @@ static int parse_ndjson(const char *p, const char *end, const qml_rec_schema *s,
             json_error_t je;
             json_t *obj = json_loadb(p, (size_t)(e - p), JSON_REJECT_DUPLICATES, &je);
             int rc = 0;
+            if (!obj && json_error_code(&je) == json_error_out_of_memory)
+                return oom(err); /* not the row's fault: never a bad row */
             if (!obj) {
                 snprintf(msg, sizeof msg, "invalid JSON at column %d: %s", je.column, je.text);
                 rc = add_error(b, o, row, line, msg) < 0 ? oom(err) : 0;
@@ -726,6 +728,8 @@ static int parse_json(const char *body, const char *end, const qml_rec_schema *s
     const char *arr = *p == '[' ? p + 1 : *p == '{' ? events_wrapper(p, end) : NULL;
     if (!arr) {
         json_t *obj = json_loadb(p, (size_t)(end - p), JSON_REJECT_DUPLICATES, &je);
+        if (!obj && json_error_code(&je) == json_error_out_of_memory)
+            return oom(err);
         if (!obj)
             return qn_err_set(err, QN_INVALID_ARGUMENT, "the body is not valid JSON: line %d, column %d: %s",
                               je.line, je.column, je.text);
@@ -744,6 +748,8 @@ static int parse_json(const char *body, const char *end, const qml_rec_schema *s
             if (++row > o->max_rows)
                 return too_many(o, err);
             json_t *obj = json_loadb(p, (size_t)(end - p), JSON_DISABLE_EOF_CHECK | JSON_REJECT_DUPLICATES, &je);
+            if (!obj && json_error_code(&je) == json_error_out_of_memory)
+                return oom(err);
             if (!obj)
                 return qn_err_set(err, QN_INVALID_ARGUMENT,
                                   "the body is not valid JSON: row %llu (an object or array expected): %s",

@@ -8,6 +8,7 @@
  * serving reproduces training exactly.
  */
 #include "ml/transform.h"
+#include "core/json.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -744,7 +745,7 @@ char *qml_features_to_json(const qml_features *f, qn_err *err)
                 goto out;
         }
     }
-    text = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
+    text = qn_json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
 out:
     json_decref(root);
     if (!text)
@@ -927,7 +928,7 @@ int qml_features_from_json(const char *json, size_t len, qml_features **out, qn_
     *out = NULL;
     json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "feature pipeline JSON, line %d column %d: %s",
+        return qn_err_set(err, qn_json_load_code(&jerr), "feature pipeline JSON, line %d column %d: %s",
                           jerr.line, jerr.column, jerr.text);
     const char *format = json_string_value(json_object_get(root, "format"));
     json_t *cols = json_object_get(root, "columns");

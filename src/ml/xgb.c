@@ -263,6 +263,10 @@ static int pin(BoosterHandle h, int nthread, qml_xgb **out, qn_err *err)
         goto out;
     }
     cfg = json_loadb(cstr, clen, 0, NULL);
+    if (!cfg) { /* XGBoost wrote it: only memory can make it unreadable */
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory reading the model configuration");
+        goto out;
+    }
     json_t *learner = json_object_get(cfg, "learner");
     const char *obj = json_string_value(
         json_object_get(json_object_get(learner, "objective"), "name"));

@@ -44,6 +44,7 @@
 #include <time.h>
 
 #include "core/arena.h"
+#include "core/json.h"
 #include "core/log.h"
 #include "core/otel.h"
 #include "core/trace.h"
@@ -314,7 +315,8 @@ static int check_text(const char *field, const char *s, qn_err *err)
 typedef struct budget_alloc {
     ProtobufCAllocator base;
     size_t used;
-    int exhausted;
+    int exhausted;  /* past the budget: the message's fault */
+    int oom;        /* malloc failed: the server's */
 } budget_alloc;
 
 static void *budget_malloc(void *ud, size_t n)
@@ -324,8 +326,12 @@ static void *budget_malloc(void *ud, size_t n)
         b->exhausted = 1;
         return NULL;
     }
-    b->used += n;
-    return malloc(n ? n : 1);
+    void *p = malloc(n ? n : 1);
+    if (p)
+        b->used += n;
+    else
+        b->oom = 1;
+    return p;
 }
 
 static void budget_free(void *ud, void *p)
@@ -440,7 +446,7 @@ static int json_to_params(json_t *obj, qn_arena *a, Inference__ModelInferRespons
             p->parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM;
             p->string_param = (char *)json_string_value(v);
         } else {
-            char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+            char *s = qn_json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
             char *copy = s ? qn_arena_strdup(a, s) : NULL;
             free(s);
             if (!copy)
@@ -897,6 +903,8 @@ int serve__grpc_infer(const oip_backend *be, const uint8_t *in, size_t inlen,
             rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED,
                             "ModelInferRequest: decoding it needs more than %zu MiB",
                             DECODE_BUDGET >> 20);
+        else if (ba.oom)
+            rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "ModelInferRequest: out of memory decoding it");
         else
             rc = qn_err_set(err, QN_INVALID_ARGUMENT, "ModelInferRequest: not a valid message");
         goto out;

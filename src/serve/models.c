@@ -360,7 +360,7 @@ static int download(serve *s, serve_model *m, int64_t version, const char *dest,
                         (long long)version);
         goto out;
     }
-    if (!(text = json_dumps(mj, JSON_COMPACT | JSON_SORT_KEYS))) {
+    if (!(text = qn_json_dumps(mj, JSON_COMPACT | JSON_SORT_KEYS))) {
         /* out of memory: retried at the next poll, not a refusal */
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory writing the manifest");
         goto out;

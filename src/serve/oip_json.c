@@ -278,7 +278,7 @@ static int parse_tree(const char *body, size_t len, size_t jlen, qn_arena *a, oi
                                   "input '%s': the data is not valid UTF-8 (byte %d of the body)",
                                   near, je.position);
         }
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "the body is not valid JSON: %s (line %d, "
+        return qn_err_set(err, qn_json_load_code(&je), "the body is not valid JSON: %s (line %d, "
                           "column %d)", je.text, je.line, je.column);
     }
     json_t *d = pr->doc;

@@ -135,7 +135,7 @@ static int write_response(qn_buf *b, const oip_infer_response *rs)
         buf_json_str(b, rs->id, strlen(rs->id));
     }
     if (rs->parameters) {
-        char *p = json_dumps(rs->parameters, JSON_COMPACT);
+        char *p = qn_json_dumps(rs->parameters, JSON_COMPACT);
         if (p) {
             qn_buf_puts(b, ",\"parameters\":");
             qn_buf_puts(b, p);

@@ -132,6 +132,8 @@ static int infer_sum(const oip_infer_request *rq, oip_infer_response *rs, qn_err
         y->shape[0] = n;
         y->data_len = (size_t)n * sizeof(float);
         y->data = malloc(y->data_len ? y->data_len : 1);
+        if (!y->name || !y->data)
+            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         const uint8_t *src = x->data;
         for (int64_t r = 0; r < n; r++) {
             float row[3], sum = 0;
@@ -148,10 +150,14 @@ static int infer_sum(const oip_infer_request *rq, oip_infer_response *rs, qn_err
         g->ndim = 1;
         g->shape[0] = (int64_t)nm->nbytes;
         g->bytes = calloc(nm->nbytes ? nm->nbytes : 1, sizeof *g->bytes);
+        if (!g->name || !g->bytes)
+            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         g->nbytes = nm->nbytes;
         for (size_t i = 0; i < nm->nbytes; i++) {
             size_t len = 7 + nm->bytes[i].len;
             uint8_t *p = malloc(len);
+            if (!p)
+                return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
             memcpy(p, "hello, ", 7);
             if (nm->bytes[i].len)
                 memcpy(p + 7, nm->bytes[i].p, nm->bytes[i].len);
@@ -171,14 +177,20 @@ static int infer_echo(const oip_infer_request *rq, oip_infer_response *rs, qn_er
         const oip_tensor *t = &rq->inputs[i];
         oip_output *o = &rs->outputs[rs->noutputs++];
         o->name = strdup(t->name);
+        if (!o->name)
+            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         o->datatype = t->datatype;
         o->ndim = t->ndim;
         memcpy(o->shape, t->shape, sizeof o->shape);
         if (t->datatype == OIP_BYTES) {
             o->bytes = calloc(t->nbytes ? t->nbytes : 1, sizeof *o->bytes);
+            if (!o->bytes)
+                return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
             o->nbytes = t->nbytes;
             for (size_t j = 0; j < t->nbytes; j++) {
                 uint8_t *p = malloc(t->bytes[j].len ? t->bytes[j].len : 1);
+                if (!p)
+                    return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
                 if (t->bytes[j].len)
                     memcpy(p, t->bytes[j].p, t->bytes[j].len);
                 o->bytes[j].p = p;
@@ -186,6 +198,8 @@ static int infer_echo(const oip_infer_request *rq, oip_infer_response *rs, qn_er
             }
         } else {
             o->data = malloc(t->data_len ? t->data_len : 1);
+            if (!o->data)
+                return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
             if (t->data_len)
                 memcpy(o->data, t->data, t->data_len);
             o->data_len = t->data_len;
@@ -216,18 +230,22 @@ static int sb_infer(void *ud, const oip_infer_request *rq, oip_infer_response *r
         rs->version = strdup("1");
         rs->id = rq->id ? strdup(rq->id) : NULL;
         rs->parameters = rq->parameters ? json_deep_copy(rq->parameters) : json_object();
-        if (rq->traceparent)
-            json_object_set_new(rs->parameters, "traceparent", json_string(rq->traceparent));
+        if (!rs->model || !rs->version || (rq->id && !rs->id) || !rs->parameters)
+            rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        if (rc == 0 && rq->traceparent &&
+            json_object_set_new(rs->parameters, "traceparent", json_string(rq->traceparent)))
+            rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         /* Tensor parameters reach the backend too: report what came in. */
-        for (size_t i = 0; i < rq->ninputs; i++)
+        for (size_t i = 0; rc == 0 && i < rq->ninputs; i++)
             if (rq->inputs[i].parameters) {
                 char key[128];
                 snprintf(key, sizeof key, "input_params_%s", rq->inputs[i].name);
-                json_object_set(rs->parameters, key, rq->inputs[i].parameters);
+                if (json_object_set(rs->parameters, key, rq->inputs[i].parameters))
+                    rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
             }
-    } else {
-        oip_response_free(rs);
     }
+    if (rc < 0)
+        oip_response_free(rs);
     atomic_fetch_add(&s->done, 1);
     return rc;
 }
