@@ -6,9 +6,11 @@ after SIGTERM ran reg_models_list on freed memory (AddressSanitizer:
 heap-use-after-free; two 200s after the signal; exit 1). Proves the nginx
 order (stop accepting; answer what arrives on open connections with 503 and
 Connection: close without running a handler; drain; join; then free):
-- race: 50 connections, each having done one request, all send a request
-  right after SIGTERM; each gets a complete answer (200 if it beat the
-  signal, 503 otherwise) or a clean close, never a partial answer; the
+- race: 50 connections, each having done one request, send a request after
+  SIGTERM (staggered over 200 ms, across the whole stop sequence) and go on
+  sending for as long as the server keeps them open;
+  each answer is complete (200 if it beat the signal, 503 with Connection:
+  close after) or the connection closes cleanly, never a partial answer; the
   process exits 0 within the drain deadline, and its log holds no sanitizer
   report;
 - held open: a slow blob download keeps the drain going; the 50 requests
@@ -106,26 +108,57 @@ class SigtermKeepAliveTest(ServiceTest):
     def test_race_after_sigterm(self):
         reg = self.registry("race")
         conns = self.keepalive_conns(reg)
+        seen = {"200": 0, "503": 0, "closed": 0}
+        bad = []
+        lock = threading.Lock()
+        signalled = threading.Event()
+
+        # Connection i sends its first request i * 4 ms after the signal
+        # (0-200 ms: across the whole stop sequence), then goes on sending for
+        # as long as the server keeps it open. A request the server took after
+        # the service state was gone would show (ASan report, exit code).
+        def client(i, s):
+            signalled.wait()
+            time.sleep(i * 0.004)
+            end = time.time() + DRAIN_S + 5
+            while time.time() < end:
+                try:
+                    s.sendall(REQ)
+                except OSError:
+                    pass  # closed by the server: read_response says so
+                r = read_response(s)
+                with lock:
+                    if r[0] == "closed":
+                        seen["closed"] += 1
+                        return
+                    if r[0] != "ok" or r[1] not in (200, 503):
+                        bad.append(r)
+                        return
+                    json.loads(r[3])
+                    seen[str(r[1])] += 1
+                if r[1] == 503 or r[2].get("connection", "").lower() == "close":
+                    if read_response(s, 5) != ("closed",):
+                        with lock:
+                            bad.append(("not closed after Connection: close", r))
+                    return
+
+        threads = [threading.Thread(target=client, args=(i, s), daemon=True) for i, s in enumerate(conns)]
+        for t in threads:
+            t.start()
         t0 = time.time()
         reg.proc.send_signal(signal.SIGTERM)
-        self.fire(conns)
-        seen = {"200": 0, "503": 0, "closed": 0}
-        for s in conns:
-            r = read_response(s)
-            self.assertIn(r[0], ("ok", "closed"), f"a partial answer: {r!r}")
-            if r[0] == "ok":
-                self.assertIn(r[1], (200, 503), r)
-                json.loads(r[3])
-                seen[str(r[1])] += 1
-            else:
-                seen["closed"] += 1
-            s.close()
+        signalled.set()
+        for t in threads:
+            t.join(DRAIN_S + 10)
         rc = reg.proc.wait(DRAIN_S + 10)
         took = time.time() - t0
+        for s in conns:
+            s.close()
+        self.assertEqual(bad, [], f"partial or unexpected answers: {bad[:3]!r}")
         self.assertEqual(rc, 0, reg.log()[-3000:])
         self.assertLess(took, DRAIN_S)
-        print(f"SIGTERM, then a request on each of {CONNS} kept-alive connections: {seen}; "
-              f"exit 0 after {took:.2f}s")
+        print(f"SIGTERM, then {CONNS} kept-alive connections send (first ones at once, the last "
+              f"200 ms later) while kept open: {seen}; exit 0 after {took:.2f}s")
 
     def test_requests_during_drain_get_503(self):
         reg = self.registry("held")
