@@ -15,6 +15,13 @@
  * parameter is not mistaken for a separator) and freed by the completion
  * callback, which also records metrics and the access log and decrements
  * the in-flight count that qn_http_drain waits on.
+ *
+ * The first call also checks, before any handler could see the request,
+ * what libmicrohttpd 0.9.75 lets through: the body's framing (check_framing)
+ * and the UTF-8 of path and query parameters (check_utf8); and while
+ * draining it answers 503 instead of running the handler, so that nothing
+ * reaches the service's state once the service has begun to stop.
+ * Connection limits and the request-head deadline live in http_conn.c.
  */
 #include "core/http.h"
 
