@@ -69,6 +69,10 @@ typedef struct qn_common_cfg {
     char *otlp_endpoint; /* OTLP/HTTP collector base URL; NULL or "": tracing off */
     long long breaker_failures;    /* consecutive upstream failures that open a circuit */
     long long breaker_cooldown_ms; /* first open period of a circuit (doubles, capped) */
+    long long max_connections;     /* HTTP connections open at once */
+    long long max_client_conns;    /* per client address (0: no cap) */
+    long long header_timeout_ms;   /* deadline for a request line and headers */
+    long long idle_timeout_ms;     /* a silent connection is closed after this */
 } qn_common_cfg;
 
 #define QN_CFG_COMMON(type, listen_def, service)                                                \
@@ -101,7 +105,19 @@ typedef struct qn_common_cfg {
      offsetof(type, common.breaker_failures)},                                                  \
     {"breaker-cooldown", "QUERN_BREAKER_COOLDOWN", QN_CFG_DURATION, "1s", 10, 600000,           \
      "First wait of an open circuit before a probe (doubles per failed probe, to 30s)",         \
-     offsetof(type, common.breaker_cooldown_ms)}
+     offsetof(type, common.breaker_cooldown_ms)},                                               \
+    {"max-connections", "QUERN_MAX_CONNECTIONS", QN_CFG_INT, "1024", 1, 1000000,                \
+     "HTTP connections open at once; more are answered 503 and closed (lowered to fit the open-file limit)", \
+     offsetof(type, common.max_connections)},                                                   \
+    {"max-connections-per-client", "QUERN_MAX_CONNECTIONS_PER_CLIENT", QN_CFG_INT, "128", 0,    \
+     1000000, "HTTP connections open at once from one client IP address; more are answered 429 and closed (0: no cap; raise it behind a proxy)", \
+     offsetof(type, common.max_client_conns)},                                                  \
+    {"header-timeout", "QUERN_HEADER_TIMEOUT", QN_CFG_DURATION, "10s", 100, 3600000,            \
+     "Time a client has to send a request line and headers, from connecting or from the first byte of a later request", \
+     offsetof(type, common.header_timeout_ms)},                                                 \
+    {"idle-timeout", "QUERN_IDLE_TIMEOUT", QN_CFG_DURATION, "60s", 1000, 86400000,              \
+     "A connection silent both ways this long is closed (whole seconds)",                       \
+     offsetof(type, common.idle_timeout_ms)}
 
 /* Fills cfg from argv, then the environment, then defaults, checking types and
  * bounds. Returns 0; QN_CONFIG_EXIT after printing --help or --version to

@@ -1,9 +1,29 @@
-/* err.c - error codes, names and messages (see err.h). */
+/*
+ * err.c - error codes, names and messages (see err.h).
+ *
+ * Messages quote their input ("model %s does not exist"), and input is any
+ * bytes: a message is formatted into a scratch buffer twice its size, then
+ * copied with bytes that are not UTF-8 escaped as \xHH and cut on a
+ * character boundary (core/utf8), so that err->msg is always valid UTF-8
+ * and can go into a JSON error body as it is.
+ */
 #include "err.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "core/utf8.h"
+
+void qn_err_format_v(char *out, size_t cap, const char *fmt, va_list ap)
+{
+    char tmp[2 * QN_ERR_MSG_MAX];
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1;
+    /* A character cut by vsnprintf lies past what fits in out anyway when
+     * cap <= sizeof tmp / 2: every input byte becomes at least one byte. */
+    qn_utf8_escape(out, cap, tmp, len);
+}
 
 int qn_err_set(qn_err *err, int code, const char *fmt, ...)
 {
@@ -11,7 +31,7 @@ int qn_err_set(qn_err *err, int code, const char *fmt, ...)
         va_list ap;
         va_start(ap, fmt);
         err->code = code;
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        qn_err_format_v(err->msg, sizeof err->msg, fmt, ap);
         va_end(ap);
     }
     return code;
@@ -25,17 +45,19 @@ int qn_err_wrap(qn_err *err, const char *fmt, ...)
     if (!err)
         return QN_UNKNOWN;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    qn_err_format_v(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
-    /* Truncation is fine here: the message is for humans and stays bounded. */
+    old[sizeof old - 1] = '\0';
+    /* Truncation is fine here: the message is for humans and stays bounded;
+     * it never cuts a character in two. */
     size_t n = strlen(prefix);
-    if (n > sizeof err->msg - 3)
-        n = sizeof err->msg - 3;
+    n = qn_utf8_trunc(prefix, n, sizeof err->msg - 3);
     memcpy(err->msg, prefix, n);
     memcpy(err->msg + n, ": ", 2);
     size_t rest = sizeof err->msg - n - 3;
-    size_t olen = strnlen(old, rest);
+    size_t olen = strlen(old);
+    olen = qn_utf8_trunc(old, olen, rest);
     memcpy(err->msg + n + 2, old, olen);
     err->msg[n + 2 + olen] = '\0';
     return err->code;

@@ -23,6 +23,7 @@
 #ifndef QN_ERR_H
 #define QN_ERR_H
 
+#include <stdarg.h>
 #include <stddef.h>
 
 /* XX(NAME, grpc number, snake_case name, HTTP status) */
@@ -60,12 +61,22 @@ typedef struct qn_err {
 } qn_err;
 
 /* Fills err (which may be NULL) with code and a printf-style message and
- * returns code, so that `return qn_err_set(err, QN_..., "...")` reads well. */
+ * returns code, so that `return qn_err_set(err, QN_..., "...")` reads well.
+ * The message is always valid UTF-8: bytes of the arguments that are not
+ * are written as \xHH, and a message too long for msg is cut on a
+ * character boundary. */
 int qn_err_set(qn_err *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Prefixes err->msg with "prefix: " (context added by a caller); returns err->code. */
+/* Prefixes err->msg with "prefix: " (context added by a caller); returns
+ * err->code. Same UTF-8 guarantee as qn_err_set. */
 int qn_err_wrap(qn_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* vsnprintf for messages: formats into out (cap bytes, cap <= 2 *
+ * QN_ERR_MSG_MAX for the cut to stay on a boundary) with the guarantee of
+ * qn_err_set. Used by the HTTP error responses too. */
+void qn_err_format_v(char *out, size_t cap, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 /* Resets err to QN_OK with an empty message. err may be NULL. */
 void qn_err_clear(qn_err *err);

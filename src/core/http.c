@@ -15,6 +15,13 @@
  * parameter is not mistaken for a separator) and freed by the completion
  * callback, which also records metrics and the access log and decrements
  * the in-flight count that qn_http_drain waits on.
+ *
+ * The first call also checks, before any handler could see the request,
+ * what libmicrohttpd 0.9.75 lets through: the body's framing (check_framing)
+ * and the UTF-8 of path and query parameters (check_utf8); and while
+ * draining it answers 503 instead of running the handler, so that nothing
+ * reaches the service's state once the service has begun to stop.
+ * Connection limits and the request-head deadline live in http_conn.c.
  */
 #include "core/http.h"
 
@@ -29,19 +36,26 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "core/buf.h"
+#include "core/http_conn.h"
 #include "core/http_route.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/otel.h"
+#include "core/utf8.h"
 
 #define DEFAULT_JSON_DEPTH 32
-#define CONNECTION_LIMIT 1024
-#define CONNECTION_TIMEOUT_S 60
+#define DEFAULT_MAX_CONNECTIONS 1024
+#define DEFAULT_IDLE_TIMEOUT_MS 60000
+#define DEFAULT_HEADER_TIMEOUT_MS 10000
+/* File descriptors kept for everything but connections (store, bus, logs). */
+#define FD_RESERVE 128
 /* libmicrohttpd's per-connection pool (request line, headers, read and
  * write buffers). It zeroes the pool between keep-alive requests, so its size
  * is paid on every request: 64 KiB cost ~100k instructions of memset per
@@ -49,7 +63,8 @@
  * headers; bodies stream through it in chunks whatever their size. */
 #define CONNECTION_MEMORY 16384
 /* After refusing a body mid-stream we read and drop the rest (so the
- * connection can be kept), but not forever. */
+ * connection can be kept), but not forever: past this the answer is written
+ * straight to the socket and the connection closed (send_direct). */
 #define DISCARD_MAX (8ull << 20)
 #define METRICS_MAX (64u << 20)
 #define QN_NELEM_HTTP(a) (sizeof(a) / sizeof((a)[0]))
@@ -71,11 +86,13 @@ struct qn_res {
     int fd;
     uint64_t off, flen;
     hdr *hdrs;
+    int close;               /* send Connection: close (the framing cannot be trusted) */
 };
 
 struct qn_req {
     qn_http *h;
     struct MHD_Connection *conn;
+    qn__conn *cx;             /* the connection's tracker entry (may be NULL) */
     qn_arena *arena;
     const char *raw_path;     /* still escaped, query stripped */
     const char *method;
@@ -110,6 +127,7 @@ struct qn_http {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     long inflight;
+    qn__conns *conns;         /* limits and the request-head deadline */
     qn_metric *m_reqs, *m_dur, *m_inflight;
 };
 
@@ -239,7 +257,9 @@ static int res_error_v(qn_res *res, int status, int code, json_t *details, const
         json_decref(details);
         return 0;
     }
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    /* Valid UTF-8 whatever the arguments hold, or jansson would refuse the
+     * message and the client's bad byte would become a 500. */
+    qn_err_format_v(msg, sizeof msg, fmt, ap);
     if (status == 0)
         status = qn_code_http_status(code);
     /* Server faults never reach the client: the details go to the log. */
@@ -390,7 +410,7 @@ static enum MHD_Result res_send(qn_req *req)
         MHD_add_response_header(r, x->name, x->value);
     MHD_add_response_header(r, "X-Request-Id", req->request_id);
     /* While draining, send clients elsewhere rather than keep them here. */
-    if (atomic_load(&req->h->draining))
+    if (atomic_load(&req->h->draining) || res->close)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ok = MHD_queue_response(req->conn, (unsigned)res->status, r);
     MHD_destroy_response(r);
@@ -560,6 +580,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     }
     req->h = h;
     req->conn = conn;
+    req->cx = qn__conn_of(conn);
     req->res.req = req;
     req->res.fd = -1;
     req->route_label = "unmatched";
@@ -640,6 +661,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                      req->request_id, "completed", toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
         end_span(req, status);
     }
+    /* The connection now waits for its next request head (if it stays). */
+    qn__conn_idle(req->cx);
     req_free(req);
     if (h->m_inflight)
         qn_gauge_add(h->m_inflight, NULL, -1);
@@ -800,22 +823,155 @@ static void body_too_large(qn_req *req, uint64_t size, int known)
     }
 }
 
+/* The headers that frame the body, counted: libmicrohttpd 0.9.75 takes the
+ * first Content-Length of several and reads a body of unknown length until
+ * the connection closes when Transfer-Encoding is anything but "chunked". */
+typedef struct framing {
+    int ncl, nte;
+    const char *cl, *te;
+} framing;
+
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+    framing *f = cls;
+    (void)kind;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        if (f->ncl++ == 0)
+            f->cl = value;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        if (f->nte++ == 0)
+            f->te = value;
+    }
+    return MHD_YES;
+}
+
+static int te_is_chunked(const char *te)
+{
+    size_t b = strspn(te, " \t"), e = strlen(te);
+    while (e > b && (te[e - 1] == ' ' || te[e - 1] == '\t'))
+        e--;
+    return e - b == 7 && strncasecmp(te + b, "chunked", 7) == 0;
+}
+
+/* Request smuggling and hung connections start here (issue 10, item 4):
+ * more than one Content-Length (even identical ones, as nginx does), both
+ * Content-Length and Transfer-Encoding (RFC 9112 6.1), or a transfer coding
+ * other than chunked. The answer closes the connection: once the framing is
+ * in doubt, so is where the next request starts. 0, or -1 with a response. */
+static int check_framing(qn_req *req, const framing *f)
+{
+    qn_res *res = &req->res;
+    if (f->ncl > 1)
+        qn_res_error(res, QN_INVALID_ARGUMENT,
+                     "the request has %d Content-Length headers; send exactly one", f->ncl);
+    else if (f->ncl > 0 && f->nte > 0)
+        qn_res_error(res, QN_INVALID_ARGUMENT,
+                     "the request has both Content-Length and Transfer-Encoding; send one of them");
+    else if (f->nte > 1)
+        qn_res_error(res, QN_UNIMPLEMENTED,
+                     "the request has %d Transfer-Encoding headers; only a single "
+                     "Transfer-Encoding: chunked is supported", f->nte);
+    else if (f->nte == 1 && !te_is_chunked(f->te))
+        qn_res_error(res, QN_UNIMPLEMENTED,
+                     "Transfer-Encoding %.100s is not supported; send the body with a "
+                     "Content-Length or as Transfer-Encoding: chunked", f->te);
+    else
+        return 0;
+    res->close = 1;
+    return -1;
+}
+
+typedef struct bad_arg {
+    const char *name;
+} bad_arg;
+
+static enum MHD_Result find_bad_query(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value)
+{
+    bad_arg *b = cls;
+    (void)kind;
+    if (!qn_utf8_valid(key, strlen(key)) || (value && !qn_utf8_valid(value, strlen(value)))) {
+        b->name = key;
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
+/* Path parameters and query parameters are text: invalid UTF-8 in one is
+ * the client's fault, answered here before any handler could put it in a
+ * JSON document (which jansson would refuse). 0, or -1 with a 400. */
+static int check_utf8(qn_req *req)
+{
+    char name[96];
+    const char *where = NULL;
+
+    for (size_t i = 0; i < req->nparams; i++) {
+        const char *v = req->params[i].value;
+        if (!qn_utf8_valid(v, strlen(v))) {
+            size_t n = req->params[i].name_len < sizeof name - 1 ? req->params[i].name_len
+                                                                : sizeof name - 1;
+            memcpy(name, req->params[i].name, n);
+            name[n] = '\0';
+            where = "path";
+            break;
+        }
+    }
+    if (!where) {
+        bad_arg b = {NULL};
+        MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, find_bad_query, &b);
+        if (!b.name)
+            return 0;
+        qn_utf8_escape(name, sizeof name, b.name, strlen(b.name));
+        where = "query";
+    }
+    res_error_status(&req->res, 400, QN_INVALID_ARGUMENT,
+                     json_pack("{s:s, s:s}", "parameter", name, "in", where),
+                     "%s parameter '%s' is not valid UTF-8", where, name);
+    return -1;
+}
+
+/* Forgets a response set earlier (e.g. the 404 of a request that arrives
+ * while draining gets the 503 instead). */
+static void res_clear(qn_res *res)
+{
+    res_reset(res);
+    res->hdrs = NULL; /* arena memory: freed with the request */
+    res->status = 0;
+}
+
 /* First call: everything that can be decided from the headers alone. */
 static enum MHD_Result begin(qn_req *req, const char *method)
 {
     req->started = 1;
+    qn__conn_head_done(req->cx);
     req->method = qn_arena_strdup(req->arena, method);
     if (!req->method)
         return MHD_NO;
     set_ids(req);
 
-    const char *cl = qn_req_header(req, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    const char *te = qn_req_header(req, MHD_HTTP_HEADER_TRANSFER_ENCODING);
-    int chunked = te && strcasestr(te, "chunked") != NULL;
-    uint64_t clen = cl ? strtoull(cl, NULL, 10) : 0;
+    framing f = {0};
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_framing, &f);
+    if (check_framing(req, &f) < 0) {
+        req->phase = PH_REFUSED;
+        return res_send(req); /* now: libmicrohttpd then closes the connection */
+    }
+    int chunked = f.nte == 1;
+    uint64_t clen = f.cl ? strtoull(f.cl, NULL, 10) : 0;
     int has_body = chunked || clen > 0;
 
-    int refused = route_request(req) < 0 || check_auth(req) < 0;
+    int refused = route_request(req) < 0;
+    if (atomic_load(&req->h->draining) && !is_builtin(req->route)) {
+        /* Stopping: no handler runs any more for a request that arrives now
+         * (the service's state is about to go away); the client is told to
+         * go elsewhere, and res_send adds Connection: close. The built-in
+         * routes still answer (/readyz says "draining"). */
+        res_clear(&req->res);
+        qn_res_error(&req->res, QN_UNAVAILABLE, "the service is stopping");
+        refused = 1;
+    }
+    if (!refused)
+        refused = check_auth(req) < 0 || check_utf8(req) < 0;
     if (!refused && has_body && !chunked && clen > req->route->max_body) {
         body_too_large(req, clen, 1);
         refused = 1;
@@ -846,12 +1002,45 @@ static void refuse_midway(qn_req *req)
     req->phase = PH_DISCARD;
 }
 
+/* Writes the response straight to the socket, then the caller closes the
+ * connection (MHD_NO). For a body refused mid-stream that goes on past
+ * DISCARD_MAX: libmicrohttpd would take the response only once the body is
+ * over, and closing without it leaves the client nothing to read (a chunked
+ * upload far over its route's limit used to end that way). Safe here:
+ * libmicrohttpd is reading this request and has nothing queued to send on
+ * the socket, and it is this worker thread's connection. Best effort: the
+ * socket is non-blocking and its send buffer empty, so a short answer goes
+ * out whole. */
+static void send_direct(qn_req *req)
+{
+    qn_res *res = &req->res;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(req->conn,
+                                                                 MHD_CONNECTION_INFO_CONNECTION_FD);
+    char head[512];
+    if (!ci || res->kind != RES_BUF)
+        return;
+    const char *reason = MHD_get_reason_phrase_for((unsigned)res->status);
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\nX-Request-Id: %s\r\n\r\n",
+                     res->status, reason ? reason : "", res->ctype ? res->ctype : "application/json",
+                     res->body ? res->len : 0, req->request_id);
+    if (n <= 0 || (size_t)n >= sizeof head)
+        return;
+    struct iovec iov[2] = {{head, (size_t)n}, {res->body, res->body ? res->len : 0}};
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
+    (void)!sendmsg(ci->connect_fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
 static enum MHD_Result receive(qn_req *req, const char *data, size_t n)
 {
     qn_http *h = req->h;
     if (req->phase == PH_DISCARD || req->phase == PH_REFUSED) {
         req->discarded += n;
-        return req->discarded > DISCARD_MAX ? MHD_NO : MHD_YES;
+        if (req->discarded <= DISCARD_MAX)
+            return MHD_YES;
+        send_direct(req);
+        return MHD_NO;
     }
     const qn_route *r = req->route;
     if (req->received + n > r->max_body) {
@@ -1002,6 +1191,27 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ss, socklen
     return 0;
 }
 
+/* Lowers *max_total when the open-file limit could not hold that many
+ * connections (accept(2) failing with EMFILE starves the store and the bus
+ * of descriptors too). Returns the slack given to libmicrohttpd's limit. */
+static unsigned fit_fd_limit(unsigned *max_total)
+{
+    unsigned want = *max_total, slack = want / 8 + 16;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+        return slack;
+    rlim_t room = rl.rlim_cur > 2 * FD_RESERVE ? rl.rlim_cur - FD_RESERVE : rl.rlim_cur / 2;
+    if ((rlim_t)want + slack <= room)
+        return slack;
+    unsigned fit = room > 32 ? (unsigned)((room - 16) * 8 / 9) : 1;
+    slack = room > fit ? (unsigned)(room - fit) : 1;
+    qn_log_warn(NULL, "max-connections lowered to fit the open-file limit", "{s:I, s:I, s:I}",
+                "asked", (json_int_t)want, "using", (json_int_t)fit, "nofile",
+                (json_int_t)rl.rlim_cur);
+    *max_total = fit;
+    return slack;
+}
+
 qn_http *qn_http_start(const qn_http_opts *opts, qn_err *err)
 {
     struct sockaddr_storage ss;
@@ -1059,6 +1269,18 @@ qn_http *qn_http_start(const qn_http_opts *opts, qn_err *err)
                                          "HTTP requests being processed.", NULL);
     }
 
+    qn__conn_limits lim = {
+        .max_total = opts->max_connections ? opts->max_connections : DEFAULT_MAX_CONNECTIONS,
+        .max_per_client = opts->max_connections_per_client,
+        .head_ms = opts->header_timeout_ms > 0 ? opts->header_timeout_ms
+                                               : DEFAULT_HEADER_TIMEOUT_MS,
+    };
+    unsigned slack = fit_fd_limit(&lim.max_total);
+    long long idle_ms = opts->idle_timeout_ms > 0 ? opts->idle_timeout_ms : DEFAULT_IDLE_TIMEOUT_MS;
+    h->conns = qn__conns_new(&lim, opts->metrics);
+    if (!h->conns)
+        goto oom;
+
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_USE_ITC;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
@@ -1069,8 +1291,12 @@ qn_http *qn_http_start(const qn_http_opts *opts, qn_err *err)
                             MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
                             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                             MHD_OPTION_THREAD_POOL_SIZE, threads,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONNECTION_LIMIT,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
+                            /* A hard ceiling above ours: http_conn.c refuses
+                             * (and counts) from max_total on, and the slack
+                             * bounds descriptors while refused ones close. */
+                            MHD_OPTION_CONNECTION_LIMIT, lim.max_total + slack,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)((idle_ms + 999) / 1000),
+                            MHD_OPTION_NOTIFY_CONNECTION, qn__conns_notify, h->conns,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
                             MHD_OPTION_URI_LOG_CALLBACK, on_uri, h,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
@@ -1083,11 +1309,16 @@ qn_http *qn_http_start(const qn_http_opts *opts, qn_err *err)
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
     h->port = di ? di->port : 0;
+    if (qn__conns_start(h->conns, err) < 0) {
+        MHD_stop_daemon(h->d);
+        goto fail;
+    }
     return h;
 oom:
     qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory starting the HTTP server");
 fail:
     if (h) {
+        qn__conns_free(h->conns);
         if (h->routes) {
             pthread_mutex_destroy(&h->mu);
             pthread_cond_destroy(&h->cv);
@@ -1145,7 +1376,12 @@ void qn_http_stop(qn_http *h)
 {
     if (!h)
         return;
+    /* The reaper first: it must not shut sockets down under the daemon's
+     * own teardown. MHD_stop_daemon joins the worker threads, so once it
+     * returns no handler of this server runs any more. */
+    qn__conns_stop(h->conns);
     MHD_stop_daemon(h->d);
+    qn__conns_free(h->conns);
     pthread_mutex_destroy(&h->mu);
     pthread_cond_destroy(&h->cv);
     free(h->routes);

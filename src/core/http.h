@@ -88,6 +88,16 @@ typedef struct qn_http_opts {
     const char *token;          /* NULL or "": no auth */
     int auth_reads;             /* 1: GET/HEAD need the token too */
     size_t max_json_depth;      /* 0: 32 */
+    /* Connection limits (http_conn.h): a connection over the total or over
+     * its client address's share is answered 503 / 429 and closed; a
+     * request line and headers must arrive within header_timeout_ms of
+     * the accept (or of the first byte of a later request on a kept-alive
+     * connection); a connection silent both ways for idle_timeout_ms is
+     * closed. The server lowers max_connections to fit RLIMIT_NOFILE. */
+    unsigned max_connections;            /* 0: 1024 */
+    unsigned max_connections_per_client; /* 0: no per-client cap */
+    long long header_timeout_ms;         /* 0: 10 s */
+    long long idle_timeout_ms;           /* 0: 60 s (whole seconds) */
     /* Readiness for GET /readyz: return 1 when ready; otherwise 0 and set
      * *reason (static or owned by the service). NULL: always ready. */
     int (*ready)(void *ud, const char **reason);
@@ -99,12 +109,20 @@ typedef struct qn_http_opts {
 qn_http *qn_http_start(const qn_http_opts *opts, qn_err *err);
 /* The port actually bound (useful with port 0). */
 int qn_http_port(const qn_http *h);
-/* Turns readiness off for good (the first step of a graceful stop). */
+/* Turns readiness off for good (the first step of a graceful stop). From
+ * then on a request that arrives, on a connection already open, gets 503
+ * {"code":"unavailable","message":"the service is stopping"} with
+ * Connection: close, and its handler does not run; requests already under
+ * way finish normally. */
 void qn_http_set_draining(qn_http *h);
-/* Stops accepting new connections and waits up to timeout_ms for in-flight
- * requests to finish. Returns 0 when all finished, QN_DEADLINE_EXCEEDED else. */
+/* Sets draining, stops accepting new connections (the listening socket is
+ * closed, so clients are refused at once) and waits up to timeout_ms for
+ * in-flight requests to finish. Returns 0 when all finished,
+ * QN_DEADLINE_EXCEEDED else. */
 int qn_http_drain(qn_http *h, long long timeout_ms);
-/* Stops the server and frees it (closing any remaining connections). */
+/* Stops the server and frees it, closing any remaining connections. Returns
+ * only once every worker thread has been joined, so no handler is running
+ * (it waits for one that is): only then may the handlers' state be freed. */
 void qn_http_stop(qn_http *h);
 
 /* ---- requests: valid for the duration of the handler ------------------- */

@@ -5,6 +5,14 @@
  * mask and the only place SIGTERM/SIGINT/SIGHUP are ever delivered is the
  * sigwait() on the main thread: the shutdown sequence then runs as plain
  * code, not inside a signal handler.
+ *
+ * The stop runs in nginx's order: stop accepting (readiness off, listening
+ * socket closed), answer what arrives on open connections with 503 and
+ * Connection: close without running a handler, drain the requests under
+ * way, join the HTTP server's threads, and only then let the service free
+ * the state its handlers use (def->stop). Freeing first was a
+ * use-after-free: an idle kept-alive connection could still send a request
+ * into freed state.
  */
 #include "core/service.h"
 
@@ -14,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -100,6 +109,22 @@ static int resolve_token(const qn_common_cfg *c, char **out, qn_err *err)
     return 0;
 }
 
+/* Raises the soft open-file limit to the hard one (as nginx's
+ * worker_rlimit_nofile and Go's runtime do): every connection is a file
+ * descriptor, and the default soft limit (often 1024) is below what
+ * --max-connections allows. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rlim_t was = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            qn_log_warn(NULL, "cannot raise the open-file limit", "{s:I, s:s}", "nofile",
+                        (json_int_t)was, "error", strerror(errno));
+    }
+}
+
 /* The host part of HOST:PORT / [V6]:PORT, for the "listening" line. */
 static void listen_host(const char *listen, char *out, size_t cap)
 {
@@ -163,6 +188,7 @@ int qn_service_main(const qn_service_def *def, int argc, char **argv)
         goto out;
     }
     qn_log_init(def->name, level);
+    raise_nofile();
 
     /* Before any thread: every thread inherits the mask. */
     sigemptyset(&set);
@@ -218,6 +244,10 @@ int qn_service_main(const qn_service_def *def, int argc, char **argv)
         .service = def->name, .listen = common->listen, .threads = (unsigned)common->threads,
         .routes = ctx.routes, .nroutes = ctx.nroutes, .ud = ctx.ud, .metrics = metrics,
         .token = token, .auth_reads = common->auth_reads, .ready = def->ready,
+        .max_connections = (unsigned)common->max_connections,
+        .max_connections_per_client = (unsigned)common->max_client_conns,
+        .header_timeout_ms = common->header_timeout_ms,
+        .idle_timeout_ms = common->idle_timeout_ms,
     };
     http = qn_http_start(&ho, &err);
     if (!http) {
@@ -245,13 +275,15 @@ int qn_service_main(const qn_service_def *def, int argc, char **argv)
     }
     qn_http_set_draining(http);
     if (qn_http_drain(http, common->drain_ms) < 0)
-        qn_log_warn(NULL, "drain deadline passed with requests in flight", "{s:I}", "drain_ms",
-                    (json_int_t)common->drain_ms);
+        qn_log_warn(NULL, "drain deadline passed with requests in flight; waiting for their handlers",
+                    "{s:I}", "drain_ms", (json_int_t)common->drain_ms);
+    /* Joins the server's threads: no handler runs after this, so the
+     * service's state can go. */
+    qn_http_stop(http);
+    http = NULL;
     if (def->stop)
         def->stop(&ctx);
     started = 0;
-    qn_http_stop(http);
-    http = NULL;
     if (qn_otel_enabled()) {
         qn_otel_shutdown(OTEL_FLUSH_MS);
         qn_otel_stats st;

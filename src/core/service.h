@@ -4,9 +4,11 @@
  * Parses the service's config table (flags > environment > defaults), sets up
  * JSON logging, creates the data directory, the metrics registry and the HTTP
  * server (routes plus /healthz, /readyz, /metrics), then waits for a signal.
- * On SIGTERM or SIGINT: readiness turns off, the server stops accepting and
- * drains in-flight requests within --drain-timeout, the service's stop hook
- * flushes what it owes, and the process exits 0.
+ * On SIGTERM or SIGINT: readiness turns off, the server stops accepting,
+ * answers requests arriving on open connections with 503 (Connection:
+ * close, no handler runs), drains in-flight requests within
+ * --drain-timeout, joins its threads, and only then the service's stop hook
+ * flushes what it owes and frees its state; the process exits 0.
  *
  *     static const qn_service_def def = {
  *         .name = "registry", .summary = "Models, versions, aliases, datasets and blobs.",
@@ -51,7 +53,7 @@ typedef struct qn_service_def {
     size_t nopts;
     size_t cfg_size;             /* sizeof the config struct */
     int (*start)(qn_service_ctx *ctx, qn_err *err);
-    void (*stop)(qn_service_ctx *ctx);           /* after draining; may be NULL */
+    void (*stop)(qn_service_ctx *ctx);           /* after the HTTP server stopped; may be NULL */
     int (*ready)(void *ud, const char **reason); /* may be NULL */
     /* Optional: runs on the main thread on SIGHUP (reload). */
     void (*reload)(qn_service_ctx *ctx);

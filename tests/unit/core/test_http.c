@@ -12,7 +12,9 @@
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,8 +33,11 @@
 
 /* ---- the service under test -------------------------------------------- */
 
+static atomic_int item_calls;
+
 static int h_get_item(qn_req *req, qn_res *res, void *ud)
 {
+    atomic_fetch_add(&item_calls, 1);
     const char *x = qn_req_query(req, "x");
     return qn_res_json(res, 200, json_pack("{s:s, s:s, s:s?, s:s}", "name",
                                            qn_req_param(req, "name"), "route", qn_req_route(req),
@@ -122,6 +127,18 @@ static int h_oip(qn_req *req, qn_res *res, void *ud)
     return qn_res_error(res, QN_NOT_FOUND, "model %s not found", qn_req_param(req, "m"));
 }
 
+/* Quotes a header in its error, as handlers quote their input. */
+static int h_thing(qn_req *req, qn_res *res, void *ud)
+{
+    const char *t = qn_req_header(req, "X-Thing");
+    return qn_res_error(res, QN_NOT_FOUND, "thing %s does not exist", t ? t : "");
+}
+
+static int h_null_json(qn_req *req, qn_res *res, void *ud)
+{
+    return qn_res_json(res, 200, NULL);
+}
+
 static int h_trace(qn_req *req, qn_res *res, void *ud)
 {
     return qn_res_text(res, 200, "text/plain", qn_req_trace_id(req), QN_TRACE_ID_HEX);
@@ -139,6 +156,8 @@ static const qn_route routes[] = {
     {"GET", "/v1/fail", h_fail, 0, 0, NULL},
     {"GET", "/v1/internal", h_internal, 0, 0, NULL},
     {"GET", "/v1/trace", h_trace, 0, 0, NULL},
+    {"GET", "/v1/thing", h_thing, 0, 0, NULL},
+    {"GET", "/v1/nulljson", h_null_json, 0, 0, NULL},
     {"GET", "/v2/models/{m}", h_oip, 0, QN_ROUTE_OIP, NULL},
     {"POST", "/v2/models/{m}/infer", h_post_item, 16, QN_ROUTE_OIP, NULL},
 };
@@ -149,7 +168,8 @@ typedef struct fixture {
     int port;
 } fixture;
 
-static fixture *start(const char *token, int auth_reads)
+/* lim: connection limits (max, per client, header timeout ms), or NULL. */
+static fixture *start_lim(const char *token, int auth_reads, const long long *lim)
 {
     fixture *f = calloc(1, sizeof *f);
     qn_err err;
@@ -159,12 +179,22 @@ static fixture *start(const char *token, int auth_reads)
         .nroutes = QN_NELEM(routes), .metrics = f->m, .token = token, .auth_reads = auth_reads,
         .max_json_depth = 4,
     };
+    if (lim) {
+        o.max_connections = (unsigned)lim[0];
+        o.max_connections_per_client = (unsigned)lim[1];
+        o.header_timeout_ms = lim[2];
+    }
     f->h = qn_http_start(&o, &err);
     if (!f->h)
         fail_msg("qn_http_start: %s", err.msg);
     f->port = qn_http_port(f->h);
     assert_true(f->port > 0);
     return f;
+}
+
+static fixture *start(const char *token, int auth_reads)
+{
+    return start_lim(token, auth_reads, NULL);
 }
 
 static void stop(fixture *f)
@@ -796,6 +826,387 @@ static void test_client_vanishes(void **state)
     stop(f);
 }
 
+
+/* ---- raw sockets: framing, limits, deadlines ------------------------------- */
+
+/* A connection to the fixture from source address from ("127.0.0.2"; NULL:
+ * any). Returns the fd. */
+static int raw_connect_from(fixture *f, const char *from)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    if (from) {
+        struct sockaddr_in b = {.sin_family = AF_INET};
+        inet_pton(AF_INET, from, &b.sin_addr);
+        assert_int_equal(bind(fd, (struct sockaddr *)&b, sizeof b), 0);
+    }
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f->port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
+static void raw_send(int fd, const char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+        if (n <= 0)
+            return; /* the server may close early: what it said is read next */
+        data += n;
+        len -= (size_t)n;
+    }
+}
+
+/* Reads into out (NUL-terminated) until the peer closes (*eof = 1), a whole
+ * response is in (Content-Length worth of body), or timeout_ms passes. */
+static size_t raw_read(int fd, char *out, size_t cap, int timeout_ms, int *eof)
+{
+    size_t len = 0;
+    *eof = 0;
+    double end = now_s() + timeout_ms / 1000.0;
+    for (;;) {
+        out[len] = '\0';
+        const char *hend = strstr(out, "\r\n\r\n");
+        if (hend && !*eof) {
+            const char *cl = strcasestr(out, "\r\nContent-Length:");
+            if (cl && cl < hend && len >= (size_t)(hend + 4 - out) + strtoul(cl + 17, NULL, 10))
+                return len;
+        }
+        int left = (int)((end - now_s()) * 1000);
+        if (left <= 0)
+            return len;
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, left) <= 0)
+            return len;
+        ssize_t n = recv(fd, out + len, cap - 1 - len, 0);
+        if (n <= 0) {
+            *eof = 1;
+            out[len] = '\0';
+            return len;
+        }
+        len += (size_t)n;
+        if (len == cap - 1)
+            return len;
+    }
+}
+
+static int raw_status(const char *buf)
+{
+    return strncmp(buf, "HTTP/1.1 ", 9) == 0 ? atoi(buf + 9) : 0;
+}
+
+/* One request on a fresh connection; the status, the answer in out. */
+static int raw_exchange(fixture *f, const char *req, char *out, size_t cap, int *eof)
+{
+    int fd = raw_connect_from(f, NULL);
+    raw_send(fd, req, strlen(req));
+    raw_read(fd, out, cap, 5000, eof);
+    if (!*eof) { /* the answer is in; did the server close after it? */
+        char more[64];
+        int e2;
+        raw_read(fd, more, sizeof more, 1000, &e2);
+        *eof = e2;
+    }
+    close(fd);
+    return raw_status(out);
+}
+
+static void test_framing(void **state)
+{
+    fixture *f = *state;
+    char out[8192];
+    int eof;
+    /* Two Content-Lengths, different or identical: 400, connection closed. */
+    assert_int_equal(raw_exchange(f, "POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n"
+                                     "Content-Length: 2\r\n\r\n{\"a\":11}", out, sizeof out, &eof), 400);
+    assert_non_null(strstr(out, "2 Content-Length headers"));
+    assert_true(eof);
+    assert_int_equal(raw_exchange(f, "POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n"
+                                     "Content-Length: 8\r\n\r\n{\"a\":11}", out, sizeof out, &eof), 400);
+    assert_true(eof);
+    /* Content-Length and Transfer-Encoding together: 400. */
+    assert_int_equal(raw_exchange(f, "POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                                     "Transfer-Encoding: chunked\r\n\r\n8\r\n{\"a\":11}\r\n0\r\n\r\n",
+                                  out, sizeof out, &eof), 400);
+    assert_non_null(strstr(out, "both Content-Length and Transfer-Encoding"));
+    /* A transfer coding we do not speak: 501 at once, not a hang. */
+    double t0 = now_s();
+    assert_int_equal(raw_exchange(f, "POST /v1/items HTTP/1.1\r\nHost: x\r\n"
+                                     "Transfer-Encoding: gzip\r\n\r\nabc", out, sizeof out, &eof), 501);
+    assert_true(now_s() - t0 < 3.0);
+    assert_non_null(strstr(out, "Transfer-Encoding gzip is not supported"));
+    assert_true(eof);
+    assert_int_equal(raw_exchange(f, "POST /v1/items HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+                                     "gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", out, sizeof out, &eof), 501);
+    /* "chunked" itself still works, any case. */
+    assert_int_equal(raw_exchange(f, "POST /v1/items HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+                                     "Chunked\r\n\r\n8\r\n{\"a\":11}\r\n0\r\n\r\n", out, sizeof out, &eof), 201);
+
+    /* A chunked body a little over the limit (1024): 413 after the body,
+     * and the connection stays usable. */
+    int fd = raw_connect_from(f, NULL);
+    char chunk[2100];
+    int n = snprintf(chunk, sizeof chunk, "POST /v1/items HTTP/1.1\r\nHost: x\r\n"
+                                          "Transfer-Encoding: chunked\r\n\r\n7d0\r\n");
+    memset(chunk + n, 'a', 2000);
+    memcpy(chunk + n + 2000, "\r\n0\r\n\r\n", 7);
+    raw_send(fd, chunk, (size_t)n + 2007);
+    raw_read(fd, out, sizeof out, 5000, &eof);
+    assert_int_equal(raw_status(out), 413);
+    assert_false(eof);
+    raw_send(fd, "GET /v1/items/k HTTP/1.1\r\nHost: x\r\n\r\n", 37);
+    raw_read(fd, out, sizeof out, 5000, &eof);
+    assert_int_equal(raw_status(out), 200);
+    close(fd);
+
+    /* Far over it (24 MiB, past what is read and dropped): the client that
+     * sends it all before reading still reads a 413. */
+    fd = raw_connect_from(f, NULL);
+    const char *h = "POST /v1/items HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    raw_send(fd, h, strlen(h));
+    static char big[65536 + 16];
+    n = snprintf(big, sizeof big, "10000\r\n");
+    memset(big + n, 'b', 65536);
+    memcpy(big + n + 65536, "\r\n", 2);
+    int sent_all = 1;
+    for (int i = 0; i < 384; i++) {
+        if (send(fd, big, (size_t)n + 65538, MSG_NOSIGNAL) < 0) {
+            sent_all = 0;
+            break;
+        }
+    }
+    if (sent_all)
+        raw_send(fd, "0\r\n\r\n", 5);
+    raw_read(fd, out, sizeof out, 10000, &eof);
+    assert_int_equal(raw_status(out), 413);
+    assert_non_null(strstr(out, "this route accepts at most 1024"));
+    assert_non_null(strcasestr(out, "Connection: close"));
+    close(fd);
+}
+
+static void test_utf8(void **state)
+{
+    fixture *f = *state;
+    reply r;
+    atomic_store(&item_calls, 0);
+    /* Bad UTF-8 in a path or query parameter: 400 naming it, no handler. */
+    call(f, "GET", "/v1/items/%ff", NULL, 0, 0, NULL, &r);
+    assert_int_equal(r.status, 400);
+    assert_string_equal(jstr(r.json, "error", "message"), "path parameter 'name' is not valid UTF-8");
+    reply_free(&r);
+    call(f, "GET", "/v1/items/%e2%82", NULL, 0, 0, NULL, &r); /* a character cut short */
+    assert_int_equal(r.status, 400);
+    reply_free(&r);
+    call(f, "GET", "/v1/items/%ed%a0%80", NULL, 0, 0, NULL, &r); /* a surrogate */
+    assert_int_equal(r.status, 400);
+    reply_free(&r);
+    call(f, "GET", "/v1/items/ok?x=%C3%28", NULL, 0, 0, NULL, &r);
+    assert_int_equal(r.status, 400);
+    assert_string_equal(jstr(r.json, "error", "message"), "query parameter 'x' is not valid UTF-8");
+    reply_free(&r);
+    call(f, "GET", "/v1/items/ok?%ff=1", NULL, 0, 0, NULL, &r);
+    assert_int_equal(r.status, 400);
+    assert_string_equal(jstr(r.json, "error", "message"), "query parameter '\\xFF' is not valid UTF-8");
+    reply_free(&r);
+    call(f, "GET", "/v2/models/%ff", NULL, 0, 0, NULL, &r); /* OIP shape */
+    assert_int_equal(r.status, 400);
+    assert_string_equal(json_string_value(json_object_get(r.json, "error")),
+                        "path parameter 'm' is not valid UTF-8");
+    reply_free(&r);
+    assert_int_equal(atomic_load(&item_calls), 0);
+    /* Valid multi-byte text passes. */
+    call(f, "GET", "/v1/items/caf%C3%A9?x=%F0%9F%98%80", NULL, 0, 0, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(jstr(r.json, "name", NULL), "caf\xc3\xa9");
+    assert_string_equal(jstr(r.json, "x", NULL), "\xf0\x9f\x98\x80");
+    reply_free(&r);
+
+    /* A handler quoting bad bytes: a 404 whose message is valid JSON text. */
+    call(f, "GET", "/v1/thing", NULL, 0, 0, NULL, &r);
+    assert_int_equal(r.status, 404);
+    reply_free(&r);
+    call(f, "GET", "/v1/thing", NULL, 0, 0, "X-Thing: a\xff" "b", &r);
+    assert_int_equal(r.status, 404);
+    assert_non_null(r.json);
+    assert_string_equal(jstr(r.json, "error", "message"), "thing a\\xFFb does not exist");
+    reply_free(&r);
+    /* ... and one cut to fit: never inside a character. */
+    char hdr[1400] = "X-Thing: ";
+    for (int i = 0; i < 600; i++)
+        strcat(hdr, "\xc3\xa9");
+    call(f, "GET", "/v1/thing", NULL, 0, 0, hdr, &r);
+    assert_int_equal(r.status, 404);
+    assert_non_null(r.json); /* the client's parser accepted it: valid UTF-8 */
+    const char *m = jstr(r.json, "error", "message");
+    assert_non_null(m);
+    assert_true(strlen(m) > 400 && strlen(m) < QN_ERR_MSG_MAX);
+    reply_free(&r);
+
+    /* A handler whose JSON could not be built: a logged 500, no crash. */
+    call(f, "GET", "/v1/nulljson", NULL, 0, 0, NULL, &r);
+    assert_int_equal(r.status, 500);
+    assert_string_equal(jstr(r.json, "error", "message"), "internal error");
+    reply_free(&r);
+}
+
+static void test_draining_answers_503(void **state)
+{
+    fixture *f = start(NULL, 0);
+    char out[4096];
+    int eof;
+    int fds[3];
+    for (int i = 0; i < 3; i++) {
+        fds[i] = raw_connect_from(f, NULL);
+        raw_send(fds[i], "GET /v1/items/a HTTP/1.1\r\nHost: x\r\n\r\n", 37);
+        raw_read(fds[i], out, sizeof out, 5000, &eof);
+        assert_int_equal(raw_status(out), 200);
+    }
+    atomic_store(&item_calls, 0);
+    qn_http_set_draining(f->h);
+    /* A request on a kept-alive connection: 503, Connection: close, no handler. */
+    raw_send(fds[0], "GET /v1/items/b HTTP/1.1\r\nHost: x\r\n\r\n", 37);
+    raw_read(fds[0], out, sizeof out, 5000, &eof);
+    assert_int_equal(raw_status(out), 503);
+    assert_non_null(strstr(out, "\"code\":\"unavailable\""));
+    assert_non_null(strstr(out, "the service is stopping"));
+    assert_non_null(strcasestr(out, "Connection: close"));
+    raw_read(fds[0], out, sizeof out, 3000, &eof);
+    assert_true(eof);
+    /* One with a body too. */
+    raw_send(fds[1], "POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n{\"a\":11}", 64);
+    raw_read(fds[1], out, sizeof out, 5000, &eof);
+    assert_int_equal(raw_status(out), 503);
+    assert_int_equal(atomic_load(&item_calls), 0);
+    /* The probes still answer, saying why. */
+    raw_send(fds[2], "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n", 33);
+    raw_read(fds[2], out, sizeof out, 5000, &eof);
+    assert_int_equal(raw_status(out), 503);
+    assert_non_null(strstr(out, "draining"));
+    assert_int_equal(qn_http_drain(f->h, 2000), 0);
+    for (int i = 0; i < 3; i++)
+        close(fds[i]);
+    stop(f);
+}
+
+static double metric_value(fixture *f, const char *series)
+{
+    qn_buf b;
+    qn_buf_init(&b, 1 << 20);
+    assert_int_equal(qn_metrics_render(f->m, &b), 0);
+    qn_buf_append(&b, "", 1);
+    char key[256];
+    snprintf(key, sizeof key, "\n%s ", series);
+    const char *p = strstr(b.data, key);
+    double v = p ? strtod(p + strlen(key), NULL) : -1;
+    qn_buf_free(&b);
+    return v;
+}
+
+static void wait_metric(fixture *f, const char *series, double want)
+{
+    double end = now_s() + 5;
+    while (metric_value(f, series) != want && now_s() < end)
+        usleep(10 * 1000);
+    assert_true(metric_value(f, series) == want);
+}
+
+static void test_connection_limits(void **state)
+{
+    const long long lim[3] = {4, 2, 5000};
+    fixture *f = start_lim(NULL, 0, lim);
+    char out[4096];
+    int eof;
+    /* Two from 127.0.0.2 are taken; the third is answered 429 and closed. */
+    int a1 = raw_connect_from(f, "127.0.0.2"), a2 = raw_connect_from(f, "127.0.0.2");
+    wait_metric(f, "quern_http_connections_open", 2);
+    int a3 = raw_connect_from(f, "127.0.0.2");
+    raw_read(a3, out, sizeof out, 5000, &eof);
+    assert_int_equal(raw_status(out), 429);
+    assert_non_null(strstr(out, "too many connections from your address (at most 2 at once)"));
+    close(a3);
+    wait_metric(f, "quern_http_connections_refused_total{reason=\"client_limit\"}", 1);
+    /* Another address still gets in... */
+    reply r;
+    call(f, "GET", "/healthz", NULL, 0, 0, NULL, &r);
+    assert_int_equal(r.status, 200);
+    reply_free(&r);
+    wait_metric(f, "quern_http_connections_open", 2);
+    /* ... until the total (4) is reached: then 503 for anyone. */
+    int b1 = raw_connect_from(f, "127.0.0.3"), b2 = raw_connect_from(f, "127.0.0.4");
+    wait_metric(f, "quern_http_connections_open", 4);
+    int b3 = raw_connect_from(f, "127.0.0.5");
+    raw_read(b3, out, sizeof out, 5000, &eof);
+    assert_int_equal(raw_status(out), 503);
+    assert_non_null(strstr(out, "too many open connections"));
+    close(b3);
+    wait_metric(f, "quern_http_connections_refused_total{reason=\"total_limit\"}", 1);
+    /* A slot that frees is usable again, and the taken ones work. */
+    close(b1);
+    wait_metric(f, "quern_http_connections_open", 3);
+    raw_send(a1, "GET /v1/items/a HTTP/1.1\r\nHost: x\r\n\r\n", 37);
+    raw_read(a1, out, sizeof out, 5000, &eof);
+    assert_int_equal(raw_status(out), 200);
+    call(f, "GET", "/healthz", NULL, 0, 0, NULL, &r);
+    assert_int_equal(r.status, 200);
+    reply_free(&r);
+    close(a1);
+    close(a2);
+    close(b2);
+    wait_metric(f, "quern_http_connections_open", 0);
+    stop(f);
+}
+
+/* Sends head a byte per 100 ms, each byte resetting the idle timeout;
+ * returns the seconds until the server cut the connection (0: it did not
+ * within 5 s). */
+static double dribble(int fd, const char *head)
+{
+    char out[256];
+    double t0 = now_s();
+    for (size_t i = 0; now_s() - t0 < 5; i = head[i + 1] ? i + 1 : i) {
+        if (send(fd, head + i, 1, MSG_NOSIGNAL) < 0)
+            return now_s() - t0;
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 100) > 0 && recv(fd, out, sizeof out, 0) <= 0)
+            return now_s() - t0;
+    }
+    return 0;
+}
+
+static void test_header_deadline(void **state)
+{
+    const long long lim[3] = {64, 0, 400};
+    fixture *f = start_lim(NULL, 0, lim);
+    char out[4096];
+    int eof;
+    /* A request head sent a byte at a time: cut once the deadline passes. */
+    int fd = raw_connect_from(f, NULL);
+    double cut = dribble(fd, "GET /v1/items/a HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa");
+    close(fd);
+    assert_true(cut > 0.3);
+    assert_true(cut < 3.0);
+    wait_metric(f, "quern_http_connections_refused_total{reason=\"head_timeout\"}", 1);
+
+    /* An idle kept-alive connection is not slow: it outlives the deadline
+     * and serves its next request. */
+    fd = raw_connect_from(f, NULL);
+    raw_send(fd, "GET /v1/items/a HTTP/1.1\r\nHost: x\r\n\r\n", 37);
+    raw_read(fd, out, sizeof out, 5000, &eof);
+    assert_int_equal(raw_status(out), 200);
+    usleep(1200 * 1000);
+    raw_send(fd, "GET /v1/items/b HTTP/1.1\r\nHost: x\r\n\r\n", 37);
+    raw_read(fd, out, sizeof out, 5000, &eof);
+    assert_int_equal(raw_status(out), 200);
+    /* But a next request dribbled on it has the deadline too. */
+    usleep(300 * 1000);
+    cut = dribble(fd, "GET /v1/items/c HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+    assert_true(cut > 0.3);
+    assert_true(cut < 3.0);
+    close(fd);
+    wait_metric(f, "quern_http_connections_refused_total{reason=\"head_timeout\"}", 2);
+    stop(f);
+}
+
 static void test_bad_listen(void **state)
 {
     qn_err err;
@@ -836,6 +1247,11 @@ int main(void)
         cmocka_unit_test(test_drain_deadline),
         cmocka_unit_test(test_client_vanishes),
         cmocka_unit_test(test_bad_listen),
+        cmocka_unit_test_setup_teardown(test_framing, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_utf8, setup_open, teardown),
+        cmocka_unit_test(test_draining_answers_503),
+        cmocka_unit_test(test_connection_limits),
+        cmocka_unit_test(test_header_deadline),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();

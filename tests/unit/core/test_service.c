@@ -2,7 +2,8 @@
  * test_service.c - qn_service_main end to end in a forked child: config
  * errors exit 2, the "listening" line carries the real port, the token file
  * turns auth on, SIGHUP reloads, SIGTERM drains an in-flight request and
- * exits 0; qn_mkdir_p.
+ * exits 0; the stop hook (which frees the handlers' state) runs only once
+ * no handler can run any more, even past the drain deadline; qn_mkdir_p.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,10 +38,18 @@ static const qn_cfg_opt opts[] = {
      offsetof(svc_cfg, slow_ms)},
 };
 
+/* Stands for the service state the stop hook frees: a handler that runs
+ * after it would be a use-after-free in a real service. */
+static atomic_int state_freed, handlers_running;
+
 static int h_slow(qn_req *req, qn_res *res, void *ud)
 {
     svc_cfg *c = ud;
+    atomic_fetch_add(&handlers_running, 1);
     usleep((useconds_t)c->slow_ms * 1000);
+    if (atomic_load(&state_freed))
+        qn_log_error(NULL, "handler ran on freed state", NULL);
+    atomic_fetch_sub(&handlers_running, 1);
     return qn_res_json(res, 200, json_pack("{s:s}", "done", "yes"));
 }
 
@@ -63,7 +73,8 @@ static int svc_start(qn_service_ctx *ctx, qn_err *err)
 
 static void svc_stop(qn_service_ctx *ctx)
 {
-    qn_log_info(NULL, "svc stop hook", NULL);
+    qn_log_info(NULL, "svc stop hook", "{s:i}", "handlers_running", atomic_load(&handlers_running));
+    atomic_store(&state_freed, 1);
 }
 
 static void svc_reload(qn_service_ctx *ctx)
@@ -275,6 +286,29 @@ static void test_lifecycle(void **state)
     child_free(&c);
 }
 
+/* A handler still running when the drain deadline passes: the stop hook
+ * waits for it (the HTTP server's threads are joined first). It used to
+ * run at once and free the state under the handler. */
+static void test_stop_waits_for_handlers(void **state)
+{
+    char data[1100];
+    snprintf(data, sizeof data, "%s/data/stop", work);
+    child c;
+    char *args[] = {"quern-svc", "--data", data, "--slow=1500ms", "--drain-timeout=200ms", NULL};
+    start_ok(&c, args);
+    slow_arg a = {c.port, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, slow_thread, &a);
+    usleep(300 * 1000);
+    kill(c.pid, SIGTERM);
+    assert_int_equal(finish(&c), 0);
+    pthread_join(t, NULL);
+    assert_non_null(strstr(c.log.data, "drain deadline passed"));
+    assert_non_null(strstr(c.log.data, "\"handlers_running\":0"));
+    assert_null(strstr(c.log.data, "handler ran on freed state"));
+    child_free(&c);
+}
+
 static void test_version_and_help(void **state)
 {
     child c;
@@ -305,6 +339,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_bad_config_exits_2, setup),
         cmocka_unit_test_setup(test_lifecycle, setup),
+        cmocka_unit_test_setup(test_stop_waits_for_handlers, setup),
         cmocka_unit_test_setup(test_version_and_help, setup),
         cmocka_unit_test_setup(test_mkdir_p, setup),
     };
