@@ -51,8 +51,8 @@ void qn_subscriber_stop(qn_subscriber *s);
 const qn_trace_ctx *qn_subscriber_trace(const qn_msg *msg);
 
 /* 1 when event id was handled already, 0 if not, negative on error. */
-int qn_inbox_seen(qn_conn *c, const char *id, qn_err *err);
+QN_MUST_CHECK int qn_inbox_seen(qn_conn *c, const char *id, qn_err *err);
 /* Records id as handled (idempotent). */
-int qn_inbox_mark(qn_conn *c, const char *id, qn_err *err);
+QN_MUST_CHECK int qn_inbox_mark(qn_conn *c, const char *id, qn_err *err);
 
 #endif

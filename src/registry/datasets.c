@@ -136,7 +136,8 @@ int reg_dataset_versions_create(qn_req *req, qn_res *res, void *ud)
     /* A new dataset starts at latest_version 1 (this, its first version); an
      * existing one was bumped, so latest_version is the number this takes. */
     int64_t id = qn_col_int64(st, 0), version = qn_col_int64(st, 1);
-    qn_step(st, &err);
+    if (qn_step(st, &err) < 0)
+        goto fail;
     st = qn_prepare(c,
                     "INSERT INTO dataset_versions (dataset_id, version, manifest, manifest_digest, "
                     "description, tags, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -161,8 +162,7 @@ int reg_dataset_versions_create(qn_req *req, qn_res *res, void *ud)
     if (qn_step(st, &err) != 1)
         goto fail;
     out = dsv_json(st);
-    qn_step(st, &err);
-    if (qn_tx_commit(c, &err) < 0)
+    if (qn_step(st, &err) < 0 || qn_tx_commit(c, &err) < 0)
         goto fail;
     qn_store_release(r->db, c);
     free(manifest_text);
@@ -193,8 +193,7 @@ static int dataset_id(qn_conn *c, const char *name, int64_t *id, qn_err *err)
     if (rc == 0)
         return qn_err_set(err, QN_NOT_FOUND, "dataset \"%s\" does not exist", name);
     *id = qn_col_int64(st, 0);
-    qn_step(st, err);
-    return 0;
+    return (rc = qn_step(st, err)) < 0 ? rc : 0;
 }
 
 int reg_dataset_versions_list(qn_req *req, qn_res *res, void *ud)
@@ -267,7 +266,10 @@ int reg_dataset_versions_get(qn_req *req, qn_res *res, void *ud)
     if (rc <= 0)
         goto fail;
     json_t *out = dsv_json(st);
-    qn_step(st, &err);
+    if (qn_step(st, &err) < 0) {
+        json_decref(out);
+        goto fail;
+    }
     qn_tx_rollback(c);
     qn_store_release(r->db, c);
     return qn_res_json(res, 200, out);

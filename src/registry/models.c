@@ -231,8 +231,8 @@ int reg_models_create(qn_req *req, qn_res *res, void *ud)
         goto fail;
     id = qn_col_int64(st, 0);
     out = model_json(c, st, &err);
-    qn_step(st, &err); /* finish the RETURNING statement before committing */
-    if (!out || (tags && store_tags(c, "INSERT INTO model_tags (model_id, key, value) VALUES (?, ?, ?)",
+    /* finish the RETURNING statement before committing */
+    if (!out || qn_step(st, &err) < 0 || (tags && store_tags(c, "INSERT INTO model_tags (model_id, key, value) VALUES (?, ?, ?)",
                                     id, 0, tags, &err) < 0) ||
         qn_tx_commit(c, &err) < 0)
         goto fail;
@@ -474,7 +474,8 @@ int reg_versions_create(qn_req *req, qn_res *res, void *ud)
         goto fail;
     id = qn_col_int64(st, 0);
     version = qn_col_int64(st, 1);
-    qn_step(st, &err);
+    if (qn_step(st, &err) < 0)
+        goto fail;
 
     st = qn_prepare(c,
                     "INSERT INTO versions (model_id, version, manifest, manifest_digest, metrics, "
@@ -507,8 +508,7 @@ int reg_versions_create(qn_req *req, qn_res *res, void *ud)
     qn_bind_int64(st, 2, version);
     if (qn_step(st, &err) != 1 || !(out = version_json(c, st, &err)))
         goto fail;
-    qn_step(st, &err);
-    if (qn_tx_commit(c, &err) < 0)
+    if (qn_step(st, &err) < 0 || qn_tx_commit(c, &err) < 0)
         goto fail;
     qn_store_release(r->db, c);
     qn_counter_add(r->versions_created, NULL, 1);
@@ -624,9 +624,14 @@ static int load_version(qn_conn *c, const char *name, int64_t n, json_t **out, q
             return qn_err_set(err, QN_NOT_FOUND, "model \"%s\" has no version %lld", name, (long long)n);
         return qn_err_set(err, QN_NOT_FOUND, "model \"%s\" has no versions yet", name);
     }
-    *out = version_json(c, st, err);
-    qn_step(st, err);
-    return *out ? 0 : err->code;
+    if (!(*out = version_json(c, st, err)))
+        return err->code;
+    if ((rc = qn_step(st, err)) < 0) {
+        json_decref(*out);
+        *out = NULL;
+        return rc;
+    }
+    return 0;
 }
 
 int reg_versions_get(qn_req *req, qn_res *res, void *ud)
@@ -844,7 +849,10 @@ int reg_aliases_get(qn_req *req, qn_res *res, void *ud)
         goto fail;
     json_t *out = json_pack("{s:s, s:s, s:I, s:o}", "model", name, "alias", alias, "version",
                             (json_int_t)qn_col_int64(st, 0), "updated_at", qn_json_time(qn_col_int64(st, 1)));
-    qn_step(st, &err);
+    if (qn_step(st, &err) < 0) {
+        json_decref(out);
+        goto fail;
+    }
     qn_tx_rollback(c);
     qn_store_release(r->db, c);
     return qn_res_json(res, 200, out);
@@ -881,9 +889,8 @@ int reg_aliases_put(qn_req *req, qn_res *res, void *ud)
     int rc = qn_step(st, &err);
     if (rc == 0)
         qn_err_set(&err, QN_NOT_FOUND, "model \"%s\" has no version %lld", name, (long long)version);
-    if (rc <= 0)
+    if (rc <= 0 || qn_step(st, &err) < 0)
         goto fail;
-    qn_step(st, &err);
     st = qn_prepare(c, "SELECT version FROM aliases WHERE model_id = ? AND alias = ?", &err);
     if (!st)
         goto fail;
@@ -893,7 +900,8 @@ int reg_aliases_put(qn_req *req, qn_res *res, void *ud)
         goto fail;
     if (rc == 1) {
         previous = qn_col_int64(st, 0);
-        qn_step(st, &err);
+        if (qn_step(st, &err) < 0)
+            goto fail;
     }
     if (previous != version) {
         st = qn_prepare(c,
