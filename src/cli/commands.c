@@ -332,7 +332,15 @@ int cmd_ingest(int argc, char **argv)
                 in_quotes ^= line[i] == '"';
         if (in_quotes)
             continue;
-        if (++rows % batch == 0) {
+        ++rows;
+        if (qn_buf_error(&header) < 0 || qn_buf_error(&body) < 0) {
+            /* appends are sticky: the batch is cut short, never send it */
+            fprintf(stderr, "quern: %s: row %ld: the batch outgrew %zu bytes; send with a smaller --batch\n",
+                    file, rows, body.max);
+            rc = CLI_FAILED;
+            break;
+        }
+        if (rows % batch == 0) {
             rc = ingest_batch(dataset, csv ? "text/csv" : "application/x-ndjson", body.data, body.len, NULL,
                               skip, &accepted, &rejected);
             if (rc != CLI_OK)
@@ -344,6 +352,11 @@ int cmd_ingest(int argc, char **argv)
             if (csv)
                 qn_buf_append(&body, header.data, header.len);
         }
+    }
+    if (rc == CLI_OK && (qn_buf_error(&header) < 0 || qn_buf_error(&body) < 0)) {
+        fprintf(stderr, "quern: %s: the last batch outgrew %zu bytes; send with a smaller --batch\n", file,
+                body.max);
+        rc = CLI_FAILED;
     }
     if (rc == CLI_OK && body.len > (csv ? header.len : 0)) {
         rc = ingest_batch(dataset, csv ? "text/csv" : "application/x-ndjson", body.data, body.len, NULL, skip,

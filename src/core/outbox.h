@@ -68,7 +68,7 @@ void qn_outbox_kick(qn_outbox *ob);
 int64_t qn_outbox_pending(qn_outbox *ob);
 /* Publishes everything pending, waiting up to timeout_ms. 0 when nothing is
  * left, QN_DEADLINE_EXCEEDED otherwise (the rest stays for the next start). */
-int qn_outbox_flush(qn_outbox *ob, long long timeout_ms);
+QN_MUST_CHECK int qn_outbox_flush(qn_outbox *ob, long long timeout_ms);
 /* Answers a listing of db's outbox table (the handler of a service's GET
  * /v1/events or /v1/outbox): query after=SEQ and limit=N (1..1000, default
  * 100) -> {"events":[{"seq","event","published"}],"next_after":SEQ}. Bad

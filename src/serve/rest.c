@@ -174,9 +174,10 @@ static int write_response(qn_buf *b, const oip_infer_response *rs)
             }
         }
         if (qn_buf_puts(b, "]}") < 0)
-            return QN_RESOURCE_EXHAUSTED;
+            break; /* full: no use writing the other outputs */
     }
-    return qn_buf_puts(b, "]}");
+    qn_buf_puts(b, "]}");
+    return qn_buf_error(b); /* appends are sticky: any one failing shows here */
 }
 
 /* ---- /v2 handlers --------------------------------------------------------------- */
@@ -416,7 +417,8 @@ static int recommend_common(qn_req *req, qn_res *res, serve *s, int similar)
         if (!similar)
             qn_buf_puts(&b, fb && fb->data && ((uint8_t *)fb->data)[0] ? ",\"fallback\":true"
                                                                       : ",\"fallback\":false");
-        if (qn_buf_puts(&b, "}") < 0)
+        qn_buf_puts(&b, "}");
+        if (qn_buf_error(&b) < 0) /* sticky: any append above that failed */
             qn_res_error(res, QN_RESOURCE_EXHAUSTED, "the response is too large");
         else
             qn_res_text(res, 200, "application/json", b.data, b.len);
