@@ -253,9 +253,10 @@ int prep_runs_get(qn_req *req, qn_res *res, void *ud)
     qn_stmt *st = qn_prepare(c, "SELECT " RUN_COLS " FROM runs WHERE id = ? AND pipeline = ?", &err);
     int rc = st ? (qn_bind_text(st, 1, id, -1), qn_bind_text(st, 2, name, -1), qn_step(st, &err)) : err.code;
     json_t *out = rc == 1 ? run_json(st) : NULL;
-    if (rc == 1 && (rc = qn_step(st, &err)) < 0) {
+    if (rc == 1 && qn_step(st, &err) < 0) {
         json_decref(out);
         out = NULL;
+        rc = err.code;
     }
     qn_store_release(p->db, c);
     if (rc < 0)
