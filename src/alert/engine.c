@@ -165,7 +165,10 @@ static int retrain(alerter *a, qn_conn *c, const al_rule *r, const al_action *ac
                            !*model ? "the model template gave an empty name" : "a retrain of this model is pending");
         if (rc == 1)
             json_object_set_new(detail, "pending_job_id", json_string(qn_col_text(st, 0)));
-        qn_step(st, err);
+        if (rc == 1 && (rc = qn_step(st, err)) < 0) {
+            json_decref(detail);
+            goto out;
+        }
         rc = action_insert(c, action_id, alert_id, idx, "retrain", "skipped", detail, NULL, err);
     } else {
         char job_id[QN_UUID_LEN + 1];
@@ -231,7 +234,8 @@ static int fire(alerter *a, qn_conn *c, const al_rule *r, const char *key, const
         /* already firing: the same alert, seen again */
         char id[64];
         snprintf(id, sizeof id, "%s", qn_col_text(st, 0));
-        qn_step(st, err);
+        if ((rc = qn_step(st, err)) < 0)
+            goto out;
         if (!(st = qn_prepare(c, "UPDATE alerts SET count = count + 1, last_seen = ?, evidence = ? WHERE id = ?", err))) {
             rc = err->code;
             goto out;
@@ -254,8 +258,8 @@ static int fire(alerter *a, qn_conn *c, const al_rule *r, const char *key, const
         if ((rc = qn_step(st, err)) < 0)
             goto out;
         int cooling = rc == 1 && !qn_col_is_null(st, 0) && now - qn_col_int64(st, 0) < r->cooldown_ms;
-        if (rc == 1)
-            qn_step(st, err);
+        if (rc == 1 && (rc = qn_step(st, err)) < 0)
+            goto out;
         if (cooling) {
             const char *l[] = {r->name, "cooldown"};
             qn_counter_add(a->m_suppressed, l, 1);
@@ -298,7 +302,7 @@ static int fire(alerter *a, qn_conn *c, const al_rule *r, const char *key, const
             rc = action_insert(c, aid, id, i, "log", "done", json_object(), NULL, err);
         } else if (act->type == ACT_WEBHOOK) {
             json_t *body = json_pack("{s:s, s:O}", "type", "quern.alert.fired", "alert", alert);
-            char *btext = body ? json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+            char *btext = body ? qn_json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
             json_decref(body);
             if (!btext) {
                 rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
@@ -617,7 +621,7 @@ static void eval_metric_rule(alerter *a, qn_conn *c, const al_rule *r, hook_job 
             json_decref(labels);
             continue;
         }
-        char *series = json_dumps(labels, JSON_COMPACT | JSON_SORT_KEYS);
+        char *series = qn_json_dumps(labels, JSON_COMPACT | JSON_SORT_KEYS);
         char skey[1024];
         snprintf(skey, sizeof skey, "%s\x1f%s", r->name, series ? series : "");
         json_t *root = json_pack("{s:s, s:o, s:f, s:s}", "metric", r->metric_name, "labels", labels, "value", v,
@@ -700,10 +704,13 @@ static void poll_once(alerter *a)
         qn_stmt *st = qn_prepare(c, "DELETE FROM retrains WHERE requested_at < ?", &err);
         if (st) {
             qn_bind_int64(st, 1, now - a->retrain_timeout_ms);
-            qn_step(st, &err);
+            st = qn_step(st, &err) < 0 ? NULL : st;
         }
-        if (qn_tx_commit(c, &err) < 0)
+        if (!st || qn_tx_commit(c, &err) < 0) {
+            /* harmless: a stale pending retrain only delays the next one until this sweep works */
+            qn_log_warn(NULL, "retrain sweep failed", "{s:s}", "detail", err.msg);
             qn_tx_rollback(c);
+        }
     }
 out:
     if (c)

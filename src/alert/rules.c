@@ -29,6 +29,7 @@
 
 #include "core/bus/bus.h"
 #include "core/config.h"
+#include "core/json.h"
 #include "core/netallow.h"
 #include "core/validate.h"
 #include "alert/alert.h"
@@ -93,7 +94,7 @@ char *al_template(const char *tmpl, const json_t *root)
                     piece = json_string_value(v);
                     n = strlen(piece);
                 } else if (v) {
-                    tmp = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+                    tmp = qn_json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
                     piece = tmp ? tmp : "";
                     n = strlen(piece);
                 } else {

@@ -15,6 +15,7 @@
 #include "cli/cli.h"
 #include "core/buf.h"
 #include "core/digest.h"
+#include "core/json.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
 
@@ -741,7 +742,7 @@ static int follow_job(const char *id)
         int done = strcmp(state, "succeeded") == 0 || strcmp(state, "failed") == 0 ||
                    strcmp(state, "cancelled") == 0;
         json_t *seen = json_pack("[s, O?]", state, json_object_get(job, "progress"));
-        char *now = seen ? json_dumps(seen, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY) : NULL;
+        char *now = seen ? qn_json_dumps(seen, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY) : NULL;
         json_decref(seen);
         if (!g_cli.json && (g_cli.tty || !last || !now || strcmp(now, last) != 0))
             progress_line(job, done);
@@ -989,7 +990,7 @@ static int predict(const void *opts)
         size_t i;
         json_t *t;
         json_array_foreach(json_object_get(out, "outputs"), i, t) {
-            char *d = json_dumps(json_object_get(t, "data"), JSON_COMPACT);
+            char *d = qn_json_dumps(json_object_get(t, "data"), JSON_COMPACT);
             printf("%s: %s\n", cli_field(t, "name"), d ? d : "");
             free(d);
         }

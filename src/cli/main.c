@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "core/json.h"
 
 cli g_cli;
 
@@ -393,7 +394,7 @@ int cli_fail(const char *service, const qn_err *err)
 
 void cli_print_json(const json_t *v)
 {
-    char *s = json_dumps(v, JSON_INDENT(2) | JSON_ENCODE_ANY);
+    char *s = qn_json_dumps(v, JSON_INDENT(2) | JSON_ENCODE_ANY);
     if (s)
         puts(s);
     free(s);
@@ -412,7 +413,7 @@ static const char *value_text(const json_t *v)
         return scratch_printf("%.4g", json_real_value(v));
     if (json_is_boolean(v))
         return json_is_true(v) ? "yes" : "no";
-    char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *s = qn_json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
     if (!s)
         out_of_memory();
     const char *out = scratch_printf("%s", s);

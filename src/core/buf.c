@@ -3,7 +3,8 @@
  *
  * Capacity doubles (at least 64 bytes) and is clamped to max + 1 so the
  * terminating NUL always fits; nothing past max is ever allocated. Every
- * failing call leaves the buffer exactly as it was.
+ * failing call leaves the buffer exactly as it was and records its code in
+ * b->err; while b->err is set every append returns it at once (sticky).
  */
 #include "core/buf.h"
 
@@ -21,6 +22,7 @@ void qn_buf_init(qn_buf *b, size_t max)
     b->len = 0;
     b->cap = 0;
     b->max = max;
+    b->err = 0;
 }
 
 /* Makes room for extra more bytes plus the NUL. */
@@ -45,11 +47,21 @@ static int reserve(qn_buf *b, size_t extra)
     return 0;
 }
 
+/* Records the first failure; returns rc. */
+static int stick(qn_buf *b, int rc)
+{
+    if (rc < 0 && !b->err)
+        b->err = rc;
+    return rc;
+}
+
 int qn_buf_append(qn_buf *b, const void *data, size_t len)
 {
+    if (b->err)
+        return b->err;
     int rc = reserve(b, len);
     if (rc < 0)
-        return rc;
+        return stick(b, rc);
     if (len)
         memcpy(b->data + b->len, data, len);
     b->len += len;
@@ -64,6 +76,8 @@ int qn_buf_puts(qn_buf *b, const char *s)
 
 int qn_buf_printf(qn_buf *b, const char *fmt, ...)
 {
+    if (b->err)
+        return b->err;
     va_list ap, ap2;
     va_start(ap, fmt);
     va_copy(ap2, ap);
@@ -84,18 +98,30 @@ int qn_buf_printf(qn_buf *b, const char *fmt, ...)
         b->data[b->len] = '\0'; /* undo the truncated first attempt */
     }
     va_end(ap2);
-    return rc;
+    return stick(b, rc);
+}
+
+int qn_buf_error(const qn_buf *b)
+{
+    return b->err;
 }
 
 void qn_buf_reset(qn_buf *b)
 {
     b->len = 0;
+    b->err = 0;
     if (b->data)
         b->data[0] = '\0';
 }
 
 char *qn_buf_detach(qn_buf *b, size_t *len)
 {
+    if (b->err) {
+        qn_buf_free(b);
+        if (len)
+            *len = 0;
+        return NULL;
+    }
     char *d = b->data;
     if (!d)
         d = calloc(1, 1);
@@ -111,4 +137,5 @@ void qn_buf_free(qn_buf *b)
     free(b->data);
     b->data = NULL;
     b->len = b->cap = 0;
+    b->err = 0;
 }

@@ -71,7 +71,7 @@ typedef enum qn_circuit {
     QN_CIRCUIT_HALF_OPEN = 2,
 } qn_circuit;
 
-qn_client *qn_client_new(const qn_client_opts *opts, qn_err *err);
+QN_MUST_CHECK qn_client *qn_client_new(const qn_client_opts *opts, qn_err *err);
 void qn_client_free(qn_client *c);
 const char *qn_client_base(const qn_client *c);
 /* The circuit's state now (an open circuit whose cool-down has passed still
@@ -83,25 +83,25 @@ qn_circuit qn_client_circuit(qn_client *c);
  * an error status returns the negative code from the answer's error model
  * (or from the status) with its message; on transport failure QN_UNAVAILABLE
  * or QN_DEADLINE_EXCEEDED. trace may be NULL. out may be NULL. */
-int qn_client_json(qn_client *c, const char *method, const char *path, const json_t *body,
+QN_MUST_CHECK int qn_client_json(qn_client *c, const char *method, const char *path, const json_t *body,
                    const qn_trace_ctx *trace, json_t **out, qn_err *err);
 
 /* As qn_client_json with an Idempotency-Key header, which makes a POST safe to retry. */
-int qn_client_json_idem(qn_client *c, const char *method, const char *path, const json_t *body,
+QN_MUST_CHECK int qn_client_json_idem(qn_client *c, const char *method, const char *path, const json_t *body,
                         const char *idempotency_key, const qn_trace_ctx *trace, json_t **out,
                         qn_err *err);
 
 /* Sends raw bytes with a content type; the answer body goes to out (may be NULL). */
-int qn_client_raw(qn_client *c, const char *method, const char *path, const char *content_type,
+QN_MUST_CHECK int qn_client_raw(qn_client *c, const char *method, const char *path, const char *content_type,
                   const void *body, size_t len, const qn_trace_ctx *trace, qn_buf *out,
                   qn_err *err);
 
 /* Streams a file as the body of a PUT (never whole in memory). Returns the status. */
-int qn_client_put_file(qn_client *c, const char *path, const char *file,
+QN_MUST_CHECK int qn_client_put_file(qn_client *c, const char *path, const char *file,
                        const qn_trace_ctx *trace, qn_err *err);
 
 /* Streams a GET into dest via dest.tmp + rename, so dest is never partial. */
-int qn_client_get_file(qn_client *c, const char *path, const char *dest,
+QN_MUST_CHECK int qn_client_get_file(qn_client *c, const char *path, const char *dest,
                        const qn_trace_ctx *trace, qn_err *err);
 
 #endif

@@ -134,7 +134,7 @@ void qn_config_help(FILE *out, const qn_cfg_opt *opts, size_t n, const char *pro
 void qn_config_free(const qn_cfg_opt *opts, size_t n, void *cfg);
 
 /* Parses "10s", "250ms", "2m" into milliseconds; "4G", "512K", "100" into bytes. */
-int qn_parse_duration_ms(const char *s, long long *out);
-int qn_parse_size(const char *s, long long *out);
+QN_MUST_CHECK int qn_parse_duration_ms(const char *s, long long *out);
+QN_MUST_CHECK int qn_parse_size(const char *s, long long *out);
 
 #endif

@@ -35,12 +35,12 @@ void qn_sha256_free(qn_sha256 *h);
 /* One-shot digest of a buffer. */
 void qn_sha256_buf(const void *data, size_t len, char hex[QN_SHA256_HEX + 1]);
 /* Digest of a file's content, streamed; QN_NOT_FOUND / QN_INTERNAL on I/O errors. */
-int qn_sha256_file(const char *path, char hex[QN_SHA256_HEX + 1], qn_err *err);
+QN_MUST_CHECK int qn_sha256_file(const char *path, char hex[QN_SHA256_HEX + 1], qn_err *err);
 
 /* True when s is exactly 64 lower-case hex characters. */
 int qn_sha256_hex_valid(const char *s, size_t len);
 /* Parses "sha256:<hex>" into hex; QN_INVALID_ARGUMENT with a message saying
  * what is wrong (prefix, length, characters) otherwise. */
-int qn_digest_parse(const char *s, char hex[QN_SHA256_HEX + 1], qn_err *err);
+QN_MUST_CHECK int qn_digest_parse(const char *s, char hex[QN_SHA256_HEX + 1], qn_err *err);
 
 #endif

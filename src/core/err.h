@@ -54,6 +54,17 @@ typedef enum qn_code {
 
 #define QN_ERR_MSG_MAX 512
 
+/* On a fallible function whose result must be looked at: the compiler warns
+ * (an error under -Werror) when a caller drops it. Ignoring one on purpose is
+ * rare and takes a (void) cast with a comment saying why. Where errors are
+ * sticky (qn_buf appends, statement binds) the attribute sits on the call
+ * that reports them at the end (qn_buf_error, qn_step), not on each step. */
+#if defined(__GNUC__) || defined(__clang__)
+#define QN_MUST_CHECK __attribute__((warn_unused_result))
+#else
+#define QN_MUST_CHECK
+#endif
+
 /* Plain data: a code and the sentence that explains it. */
 typedef struct qn_err {
     int code;                  /* a qn_code, QN_OK when nothing failed */

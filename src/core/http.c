@@ -555,7 +555,9 @@ static int builtin_metrics(qn_req *req, qn_res *res, void *ud)
     }
     size_t len;
     char *s = qn_buf_detach(&b, &len);
-    res_set_buf(res, 200, "text/plain; version=0.0.4; charset=utf-8", s, s ? len : 0);
+    if (!s)
+        return qn_res_error(res, QN_RESOURCE_EXHAUSTED, "out of memory rendering the metrics");
+    res_set_buf(res, 200, "text/plain; version=0.0.4; charset=utf-8", s, len);
     return 0;
 }
 

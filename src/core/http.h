@@ -106,7 +106,7 @@ typedef struct qn_http_opts {
 /* Starts listening (epoll, a thread pool, keep-alive). The server also
  * serves GET /healthz, /readyz and /metrics. NULL with err filled when the
  * address is bad or busy. */
-qn_http *qn_http_start(const qn_http_opts *opts, qn_err *err);
+QN_MUST_CHECK qn_http *qn_http_start(const qn_http_opts *opts, qn_err *err);
 /* The port actually bound (useful with port 0). */
 int qn_http_port(const qn_http *h);
 /* Turns readiness off for good (the first step of a graceful stop). From
@@ -119,7 +119,7 @@ void qn_http_set_draining(qn_http *h);
  * closed, so clients are refused at once) and waits up to timeout_ms for
  * in-flight requests to finish. Returns 0 when all finished,
  * QN_DEADLINE_EXCEEDED else. */
-int qn_http_drain(qn_http *h, long long timeout_ms);
+QN_MUST_CHECK int qn_http_drain(qn_http *h, long long timeout_ms);
 /* Stops the server and frees it, closing any remaining connections. Returns
  * only once every worker thread has been joined, so no handler is running
  * (it waits for one that is): only then may the handlers' state be freed. */

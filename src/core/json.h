@@ -27,25 +27,25 @@
 
 /* QN_INVALID_ARGUMENT naming the first key of obj not in the NULL-terminated
  * allowed list (or if obj is not an object). */
-int qn_json_only(const json_t *obj, const char *const *allowed, qn_err *err);
+QN_MUST_CHECK int qn_json_only(const json_t *obj, const char *const *allowed, qn_err *err);
 
 /* A string field of at most maxlen bytes (valid UTF-8 by jansson's contract).
  * Absent: QN_INVALID_ARGUMENT when required, else *out is left unchanged and 0. */
-int qn_json_str(const json_t *obj, const char *key, int required, size_t maxlen,
+QN_MUST_CHECK int qn_json_str(const json_t *obj, const char *key, int required, size_t maxlen,
                 const char **out, qn_err *err);
 /* An integer field within [min, max]; absent as above. */
-int qn_json_int(const json_t *obj, const char *key, int required, int64_t min, int64_t max,
+QN_MUST_CHECK int qn_json_int(const json_t *obj, const char *key, int required, int64_t min, int64_t max,
                 int64_t *out, qn_err *err);
 /* An object field (borrowed); absent as above. */
-int qn_json_obj(const json_t *obj, const char *key, int required, json_t **out, qn_err *err);
+QN_MUST_CHECK int qn_json_obj(const json_t *obj, const char *key, int required, json_t **out, qn_err *err);
 
 /* A tags object: at most 64 keys of at most 128 bytes, string values of at
  * most 1024 bytes. *out borrowed, NULL when absent. */
-int qn_json_tags(const json_t *obj, const char *key, json_t **out, qn_err *err);
+QN_MUST_CHECK int qn_json_tags(const json_t *obj, const char *key, json_t **out, qn_err *err);
 
 /* Serializes compactly with sorted keys: the canonical form used for digests
  * and storage. Caller frees. NULL when out of memory. */
-char *qn_json_canonical(const json_t *v);
+QN_MUST_CHECK char *qn_json_canonical(const json_t *v);
 
 /* json_dumps(v, flags), but NULL when any allocation fails: jansson 2.14's
  * json_dumps ignores a failed append of an object key and returns the text

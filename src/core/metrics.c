@@ -559,42 +559,43 @@ static int put_sample(qn_buf *b, const qn_metrics *m, const qn_metric *f, const 
                       const char *suffix, const char *extra_name, const char *extra_val,
                       double v)
 {
-    int rc = qn_buf_puts(b, f->name);
+    qn_buf_puts(b, f->name);
     if (suffix)
-        rc |= qn_buf_puts(b, suffix);
+        qn_buf_puts(b, suffix);
     size_t nl = m->ncl + f->nlabels + (extra_name ? 1 : 0);
     if (nl) {
         const char *sep = "{";
         for (size_t i = 0; i < m->ncl; i++, sep = ",") {
-            rc |= qn_buf_printf(b, "%s%s=\"", sep, m->cl_names[i]);
-            rc |= put_escaped(b, m->cl_values[i], 1);
-            rc |= qn_buf_puts(b, "\"");
+            qn_buf_printf(b, "%s%s=\"", sep, m->cl_names[i]);
+            put_escaped(b, m->cl_values[i], 1);
+            qn_buf_puts(b, "\"");
         }
         for (size_t i = 0; i < f->nlabels; i++, sep = ",") {
-            rc |= qn_buf_printf(b, "%s%s=\"", sep, f->labels[i]);
-            rc |= put_escaped(b, s->values[i], 1);
-            rc |= qn_buf_puts(b, "\"");
+            qn_buf_printf(b, "%s%s=\"", sep, f->labels[i]);
+            put_escaped(b, s->values[i], 1);
+            qn_buf_puts(b, "\"");
         }
         if (extra_name) {
-            rc |= qn_buf_printf(b, "%s%s=\"", sep, extra_name);
-            rc |= put_escaped(b, extra_val, 1);
-            rc |= qn_buf_puts(b, "\"");
+            qn_buf_printf(b, "%s%s=\"", sep, extra_name);
+            put_escaped(b, extra_val, 1);
+            qn_buf_puts(b, "\"");
         }
-        rc |= qn_buf_puts(b, "}");
+        qn_buf_puts(b, "}");
     }
-    rc |= qn_buf_puts(b, " ");
-    rc |= put_double(b, v);
-    rc |= qn_buf_puts(b, "\n");
-    return rc ? QN_RESOURCE_EXHAUSTED : 0;
+    qn_buf_puts(b, " ");
+    put_double(b, v);
+    qn_buf_puts(b, "\n");
+    return qn_buf_error(b); /* appends are sticky: any failure above shows here */
 }
 
 static int render_family(qn_buf *b, const qn_metrics *m, qn_metric *f)
 {
-    int rc = qn_buf_printf(b, "# HELP %s ", f->name);
-    rc |= put_escaped(b, f->help, 0);
-    rc |= qn_buf_printf(b, "\n# TYPE %s %s\n", f->name, type_names[f->type]);
-    if (rc)
-        return QN_RESOURCE_EXHAUSTED;
+    qn_buf_printf(b, "# HELP %s ", f->name);
+    put_escaped(b, f->help, 0);
+    qn_buf_printf(b, "\n# TYPE %s %s\n", f->name, type_names[f->type]);
+    int rc = qn_buf_error(b);
+    if (rc < 0)
+        return rc;
     pthread_mutex_lock(&f->mu);
     for (series *s = f->head; s && rc == 0; s = s->next) {
         if (f->type != M_HISTOGRAM) {

@@ -26,6 +26,7 @@
 #include <stddef.h>
 
 #include "core/buf.h"
+#include "core/err.h"
 
 #define QN_METRICS_MAX_SERIES 10000
 
@@ -64,6 +65,6 @@ void qn_metric_remove(qn_metric *f, const char *const *values);
 void qn_metrics_on_render(qn_metrics *m, void (*fn)(qn_metrics *m, void *ud), void *ud);
 
 /* Appends the whole registry in text format 0.0.4 to out. 0 or QN_RESOURCE_EXHAUSTED. */
-int qn_metrics_render(qn_metrics *m, qn_buf *out);
+QN_MUST_CHECK int qn_metrics_render(qn_metrics *m, qn_buf *out);
 
 #endif

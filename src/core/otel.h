@@ -85,7 +85,7 @@ typedef struct qn_otel_stats {
  * and returns 0. QN_INVALID_ARGUMENT for an endpoint that is not http(s)://,
  * QN_FAILED_PRECONDITION when already started, QN_RESOURCE_EXHAUSTED when
  * the thread cannot start. Not thread-safe against qn_otel_shutdown. */
-int qn_otel_start(const qn_otel_opts *opts, qn_err *err);
+QN_MUST_CHECK int qn_otel_start(const qn_otel_opts *opts, qn_err *err);
 /* Exports what is queued (waiting up to timeout_ms), then stops the thread
  * and turns tracing off; spans still open are then dropped at their end.
  * A no-op when tracing is off. */

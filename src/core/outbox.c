@@ -65,7 +65,8 @@ int64_t qn_outbox_pending(qn_outbox *ob)
     qn_stmt *st = qn_prepare(c, "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL", &err);
     if (st && qn_step(st, &err) == 1) {
         n = qn_col_int64(st, 0);
-        qn_step(st, &err);
+        if (qn_step(st, &err) < 0) /* finishing the read failed: no trustworthy count */
+            n = -1;
     }
     qn_store_release(ob->db, c);
     return n;
@@ -136,8 +137,10 @@ static void sweep(qn_outbox *ob)
     qn_stmt *st = qn_prepare(c, "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?", &err);
     if (st) {
         qn_bind_int64(st, 1, qn_now_ms() - RETENTION_MS);
-        qn_step(st, &err);
+        st = qn_step(st, &err) < 0 ? NULL : st;
     }
+    if (!st) /* harmless: the next sweep retries, published rows only take room */
+        qn_log_warn(NULL, "outbox sweep failed", "{s:s}", "detail", err.msg);
     qn_store_release(ob->db, c);
 }
 

@@ -56,11 +56,11 @@ typedef struct qn_outbox qn_outbox;
 
 /* Appends a validated CloudEvent (borrowed) inside the caller's transaction
  * on c. QN_INVALID_ARGUMENT when qn_event_validate refuses it. */
-int qn_outbox_append(qn_conn *c, const json_t *event, qn_err *err);
+QN_MUST_CHECK int qn_outbox_append(qn_conn *c, const json_t *event, qn_err *err);
 
 /* Starts the publisher thread. bus may be NULL (events then wait in the
  * table; used by tests and tools). metrics may be NULL. */
-qn_outbox *qn_outbox_start(qn_store *db, qn_bus *bus, const char *service, qn_metrics *metrics,
+QN_MUST_CHECK qn_outbox *qn_outbox_start(qn_store *db, qn_bus *bus, const char *service, qn_metrics *metrics,
                            qn_err *err);
 /* Wakes the publisher (cheap; call after committing appended events). */
 void qn_outbox_kick(qn_outbox *ob);
@@ -68,7 +68,7 @@ void qn_outbox_kick(qn_outbox *ob);
 int64_t qn_outbox_pending(qn_outbox *ob);
 /* Publishes everything pending, waiting up to timeout_ms. 0 when nothing is
  * left, QN_DEADLINE_EXCEEDED otherwise (the rest stays for the next start). */
-int qn_outbox_flush(qn_outbox *ob, long long timeout_ms);
+QN_MUST_CHECK int qn_outbox_flush(qn_outbox *ob, long long timeout_ms);
 /* Answers a listing of db's outbox table (the handler of a service's GET
  * /v1/events or /v1/outbox): query after=SEQ and limit=N (1..1000, default
  * 100) -> {"events":[{"seq","event","published"}],"next_after":SEQ}. Bad

@@ -27,6 +27,7 @@
 #include <stddef.h>
 
 #include "core/client.h"
+#include "core/err.h"
 #include "core/config.h"
 #include "core/http.h"
 #include "core/metrics.h"
@@ -69,6 +70,6 @@ int qn_service_main(const qn_service_def *def, int argc, char **argv);
 void qn_service_client_opts(const qn_service_ctx *ctx, const char *upstream, qn_client_opts *o);
 
 /* Creates dir and its parents (0755). 0 or QN_INTERNAL with err filled. */
-int qn_mkdir_p(const char *dir, qn_err *err);
+QN_MUST_CHECK int qn_mkdir_p(const char *dir, qn_err *err);
 
 #endif

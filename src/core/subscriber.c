@@ -31,8 +31,8 @@ int qn_inbox_seen(qn_conn *c, const char *id, qn_err *err)
         return err->code;
     qn_bind_text(st, 1, id, -1);
     int rc = qn_step(st, err);
-    if (rc == 1)
-        qn_step(st, err);
+    if (rc == 1 && qn_step(st, err) < 0)
+        return err->code;
     return rc;
 }
 
@@ -114,6 +114,15 @@ static int handle(qn_subscriber *s, qn_msg *msg, const char *tp, qn_err *err)
     return rc;
 }
 
+/* A failed ack is redelivered, and the inbox makes that harmless: say so. */
+static void ack(qn_subscriber *s, qn_msg *msg)
+{
+    qn_err err;
+    if (qn_consumer_ack(s->consumer, msg, &err) < 0)
+        qn_log_warn(NULL, "cannot acknowledge an event; it will be redelivered and skipped as a duplicate",
+                    "{s:s, s:s, s:s}", "group", s->group, "id", msg->id, "detail", err.msg);
+}
+
 static void *run(void *arg)
 {
     qn_subscriber *s = arg;
@@ -136,7 +145,7 @@ static void *run(void *arg)
         if (s->db && with_conn(s->db, qn_inbox_seen, msg->id, &err) == 1) {
             qn_log_debug(tid[0] ? tid : NULL, "duplicate event skipped", "{s:s, s:s}", "id", msg->id,
                          "type", msg->topic);
-            qn_consumer_ack(s->consumer, msg, &err);
+            ack(s, msg);
             qn_msg_free(msg);
             continue;
         }
@@ -145,12 +154,14 @@ static void *run(void *arg)
             qn_log_warn(tid[0] ? tid : NULL, "event handler failed; it will be redelivered",
                         "{s:s, s:s, s:i, s:s}", "id", msg->id, "type", msg->topic, "attempt",
                         msg->attempt, "detail", err.msg);
-            qn_consumer_nack(s->consumer, msg, &err);
+            if (qn_consumer_nack(s->consumer, msg, &err) < 0)
+                qn_log_warn(NULL, "cannot give an event back; it is redelivered when its lease ends",
+                            "{s:s, s:s}", "id", msg->id, "detail", err.msg);
         } else {
             if (s->db && with_conn(s->db, qn_inbox_mark, msg->id, &err) < 0)
                 qn_log_warn(NULL, "cannot record handled event", "{s:s, s:s}", "id", msg->id, "detail",
                             err.msg);
-            qn_consumer_ack(s->consumer, msg, &err);
+            ack(s, msg);
         }
         qn_msg_free(msg);
     }

@@ -77,8 +77,8 @@ typedef int (*qn_tx_body)(qn_conn *c, void *arg, qn_err *err);
 int qn_subscriber_tx(qn_store *db, const qn_msg *msg, qn_tx_body fn, void *arg, qn_err *err);
 
 /* 1 when event id was handled already, 0 if not, negative on error. */
-int qn_inbox_seen(qn_conn *c, const char *id, qn_err *err);
+QN_MUST_CHECK int qn_inbox_seen(qn_conn *c, const char *id, qn_err *err);
 /* Records id as handled (idempotent). */
-int qn_inbox_mark(qn_conn *c, const char *id, qn_err *err);
+QN_MUST_CHECK int qn_inbox_mark(qn_conn *c, const char *id, qn_err *err);
 
 #endif

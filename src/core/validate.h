@@ -40,14 +40,14 @@
 /* Names of models, datasets, aliases, pipelines: 1..128 bytes of
  * [A-Za-z0-9._-], starting with a letter or digit (so never "..", never a
  * path). what: "model", "alias"... used in the message. */
-int qn_name_check(const char *what, const char *name, qn_err *err);
+QN_MUST_CHECK int qn_name_check(const char *what, const char *name, qn_err *err);
 
 /* Parses a positive decimal integer in [1, max] (e.g. a version number in a
  * path); QN_INVALID_ARGUMENT naming `what` otherwise. */
-int qn_uint_parse(const char *what, const char *s, int64_t max, int64_t *out, qn_err *err);
+QN_MUST_CHECK int qn_uint_parse(const char *what, const char *s, int64_t max, int64_t *out, qn_err *err);
 
 /* NULL -> def; otherwise 1..max. */
-int qn_limit_parse(const char *s, int64_t def, int64_t max, int64_t *out, qn_err *err);
+QN_MUST_CHECK int qn_limit_parse(const char *s, int64_t def, int64_t max, int64_t *out, qn_err *err);
 
 /* Encodes scope and key; caller frees. NULL when out of memory. */
 char *qn_page_token_encode(const char *scope, const char *key);

@@ -128,7 +128,7 @@ static char *answer_text(const char *dataset, const char *batch_id, const qml_re
                           b->nrows ? json_integer(last) : json_null(), "errors", ing_errors_json(b));
     if (a && b->nbad > b->nerrors)
         json_object_set_new(a, "errors_truncated", json_true());
-    char *s = a ? json_dumps(a, JSON_COMPACT) : NULL;
+    char *s = a ? qn_json_dumps(a, JSON_COMPACT) : NULL;
     json_decref(a);
     return s;
 }
@@ -312,7 +312,7 @@ int ing_events_get(qn_req *req, qn_res *res, void *ud)
     }
     int64_t id = qn_col_int64(st, 0), last_seq = qn_col_int64(st, 1), next = after;
     json_t *jname = json_string(name);
-    char *qname = jname ? json_dumps(jname, JSON_ENCODE_ANY) : NULL;
+    char *qname = jname ? qn_json_dumps(jname, JSON_ENCODE_ANY) : NULL;
     json_decref(jname);
     int ok = qname && qn_buf_printf(&out, "{\"dataset\":%s,\"events\":[", qname) == 0;
     free(qname);

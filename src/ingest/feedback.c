@@ -173,7 +173,7 @@ int ing_feedback_post(qn_req *req, qn_res *res, void *ud)
                           "errors", errs);
     if (a && good.nbad > good.nerrors)
         json_object_set_new(a, "errors_truncated", json_true());
-    answer = a ? json_dumps(a, JSON_COMPACT) : NULL;
+    answer = a ? qn_json_dumps(a, JSON_COMPACT) : NULL;
     json_decref(a);
     if (!answer) {
         qn_err_set(&err, QN_RESOURCE_EXHAUSTED, "out of memory");

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "core/json.h"
+#include "core/log.h"
 #include "ingest/ingest.h"
 
 #define KEY_MAX 256
@@ -111,8 +112,10 @@ void ing_idem_sweep(ingest *g)
         qn_stmt *st = qn_prepare(c, "DELETE FROM idempotency WHERE created_at < ?", &err);
         if (st) {
             qn_bind_int64(st, 1, now - g->idem_ttl_ms);
-            qn_step(st, &err);
+            st = qn_step(st, &err) < 0 ? NULL : st;
         }
+        if (!st) /* harmless: expired keys only take room until the next sweep */
+            qn_log_warn(NULL, "idempotency sweep failed", "{s:s}", "detail", err.msg);
         qn_store_release(g->db, c);
     }
     ing_write_unlock(g);

@@ -296,8 +296,11 @@ static int put_int(qml_rec_batch *b, long long v)
     return put(b, num, (size_t)n);
 }
 
-/* Any JSON value, canonically (objects with sorted keys). depth bounds the
- * recursion (jansson already bounds parse depth; this is a second guard). */
+/* Any JSON value, canonically (objects with sorted keys). depth is the
+ * value's nesting below its row (0 for a column's value). A container that
+ * would make the row nest deeper than QML_REC_MAX_DEPTH levels returns
+ * TOO_DEEP (nothing is ever written in its place: the row is refused). */
+#define TOO_DEEP 2
 static int put_value(qml_rec_batch *b, const json_t *v, int depth);
 
 typedef struct kv {
@@ -368,8 +371,9 @@ static int put_object(qml_rec_batch *b, const json_t *obj, int depth)
 
 static int put_value(qml_rec_batch *b, const json_t *v, int depth)
 {
-    if (depth > 64)
-        return put(b, "null", 4);
+    /* The row object is level 1, a column's container value level 2. */
+    if ((json_is_object(v) || json_is_array(v)) && depth + 2 > QML_REC_MAX_DEPTH)
+        return TOO_DEEP;
     switch (json_typeof(v)) {
     case JSON_OBJECT:
         return put_object(b, v, depth);
@@ -606,6 +610,11 @@ static int object_row(const json_t *obj, const qml_rec_schema *s, const qml_rec_
         if ((rc = put_jstring(b, a[i].k, a[i].klen)) != 0 || (rc = putc_(b, ':')) != 0)
             break;
         rc = c ? put_json_cell(b, c, a[i].v, msg, cap) : put_value(b, a[i].v, 0);
+        if (rc == TOO_DEEP) {
+            snprintf(msg, cap, "column %s: value nests deeper than %d levels (the row counts as one); "
+                     "flatten it or send it as a string", a[i].k, QML_REC_MAX_DEPTH);
+            rc = 1;
+        }
     }
     if (rc == 0)
         rc = putc_(b, '}');

@@ -56,6 +56,9 @@
 #include "ml/schema.h"
 
 #define QML_REC_MAX_COLS 256
+/* The deepest nesting of arrays/objects a row may have, the row object
+ * counting as level 1. A deeper row is refused (row error), never cut. */
+#define QML_REC_MAX_DEPTH 64
 
 typedef struct qml_rec_column {
     char *name;

@@ -124,7 +124,10 @@ int mon_settings_load(monitor *m, qn_conn *c, const char *model, mon_settings *s
         return rc;
     if (rc == 1) {
         json_t *o = qn_json_from_text(qn_col_text(st, 0));
-        qn_step(st, err);
+        if ((rc = qn_step(st, err)) < 0) {
+            json_decref(o);
+            return rc;
+        }
         qn_err e;
         if (json_is_object(o) && settings_apply(o, s, &e) < 0)
             qn_log_warn(NULL, "stored settings no longer valid; defaults used", "{s:s, s:s}", "model", model,
@@ -243,7 +246,8 @@ static json_t *model_json(monitor *m, qn_conn *c, const char *model, int *known,
         json_decref(overrides);
         overrides = qn_json_from_text(qn_col_text(st, 0));
         *known = 1;
-        qn_step(st, err);
+        if ((rc = qn_step(st, err)) < 0)
+            goto fail;
     } else if (rc < 0)
         goto fail;
     if (!(st = qn_prepare(c, "SELECT version, rows, started_at FROM windows WHERE model = ? ORDER BY version", err)))
@@ -272,7 +276,8 @@ static json_t *model_json(monitor *m, qn_conn *c, const char *model, int *known,
         latest = json_pack("{s:I, s:I, s:b, s:o}", "id", (json_int_t)qn_col_int64(st, 0), "version",
                            (json_int_t)qn_col_int64(st, 1), "dataset_drift", (int)qn_col_int64(st, 2), "created_at",
                            qn_json_time(qn_col_int64(st, 3)));
-        qn_step(st, err);
+        if ((rc = qn_step(st, err)) < 0)
+            goto fail;
     } else if (rc < 0)
         goto fail;
     for (const char *const *n = (const char *const[]){"predictions", "feedback", "hits", "hit_joined",

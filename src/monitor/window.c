@@ -315,7 +315,8 @@ static int close_window(monitor *m, qn_conn *c, const char *model, int64_t versi
     }
     started = qn_col_int64(st, 0);
     nrows = qn_col_int64(st, 1);
-    qn_step(st, err);
+    if (qn_step(st, err) < 0)
+        goto fail;
     if (!(st = qn_prepare(c, "SELECT features, prediction FROM window_rows WHERE model = ? AND version = ? ORDER BY id", err)))
         goto fail;
     qn_bind_text(st, 1, model, -1);
@@ -328,7 +329,8 @@ static int close_window(monitor *m, qn_conn *c, const char *model, int64_t versi
     if (!(st = qn_prepare(c, "SELECT COALESCE(MAX(id), 0) + 1 FROM reports", err)) || qn_step(st, err) != 1)
         goto fail;
     id = qn_col_int64(st, 0);
-    qn_step(st, err);
+    if (qn_step(st, err) < 0)
+        goto fail;
 
     report = json_pack("{s:I, s:s, s:I, s:{s:o, s:o, s:I}, s:o}", "id", (json_int_t)id, "model", model,
                        "version", (json_int_t)version, "window", "start", qn_json_time(started), "end",
@@ -447,7 +449,7 @@ static int rows_of(qn_conn *c, const char *model, int64_t version, int64_t *rows
     int rc = qn_step(st, err);
     *rows = rc == 1 ? qn_col_int64(st, 0) : 0;
     if (rc == 1)
-        qn_step(st, err);
+        rc = qn_step(st, err);
     return rc < 0 ? rc : 0;
 }
 
@@ -858,22 +860,26 @@ static void sweep(monitor *m)
     int64_t now = qn_now_ms();
     if (qn_tx_begin(c, QN_TX_WRITE, &err) == 0) {
         qn_stmt *st = qn_prepare(c, "DELETE FROM recs WHERE t < ?", &err);
-        if (st) {
+        int ok = st != NULL;
+        if (ok) {
             qn_bind_int64(st, 1, now - m->hit_horizon_ms - 60000);
-            qn_step(st, &err);
+            ok = qn_step(st, &err) >= 0;
         }
         /* bounded: the newest max_recs recommendations at most */
-        if ((st = qn_prepare(c, "DELETE FROM recs WHERE id <= (SELECT id FROM recs ORDER BY id DESC LIMIT 1 OFFSET ?)", &err))) {
+        if (ok && (ok = (st = qn_prepare(c, "DELETE FROM recs WHERE id <= (SELECT id FROM recs ORDER BY id DESC LIMIT 1 OFFSET ?)", &err)) != NULL)) {
             qn_bind_int64(st, 1, m->max_recs);
-            qn_step(st, &err);
+            ok = qn_step(st, &err) >= 0;
         }
         /* redeliveries come within minutes; a week of ids is plenty */
-        if ((st = qn_prepare(c, "DELETE FROM inbox WHERE received_at < ?", &err))) {
+        if (ok && (ok = (st = qn_prepare(c, "DELETE FROM inbox WHERE received_at < ?", &err)) != NULL)) {
             qn_bind_int64(st, 1, now - 7LL * 86400000);
-            qn_step(st, &err);
+            ok = qn_step(st, &err) >= 0;
         }
-        if (qn_tx_commit(c, &err) < 0)
+        if (!ok || qn_tx_commit(c, &err) < 0) {
+            /* harmless: old rows only take room until the next sweep */
+            qn_log_warn(NULL, "sweep failed", "{s:s}", "detail", err.msg);
             qn_tx_rollback(c);
+        }
     }
     qn_store_release(m->db, c);
 }

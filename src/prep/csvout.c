@@ -109,8 +109,12 @@ int prep_csv_write(const qml_frame *f, FILE *file, char hex[QN_SHA256_HEX + 1], 
     flush(&o);
     qn_sha256_final(o.h, hex);
     qn_sha256_free(o.h);
+    int toobig = qn_buf_error(&o.b) < 0; /* a cell larger than the buffer, not the disk */
     qn_buf_free(&o.b);
     *bytes = o.bytes;
+    if (toobig)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "a CSV cell does not fit in the %u-byte output buffer",
+                          2 * FLUSH_AT + (1u << 20) * 17);
     if (o.failed)
         return qn_err_set(err, QN_INTERNAL, "cannot write the CSV output (disk full?)");
     return 0;

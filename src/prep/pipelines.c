@@ -247,8 +247,8 @@ int prep_pipelines_put(qn_req *req, qn_res *res, void *ud)
     if (rc < 0)
         goto fail;
     int created = rc == 0;
-    if (rc == 1)
-        qn_step(st, &err);
+    if (rc == 1 && qn_step(st, &err) < 0)
+        goto fail;
     /* A new trigger starts afresh: no rows counted yet, the first scheduled
      * run one interval from now. */
     st = qn_prepare(c,
@@ -288,8 +288,7 @@ int prep_pipelines_put(qn_req *req, qn_res *res, void *ud)
         goto fail;
     }
     out = pipeline_json(st);
-    qn_step(st, &err);
-    if (qn_tx_commit(c, &err) < 0)
+    if (qn_step(st, &err) < 0 || qn_tx_commit(c, &err) < 0)
         goto fail;
     qn_store_release(p->db, c);
     qn_log_info(qn_req_trace_id(req), created ? "pipeline created" : "pipeline replaced", "{s:s, s:s}",
@@ -332,8 +331,7 @@ int prep_pipelines_list(qn_req *req, qn_res *res, void *ud)
             out = json_pack("{s:o, s:s}", "pipelines", list, "next_page_token", tok ? tok : "");
             free(tok);
             list = NULL;
-            qn_step(st, &err);
-            break;
+            break; /* the statement is reset when c is released */
         }
         last = qn_arena_strdup(qn_req_arena(req), qn_col_text(st, 0));
         json_array_append_new(list, pipeline_json(st));
@@ -364,8 +362,11 @@ int prep_pipelines_get(qn_req *req, qn_res *res, void *ud)
     qn_stmt *st = qn_prepare(c, "SELECT " PIPE_COLS " FROM pipelines WHERE name = ?", &err);
     int rc = st ? (qn_bind_text(st, 1, name, -1), qn_step(st, &err)) : err.code;
     json_t *out = rc == 1 ? pipeline_json(st) : NULL;
-    if (rc == 1)
-        qn_step(st, &err);
+    if (rc == 1 && qn_step(st, &err) < 0) {
+        json_decref(out);
+        out = NULL;
+        rc = err.code;
+    }
     qn_store_release(p->db, c);
     if (rc < 0)
         return prep_fail(req, res, &err);

@@ -80,10 +80,8 @@ int prep_enqueue(qn_conn *c, const char *pipeline, const char *trigger, int coal
         qn_bind_text(st, 1, pipeline, -1);
         if ((rc = qn_step(st, err)) < 0)
             return rc;
-        if (rc == 1) {
-            qn_step(st, err);
-            return 0;
-        }
+        if (rc == 1)
+            return (rc = qn_step(st, err)) < 0 ? rc : 0;
     }
     unsigned char raw[PREP_RUN_ID_HEX / 2];
     qn_random_bytes(raw, sizeof raw);
@@ -124,8 +122,8 @@ static int pipeline_exists(qn_conn *c, const char *name, qn_err *err)
         return err->code;
     qn_bind_text(st, 1, name, -1);
     int rc = qn_step(st, err);
-    if (rc == 1)
-        qn_step(st, err);
+    if (rc == 1 && qn_step(st, err) < 0)
+        return err->code;
     return rc;
 }
 
@@ -211,8 +209,7 @@ int prep_runs_list(qn_req *req, qn_res *res, void *ud)
             out = json_pack("{s:o, s:s}", "runs", list, "next_page_token", t ? t : "");
             free(t);
             list = NULL;
-            qn_step(st, &err);
-            break;
+            break; /* the statement is reset when c is released */
         }
         last = qn_col_int64(st, 16);
         json_array_append_new(list, run_json(st));
@@ -256,8 +253,11 @@ int prep_runs_get(qn_req *req, qn_res *res, void *ud)
     qn_stmt *st = qn_prepare(c, "SELECT " RUN_COLS " FROM runs WHERE id = ? AND pipeline = ?", &err);
     int rc = st ? (qn_bind_text(st, 1, id, -1), qn_bind_text(st, 2, name, -1), qn_step(st, &err)) : err.code;
     json_t *out = rc == 1 ? run_json(st) : NULL;
-    if (rc == 1)
-        qn_step(st, &err);
+    if (rc == 1 && qn_step(st, &err) < 0) {
+        json_decref(out);
+        out = NULL;
+        rc = err.code;
+    }
     qn_store_release(p->db, c);
     if (rc < 0)
         return prep_fail(req, res, &err);
@@ -308,7 +308,8 @@ static int claim(prep *p, job *j, qn_err *err)
     j->spec = json_loads(qn_col_text(st, 4), 0, NULL);
     snprintf(j->digest, sizeof j->digest, "%s", qn_col_text(st, 5));
     snprintf(j->traceparent, sizeof j->traceparent, "%s", qn_col_is_null(st, 6) ? "" : qn_col_text(st, 6));
-    qn_step(st, err);
+    if ((rc = qn_step(st, err)) < 0)
+        goto out;
     if (!j->spec) {
         rc = qn_err_set(err, QN_INTERNAL, "stored spec of pipeline %s does not parse", j->pipeline);
         goto out;
@@ -330,7 +331,8 @@ static int claim(prep *p, job *j, qn_err *err)
     if (rc == 1) {
         j->prev_last_seq = qn_col_int64(st, 0);
         j->prev_version = qn_col_int64(st, 1);
-        qn_step(st, err);
+        if ((rc = qn_step(st, err)) < 0)
+            goto out;
     }
     if (!(st = qn_prepare(c, "UPDATE runs SET state = 'running', attempts = ?, started_at = ?, spec_digest = ? "
                              "WHERE seq = ?",
@@ -561,7 +563,8 @@ static void count_queued(qn_metrics *m, void *ud)
     qn_stmt *st = qn_prepare(c, "SELECT COUNT(*) FROM runs WHERE state = 'queued'", &err);
     if (st && qn_step(st, &err) == 1) {
         qn_gauge_set(p->queued, NULL, (double)qn_col_int64(st, 0));
-        qn_step(st, &err);
+        if (qn_step(st, &err) < 0) /* the gauge is set; the next refresh tries again */
+            qn_log_debug(NULL, "queued-runs count did not finish", "{s:s}", "detail", err.msg);
     }
     qn_store_release(p->db, c);
 }

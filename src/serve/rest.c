@@ -191,9 +191,10 @@ static int write_response(qn_buf *b, const oip_infer_response *rs)
             }
         }
         if (qn_buf_puts(b, "]}") < 0)
-            return QN_RESOURCE_EXHAUSTED;
+            break; /* full: no use writing the other outputs */
     }
-    return qn_buf_puts(b, "]}");
+    qn_buf_puts(b, "]}");
+    return qn_buf_error(b); /* appends are sticky: any one failing shows here */
 }
 
 /* ---- /v2 handlers --------------------------------------------------------------- */

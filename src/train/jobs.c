@@ -207,7 +207,10 @@ json_t *train_job_load(trainer *t, const char *id, qn_err *err)
         int rc = qn_step(st, err);
         if (rc == 1) {
             out = job_json(st);
-            qn_step(st, err);
+            if (qn_step(st, err) < 0) {
+                json_decref(out);
+                out = NULL;
+            }
         } else if (rc == 0) {
             qn_err_set(err, QN_NOT_FOUND, "job \"%s\" does not exist on this trainer", id);
         }

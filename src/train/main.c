@@ -120,8 +120,7 @@ static int load_instance(trainer *t, qn_err *err)
     rc = qn_step(st, err);
     if (rc == 1) {
         snprintf(t->instance, sizeof t->instance, "%s", qn_col_text(st, 0));
-        qn_step(st, err);
-        rc = 0;
+        rc = qn_step(st, err) < 0 ? err->code : 0;
     } else if (rc == 0) {
         unsigned char b[TRAIN_INSTANCE_LEN / 2];
         qn_random_bytes(b, sizeof b);

@@ -171,7 +171,8 @@ static int accept_request(trainer *t, const qn_msg *msg, const char *tp, qn_err 
          * else (finished, cancelled, ours already, another runner's) is a
          * duplicate delivery and is only acked. */
         int take = strcmp(qn_col_text(st, 0), "queued") == 0 && qn_col_is_null(st, 1);
-        qn_step(st, err);
+        if ((rc = qn_step(st, err)) < 0)
+            goto out;
         if (!take) {
             qn_log_info(NULL, "duplicate training request acked", "{s:s}", "job", id);
             rc = 0;
@@ -273,7 +274,10 @@ static int claim_local(trainer *t, train_slot *slot, train_job *job, qn_err *err
     job->origin = qn_col_is_null(st, 2) ? NULL : strdup(qn_col_text(st, 2));
     job->attempts = (int)qn_col_int64(st, 3) + 1;
     snprintf(job->traceparent, sizeof job->traceparent, "%s", qn_col_is_null(st, 4) ? "" : qn_col_text(st, 4));
-    qn_step(st, err);
+    if ((rc = qn_step(st, err)) < 0) {
+        job_clear(job);
+        goto out;
+    }
     job->model = json_string_value(json_object_get(job->request, "model"));
     job->kind = json_string_value(json_object_get(job->request, "kind"));
     job->dataset = json_string_value(json_object_get(job->request, "dataset"));
@@ -428,10 +432,13 @@ static void run_job(trainer *t, train_slot *slot, train_job *job)
         if (st) {
             qn_bind_int64(st, 1, qn_now_ms());
             qn_bind_text(st, 2, job->id, -1);
-            qn_step(st, &uerr);
+            st = qn_step(st, &uerr) < 0 ? NULL : st;
         }
         if (c)
             qn_store_release(t->db, c);
+        if (!st) /* still 'running' here: the next start's recovery requeues it */
+            qn_log_warn(NULL, "cannot requeue the interrupted job", "{s:s, s:s}", "job", job->id, "detail",
+                        uerr.msg);
         qn_log_info(NULL, "job interrupted by the stop; it runs again at the next start", "{s:s}", "job",
                     job->id);
         qn_span_error(&span, "interrupted by the stop");
@@ -515,7 +522,9 @@ static void *worker(void *arg)
         if (accept_traced(t, msg, &err) < 0) {
             qn_log_warn(NULL, "cannot accept a training request; it will be redelivered",
                         "{s:s, s:s}", "event", msg->id, "detail", err.msg);
-            qn_consumer_nack(cons, msg, &err);
+            if (qn_consumer_nack(cons, msg, &err) < 0)
+                qn_log_warn(NULL, "nack failed; redelivered when the lease ends", "{s:s, s:s}", "event",
+                            msg->id, "detail", err.msg);
         } else if (qn_consumer_ack(cons, msg, &err) < 0) {
             qn_log_warn(NULL, "ack failed", "{s:s, s:s}", "event", msg->id, "detail", err.msg);
         }

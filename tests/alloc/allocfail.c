@@ -140,7 +140,8 @@ static int run_json_body(const uint8_t *d, size_t n, af_out *o, qn_err *err)
                                               "specversion", "time", "name", NULL};
         const char *s = NULL;
         int64_t i = 0;
-        (void)qn_json_only(v, allowed, err);
+        if ((rc = qn_json_only(v, allowed, err)) == QN_RESOURCE_EXHAUSTED)
+            goto out;
         if ((rc = qn_json_str(v, "name", 0, 128, &s, err)) == 0 && s)
             hash_str(o, s);
         if (rc == QN_RESOURCE_EXHAUSTED)

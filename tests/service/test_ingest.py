@@ -172,6 +172,36 @@ class IngestTest(ServiceTest):
         self.assertEqual(data[0], {"user": "a", "price": 2.5, "ok": True, "ts": "2024-01-02T03:04:05Z"})
         self.assertEqual(data[1], {"user": "7", "price": 1, "ok": False, "ts": 1700000000})
 
+    def test_nesting_past_the_limit_is_refused_never_nulled(self):
+        # A row may nest 64 levels (the row object is one); one more is a 400
+        # naming the row, its line and the limit, and nothing is stored (it
+        # used to be stored with the deep value replaced by null).
+        def nest(levels):
+            v = 1
+            for _ in range(levels):
+                v = [v]
+            return v
+        ok = {"id": 1, "v": nest(63)}           # 1 + 63 = 64 levels
+        deep = {"id": 2, "v": nest(64)}         # 65 levels
+        body = ndjson([ok]) + b"\n" + ndjson([deep])
+        err = self.assertError(self.post("deep", body, NDJSON), 400, "invalid_argument",
+                               "row 2", "column v", "deeper than 64 levels")
+        self.assertEqual(err["details"]["errors"][0]["row"], 2)
+        self.assertEqual(err["details"]["errors"][0]["line"], 3)
+        st, _, d = self.svc.request("GET", "/v1/datasets/deep")
+        self.assertIn(st, (200, 404), d)  # nothing stored: no dataset, or an empty one
+        if st == 200:
+            self.assertEqual(d["rows"], 0)
+        # In a JSON array body too, and under on_error=skip the row is
+        # reported as rejected (not stored altered).
+        self.assertError(self.post("deep", [ok, deep]), 400, "invalid_argument", "row 2",
+                         "deeper than 64 levels")
+        st, _, a = self.post("deep", [ok, deep], query="?on_error=skip")
+        self.assertEqual((st, a["accepted"], a["rejected"]), (201, 1, 1), a)
+        data = [e["data"] for e in self.all_events("deep")]
+        self.assertEqual(data, [ok])
+        self.assertNotIn("null", json.dumps(data))
+
     def test_csv_with_schema(self):
         self.put_schema("s")
         body = b'user,price,ok\n"Smith, J",1e3,no\nx,abc,yes\n,2,true\n"unterminated,1,yes\n'

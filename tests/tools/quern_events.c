@@ -106,7 +106,8 @@ static int readev(const char *url, const char *group, const char *pattern, long 
         printf("%s\n", s ? s : "null");
         fflush(stdout);
         free(s);
-        qn_consumer_ack(c, m, &err);
+        if (qn_consumer_ack(c, m, &err) < 0) /* printed already; it comes again */
+            fprintf(stderr, "quern_events: ack failed: %s\n", err.msg);
         qn_msg_free(m);
         got++;
     }

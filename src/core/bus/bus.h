@@ -95,7 +95,7 @@ typedef struct qn_msg {
  * exchanges; fails with QN_UNAVAILABLE if the broker cannot be reached. An
  * unknown scheme or bad option is QN_INVALID_ARGUMENT. NULL with err on
  * failure. The bus keeps a pointer to opts->metrics (which must outlive it). */
-qn_bus *qn_bus_open(const char *url, const qn_bus_opts *opts, qn_err *err);
+QN_MUST_CHECK qn_bus *qn_bus_open(const char *url, const qn_bus_opts *opts, qn_err *err);
 /* Closes the bus. Every consumer must be closed first. NULL is a no-op. */
 void qn_bus_close(qn_bus *bus);
 /* "sqlite" or "amqp". */
@@ -106,12 +106,12 @@ const char *qn_bus_backend(const qn_bus *bus);
  * qn_event_validate refuses; QN_UNAVAILABLE when the store or broker could
  * not take it before the deadline (nothing is silently dropped: a non-zero
  * return means "not known to be durable"). Thread-safe. */
-int qn_bus_publish(qn_bus *bus, const json_t *event, qn_err *err);
+QN_MUST_CHECK int qn_bus_publish(qn_bus *bus, const json_t *event, qn_err *err);
 /* Publishes n events in one transaction (sqlite) or one confirm round
  * (amqp): all durable on 0. On failure none or some may have been stored (at
  * least once: retrying may duplicate, ids dedupe). Every envelope is
  * validated before any is sent. Thread-safe. */
-int qn_bus_publish_batch(qn_bus *bus, json_t *const *events, size_t n, qn_err *err);
+QN_MUST_CHECK int qn_bus_publish_batch(qn_bus *bus, json_t *const *events, size_t n, qn_err *err);
 
 /* Subscribes consumer group `group` ([A-Za-z0-9_-], 1..64 chars) to the
  * NULL-terminated topic patterns (at least one). The group is durable: it is
@@ -119,21 +119,21 @@ int qn_bus_publish_batch(qn_bus *bus, json_t *const *events, size_t n, qn_err *e
  * afterwards, whether or not a consumer is running. Subscribing again adds
  * patterns to the group (the union is what the group receives). Returns a
  * consumer owned by the caller (qn_consumer_close), or NULL with err. */
-qn_consumer *qn_bus_subscribe(qn_bus *bus, const char *group, const char *const *patterns,
+QN_MUST_CHECK qn_consumer *qn_bus_subscribe(qn_bus *bus, const char *group, const char *const *patterns,
                               qn_err *err);
 /* Waits up to timeout_ms for a message. 1 and *out (caller frees with
  * qn_msg_free) when one arrived; 0 and *out = NULL on timeout (also while the
  * broker is unreachable: the consumer keeps reconnecting); negative with err
  * on a failure that will not heal by waiting. An envelope that fails
  * validation is dead-lettered at once and never returned. */
-int qn_consumer_receive(qn_consumer *c, int timeout_ms, qn_msg **out, qn_err *err);
+QN_MUST_CHECK int qn_consumer_receive(qn_consumer *c, int timeout_ms, qn_msg **out, qn_err *err);
 /* Acknowledges msg: it will not be delivered to this group again. If the
  * delivery was lost meanwhile (lease expired, connection dropped) it returns
  * QN_ABORTED: the message will be (or was) redelivered. */
-int qn_consumer_ack(qn_consumer *c, qn_msg *msg, qn_err *err);
+QN_MUST_CHECK int qn_consumer_ack(qn_consumer *c, qn_msg *msg, qn_err *err);
 /* Gives msg back: redelivered after retry_base_ms * 2^(attempt-1) (capped),
  * or dead-lettered if attempt >= max_attempts. QN_ABORTED as for ack. */
-int qn_consumer_nack(qn_consumer *c, qn_msg *msg, qn_err *err);
+QN_MUST_CHECK int qn_consumer_nack(qn_consumer *c, qn_msg *msg, qn_err *err);
 /* Closes the consumer; messages received but neither acked nor nacked are
  * redelivered (sqlite: when their lease expires; amqp: at once). */
 void qn_consumer_close(qn_consumer *c);
@@ -159,7 +159,7 @@ int qn_event_validate(const json_t *event, qn_err *err);
 /* Parses and validates an incoming envelope of len bytes (at most max_bytes;
  * 0 means 1 MiB). *out owned by the caller. QN_INVALID_ARGUMENT on anything
  * malformed; QN_RESOURCE_EXHAUSTED when out of memory. */
-int qn_event_parse(const char *buf, size_t len, size_t max_bytes, json_t **out, qn_err *err);
+QN_MUST_CHECK int qn_event_parse(const char *buf, size_t len, size_t max_bytes, json_t **out, qn_err *err);
 
 /* AMQP topic matching: does topic match pattern ('*' exactly one word, '#'
  * zero or more)? Also applies the dead-topic rule above. */

@@ -45,6 +45,8 @@ struct qn_stmt {
     char *sql;
     uint64_t hash;
     int active;                     /* stepped since the last reset */
+    int bind_rc;                    /* the first failed bind since prepare (sticky) */
+    int bind_idx;                   /* and its parameter index */
     struct qn_stmt *hnext;          /* hash chain */
     struct qn_stmt *prev, *next;    /* LRU list, most recent first */
 };
@@ -125,6 +127,8 @@ qn_stmt *qn_prepare(qn_conn *c, const char *sql, qn_err *err)
         if (st->hash == h && strcmp(st->sql, sql) == 0) {
             ops->reset(st->impl);
             st->active = 0;
+            st->bind_rc = 0;
+            st->bind_idx = 0;
             lru_unlink(c, st);
             lru_push(c, st);
             return st;
@@ -259,35 +263,65 @@ int64_t qn_changes(qn_conn *c)
 
 /* ---- statements ---- */
 
+/* Binds are sticky, as qn_buf appends are: the first failure is kept on
+ * the statement, later binds do nothing, and qn_step reports it. So callers
+ * need not check each bind; their existing step check catches it. */
+static int bind_done(qn_stmt *st, int idx, int rc)
+{
+    if (rc < 0 && !st->bind_rc) {
+        st->bind_rc = rc;
+        st->bind_idx = idx;
+    }
+    return rc;
+}
+
 int qn_bind_int64(qn_stmt *st, int idx, int64_t v)
 {
-    return st->conn->store->ops->bind_int64(st->impl, idx, v);
+    if (st->bind_rc)
+        return st->bind_rc;
+    return bind_done(st, idx, st->conn->store->ops->bind_int64(st->impl, idx, v));
 }
 
 int qn_bind_double(qn_stmt *st, int idx, double v)
 {
-    return st->conn->store->ops->bind_double(st->impl, idx, v);
+    if (st->bind_rc)
+        return st->bind_rc;
+    return bind_done(st, idx, st->conn->store->ops->bind_double(st->impl, idx, v));
 }
 
 int qn_bind_text(qn_stmt *st, int idx, const char *s, ssize_t len)
 {
+    if (st->bind_rc)
+        return st->bind_rc;
     if (!s)
-        return st->conn->store->ops->bind_null(st->impl, idx);
-    return st->conn->store->ops->bind_text(st->impl, idx, s, len);
+        return bind_done(st, idx, st->conn->store->ops->bind_null(st->impl, idx));
+    return bind_done(st, idx, st->conn->store->ops->bind_text(st->impl, idx, s, len));
 }
 
 int qn_bind_blob(qn_stmt *st, int idx, const void *p, size_t len)
 {
-    return st->conn->store->ops->bind_blob(st->impl, idx, p, len);
+    if (st->bind_rc)
+        return st->bind_rc;
+    return bind_done(st, idx, st->conn->store->ops->bind_blob(st->impl, idx, p, len));
 }
 
 int qn_bind_null(qn_stmt *st, int idx)
 {
-    return st->conn->store->ops->bind_null(st->impl, idx);
+    if (st->bind_rc)
+        return st->bind_rc;
+    return bind_done(st, idx, st->conn->store->ops->bind_null(st->impl, idx));
 }
 
 int qn_step(qn_stmt *st, qn_err *err)
 {
+    if (st->bind_rc) {
+        /* Out of memory stays what it is; anything else (an index past the
+         * statement's parameters, a value too big for the backend) is a
+         * programmer error, never the client's. */
+        int code = st->bind_rc == QN_RESOURCE_EXHAUSTED ? QN_RESOURCE_EXHAUSTED : QN_INTERNAL;
+        return qn_err_set(err, code, "binding parameter %d of \"%.80s\" failed (%s); the statement was not run",
+                          st->bind_idx, st->sql, qn_code_name(st->bind_rc));
+    }
     st->active = 1;
     return st->conn->store->ops->step(st->impl, err);
 }

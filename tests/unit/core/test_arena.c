@@ -1,4 +1,4 @@
-/* test_arena.c - the arena allocator and the bounded buffer. */
+/* test_arena.c - the arena allocator (the bounded buffer: test_buf.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,7 +9,6 @@
 #include <string.h>
 
 #include "core/arena.h"
-#include "core/buf.h"
 #include "core/err.h"
 
 static void test_arena_alignment_and_contents(void **state)
@@ -75,58 +74,12 @@ static void test_arena_reset(void **state)
     qn_arena_free(a);
 }
 
-static void test_buf_bounds(void **state)
-{
-    qn_buf b;
-    qn_buf_init(&b, 10);
-    assert_int_equal(qn_buf_append(&b, "", 0), 0);
-    assert_non_null(b.data);
-    assert_string_equal(b.data, "");
-    assert_int_equal(qn_buf_puts(&b, "12345"), 0);
-    assert_int_equal(qn_buf_printf(&b, "%d", 678), 0);
-    assert_string_equal(b.data, "12345678");
-    /* Too big: refused, buffer unchanged. */
-    assert_int_equal(qn_buf_puts(&b, "abc"), QN_RESOURCE_EXHAUSTED);
-    assert_int_equal(qn_buf_printf(&b, "%s", "abc"), QN_RESOURCE_EXHAUSTED);
-    assert_string_equal(b.data, "12345678");
-    assert_int_equal(b.len, 8);
-    assert_int_equal(qn_buf_puts(&b, "9A"), 0); /* exactly max */
-    assert_int_equal(b.len, 10);
-    assert_true(b.cap <= 11);
-    assert_int_equal(qn_buf_append(&b, "x", 1), QN_RESOURCE_EXHAUSTED);
-    qn_buf_reset(&b);
-    assert_int_equal(b.len, 0);
-    assert_string_equal(b.data, "");
-    qn_buf_free(&b);
-
-    /* Growth over many appends, then detach. */
-    qn_buf_init(&b, 1 << 20);
-    for (int i = 0; i < 10000; i++)
-        assert_int_equal(qn_buf_printf(&b, "%04d,", i % 10000), 0);
-    assert_int_equal(b.len, 50000);
-    assert_memory_equal(b.data + 49995, "9999,", 5);
-    size_t len;
-    char *d = qn_buf_detach(&b, &len);
-    assert_int_equal(len, 50000);
-    assert_int_equal(d[50000], '\0');
-    assert_null(b.data);
-    assert_int_equal(b.len, 0);
-    free(d);
-    /* Detaching an untouched buffer gives an empty string, not NULL. */
-    d = qn_buf_detach(&b, &len);
-    assert_non_null(d);
-    assert_string_equal(d, "");
-    free(d);
-    qn_buf_free(&b);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_arena_alignment_and_contents),
         cmocka_unit_test(test_arena_strings),
         cmocka_unit_test(test_arena_reset),
-        cmocka_unit_test(test_buf_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

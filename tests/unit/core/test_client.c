@@ -112,7 +112,7 @@ static int has_line(qn_metrics *m, const char *line)
 {
     qn_buf b;
     qn_buf_init(&b, 1 << 20);
-    qn_metrics_render(m, &b);
+    assert_int_equal(qn_metrics_render(m, &b), 0);
     qn_buf_append(&b, "", 1);
     char want[512];
     snprintf(want, sizeof want, "\n%s\n", line);

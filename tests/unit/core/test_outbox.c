@@ -137,7 +137,7 @@ static void test_outbox_to_subscriber(void **state)
 
     qn_buf out;
     qn_buf_init(&out, 1 << 20);
-    qn_metrics_render(m, &out);
+    assert_int_equal(qn_metrics_render(m, &out), 0);
     assert_non_null(strstr(out.data, "quern_outbox_published_total 12"));
     assert_non_null(strstr(out.data, "quern_outbox_pending 0"));
     qn_buf_free(&out);

@@ -371,7 +371,6 @@ static void test_types_and_errors(void **state)
         fail_msg("%s", err.msg);
     assert_int_equal(qn_bind_text(st, 1, "it's", -1), 0);
     assert_int_equal(qn_bind_text(st, 2, "a", -1), 0);
-    assert_true(qn_bind_text(st, 3, "no third", -1) < 0);
     assert_int_equal(qn_step(st, &err), 1);
     assert_string_equal(qn_col_text(st, 0), "?");
     assert_string_equal(qn_col_text(st, 1), "a");
@@ -382,6 +381,37 @@ static void test_types_and_errors(void **state)
     /* Stepping past the end runs the statement again, as on SQLite. */
     assert_int_equal(qn_step(st, &err), 1);
     assert_string_equal(qn_col_text(st, 1), "a");
+
+    /* A bind that fails sticks to the statement: later binds do nothing and
+     * the step reports the first failure, naming its index, without running
+     * the statement (callers check only the step). */
+    const char *ins = "INSERT INTO kv (k, v) VALUES (?, ?)";
+    st = qn_prepare(c, ins, &err);
+    assert_int_equal(qn_bind_text(st, 1, "sticky", -1), 0);
+    int brc = qn_bind_int64(st, 3, 7); /* there is no third parameter */
+    assert_true(brc < 0);
+    assert_int_equal(qn_bind_int64(st, 2, 7), brc); /* valid, but after a failure */
+    qn_err_clear(&err);
+    assert_int_equal(qn_step(st, &err), QN_INTERNAL);
+    assert_int_equal(err.code, QN_INTERNAL);
+    assert_non_null(strstr(err.msg, "parameter 3"));
+    assert_non_null(strstr(err.msg, "INSERT INTO kv"));
+    assert_int_equal(qn_step(st, &err), QN_INTERNAL); /* still there */
+    st = qn_prepare(c, "SELECT COUNT(*) FROM kv WHERE k = 'sticky'", &err);
+    assert_int_equal(qn_step(st, &err), 1);
+    assert_int_equal(qn_col_int64(st, 0), 0); /* nothing was inserted */
+    /* Index 0 (parameters are 1-based), then a fresh prepare clears it. */
+    st = qn_prepare(c, ins, &err);
+    assert_true(qn_bind_null(st, 0) < 0);
+    assert_true(qn_bind_text(st, 1, "sticky", -1) < 0);
+    assert_int_equal(qn_step(st, &err), QN_INTERNAL);
+    assert_non_null(strstr(err.msg, "parameter 0"));
+    st = qn_prepare(c, ins, &err);
+    assert_int_equal(qn_bind_text(st, 1, "sticky", -1), 0);
+    assert_int_equal(qn_bind_int64(st, 2, 7), 0);
+    assert_int_equal(qn_step(st, &err), 0);
+    st = qn_prepare(c, "DELETE FROM kv WHERE k = 'sticky'", &err);
+    assert_int_equal(qn_step(st, &err), 0);
 
     /* Changes count INSERT/UPDATE/DELETE only, RETURNING rows included. */
     st = qn_prepare(c, "UPDATE kv SET v = v + 1 RETURNING k", &err);

@@ -273,6 +273,73 @@ static void test_limits(void **state)
     qml_rec_batch_free(&b);
 }
 
+/* Appends levels nested arrays around 1 to text (the caller's buffer). */
+static void nest(char *out, int levels)
+{
+    char *o = out;
+    for (int i = 0; i < levels; i++)
+        *o++ = '[';
+    *o++ = '1';
+    for (int i = 0; i < levels; i++)
+        *o++ = ']';
+    *o = '\0';
+}
+
+/* A row nesting deeper than QML_REC_MAX_DEPTH is a row error naming the
+ * column and the limit, in every JSON form; it is never stored with the deep
+ * part replaced (it once became null). At the limit the row is kept whole. */
+static void test_depth_limit(void **state)
+{
+    (void)state;
+    static char body[1024], v1[300], v2[300];
+    nest(v1, QML_REC_MAX_DEPTH - 1); /* with the row: exactly the limit */
+    nest(v2, QML_REC_MAX_DEPTH);     /* one level more */
+    snprintf(body, sizeof body, "{\"a\":%s}\n\n{\"b\":{\"c\":%s}}\n{\"a\":%s}\n", v1, v1, v2);
+    qml_rec_batch b;
+    parse_ok(body, QML_REC_NDJSON, NULL, &b);
+    assert_int_equal(b.nrows, 1);
+    char want[400];
+    snprintf(want, sizeof want, "{\"a\":%s}", v1);
+    assert_string_equal(row_text(&b, 0), want);
+    assert_int_equal(b.nbad, 2);
+    assert_int_equal(b.errors[0].row, 2);
+    assert_int_equal(b.errors[0].line, 3);
+    assert_non_null(strstr(b.errors[0].msg, "column b"));
+    assert_non_null(strstr(b.errors[0].msg, "deeper than 64 levels"));
+    assert_int_equal(b.errors[1].row, 3);
+    assert_int_equal(b.errors[1].line, 4);
+    assert_non_null(strstr(b.errors[1].msg, "column a"));
+    assert_null(memmem(b.text, b.len, "null", 4)); /* b.text is not NUL-terminated */
+    qml_rec_batch_free(&b);
+
+    /* Objects nest the same way, in the array form: n objects one inside
+     * the other, the outermost being the row. 64 are kept whole, 65 are not. */
+    for (int n = QML_REC_MAX_DEPTH; n <= QML_REC_MAX_DEPTH + 1; n++) {
+        char obj[700];
+        char *o = obj;
+        for (int i = 0; i < n; i++)
+            o += sprintf(o, "{\"k\":");
+        *o++ = '1';
+        for (int i = 0; i < n; i++)
+            *o++ = '}';
+        *o = '\0';
+        snprintf(body, sizeof body, "[{\"x\":1},%s]", obj);
+        parse_ok(body, QML_REC_JSON, NULL, &b);
+        if (n == QML_REC_MAX_DEPTH) {
+            assert_int_equal(b.nrows, 2);
+            assert_int_equal(b.nbad, 0);
+            assert_string_equal(row_text(&b, 1), obj);
+        } else {
+            assert_int_equal(b.nrows, 1);
+            assert_int_equal(b.nbad, 1);
+            assert_int_equal(b.errors[0].row, 2);
+            assert_non_null(strstr(b.errors[0].msg, "column k"));
+            assert_non_null(strstr(b.errors[0].msg, "64"));
+        }
+        qml_rec_batch_free(&b);
+    }
+}
+
 static void test_schema_parse_and_json(void **state)
 {
     (void)state;
@@ -410,6 +477,7 @@ int main(void)
         cmocka_unit_test(test_schema_required_and_additional),
         cmocka_unit_test(test_csv),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_depth_limit),
         cmocka_unit_test(test_schema_parse_and_json),
         cmocka_unit_test(test_round_trip_against_jansson),
     };

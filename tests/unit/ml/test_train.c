@@ -83,7 +83,7 @@ static qml_frame *apply_pipeline(qml_frame *raw, const char *name)
     /* The example pipelines are prep's documents; their "steps" are what
      * libquern-ml applies, so training here sees what prep would produce. */
     qml_clean_steps *s;
-    qml_frame *out;
+    qml_frame *out = NULL; /* clang cannot see that fail_msg does not return */
     qn_err err;
     json_t *doc = json_loadb(js, len, 0, NULL);
     if (!doc)

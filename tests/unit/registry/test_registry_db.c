@@ -223,7 +223,7 @@ static int64_t outbox_count(void)
     assert_non_null(st);
     assert_int_equal(qn_step(st, &err), 1);
     int64_t n = qn_col_int64(st, 0);
-    qn_step(st, &err);
+    assert_int_equal(qn_step(st, &err), 0);
     qn_store_release(db, c);
     return n;
 }
