@@ -17,6 +17,7 @@
 
 #include "core/log.h"
 #include "core/trace.h"
+#include "core/utf8.h"
 #include "serve/serve.h"
 
 static const char *const extensions[] = {"model_repository_metadata_none", "binary_tensor_data",
@@ -175,7 +176,7 @@ static int check_tensor(const oip_tensor_meta *want, const oip_tensor *t, int64_
                                         "has %zu",
                                         t->name, got, (long long)nelem, t->nbytes);
         for (size_t i = 0; i < t->nbytes; i++)
-            if (!oip_utf8_valid(t->bytes[i].p, t->bytes[i].len))
+            if (!qn_utf8_valid((const char *)t->bytes[i].p, t->bytes[i].len))
                 return qn_err_set(err, QN_INVALID_ARGUMENT,
                                   "input '%s', element %zu: not valid UTF-8 text", t->name, i);
     } else {

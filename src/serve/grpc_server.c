@@ -48,6 +48,7 @@
 #include "core/log.h"
 #include "core/otel.h"
 #include "core/trace.h"
+#include "core/utf8.h"
 #include "grpc_service.pb-c.h"
 #include "health.pb-c.h"
 
@@ -299,10 +300,10 @@ static const char *find_traceparent(const grpc_metadata_array *md, char buf[TRAC
 static int check_text(const char *field, const char *s, qn_err *err)
 {
     size_t n = s ? strlen(s) : 0;
-    if (!s || oip_utf8_valid(s, n))
+    if (!s || qn_utf8_valid(s, n))
         return 0;
     char esc[160];
-    oip_utf8_escape(esc, sizeof esc, s, n);
+    qn_utf8_escape(esc, sizeof esc, s, n);
     return qn_err_set(err, QN_INVALID_ARGUMENT, "%s \"%s\" is not valid UTF-8", field, esc);
 }
 
@@ -1018,7 +1019,6 @@ out:
         free(out->reply);
         out->reply = NULL;
         out->reply_len = 0;
-        oip_err_utf8(err); /* the message may quote the request's bytes */
     }
     return rc;
 }
@@ -1280,7 +1280,6 @@ static void answer(serve_grpc *g, rpc *r)
     int code = rc < 0 ? -rc : 0;
     if (code < 0 || code > 16)
         code = GRPC_STATUS_UNKNOWN;
-    oip_err_utf8(&err); /* it may quote a client's bytes */
     if (r->method == M_HEALTH_CHECK) {
         qn_span_discard(&span); /* probes would drown the traces that matter */
     } else {

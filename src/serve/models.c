@@ -322,10 +322,8 @@ static void refuse(serve *s, serve_model *m, int64_t version, const char *reason
 {
     char ts[32];
     qn_time_rfc3339(qn_now_ms(), ts);
-    qn_err e = *err; /* the message may quote a file's bytes: keep it valid UTF-8 */
-    oip_err_utf8(&e);
     json_t *r = json_pack("{s:I, s:s, s:s, s:s}", "version", (json_int_t)version, "reason",
-                          reason, "message", e.msg, "time", ts);
+                          reason, "message", err->msg, "time", ts);
     pthread_mutex_lock(&m->mu);
     json_decref(m->last_refusal);
     m->last_refusal = r;
@@ -335,7 +333,7 @@ static void refuse(serve *s, serve_model *m, int64_t version, const char *reason
     const char *lv[] = {m->name, reason};
     qn_counter_add(s->m_refusals, lv, 1);
     qn_log_warn(NULL, "model version refused", "{s:s, s:I, s:s, s:s, s:I}", "model", m->name,
-                "version", (json_int_t)version, "reason", reason, "error", e.msg,
+                "version", (json_int_t)version, "reason", reason, "error", err->msg,
                 "still_serving", (json_int_t)serving);
 }
 

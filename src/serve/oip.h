@@ -90,21 +90,10 @@ int64_t oip_tensor_nelem(const oip_tensor *t);
  * Text from clients (names, ids, BYTES elements) is checked and every
  * message that may hold some of it is made valid UTF-8 before it leaves, so
  * a bad byte gives a 400 / INVALID_ARGUMENT that says so, never a message
- * the JSON writer or a gRPC client cannot take. (When core grows a UTF-8
- * module, these become thin wrappers over it.)
+ * the JSON writer or a gRPC client cannot take.
+ * core/utf8 does the checking and escaping; qn_err messages are valid UTF-8
+ * by construction.
  */
-/* 1 when p[0..n) is well-formed UTF-8 (no overlong forms, surrogates or
- * code points past U+10FFFF), else 0. */
-int oip_utf8_valid(const void *p, size_t n);
-/* Copies src[0..n) (up to a NUL byte) into dst (cap >= 1 bytes, always
- * NUL-terminated) as valid UTF-8: every byte that does not belong to a
- * well-formed character becomes the four characters \xHH, and a character
- * that does not fit whole is left out (truncation on a character boundary).
- * Returns the bytes written. */
-size_t oip_utf8_escape(char *dst, size_t cap, const void *src, size_t n);
-/* Makes err->msg valid UTF-8 in place, as oip_utf8_escape does; a character
- * cut in half at the end of a full buffer is dropped. NULL is fine. */
-void oip_err_utf8(qn_err *err);
 
 typedef struct oip_infer_request {
     const char *model;

@@ -421,10 +421,7 @@ static int parse_tree(const char *body, size_t len, size_t jlen, qn_arena *a, oi
 int oip_json_parse_tree(const char *body, size_t len, size_t jlen, qn_arena *a, oip_json_req *pr,
                         qn_err *err)
 {
-    int rc = parse_tree(body, len, jlen, a, pr, err);
-    if (rc < 0)
-        oip_err_utf8(err); /* messages quote names and JSON text from the body */
-    return rc;
+    return parse_tree(body, len, jlen, a, pr, err);
 }
 
 /* ---- the fast reader ---------------------------------------------------------------- */

@@ -28,6 +28,7 @@
 #include "core/buf.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "core/utf8.h"
 #include "core/validate.h"
 #include "serve/oip_json.h"
 #include "serve/serve.h"
@@ -62,22 +63,6 @@ static void buf_json_str(qn_buf *b, const char *s, size_t len)
     }
     qn_buf_append(b, s + start, len - start);
     qn_buf_append(b, "\"", 1);
-}
-
-/* Every error here goes through this: messages quote client text (names
- * from the path, query values, JSON), and an answer must be valid UTF-8
- * whatever the client sent, so bad bytes are escaped (\xFF) and a
- * truncated character dropped. */
-__attribute__((format(printf, 3, 4)))
-static int rest_error(qn_res *res, int code, const char *fmt, ...)
-{
-    qn_err e;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e.msg, sizeof e.msg, fmt, ap);
-    va_end(ap);
-    oip_err_utf8(&e);
-    return qn_res_error(res, code, "%s", e.msg);
 }
 
 static serve *S(void *ud)
@@ -251,7 +236,7 @@ static int h_model_meta(qn_req *req, qn_res *res, void *ud)
     const char *model = qn_req_param(req, "m"), *version = qn_req_param(req, "v");
     serve_model *m = serve_model_find(s, model);
     if (!m)
-        return rest_error(res, QN_NOT_FOUND, "model '%s' is not served here", model);
+        return qn_res_error(res, QN_NOT_FOUND, "model '%s' is not served here", model);
     oip_model_meta meta;
     void *hold = NULL;
     qn_err err;
@@ -263,7 +248,7 @@ static int h_model_meta(qn_req *req, qn_res *res, void *ud)
                                                "quern", serve_model_status(m)));
     }
     if (rc < 0)
-        return rest_error(res, rc, "%s", err.msg);
+        return qn_res_error(res, rc, "%s", err.msg);
     json_t *versions = json_array();
     for (size_t i = 0; i < meta.nversions; i++)
         json_array_append_new(versions, json_string(meta.versions[i]));
@@ -283,7 +268,7 @@ static int h_model_ready(qn_req *req, qn_res *res, void *ud)
     qn_err err;
     int rc = s->backend.model_ready(s, model, qn_req_param(req, "v"), &err);
     if (rc < 0)
-        return rest_error(res, rc, "%s", err.msg);
+        return qn_res_error(res, rc, "%s", err.msg);
     return qn_res_json(res, rc ? 200 : 503, json_pack("{s:s, s:b}", "name", model, "ready", rc));
 }
 
@@ -335,7 +320,7 @@ static int h_infer(qn_req *req, qn_res *res, void *ud)
         qn_buf b;
         qn_buf_init(&b, SERVE_MAX_INFER_BODY * 4);
         if (write_response(&b, &rs) < 0) {
-            rc = rest_error(res, QN_RESOURCE_EXHAUSTED, "the response is too large");
+            rc = qn_res_error(res, QN_RESOURCE_EXHAUSTED, "the response is too large");
         } else {
             qn_res_text(res, 200, "application/json", b.data, b.len);
             qn_res_header(res, "X-Quern-Model-Version", rs.version);
@@ -344,7 +329,7 @@ static int h_infer(qn_req *req, qn_res *res, void *ud)
     } else {
         if (rs.version)
             qn_res_header(res, "X-Quern-Model-Version", rs.version);
-        rest_error(res, rc, "%s", err.msg);
+        qn_res_error(res, rc, "%s", err.msg);
     }
     oip_response_free(&rs);
     oip_json_req_free(&pr);
@@ -363,27 +348,27 @@ static int recommend_common(qn_req *req, qn_res *res, serve *s, int similar)
     qn_err err;
     int64_t k = 10;
     if (!m)
-        return rest_error(res, QN_NOT_FOUND, "model '%s' is not served here", model);
+        return qn_res_error(res, QN_NOT_FOUND, "model '%s' is not served here", model);
     if (!id || !*id || strlen(id) > 256)
-        return rest_error(res, QN_INVALID_ARGUMENT,
+        return qn_res_error(res, QN_INVALID_ARGUMENT,
                           "query parameter %s is required (1 to 256 bytes)", key);
-    if (!oip_utf8_valid(id, strlen(id)))
-        return rest_error(res, QN_INVALID_ARGUMENT, "query parameter %s is not valid UTF-8", key);
+    if (!qn_utf8_valid(id, strlen(id)))
+        return qn_res_error(res, QN_INVALID_ARGUMENT, "query parameter %s is not valid UTF-8", key);
     if (ks && qn_uint_parse("k", ks, 1000, &k, &err) < 0)
-        return rest_error(res, err.code, "%s", err.msg);
+        return qn_res_error(res, err.code, "%s", err.msg);
     if (ex && strcmp(ex, "true") && strcmp(ex, "false"))
-        return rest_error(res, QN_INVALID_ARGUMENT, "exclude_seen must be true or false");
+        return qn_res_error(res, QN_INVALID_ARGUMENT, "exclude_seen must be true or false");
     if (similar && ex)
-        return rest_error(res, QN_INVALID_ARGUMENT, "exclude_seen applies to recommend only");
+        return qn_res_error(res, QN_INVALID_ARGUMENT, "exclude_seen applies to recommend only");
     serve_version *v = serve_acquire(m);
     if (!v)
-        return rest_error(res, QN_UNAVAILABLE, "model '%s' has no version loaded yet", model);
+        return qn_res_error(res, QN_UNAVAILABLE, "model '%s' has no version loaded yet", model);
     int als = v->is_als;
     char kind[16];
     snprintf(kind, sizeof kind, "%s", qml_model_kind(v->model));
     serve_release(v);
     if (!als)
-        return rest_error(res, QN_FAILED_PRECONDITION,
+        return qn_res_error(res, QN_FAILED_PRECONDITION,
                           "model '%s' is a %s model; recommendations need an ALS model", model,
                           kind);
 
@@ -393,7 +378,7 @@ static int recommend_common(qn_req *req, qn_res *res, serve *s, int similar)
     json_t *params = json_pack("{s:I, s:b}", "k", (json_int_t)k, "exclude_seen",
                                ex && !strcmp(ex, "true"));
     if (!params) /* never answer with the default k instead of the one asked for */
-        return rest_error(res, QN_RESOURCE_EXHAUSTED, "out of memory");
+        return qn_res_error(res, QN_RESOURCE_EXHAUSTED, "out of memory");
     oip_infer_request rq = {.model = model, .inputs = &t, .ninputs = 1, .parameters = params};
     oip_infer_response rs;
     double t0 = now_s();
@@ -439,7 +424,7 @@ static int recommend_common(qn_req *req, qn_res *res, serve *s, int similar)
             qn_buf_puts(&b, fb && fb->data && ((uint8_t *)fb->data)[0] ? ",\"fallback\":true"
                                                                       : ",\"fallback\":false");
         if (qn_buf_puts(&b, "}") < 0)
-            rest_error(res, QN_RESOURCE_EXHAUSTED, "the response is too large");
+            qn_res_error(res, QN_RESOURCE_EXHAUSTED, "the response is too large");
         else
             qn_res_text(res, 200, "application/json", b.data, b.len);
         qn_buf_free(&b);
@@ -448,7 +433,7 @@ static int recommend_common(qn_req *req, qn_res *res, serve *s, int similar)
         /* Name the query parameter, not the internal tensor. */
         const char *msg = err.msg;
         const char *p = strstr(msg, "element 0: ");
-        rest_error(res, rc, "%s %s: %s", key, id, p ? p + 11 : msg);
+        qn_res_error(res, rc, "%s %s: %s", key, id, p ? p + 11 : msg);
     }
     oip_response_free(&rs);
     return 0;

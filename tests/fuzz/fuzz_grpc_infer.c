@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "core/utf8.h"
 #include "serve/grpc_server.h"
 #include "../unit/serve/sum_backend.h"
 
@@ -32,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         assert(out.reply && out.reply_len > 0);
     } else {
         assert(rc < 0 && err.code == rc && err.msg[0]);
-        assert(oip_utf8_valid(err.msg, strlen(err.msg))); /* a status any client can decode */
+        assert(qn_utf8_valid(err.msg, strlen(err.msg))); /* a status any client can decode */
         assert(!out.reply);
     }
     serve__grpc_infer_out_free(&out);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "core/arena.h"
+#include "core/utf8.h"
 #include "serve/oip_json.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -62,7 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         same_request(&fast.rq, &tree.rq);
     } else if (fr != 1) {
         abort();
-    } else if (tr < 0 && (!err.msg[0] || !oip_utf8_valid(err.msg, strlen(err.msg)))) {
+    } else if (tr < 0 && (!err.msg[0] || !qn_utf8_valid(err.msg, strlen(err.msg)))) {
         abort(); /* an error must say what is wrong, in text any client can take */
     }
     /* The entry point must answer as the general reader does. */

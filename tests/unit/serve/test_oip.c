@@ -1,7 +1,5 @@
 /*
- * test_oip.c - the protocol data model's text helpers (oip.h: UTF-8 checks,
- * escaping client bytes into messages, cutting on a character boundary) and
- * the JSON infer reader's framing rules (oip_json.h): the binary tensor
+ * test_oip.c - the JSON infer reader's framing rules (oip_json.h): the binary tensor
  * extension must use the body exactly, and a declared shape is checked
  * against the data before memory is taken for it.
  */
@@ -17,83 +15,9 @@
 #include <string.h>
 
 #include "core/arena.h"
+#include "core/utf8.h"
 #include "serve/oip.h"
 #include "serve/oip_json.h"
-
-static void test_utf8_valid(void **state)
-{
-    static const struct {
-        const char *s;
-        int ok;
-    } cases[] = {
-        {"", 1},
-        {"plain ascii", 1},
-        {"\xc3\xa9t\xc3\xa9", 1},          /* été */
-        {"\xe2\x82\xac", 1},               /* euro sign */
-        {"\xf0\x9f\x98\x80", 1},           /* U+1F600 */
-        {"\xff", 0},
-        {"\xc3\x28", 0},                   /* bad continuation */
-        {"\xc0\xaf", 0},                   /* overlong '/' */
-        {"\xe0\x80\xaf", 0},               /* overlong, 3 bytes */
-        {"\xed\xa0\x80", 0},               /* surrogate U+D800 */
-        {"\xf4\x90\x80\x80", 0},           /* past U+10FFFF */
-        {"\xe2\x82", 0},                   /* cut short */
-        {"\x80", 0},                       /* lone continuation */
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        assert_int_equal(oip_utf8_valid(cases[i].s, strlen(cases[i].s)), cases[i].ok);
-}
-
-static void test_utf8_escape(void **state)
-{
-    char out[64];
-    assert_int_equal(oip_utf8_escape(out, sizeof out, "ag\xff" "e", 4), 7);
-    assert_string_equal(out, "ag\\xFFe");
-    oip_utf8_escape(out, sizeof out, "\xc3\xa9\xc3\x28", 4);
-    assert_string_equal(out, "\xc3\xa9\\xC3(");
-    oip_utf8_escape(out, sizeof out, "\xed\xa0\x80", 3);
-    assert_string_equal(out, "\\xED\\xA0\\x80");
-    /* Cut on a character boundary: the euro sign does not fit whole in 4 bytes. */
-    assert_int_equal(oip_utf8_escape(out, 5, "ab\xe2\x82\xac", 5), 2);
-    assert_string_equal(out, "ab");
-    /* ... nor does an escape. */
-    assert_int_equal(oip_utf8_escape(out, 6, "ab\xff", 3), 2);
-    assert_string_equal(out, "ab");
-    assert_int_equal(oip_utf8_escape(out, 1, "abc", 3), 0);
-    assert_string_equal(out, "");
-    for (unsigned c = 0; c < 256; c++) { /* every single byte comes out valid */
-        char in[1] = {(char)c};
-        oip_utf8_escape(out, sizeof out, in, c ? 1 : 0);
-        assert_true(oip_utf8_valid(out, strlen(out)));
-    }
-}
-
-static void test_err_utf8(void **state)
-{
-    qn_err err;
-    qn_err_set(&err, QN_INVALID_ARGUMENT, "input '%s': bad", "n\xfe");
-    oip_err_utf8(&err);
-    assert_string_equal(err.msg, "input 'n\\xFE': bad");
-    assert_int_equal(err.code, QN_INVALID_ARGUMENT);
-
-    /* A message cut by the buffer's end inside a character: the half
-     * character is dropped, not escaped. */
-    char big[QN_ERR_MSG_MAX * 2];
-    memset(big, 'a', sizeof big);
-    strcpy(big + QN_ERR_MSG_MAX - 2, "\xe2\x82\xac tail");
-    qn_err_set(&err, QN_INVALID_ARGUMENT, "%s", big);
-    assert_int_equal(strlen(err.msg), QN_ERR_MSG_MAX - 1);
-    oip_err_utf8(&err);
-    assert_true(oip_utf8_valid(err.msg, strlen(err.msg)));
-    assert_int_equal(strlen(err.msg), QN_ERR_MSG_MAX - 2);
-    assert_null(strchr(err.msg, '\\'));
-
-    /* Valid text is left alone. */
-    qn_err_set(&err, QN_NOT_FOUND, "mod\xc3\xa8le");
-    oip_err_utf8(&err);
-    assert_string_equal(err.msg, "mod\xc3\xa8le");
-    oip_err_utf8(NULL);
-}
 
 /* Bytes malloc holds in mmapped chunks (what large arena blocks are),
  * measured while the request's arena is still alive. */
@@ -115,7 +39,7 @@ static int parse(const char *head, const void *blob, size_t blen, qn_err *err)
     int rc = oip_json_parse_infer(body, hl + blen, hl, a, &pr, err);
     mmapped_during = mallinfo2().hblkhd;
     if (rc < 0)
-        assert_true(oip_utf8_valid(err->msg, strlen(err->msg)));
+        assert_true(qn_utf8_valid(err->msg, strlen(err->msg)));
     oip_json_req_free(&pr);
     qn_arena_free(a);
     free(body);
@@ -212,9 +136,6 @@ static void test_utf8_in_names(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_utf8_valid),
-        cmocka_unit_test(test_utf8_escape),
-        cmocka_unit_test(test_err_utf8),
         cmocka_unit_test(test_binary_framing),
         cmocka_unit_test(test_shape_checked_before_allocation),
         cmocka_unit_test(test_utf8_in_names),
