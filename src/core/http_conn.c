@@ -38,8 +38,9 @@
 /* How often refusals are logged (the metric counts every one). */
 #define LOG_EVERY_MS 10000
 
-enum { R_TOTAL, R_CLIENT, R_HEAD, R_N };
-static const char *const reason_names[R_N] = {"total_limit", "client_limit", "head_timeout"};
+enum { R_TOTAL, R_CLIENT, R_HEAD, R_MEMORY, R_N };
+static const char *const reason_names[R_N] = {"total_limit", "client_limit", "head_timeout",
+                                              "out_of_memory"};
 
 typedef struct client {
     unsigned char key[16];
@@ -187,6 +188,10 @@ static void refuse(int fd, int reason, unsigned limit)
                         "{\"error\":{\"code\":\"resource_exhausted\",\"message\":\"too many "
                         "connections from your address (at most %u at once)\"}}",
                         limit);
+    else if (reason == R_MEMORY)
+        blen = snprintf(body, sizeof body,
+                        "{\"error\":{\"code\":\"unavailable\",\"message\":\"the server is out "
+                        "of memory; try again later\"}}");
     else
         blen = snprintf(body, sizeof body,
                         "{\"error\":{\"code\":\"unavailable\",\"message\":\"the server has too "
@@ -215,9 +220,14 @@ static void conn_started(qn__conns *cs, struct MHD_Connection *mc, void **socket
     unsigned limit = 0;
 
     if (!c) {
-        /* Cannot track it, so it cannot be bounded: refuse it. */
+        /* Cannot track it, so it cannot be bounded: refuse it, with an
+         * answer that needs no memory. */
+        pthread_mutex_lock(&cs->mu);
+        count_refusal(cs, R_MEMORY, &log_n);
+        pthread_mutex_unlock(&cs->mu);
         if (fd >= 0)
-            shutdown(fd, SHUT_RDWR);
+            refuse(fd, R_MEMORY, 0);
+        report_refusals(cs, R_MEMORY, 1, log_n);
         return;
     }
     c->fd = fd;

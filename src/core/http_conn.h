@@ -14,7 +14,7 @@
  *     thread shuts the socket down (idle kept-alive connections are left to
  *     the idle timeout: they cost nothing and clients reuse them);
  *   - quern_http_connections_refused_total{reason} (total_limit,
- *     client_limit, head_timeout) and quern_http_connections_open.
+ *     client_limit, head_timeout, out_of_memory) and quern_http_connections_open.
  *
  *     qn__conn_limits lim = {.max_total = 1024, .max_per_client = 128, .head_ms = 10000};
  *     qn__conns *cs = qn__conns_new(&lim, metrics);
