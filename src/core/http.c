@@ -856,6 +856,15 @@ static int te_is_chunked(const char *te)
     return e - b == 7 && strncasecmp(te + b, "chunked", 7) == 0;
 }
 
+/* Forgets a response set earlier (e.g. the 404 of a request that arrives
+ * while draining gets the 503 instead). */
+static void res_clear(qn_res *res)
+{
+    res_reset(res);
+    res->hdrs = NULL; /* arena memory: freed with the request */
+    res->status = 0;
+}
+
 /* Request smuggling and hung connections start here (issue 10, item 4):
  * more than one Content-Length (even identical ones, as nginx does), both
  * Content-Length and Transfer-Encoding (RFC 9112 6.1), or a transfer coding
@@ -864,6 +873,9 @@ static int te_is_chunked(const char *te)
 static int check_framing(qn_req *req, const framing *f)
 {
     qn_res *res = &req->res;
+    if (f->ncl <= 1 && f->nte <= 1 && !(f->ncl && f->nte) && !(f->nte == 1 && !te_is_chunked(f->te)))
+        return 0;
+    res_clear(res); /* the route lookup's 404 or 405 gives way to this */
     if (f->ncl > 1)
         qn_res_error(res, QN_INVALID_ARGUMENT,
                      "the request has %d Content-Length headers; send exactly one", f->ncl);
@@ -874,33 +886,37 @@ static int check_framing(qn_req *req, const framing *f)
         qn_res_error(res, QN_UNIMPLEMENTED,
                      "the request has %d Transfer-Encoding headers; only a single "
                      "Transfer-Encoding: chunked is supported", f->nte);
-    else if (f->nte == 1 && !te_is_chunked(f->te))
+    else
         qn_res_error(res, QN_UNIMPLEMENTED,
                      "Transfer-Encoding %.100s is not supported; send the body with a "
                      "Content-Length or as Transfer-Encoding: chunked", f->te);
-    else
-        return 0;
     res->close = 1;
     return -1;
 }
 
 typedef struct bad_arg {
     const char *name;
+    const char *why;
 } bad_arg;
 
 static enum MHD_Result find_bad_query(void *cls, enum MHD_ValueKind kind, const char *key,
-                                      const char *value)
+                                      size_t key_size, const char *value, size_t value_size)
 {
     bad_arg *b = cls;
     (void)kind;
-    if (!qn_utf8_valid(key, strlen(key)) || (value && !qn_utf8_valid(value, strlen(value)))) {
-        b->name = key;
-        return MHD_NO;
-    }
-    return MHD_YES;
+    /* The sizes are of the decoded text: a %00 shows as a NUL before the end. */
+    if (memchr(key, 0, key_size) || (value && memchr(value, 0, value_size)))
+        b->why = "holds a NUL byte (%00)";
+    else if (!qn_utf8_valid(key, key_size) || (value && !qn_utf8_valid(value, value_size)))
+        b->why = "is not valid UTF-8";
+    else
+        return MHD_YES;
+    b->name = key;
+    return MHD_NO;
 }
 
-/* Path parameters and query parameters are text: invalid UTF-8 in one is
+/* Path parameters and query parameters are text: invalid UTF-8 (or, in a
+ * query, a NUL byte, which would silently cut the value short) in one is
  * the client's fault, answered here before any handler could put it in a
  * JSON document (which jansson would refuse). 0, or -1 with a 400. */
 static int check_utf8(qn_req *req)
@@ -919,27 +935,20 @@ static int check_utf8(qn_req *req)
             break;
         }
     }
+    const char *why = "is not valid UTF-8";
     if (!where) {
-        bad_arg b = {NULL};
-        MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, find_bad_query, &b);
+        bad_arg b = {NULL, NULL};
+        MHD_get_connection_values_n(req->conn, MHD_GET_ARGUMENT_KIND, find_bad_query, &b);
         if (!b.name)
             return 0;
         qn_utf8_escape(name, sizeof name, b.name, strlen(b.name));
         where = "query";
+        why = b.why;
     }
     res_error_status(&req->res, 400, QN_INVALID_ARGUMENT,
                      json_pack("{s:s, s:s}", "parameter", name, "in", where),
-                     "%s parameter '%s' is not valid UTF-8", where, name);
+                     "%s parameter '%s' %s", where, name, why);
     return -1;
-}
-
-/* Forgets a response set earlier (e.g. the 404 of a request that arrives
- * while draining gets the 503 instead). */
-static void res_clear(qn_res *res)
-{
-    res_reset(res);
-    res->hdrs = NULL; /* arena memory: freed with the request */
-    res->status = 0;
 }
 
 /* First call: everything that can be decided from the headers alone. */
@@ -952,6 +961,9 @@ static enum MHD_Result begin(qn_req *req, const char *method)
         return MHD_NO;
     set_ids(req);
 
+    /* The route first, so that even a framing error has its route's shape
+     * (the OIP routes answer {"error":"..."}); a 404 or 405 gives way to it. */
+    int refused = route_request(req) < 0;
     framing f = {0};
     MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_framing, &f);
     if (check_framing(req, &f) < 0) {
@@ -962,7 +974,6 @@ static enum MHD_Result begin(qn_req *req, const char *method)
     uint64_t clen = f.cl ? strtoull(f.cl, NULL, 10) : 0;
     int has_body = chunked || clen > 0;
 
-    int refused = route_request(req) < 0;
     if (atomic_load(&req->h->draining) && !is_builtin(req->route)) {
         /* Stopping: no handler runs any more for a request that arrives now
          * (the service's state is about to go away); the client is told to

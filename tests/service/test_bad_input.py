@@ -164,7 +164,10 @@ def cases_framing(svc, method, post_path, limit, ok_body=b"{}"):
         Case(svc, method, post_path, chunked_big, framing="raw",
              headers=[("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")],
              expect=413, note=f"(chunked, {total} bytes > limit {limit})"),
-        Case(svc, method, post_path, ok_body, framing="raw",
+        # libmicrohttpd 0.9.75 refuses an unparsable Content-Length itself,
+        # with its own HTML page, before any callback of ours runs: the
+        # status is checked, the body cannot be (docs/operations.md).
+        Case(svc, method, post_path, ok_body, framing="raw", shape="none",
              headers=[("Content-Type", "application/json"), ("Content-Length", "abc")],
              expect=400, note="(Content-Length: abc)"),
         Case(svc, method, post_path, b"", framing="raw",
