@@ -113,8 +113,18 @@ void al_rules_free(al_rules *r);
 const json_t *al_path(const json_t *root, const char *path);
 /* 1 when every where entry equals the value at its path. */
 int al_where_match(const json_t *where, const json_t *root);
-/* Expands "{path}" placeholders against root; malloc'ed. */
+/* The longest dotted path a template placeholder or al_path takes, plus 1. */
+#define AL_PATH_MAX 256
+/* quern-train's largest dataset_version (src/train/jobs.c). */
+#define AL_DATASET_VERSION_MAX 1000000000LL
+/* Expands "{path}" placeholders against root; malloc'ed. A path that names
+ * nothing expands to "". */
 char *al_template(const char *tmpl, const json_t *root);
+/* Checks the syntax of a template: every "{" closed by a "}" around a dotted
+ * path of 1..AL_PATH_MAX-1 bytes with no empty segment, no "{" inside, no
+ * stray "}". 0, or QN_INVALID_ARGUMENT with a message that starts with what
+ * ("rules[0].dedupe") and gives the byte offset. */
+int al_template_check(const char *tmpl, const char *what, qn_err *err);
 int64_t al_duration_ms(const json_t *v, int *ok);
 
 /* webhook.c */

@@ -11,12 +11,15 @@
  *    "resolve":{"event":"quern.train.finished","where":{...}} | {"after":"1h"},
  *    "actions":[{"type":"log"}, {"type":"webhook","url":...,"secret_env":"NAME"|"secret":...,"retries":5},
  *               {"type":"retrain","model":"{data.model}","job":{"kind":...,"dataset":...,...}}]}
- * Everything is checked up front and an error names the rule by index and
- * the field ("rules[2].actions[0].url: ..."), so a bad file is refused whole
- * and the rules in force stay. Outbound targets are checked here as far as
- * they can be without resolving names (core/netallow.h): a webhook to a
- * refused literal address, a metric URL other than /metrics of a host in
- * --scrape-allow. Names are checked again, after resolution, at each send.
+ * Everything is checked up front and an error names the rule by name and
+ * index and the field ("rule drift: rules[2].actions[0].url: ..."), so a bad
+ * file is refused whole and the rules in force stay. Templates (dedupe, a
+ * retrain's model) are checked for syntax (al_template_check), a retrain's
+ * job for what quern-train would refuse at once (kind, dataset name and
+ * version). Outbound targets are checked here as far as they can be
+ * without resolving names (core/netallow.h): a webhook to a refused literal
+ * address, a metric URL other than /metrics of a host in --scrape-allow.
+ * Names are checked again, after resolution, at each send.
  *
  * Secrets are write-only: al_rules_public is the only form of the rules that
  * leaves the service (secrets "(set)", URLs redacted), and al_rules_inherit
@@ -32,6 +35,7 @@
 #include "core/json.h"
 #include "core/netallow.h"
 #include "core/validate.h"
+#include "ml/train.h"
 #include "alert/alert.h"
 
 #define MAX_RULES 1000
@@ -39,7 +43,7 @@
 
 const json_t *al_path(const json_t *root, const char *path)
 {
-    char key[256];
+    char key[AL_PATH_MAX];
     const json_t *cur = root;
     while (cur && *path) {
         const char *dot = strchr(path, '.');
@@ -84,7 +88,7 @@ char *al_template(const char *tmpl, const json_t *root)
         char *tmp = NULL;
         const char *close = *p == '{' ? strchr(p, '}') : NULL;
         if (close) {
-            char path[256];
+            char path[AL_PATH_MAX];
             size_t pl = (size_t)(close - p - 1);
             if (pl < sizeof path) {
                 memcpy(path, p + 1, pl);
@@ -122,6 +126,37 @@ char *al_template(const char *tmpl, const json_t *root)
     }
     out[len] = 0;
     return out;
+}
+
+/* The shape of a placeholder, for messages. */
+#define PLACEHOLDER "(a placeholder is {dotted.path})"
+
+int al_template_check(const char *tmpl, const char *what, qn_err *err)
+{
+    for (const char *p = tmpl; *p; p++) {
+        size_t at = (size_t)(p - tmpl);
+        if (*p == '}')
+            return qn_err_set(err, QN_INVALID_ARGUMENT, "%s: the \"}\" at byte %zu closes no \"{\" " PLACEHOLDER,
+                              what, at);
+        if (*p != '{')
+            continue;
+        const char *close = strpbrk(p + 1, "{}");
+        if (!close || *close == '{')
+            return qn_err_set(err, QN_INVALID_ARGUMENT, "%s: the \"{\" at byte %zu is not closed " PLACEHOLDER,
+                              what, at);
+        size_t n = (size_t)(close - p - 1);
+        if (n == 0 || n >= AL_PATH_MAX)
+            return qn_err_set(err, QN_INVALID_ARGUMENT,
+                              "%s: the placeholder at byte %zu must hold a dotted path of 1..%d bytes", what, at,
+                              AL_PATH_MAX - 1);
+        /* every segment non-empty: no leading, trailing or doubled dot */
+        for (const char *q = p + 1; q < close; q++)
+            if (*q == '.' && (q == p + 1 || q + 1 == close || q[1] == '.'))
+                return qn_err_set(err, QN_INVALID_ARGUMENT,
+                                  "%s: the placeholder at byte %zu has an empty path segment", what, at);
+        p = close;
+    }
+    return 0;
 }
 
 int64_t al_duration_ms(const json_t *v, int *ok)
@@ -224,6 +259,14 @@ static int event_pattern(const json_t *o, const char *ctx, char **out, qn_err *e
     return 0;
 }
 
+/* Checks the template in value, the field key of ctx. */
+static int template_field(const char *value, const char *ctx, const char *key, qn_err *err)
+{
+    char what[160];
+    snprintf(what, sizeof what, "%s.%s", ctx, key);
+    return al_template_check(value, what, err);
+}
+
 static int parse_action(const json_t *o, const char *ctx, const al_allow *allow, al_action *a, qn_err *err)
 {
     static const char *const keys[] = {"type", "url", "secret", "secret_env", "retries", "model", "job", NULL};
@@ -277,8 +320,14 @@ static int parse_action(const json_t *o, const char *ctx, const al_allow *allow,
         }
     } else if (strcmp(type, "retrain") == 0) {
         a->type = ACT_RETRAIN;
-        if ((rc = str_field(o, "model", 1, 256, ctx, &a->model, err)) < 0)
+        if ((rc = str_field(o, "model", 1, 256, ctx, &a->model, err)) < 0 ||
+            (rc = template_field(a->model, ctx, "model", err)) < 0)
             goto out;
+        qn_err e;
+        if (!strchr(a->model, '{') && qn_name_check("model", a->model, &e) < 0) {
+            rc = BAD("%s.model: %s", ctx, e.msg);
+            goto out;
+        }
         const json_t *job = json_object_get(o, "job");
         static const char *const jkeys[] = {"kind", "dataset", "dataset_version", "spec", "promote_policy", NULL};
         char jctx[160];
@@ -293,9 +342,32 @@ static int parse_action(const json_t *o, const char *ctx, const al_allow *allow,
             rc = BAD("%s.kind and %s.dataset are required strings", jctx, jctx);
             goto out;
         }
+        const char *kind = json_string_value(json_object_get(job, "kind"));
+        const char *dataset = json_string_value(json_object_get(job, "dataset"));
+        if (!qml_train_kind_known(kind)) {
+            rc = BAD("%s.kind: \"%.64s\" is not a kind quern-train trains (als, logistic, linear, xgboost)",
+                     jctx, kind);
+            goto out;
+        }
+        if (qn_name_check("dataset", dataset, &e) < 0) {
+            rc = BAD("%s.dataset: %s", jctx, e.msg);
+            goto out;
+        }
+        const json_t *dv = json_object_get(job, "dataset_version");
+        if (dv && (!json_is_integer(dv) || json_integer_value(dv) < 1 ||
+                   json_integer_value(dv) > AL_DATASET_VERSION_MAX)) {
+            rc = BAD("%s.dataset_version must be an integer in 1..%lld (leave it out for the latest version)",
+                     jctx, (long long)AL_DATASET_VERSION_MAX);
+            goto out;
+        }
         const json_t *spec = json_object_get(job, "spec");
         if (spec && !json_is_object(spec)) {
             rc = BAD("%s.spec must be an object", jctx);
+            goto out;
+        }
+        const json_t *policy = json_object_get(job, "promote_policy");
+        if (policy && !json_is_object(policy) && !json_is_null(policy)) {
+            rc = BAD("%s.promote_policy must be an object", jctx);
             goto out;
         }
         a->job = json_deep_copy(job);
@@ -410,7 +482,8 @@ static int parse_rule(const json_t *o, size_t idx, const al_allow *allow, al_rul
     r->cooldown_ms = al_duration_ms(json_object_get(o, "cooldown"), &ok);
     if (!ok)
         return BAD("%s.cooldown must be a duration such as \"30m\"", ctx);
-    if ((rc = str_field(o, "dedupe", 0, 512, ctx, &r->dedupe, err)) < 0)
+    if ((rc = str_field(o, "dedupe", 0, 512, ctx, &r->dedupe, err)) < 0 ||
+        (r->dedupe && (rc = template_field(r->dedupe, ctx, "dedupe", err)) < 0))
         return rc;
     const json_t *res = json_object_get(o, "resolve");
     if (res) {
@@ -473,6 +546,10 @@ int al_rules_parse(const json_t *doc, const al_allow *allow, al_rules **out, qn_
     json_array_foreach(list, i, o) {
         rs->n++;
         int rc = parse_rule(o, i, allow, &rs->rules[i], err);
+        qn_err e;
+        if (rc < 0 && rc != QN_RESOURCE_EXHAUSTED && rs->rules[i].name &&
+            qn_name_check("rule", rs->rules[i].name, &e) == 0)
+            qn_err_wrap(err, "rule %s", rs->rules[i].name);
         if (rc < 0) {
             al_rules_free(rs);
             return rc;

@@ -33,6 +33,15 @@ static int oom(qn_err *err)
 #define XGB_NUM_ROUND 100
 #define XGB_NUM_ROUND_TEXT "100"
 
+int qml_train_kind_known(const char *kind)
+{
+    static const char *const kinds[] = {"als", "logistic", "linear", "xgboost"};
+    for (size_t i = 0; kind && i < sizeof kinds / sizeof kinds[0]; i++)
+        if (strcmp(kinds[i], kind) == 0)
+            return 1;
+    return 0;
+}
+
 long qml_train_iterations(const char *kind, const json_t *params)
 {
     if (!kind)
@@ -340,8 +349,7 @@ static int parse_spec(const json_t *root, qml_train_spec *s, qn_err *err)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "the spec must be a JSON object");
     const json_t *kind = json_object_get(root, "kind");
     const char *ks = json_string_value(kind);
-    if (!ks || (strcmp(ks, "als") && strcmp(ks, "logistic") && strcmp(ks, "linear") &&
-                strcmp(ks, "xgboost")))
+    if (!qml_train_kind_known(ks))
         return qn_err_set(err, QN_INVALID_ARGUMENT, "field \"kind\" must be one of als, "
                           "logistic, linear, xgboost");
     snprintf(s->kind, sizeof s->kind, "%s", ks);

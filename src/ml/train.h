@@ -121,6 +121,11 @@ typedef struct qml_train_spec {
 int qml_train_spec_from_json(const char *json, size_t len, qml_train_spec **out, qn_err *err);
 void qml_train_spec_free(qml_train_spec *s);
 
+/* 1 when kind is one this library trains ("als", "logistic", "linear",
+ * "xgboost"), 0 otherwise (NULL included). For checking a job's kind
+ * before the job runs (quern-alert's retrain actions, quern-train). */
+int qml_train_kind_known(const char *kind);
+
 /* The iterations a run of kind will make with params (the spec's "params"
  * object, or NULL): ALS "iterations", XGBoost "num_round", each kind's own
  * default when absent; 0 for kinds that do not iterate. For progress and ETA

@@ -299,6 +299,54 @@ class AlertTest(ServiceTest):
         self.assertNotEqual(p.returncode, 0)
         self.assertIn(b"rules[0].resolve", p.stderr)
 
+    def test_bad_templates_and_retrain_jobs_refused(self):
+        """Template syntax (dedupe, a retrain's model) and a retrain's job (kind, dataset,
+        dataset_version) are checked at PUT and at reload: 400 naming the rule and the field,
+        and the rules in force stay."""
+        url = f"http://127.0.0.1:{self.rx.port}/hook"
+        self.start_alert([drift_rule(url)])
+
+        def retrain(model="{data.model}", **job):
+            return [{"type": "retrain", "model": model, "job": dict(JOB, **job)}]
+        bad = [
+            ({"dedupe": "{data.model"}, "rules[0].dedupe", "not closed"),
+            ({"dedupe": "{data.{model}}"}, "rules[0].dedupe", "not closed"),
+            ({"dedupe": "data.model}"}, "rules[0].dedupe", "closes no"),
+            ({"dedupe": "{}"}, "rules[0].dedupe", "dotted path"),
+            ({"dedupe": "{data..model}"}, "rules[0].dedupe", "empty path segment"),
+            ({"dedupe": "{" + "p" * 300 + "}"}, "rules[0].dedupe", "dotted path"),
+            ({"actions": retrain(model="{data.model")}, "rules[0].actions[0].model", "not closed"),
+            ({"actions": retrain(model="a b")}, "rules[0].actions[0].model", "model"),
+            ({"actions": retrain(kind="torch")}, "rules[0].actions[0].job.kind", "torch"),
+            ({"actions": retrain(kind="")}, "rules[0].actions[0].job.kind"),
+            ({"actions": retrain(dataset_version=-1)}, "rules[0].actions[0].job.dataset_version"),
+            ({"actions": retrain(dataset_version=0)}, "rules[0].actions[0].job.dataset_version"),
+            ({"actions": retrain(dataset_version=1.5)}, "rules[0].actions[0].job.dataset_version"),
+            ({"actions": retrain(dataset_version="3")}, "rules[0].actions[0].job.dataset_version"),
+            ({"actions": retrain(dataset="../etc")}, "rules[0].actions[0].job.dataset"),
+            ({"actions": retrain(promote_policy="always")}, "rules[0].actions[0].job.promote_policy"),
+        ]
+        for over, *needles in bad:
+            body = {"rules": [drift_rule(url, name="bad-one", **over)]}
+            with self.subTest(over=over):
+                self.assertError(self.al.request("PUT", "/v1/rules", body), 400, "invalid_argument",
+                                 "rule bad-one", *needles)
+        st, _, shown = self.al.request("GET", "/v1/rules")
+        self.assertEqual((st, [r["name"] for r in shown["rules"]]), (200, ["drift"]))
+        # the same validator at reload: refused, named in the log, the rules stay
+        with open(self.rules_path, "w") as f:
+            json.dump({"rules": [drift_rule(url, name="bad-two", actions=retrain(kind="torch"))]}, f)
+        self.al.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "rules not reloaded" in self.al.log())
+        self.assertIn("rule bad-two", self.al.log())
+        self.assertIn("rules[0].actions[0].job.kind", self.al.log())
+        self.assertEqual([r["name"] for r in self.al.request("GET", "/v1/rules")[2]["rules"]], ["drift"])
+        # valid templates, kinds and versions still pass
+        good = drift_rule(url, name="good", dedupe="{data.model}/{data.window.rows}-x",
+                          actions=retrain(kind="xgboost", dataset_version=7) + retrain(model="fixed-name"))
+        st, _, body = self.al.request("PUT", "/v1/rules", {"rules": [good]})
+        self.assertEqual((st, body["count"]), (200, 1), body)
+
     # ---- secrets are write-only ------------------------------------------------------------
 
     def call(self, seen, method, path, body=None):
