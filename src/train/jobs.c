@@ -16,11 +16,11 @@
 #include "core/json.h"
 #include "core/log.h"
 #include "core/trace.h"
+#include "ml/train.h"
 #include "train/train.h"
 
 #define MAX_DATASET_VERSION 1000000000LL
 
-static const char *const kinds[] = {"als", "logistic", "linear", "xgboost", NULL};
 static const char *const modes[] = {"challenger", "always", "never", NULL};
 static const char *const states[] = {"queued",    "running", "evaluating", "registering",
                                      "succeeded", "failed",  "cancelled",  NULL};
@@ -112,7 +112,7 @@ int train_request_parse(const json_t *body, int from_bus, json_t **out, qn_err *
         qn_json_obj(body, "spec", 0, &spec_in, err) < 0 ||
         qn_json_str(body, "reason", 0, 1024, &reason, err) < 0)
         return err->code;
-    if (!one_of(kind, kinds))
+    if (!qml_train_kind_known(kind))
         return qn_err_set(err, QN_INVALID_ARGUMENT,
                           "kind \"%s\" is not one of als, logistic, linear, xgboost", kind);
     json_t *p = json_object_get(body, "params");
