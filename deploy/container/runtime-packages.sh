@@ -15,22 +15,30 @@ for bin in "$@"; do
 $out"
 done
 libs=$(printf '%s\n' "$all" | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u)
+# One dpkg-query for every candidate path (one per library took a minute on a
+# loaded machine: each call reads dpkg's whole file database). usrmerge: ldd
+# may say /lib/... where dpkg recorded /usr/lib/...; an alternatives symlink
+# (libopenblas.so.0, liblapack.so.3) resolves to the file its package ships.
+cands=
+for lib in $libs; do
+  cands="$cands $lib /usr$lib $(readlink -f "$lib")"
+done
+# Exit 1 when some candidate is unowned, which is expected: the check is below.
+# shellcheck disable=SC2086
+owners=$(dpkg-query -S $cands 2>/dev/null) || true
 pkgs=
 for lib in $libs; do
-  # usrmerge: ldd may say /lib/... where dpkg recorded /usr/lib/...; an
-  # alternatives symlink (libopenblas.so.0, liblapack.so.3) resolves to the
-  # file its package ships.
   owner=
   for cand in "$lib" "/usr$lib" "$(readlink -f "$lib")"; do
-    if owner=$(dpkg-query -S "$cand" 2>/dev/null); then
-      break
-    fi
-    owner=
+    owner=$(printf '%s\n' "$owners" | awk -v p="$cand" '{ i = index($0, ": "); if (substr($0, i + 2) == p) { print substr($0, 1, i - 1); exit } }')
+    [ -n "$owner" ] && break
   done
   if [ -z "$owner" ]; then
     echo "runtime-packages: no package owns $lib" >&2
     exit 1
   fi
+  # A path two packages share (diversions, multiarch) lists both: take the first.
+  owner=${owner%%,*}
   pkgs="$pkgs ${owner%%:*}"
 done
 printf '%s\n' $pkgs | sort -u
