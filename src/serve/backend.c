@@ -303,8 +303,10 @@ static int inputs_in_order(const serve_version *v, const oip_infer_request *rq)
 }
 
 /* The request's 2-D feature tensor, or NULL for the per-column form: an
- * input named SERVE_TENSOR_INPUT (when no column has that name), or a sole
- * input of two or more dimensions named after no column. */
+ * input named SERVE_TENSOR_INPUT (when no column has that name), or, for a
+ * model of numeric inputs only, a sole input of two or more dimensions named
+ * after no column ([n,1] with more than one feature is left to the column
+ * checks: most likely a misspelt column, which they name). */
 static const oip_tensor *tensor_input(const serve_version *v, const oip_infer_request *rq)
 {
     int named_col = 0;
@@ -316,12 +318,14 @@ static const oip_tensor *tensor_input(const serve_version *v, const oip_infer_re
         if (t)
             return t;
     }
-    if (rq->ninputs != 1 || rq->inputs[0].ndim < 2 || !rq->inputs[0].name)
+    const oip_tensor *t = &rq->inputs[0];
+    if (!v->numeric || rq->ninputs != 1 || t->ndim < 2 || !t->name ||
+        (t->ndim == 2 && t->shape[1] == 1 && v->ninputs != 1))
         return NULL;
     for (size_t j = 0; j < v->ninputs; j++)
-        if (strcmp(v->inputs[j].name, rq->inputs[0].name) == 0)
+        if (strcmp(v->inputs[j].name, t->name) == 0)
             return NULL;
-    return &rq->inputs[0];
+    return t;
 }
 
 /* Checks the 2-D form against the model: alone, numbers only, FP32/FP64,
