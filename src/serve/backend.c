@@ -318,9 +318,10 @@ static const oip_tensor *tensor_input(const serve_version *v, const oip_infer_re
         if (t)
             return t;
     }
+    if (!v->numeric || rq->ninputs != 1)
+        return NULL;
     const oip_tensor *t = &rq->inputs[0];
-    if (!v->numeric || rq->ninputs != 1 || t->ndim < 2 || !t->name ||
-        (t->ndim == 2 && t->shape[1] == 1 && v->ninputs != 1))
+    if (t->ndim < 2 || !t->name || (t->ndim == 2 && t->shape[1] == 1 && v->ninputs != 1))
         return NULL;
     for (size_t j = 0; j < v->ninputs; j++)
         if (strcmp(v->inputs[j].name, t->name) == 0)

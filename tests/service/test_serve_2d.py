@@ -246,6 +246,7 @@ class Serve2DTest(unittest.TestCase):
             ("twice", "num", [t([1, F], row), t([1, F], row)], "alone"),
             ("BYTES model", "lr", [t([1, 2], row[:2])], "workclass"),
             ("unnamed 3-D", "num", [t([1, F, 1], row, name="x")], "[N, 6]"),
+            ("no inputs", "num", [], "inputs"),
             ("unnamed wrong F", "adult", [t([1, F - 1], row[:-1], name="x")], "[N, 6]"),
             # a misspelt column stays a column error, not a 2-D one
             ("misspelt column [n,1]", "adult", [t([1, 1], row[:1], name="agee")],
