@@ -361,6 +361,13 @@ class Serve2DTest(unittest.TestCase):
         st, _, _ = self.reg.request("GET", "/v1/models/x")
         self.assertEqual(st, 404)
 
+    def test_99_clean_exit(self):
+        """Last: serve stops cleanly after all of the above (and, in a sanitizer
+        build, with no report in its log)."""
+        self.assertEqual(self.serve.stop(), 0)
+        self.assertNotIn("Sanitizer", self.serve.log())
+        self.assertNotIn("runtime error", self.serve.log())
+
 
 if __name__ == "__main__":
     unittest.main()
