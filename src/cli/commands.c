@@ -192,6 +192,23 @@ out:
     return out;
 }
 
+/* The feature count an XGBoost JSON model declares
+ * (learner.learner_model_param.num_feature), or -1 when the file is not such
+ * JSON (then serve's load is the check). */
+static long xgb_num_feature(const char *file)
+{
+    json_error_t je;
+    json_t *doc = json_load_file(file, 0, &je);
+    const char *nf = json_string_value(json_object_get(
+        json_object_get(json_object_get(doc, "learner"), "learner_model_param"), "num_feature"));
+    char *end;
+    long n = nf && *nf ? strtol(nf, &end, 10) : -1;
+    if (nf && *nf && *end)
+        n = -1;
+    json_decref(doc);
+    return n;
+}
+
 typedef struct import_opts {
     const char *name, *kind, *file, *inputs, *outputs, *alias, *file_name;
 } import_opts;
@@ -238,6 +255,15 @@ static int models_import(const void *opts)
     int rc = CLI_USAGE;
     if (!in || !out)
         goto out;
+    if (o->inputs && strcmp(o->kind, "xgboost") == 0) {
+        /* an imported model has no transforms: one input per model feature */
+        long nf = xgb_num_feature(o->file);
+        if (nf >= 0 && (size_t)nf != json_array_size(in)) {
+            cli_err("--inputs declares %zu inputs but %s is a model of %ld features", json_array_size(in),
+                    o->file, nf);
+            goto out;
+        }
+    }
     qn_err err;
     char hex[QN_SHA256_HEX + 1];
     if (qn_sha256_file(o->file, hex, &err) < 0) {

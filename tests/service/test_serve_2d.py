@@ -341,6 +341,14 @@ class Serve2DTest(unittest.TestCase):
                                   "--file", self.plain)
         self.assertEqual(rc, 2, err)
         self.assertIn("--inputs", err)
+        rc, out, err = self.quern("models", "import", "--name", "x", "--kind", "xgboost",
+                                  "--file", self.plain, "--inputs", str(F + 1))
+        self.assertEqual(rc, 2, err)
+        self.assertIn("model of 6 features", err)
+        rc, out, err = self.quern("models", "import", "--name", "x", "--kind", "xgboost",
+                                  "--file", self.plain, "--inputs", "a:FP32,b:FP64")
+        self.assertEqual(rc, 2, err)
+        self.assertIn("declares 2 inputs", err)
         with open(self.named_json) as f:
             doc = json.load(f)
         doc["learner"]["feature_types"][2] = "c"
