@@ -109,6 +109,106 @@ static json_t *parse_tensors(const char *spec, const char *what)
     return out;
 }
 
+/* --inputs N: N unnamed numeric features f0..f{N-1} (FP32), which serve also
+ * takes as one 2-D tensor [N rows, N features] and advertises that way.
+ * Returns NULL (with 0 in *n) when spec is not a plain number. */
+static json_t *unnamed_inputs(const char *spec, long *n)
+{
+    char *end;
+    *n = 0;
+    if (!spec[0] || spec[strspn(spec, "0123456789")] != '\0')
+        return NULL;
+    errno = 0;
+    long v = strtol(spec, &end, 10);
+    if (errno || v < 1 || v > 100000) {
+        cli_err("--inputs %s: the number of features must be 1 to 100000", spec);
+        *n = -1;
+        return NULL;
+    }
+    json_t *out = json_array();
+    for (long i = 0; out && i < v; i++) {
+        char name[24];
+        snprintf(name, sizeof name, "f%ld", i);
+        json_array_append_new(out, json_pack("{s:s, s:s, s:[i]}", "name", name, "datatype", "FP32",
+                                             "shape", -1));
+    }
+    if (!out)
+        cli_err("out of memory");
+    *n = v;
+    return out;
+}
+
+/* The inputs an XGBoost JSON model declares: learner.feature_names with
+ * feature_types (float, q, int, i: numbers), or when it carries no names (a
+ * model trained from a numpy array), learner_model_param.num_feature unnamed
+ * features f0..f{n-1}. NULL with the reason printed when it has neither. */
+static json_t *xgb_inputs(const char *file)
+{
+    json_t *doc = load_json_file(file), *out = NULL;
+    if (!doc) {
+        cli_err("--inputs is needed: %s is not an XGBoost JSON model to read feature names from",
+                file);
+        return NULL;
+    }
+    const json_t *learner = json_object_get(doc, "learner");
+    const json_t *names = json_object_get(learner, "feature_names");
+    const json_t *types = json_object_get(learner, "feature_types");
+    if (json_is_array(names) && json_array_size(names) > 0) {
+        if (types && (!json_is_array(types) ||
+                      (json_array_size(types) && json_array_size(types) != json_array_size(names)))) {
+            cli_err("%s: learner.feature_types does not match learner.feature_names; give --inputs", file);
+            goto out;
+        }
+        out = json_array();
+        for (size_t i = 0; out && i < json_array_size(names); i++) {
+            const char *nm = json_string_value(json_array_get(names, i));
+            const char *ty = json_array_size(types) ? json_string_value(json_array_get(types, i)) : "float";
+            if (!nm || !*nm || !ty) {
+                cli_err("%s: learner.feature_names[%zu] is not a name; give --inputs", file, i);
+                goto fail;
+            }
+            if (strcmp(ty, "float") && strcmp(ty, "q") && strcmp(ty, "int") && strcmp(ty, "i")) {
+                cli_err("%s: feature '%s' has type '%s'; quern serves numeric XGBoost features "
+                        "(float, q, int, i); give --inputs", file, nm, ty);
+                goto fail;
+            }
+            json_array_append_new(out, json_pack("{s:s, s:s, s:[i]}", "name", nm, "datatype", "FP32",
+                                                 "shape", -1));
+        }
+        goto out;
+    }
+    const char *nf = json_string_value(
+        json_object_get(json_object_get(learner, "learner_model_param"), "num_feature"));
+    long n;
+    if (nf && (out = unnamed_inputs(nf, &n)) != NULL)
+        goto out;
+    cli_err("--inputs is needed: %s carries neither feature names nor a feature count", file);
+    goto out;
+fail:
+    json_decref(out);
+    out = NULL;
+out:
+    json_decref(doc);
+    return out;
+}
+
+/* The feature count an XGBoost JSON model declares
+ * (learner.learner_model_param.num_feature), or -1 when the file is not such
+ * JSON (then serve's load is the check). */
+static long xgb_num_feature(const char *file)
+{
+    json_error_t je;
+    json_t *doc = json_load_file(file, 0, &je);
+    const char *nf = json_string_value(json_object_get(
+        json_object_get(json_object_get(doc, "learner"), "learner_model_param"), "num_feature"));
+    char *end;
+    long n = nf && *nf ? strtol(nf, &end, 10) : -1;
+    if (nf && *nf && *end)
+        n = -1;
+    json_decref(doc);
+    return n;
+}
+
 typedef struct import_opts {
     const char *name, *kind, *file, *inputs, *outputs, *alias, *file_name;
 } import_opts;
@@ -119,7 +219,10 @@ static const cli_opt import_table[] = {
      offsetof(import_opts, kind)},
     {"file", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the model file (e.g. Python xgboost's JSON)",
      offsetof(import_opts, file)},
-    {"inputs", 0, CLI_STR, NULL, 0, 0, NULL, 1, "input tensors, NAME:DATATYPE,... (e.g. age:FP64,workclass:BYTES)",
+    {"inputs", 0, CLI_STR, NULL, 0, 0, NULL, 0,
+     "input tensors, NAME:DATATYPE,... (e.g. age:FP64,workclass:BYTES), or N for N unnamed numeric "
+     "features f0..f{N-1} served as one 2-D input (default for xgboost: the feature names and types "
+     "the JSON carries)",
      offsetof(import_opts, inputs)},
     {"outputs", 0, CLI_STR, NULL, 0, 0, NULL, 0,
      "output tensors, NAME:DATATYPE,... (default probability:FP32, prediction:FP32 for linear)",
@@ -133,7 +236,17 @@ static const cli_opt import_table[] = {
 static int models_import(const void *opts)
 {
     const import_opts *o = opts;
-    json_t *in = parse_tensors(o->inputs, "--inputs");
+    long nfeat = 0;
+    json_t *in = NULL;
+    if (o->inputs) {
+        in = unnamed_inputs(o->inputs, &nfeat);
+        if (!in && nfeat == 0)
+            in = parse_tensors(o->inputs, "--inputs");
+    } else if (strcmp(o->kind, "xgboost") == 0) {
+        in = xgb_inputs(o->file);
+    } else {
+        cli_err("--inputs is needed for a %s model (NAME:DATATYPE,... or a feature count)", o->kind);
+    }
     json_t *out = o->outputs ? parse_tensors(o->outputs, "--outputs")
                              : json_pack("[{s:s, s:s, s:[i]}]", "name",
                                          strcmp(o->kind, "linear") == 0 ? "prediction" : "probability",
@@ -142,6 +255,15 @@ static int models_import(const void *opts)
     int rc = CLI_USAGE;
     if (!in || !out)
         goto out;
+    if (o->inputs && strcmp(o->kind, "xgboost") == 0) {
+        /* an imported model has no transforms: one input per model feature */
+        long nf = xgb_num_feature(o->file);
+        if (nf >= 0 && (size_t)nf != json_array_size(in)) {
+            cli_err("--inputs declares %zu inputs but %s is a model of %ld features", json_array_size(in),
+                    o->file, nf);
+            goto out;
+        }
+    }
     qn_err err;
     char hex[QN_SHA256_HEX + 1];
     if (qn_sha256_file(o->file, hex, &err) < 0) {
@@ -279,7 +401,8 @@ const cli_cmd cli_cmd_models_promote = CLI_CMD("models promote", "point an alias
 const cli_cmd cli_cmd_models_import = CLI_CMD(
     "models import", "register a model trained elsewhere so serve runs it unchanged",
     "e.g. quern models import --name adult --kind xgboost --file model.json --inputs age:FP64,workclass:BYTES "
-    "--promote production",
+    "--promote production; --inputs 14 for 14 unnamed numeric features; without --inputs an XGBoost JSON's "
+    "own feature names",
     import_table, import_opts, models_import);
 
 /* ---- ingest ---------------------------------------------------------------- */

@@ -7,7 +7,12 @@
  * the data length matching the shape, one batch size across inputs, text
  * valid UTF-8), converted to libquern-ml's raw named columns (numbers as
  * doubles, BYTES as strings), and predicted with the version's fitted
- * transforms, so clients send features as they are. ALS models take
+ * transforms, so clients send features as they are. A tabular model whose
+ * inputs are all numbers also takes one 2-D tensor [N, F] (FP32 or FP64,
+ * features in the model's input order) as Triton's FIL backend and MLServer
+ * do: named SERVE_TENSOR_INPUT, or any name that is no column's when it is
+ * the request's only input and has two or more dimensions. Both forms give
+ * the same doubles to the model, so the same predictions. ALS models take
  * "user_id" (or "item_id" for similar items) and answer "item_id", "score"
  * and "fallback". Every error names the input at fault.
  */
@@ -297,6 +302,90 @@ static int inputs_in_order(const serve_version *v, const oip_infer_request *rq)
     return 1;
 }
 
+/* The request's 2-D feature tensor, or NULL for the per-column form: an
+ * input named SERVE_TENSOR_INPUT (when no column has that name), or, for a
+ * model of numeric inputs only, a sole input of two or more dimensions named
+ * after no column ([n,1] with more than one feature is left to the column
+ * checks: most likely a misspelt column, which they name). */
+static const oip_tensor *tensor_input(const serve_version *v, const oip_infer_request *rq)
+{
+    int named_col = 0;
+    for (size_t j = 0; j < v->ninputs; j++)
+        if (strcmp(v->inputs[j].name, SERVE_TENSOR_INPUT) == 0)
+            named_col = 1;
+    if (!named_col) {
+        const oip_tensor *t = find_input(rq, SERVE_TENSOR_INPUT);
+        if (t)
+            return t;
+    }
+    if (!v->numeric || rq->ninputs != 1)
+        return NULL;
+    const oip_tensor *t = &rq->inputs[0];
+    if (t->ndim < 2 || !t->name || (t->ndim == 2 && t->shape[1] == 1 && v->ninputs != 1))
+        return NULL;
+    for (size_t j = 0; j < v->ninputs; j++)
+        if (strcmp(v->inputs[j].name, t->name) == 0)
+            return NULL;
+    return t;
+}
+
+/* Checks the 2-D form against the model: alone, numbers only, FP32/FP64,
+ * shape [N, F], data length; *rows gets N. */
+static int check_tensor2d(const serve_version *v, const oip_infer_request *rq,
+                          const oip_tensor *t, int64_t *rows, qn_err *err)
+{
+    char got[96], list[256];
+    size_t f = v->ninputs;
+    if (rq->ninputs != 1) {
+        const char *other = rq->inputs[0].name && &rq->inputs[0] != t ? rq->inputs[0].name
+                                                                       : rq->inputs[1].name;
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "input '%s' is the whole feature matrix [N, %zu]; send it alone, not "
+                          "with input '%s'",
+                          t->name, f, other ? other : "");
+    }
+    if (!v->numeric) {
+        for (size_t j = 0; j < f; j++)
+            if (v->inputs[j].datatype == OIP_BYTES)
+                return qn_err_set(err, QN_INVALID_ARGUMENT,
+                                  "input '%s': this model cannot take one 2-D tensor because its "
+                                  "input '%s' is BYTES (text); send one input per column",
+                                  t->name, v->inputs[j].name);
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "input '%s': this model cannot take one 2-D tensor; send one input "
+                          "per column",
+                          t->name);
+    }
+    if (t->datatype != OIP_FP32 && t->datatype != OIP_FP64)
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "input '%s': datatype %s; the 2-D feature tensor is FP32 or FP64",
+                          t->name, t->datatype == OIP_INVALID ? "unknown"
+                                                              : oip_datatype_name(t->datatype));
+    if (t->ndim != 2 || t->shape[0] < 0 || t->shape[1] != (int64_t)f) {
+        shape_text(t->ndim, t->shape, got, sizeof got);
+        names_list(v->inputs, f, list, sizeof list);
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "input '%s': shape %s does not fit the model's 2-D shape [N, %zu] "
+                          "(N rows of the %zu features %s, in that order)",
+                          t->name, got, f, f, list);
+    }
+    int64_t nelem = oip_tensor_nelem(t);
+    if (nelem < 0) {
+        shape_text(t->ndim, t->shape, got, sizeof got);
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "input '%s': shape %s is too large", t->name,
+                          got);
+    }
+    size_t sz = oip_datatype_size(t->datatype);
+    if (t->data_len != (size_t)nelem * sz) {
+        shape_text(t->ndim, t->shape, got, sizeof got);
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "input '%s': shape %s holds %lld elements but the data has %zu", t->name,
+                          got, (long long)nelem, t->data_len / sz);
+    }
+    *rows = t->shape[0];
+    return 0;
+}
+
 static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
                          oip_infer_response *rs, qn_err *err)
 {
@@ -312,11 +401,22 @@ static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_i
     unsigned char *data = NULL;
     if (!cols)
         return oom(err);
-    int in_order = inputs_in_order(v, rq);
-    if ((!in_order && (rc = check_input_names(v, rq, err)) < 0) ||
+    const oip_tensor *t2 = tensor_input(v, rq);
+    int in_order = !t2 && inputs_in_order(v, rq);
+    if ((!t2 && !in_order && (rc = check_input_names(v, rq, err)) < 0) ||
         (rc = check_outputs(v->outputs, v->noutputs, NULL, rq, err)) < 0)
         goto out;
-    for (size_t i = 0; i < v->ninputs; i++) {
+    if (t2) {
+        if ((rc = check_tensor2d(v, rq, t2, &rows, err)) < 0)
+            goto out;
+        if (rows > s->cfg->max_rows) {
+            rc = qn_err_set(err, QN_INVALID_ARGUMENT,
+                            "input '%s': %lld rows; a request holds at most %lld", t2->name,
+                            (long long)rows, s->cfg->max_rows);
+            goto out;
+        }
+    }
+    for (size_t i = 0; !t2 && i < v->ninputs; i++) {
         const oip_tensor_meta *want = &v->inputs[i];
         const oip_tensor *t = in_order ? &rq->inputs[i] : find_input(rq, want->name);
         if (!t) {
@@ -358,7 +458,22 @@ static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_i
         const oip_tensor *t = ts[i];
         void *buf = data + i * col_bytes;
         cols[i].name = v->inputs[i].name;
-        if (t->datatype == OIP_BYTES) {
+        if (t2) { /* column i of the row-major [rows, ninputs] matrix */
+            double *num = buf;
+            size_t f = v->ninputs;
+            if (t2->datatype == OIP_FP64) {
+                for (int64_t r = 0; r < rows; r++)
+                    memcpy(&num[r], (const uint8_t *)t2->data + ((size_t)r * f + i) * 8, 8);
+            } else {
+                for (int64_t r = 0; r < rows; r++) {
+                    float x;
+                    memcpy(&x, (const uint8_t *)t2->data + ((size_t)r * f + i) * 4, 4);
+                    num[r] = x;
+                }
+            }
+            cols[i].type = QML_INPUT_NUM;
+            cols[i].num = num;
+        } else if (t->datatype == OIP_BYTES) {
             qml_str *str = buf;
             for (int64_t r = 0; r < rows; r++)
                 str[r] = (qml_str){(const char *)t->bytes[r].p, t->bytes[r].len};
@@ -679,8 +794,11 @@ static int be_metadata(void *ud, const char *model, const char *version, oip_mod
     meta->versions = v->vlist;
     meta->nversions = 1;
     meta->platform = v->platform;
-    meta->inputs = v->inputs;
-    meta->ninputs = v->ninputs;
+    /* A model imported without column names advertises only its 2-D input
+     * (as Triton's FIL backend does): a client that builds its request from
+     * the metadata sends one [N, F] tensor. It still takes f0..f{F-1}. */
+    meta->inputs = v->unnamed ? &v->tensor_in : v->inputs;
+    meta->ninputs = v->unnamed ? 1 : v->ninputs;
     meta->outputs = v->outputs;
     meta->noutputs = v->noutputs;
     *hold = v;

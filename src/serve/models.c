@@ -176,6 +176,18 @@ static serve_version *version_load(serve *s, const char *dir, int64_t version,
                        qml_model_input(v->model, i)->name, qml_model_input(v->model, i)->datatype);
             goto fail;
         }
+    v->numeric = !v->is_als && v->ninputs > 0;
+    v->unnamed = v->numeric;
+    for (size_t i = 0; i < v->ninputs; i++) {
+        char fname[32];
+        snprintf(fname, sizeof fname, "f%zu", i);
+        if (v->inputs[i].datatype == OIP_BYTES)
+            v->numeric = v->unnamed = 0;
+        if (strcmp(v->inputs[i].name, fname) != 0 ||
+            strcmp(v->inputs[i].name, SERVE_TENSOR_INPUT) == 0)
+            v->unnamed = 0;
+    }
+    v->tensor_in = (oip_tensor_meta){SERVE_TENSOR_INPUT, OIP_FP32, 2, {-1, (int64_t)v->ninputs}};
     v->k = 10;
     for (size_t i = 0; i < v->noutputs; i++) {
         if (spec_meta(qml_model_output(v->model, i), &v->outputs[i]) < 0) {

@@ -73,7 +73,18 @@ typedef struct serve_version {
     oip_tensor_meta *outputs;
     size_t noutputs;
     char platform[32];
+    /* Tabular models whose inputs are all numbers also take them as one 2-D
+     * tensor [N, ninputs] named SERVE_TENSOR_INPUT (backend.c). unnamed: the
+     * columns are f0..f{n-1} (imported without names), so the metadata
+     * advertises only the 2-D input (tensor_in). */
+    int numeric;
+    int unnamed;
+    oip_tensor_meta tensor_in;
 } serve_version;
+
+/* The name of the one 2-D input [N, F] (Triton FIL's name for it, so clients
+ * written for Triton's FIL backend work unchanged). */
+#define SERVE_TENSOR_INPUT "input__0"
 
 typedef struct serve_model {
     char *name;
