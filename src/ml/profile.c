@@ -672,7 +672,8 @@ static int numeric_drift(const qml_profile_column *pc, const qml_column *col,
 {
     int rc = 0;
     size_t n = col->len - col->n_missing, k = 0;
-    double *cur = malloc(n * sizeof *cur), *a = NULL, *b = NULL;
+    /* the window's values, then the sort's scratch: one block (see drift.c) */
+    double *cur = malloc((n ? 2 * n : 1) * sizeof *cur), *a = NULL, *b = NULL;
     if (!cur)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "column %s: out of memory", pc->name);
     for (size_t i = 0; i < col->len; i++)
@@ -691,10 +692,7 @@ static int numeric_drift(const qml_profile_column *pc, const qml_column *col,
         /* the reservoir stands in for the reference, sorted when the
          * profile was built or loaded: only the window is sorted here */
         ft->n_reference = pc->sample_len;
-        if (qml_fsort(cur, n) < 0) {  /* cur is our copy, all finite */
-            rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "column %s: out of memory", pc->name);
-            goto out;
-        }
+        qml_fsort_into(cur, n, cur, cur + n);  /* cur is our copy, all finite */
         if (ft->method == QML_DRIFT_KS) {
             qml_ks_result r;
             rc = qml_ks_2samp_sorted(pc->sample_sorted, pc->sample_len, cur, n, o->ks_mode, &r,
