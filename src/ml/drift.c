@@ -42,6 +42,19 @@ static double *sorted_copy(const double *x, size_t n)
     return c;
 }
 
+/* Both samples sorted, for the sort-both functions, in one block for the same
+ * reason: a then b then the scratch both sorts share. Free the return value;
+ * b's copy starts at ret + na. */
+static double *sorted_pair(const double *a, size_t na, const double *b, size_t nb)
+{
+    double *c = malloc((na + nb + (na > nb ? na : nb)) * sizeof *c);
+    if (c) {
+        qml_fsort_into(a, na, c, c + na + nb);
+        qml_fsort_into(b, nb, c + na, c + na + nb);
+    }
+    return c;
+}
+
 static int64_t gcd64(int64_t a, int64_t b)
 {
     while (b) {
@@ -455,14 +468,11 @@ int qml_ks_2samp(const double *a, size_t na, const double *b, size_t nb, qml_ks_
         if ((i < na && isnan(a[i])) || (i < nb && isnan(b[i])))
             return qn_err_set(err, QN_INVALID_ARGUMENT, "ks_2samp: %s sample contains NaN",
                               i < na && isnan(a[i]) ? "first" : "second");
-    double *sa = sorted_copy(a, na), *sb = sorted_copy(b, nb);
-    int rc;
-    if (!sa || !sb)
-        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "ks_2samp: out of memory");
-    else
-        rc = qml_ks_2samp_sorted(sa, na, sb, nb, mode, out, err);
+    double *sa = sorted_pair(a, na, b, nb);
+    if (!sa)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "ks_2samp: out of memory");
+    int rc = qml_ks_2samp_sorted(sa, na, sa + na, nb, mode, out, err);
     free(sa);
-    free(sb);
     return rc;
 }
 
@@ -639,14 +649,11 @@ int qml_wasserstein(const double *a, size_t na, const double *b, size_t nb, doub
     if (na == 0 || nb == 0)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "wasserstein: %s sample is empty",
                           na == 0 ? "first" : "second");
-    double *sa = sorted_copy(a, na), *sb = sorted_copy(b, nb);
-    int rc;
-    if (!sa || !sb)
-        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "wasserstein: out of memory");
-    else
-        rc = qml_wasserstein_sorted(sa, na, sb, nb, out, err);
+    double *sa = sorted_pair(a, na, b, nb);
+    if (!sa)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "wasserstein: out of memory");
+    int rc = qml_wasserstein_sorted(sa, na, sa + na, nb, out, err);
     free(sa);
-    free(sb);
     return rc;
 }
 
