@@ -22,78 +22,36 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ml/fsort.h"
+
 #define KS_MAX_AUTO_N 10000
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* Sorting dominates KS and Wasserstein on large windows, so large inputs use
- * an LSD radix sort on the order-preserving integer image of each double
- * (flip all bits of negatives, the sign bit of positives): 6 passes of 11
- * bits (small enough buckets to stay in cache), skipping passes where every key has the same digit. */
-static uint64_t dkey(double d)
-{
-    uint64_t u;
-    memcpy(&u, &d, sizeof u);
-    return (u >> 63) ? ~u : u ^ 0x8000000000000000ull;
-}
-
-static double dval(uint64_t k)
-{
-    uint64_t u = (k >> 63) ? k ^ 0x8000000000000000ull : ~k;
-    double d;
-    memcpy(&d, &u, sizeof d);
-    return d;
-}
-
+/* Sorting dominates KS and Wasserstein on large windows: copies are sorted by
+ * the radix sort of fsort.h. A reference fixed for a model version's life is
+ * sorted once by the caller (the profile does it when built or loaded) and
+ * handed to the _ref functions, which sort only the current window.
+ * The copy and the sort's scratch are one block of 2n (the caller frees the
+ * returned pointer): with glibc, two separate blocks of n above the mmap
+ * threshold are trimmed back to the kernel on free, and a million-row window
+ * then paid more in page faults on each call than the sort itself. */
 static double *sorted_copy(const double *x, size_t n)
 {
-    double *c = malloc((n ? n : 1) * sizeof *c);
-    if (!c)
-        return NULL;
-    if (n < 512) {
-        memcpy(c, x, n * sizeof *c);
-        qsort(c, n, sizeof *c, cmp_double);
-        return c;
+    double *c = malloc((n ? 2 * n : 1) * sizeof *c);
+    if (c)
+        qml_fsort_into(x, n, c, c + n);
+    return c;
+}
+
+/* Both samples sorted, for the sort-both functions, in one block for the same
+ * reason: a then b then the scratch both sorts share. Free the return value;
+ * b's copy starts at ret + na. */
+static double *sorted_pair(const double *a, size_t na, const double *b, size_t nb)
+{
+    double *c = malloc((na + nb + (na > nb ? na : nb)) * sizeof *c);
+    if (c) {
+        qml_fsort_into(a, na, c, c + na + nb);
+        qml_fsort_into(b, nb, c + na, c + na + nb);
     }
-    uint64_t *k = malloc(n * sizeof *k), *t = malloc(n * sizeof *t);
-    size_t *hist = calloc(6 * 2048, sizeof *hist);
-    if (!k || !t || !hist) {
-        free(k);
-        free(t);
-        free(hist);
-        free(c);
-        return NULL;
-    }
-    for (size_t i = 0; i < n; i++) {
-        k[i] = dkey(x[i]);
-        for (int p = 0; p < 6; p++)
-            hist[p * 2048 + ((k[i] >> (11 * p)) & 0x7ff)]++;
-    }
-    for (int p = 0; p < 6; p++) {
-        size_t *h = hist + p * 2048;
-        if (h[(k[0] >> (11 * p)) & 0x7ff] == n)
-            continue;  /* one digit value for all: the pass would not move anything */
-        size_t sum = 0;
-        for (size_t d = 0; d < 2048; d++) {
-            size_t cnt = h[d];
-            h[d] = sum;
-            sum += cnt;
-        }
-        for (size_t i = 0; i < n; i++)
-            t[h[(k[i] >> (11 * p)) & 0x7ff]++] = k[i];
-        uint64_t *sw = k;
-        k = t;
-        t = sw;
-    }
-    for (size_t i = 0; i < n; i++)
-        c[i] = dval(k[i]);
-    free(k);
-    free(t);
-    free(hist);
     return c;
 }
 
@@ -510,14 +468,29 @@ int qml_ks_2samp(const double *a, size_t na, const double *b, size_t nb, qml_ks_
         if ((i < na && isnan(a[i])) || (i < nb && isnan(b[i])))
             return qn_err_set(err, QN_INVALID_ARGUMENT, "ks_2samp: %s sample contains NaN",
                               i < na && isnan(a[i]) ? "first" : "second");
-    double *sa = sorted_copy(a, na), *sb = sorted_copy(b, nb);
-    int rc;
-    if (!sa || !sb)
-        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "ks_2samp: out of memory");
-    else
-        rc = qml_ks_2samp_sorted(sa, na, sb, nb, mode, out, err);
+    double *sa = sorted_pair(a, na, b, nb);
+    if (!sa)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "ks_2samp: out of memory");
+    int rc = qml_ks_2samp_sorted(sa, na, sa + na, nb, mode, out, err);
     free(sa);
-    free(sb);
+    return rc;
+}
+
+int qml_ks_2samp_ref(const double *ref_sorted, size_t nref, const double *cur, size_t ncur,
+                     qml_ks_mode mode, qml_ks_result *out, qn_err *err)
+{
+    if (nref == 0 || ncur == 0)
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "ks_2samp: %s sample is empty", nref == 0 ? "first" : "second");
+    double *sc = sorted_copy(cur, ncur);
+    if (!sc)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "ks_2samp: out of memory");
+    int rc;
+    if (isnan(sc[ncur - 1]))  /* fsort puts every NaN last: no separate scan */
+        rc = qn_err_set(err, QN_INVALID_ARGUMENT, "ks_2samp: second sample contains NaN");
+    else
+        rc = qml_ks_2samp_sorted(ref_sorted, nref, sc, ncur, mode, out, err);
+    free(sc);
     return rc;
 }
 
@@ -676,14 +649,25 @@ int qml_wasserstein(const double *a, size_t na, const double *b, size_t nb, doub
     if (na == 0 || nb == 0)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "wasserstein: %s sample is empty",
                           na == 0 ? "first" : "second");
-    double *sa = sorted_copy(a, na), *sb = sorted_copy(b, nb);
-    int rc;
-    if (!sa || !sb)
-        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "wasserstein: out of memory");
-    else
-        rc = qml_wasserstein_sorted(sa, na, sb, nb, out, err);
+    double *sa = sorted_pair(a, na, b, nb);
+    if (!sa)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "wasserstein: out of memory");
+    int rc = qml_wasserstein_sorted(sa, na, sa + na, nb, out, err);
     free(sa);
-    free(sb);
+    return rc;
+}
+
+int qml_wasserstein_ref(const double *ref_sorted, size_t nref, const double *cur, size_t ncur,
+                        double *out, qn_err *err)
+{
+    if (nref == 0 || ncur == 0)
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "wasserstein: %s sample is empty",
+                          nref == 0 ? "first" : "second");
+    double *sc = sorted_copy(cur, ncur);
+    if (!sc)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "wasserstein: out of memory");
+    int rc = qml_wasserstein_sorted(ref_sorted, nref, sc, ncur, out, err);
+    free(sc);
     return rc;
 }
 
@@ -766,6 +750,23 @@ void qml_drift_fill_empty(double *pct, size_t k)
             pct[i] = fill;
 }
 
+/* The bin of v: the last b in [0, nbins-1] with edges[b] <= v (0 below the
+ * first edge), by binary search. */
+static size_t bin_search(const double *edges, size_t nbins, double v)
+{
+    size_t lo = 0, hi = nbins;  /* answer in [0, nbins-1] */
+    if (v >= edges[nbins - 1])
+        return nbins - 1;
+    while (hi - lo > 1) {
+        size_t mid = (lo + hi) / 2;
+        if (edges[mid] <= v)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 void qml_histogram_clamped(const double *x, size_t n, const double *edges, size_t nbins,
                            double *counts)
 {
@@ -773,25 +774,26 @@ void qml_histogram_clamped(const double *x, size_t n, const double *edges, size_
         counts[b] = 0;
     if (nbins == 0)
         return;
+    /* Profile edges are uniform, so (v - e0) / width guesses the bin; the
+     * guess is kept only when the edges themselves confirm it (edges[g] <= v
+     * < edges[g+1], with the end bins open outward), else the binary search
+     * decides. The bin is therefore the binary search's, whatever the edges. */
+    double e0 = edges[0], scale = (double)nbins / (edges[nbins] - edges[0]);
+    int guess = isfinite(scale) && scale > 0;
     for (size_t i = 0; i < n; i++) {
         double v = x[i];
         if (isnan(v))
             continue;
-        /* Last edge with edges[b] <= v (binary search); the top edge closes
-         * the last bin, as numpy.histogram. */
-        size_t lo = 0, hi = nbins;  /* answer in [0, nbins-1] */
-        if (v >= edges[nbins - 1]) {
-            lo = nbins - 1;
+        size_t b;
+        double g = (v - e0) * scale;
+        if (guess && g >= 0 && g < (double)nbins) {
+            b = (size_t)g;
+            if (!((b == 0 || edges[b] <= v) && (b + 1 == nbins || v < edges[b + 1])))
+                b = bin_search(edges, nbins, v);
         } else {
-            while (hi - lo > 1) {
-                size_t mid = (lo + hi) / 2;
-                if (edges[mid] <= v)
-                    lo = mid;
-                else
-                    hi = mid;
-            }
+            b = bin_search(edges, nbins, v);
         }
-        counts[lo] += 1;
+        counts[b] += 1;
     }
 }
 

@@ -13,6 +13,10 @@
  *     if (qml_ks_2samp(ref, nref, cur, ncur, QML_KS_AUTO, &ks, &err) < 0) ...
  *     // ks.statistic, ks.p_value, ks.mode (what 'auto' resolved to)
  *
+ *     // a reference fixed over many windows: sort it once (fsort.h)
+ *     qml_fsort(ref, nref);
+ *     qml_ks_2samp_ref(ref, nref, cur, ncur, QML_KS_AUTO, &ks, &err);  // sorts cur only
+ *
  *     double js;
  *     qml_jensenshannon(ref_pct, cur_pct, nbins, M_E, &js, &err);  // natural log
  *
@@ -70,6 +74,14 @@ int qml_ks_2samp(const double *a, size_t na, const double *b, size_t nb, qml_ks_
 int qml_ks_2samp_sorted(const double *a, size_t na, const double *b, size_t nb,
                         qml_ks_mode mode, qml_ks_result *out, qn_err *err);
 
+/* The same with the reference sorted once beforehand (ascending, NaN-free:
+ * qml_fsort), for a reference fixed over many windows: only a copy of cur is
+ * sorted (cur is not modified). Results are identical to qml_ks_2samp on the
+ * unsorted reference. Returns 0, QN_INVALID_ARGUMENT for an empty sample or a
+ * NaN in cur, QN_RESOURCE_EXHAUSTED. */
+int qml_ks_2samp_ref(const double *ref_sorted, size_t nref, const double *cur, size_t ncur,
+                     qml_ks_mode mode, qml_ks_result *out, qn_err *err);
+
 /* P(D_n >= d) for the two-sided one-sample Kolmogorov statistic with n
  * observations (scipy.stats.kstwo.sf(d, n)), following Simard and L'Ecuyer's
  * choice of method as scipy does. n >= 1. */
@@ -115,6 +127,9 @@ int qml_wasserstein(const double *a, size_t na, const double *b, size_t nb, doub
 /* The same on sorted inputs, no allocation. */
 int qml_wasserstein_sorted(const double *a, size_t na, const double *b, size_t nb, double *out,
                            qn_err *err);
+/* The same with the reference sorted beforehand; sorts a copy of cur only. */
+int qml_wasserstein_ref(const double *ref_sorted, size_t nref, const double *cur, size_t ncur,
+                        double *out, qn_err *err);
 /* distance / max(ref_std, 0.001): Evidently's wasserstein_distance_norm. */
 double qml_wasserstein_normed(double distance, double ref_std);
 

@@ -10,6 +10,7 @@
  */
 #include "ml/profile.h"
 #include "core/json.h"
+#include "ml/fsort.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -38,6 +39,7 @@ static void column_clear(qml_profile_column *c)
     free(c->edges);
     free(c->hist);
     free(c->sample);
+    free(c->sample_sorted);
     for (size_t i = 0; i < c->ncat; i++)
         free(c->cats[i]);
     free(c->cats);
@@ -102,10 +104,18 @@ static uint64_t rng_below(rng *r, uint64_t n)
     return (uint64_t)(m >> 64);
 }
 
-static int cmp_double(const void *a, const void *b)
+/* The reservoir sorted once, for every window compared with this profile
+ * (KS and Wasserstein then sort only the window). */
+static int sort_sample(qml_profile_column *c, qn_err *err)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
+    size_t n = c->sample_len;
+    c->sample_sorted = malloc((n ? n : 1) * sizeof *c->sample_sorted);
+    if (!c->sample_sorted)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "column %s: out of memory", c->name);
+    memcpy(c->sample_sorted, c->sample, n * sizeof *c->sample_sorted);
+    if (qml_fsort(c->sample_sorted, n) < 0)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "column %s: out of memory", c->name);
+    return 0;
 }
 
 static int build_numeric(const qml_column *col, size_t ci, const qml_profile_opts *o,
@@ -151,6 +161,11 @@ static int build_numeric(const qml_column *col, size_t ci, const qml_profile_opt
         }
     }
     pc->sample_len = cap;
+    int rc = sort_sample(pc, err);
+    if (rc < 0) {
+        free(v);
+        return rc;
+    }
 
     double s = 0;
     for (size_t i = 0; i < n; i++)
@@ -161,7 +176,10 @@ static int build_numeric(const qml_column *col, size_t ci, const qml_profile_opt
         ss += (v[i] - pc->mean) * (v[i] - pc->mean);
     pc->std = sqrt(ss / (double)n);
 
-    qsort(v, n, sizeof *v, cmp_double);
+    if (qml_fsort(v, n) < 0) {
+        free(v);
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "column %s: out of memory", col->name);
+    }
     pc->min = v[0];
     pc->max = v[n - 1];
     for (int q = 0; q < QML_PROFILE_NQ; q++) {
@@ -501,7 +519,7 @@ static int load_numeric(json_t *o, const qml_profile *p, qml_profile_column *c, 
         if ((rc = get_real(json_array_get(sample, i), "sample", ctx, 0, &c->sample[i], err)) < 0)
             return rc;
     c->sample_len = ns;
-    return 0;
+    return sort_sample(c, err);
 }
 
 static int load_categorical(json_t *o, const qml_profile *p, qml_profile_column *c, qn_err *err)
@@ -654,7 +672,8 @@ static int numeric_drift(const qml_profile_column *pc, const qml_column *col,
 {
     int rc = 0;
     size_t n = col->len - col->n_missing, k = 0;
-    double *cur = malloc(n * sizeof *cur), *ref = NULL, *a = NULL, *b = NULL;
+    /* the window's values, then the sort's scratch: one block (see drift.c) */
+    double *cur = malloc((n ? 2 * n : 1) * sizeof *cur), *a = NULL, *b = NULL;
     if (!cur)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "column %s: out of memory", pc->name);
     for (size_t i = 0; i < col->len; i++)
@@ -670,23 +689,19 @@ static int numeric_drift(const qml_profile_column *pc, const qml_column *col,
     switch (ft->method) {
     case QML_DRIFT_KS:
     case QML_DRIFT_WASSERSTEIN:
-        /* the reservoir stands in for the reference */
+        /* the reservoir stands in for the reference, sorted when the
+         * profile was built or loaded: only the window is sorted here */
         ft->n_reference = pc->sample_len;
-        if (!(ref = malloc(pc->sample_len * sizeof *ref))) {
-            rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "column %s: out of memory", pc->name);
-            goto out;
-        }
-        memcpy(ref, pc->sample, pc->sample_len * sizeof *ref);
-        qsort(ref, pc->sample_len, sizeof *ref, cmp_double);
-        qsort(cur, n, sizeof *cur, cmp_double);
+        qml_fsort_into(cur, n, cur, cur + n);  /* cur is our copy, all finite */
         if (ft->method == QML_DRIFT_KS) {
             qml_ks_result r;
-            rc = qml_ks_2samp_sorted(ref, pc->sample_len, cur, n, o->ks_mode, &r, err);
+            rc = qml_ks_2samp_sorted(pc->sample_sorted, pc->sample_len, cur, n, o->ks_mode, &r,
+                                     err);
             ft->statistic = r.statistic;
             ft->p_value = r.p_value;
         } else {
             double w;
-            rc = qml_wasserstein_sorted(ref, pc->sample_len, cur, n, &w, err);
+            rc = qml_wasserstein_sorted(pc->sample_sorted, pc->sample_len, cur, n, &w, err);
             ft->statistic = qml_wasserstein_normed(w, pc->std);
         }
         break;
@@ -717,7 +732,6 @@ static int numeric_drift(const qml_profile_column *pc, const qml_column *col,
     }
 out:
     free(cur);
-    free(ref);
     free(a);
     free(b);
     return rc;

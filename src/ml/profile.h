@@ -5,7 +5,8 @@
  * model bundle, a profile is what quern-monitor compares each current window
  * with, without the training data: per numeric column summary statistics,
  * exact quantiles, a histogram (bin edges from the reference) and a bounded,
- * seeded reservoir sample that stands in for the data in KS and Wasserstein;
+ * seeded reservoir sample that stands in for the data in KS and Wasserstein
+ * (kept sorted beside it, so that each window compared sorts only itself);
  * per categorical column the category counts (top N, the rest as "other").
  *
  *     qml_profile_opts po;
@@ -67,6 +68,9 @@ typedef struct qml_profile_column {
     uint64_t *hist;    /* nbins counts (last bin closed) */
     size_t sample_len;
     double *sample;    /* reservoir (Algorithm R), in reservoir order */
+    double *sample_sorted;  /* the same values sorted ascending; derived when the
+                               profile is built or loaded, never serialized, so a
+                               monitor that keeps a version's profile sorts it once */
     /* categorical */
     size_t ncat;
     char **cats;       /* by count descending, then name */
