@@ -357,6 +357,9 @@ static int param_to_json(const char *key, const Inference__InferParameter *p, js
     json_t *v = NULL;
     if (!key)
         key = "";
+    int rc = check_text("parameter key", key, err);
+    if (rc < 0)
+        return rc;
     if (!p)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "%s parameter \"%s\": no value", where, key);
     switch (p->parameter_choice_case) {
@@ -367,10 +370,10 @@ static int param_to_json(const char *key, const Inference__InferParameter *p, js
         v = json_integer(p->int64_param);
         break;
     case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM:
-        v = json_string(p->string_param);
-        if (!v)
+        if (!p->string_param || !qn_utf8_valid(p->string_param, strlen(p->string_param)))
             return qn_err_set(err, QN_INVALID_ARGUMENT,
                               "%s parameter \"%s\": string_param is not UTF-8", where, key);
+        v = json_string(p->string_param);
         break;
     case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_DOUBLE_PARAM:
         v = json_real(p->double_param);
@@ -386,8 +389,10 @@ static int param_to_json(const char *key, const Inference__InferParameter *p, js
         return qn_err_set(err, QN_INVALID_ARGUMENT, "%s parameter \"%s\": no value set", where,
                           key);
     }
+    /* The key and the text are valid UTF-8 (checked above): a failure here
+     * is memory. */
     if (!v || json_object_set_new(obj, key, v) < 0)
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "%s parameter \"%s\": not a valid key",
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "%s parameter \"%s\": out of memory",
                           where, key);
     return 0;
 }

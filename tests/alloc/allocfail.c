@@ -783,10 +783,8 @@ typedef struct af_target {
     af_run_fn run;
     void (*make_inputs)(af_inputs *in);  /* NULL: inputs come from the command line */
     /* 1: a good input failing for memory must say RESOURCE_EXHAUSTED (a
-     * client fault code fails the run); 0: only noted. grpc_infer: the
-     * protobuf-to-JSON parameter conversion cannot tell invalid UTF-8 from
-     * out of memory (jansson answers NULL to both); xgb_forest: a refusal
-     * has no code, it only means "use XGBoost's predictor". */
+     * client fault code fails the run); 0: only noted. xgb_forest: a
+     * refusal has no code, it only means "use XGBoost's predictor". */
     int strict;
 } af_target;
 
@@ -794,7 +792,7 @@ static const af_target targets[] = {
     {"json_body", run_json_body, NULL, 1},
     {"cloudevent", run_cloudevent, NULL, 1},
     {"oip_json", run_oip_json, NULL, 1},
-    {"grpc_infer", run_grpc_infer, NULL, 0},
+    {"grpc_infer", run_grpc_infer, NULL, 1},
     {"csv", run_csv, NULL, 1},
     {"ndjson", run_ndjson, NULL, 1},
     {"records", run_records, NULL, 1},
