@@ -80,7 +80,7 @@ int qml_rec_schema_parse(const json_t *doc, qml_rec_schema **out, qn_err *err)
             qn_err_set(err, QN_INVALID_ARGUMENT, "schema: columns[%zu].name must be a string", i);
             goto fail;
         }
-        if (qn_name_check("column", json_string_value(name), &e2) < 0) {
+        if (qn_colname_check("column", json_string_value(name), &e2) < 0) {
             qn_err_set(err, QN_INVALID_ARGUMENT, "schema: columns[%zu]: %s", i, e2.msg);
             goto fail;
         }
@@ -196,6 +196,12 @@ void qml_rec_opts_init(qml_rec_opts *o)
     o->max_row_bytes = 64 * 1024;
     o->max_cols = QML_REC_MAX_COLS;
     o->max_errors = 100;
+    o->csv_sep = NULL;
+    o->csv_quote = 0;
+    o->csv_decimal_comma = 0;
+    o->csv_encoding = NULL;
+    o->csv_na = NULL;
+    o->csv_n_na = 0;
 }
 
 /* ---- the batch buffer ---------------------------------------------------- */
@@ -539,7 +545,7 @@ static int add_error(qml_rec_batch *b, const qml_rec_opts *o, uint64_t row, uint
 static int check_key(const char *k, char *msg, size_t cap)
 {
     qn_err e;
-    if (qn_name_check("column", k, &e) == 0)
+    if (qn_colname_check("column", k, &e) == 0)
         return 0;
     snprintf(msg, cap, "%s", e.msg);
     return 1;
@@ -812,6 +818,12 @@ static int parse_csv(const char *body, size_t len, const qml_rec_schema *s, cons
     co.max_field_bytes = o->max_row_bytes;
     co.max_record_bytes = o->max_row_bytes;
     co.max_fields = o->max_cols + 1;
+    co.sep = o->csv_sep ? o->csv_sep : "auto";
+    co.quote = o->csv_quote;
+    co.decimal_comma = o->csv_decimal_comma;
+    co.encoding = o->csv_encoding;
+    co.na_values = o->csv_na;
+    co.n_na_values = o->csv_n_na;
     int rc = 0;
     const qml_rec_column **cols = NULL;
     size_t *order = NULL;
@@ -836,7 +848,7 @@ static int parse_csv(const char *body, size_t len, const qml_rec_schema *s, cons
     for (size_t i = 0; i < nc; i++) {
         const char *name = qml_csv_col_name(r, i);
         qn_err e;
-        if (qn_name_check("column", name, &e) < 0) {
+        if (qn_colname_check("column", name, &e) < 0) {
             rc = qn_err_set(err, QN_INVALID_ARGUMENT, "CSV header, field %zu: %s", i + 1, e.msg);
             goto out;
         }
@@ -892,10 +904,24 @@ static int parse_csv(const char *body, size_t len, const qml_rec_schema *s, cons
             size_t i = order[x];
             const char *name = qml_csv_col_name(r, i);
             const char *cell = rec.buf + rec.off[i];
+            size_t clen = rec.flen[i];
+            char num[64];
             if ((x && putc_(b, ',') < 0) || put_jstring(b, name, strlen(name)) < 0 || putc_(b, ':') < 0)
                 goto nomem;
-            int c = cols[i] ? put_text_cell(b, cols[i], cell, rec.flen[i], msg, sizeof msg)
-                            : put_jstring(b, cell, rec.flen[i]);
+            int c;
+            if (clen > 0 && qml_csv_is_missing(r, cell, clen)) { /* a missing-value marker */
+                if (cols[i] && cols[i]->required) {
+                    snprintf(msg, sizeof msg, "column %s is required", cols[i]->name);
+                    c = 1;
+                } else {
+                    c = put(b, "null", 4);
+                }
+            } else {
+                if (cols[i] && cols[i]->type == QML_NUMERIC)
+                    cell = qml_csv_number_text(r, cell, &clen, num, sizeof num);
+                c = cols[i] ? put_text_cell(b, cols[i], cell, clen, msg, sizeof msg)
+                            : put_jstring(b, cell, clen);
+            }
             if (c < 0)
                 goto nomem;
             bad = c;

@@ -96,6 +96,13 @@ typedef struct qml_rec_opts {
     size_t max_row_bytes;  /* one row's input and canonical text; default 64 KiB */
     size_t max_cols;       /* columns in one row; default QML_REC_MAX_COLS */
     size_t max_errors;     /* bad rows kept in errors; default 100 */
+    /* CSV dialect (csv.h): */
+    const char *csv_sep;           /* NULL: sniffed from the first lines */
+    int csv_quote;                 /* 0: '"'; QML_CSV_NO_QUOTE: none */
+    int csv_decimal_comma;         /* numeric schema columns read "3,5" as 3.5 */
+    const char *csv_encoding;      /* NULL: UTF-8; "latin-1", "windows-1252" */
+    const char *const *csv_na;     /* cells that mean missing (stored as null) */
+    size_t csv_n_na;
 } qml_rec_opts;
 
 void qml_rec_opts_init(qml_rec_opts *o);

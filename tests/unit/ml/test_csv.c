@@ -80,6 +80,12 @@ static void set_opts(qml_csv_opts *o, json_t *jo, const char **na, qml_field_spe
         o->trim = json_is_true(v);
     if ((v = json_object_get(jo, "skip")))
         o->skip_lines = (size_t)json_integer_value(v);
+    if ((v = json_object_get(jo, "quote")))
+        o->quote = json_is_null(v) ? QML_CSV_NO_QUOTE : json_string_value(v)[0];
+    if ((v = json_object_get(jo, "decimal_comma")))
+        o->decimal_comma = json_is_true(v);
+    if ((v = json_object_get(jo, "encoding")))
+        o->encoding = json_string_value(v);
     if ((v = json_object_get(jo, "max_field")))
         o->max_field_bytes = (size_t)json_integer_value(v);
     if ((v = json_object_get(jo, "na"))) {
@@ -129,6 +135,16 @@ static void run_case(json_t *cs, size_t chunk_rows)
     set_opts(&o, json_object_get(cs, "opts"), na, fs);
     qn_err err;
     qml_csv_reader *r = qml_csv_open_mem(input, len, &o, &err);
+    json_t *oe = json_object_get(cs, "open_error");
+    if (oe) {
+        if (r)
+            fail_msg("%s: opened, want the error \"%s\"", name, json_string_value(oe));
+        if (err.code != QN_INVALID_ARGUMENT || !strstr(err.msg, json_string_value(oe)))
+            fail_msg("%s: error %d \"%s\", want \"%s\"", name, err.code, err.msg,
+                     json_string_value(oe));
+        free(input);
+        return;
+    }
     if (!r)
         fail_msg("%s: open: %s", name, err.msg);
 
