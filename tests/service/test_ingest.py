@@ -109,7 +109,7 @@ class IngestTest(ServiceTest):
         self.assertError(self.post("d", {"a": 1}, query="?on_error=maybe"), 400, "invalid_argument",
                          "on_error")
         # Bad NDJSON lines are row errors (the other lines still parse).
-        st, _, a = self.post("d", b'{"a":1}\nnot json\n[1]\n{"bad key":1}\n', NDJSON, "?on_error=skip")
+        st, _, a = self.post("d", b'{"a":1}\nnot json\n[1]\n{"bad\\u0001key":1}\n', NDJSON, "?on_error=skip")
         self.assertEqual((st, a["accepted"], a["rejected"]), (201, 1, 3), a)
         self.assertEqual([e["row"] for e in a["errors"]], [2, 3, 4])
         self.assertIn("invalid JSON", a["errors"][0]["reason"])
@@ -130,7 +130,7 @@ class IngestTest(ServiceTest):
         st, _, body = self.svc.request("GET", "/v1/datasets/s/schema")
         self.assertEqual((st, body["schema"]), (200, got["schema"]))
         for bad, needle in [({"columns": [{"name": "a", "type": "text"}]}, "type"),
-                            ({"columns": [{"name": "a b", "type": "numeric"}]}, "column"),
+                            ({"columns": [{"name": "a\tb", "type": "numeric"}]}, "control character"),
                             ({"columns": [{"name": "a", "type": "numeric"}] * 2}, "twice"),
                             ({"columns": [], "extra": 1}, "extra"),
                             ({"columns": [{"name": f"c{i}", "type": "numeric"} for i in range(257)]}, "256"),

@@ -90,7 +90,8 @@ static void test_bodies_refused_whole(void **state)
         {"{\"events\":[{\"a\":1}], \"x\":1}", QML_REC_JSON, "no other fields"},
         {"\n\n", QML_REC_NDJSON, "no rows"},
         {"a,a\n1,2\n", QML_REC_CSV, "twice"},
-        {"a b\n1\n", QML_REC_CSV, "field 1"},
+        {"a\x01b\n1\n", QML_REC_CSV, "field 1"},
+        {"a,b\n1,\xff\n", QML_REC_CSV, "invalid UTF-8 at line 2, byte offset 6"},
         {"a\n", QML_REC_CSV, "no rows"},
         {"", QML_REC_CSV, "empty"},
     };
@@ -190,8 +191,8 @@ static void test_schema_required_and_additional(void **state)
     parse_ok("{\"a\":[1],\"b\":\"7\",\"d\":\"x\",\"e\":1}", QML_REC_JSON, s, &b);
     assert_string_equal(row_text(&b, 0), "{\"a\":[1],\"b\":7,\"d\":\"x\",\"e\":1}");
     qml_rec_batch_free(&b);
-    /* Keys must be names. */
-    parse_ok("{\"b\":1,\"d\":\"x\",\"bad key\":1}", QML_REC_JSON, s, &b);
+    /* Keys must be column names: text without control characters. */
+    parse_ok("{\"b\":1,\"d\":\"x\",\"bad\\u0007key\":1}", QML_REC_JSON, s, &b);
     assert_int_equal(b.nbad, 1);
     qml_rec_batch_free(&b);
     qml_rec_schema_free(s);
@@ -350,7 +351,8 @@ static void test_schema_parse_and_json(void **state)
         {"{}", "columns must be an array"},
         {"{\"columns\":[{\"name\":\"a\",\"type\":\"text\"}]}", "column a: type"},
         {"{\"columns\":[{\"name\":\"a\"}]}", "type"},
-        {"{\"columns\":[{\"name\":\"-a\",\"type\":\"numeric\"}]}", "columns[0]"},
+        {"{\"columns\":[{\"name\":\"a\\nb\",\"type\":\"numeric\"}]}", "columns[0]"},
+        {"{\"columns\":[{\"name\":\"\",\"type\":\"numeric\"}]}", "columns[0]"},
         {"{\"columns\":[{\"name\":\"a\",\"type\":\"numeric\",\"x\":1}]}", "unknown field \"x\""},
         {"{\"columns\":[{\"name\":\"a\",\"type\":\"numeric\",\"required\":1}]}", "required"},
         {"{\"columns\":[],\"additional_columns\":\"no\"}", "additional_columns"},
