@@ -1205,6 +1205,7 @@ int qml_csv_next_record(qml_csv_reader *r, qml_csv_record *out, qn_err *err)
 }
 
 const qml_read_report *qml_csv_report(const qml_csv_reader *r) { return &r->rep; }
+const char *qml_csv_sep(const qml_csv_reader *r) { return r->sep; }
 size_t qml_csv_ncols(const qml_csv_reader *r) { return r->ncols; }
 const char *qml_csv_col_name(const qml_csv_reader *r, size_t i) { return i < r->ncols ? r->names[i] : NULL; }
 qml_type qml_csv_col_type(const qml_csv_reader *r, size_t i) { return r->types[i]; }

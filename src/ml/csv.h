@@ -148,6 +148,9 @@ int qml_csv_is_missing(const qml_csv_reader *r, const char *s, size_t len);
 const char *qml_csv_number_text(const qml_csv_reader *r, const char *s, size_t *len, char *buf,
                                 size_t cap);
 
+/* The separator in use (the sniffed one with "auto"); owned by the reader. */
+const char *qml_csv_sep(const qml_csv_reader *r);
+
 /* The report so far (owned by the reader). */
 const qml_read_report *qml_csv_report(const qml_csv_reader *r);
 
