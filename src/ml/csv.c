@@ -3,11 +3,14 @@
  *
  * Three layers:
  * - the window: a fixed 1 MiB buffer refilled from the file (or the caller's
- *   whole buffer), so input memory never grows with the file;
+ *   whole buffer), so input memory never grows with the file; bytes are
+ *   checked as UTF-8 as they come in (a character cut by a read is judged
+ *   when its end arrives), or decoded from Latin-1/Windows-1252 by iconv
+ *   into the window (a memory buffer to decode is read through a window too);
  * - the record parser: a small state machine that copies one record's field
  *   bytes into one growable, bounded buffer (every field NUL-terminated, no
  *   per-cell allocation) and notes where each field starts;
- * - rows: each record is checked (UTF-8, field count) and its cells parsed
+ * - rows: each record is checked (field count) and its cells parsed
  *   into the chunk's columns; a record that fails anywhere is rolled back and
  *   counted in the report.
  * The first infer_rows records are parsed once at open, kept, used to infer
@@ -588,20 +591,6 @@ static int skip_lines(qml_csv_reader *r, size_t n, qn_err *err)
 
 /* ---- rows ---------------------------------------------------------------- */
 
-static int has_high_bit(const char *s, size_t n)
-{
-    size_t i = 0;
-    uint64_t acc = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        acc |= w;
-    }
-    for (; i < n; i++)
-        acc |= (uint8_t)s[i];
-    return (acc & 0x8080808080808080ULL) != 0;
-}
-
 static int is_na(const qml_csv_reader *r, const char *s, size_t len)
 {
     if (len == 0)
@@ -650,15 +639,8 @@ static int check_record(const qml_csv_reader *r, const rec *rc, qml_bad_reason *
         *why = QML_BAD_FIELD_COUNT;
         return 1;
     }
-    if (has_high_bit(rc->buf, rc->len)) {
-        for (size_t i = 0; i < rc->nf; i++) {
-            if (!qml_utf8_valid(rc->buf + rc->off[i], rc->flen[i])) {
-                snprintf(msg, cap, "column %s: invalid UTF-8", r->names[i]);
-                *why = QML_BAD_UTF8;
-                return 1;
-            }
-        }
-    }
+    /* No UTF-8 check here: every byte was checked (or decoded) as it was
+     * read, and records are cut only at ASCII bytes. */
     return 0;
 }
 
@@ -845,10 +827,10 @@ static int set_opts(qml_csv_reader *r, const qml_csv_opts *o, qn_err *err)
     r->quote_ch = (char)r->quote;
     r->seplen = strlen(sep);
     if (!auto_sep) {
-        if (r->seplen == 0 || r->seplen > SEP_MAX || strpbrk(sep, "\r\n") ||
+        if (r->seplen == 0 || r->seplen > SEP_MAX || strpbrk(sep, "\r\n") || !qn_utf8_valid(sep, r->seplen) ||
             (r->quote != NO_QUOTE && strchr(sep, r->quote)))
             return qn_err_set(err, QN_INVALID_ARGUMENT,
-                              "separator must be 1 to %d bytes without the quote or line breaks", SEP_MAX);
+                              "separator must be 1 to %d bytes of UTF-8 without the quote or line breaks", SEP_MAX);
         memcpy(r->sep, sep, r->seplen + 1);
         r->special[(uint8_t)sep[0]] = 1;
     }
