@@ -255,6 +255,21 @@ class IngestTest(ServiceTest):
         st, _, a = self.post("free", [{"Customer ID": 1, "CO(GT)": "x"}])
         self.assertEqual(st, 201, a)
         self.assertError(self.post("free", b"a\x01b\n1\n", CSV), 400, "invalid_argument", "control character")
+        # The dialect stored with the dataset's schema applies to every CSV body (pushed by
+        # any client); the query still overrides it per request.
+        stored = dict(schema, csv={"decimal_comma": True, "encoding": "latin-1", "na": ["-200"],
+                                   "delimiter": ";"})
+        got = self.put_schema("air2", stored)
+        self.assertEqual(got["schema"]["csv"], stored["csv"])
+        st, _, a = self.post("air2", body, CSV)
+        self.assertEqual((st, a["accepted"], a["rejected"]), (201, 3, 0), a)
+        self.assertEqual([e["data"] for e in self.all_events("air2")],
+                         [e["data"] for e in self.all_events("air")][:3])
+        self.assertError(self.post("air2", body, CSV, "?encoding=utf-8"), 400, "invalid_argument",
+                         "byte offset 23")
+        self.assertError(self.svc.request("PUT", "/v1/datasets/air3/schema",
+                                          dict(schema, csv={"encoding": "koi8-r"})),
+                         400, "invalid_argument", "csv.encoding")
         # Bad dialect parameters are 400s naming the parameter.
         for query, needle in [("?delimiter=x", "delimiter"), ("?encoding=ebcdic", "encoding"),
                               ("?decimal_comma=1", "decimal_comma"), ("?quote=ab", "quote"),
