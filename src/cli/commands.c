@@ -462,7 +462,17 @@ static void csv_dialect(ingest_run *r)
         return;
     r->dialect_done = 1;
     const char *sep = o->delimiter && strcmp(o->delimiter, "auto") ? o->delimiter : NULL;
-    if (!sep) {
+    int stored = 0;
+    if (!o->delimiter) {
+        /* A delimiter stored with the dataset's schema is ingest's to apply. */
+        json_t *sch = NULL;
+        qn_err e;
+        if (qn_client_json(cli_client("ingest"), "GET", cli_printf("/v1/datasets/%s/schema", cli_enc(o->dataset)),
+                           NULL, NULL, &sch, &e) >= 0)
+            stored = json_object_get(json_object_get(json_object_get(sch, "schema"), "csv"), "delimiter") != NULL;
+        json_decref(sch);
+    }
+    if (!sep && !stored) {
         qml_csv_opts co;
         qml_csv_opts_init(&co);
         co.sep = "auto";

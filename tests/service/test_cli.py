@@ -205,6 +205,16 @@ class CliTest(unittest.TestCase):
         self.assertEqual([e["data"] for e in page["events"]],
                          [{"Customer ID": f"Z\u00fcrich {i}", "CO(GT)": f"{i},5", "Temp\u00e9rature": None}
                           for i in range(5)])
+        # With the dialect stored in the dataset's schema, no options are needed.
+        url = f"http://127.0.0.1:{int(self.env['QUERN_PORT_BASE']) + 2}/v1/datasets/air3/schema"
+        req = urllib.request.Request(url, method="PUT", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"columns": [], "csv": {
+                                         "delimiter": ";", "encoding": "latin-1", "na": ["-200"]}}).encode())
+        with urllib.request.urlopen(req, timeout=60) as r:
+            self.assertEqual(r.status, 200)
+        rc, out, err = self.quern("--json", "ingest", "air3", path, "--batch", "2")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.api(2, "/v1/datasets/air3/events?limit=10")["events"], page["events"])
         # Without --encoding the file is refused at its first bad byte, naming it.
         rc, out, err = self.quern("ingest", "air2", path)
         self.assertNotEqual(rc, 0)
