@@ -35,7 +35,9 @@
  * required column must be present and not missing. Columns outside the
  * schema are kept as given unless the schema says additional_columns false.
  * Without a schema JSON values are kept as given and CSV cells as strings.
- * Every key must be a valid name (core/validate.h qn_name_check).
+ * Every key must be a valid column name (core/validate.h qn_colname_check:
+ * text as people write it, "Customer ID" included). CSV bodies are read in
+ * the dialect of qml_rec_opts, else the schema's csv, else sniffed (csv.h).
  *
  * Row numbers are 1-based positions of the record in the body: the element
  * of a JSON array, the non-blank line of NDJSON, the record after the CSV
