@@ -16,6 +16,7 @@
 #include "core/buf.h"
 #include "core/digest.h"
 #include "core/json.h"
+#include "ml/csv.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
 
@@ -411,6 +412,8 @@ typedef struct ingest_opts {
     const char *dataset, *file, *format;
     long long batch, batch_bytes;
     int skip;
+    const char *delimiter, *encoding, *na;
+    int decimal_comma;
 } ingest_opts;
 
 static const cli_opt ingest_table[] = {
@@ -424,6 +427,14 @@ static const cli_opt ingest_table[] = {
      offsetof(ingest_opts, batch_bytes)},
     {"skip-invalid", 0, CLI_FLAG, NULL, 0, 0, NULL, 0, "store the valid rows of a batch and report the others",
      offsetof(ingest_opts, skip)},
+    {"delimiter", 0, CLI_STR, NULL, 0, 0, NULL, 0,
+     "CSV separator: , ; tab | or auto (default: sniffed from the first lines)", offsetof(ingest_opts, delimiter)},
+    {"decimal-comma", 0, CLI_FLAG, NULL, 0, 0, NULL, 0, "numeric CSV cells write their point as a comma (3,5)",
+     offsetof(ingest_opts, decimal_comma)},
+    {"encoding", 0, CLI_STR, NULL, 0, 0, "utf-8|latin-1|windows-1252", 0, "of a CSV file (default utf-8)",
+     offsetof(ingest_opts, encoding)},
+    {"na", 0, CLI_STR, NULL, 0, 0, NULL, 0, "CSV cells that mean missing, comma-separated (NA,?,-200)",
+     offsetof(ingest_opts, na)},
 };
 
 /* The batch being filled: the CSV header, then whole records, each with the
@@ -433,6 +444,7 @@ typedef struct ingest_run {
     const ingest_opts *o;
     const char *path, *ctype;
     int csv;
+    int dialect_done;     /* the CSV query (delimiter...) is in path */
     qn_buf body;          /* the CSV header (header_len bytes), then the records */
     size_t header_len;
     long long header_lines;
@@ -563,10 +575,62 @@ out:
     return rc;
 }
 
+/* The CSV dialect as query parameters, fixed with the first batch so that
+ * every batch is read the same way: the delimiter given, or the one the
+ * first batch's lines show (libquern-ml's sniffer, the same as ingest's). */
+static void csv_dialect(ingest_run *r)
+{
+    const ingest_opts *o = r->o;
+    if (!r->csv || r->dialect_done)
+        return;
+    r->dialect_done = 1;
+    const char *sep = o->delimiter && strcmp(o->delimiter, "auto") ? o->delimiter : NULL;
+    int stored = 0;
+    if (!o->delimiter) {
+        /* A delimiter stored with the dataset's schema is ingest's to apply. */
+        json_t *sch = NULL;
+        qn_err e;
+        if (qn_client_json(cli_client("ingest"), "GET", cli_printf("/v1/datasets/%s/schema", cli_enc(o->dataset)),
+                           NULL, NULL, &sch, &e) >= 0)
+            stored = json_object_get(json_object_get(json_object_get(sch, "schema"), "csv"), "delimiter") != NULL;
+        json_decref(sch);
+    }
+    if (!sep && !stored) {
+        qml_csv_opts co;
+        qml_csv_opts_init(&co);
+        co.sep = "auto";
+        co.encoding = o->encoding;
+        co.infer_rows = 1;
+        qn_err e;
+        qml_csv_reader *cr = qml_csv_open_mem(r->body.data, r->body.len, &co, &e);
+        if (cr) /* else ingest sniffs, and says what is wrong with the file */
+            sep = cli_printf("%s", qml_csv_sep(cr));
+        qml_csv_close(cr);
+    }
+    const char *q = r->path;
+    char c = strchr(q, '?') ? '&' : '?';
+    if (sep) {
+        q = cli_printf("%s%cdelimiter=%s", q, c, strcmp(sep, "\t") ? cli_enc(sep) : "tab");
+        c = '&';
+    }
+    if (o->decimal_comma) {
+        q = cli_printf("%s%cdecimal_comma=true", q, c);
+        c = '&';
+    }
+    if (o->encoding) {
+        q = cli_printf("%s%cencoding=%s", q, c, cli_enc(o->encoding));
+        c = '&';
+    }
+    if (o->na)
+        q = cli_printf("%s%cna=%s", q, c, cli_enc(o->na));
+    r->path = q;
+}
+
 /* Sends the batch, then starts the next one (the header stays). */
 static int flush_batch(ingest_run *r)
 {
     int rc = CLI_OK;
+    csv_dialect(r);
     if (r->n && r->nonblank)
         rc = send_range(r, 0, r->n);
     r->body.len = r->header_len;
@@ -622,6 +686,15 @@ static int ingest(const void *opts)
     ingest_run r = {.o = o, .max_bytes = o->batch_bytes};
     const char *format = o->format ? o->format : strstr(o->file, ".csv") ? "csv" : "ndjson";
     r.csv = strcmp(format, "csv") == 0;
+    if (!r.csv && (o->delimiter || o->decimal_comma || o->encoding || o->na)) {
+        cli_err("--delimiter, --decimal-comma, --encoding and --na apply to CSV files only");
+        return CLI_USAGE;
+    }
+    if (o->delimiter && strcmp(o->delimiter, ",") && strcmp(o->delimiter, ";") && strcmp(o->delimiter, "tab") &&
+        strcmp(o->delimiter, "\t") && strcmp(o->delimiter, "|") && strcmp(o->delimiter, "auto")) {
+        cli_err("--delimiter must be one of , ; tab | auto, not \"%s\"", o->delimiter);
+        return CLI_USAGE;
+    }
     r.ctype = r.csv ? "text/csv" : "application/x-ndjson";
     r.path = cli_printf("/v1/datasets/%s/events%s", cli_enc(o->dataset), o->skip ? "?on_error=skip" : "");
     r.off = calloc((size_t)o->batch, sizeof *r.off);

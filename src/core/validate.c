@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/utf8.h"
+
 int qn_name_check(const char *what, const char *name, qn_err *err)
 {
     size_t n = name ? strlen(name) : 0;
@@ -23,6 +25,34 @@ int qn_name_check(const char *what, const char *name, qn_err *err)
             return qn_err_set(err, QN_INVALID_ARGUMENT,
                               "%s name \"%.128s\" may only contain letters, digits, '.', '_' and '-'",
                               what, name);
+    }
+    return 0;
+}
+
+int qn_colname_check(const char *what, const char *name, qn_err *err)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0)
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "%s name is empty", what);
+    if (n > QN_COLNAME_MAX)
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "%s name is %zu bytes long; the limit is %d",
+                          what, n, QN_COLNAME_MAX);
+    size_t ok = qn_utf8_check(name, n);
+    if (ok != n) {
+        char shown[96];
+        qn_utf8_escape(shown, sizeof shown, name, n);
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "%s name \"%s\" is not valid UTF-8 (byte %zu)", what, shown, ok + 1);
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        /* C0, DEL, and C1 (U+0080..U+009F is encoded C2 80..C2 9F). */
+        if (c < 0x20 || c == 0x7f || (c == 0xc2 && i + 1 < n && (unsigned char)name[i + 1] < 0xa0)) {
+            char shown[96];
+            qn_utf8_escape(shown, sizeof shown, name, n);
+            return qn_err_set(err, QN_INVALID_ARGUMENT,
+                              "%s name \"%s\" holds a control character (byte %zu)", what, shown, i + 1);
+        }
     }
     return 0;
 }

@@ -42,6 +42,15 @@
  * path). what: "model", "alias"... used in the message. */
 QN_MUST_CHECK int qn_name_check(const char *what, const char *name, qn_err *err);
 
+#define QN_COLNAME_MAX 256
+
+/* Names of COLUMNS (CSV headers, JSON keys of rows, schema columns, prep
+ * steps, train specs, manifest inputs): any text as people write it
+ * ("Customer ID", "CO(GT)", "Temp\u00e9rature") kept exactly: 1..256 bytes of
+ * valid UTF-8 without control characters (U+0000..U+001F, U+007F..U+009F).
+ * Names of resources keep qn_name_check. what: "column"... used in the message. */
+QN_MUST_CHECK int qn_colname_check(const char *what, const char *name, qn_err *err);
+
 /* Parses a positive decimal integer in [1, max] (e.g. a version number in a
  * path); QN_INVALID_ARGUMENT naming `what` otherwise. */
 QN_MUST_CHECK int qn_uint_parse(const char *what, const char *s, int64_t max, int64_t *out, qn_err *err);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/buf.h"
 #include "core/json.h"
@@ -21,6 +22,7 @@
 #include "core/trace.h"
 #include "core/validate.h"
 #include "ingest/ingest.h"
+#include "ml/csv.h"
 
 #define PAGE_DEFAULT 1000
 #define PAGE_MAX 10000
@@ -150,6 +152,73 @@ static int refuse_rows(ingest *g, qn_res *res, const char *name, const qml_rec_b
                                 (unsigned long long)e->row, e->msg);
 }
 
+#define CSV_NA_MAX 16
+
+/* The CSV dialect of a text/csv body from the query: delimiter (, ; tab |
+ * or auto), quote (one character or none), decimal_comma, encoding and na
+ * (comma-separated missing-value markers). Strings live in the request's
+ * arena. 0, or QN_INVALID_ARGUMENT naming the parameter. */
+static int csv_query(qn_req *req, qml_rec_format fmt, qml_rec_opts *o, const char **na, qn_err *err)
+{
+    static const char *const params[] = {"delimiter", "quote", "decimal_comma", "encoding", "na"};
+    const char *v;
+    if (fmt != QML_REC_CSV) {
+        for (size_t i = 0; i < sizeof params / sizeof params[0]; i++)
+            if (qn_req_query(req, params[i]))
+                return qn_err_set(err, QN_INVALID_ARGUMENT, "%s applies to text/csv bodies only", params[i]);
+        return 0;
+    }
+    if ((v = qn_req_query(req, "delimiter")) != NULL) {
+        if (!strcmp(v, "tab") || !strcmp(v, "\t"))
+            o->csv_sep = "\t";
+        else if (!strcmp(v, ",") || !strcmp(v, ";") || !strcmp(v, "|") || !strcmp(v, "auto"))
+            o->csv_sep = v;
+        else
+            return qn_err_set(err, QN_INVALID_ARGUMENT,
+                              "delimiter must be one of , ; tab | auto (URL-encoded), not \"%.16s\"", v);
+    }
+    if ((v = qn_req_query(req, "quote")) != NULL) {
+        if (!strcmp(v, "none"))
+            o->csv_quote = QML_CSV_NO_QUOTE;
+        else if (strlen(v) == 1 && (unsigned char)v[0] > ' ' && (unsigned char)v[0] < 127)
+            o->csv_quote = v[0];
+        else
+            return qn_err_set(err, QN_INVALID_ARGUMENT, "quote must be one printable ASCII character or none");
+    }
+    if ((v = qn_req_query(req, "decimal_comma")) != NULL) {
+        if (strcmp(v, "true") && strcmp(v, "false"))
+            return qn_err_set(err, QN_INVALID_ARGUMENT, "decimal_comma must be true or false");
+        o->csv_decimal_comma = strcmp(v, "true") == 0;
+    }
+    if ((v = qn_req_query(req, "encoding")) != NULL) {
+        if (strcasecmp(v, "utf-8") && strcasecmp(v, "latin-1") && strcasecmp(v, "windows-1252"))
+            return qn_err_set(err, QN_INVALID_ARGUMENT,
+                              "encoding must be utf-8, latin-1 or windows-1252, not \"%.32s\"", v);
+        o->csv_encoding = v;
+    }
+    if ((v = qn_req_query(req, "na")) != NULL) {
+        char *all = qn_arena_strdup(qn_req_arena(req), v);
+        if (!all)
+            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        size_t n = 0;
+        for (char *p = all;; ) {
+            char *c = strchr(p, ',');
+            if (c)
+                *c = '\0';
+            if (n == CSV_NA_MAX || strlen(p) > 64)
+                return qn_err_set(err, QN_INVALID_ARGUMENT,
+                                  "na: at most %d markers of at most 64 bytes each", CSV_NA_MAX);
+            na[n++] = p; /* "" is harmless: an empty cell is missing anyway */
+            if (!c)
+                break;
+            p = c + 1;
+        }
+        o->csv_na = na;
+        o->csv_n_na = n;
+    }
+    return 0;
+}
+
 int ing_events_post(qn_req *req, qn_res *res, void *ud)
 {
     ingest *g = ud;
@@ -162,9 +231,13 @@ int ing_events_post(qn_req *req, qn_res *res, void *ud)
     qn_conn *c = NULL;
     char *answer = NULL;
     ing_idem idem;
+    qml_rec_opts o;
+    const char *na[CSV_NA_MAX];
     qml_rec_batch_init(&b);
+    qml_rec_opts_init(&o);
     if (qn_name_check("dataset", name, &err) < 0 ||
-        qml_rec_format_parse(qn_req_header(req, "Content-Type"), &fmt, &err) < 0)
+        qml_rec_format_parse(qn_req_header(req, "Content-Type"), &fmt, &err) < 0 ||
+        csv_query(req, fmt, &o, na, &err) < 0)
         return qn_res_error(res, err.code, "%s", err.msg);
     if (ing_on_error(req, res, &skip) < 0 || ing_admit(g, req, res) < 0)
         return 0;
@@ -191,8 +264,6 @@ int ing_events_post(qn_req *req, qn_res *res, void *ud)
         qn_store_release(g->db, c);
         c = NULL;
 
-        qml_rec_opts o;
-        qml_rec_opts_init(&o);
         if ((rc = qml_rec_parse(body, len, fmt, schema, &o, &b, &err)) < 0) {
             if (rc == QN_INVALID_ARGUMENT) {
                 count_batch(g, "refused");

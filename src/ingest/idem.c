@@ -50,6 +50,13 @@ int ing_idem_init(qn_req *req, qn_res *res, const char *scope, ing_idem *id)
     qn_sha256_update(h, scope, strlen(scope) + 1);
     qn_sha256_update(h, ct ? ct : "", strlen(ct ? ct : "") + 1);
     qn_sha256_update(h, oe ? oe : "reject", strlen(oe ? oe : "reject") + 1);
+    /* The CSV dialect decides what the body means. */
+    static const char *const dialect[] = {"delimiter", "quote", "decimal_comma", "encoding", "na"};
+    for (size_t i = 0; i < sizeof dialect / sizeof dialect[0]; i++) {
+        const char *v = qn_req_query(req, dialect[i]);
+        qn_sha256_update(h, v ? "=" : "-", 1);
+        qn_sha256_update(h, v ? v : "", v ? strlen(v) + 1 : 0);
+    }
     qn_sha256_update(h, body ? body : "", body ? blen : 0);
     qn_sha256_final(h, id->digest);
     qn_sha256_free(h);

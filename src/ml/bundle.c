@@ -20,6 +20,7 @@
 
 #include "core/digest.h"
 #include "core/json.h"
+#include "core/validate.h"
 
 #define MAX_TENSORS 1024
 #define MAX_FILES 4096
@@ -121,11 +122,13 @@ static int parse_tensors(const json_t *arr, const char *field, qml_tensor_spec *
         const json_t *name = json_object_get(e, "name");
         const json_t *dt = json_object_get(e, "datatype");
         const json_t *shape = json_object_get(e, "shape");
-        if (!json_is_string(name) || json_string_length(name) == 0 ||
-            json_string_length(name) > MAX_NAME) {
+        qn_err ne;
+        if (!json_is_string(name) || strlen(json_string_value(name)) != json_string_length(name) ||
+            qn_colname_check("input", json_string_value(name), &ne) < 0) {
+            /* Inputs are columns: named as written (core/validate.h's column-name rule). */
             rc = qn_err_set(err, QN_INVALID_ARGUMENT,
-                            "manifest %s[%zu]: name must be a string of 1 to %d bytes", field, i,
-                            MAX_NAME);
+                            "manifest %s[%zu]: name must be a column name of 1 to %d bytes of UTF-8 "
+                            "without control characters", field, i, QN_COLNAME_MAX);
             goto out;
         }
         t[i].name = json_string_value(name);

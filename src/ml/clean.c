@@ -18,14 +18,16 @@
 
 #include "ml/schema.h"
 #include "core/json.h"
+#include "core/validate.h"
 
 typedef enum op {
     OP_DROP_MISSING, OP_FILTER, OP_IMPUTE, OP_DEDUPE, OP_CLIP, OP_CAST, OP_MAP_WEIGHTS,
-    OP_TIME_WINDOW, OP_DERIVE, OP__COUNT
+    OP_TIME_WINDOW, OP_DERIVE, OP_RENAME, OP_SELECT, OP__COUNT
 } op;
 
 static const char *const op_names[] = {"drop_missing", "filter", "impute", "dedupe", "clip",
-                                       "cast", "map_weights", "time_window", "derive"};
+                                       "cast", "map_weights", "time_window", "derive",
+                                       "rename", "select"};
 
 /* Which fields each op allows; the first `required` are required. */
 static const struct {
@@ -41,6 +43,8 @@ static const struct {
     [OP_MAP_WEIGHTS] = {{"column", "map", "output", "default"}, 2},
     [OP_TIME_WINDOW] = {{"column", "from", "to"}, 1},
     [OP_DERIVE] = {{"output", "value", "column"}, 1},
+    [OP_RENAME] = {{"columns"}, 1},
+    [OP_SELECT] = {{"columns"}, 1},
 };
 
 typedef enum cmp { EQ, NE, LT, LE, GT, GE, STARTS, NOT_STARTS, IN, NOT_IN } cmp;
@@ -176,6 +180,37 @@ static int parse_step(step *st, json_t *o, qn_err *err)
         return check_names(st, json_object_get(o, "columns"), "columns", err);
     case OP_DEDUPE:
         return check_names(st, json_object_get(o, "keys"), "keys", err);
+    case OP_SELECT: {
+        json_t *arr = json_object_get(o, "columns");
+        int rc = check_names(st, arr, "columns", err);
+        for (size_t i = 0; rc == 0 && i < json_array_size(arr); i++)
+            for (size_t j = 0; j < i; j++)
+                if (strcmp(json_string_value(json_array_get(arr, i)), json_string_value(json_array_get(arr, j))) == 0)
+                    return STEP_ERR(st, "column %s is selected twice", json_string_value(json_array_get(arr, i)));
+        return rc;
+    }
+    case OP_RENAME: {
+        json_t *m = json_object_get(o, "columns");
+        if (!json_is_object(m) || json_object_size(m) == 0)
+            return STEP_ERR(st, "field \"columns\" must be a non-empty object of old name -> new name");
+        const char *k2;
+        json_t *v2;
+        json_object_foreach(m, key, val) {
+            qn_err e;
+            if (!json_is_string(val))
+                return STEP_ERR(st, "field \"columns\".\"%s\" must be a string (the new name)", key);
+            if (qn_colname_check("new column", json_string_value(val), &e) < 0)
+                return STEP_ERR(st, "field \"columns\".\"%s\": %s", key, e.msg);
+            json_object_foreach(m, k2, v2) {
+                if (k2 == key)
+                    break;
+                if (strcmp(json_string_value(v2), json_string_value(val)) == 0)
+                    return STEP_ERR(st, "columns %s and %s would both be named %s", k2, key,
+                                    json_string_value(val));
+            }
+        }
+        return 0;
+    }
     case OP_FILTER: {
         json_t *c = json_object_get(o, "cmp"), *v = json_object_get(o, "value");
         int ci = json_is_string(c) ? pick(json_string_value(c), cmp_names, 10) : -1;
@@ -956,6 +991,43 @@ out:
     return rc;
 }
 
+/* A copy of f with the columns named in the step's map renamed. */
+static int do_rename(const qml_frame *f, const step *st, qml_frame **out, qn_err *err)
+{
+    json_t *m = json_object_get(st->spec, "columns");
+    const char *key;
+    json_t *val;
+    json_object_foreach(m, key, val) {
+        if (qml_frame_find(f, key) < 0)
+            return STEP_ERR(st, "no column named %s", key);
+    }
+    /* A new name may only be taken by a column that is itself renamed. */
+    json_object_foreach(m, key, val) {
+        int at = qml_frame_find(f, json_string_value(val));
+        if (at >= 0 && strcmp(qml_frame_col(f, (size_t)at)->name, key) != 0 &&
+            !json_object_get(m, qml_frame_col(f, (size_t)at)->name))
+            return STEP_ERR(st, "cannot rename %s to %s: a column has that name", key, json_string_value(val));
+    }
+    int rc = copy_frame(f, out, err);
+    if (rc < 0)
+        return rc;
+    for (size_t j = 0; j < qml_frame_ncols(*out); j++) {
+        qml_column *c = qml_frame_col(*out, j);
+        json_t *to = json_object_get(m, c->name);
+        if (!to)
+            continue;
+        char *nn = strdup(json_string_value(to));
+        if (!nn) {
+            qml_frame_free(*out);
+            *out = NULL;
+            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        }
+        free(c->name);
+        c->name = nn;
+    }
+    return 0;
+}
+
 /* ---- apply --------------------------------------------------------------- */
 
 static int apply_step(const qml_frame *f, const step *st, qml_frame **out,
@@ -1059,6 +1131,30 @@ static int apply_step(const qml_frame *f, const step *st, qml_frame **out,
                  unmapped, st->column, nm);
         break;
     }
+    case OP_SELECT: {
+        json_t *arr = json_object_get(st->spec, "columns");
+        size_t nk = json_array_size(arr);
+        const char **names = malloc((nk ? nk : 1) * sizeof *names);
+        if (!names) {
+            rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+            break;
+        }
+        for (size_t i = 0; i < nk; i++)
+            names[i] = json_string_value(json_array_get(arr, i));
+        for (size_t i = 0; i < nk && rc == 0; i++)
+            if (qml_frame_find(f, names[i]) < 0)
+                rc = STEP_ERR(st, "no column named %s", names[i]);
+        if (rc == 0 && !(*out = qml_frame_select(f, names, nk, err)))
+            rc = err ? err->code : QN_RESOURCE_EXHAUSTED;
+        free(names);
+        snprintf(sr->note, sizeof sr->note, "%zu of %zu columns kept", nk, qml_frame_ncols(f));
+        break;
+    }
+    case OP_RENAME:
+        rc = do_rename(f, st, out, err);
+        snprintf(sr->note, sizeof sr->note, "%zu columns renamed",
+                 json_object_size(json_object_get(st->spec, "columns")));
+        break;
     case OP_DERIVE:
         rc = do_derive(f, st, out, err);
         if (st->column)

@@ -44,6 +44,10 @@
  *   derive        output, and value (a number) or column (exactly one)
  *                 adds (or replaces) column `output`: the constant, or a copy of `column`
  *                 with its type (e.g. an implicit-feedback weight of 1 per purchase line)
+ *   rename        columns: {"Customer ID": "CustomerID", ...}  new names (validate.h's
+ *                 column-name rule), each column keeping its place, type and cells; the
+ *                 renamed set must leave every name distinct
+ *   select        columns: [names]                       keep only these, in this order
  *
  * Thread safety: parsed steps are read-only and may be shared between threads.
  */

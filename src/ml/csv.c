@@ -3,11 +3,14 @@
  *
  * Three layers:
  * - the window: a fixed 1 MiB buffer refilled from the file (or the caller's
- *   whole buffer), so input memory never grows with the file;
+ *   whole buffer), so input memory never grows with the file; bytes are
+ *   checked as UTF-8 as they come in (a character cut by a read is judged
+ *   when its end arrives), or decoded from Latin-1/Windows-1252 by iconv
+ *   into the window (a memory buffer to decode is read through a window too);
  * - the record parser: a small state machine that copies one record's field
  *   bytes into one growable, bounded buffer (every field NUL-terminated, no
  *   per-cell allocation) and notes where each field starts;
- * - rows: each record is checked (UTF-8, field count) and its cells parsed
+ * - rows: each record is checked (field count) and its cells parsed
  *   into the chunk's columns; a record that fails anywhere is rolled back and
  *   counted in the report.
  * The first infer_rows records are parsed once at open, kept, used to infer
@@ -17,14 +20,22 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <iconv.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
+
+#include "core/utf8.h"
 
 #define WINDOW_BYTES (1u << 20)
 #define SEP_MAX 8
+#define RAW_BYTES (WINDOW_BYTES / 4)   /* a single-byte charset grows at most 3x */
+#define SNIFF_BYTES (64u << 10)
+#define SNIFF_LINES 20
+#define NO_QUOTE 256
 
 /* One parsed record: field bytes back to back, each followed by a NUL. */
 typedef struct rec {
@@ -47,10 +58,21 @@ struct qml_csv_reader {
     int eof;
     uint64_t lines;                  /* newlines consumed so far */
     char *path;                      /* for messages */
+    const char *src, *src_end;       /* memory input read through the window */
+    iconv_t cd;                      /* (iconv_t)-1: input is UTF-8 */
+    char *raw;                       /* undecoded bytes (RAW_BYTES) */
+    uint64_t in_off, in_lines;       /* input bytes / newlines checked so far */
+    int u8_need;                     /* streaming UTF-8 check: continuation bytes due */
+    uint8_t u8_lo, u8_hi;            /* range of the next continuation byte */
+    uint64_t u8_start;               /* offset of the character being checked */
 
     char sep[SEP_MAX + 1];
     size_t seplen;
+    int quote;                       /* quote byte, or NO_QUOTE */
+    char quote_ch;
     int trim;
+    int decimal_comma;
+    int drop_extra;                  /* header had trailing empty names */
     char **na;
     size_t *nalen, nna;
     size_t max_field, max_record, max_fields;
@@ -199,8 +221,133 @@ static int field_end(qml_csv_reader *r, rec *rc, pstate *ps, int quoted, int str
 
 /* ---- the window ---------------------------------------------------------- */
 
+static int bad_input(qml_csv_reader *r, uint64_t off, const char *what, qn_err *err)
+{
+    uint64_t line = r->in_lines + 1;
+    return qn_err_set(err, QN_INVALID_ARGUMENT,
+                      "%s: %s at line %llu, byte offset %llu; the file is refused (give its "
+                      "encoding: utf-8, latin-1 or windows-1252)",
+                      r->path, what, (unsigned long long)line, (unsigned long long)off);
+}
+
+/* Counts newlines in s[0..n) into in_lines. */
+static void count_lines(qml_csv_reader *r, const char *s, size_t n)
+{
+    const char *e = s + n;
+    while ((s = memchr(s, '\n', (size_t)(e - s))) != NULL) {
+        r->in_lines++;
+        s++;
+    }
+}
+
+/* Strict UTF-8 (RFC 3629), checked as bytes arrive, so a character cut by a
+ * read is judged once its end is in. final: no more bytes follow. */
+static int utf8_feed(qml_csv_reader *r, const char *s, size_t n, int final, qn_err *err)
+{
+    size_t i = 0;
+    while (i < n) {
+        uint8_t c = (uint8_t)s[i];
+        if (r->u8_need) {
+            if (c < r->u8_lo || c > r->u8_hi)
+                goto bad;
+            r->u8_lo = 0x80;
+            r->u8_hi = 0xbf;
+            r->u8_need--;
+            r->in_off++;
+            i++;
+            continue;
+        }
+        if (c < 0x80) {
+            /* ASCII run, 8 bytes at a time. */
+            size_t j = i + 1;
+            while (j + 8 <= n) {
+                uint64_t w;
+                memcpy(&w, s + j, 8);
+                if (w & 0x8080808080808080ULL)
+                    break;
+                j += 8;
+            }
+            while (j < n && (uint8_t)s[j] < 0x80)
+                j++;
+            count_lines(r, s + i, j - i);
+            r->in_off += j - i;
+            i = j;
+            continue;
+        }
+        r->u8_start = r->in_off;
+        r->u8_lo = 0x80;
+        r->u8_hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf)
+            r->u8_need = 1;
+        else if (c >= 0xe0 && c <= 0xef) {
+            r->u8_need = 2;
+            if (c == 0xe0)
+                r->u8_lo = 0xa0;
+            else if (c == 0xed)
+                r->u8_hi = 0x9f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            r->u8_need = 3;
+            if (c == 0xf0)
+                r->u8_lo = 0x90;
+            else if (c == 0xf4)
+                r->u8_hi = 0x8f;
+        } else {
+            goto bad;
+        }
+        i++;
+        r->in_off++;
+        continue;
+    bad:
+        return bad_input(r, r->u8_need ? r->u8_start : r->in_off, "invalid UTF-8", err);
+    }
+    if (final && r->u8_need)
+        return bad_input(r, r->u8_start, "invalid UTF-8 (a character cut by the end of input)", err);
+    return 0;
+}
+
+/* Reads up to cap undecoded bytes from the file or the memory source. */
+static ssize_t read_src(qml_csv_reader *r, char *dst, size_t cap, qn_err *err)
+{
+    if (r->fd < 0) {
+        size_t n = (size_t)(r->src_end - r->src);
+        if (n > cap)
+            n = cap;
+        memcpy(dst, r->src, n);
+        r->src += n;
+        return (ssize_t)n;
+    }
+    for (;;) {
+        ssize_t n = read(r->fd, dst, cap);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return qn_err_set(err, QN_INTERNAL, "%s: read failed: %s", r->path, strerror(errno));
+        return n;
+    }
+}
+
+/* Decodes n raw bytes (a single-byte charset) into dst; returns the bytes written. */
+static int decode(qml_csv_reader *r, const char *in, size_t n, char *dst, size_t cap, size_t *out,
+                  qn_err *err)
+{
+    char *ip = (char *)in, *op = dst;
+    size_t il = n, ol = cap;
+    if (iconv(r->cd, &ip, &il, &op, &ol) == (size_t)-1) {
+        size_t done = (size_t)(ip - in);
+        count_lines(r, in, done);
+        if (errno == E2BIG)
+            return qn_err_set(err, QN_INTERNAL, "%s: decoding overflowed the window", r->path);
+        return bad_input(r, r->in_off + done, "a byte with no character in the given encoding", err);
+    }
+    count_lines(r, in, n);
+    r->in_off += n;
+    *out = (size_t)(op - dst);
+    return 0;
+}
+
 /* Makes more bytes available, keeping the unread tail. Returns 1 when it got
- * some, 0 at the end of input, or QN_INTERNAL on a read error. */
+ * some, 0 at the end of input, QN_INTERNAL on a read error, or
+ * QN_INVALID_ARGUMENT when the input is not valid in its encoding. */
 static int refill(qml_csv_reader *r, qn_err *err)
 {
     if (!r->win || r->eof)
@@ -209,19 +356,31 @@ static int refill(qml_csv_reader *r, qn_err *err)
     memmove(r->win, r->p, keep);
     r->p = r->win;
     r->end = r->win + keep;
-    for (;;) {
-        ssize_t n = read(r->fd, r->win + keep, WINDOW_BYTES - keep);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return qn_err_set(err, QN_INTERNAL, "%s: read failed: %s", r->path, strerror(errno));
-        if (n == 0) {
-            r->eof = 1;
-            return 0;
-        }
-        r->end += n;
-        return 1;
+    size_t room = WINDOW_BYTES - keep;
+    int decoding = r->cd != (iconv_t)-1;
+    size_t want_raw = decoding ? (room / 3 < RAW_BYTES ? room / 3 : RAW_BYTES) : room;
+    if (want_raw == 0)
+        return qn_err_set(err, QN_INTERNAL, "%s: window full", r->path);
+    ssize_t n = read_src(r, decoding ? r->raw : r->win + keep, want_raw, err);
+    if (n < 0)
+        return (int)n;
+    if (n == 0) {
+        r->eof = 1;
+        if (!decoding && utf8_feed(r, "", 0, 1, err) < 0)
+            return err->code;
+        return 0;
     }
+    if (decoding) {
+        size_t got = 0;
+        if (decode(r, r->raw, (size_t)n, r->win + keep, room, &got, err) < 0)
+            return err->code;
+        r->end += got;
+    } else {
+        if (utf8_feed(r, r->win + keep, (size_t)n, 0, err) < 0)
+            return err->code;
+        r->end += n;
+    }
+    return 1;
 }
 
 /* Ensures at least n bytes at r->p unless the input ends first. */
@@ -267,7 +426,7 @@ next_field:
     }
     if ((k = want(r, 1, err)) < 0)
         return k;
-    if (k > 0 && *r->p == '"') {
+    if (k > 0 && (uint8_t)*r->p == r->quote) {
         quoted = 1;
         if (rc->nf == 0)
             rc->first_quoted = 1;
@@ -328,7 +487,7 @@ in_quotes:
             }
         }
         const char *q = r->p;
-        while (q < r->end && *q != '"') {
+        while (q < r->end && (uint8_t)*q != r->quote) {
             if (*q == '\n')
                 r->lines++;
             q++;
@@ -340,8 +499,8 @@ in_quotes:
             continue;
         if ((k = want(r, 2, err)) < 0)
             return k;
-        if (k > 0 && r->p[1] == '"') {
-            if (field_append(r, rc, &ps, "\"", 1) < 0)
+        if (k > 0 && (uint8_t)r->p[1] == r->quote) {
+            if (field_append(r, rc, &ps, &r->quote_ch, 1) < 0)
                 return QN_RESOURCE_EXHAUSTED;
             r->p += 2;
             continue;
@@ -396,6 +555,14 @@ static int read_nonblank(qml_csv_reader *r, rec *rc, qn_err *err)
     do
         k = read_record(r, rc, err);
     while (k > 0 && is_blank(rc));
+    /* "a;b;;" headers: the empty trailing fields of each record go too. */
+    if (k > 0 && r->drop_extra && !rc->bad && rc->nf > r->ncols) {
+        size_t i = r->ncols;
+        while (i < rc->nf && rc->flen[i] == 0)
+            i++;
+        if (i == rc->nf)
+            rc->nf = r->ncols;
+    }
     if (k == QN_RESOURCE_EXHAUSTED) /* read_record's buffers return the bare code */
         qn_err_set(err, k, "%s: out of memory near line %llu", r->path,
                    (unsigned long long)r->lines);
@@ -424,20 +591,6 @@ static int skip_lines(qml_csv_reader *r, size_t n, qn_err *err)
 
 /* ---- rows ---------------------------------------------------------------- */
 
-static int has_high_bit(const char *s, size_t n)
-{
-    size_t i = 0;
-    uint64_t acc = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        acc |= w;
-    }
-    for (; i < n; i++)
-        acc |= (uint8_t)s[i];
-    return (acc & 0x8080808080808080ULL) != 0;
-}
-
 static int is_na(const qml_csv_reader *r, const char *s, size_t len)
 {
     if (len == 0)
@@ -446,6 +599,25 @@ static int is_na(const qml_csv_reader *r, const char *s, size_t len)
         if (r->nalen[i] == len && memcmp(r->na[i], s, len) == 0)
             return 1;
     return 0;
+}
+
+int qml_csv_is_missing(const qml_csv_reader *r, const char *s, size_t len)
+{
+    return is_na(r, s, len);
+}
+
+const char *qml_csv_number_text(const qml_csv_reader *r, const char *s, size_t *len, char *buf,
+                                size_t cap)
+{
+    if (!r->decimal_comma || *len >= cap)
+        return s;
+    const char *c = memchr(s, ',', *len);
+    if (!c)
+        return s;
+    memcpy(buf, s, *len);
+    buf[*len] = '\0';
+    buf[c - s] = '.';
+    return buf;
 }
 
 /* The checks every record passes before its cells are read: the parser's
@@ -467,15 +639,8 @@ static int check_record(const qml_csv_reader *r, const rec *rc, qml_bad_reason *
         *why = QML_BAD_FIELD_COUNT;
         return 1;
     }
-    if (has_high_bit(rc->buf, rc->len)) {
-        for (size_t i = 0; i < rc->nf; i++) {
-            if (!qml_utf8_valid(rc->buf + rc->off[i], rc->flen[i])) {
-                snprintf(msg, cap, "column %s: invalid UTF-8", r->names[i]);
-                *why = QML_BAD_UTF8;
-                return 1;
-            }
-        }
-    }
+    /* No UTF-8 check here: every byte was checked (or decoded) as it was
+     * read, and records are cut only at ASCII bytes. */
     return 0;
 }
 
@@ -493,10 +658,14 @@ static int emit(qml_csv_reader *r, qml_frame *f, const rec *rc)
         const char *s = rc->buf + rc->off[i];
         size_t len = rc->flen[i];
         int rcode;
+        char num[64];
         if (is_na(r, s, len))
             rcode = qml_col_push_missing(c);
-        else
+        else {
+            if (r->types[i] == QML_NUMERIC)
+                s = qml_csv_number_text(r, s, &len, num, sizeof num);
             rcode = qml_col_push_text(c, s, len, msg, sizeof msg);
+        }
         if (rcode == QN_INVALID_ARGUMENT) {
             qml_frame_abort_row(f);
             qml_read_report_bad(&r->rep, rc->line, QML_BAD_TYPE, msg);
@@ -520,6 +689,7 @@ void qml_csv_opts_init(qml_csv_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->sep = ",";
+    o->quote = '"';
     o->has_header = 1;
     o->infer_rows = 1000;
     o->max_field_bytes = 1u << 20;
@@ -534,6 +704,9 @@ void qml_csv_close(qml_csv_reader *r)
     if (r->fd >= 0)
         close(r->fd);
     free(r->win);
+    free(r->raw);
+    if (r->cd != (iconv_t)-1 && r->cd != NULL)
+        iconv_close(r->cd);
     free(r->path);
     for (size_t i = 0; i < r->nna; i++)
         free(r->na[i]);
@@ -550,20 +723,127 @@ void qml_csv_close(qml_csv_reader *r)
     free(r);
 }
 
+/* Field counts of the first lines for one candidate separator: the count
+ * when every record agrees, else 0. */
+static size_t sniff_count(const char *p, const char *end, char sep, int quote, int at_eof)
+{
+    size_t want = 0, nf = 1, nrec = 0;
+    int inq = 0, atstart = 1, empty = 1;
+    for (; p < end && nrec < SNIFF_LINES; p++) {
+        int c = (uint8_t)*p;
+        if (c != '\r' && c != '\n')
+            empty = 0;
+        if (inq) {
+            if (c == quote)
+                inq = 0;
+            continue;
+        }
+        if (c == quote && atstart) {
+            inq = 1;
+            continue;
+        }
+        atstart = 0;
+        if (c == (uint8_t)sep) {
+            nf++;
+            atstart = 1;
+        } else if (c == '\n') {
+            if (!empty) { /* blank lines are not records */
+                if (nrec && nf != want)
+                    return 0;
+                want = nf;
+                nrec++;
+            }
+            nf = 1;
+            atstart = 1;
+            empty = 1;
+        }
+    }
+    if (at_eof && p == end && !empty && nrec < SNIFF_LINES) { /* a last line without LF */
+        if (nrec && nf != want)
+            return 0;
+        want = nf;
+        nrec++;
+    }
+    return nrec ? want : 0;
+}
+
+/* Picks the separator of the first lines: of ',' ';' tab '|', the one with
+ * the same field count (> 1) on every line, the most fields winning, ties
+ * going to the earlier candidate; ',' when none fits. */
+static int sniff(qml_csv_reader *r, qn_err *err)
+{
+    int k = want(r, SNIFF_BYTES, err);
+    if (k < 0)
+        return k;
+    static const char cand[] = {',', ';', '\t', '|'};
+    const char *end = r->end;
+    if ((size_t)(end - r->p) > SNIFF_BYTES)
+        end = r->p + SNIFF_BYTES;
+    int at_eof = end == r->end && (r->eof || !r->win);
+    char best = ',';
+    size_t bestn = 1;
+    for (size_t i = 0; i < sizeof cand; i++) {
+        size_t n = sniff_count(r->p, end, cand[i], r->quote, at_eof);
+        if (n > bestn) {
+            best = cand[i];
+            bestn = n;
+        }
+    }
+    r->sep[0] = best;
+    r->sep[1] = '\0';
+    r->seplen = 1;
+    r->special[(uint8_t)best] = 1;
+    return 0;
+}
+
+static int set_encoding(qml_csv_reader *r, const char *enc, qn_err *err)
+{
+    r->cd = (iconv_t)-1;
+    if (!enc || !strcasecmp(enc, "utf-8") || !strcasecmp(enc, "utf8"))
+        return 0;
+    const char *from = NULL;
+    if (!strcasecmp(enc, "latin-1") || !strcasecmp(enc, "latin1") || !strcasecmp(enc, "iso-8859-1"))
+        from = "ISO-8859-1";
+    else if (!strcasecmp(enc, "windows-1252") || !strcasecmp(enc, "cp1252"))
+        from = "WINDOWS-1252";
+    else
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "encoding \"%.32s\" is not known; use utf-8, latin-1 or windows-1252", enc);
+    r->cd = iconv_open("UTF-8", from);
+    if (r->cd == (iconv_t)-1)
+        return qn_err_set(err, QN_INTERNAL, "iconv cannot convert from %s: %s", from, strerror(errno));
+    if (!(r->raw = malloc(RAW_BYTES)))
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    return 0;
+}
+
 static int set_opts(qml_csv_reader *r, const qml_csv_opts *o, qn_err *err)
 {
     const char *sep = o->sep ? o->sep : ",";
+    int auto_sep = strcmp(sep, "auto") == 0;
+    r->quote = o->quote == 0 ? '"' : o->quote == QML_CSV_NO_QUOTE ? NO_QUOTE : o->quote;
+    if (r->quote != NO_QUOTE && (r->quote < 1 || r->quote > 127 || r->quote == '\n' || r->quote == '\r'))
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "quote must be one ASCII character other than a line break");
+    r->quote_ch = (char)r->quote;
     r->seplen = strlen(sep);
-    if (r->seplen == 0 || r->seplen > SEP_MAX || strpbrk(sep, "\"\r\n"))
-        return qn_err_set(err, QN_INVALID_ARGUMENT,
-                          "separator must be 1 to %d bytes without quotes or line breaks", SEP_MAX);
-    memcpy(r->sep, sep, r->seplen + 1);
+    if (!auto_sep) {
+        if (r->seplen == 0 || r->seplen > SEP_MAX || strpbrk(sep, "\r\n") || !qn_utf8_valid(sep, r->seplen) ||
+            (r->quote != NO_QUOTE && strchr(sep, r->quote)))
+            return qn_err_set(err, QN_INVALID_ARGUMENT,
+                              "separator must be 1 to %d bytes of UTF-8 without the quote or line breaks", SEP_MAX);
+        memcpy(r->sep, sep, r->seplen + 1);
+        r->special[(uint8_t)sep[0]] = 1;
+    }
+    if (o->decimal_comma && !auto_sep && strchr(sep, ','))
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "decimal_comma needs a separator other than ','");
+    r->decimal_comma = o->decimal_comma;
+    if (set_encoding(r, o->encoding, err) < 0)
+        return err->code;
     r->trim = o->trim;
     r->max_field = o->max_field_bytes ? o->max_field_bytes : (1u << 20);
     r->max_record = o->max_record_bytes ? o->max_record_bytes : (16u << 20);
     r->max_fields = o->max_fields ? o->max_fields : 4096;
     r->special[(uint8_t)'\n'] = 1;
-    r->special[(uint8_t)sep[0]] = 1;
     if (o->n_na_values) {
         r->na = calloc(o->n_na_values, sizeof *r->na);
         r->nalen = calloc(o->n_na_values, sizeof *r->nalen);
@@ -636,9 +916,13 @@ static int resolve_schema(qml_csv_reader *r, const qml_csv_opts *o, qn_err *err)
                               (unsigned long long)h->line, h->bad_field + 1, h->why);
         if (!qml_utf8_valid(h->buf, h->len))
             return qn_err_set(err, QN_INVALID_ARGUMENT, "%s: header is not valid UTF-8", r->path);
-        if ((k = alloc_schema(r, h->nf, err)) < 0)
+        size_t nf = h->nf;
+        while (nf > 1 && h->flen[nf - 1] == 0)
+            nf--;
+        r->drop_extra = nf < h->nf;
+        if ((k = alloc_schema(r, nf, err)) < 0)
             return k;
-        for (size_t i = 0; i < h->nf; i++) {
+        for (size_t i = 0; i < nf; i++) {
             r->types[i] = (qml_type)QML_INFER;
             if ((k = set_name(r, i, h->buf + h->off[i], h->flen[i], err)) < 0)
                 return k;
@@ -704,11 +988,39 @@ static int resolve_schema(qml_csv_reader *r, const qml_csv_opts *o, qn_err *err)
             if (rc->bad || rc->nf != r->ncols)
                 continue;
             const char *s = rc->buf + rc->off[j];
-            if (!is_na(r, s, rc->flen[j]))
-                qml_infer_text(&in, s, rc->flen[j]);
+            size_t len = rc->flen[j];
+            char num[64];
+            if (!is_na(r, s, len)) {
+                s = qml_csv_number_text(r, s, &len, num, sizeof num);
+                qml_infer_text(&in, s, len);
+            }
         }
         r->types[j] = qml_infer_result(&in);
     }
+    return 0;
+}
+
+/* Sets up the window over a memory source that needs decoding, checks
+ * undecoded memory input as a whole, and drops a UTF-8 byte order mark. */
+static int start_input(qml_csv_reader *r, qn_err *err)
+{
+    if (!r->win && r->cd != (iconv_t)-1) {
+        /* Memory input to decode: read it through a window like a file. */
+        r->src = r->p;
+        r->src_end = r->end;
+        if (!(r->win = malloc(WINDOW_BYTES)))
+            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        r->p = r->end = r->win;
+        r->eof = 0;
+    } else if (!r->win) {
+        if (utf8_feed(r, r->p, (size_t)(r->end - r->p), 1, err) < 0)
+            return err->code;
+    }
+    int k = want(r, 3, err);
+    if (k < 0)
+        return k;
+    if (r->end - r->p >= 3 && memcmp(r->p, "\xef\xbb\xbf", 3) == 0)
+        r->p += 3;
     return 0;
 }
 
@@ -719,7 +1031,13 @@ static qml_csv_reader *open_common(qml_csv_reader *r, const qml_csv_opts *o, qn_
         qml_csv_opts_init(&def);
         o = &def;
     }
-    if (set_opts(r, o, err) < 0 || skip_lines(r, o->skip_lines, err) < 0 ||
+    if (set_opts(r, o, err) < 0 || start_input(r, err) < 0 ||
+        skip_lines(r, o->skip_lines, err) < 0 ||
+        ((!o->sep || strcmp(o->sep, "auto") != 0) ? 0 : sniff(r, err)) < 0 ||
+        (r->decimal_comma && r->sep[0] == ',' && r->seplen == 1 &&
+         qn_err_set(err, QN_INVALID_ARGUMENT,
+                    "%s: decimal_comma needs a separator other than ',' (the first lines use ',')",
+                    r->path) < 0) ||
         resolve_schema(r, o, err) < 0) {
         qml_csv_close(r);
         return NULL;
@@ -735,6 +1053,7 @@ qml_csv_reader *qml_csv_open(const char *path, const qml_csv_opts *o, qn_err *er
         return NULL;
     }
     r->fd = -1;
+    r->cd = (iconv_t)-1;
     r->path = strdup(path);
     r->win = malloc(WINDOW_BYTES);
     if (!r->path || !r->win) {
@@ -762,6 +1081,7 @@ qml_csv_reader *qml_csv_open_mem(const void *data, size_t len, const qml_csv_opt
         return NULL;
     }
     r->fd = -1;
+    r->cd = (iconv_t)-1;
     r->p = data ? (const char *)data : "";
     r->end = r->p + (data ? len : 0);
     r->eof = 1;
@@ -867,6 +1187,7 @@ int qml_csv_next_record(qml_csv_reader *r, qml_csv_record *out, qn_err *err)
 }
 
 const qml_read_report *qml_csv_report(const qml_csv_reader *r) { return &r->rep; }
+const char *qml_csv_sep(const qml_csv_reader *r) { return r->sep; }
 size_t qml_csv_ncols(const qml_csv_reader *r) { return r->ncols; }
 const char *qml_csv_col_name(const qml_csv_reader *r, size_t i) { return i < r->ncols ? r->names[i] : NULL; }
 qml_type qml_csv_col_type(const qml_csv_reader *r, size_t i) { return r->types[i]; }

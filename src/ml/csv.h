@@ -33,10 +33,23 @@
  *   separator or the end of the record may follow (spaces too when trimming);
  *   anything else makes the row bad (reason "quote"). A quote inside an
  *   unquoted field is kept as data, as most writers expect.
- * - The separator is a string of 1 to 8 bytes (",", ";", "\t", ", ").
+ * - The separator is a string of 1 to 8 bytes (",", ";", "\t", ", "), or
+ *   "auto": sniffed from the first 20 lines (64 KiB): of ',' ';' tab '|', the
+ *   one that gives every line the same field count > 1, the most fields
+ *   winning and ties going to the earlier candidate; ',' when none does.
+ * - The quote character is '"' unless quote says otherwise (or none).
+ * - Encoding: UTF-8, a leading byte order mark dropped; or Latin-1 or
+ *   Windows-1252 (encoding option), converted to UTF-8 with iconv as read.
+ *   Input that is not valid in its encoding is refused whole: open or next
+ *   fails with QN_INVALID_ARGUMENT naming the line and the 0-based byte
+ *   offset of the first bad byte (a memory buffer is checked at open).
+ * - Trailing empty header fields ("a;b;;") are dropped, and so are the empty
+ *   trailing fields of each record past the header's count.
+ * - decimal_comma: a numeric cell may write its point as ',' ("3,5" is 3.5);
+ *   the separator must then not be ','.
  * - Blank lines are skipped (they are not rows). skip_lines physical lines are
  *   dropped before anything else (Adult's test file starts with a comment).
- * - Bytes are kept exactly; a record whose bytes are not valid UTF-8 is bad.
+ * - Bytes are kept exactly.
  * - A cell equal to "" or to one of na_values (after trimming) is missing.
  *
  * Schema: with a header, the header names the columns and `fields` may give
@@ -64,8 +77,13 @@
 #include "ml/frame.h"
 #include "ml/schema.h"
 
+#define QML_CSV_NO_QUOTE (-1)
+
 typedef struct qml_csv_opts {
-    const char *sep;                /* default "," */
+    const char *sep;                /* default ","; "auto": sniffed (see above) */
+    int quote;                      /* default '"'; QML_CSV_NO_QUOTE: none */
+    int decimal_comma;              /* numeric cells may use ',' for the point; default 0 */
+    const char *encoding;           /* NULL/"utf-8" (default), "latin-1", "windows-1252" */
     int has_header;                 /* default 1 */
     size_t skip_lines;              /* physical lines dropped first; default 0 */
     const char *const *na_values;   /* extra strings that mean missing ("" always does) */
@@ -119,6 +137,19 @@ typedef struct qml_csv_record {
  * with qml_csv_next on one reader. Open with infer_rows = 1 to keep the
  * inference sample small when types do not matter. */
 int qml_csv_next_record(qml_csv_reader *r, qml_csv_record *out, qn_err *err);
+
+/* For callers of qml_csv_next_record: 1 when a cell is missing (empty or
+ * one of na_values). */
+int qml_csv_is_missing(const qml_csv_reader *r, const char *s, size_t len);
+
+/* The text to parse as a number for a cell: s itself, or (decimal_comma,
+ * a cell with ',' shorter than cap) a copy in buf with the comma made a
+ * point; *len is unchanged either way. */
+const char *qml_csv_number_text(const qml_csv_reader *r, const char *s, size_t *len, char *buf,
+                                size_t cap);
+
+/* The separator in use (the sniffed one with "auto"); owned by the reader. */
+const char *qml_csv_sep(const qml_csv_reader *r);
 
 /* The report so far (owned by the reader). */
 const qml_read_report *qml_csv_report(const qml_csv_reader *r);

@@ -27,12 +27,77 @@ void qml_rec_schema_free(qml_rec_schema *s)
         free(s->cols[i].name);
     free(s->cols);
     free(s->by_name);
+    json_decref(s->csv);
     free(s);
+}
+
+#define CSV_NA_MAX 16
+
+/* Checks a dataset's CSV dialect and returns its normal form (new reference). */
+static json_t *csv_dialect(const json_t *d, qn_err *err)
+{
+    const char *k;
+    json_t *v;
+    if (!json_is_object(d)) {
+        qn_err_set(err, QN_INVALID_ARGUMENT, "schema: csv must be an object");
+        return NULL;
+    }
+    json_object_foreach((json_t *)d, k, v) {
+        const char *sv = json_string_value(v);
+        if (!strcmp(k, "delimiter")) {
+            if (!sv || (strcmp(sv, ",") && strcmp(sv, ";") && strcmp(sv, "tab") && strcmp(sv, "|") &&
+                        strcmp(sv, "auto"))) {
+                qn_err_set(err, QN_INVALID_ARGUMENT, "schema: csv.delimiter must be one of , ; tab | auto");
+                return NULL;
+            }
+        } else if (!strcmp(k, "quote")) {
+            if (!sv || (strcmp(sv, "none") && (strlen(sv) != 1 || sv[0] <= ' ' || sv[0] >= 127))) {
+                qn_err_set(err, QN_INVALID_ARGUMENT, "schema: csv.quote must be one printable ASCII character or none");
+                return NULL;
+            }
+        } else if (!strcmp(k, "decimal_comma")) {
+            if (!json_is_boolean(v)) {
+                qn_err_set(err, QN_INVALID_ARGUMENT, "schema: csv.decimal_comma must be true or false");
+                return NULL;
+            }
+        } else if (!strcmp(k, "encoding")) {
+            if (!sv || (strcmp(sv, "utf-8") && strcmp(sv, "latin-1") && strcmp(sv, "windows-1252"))) {
+                qn_err_set(err, QN_INVALID_ARGUMENT, "schema: csv.encoding must be utf-8, latin-1 or windows-1252");
+                return NULL;
+            }
+        } else if (!strcmp(k, "na")) {
+            size_t n = json_array_size(v);
+            int ok = json_is_array(v) && n <= CSV_NA_MAX;
+            for (size_t i = 0; ok && i < n; i++)
+                ok = json_is_string(json_array_get(v, i)) && json_string_length(json_array_get(v, i)) <= 64 &&
+                     strlen(json_string_value(json_array_get(v, i))) == json_string_length(json_array_get(v, i));
+            if (!ok) {
+                qn_err_set(err, QN_INVALID_ARGUMENT,
+                           "schema: csv.na must be an array of at most %d strings of at most 64 bytes", CSV_NA_MAX);
+                return NULL;
+            }
+        } else {
+            qn_err_set(err, QN_INVALID_ARGUMENT,
+                       "schema: csv: unknown field \"%.64s\" (delimiter, quote, decimal_comma, encoding, na)", k);
+            return NULL;
+        }
+    }
+    json_t *out = json_deep_copy(d);
+    if (!out)
+        qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    if (out && json_is_string(json_object_get(out, "delimiter")) &&
+        !strcmp(json_string_value(json_object_get(out, "delimiter")), "tab") &&
+        json_object_set_new(out, "delimiter", json_string("\t")) != 0) {
+        json_decref(out);
+        qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    return out;
 }
 
 int qml_rec_schema_parse(const json_t *doc, qml_rec_schema **out, qn_err *err)
 {
-    static const char *const top_keys[] = {"columns", "additional_columns"};
+    static const char *const top_keys[] = {"columns", "additional_columns", "csv"};
     static const char *const col_keys[] = {"name", "type", "required"};
     qml_rec_schema *s = NULL;
     const char *k;
@@ -41,9 +106,9 @@ int qml_rec_schema_parse(const json_t *doc, qml_rec_schema **out, qn_err *err)
     if (!json_is_object(doc))
         return qn_err_set(err, QN_INVALID_ARGUMENT, "schema: expected a JSON object");
     json_object_foreach((json_t *)doc, k, v) {
-        if (strcmp(k, top_keys[0]) != 0 && strcmp(k, top_keys[1]) != 0)
+        if (strcmp(k, top_keys[0]) != 0 && strcmp(k, top_keys[1]) != 0 && strcmp(k, top_keys[2]) != 0)
             return qn_err_set(err, QN_INVALID_ARGUMENT,
-                              "schema: unknown field \"%.64s\" (columns, additional_columns)", k);
+                              "schema: unknown field \"%.64s\" (columns, additional_columns, csv)", k);
     }
     const json_t *cols = json_object_get(doc, "columns");
     const json_t *add = json_object_get(doc, "additional_columns");
@@ -60,6 +125,8 @@ int qml_rec_schema_parse(const json_t *doc, qml_rec_schema **out, qn_err *err)
         !(s->by_name = calloc(n ? n : 1, sizeof *s->by_name)))
         goto oom;
     s->additional = add ? json_is_true(add) : 1;
+    if (json_object_get(doc, "csv") && !(s->csv = csv_dialect(json_object_get(doc, "csv"), err)))
+        goto fail;
     for (size_t i = 0; i < n; i++) {
         const json_t *c = json_array_get(cols, i);
         if (!json_is_object(c)) {
@@ -80,7 +147,7 @@ int qml_rec_schema_parse(const json_t *doc, qml_rec_schema **out, qn_err *err)
             qn_err_set(err, QN_INVALID_ARGUMENT, "schema: columns[%zu].name must be a string", i);
             goto fail;
         }
-        if (qn_name_check("column", json_string_value(name), &e2) < 0) {
+        if (qn_colname_check("column", json_string_value(name), &e2) < 0) {
             qn_err_set(err, QN_INVALID_ARGUMENT, "schema: columns[%zu]: %s", i, e2.msg);
             goto fail;
         }
@@ -133,7 +200,18 @@ json_t *qml_rec_schema_json(const qml_rec_schema *s)
         json_array_append_new(cols, json_pack("{s:s, s:s, s:b}", "name", s->cols[i].name, "type",
                                               qml_type_name(s->cols[i].type), "required",
                                               s->cols[i].required));
-    return cols ? json_pack("{s:o, s:b}", "columns", cols, "additional_columns", s->additional) : NULL;
+    json_t *doc = cols ? json_pack("{s:o, s:b}", "columns", cols, "additional_columns", s->additional) : NULL;
+    if (doc && s->csv) {
+        json_t *d = json_deep_copy(s->csv);
+        const char *sep = json_string_value(json_object_get(s->csv, "delimiter"));
+        if (d && sep && !strcmp(sep, "\t"))
+            json_object_set_new(d, "delimiter", json_string("tab"));
+        if (!d || json_object_set_new(doc, "csv", d) != 0) {
+            json_decref(doc);
+            return NULL;
+        }
+    }
+    return doc;
 }
 
 /* The column called name (len bytes), or NULL. */
@@ -196,6 +274,12 @@ void qml_rec_opts_init(qml_rec_opts *o)
     o->max_row_bytes = 64 * 1024;
     o->max_cols = QML_REC_MAX_COLS;
     o->max_errors = 100;
+    o->csv_sep = NULL;
+    o->csv_quote = 0;
+    o->csv_decimal_comma = -1;
+    o->csv_encoding = NULL;
+    o->csv_na = NULL;
+    o->csv_n_na = 0;
 }
 
 /* ---- the batch buffer ---------------------------------------------------- */
@@ -539,7 +623,7 @@ static int add_error(qml_rec_batch *b, const qml_rec_opts *o, uint64_t row, uint
 static int check_key(const char *k, char *msg, size_t cap)
 {
     qn_err e;
-    if (qn_name_check("column", k, &e) == 0)
+    if (qn_colname_check("column", k, &e) == 0)
         return 0;
     snprintf(msg, cap, "%s", e.msg);
     return 1;
@@ -812,6 +896,26 @@ static int parse_csv(const char *body, size_t len, const qml_rec_schema *s, cons
     co.max_field_bytes = o->max_row_bytes;
     co.max_record_bytes = o->max_row_bytes;
     co.max_fields = o->max_cols + 1;
+    /* The dialect: the request's, else the dataset's, else the defaults. */
+    const json_t *d = s ? s->csv : NULL;
+    const char *dna[CSV_NA_MAX];
+    const char *dq = json_string_value(json_object_get(d, "quote"));
+    co.sep = o->csv_sep ? o->csv_sep
+                        : json_object_get(d, "delimiter") ? json_string_value(json_object_get(d, "delimiter")) : "auto";
+    co.quote = o->csv_quote ? o->csv_quote : !dq ? '"' : !strcmp(dq, "none") ? QML_CSV_NO_QUOTE : dq[0];
+    co.decimal_comma = o->csv_decimal_comma >= 0 ? o->csv_decimal_comma
+                                                 : json_is_true(json_object_get(d, "decimal_comma"));
+    co.encoding = o->csv_encoding ? o->csv_encoding : json_string_value(json_object_get(d, "encoding"));
+    if (o->csv_na) {
+        co.na_values = o->csv_na;
+        co.n_na_values = o->csv_n_na;
+    } else if (json_object_get(d, "na")) {
+        const json_t *na = json_object_get(d, "na");
+        for (size_t i = 0; i < json_array_size(na) && i < CSV_NA_MAX; i++)
+            dna[i] = json_string_value(json_array_get(na, i));
+        co.na_values = dna;
+        co.n_na_values = json_array_size(na) < CSV_NA_MAX ? json_array_size(na) : CSV_NA_MAX;
+    }
     int rc = 0;
     const qml_rec_column **cols = NULL;
     size_t *order = NULL;
@@ -836,7 +940,7 @@ static int parse_csv(const char *body, size_t len, const qml_rec_schema *s, cons
     for (size_t i = 0; i < nc; i++) {
         const char *name = qml_csv_col_name(r, i);
         qn_err e;
-        if (qn_name_check("column", name, &e) < 0) {
+        if (qn_colname_check("column", name, &e) < 0) {
             rc = qn_err_set(err, QN_INVALID_ARGUMENT, "CSV header, field %zu: %s", i + 1, e.msg);
             goto out;
         }
@@ -892,10 +996,24 @@ static int parse_csv(const char *body, size_t len, const qml_rec_schema *s, cons
             size_t i = order[x];
             const char *name = qml_csv_col_name(r, i);
             const char *cell = rec.buf + rec.off[i];
+            size_t clen = rec.flen[i];
+            char num[64];
             if ((x && putc_(b, ',') < 0) || put_jstring(b, name, strlen(name)) < 0 || putc_(b, ':') < 0)
                 goto nomem;
-            int c = cols[i] ? put_text_cell(b, cols[i], cell, rec.flen[i], msg, sizeof msg)
-                            : put_jstring(b, cell, rec.flen[i]);
+            int c;
+            if (clen > 0 && qml_csv_is_missing(r, cell, clen)) { /* a missing-value marker */
+                if (cols[i] && cols[i]->required) {
+                    snprintf(msg, sizeof msg, "column %s is required", cols[i]->name);
+                    c = 1;
+                } else {
+                    c = put(b, "null", 4);
+                }
+            } else {
+                if (cols[i] && cols[i]->type == QML_NUMERIC)
+                    cell = qml_csv_number_text(r, cell, &clen, num, sizeof num);
+                c = cols[i] ? put_text_cell(b, cols[i], cell, clen, msg, sizeof msg)
+                            : put_jstring(b, cell, clen);
+            }
             if (c < 0)
                 goto nomem;
             bad = c;

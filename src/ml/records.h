@@ -35,7 +35,9 @@
  * required column must be present and not missing. Columns outside the
  * schema are kept as given unless the schema says additional_columns false.
  * Without a schema JSON values are kept as given and CSV cells as strings.
- * Every key must be a valid name (core/validate.h qn_name_check).
+ * Every key must be a valid column name (core/validate.h qn_colname_check:
+ * text as people write it, "Customer ID" included). CSV bodies are read in
+ * the dialect of qml_rec_opts, else the schema's csv, else sniffed (csv.h).
  *
  * Row numbers are 1-based positions of the record in the body: the element
  * of a JSON array, the non-blank line of NDJSON, the record after the CSV
@@ -71,12 +73,17 @@ typedef struct qml_rec_schema {
     size_t ncols;
     qml_rec_column *cols;
     int additional;      /* 1: columns outside the schema are kept */
+    json_t *csv;         /* the dataset's CSV dialect ({"delimiter",...}), or NULL */
     size_t *by_name;     /* indexes of cols sorted by name (internal) */
 } qml_rec_schema;
 
 /* Parses {"columns":[{"name":N,"type":T,"required":B?}...],
- * "additional_columns":B?} strictly (unknown keys refused; additional_columns
- * defaults to true). At most QML_REC_MAX_COLS columns with distinct valid
+ * "additional_columns":B?, "csv":D?} strictly (unknown keys refused;
+ * additional_columns defaults to true). D is the dataset's CSV dialect, every
+ * field optional: {"delimiter": "," ";" "tab" "|" "auto", "quote": one ASCII
+ * character or "none", "decimal_comma": B, "encoding": "utf-8" "latin-1"
+ * "windows-1252", "na": [up to 16 strings of up to 64 bytes]}; a CSV body
+ * is read in it unless qml_rec_opts says otherwise. At most QML_REC_MAX_COLS columns with distinct valid
  * names. Returns 0 and *out (caller frees with qml_rec_schema_free), or
  * QN_INVALID_ARGUMENT naming the field at fault, or QN_RESOURCE_EXHAUSTED. */
 int qml_rec_schema_parse(const json_t *doc, qml_rec_schema **out, qn_err *err);
@@ -96,6 +103,13 @@ typedef struct qml_rec_opts {
     size_t max_row_bytes;  /* one row's input and canonical text; default 64 KiB */
     size_t max_cols;       /* columns in one row; default QML_REC_MAX_COLS */
     size_t max_errors;     /* bad rows kept in errors; default 100 */
+    /* CSV dialect (csv.h): */
+    const char *csv_sep;           /* NULL: sniffed from the first lines */
+    int csv_quote;                 /* 0: '"'; QML_CSV_NO_QUOTE: none */
+    int csv_decimal_comma;         /* numeric schema columns read "3,5" as 3.5; -1: the schema's */
+    const char *csv_encoding;      /* NULL: UTF-8; "latin-1", "windows-1252" */
+    const char *const *csv_na;     /* cells that mean missing (stored as null); NULL: the schema's */
+    size_t csv_n_na;
 } qml_rec_opts;
 
 void qml_rec_opts_init(qml_rec_opts *o);

@@ -248,7 +248,8 @@ static int run_grpc_infer(const uint8_t *d, size_t n, af_out *o, qn_err *err)
 
 static int run_csv(const uint8_t *d, size_t n, af_out *o, qn_err *err)
 {
-    static const char *seps[] = {",", ", ", ";", "\t", "||", ",", ",", ","};
+    /* The dialect byte as fuzz_csv.c reads it. */
+    static const char *seps[] = {",", ", ", ";", "\t", "||", "auto", ";", "auto"};
     static const char *na[] = {"?", "NA"};
     static const qml_field_spec fs[] = {{"a", QML_NUMERIC}, {"b", QML_INFER}, {"c", QML_TIMESTAMP}};
     uint8_t sel = n ? d[0] : 0;
@@ -259,6 +260,13 @@ static int run_csv(const uint8_t *d, size_t n, af_out *o, qn_err *err)
     qml_csv_opts co;
     qml_csv_opts_init(&co);
     co.sep = seps[sel & 7];
+    if ((sel & 7) == 5)
+        co.quote = (sel & 16) ? QML_CSV_NO_QUOTE : '"';
+    if ((sel & 7) >= 6) {
+        co.decimal_comma = 1;
+        co.encoding = (sel & 7) == 6 ? "latin-1" : "windows-1252";
+        co.quote = (sel & 7) == 7 ? '\'' : '"';
+    }
     co.has_header = !(sel & 8);
     co.trim = (sel & 16) != 0;
     co.skip_lines = (sel & 32) ? 1 : 0;

@@ -1,6 +1,8 @@
 /* fuzz_csv.c - libFuzzer target for the CSV reader. The first byte picks the
- * dialect (separator, header, trim, skip, tiny limits) so one corpus covers
- * them all; the rest is the CSV text, read in small chunks and all at once. */
+ * dialect (separator, header, trim, skip, tiny limits; separators 5-7 add
+ * sniffing, decimal comma, Latin-1/Windows-1252 and other quotes) so one
+ * corpus covers them all; the rest is the CSV text, read in small chunks and
+ * all at once. */
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -10,7 +12,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const char *seps[] = {",", ", ", ";", "\t", "||", ",", ",", ","};
+    static const char *seps[] = {",", ", ", ";", "\t", "||", "auto", ";", "auto"};
     static const char *na[] = {"?", "NA"};
     static const qml_field_spec fs[] = {{"a", QML_NUMERIC}, {"b", QML_INFER}, {"c", QML_TIMESTAMP}};
     uint8_t sel = size ? data[0] : 0;
@@ -21,6 +23,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     qml_csv_opts o;
     qml_csv_opts_init(&o);
     o.sep = seps[sel & 7];
+    switch (sel & 7) {
+    case 5: /* sniffed; no quoting with trim */
+        o.quote = (sel & 16) ? QML_CSV_NO_QUOTE : '"';
+        break;
+    case 6:
+        o.decimal_comma = 1;
+        o.encoding = "latin-1";
+        break;
+    case 7:
+        o.decimal_comma = 1;
+        o.encoding = "windows-1252";
+        o.quote = '\'';
+        break;
+    }
     o.has_header = !(sel & 8);
     o.trim = (sel & 16) != 0;
     o.skip_lines = (sel & 32) ? 1 : 0;

@@ -188,6 +188,41 @@ class CliTest(unittest.TestCase):
             self.assertTrue(err.startswith("quern: ") and err.endswith("\n"), (args, err))
             self.assertNotRegex(err, r"[^\n]quern: ", "a message ran into the previous one")
 
+    def test_ingest_csv_dialect_options(self):
+        """A Latin-1, ';'-separated export with -200 for missing: the delimiter is sniffed once
+        and every batch is read the same way; names and text arrive as UTF-8, kept exactly."""
+        self.up("ingest")
+        path = os.path.join(self.home, "air.csv")
+        with open(path, "wb") as f:
+            f.write("Customer ID;CO(GT);Temp\u00e9rature;;\r\n".encode("latin-1"))
+            for i in range(5):
+                f.write(f"Z\u00fcrich {i};{i},5;-200;;\r\n".encode("latin-1"))
+        rc, out, err = self.quern("--json", "ingest", "air", path, "--batch", "2", "--encoding", "latin-1",
+                                  "--na", "-200")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(out)["accepted"], 5)
+        page = self.api(2, "/v1/datasets/air/events?limit=10")
+        self.assertEqual([e["data"] for e in page["events"]],
+                         [{"Customer ID": f"Z\u00fcrich {i}", "CO(GT)": f"{i},5", "Temp\u00e9rature": None}
+                          for i in range(5)])
+        # With the dialect stored in the dataset's schema, no options are needed.
+        url = f"http://127.0.0.1:{int(self.env['QUERN_PORT_BASE']) + 2}/v1/datasets/air3/schema"
+        req = urllib.request.Request(url, method="PUT", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"columns": [], "csv": {
+                                         "delimiter": ";", "encoding": "latin-1", "na": ["-200"]}}).encode())
+        with urllib.request.urlopen(req, timeout=60) as r:
+            self.assertEqual(r.status, 200)
+        rc, out, err = self.quern("--json", "ingest", "air3", path, "--batch", "2")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.api(2, "/v1/datasets/air3/events?limit=10")["events"], page["events"])
+        # Without --encoding the file is refused at its first bad byte, naming it.
+        rc, out, err = self.quern("ingest", "air2", path)
+        self.assertNotEqual(rc, 0)
+        self.assertIn("line 1, byte offset 23", err)
+        rc, out, err = self.quern("ingest", "air2", path, "--delimiter", ":")
+        self.assertNotEqual(rc, 0)
+        self.assertIn("--delimiter must be one of", err)
+
     def test_ingest_large_file_every_row_arrives(self):
         """A file far larger than one batch (60,000 rows of 2 KB, --batch 50000 = 100 MB a batch by
         rows): batches are cut by bytes too, and every row is at the other end exactly once."""

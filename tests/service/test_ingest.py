@@ -109,7 +109,7 @@ class IngestTest(ServiceTest):
         self.assertError(self.post("d", {"a": 1}, query="?on_error=maybe"), 400, "invalid_argument",
                          "on_error")
         # Bad NDJSON lines are row errors (the other lines still parse).
-        st, _, a = self.post("d", b'{"a":1}\nnot json\n[1]\n{"bad key":1}\n', NDJSON, "?on_error=skip")
+        st, _, a = self.post("d", b'{"a":1}\nnot json\n[1]\n{"bad\\u0001key":1}\n', NDJSON, "?on_error=skip")
         self.assertEqual((st, a["accepted"], a["rejected"]), (201, 1, 3), a)
         self.assertEqual([e["row"] for e in a["errors"]], [2, 3, 4])
         self.assertIn("invalid JSON", a["errors"][0]["reason"])
@@ -130,7 +130,7 @@ class IngestTest(ServiceTest):
         st, _, body = self.svc.request("GET", "/v1/datasets/s/schema")
         self.assertEqual((st, body["schema"]), (200, got["schema"]))
         for bad, needle in [({"columns": [{"name": "a", "type": "text"}]}, "type"),
-                            ({"columns": [{"name": "a b", "type": "numeric"}]}, "column"),
+                            ({"columns": [{"name": "a\tb", "type": "numeric"}]}, "control character"),
                             ({"columns": [{"name": "a", "type": "numeric"}] * 2}, "twice"),
                             ({"columns": [], "extra": 1}, "extra"),
                             ({"columns": [{"name": f"c{i}", "type": "numeric"} for i in range(257)]}, "256"),
@@ -218,6 +218,64 @@ class IngestTest(ServiceTest):
         self.assertError(self.post("s", b"price\n1\n", CSV), 400, "invalid_argument", "required column user")
         self.assertError(self.post("s", b"user,user\na,b\n", CSV), 400, "invalid_argument", "twice")
         self.assertError(self.post("s", b"user\n", CSV), 400, "invalid_argument", "no rows")
+
+    def test_csv_as_people_write_it(self):
+        # A sensor export: ';' separators (sniffed), decimal commas, Latin-1,
+        # names with spaces, parentheses and accents, -200 for missing,
+        # trailing ';;' and CRLF.
+        schema = {"columns": [{"name": "Customer ID", "type": "categorical", "required": True},
+                              {"name": "CO(GT)", "type": "numeric"},
+                              {"name": "Temp\u00e9rature", "type": "numeric"},
+                              {"name": "Date", "type": "timestamp"}],
+                  "additional_columns": False}
+        self.put_schema("air", schema)
+        body = ("Customer ID;CO(GT);Temp\u00e9rature;Date;;\r\n"
+                "17850;2,6;13,5;2004-03-10;;\r\n"
+                "Z\u00fcrich 1;-200;-1,25;2004-03-11;;\r\n"
+                "12346;1000;-200;;;\r\n").encode("latin-1")
+        # Not UTF-8 and no encoding given: refused whole at the first bad byte.
+        self.assertError(self.post("air", body, CSV), 400, "invalid_argument", "line 1, byte offset 23")
+        q = "?encoding=latin-1&decimal_comma=true&na=-200"
+        st, _, a = self.post("air", body, CSV, q)
+        self.assertEqual((st, a["accepted"], a["rejected"]), (201, 3, 0), a)
+        self.assertEqual([e["data"] for e in self.all_events("air")], [
+            {"Customer ID": "17850", "CO(GT)": 2.6, "Temp\u00e9rature": 13.5, "Date": "2004-03-10"},
+            {"Customer ID": "Z\u00fcrich 1", "CO(GT)": None, "Temp\u00e9rature": -1.25, "Date": "2004-03-11"},
+            {"Customer ID": "12346", "CO(GT)": 1000, "Temp\u00e9rature": None, "Date": None}])
+        # The stored bytes are UTF-8, kept exactly.
+        st, _, raw = self.svc.request("GET", "/v1/datasets/air/events?after=1&limit=1", raw=True)
+        self.assertIn('"Customer ID":"Z\u00fcrich 1"'.encode(), raw)
+        # Given explicitly, the same; Windows-1252 reads these bytes the same way too.
+        st, _, a = self.post("air", body, CSV, q.replace("latin-1", "windows-1252") + "&delimiter=%3B")
+        self.assertEqual((st, a["accepted"]), (201, 3), a)
+        # A missing marker in a required column is a row error.
+        self.assertError(self.post("air", "Customer ID;CO(GT)\n-200;1\n".encode(), CSV, "?na=-200"),
+                         400, "invalid_argument")
+        # Column names as written, in JSON too; control characters are not names.
+        st, _, a = self.post("free", [{"Customer ID": 1, "CO(GT)": "x"}])
+        self.assertEqual(st, 201, a)
+        self.assertError(self.post("free", b"a\x01b\n1\n", CSV), 400, "invalid_argument", "control character")
+        # The dialect stored with the dataset's schema applies to every CSV body (pushed by
+        # any client); the query still overrides it per request.
+        stored = dict(schema, csv={"decimal_comma": True, "encoding": "latin-1", "na": ["-200"],
+                                   "delimiter": ";"})
+        got = self.put_schema("air2", stored)
+        self.assertEqual(got["schema"]["csv"], stored["csv"])
+        st, _, a = self.post("air2", body, CSV)
+        self.assertEqual((st, a["accepted"], a["rejected"]), (201, 3, 0), a)
+        self.assertEqual([e["data"] for e in self.all_events("air2")],
+                         [e["data"] for e in self.all_events("air")][:3])
+        self.assertError(self.post("air2", body, CSV, "?encoding=utf-8"), 400, "invalid_argument",
+                         "byte offset 23")
+        self.assertError(self.svc.request("PUT", "/v1/datasets/air3/schema",
+                                          dict(schema, csv={"encoding": "koi8-r"})),
+                         400, "invalid_argument", "csv.encoding")
+        # Bad dialect parameters are 400s naming the parameter.
+        for query, needle in [("?delimiter=x", "delimiter"), ("?encoding=ebcdic", "encoding"),
+                              ("?decimal_comma=1", "decimal_comma"), ("?quote=ab", "quote"),
+                              ("?decimal_comma=true&delimiter=,", "decimal_comma")]:
+            self.assertError(self.post("free", b"a\n1\n", CSV, query), 400, "invalid_argument", needle)
+        self.assertError(self.post("free", {"a": 1}, query="?na=NA"), 400, "invalid_argument", "text/csv")
 
     def test_errors_truncated_past_100(self):
         self.put_schema("s")

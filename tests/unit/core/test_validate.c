@@ -29,6 +29,45 @@ static void test_names(void **state)
     assert_non_null(strstr(err.msg, "limit"));
 }
 
+/* Column names as people write them; resource names keep their rule. */
+static void test_column_names(void **state)
+{
+    (void)state;
+    qn_err err;
+    static const char *const good[] = {"Customer ID", "CO(GT)", "Temp\xc3\xa9rature", "T (\xc2\xb0" "C)",
+                                       "-200", "a,b;c\"d'", "\xe2\x82\xac", " lead", "x"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        if (qn_colname_check("column", good[i], &err) != 0)
+            fail_msg("%s: %s", good[i], err.msg);
+    assert_int_equal(qn_name_check("dataset", "Customer ID", &err), QN_INVALID_ARGUMENT);
+
+    char longest[QN_COLNAME_MAX + 2];
+    memset(longest, 'a', sizeof longest);
+    longest[QN_COLNAME_MAX] = '\0';
+    assert_int_equal(qn_colname_check("column", longest, &err), 0);
+    longest[QN_COLNAME_MAX] = 'a';
+    longest[QN_COLNAME_MAX + 1] = '\0';
+    assert_int_equal(qn_colname_check("column", longest, &err), QN_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.msg, "257 bytes long; the limit is 256"));
+
+    static const char *const bad[][2] = {
+        {"", "column name is empty"},
+        {"a\tb", "control character (byte 2)"},
+        {"a\nb", "control character"},
+        {"a\x7f", "control character"},
+        {"a\xc2\x85", "control character"}, /* U+0085, a C1 control */
+        {"Temp\xe9rature", "not valid UTF-8 (byte 5)"},
+        {"\xc0\xaf", "not valid UTF-8"},
+        {"\xed\xa0\x80", "not valid UTF-8"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(qn_colname_check("column", bad[i][0], &err), QN_INVALID_ARGUMENT);
+        if (!strstr(err.msg, bad[i][1]))
+            fail_msg("case %zu: %s", i, err.msg);
+    }
+    assert_int_equal(qn_colname_check("column", NULL, &err), QN_INVALID_ARGUMENT);
+}
+
 static void test_integers_and_limits(void **state)
 {
     qn_err err;
@@ -133,6 +172,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names),
+        cmocka_unit_test(test_column_names),
         cmocka_unit_test(test_integers_and_limits),
         cmocka_unit_test(test_page_tokens),
         cmocka_unit_test(test_page),

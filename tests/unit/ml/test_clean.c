@@ -258,6 +258,75 @@ static void test_derive(void **state)
     qml_clean_free(s);
 }
 
+/* Applies steps to the small frame and expects the apply to fail with want. */
+static void apply_fails(const char *js, const char *want)
+{
+    qml_clean_steps *s;
+    qn_err err;
+    assert_int_equal(qml_clean_parse(js, strlen(js), &s, &err), 0);
+    qml_frame *in = small(), *out;
+    assert_int_equal(qml_clean_apply(in, s, &out, NULL, &err), QN_INVALID_ARGUMENT);
+    if (!strstr(err.msg, want))
+        fail_msg("%s: got \"%s\", want \"%s\"", js, err.msg, want);
+    qml_frame_free(in);
+    qml_clean_free(s);
+}
+
+static void test_rename_and_select(void **state)
+{
+    qml_clean_report rep;
+    /* Names as people write them, and back: each column keeps its place, type and cells;
+     * a swap of two names is allowed. */
+    qml_frame *f = apply("[{\"op\":\"rename\",\"columns\":{\"user\":\"Customer ID\",\"qty\":\"Quantit\u00e9 (u)\"}},"
+                         " {\"op\":\"rename\",\"columns\":{\"Customer ID\":\"CustomerID\"}},"
+                         " {\"op\":\"rename\",\"columns\":{\"event\":\"code\",\"code\":\"event\"}}]", &rep);
+    assert_int_equal(qml_frame_ncols(f), 6);
+    assert_string_equal(qml_frame_col(f, 0)->name, "CustomerID");
+    assert_string_equal(qml_col_str(qml_frame_col(f, 0), 2), "u2");
+    assert_string_equal(qml_frame_col(f, 2)->name, "Quantit\xc3\xa9 (u)");
+    assert_int_equal(qml_frame_col(f, 2)->type, QML_NUMERIC);
+    assert_true(qml_frame_col(f, 2)->num[2] == 5);
+    assert_string_equal(qml_frame_col(f, 1)->name, "code");
+    assert_string_equal(qml_col_str(qml_frame_col(f, 1), 0), "view");
+    assert_string_equal(qml_frame_col(f, 4)->name, "event");
+    assert_string_equal(qml_col_str(qml_frame_col(f, 4), 0), "C100");
+    assert_int_equal(rep.steps[0].rows_out, 6);
+    assert_non_null(strstr(rep.steps[0].note, "2 columns renamed"));
+    qml_frame_free(f);
+
+    f = apply("[{\"op\":\"select\",\"columns\":[\"qty\",\"user\"]}]", &rep);
+    assert_int_equal(qml_frame_ncols(f), 2);
+    assert_int_equal(qml_frame_nrows(f), 6);
+    assert_string_equal(qml_frame_col(f, 0)->name, "qty");
+    assert_string_equal(qml_frame_col(f, 1)->name, "user");
+    assert_true(qml_frame_col(f, 0)->num[4] == 100);
+    assert_true(qml_frame_col(f, 1)->missing[4]);
+    assert_non_null(strstr(rep.steps[0].note, "2 of 6 columns kept"));
+    qml_frame_free(f);
+
+    static const char *const bad[][2] = {
+        {"[{\"op\":\"rename\"}]", "field \"columns\" is required"},
+        {"[{\"op\":\"rename\",\"columns\":[\"a\"]}]", "old name -> new name"},
+        {"[{\"op\":\"rename\",\"columns\":{\"a\":1}}]", "must be a string"},
+        {"[{\"op\":\"rename\",\"columns\":{\"a\":\"\"}}]", "new column name is empty"},
+        {"[{\"op\":\"rename\",\"columns\":{\"a\":\"x\\ny\"}}]", "control character"},
+        {"[{\"op\":\"rename\",\"columns\":{\"a\":\"x\",\"b\":\"x\"}}]", "would both be named x"},
+        {"[{\"op\":\"select\",\"columns\":[]}]", "non-empty array"},
+        {"[{\"op\":\"select\",\"columns\":[\"a\",\"a\"]}]", "selected twice"},
+        {"[{\"op\":\"select\",\"columns\":[\"a\"],\"keys\":[]}]", "unknown field \"keys\""},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        qml_clean_steps *s;
+        qn_err err;
+        assert_int_equal(qml_clean_parse(bad[i][0], strlen(bad[i][0]), &s, &err), QN_INVALID_ARGUMENT);
+        if (!strstr(err.msg, bad[i][1]))
+            fail_msg("%s: got \"%s\", want \"%s\"", bad[i][0], err.msg, bad[i][1]);
+    }
+    apply_fails("[{\"op\":\"rename\",\"columns\":{\"nope\":\"x\"}}]", "no column named nope");
+    apply_fails("[{\"op\":\"rename\",\"columns\":{\"user\":\"qty\"}}]", "cannot rename user to qty");
+    apply_fails("[{\"op\":\"select\",\"columns\":[\"user\",\"nope\"]}]", "no column named nope");
+}
+
 static void test_interactions_small(void **state)
 {
     qml_clean_report rep;
@@ -393,6 +462,7 @@ int main(void)
         cmocka_unit_test(test_row_steps),
         cmocka_unit_test(test_cell_steps),
         cmocka_unit_test(test_derive),
+        cmocka_unit_test(test_rename_and_select),
         cmocka_unit_test(test_interactions_small),
         cmocka_unit_test(test_online_retail_purchases),
     };

@@ -80,6 +80,12 @@ static void set_opts(qml_csv_opts *o, json_t *jo, const char **na, qml_field_spe
         o->trim = json_is_true(v);
     if ((v = json_object_get(jo, "skip")))
         o->skip_lines = (size_t)json_integer_value(v);
+    if ((v = json_object_get(jo, "quote")))
+        o->quote = json_is_null(v) ? QML_CSV_NO_QUOTE : json_string_value(v)[0];
+    if ((v = json_object_get(jo, "decimal_comma")))
+        o->decimal_comma = json_is_true(v);
+    if ((v = json_object_get(jo, "encoding")))
+        o->encoding = json_string_value(v);
     if ((v = json_object_get(jo, "max_field")))
         o->max_field_bytes = (size_t)json_integer_value(v);
     if ((v = json_object_get(jo, "na"))) {
@@ -129,6 +135,16 @@ static void run_case(json_t *cs, size_t chunk_rows)
     set_opts(&o, json_object_get(cs, "opts"), na, fs);
     qn_err err;
     qml_csv_reader *r = qml_csv_open_mem(input, len, &o, &err);
+    json_t *oe = json_object_get(cs, "open_error");
+    if (oe) {
+        if (r)
+            fail_msg("%s: opened, want the error \"%s\"", name, json_string_value(oe));
+        if (err.code != QN_INVALID_ARGUMENT || !strstr(err.msg, json_string_value(oe)))
+            fail_msg("%s: error %d \"%s\", want \"%s\"", name, err.code, err.msg,
+                     json_string_value(oe));
+        free(input);
+        return;
+    }
     if (!r)
         fail_msg("%s: open: %s", name, err.msg);
 
@@ -534,6 +550,75 @@ static void test_streaming_bounded_memory(void **state)
     free(path);
 }
 
+/* Files over several windows: multi-byte characters cut by a read, Latin-1
+ * converted chunk by chunk, a bad byte far in refused with its line, sniffing
+ * and trailing ';;' on a file. */
+static void test_encodings_across_windows(void **state)
+{
+    char *path = env_path("QUERN_TEST_WORK", "enc.csv");
+    const size_t rows = 200000; /* ~3 MB: several 1 MiB windows */
+    static const char *const encs[] = {NULL, "latin-1"};
+    for (int e = 0; e < 2; e++) {
+        FILE *out = fopen(path, "wb");
+        assert_non_null(out);
+        fputs(e ? "Nom;Temp\xe9rature;;\r\n" : "Nom;Temp\xc3\xa9rature;;\r\n", out);
+        for (size_t i = 0; i < rows; i++)
+            fprintf(out, e ? "Z\xfcrich \xe9\xe9 %zu;%zu,5;;\r\n" : "\xe2\x82\xac\xe2\x82\xac %zu;%zu,5;;\r\n",
+                    i, i % 1000);
+        fclose(out);
+        qml_csv_opts o;
+        qml_csv_opts_init(&o);
+        o.sep = "auto";
+        o.decimal_comma = 1;
+        o.encoding = encs[e];
+        qn_err err;
+        qml_frame *f;
+        qml_read_report rep;
+        if (qml_csv_read_all(path, &o, &f, &rep, &err) < 0)
+            fail_msg("encoding %s: %s", encs[e] ? encs[e] : "utf-8", err.msg);
+        assert_int_equal(qml_frame_ncols(f), 2);
+        assert_string_equal(qml_frame_col(f, 1)->name, "Temp\xc3\xa9rature");
+        assert_int_equal(qml_frame_nrows(f), rows);
+        assert_int_equal(rep.rows_bad, 0);
+        char want[64];
+        for (size_t i = 0; i < rows; i += 997) {
+            snprintf(want, sizeof want, e ? "Z\xc3\xbcrich \xc3\xa9\xc3\xa9 %zu" : "\xe2\x82\xac\xe2\x82\xac %zu", i);
+            assert_string_equal(qml_col_str(qml_frame_col(f, 0), i), want);
+            assert_true(qml_frame_col(f, 1)->num[i] == (double)(i % 1000) + 0.5);
+        }
+        qml_frame_free(f);
+    }
+
+    /* A bad byte near the end: the stream fails there, naming line and offset. */
+    FILE *out = fopen(path, "wb");
+    assert_non_null(out);
+    fputs("a,b\n", out);
+    long off = 4;
+    for (size_t i = 0; i < rows; i++)
+        off += fprintf(out, "%zu,\xc3\xa9\n", i);
+    fputs("x,\xe9t\xe9\n", out);
+    fclose(out);
+    qn_err err;
+    qml_csv_reader *r = qml_csv_open(path, NULL, &err);
+    assert_non_null(r);
+    qml_frame *f;
+    int rc;
+    size_t got = 0;
+    while ((rc = qml_csv_next(r, 65536, &f, &err)) > 0) {
+        got += qml_frame_nrows(f);
+        qml_frame_free(f);
+    }
+    assert_int_equal(rc, QN_INVALID_ARGUMENT);
+    char want[96];
+    snprintf(want, sizeof want, "invalid UTF-8 at line %zu, byte offset %ld", rows + 2, off + 2);
+    if (!strstr(err.msg, want))
+        fail_msg("got \"%s\", want \"%s\"", err.msg, want);
+    assert_true(got < rows + 1);
+    qml_csv_close(r);
+    remove(path);
+    free(path);
+}
+
 int main(void)
 {
     /* Streaming first: ru_maxrss is a peak, so it must be measured before
@@ -546,6 +631,7 @@ int main(void)
         cmocka_unit_test(test_online_retail),
         cmocka_unit_test(test_adult),
         cmocka_unit_test(test_bike_sharing_crlf),
+        cmocka_unit_test(test_encodings_across_windows),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -90,7 +90,8 @@ static void test_bodies_refused_whole(void **state)
         {"{\"events\":[{\"a\":1}], \"x\":1}", QML_REC_JSON, "no other fields"},
         {"\n\n", QML_REC_NDJSON, "no rows"},
         {"a,a\n1,2\n", QML_REC_CSV, "twice"},
-        {"a b\n1\n", QML_REC_CSV, "field 1"},
+        {"a\x01b\n1\n", QML_REC_CSV, "field 1"},
+        {"a,b\n1,\xff\n", QML_REC_CSV, "invalid UTF-8 at line 2, byte offset 6"},
         {"a\n", QML_REC_CSV, "no rows"},
         {"", QML_REC_CSV, "empty"},
     };
@@ -190,8 +191,8 @@ static void test_schema_required_and_additional(void **state)
     parse_ok("{\"a\":[1],\"b\":\"7\",\"d\":\"x\",\"e\":1}", QML_REC_JSON, s, &b);
     assert_string_equal(row_text(&b, 0), "{\"a\":[1],\"b\":7,\"d\":\"x\",\"e\":1}");
     qml_rec_batch_free(&b);
-    /* Keys must be names. */
-    parse_ok("{\"b\":1,\"d\":\"x\",\"bad key\":1}", QML_REC_JSON, s, &b);
+    /* Keys must be column names: text without control characters. */
+    parse_ok("{\"b\":1,\"d\":\"x\",\"bad\\u0007key\":1}", QML_REC_JSON, s, &b);
     assert_int_equal(b.nbad, 1);
     qml_rec_batch_free(&b);
     qml_rec_schema_free(s);
@@ -340,6 +341,59 @@ static void test_depth_limit(void **state)
     }
 }
 
+/* A dataset's CSV dialect in its schema, and the request's options over it. */
+static void test_csv_dialect(void **state)
+{
+    (void)state;
+    qml_rec_schema *s = schema_of("{\"columns\":[{\"name\":\"Customer ID\",\"type\":\"categorical\"},"
+                                  "{\"name\":\"CO(GT)\",\"type\":\"numeric\"}],"
+                                  "\"csv\":{\"delimiter\":\"tab\",\"decimal_comma\":true,"
+                                  "\"encoding\":\"latin-1\",\"na\":[\"-200\",\"?\"],\"quote\":\"'\"}}");
+    json_t *back = qml_rec_schema_json(s);
+    char *text = json_dumps(back, JSON_COMPACT | JSON_SORT_KEYS);
+    assert_string_equal(text, "{\"additional_columns\":true,\"columns\":[{\"name\":\"Customer ID\",\"required\":false,"
+                              "\"type\":\"categorical\"},{\"name\":\"CO(GT)\",\"required\":false,\"type\":\"numeric\"}],"
+                              "\"csv\":{\"decimal_comma\":true,\"delimiter\":\"tab\",\"encoding\":\"latin-1\","
+                              "\"na\":[\"-200\",\"?\"],\"quote\":\"'\"}}");
+    free(text);
+    json_decref(back);
+    const char *body = "Customer ID\tCO(GT)\t\t\n'Z\xfcrich\t1'\t2,5\t\t\n?\t-200\t\t\n";
+    qml_rec_batch b;
+    parse_ok(body, QML_REC_CSV, s, &b);
+    assert_int_equal(b.nrows, 2);
+    assert_string_equal(row_text(&b, 0), "{\"CO(GT)\":2.5,\"Customer ID\":\"Z\xc3\xbcrich\\t1\"}");
+    assert_string_equal(row_text(&b, 1), "{\"CO(GT)\":null,\"Customer ID\":null}");
+    qml_rec_batch_free(&b);
+    /* The request's options win: here UTF-8, so the Latin-1 byte is refused. */
+    qml_rec_opts o;
+    qml_rec_opts_init(&o);
+    o.csv_encoding = "utf-8";
+    qn_err err;
+    qml_rec_batch_init(&b);
+    assert_int_equal(qml_rec_parse(body, strlen(body), QML_REC_CSV, s, &o, &b, &err), QN_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.msg, "invalid UTF-8 at line 2, byte offset 23"));
+    qml_rec_batch_free(&b);
+    qml_rec_schema_free(s);
+
+    static const char *const bad[][2] = {
+        {"{\"columns\":[],\"csv\":[]}", "csv must be an object"},
+        {"{\"columns\":[],\"csv\":{\"delimiter\":\":\"}}", "csv.delimiter"},
+        {"{\"columns\":[],\"csv\":{\"quote\":\"ab\"}}", "csv.quote"},
+        {"{\"columns\":[],\"csv\":{\"decimal_comma\":1}}", "csv.decimal_comma"},
+        {"{\"columns\":[],\"csv\":{\"encoding\":\"ebcdic\"}}", "csv.encoding"},
+        {"{\"columns\":[],\"csv\":{\"na\":\"NA\"}}", "csv.na"},
+        {"{\"columns\":[],\"csv\":{\"sep\":\";\"}}", "unknown field \"sep\""},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        json_t *doc = json_loads(bad[i][0], 0, NULL);
+        qml_rec_schema *t;
+        assert_int_equal(qml_rec_schema_parse(doc, &t, &err), QN_INVALID_ARGUMENT);
+        if (!strstr(err.msg, bad[i][1]))
+            fail_msg("case %zu: %s", i, err.msg);
+        json_decref(doc);
+    }
+}
+
 static void test_schema_parse_and_json(void **state)
 {
     (void)state;
@@ -350,7 +404,8 @@ static void test_schema_parse_and_json(void **state)
         {"{}", "columns must be an array"},
         {"{\"columns\":[{\"name\":\"a\",\"type\":\"text\"}]}", "column a: type"},
         {"{\"columns\":[{\"name\":\"a\"}]}", "type"},
-        {"{\"columns\":[{\"name\":\"-a\",\"type\":\"numeric\"}]}", "columns[0]"},
+        {"{\"columns\":[{\"name\":\"a\\nb\",\"type\":\"numeric\"}]}", "columns[0]"},
+        {"{\"columns\":[{\"name\":\"\",\"type\":\"numeric\"}]}", "columns[0]"},
         {"{\"columns\":[{\"name\":\"a\",\"type\":\"numeric\",\"x\":1}]}", "unknown field \"x\""},
         {"{\"columns\":[{\"name\":\"a\",\"type\":\"numeric\",\"required\":1}]}", "required"},
         {"{\"columns\":[],\"additional_columns\":\"no\"}", "additional_columns"},
@@ -476,6 +531,7 @@ int main(void)
         cmocka_unit_test(test_typing_cases),
         cmocka_unit_test(test_schema_required_and_additional),
         cmocka_unit_test(test_csv),
+        cmocka_unit_test(test_csv_dialect),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_depth_limit),
         cmocka_unit_test(test_schema_parse_and_json),
