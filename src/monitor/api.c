@@ -80,8 +80,8 @@ static int settings_apply(const json_t *o, mon_settings *s, qn_err *err)
         json_object_foreach((json_t *)methods, col, spec) {
             static const char *const keys[] = {"method", "threshold", NULL};
             const char *mname = "auto";
-            if (!*col || strlen(col) > 128)
-                return qn_err_set(err, QN_INVALID_ARGUMENT, "methods: column names are 1..128 bytes");
+            if (qn_colname_check("methods: column", col, err) < 0)
+                return err->code;
             if (!json_is_object(spec))
                 return qn_err_set(err, QN_INVALID_ARGUMENT, "methods.%s must be an object {method, threshold}", col);
             if (qn_json_only(spec, keys, err) < 0 || qn_json_str(spec, "method", 0, 32, &mname, err) < 0)
