@@ -427,8 +427,11 @@ def cases_ingest():
         Case(I, "PUT", "/v1/datasets/ev2/schema", {"columns": [{"type": "numeric"}]}),
         Case(I, "PUT", "/v1/datasets/ev2/schema", {"columns": [{"name": "a", "type": "numeric"}] * 2}),
         Case(I, "PUT", "/v1/datasets/ev2/schema", {"columns": [{"name": f"c{i}", "type": "numeric"} for i in range(257)]}),
-        Case(I, "PUT", "/v1/datasets/ev2/schema", {"columns": [{"name": "a b", "type": "numeric"}]}),
-        Case(I, "PUT", "/v1/datasets/ev2/schema", {"columns": [{"name": LONG, "type": "numeric"}]}),
+        # Column names are text as people write them ("Customer ID"): 1-256
+        # bytes of UTF-8 without control characters (docs/ingest.md).
+        Case(I, "PUT", "/v1/datasets/ev2/schema", {"columns": [{"name": "a\u0001b", "type": "numeric"}]}),
+        Case(I, "PUT", "/v1/datasets/ev2/schema", {"columns": [{"name": "a\tb", "type": "numeric"}]}),
+        Case(I, "PUT", "/v1/datasets/ev2/schema", {"columns": [{"name": "c" * 257, "type": "numeric"}]}),
         Case(I, "PUT", "/v1/datasets/ev2/schema", {"columns": [{"name": MB_CUT, "type": "numeric"}]}),
         Case(I, "PUT", "/v1/datasets/ev2/schema", b'{"columns":[{"name":"\xc3\x28","type":"numeric"}]}'),
         Case(I, "PUT", "/v1/datasets/ev2/schema", {"columns": [{"name": "a", "type": "numeric", "required": "yes"}]}),
