@@ -8,6 +8,7 @@
  * and each becomes one quern.feedback.received event (data = the record) in
  * the same transaction; quern-monitor joins them to predictions.
  */
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,18 +39,29 @@ static int present(const json_t *rec, const char *k)
     return v && !json_is_null(v) && !(json_is_string(v) && json_string_length(v) == 0);
 }
 
+/* snprintf for row messages that quote the record: cut on a character
+ * boundary, so the message stays valid UTF-8 (it goes into a JSON answer). */
+__attribute__((format(printf, 3, 4)))
+static void say(char *msg, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    qn_err_format_v(msg, cap, fmt, ap);
+    va_end(ap);
+}
+
 /* What the schema cannot say. 0, or 1 with msg filled. */
 static int check_record(const json_t *rec, char *msg, size_t cap)
 {
     qn_err e;
     if (qn_json_only(rec, fields, &e) < 0) {
-        snprintf(msg, cap, "%.100s (model, request_id, user, item, label, outcome, value, time)", e.msg);
+        say(msg, cap, "%s (model, request_id, user, item, label, outcome, value, time)", e.msg);
         return 1;
     }
     /* model names what monitor and the registry know by name: the same rules. */
     const char *model = json_string_value(json_object_get(rec, "model"));
     if (model && qn_name_check("model", model, &e) < 0) {
-        snprintf(msg, cap, "%.150s", e.msg);
+        say(msg, cap, "%s", e.msg);
         return 1;
     }
     if (!present(rec, "request_id") && !(present(rec, "user") && present(rec, "item"))) {

@@ -524,6 +524,9 @@ def cases_ingest():
         Case(I, "POST", "/v1/feedback", {"model": "m", "label": 1}, note="(no request_id, no user+item)"),
         Case(I, "POST", "/v1/feedback", {"model": "m", "user": "u", "label": 1}, note="(user without item)"),
         Case(I, "POST", "/v1/feedback", {"model": "m", "request_id": "r", "bogus": 1}),
+        # An unknown field with a long multi-byte name, quoted in the row message.
+        Case(I, "POST", "/v1/feedback", {"model": "m", "request_id": "r", "b" * 79 + "\u00e9" * 40: 1},
+             note="(unknown multi-byte field name, cut in the row message)"),
         Case(I, "POST", "/v1/feedback", {"model": "m", "request_id": "r", "label": {"a": 1}}),
         Case(I, "POST", "/v1/feedback", {"model": "m", "request_id": "r", "value": "x"}),
         Case(I, "POST", "/v1/feedback", {"model": "m", "request_id": "r", "time": "yesterday"}),
