@@ -314,25 +314,26 @@ out:
     return rc;
 }
 
-static int models_list(const void *opts)
+/* GETs path from the service svc and prints the array under key as a table
+ * of the given columns (JSON with --json). */
+static int get_table(const char *svc, const char *path, const char *key,
+                     const char *const *headers, const char *const *paths)
 {
-    (void)opts;
     json_t *out = NULL;
-    int rc = call("registry", "GET", "/v1/models?limit=1000", NULL, &out);
+    int rc = call(svc, "GET", path, NULL, &out);
     if (rc != CLI_OK)
         return rc;
-    static const char *const h[] = {"MODEL", "LATEST", "ALIASES", "UPDATED", NULL};
-    static const char *const p[] = {"name", "latest_version", "aliases", "updated_at"};
-    cli_print_table(json_object_get(out, "models"), h, p);
+    cli_print_table(json_object_get(out, key), headers, paths);
     json_decref(out);
     return CLI_OK;
 }
 
-static int models_show(const void *opts)
+/* GETs path from the service svc and prints the object as key/value lines
+ * (JSON with --json). */
+static int get_kv(const char *svc, const char *path)
 {
-    const name_opts *o = opts;
     json_t *out = NULL;
-    int rc = call("registry", "GET", cli_printf("/v1/models/%s", cli_enc(o->name)), NULL, &out);
+    int rc = call(svc, "GET", path, NULL, &out);
     if (rc != CLI_OK)
         return rc;
     cli_print_kv(out);
@@ -340,18 +341,26 @@ static int models_show(const void *opts)
     return CLI_OK;
 }
 
+static int models_list(const void *opts)
+{
+    (void)opts;
+    static const char *const h[] = {"MODEL", "LATEST", "ALIASES", "UPDATED", NULL};
+    static const char *const p[] = {"name", "latest_version", "aliases", "updated_at"};
+    return get_table("registry", "/v1/models?limit=1000", "models", h, p);
+}
+
+static int models_show(const void *opts)
+{
+    const name_opts *o = opts;
+    return get_kv("registry", cli_printf("/v1/models/%s", cli_enc(o->name)));
+}
+
 static int models_versions(const void *opts)
 {
     const name_opts *o = opts;
-    json_t *out = NULL;
-    int rc = call("registry", "GET", cli_printf("/v1/models/%s/versions?limit=1000", cli_enc(o->name)), NULL, &out);
-    if (rc != CLI_OK)
-        return rc;
     static const char *const h[] = {"VERSION", "STATUS", "ALIASES", "DATASET", "CREATED", "METRICS", NULL};
     static const char *const p[] = {"version", "status", "aliases", "dataset", "created_at", "metrics"};
-    cli_print_table(json_object_get(out, "versions"), h, p);
-    json_decref(out);
-    return CLI_OK;
+    return get_table("registry", cli_printf("/v1/models/%s/versions?limit=1000", cli_enc(o->name)), "versions", h, p);
 }
 
 typedef struct promote_opts {
@@ -802,27 +811,15 @@ static const cli_opt pipeline_put_table[] = {
 static int pipelines_list(const void *opts)
 {
     (void)opts;
-    json_t *out = NULL;
-    int rc = call("prep", "GET", "/v1/pipelines", NULL, &out);
-    if (rc != CLI_OK)
-        return rc;
     static const char *const h[] = {"PIPELINE", "SOURCE", "OUTPUT", "TRIGGER", NULL};
     static const char *const p[] = {"name", "source", "output", "trigger.kind"};
-    cli_print_table(json_object_get(out, "pipelines"), h, p);
-    json_decref(out);
-    return CLI_OK;
+    return get_table("prep", "/v1/pipelines", "pipelines", h, p);
 }
 
 static int pipelines_show(const void *opts)
 {
     const name_opts *o = opts;
-    json_t *out = NULL;
-    int rc = call("prep", "GET", cli_printf("/v1/pipelines/%s", cli_enc(o->name)), NULL, &out);
-    if (rc != CLI_OK)
-        return rc;
-    cli_print_kv(out);
-    json_decref(out);
-    return CLI_OK;
+    return get_kv("prep", cli_printf("/v1/pipelines/%s", cli_enc(o->name)));
 }
 
 static int pipelines_put(const void *opts)
@@ -1040,27 +1037,15 @@ static const cli_opt job_id_table[] = {
 static int jobs_list(const void *opts)
 {
     (void)opts;
-    json_t *out = NULL;
-    int rc = call("train", "GET", "/v1/jobs?limit=100", NULL, &out);
-    if (rc != CLI_OK)
-        return rc;
     static const char *const h[] = {"JOB", "MODEL", "KIND", "STATE", "CREATED", "VERSION", "OUTCOME", NULL};
     static const char *const p[] = {"id", "model", "kind", "state", "created_at", "result.version", "result.outcome"};
-    cli_print_table(json_object_get(out, "jobs"), h, p);
-    json_decref(out);
-    return CLI_OK;
+    return get_table("train", "/v1/jobs?limit=100", "jobs", h, p);
 }
 
 static int jobs_show(const void *opts)
 {
     const name_opts *o = opts;
-    json_t *out = NULL;
-    int rc = call("train", "GET", cli_printf("/v1/jobs/%s", cli_enc(o->name)), NULL, &out);
-    if (rc != CLI_OK)
-        return rc;
-    cli_print_kv(out);
-    json_decref(out);
-    return CLI_OK;
+    return get_kv("train", cli_printf("/v1/jobs/%s", cli_enc(o->name)));
 }
 
 static int jobs_follow(const void *opts)
