@@ -611,7 +611,7 @@ static void load_cached_models(serve *s)
  * (with zero models when none is promoted yet). */
 static void list_registry(serve *s)
 {
-    char path[1024] = "/v1/models?limit=1000";
+    char path[1024] = "/v1/models?limit=100";
     int first = !atomic_load(&s->synced);
     serve_model *found[SERVE_MAX_MODELS];
     size_t nfound = 0;
@@ -637,7 +637,7 @@ static void list_registry(serve *s)
         const char *tok = json_string_value(json_object_get(doc, "next_page_token"));
         int more = tok && *tok && strlen(tok) < sizeof path - 64;
         if (more)
-            snprintf(path, sizeof path, "/v1/models?limit=1000&page_token=%s", tok);
+            snprintf(path, sizeof path, "/v1/models?limit=100&page_token=%s", tok);
         json_decref(doc);
         if (!more)
             break;
