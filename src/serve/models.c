@@ -684,10 +684,15 @@ static void *follower_main(void *arg)
         pthread_mutex_lock(&s->fmu);
         if (s->stopping || s->kick)
             continue;
+        /* Until the registry's list was read once (it may start after us),
+         * retry every second rather than every poll: readiness waits on it. */
+        long long wait = s->cfg->poll_ms;
+        if (s->follow_all && !atomic_load(&s->synced) && wait > 1000)
+            wait = 1000;
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        long long ns = ts.tv_nsec + (s->cfg->poll_ms % 1000) * 1000000LL;
-        ts.tv_sec += s->cfg->poll_ms / 1000 + ns / 1000000000LL;
+        long long ns = ts.tv_nsec + (wait % 1000) * 1000000LL;
+        ts.tv_sec += wait / 1000 + ns / 1000000000LL;
         ts.tv_nsec = ns % 1000000000LL;
         while (!s->stopping && !s->kick)
             if (pthread_cond_timedwait(&s->fcv, &s->fmu, &ts) == ETIMEDOUT)
