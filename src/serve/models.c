@@ -612,7 +612,7 @@ static void load_cached_models(serve *s)
 static void list_registry(serve *s)
 {
     char path[1024] = "/v1/models?limit=100";
-    int first = !atomic_load(&s->synced);
+    int first = !s->listed;
     serve_model *found[SERVE_MAX_MODELS];
     size_t nfound = 0;
     for (int page = 0; page < 10000; page++) {
@@ -644,6 +644,7 @@ static void list_registry(serve *s)
     }
     if (!first)
         return;
+    s->listed = 1;
     for (size_t i = 0; i < nfound; i++) {
         pthread_mutex_lock(&found[i]->mu);
         found[i]->required = 1;

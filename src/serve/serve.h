@@ -123,6 +123,7 @@ typedef struct serve {
     /* follow_all: 1 once the registry's list was read (or the cache gave a
      * model), so readiness can be decided. */
     atomic_int synced;
+    int listed;             /* follow_all: the registry's list was read once (follower only) */
     double default_rate;    /* the sample rate of slots added later */
     char *cache_dir;        /* <data>/cache */
     char instance[80];
