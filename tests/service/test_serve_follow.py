@@ -193,6 +193,25 @@ class FollowTest(unittest.TestCase):
         st, _, body = self.serve.request("GET", "/v1/models")
         self.assertEqual([m["name"] for m in body["models"]], ["a"])
 
+    def test_per_model_flags_name_models_not_promoted_yet(self):
+        # Without --models these name models that do not exist yet: no error,
+        # and they apply once the model is promoted.
+        self.start_serve("--batching", "later:8:100", "--log-sample-rates", "later:1")
+        body = self.assertReady()  # the slot made for the flags holds nothing back
+        self.publish("later")
+        self.wait_serving("later", 1, 10)
+        self.assertReady()
+        st, _, body = self.serve.request("GET", "/v1/models")
+        self.assertEqual([m["name"] for m in body["models"]], ["later"])
+        # With --models, a name outside the list is still a start error.
+        os.makedirs(os.path.join(self.home, "serve2"))
+        st = Service("serve", data=os.path.join(self.home, "serve2"), env=self.env,
+                     args=["--models", "a", "--batching", "later:8:100", "--grpc-listen", "off",
+                           "--registry", f"http://127.0.0.1:{self.reg.port}"])
+        with self.assertRaises(RuntimeError) as cm:
+            st.start(timeout=30)
+        self.assertIn("--batching: model later is not in --models", str(cm.exception))
+
     def test_removed_alias_keeps_the_last_good_version(self):
         self.publish("kept")
         self.start_serve(poll="200ms")
