@@ -262,15 +262,19 @@ static int service_live(const cli_service *s)
     return rc == 200;
 }
 
-/* Waits until every service is ready, except serve, which only has to be
- * alive: it turns ready once each model it serves has a version, and on a
- * fresh machine no model has one before the first training. */
+/* Waits until every service is ready. Serve without QUERN_MODELS follows
+ * every model's production alias and is ready once it has read the
+ * registry's list, with zero models on a fresh machine. With QUERN_MODELS it
+ * turns ready only once each model named there has a version, which none has
+ * before the first training, so then it only has to be alive. */
 static int wait_ready(int64_t timeout_ms)
 {
     int64_t deadline = now_ms() + timeout_ms;
+    const char *models = getenv("QUERN_MODELS");
+    int listed = models && *models;
     for (size_t i = 0; i < g_nchildren; i++) {
         const cli_service *s = g_children[i].svc;
-        int serve = strcmp(s->name, "serve") == 0;
+        int serve = listed && strcmp(s->name, "serve") == 0;
         while (!(serve ? service_live(s) : service_ready(s, NULL))) {
             if (now_ms() > deadline || g_stop) {
                 cli_err("quern-%s is not %s after %lld s; its log: %s/logs/%s.log", s->name,
@@ -366,7 +370,7 @@ static int up(const void *opts)
             json_decref(running);
             if (wait_ready(READY_TIMEOUT_MS) < 0)
                 return CLI_FAILED;
-            status_table(); /* serve may still wait for its first model version */
+            status_table(); /* with QUERN_MODELS, serve may still wait for a first version */
             return CLI_OK;
         }
         setsid();

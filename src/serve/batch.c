@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "core/log.h"
+#include "core/validate.h"
 #include "serve/serve.h"
 
 typedef struct waiter {
@@ -230,8 +231,19 @@ int serve_batching_setup(serve *s, const char *spec, qn_err *err)
                             tok);
             break;
         }
-        serve_model *m = serve_model_find(s, name);
-        if (!m) {
+        /* Without --models the named model gets its slot now, batching
+         * ready for when it is promoted. */
+        serve_model *m;
+        if (s->follow_all) {
+            if ((rc = qn_name_check("model", name, err)) < 0) {
+                qn_err_wrap(err, "--batching");
+                break;
+            }
+            if (!(m = serve_model_add(s, name, "production"))) {
+                rc = qn_err_set(err, QN_INVALID_ARGUMENT, "--batching: too many models");
+                break;
+            }
+        } else if (!(m = serve_model_find(s, name))) {
             rc = qn_err_set(err, QN_INVALID_ARGUMENT, "--batching: model %s is not in --models",
                             name);
             break;

@@ -1,7 +1,8 @@
 /*
  * main.c - quern-serve: configuration, start and stop (DESIGN.md section 5).
  *
- * Serves the models named by --models over REST (rest.c, on the shared HTTP
+ * Serves the models named by --models (without it: the production alias of
+ * every model in the registry, models.c) over REST (rest.c, on the shared HTTP
  * server of core/service.h) and gRPC (grpc_server.c on --grpc-listen), both
  * answered by one backend (backend.c) over the model manager (models.c).
  * The gRPC port follows REST's auth rules with the same token.
@@ -17,6 +18,7 @@
 #include "core/json.h"
 #include "core/log.h"
 #include "core/service.h"
+#include "core/validate.h"
 #include "serve/grpc_server.h"
 #include "serve/serve.h"
 
@@ -27,7 +29,7 @@ static const qn_cfg_opt opts[] = {
      offsetof(serve_cfg, grpc_listen)},
     {"models", "QUERN_MODELS", QN_CFG_STRING, NULL, 0, 0,
      "Models to serve and the alias each follows: NAME[@ALIAS][,NAME[@ALIAS]...] "
-     "(alias default production)",
+     "(alias default production; unset: every model's production alias)",
      offsetof(serve_cfg, models)},
     {"instance", "QUERN_INSTANCE", QN_CFG_STRING, NULL, 0, 0,
      "This replica's name; its bus group is serve-<instance> (default: an id kept in --data)",
@@ -78,6 +80,7 @@ static int sample_rates(serve *s, qn_err *err)
     int rc = parse_rate("--log-sample-rate", s->cfg->log_sample_rate, &def, err);
     if (rc < 0)
         return rc;
+    s->default_rate = def;
     for (size_t i = 0; i < s->nmodels; i++)
         s->models[i].sample_rate = def;
     if (!s->cfg->sample_rates || !*s->cfg->sample_rates)
@@ -95,10 +98,19 @@ static int sample_rates(serve *s, qn_err *err)
             break;
         }
         *colon = '\0';
-        if (!(m = serve_model_find(s, tok)))
+        if (s->follow_all) {
+            /* A slot now, so the rate is there when the model is promoted. */
+            if ((rc = qn_name_check("model", tok, err)) < 0) {
+                qn_err_wrap(err, "--log-sample-rates");
+                break;
+            }
+            if (!(m = serve_model_add(s, tok, "production")))
+                rc = qn_err_set(err, QN_INVALID_ARGUMENT, "--log-sample-rates: too many models");
+        } else if (!(m = serve_model_find(s, tok))) {
             rc = qn_err_set(err, QN_INVALID_ARGUMENT,
                             "--log-sample-rates: model %s is not in --models", tok);
-        else
+        }
+        if (rc == 0)
             rc = parse_rate("--log-sample-rates", colon + 1, &m->sample_rate, err);
     }
     free(copy);
@@ -127,11 +139,6 @@ static int serve_start(qn_service_ctx *ctx, qn_err *err)
     s->cfg = cfg;
     s->metrics = ctx->metrics;
     int rc;
-    if (!cfg->models) {
-        rc = qn_err_set(err, QN_INVALID_ARGUMENT,
-                        "no models to serve: set --models NAME[@ALIAS],... or QUERN_MODELS");
-        goto fail;
-    }
     if ((rc = serve_models_parse(s, cfg->models, err)) < 0 || (rc = sample_rates(s, err)) < 0 ||
         (rc = serve_batching_setup(s, cfg->batching, err)) < 0)
         goto fail;
@@ -218,7 +225,9 @@ static int serve_ready(void *ud, const char **reason)
     serve_main *sm = ud;
     if (serve_all_ready(&sm->s))
         return 1;
-    *reason = "not every model has a version loaded yet (GET /v2/health/ready lists them)";
+    *reason = sm->s.follow_all && !atomic_load(&sm->s.synced)
+                  ? "the registry's model list has not been read yet"
+                  : "not every model has a version loaded yet (GET /v2/health/ready lists them)";
     return 0;
 }
 

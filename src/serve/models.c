@@ -40,11 +40,39 @@
 
 /* ---- parsing --models ------------------------------------------------------ */
 
+/* Sets up slot nmodels for name@alias and counts it. The caller holds amu
+ * (or is alone: parsing) and checked name, alias and room. */
+static serve_model *slot_add(serve *s, const char *name, const char *alias, int required)
+{
+    size_t n = atomic_load(&s->nmodels);
+    serve_model *m = &s->models[n];
+    memset(m, 0, sizeof *m);
+    m->name = strdup(name);
+    m->alias = strdup(alias);
+    if (!m->name || !m->alias) {
+        free(m->name);
+        free(m->alias);
+        return NULL;
+    }
+    pthread_mutex_init(&m->mu, NULL);
+    m->state = "loading";
+    m->sample_rate = s->default_rate;
+    m->required = required;
+    atomic_store(&s->nmodels, n + 1); /* publishes the slot to request threads */
+    return m;
+}
+
 int serve_models_parse(serve *s, const char *spec, qn_err *err)
 {
-    if (!spec || !*spec)
+    pthread_mutex_init(&s->amu, NULL);
+    if (!spec) {
+        s->follow_all = 1;
+        return 0;
+    }
+    if (!*spec)
         return qn_err_set(err, QN_INVALID_ARGUMENT,
-                          "--models is empty: name at least one model (NAME[@ALIAS],...)");
+                          "--models is empty: name at least one model (NAME[@ALIAS],...), or "
+                          "leave it unset to serve every model's production alias");
     char *copy = strdup(spec), *save = NULL;
     if (!copy)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
@@ -72,19 +100,10 @@ int serve_models_parse(serve *s, const char *spec, qn_err *err)
                             SERVE_MAX_MODELS);
             break;
         }
-        serve_model *m = &s->models[s->nmodels];
-        memset(m, 0, sizeof *m);
-        m->name = strdup(tok);
-        m->alias = strdup(alias);
-        if (!m->name || !m->alias) {
-            free(m->name);
-            free(m->alias);
+        if (!slot_add(s, tok, alias, 1)) {
             rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
             break;
         }
-        pthread_mutex_init(&m->mu, NULL);
-        m->state = "loading";
-        s->nmodels++;
     }
     free(copy);
     if (rc == 0 && s->nmodels == 0)
@@ -92,9 +111,30 @@ int serve_models_parse(serve *s, const char *spec, qn_err *err)
     return rc;
 }
 
+serve_model *serve_model_add(serve *s, const char *name, const char *alias)
+{
+    qn_err err;
+    if (qn_name_check("model", name, &err) < 0)
+        return NULL;
+    pthread_mutex_lock(&s->amu);
+    serve_model *m = serve_model_find(s, name);
+    if (!m) {
+        if (s->nmodels == SERVE_MAX_MODELS)
+            qn_log_warn(NULL, "every model slot is taken; not serving this model", "{s:s, s:i}",
+                        "model", name, "max", SERVE_MAX_MODELS);
+        else if (!(m = slot_add(s, name, alias, 0)))
+            qn_log_warn(NULL, "out of memory adding a model", "{s:s}", "model", name);
+        else
+            qn_log_info(NULL, "model added", "{s:s, s:s}", "model", name, "alias", alias);
+    }
+    pthread_mutex_unlock(&s->amu);
+    return m;
+}
+
 serve_model *serve_model_find(serve *s, const char *name)
 {
-    for (size_t i = 0; i < s->nmodels; i++)
+    size_t n = atomic_load(&s->nmodels);
+    for (size_t i = 0; i < n; i++)
         if (strcmp(s->models[i].name, name) == 0)
             return &s->models[i];
     return NULL;
@@ -533,15 +573,102 @@ static void follow_one(serve *s, serve_model *m)
     qn_span_end(&span);
 }
 
+/* Without --models: a slot for every model whose last good version is in
+ * the cache, loaded from it, so serve serves them while the registry is
+ * down. Those that load count toward readiness. */
+static void load_cached_models(serve *s)
+{
+    DIR *d = opendir(s->cache_dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char *path = NULL;
+        qn_err err;
+        if (qn_name_check("model", e->d_name, &err) < 0 ||
+            asprintf(&path, "%s/%s/last_good.json", s->cache_dir, e->d_name) < 0)
+            continue;
+        int cached = access(path, F_OK) == 0;
+        free(path);
+        serve_model *m = cached ? serve_model_add(s, e->d_name, "production") : NULL;
+        if (!m)
+            continue;
+        load_from_cache(s, m);
+        pthread_mutex_lock(&m->mu);
+        if (m->cur) {
+            m->required = 1;
+            atomic_store(&s->synced, 1);
+        }
+        pthread_mutex_unlock(&m->mu);
+    }
+    if (d)
+        closedir(d);
+}
+
+/* Without --models: reads every page of GET /v1/models and adds a slot for
+ * each model that has a production alias. The first complete read makes
+ * those models required for readiness and the service able to turn ready
+ * (with zero models when none is promoted yet). */
+static void list_registry(serve *s)
+{
+    char path[1024] = "/v1/models?limit=100";
+    int first = !s->listed;
+    serve_model *found[SERVE_MAX_MODELS];
+    size_t nfound = 0;
+    for (int page = 0; page < 10000; page++) {
+        json_t *doc = NULL;
+        qn_err err;
+        if (qn_client_json(s->registry, "GET", path, NULL, NULL, &doc, &err) < 0) {
+            qn_log(page ? QN_LOG_WARN : QN_LOG_DEBUG, NULL,
+                   "cannot list the registry's models; retrying at the next poll", "{s:s}",
+                   "error", err.msg);
+            return;
+        }
+        size_t i;
+        json_t *mj;
+        json_array_foreach(json_object_get(doc, "models"), i, mj) {
+            const char *name = json_string_value(json_object_get(mj, "name"));
+            json_t *pv = json_object_get(json_object_get(mj, "aliases"), "production");
+            serve_model *m = name && json_is_integer(pv) ? serve_model_add(s, name, "production")
+                                                         : NULL;
+            if (m && nfound < SERVE_MAX_MODELS)
+                found[nfound++] = m;
+        }
+        const char *tok = json_string_value(json_object_get(doc, "next_page_token"));
+        int more = tok && *tok && strlen(tok) < sizeof path - 64;
+        if (more)
+            snprintf(path, sizeof path, "/v1/models?limit=100&page_token=%s", tok);
+        json_decref(doc);
+        if (!more)
+            break;
+    }
+    if (!first)
+        return;
+    s->listed = 1;
+    for (size_t i = 0; i < nfound; i++) {
+        pthread_mutex_lock(&found[i]->mu);
+        found[i]->required = 1;
+        pthread_mutex_unlock(&found[i]->mu);
+    }
+    atomic_store(&s->synced, 1);
+    qn_log_info(NULL, "following every model's production alias", "{s:I}", "models",
+                (json_int_t)nfound);
+}
+
 static void *follower_main(void *arg)
 {
     serve *s = arg;
-    for (size_t i = 0; i < s->nmodels; i++)
-        load_from_cache(s, &s->models[i]);
+    if (s->follow_all)
+        load_cached_models(s);
+    else
+        for (size_t i = 0; i < s->nmodels; i++)
+            load_from_cache(s, &s->models[i]);
     pthread_mutex_lock(&s->fmu);
     while (!s->stopping) {
         s->kick = 0;
         pthread_mutex_unlock(&s->fmu);
+        if (s->follow_all)
+            list_registry(s);
         for (size_t i = 0; i < s->nmodels; i++) {
             pthread_mutex_lock(&s->fmu);
             int stop = s->stopping;
@@ -558,10 +685,15 @@ static void *follower_main(void *arg)
         pthread_mutex_lock(&s->fmu);
         if (s->stopping || s->kick)
             continue;
+        /* Until the registry's list was read once (it may start after us),
+         * retry every second rather than every poll: readiness waits on it. */
+        long long wait = s->cfg->poll_ms;
+        if (s->follow_all && !atomic_load(&s->synced) && wait > 1000)
+            wait = 1000;
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        long long ns = ts.tv_nsec + (s->cfg->poll_ms % 1000) * 1000000LL;
-        ts.tv_sec += s->cfg->poll_ms / 1000 + ns / 1000000000LL;
+        long long ns = ts.tv_nsec + (wait % 1000) * 1000000LL;
+        ts.tv_sec += wait / 1000 + ns / 1000000000LL;
         ts.tv_nsec = ns % 1000000000LL;
         while (!s->stopping && !s->kick)
             if (pthread_cond_timedwait(&s->fcv, &s->fmu, &ts) == ETIMEDOUT)
@@ -586,6 +718,10 @@ static int on_promoted(const qn_msg *msg, void *ud, qn_err *err)
     const char *model = json_string_value(json_object_get(data, "model"));
     const char *alias = json_string_value(json_object_get(data, "alias"));
     serve_model *m = model ? serve_model_find(s, model) : NULL;
+    /* Without --models, a model first promoted after start gets its slot
+     * here, and the kick below loads it now rather than at the next poll. */
+    if (!m && model && s->follow_all && alias && strcmp(alias, "production") == 0)
+        m = serve_model_add(s, model, "production");
     if (m && alias && strcmp(alias, m->alias) == 0) {
         qn_log_info(NULL, "promotion received", "{s:s, s:s, s:O}", "model", model, "alias", alias,
                     "version", json_object_get(data, "version"));
@@ -693,14 +829,19 @@ void serve_models_stop(serve *s)
         pthread_mutex_destroy(&m->mu);
     }
     s->nmodels = 0;
+    pthread_mutex_destroy(&s->amu);
 }
 
 int serve_all_ready(serve *s)
 {
+    if (s->follow_all && !atomic_load(&s->synced))
+        return 0;
     for (size_t i = 0; i < s->nmodels; i++) {
         serve_model *m = &s->models[i];
         pthread_mutex_lock(&m->mu);
-        int ok = m->cur != NULL;
+        /* Without --models one bad version (refused, nothing cached) does not
+         * hold every other model's traffic back. */
+        int ok = !m->required || m->cur != NULL || (s->follow_all && m->refused);
         pthread_mutex_unlock(&m->mu);
         if (!ok)
             return 0;

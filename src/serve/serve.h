@@ -38,7 +38,10 @@
 #include "ml/model.h"
 #include "serve/oip.h"
 
-#define SERVE_MAX_MODELS 64
+/* Slots are never freed while serve runs (a model whose alias goes away
+ * keeps its slot), so the table only grows: append-only, published by
+ * nmodels (see serve_model_add). */
+#define SERVE_MAX_MODELS 1024
 
 typedef struct serve_cfg {
     qn_common_cfg common;
@@ -102,12 +105,26 @@ typedef struct serve_model {
      * mu): the follower's next round for this model continues it. */
     qn_trace_ctx promo_trace;
     int has_promo_trace;
+    /* Counts toward readiness: every --models entry; without --models, the
+     * models promoted when serve started (or found in the cache). */
+    int required;
 } serve_model;
 
 typedef struct serve {
     serve_cfg *cfg;
     serve_model models[SERVE_MAX_MODELS];
-    size_t nmodels;
+    /* Slots in use. Request threads read it without a lock: a slot is fully
+     * set up before the store that counts it (amu serialises the adders). */
+    atomic_size_t nmodels;
+    pthread_mutex_t amu;
+    /* No --models: follow the production alias of every model the registry
+     * lists, adding a slot when a model is first promoted. */
+    int follow_all;
+    /* follow_all: 1 once the registry's list was read (or the cache gave a
+     * model), so readiness can be decided. */
+    atomic_int synced;
+    int listed;             /* follow_all: the registry's list was read once (follower only) */
+    double default_rate;    /* the sample rate of slots added later */
     char *cache_dir;        /* <data>/cache */
     char instance[80];
     qn_client *registry;
@@ -129,8 +146,12 @@ typedef struct serve {
 /* ---- models.c ----------------------------------------------------------- */
 
 /* Parses --models into s->models (names checked, alias default production).
+ * spec NULL: no list, follow the production alias of every model (follow_all).
  * 0 or QN_INVALID_ARGUMENT naming the entry at fault. */
 int serve_models_parse(serve *s, const char *spec, qn_err *err);
+/* The slot of name (following alias), added when missing. Thread-safe; NULL
+ * when every slot is taken (logged). */
+serve_model *serve_model_add(serve *s, const char *name, const char *alias);
 /* Starts following: loads the cached last good versions, then the registry's,
  * on a background thread; subscribes to quern.model.promoted. */
 int serve_models_start(serve *s, qn_err *err);
@@ -140,7 +161,9 @@ serve_model *serve_model_find(serve *s, const char *name);
 /* The served version with a reference taken, or NULL when none is loaded. */
 serve_version *serve_acquire(serve_model *m);
 void serve_release(serve_version *v);
-/* 1 when every configured model has a version loaded. */
+/* 1 when every required model has a version loaded (without --models: once
+ * the registry was read and the models promoted then are loaded or refused;
+ * zero models promoted is ready). */
 int serve_all_ready(serve *s);
 /* {"model":{"version","alias","state","source","last_refusal"}} for status answers. */
 json_t *serve_model_status(serve_model *m);

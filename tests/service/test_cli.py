@@ -101,6 +101,30 @@ class CliTest(unittest.TestCase):
         with self.assertRaises(ProcessLookupError):
             os.kill(restarted, 0)
 
+    def test_up_without_models_list(self):
+        """quern up with no QUERN_MODELS: serve follows every model's production
+        alias, so every service (serve too) is ready at once, none restarting."""
+        self.env.pop("QUERN_MODELS", None)
+        t0 = time.time()
+        rc, out, err = self.quern("up", "--detach")
+        took = time.time() - t0
+        self.assertEqual(rc, 0, err)
+        self.assertLess(took, 45, "quern up --detach must not wait for serve's timeout")
+        rc, st = self.status()
+        self.assertEqual(rc, 0, st)
+        self.assertIn("serve", st)
+        for name, svc in st.items():
+            self.assertTrue(svc["ready"], (name, svc))
+        pid = st["serve"]["pid"]
+        time.sleep(3)  # a crash-looping serve would have exited and restarted by now
+        rc, st = self.status()
+        self.assertTrue(st["serve"]["ready"], st["serve"])
+        self.assertEqual(st["serve"]["pid"], pid)
+        self.assertEqual(st["serve"]["restarts"], 0)
+        # Ready with zero models: serve's own answer says so.
+        body = self.api(5, "/v2/health/ready")
+        self.assertEqual(body, {"ready": True, "models": {}})
+
     def test_models_commands_and_exit_codes(self):
         rc, out, err = self.quern("models", "list")
         self.assertEqual(rc, 1, "registry down is a failure")
