@@ -108,6 +108,9 @@ int al_rules_inherit(al_rules *rs, const al_rules *old, qn_err *err);
 /* The rules as they may be shown: the document with every secret "(set)" and
  * every URL redacted (qn_url_redact). New reference; NULL when out of memory. */
 json_t *al_rules_public(const al_rules *rs);
+/* Replaces the URL string at key of obj with its redacted form
+ * (qn_url_redact); a no-op when obj is NULL or has no string there. */
+void al_redact_url(json_t *obj, const char *key);
 void al_rules_free(al_rules *r);
 /* Value at a dotted path ("data.model") of root, borrowed, or NULL. */
 const json_t *al_path(const json_t *root, const char *path);

@@ -36,16 +36,6 @@ int al_fail(qn_req *req, qn_res *res, const qn_err *err)
     return qn_res_error(res, QN_INTERNAL, "internal error");
 }
 
-/* Redacts the URL at key of obj (no-op when there is none). */
-static void redact_url(json_t *obj, const char *key)
-{
-    const char *v = json_string_value(json_object_get(obj, key));
-    char *r = v ? qn_url_redact(v) : NULL;
-    if (r)
-        json_object_set_new(obj, key, json_string(r));
-    free(r);
-}
-
 #define ALERT_COLS "id, rule, dedupe_key, state, severity, summary, evidence, count, fired_at, last_seen, resolved_at, resolved_by"
 
 static json_t *alert_row(qn_conn *c, qn_stmt *st, qn_err *err)
@@ -57,7 +47,7 @@ static json_t *alert_row(qn_conn *c, qn_stmt *st, qn_err *err)
                           qn_json_time(qn_col_int64(st, 8)), "last_seen", qn_json_time(qn_col_int64(st, 9)),
                           "resolved_at", qn_col_is_null(st, 10) ? json_null() : qn_json_time(qn_col_int64(st, 10)),
                           "resolved_by", qn_col_is_null(st, 11) ? json_null() : json_string(qn_col_text(st, 11)));
-    redact_url(json_object_get(a, "evidence"), "url");  /* metric rules */
+    al_redact_url(json_object_get(a, "evidence"), "url");  /* metric rules */
     json_t *acts = json_array();
     qn_stmt *as = qn_prepare(c, "SELECT id, type, status, attempts, last_error, detail, updated_at FROM actions "
                                 "WHERE alert_id = ? ORDER BY idx", err);
@@ -74,7 +64,7 @@ static json_t *alert_row(qn_conn *c, qn_stmt *st, qn_err *err)
                                 qn_json_time(qn_col_int64(as, 6)), "detail", qn_json_from_text(qn_col_text(as, 5)));
         if (!qn_col_is_null(as, 4))
             json_object_set_new(one, "last_error", json_string(qn_col_text(as, 4)));
-        redact_url(json_object_get(one, "detail"), "url");
+        al_redact_url(json_object_get(one, "detail"), "url");
         json_array_append_new(acts, one);
     }
     json_object_set_new(a, "actions", acts);

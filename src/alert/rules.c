@@ -643,8 +643,7 @@ int al_rules_inherit(al_rules *rs, const al_rules *old, qn_err *err)
     return 0;
 }
 
-/* Redacts the string at key of obj in place. */
-static void redact_in(json_t *obj, const char *key)
+void al_redact_url(json_t *obj, const char *key)
 {
     const char *v = json_string_value(json_object_get(obj, key));
     char *r = v ? qn_url_redact(v) : NULL;
@@ -659,9 +658,9 @@ json_t *al_rules_public(const al_rules *rs)
     size_t i, j;
     json_t *rule, *act;
     json_array_foreach(list, i, rule) {
-        redact_in(json_object_get(json_object_get(rule, "on"), "metric"), "url");
+        al_redact_url(json_object_get(json_object_get(rule, "on"), "metric"), "url");
         json_array_foreach(json_object_get(rule, "actions"), j, act) {
-            redact_in(act, "url");
+            al_redact_url(act, "url");
             if (json_object_get(act, "secret"))
                 json_object_set_new(act, "secret", json_string(AL_SECRET_SET));
         }

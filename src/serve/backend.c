@@ -309,11 +309,7 @@ static int inputs_in_order(const serve_version *v, const oip_infer_request *rq)
  * checks: most likely a misspelt column, which they name). */
 static const oip_tensor *tensor_input(const serve_version *v, const oip_infer_request *rq)
 {
-    int named_col = 0;
-    for (size_t j = 0; j < v->ninputs; j++)
-        if (strcmp(v->inputs[j].name, SERVE_TENSOR_INPUT) == 0)
-            named_col = 1;
-    if (!named_col) {
+    if (!v->tensor_col) {
         const oip_tensor *t = find_input(rq, SERVE_TENSOR_INPUT);
         if (t)
             return t;

@@ -223,9 +223,10 @@ static serve_version *version_load(serve *s, const char *dir, int64_t version,
         snprintf(fname, sizeof fname, "f%zu", i);
         if (v->inputs[i].datatype == OIP_BYTES)
             v->numeric = v->unnamed = 0;
-        if (strcmp(v->inputs[i].name, fname) != 0 ||
-            strcmp(v->inputs[i].name, SERVE_TENSOR_INPUT) == 0)
+        if (strcmp(v->inputs[i].name, fname) != 0)
             v->unnamed = 0;
+        if (strcmp(v->inputs[i].name, SERVE_TENSOR_INPUT) == 0)
+            v->tensor_col = 1;
     }
     v->tensor_in = (oip_tensor_meta){SERVE_TENSOR_INPUT, OIP_FP32, 2, {-1, (int64_t)v->ninputs}};
     v->k = 10;

@@ -79,9 +79,11 @@ typedef struct serve_version {
     /* Tabular models whose inputs are all numbers also take them as one 2-D
      * tensor [N, ninputs] named SERVE_TENSOR_INPUT (backend.c). unnamed: the
      * columns are f0..f{n-1} (imported without names), so the metadata
-     * advertises only the 2-D input (tensor_in). */
+     * advertises only the 2-D input (tensor_in). tensor_col: a column is
+     * itself named SERVE_TENSOR_INPUT (it then keeps its column meaning). */
     int numeric;
     int unnamed;
+    int tensor_col;
     oip_tensor_meta tensor_in;
 } serve_version;
 
