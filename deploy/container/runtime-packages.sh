@@ -13,6 +13,18 @@ for bin in "$@"; do
   out=$(ldd "$bin") || { echo "runtime-packages: $bin is not a dynamic executable" >&2; exit 1; }
   all="$all
 $out"
+  # Libraries the binary opens itself on first use (src/ml/libs.c: XGBoost,
+  # OpenBLAS/LAPACKE, liblinear) are not in ldd's answer; their sonames are
+  # strings in the binary. Each is resolved by ldconfig, then ldd'ed for what
+  # it loads in turn.
+  for soname in $(strings -n 8 "$bin" | grep -E '^lib[A-Za-z0-9_+-]+\.so\.[0-9]+$' | sort -u); do
+    path=$(ldconfig -p | awk -v s="$soname" '$1 == s && /x86-64|x86_64|AArch64|aarch64/ {print $NF; exit}')
+    [ -n "$path" ] || { echo "runtime-packages: $bin opens $soname, which is not installed" >&2; exit 1; }
+    out=$(ldd "$path")
+    all="$all
+$soname => $path (0)
+$out"
+  done
 done
 libs=$(printf '%s\n' "$all" | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u)
 # One dpkg-query for every candidate path (one per library took a minute on a

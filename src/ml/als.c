@@ -26,7 +26,6 @@
  */
 #include "ml/als.h"
 
-#include <cblas.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -40,6 +39,7 @@
 
 #include "core/json.h"
 #include "ml/frame.h"
+#include "ml/libs.h"
 #include "ml/npy.h"
 
 #define ALS_MAX_FACTORS 4096
@@ -246,7 +246,7 @@ static int run_parallel(void *(*fn)(void *), void *jobs, size_t job_size, int th
 static void gram(const float *Y, int32_t n, int f, float lambda, float *A)
 {
     if (n > 0)
-        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, f, n, 1.0f, Y, f, 0.0f, A, f);
+        qml__blas.ssyrk(CblasRowMajor, CblasUpper, CblasTrans, f, n, 1.0f, Y, f, 0.0f, A, f);
     else
         memset(A, 0, (size_t)f * f * sizeof *A);
     for (int a = 0; a < f; a++) {
@@ -575,7 +575,7 @@ int qml_als_train(qml_als *m, const qml_csr *ui, const qml_als_params *p, qn_err
     int rc;
     float *A = NULL;
     qml_csr *iu = NULL;
-    if ((rc = check_params(p, err)) < 0)
+    if ((rc = check_params(p, err)) < 0 || (rc = qml__need_blas(err)) < 0)
         return rc;
     if (p->factors != m->factors)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "params ask for %d factors, the model has %d",

@@ -9,12 +9,10 @@
  */
 #include "ml/linear.h"
 #include "core/json.h"
+#include "ml/libs.h"
 
-#include <cblas.h>
 #include <jansson.h>
-#include <lapacke.h>
 #include <limits.h>
-#include <linear.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -107,7 +105,7 @@ int qml_linear_fit_ridge(const float *X, size_t n, size_t d, const double *y,
     double *Xc = NULL, *A = NULL, *mx = NULL;
     qml_linear *m = NULL;
     *out = NULL;
-    if ((rc = check_data(X, n, d, y, err)) < 0)
+    if ((rc = check_data(X, n, d, y, err)) < 0 || (rc = qml__need_blas(err)) < 0)
         return rc;
     if (!(p->lambda >= 0) || !isfinite(p->lambda))
         return qn_err_set(err, QN_INVALID_ARGUMENT, "ridge lambda must be finite and >= 0, "
@@ -144,15 +142,15 @@ int qml_linear_fit_ridge(const float *X, size_t n, size_t d, const double *y,
             b[j] += Xc[i * d + j] * yi;
     }
     /* Row-major Xc (n x d) is column-major Xc' (d x n); A = Xc' Xc, upper half. */
-    cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, (int)d, (int)n, 1.0, Xc, (int)d, 0.0,
+    qml__blas.dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, (int)d, (int)n, 1.0, Xc, (int)d, 0.0,
                 A, (int)d);
     for (size_t j = 0; j < d; j++)
         A[j * d + j] += p->lambda;
-    double anorm = LAPACKE_dlansy(LAPACK_COL_MAJOR, '1', 'U', (lapack_int)d, A, (lapack_int)d);
-    lapack_int info = LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', (lapack_int)d, A, (lapack_int)d);
+    double anorm = qml__blas.dlansy(LAPACK_COL_MAJOR, '1', 'U', (lapack_int)d, A, (lapack_int)d);
+    lapack_int info = qml__blas.dpotrf(LAPACK_COL_MAJOR, 'U', (lapack_int)d, A, (lapack_int)d);
     double rcond = 0;
     if (info == 0)
-        info = LAPACKE_dpocon(LAPACK_COL_MAJOR, 'U', (lapack_int)d, A, (lapack_int)d, anorm,
+        info = qml__blas.dpocon(LAPACK_COL_MAJOR, 'U', (lapack_int)d, A, (lapack_int)d, anorm,
                               &rcond);
     if (info < 0) {
         rc = qn_err_set(err, QN_INTERNAL, "LAPACK failed (argument %d)", (int)-info);
@@ -165,13 +163,13 @@ int qml_linear_fit_ridge(const float *X, size_t n, size_t d, const double *y,
                         rcond, p->lambda);
         goto out;
     }
-    info = LAPACKE_dpotrs(LAPACK_COL_MAJOR, 'U', (lapack_int)d, 1, A, (lapack_int)d, b,
+    info = qml__blas.dpotrs(LAPACK_COL_MAJOR, 'U', (lapack_int)d, 1, A, (lapack_int)d, b,
                           (lapack_int)d);
     if (info != 0) {
         rc = qn_err_set(err, QN_INTERNAL, "LAPACK dpotrs failed (%d)", (int)info);
         goto out;
     }
-    m->intercept[0] = my - cblas_ddot((int)d, mx, 1, b, 1);
+    m->intercept[0] = my - qml__blas.ddot((int)d, mx, 1, b, 1);
     *out = m;
     m = NULL;
 out:
@@ -186,7 +184,7 @@ out:
 
 static void silent_print(const char *s) { (void)s; }
 static pthread_once_t silence_once = PTHREAD_ONCE_INIT;
-static void silence_liblinear(void) { set_print_string_function(silent_print); }
+static void silence_liblinear(void) { qml__liblinear.set_print_string_function(silent_print); }
 
 static int cmp_int(const void *a, const void *b)
 {
@@ -210,9 +208,9 @@ int qml_linear_fit_logistic(const float *X, size_t n, size_t d, const double *y,
     struct model *lm = NULL;
     qml_linear *m = NULL;
     *out = NULL;
-    pthread_once(&silence_once, silence_liblinear);
-    if ((rc = check_data(X, n, d, y, err)) < 0)
+    if ((rc = check_data(X, n, d, y, err)) < 0 || (rc = qml__need_liblinear(err)) < 0)
         return rc;
+    pthread_once(&silence_once, silence_liblinear);
     if (!(p->C > 0) || !isfinite(p->C) || !(p->eps > 0) || !isfinite(p->eps))
         return qn_err_set(err, QN_INVALID_ARGUMENT, "logistic: C and eps must be finite and > 0 "
                           "(C %g, eps %g)", p->C, p->eps);
@@ -277,13 +275,13 @@ int qml_linear_fit_logistic(const float *X, size_t n, size_t d, const double *y,
                               .nr_weight = (int)p->n_weights,
                               .weight_label = (int *)p->weight_label,
                               .weight = (double *)p->weight};
-    const char *msg = check_parameter(&prob, &param);
+    const char *msg = qml__liblinear.check_parameter(&prob, &param);
     if (msg) {
         rc = qn_err_set(err, QN_INVALID_ARGUMENT, "logistic: liblinear refused the parameters: "
                         "%s", msg);
         goto out;
     }
-    lm = train(&prob, &param);
+    lm = qml__liblinear.train(&prob, &param);
     if (!lm) {
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "logistic: liblinear training failed");
         goto out;
@@ -315,7 +313,7 @@ int qml_linear_fit_logistic(const float *X, size_t n, size_t d, const double *y,
     m = NULL;
 out:
     if (lm)
-        free_and_destroy_model(&lm);
+        qml__liblinear.free_and_destroy_model(&lm);
     qml_linear_free(m);
     free(nodes);
     free(rows);

@@ -7,6 +7,7 @@
  * threads only ever read it.
  */
 #include "ml/xgb.h"
+#include "ml/libs.h"
 #include "ml/xgb_forest.h"
 
 #include <errno.h>
@@ -20,7 +21,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xgboost/c_api.h>
 
 #define MAX_MODEL_BYTES ((size_t)1 << 30)
 #define MAX_ROUNDS 100000
@@ -39,7 +39,7 @@ struct qml_xgb {
  * stack trace it appends. */
 static int xgb_fail(qn_err *err, int code, const char *what)
 {
-    const char *m = XGBGetLastError();
+    const char *m = qml__xgb.GetLastError();
     char line[QN_ERR_MSG_MAX];
     size_t n = 0;
     if (!m)
@@ -187,12 +187,12 @@ static int check_data(const qml_xgb_data *d, const char *which, size_t want_cols
 static int make_dmatrix(const qml_xgb_data *d, int nthread, DMatrixHandle *out, qn_err *err)
 {
     DMatrixHandle m = NULL;
-    if (XGDMatrixCreateFromMat_omp(d->x, d->n_rows, d->n_cols, NAN, &m, nthread) != 0)
+    if (qml__xgb.DMatrixCreateFromMat_omp(d->x, d->n_rows, d->n_cols, NAN, &m, nthread) != 0)
         return xgb_fail(err, QN_INTERNAL, "building the XGBoost matrix");
-    if (XGDMatrixSetFloatInfo(m, "label", d->y, d->n_rows) != 0 ||
-        (d->w && XGDMatrixSetFloatInfo(m, "weight", d->w, d->n_rows) != 0)) {
+    if (qml__xgb.DMatrixSetFloatInfo(m, "label", d->y, d->n_rows) != 0 ||
+        (d->w && qml__xgb.DMatrixSetFloatInfo(m, "weight", d->w, d->n_rows) != 0)) {
         int rc = xgb_fail(err, QN_INTERNAL, "setting labels");
-        XGDMatrixFree(m);
+        qml__xgb.DMatrixFree(m);
         return rc;
     }
     *out = m;
@@ -213,7 +213,7 @@ static int predict_raw(const qml_xgb *m, const float *x, size_t n_rows, size_t n
      * in-place prediction). */
     static const char cfg[] = "{\"type\":0,\"iteration_begin\":0,\"iteration_end\":0,"
                               "\"strict_shape\":true,\"missing\":NaN,\"cache_id\":0}";
-    if (XGBoosterPredictFromDense(m->h, arr, cfg, NULL, shape, dim, res) != 0)
+    if (qml__xgb.BoosterPredictFromDense(m->h, arr, cfg, NULL, shape, dim, res) != 0)
         return xgb_fail(err, QN_INTERNAL, "xgboost prediction");
     return 0;
 }
@@ -229,21 +229,21 @@ static int pin(BoosterHandle h, int nthread, qml_xgb **out, qn_err *err)
     float *row = NULL;
     qml_xgb *m = calloc(1, sizeof *m);
     if (!m) {
-        XGBoosterFree(h);
+        qml__xgb.BoosterFree(h);
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     }
     m->h = h;
     if (nthread > 0) {
         char v[16];
         snprintf(v, sizeof v, "%d", nthread);
-        if (XGBoosterSetParam(h, "nthread", v) != 0) {
+        if (qml__xgb.BoosterSetParam(h, "nthread", v) != 0) {
             rc = xgb_fail(err, QN_INTERNAL, "setting nthread");
             goto out;
         }
     }
     bst_ulong nf = 0;
     int rounds = 0;
-    if (XGBoosterGetNumFeature(h, &nf) != 0 || XGBoosterBoostedRounds(h, &rounds) != 0) {
+    if (qml__xgb.BoosterGetNumFeature(h, &nf) != 0 || qml__xgb.BoosterBoostedRounds(h, &rounds) != 0) {
         rc = xgb_fail(err, QN_INVALID_ARGUMENT, "reading the model");
         goto out;
     }
@@ -258,7 +258,7 @@ static int pin(BoosterHandle h, int nthread, qml_xgb **out, qn_err *err)
 
     bst_ulong clen = 0;
     const char *cstr = NULL;
-    if (XGBoosterSaveJsonConfig(h, &clen, &cstr) != 0) {
+    if (qml__xgb.BoosterSaveJsonConfig(h, &clen, &cstr) != 0) {
         rc = xgb_fail(err, QN_INTERNAL, "reading the model configuration");
         goto out;
     }
@@ -347,6 +347,8 @@ int qml_xgb_train(const qml_xgb_data *train, const qml_xgb_train_opts *opts, qml
         opts = &no_opts;
     if (!train || !out)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "qml_xgb_train: no data or output");
+    if ((rc = qml__need_xgb(err)) < 0)
+        return rc;
 
     for (size_t i = 0; i < opts->n_params; i++) {
         double v = 0;
@@ -381,28 +383,28 @@ int qml_xgb_train(const qml_xgb_data *train, const qml_xgb_train_opts *opts, qml
     if (opts->eval && (rc = make_dmatrix(opts->eval, nthread, &deval, err)) < 0)
         goto out;
     DMatrixHandle cache[2] = {dtrain, deval};
-    if (XGBoosterCreate(cache, deval ? 2 : 1, &h) != 0) {
+    if (qml__xgb.BoosterCreate(cache, deval ? 2 : 1, &h) != 0) {
         rc = xgb_fail(err, QN_INTERNAL, "creating the booster");
         goto out;
     }
     for (size_t i = 0; i < opts->n_params; i++) {
         if (strcmp(opts->params[i].key, "num_round") == 0)
             continue;
-        if (XGBoosterSetParam(h, opts->params[i].key, opts->params[i].value) != 0) {
+        if (qml__xgb.BoosterSetParam(h, opts->params[i].key, opts->params[i].value) != 0) {
             rc = xgb_fail(err, QN_INVALID_ARGUMENT, opts->params[i].key);
             goto out;
         }
     }
     const char *names[2] = {"train", "eval"};
     for (int r = 0; r < num_round; r++) {
-        if (XGBoosterUpdateOneIter(h, r, dtrain) != 0) {
+        if (qml__xgb.BoosterUpdateOneIter(h, r, dtrain) != 0) {
             rc = xgb_fail(err, QN_INTERNAL, "boosting");
             goto out;
         }
         if (!opts->progress)
             continue;
         const char *res = NULL;
-        if (XGBoosterEvalOneIter(h, r, cache, names, deval ? 2 : 1, &res) != 0) {
+        if (qml__xgb.BoosterEvalOneIter(h, r, cache, names, deval ? 2 : 1, &res) != 0) {
             rc = xgb_fail(err, QN_INTERNAL, "evaluating");
             goto out;
         }
@@ -419,11 +421,11 @@ int qml_xgb_train(const qml_xgb_data *train, const qml_xgb_train_opts *opts, qml
     h = NULL;  /* pin owns it now */
 out:
     if (h)
-        XGBoosterFree(h);
+        qml__xgb.BoosterFree(h);
     if (dtrain)
-        XGDMatrixFree(dtrain);
+        qml__xgb.DMatrixFree(dtrain);
     if (deval)
-        XGDMatrixFree(deval);
+        qml__xgb.DMatrixFree(deval);
     return rc;
 }
 
@@ -483,15 +485,18 @@ int qml_xgb_load_buffer(const void *buf, size_t len, int nthread, qml_xgb **out,
         return qn_err_set(err, QN_INVALID_ARGUMENT, "xgboost model: not a JSON document");
     if (nthread < 0)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "xgboost model: nthread %d < 0", nthread);
+    int rc = qml__need_xgb(err);
+    if (rc < 0)
+        return rc;
     BoosterHandle h = NULL;
-    if (XGBoosterCreate(NULL, 0, &h) != 0)
+    if (qml__xgb.BoosterCreate(NULL, 0, &h) != 0)
         return xgb_fail(err, QN_INTERNAL, "creating the booster");
-    if (XGBoosterLoadModelFromBuffer(h, buf, len) != 0) {
-        int rc = xgb_fail(err, QN_INVALID_ARGUMENT, "xgboost model");
-        XGBoosterFree(h);
+    if (qml__xgb.BoosterLoadModelFromBuffer(h, buf, len) != 0) {
+        rc = xgb_fail(err, QN_INVALID_ARGUMENT, "xgboost model");
+        qml__xgb.BoosterFree(h);
         return rc;
     }
-    int rc = pin(h, nthread, out, err);
+    rc = pin(h, nthread, out, err);
     if (rc < 0)
         return rc;
     /* Our own walk of the trees, kept only when it is of a form we take and
@@ -552,7 +557,7 @@ int qml_xgb_save_buffer(const qml_xgb *m, char **out, size_t *len, qn_err *err)
 {
     bst_ulong n = 0;
     const char *p = NULL;
-    if (XGBoosterSaveModelToBuffer(m->h, "{\"format\":\"json\"}", &n, &p) != 0)
+    if (qml__xgb.BoosterSaveModelToBuffer(m->h, "{\"format\":\"json\"}", &n, &p) != 0)
         return xgb_fail(err, QN_INTERNAL, "saving the model");
     char *copy = malloc(n + 1);
     if (!copy)
@@ -650,7 +655,7 @@ void qml_xgb_free(qml_xgb *m)
     if (!m)
         return;
     if (m->h)
-        XGBoosterFree(m->h);
+        qml__xgb.BoosterFree(m->h);
     qml__forest_free(m->forest);
     free(m);
 }
