@@ -46,6 +46,7 @@ TEST_PKGS=(
   curl                 # black-box tests and the demo talk HTTP from the shell
   wrk                  # bench_serve.sh: HTTP load generator for quern-serve and its baselines
   nginx-light          # bench_serve.sh: a fixed-200 nginx, the ceiling for an HTTP server here
+  nghttp2-client       # bench_h2load.sh: h2load, the HTTP/2 load generator for gRPC ModelInfer
   python3-fastapi      # bench_serve.sh baseline: the usual Python serving stack (FastAPI ...)
   python3-uvicorn      # ... on uvicorn, predicting with python3-xgboost
   xz-utils             # the shipped data sets are xz-compressed (data/)
