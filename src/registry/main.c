@@ -20,6 +20,7 @@ typedef struct registry_cfg {
     qn_common_cfg common;
     long long max_blob;
     char *db_url;
+    char *token_name;
 } registry_cfg;
 
 static const qn_cfg_opt opts[] = {
@@ -28,6 +29,9 @@ static const qn_cfg_opt opts[] = {
      "Largest blob accepted by PUT /v1/blobs", offsetof(registry_cfg, max_blob)},
     {"db", "QUERN_REGISTRY_DB", QN_CFG_STRING, NULL, 0, 0,
      "Metadata store URL (default: sqlite://<data>/registry.db)", offsetof(registry_cfg, db_url)},
+    {"token-name", "QUERN_TOKEN_NAME", QN_CFG_STRING, "token", 0, 0,
+     "Who the alias history names for moves made with the token (without a token: anonymous)",
+     offsetof(registry_cfg, token_name)},
 };
 
 #define MB (1024ull * 1024ull)
@@ -47,6 +51,8 @@ static qn_route routes[] = {
     {"GET", "/v1/models/{name}/aliases/{alias}", reg_aliases_get, 0, 0, NULL},
     {"PUT", "/v1/models/{name}/aliases/{alias}", reg_aliases_put, 4 * 1024, 0, NULL},
     {"DELETE", "/v1/models/{name}/aliases/{alias}", reg_aliases_delete, 0, 0, NULL},
+    {"GET", "/v1/models/{name}/aliases/{alias}/history", reg_alias_history, 0, 0, NULL},
+    {"POST", "/v1/models/{name}/aliases/{alias}/rollback", reg_alias_rollback, 4 * 1024, 0, NULL},
     {"GET", "/v1/datasets", reg_datasets_list, 0, 0, NULL},
     {"POST", "/v1/datasets/{name}/versions", reg_dataset_versions_create, 4 * MB, 0, NULL},
     {"GET", "/v1/datasets/{name}/versions", reg_dataset_versions_list, 0, 0, NULL},
@@ -111,10 +117,16 @@ static int registry_start(qn_service_ctx *ctx, qn_err *err)
     if (!r)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     r->max_blob = cfg->max_blob;
+    if (ctx->token && *ctx->token && !(r->token_name = strdup(cfg->token_name && *cfg->token_name
+                                                                  ? cfg->token_name : "token"))) {
+        free(r);
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    }
     qn_deps_opts o = {.db_url = cfg->db_url, .data = cfg->common.data, .db_file = "registry.db",
                       .migrations = reg_db_migrations, .nmigrations = reg_db_nmigrations,
                       .bus_url = cfg->common.bus, .source = "quern-registry", .metrics = ctx->metrics};
     if (qn_deps_open(&o, &r->db, &r->bus, &r->outbox, err) < 0) {
+        free(r->token_name);
         free(r);
         return err->code;
     }
@@ -122,6 +134,7 @@ static int registry_start(qn_service_ctx *ctx, qn_err *err)
         asprintf(&r->tmp_dir, "%s/blobs/tmp", cfg->common.data) < 0 || reg_blobs_init(r, err) < 0) {
         qn_deps_close(r->db, r->bus, r->outbox);
         free(r->blob_dir);
+        free(r->token_name);
         free(r);
         return err->code ? err->code : QN_RESOURCE_EXHAUSTED;
     }
@@ -155,6 +168,7 @@ static void registry_stop(qn_service_ctx *ctx)
     qn_deps_close(r->db, r->bus, r->outbox);
     free(r->blob_dir);
     free(r->tmp_dir);
+    free(r->token_name);
     free(r);
 }
 
