@@ -35,20 +35,17 @@ static void moved(registry *r, qn_req *req, const char *name, const char *alias,
                 reason ? reason : "", "who", reg_who(r));
 }
 
-int reg_alias_move(registry *r, qn_req *req, qn_res *res, const char *name, const char *alias, int64_t version,
-                   const char *reason, int64_t *previous)
+int reg_alias_move(registry *r, qn_req *req, const char *name, const char *alias, int64_t version,
+                   const char *reason, int64_t *previous, qn_err *err)
 {
-    qn_err err;
     char tp[QN_TRACEPARENT_LEN + 1];
     qn_traceparent_format(qn_req_trace(req), tp);
     reg_db_move mv = {.reason = reason, .who = reg_who(r)};
     *previous = 0;
-    qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
-    int rc = c ? reg_db_alias_set(c, name, alias, version, tp, &mv, previous, &err) : err.code;
-    if (reg_db_end(r->db, c, rc, &err) < 0) {
-        reg_fail(req, res, &err);
-        return -1;
-    }
+    qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, err);
+    int rc = c ? reg_db_alias_set(c, name, alias, version, tp, &mv, previous, err) : err->code;
+    if ((rc = reg_db_end(r->db, c, rc, err)) < 0)
+        return rc;
     moved(r, req, name, alias, version, *previous, reason);
     return 0;
 }

@@ -82,6 +82,8 @@ const qn_migration reg_db_migrations[] = {
     /* Alias history: one row per move, written in the move's transaction and
      * never deleted (keyed by model name, so it outlives a deleted model).
      * from_version NULL: the alias was new; to_version NULL: it was deleted.
+     * mlflow_versions: what MLflow knows of a version that Quern does not
+     * (source URI, run id and link, the artifact directory it came from).
      * Artifacts: MLflow's artifact paths over content-addressed blobs
      * (artifacts.c); the blob files stay the truth of the bytes. */
     {2,
@@ -95,6 +97,15 @@ const qn_migration reg_db_migrations[] = {
      "  who TEXT NOT NULL,"
      "  at INTEGER NOT NULL);"
      "CREATE INDEX alias_history_by_alias ON alias_history (model, alias, id);"
+     "CREATE TABLE mlflow_versions ("
+     "  model_id INTEGER NOT NULL,"
+     "  version INTEGER NOT NULL,"
+     "  source TEXT NOT NULL DEFAULT '',"
+     "  run_id TEXT NOT NULL DEFAULT '',"
+     "  run_link TEXT NOT NULL DEFAULT '',"
+     "  artifact_dir TEXT,"
+     "  PRIMARY KEY (model_id, version),"
+     "  FOREIGN KEY (model_id, version) REFERENCES versions(model_id, version) ON DELETE CASCADE);"
      "CREATE TABLE artifacts ("
      "  path TEXT PRIMARY KEY,"
      "  digest TEXT NOT NULL,"

@@ -422,8 +422,8 @@ int reg_aliases_put(qn_req *req, qn_res *res, void *ud)
         qn_json_int(body, "version", 1, 1, MAX_VERSION, &version, &err) < 0 ||
         qn_json_str(body, "reason", 0, REG_MAX_REASON, &reason, &err) < 0)
         return qn_res_error(res, err.code, "%s", err.msg);
-    if (reg_alias_move(r, req, res, name, alias, version, reason, &previous) < 0)
-        return 0;
+    if (reg_alias_move(r, req, name, alias, version, reason, &previous, &err) < 0)
+        return reg_fail(req, res, &err);
     return qn_res_json(res, 200, json_pack("{s:s, s:s, s:I, s:o}", "model", name, "alias", alias, "version",
                                            (json_int_t)version, "previous_version",
                                            previous ? json_integer(previous) : json_null()));

@@ -82,9 +82,10 @@ const char *reg_who(const registry *r);
 /* Points alias of model name at version in one write transaction with its
  * history row (reason may be NULL) and quern.model.promoted, kicks the
  * outbox, counts and logs the move. *previous the version it pointed at
- * (0: none). On failure answers the request (reg_fail) and returns -1. */
-int reg_alias_move(registry *r, qn_req *req, qn_res *res, const char *name, const char *alias, int64_t version,
-                   const char *reason, int64_t *previous);
+ * (0: none). On failure returns the negative code with err (the caller
+ * answers in its API's shape). */
+int reg_alias_move(registry *r, qn_req *req, const char *name, const char *alias, int64_t version,
+                   const char *reason, int64_t *previous, qn_err *err);
 int reg_alias_history(qn_req *req, qn_res *res, void *ud);
 int reg_alias_rollback(qn_req *req, qn_res *res, void *ud);
 
