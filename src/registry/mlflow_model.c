@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "registry/mlflow_parse.h"
 #include "registry/mlflow_registry.h"
 #include "registry/registry.h"
 
@@ -58,115 +59,6 @@ static int read_artifact(qn_conn *c, const char *blob_dir, const char *path, lon
     if (len)
         *len = n;
     return 0;
-}
-
-/* The scalar value of `key:` on an indented line, unquoted, in buf; a
- * single-quoted value folded over later lines is joined (YAML folding: a
- * line break is a space, '' is '). NULL when the line holds no such key. */
-static char *yaml_value(const char *line, const char *next, const char *key, int indent, char **end_line)
-{
-    int ind = 0;
-    while (line[ind] == ' ')
-        ind++;
-    size_t kl = strlen(key);
-    if (ind != indent || strncmp(line + ind, key, kl) != 0 || line[ind + kl] != ':')
-        return NULL;
-    const char *v = line + ind + kl + 1;
-    while (*v == ' ')
-        v++;
-    size_t cap = strlen(v) + (next ? strlen(next) : 0) + 1;
-    char *out = malloc(cap), *o = out;
-    if (!out)
-        return NULL;
-    *end_line = NULL;
-    if (*v != '\'') {
-        size_t n = strcspn(v, "\n");
-        memcpy(o, v, n);
-        o[n] = '\0';
-        while (n && (o[n - 1] == ' ' || o[n - 1] == '\r'))
-            o[--n] = '\0';
-        if (n >= 2 && o[0] == '"' && o[n - 1] == '"') {
-            memmove(o, o + 1, n - 2);
-            o[n - 2] = '\0';
-        }
-        return out;
-    }
-    const char *p = v + 1;
-    for (;;) {
-        if (!*p)
-            break;
-        if (*p == '\'' && p[1] == '\'') {
-            *o++ = '\'';
-            p += 2;
-        } else if (*p == '\'') {
-            p++;
-            break;
-        } else if (*p == '\n') {
-            while (o > out && o[-1] == ' ')
-                o--;
-            *o++ = ' ';
-            p++;
-            while (*p == ' ')
-                p++;
-        } else {
-            *o++ = *p++;
-        }
-    }
-    *o = '\0';
-    *end_line = (char *)p;
-    return out;
-}
-
-typedef struct mlmodel {
-    char *xgb_data, *xgb_format, *sig_inputs;
-    int has_xgboost;
-} mlmodel;
-
-static void mlmodel_free(mlmodel *m)
-{
-    free(m->xgb_data);
-    free(m->xgb_format);
-    free(m->sig_inputs);
-}
-
-/* Reads the keys we use: flavors.xgboost.{data,model_format} and
- * signature.inputs. */
-static void mlmodel_parse(const char *text, mlmodel *m)
-{
-    enum { NONE, FLAVORS, XGB, SIGNATURE } sect = NONE;
-    memset(m, 0, sizeof *m);
-    for (const char *line = text; line && *line;) {
-        const char *nl = strchr(line, '\n');
-        const char *next = nl ? nl + 1 : NULL;
-        int ind = 0;
-        while (line[ind] == ' ')
-            ind++;
-        if (line[ind] && line[ind] != '\n' && line[ind] != '#') {
-            if (ind == 0)
-                sect = strncmp(line, "flavors:", 8) == 0 ? FLAVORS : strncmp(line, "signature:", 10) == 0 ? SIGNATURE
-                                                                                                         : NONE;
-            else if (ind == 2 && (sect == FLAVORS || sect == XGB))
-                sect = strncmp(line + 2, "xgboost:", 8) == 0 ? (m->has_xgboost = 1, XGB) : FLAVORS;
-            char *endl = NULL, *v;
-            if (sect == XGB && ind == 4) {
-                if ((v = yaml_value(line, next, "data", 4, &endl))) {
-                    free(m->xgb_data);
-                    m->xgb_data = v;
-                } else if ((v = yaml_value(line, next, "model_format", 4, &endl))) {
-                    free(m->xgb_format);
-                    m->xgb_format = v;
-                }
-            } else if (sect == SIGNATURE && ind == 2 && (v = yaml_value(line, next, "inputs", 2, &endl))) {
-                free(m->sig_inputs);
-                m->sig_inputs = v;
-            }
-            if (endl) { /* a folded value: go on after its closing quote's line */
-                nl = strchr(endl, '\n');
-                next = nl ? nl + 1 : NULL;
-            }
-        }
-        line = next;
-    }
 }
 
 static json_t *tensor(const char *name)
@@ -237,7 +129,7 @@ int mlf_model_manifest(qn_conn *c, const char *blob_dir, const char *dir, json_t
 {
     char *text = NULL, *model = NULL;
     size_t mlen = 0;
-    mlmodel m;
+    mlf_mlmodel m;
     json_t *doc = NULL, *inputs = NULL;
     *out = NULL;
     char path[2048];
@@ -247,7 +139,7 @@ int mlf_model_manifest(qn_conn *c, const char *blob_dir, const char *dir, json_t
         return 0; /* not an MLflow model directory: nothing to serve */
     if (rc < 0)
         return rc;
-    mlmodel_parse(text, &m);
+    mlf_mlmodel_parse(text, &m);
     if (!m.has_xgboost) {
         rc = 0;
         goto out;
@@ -289,7 +181,7 @@ int mlf_model_manifest(qn_conn *c, const char *blob_dir, const char *dir, json_t
                      -1, "files", "model.json", digest);
     rc = *out ? 0 : qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
 out:
-    mlmodel_free(&m);
+    mlf_mlmodel_free(&m);
     json_decref(doc);
     json_decref(inputs);
     free(text);

@@ -37,6 +37,7 @@
 #include "core/log.h"
 #include "core/validate.h"
 #include "ml/bundle.h"
+#include "registry/mlflow_parse.h"
 #include "registry/mlflow_registry.h"
 #include "registry/registry.h"
 
@@ -1006,210 +1007,6 @@ int mlf_mv_download_uri(qn_req *req, qn_res *res, void *ud)
 
 /* ---- search ------------------------------------------------------------------------ */
 
-/* One condition of a search filter: key op value(s). */
-typedef struct mlf_cond {
-    char key[260];        /* "name", "run_id", "source_path", "version_number", "tags.<k>" */
-    char op[8];           /* "=", "!=", "LIKE", "ILIKE", "IN" */
-    char *vals[32];       /* in the request's arena; one unless IN */
-    int nvals;
-} mlf_cond;
-
-#define MLF_MAX_CONDS 16
-
-/* Parses MLflow's registry filter grammar as model_registry.proto and the
- * MLflow docs give it: conditions `key op value` joined by AND (any case),
- * key an identifier (name, run_id, source_path, version_number,
- * tags.<key>, a key in backticks or double quotes), op one of = != LIKE
- * ILIKE IN, value a quoted string ('..' or "..", a quote doubled or
- * backslashed inside), a number, or for IN a parenthesized list of strings.
- * allowed lists the keys this search takes (tags.* always allowed). 0 or
- * QN_INVALID_ARGUMENT naming the offset of the bad token. */
-static int mlf_filter(qn_arena *a, const char *f, const char *const *allowed, mlf_cond *conds, int *n,
-                      qn_err *err)
-{
-    const char *p = f;
-    *n = 0;
-#define SKIP() while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++
-#define BAD(...) return qn_err_set(err, QN_INVALID_ARGUMENT, __VA_ARGS__)
-    SKIP();
-    if (!*p)
-        return 0;
-    for (;;) {
-        if (*n == MLF_MAX_CONDS)
-            BAD("filter has more than %d conditions", MLF_MAX_CONDS);
-        mlf_cond *cd = &conds[(*n)++];
-        memset(cd, 0, sizeof *cd);
-        /* key */
-        size_t k = 0;
-        const char *start = p;
-        while (*p && (isalnum((unsigned char)*p) || *p == '_' || *p == '.') && k < sizeof cd->key - 1)
-            cd->key[k++] = *p++;
-        if (k && cd->key[k - 1] == '.' && (*p == '`' || *p == '"')) { /* tags.`my key` */
-            char q = *p++;
-            while (*p && *p != q && k < sizeof cd->key - 1)
-                cd->key[k++] = *p++;
-            if (*p != q)
-                BAD("filter: unterminated quoted key at character %ld", (long)(start - f) + 1);
-            p++;
-        }
-        cd->key[k] = '\0';
-        int ok = strncmp(cd->key, "tags.", 5) == 0 && cd->key[5];
-        if (strcmp(cd->key, "tag.") == 0 || strncmp(cd->key, "tag.", 4) == 0) { /* MLflow accepts tag. too */
-            memmove(cd->key + 5, cd->key + 4, strlen(cd->key + 4) + 1);
-            memcpy(cd->key, "tags.", 5);
-            ok = cd->key[5] != '\0';
-        }
-        for (const char *const *al = allowed; !ok && *al; al++)
-            ok = strcmp(cd->key, *al) == 0;
-        if (!ok)
-            BAD("filter: invalid attribute key '%.64s' at character %ld; valid keys are tags.<key> and %s%s%s%s%s",
-                k ? cd->key : start, (long)(start - f) + 1, allowed[0], allowed[1] ? ", " : "",
-                allowed[1] ? allowed[1] : "", allowed[1] && allowed[2] ? ", " : "",
-                allowed[1] && allowed[2] ? allowed[2] : "");
-        SKIP();
-        /* op */
-        static const char *const ops[] = {"!=", "=", "ILIKE", "LIKE", "IN", NULL};
-        const char *opstart = p;
-        for (const char *const *o = ops; *o; o++) {
-            size_t ol = strlen(*o);
-            if (strncasecmp(p, *o, ol) == 0 && (isalpha((unsigned char)**o) ? !isalnum((unsigned char)p[ol]) : 1)) {
-                snprintf(cd->op, sizeof cd->op, "%s", *o);
-                p += ol;
-                break;
-            }
-        }
-        if (!cd->op[0])
-            BAD("filter: expected a comparator (=, !=, LIKE, ILIKE, IN) at character %ld", (long)(opstart - f) + 1);
-        SKIP();
-        /* value(s) */
-        int list = strcmp(cd->op, "IN") == 0;
-        if (list) {
-            if (*p != '(')
-                BAD("filter: IN needs a list like ('a', 'b') at character %ld", (long)(p - f) + 1);
-            p++;
-            SKIP();
-        }
-        for (;;) {
-            const char *vs = p;
-            char *buf = qn_arena_alloc(a, strlen(p) + 1);
-            size_t bl = 0;
-            if (*p == '\'' || *p == '"') {
-                char q = *p++;
-                for (;;) {
-                    if (!*p)
-                        BAD("filter: unterminated string at character %ld", (long)(vs - f) + 1);
-                    if (*p == '\\' && p[1]) {
-                        buf[bl++] = p[1];
-                        p += 2;
-                    } else if (*p == q && p[1] == q) {
-                        buf[bl++] = q;
-                        p += 2;
-                    } else if (*p == q) {
-                        p++;
-                        break;
-                    } else {
-                        buf[bl++] = *p++;
-                    }
-                }
-            } else if (!list && (isdigit((unsigned char)*p) || *p == '-')) {
-                while (isdigit((unsigned char)*p) || *p == '-' || *p == '.')
-                    buf[bl++] = *p++;
-            } else {
-                BAD("filter: expected a quoted value at character %ld", (long)(vs - f) + 1);
-            }
-            buf[bl] = '\0';
-            if (cd->nvals == 32)
-                BAD("filter: an IN list holds at most 32 values");
-            cd->vals[cd->nvals++] = buf;
-            SKIP();
-            if (!list)
-                break;
-            if (*p == ',') {
-                p++;
-                SKIP();
-                continue;
-            }
-            if (*p != ')')
-                BAD("filter: expected ',' or ')' at character %ld", (long)(p - f) + 1);
-            p++;
-            SKIP();
-            break;
-        }
-        if (!*p)
-            return 0;
-        if (strncasecmp(p, "AND", 3) != 0 || !(p[3] == ' ' || p[3] == '\t' || p[3] == '\n'))
-            BAD("filter: expected AND or the end at character %ld (OR is not supported)", (long)(p - f) + 1);
-        p += 3;
-        SKIP();
-    }
-#undef SKIP
-#undef BAD
-}
-
-/* SQL LIKE: % any run, _ any one byte; ci folds ASCII case. */
-static int like(const char *s, const char *pat, int ci)
-{
-    for (; *pat; pat++, s++) {
-        if (*pat == '%') {
-            while (pat[1] == '%')
-                pat++;
-            if (!pat[1])
-                return 1;
-            for (; *s; s++)
-                if (like(s, pat + 1, ci))
-                    return 1;
-            return 0;
-        }
-        if (!*s)
-            return 0;
-        if (*pat != '_' && (ci ? tolower((unsigned char)*pat) != tolower((unsigned char)*s) : *pat != *s))
-            return 0;
-    }
-    return *s == '\0';
-}
-
-/* The value key names in a RegisteredModel or ModelVersion; NULL when unset. */
-static const char *item_value(const json_t *item, const char *key)
-{
-    if (strncmp(key, "tags.", 5) == 0) {
-        size_t i;
-        json_t *t;
-        json_array_foreach(json_object_get(item, "tags"), i, t) {
-            if (strcmp(json_string_value(json_object_get(t, "key")), key + 5) == 0)
-                return json_string_value(json_object_get(t, "value"));
-        }
-        return NULL;
-    }
-    if (strcmp(key, "source_path") == 0)
-        key = "source";
-    else if (strcmp(key, "version_number") == 0)
-        key = "version";
-    return json_string_value(json_object_get(item, key));
-}
-
-static int matches(const json_t *item, const mlf_cond *conds, int n)
-{
-    for (int i = 0; i < n; i++) {
-        const mlf_cond *cd = &conds[i];
-        const char *v = item_value(item, cd->key);
-        int hit = 0;
-        if (!strcmp(cd->op, "="))
-            hit = v && !strcmp(v, cd->vals[0]);
-        else if (!strcmp(cd->op, "!="))
-            hit = v && strcmp(v, cd->vals[0]);
-        else if (!strcmp(cd->op, "LIKE"))
-            hit = v && like(v, cd->vals[0], 0);
-        else if (!strcmp(cd->op, "ILIKE"))
-            hit = v && like(v, cd->vals[0], 1);
-        else
-            for (int j = 0; v && j < cd->nvals && !hit; j++)
-                hit = !strcmp(v, cd->vals[j]);
-        if (!hit)
-            return 0;
-    }
-    return 1;
-}
-
 /* Sort keys of a search: up to 3 of (field, desc). */
 typedef struct mlf_order {
     const char *field[4];
@@ -1299,7 +1096,7 @@ static int search_answer(qn_req *req, qn_res *res, mlf_in *in, json_t *items, co
         return mlf_error(res, QN_RESOURCE_EXHAUSTED, "out of memory");
     }
     for (size_t i = 0; i < cnt; i++)
-        if (matches(json_array_get(items, i), conds, n))
+        if (mlf_matches(json_array_get(items, i), conds, n))
             v[m++] = json_array_get(items, i);
     qsort_r(v, m, sizeof *v, cmp_items, (void *)o);
     json_t *page = json_array();
