@@ -8,9 +8,12 @@
  * CloudEvent to the outbox table, which core/outbox drains to the bus.
  *
  * Modules: main.c (config, routes, start/stop), models.c (models, versions,
- * aliases) and datasets.c (their HTTP handlers), db.c (the data layer under
- * them: plain functions over a store connection), blobs.c, events.c (the
- * outbox listing).
+ * aliases) and datasets.c (their HTTP handlers), aliases.c (alias history,
+ * rollback, the one alias move), db.c (the data layer under them: plain
+ * functions over a store connection), blobs.c, events.c (the outbox
+ * listing); MLflow's model registry and artifacts proxy in
+ * mlflow_registry.c, mlflow_model.c, mlflow_parse.c and artifacts.c
+ * (mlflow_registry.h, docs/mlflow.md).
  */
 #ifndef QUERN_REGISTRY_H
 #define QUERN_REGISTRY_H
