@@ -162,6 +162,17 @@ class MlflowRegistryTest(ServiceTest):
         st, _, _ = self.reg.request("PUT", f"{ART}/0/x", body=b"x")  # no token
         self.assertEqual(st, 401)
 
+    def test_artifact_uploads_have_the_blob_bound(self):
+        reg = self.start("registry", args=["--max-blob-size", "1K"])
+        st, _, body = reg.request("PUT", f"{ART}/0/r/artifacts/big.bin", body=b"x" * 2048)
+        self.assertEqual(st, 413, body)
+        st, _, _ = reg.request("PUT", f"{ART}/0/r/artifacts/small.bin", body=b"x" * 1024)
+        self.assertEqual(st, 200)
+        st, _, listing = reg.request("GET", q(ART, path="0/r/artifacts"))
+        self.assertEqual(listing["files"], [{"path": "small.bin", "is_dir": False, "file_size": 1024}])
+        # nothing of the refused upload is left behind
+        self.assertEqual(os.listdir(os.path.join(reg.data, "blobs", "tmp")), [])
+
     def test_register_alias_load_and_serve(self):
         run = "0123456789abcdef0123456789abcdef"
         root, files = self.log_model_dir(run)
