@@ -173,6 +173,27 @@ class MlflowRegistryTest(ServiceTest):
         # nothing of the refused upload is left behind
         self.assertEqual(os.listdir(os.path.join(reg.data, "blobs", "tmp")), [])
 
+    def test_kill9_during_an_upload_leaves_no_artifact(self):
+        """A registry killed mid-upload: after a restart on the same data, the
+        path does not exist and no temp file is left."""
+        import socket
+        reg = self.start("registry")
+        sock = socket.create_connection(("127.0.0.1", reg.port), timeout=30)
+        sock.sendall(f"PUT {ART}/0/r/artifacts/model.json HTTP/1.1\r\nHost: x\r\n"
+                     f"Content-Length: {4 << 20}\r\n\r\n".encode() + b"{" * (256 << 10))
+        tmp = os.path.join(reg.data, "blobs", "tmp")
+        deadline = time.time() + 20
+        while time.time() < deadline and not os.listdir(tmp):
+            time.sleep(0.05)
+        self.assertTrue(os.listdir(tmp), "the upload never reached the temp dir")
+        reg.kill9()
+        sock.close()
+        reg.start()
+        self.assertEqual(os.listdir(tmp), [])
+        st, _, body = reg.request("GET", f"{ART}/0/r/artifacts/model.json")
+        self.assertEqual((st, body["error_code"]), (404, "RESOURCE_DOES_NOT_EXIST"))
+        self.assertEqual(reg.request("GET", q(ART, path="0/r/artifacts"))[2], {})
+
     def test_register_alias_load_and_serve(self):
         run = "0123456789abcdef0123456789abcdef"
         root, files = self.log_model_dir(run)
