@@ -169,7 +169,7 @@ extern const cli_cmd cli_cmd_up, cli_cmd_down, cli_cmd_status;
 extern const cli_cmd cli_cmd_ingest, cli_cmd_pipelines_list, cli_cmd_pipelines_show,
     cli_cmd_pipelines_put, cli_cmd_pipelines_run, cli_cmd_train, cli_cmd_jobs_list, cli_cmd_jobs_show,
     cli_cmd_jobs_follow, cli_cmd_jobs_cancel, cli_cmd_models_list, cli_cmd_models_show,
-    cli_cmd_models_versions, cli_cmd_models_promote, cli_cmd_models_import, cli_cmd_predict,
+    cli_cmd_models_versions, cli_cmd_models_promote, cli_cmd_models_rollback, cli_cmd_models_history, cli_cmd_models_import, cli_cmd_predict,
     cli_cmd_recommend, cli_cmd_drift, cli_cmd_alerts;
 /* healthcheck.c: GET /healthz of the service beside it (container health check). */
 extern const cli_cmd cli_cmd_healthcheck;

@@ -395,6 +395,57 @@ static int models_promote(const void *opts)
     return CLI_OK;
 }
 
+typedef struct rollback_opts {
+    const char *name, *alias, *reason;
+} rollback_opts;
+
+static const cli_opt rollback_table[] = {
+    {"NAME", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the model", offsetof(rollback_opts, name)},
+    {"alias", 0, CLI_STR, "production", 0, 0, NULL, 0, "the alias to move back", offsetof(rollback_opts, alias)},
+    {"reason", 0, CLI_STR, NULL, 0, 0, NULL, 0, "why, kept in the alias history after \"rollback: \"",
+     offsetof(rollback_opts, reason)},
+};
+
+/* Moves the alias back to the version it held before its current one; the
+ * registry picks that version from the alias history and records the move. */
+static int models_rollback(const void *opts)
+{
+    const rollback_opts *o = opts;
+    json_t *out = NULL;
+    json_t *body = o->reason ? json_pack("{s:s}", "reason", o->reason) : NULL;
+    int rc = call("registry", "POST",
+                  cli_printf("/v1/models/%s/aliases/%s/rollback", cli_enc(o->name), cli_enc(o->alias)), body, &out);
+    json_decref(body);
+    if (rc != CLI_OK)
+        return rc;
+    if (g_cli.json)
+        cli_print_json(out);
+    else
+        printf("%s: %s rolled back from version %s to version %s\n", o->name, o->alias,
+               cli_field(out, "from_version"), cli_field(out, "version"));
+    json_decref(out);
+    return CLI_OK;
+}
+
+typedef struct history_opts {
+    const char *name, *alias;
+} history_opts;
+
+static const cli_opt history_table[] = {
+    {"NAME", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the model", offsetof(history_opts, name)},
+    {"alias", 0, CLI_STR, "production", 0, 0, NULL, 0, "the alias", offsetof(history_opts, alias)},
+};
+
+static int models_history(const void *opts)
+{
+    const history_opts *o = opts;
+    static const char *const h[] = {"AT", "FROM", "TO", "REASON", "WHO", NULL};
+    static const char *const p[] = {"at", "from_version", "to_version", "reason", "who"};
+    return get_table("registry",
+                     cli_printf("/v1/models/%s/aliases/%s/history?limit=1000", cli_enc(o->name), cli_enc(o->alias)),
+                     "history", h, p);
+}
+
 static const cli_opt model_name_table[] = {
     {"NAME", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the model", offsetof(name_opts, name)},
 };
@@ -408,6 +459,11 @@ const cli_cmd cli_cmd_models_versions = CLI_CMD("models versions",
                                                 model_name_table, name_opts, models_versions);
 const cli_cmd cli_cmd_models_promote = CLI_CMD("models promote", "point an alias (production) at a version", NULL,
                                                promote_table, promote_opts, models_promote);
+const cli_cmd cli_cmd_models_rollback = CLI_CMD(
+    "models rollback", "move an alias (production) back to the version it held before", NULL, rollback_table,
+    rollback_opts, models_rollback);
+const cli_cmd cli_cmd_models_history = CLI_CMD("models history", "every move of an alias: when, from, to, why, who",
+                                               NULL, history_table, history_opts, models_history);
 const cli_cmd cli_cmd_models_import = CLI_CMD(
     "models import", "register a model trained elsewhere so serve runs it unchanged",
     "e.g. quern models import --name adult --kind xgboost --file model.json --inputs age:FP64,workclass:BYTES "

@@ -30,7 +30,7 @@ static const cli_cmd *const commands[] = {
     &cli_cmd_train,
     &cli_cmd_jobs_list, &cli_cmd_jobs_show, &cli_cmd_jobs_follow, &cli_cmd_jobs_cancel,
     &cli_cmd_models_list, &cli_cmd_models_show, &cli_cmd_models_versions, &cli_cmd_models_promote,
-    &cli_cmd_models_import,
+    &cli_cmd_models_rollback, &cli_cmd_models_history, &cli_cmd_models_import,
     &cli_cmd_predict, &cli_cmd_recommend, &cli_cmd_drift, &cli_cmd_alerts,
     &cli_cmd_healthcheck, /* hidden (no summary): the container health check */
 };

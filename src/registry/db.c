@@ -79,6 +79,38 @@ const qn_migration reg_db_migrations[] = {
      "  created_at INTEGER NOT NULL,"
      "  PRIMARY KEY (dataset_id, version));"
      QN_OUTBOX_SCHEMA},
+    /* Alias history: one row per move, written in the move's transaction and
+     * never deleted (keyed by model name, so it outlives a deleted model).
+     * from_version NULL: the alias was new; to_version NULL: it was deleted.
+     * mlflow_versions: what MLflow knows of a version that Quern does not
+     * (source URI, run id and link, the artifact directory it came from).
+     * Artifacts: MLflow's artifact paths over content-addressed blobs
+     * (artifacts.c); the blob files stay the truth of the bytes. */
+    {2,
+     "CREATE TABLE alias_history ("
+     "  id INTEGER PRIMARY KEY,"
+     "  model TEXT NOT NULL,"
+     "  alias TEXT NOT NULL,"
+     "  from_version INTEGER,"
+     "  to_version INTEGER,"
+     "  reason TEXT NOT NULL DEFAULT '',"
+     "  who TEXT NOT NULL,"
+     "  at INTEGER NOT NULL);"
+     "CREATE INDEX alias_history_by_alias ON alias_history (model, alias, id);"
+     "CREATE TABLE mlflow_versions ("
+     "  model_id INTEGER NOT NULL,"
+     "  version INTEGER NOT NULL,"
+     "  source TEXT NOT NULL DEFAULT '',"
+     "  run_id TEXT NOT NULL DEFAULT '',"
+     "  run_link TEXT NOT NULL DEFAULT '',"
+     "  artifact_dir TEXT,"
+     "  PRIMARY KEY (model_id, version),"
+     "  FOREIGN KEY (model_id, version) REFERENCES versions(model_id, version) ON DELETE CASCADE);"
+     "CREATE TABLE artifacts ("
+     "  path TEXT PRIMARY KEY,"
+     "  digest TEXT NOT NULL,"
+     "  size INTEGER NOT NULL,"
+     "  updated_at INTEGER NOT NULL);"},
 };
 const size_t reg_db_nmigrations = sizeof reg_db_migrations / sizeof reg_db_migrations[0];
 
@@ -676,8 +708,28 @@ int reg_event_append(qn_conn *c, const char *type, json_t *data, const char *tra
     return rc;
 }
 
+/* Appends one move of alias to its history (from or to 0: none). */
+static int history_add(qn_conn *c, const char *name, const char *alias, int64_t from, int64_t to,
+                       const reg_db_move *mv, qn_err *err)
+{
+    qn_stmt *st = qn_prepare(c,
+                             "INSERT INTO alias_history (model, alias, from_version, to_version, reason, who, at) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             err);
+    if (!st)
+        return err->code;
+    qn_bind_text(st, 1, name, -1);
+    qn_bind_text(st, 2, alias, -1);
+    from ? qn_bind_int64(st, 3, from) : qn_bind_null(st, 3);
+    to ? qn_bind_int64(st, 4, to) : qn_bind_null(st, 4);
+    qn_bind_text(st, 5, mv && mv->reason ? mv->reason : "", -1);
+    qn_bind_text(st, 6, mv && mv->who && *mv->who ? mv->who : "anonymous", -1);
+    qn_bind_int64(st, 7, qn_now_ms());
+    return step_done(st, err);
+}
+
 int reg_db_alias_set(qn_conn *c, const char *name, const char *alias, int64_t version,
-                     const char *traceparent, int64_t *previous, qn_err *err)
+                     const char *traceparent, const reg_db_move *mv, int64_t *previous, qn_err *err)
 {
     int64_t id;
     int rc;
@@ -708,19 +760,24 @@ int reg_db_alias_set(qn_conn *c, const char *name, const char *alias, int64_t ve
     qn_bind_text(st, 2, alias, -1);
     qn_bind_int64(st, 3, version);
     qn_bind_int64(st, 4, qn_now_ms());
-    if ((rc = qn_step(st, err)) < 0)
+    if ((rc = qn_step(st, err)) < 0 || (rc = history_add(c, name, alias, *previous, version, mv, err)) < 0)
         return rc;
     json_t *data = json_pack("{s:s, s:s, s:I, s:o}", "model", name, "alias", alias, "version", (json_int_t)version,
                              "previous_version", *previous ? json_integer(*previous) : json_null());
+    if (mv && mv->reason && *mv->reason)
+        json_object_set_new(data, "reason", json_string(mv->reason));
     return reg_event_append(c, "quern.model.promoted", data, traceparent, err);
 }
 
-int reg_db_alias_delete(qn_conn *c, const char *name, const char *alias, qn_err *err)
+int reg_db_alias_delete(qn_conn *c, const char *name, const char *alias, const reg_db_move *mv, qn_err *err)
 {
-    int64_t id;
+    int64_t id, version = 0;
     int rc;
-    if ((rc = reg_db_id(c, &reg_db_models, name, &id, err)) < 0)
+    if ((rc = reg_db_id(c, &reg_db_models, name, &id, err)) < 0 ||
+        (rc = alias_version(c, id, alias, &version, NULL, err)) < 0)
         return rc;
+    if (rc == 0)
+        return qn_err_set(err, QN_NOT_FOUND, "model \"%s\" has no alias \"%s\"", name, alias);
     qn_stmt *st = qn_prepare(c, "DELETE FROM aliases WHERE model_id = ? AND alias = ?", err);
     if (!st)
         return err->code;
@@ -728,8 +785,92 @@ int reg_db_alias_delete(qn_conn *c, const char *name, const char *alias, qn_err 
     qn_bind_text(st, 2, alias, -1);
     if ((rc = qn_step(st, err)) < 0)
         return rc;
-    if (qn_changes(c) == 0)
-        return qn_err_set(err, QN_NOT_FOUND, "model \"%s\" has no alias \"%s\"", name, alias);
+    return history_add(c, name, alias, version, 0, mv, err);
+}
+
+static json_t *history_json(qn_stmt *st)
+{
+    return json_pack("{s:I, s:s, s:o, s:o, s:s, s:s, s:o}", "id", (json_int_t)qn_col_int64(st, 0), "alias",
+                     qn_col_text(st, 1),
+                     "from_version", qn_col_is_null(st, 2) ? json_null() : json_integer(qn_col_int64(st, 2)),
+                     "to_version", qn_col_is_null(st, 3) ? json_null() : json_integer(qn_col_int64(st, 3)),
+                     "reason", qn_col_text(st, 4), "who", qn_col_text(st, 5), "at",
+                     qn_json_time(qn_col_int64(st, 6)));
+}
+
+int reg_db_alias_history_page(qn_conn *c, const char *name, const char *alias, int64_t before, qn_page *pg,
+                              qn_err *err)
+{
+    qn_stmt *st = qn_prepare(c,
+                             "SELECT id, alias, from_version, to_version, reason, who, at FROM alias_history "
+                             "WHERE model = ? AND alias = ? AND (? = 0 OR id < ?) ORDER BY id DESC LIMIT ?",
+                             err);
+    if (!st)
+        return err->code;
+    qn_bind_text(st, 1, name, -1);
+    qn_bind_text(st, 2, alias, -1);
+    qn_bind_int64(st, 3, before);
+    qn_bind_int64(st, 4, before);
+    qn_bind_int64(st, 5, pg->limit + 1);
+    int rc;
+    while ((rc = qn_step(st, err)) == 1 && !qn_page_full(pg))
+        qn_page_add_int(pg, history_json(st), qn_col_int64(st, 0));
+    if (rc < 0)
+        return rc;
+    if (before == 0 && json_array_size(pg->items) == 0) {
+        /* An empty history of a model that never existed is a 404, not []. */
+        int64_t id;
+        if ((rc = reg_db_id(c, &reg_db_models, name, &id, err)) == QN_NOT_FOUND)
+            return qn_err_set(err, QN_NOT_FOUND, "model \"%s\" has no alias \"%s\" and never had one",
+                              name, alias);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+int reg_db_alias_rollback(qn_conn *c, const char *name, const char *alias, const char *traceparent,
+                          const reg_db_move *mv, int64_t *from, int64_t *to, qn_err *err)
+{
+    int64_t id, cur = 0;
+    int rc;
+    *from = *to = 0;
+    if ((rc = reg_db_id(c, &reg_db_models, name, &id, err)) < 0 ||
+        (rc = alias_version(c, id, alias, &cur, NULL, err)) < 0)
+        return rc;
+    if (rc == 0)
+        return qn_err_set(err, QN_NOT_FOUND, "model \"%s\" has no alias \"%s\" to roll back", name, alias);
+    /* The move that brought the alias to where it is says where it was. */
+    qn_stmt *st = qn_prepare(c,
+                             "SELECT from_version FROM alias_history WHERE model = ? AND alias = ? "
+                             "ORDER BY id DESC LIMIT 1",
+                             err);
+    if (!st)
+        return err->code;
+    qn_bind_text(st, 1, name, -1);
+    qn_bind_text(st, 2, alias, -1);
+    if ((rc = qn_step(st, err)) < 0)
+        return rc;
+    int64_t prev = rc == 1 && !qn_col_is_null(st, 0) ? qn_col_int64(st, 0) : 0;
+    if (rc == 1 && step_done(st, err) < 0)
+        return err->code;
+    if (prev == 0 || prev == cur)
+        return qn_err_set(err, QN_FAILED_PRECONDITION,
+                          "alias \"%s\" of model \"%s\" has pointed at no version before version %lld; "
+                          "nothing to roll back to (use PUT /v1/models/%s/aliases/%s to move it)",
+                          alias, name, (long long)cur, name, alias);
+    reg_db_move rb = {.reason = mv && mv->reason && *mv->reason ? mv->reason : "rollback",
+                      .who = mv ? mv->who : NULL};
+    int64_t was;
+    if ((rc = reg_db_alias_set(c, name, alias, prev, traceparent, &rb, &was, err)) < 0) {
+        if (rc == QN_NOT_FOUND)
+            return qn_err_set(err, QN_FAILED_PRECONDITION,
+                              "alias \"%s\" of model \"%s\" pointed at version %lld before, "
+                              "which no longer exists", alias, name, (long long)prev);
+        return rc;
+    }
+    *from = cur;
+    *to = prev;
     return 0;
 }
 

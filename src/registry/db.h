@@ -115,13 +115,36 @@ int reg_db_model_version_patch(qn_conn *c, const char *name, int64_t n, const ch
 int reg_db_aliases_list(qn_conn *c, const char *name, json_t **out, qn_err *err);
 /* {"model", "alias", "version", "updated_at"} */
 int reg_db_alias_get(qn_conn *c, const char *name, const char *alias, json_t **out, qn_err *err);
+/* Why and by whom an alias moves, as its history records it: reason ""
+ * or NULL when none was given, who the token's name (NULL: "anonymous"). */
+typedef struct reg_db_move {
+    const char *reason;
+    const char *who;
+} reg_db_move;
+
 /* Points alias at version (which must exist); *previous the version it
- * pointed at (0: none). When it moves, appends quern.model.promoted (with
- * traceparent) to the outbox in the same transaction. Write transaction. */
+ * pointed at (0: none). When it moves, appends a row to the alias history
+ * (with mv, which may be NULL) and quern.model.promoted (with traceparent)
+ * to the outbox, both in the same transaction. Write transaction. */
 int reg_db_alias_set(qn_conn *c, const char *name, const char *alias, int64_t version,
-                     const char *traceparent, int64_t *previous, qn_err *err);
-/* Removes an alias. Write transaction. */
-int reg_db_alias_delete(qn_conn *c, const char *name, const char *alias, qn_err *err);
+                     const char *traceparent, const reg_db_move *mv, int64_t *previous, qn_err *err);
+/* Removes an alias, recording the move (to no version) in its history.
+ * Write transaction. */
+int reg_db_alias_delete(qn_conn *c, const char *name, const char *alias, const reg_db_move *mv, qn_err *err);
+/* Adds to pg the moves of alias (history rows below id `before`, 0: from
+ * the newest), newest first: {"id","alias","from_version","to_version",
+ * "reason","who","at"}; versions null for none. History is never deleted,
+ * so it outlives the alias and the model; QN_NOT_FOUND only when there is
+ * no history and no such model. */
+int reg_db_alias_history_page(qn_conn *c, const char *name, const char *alias, int64_t before, qn_page *pg,
+                              qn_err *err);
+/* Moves alias back to the version it pointed at before its current one
+ * (the from_version of its latest move), as a move by mv->who with reason
+ * mv->reason (NULL or "": "rollback"); *from and *to the versions. QN_NOT_FOUND when the alias is
+ * not set, QN_FAILED_PRECONDITION when it had no earlier version (or that
+ * version is gone). Write transaction. */
+int reg_db_alias_rollback(qn_conn *c, const char *name, const char *alias, const char *traceparent,
+                          const reg_db_move *mv, int64_t *from, int64_t *to, qn_err *err);
 
 /* Appends a CloudEvent of type with data (stolen) to the outbox, inside the
  * caller's write transaction. */

@@ -14,12 +14,14 @@
 #include "core/log.h"
 #include "core/outbox.h"
 #include "core/service.h"
+#include "registry/mlflow_registry.h"
 #include "registry/registry.h"
 
 typedef struct registry_cfg {
     qn_common_cfg common;
     long long max_blob;
     char *db_url;
+    char *token_name;
 } registry_cfg;
 
 static const qn_cfg_opt opts[] = {
@@ -28,9 +30,36 @@ static const qn_cfg_opt opts[] = {
      "Largest blob accepted by PUT /v1/blobs", offsetof(registry_cfg, max_blob)},
     {"db", "QUERN_REGISTRY_DB", QN_CFG_STRING, NULL, 0, 0,
      "Metadata store URL (default: sqlite://<data>/registry.db)", offsetof(registry_cfg, db_url)},
+    {"token-name", "QUERN_TOKEN_NAME", QN_CFG_STRING, "token", 0, 0,
+     "Who the alias history names for moves made with the token (without a token: anonymous)",
+     offsetof(registry_cfg, token_name)},
 };
 
 #define MB (1024ull * 1024ull)
+
+/* MLflow's artifact routes take a path of any depth; the route table
+ * matches whole segments, so the templates go to REG_ARTIFACT_DEPTH. */
+#define ART "/api/2.0/mlflow-artifacts/artifacts"
+#define A1 ART "/{p1}"
+#define A2 A1 "/{p2}"
+#define A3 A2 "/{p3}"
+#define A4 A3 "/{p4}"
+#define A5 A4 "/{p5}"
+#define A6 A5 "/{p6}"
+#define A7 A6 "/{p7}"
+#define A8 A7 "/{p8}"
+#define A9 A8 "/{p9}"
+#define A10 A9 "/{p10}"
+#define A11 A10 "/{p11}"
+#define A12 A11 "/{p12}"
+#define A13 A12 "/{p13}"
+#define A14 A13 "/{p14}"
+#define A15 A14 "/{p15}"
+#define A16 A15 "/{p16}"
+#define ART_ROUTES(t)                                                                       \
+    {"PUT", t, reg_artifact_put, 0 /* set from config */, QN_ROUTE_STREAM, reg_artifact_put_chunk}, \
+    {"GET", t, reg_artifact_get, 0, 0, NULL}
+#define MLF "/api/2.0/mlflow"
 
 /* The registry's API. Bodies are bounded per route: JSON documents are small,
  * only blobs are large (and streamed to disk, never held in memory). */
@@ -47,6 +76,8 @@ static qn_route routes[] = {
     {"GET", "/v1/models/{name}/aliases/{alias}", reg_aliases_get, 0, 0, NULL},
     {"PUT", "/v1/models/{name}/aliases/{alias}", reg_aliases_put, 4 * 1024, 0, NULL},
     {"DELETE", "/v1/models/{name}/aliases/{alias}", reg_aliases_delete, 0, 0, NULL},
+    {"GET", "/v1/models/{name}/aliases/{alias}/history", reg_alias_history, 0, 0, NULL},
+    {"POST", "/v1/models/{name}/aliases/{alias}/rollback", reg_alias_rollback, 4 * 1024, 0, NULL},
     {"GET", "/v1/datasets", reg_datasets_list, 0, 0, NULL},
     {"POST", "/v1/datasets/{name}/versions", reg_dataset_versions_create, 4 * MB, 0, NULL},
     {"GET", "/v1/datasets/{name}/versions", reg_dataset_versions_list, 0, 0, NULL},
@@ -55,6 +86,33 @@ static qn_route routes[] = {
      reg_blob_put_chunk},
     {"GET", "/v1/blobs/{digest}", reg_blob_get, 0, 0, NULL},
     {"GET", "/v1/events", reg_events_list, 0, 0, NULL},
+    /* MLflow's model registry (model_registry.proto) and artifacts proxy
+     * (mlflow_artifacts.proto); mlflow_registry.h. */
+    {"POST", MLF "/registered-models/create", mlf_rm_create, 1 * MB, 0, NULL},
+    {"POST", MLF "/registered-models/rename", mlf_rm_rename, 64 * 1024, 0, NULL},
+    {"PATCH", MLF "/registered-models/update", mlf_rm_update, 64 * 1024, 0, NULL},
+    {"DELETE", MLF "/registered-models/delete", mlf_rm_delete, 64 * 1024, 0, NULL},
+    {"GET", MLF "/registered-models/get", mlf_rm_get, 0, 0, NULL},
+    {"GET", MLF "/registered-models/search", mlf_rm_search, 0, 0, NULL},
+    {"POST", MLF "/registered-models/get-latest-versions", mlf_rm_latest_versions, 64 * 1024, 0, NULL},
+    {"GET", MLF "/registered-models/get-latest-versions", mlf_rm_latest_versions, 0, 0, NULL},
+    {"POST", MLF "/registered-models/set-tag", mlf_rm_set_tag, 64 * 1024, 0, NULL},
+    {"DELETE", MLF "/registered-models/delete-tag", mlf_rm_delete_tag, 64 * 1024, 0, NULL},
+    {"POST", MLF "/registered-models/alias", mlf_alias_set, 64 * 1024, 0, NULL},
+    {"DELETE", MLF "/registered-models/alias", mlf_alias_delete, 64 * 1024, 0, NULL},
+    {"GET", MLF "/registered-models/alias", mlf_alias_get, 0, 0, NULL},
+    {"POST", MLF "/model-versions/create", mlf_mv_create, 1 * MB, 0, NULL},
+    {"PATCH", MLF "/model-versions/update", mlf_mv_update, 64 * 1024, 0, NULL},
+    {"DELETE", MLF "/model-versions/delete", mlf_mv_delete, 64 * 1024, 0, NULL},
+    {"GET", MLF "/model-versions/get", mlf_mv_get, 0, 0, NULL},
+    {"GET", MLF "/model-versions/search", mlf_mv_search, 0, 0, NULL},
+    {"GET", MLF "/model-versions/get-download-uri", mlf_mv_download_uri, 0, 0, NULL},
+    {"POST", MLF "/model-versions/set-tag", mlf_mv_set_tag, 64 * 1024, 0, NULL},
+    {"DELETE", MLF "/model-versions/delete-tag", mlf_mv_delete_tag, 64 * 1024, 0, NULL},
+    {"GET", ART, reg_artifact_list, 0, 0, NULL},
+    ART_ROUTES(A1), ART_ROUTES(A2), ART_ROUTES(A3), ART_ROUTES(A4), ART_ROUTES(A5), ART_ROUTES(A6),
+    ART_ROUTES(A7), ART_ROUTES(A8), ART_ROUTES(A9), ART_ROUTES(A10), ART_ROUTES(A11), ART_ROUTES(A12),
+    ART_ROUTES(A13), ART_ROUTES(A14), ART_ROUTES(A15), ART_ROUTES(A16),
 };
 
 int reg_fail(qn_req *req, qn_res *res, const qn_err *err)
@@ -111,10 +169,16 @@ static int registry_start(qn_service_ctx *ctx, qn_err *err)
     if (!r)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     r->max_blob = cfg->max_blob;
+    if (ctx->token && *ctx->token && !(r->token_name = strdup(cfg->token_name && *cfg->token_name
+                                                                  ? cfg->token_name : "token"))) {
+        free(r);
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    }
     qn_deps_opts o = {.db_url = cfg->db_url, .data = cfg->common.data, .db_file = "registry.db",
                       .migrations = reg_db_migrations, .nmigrations = reg_db_nmigrations,
                       .bus_url = cfg->common.bus, .source = "quern-registry", .metrics = ctx->metrics};
     if (qn_deps_open(&o, &r->db, &r->bus, &r->outbox, err) < 0) {
+        free(r->token_name);
         free(r);
         return err->code;
     }
@@ -122,6 +186,7 @@ static int registry_start(qn_service_ctx *ctx, qn_err *err)
         asprintf(&r->tmp_dir, "%s/blobs/tmp", cfg->common.data) < 0 || reg_blobs_init(r, err) < 0) {
         qn_deps_close(r->db, r->bus, r->outbox);
         free(r->blob_dir);
+        free(r->token_name);
         free(r);
         return err->code ? err->code : QN_RESOURCE_EXHAUSTED;
     }
@@ -136,7 +201,7 @@ static int registry_start(qn_service_ctx *ctx, qn_err *err)
     r->alias_moves = qn_metrics_counter(ctx->metrics, "quern_registry_alias_moves_total",
                                         "Alias moves (promotions).", NULL);
     for (size_t i = 0; i < QN_NELEM(routes); i++)
-        if (routes[i].stream == reg_blob_put_chunk)
+        if (routes[i].stream == reg_blob_put_chunk || routes[i].stream == reg_artifact_put_chunk)
             routes[i].max_body = (uint64_t)cfg->max_blob;
     ctx->routes = routes;
     ctx->nroutes = QN_NELEM(routes);
@@ -155,6 +220,7 @@ static void registry_stop(qn_service_ctx *ctx)
     qn_deps_close(r->db, r->bus, r->outbox);
     free(r->blob_dir);
     free(r->tmp_dir);
+    free(r->token_name);
     free(r);
 }
 

@@ -363,7 +363,7 @@ int reg_versions_patch(qn_req *req, qn_res *res, void *ud)
 
 /* ---- aliases ------------------------------------------------------------- */
 
-static int check_alias(qn_req *req, qn_res *res, const char **name, const char **alias)
+int reg_check_alias(qn_req *req, qn_res *res, const char **name, const char **alias)
 {
     qn_err err;
     if (check_model_name(req, res, name) < 0)
@@ -399,7 +399,7 @@ int reg_aliases_get(qn_req *req, qn_res *res, void *ud)
     qn_err err;
     const char *name, *alias;
     json_t *out = NULL;
-    if (check_alias(req, res, &name, &alias) < 0)
+    if (reg_check_alias(req, res, &name, &alias) < 0)
         return 0;
     qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
     int rc = c ? reg_db_alias_get(c, name, alias, &out, &err) : err.code;
@@ -409,31 +409,21 @@ int reg_aliases_get(qn_req *req, qn_res *res, void *ud)
 int reg_aliases_put(qn_req *req, qn_res *res, void *ud)
 {
     registry *r = ud;
-    static const char *const allowed[] = {"version", NULL};
+    static const char *const allowed[] = {"version", "reason", NULL};
     qn_err err;
-    const char *name, *alias;
+    const char *name, *alias, *reason = NULL;
     int64_t version, previous = 0;
-    if (check_alias(req, res, &name, &alias) < 0)
+    if (reg_check_alias(req, res, &name, &alias) < 0)
         return 0;
     json_t *body = qn_req_json(req, res);
     if (!body)
         return 0;
     if (qn_json_only(body, allowed, &err) < 0 ||
-        qn_json_int(body, "version", 1, 1, MAX_VERSION, &version, &err) < 0)
+        qn_json_int(body, "version", 1, 1, MAX_VERSION, &version, &err) < 0 ||
+        qn_json_str(body, "reason", 0, REG_MAX_REASON, &reason, &err) < 0)
         return qn_res_error(res, err.code, "%s", err.msg);
-
-    char tp[QN_TRACEPARENT_LEN + 1];
-    qn_traceparent_format(qn_req_trace(req), tp);
-    qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
-    int rc = c ? reg_db_alias_set(c, name, alias, version, tp, &previous, &err) : err.code;
-    if (reg_db_end(r->db, c, rc, &err) < 0)
+    if (reg_alias_move(r, req, name, alias, version, reason, &previous, &err) < 0)
         return reg_fail(req, res, &err);
-    qn_outbox_kick(r->outbox);
-    if (previous != version) {
-        qn_counter_add(r->alias_moves, NULL, 1);
-        qn_log_info(qn_req_trace_id(req), "alias moved", "{s:s, s:s, s:I, s:I}", "model", name, "alias",
-                    alias, "version", (json_int_t)version, "previous_version", (json_int_t)previous);
-    }
     return qn_res_json(res, 200, json_pack("{s:s, s:s, s:I, s:o}", "model", name, "alias", alias, "version",
                                            (json_int_t)version, "previous_version",
                                            previous ? json_integer(previous) : json_null()));
@@ -444,9 +434,10 @@ int reg_aliases_delete(qn_req *req, qn_res *res, void *ud)
     registry *r = ud;
     qn_err err;
     const char *name, *alias;
-    if (check_alias(req, res, &name, &alias) < 0)
+    if (reg_check_alias(req, res, &name, &alias) < 0)
         return 0;
+    reg_db_move mv = {.who = reg_who(r)};
     qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
-    int rc = c ? reg_db_alias_delete(c, name, alias, &err) : err.code;
+    int rc = c ? reg_db_alias_delete(c, name, alias, &mv, &err) : err.code;
     return reg_answer(r->db, req, res, c, rc, &err, 204, NULL);
 }

@@ -8,9 +8,12 @@
  * CloudEvent to the outbox table, which core/outbox drains to the bus.
  *
  * Modules: main.c (config, routes, start/stop), models.c (models, versions,
- * aliases) and datasets.c (their HTTP handlers), db.c (the data layer under
- * them: plain functions over a store connection), blobs.c, events.c (the
- * outbox listing).
+ * aliases) and datasets.c (their HTTP handlers), aliases.c (alias history,
+ * rollback, the one alias move), db.c (the data layer under them: plain
+ * functions over a store connection), blobs.c, events.c (the outbox
+ * listing); MLflow's model registry and artifacts proxy in
+ * mlflow_registry.c, mlflow_model.c, mlflow_parse.c and artifacts.c
+ * (mlflow_registry.h, docs/mlflow.md).
  */
 #ifndef QUERN_REGISTRY_H
 #define QUERN_REGISTRY_H
@@ -35,6 +38,7 @@ typedef struct registry {
     qn_metric *blob_bytes;
     qn_metric *versions_created;
     qn_metric *alias_moves;
+    char *token_name;        /* who alias moves are by when a token is set; NULL: "anonymous" */
 } registry;
 
 /* Answers a storage failure: client codes pass their message through, busy
@@ -64,10 +68,29 @@ int reg_versions_create(qn_req *req, qn_res *res, void *ud);
 int reg_versions_list(qn_req *req, qn_res *res, void *ud);
 int reg_versions_get(qn_req *req, qn_res *res, void *ud);
 int reg_versions_patch(qn_req *req, qn_res *res, void *ud);
+/* The {name} and {alias} path parameters, checked (answers 400: -1). */
+int reg_check_alias(qn_req *req, qn_res *res, const char **name, const char **alias);
 int reg_aliases_list(qn_req *req, qn_res *res, void *ud);
 int reg_aliases_get(qn_req *req, qn_res *res, void *ud);
 int reg_aliases_put(qn_req *req, qn_res *res, void *ud);
 int reg_aliases_delete(qn_req *req, qn_res *res, void *ud);
+
+/* aliases.c: alias history and rollback, and the one alias move every API
+ * (PUT /v1, rollback, MLflow) goes through. */
+#define REG_MAX_REASON 1024
+/* Who a mutating request is by, for the alias history: the token's name
+ * when the registry has a token (core auth let the request in with it),
+ * else "anonymous". */
+const char *reg_who(const registry *r);
+/* Points alias of model name at version in one write transaction with its
+ * history row (reason may be NULL) and quern.model.promoted, kicks the
+ * outbox, counts and logs the move. *previous the version it pointed at
+ * (0: none). On failure returns the negative code with err (the caller
+ * answers in its API's shape). */
+int reg_alias_move(registry *r, qn_req *req, const char *name, const char *alias, int64_t version,
+                   const char *reason, int64_t *previous, qn_err *err);
+int reg_alias_history(qn_req *req, qn_res *res, void *ud);
+int reg_alias_rollback(qn_req *req, qn_res *res, void *ud);
 
 /* datasets.c */
 int reg_datasets_list(qn_req *req, qn_res *res, void *ud);

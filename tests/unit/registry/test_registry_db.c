@@ -239,20 +239,20 @@ static void test_aliases(void **state)
     add_version("recs", NULL);
 
     qn_conn *c = reg_db_begin(db, QN_TX_WRITE, &err);
-    int rc = reg_db_alias_set(c, "recs", "production", 7, NULL, &prev, &err);
+    int rc = reg_db_alias_set(c, "recs", "production", 7, NULL, NULL, &prev, &err);
     assert_int_equal(rc, QN_NOT_FOUND);
     assert_non_null(strstr(err.msg, "has no version 7"));
     reg_db_end(db, c, rc, &err);
 
     c = reg_db_begin(db, QN_TX_WRITE, &err);
-    assert_int_equal(reg_db_end(db, c, reg_db_alias_set(c, "recs", "production", 1, NULL, &prev, &err), &err), 0);
+    assert_int_equal(reg_db_end(db, c, reg_db_alias_set(c, "recs", "production", 1, NULL, NULL, &prev, &err), &err), 0);
     assert_int_equal(prev, 0);
     c = reg_db_begin(db, QN_TX_WRITE, &err);
-    assert_int_equal(reg_db_end(db, c, reg_db_alias_set(c, "recs", "production", 2, NULL, &prev, &err), &err), 0);
+    assert_int_equal(reg_db_end(db, c, reg_db_alias_set(c, "recs", "production", 2, NULL, NULL, &prev, &err), &err), 0);
     assert_int_equal(prev, 1);
     /* the same version again: no move, no event */
     c = reg_db_begin(db, QN_TX_WRITE, &err);
-    assert_int_equal(reg_db_end(db, c, reg_db_alias_set(c, "recs", "production", 2, NULL, &prev, &err), &err), 0);
+    assert_int_equal(reg_db_end(db, c, reg_db_alias_set(c, "recs", "production", 2, NULL, NULL, &prev, &err), &err), 0);
     assert_int_equal(prev, 2);
     assert_int_equal(outbox_count(), 2);
 
@@ -269,7 +269,7 @@ static void test_aliases(void **state)
     reg_db_end(db, c, 0, &err);
 
     c = reg_db_begin(db, QN_TX_WRITE, &err);
-    assert_int_equal(reg_db_end(db, c, reg_db_alias_delete(c, "recs", "production", &err), &err), 0);
+    assert_int_equal(reg_db_end(db, c, reg_db_alias_delete(c, "recs", "production", NULL, &err), &err), 0);
     c = reg_db_begin(db, QN_TX_READ, &err);
     rc = reg_db_alias_get(c, "recs", "production", &out, &err);
     assert_int_equal(rc, QN_NOT_FOUND);
@@ -331,6 +331,134 @@ static void test_datasets(void **state)
     json_decref(page);
 }
 
+/* Runs one move (set to version, or delete when version is 0) as who. */
+static int move(const char *alias, int64_t version, const char *reason, const char *who)
+{
+    qn_err err;
+    int64_t prev;
+    reg_db_move mv = {.reason = reason, .who = who};
+    qn_conn *c = reg_db_begin(db, QN_TX_WRITE, &err);
+    assert_non_null(c);
+    int rc = version ? reg_db_alias_set(c, "recs", alias, version, NULL, &mv, &prev, &err)
+                     : reg_db_alias_delete(c, "recs", alias, &mv, &err);
+    return reg_db_end(db, c, rc, &err);
+}
+
+/* The history page of alias, newest first (before: id to resume below). */
+static json_t *history(const char *alias, const char *limit, int64_t before)
+{
+    qn_err err;
+    qn_page pg;
+    char after[QN_PAGE_KEY_MAX];
+    assert_int_equal(qn_page_begin(&pg, "alias_history", limit, 50, 1000, NULL, after, &err), 0);
+    qn_conn *c = reg_db_begin(db, QN_TX_READ, &err);
+    int rc = reg_db_alias_history_page(c, "recs", alias, before, &pg, &err);
+    assert_int_equal(reg_db_end(db, c, rc, &err), 0);
+    return qn_page_finish(&pg, "history");
+}
+
+static int64_t vfield(const json_t *o, const char *k)
+{
+    const json_t *v = json_object_get(o, k);
+    return json_is_null(v) ? 0 : (int64_t)json_integer_value(v);
+}
+
+static void test_alias_history_and_rollback(void **state)
+{
+    (void)state;
+    qn_err err;
+    int64_t from = -1, to = -1;
+    create_model("recs");
+    for (int i = 0; i < 3; i++)
+        add_version("recs", NULL);
+
+    /* a rollback of an alias that is not set is a 404; of one set once, a 400 */
+    qn_conn *c = reg_db_begin(db, QN_TX_WRITE, &err);
+    int rc = reg_db_alias_rollback(c, "recs", "production", NULL, NULL, &from, &to, &err);
+    assert_int_equal(rc, QN_NOT_FOUND);
+    reg_db_end(db, c, rc, &err);
+    assert_int_equal(move("production", 1, "first", "alice"), 0);
+    c = reg_db_begin(db, QN_TX_WRITE, &err);
+    rc = reg_db_alias_rollback(c, "recs", "production", NULL, NULL, &from, &to, &err);
+    assert_int_equal(rc, QN_FAILED_PRECONDITION);
+    assert_non_null(strstr(err.msg, "no version before version 1"));
+    reg_db_end(db, c, rc, &err);
+
+    /* a no-op move is not history; a move that fails leaves none */
+    assert_int_equal(move("production", 1, NULL, "alice"), 0);
+    assert_int_equal(move("production", 9, NULL, "alice"), QN_NOT_FOUND);
+    assert_int_equal(move("production", 2, NULL, NULL), 0);
+    assert_int_equal(move("production", 3, "better auc", "ci"), 0);
+    assert_int_equal(move("staging", 3, NULL, "ci"), 0);
+
+    /* rollback: 3 -> 2, recorded with reason rollback and who */
+    reg_db_move mv = {.who = "ops"};
+    c = reg_db_begin(db, QN_TX_WRITE, &err);
+    rc = reg_db_alias_rollback(c, "recs", "production", NULL, &mv, &from, &to, &err);
+    assert_int_equal(reg_db_end(db, c, rc, &err), 0);
+    assert_int_equal(from, 3);
+    assert_int_equal(to, 2);
+    json_t *out = NULL;
+    c = reg_db_begin(db, QN_TX_READ, &err);
+    assert_int_equal(reg_db_end(db, c, reg_db_alias_get(c, "recs", "production", &out, &err), &err), 0);
+    assert_int_equal(vfield(out, "version"), 2);
+    json_decref(out);
+    /* its event is in the outbox like any other move */
+    c = reg_db_begin(db, QN_TX_READ, &err);
+    qn_stmt *st = qn_prepare(c, "SELECT COUNT(*) FROM outbox WHERE type = 'quern.model.promoted'", &err);
+    assert_non_null(st);
+    assert_int_equal(qn_step(st, &err), 1);
+    assert_int_equal(qn_col_int64(st, 0), 5); /* 1, 2, 3, staging 3, rollback 2 */
+    qn_store_release(db, c);
+
+    assert_int_equal(move("production", 0, NULL, "ops"), 0); /* delete */
+
+    json_t *page = history("production", NULL, 0);
+    json_t *items = json_object_get(page, "history");
+    assert_int_equal(json_array_size(items), 5);
+    /* newest first: delete(2->none), rollback(3->2), 2->3, 1->2, none->1 */
+    static const int64_t want[5][2] = {{2, 0}, {3, 2}, {2, 3}, {1, 2}, {0, 1}};
+    static const char *const reasons[5] = {"", "rollback", "better auc", "", "first"};
+    static const char *const whos[5] = {"ops", "ops", "ci", "anonymous", "alice"};
+    for (size_t i = 0; i < 5; i++) {
+        json_t *h = json_array_get(items, i);
+        assert_int_equal(vfield(h, "from_version"), want[i][0]);
+        assert_int_equal(vfield(h, "to_version"), want[i][1]);
+        assert_string_equal(json_string_value(json_object_get(h, "reason")), reasons[i]);
+        assert_string_equal(json_string_value(json_object_get(h, "who")), whos[i]);
+        assert_string_equal(json_string_value(json_object_get(h, "alias")), "production");
+        assert_non_null(json_string_value(json_object_get(h, "at")));
+    }
+    int64_t third = vfield(json_array_get(items, 2), "id");
+    json_decref(page);
+
+    /* paging: two, then the rest below the second's id */
+    page = history("production", "2", 0);
+    assert_int_equal(json_array_size(json_object_get(page, "history")), 2);
+    assert_non_null(json_object_get(page, "next_page_token"));
+    int64_t second = vfield(json_array_get(json_object_get(page, "history"), 1), "id");
+    json_decref(page);
+    page = history("production", NULL, second);
+    assert_int_equal(json_array_size(json_object_get(page, "history")), 3);
+    assert_int_equal(vfield(json_array_get(json_object_get(page, "history"), 0), "id"), third);
+    json_decref(page);
+
+    /* the history outlives the model; no model and no history is a 404 */
+    c = reg_db_begin(db, QN_TX_WRITE, &err);
+    assert_int_equal(reg_db_end(db, c, reg_db_model_delete(c, "recs", &err), &err), 0);
+    page = history("staging", NULL, 0);
+    assert_int_equal(json_array_size(json_object_get(page, "history")), 1);
+    json_decref(page);
+    qn_page pg;
+    char after[QN_PAGE_KEY_MAX];
+    assert_int_equal(qn_page_begin(&pg, "alias_history", NULL, 50, 1000, NULL, after, &err), 0);
+    c = reg_db_begin(db, QN_TX_READ, &err);
+    rc = reg_db_alias_history_page(c, "recs", "canary", 0, &pg, &err);
+    assert_int_equal(rc, QN_NOT_FOUND);
+    reg_db_end(db, c, rc, &err);
+    qn_page_free(&pg);
+}
+
 #define CASE(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -338,6 +466,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         CASE(test_models_and_versions),
         CASE(test_aliases),
+        CASE(test_alias_history_and_rollback),
         CASE(test_datasets),
     };
     int failed = cmocka_run_group_tests_name("registry data layer on sqlite", tests, NULL, NULL);

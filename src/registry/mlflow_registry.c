@@ -1,0 +1,1217 @@
+/*
+ * mlflow_registry.c - MLflow's model registry REST API over Quern's models
+ * (mlflow/protos/model_registry.proto, the endpoints under /api/2.0/mlflow/).
+ *
+ * One store, two APIs: a registered model is a row of models, a model
+ * version a row of versions (with what only MLflow has, its source, run id
+ * and run link, in mlflow_versions), a tag a model or version tag, an alias
+ * a Quern alias moved through reg_alias_move (history, quern.model.promoted,
+ * serve follows). Versions are READY when created and their stage is always
+ * "None" (stages are deprecated in MLflow; aliases replace them).
+ *
+ * A version created from an MLflow model directory stored through the
+ * artifacts proxy (source mlflow-artifacts:/DIR or runs:/RUN_ID/PATH) gets
+ * the manifest mlf_model_manifest builds, so an xgboost flavour is servable;
+ * any other source gets a manifest of kind "mlflow" that records the source
+ * and that serve refuses to load.
+ *
+ * Requests follow the MLflow client: GET takes its fields from the query
+ * string, POST/PATCH/DELETE from a JSON body; unknown fields are ignored, as
+ * MLflow's server does, so clients of other versions work. Versions travel
+ * as strings, timestamps as milliseconds. Searches read the candidates,
+ * filter them with mlf_filter (name/run_id/source_path/version_number/tags
+ * with =, !=, LIKE, ILIKE, IN), sort and page by offset in C, which keeps
+ * SQLite and PostgreSQL alike; registries hold thousands of models, not
+ * millions.
+ */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <limits.h>
+#include <sys/stat.h>
+
+#include "core/digest.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "core/validate.h"
+#include "ml/bundle.h"
+#include "registry/mlflow_parse.h"
+#include "registry/mlflow_registry.h"
+#include "registry/registry.h"
+
+#define MAX_TAG_KEY 250
+#define MAX_TAG_VALUE 5000
+#define MAX_SOURCE 4096
+
+/* ---- errors ----------------------------------------------------------------- */
+
+int mlf_error(qn_res *res, int code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    const char *ec = "INTERNAL_ERROR";
+    int status = 500;
+    if (code == QN_NOT_FOUND)
+        ec = "RESOURCE_DOES_NOT_EXIST", status = 404;
+    else if (code == QN_ALREADY_EXISTS)
+        ec = "RESOURCE_ALREADY_EXISTS", status = 400;
+    else if (code == QN_UNAVAILABLE)
+        ec = "TEMPORARILY_UNAVAILABLE", status = 503;
+    else if (code == QN_RESOURCE_EXHAUSTED)
+        ec = "RESOURCE_EXHAUSTED", status = 429;
+    else if (qn_code_is_client(code))
+        ec = "INVALID_PARAMETER_VALUE", status = 400;
+    return qn_res_json(res, status, json_pack("{s:s, s:s}", "error_code", ec, "message", msg));
+}
+
+int mlf_fail(qn_req *req, qn_res *res, const qn_err *err)
+{
+    if (qn_code_is_client(err->code) && err->code != QN_RESOURCE_EXHAUSTED)
+        return mlf_error(res, err->code, "%s", err->msg);
+    qn_log_error(qn_req_trace_id(req), "storage failure", "{s:s, s:s, s:s}", "route", qn_req_route(req), "code",
+                 qn_code_name(err->code), "detail", err->msg);
+    if (err->code == QN_UNAVAILABLE)
+        return mlf_error(res, QN_UNAVAILABLE, "the registry is busy; retry shortly");
+    return mlf_error(res, QN_INTERNAL, "internal error");
+}
+
+/* ---- requests --------------------------------------------------------------- */
+
+/* The fields of a request: the JSON body, or for GET the query string. */
+typedef struct mlf_in {
+    qn_req *req;
+    json_t *body;
+} mlf_in;
+
+static int in_open(qn_req *req, qn_res *res, mlf_in *in)
+{
+    in->req = req;
+    in->body = NULL;
+    if (strcmp(qn_req_method(req), "GET") == 0 || strcmp(qn_req_method(req), "HEAD") == 0)
+        return 0;
+    size_t len = 0;
+    const char *text = qn_req_body(req, &len);
+    json_error_t je;
+    json_t *b = len ? json_loadb(text, len, JSON_REJECT_DUPLICATES, &je) : json_object();
+    if (!b || !json_is_object(b)) {
+        json_decref(b);
+        mlf_error(res, QN_INVALID_ARGUMENT, "the request body must be a JSON object%s%s", b ? "" : ": ",
+                  b ? "" : je.text);
+        return -1;
+    }
+    in->body = b;
+    return 0;
+}
+
+static void in_close(mlf_in *in)
+{
+    json_decref(in->body);
+    in->body = NULL;
+}
+
+/* A string field (a number is taken as its decimal text: versions arrive
+ * either way). NULL when absent. */
+static const char *in_str(mlf_in *in, const char *key)
+{
+    if (!in->body)
+        return qn_req_query(in->req, key);
+    json_t *v = json_object_get(in->body, key);
+    if (json_is_string(v))
+        return json_string_value(v);
+    if (json_is_integer(v))
+        return qn_arena_printf(qn_req_arena(in->req), "%lld", (long long)json_integer_value(v));
+    return NULL;
+}
+
+static int need(qn_res *res, const char *v, const char *key, size_t max)
+{
+    if (!v || !*v) {
+        mlf_error(res, QN_INVALID_ARGUMENT, "Missing value for required parameter '%s'", key);
+        return -1;
+    }
+    if (strlen(v) > max) {
+        mlf_error(res, QN_INVALID_ARGUMENT, "parameter '%s' is longer than %zu bytes", key, max);
+        return -1;
+    }
+    return 0;
+}
+
+/* The model name field, checked as Quern names are. */
+static const char *in_name(mlf_in *in, qn_res *res, const char *key)
+{
+    qn_err err;
+    const char *name = in_str(in, key);
+    if (need(res, name, key, QN_NAME_MAX) < 0)
+        return NULL;
+    if (qn_name_check("registered model", name, &err) < 0) {
+        mlf_error(res, err.code, "%s", err.msg);
+        return NULL;
+    }
+    return name;
+}
+
+static int in_version(mlf_in *in, qn_res *res, int64_t *v)
+{
+    qn_err err;
+    const char *s = in_str(in, "version");
+    if (need(res, s, "version", 32) < 0)
+        return -1;
+    if (qn_uint_parse("version", s, REG_MAX_VERSION, v, &err) < 0 || *v < 1) {
+        mlf_error(res, QN_INVALID_ARGUMENT, "Parameter 'version' must be a positive integer, got '%.32s'", s);
+        return -1;
+    }
+    return 0;
+}
+
+/* MLflow's tags, [{"key","value"}...], as a flat object (new reference, or
+ * NULL when absent); -1 answered when malformed. */
+static int in_tags(mlf_in *in, qn_res *res, json_t **out)
+{
+    *out = NULL;
+    json_t *tags = in->body ? json_object_get(in->body, "tags") : NULL;
+    if (!tags || json_is_null(tags))
+        return 0;
+    if (!json_is_array(tags) || json_array_size(tags) > 64) {
+        mlf_error(res, QN_INVALID_ARGUMENT, "'tags' must be a list of at most 64 {\"key\",\"value\"} objects");
+        return -1;
+    }
+    json_t *o = json_object(), *t;
+    size_t i;
+    json_array_foreach(tags, i, t) {
+        const char *k = json_string_value(json_object_get(t, "key"));
+        const char *v = json_string_value(json_object_get(t, "value"));
+        if (!k || !*k || strlen(k) > MAX_TAG_KEY || (v && strlen(v) > MAX_TAG_VALUE)) {
+            json_decref(o);
+            mlf_error(res, QN_INVALID_ARGUMENT,
+                      "tags[%zu] needs a key of 1 to %d bytes and a value of at most %d bytes", i, MAX_TAG_KEY,
+                      MAX_TAG_VALUE);
+            return -1;
+        }
+        json_object_set_new(o, k, json_string(v ? v : ""));
+    }
+    *out = o;
+    return 0;
+}
+
+/* ---- the MLflow shapes of models and versions --------------------------------- */
+
+/* {"a":"b"} as [{"key":"a","value":"b"}]. */
+static json_t *tag_list(const char *text)
+{
+    json_t *o = qn_json_from_text(text), *out = json_array(), *v;
+    const char *k;
+    json_object_foreach(o, k, v) json_array_append_new(out, json_pack("{s:s, s:O}", "key", k, "value", v));
+    json_decref(o);
+    return out;
+}
+
+#define MV_COLS                                                                                             \
+    "m.name, v.version, v.created_at, v.updated_at, v.description, v.status, v.tags, "                     \
+    "COALESCE(x.source, ''), COALESCE(x.run_id, ''), COALESCE(x.run_link, ''), v.model_id"
+#define MV_FROM                                                                                             \
+    " FROM versions v JOIN models m ON m.id = v.model_id "                                                 \
+    "LEFT JOIN mlflow_versions x ON x.model_id = v.model_id AND x.version = v.version "
+
+/* A ModelVersion from a row of MV_COLS. */
+static json_t *mv_json(qn_conn *c, qn_stmt *st, qn_err *err)
+{
+    char ver[24];
+    int64_t version = qn_col_int64(st, 1);
+    snprintf(ver, sizeof ver, "%lld", (long long)version);
+    const char *status = qn_col_text(st, 5);
+    json_t *mv = json_pack("{s:s, s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:s, s:o}", "name", qn_col_text(st, 0),
+                           "version", ver, "creation_timestamp", (json_int_t)qn_col_int64(st, 2),
+                           "last_updated_timestamp", (json_int_t)qn_col_int64(st, 3), "user_id", "",
+                           "current_stage", strcmp(status, "archived") == 0 ? "Archived" : "None",
+                           "description", qn_col_text(st, 4), "source", qn_col_text(st, 7), "status", "READY",
+                           "tags", tag_list(qn_col_text(st, 6)));
+    if (*qn_col_text(st, 8))
+        json_object_set_new(mv, "run_id", json_string(qn_col_text(st, 8)));
+    if (*qn_col_text(st, 9))
+        json_object_set_new(mv, "run_link", json_string(qn_col_text(st, 9)));
+    qn_stmt *a = qn_prepare(c, "SELECT alias FROM aliases WHERE model_id = ? AND version = ? ORDER BY alias", err);
+    if (!a) {
+        json_decref(mv);
+        return NULL;
+    }
+    qn_bind_int64(a, 1, qn_col_int64(st, 10));
+    qn_bind_int64(a, 2, version);
+    json_t *al = json_array();
+    int rc;
+    while ((rc = qn_step(a, err)) == 1)
+        json_array_append_new(al, json_string(qn_col_text(a, 0)));
+    json_object_set_new(mv, "aliases", al);
+    if (rc < 0) {
+        json_decref(mv);
+        return NULL;
+    }
+    return mv;
+}
+
+/* Version n (0: the latest) of model name as a ModelVersion. */
+static int mv_get(qn_conn *c, const char *name, int64_t n, json_t **out, qn_err *err)
+{
+    qn_stmt *st = qn_prepare(c,
+                             "SELECT " MV_COLS MV_FROM "WHERE m.name = ? AND (? = 0 OR v.version = ?) "
+                             "ORDER BY v.version DESC LIMIT 1",
+                             err);
+    if (!st)
+        return err->code;
+    qn_bind_text(st, 1, name, -1);
+    qn_bind_int64(st, 2, n);
+    qn_bind_int64(st, 3, n);
+    int rc = qn_step(st, err);
+    if (rc < 0)
+        return rc;
+    if (rc == 0) {
+        int64_t id;
+        if ((rc = reg_db_id(c, &reg_db_models, name, &id, err)) < 0)
+            return qn_err_set(err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
+        return qn_err_set(err, QN_NOT_FOUND, "Model Version (name=%s, version=%lld) not found", name,
+                          (long long)n);
+    }
+    json_t *mv = mv_json(c, st, err);
+    if (!mv)
+        return err->code;
+    while ((rc = qn_step(st, err)) == 1)
+        ;
+    *out = mv;
+    return 0;
+}
+
+#define RM_COLS "id, name, description, tags, created_at, updated_at"
+
+/* A RegisteredModel from a row of RM_COLS: latest_versions (the newest,
+ * stage "None") and aliases [{"alias","version"}]. */
+static json_t *rm_json(qn_conn *c, qn_stmt *st, qn_err *err)
+{
+    int64_t id = qn_col_int64(st, 0);
+    const char *name = qn_col_text(st, 1);
+    json_t *rm = json_pack("{s:s, s:I, s:I, s:s, s:s, s:o}", "name", name, "creation_timestamp",
+                           (json_int_t)qn_col_int64(st, 4), "last_updated_timestamp",
+                           (json_int_t)qn_col_int64(st, 5), "user_id", "", "description", qn_col_text(st, 2),
+                           "tags", tag_list(qn_col_text(st, 3)));
+    json_t *latest = NULL;
+    int rc = mv_get(c, name, 0, &latest, err);
+    if (rc == 0)
+        json_object_set_new(rm, "latest_versions", json_pack("[o]", latest));
+    else if (rc != QN_NOT_FOUND)
+        goto fail;
+    qn_stmt *a = qn_prepare(c, "SELECT alias, version FROM aliases WHERE model_id = ? ORDER BY alias", err);
+    if (!a)
+        goto fail;
+    qn_bind_int64(a, 1, id);
+    json_t *al = json_array();
+    while ((rc = qn_step(a, err)) == 1) {
+        char ver[24];
+        snprintf(ver, sizeof ver, "%lld", (long long)qn_col_int64(a, 1));
+        json_array_append_new(al, json_pack("{s:s, s:s}", "alias", qn_col_text(a, 0), "version", ver));
+    }
+    json_object_set_new(rm, "aliases", al);
+    if (rc < 0)
+        goto fail;
+    return rm;
+fail:
+    json_decref(rm);
+    return NULL;
+}
+
+static int rm_get(qn_conn *c, const char *name, json_t **out, qn_err *err)
+{
+    qn_stmt *st = qn_prepare(c, "SELECT " RM_COLS " FROM models WHERE name = ?", err);
+    if (!st)
+        return err->code;
+    qn_bind_text(st, 1, name, -1);
+    int rc = qn_step(st, err);
+    if (rc < 0)
+        return rc;
+    if (rc == 0)
+        return qn_err_set(err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
+    json_t *rm = rm_json(c, st, err);
+    if (!rm)
+        return err->code;
+    while ((rc = qn_step(st, err)) == 1)
+        ;
+    *out = rm;
+    return 0;
+}
+
+/* Answers {field: out} when the transaction committed, else the failure. */
+static int answer(registry *r, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_err *err, const char *field,
+                  json_t *out)
+{
+    if (reg_db_end(r->db, c, rc, err) < 0) {
+        json_decref(out);
+        return mlf_fail(req, res, err);
+    }
+    if (!field)
+        return qn_res_json(res, 200, out ? out : json_object());
+    return qn_res_json(res, 200, json_pack("{s:o}", field, out));
+}
+
+/* Runs one statement binding (text, text|NULL, int64...) as given; 0 or rc. */
+static int exec_changes(qn_conn *c, const char *sql, qn_err *err, int64_t *changes, const char *fmt, ...)
+{
+    qn_stmt *st = qn_prepare(c, sql, err);
+    if (!st)
+        return err->code;
+    va_list ap;
+    va_start(ap, fmt);
+    for (int i = 0; fmt[i]; i++) {
+        if (fmt[i] == 's') {
+            const char *s = va_arg(ap, const char *);
+            s ? qn_bind_text(st, i + 1, s, -1) : qn_bind_null(st, i + 1);
+        } else {
+            qn_bind_int64(st, i + 1, va_arg(ap, int64_t));
+        }
+    }
+    va_end(ap);
+    int rc;
+    while ((rc = qn_step(st, err)) == 1)
+        ;
+    if (changes)
+        *changes = qn_changes(c);
+    return rc;
+}
+
+/* ---- registered models -------------------------------------------------------- */
+
+int mlf_rm_create(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    qn_err err;
+    mlf_in in;
+    json_t *tags = NULL, *out = NULL, *q = NULL;
+    if (in_open(req, res, &in) < 0)
+        return 0;
+    const char *name = in_name(&in, res, "name"), *desc = in_str(&in, "description");
+    if (!name || in_tags(&in, res, &tags) < 0)
+        goto out;
+    if (desc && strlen(desc) > 4096) {
+        mlf_error(res, QN_INVALID_ARGUMENT, "'description' is longer than 4096 bytes");
+        goto out;
+    }
+    qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
+    int rc = c ? reg_db_model_create(c, name, desc ? desc : "", tags, qn_now_ms(), &q, &err) : err.code;
+    if (rc == QN_ALREADY_EXISTS)
+        qn_err_set(&err, QN_ALREADY_EXISTS, "Registered Model (name=%s) already exists.", name);
+    json_decref(q);
+    if (rc == 0)
+        rc = rm_get(c, name, &out, &err);
+    answer(r, req, res, c, rc, &err, "registered_model", out);
+out:
+    json_decref(tags);
+    in_close(&in);
+    return 0;
+}
+
+int mlf_rm_get(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    qn_err err;
+    mlf_in in;
+    json_t *out = NULL;
+    in_open(req, res, &in);
+    const char *name = in_name(&in, res, "name");
+    if (!name)
+        return 0;
+    qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
+    int rc = c ? rm_get(c, name, &out, &err) : err.code;
+    return answer(r, req, res, c, rc, &err, "registered_model", out);
+}
+
+int mlf_rm_update(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    qn_err err;
+    mlf_in in;
+    json_t *out = NULL;
+    if (in_open(req, res, &in) < 0)
+        return 0;
+    const char *name = in_name(&in, res, "name"), *desc = in_str(&in, "description");
+    if (name && desc && strlen(desc) > 4096) {
+        mlf_error(res, QN_INVALID_ARGUMENT, "'description' is longer than 4096 bytes");
+        name = NULL;
+    }
+    if (name) {
+        int64_t n = 0;
+        qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
+        int rc = c ? exec_changes(c, "UPDATE models SET description = COALESCE(?, description), updated_at = ? "
+                                     "WHERE name = ?", &err, &n, "sis", desc, qn_now_ms(), name)
+                   : err.code;
+        if (rc == 0 && n == 0)
+            rc = qn_err_set(&err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
+        if (rc == 0)
+            rc = rm_get(c, name, &out, &err);
+        answer(r, req, res, c, rc, &err, "registered_model", out);
+    }
+    in_close(&in);
+    return 0;
+}
+
+int mlf_rm_rename(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    qn_err err;
+    mlf_in in;
+    json_t *out = NULL;
+    if (in_open(req, res, &in) < 0)
+        return 0;
+    const char *name = in_name(&in, res, "name");
+    const char *to = name ? in_name(&in, res, "new_name") : NULL;
+    if (to) {
+        int64_t n = 0;
+        qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
+        int rc = c ? exec_changes(c, "UPDATE models SET name = ?, updated_at = ? WHERE name = ?", &err, &n, "sis",
+                                  to, qn_now_ms(), name)
+                   : err.code;
+        if (rc == QN_ALREADY_EXISTS)
+            qn_err_set(&err, QN_ALREADY_EXISTS, "Registered Model (name=%s) already exists.", to);
+        if (rc == 0 && n == 0)
+            rc = qn_err_set(&err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
+        if (rc == 0)
+            rc = rm_get(c, to, &out, &err);
+        answer(r, req, res, c, rc, &err, "registered_model", out);
+    }
+    in_close(&in);
+    return 0;
+}
+
+int mlf_rm_delete(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    qn_err err;
+    mlf_in in;
+    if (in_open(req, res, &in) < 0)
+        return 0;
+    const char *name = in_name(&in, res, "name");
+    if (name) {
+        qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
+        int rc = c ? reg_db_model_delete(c, name, &err) : err.code;
+        if (rc == QN_NOT_FOUND)
+            qn_err_set(&err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
+        answer(r, req, res, c, rc, &err, NULL, NULL);
+    }
+    in_close(&in);
+    return 0;
+}
+
+/* Sets (value not NULL) or deletes a tag of a model: its rows and its JSON. */
+static int rm_tag(qn_conn *c, const char *name, const char *key, const char *value, qn_err *err)
+{
+    int64_t id;
+    int rc;
+    if ((rc = reg_db_id(c, &reg_db_models, name, &id, err)) < 0)
+        return qn_err_set(err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
+    qn_stmt *st = qn_prepare(c, "SELECT tags FROM models WHERE id = ?", err);
+    if (!st)
+        return err->code;
+    qn_bind_int64(st, 1, id);
+    if ((rc = qn_step(st, err)) != 1)
+        return rc < 0 ? rc : qn_err_set(err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
+    json_t *tags = qn_json_from_text(qn_col_text(st, 0));
+    while ((rc = qn_step(st, err)) == 1)
+        ;
+    if (!value && !json_object_get(tags, key)) {
+        json_decref(tags);
+        return qn_err_set(err, QN_NOT_FOUND, "No tag with name: %s in registered model %s", key, name);
+    }
+    value ? json_object_set_new(tags, key, json_string(value)) : json_object_del(tags, key);
+    char *text = qn_json_canonical(tags);
+    json_decref(tags);
+    if (!text)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    rc = exec_changes(c, "UPDATE models SET tags = ?, updated_at = ? WHERE id = ?", err, NULL, "sii", text,
+                      qn_now_ms(), id);
+    free(text);
+    if (rc < 0)
+        return rc;
+    if (value)
+        return exec_changes(c, "INSERT INTO model_tags (model_id, key, value) VALUES (?, ?, ?) "
+                               "ON CONFLICT (model_id, key) DO UPDATE SET value = excluded.value",
+                            err, NULL, "iss", id, key, value);
+    return exec_changes(c, "DELETE FROM model_tags WHERE model_id = ? AND key = ?", err, NULL, "is", id, key);
+}
+
+static int rm_tag_handler(qn_req *req, qn_res *res, registry *r, int set)
+{
+    qn_err err;
+    mlf_in in;
+    if (in_open(req, res, &in) < 0)
+        return 0;
+    const char *name = in_name(&in, res, "name"), *key = in_str(&in, "key"), *value = in_str(&in, "value");
+    if (!name || need(res, key, "key", MAX_TAG_KEY) < 0)
+        goto out;
+    if (set && (!value || strlen(value) > MAX_TAG_VALUE)) {
+        mlf_error(res, QN_INVALID_ARGUMENT, "'value' is required, of at most %d bytes", MAX_TAG_VALUE);
+        goto out;
+    }
+    qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
+    int rc = c ? rm_tag(c, name, key, set ? value : NULL, &err) : err.code;
+    answer(r, req, res, c, rc, &err, NULL, NULL);
+out:
+    in_close(&in);
+    return 0;
+}
+
+int mlf_rm_set_tag(qn_req *req, qn_res *res, void *ud)
+{
+    return rm_tag_handler(req, res, ud, 1);
+}
+
+int mlf_rm_delete_tag(qn_req *req, qn_res *res, void *ud)
+{
+    return rm_tag_handler(req, res, ud, 0);
+}
+
+int mlf_rm_latest_versions(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    qn_err err;
+    mlf_in in;
+    json_t *mv = NULL;
+    if (in_open(req, res, &in) < 0)
+        return 0;
+    const char *name = in_name(&in, res, "name");
+    if (name) {
+        /* Every version's stage is "None": the latest is the answer when
+         * no stages are asked for, or "None" is among them. */
+        int want = 1;
+        json_t *stages = in.body ? json_object_get(in.body, "stages") : NULL;
+        const char *qs = in.body ? NULL : qn_req_query(req, "stages");
+        if (json_array_size(stages) || qs) {
+            want = qs && strcasecmp(qs, "None") == 0;
+            size_t i;
+            json_t *s;
+            json_array_foreach(stages, i, s) want |= json_is_string(s) && strcasecmp(json_string_value(s), "None") == 0;
+        }
+        qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
+        int rc = c ? mv_get(c, name, 0, &mv, &err) : err.code;
+        json_t *list = json_array();
+        if (rc == 0 && want)
+            json_array_append(list, mv);
+        if (rc == QN_NOT_FOUND && strstr(err.msg, "Model Version"))
+            rc = 0; /* a model without versions */
+        json_decref(mv);
+        answer(r, req, res, c, rc, &err, "model_versions", list);
+    }
+    in_close(&in);
+    return 0;
+}
+
+/* ---- aliases --------------------------------------------------------------------- */
+
+static const char *in_alias(mlf_in *in, qn_res *res)
+{
+    qn_err err;
+    const char *alias = in_str(in, "alias");
+    if (need(res, alias, "alias", QN_NAME_MAX) < 0)
+        return NULL;
+    if (qn_name_check("alias", alias, &err) < 0) {
+        mlf_error(res, err.code, "%s", err.msg);
+        return NULL;
+    }
+    if (strcasecmp(alias, "latest") == 0) {
+        mlf_error(res, QN_INVALID_ARGUMENT, "'%s' alias name (case insensitive) is reserved.", alias);
+        return NULL;
+    }
+    return alias;
+}
+
+int mlf_alias_set(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    qn_err err;
+    mlf_in in;
+    int64_t v, previous;
+    if (in_open(req, res, &in) < 0)
+        return 0;
+    const char *name = in_name(&in, res, "name");
+    const char *alias = name ? in_alias(&in, res) : NULL;
+    if (alias && in_version(&in, res, &v) == 0) {
+        if (reg_alias_move(r, req, name, alias, v, NULL, &previous, &err) < 0) {
+            if (err.code == QN_NOT_FOUND)
+                qn_err_set(&err, QN_NOT_FOUND, "Model Version (name=%s, version=%lld) not found", name,
+                           (long long)v);
+            mlf_fail(req, res, &err);
+        } else {
+            qn_res_json(res, 200, json_object());
+        }
+    }
+    in_close(&in);
+    return 0;
+}
+
+int mlf_alias_delete(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    qn_err err;
+    mlf_in in;
+    if (in_open(req, res, &in) < 0)
+        return 0;
+    const char *name = in_name(&in, res, "name");
+    const char *alias = name ? in_alias(&in, res) : NULL;
+    if (alias) {
+        reg_db_move mv = {.who = reg_who(r)};
+        qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
+        int rc = c ? reg_db_alias_delete(c, name, alias, &mv, &err) : err.code;
+        answer(r, req, res, c, rc, &err, NULL, NULL);
+    }
+    in_close(&in);
+    return 0;
+}
+
+int mlf_alias_get(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    qn_err err;
+    mlf_in in;
+    json_t *out = NULL;
+    json_t *al = NULL;
+    in_open(req, res, &in);
+    const char *name = in_name(&in, res, "name");
+    const char *alias = name ? in_alias(&in, res) : NULL;
+    if (!alias)
+        return 0;
+    qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
+    int rc = c ? reg_db_alias_get(c, name, alias, &al, &err) : err.code;
+    if (rc == QN_NOT_FOUND)
+        qn_err_set(&err, QN_NOT_FOUND, "Registered model alias %s not found.", alias);
+    if (rc == 0)
+        rc = mv_get(c, name, (int64_t)json_integer_value(json_object_get(al, "version")), &out, &err);
+    json_decref(al);
+    return answer(r, req, res, c, rc, &err, "model_version", out);
+}
+
+/* ---- model versions ------------------------------------------------------------ */
+
+/* The artifact directory a source names: mlflow-artifacts:/DIR (or
+ * mlflow-artifacts://HOST/DIR) as DIR; runs:/RUN_ID/PATH as the stored
+ * directory <experiment>/<RUN_ID>/artifacts/PATH that holds an MLmodel.
+ * NULL with 0 for any other source (or when no such directory is stored). */
+static int source_dir(qn_conn *c, qn_req *req, const char *source, const char **dir, qn_err *err)
+{
+    *dir = NULL;
+    qn_arena *a = qn_req_arena(req);
+    if (strncmp(source, "mlflow-artifacts:", 17) == 0) {
+        const char *p = source + 17;
+        if (strncmp(p, "//", 2) == 0) { /* an authority: skip it */
+            p = strchr(p + 2, '/');
+            if (!p)
+                return 0;
+        }
+        while (*p == '/')
+            p++;
+        char *d = qn_arena_strdup(a, p);
+        size_t n = strlen(d);
+        while (n && d[n - 1] == '/')
+            d[--n] = '\0';
+        if (n && reg_artifact_path_check(d, err) < 0)
+            return qn_err_wrap(err, "source");
+        *dir = d;
+        return 0;
+    }
+    if (strncmp(source, "runs:/", 6) != 0)
+        return 0;
+    const char *run = source + 6;
+    const char *slash = strchr(run, '/');
+    if (!slash || slash == run)
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "source \"%.300s\" must be runs:/<run_id>/<path>", source);
+    char *run_id = qn_arena_strndup(a, run, (size_t)(slash - run));
+    const char *sub = slash + 1;
+    while (*sub == '/')
+        sub++;
+    char *want = qn_arena_printf(a, "/%s/artifacts/%s%sMLmodel", run_id, sub, *sub ? "/" : "");
+    size_t wl = strlen(want);
+    /* The run's artifact root is <experiment id>/<run id>/artifacts. */
+    qn_stmt *st = qn_prepare(c,
+                             "SELECT path FROM artifacts WHERE length(path) > ? AND "
+                             "substr(path, length(path) - ? + 1) = ? ORDER BY path LIMIT 1",
+                             err);
+    if (!st)
+        return err->code;
+    qn_bind_int64(st, 1, (int64_t)wl);
+    qn_bind_int64(st, 2, (int64_t)wl);
+    qn_bind_text(st, 3, want, -1);
+    int rc = qn_step(st, err);
+    if (rc < 0)
+        return rc;
+    if (rc == 1) {
+        const char *p = qn_col_text(st, 0);
+        *dir = qn_arena_strndup(a, p, strlen(p) - strlen("/MLmodel"));
+        while ((rc = qn_step(st, err)) == 1)
+            ;
+    }
+    return rc < 0 ? rc : 0;
+}
+
+int mlf_mv_create(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    qn_err err;
+    mlf_in in;
+    json_t *tags = NULL, *manifest = NULL, *q = NULL, *out = NULL;
+    char *text = NULL;
+    qn_conn *c = NULL;
+    int rc = 0;
+    if (in_open(req, res, &in) < 0)
+        return 0;
+    const char *name = in_name(&in, res, "name"), *source = in_str(&in, "source");
+    const char *run_id = in_str(&in, "run_id"), *run_link = in_str(&in, "run_link");
+    const char *desc = in_str(&in, "description");
+    if (!name || need(res, source, "source", MAX_SOURCE) < 0 || in_tags(&in, res, &tags) < 0)
+        goto out;
+    if ((run_id && strlen(run_id) > 256) || (run_link && strlen(run_link) > MAX_SOURCE) ||
+        (desc && strlen(desc) > 4096)) {
+        mlf_error(res, QN_INVALID_ARGUMENT, "run_id (256), run_link (%d) or description (4096) is too long",
+                  MAX_SOURCE);
+        goto out;
+    }
+    const char *dir = NULL;
+    if (!(c = reg_db_begin(r->db, QN_TX_WRITE, &err)) || (rc = source_dir(c, req, source, &dir, &err)) < 0 ||
+        (dir && (rc = mlf_model_manifest(c, r->blob_dir, dir, &manifest, &err)) < 0)) {
+        rc = c ? rc : err.code;
+        goto end;
+    }
+    if (manifest && (rc = reg_manifest_check_blobs(r, manifest, &err)) < 0)
+        goto end;
+    char digest[QML_DIGEST_STR];
+    if (manifest) {
+        qml_manifest *mf = NULL;
+        text = qn_json_canonical(manifest);
+        rc = text ? qml_manifest_parse(text, strlen(text), &mf, &err)
+                  : qn_err_set(&err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        if (rc == 0)
+            rc = qml_manifest_digest(mf, digest, &err);
+        qml_manifest_free(mf);
+        if (rc < 0) {
+            qn_err_wrap(&err, "the manifest built from %s", source);
+            goto end;
+        }
+    } else {
+        /* Not servable by Quern: a manifest that says where the model is. */
+        manifest = json_pack("{s:s, s:s, s:s}", "format", "quern.model/1", "kind", "mlflow", "source", source);
+        text = qn_json_canonical(manifest);
+        char hex[QN_SHA256_HEX + 1];
+        if (!text) {
+            rc = qn_err_set(&err, QN_RESOURCE_EXHAUSTED, "out of memory");
+            goto end;
+        }
+        qn_sha256_buf(text, strlen(text), hex);
+        snprintf(digest, sizeof digest, "sha256:%s", hex);
+    }
+    reg_db_version_in vin = {.manifest = {text, digest}, .description = desc ? desc : "", .tags = tags};
+    int64_t version = 0, id = 0;
+    if ((rc = reg_db_model_version_create(c, name, &vin, qn_now_ms(), &version, &q, &err)) < 0) {
+        if (rc == QN_NOT_FOUND)
+            qn_err_set(&err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
+        goto end;
+    }
+    if ((rc = reg_db_id(c, &reg_db_models, name, &id, &err)) < 0 ||
+        (rc = exec_changes(c,
+                           "INSERT INTO mlflow_versions (model_id, version, source, run_id, run_link, artifact_dir) "
+                           "VALUES (?, ?, ?, ?, ?, ?)",
+                           &err, NULL, "iissss", id, version, source, run_id ? run_id : "",
+                           run_link ? run_link : "", dir)) < 0 ||
+        (rc = mv_get(c, name, version, &out, &err)) < 0)
+        goto end;
+    qn_counter_add(r->versions_created, NULL, 1);
+    qn_log_info(qn_req_trace_id(req), "version registered", "{s:s, s:I, s:s, s:s, s:s}", "model", name, "version",
+                (json_int_t)version, "manifest_digest", digest, "source", source, "kind",
+                json_string_value(json_object_get(manifest, "kind")));
+end:
+    answer(r, req, res, c, rc, &err, "model_version", out);
+out:
+    json_decref(q);
+    json_decref(tags);
+    json_decref(manifest);
+    free(text);
+    in_close(&in);
+    return 0;
+}
+
+int mlf_mv_get(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    qn_err err;
+    mlf_in in;
+    int64_t v;
+    json_t *out = NULL;
+    in_open(req, res, &in);
+    const char *name = in_name(&in, res, "name");
+    if (!name || in_version(&in, res, &v) < 0)
+        return 0;
+    qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
+    int rc = c ? mv_get(c, name, v, &out, &err) : err.code;
+    return answer(r, req, res, c, rc, &err, "model_version", out);
+}
+
+/* Applies desc and a tag merge patch to version v, answering the version. */
+static int mv_patch(qn_req *req, qn_res *res, registry *r, const char *name, int64_t v, const char *desc,
+                    json_t *tags, const char *field)
+{
+    qn_err err;
+    json_t *q = NULL, *out = NULL;
+    qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
+    int rc = c ? reg_db_model_version_patch(c, name, v, desc, NULL, tags, &q, &err) : err.code;
+    json_decref(q);
+    if (rc == QN_NOT_FOUND)
+        qn_err_set(&err, QN_NOT_FOUND, "Model Version (name=%s, version=%lld) not found", name, (long long)v);
+    if (rc == 0 && field)
+        rc = mv_get(c, name, v, &out, &err);
+    return answer(r, req, res, c, rc, &err, field, out);
+}
+
+int mlf_mv_update(qn_req *req, qn_res *res, void *ud)
+{
+    mlf_in in;
+    int64_t v;
+    if (in_open(req, res, &in) < 0)
+        return 0;
+    const char *name = in_name(&in, res, "name"), *desc = in_str(&in, "description");
+    if (name && in_version(&in, res, &v) == 0) {
+        if (desc && strlen(desc) > 4096)
+            mlf_error(res, QN_INVALID_ARGUMENT, "'description' is longer than 4096 bytes");
+        else
+            mv_patch(req, res, ud, name, v, desc, NULL, "model_version");
+    }
+    in_close(&in);
+    return 0;
+}
+
+static int mv_tag_handler(qn_req *req, qn_res *res, registry *r, int set)
+{
+    mlf_in in;
+    int64_t v;
+    if (in_open(req, res, &in) < 0)
+        return 0;
+    const char *name = in_name(&in, res, "name"), *key = in_str(&in, "key"), *value = in_str(&in, "value");
+    if (name && in_version(&in, res, &v) == 0 && need(res, key, "key", 128) == 0) {
+        if (set && (!value || strlen(value) > 1024)) {
+            mlf_error(res, QN_INVALID_ARGUMENT, "'value' is required, of at most 1024 bytes");
+        } else {
+            json_t *patch = json_pack("{s:o}", key, set ? json_string(value) : json_null());
+            mv_patch(req, res, r, name, v, NULL, patch, NULL);
+            json_decref(patch);
+        }
+    }
+    in_close(&in);
+    return 0;
+}
+
+int mlf_mv_set_tag(qn_req *req, qn_res *res, void *ud)
+{
+    return mv_tag_handler(req, res, ud, 1);
+}
+
+int mlf_mv_delete_tag(qn_req *req, qn_res *res, void *ud)
+{
+    return mv_tag_handler(req, res, ud, 0);
+}
+
+int mlf_mv_delete(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    qn_err err;
+    mlf_in in;
+    int64_t v, id = 0;
+    json_t *mv = NULL;
+    if (in_open(req, res, &in) < 0)
+        return 0;
+    const char *name = in_name(&in, res, "name");
+    if (name && in_version(&in, res, &v) == 0) {
+        qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
+        int rc = c ? mv_get(c, name, v, &mv, &err) : err.code;
+        /* Its aliases go with it, each a move recorded in the history. */
+        reg_db_move why = {.reason = "version deleted", .who = reg_who(r)};
+        size_t i;
+        json_t *a;
+        json_array_foreach(rc == 0 ? json_object_get(mv, "aliases") : NULL, i, a) {
+            if (rc == 0)
+                rc = reg_db_alias_delete(c, name, json_string_value(a), &why, &err);
+        }
+        if (rc == 0)
+            rc = reg_db_id(c, &reg_db_models, name, &id, &err);
+        if (rc == 0)
+            rc = exec_changes(c, "DELETE FROM versions WHERE model_id = ? AND version = ?", &err, NULL, "ii", id, v);
+        json_decref(mv);
+        answer(r, req, res, c, rc, &err, NULL, NULL);
+    }
+    in_close(&in);
+    return 0;
+}
+
+int mlf_mv_download_uri(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    qn_err err;
+    mlf_in in;
+    int64_t v;
+    json_t *mv = NULL;
+    char *uri = NULL;
+    in_open(req, res, &in);
+    const char *name = in_name(&in, res, "name");
+    if (!name || in_version(&in, res, &v) < 0)
+        return 0;
+    qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
+    int rc = c ? reg_db_version_get(c, &reg_db_models, name, v, &mv, &err) : err.code;
+    if (rc == QN_NOT_FOUND)
+        qn_err_set(&err, QN_NOT_FOUND, "Model Version (name=%s, version=%lld) not found", name, (long long)v);
+    qn_stmt *st = rc == 0 ? qn_prepare(c,
+                                       "SELECT x.artifact_dir, x.source FROM mlflow_versions x JOIN models m "
+                                       "ON m.id = x.model_id WHERE m.name = ? AND x.version = ?",
+                                       &err)
+                          : NULL;
+    if (rc == 0 && !st)
+        rc = err.code;
+    if (st) {
+        qn_bind_text(st, 1, name, -1);
+        qn_bind_int64(st, 2, v);
+        rc = qn_step(st, &err);
+        if (rc == 1) {
+            uri = qn_col_is_null(st, 0)
+                      ? qn_arena_strdup(qn_req_arena(req), qn_col_text(st, 1))
+                      : qn_arena_printf(qn_req_arena(req), "mlflow-artifacts:/%s", qn_col_text(st, 0));
+            while ((rc = qn_step(st, &err)) == 1)
+                ;
+        }
+    }
+    if (rc >= 0 && !uri) {
+        /* A version registered through /v1: its manifest's files are put
+         * under an artifact directory of their own, so the MLflow client
+         * can download them like any other. */
+        const char *dir = qn_arena_printf(qn_req_arena(req), "quern-models/%s/%lld", name, (long long)v);
+        json_t *files = json_object_get(json_object_get(mv, "manifest"), "files"), *d;
+        const char *f;
+        rc = 0;
+        json_object_foreach(files, f, d) {
+            const char *dg = json_string_value(d);
+            struct stat sb;
+            char file[PATH_MAX];
+            if (rc || !dg || strlen(dg) != 7 + QN_SHA256_HEX)
+                continue;
+            snprintf(file, sizeof file, "%s/%.2s/%s", r->blob_dir, dg + 7, dg + 7);
+            rc = reg_artifact_index(c, qn_arena_printf(qn_req_arena(req), "%s/%s", dir, f), dg,
+                                    stat(file, &sb) == 0 ? (int64_t)sb.st_size : 0, &err);
+        }
+        uri = qn_arena_printf(qn_req_arena(req), "mlflow-artifacts:/%s", dir);
+    }
+    json_decref(mv);
+    return answer(r, req, res, c, rc < 0 ? rc : 0, &err, "artifact_uri", uri ? json_string(uri) : NULL);
+}
+
+/* ---- search ------------------------------------------------------------------------ */
+
+/* Sort keys of a search: up to 3 of (field, desc). */
+typedef struct mlf_order {
+    const char *field[4];
+    int desc[4];
+    int n;
+} mlf_order;
+
+static int cmp_items(const void *a, const void *b, void *ctx)
+{
+    const mlf_order *o = ctx;
+    const json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
+    for (int i = 0; i < o->n; i++) {
+        const json_t *vx = json_object_get(x, o->field[i]), *vy = json_object_get(y, o->field[i]);
+        int c;
+        if (strcmp(o->field[i], "version") == 0) {
+            long long lx = atoll(json_string_value(vx)), ly = atoll(json_string_value(vy));
+            c = lx < ly ? -1 : lx > ly;
+        } else if (json_is_integer(vx)) {
+            c = json_integer_value(vx) < json_integer_value(vy) ? -1 : json_integer_value(vx) > json_integer_value(vy);
+        } else {
+            c = strcmp(json_string_value(vx) ? json_string_value(vx) : "", json_string_value(vy) ? json_string_value(vy) : "");
+        }
+        if (c)
+            return o->desc[i] ? -c : c;
+    }
+    return 0;
+}
+
+/* order_by entries ("name DESC", "last_updated_timestamp", ...), then the
+ * tiebreaks. */
+static int parse_order(mlf_in *in, const char *const *fields, mlf_order *o, const char *tie1, int tie1desc,
+                       const char *tie2, int tie2desc, qn_err *err)
+{
+    o->n = 0;
+    json_t *list = in->body ? json_object_get(in->body, "order_by") : NULL;
+    const char *one = in->body ? NULL : qn_req_query(in->req, "order_by");
+    size_t cnt = one ? 1 : json_array_size(list);
+    for (size_t i = 0; i < cnt && o->n < 2; i++) {
+        const char *s = one ? one : json_string_value(json_array_get(list, i));
+        if (!s)
+            continue;
+        char f[64] = "", dir[8] = "";
+        if (sscanf(s, "%63s %7s", f, dir) < 1)
+            continue;
+        const char *field = NULL;
+        for (const char *const *fl = fields; *fl; fl += 2)
+            if (strcmp(f, fl[0]) == 0)
+                field = fl[1];
+        if (!field || (dir[0] && strcasecmp(dir, "ASC") && strcasecmp(dir, "DESC")))
+            return qn_err_set(err, QN_INVALID_ARGUMENT, "Invalid order_by clause '%.100s'", s);
+        o->field[o->n] = field;
+        o->desc[o->n++] = strcasecmp(dir, "DESC") == 0;
+    }
+    o->field[o->n] = tie1;
+    o->desc[o->n++] = tie1desc;
+    if (tie2) {
+        o->field[o->n] = tie2;
+        o->desc[o->n++] = tie2desc;
+    }
+    return 0;
+}
+
+/* Filters, sorts and pages items (stolen) into {field, next_page_token?}. */
+static int search_answer(qn_req *req, qn_res *res, mlf_in *in, json_t *items, const mlf_cond *conds, int n,
+                         const mlf_order *o, int64_t def, int64_t max, const char *scope, const char *field)
+{
+    qn_err err;
+    int64_t limit = def, offset = 0;
+    const char *mr = in_str(in, "max_results"), *tok = in_str(in, "page_token");
+    if (mr && (qn_uint_parse("max_results", mr, max, &limit, &err) < 0 || limit < 1)) {
+        json_decref(items);
+        return mlf_error(res, QN_INVALID_ARGUMENT, "Invalid value for max_results: it must be 1 to %lld",
+                         (long long)max);
+    }
+    if (tok && *tok) {
+        char key[QN_PAGE_KEY_MAX];
+        if (qn_page_token_decode(tok, scope, key, sizeof key, &err) < 0 ||
+            qn_uint_parse("page_token", key, INT64_MAX / 2, &offset, &err) < 0) {
+            json_decref(items);
+            return mlf_error(res, QN_INVALID_ARGUMENT, "Invalid page token: %s", err.msg);
+        }
+    }
+    size_t cnt = json_array_size(items), m = 0;
+    json_t **v = malloc((cnt ? cnt : 1) * sizeof *v);
+    if (!v) {
+        json_decref(items);
+        return mlf_error(res, QN_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    for (size_t i = 0; i < cnt; i++)
+        if (mlf_matches(json_array_get(items, i), conds, n))
+            v[m++] = json_array_get(items, i);
+    qsort_r(v, m, sizeof *v, cmp_items, (void *)o);
+    json_t *page = json_array();
+    for (size_t i = (size_t)offset; i < m && (int64_t)(i - (size_t)offset) < limit; i++)
+        json_array_append(page, v[i]);
+    free(v);
+    json_decref(items);
+    json_t *out = json_object();
+    if (json_array_size(page))
+        json_object_set_new(out, field, page);
+    else
+        json_decref(page);
+    if ((size_t)(offset + limit) < m) {
+        char key[32];
+        snprintf(key, sizeof key, "%lld", (long long)(offset + limit));
+        char *t = qn_page_token_encode(scope, key);
+        if (t)
+            json_object_set_new(out, "next_page_token", json_string(t));
+        free(t);
+    }
+    return qn_res_json(res, 200, out);
+}
+
+int mlf_rm_search(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    static const char *const keys[] = {"name", NULL};
+    static const char *const order_fields[] = {"name", "name", "last_updated_timestamp", "last_updated_timestamp",
+                                               "timestamp", "last_updated_timestamp", NULL};
+    qn_err err;
+    mlf_in in;
+    mlf_cond conds[MLF_MAX_CONDS];
+    mlf_order o;
+    int n = 0;
+    if (in_open(req, res, &in) < 0)
+        return 0;
+    const char *f = in_str(&in, "filter");
+    if ((f && mlf_filter(qn_req_arena(req), f, keys, conds, &n, &err) < 0) ||
+        parse_order(&in, order_fields, &o, "name", 0, NULL, 0, &err) < 0) {
+        mlf_error(res, err.code, "%s", err.msg);
+        goto out;
+    }
+    json_t *items = json_array();
+    qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
+    qn_stmt *st = c ? qn_prepare(c, "SELECT " RM_COLS " FROM models ORDER BY name", &err) : NULL;
+    int rc = st ? 0 : err.code;
+    while (st && (rc = qn_step(st, &err)) == 1) {
+        json_t *rm = rm_json(c, st, &err);
+        if (!rm) {
+            rc = err.code;
+            break;
+        }
+        json_array_append_new(items, rm);
+    }
+    if (reg_db_end(r->db, c, rc < 0 ? rc : 0, &err) < 0) {
+        json_decref(items);
+        mlf_fail(req, res, &err);
+        goto out;
+    }
+    search_answer(req, res, &in, items, conds, n, &o, 100, 1000, "mlflow_rm", "registered_models");
+out:
+    in_close(&in);
+    return 0;
+}
+
+int mlf_mv_search(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    static const char *const keys[] = {"name", "run_id", "source_path", "version_number", NULL};
+    static const char *const order_fields[] = {"name", "name", "version_number", "version", "creation_timestamp",
+                                               "creation_timestamp", "last_updated_timestamp",
+                                               "last_updated_timestamp", "timestamp", "creation_timestamp", NULL};
+    qn_err err;
+    mlf_in in;
+    mlf_cond conds[MLF_MAX_CONDS];
+    mlf_order o;
+    int n = 0;
+    if (in_open(req, res, &in) < 0)
+        return 0;
+    const char *f = in_str(&in, "filter");
+    if ((f && mlf_filter(qn_req_arena(req), f, keys, conds, &n, &err) < 0) ||
+        parse_order(&in, order_fields, &o, "name", 0, "version", 1, &err) < 0) {
+        mlf_error(res, err.code, "%s", err.msg);
+        goto out;
+    }
+    /* A name = 'x' condition narrows the read to one model. */
+    const char *only = NULL;
+    for (int i = 0; i < n; i++)
+        if (strcmp(conds[i].key, "name") == 0 && strcmp(conds[i].op, "=") == 0)
+            only = conds[i].vals[0];
+    json_t *items = json_array();
+    qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
+    qn_stmt *st = c ? qn_prepare(c, "SELECT " MV_COLS MV_FROM "WHERE (CAST(? AS TEXT) IS NULL OR m.name = ?) "
+                                    "ORDER BY m.name, v.version DESC", &err)
+                    : NULL;
+    int rc = st ? 0 : err.code;
+    if (st) {
+        only ? qn_bind_text(st, 1, only, -1) : qn_bind_null(st, 1);
+        only ? qn_bind_text(st, 2, only, -1) : qn_bind_null(st, 2);
+    }
+    while (st && (rc = qn_step(st, &err)) == 1) {
+        json_t *mv = mv_json(c, st, &err);
+        if (!mv) {
+            rc = err.code;
+            break;
+        }
+        json_array_append_new(items, mv);
+    }
+    if (reg_db_end(r->db, c, rc < 0 ? rc : 0, &err) < 0) {
+        json_decref(items);
+        mlf_fail(req, res, &err);
+        goto out;
+    }
+    search_answer(req, res, &in, items, conds, n, &o, 10000, 200000, "mlflow_mv", "model_versions");
+out:
+    in_close(&in);
+    return 0;
+}
