@@ -1,0 +1,246 @@
+"""make demo CASE=bikes: the second closed loop, on model quality, with the real Bike Sharing data.
+
+Capital Bikeshare's hourly rentals, 2011-2012 (data/bike-sharing). A regressor that predicts
+an hour's rentals from its calendar and weather is trained on 2011. In 2012 the service grew:
+the same kind of hour rents about two thirds more bikes. The hours look the same to the model
+(the weather and calendar of 2012 are those of 2011), so data drift barely moves, but its
+predictions are now far too low. Only the true counts, arriving as feedback after each hour,
+show it:
+
+ 1. 2011's hours are ingested, cleaned by prep, and XGBoost version 1 is trained (held out:
+    November-December 2011) and promoted;
+ 2. 2012 January-September: serve predicts each hour (REST and gRPC); the day's export lands
+    in ingest, and each hour's true count arrives as feedback for the request id that served
+    it; the monitor joins them and reports live RMSE beside version 1's holdout RMSE: degraded.
+    The drift report of the same window says which features moved (and that they barely did);
+ 3. the quality alert requests a retrain on the data up to now; the challenger, trained before
+    August 2012, beats the champion on August-September and is promoted;
+ 4. October-December: served by version 2, live RMSE is back within the margin.
+
+Run through scripts/demo.py (`make demo CASE=bikes`), which starts the services and owns the
+options; run(d) receives that module for its helpers and settings.
+"""
+import csv
+import json
+import lzma
+import os
+import random
+
+MODEL = "bikes"
+RAW, CLEAN = "bike-hours-raw", "bike-hours"
+V1_CUTOFF = "2011-11-01"       # v1 trains on 2011 before this, holds out Nov-Dec 2011
+V2_CUTOFF = "2012-08-01"       # the retrain holds out Aug-Sep 2012 (the fresh holdout)
+SERVE_2 = ("2012-01-01", "2012-10-01")
+SERVE_3 = ("2012-10-01", "2013-01-01")
+MARGIN = 1.5                   # live RMSE above 1.5 x the holdout RMSE is degraded
+WINDOW = 1000                  # labelled predictions (and logged predictions) per monitor window
+FEATURES = ["season", "yr", "mnth", "hr", "holiday", "weekday", "workingday", "weathersit",
+            "temp", "atemp", "hum", "windspeed"]
+
+
+def load_hours(root):
+    path = os.path.join(root, "build", "datasets", "hour.csv")
+    opener = (lambda: open(path, newline="")) if os.path.exists(path) else \
+        (lambda: lzma.open(os.path.join(root, "data", "bike-sharing", "hour.csv.xz"), "rt", newline=""))
+    with opener() as f:
+        rows = list(csv.DictReader(f))
+    return rows
+
+
+def between(rows, lo, hi):
+    return [r for r in rows if lo <= r["dteday"] < hi]
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def infer_body(row):
+    return {"id": f"hour-{row['instant']}",
+            "inputs": [{"name": c, "datatype": "FP64", "shape": [1], "data": [float(row[c])]}
+                       for c in FEATURES]}
+
+
+def serve_hours(d, serve, rows):
+    """Predicts every hour of rows (one request each, id hour-<instant>); returns
+    {request id: (prediction, version)} and the number of failed requests."""
+    out, failed = {}, 0
+    for r in rows:
+        st, body = serve.call("POST", f"/v2/models/{MODEL}/infer", infer_body(r))
+        if st != 200:
+            failed += 1
+            continue
+        out[body["id"]] = (body["outputs"][0]["data"][0], body["model_version"])
+    return out, failed
+
+
+def send_feedback(ing, rows, served):
+    """Each hour's true count, as feedback for the request that predicted it."""
+    recs = [{"model": MODEL, "request_id": f"hour-{r['instant']}", "value": float(r["cnt"])}
+            for r in rows if f"hour-{r['instant']}" in served]
+    for i in range(0, len(recs), 5000):
+        st, body = ing.call("POST", "/v1/feedback", recs[i:i + 5000])
+        if st != 201 or body.get("rejected"):
+            raise SystemExit(f"demo: feedback refused: {st} {body}")
+    return len(recs)
+
+
+def rmse(pairs):
+    return (sum((p - y) ** 2 for p, y in pairs) / len(pairs)) ** 0.5 if pairs else float("nan")
+
+
+def quality_after(mon, version, n_before):
+    """The newest quality report of version once more than n_before windows of it closed."""
+    st, body = mon.call("GET", f"/v1/monitors/{MODEL}/quality?history=20")
+    if st != 200:
+        return None
+    reports = [q for q in body.get("reports", []) if str(q.get("version")) == str(version)]
+    return reports[0] if len(reports) > n_before else None
+
+
+def drift_report(mon):
+    st, body = mon.call("GET", f"/v1/monitors/{MODEL}/report?history=1")
+    if st != 200:
+        return None
+    reports = body.get("reports") or ([body["report"]] if body.get("report") else [])
+    return reports[0] if reports else None
+
+
+def run(d):
+    say, detail, wait, quern, Api = d.say, d.detail, d.wait, d.quern, d.Api
+    story = {}
+    rows = load_hours(d.ROOT)
+    if d.ARGS.subset > 1:  # every Nth day, so that each kept day keeps its 24 hours
+        days = sorted({r["dteday"] for r in rows})
+        keep = set(days[::d.ARGS.subset])
+        rows = [r for r in rows if r["dteday"] in keep]
+    y2011 = between(rows, "2011-01-01", "2012-01-01")
+    rnd = random.Random(7)
+    hours_2 = between(rows, *SERVE_2)
+    rnd.shuffle(hours_2)        # served in no particular order: a sample of the period
+    hours_3 = between(rows, *SERVE_3)
+
+    spec = json.load(open(os.path.join(d.ROOT, "examples", "train", "bike-hour-xgboost.json")))
+    spec.pop("kind")
+    retrain_spec = dict(spec, split=dict(spec["split"], cutoff=V2_CUTOFF))
+    rules = {"rules": [{
+        "name": "bikes-quality", "severity": "critical", "cooldown": "30m", "dedupe": "{data.model}",
+        "on": {"event": "quern.quality.reported", "where": {"data.model": MODEL, "data.degraded": True}},
+        "resolve": {"event": "quern.train.finished", "where": {"data.model": MODEL}},
+        "actions": [{"type": "log"}, {"type": "retrain", "model": "{data.model}", "job": {
+            "kind": "xgboost", "dataset": CLEAN, "spec": retrain_spec,
+            "promote_policy": {"metric": "rmse", "margin": 0.0, "mode": "challenger"}}}]}]}
+    os.makedirs(d.HOME, exist_ok=True)
+    with open(os.path.join(d.HOME, "alert-rules.json"), "w") as f:
+        json.dump(rules, f, indent=1)
+
+    say(f"Starting every Quern service on embedded defaults (state in {d.HOME})")
+    st = quern("up", "--detach")
+    detail(", ".join(f"{s['service']}:{s['port']}" for s in st))
+    reg, ing, serve, mon, alert = (Api(d.BASE + n) for n in (1, 2, 5, 7, 8))
+
+    # 1. 2011 -> v1 --------------------------------------------------------------------
+    say(f"1. Ingesting 2011: {len(y2011):,} hours of rentals, calendar and weather")
+    f2011 = os.path.join(d.HOME, "hours-2011.csv")
+    write_csv(f2011, y2011)
+    got = quern("ingest", RAW, f2011)
+    detail(f"{got['accepted']:,} rows accepted")
+    pipe = os.path.join(d.ROOT, "examples", "pipelines", "bike-hours.json")
+    quern("pipelines", "put", CLEAN, pipe)
+    run1 = quern("pipelines", "run", CLEAN)
+    detail(f"prep: dataset {CLEAN} v{run1['dataset_version']}, {run1['report']['rows_out']:,} rows")
+    say(f"   Training XGBoost on 2011 before {V1_CUTOFF}; held out: November-December 2011")
+    spec_file = os.path.join(d.HOME, "bikes-v1.json")
+    json.dump(spec, open(spec_file, "w"))
+    job = quern("train", MODEL, "--kind", "xgboost", "--dataset", CLEAN, "--spec", spec_file)
+    r1 = job["result"]
+    story["v1"] = {"version": r1["version"], "outcome": r1["outcome"], "rmse": r1["metrics"]["rmse"],
+                   "r2": r1["metrics"]["r2"]}
+    detail(f"version {r1['version']}: holdout RMSE {r1['metrics']['rmse']:.1f} rentals/hour, "
+           f"R2 {r1['metrics']['r2']:.3f} -> {r1['outcome']}")
+
+    # 2. 2012, served by v1 --------------------------------------------------------------
+    wait("serve to load version 1", lambda: serve.call("GET", f"/v2/models/{MODEL}/ready")[0] == 200)
+    say(f"2. 2012 January-September: serve predicts {len(hours_2):,} hours, one request each")
+    served2, failed2 = serve_hours(d, serve, hours_2)
+    story["served_2"] = {"requests": len(hours_2), "failed": failed2}
+    f2012 = os.path.join(d.HOME, "hours-2012-1.csv")
+    write_csv(f2012, sorted(hours_2, key=lambda r: int(r["instant"])))
+    quern("ingest", RAW, f2012)
+    run2 = quern("pipelines", "run", CLEAN)
+    detail(f"the hours' export lands in ingest: dataset {CLEAN} v{run2['dataset_version']}, "
+           f"{run2['report']['rows_out']:,} rows")
+    n_fb = send_feedback(ing, hours_2, served2)
+    by_id = {f"hour-{r['instant']}": float(r["cnt"]) for r in hours_2}
+    mine = rmse([(p, by_id[k]) for k, (p, _) in served2.items()])
+    detail(f"{n_fb:,} true counts arrive as feedback (RMSE of those predictions, computed here: {mine:.1f})")
+    q1 = wait("the monitor's quality report on version 1", lambda: quality_after(mon, 1, 0))
+    story["quality_v1"] = q1
+    detail(f"monitor: live RMSE {q1['metrics']['rmse']:.1f} vs holdout {q1['reference']['rmse']:.1f}, "
+           f"MAE {q1['metrics']['mae']:.1f}, bias {q1['metrics'].get('mean_error', float('nan')):+.1f} "
+           f"over {q1['labelled']:,} labelled predictions -> degraded {q1['degraded']}")
+    dr = wait("the drift report of the same traffic", lambda: drift_report(mon))
+    story["drift_2"] = {"dataset_drift": dr["dataset_drift"], "share_drifted": dr["share_drifted"],
+                        "features": d.features(dr)}
+    moved = [f"{f['column']} {f['method']} {f['statistic']:.3f}" for f in dr["features"] if f.get("drifted")]
+    detail(f"drift: dataset drift {dr['dataset_drift']} (share {dr['share_drifted']:.2f}); moved: "
+           + (", ".join(moved) if moved else "none"))
+
+    fired = wait("the quality alert", lambda: alerts(alert))
+    story["alert"] = {"rule": fired["rule"], "actions": [a["type"] + ":" + a["status"] for a in fired["actions"]]}
+    detail(f"alert {fired['rule']} fired ({fired['severity']}): " + ", ".join(story["alert"]["actions"]))
+
+    # 3. the retrain ---------------------------------------------------------------------
+    say(f"3. quern-train retrains on everything before {V2_CUTOFF}; champion/challenger on August-September 2012")
+    job2 = wait("the retrain", lambda: finished_retrain(d), timeout=300)
+    r2 = job2["result"]
+    story["v2"] = {"version": r2["version"], "outcome": r2["outcome"], "metric": r2["metric"],
+                   "challenger_score": r2["challenger_score"], "champion_score": r2.get("champion_score")}
+    detail(f"version {r2['version']}: {r2['reason']} -> {r2['outcome']}")
+
+    # 4. October-December, served by v2 ----------------------------------------------------
+    if r2["outcome"] == "promoted":
+        wait("serve to swap to version 2", lambda: serve.call("POST", f"/v2/models/{MODEL}/infer",
+             infer_body(hours_3[0]))[1].get("model_version") == str(r2["version"]), timeout=60)
+    say(f"4. October-December: {len(hours_3):,} hours served, their counts fed back")
+    served3, failed3 = serve_hours(d, serve, hours_3)
+    story["served_3"] = {"requests": len(hours_3), "failed": failed3,
+                         "versions": sorted({v for _, v in served3.values()})}
+    send_feedback(ing, hours_3, served3)
+    q2 = wait("the monitor's quality report on version 2", lambda: quality_after(mon, r2["version"], 0))
+    story["quality_v2"] = q2
+    detail(f"monitor: live RMSE {q2['metrics']['rmse']:.1f} vs holdout {q2['reference']['rmse']:.1f} "
+           f"over {q2['labelled']:,} labelled predictions -> degraded {q2['degraded']}")
+
+    say("5. What happened")
+    detail(f"v1 (2011): holdout RMSE {story['v1']['rmse']:.1f}; on 2012 live RMSE "
+           f"{q1['metrics']['rmse']:.1f} ({q1['metrics']['rmse'] / q1['reference']['rmse']:.1f}x, margin {MARGIN}x)")
+    detail(f"data drift on the same window: {story['drift_2']['dataset_drift']} "
+           f"(share of drifted features {story['drift_2']['share_drifted']:.2f})")
+    if story["v2"]["champion_score"] is not None:
+        detail(f"v2 on the fresh holdout: RMSE {story['v2']['challenger_score']:.1f} vs v1 "
+               f"{story['v2']['champion_score']:.1f} -> {story['v2']['outcome']}")
+    detail(f"live RMSE after the swap: {q2['metrics']['rmse']:.1f} "
+           f"({q2['metrics']['rmse'] / q2['reference']['rmse']:.2f}x v2's holdout)")
+    return story
+
+
+def alerts(api):
+    st, body = api.call("GET", "/v1/alerts?rule=bikes-quality")
+    return body["alerts"][0] if st == 200 and body.get("alerts") else None
+
+
+def finished_retrain(d):
+    jobs = d.quern("jobs", "list")
+    done = [j for j in jobs if j.get("model") == MODEL
+            and j["state"] in ("succeeded", "failed", "cancelled")
+            and (j.get("result") or {}).get("version") != 1]
+    if done and done[0]["state"] != "succeeded":
+        raise SystemExit(f"demo: the retrain {done[0]['state']}: {done[0].get('error')}")
+    if not done:
+        return None
+    st, job = d.Api(d.BASE + 4).call("GET", f"/v1/jobs/{done[0]['id']}")
+    return job
