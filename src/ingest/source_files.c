@@ -156,27 +156,9 @@ static int take(src_run *r, const char *dir, const char *name, int fmt, int64_t 
         else
             json_decref(e);
         b.nbad = 0;
-        int skip = r->skip;
-        r->skip = 1;
+        r->file_refused = 1; /* recorded with rows -1 */
         rc = src_commit(r, &b, NULL, NULL, digest, path, err);
-        r->skip = skip;
-        if (rc == 0) {
-            /* Mark the record as refused (rows -1). */
-            qn_conn *c = qn_store_acquire(r->g->db, err);
-            if (c) {
-                if (ing_write_lock(r->g, err) == 0) {
-                    qn_stmt *st = qn_prepare(c, "UPDATE source_files SET nrows = -1 WHERE source = ? AND digest = ?", err);
-                    if (st) {
-                        qn_bind_text(st, 1, r->name, -1);
-                        qn_bind_text(st, 2, digest, -1);
-                        if (qn_step(st, err) < 0)
-                            rc = err->code;
-                    }
-                    ing_write_unlock(r->g);
-                }
-                qn_store_release(r->g->db, c);
-            }
-        }
+        r->file_refused = 0;
         json_decref(where);
         return rc;
     }

@@ -309,7 +309,7 @@ int src_commit(src_run *r, qml_rec_batch *b, json_t *cursor, json_t *state, cons
         qn_bind_text(st, 1, r->name, -1);
         qn_bind_text(st, 2, digest, -1);
         qn_bind_text(st, 3, file ? file : "", -1);
-        qn_bind_int64(st, 4, (int64_t)b->nrows);
+        qn_bind_int64(st, 4, r->file_refused ? -1 : (int64_t)b->nrows);
         qn_bind_int64(st, 5, qn_now_ms());
         if ((rc = qn_step(st, err)) < 0)
             goto out;

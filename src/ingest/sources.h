@@ -52,6 +52,7 @@ typedef struct src_run {
     qn_client *http;             /* the source's client (http kind; breaker kept across runs) */
     atomic_int *stop;            /* set when the service stops: end between chunks */
     int64_t run_id;
+    int file_refused;            /* files: the digest committed is of a file refused whole */
     /* results */
     int64_t rows, rejected, chunks, next_row;
     json_t *errors;              /* [{"row","line"?,"file"?,"page"?,"reason"}], at most SRC_MAX_ERRORS */
