@@ -3,14 +3,16 @@ appearing in a directory, each taken once by the digest of its content (a
 copy or a rename takes nothing), temporary names left alone, the dataset's
 CSV dialect applied, a file that cannot be read whole refused with its line
 and not read again, bad rows per on_error with file and line."""
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import ServiceTest, WORK  # noqa: E402
+from harness import ServiceTest, WORK, BIN  # noqa: E402
 from sources_common import put, run, read_all  # noqa: E402
 
 
@@ -92,6 +94,42 @@ class FilesSources(ServiceTest):
         r = run(self.ing, "missing")
         self.assertEqual(r["status"], "failed")
         self.assertIn("nope", r["error"])
+
+
+    def test_cli(self):
+        env = dict(os.environ, QUERN_INGEST=f"http://127.0.0.1:{self.ing.port}", QUERN_HOME=self.dir)
+
+        def quern(*args):
+            return subprocess.run([os.path.join(BIN, "quern")] + list(args), capture_output=True, text=True,
+                                  env=env, timeout=120)
+
+        decl = os.path.join(self.dir, "..", os.path.basename(self.dir) + "-decl.json")
+        with open(decl, "w") as f:
+            json.dump({"kind": "files", "dataset": "cli", "dir": self.dir, "interval": "1h"}, f)
+        p = quern("sources", "put", "drop", decl)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("Source drop stored", p.stdout)
+        self.write("a.csv", "x\n1\n2\n")
+        p = quern("sources", "run", "drop")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("succeeded, 2 rows stored", p.stdout)
+        p = quern("sources", "list")
+        self.assertIn("drop", p.stdout)
+        self.assertIn("files", p.stdout)
+        p = quern("--json", "sources", "show", "drop")
+        self.assertEqual(json.loads(p.stdout)["last_run"]["rows"], 2)
+        p = quern("sources", "history", "drop", "--limit", "5")
+        self.assertIn("succeeded", p.stdout)
+        self.write("b.csv", "y\n1\n")  # another header: fine without a schema
+        with open(decl, "w") as f:
+            json.dump({"kind": "files", "dataset": "cli", "dir": self.dir + "/nope"}, f)
+        quern("sources", "put", "drop", decl)
+        p = quern("sources", "run", "drop")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("error:", p.stdout)
+        p = quern("sources", "run", "nosuch")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("nosuch", p.stderr)
 
 
 if __name__ == "__main__":
