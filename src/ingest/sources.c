@@ -383,6 +383,17 @@ static void slot_free(src_slot *s)
     free(s);
 }
 
+/* Unlinks and frees a slot marked deleted (S->mu held, no run on it). */
+static void slot_drop(ing_sources *S, src_slot *slot)
+{
+    for (src_slot **pp = &S->list; *pp; pp = &(*pp)->next)
+        if (*pp == slot) {
+            *pp = slot->next;
+            break;
+        }
+    slot_free(slot);
+}
+
 static int64_t interval_of(const json_t *spec)
 {
     return (int64_t)json_integer_value(json_object_get(spec, "interval_ms"));
@@ -584,14 +595,8 @@ static void *run_thread(void *p)
         int64_t cap = slot->interval_ms > BACKOFF_CAP_MS ? slot->interval_ms : BACKOFF_CAP_MS;
         slot->next_due = now + (wait > cap ? cap : wait);
     }
-    if (slot->deleted) {
-        for (src_slot **pp = &S->list; *pp; pp = &(*pp)->next)
-            if (*pp == slot) {
-                *pp = slot->next;
-                break;
-            }
-        slot_free(slot);
-    }
+    if (slot->deleted)
+        slot_drop(S, slot);
     S->active--;
     pthread_cond_broadcast(&S->cv);
     pthread_mutex_unlock(&S->mu);
@@ -652,7 +657,11 @@ static void *sched_thread(void *p)
             free(name);
             pthread_mutex_lock(&S->mu);
             s->running = 0;
-            if (rc == 0 && !s->deleted)
+            if (s->deleted) {
+                slot_drop(S, s);
+                break;
+            }
+            if (rc == 0)
                 rc = run_spawn(S, s, id, &err);
             if (rc < 0) {
                 s->next_due = qn_now_ms() + 1000;
@@ -1078,8 +1087,13 @@ int ing_source_run(qn_req *req, qn_res *res, void *ud)
     int rc = run_begin(g, name, "request", &id, &err);
     pthread_mutex_lock(&S->mu);
     s->running = 0;
+    if (s->deleted) {
+        slot_drop(S, s);
+        pthread_mutex_unlock(&S->mu);
+        return qn_res_error(res, QN_NOT_FOUND, "source %s was deleted", name);
+    }
     if (rc == 0)
-        rc = s->deleted ? qn_err_set(&err, QN_NOT_FOUND, "source %s was deleted", name) : run_spawn(S, s, id, &err);
+        rc = run_spawn(S, s, id, &err);
     if (rc < 0) {
         pthread_mutex_unlock(&S->mu);
         return ing_fail(req, res, &err);
@@ -1193,6 +1207,19 @@ int ing_sources_start(ingest *g, qn_metrics *m, const char *allow, qn_err *err)
                 rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
                 break;
             }
+        }
+    } else if (rc >= 0) {
+        rc = err->code;
+    }
+    /* The lag survives a restart: the last success of each source. */
+    if (rc >= 0 && (st = qn_prepare(c, "SELECT source, MAX(finished_at) FROM source_runs WHERE status = 'succeeded' "
+                                       "GROUP BY source", err)) != NULL) {
+        while ((rc = qn_step(st, err)) == 1) {
+            pthread_mutex_lock(&S->mu);
+            src_slot *s = slot_find(S, qn_col_text(st, 0));
+            if (s)
+                s->last_ok = qn_col_int64(st, 1);
+            pthread_mutex_unlock(&S->mu);
         }
     } else if (rc >= 0) {
         rc = err->code;
