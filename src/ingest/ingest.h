@@ -99,8 +99,9 @@ int ing_append(qn_conn *c, const char *name, const qml_rec_batch *b, int64_t che
 
 /* sources.c: pull sources (docs/ingest.md "Sources"). start loads the
  * declared sources, marks runs a crash cut short as failed and starts the
- * scheduler; allow is --source-allow. stop waits for runs in progress. */
-int ing_sources_start(ingest *g, qn_metrics *m, const char *allow, qn_err *err);
+ * scheduler; allow is --source-allow, paths --source-paths. stop waits for
+ * runs in progress. */
+int ing_sources_start(ingest *g, qn_metrics *m, const char *allow, const char *paths, qn_err *err);
 void ing_sources_stop(ingest *g);
 size_t ing_sources_allow_count(const ingest *g);
 int ing_source_put(qn_req *req, qn_res *res, void *ud);

@@ -30,6 +30,7 @@ typedef struct ingest_cfg {
     long long write_wait_ms;
     long long idem_ttl_ms;
     char *source_allow;
+    char *source_paths;
 } ingest_cfg;
 
 static const qn_cfg_opt opts[] = {
@@ -47,6 +48,9 @@ static const qn_cfg_opt opts[] = {
     {"source-allow", "QUERN_SOURCE_ALLOW", QN_CFG_STRING, NULL, 0, 0,
      "Comma-separated hosts and CIDRs http sources may reach besides public addresses "
      "(loopback, private and link-local ones are refused unless listed)", offsetof(ingest_cfg, source_allow)},
+    {"source-paths", "QUERN_SOURCE_PATHS", QN_CFG_STRING, NULL, 0, 0,
+     "Comma-separated directories under which sources may read files (sqlite path, files dir, "
+     "password_file, headers_file); none by default", offsetof(ingest_cfg, source_paths)},
 };
 
 /* Schema. events holds each row's canonical JSON under (dataset, seq); seq
@@ -264,7 +268,7 @@ static int ingest_start(qn_service_ctx *ctx, qn_err *err)
     g->backpressure = qn_metrics_counter(ctx->metrics, "quern_ingest_backpressure_total",
                                          "Writes turned away to keep up (backlog: 429, store: 503).",
                                          reason);
-    if (ing_sources_start(g, ctx->metrics, cfg->source_allow, err) < 0) {
+    if (ing_sources_start(g, ctx->metrics, cfg->source_allow, cfg->source_paths, err) < 0) {
         ing_sources_stop(g);
         qn_deps_close(g->db, g->bus, g->outbox);
         pthread_mutex_destroy(&g->write_mu);

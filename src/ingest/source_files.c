@@ -28,16 +28,15 @@
 
 static const char *const keys[] = {"dir", "format", "max_file_bytes", NULL};
 
-static int check(json_t *spec, const qn_netallow *allow, qn_err *err)
+static int check(json_t *spec, const src_limits *lim, qn_err *err)
 {
-    (void)allow;
     const char *dir, *fmt;
     int rc;
     if ((rc = src_known_keys(spec, keys, err)) < 0 || (rc = src_str(spec, "dir", 4096, 1, &dir, err)) < 0 ||
         (rc = src_str(spec, "format", 16, 0, &fmt, err)) < 0)
         return rc;
-    if (dir[0] != '/')
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "dir must be an absolute path");
+    if ((rc = src_path_ok(lim, "dir", dir, err)) < 0)
+        return rc;
     if (!fmt)
         json_object_set_new(spec, "format", json_string("auto"));
     else if (strcmp(fmt, "auto") && strcmp(fmt, "csv") && strcmp(fmt, "ndjson"))
@@ -187,7 +186,10 @@ static int pull(src_run *r, qn_err *err)
     int64_t max = json_integer_value(json_object_get(r->spec, "max_file_bytes"));
     struct dirent **names = NULL;
     json_t *refused = NULL;
-    int n = scandir(dir, &names, NULL, by_name), rc = 0;
+    int rc = src_path_ok(r->lim, "dir", dir, err);
+    if (rc < 0)
+        return rc;
+    int n = scandir(dir, &names, NULL, by_name);
     if (n < 0)
         return qn_err_set(err, QN_UNAVAILABLE, "cannot list %s: %s", dir, strerror(errno));
     for (int i = 0; i < n; i++) {

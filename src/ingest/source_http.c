@@ -52,14 +52,14 @@ static int int_field(json_t *spec, const char *key, long long lo, long long hi, 
     return 0;
 }
 
-static int check(json_t *spec, const qn_netallow *allow, qn_err *err)
+static int check(json_t *spec, const src_limits *lim, qn_err *err)
 {
     const char *url, *fmt, *paging, *s;
     int rc;
     if ((rc = src_known_keys(spec, keys, err)) < 0 || (rc = src_str(spec, "url", 4096, 1, &url, err)) < 0 ||
         (rc = src_str(spec, "format", 16, 0, &fmt, err)) < 0 || (rc = src_str(spec, "paging", 16, 0, &paging, err)) < 0)
         return rc;
-    if ((rc = qn_netallow_check_url(allow, url, err)) < 0)
+    if ((rc = qn_netallow_check_url(lim->allow, url, err)) < 0)
         return rc == QN_PERMISSION_DENIED ? qn_err_set(err, QN_INVALID_ARGUMENT, "url: %s", err->msg) : rc;
     char host[256], path[8];
     int port, hq;
@@ -82,8 +82,8 @@ static int check(json_t *spec, const qn_netallow *allow, qn_err *err)
     for (size_t i = 0; i < QN_NELEM(pf); i++)
         if ((rc = src_str(spec, pf[i], i == 5 ? 4096 : 256, 0, &s, err)) < 0)
             return rc;
-    if ((s = json_string_value(json_object_get(spec, "headers_file"))) && s[0] != '/')
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "headers_file must be an absolute path");
+    if ((s = json_string_value(json_object_get(spec, "headers_file"))) && (rc = src_path_ok(lim, "headers_file", s, err)) < 0)
+        return rc;
     if (strcmp(paging, "none") == 0) {
     } else if (strcmp(paging, "next_link") == 0) {
         /* next_key (JSON answers) or else the Link header */
@@ -343,8 +343,9 @@ static int pull(src_run *r, qn_err *err)
     qn_buf body;
     qn_buf_init(&body, 64u << 20);
     long long pageno = -1;
-    int rc = read_headers(json_string_value(json_object_get(spec, "headers_file")), hdr, &nh, err);
-    if (rc < 0)
+    const char *hf = json_string_value(json_object_get(spec, "headers_file"));
+    int rc = hf ? src_path_ok(r->lim, "headers_file", hf, err) : 0;
+    if (rc < 0 || (rc = read_headers(hf, hdr, &nh, err)) < 0)
         goto out;
     const char *su = json_string_value(json_object_get(r->state, "url"));
     long long taken = json_integer_value(json_object_get(r->state, "taken"));

@@ -26,9 +26,8 @@
 
 static const char *const keys[] = {"url", "password_file", "password_env", "query", "cursor", "connect_timeout", NULL};
 
-static int check(json_t *spec, const qn_netallow *allow, qn_err *err)
+static int check(json_t *spec, const src_limits *lim, qn_err *err)
 {
-    (void)allow;
     const char *url, *pf, *pe;
     int rc;
     if ((rc = src_known_keys(spec, keys, err)) < 0 || (rc = src_str(spec, "url", 2048, 1, &url, err)) < 0 ||
@@ -46,8 +45,12 @@ static int check(json_t *spec, const qn_netallow *allow, qn_err *err)
                           "url must not hold a password parameter; give password_file or password_env");
     if (pf && pe)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "give password_file or password_env, not both");
-    if (pf && pf[0] != '/')
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "password_file must be an absolute path");
+    if (pf && (rc = src_path_ok(lim, "password_file", pf, err)) < 0)
+        return rc;
+    /* Only variables meant for it: a declaration must not send ingest's own
+     * secrets (QUERN_TOKEN...) to a server it names. */
+    if (pe && strncmp(pe, "QUERN_SOURCE_", 13) != 0)
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "password_env must name a variable starting with QUERN_SOURCE_");
     if (pe) {
         for (const char *p = pe; *p; p++)
             if (!(isupper((unsigned char)*p) || isdigit((unsigned char)*p) || *p == '_') || isdigit((unsigned char)pe[0]))
@@ -60,8 +63,9 @@ static int check(json_t *spec, const qn_netallow *allow, qn_err *err)
 }
 
 /* The password from where the declaration says; *pw malloc'ed or NULL. */
-static int password(const json_t *spec, char **pw, qn_err *err)
+static int password(const src_run *r, char **pw, qn_err *err)
 {
+    const json_t *spec = r->spec;
     const char *pf = json_string_value(json_object_get(spec, "password_file"));
     const char *pe = json_string_value(json_object_get(spec, "password_env"));
     *pw = NULL;
@@ -73,6 +77,9 @@ static int password(const json_t *spec, char **pw, qn_err *err)
     }
     if (!pf)
         return 0;
+    int rc = src_path_ok(r->lim, "password_file", pf, err);
+    if (rc < 0)
+        return rc;
     FILE *f = fopen(pf, "r");
     if (!f)
         return qn_err_set(err, QN_FAILED_PRECONDITION, "password_file %s cannot be read: %s", pf, strerror(errno));
@@ -127,7 +134,7 @@ static int pull(src_run *r, qn_err *err)
     PGresult *res = NULL;
     src_chunk k;
     src_chunk_init(&k);
-    int rc = password(r->spec, &pw, err);
+    int rc = password(r, &pw, err);
     if (rc < 0)
         goto out;
     if (!ident || asprintf(&sql, "DECLARE quern_src NO SCROLL CURSOR FOR SELECT * FROM (%s) AS q WHERE %s IS NOT NULL%s%s%s ORDER BY %s",

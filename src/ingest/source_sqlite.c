@@ -19,15 +19,14 @@
 
 static const char *const keys[] = {"path", "query", "cursor", NULL};
 
-static int check(json_t *spec, const qn_netallow *allow, qn_err *err)
+static int check(json_t *spec, const src_limits *lim, qn_err *err)
 {
-    (void)allow;
     const char *path;
     int rc;
     if ((rc = src_known_keys(spec, keys, err)) < 0 || (rc = src_str(spec, "path", 4096, 1, &path, err)) < 0)
         return rc;
-    if (path[0] != '/')
-        return qn_err_set(err, QN_INVALID_ARGUMENT, "path must be an absolute path to a SQLite file");
+    if ((rc = src_path_ok(lim, "path", path, err)) < 0)
+        return rc;
     return src_sql_check(spec, err);
 }
 
@@ -60,6 +59,8 @@ static int pull(src_run *r, qn_err *err)
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
+    if ((rc = src_path_ok(r->lim, "path", path, err)) < 0)
+        goto out;
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
         rc = qn_err_set(err, QN_UNAVAILABLE, "cannot open %s read-only: %s", path, db ? sqlite3_errmsg(db) : "out of memory");
         goto out;

@@ -20,6 +20,7 @@
  * same outbox event as a push), the new cursor/state or file digest and the
  * run's counters in one write transaction under the writer mutex.
  */
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,6 +64,7 @@ struct ing_sources {
     int active;                /* run threads alive */
     atomic_int stop;
     qn_netallow *allow;
+    src_limits lim;
     qn_metrics *metrics;
     qn_metric *m_rows, *m_runs, *m_lag;
 };
@@ -526,7 +528,7 @@ static void *run_thread(void *p)
     qn_err err = {0};
     json_t *spec = NULL;
     int64_t t0 = qn_now_ms();
-    src_run r = {.g = g, .name = slot->name, .allow = S->allow, .stop = &S->stop, .batch = SRC_BATCH_DEFAULT, .run_id = a->id};
+    src_run r = {.g = g, .name = slot->name, .allow = S->allow, .lim = &S->lim, .stop = &S->stop, .batch = SRC_BATCH_DEFAULT, .run_id = a->id};
     r.errors = json_array();
     qml_rec_opts_init(&r.opts);
     int rc = run_load(&r, &spec, &err);
@@ -796,7 +798,7 @@ static int check_name(qn_req *req, qn_res *res, const char **name)
 }
 
 /* Checks a declaration and fills defaults; the canonical form goes to *out. */
-static int spec_check(json_t *body, const qn_netallow *allow, qn_err *err)
+static int spec_check(json_t *body, const src_limits *lim, qn_err *err)
 {
     if (!json_is_object(body))
         return qn_err_set(err, QN_INVALID_ARGUMENT, "a source is a JSON object");
@@ -834,7 +836,7 @@ static int spec_check(json_t *body, const qn_netallow *allow, qn_err *err)
     }
     if (iv && !json_is_null(iv) && (ms < 1000 || ms > 30LL * 86400000))
         return qn_err_set(err, QN_INVALID_ARGUMENT, "interval must be between 1s and 30 days");
-    if ((rc = k->check(body, allow, err)) < 0)
+    if ((rc = k->check(body, lim, err)) < 0)
         return rc;
     json_object_set_new(body, "interval_ms", json_integer(ms));
     return 0;
@@ -854,7 +856,7 @@ int ing_source_put(qn_req *req, qn_res *res, void *ud)
     json_t *body = qn_req_json(req, res);
     if (!body)
         return 0;
-    if (spec_check(body, S->allow, &err) < 0)
+    if (spec_check(body, &S->lim, &err) < 0)
         return qn_res_error(res, err.code, "source %s: %s", name, err.msg);
     if (!(text = qn_json_canonical(body))) {
         qn_err_set(&err, QN_RESOURCE_EXHAUSTED, "out of memory");
@@ -1153,7 +1155,66 @@ int ing_source_runs(qn_req *req, qn_res *res, void *ud)
 
 /* ---- start and stop ----------------------------------------------------------------------- */
 
-int ing_sources_start(ingest *g, qn_metrics *m, const char *allow, qn_err *err)
+/* --source-paths: absolute directories, comma-separated. */
+static int paths_parse(src_limits *lim, const char *list, qn_err *err)
+{
+    const char *p = list;
+    while (p && *p) {
+        size_t n = strcspn(p, ",");
+        const char *e = p + n;
+        while (n && *p == ' ')
+            p++, n--;
+        while (n && (p[n - 1] == ' ' || (p[n - 1] == '/' && n > 1)))
+            n--;
+        if (n) {
+            if (p[0] != '/' || n > 4000)
+                return qn_err_set(err, QN_INVALID_ARGUMENT, "--source-paths: \"%.*s\" is not an absolute path",
+                                  (int)(n > 200 ? 200 : n), p);
+            char **np = realloc(lim->paths, (lim->npaths + 1) * sizeof *np);
+            if (!np || !(np[lim->npaths] = strndup(p, n))) {
+                if (np)
+                    lim->paths = np;
+                return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+            }
+            lim->paths = np;
+            lim->npaths++;
+        }
+        p = *e ? e + 1 : e;
+    }
+    return 0;
+}
+
+static int under(const char *dir, const char *path)
+{
+    size_t n = strlen(dir);
+    if (strcmp(dir, "/") == 0)
+        return 1;
+    return strncmp(path, dir, n) == 0 && (path[n] == '/' || path[n] == '\0');
+}
+
+int src_path_ok(const src_limits *lim, const char *field, const char *path, qn_err *err)
+{
+    if (path[0] != '/')
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "%s must be an absolute path", field);
+    for (const char *p = path; (p = strstr(p, "/.")) != NULL; p++)
+        if (p[2] == '/' || p[2] == '\0' || (p[2] == '.' && (p[3] == '/' || p[3] == '\0')))
+            return qn_err_set(err, QN_INVALID_ARGUMENT, "%s must not have . or .. parts", field);
+    char real[PATH_MAX], dreal[PATH_MAX];
+    int exists = realpath(path, real) != NULL;
+    for (size_t i = 0; i < lim->npaths; i++) {
+        if (!under(lim->paths[i], path))
+            continue;
+        if (!exists)
+            return 0;
+        if (realpath(lim->paths[i], dreal) && under(dreal, real))
+            return 0;
+    }
+    return qn_err_set(err, QN_INVALID_ARGUMENT,
+                      "%s %s is outside the directories quern-ingest may read (--source-paths%s%s)", field, path,
+                      lim->npaths ? "" : ", empty: set it to allow", exists ? "; symbolic links resolved" : "");
+}
+
+int ing_sources_start(ingest *g, qn_metrics *m, const char *allow, const char *paths, qn_err *err)
 {
     ing_sources *S = calloc(1, sizeof *S);
     if (!S)
@@ -1166,8 +1227,9 @@ int ing_sources_start(ingest *g, qn_metrics *m, const char *allow, qn_err *err)
     int rc;
     if (!(S->allow = qn_netallow_new(QN_NETALLOW_PUBLIC, "--source-allow")))
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-    if ((rc = qn_netallow_add(S->allow, allow, err)) < 0)
+    if ((rc = qn_netallow_add(S->allow, allow, err)) < 0 || (rc = paths_parse(&S->lim, paths, err)) < 0)
         return rc;
+    S->lim.allow = S->allow;
     static const char *const src_l[] = {"source", NULL};
     static const char *const res_l[] = {"source", "result", NULL};
     S->m_rows = qn_metrics_counter(m, "quern_source_rows_total", "Rows a pull source stored, by source.", src_l);
@@ -1271,6 +1333,9 @@ void ing_sources_stop(ingest *g)
         slot_free(s);
     }
     qn_netallow_free(S->allow);
+    for (size_t i = 0; i < S->lim.npaths; i++)
+        free(S->lim.paths[i]);
+    free(S->lim.paths);
     pthread_cond_destroy(&S->cv);
     pthread_mutex_destroy(&S->mu);
     free(S);

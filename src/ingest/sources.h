@@ -37,6 +37,21 @@
 #define SRC_BATCH_DEFAULT 5000   /* rows per committed chunk */
 #define SRC_BATCH_MAX 100000
 
+/* What the operator allows sources to reach: --source-allow (http) and
+ * --source-paths (the directories sqlite paths, files dirs, password and
+ * header files must lie under). */
+typedef struct src_limits {
+    const qn_netallow *allow;
+    char **paths;                /* absolute, without a trailing '/' */
+    size_t npaths;
+} src_limits;
+
+/* 0 when path (the value of field) is absolute, has no "." or ".." part and
+ * lies under one of lim's directories -- and, when it exists, so does its
+ * real path (symbolic links resolved) under the real path of that directory.
+ * Else QN_INVALID_ARGUMENT naming field and --source-paths. */
+int src_path_ok(const src_limits *lim, const char *field, const char *path, qn_err *err);
+
 typedef struct src_run {
     ingest *g;
     const char *name, *dataset;
@@ -49,6 +64,7 @@ typedef struct src_run {
     int64_t schema_version;
     qml_rec_opts opts;
     const qn_netallow *allow;    /* --source-allow */
+    const src_limits *lim;
     qn_client *http;             /* the source's client (http kind; breaker kept across runs) */
     atomic_int *stop;            /* set when the service stops: end between chunks */
     int64_t run_id;
@@ -62,7 +78,7 @@ typedef struct src_kind {
     const char *name;
     /* Checks and completes the kind's fields of spec (an object holding
      * every field given). 0, or QN_INVALID_ARGUMENT naming the field. */
-    int (*check)(json_t *spec, const qn_netallow *allow, qn_err *err);
+    int (*check)(json_t *spec, const src_limits *lim, qn_err *err);
     /* Pulls everything new, committing chunk by chunk with src_commit.
      * 0, or a negative code with err saying what failed (the run's error). */
     int (*pull)(src_run *r, qn_err *err);

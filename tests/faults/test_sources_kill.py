@@ -32,7 +32,7 @@ class SourcesKill(ServiceTest):
         c.executemany("INSERT INTO t VALUES (?, ?, ?)", ((i, f"v{i}", i / 3) for i in range(1, total + 1)))
         c.commit()
         c.close()
-        ing = self.start("ingest")
+        ing = self.start("ingest", args=["--source-paths", self.dir])
         kill_mid_pull(self, ing, "s", {"kind": "sqlite", "dataset": "d", "path": db, "query": "SELECT * FROM t",
                                        "cursor": "id", "batch": 500}, total)
 
@@ -43,7 +43,7 @@ class SourcesKill(ServiceTest):
         for f in range(total // per):
             with open(os.path.join(drop, f"part-{f:04d}.csv"), "w") as out:
                 out.write("id,v\n" + "".join(f"{i},v{i}\n" for i in range(f * per + 1, (f + 1) * per + 1)))
-        ing = self.start("ingest")
+        ing = self.start("ingest", args=["--source-paths", self.dir])
         kill_mid_pull(self, ing, "f", {"kind": "files", "dataset": "d", "dir": drop}, total)
 
     def test_http(self):

@@ -20,7 +20,7 @@ class FilesSources(ServiceTest):
     def setUp(self):
         super().setUp()
         self.dir = tempfile.mkdtemp(prefix="quern-drop-", dir=WORK)
-        self.ing = self.start("ingest")
+        self.ing = self.start("ingest", args=["--source-paths", self.dir])
 
     def write(self, name, text):
         tmp = os.path.join(self.dir, name + ".tmp")
@@ -88,8 +88,10 @@ class FilesSources(ServiceTest):
         self.assertError(put(self.ing, "x", {"kind": "files", "dataset": "d"}), 400, "invalid_argument", "dir")
         self.assertError(put(self.ing, "x", {"kind": "files", "dataset": "d", "dir": "rel"}), 400,
                          "invalid_argument", "dir")
-        self.assertError(put(self.ing, "x", {"kind": "files", "dataset": "d", "dir": "/x", "format": "xml"}), 400,
+        self.assertError(put(self.ing, "x", {"kind": "files", "dataset": "d", "dir": self.dir, "format": "xml"}), 400,
                          "invalid_argument", "format")
+        self.assertError(put(self.ing, "x", {"kind": "files", "dataset": "d", "dir": "/etc"}), 400,
+                         "invalid_argument", "--source-paths")
         put(self.ing, "missing", {"kind": "files", "dataset": "d", "dir": os.path.join(self.dir, "nope")})
         r = run(self.ing, "missing")
         self.assertEqual(r["status"], "failed")

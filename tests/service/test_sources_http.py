@@ -25,8 +25,8 @@ class HttpSources(ServiceTest):
         self.rows = [{"id": i, "name": f"n{i}"} for i in range(1, 26)]
         self.fail = 0
         self.pages = Pages(self.handle)
-        self.ing = self.start("ingest", args=["--source-allow", "127.0.0.1"])
         self.dir = tempfile.mkdtemp(prefix="quern-http-", dir=WORK)
+        self.ing = self.start("ingest", args=["--source-allow", "127.0.0.1", "--source-paths", self.dir])
 
     def tearDown(self):
         super().tearDown()
@@ -146,6 +146,8 @@ class HttpSources(ServiceTest):
         self.assertEqual(run(self.ing, "k")["rows"], 3)
         st, _, src = self.ing.request("GET", "/v1/sources/k")
         self.assertNotIn("s3cret", json.dumps(src))
+        self.assertError(put(self.ing, "k3", self.spec("/auth", headers_file="/etc/passwd")), 400,
+                         "invalid_argument", "headers_file", "--source-paths")
         put(self.ing, "k2", self.spec("/auth"))
         r = run(self.ing, "k2")
         self.assertEqual(r["status"], "failed")

@@ -34,7 +34,8 @@ class PgSources(ServiceTest):
         self.pwfile = os.path.join(self.dir, "pw")
         with open(self.pwfile, "w") as f:
             f.write("not-used-with-trust\n")
-        self.ing = self.start("ingest", env={"SRC_PW": "also-not-used"})
+        self.ing = self.start("ingest", env={"QUERN_SOURCE_PW": "also-not-used"},
+                              args=["--source-paths", self.dir])
 
     def tearDown(self):
         super().tearDown()
@@ -72,7 +73,7 @@ class PgSources(ServiceTest):
 
     def test_timestamp_cursor_with_ties(self):
         self.fill(1, 300)  # three rows per minute
-        put(self.ing, "t", self.spec(cursor="ts", batch=10, password_file=None, password_env="SRC_PW"))
+        put(self.ing, "t", self.spec(cursor="ts", batch=10, password_file=None, password_env="QUERN_SOURCE_PW"))
         r = run(self.ing, "t")
         self.assertEqual((r["status"], r["rows"]), ("succeeded", 300), r)
         # Later rows with later times (a row arriving with a time at or
@@ -89,7 +90,10 @@ class PgSources(ServiceTest):
         self.assertError(put(self.ing, "x", self.spec(url=bad)), 400, "invalid_argument", "password")
         self.assertError(put(self.ing, "x", self.spec(url=PG + "?password=hunter2")), 400, "invalid_argument",
                          "password")
-        self.assertError(put(self.ing, "x", self.spec(password_env="SRC_PW")), 400, "invalid_argument", "not both")
+        self.assertError(put(self.ing, "x", self.spec(password_env="QUERN_SOURCE_PW")), 400, "invalid_argument",
+                         "not both")
+        self.assertError(put(self.ing, "x", self.spec(password_file=None, password_env="QUERN_TOKEN")), 400,
+                         "invalid_argument", "QUERN_SOURCE_")
         self.assertError(put(self.ing, "x", self.spec(password_file=None, password_env="lower")), 400,
                          "invalid_argument", "password_env")
         self.assertError(put(self.ing, "x", self.spec(url="mysql://h/db")), 400, "invalid_argument", "url")
@@ -109,9 +113,9 @@ class PgSources(ServiceTest):
         r = run(self.ing, "nopw")
         self.assertEqual(r["status"], "failed")
         self.assertIn("password_file", r["error"])
-        put(self.ing, "noenv", self.spec(password_file=None, password_env="QUERN_NO_SUCH_VAR"))
+        put(self.ing, "noenv", self.spec(password_file=None, password_env="QUERN_SOURCE_NO_SUCH_VAR"))
         r = run(self.ing, "noenv")
-        self.assertIn("QUERN_NO_SUCH_VAR", r["error"])
+        self.assertIn("QUERN_SOURCE_NO_SUCH_VAR", r["error"])
 
 
 if __name__ == "__main__":

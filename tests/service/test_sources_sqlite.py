@@ -28,7 +28,7 @@ class SqliteSources(ServiceTest):
         super().setUp()
         self.dir = tempfile.mkdtemp(prefix="quern-src-", dir=WORK)
         self.db = os.path.join(self.dir, "shop.db")
-        self.ing = self.start("ingest")
+        self.ing = self.start("ingest", args=["--source-paths", self.dir])
 
     def spec(self, **kw):
         s = {"kind": "sqlite", "dataset": "sales", "path": self.db, "query": "SELECT * FROM sales",
@@ -142,6 +142,15 @@ class SqliteSources(ServiceTest):
             spec = {k: v for k, v in spec.items() if v is not None}
             self.assertError(put(self.ing, "x", spec), 400, "invalid_argument", field)
         self.assertError(put(self.ing, "bad%20name", self.spec()), 400, "invalid_argument")
+        # Files outside --source-paths, or reached through a link out of it.
+        self.assertError(put(self.ing, "x", self.spec(path="/etc/passwd")), 400, "invalid_argument", "path",
+                         "--source-paths")
+        self.assertError(put(self.ing, "x", self.spec(path=self.dir + "/../x.db")), 400, "invalid_argument", "path")
+        outside = tempfile.mkdtemp(prefix="quern-out-", dir=WORK)
+        make_db(os.path.join(outside, "o.db"), [(1, "x", "a", 1.0)])
+        os.symlink(os.path.join(outside, "o.db"), os.path.join(self.dir, "link.db"))
+        self.assertError(put(self.ing, "x", self.spec(path=os.path.join(self.dir, "link.db"))), 400,
+                         "invalid_argument", "--source-paths")
         self.assertError(self.ing.request("GET", "/v1/sources/none"), 404, "not_found", "none")
         self.assertError(self.ing.request("POST", "/v1/sources/none/runs"), 404, "not_found")
         self.assertError(self.ing.request("DELETE", "/v1/sources/none"), 404, "not_found")
