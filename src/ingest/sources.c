@@ -281,8 +281,9 @@ int src_commit(src_run *r, qml_rec_batch *b, json_t *cursor, json_t *state, cons
     /* The cursor first: a source deleted meanwhile stops here. */
     qn_stmt *st = qn_prepare(c, cursor || state
                                     ? "UPDATE sources SET cursor_value = COALESCE(?, cursor_value), "
-                                      "state = COALESCE(?, state) WHERE name = ?"
-                                    : "UPDATE sources SET cursor_value = cursor_value WHERE name = ?", err);
+                                      "state = COALESCE(?, state) WHERE name = ? AND updated_at = ?"
+                                    : "UPDATE sources SET cursor_value = cursor_value WHERE name = ? AND updated_at = ?",
+                             err);
     if (!st) {
         rc = err->code;
         goto out;
@@ -296,10 +297,12 @@ int src_commit(src_run *r, qml_rec_batch *b, json_t *cursor, json_t *state, cons
         stext = k2;
     }
     qn_bind_text(st, i, r->name, -1);
+    qn_bind_int64(st, i + 1, r->spec_at);
     if ((rc = qn_step(st, err)) < 0)
         goto out;
     if (qn_changes(c) == 0) {
-        rc = qn_err_set(err, QN_NOT_FOUND, "source %s was deleted during the run", r->name);
+        rc = qn_err_set(err, QN_ABORTED, "source %s was changed or deleted during the run; nothing more of this "
+                        "run was stored (the next run reads the new declaration)", r->name);
         goto out;
     }
     if (digest) {
@@ -484,7 +487,7 @@ static int run_load(src_run *r, json_t **spec, qn_err *err)
     if (!c)
         return err->code;
     int rc;
-    qn_stmt *st = qn_prepare(c, "SELECT spec, cursor_value, state FROM sources WHERE name = ?", err);
+    qn_stmt *st = qn_prepare(c, "SELECT spec, cursor_value, state, updated_at FROM sources WHERE name = ?", err);
     if (!st) {
         rc = err->code;
         goto out;
@@ -495,6 +498,7 @@ static int run_load(src_run *r, json_t **spec, qn_err *err)
         goto out;
     }
     *spec = json_loads(qn_col_text(st, 0), 0, NULL);
+    r->spec_at = qn_col_int64(st, 3);
     const char *t = qn_col_text(st, 1);
     r->cursor = t ? json_loads(t, JSON_DECODE_ANY, NULL) : NULL;
     t = qn_col_text(st, 2);
@@ -868,13 +872,16 @@ int ing_source_put(qn_req *req, qn_res *res, void *ud)
     if (!(c = qn_store_acquire(g->db, &err)) || qn_tx_begin(c, QN_TX_WRITE, &err) < 0)
         goto fail;
     int64_t now = qn_now_ms();
-    qn_stmt *st = qn_prepare(c, "SELECT kind, dataset FROM sources WHERE name = ?", &err);
+    qn_stmt *st = qn_prepare(c, "SELECT kind, dataset, updated_at FROM sources WHERE name = ?", &err);
     if (!st)
         goto fail;
     qn_bind_text(st, 1, name, -1);
     if ((rc = qn_step(st, &err)) < 0)
         goto fail;
     int existed = rc == 1;
+    /* updated_at tells a run its declaration changed: it must move on every PUT. */
+    if (existed && now <= qn_col_int64(st, 2))
+        now = qn_col_int64(st, 2) + 1;
     /* Another kind or dataset starts over: its cursor means nothing here. */
     int reset = existed && (strcmp(qn_col_text(st, 0), json_string_value(json_object_get(body, "kind"))) ||
                             strcmp(qn_col_text(st, 1), json_string_value(json_object_get(body, "dataset"))));

@@ -68,6 +68,7 @@ typedef struct src_run {
     qn_client *http;             /* the source's client (http kind; breaker kept across runs) */
     atomic_int *stop;            /* set when the service stops: end between chunks */
     int64_t run_id;
+    int64_t spec_at;             /* updated_at of the declaration read: a commit checks it is still the same */
     int file_refused;            /* files: the digest committed is of a file refused whole */
     /* results */
     int64_t rows, rejected, chunks, next_row;
@@ -91,8 +92,8 @@ extern const src_kind src_postgres, src_sqlite, src_http, src_files;
  * in one write transaction. Before that, when b has bad rows and the source
  * says on_error reject, nothing is committed and the run fails:
  * QN_INVALID_ARGUMENT naming the first bad row. QN_ABORTED when the dataset's
- * schema changed since the rows were checked (the next run checks again);
- * QN_NOT_FOUND when the source was deleted meanwhile. */
+ * schema changed since the rows were checked (the next run checks again), or
+ * the source was changed or deleted since the run read it. */
 int src_commit(src_run *r, qml_rec_batch *b, json_t *cursor, json_t *state, const char *digest,
                const char *file, qn_err *err);
 

@@ -185,6 +185,28 @@ class SqliteSources(ServiceTest):
         st, _, src = self.ing.request("GET", "/v1/sources/f")
         self.assertGreaterEqual(src["failures"], 2)
 
+    def test_changed_during_a_run(self):
+        make_db(self.db, [(i, "x", "a", 1.0) for i in range(1, 30001)])
+        put(self.ing, "c", self.spec(batch=100))
+        st, _, r = self.ing.request("POST", "/v1/sources/c/runs")
+        self.assertEqual(st, 202, r)
+        deadline = time.time() + 30
+        while time.time() < deadline and last_run(self.ing, "c")["rows"] == 0:
+            time.sleep(0.01)
+        st, _, body = self.ing.request("POST", "/v1/sources/c/runs")
+        self.assertError((st, _, body), 409, "aborted", "running already")
+        put(self.ing, "c", self.spec(batch=1000))  # same kind and dataset: the cursor is kept
+        deadline = time.time() + 60
+        while time.time() < deadline and last_run(self.ing, "c")["status"] == "running":
+            time.sleep(0.05)
+        r = last_run(self.ing, "c")
+        self.assertEqual(r["status"], "failed", r)
+        self.assertIn("changed", r["error"])
+        self.assertEqual(run(self.ing, "c")["status"], "succeeded")
+        rows, seqs = read_all(self.ing, "sales")
+        self.assertEqual(sorted(x["id"] for x in rows), list(range(1, 30001)))
+        self.assertEqual(seqs, list(range(1, 30001)))
+
     def test_restart_marks_interrupted_runs(self):
         make_db(self.db, [(i, "x", "a", 1.0) for i in range(1, 20001)])
         put(self.ing, "big", self.spec(batch=100))
