@@ -176,6 +176,14 @@ class HttpSources(ServiceTest):
         self.assertError(put(other, "x", self.spec("/array")), 400, "invalid_argument", "--source-allow")
         self.assertError(put(other, "x", self.spec("/array", url="http://user:pw@example.com/")), 400,
                          "invalid_argument", "credentials")
+        # A name is judged by what it resolves to, at each connection.
+        st, _, body = put(other, "byname", self.spec("/array", url=f"http://localhost:{self.pages.port}/array"))
+        self.assertEqual(st, 201, body)
+        n = len(self.pages.requests)
+        r = run(other, "byname")
+        self.assertEqual(r["status"], "failed", r)
+        self.assertIn("--source-allow", r["error"])
+        self.assertEqual(len(self.pages.requests), n)  # never connected
         self.assertError(put(self.ing, "x", self.spec("/array", paging="sideways")), 400, "invalid_argument",
                          "paging")
         self.assertError(put(self.ing, "x", self.spec("/array", paging="page")), 400, "invalid_argument",
