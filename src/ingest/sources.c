@@ -645,6 +645,7 @@ static void *sched_thread(void *p)
     pthread_mutex_lock(&S->mu);
     while (!atomic_load(&S->stop)) {
         int64_t now = qn_now_ms();
+        int started = 0;
         for (src_slot *s = S->list; s; s = s->next) {
             if (s->last_ok) {
                 const char *lv[] = {s->name};
@@ -674,9 +675,12 @@ static void *sched_thread(void *p)
                 qn_log_warn(NULL, "cannot start a source run", "{s:s, s:s}", "source", s->name, "detail", err.msg);
             } else {
                 s->next_due = 0; /* set again when the run ends */
+                started = 1;
             }
             break; /* the list may have changed while unlocked */
         }
+        if (started)
+            continue; /* look for the next due source at once */
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 250 * 1000000L;
@@ -1109,7 +1113,9 @@ int ing_source_run(qn_req *req, qn_res *res, void *ud)
     }
     if (wait) {
         int64_t until = qn_now_ms() + WAIT_MAX_MS;
-        while (s->running && s->run_id == id && qn_now_ms() < until) {
+        /* The slot may go (DELETE) while waiting: look it up each time. */
+        for (src_slot *cur = s; cur && cur->running && cur->run_id == id && qn_now_ms() < until;
+             cur = slot_find(S, name)) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_sec += 1;
