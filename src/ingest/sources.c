@@ -876,7 +876,7 @@ int ing_source_put(qn_req *req, qn_res *res, void *ud)
     if (!(c = qn_store_acquire(g->db, &err)) || qn_tx_begin(c, QN_TX_WRITE, &err) < 0)
         goto fail;
     int64_t now = qn_now_ms();
-    qn_stmt *st = qn_prepare(c, "SELECT kind, dataset, updated_at FROM sources WHERE name = ?", &err);
+    qn_stmt *st = qn_prepare(c, "SELECT kind, dataset, updated_at, spec FROM sources WHERE name = ?", &err);
     if (!st)
         goto fail;
     qn_bind_text(st, 1, name, -1);
@@ -889,10 +889,24 @@ int ing_source_put(qn_req *req, qn_res *res, void *ud)
     /* Another kind or dataset starts over: its cursor means nothing here. */
     int reset = existed && (strcmp(qn_col_text(st, 0), json_string_value(json_object_get(body, "kind"))) ||
                             strcmp(qn_col_text(st, 1), json_string_value(json_object_get(body, "dataset"))));
-    if (existed && !(st = qn_prepare(c, reset ? "UPDATE sources SET kind = ?, dataset = ?, spec = ?, updated_at = ?, "
-                                                 "cursor_value = NULL, state = NULL WHERE name = ?"
-                                               : "UPDATE sources SET kind = ?, dataset = ?, spec = ?, updated_at = ? "
-                                                 "WHERE name = ?", &err)))
+    /* The same kind and dataset keep what was taken, except that another
+     * cursor column makes the cursor value meaningless, and another url
+     * the http page in progress. */
+    int forget_cursor = reset, forget_state = reset;
+    if (existed && !reset) {
+        json_t *old = json_loads(qn_col_text(st, 3), 0, NULL);
+        json_t *oc = json_object_get(old, "cursor"), *ou = json_object_get(old, "url");
+        forget_cursor = !json_equal(oc, json_object_get(body, "cursor")) && (oc || json_object_get(body, "cursor"));
+        forget_state = !json_equal(ou, json_object_get(body, "url")) && (ou || json_object_get(body, "url"));
+        json_decref(old);
+    }
+    static const char *const upd[4] = {
+        "UPDATE sources SET kind = ?, dataset = ?, spec = ?, updated_at = ? WHERE name = ?",
+        "UPDATE sources SET kind = ?, dataset = ?, spec = ?, updated_at = ?, cursor_value = NULL WHERE name = ?",
+        "UPDATE sources SET kind = ?, dataset = ?, spec = ?, updated_at = ?, state = NULL WHERE name = ?",
+        "UPDATE sources SET kind = ?, dataset = ?, spec = ?, updated_at = ?, cursor_value = NULL, state = NULL "
+        "WHERE name = ?"};
+    if (existed && !(st = qn_prepare(c, upd[forget_cursor + 2 * forget_state], &err)))
         goto fail;
     if (!existed && !(st = qn_prepare(c, "INSERT INTO sources (kind, dataset, spec, updated_at, name, created_at) "
                                          "VALUES (?, ?, ?, ?, ?, ?)", &err)))

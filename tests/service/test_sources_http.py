@@ -92,6 +92,12 @@ class HttpSources(ServiceTest):
         self.rows.append({"id": 26, "name": "n26"})
         self.assertEqual(run(self.ing, "a")["rows"], 1)
         self.assertEqual(self.ids(), list(range(1, 27)))
+        st, _, src = self.ing.request("GET", "/v1/sources/a")
+        self.assertEqual(src["state"]["taken"], 26)
+        st, _, src = put(self.ing, "a", self.spec("/array", timeout_ms=5000))  # same url: the state stays
+        self.assertEqual(src["state"]["taken"], 26)
+        st, _, src = put(self.ing, "a", self.spec("/etag"))  # another url: its pages start over
+        self.assertIsNone(src["state"])
 
     def test_next_link_in_body(self):
         put(self.ing, "n", self.spec("/next", rows_key="data.items", paging="next_link", next_key="links.next"))

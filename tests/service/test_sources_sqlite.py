@@ -60,8 +60,15 @@ class SqliteSources(ServiceTest):
         st, _, src = self.ing.request("GET", "/v1/sources/shop")
         self.assertEqual(src["cursor"], 1050)
         self.assertEqual(src["last_run"]["rows"], 50)
+        # Another query keeps the cursor; another cursor column forgets it.
+        st, _, src = put(self.ing, "shop", self.spec(batch=300, query="SELECT * FROM sales WHERE price >= 0"))
+        self.assertEqual((st, src["cursor"]), (200, 1050))
+        self.assertEqual(run(self.ing, "shop")["rows"], 0)
+        st, _, src = put(self.ing, "shop", self.spec(batch=300, cursor="ts"))
+        self.assertIsNone(src["cursor"])
+        put(self.ing, "shop", self.spec(batch=300))
         self.assertEqual(metric(self.ing, "quern_source_rows_total", source="shop"), 1050)
-        self.assertEqual(metric(self.ing, "quern_source_runs_total", source="shop", result="succeeded"), 3)
+        self.assertEqual(metric(self.ing, "quern_source_runs_total", source="shop", result="succeeded"), 4)
         # The outbox carries quern.events.ingested for the pulled rows, as for pushes.
         st, _, ob = self.ing.request("GET", "/v1/outbox?limit=100")
         self.assertEqual(st, 200, ob)
