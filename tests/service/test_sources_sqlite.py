@@ -214,6 +214,38 @@ class SqliteSources(ServiceTest):
         self.assertEqual(sorted(x["id"] for x in rows), list(range(1, 30001)))
         self.assertEqual(seqs, list(range(1, 30001)))
 
+    def test_prep_rows_trigger_fires_on_pulled_rows(self):
+        # Pulled rows announce themselves as pushed ones do: prep's rows
+        # trigger fires on them, unchanged.
+        home = tempfile.mkdtemp(prefix="quern-src-home-", dir=WORK)
+        env = {"QUERN_HOME": home}
+        reg = self.start("registry", env=env)
+        ing = self.start("ingest", env=env, args=["--source-paths", self.dir])
+        prep = self.start("prep", env=env, args=["--registry", f"http://127.0.0.1:{reg.port}",
+                                                 "--ingest", f"http://127.0.0.1:{ing.port}"])
+        st, _, body = prep.request("PUT", "/v1/pipelines/sales", {
+            "source": "sales", "output": "sales-clean", "steps": [], "trigger": {"kind": "rows", "every": 500}})
+        self.assertEqual(st, 201, body)
+        make_db(self.db, [(i, "2024-01-01", f"c{i}", 1.0) for i in range(1, 301)])
+        put(ing, "shop", self.spec(batch=100))
+        self.assertEqual(run(ing, "shop")["rows"], 300)
+        time.sleep(1)
+        self.assertEqual(prep.request("GET", "/v1/pipelines/sales/runs")[2]["runs"], [])
+        make_db(self.db, [(i, "2024-01-02", f"c{i}", 2.0) for i in range(301, 601)])
+        self.assertEqual(run(ing, "shop")["rows"], 300)
+        deadline = time.time() + 60
+        runs = []
+        while time.time() < deadline:
+            runs = prep.request("GET", "/v1/pipelines/sales/runs")[2]["runs"]
+            if runs and runs[0]["state"] in ("succeeded", "failed"):
+                break
+            time.sleep(0.2)
+        self.assertEqual(len(runs), 1, runs)
+        self.assertEqual(runs[0]["trigger"], "rows")
+        st, _, r = prep.request("GET", f"/v1/pipelines/sales/runs/{runs[0]['run_id']}")
+        self.assertEqual(r["state"], "succeeded", r)
+        self.assertEqual(r["rows_out"], 600)
+
     def test_restart_marks_interrupted_runs(self):
         make_db(self.db, [(i, "x", "a", 1.0) for i in range(1, 20001)])
         put(self.ing, "big", self.spec(batch=100))
