@@ -143,6 +143,12 @@ static int take(src_run *r, const char *dir, const char *name, int fmt, int64_t 
     rc = qml_rec_parse(data, len, (qml_rec_format)fmt, r->schema, &o, &b, &perr);
     free(data);
     json_t *where = json_string(name);
+    if (rc == QN_INVALID_ARGUMENT && (strstr(perr.msg, "holds no rows") || strstr(perr.msg, "is empty"))) {
+        /* An empty file, or a header alone: taken, with no rows. */
+        qml_rec_batch_free(&b);
+        qml_rec_batch_init(&b);
+        rc = 0;
+    }
     if (rc == QN_INVALID_ARGUMENT) {
         /* Refused whole: remember it so it is not read again, and say why. */
         qml_rec_batch_free(&b);

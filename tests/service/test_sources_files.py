@@ -41,6 +41,10 @@ class FilesSources(ServiceTest):
         self.assertEqual(run(self.ing, "drop")["rows"], 0)
         shutil.copy(os.path.join(self.dir, "a.csv"), os.path.join(self.dir, "a-copy.csv"))
         self.assertEqual(run(self.ing, "drop")["rows"], 0)
+        self.write("empty.csv", "sensor,CO(GT)\n")  # a header alone: taken, no rows, no failure
+        self.write("void.ndjson", "")
+        r = run(self.ing, "drop")
+        self.assertEqual((r["status"], r["rows"], r["chunks"]), ("succeeded", 0, 2), r)
         self.write("d.csv", "sensor,CO(GT)\ns5,6\n")
         self.assertEqual(run(self.ing, "drop")["rows"], 1)
         rows, seqs = read_all(self.ing, "readings")
