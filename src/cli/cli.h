@@ -166,6 +166,8 @@ void cli_scratch_reset(void);
 /* supervise.c */
 extern const cli_cmd cli_cmd_up, cli_cmd_down, cli_cmd_status;
 /* commands.c */
+extern const cli_cmd cli_cmd_sources_list, cli_cmd_sources_show, cli_cmd_sources_put, cli_cmd_sources_run,
+    cli_cmd_sources_history;
 extern const cli_cmd cli_cmd_ingest, cli_cmd_pipelines_list, cli_cmd_pipelines_show,
     cli_cmd_pipelines_put, cli_cmd_pipelines_run, cli_cmd_train, cli_cmd_jobs_list, cli_cmd_jobs_show,
     cli_cmd_jobs_follow, cli_cmd_jobs_cancel, cli_cmd_models_list, cli_cmd_models_show,

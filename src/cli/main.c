@@ -26,6 +26,8 @@ const size_t cli_nservices = sizeof cli_services / sizeof cli_services[0];
 static const cli_cmd *const commands[] = {
     &cli_cmd_up, &cli_cmd_down, &cli_cmd_status,
     &cli_cmd_ingest,
+    &cli_cmd_sources_list, &cli_cmd_sources_show, &cli_cmd_sources_put, &cli_cmd_sources_run,
+    &cli_cmd_sources_history,
     &cli_cmd_pipelines_list, &cli_cmd_pipelines_show, &cli_cmd_pipelines_put, &cli_cmd_pipelines_run,
     &cli_cmd_train,
     &cli_cmd_jobs_list, &cli_cmd_jobs_show, &cli_cmd_jobs_follow, &cli_cmd_jobs_cancel,
@@ -39,6 +41,7 @@ static const cli_cmd *const commands[] = {
 static const struct {
     const char *name, *summary;
 } groups[] = {
+    {"sources", "list, show, put, run and history of ingest's pull sources"},
     {"pipelines", "list, show, put and run cleaning pipelines"},
     {"jobs", "list, show, follow and cancel training jobs"},
     {"models", "list, show, versions, promote, import"},
