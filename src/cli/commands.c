@@ -963,14 +963,15 @@ static const cli_opt source_put_table[] = {
      offsetof(put_opts, file)},
 };
 
-typedef struct history_opts {
+typedef struct source_history_opts {
     const char *name;
     long long limit;
-} history_opts;
+} source_history_opts;
 
 static const cli_opt source_history_table[] = {
-    {"NAME", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the source", offsetof(history_opts, name)},
-    {"limit", 0, CLI_INT, "20", 1, 1000, NULL, 0, "runs shown, newest first", offsetof(history_opts, limit)},
+    {"NAME", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the source", offsetof(source_history_opts, name)},
+    {"limit", 0, CLI_INT, "20", 1, 1000, NULL, 0, "runs shown, newest first",
+     offsetof(source_history_opts, limit)},
 };
 
 static int sources_list(const void *opts)
@@ -1008,7 +1009,7 @@ static int sources_put(const void *opts)
 
 static int sources_history(const void *opts)
 {
-    const history_opts *o = opts;
+    const source_history_opts *o = opts;
     static const char *const h[] = {"RUN", "CAUSE", "STATUS", "ROWS", "REJECTED", "MS", "STARTED", "ERROR", NULL};
     static const char *const p[] = {"id", "cause", "status", "rows", "rejected", "duration_ms", "started_at", "error"};
     return get_table("ingest", cli_printf("/v1/sources/%s/runs?limit=%lld", cli_enc(o->name), o->limit), "runs", h,
@@ -1073,7 +1074,7 @@ const cli_cmd cli_cmd_sources_put = CLI_CMD(
 const cli_cmd cli_cmd_sources_run = CLI_CMD("sources run", "run a source now and follow the run to its end", NULL,
                                             source_name_table, name_opts, sources_run);
 const cli_cmd cli_cmd_sources_history = CLI_CMD("sources history", "a source's runs: rows, duration, error", NULL,
-                                                source_history_table, history_opts, sources_history);
+                                                source_history_table, source_history_opts, sources_history);
 
 /* ---- train and jobs --------------------------------------------------------------- */
 
