@@ -10,7 +10,9 @@
  * Modules: main.c (config, routes, start/stop), models.c (models, versions,
  * aliases) and datasets.c (their HTTP handlers), db.c (the data layer under
  * them: plain functions over a store connection), blobs.c, events.c (the
- * outbox listing).
+ * outbox listing); tracking: runs_api.c (/v1 experiments, runs, search,
+ * lineage) and mlflow.c (MLflow's REST API) over tracking.c, with filter.c
+ * (MLflow's search grammar).
  */
 #ifndef QUERN_REGISTRY_H
 #define QUERN_REGISTRY_H
@@ -74,6 +76,20 @@ int reg_datasets_list(qn_req *req, qn_res *res, void *ud);
 int reg_dataset_versions_create(qn_req *req, qn_res *res, void *ud);
 int reg_dataset_versions_list(qn_req *req, qn_res *res, void *ud);
 int reg_dataset_versions_get(qn_req *req, qn_res *res, void *ud);
+
+/* runs_api.c: /v1 tracking and lineage */
+int reg_experiments_create(qn_req *req, qn_res *res, void *ud);
+int reg_experiments_list(qn_req *req, qn_res *res, void *ud);
+int reg_experiments_get(qn_req *req, qn_res *res, void *ud);
+int reg_runs_create(qn_req *req, qn_res *res, void *ud);
+int reg_runs_get(qn_req *req, qn_res *res, void *ud);
+int reg_runs_patch(qn_req *req, qn_res *res, void *ud);
+int reg_runs_log(qn_req *req, qn_res *res, void *ud);
+int reg_runs_metric_history(qn_req *req, qn_res *res, void *ud);
+int reg_runs_search(qn_req *req, qn_res *res, void *ud);
+int reg_runs_versions(qn_req *req, qn_res *res, void *ud);
+int reg_dataset_version_runs(qn_req *req, qn_res *res, void *ud);
+int reg_alias_lineage(qn_req *req, qn_res *res, void *ud);
 
 /* blobs.c */
 int reg_blobs_init(registry *r, qn_err *err);

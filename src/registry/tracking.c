@@ -277,7 +277,7 @@ int trk_batch_parse(const json_t *metrics, const json_t *params, const json_t *t
             if (key_check("metric", m->key, err) < 0)
                 return err->code;
             const json_t *v = json_object_get(e, "value");
-            snprintf(what, sizeof what, "metrics[%zu].value", i);
+            snprintf(what, sizeof what, "the value of metric '%.20s'", m->key);
             if (!v)
                 return qn_err_set(err, QN_INVALID_ARGUMENT, "metric '%.250s' needs a value", m->key);
             if (trk_metric_value(v, what, &m->value, &m->is_nan, err) < 0)
@@ -1128,13 +1128,16 @@ int trk_runs_search(qn_conn *c, int pg, const trk_search *s, json_t *runs, int *
     trk_query_init(&q, pg);
     trk_query_text(&q, "SELECT " RUN_COLS " FROM runs r");
     trk_query_order_joins(&q, s->order);
-    trk_query_text(&q, " WHERE r.experiment_id IN (");
-    for (size_t i = 0; i < s->nexperiments; i++) {
-        if (i)
-            trk_query_text(&q, ", ");
-        trk_query_int(&q, s->experiments[i]);
+    trk_query_text(&q, " WHERE 1 = 1");
+    if (s->nexperiments) {
+        trk_query_text(&q, " AND r.experiment_id IN (");
+        for (size_t i = 0; i < s->nexperiments; i++) {
+            if (i)
+                trk_query_text(&q, ", ");
+            trk_query_int(&q, s->experiments[i]);
+        }
+        trk_query_text(&q, ")");
     }
-    trk_query_text(&q, ")");
     if (s->view == 1)
         trk_query_text(&q, " AND r.lifecycle_stage = 'active'");
     else if (s->view == 2)

@@ -229,7 +229,7 @@ int trk_link_version(qn_conn *c, const char *run_id, const char *model, int64_t 
 /* ---- search and lineage -------------------------------------------------------- */
 
 typedef struct trk_search {
-    const int64_t *experiments; /* ids */
+    const int64_t *experiments; /* ids; none: every experiment */
     size_t nexperiments;
     int view;                   /* 1 active, 2 deleted, 3 all */
     const trk_filter *filter;   /* NULL: all */
