@@ -91,6 +91,13 @@ static const char *param_or_400(qn_req *req, qn_res *res, const char *name)
 
 /* ---- experiments -------------------------------------------------------------------- */
 
+/* The /v1 experiment: tags as an object. */
+static json_t *v1_experiment(json_t *e)
+{
+    json_object_set_new(e, "tags", kv_object(json_object_get(e, "tags")));
+    return e;
+}
+
 int reg_experiments_create(qn_req *req, qn_res *res, void *ud)
 {
     registry *r = ud;
@@ -110,19 +117,12 @@ int reg_experiments_create(qn_req *req, qn_res *res, void *ud)
     qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
     int rc = c ? trk_experiment_create(c, name, loc, tl, qn_now_ms(), &id, &err) : err.code;
     snprintf(ids, sizeof ids, "%lld", (long long)id);
-    if (rc >= 0)
-        rc = trk_experiment_get(c, ids, &out, &err);
+    if (rc >= 0 && (rc = trk_experiment_get(c, ids, &out, &err)) >= 0)
+        v1_experiment(out);
     json_decref(tl);
     if (rc >= 0)
         qn_res_header(res, "Location", qn_arena_printf(qn_req_arena(req), "/v1/experiments/%s", ids));
     return reg_answer(r->db, req, res, c, rc, &err, 201, out);
-}
-
-/* The /v1 experiment: tags as an object. */
-static json_t *v1_experiment(json_t *e)
-{
-    json_object_set_new(e, "tags", kv_object(json_object_get(e, "tags")));
-    return e;
 }
 
 int reg_experiments_list(qn_req *req, qn_res *res, void *ud)

@@ -795,8 +795,8 @@ int trk_run_update(qn_conn *c, const char *run_id, const char *status, int64_t e
     if ((rc = active_run(c, run_id, &id, err)) < 0)
         return rc;
     qn_stmt *st = qn_prepare(c,
-                             "UPDATE runs SET status = COALESCE(?, status), end_time = CASE WHEN ? >= 0 THEN ? "
-                             "ELSE end_time END, name = COALESCE(?, name) WHERE id = ?",
+                             "UPDATE runs SET status = COALESCE(?, status), end_time = CASE WHEN CAST(? AS BIGINT) >= 0 "
+                             "THEN CAST(? AS BIGINT) ELSE end_time END, name = COALESCE(?, name) WHERE id = ?",
                              err);
     if (!st)
         return err->code;

@@ -393,10 +393,10 @@ static void test_runs_params_metrics(void **state)
     /* update, tags, delete */
     c = wbegin();
     json_t *inf = NULL;
-    rc = trk_run_update(c, id, "FINISHED", 500, NULL, &inf, &err);
+    rc = trk_run_update(c, id, "FINISHED", 1796180298558LL, NULL, &inf, &err); /* past 2^31 */
     end_ok(c, rc, &err);
     assert_string_equal(json_string_value(json_object_get(inf, "status")), "FINISHED");
-    assert_int_equal(json_integer_value(json_object_get(inf, "end_time")), 500);
+    assert_int_equal(json_integer_value(json_object_get(inf, "end_time")), 1796180298558LL);
     json_decref(inf);
     c = wbegin();
     assert_int_equal(trk_run_update(c, id, "DONE", -1, NULL, NULL, &err), QN_INVALID_ARGUMENT);
