@@ -860,10 +860,58 @@ static int log_param(qn_conn *c, int64_t id, const char *run_id, const trk_kv *p
     return rc;
 }
 
-static int log_metric(qn_conn *c, int64_t id, const trk_metric *m, qn_err *err)
+/* Appends metrics as multi-row INSERTs of 100, 10 and 1 rows (three
+ * statement texts in the connection's cache, not one per batch size). */
+static int insert_metrics(qn_conn *c, int64_t id, const trk_metric *m, size_t n, qn_err *err)
+{
+    char sql[4096];
+    for (size_t i = 0; i < n;) {
+        size_t rows = n - i >= 100 ? 100 : n - i >= 10 ? 10 : 1;
+        int len = snprintf(sql, sizeof sql, "INSERT INTO metrics (run_id, key, value, is_nan, step, timestamp) VALUES ");
+        for (size_t r = 0; r < rows; r++)
+            len += snprintf(sql + len, sizeof sql - (size_t)len, "%s(?, ?, ?, ?, ?, ?)", r ? ", " : "");
+        qn_stmt *st = qn_prepare(c, sql, err);
+        if (!st)
+            return err->code;
+        for (size_t r = 0; r < rows; r++) {
+            const trk_metric *x = &m[i + r];
+            int b = (int)r * 6;
+            qn_bind_int64(st, b + 1, id);
+            qn_bind_text(st, b + 2, x->key, -1);
+            qn_bind_double(st, b + 3, x->value);
+            qn_bind_int64(st, b + 4, x->is_nan);
+            qn_bind_int64(st, b + 5, x->step);
+            qn_bind_int64(st, b + 6, x->timestamp);
+        }
+        int rc = qn_step(st, err);
+        if (rc < 0)
+            return rc;
+        i += rows;
+    }
+    return 0;
+}
+
+/* 1 when a is later than b as MLflow picks the latest: by step, then
+ * timestamp, then the larger value. */
+static int metric_later(const trk_metric *a, const trk_metric *b)
+{
+    if (a->step != b->step)
+        return a->step > b->step;
+    if (a->timestamp != b->timestamp)
+        return a->timestamp > b->timestamp;
+    return a->value > b->value;
+}
+
+/* Moves latest_metrics forward to m where m is later than what it holds. */
+static int upsert_latest(qn_conn *c, int64_t id, const trk_metric *m, qn_err *err)
 {
     qn_stmt *st = qn_prepare(c,
-                             "INSERT INTO metrics (run_id, key, value, is_nan, step, timestamp) VALUES (?, ?, ?, ?, ?, ?)",
+                             "INSERT INTO latest_metrics (run_id, key, value, is_nan, step, timestamp) VALUES (?, ?, ?, ?, ?, ?) "
+                             "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, is_nan = excluded.is_nan, "
+                             "step = excluded.step, timestamp = excluded.timestamp "
+                             "WHERE excluded.step > latest_metrics.step OR (excluded.step = latest_metrics.step AND "
+                             "(excluded.timestamp > latest_metrics.timestamp OR (excluded.timestamp = latest_metrics.timestamp "
+                             "AND excluded.value > latest_metrics.value)))",
                              err);
     if (!st)
         return err->code;
@@ -873,26 +921,35 @@ static int log_metric(qn_conn *c, int64_t id, const trk_metric *m, qn_err *err)
     qn_bind_int64(st, 4, m->is_nan);
     qn_bind_int64(st, 5, m->step);
     qn_bind_int64(st, 6, m->timestamp);
-    int rc = qn_step(st, err);
-    if (rc < 0)
-        return rc;
-    /* the latest is the largest (step, timestamp); a tie keeps the larger value, as MLflow */
-    if (!(st = qn_prepare(c,
-                          "INSERT INTO latest_metrics (run_id, key, value, is_nan, step, timestamp) VALUES (?, ?, ?, ?, ?, ?) "
-                          "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, is_nan = excluded.is_nan, "
-                          "step = excluded.step, timestamp = excluded.timestamp "
-                          "WHERE excluded.step > latest_metrics.step OR (excluded.step = latest_metrics.step AND "
-                          "(excluded.timestamp > latest_metrics.timestamp OR (excluded.timestamp = latest_metrics.timestamp "
-                          "AND excluded.value > latest_metrics.value)))",
-                          err)))
-        return err->code;
-    qn_bind_int64(st, 1, id);
-    qn_bind_text(st, 2, m->key, -1);
-    qn_bind_double(st, 3, m->value);
-    qn_bind_int64(st, 4, m->is_nan);
-    qn_bind_int64(st, 5, m->step);
-    qn_bind_int64(st, 6, m->timestamp);
     return qn_step(st, err);
+}
+
+/* The batch's metrics: all appended, then one latest_metrics upsert per
+ * distinct key with the batch's own latest for it. */
+static int log_metrics(qn_conn *c, int64_t id, const trk_metric *m, size_t n, qn_err *err)
+{
+    int rc = insert_metrics(c, id, m, n, err);
+    if (rc < 0 || n == 0)
+        return rc;
+    size_t *best = malloc(n * sizeof *best), nbest = 0;
+    if (!best)
+        return oom(err);
+    for (size_t i = 0; i < n; i++) {
+        size_t k = nbest;
+        for (size_t j = nbest; j-- > 0;) /* batches repeat few keys: a short scan */
+            if (strcmp(m[best[j]].key, m[i].key) == 0) {
+                k = j;
+                break;
+            }
+        if (k == nbest)
+            best[nbest++] = i;
+        else if (metric_later(&m[i], &m[best[k]]))
+            best[k] = i;
+    }
+    for (size_t j = 0; j < nbest && rc >= 0; j++)
+        rc = upsert_latest(c, id, &m[best[j]], err);
+    free(best);
+    return rc < 0 ? rc : 0;
 }
 
 int trk_log_batch(qn_conn *c, const char *run_id, const trk_batch *b, qn_err *err)
@@ -917,10 +974,7 @@ int trk_log_batch(qn_conn *c, const char *run_id, const trk_batch *b, qn_err *er
                 return rc;
         }
     }
-    for (size_t i = 0; i < b->nmetrics; i++)
-        if ((rc = log_metric(c, id, &b->metrics[i], err)) < 0)
-            return rc;
-    return 0;
+    return log_metrics(c, id, b->metrics, b->nmetrics, err);
 }
 
 int trk_tag_delete(qn_conn *c, const char *run_id, const char *key, qn_err *err)
@@ -1120,10 +1174,97 @@ int trk_link_version(qn_conn *c, const char *run_id, const char *model, int64_t 
 
 /* ---- search and lineage ---------------------------------------------------------------- */
 
+/* The data, inputs and outputs of a page of runs (runs[i] has "info" and
+ * belongs to ids[i]) in five queries per 100 runs instead of five per run.
+ * The IN list always has 100 slots (unused ones bound to -1) so one
+ * statement text serves every page. */
+#define FILL_CHUNK 100
+static int fill_children(qn_conn *c, const int64_t *ids, json_t *const *runs, size_t n, qn_err *err)
+{
+    static const char *const sql[][2] = {
+        {"SELECT run_id, key, value FROM params WHERE run_id IN (", ") ORDER BY run_id, key"},
+        {"SELECT run_id, key, value FROM run_tags WHERE run_id IN (", ") ORDER BY run_id, key"},
+        {"SELECT run_id, key, value, is_nan, timestamp, step FROM latest_metrics WHERE run_id IN (",
+         ") ORDER BY run_id, key"},
+        {"SELECT run_id, name, digest, source_type, source, schema, profile, tags FROM run_inputs WHERE run_id IN (",
+         ") ORDER BY run_id, name, digest"},
+        {"SELECT run_id, model_id, step FROM run_outputs WHERE run_id IN (", ") ORDER BY run_id, model_id"},
+    };
+    char marks[FILL_CHUNK * 3], text[1024];
+    size_t len = 0;
+    for (int i = 0; i < FILL_CHUNK; i++)
+        len += (size_t)snprintf(marks + len, sizeof marks - len, i ? ",?" : "?");
+    for (size_t i = 0; i < n; i++) {
+        json_t *data = json_pack("{s:[], s:[], s:[]}", "metrics", "params", "tags");
+        json_t *inputs = json_pack("{s:[]}", "dataset_inputs"), *outputs = json_pack("{s:[]}", "model_outputs");
+        if (!data || !inputs || !outputs) {
+            json_decref(data);
+            json_decref(inputs);
+            json_decref(outputs);
+            return oom(err);
+        }
+        json_object_set_new(runs[i], "data", data);
+        json_object_set_new(runs[i], "inputs", inputs);
+        json_object_set_new(runs[i], "outputs", outputs);
+    }
+    for (size_t base = 0; base < n; base += FILL_CHUNK) {
+        size_t cnt = n - base < FILL_CHUNK ? n - base : FILL_CHUNK;
+        for (int q = 0; q < 5; q++) {
+            snprintf(text, sizeof text, "%s%s%s", sql[q][0], marks, sql[q][1]);
+            qn_stmt *st = qn_prepare(c, text, err);
+            if (!st)
+                return err->code;
+            for (size_t i = 0; i < FILL_CHUNK; i++)
+                qn_bind_int64(st, (int)i + 1, i < cnt ? ids[base + i] : -1);
+            int rc;
+            size_t at = 0; /* rows come by run_id; find each run's slot once */
+            while ((rc = qn_step(st, err)) == 1) {
+                int64_t rid = qn_col_int64(st, 0);
+                size_t k;
+                for (k = 0; k < cnt && ids[base + (at + k) % cnt] != rid; k++)
+                    ;
+                if (k == cnt)
+                    continue;
+                at = (at + k) % cnt;
+                json_t *run = runs[base + at], *item = NULL, *into = NULL;
+                if (q < 2) {
+                    item = json_pack("{s:s, s:s}", "key", qn_col_text(st, 1), "value", qn_col_text(st, 2));
+                    into = json_object_get(json_object_get(run, "data"), q ? "tags" : "params");
+                } else if (q == 2) {
+                    item = json_pack("{s:s, s:o, s:I, s:I}", "key", qn_col_text(st, 1), "value",
+                                     metric_value_json(qn_col_double(st, 2), (int)qn_col_int64(st, 3)), "timestamp",
+                                     (json_int_t)qn_col_int64(st, 4), "step", (json_int_t)qn_col_int64(st, 5));
+                    into = json_object_get(json_object_get(run, "data"), "metrics");
+                } else if (q == 3) {
+                    json_t *ds = json_pack("{s:s, s:s, s:s, s:s}", "name", qn_col_text(st, 1), "digest",
+                                           qn_col_text(st, 2), "source_type", qn_col_text(st, 3), "source",
+                                           qn_col_text(st, 4));
+                    if (ds && !qn_col_is_null(st, 5))
+                        json_object_set_new(ds, "schema", json_string(qn_col_text(st, 5)));
+                    if (ds && !qn_col_is_null(st, 6))
+                        json_object_set_new(ds, "profile", json_string(qn_col_text(st, 6)));
+                    item = json_pack("{s:o, s:o}", "tags", qn_json_from_text(qn_col_text(st, 7)), "dataset", ds);
+                    into = json_object_get(json_object_get(run, "inputs"), "dataset_inputs");
+                } else {
+                    item = json_pack("{s:s, s:I}", "model_id", qn_col_text(st, 1), "step",
+                                     (json_int_t)qn_col_int64(st, 2));
+                    into = json_object_get(json_object_get(run, "outputs"), "model_outputs");
+                }
+                if (!item || json_array_append_new(into, item) < 0)
+                    return oom(err);
+            }
+            if (rc < 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
 int trk_runs_search(qn_conn *c, int pg, const trk_search *s, json_t *runs, int *more, qn_err *err)
 {
     trk_query q;
     int rc;
+    int64_t *ids = NULL, cap = 0;
     *more = 0;
     trk_query_init(&q, pg);
     trk_query_text(&q, "SELECT " RUN_COLS " FROM runs r");
@@ -1156,21 +1297,43 @@ int trk_runs_search(qn_conn *c, int pg, const trk_search *s, json_t *runs, int *
         goto out;
     }
     int64_t n = 0;
+    size_t first = json_array_size(runs);
     while ((rc = qn_step(st, err)) == 1) {
         if (n++ == s->limit) {
             *more = 1;
             continue;
         }
-        json_t *run = run_json(c, st, err);
-        if (!run) {
-            rc = err->code;
+        if (n > cap) {
+            size_t ncap = cap ? (size_t)cap * 2 : 128;
+            int64_t *nids = realloc(ids, ncap * sizeof *ids);
+            if (!nids) {
+                rc = oom(err);
+                goto out;
+            }
+            ids = nids;
+            cap = (int64_t)ncap;
+        }
+        ids[n - 1] = qn_col_int64(st, 0);
+        json_t *run = json_pack("{s:o}", "info", run_info_json(st));
+        if (!run || json_array_append_new(runs, run) < 0) {
+            rc = oom(err);
             goto out;
         }
-        json_array_append_new(runs, run);
     }
-    if (rc > 0)
-        rc = 0;
+    if (rc >= 0) {
+        size_t got = json_array_size(runs) - first;
+        json_t **page = malloc((got ? got : 1) * sizeof *page);
+        if (!page) {
+            rc = oom(err);
+            goto out;
+        }
+        for (size_t i = 0; i < got; i++)
+            page[i] = json_array_get(runs, first + i);
+        rc = fill_children(c, ids, page, got, err);
+        free(page);
+    }
 out:
+    free(ids);
     trk_query_free(&q);
     return rc < 0 ? rc : 0;
 }
