@@ -16,6 +16,8 @@ a hand-written SQLite baseline on the same machine in the same run.
 Prints the load average before and after: the machine is shared.
 
     /usr/bin/python3 bench/bench_tracking.py [RUNS] [REPEATS]
+    BENCH_QUERIES=N (20): searches timed per repeat; BENCH_TRACKING_DB=FILE: start
+    from a registry.db an earlier run populated with the same RUNS
 """
 import json
 import os
@@ -31,8 +33,10 @@ import harness  # noqa: E402
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 100000
 REPEATS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-QUERIES = 40
+QUERIES = int(os.environ.get("BENCH_QUERIES", "20"))
 BATCHES = 30
+# A file populated by an earlier run (same RUNS) skips the 3-minute load.
+TEMPLATE = os.environ.get("BENCH_TRACKING_DB")
 
 FILTER = "metrics.m1 > 0.5 and params.p1 = 'v3'"
 ORDER = "metrics.m2 DESC"
@@ -148,10 +152,14 @@ def main():
     base.start()
     base.stop()
     template = os.path.join(base.data, "registry.db")
-    t = time.perf_counter()
-    populate(template, RUNS)
-    print(f"populated {RUNS} runs x 10 metrics x 10 params in {time.perf_counter() - t:.1f} s "
-          f"({os.path.getsize(template) / 1e6:.0f} MB)")
+    if TEMPLATE:
+        shutil.copy(TEMPLATE, template)
+        print(f"reusing {TEMPLATE} ({os.path.getsize(template) / 1e6:.0f} MB)")
+    else:
+        t = time.perf_counter()
+        populate(template, RUNS)
+        print(f"populated {RUNS} runs x 10 metrics x 10 params in {time.perf_counter() - t:.1f} s "
+              f"({os.path.getsize(template) / 1e6:.0f} MB)")
     for rep in range(1, REPEATS + 1):
         reg = harness.Service("registry")
         os.makedirs(reg.data, exist_ok=True)
