@@ -122,17 +122,18 @@ static json_t *metric_value_json(double v, int is_nan)
 /* ---- keys and values ----------------------------------------------------------------- */
 
 /* MLflow's rule for metric, param and tag names: 1-250 characters of
- * letters, digits, _ - . space / and :, and never a path up ("..") . */
+ * letters, digits, _ - . space / and :, and never a path up (".."); plus
+ * '@', which Quern's own metric names use (map@10, precision@10). */
 static int key_check(const char *what, const char *key, qn_err *err)
 {
     size_t n = key ? strlen(key) : 0;
     if (n == 0 || n > TRK_MAX_KEY)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "%s key must have 1 to %d characters", what, TRK_MAX_KEY);
     for (const char *p = key; *p; p++)
-        if (!isalnum((unsigned char)*p) && !strchr("_-. /:", *p))
+        if (!isalnum((unsigned char)*p) && !strchr("_-. /:@", *p))
             return qn_err_set(err, QN_INVALID_ARGUMENT,
                               "invalid %s key '%.250s': names may only contain alphanumerics, underscores (_), "
-                              "dashes (-), periods (.), spaces ( ), colons (:) and slashes (/)",
+                              "dashes (-), periods (.), spaces ( ), colons (:), slashes (/) and @",
                               what, key);
     if (strcmp(key, "..") == 0 || strncmp(key, "../", 3) == 0 || strstr(key, "/../") ||
         (n >= 3 && strcmp(key + n - 3, "/..") == 0) || key[0] == '/')
