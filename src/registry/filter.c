@@ -32,6 +32,7 @@ typedef struct lexer {
     const char *src;
     const char *p;
     const char *what; /* "filter" or "order_by" */
+    int experiments;  /* experiments' grammar: attributes name and times, tags */
     tok cur;
     int oom;
 } lexer;
@@ -186,9 +187,15 @@ static const attr_def attrs[] = {
     {"created", "r.start_time", 1},    {"end_time", "r.end_time", 1}, {NULL, NULL, 0},
 };
 
-static const attr_def *attr_find(const char *name)
+/* search_experiments: name and the two times, on experiments aliased e */
+static const attr_def exp_attrs[] = {
+    {"name", "e.name", 0}, {"creation_time", "e.created_at", 1}, {"last_update_time", "e.updated_at", 1},
+    {NULL, NULL, 0},
+};
+
+static const attr_def *attr_find(const lexer *lx, const char *name)
 {
-    for (const attr_def *a = attrs; a->name; a++)
+    for (const attr_def *a = lx->experiments ? exp_attrs : attrs; a->name; a++)
         if (strcasecmp(a->name, name) == 0 ||
             (strcmp(a->col, "r.name") == 0 && strcasecmp(name, "run name") == 0))
             return a;
@@ -247,13 +254,14 @@ static int parse_ident(lexer *lx, trk_kind *kind, char **key, int *numeric, qn_e
         return lx_fail(lx, err, "a non-empty key");
     }
     if (*kind == TRK_ATTR) {
-        const attr_def *a = attr_find(k);
+        const attr_def *a = attr_find(lx, k);
         if (!a) {
             size_t pos = (size_t)(kstart - lx->src) + 1;
             int rc = qn_err_set(err, QN_INVALID_ARGUMENT,
-                                "%s: unknown attribute \"%.100s\" at character %zu; use run_id, run_name, status, "
-                                "artifact_uri, user_id, start_time or end_time",
-                                lx->what, k, pos);
+                                "%s: unknown attribute \"%.100s\" at character %zu; use %s", lx->what, k, pos,
+                                lx->experiments ? "name, creation_time or last_update_time"
+                                                : "run_id, run_name, status, artifact_uri, user_id, start_time or "
+                                                  "end_time");
             free(k);
             return rc;
         }
@@ -338,6 +346,11 @@ static int parse_cond(lexer *lx, trk_cond *c, size_t *nvalues, qn_err *err)
     const char *at = lx->cur.start;
     if (parse_ident(lx, &c->kind, &c->key, &numeric_attr, err) < 0)
         return err->code;
+    if (lx->experiments && (c->kind == TRK_METRIC || c->kind == TRK_PARAM))
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "%s: experiments have no metrics or params (character %zu); use attributes.name, "
+                          "attributes.creation_time, attributes.last_update_time or tags.<key>",
+                          lx->what, (size_t)(at - lx->src) + 1);
     const char *opat = lx->cur.start;
     if (parse_op(lx, &c->op, err) < 0)
         return err->code;
@@ -357,7 +370,6 @@ static int parse_cond(lexer *lx, trk_cond *c, size_t *nvalues, qn_err *err)
                           "%s: comparator %s at character %zu is not allowed for %s (use %s)", lx->what,
                           op_name(c->op), (size_t)(opat - lx->src) + 1, which, ok);
     }
-    (void)at;
     c->numeric = numeric;
     if (numeric) {
         if (lx->cur.type != T_NUMBER)
@@ -404,7 +416,22 @@ static int parse_cond(lexer *lx, trk_cond *c, size_t *nvalues, qn_err *err)
     return 0;
 }
 
+static int filter_parse(const char *text, int experiments, trk_filter **out, qn_err *err);
+
 int trk_filter_parse(const char *text, trk_filter **out, qn_err *err)
+{
+    return filter_parse(text, 0, out, err);
+}
+
+int trk_filter_parse_experiments(const char *text, trk_filter **out, qn_err *err)
+{
+    int rc = filter_parse(text, 1, out, err);
+    if (*out)
+        (*out)->experiments = 1;
+    return rc;
+}
+
+static int filter_parse(const char *text, int experiments, trk_filter **out, qn_err *err)
 {
     *out = NULL;
     if (text && strlen(text) > TRK_FILTER_MAX_TEXT)
@@ -412,7 +439,7 @@ int trk_filter_parse(const char *text, trk_filter **out, qn_err *err)
     trk_filter *f = calloc(1, sizeof *f);
     if (!f)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory parsing the filter");
-    lexer lx = {.src = text ? text : "", .p = text ? text : "", .what = "filter"};
+    lexer lx = {.src = text ? text : "", .p = text ? text : "", .what = "filter", .experiments = experiments};
     size_t nvalues = 0;
     int rc = 0;
     lex_next(&lx);
@@ -650,8 +677,12 @@ void trk_query_where(trk_query *q, const trk_filter *f)
             break;
         case TRK_PARAM:
         case TRK_TAG:
-            qn_buf_printf(&q->sql, "EXISTS (SELECT 1 FROM %s p WHERE p.run_id = r.id AND p.key = ",
-                          c->kind == TRK_PARAM ? "params" : "run_tags");
+            if (f->experiments)
+                qn_buf_puts(&q->sql, "EXISTS (SELECT 1 FROM experiment_tags p WHERE p.experiment_id = e.id AND "
+                                     "p.key = ");
+            else
+                qn_buf_printf(&q->sql, "EXISTS (SELECT 1 FROM %s p WHERE p.run_id = r.id AND p.key = ",
+                              c->kind == TRK_PARAM ? "params" : "run_tags");
             trk_query_str(q, c->key);
             qn_buf_puts(&q->sql, " AND ");
             str_cmp(q, "p.value", c);

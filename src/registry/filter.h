@@ -61,6 +61,7 @@ typedef struct trk_cond {
 typedef struct trk_filter {
     trk_cond conds[TRK_FILTER_MAX_CONDS];
     size_t n;
+    int experiments;  /* parsed by trk_filter_parse_experiments */
 } trk_filter;
 
 typedef struct trk_order {
@@ -78,6 +79,10 @@ typedef struct trk_orders {
  * trk_filter_free, also on failure: *out is then NULL). QN_INVALID_ARGUMENT
  * naming the position and token at fault. */
 int trk_filter_parse(const char *text, trk_filter **out, qn_err *err);
+/* The same grammar for search_experiments: attributes name (strings),
+ * creation_time and last_update_time (numbers), and tags.<key>; metrics and
+ * params are refused. It compiles over experiments aliased e. */
+int trk_filter_parse_experiments(const char *text, trk_filter **out, qn_err *err);
 void trk_filter_free(trk_filter *f);
 
 /* Parses one order_by clause into o->o[o->n++]. QN_INVALID_ARGUMENT naming

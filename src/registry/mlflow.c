@@ -332,16 +332,18 @@ int mlf_experiments_search(qn_req *req, qn_res *res, void *ud)
     if (mlf_begin(req, res, &body) < 0 || int_param(req, res, body, "max_results", 1, TRK_SEARCH_MAX_RESULTS, &max) < 0 ||
         view_param(req, res, body, "view_type", &view) < 0 || token_param(req, res, body, "mlflow_experiments", &after) < 0)
         return 0;
-    const char *filter = mlf_param(req, body, "filter");
-    if (filter && *filter)
-        return mlf_error(res, QN_INVALID_ARGUMENT,
-                         "filter on experiments is not supported by this server yet; list them without one");
-    if (!mlf_param(req, body, "page_token"))
+    trk_filter *f = NULL;
+    if (trk_filter_parse_experiments(mlf_param(req, body, "filter"), &f, &err) < 0)
+        return mlf_error(res, err.code, "%s", err.msg);
+    if (!mlf_param(req, body, "page_token") || !*mlf_param(req, body, "page_token"))
         after = -1;
     json_t *list = json_array();
     int more = 0;
     qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
-    int rc = c ? trk_experiments_list(c, view, after, max, list, &more, &err) : err.code;
+    int rc = c ? trk_experiments_list(c, strcmp(qn_store_backend(r->db), "postgres") == 0, view, f, after, max, list,
+                                      &more, &err)
+               : err.code;
+    trk_filter_free(f);
     json_t *out = json_pack("{s:o}", "experiments", list);
     if (rc >= 0 && more) {
         const char *last = json_string_value(json_object_get(json_array_get(list, json_array_size(list) - 1), "experiment_id"));

@@ -445,33 +445,44 @@ int trk_experiment_by_name(qn_conn *c, const char *name, json_t **out, qn_err *e
     return experiment_one(c, "SELECT " EXP_COLS " FROM experiments WHERE name = ?", 0, name, NULL, out, err);
 }
 
-int trk_experiments_list(qn_conn *c, int view, int64_t after, int64_t limit, json_t *list, int *more,
-                         qn_err *err)
+int trk_experiments_list(qn_conn *c, int pg, int view, const trk_filter *f, int64_t after, int64_t limit,
+                         json_t *list, int *more, qn_err *err)
 {
-    qn_stmt *st = qn_prepare(c,
-                             "SELECT " EXP_COLS " FROM experiments WHERE id > ? AND "
-                             "((? = 1 AND lifecycle_stage = 'active') OR (? = 1 AND lifecycle_stage = 'deleted')) "
-                             "ORDER BY id LIMIT ?",
-                             err);
-    if (!st)
-        return err->code;
-    qn_bind_int64(st, 1, after);
-    qn_bind_int64(st, 2, (view & 1) != 0);
-    qn_bind_int64(st, 3, (view & 2) != 0);
-    qn_bind_int64(st, 4, limit + 1);
+    trk_query q;
     int rc;
-    int64_t n = 0;
     *more = 0;
+    trk_query_init(&q, pg);
+    trk_query_text(&q, "SELECT " EXP_COLS " FROM experiments e WHERE e.id > ");
+    trk_query_int(&q, after);
+    if (view == 1)
+        trk_query_text(&q, " AND e.lifecycle_stage = 'active'");
+    else if (view == 2)
+        trk_query_text(&q, " AND e.lifecycle_stage = 'deleted'");
+    trk_query_where(&q, f);
+    trk_query_text(&q, " ORDER BY e.id LIMIT ");
+    trk_query_int(&q, limit + 1);
+    qn_stmt *st = NULL;
+    if ((rc = trk_query_bind(&q, NULL, err)) < 0)
+        goto out;
+    if (!(st = qn_prepare(c, q.sql.data, err)) || (rc = trk_query_bind(&q, st, err)) < 0) {
+        rc = err->code;
+        goto out;
+    }
+    int64_t n = 0;
     while ((rc = qn_step(st, err)) == 1) {
         if (n++ == limit) {
             *more = 1;
             continue;
         }
         json_t *e = experiment_json(c, st, err);
-        if (!e)
-            return err->code;
+        if (!e) {
+            rc = err->code;
+            goto out;
+        }
         json_array_append_new(list, e);
     }
+out:
+    trk_query_free(&q);
     return rc < 0 ? rc : 0;
 }
 

@@ -136,10 +136,12 @@ int trk_experiment_create(qn_conn *c, const char *name, const char *artifact_loc
  * it (a non-number is QN_NOT_FOUND too). */
 int trk_experiment_get(qn_conn *c, const char *id_text, json_t **out, qn_err *err);
 int trk_experiment_by_name(qn_conn *c, const char *name, json_t **out, qn_err *err);
-/* Adds to *list (an array) the experiments with id > after, by id, at most
- * limit; *more when there were more. view: 1 active, 2 deleted, 3 all. */
-int trk_experiments_list(qn_conn *c, int view, int64_t after, int64_t limit, json_t *list, int *more,
-                         qn_err *err);
+/* Adds to *list (an array) the experiments with id > after matching f
+ * (trk_filter_parse_experiments; NULL: all), by id, at most limit; *more
+ * when there were more. view: 1 active, 2 deleted, 3 all. pg: the store is
+ * PostgreSQL. */
+int trk_experiments_list(qn_conn *c, int pg, int view, const trk_filter *f, int64_t after, int64_t limit,
+                         json_t *list, int *more, qn_err *err);
 /* Renames (new_name) an experiment. Write transaction. */
 int trk_experiment_rename(qn_conn *c, const char *id_text, const char *new_name, qn_err *err);
 /* Marks an experiment and its runs deleted (deleted 1) or active again.

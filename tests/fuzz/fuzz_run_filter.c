@@ -37,6 +37,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         trk_filter_free(f);
     }
+    if (trk_filter_parse_experiments(text, &f, &err) == 0) {
+        assert(f && f->experiments);
+        for (size_t i = 0; i < f->n; i++)
+            assert(f->conds[i].kind == TRK_TAG || f->conds[i].kind == TRK_ATTR);
+        trk_filter_free(f);
+    } else {
+        assert(f == NULL);
+    }
     trk_orders o = {.n = 0};
     if (trk_order_parse(text, &o, &err) == 0) {
         assert(o.n == 1 && o.o[0].key);

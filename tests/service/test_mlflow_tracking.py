@@ -116,6 +116,11 @@ class MlflowTrackingTest(ServiceTest):
         self.assertEqual(rest["experiments"][0]["name"], "churn")
         eid = exp["experiment_id"]
         self.ok("POST", "experiments/set-experiment-tag", {"experiment_id": eid, "key": "team", "value": "growth"})
+        found = self.ok("POST", "experiments/search", {"filter": "name LIKE 'ch%' and tags.team = 'growth'"
+                                                       .replace("name", "attributes.name", 1)})
+        self.assertEqual([e["name"] for e in found["experiments"]], ["churn"])
+        self.mlflow_error(self.call("POST", "experiments/search", {"filter": "params.a = 'b'"}),
+                          400, "INVALID_PARAMETER_VALUE", "no metrics or params")
         self.ok("POST", "experiments/update", {"experiment_id": eid, "new_name": "churn2"})
         got = self.ok("GET", "experiments/get-by-name", {"experiment_name": "churn2"})["experiment"]
         self.assertEqual(got["tags"], [{"key": "team", "value": "growth"}])

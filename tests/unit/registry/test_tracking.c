@@ -304,10 +304,25 @@ static void test_experiments(void **state)
     json_t *list = json_array();
     int more;
     c = reg_db_begin(db, QN_TX_READ, &err);
-    rc = trk_experiments_list(c, 2, -1, 10, list, &more, &err);
+    rc = trk_experiments_list(c, on_pg, 2, NULL, -1, 10, list, &more, &err);
     end_ok(c, rc, &err);
     assert_int_equal(json_array_size(list), 1);
     json_decref(list);
+    /* search_experiments' grammar: name and tags */
+    trk_filter *f = NULL;
+    assert_int_equal(trk_filter_parse_experiments("attributes.name LIKE 'ch%' and tags.team = 'growth'", &f, &err), 0);
+    list = json_array();
+    c = reg_db_begin(db, QN_TX_READ, &err);
+    rc = trk_experiments_list(c, on_pg, 3, f, -1, 10, list, &more, &err);
+    end_ok(c, rc, &err);
+    assert_int_equal(json_array_size(list), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "name")), "churn");
+    json_decref(list);
+    trk_filter_free(f);
+    assert_int_equal(trk_filter_parse_experiments("metrics.auc > 1", &f, &err), QN_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.msg, "no metrics"));
+    assert_int_equal(trk_filter_parse_experiments("attributes.status = 'x'", &f, &err), QN_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.msg, "creation_time"));
     c = wbegin();
     trk_run_in in = {.experiment_id = ids};
     json_t *run = NULL;
