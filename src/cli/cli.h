@@ -175,5 +175,8 @@ extern const cli_cmd cli_cmd_ingest, cli_cmd_pipelines_list, cli_cmd_pipelines_s
     cli_cmd_recommend, cli_cmd_drift, cli_cmd_alerts;
 /* healthcheck.c: GET /healthz of the service beside it (container health check). */
 extern const cli_cmd cli_cmd_healthcheck;
+/* runs.c: tracking (experiments and runs) */
+extern const cli_cmd cli_cmd_experiments_list, cli_cmd_runs_list, cli_cmd_runs_show, cli_cmd_runs_compare,
+    cli_cmd_runs_metrics;
 
 #endif

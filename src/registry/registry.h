@@ -13,7 +13,9 @@
  * functions over a store connection), blobs.c, events.c (the outbox
  * listing); MLflow's model registry and artifacts proxy in
  * mlflow_registry.c, mlflow_model.c, mlflow_parse.c and artifacts.c
- * (mlflow_registry.h, docs/mlflow.md).
+ * (mlflow_registry.h, docs/mlflow.md); tracking: runs_api.c (/v1
+ * experiments, runs, search, lineage) and mlflow.c (MLflow's tracking REST
+ * API) over tracking.c, with filter.c (MLflow's search grammar).
  */
 #ifndef QUERN_REGISTRY_H
 #define QUERN_REGISTRY_H
@@ -97,6 +99,20 @@ int reg_datasets_list(qn_req *req, qn_res *res, void *ud);
 int reg_dataset_versions_create(qn_req *req, qn_res *res, void *ud);
 int reg_dataset_versions_list(qn_req *req, qn_res *res, void *ud);
 int reg_dataset_versions_get(qn_req *req, qn_res *res, void *ud);
+
+/* runs_api.c: /v1 tracking and lineage */
+int reg_experiments_create(qn_req *req, qn_res *res, void *ud);
+int reg_experiments_list(qn_req *req, qn_res *res, void *ud);
+int reg_experiments_get(qn_req *req, qn_res *res, void *ud);
+int reg_runs_create(qn_req *req, qn_res *res, void *ud);
+int reg_runs_get(qn_req *req, qn_res *res, void *ud);
+int reg_runs_patch(qn_req *req, qn_res *res, void *ud);
+int reg_runs_log(qn_req *req, qn_res *res, void *ud);
+int reg_runs_metric_history(qn_req *req, qn_res *res, void *ud);
+int reg_runs_search(qn_req *req, qn_res *res, void *ud);
+int reg_runs_versions(qn_req *req, qn_res *res, void *ud);
+int reg_dataset_version_runs(qn_req *req, qn_res *res, void *ud);
+int reg_alias_lineage(qn_req *req, qn_res *res, void *ud);
 
 /* blobs.c */
 int reg_blobs_init(registry *r, qn_err *err);
