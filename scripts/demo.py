@@ -220,7 +220,8 @@ def grpc_recommend(port, users):
             req = pb.ModelInferRequest(model_name=MODEL)
             t = req.inputs.add(name="user_id", datatype="BYTES", shape=[len(users)])
             t.contents.bytes_contents.extend(u.encode() for u in users)
-            resp = stub.ModelInfer(req, timeout=10)
+            tok = os.environ.get("QUERN_TOKEN")  # serve asks for it on infer when it is set
+            resp = stub.ModelInfer(req, timeout=10, metadata=[("authorization", f"Bearer {tok}")] if tok else None)
             out = {o.name: o for o in resp.outputs}
             items = list(out["item_id"].contents.bytes_contents) if out["item_id"].contents.bytes_contents \
                 else None

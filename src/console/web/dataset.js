@@ -41,9 +41,9 @@ export async function render(main, { args }) {
       { key: 'rows_in', label: 'Rows in', num: true },
       { key: 'dropped', label: 'Dropped', num: true },
       { key: 'rows_out', label: 'Rows out', num: true },
-      { key: 'reason', label: 'Why' },
+      { key: 'reason', label: 'Why', render: (s) => h('span', { class: 'wrap' }, s.reason || '') },
     ], steps, { pageSize: 30, id: 'steps' }),
-    chart([{ label: 'rows dropped', points: steps.map((s, i) => [i + 1, s.dropped || 0]) }], { title: 'Rows dropped per step', xlabel: 'step', bars: true, height: 180 }))
+    chart([{ label: 'rows dropped', points: steps.map((s, i) => [i + 1, s.dropped || 0]) }], { title: 'Rows dropped per step', xlabel: 'step', bars: true, height: 180, intX: true }))
     : note('This version carries no cleaning report (it was not made by quern-prep).');
 
   // lineage: the model versions trained on a version of this dataset
@@ -63,6 +63,7 @@ export async function render(main, { args }) {
   ], lineage, { id: 'lineage', empty: 'No model version was trained on this dataset yet.' });
 
   main.replaceChildren(h('h1', {}, `Dataset ${name}`),
-    h('div', { class: 'grid' }, card('Versions', versions), card('Cleaning report', report),
-      h('section', { class: 'card wide' }, h('h2', {}, 'Lineage: dataset → run → model version → aliases'), lin)));
+    h('div', { class: 'grid' }, card('Versions', versions),
+      card('Lineage: dataset → run → model version → aliases', lin),
+      h('section', { class: 'card wide' }, h('h2', {}, `Cleaning report of v${cur ? cur.version : '?'}`), report)));
 }

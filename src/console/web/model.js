@@ -80,7 +80,7 @@ async function one(main, name) {
     { label: primary, points: vs.filter((v) => v.metrics && v.metrics[primary] != null).map((v) => [v.version, v.metrics[primary]]) },
     ...(vs.some((v) => v.metrics && v.metrics['baseline.' + primary] != null) ? [{ label: 'baseline ' + primary,
       points: vs.filter((v) => v.metrics && v.metrics['baseline.' + primary] != null).map((v) => [v.version, v.metrics['baseline.' + primary]]) }] : []),
-  ], { title: `${primary} by version`, xlabel: 'version' }) : null;
+  ], { title: `${primary} by version`, xlabel: 'version', intX: true }) : null;
   if (curve) curve.id = 'version-chart';
 
   const timelines = h('div', { id: 'alias-history' }, al.length ? al.map((a, i) => h('div', {},

@@ -6,6 +6,14 @@ import { h, api, card, table, badge, fmt, fmtTime, ago, note, fail, link, chart,
 const enc = encodeURIComponent;
 const secs = (t) => Date.parse(t) / 1000;
 
+// How far a statistic is toward its threshold (the bar's middle mark), to twice it.
+function meter(f) {
+  if (f.statistic == null || !f.threshold) return '–';
+  const r = f.statistic / f.threshold;
+  return h('span', { class: 'meter', title: `${fmt(r)} × threshold` },
+    h('span', { class: f.drifted ? 'fill bad' : 'fill', style: `width:${Math.min(100, r * 50)}%` }), h('span', { class: 'mark' }));
+}
+
 export async function render(main, { args }) {
   const mons = await api('monitor', '/v1/monitors');
   if (!mons.ok) return main.replaceChildren(h('h1', {}, 'Monitoring'), fail(errText(mons)));
@@ -56,10 +64,8 @@ export async function render(main, { args }) {
       { key: 'threshold', label: 'Threshold', num: true },
       { key: 'n_reference', label: 'Reference rows', num: true }, { key: 'n_current', label: 'Current rows', num: true },
       { key: 'drifted', label: 'Drifted', get: (f) => f.drifted ? 'yes' : 'no', render: (f) => badge(f.drifted ? 'drifted' : 'ok', f.drifted ? 'bad' : 'ok') },
-    ], latest.features || [], { pageSize: 20 }),
-    chart([{ label: 'statistic', points: (latest.features || []).map((f, i) => [i + 1, f.statistic ?? 0]) },
-      { label: 'threshold', points: (latest.features || []).map((f, i) => [i + 1, f.threshold ?? 0]) }],
-    { title: 'Latest report: statistic and threshold per feature (1 = ' + ((latest.features || [])[0] || {}).column + ')', bars: true, height: 180, xlabel: 'feature' }))
+      { key: 'meter', label: 'Statistic / threshold', get: (f) => f.threshold ? f.statistic / f.threshold : null, render: (f) => meter(f) },
+    ], latest.features || [], { pageSize: 20 }))
     : note('No report yet.');
 
   const hr = mon && mon.hit_rate;

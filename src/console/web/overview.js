@@ -56,7 +56,7 @@ export async function render(main) {
     { key: 'version', label: 'Version', num: true },
     { key: 'since', label: 'In production since', render: (r) => r.since ? `${fmtTime(r.since)} (${ago(r.since)})` : '–' },
     { key: 'drift', label: 'Last drift verdict', render: (r) => r.drift ? h('span', {}, badge(r.drift, r.drift === 'drift' ? 'bad' : 'ok'), ' ',
-      link(`#/monitoring/${encodeURIComponent(r.model)}`, fmtTime(r.drift_at))) : badge('no report yet') },
+      link(`#/monitoring/${encodeURIComponent(r.model)}`, ago(r.drift_at))) : badge('no report yet') },
     { key: 'hit', label: 'Live hit-rate', num: true, render: (r) => r.hit == null ? '–' : `${fmt(r.hit)} @${r.k}` },
   ], rows, { id: 'production', empty: 'No model is in production yet.' });
 
@@ -81,7 +81,7 @@ export async function render(main) {
     h('h1', {}, 'Overview'),
     h('div', { class: 'grid' },
       h('section', { class: 'card wide' }, h('h2', {}, 'Services'), tiles),
-      card('Models in production', models.ok ? prodTable : note('The registry did not answer.')),
+      h('section', { class: 'card wide' }, h('h2', {}, 'Models in production'), models.ok ? prodTable : note('The registry did not answer.')),
       card('Firing alerts', firing.ok ? alertTable : note('quern-alert did not answer.')),
       card('Recent events', events.ok ? evList : note('The registry did not answer.'))));
 }

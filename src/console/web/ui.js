@@ -166,8 +166,9 @@ export function chart(series, opts = {}) {
     const width = Math.max(260, el.clientWidth || 600);
     el.__uplot = new uPlot({
       title: opts.title, width, height: opts.height || 220,
-      scales: { x: { time: !!opts.time } },
-      axes: [{ label: opts.xlabel }, { label: opts.ylabel, size: 60 }],
+      scales: { x: { time: !!opts.time, range: opts.intX && xs.length ? [xs[0] - 0.5, xs[xs.length - 1] + 0.5] : undefined } },
+      axes: [{ label: opts.xlabel, incrs: opts.intX ? [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] : undefined },
+        { label: opts.ylabel, size: 60 }],
       series: sers,
       legend: { live: false },
     }, data, el);
