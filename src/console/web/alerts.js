@@ -34,7 +34,7 @@ export async function render(main, { args }) {
     const a = r.data.alert || r.data;
     return main.replaceChildren(h('h1', {}, `Alert ${a.rule}`),
       h('p', {}, badge(a.state, a.state === 'firing' ? 'bad' : 'ok'), ' ', sev(a), ` ${a.summary} · fired ${fmtTime(a.fired_at)} (${ago(a.fired_at)})`,
-        a.resolved_at ? ` · resolved ${fmtTime(a.resolved_at)} by ${a.resolved_by || '?'}` : '', ` · seen ${a.count} times`),
+        a.resolved_at ? ` · resolved ${fmtTime(a.resolved_at)} by ${a.resolved_by || '?'}` : '', ` · seen ${a.count} time${a.count === 1 ? "" : "s"}`),
       h('div', { class: 'grid' }, card('Evidence', h('div', { id: 'evidence' }, evidence(a))), card('Actions taken', h('div', { id: 'actions' }, actions(a)))));
   }
   const [firing, resolved] = await Promise.all([api('alert', '/v1/alerts?state=firing&limit=500'), api('alert', '/v1/alerts?state=resolved&limit=500')]);
