@@ -11,7 +11,9 @@ import gzip
 import http.client
 import json
 import os
+import shutil
 import socket
+import subprocess
 import unittest
 
 from harness import BIN, ServiceTest
@@ -152,6 +154,11 @@ class ConsoleTest(ServiceTest):
             self.assertEqual(self.con.request("GET", p)[0], 200)
         st, _, m = self.con.request("GET", "/metrics", raw=True)
         self.assertIn(b'quern_http_requests_total{service="console"', m)
+        self.assertIn(b'process_start_time_seconds{service="console"}', m)
+        promtool = shutil.which("promtool")
+        self.assertIsNotNone(promtool, "promtool missing: run make deps")
+        p = subprocess.run([promtool, "check", "metrics"], input=m, capture_output=True)
+        self.assertEqual(p.returncode, 0, p.stdout.decode() + p.stderr.decode())
 
 
 if __name__ == "__main__":

@@ -23,14 +23,20 @@ export async function api(svc, path, opts = {}) {
   const headers = {};
   if (opts.body !== undefined) headers['Content-Type'] = 'application/json';
   if (opts.token) headers.Authorization = 'Bearer ' + opts.token;
+  const method = opts.method || 'GET';
   let r;
-  try {
-    r = await fetch(`/api/${svc}${path}`, {
-      method: opts.method || 'GET', headers,
-      body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
-    });
-  } catch (e) {
-    return { ok: false, status: 0, data: { error: { message: `the console did not answer (${e.message})` } } };
+  for (let attempt = 0; ; attempt++) {
+    try {
+      r = await fetch(`/api/${svc}${path}`, {
+        method, headers, body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
+      });
+      break;
+    } catch (e) {
+      // a read that never got an answer (the network changed under it) is
+      // safe to ask again once
+      if (attempt === 0 && (method === 'GET' || method === 'HEAD')) continue;
+      return { ok: false, status: 0, data: { error: { message: `the console did not answer (${e.message})` } } };
+    }
   }
   const text = await r.text();
   let data = null;
