@@ -68,13 +68,16 @@ static const char *const templates[DEPTH] = {
 static const char *const methods[] = {"GET", "POST", "PUT", "PATCH", "DELETE"};
 #define NMETHODS (sizeof methods / sizeof methods[0])
 
-static qn_route routes[2 + DEPTH * NMETHODS];
+static qn_route routes[3 + DEPTH * NMETHODS];
 
 static void build_routes(uint64_t max_body)
 {
     size_t n = 0;
     routes[n++] = (qn_route){"GET", "/", con_index, 0, 0, NULL};
     routes[n++] = (qn_route){"GET", "/assets/{file}", con_asset_get, 0, 0, NULL};
+    /* A search by POST is a read (DESIGN.md section 4): open like a GET. */
+    routes[n++] = (qn_route){"POST", "/api/{service}/v1/runs/search", con_proxy_search, 64 * 1024,
+                             QN_ROUTE_PUBLIC, NULL};
     for (size_t d = 0; d < DEPTH; d++)
         for (size_t m = 0; m < NMETHODS; m++)
             routes[n++] = (qn_route){methods[m], templates[d], con_proxy,

@@ -108,7 +108,7 @@ async function main() {
   });
   page.on('response', (r) => {
     const u = new URL(r.url());
-    if (r.status() >= 400 && !(r.status() === 404 && PROBES.some((re) => re.test(u.pathname))))
+    if (r.status() >= 400 && !([404, 405].includes(r.status()) && PROBES.some((re) => re.test(u.pathname))))
       problems.push(`HTTP ${r.status()} for ${u.pathname}${u.search}`);
   });
 
@@ -219,7 +219,9 @@ async function main() {
 
   await step('runs: list, filter, compare', async () => {
     await open('runs', 'runs');
-    const search = await fetch(`${world.console}/api/registry/v1/runs/search?max_results=1000`);
+    let search = await fetch(`${world.console}/api/registry/v1/runs/search`, { method: 'POST', body: JSON.stringify({ max_results: 1000 }),
+      headers: { 'Content-Type': 'application/json' } });
+    if (search.status === 404 || search.status === 405) search = await fetch(`${world.console}/api/registry/v1/runs/search?max_results=1000`);
     let ids;
     if (search.status === 200) ids = ((await search.json()).runs || []).map((r) => (r.info || r).run_id || r.id);
     else ids = (await get('train', '/v1/jobs?limit=500')).jobs.map((j) => j.id);

@@ -91,6 +91,13 @@ class ConsoleTest(ServiceTest):
                          "permission_denied", "Origin")
         for verb in ("PUT", "PATCH", "DELETE"):
             self.assertEqual(self.con.request(verb, "/api/registry/v1/models/m1")[0], 401, verb)
+        # the run search is a read sent as a POST: it passes without the token
+        # (and answers as the registry does: this one may not have runs yet)
+        st, _, out = self.con.request("POST", "/api/registry/v1/runs/search", {"max_results": 5})
+        self.assertNotEqual(st, 401, out)
+        self.assertEqual(st, self.reg.request("POST", "/v1/runs/search", {"max_results": 5},
+                                              headers=self.auth())[0])
+        self.assertError(self.con.request("POST", "/api/train/v1/runs/search", {}), 404, "not_found", "registry")
 
     def test_unknown_services_and_paths_are_404(self):
         self.assertError(self.con.request("GET", "/api/nosuch/v1/models"), 404, "not_found", "nosuch")

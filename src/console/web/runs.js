@@ -1,6 +1,6 @@
 // runs.js - tracking runs: a list with filter and sort, one run, and a
 // comparison of two or more (params side by side, metric curves overlaid).
-// It reads the registry's tracking API (GET /v1/runs/search, /v1/runs/{id},
+// It reads the registry's tracking API (POST or GET /v1/runs/search, /v1/runs/{id},
 // /v1/runs/{id}/metrics/{key}); on a registry without it, quern-train's
 // jobs stand in as runs (their params and final metrics, no curves).
 import { h, api, card, table, badge, fmt, fmtTime, note, fail, link, chart, errText } from './ui.js';
@@ -29,7 +29,8 @@ function jobAsRun(j) {
 
 // Every run we can see: {runs, source, note}.
 async function loadRuns() {
-  const res = await api('registry', '/v1/runs/search?max_results=1000');
+  let res = await api('registry', '/v1/runs/search', { method: 'POST', body: { max_results: 1000 } });
+  if (res.status === 404 || res.status === 405) res = await api('registry', '/v1/runs/search?max_results=1000');
   if (res.ok) {
     const list = res.data.runs || [];
     return { runs: list.map(normRun), source: 'runs' };
