@@ -310,6 +310,36 @@ async function main() {
     await shot('alert');
   });
 
+  await step('retrain from the model page: the job runs live and finishes', async () => {
+    const before = (await get('train', '/v1/jobs?limit=500')).jobs.length;
+    await open(`models/${model}`, 'model');
+    await page.click('#retrain-btn'); // the token is already set for this tab
+    await page.waitForFunction(() => /^#\/jobs\/[^/]+$/.test(location.hash) && document.body.dataset.page === 'jobs', { timeout: 30000 });
+    const id = decodeURIComponent(await page.evaluate(() => location.hash.slice(7)));
+    const job = await get('train', `/v1/jobs/${id}`);
+    assert.equal(job.model, model);
+    assert.equal(job.request.reason, 'retrain from the console');
+    assert.equal((await get('train', '/v1/jobs?limit=500')).jobs.length, before + 1);
+    // the page follows it without a reload: some state before the end, then the outcome
+    const seen = new Set();
+    const deadline = Date.now() + 300000;
+    let shotRunning = false;
+    while (Date.now() < deadline) {
+      const st = await page.evaluate(() => (document.querySelector('main .badge') || {}).textContent);
+      if (st) seen.add(st);
+      if (st === 'running' && !shotRunning) { await shot('job-running'); shotRunning = true; }
+      if (['succeeded', 'failed', 'cancelled'].includes(st)) break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    const done = await get('train', `/v1/jobs/${id}`);
+    assert.equal(done.state, 'succeeded', JSON.stringify(done.error));
+    assert.ok(seen.has('queued') || seen.has('running'), `states seen: ${[...seen]}`);
+    await page.waitForSelector('#job-outcome');
+    const txt = await page.$eval('#job-outcome', (e) => e.textContent);
+    assert.ok(txt.includes(done.result.outcome), txt);
+    await shot('job-retrained');
+  });
+
   await step('keyboard: the navigation is reachable by Tab and every link works', async () => {
     await page.goto('about:blank');
     await open('', 'overview'); // a fresh load: focus starts at the top

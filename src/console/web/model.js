@@ -117,11 +117,24 @@ async function one(main, name) {
     if (prev == null) { msg.replaceChildren(fail(`${alias} has no previous version to roll back to.`)); return; }
     move(prev);
   }
+  // retrain: the model's newest job asked again, on the dataset's latest version
+  async function retrain() {
+    const last = await api('train', `/v1/jobs?model=${enc(name)}&limit=1`);
+    const req = last.ok && last.data.jobs && last.data.jobs[0] && last.data.jobs[0].request;
+    if (!req) { msg.replaceChildren(fail('No earlier training job of this model to repeat.')); return; }
+    const body = { ...req, reason: 'retrain from the console' };
+    delete body.dataset_version;
+    const r = await act('train', '/v1/jobs', 'POST', body);
+    if (!r) return;
+    if (!r.ok) { msg.replaceChildren(fail(`Not started: ${errText(r)}`)); return; }
+    location.hash = `#/jobs/${enc(r.data.id)}`;
+  }
   const actions = h('div', {},
     h('div', { class: 'row' }, h('label', { for: 'alias-in' }, 'Alias'), aliasIn, h('label', { for: 'version-sel' }, 'Version'), verSel,
       h('button', { type: 'button', id: 'promote-btn', onclick: () => move(verSel.value) }, 'Promote'),
-      h('button', { type: 'button', id: 'rollback-btn', class: 'ghost', onclick: rollback }, 'Roll back')),
-    h('p', { class: 'muted' }, 'Both ask for the token; the console checks it and sends the move to the registry.'), msg);
+      h('button', { type: 'button', id: 'rollback-btn', class: 'ghost', onclick: rollback }, 'Roll back'),
+      h('button', { type: 'button', id: 'retrain-btn', class: 'ghost', onclick: retrain }, 'Retrain')),
+    h('p', { class: 'muted' }, 'Each asks for the token; the console checks it and sends the call on. Retrain repeats the newest job on the latest data.'), msg);
 
   const m = model.data;
   main.replaceChildren(
@@ -131,5 +144,5 @@ async function one(main, name) {
       h('section', { class: 'card wide' }, h('h2', {}, 'Versions'), table(cols, vs, { id: 'versions', empty: 'No version yet.' })),
       curve ? card('Metric by version', curve) : null,
       card('Aliases', timelines),
-      card('Promote or roll back', actions)));
+      card('Actions', actions)));
 }
