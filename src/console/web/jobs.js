@@ -3,7 +3,8 @@
 import { h, api, card, table, badge, fmt, fmtTime, ago, dur, fail, link, chart, errText, note } from './ui.js';
 
 const enc = encodeURIComponent;
-const ACTIVE = ['queued', 'running'];
+const DONE = ['succeeded', 'failed', 'cancelled'];
+const active = (j) => !DONE.includes(j.state);
 const stateBadge = (s) => badge(s, s === 'succeeded' ? 'ok' : s === 'failed' || s === 'cancelled' ? 'bad' : 'warn');
 const bar = (p) => p && p.fraction != null ? h('span', {}, h('progress', { max: 1, value: p.fraction, 'aria-label': 'progress' }), ` ${Math.round(p.fraction * 100)}%`) : '–';
 
@@ -18,7 +19,7 @@ async function list(main, isCurrent) {
     if (!isCurrent()) return;
     if (!res.ok) { main.replaceChildren(h('h1', {}, 'Jobs'), fail(errText(res))); return; }
     const jobs = res.data.jobs || [];
-    const active = jobs.filter((j) => ACTIVE.includes(j.state)), done = jobs.filter((j) => !ACTIVE.includes(j.state));
+    const running = jobs.filter(active), done = jobs.filter((j) => !active(j));
     const idcol = { key: 'id', label: 'Job', render: (j) => link(`#/jobs/${enc(j.id)}`, j.id.slice(0, 8)) };
     const model = { key: 'model', label: 'Model', render: (j) => link(`#/models/${enc(j.model)}`, j.model) };
     main.replaceChildren(h('h1', {}, 'Jobs'), h('div', { class: 'grid' },
@@ -28,7 +29,7 @@ async function list(main, isCurrent) {
         { key: 'stage', label: 'Stage', get: (j) => j.progress && j.progress.stage },
         { key: 'loss', label: 'Loss', num: true, get: (j) => j.progress && j.progress.loss },
         { key: 'eta', label: 'ETA', get: (j) => j.progress && j.progress.eta_s, render: (j) => dur(j.progress && j.progress.eta_s) },
-      ], active, { id: 'active-jobs', empty: 'No job is queued or running.' })),
+      ], running, { id: 'active-jobs', empty: 'No job is queued or running.' })),
       h('section', { class: 'card wide' }, h('h2', {}, 'Finished'), table([idcol, model,
         { key: 'state', label: 'State', render: (j) => stateBadge(j.state) },
         { key: 'outcome', label: 'Outcome', get: (j) => j.result && j.result.outcome },
@@ -36,7 +37,7 @@ async function list(main, isCurrent) {
         { key: 'score', label: 'Score', num: true, get: (j) => j.result && j.result.challenger_score },
         { key: 'finished_at', label: 'Finished', render: (j) => `${fmtTime(j.finished_at)} (${ago(j.finished_at)})` },
       ], done, { id: 'finished-jobs' }))));
-    timer = setTimeout(draw, active.length ? 1000 : 5000);
+    timer = setTimeout(draw, running.length ? 1000 : 5000);
   }
   await draw();
   return () => clearTimeout(timer);
@@ -65,13 +66,13 @@ async function one(main, id, isCurrent) {
           h('div', { class: 'tile' }, 'Elapsed', h('b', {}, dur(p.elapsed_s))),
           h('div', { class: 'tile' }, 'ETA', h('b', {}, dur(p.eta_s)))),
           loss.size ? chart([{ label: 'loss', points: [...loss] }], { title: 'Training loss', xlabel: 'iteration' })
-            : h('p', { class: 'muted' }, ACTIVE.includes(j.state) ? 'The loss curve fills in as iterations finish.' : 'This model kind reports no per-iteration loss.')),
+            : h('p', { class: 'muted' }, active(j) ? 'The loss curve fills in as iterations finish.' : 'This model kind reports no per-iteration loss.')),
         card('Outcome', r.outcome ? h('div', { id: 'job-outcome' }, h('p', {}, badge(r.outcome, r.promoted ? 'ok' : 'none'), ' ', r.reason || ''),
           table([{ key: 0, label: 'Metric' }, { key: 1, label: 'Value', num: true },
             { key: 'b', label: 'Baseline', num: true, get: (m) => (r.metrics || {})['baseline.' + m[0]] }], metrics, { pageSize: 20 }))
           : j.error ? fail(j.error.message || JSON.stringify(j.error)) : note('Not finished yet.')),
         card('Request', h('pre', {}, JSON.stringify(j.request || {}, null, 1)))));
-    if (ACTIVE.includes(j.state)) timer = setTimeout(draw, 1000);
+    if (active(j)) timer = setTimeout(draw, 1000);
   }
   await draw();
   return () => clearTimeout(timer);
