@@ -20,7 +20,7 @@ story unfolds as a shop's would:
     /usr/bin/python3 scripts/demo.py --subset 4 --json   # every 4th customer; the story as JSON
 
 The services' state goes to $QUERN_DEMO_HOME (default ./.quern-demo), wiped at start;
-their logs to $QUERN_DEMO_HOME/logs. Ports: $QUERN_PORT_BASE (default 7700) + 1..8.
+their logs to $QUERN_DEMO_HOME/logs. Ports: $QUERN_PORT_BASE (default 7700) + 1..9 (+9: the console).
 """
 import argparse
 import csv
@@ -220,7 +220,8 @@ def grpc_recommend(port, users):
             req = pb.ModelInferRequest(model_name=MODEL)
             t = req.inputs.add(name="user_id", datatype="BYTES", shape=[len(users)])
             t.contents.bytes_contents.extend(u.encode() for u in users)
-            resp = stub.ModelInfer(req, timeout=10)
+            tok = os.environ.get("QUERN_TOKEN")  # serve asks for it on infer when it is set
+            resp = stub.ModelInfer(req, timeout=10, metadata=[("authorization", f"Bearer {tok}")] if tok else None)
             out = {o.name: o for o in resp.outputs}
             items = list(out["item_id"].contents.bytes_contents) if out["item_id"].contents.bytes_contents \
                 else None
@@ -254,6 +255,8 @@ def run():
     say(f"Starting every Quern service on embedded defaults (state in {HOME})")
     st = quern("up", "--detach")
     detail(", ".join(f"{s['service']}:{s['port']}" for s in st))
+    if any(s["service"] == "console" for s in st):
+        detail(f"the console: http://127.0.0.1:{BASE + 9}/")
     reg, serve, mon, alert = (Api(BASE + n) for n in (1, 5, 7, 8))
 
     # 1. ingest -> prep -> train v1 ------------------------------------------------
@@ -424,7 +427,7 @@ if __name__ == "__main__":
                QUERN_MONITOR_WINDOW_ROWS=str(WINDOW), QUERN_MONITOR_WINDOW_SECONDS="3600",
                QUERN_ALERT_RULES=os.path.join(HOME, "alert-rules.json"))
     for k in ("QUERN_REGISTRY", "QUERN_INGEST", "QUERN_PREP", "QUERN_TRAIN", "QUERN_SERVE",
-              "QUERN_MONITOR", "QUERN_ALERT", "QUERN_DATA", "QUERN_LISTEN"):
+              "QUERN_MONITOR", "QUERN_ALERT", "QUERN_CONSOLE", "QUERN_DATA", "QUERN_LISTEN"):
         ENV.pop(k, None)
     subprocess.run([os.path.join(BIN, "quern"), "down"], env=ENV, capture_output=True)
     shutil.rmtree(HOME, ignore_errors=True)
@@ -439,3 +442,5 @@ if __name__ == "__main__":
             subprocess.run([os.path.join(BIN, "quern"), "down"], env=ENV, capture_output=True)
         elif not ARGS.json:
             print(f"\nThe services keep running (quern status; QUERN_HOME={HOME} quern down stops them).")
+            if os.path.exists(os.path.join(BIN, "quern-console")):
+                print(f"The console: http://127.0.0.1:{BASE + 9}/")

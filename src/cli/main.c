@@ -17,7 +17,7 @@ cli g_cli;
 const cli_service cli_services[] = {
     {"registry", 1, "QUERN_REGISTRY"}, {"ingest", 2, "QUERN_INGEST"},   {"prep", 3, "QUERN_PREP"},
     {"train", 4, "QUERN_TRAIN"},       {"serve", 5, "QUERN_SERVE"},     {"monitor", 7, "QUERN_MONITOR"},
-    {"alert", 8, "QUERN_ALERT"},
+    {"alert", 8, "QUERN_ALERT"},       {"console", 9, "QUERN_CONSOLE"},
 };
 const size_t cli_nservices = sizeof cli_services / sizeof cli_services[0];
 

@@ -192,6 +192,9 @@ typedef struct call {
     const qn_trace_ctx *trace;
     qn_buf *out;            /* response body (in memory) */
     qn_fetch *fetch;        /* qn_client_fetch: absolute URL, headers, allow-list */
+    long status;            /* the last attempt's HTTP status (0: no answer) */
+    char *ctype;            /* when set: the answer's Content-Type goes here */
+    size_t ctype_size;
 } call;
 
 static size_t write_buf(char *p, size_t size, size_t n, void *ud)
@@ -591,6 +594,12 @@ static int attempts(qn_client *c, call *k, long long deadline, const char **outc
         CURLcode cc = curl_easy_perform(h);
         long status = 0;
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        k->status = cc == CURLE_OK ? status : 0;
+        if (k->ctype) {
+            char *got = NULL;
+            curl_easy_getinfo(h, CURLINFO_CONTENT_TYPE, &got);
+            snprintf(k->ctype, k->ctype_size, "%s", cc == CURLE_OK && got ? got : "");
+        }
         curl_slist_free_all(hdrs);
         curl_easy_cleanup(h);
         qn_netpin_free(pin);
@@ -749,6 +758,16 @@ int qn_client_fetch(qn_client *c, qn_fetch *f, qn_buf *out, qn_err *err)
 {
     call k = {.method = "GET", .path = "", .out = out, .fetch = f};
     return do_call(c, &k, err);
+}
+
+int qn_client_forward(qn_client *c, const char *method, const char *path, const char *content_type,
+                      const void *body, size_t len, const qn_trace_ctx *trace, qn_buf *out, char *ctype,
+                      size_t ctype_size, qn_err *err)
+{
+    call k = {.method = method, .path = path, .content_type = content_type, .body = body, .len = len,
+              .trace = trace, .out = out, .ctype = ctype, .ctype_size = ctype_size};
+    int rc = do_call(c, &k, err);
+    return k.status >= 100 ? (int)k.status : rc;
 }
 
 int qn_client_put_file(qn_client *c, const char *path, const char *file, const qn_trace_ctx *trace,

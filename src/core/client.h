@@ -97,6 +97,16 @@ QN_MUST_CHECK int qn_client_raw(qn_client *c, const char *method, const char *pa
                   const void *body, size_t len, const qn_trace_ctx *trace, qn_buf *out,
                   qn_err *err);
 
+/* As qn_client_raw for a proxy: returns the upstream's HTTP status whatever
+ * it is (2xx to 5xx, the answer's body in out, its Content-Type copied into
+ * ctype, "" when it sent none), and a negative code only when no answer came
+ * (transport failure, deadline, open circuit, or an answer larger than out's
+ * bound: QN_RESOURCE_EXHAUSTED). Retries as qn_client_raw does. */
+QN_MUST_CHECK int qn_client_forward(qn_client *c, const char *method, const char *path,
+                                    const char *content_type, const void *body, size_t len,
+                                    const qn_trace_ctx *trace, qn_buf *out, char *ctype,
+                                    size_t ctype_size, qn_err *err);
+
 /* Streams a file as the body of a PUT (never whole in memory). Returns the status. */
 QN_MUST_CHECK int qn_client_put_file(qn_client *c, const char *path, const char *file,
                        const qn_trace_ctx *trace, qn_err *err);
