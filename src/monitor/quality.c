@@ -105,6 +105,7 @@ typedef struct qmodel {
     char name[129];
     int rec;                   /* a recommender: no quality join */
     size_t pending;
+    int64_t expired, evicted;  /* since start (also quern_monitor_labels_total) */
     qver *versions;
     struct qmodel *next;
 } qmodel;
@@ -791,6 +792,7 @@ void mon_quality_predictions(monitor *m, const char *model, int64_t version, con
             unlink_pending(q, old);
             resolve_unlabelled(m, old);
             count(m, old->qm->name, "evicted", 1);
+            old->qm->evicted++;
             evicted++;
             free(old);
         }
@@ -938,6 +940,7 @@ void mon_quality_tick(monitor *m, int force_model_only, const char *model)
             unlink_pending(q, e);
             resolve_unlabelled(m, e);
             count(m, e->qm->name, "expired", 1);
+            e->qm->expired++;
             expired++;
             free(e);
         }
@@ -983,6 +986,8 @@ json_t *mon_quality_state(monitor *m, const char *model)
                                                   qv->have_cal, "estimates_awaiting_labels", (json_int_t)awaiting));
         }
     }
-    return json_pack("{s:I, s:I, s:o}", "pending", (json_int_t)pending, "pending_all_models",
-                     (json_int_t)m->quality->count, "windows", open);
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:o}", "pending", (json_int_t)pending, "pending_all_models",
+                     (json_int_t)m->quality->count, "max_pending", (json_int_t)m->max_pending, "expired",
+                     (json_int_t)(qm ? qm->expired : 0), "evicted", (json_int_t)(qm ? qm->evicted : 0), "windows",
+                     open);
 }
