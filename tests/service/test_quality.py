@@ -358,5 +358,77 @@ class QualityLoopTest(ServiceTest):
         self.assertEqual(q["labels"]["unjoined"], 80 - n_logged, q)
 
 
+class QualityRuleTest(ServiceTest):
+    """quern-alert's "when" condition on quern.quality.reported: N windows in a row."""
+
+    def setUp(self):
+        super().setUp()
+        self.home = tempfile.mkdtemp(prefix="quern-qrule-", dir=WORK)
+        self.bus = f"sqlite://{self.home}/bus.db"
+        os.makedirs(os.path.join(self.home, "alert"))
+        events.subscribe(self.bus, "t-train", "quern.train.requested")
+        self.rules_path = os.path.join(self.home, "rules.json")
+        with open(self.rules_path, "w") as f:
+            json.dump({"rules": [self.rule()]}, f)
+        self.al = self.start("alert", data=os.path.join(self.home, "alert"), env={"QUERN_HOME": self.home},
+                             args=["--rules", self.rules_path, "--bus-lease", "2s"])
+
+    def tearDown(self):
+        super().tearDown()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    @staticmethod
+    def rule(**when):
+        w = {"value": "data.metrics.roc_auc.live", "op": "<", "than": "data.metrics.roc_auc.reference",
+             "plus": -0.03, "windows": 2}
+        w.update(when)
+        return {"name": "auc-down", "dedupe": "{data.model}",
+                "on": {"event": "quern.quality.reported", "where": {"data.model": "adult"}, "when": w},
+                "actions": [{"type": "retrain", "model": "{data.model}",
+                             "job": {"kind": "xgboost", "dataset": "adult"}}]}
+
+    @staticmethod
+    def report(auc, ref=0.9, model="adult"):
+        return events.envelope("quern.quality.reported", {
+            "model": model, "version": 1, "task": "binary",
+            "metrics": {"roc_auc": {"live": auc, "reference": ref}}})
+
+    def alerts(self):
+        st, _, body = self.al.request("GET", "/v1/alerts")
+        self.assertEqual(st, 200, body)
+        return body["alerts"]
+
+    def test_fires_after_two_windows_in_a_row_only(self):
+        # 0.86 < 0.9 - 0.03, then 0.88 (not below 0.87) resets, then two in a row below
+        # (an undefined AUC, null, resets too)
+        events.publish(self.bus, [self.report(0.86), self.report(0.88), self.report(0.80), self.report(None),
+                                  self.report(0.80), self.report(0.50, model="other")])
+        time.sleep(3)
+        self.assertEqual(self.alerts(), [])
+        self.assertEqual(events.read(self.bus, "t-train", "quern.train.requested", quiet_ms=300), [])
+        events.publish(self.bus, [self.report(0.85)])
+        alerts = wait_for(self.alerts, timeout=30)
+        self.assertEqual((len(alerts), alerts[0]["rule"], alerts[0]["dedupe_key"]), (1, "auc-down", "adult"))
+        reqs = wait_for(lambda: events.read(self.bus, "t-train", "quern.train.requested", quiet_ms=300), timeout=30)
+        self.assertEqual(reqs[0]["data"]["model"], "adult")
+
+    def test_bad_when_refused_naming_the_field(self):
+        cases = [(self.rule(op="=>"), "rules[0].on.when.op"),
+                 (self.rule(than={"x": 1}), "rules[0].on.when.than"),
+                 (self.rule(windows=0), "rules[0].on.when.windows"),
+                 (self.rule(times="1.2"), "rules[0].on.when.times"),
+                 (self.rule(extra=1), "rules[0].on.when"),
+                 ({"name": "m", "on": {"metric": {"url": "http://127.0.0.1:1/metrics", "name": "x", "op": ">",
+                                                  "value": 1}, "when": {"value": "a", "op": ">", "than": 1}},
+                   "actions": [{"type": "log"}]}, "when")]
+        for rule, needle in cases:
+            st, _, body = self.al.request("PUT", "/v1/rules", {"rules": [rule]})
+            self.assertEqual(st, 400, (rule, body))
+            self.assertIn(needle, body["error"]["message"], rule)
+        # the rules in force stayed
+        st, _, body = self.al.request("GET", "/v1/rules")
+        self.assertEqual(body["rules"][0]["on"]["when"]["windows"], 2)
+
+
 if __name__ == "__main__":
     unittest.main()
