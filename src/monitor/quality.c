@@ -861,7 +861,8 @@ int mon_quality_peek(monitor *m, const json_t *data, mon_label *out)
         value = NULL;
     if (json_is_null(label))
         label = NULL;
-    if (!model || !id || (!value && !label))
+    /* purchases of recommended items (item named) are hit-rate's, not labels */
+    if (!model || !id || (!value && !label) || json_object_get(data, "item"))
         return out->result = MON_LABEL_NONE;
     qmodel *qm = model_get(m->quality, model, 0);
     if (qm && qm->rec)

@@ -166,8 +166,9 @@ class QualityMonitorTest(ServiceTest):
 
     def test_one_class_window_and_horizon(self):
         v = self.register("one", "binary", {"roc_auc": 0.9})
-        self.start_monitor("--quality-window", "10", "--label-horizon", "1s")
+        self.start_monitor("--quality-window", "10", "--label-horizon", "4s")
         self.log_predictions("one", v, [0.9] * 8 + [0.2, 0.3], "a")
+        wait_for(lambda: self.quality("one")["state"]["pending"] == 10, timeout=30)
         self.feedback("one", [1] * 10, "a")
         r = wait_for(lambda: self.quality("one")["reports"], timeout=60)[0]
         auc = r["metrics"]["roc_auc"]
@@ -176,6 +177,7 @@ class QualityMonitorTest(ServiceTest):
         self.assertEqual(r["metrics"]["accuracy"]["live"], 0.8)
         # predictions past the horizon expire; their late labels are unjoined
         self.log_predictions("one", v, [0.5] * 4, "late")
+        wait_for(lambda: self.quality("one")["state"]["pending"] == 4, timeout=30)
         wait_for(lambda: self.quality("one")["state"]["expired"] == 4, timeout=30)
         self.feedback("one", [1] * 4, "late")
         q = wait_for(lambda: (lambda b: b if b["labels"]["unjoined"] == 4 else None)(self.quality("one")), timeout=30)
