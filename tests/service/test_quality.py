@@ -185,6 +185,32 @@ class QualityMonitorTest(ServiceTest):
         self.assertEqual(q["state"]["pending"], 0, q)
 
 
+    def test_regressor_window_by_time_and_bad_labels(self):
+        v = self.register("reg", "regression", {"rmse": 2.0, "mae": 1.5, "r2": 0.5})
+        self.start_monitor("--quality-window", "1000", "--quality-window-seconds", "2", "--quality-min-rows", "5")
+        preds = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+        truth = [1.5, 1.0, 3.0, 6.0, 5.5, 6.0]
+        self.log_predictions("reg", v, preds, "r")
+        wait_for(lambda: self.quality("reg")["state"]["pending"] == 6, timeout=30)
+        self.feedback("reg", truth, "r", key="value")
+        self.feedback("reg", ["lots"], "r", key="label")        # a string label for a regressor
+        q = wait_for(lambda: (lambda b: b if b["reports"] else None)(self.quality("reg")), timeout=60)
+        self.assertEqual(q["labels"]["bad_label"], 1, q)
+        r = q["reports"][0]
+        self.assertEqual((r["task"], r["window"]["labelled"]), ("regression", 6))
+        n = len(preds)
+        err = [p - t for p, t in zip(preds, truth)]
+        mean = sum(truth) / n
+        want = {"rmse": math.sqrt(sum(e * e for e in err) / n), "mae": sum(abs(e) for e in err) / n,
+                "r2": 1 - sum(e * e for e in err) / sum((t - mean) ** 2 for t in truth),
+                "mean_error": sum(err) / n}
+        for k, w in want.items():
+            self.assertAlmostEqual(r["metrics"][k]["live"], w, places=12, msg=k)
+        self.assertEqual(r["metrics"]["rmse"]["reference"], 2.0)
+        self.assertFalse(r["degraded"], r)   # rmse 0.91 < 2.0; r2 ~0.87 > 0.5
+        self.assertIsNone(r["metrics"]["mean_error"]["reference"])
+
+
 class QualityLoopTest(ServiceTest):
     """serve -> feedback at ingest -> monitor quality -> alert -> retrain requested."""
 
