@@ -683,7 +683,8 @@ static int feedback_body(qn_conn *c, void *arg, qn_err *err)
         (x->joined && (rc = counter_add(c, model, "hit_joined", 1, err)) < 0) ||
         (x->hit && (rc = counter_add(c, model, "hits", 1, err)) < 0))
         return rc;
-    return hit_counts(c, model, &x->tj, &x->th, err);
+    /* the hit-rate gauge moves only with purchases */
+    return x->purchase ? hit_counts(c, model, &x->tj, &x->th, err) : 0;
 }
 
 static int on_feedback(monitor *m, const qn_msg *msg, const json_t *data, qn_err *err)
