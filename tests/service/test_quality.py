@@ -31,6 +31,14 @@ from harness import Service, ServiceTest, WORK
 from test_monitor import sha, wait_for
 
 
+def assert_clean_logs(test):
+    """Sanitizer reports land in the services' logs (ASan/UBSan builds)."""
+    for s in test.services:
+        log = s.log()
+        for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            test.assertNotIn(bad, log, f"{s.name}: {log[log.find(bad):][:3000]}")
+
+
 def auc_of(y, s):
     """Mann-Whitney AUC with average ranks for ties."""
     order = sorted(range(len(s)), key=lambda i: s[i])
@@ -61,10 +69,7 @@ class QualityMonitorTest(ServiceTest):
 
     def tearDown(self):
         super().tearDown()
-        for s in [s for s in self.services if s.name == "monitor"]:
-            log = s.log()
-            for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
-                self.assertNotIn(bad, log, f"{s.name}: {log[log.find(bad):][:3000]}")
+        assert_clean_logs(self)
         shutil.rmtree(self.home, ignore_errors=True)
 
     def start_monitor(self, *extra):
@@ -228,6 +233,7 @@ class QualityLoopTest(ServiceTest):
 
     def tearDown(self):
         super().tearDown()
+        assert_clean_logs(self)
         shutil.rmtree(self.home, ignore_errors=True)
 
     def put_blob(self, data):
@@ -403,6 +409,7 @@ class QualityRuleTest(ServiceTest):
 
     def tearDown(self):
         super().tearDown()
+        assert_clean_logs(self)
         shutil.rmtree(self.home, ignore_errors=True)
 
     @staticmethod
