@@ -24,7 +24,7 @@ typedef struct monitor_cfg {
     int publish_all;
     char *hit_outcomes;
     char *alias;
-    long long label_horizon_ms, max_pending, quality_window, quality_window_seconds, quality_min_rows;
+    long long label_horizon_ms, label_grace_ms, max_pending, quality_window, quality_window_seconds, quality_min_rows;
     char *quality_margin;
 } monitor_cfg;
 
@@ -57,6 +57,9 @@ static const qn_cfg_opt opts[] = {
     {"label-horizon", "QUERN_MONITOR_LABEL_HORIZON", QN_CFG_DURATION, "24h", 1000, 90LL * 86400000,
      "How long a logged prediction waits for its label (feedback with its request id)",
      offsetof(monitor_cfg, label_horizon_ms)},
+    {"label-grace", "QUERN_MONITOR_LABEL_GRACE", QN_CFG_DURATION, "30s", 0, 3600000,
+     "How long a label whose prediction is not logged yet waits for it (0: counted unjoined at once)",
+     offsetof(monitor_cfg, label_grace_ms)},
     {"max-pending", "QUERN_MONITOR_MAX_PENDING", QN_CFG_INT, "500000", 1, 100000000,
      "Logged predictions held for the label join, all models (the oldest make way)",
      offsetof(monitor_cfg, max_pending)},
@@ -194,6 +197,7 @@ static int monitor_start(qn_service_ctx *ctx, qn_err *err)
     m->hit_outcomes = strdup(cfg->hit_outcomes ? cfg->hit_outcomes : "");
     m->alias = strdup(cfg->alias ? cfg->alias : "production");
     m->label_horizon_ms = cfg->label_horizon_ms;
+    m->label_grace_ms = cfg->label_grace_ms;
     m->max_pending = cfg->max_pending;
     m->quality_window = cfg->quality_window;
     m->quality_window_seconds = cfg->quality_window_seconds;

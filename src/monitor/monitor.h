@@ -102,7 +102,7 @@ typedef struct monitor {
     qn_metric *m_skipped;     /* quern_monitor_predictions_skipped_total{reason} */
     /* quality (quality.c): the label join, quality windows, estimates */
     mon_quality *quality;
-    int64_t label_horizon_ms, max_pending, quality_window, quality_window_seconds, quality_min_rows;
+    int64_t label_horizon_ms, label_grace_ms, max_pending, quality_window, quality_window_seconds, quality_min_rows;
     double quality_margin;
     qn_metric *m_quality;        /* quern_quality{model,version,metric} */
     qn_metric *m_estimated;      /* quern_quality_estimated{model,version,metric} */
@@ -119,7 +119,9 @@ void mon_ticker_stop(monitor *m);
 int mon_close_due(monitor *m, const char *model, int force, qn_err *err);
 
 /* quality.c (under m->mu) */
-enum { MON_LABEL_NONE, MON_LABEL_JOINED, MON_LABEL_UNJOINED, MON_LABEL_BAD };
+/* HELD: not pending yet; held for --label-grace, then joined or unjoined
+ * (counted then, not in the feedback's own transaction). */
+enum { MON_LABEL_NONE, MON_LABEL_JOINED, MON_LABEL_UNJOINED, MON_LABEL_BAD, MON_LABEL_HELD };
 typedef struct mon_label {
     int result;       /* MON_LABEL_* */
     double y;         /* the label as a number */

@@ -10,8 +10,11 @@
  * the memory bound: about 100 bytes plus the id per entry (the default,
  * 500000 entries, is ~70 MB at most). A request that logged several rows
  * has several entries under one id; feedback joins them in row order.
- * Feedback with a label or value for an id that is not pending (never
- * logged, not sampled, expired, or another model's) counts as "unjoined";
+ * Feedback with a label or value for an id that is not pending is held for
+ * --label-grace (at most MAX_HELD labels, the oldest make way): serve
+ * publishes its log every second, so a fast label may come first; if the
+ * prediction arrives meanwhile they join, else the label counts as
+ * "unjoined" (never logged, not sampled, expired, or another model's);
  * a label that is not a number (or a boolean) counts as "bad_label". Both
  * are tallied, neither stops the consumer.
  *
@@ -110,11 +113,27 @@ typedef struct qmodel {
     struct qmodel *next;
 } qmodel;
 
+/* A label that came before its prediction's log (held for --label-grace). */
+typedef struct qheld {
+    struct qheld *hnext, *newer;
+    int64_t arrived;
+    double y;
+    uint64_t hash;
+    char model[129];
+    char id[];
+} qheld;
+
+#define HELD_BUCKETS 4096
+#define MAX_HELD 100000
+
 struct mon_quality {
     qmodel *models;
     qpend **buckets;
     size_t nbuckets, count;
     qpend *oldest, *newest;
+    qheld *held[HELD_BUCKETS];
+    qheld *held_oldest, *held_newest;
+    size_t n_held;
 };
 
 /* ---- the pending table -------------------------------------------------- */
@@ -729,6 +748,11 @@ void mon_quality_free(monitor *m)
         }
         free(qm);
     }
+    for (qheld *h = q->held_oldest; h;) {
+        qheld *nx = h->newer;
+        free(h);
+        h = nx;
+    }
     free(q->buckets);
     free(q);
     m->quality = NULL;
@@ -739,6 +763,10 @@ static void count(monitor *m, const char *model, const char *result, double n)
     const char *l[] = {model, result};
     qn_counter_add(m->m_labels, l, n);
 }
+
+static void persist_count(monitor *m, const char *model, const char *name, int64_t n);
+static void join_pending(monitor *m, qpend *e, double y);
+static int held_take(mon_quality *q, const char *model, const char *id, uint64_t hash, double *y);
 
 /* The prediction as a score: a number; the argmax of an array (multiclass);
  * NAN for anything else (a recommender's object). */
@@ -845,6 +873,12 @@ void mon_quality_predictions(monitor *m, const char *model, int64_t version, con
         q->count++;
         qm->pending++;
         added++;
+        double y;
+        if (q->n_held && held_take(q, model, id, e->hash, &y)) {
+            count(m, model, "joined", 1);
+            persist_count(m, model, "joined", 1);
+            join_pending(m, e, y);
+        }
     }
     if (added || evicted)
         qn_gauge_set(m->m_pending, NULL, (double)q->count);
@@ -884,7 +918,7 @@ int mon_quality_peek(monitor *m, const json_t *data, mon_label *out)
         return out->result = MON_LABEL_BAD;
     out->y = y;
     out->pending = find_pending(m->quality, model, id);
-    return out->result = out->pending ? MON_LABEL_JOINED : MON_LABEL_UNJOINED;
+    return out->result = out->pending ? MON_LABEL_JOINED : m->label_grace_ms > 0 ? MON_LABEL_HELD : MON_LABEL_UNJOINED;
 }
 
 const char *mon_label_name(int result)
@@ -897,16 +931,39 @@ const char *mon_label_name(int result)
     }
 }
 
-void mon_quality_apply(monitor *m, const json_t *data, const mon_label *l)
+/* Adds the label count to the store's counters (labels_<name>), in its own
+ * transaction: for results decided after the feedback's own transaction. */
+static void persist_count(monitor *m, const char *model, const char *name, int64_t n)
 {
-    const char *model = json_string_value(json_object_get(data, "model"));
-    const char *name = mon_label_name(l->result);
-    if (name)
-        count(m, model, name, 1);
-    if (l->result != MON_LABEL_JOINED)
-        return;
+    qn_err err;
+    char key[40];
+    snprintf(key, sizeof key, "labels_%s", name);
+    qn_conn *c = qn_store_acquire(m->db, &err);
+    if (!c)
+        goto fail;
+    qn_stmt *st = NULL;
+    if (qn_tx_begin(c, QN_TX_WRITE, &err) == 0 &&
+        (st = qn_prepare(c, "INSERT INTO counters (model, name, value) VALUES (?, ?, ?) ON CONFLICT (model, name) "
+                            "DO UPDATE SET value = counters.value + excluded.value", &err))) {
+        qn_bind_text(st, 1, model, -1);
+        qn_bind_text(st, 2, key, -1);
+        qn_bind_int64(st, 3, n);
+        if (qn_step(st, &err) >= 0 && qn_tx_commit(c, &err) == 0) {
+            qn_store_release(m->db, c);
+            return;
+        }
+    }
+    qn_tx_rollback(c);
+    qn_store_release(m->db, c);
+fail:
+    qn_log_warn(NULL, "label count not stored", "{s:s, s:s, s:s}", "model", model, "result", name, "detail", err.msg);
+}
+
+/* The pending prediction e meets its label y: out of the table, into the
+ * estimation window's labelled rows and the open quality window. */
+static void join_pending(monitor *m, qpend *e, double y)
+{
     mon_quality *q = m->quality;
-    qpend *e = l->pending;
     unlink_pending(q, e);
     qn_gauge_set(m->m_pending, NULL, (double)q->count);
     qmodel *qm = e->qm;
@@ -916,17 +973,92 @@ void mon_quality_apply(monitor *m, const json_t *data, const mon_label *l)
         qest *es = est_find(qv, e->est);
         if (es) {
             es->n_resolved++;
-            push2(&es->lab_score, &es->lab_y, &es->n_lab, &es->cap_lab, e->score, l->y);
+            push2(&es->lab_score, &es->lab_y, &es->n_lab, &es->cap_lab, e->score, y);
             if (realise_estimate(m, qm, qv, es, &err) < 0)
-                qn_log_warn(NULL, "estimate not stored", "{s:s, s:s}", "model", model, "detail", err.msg);
+                qn_log_warn(NULL, "estimate not stored", "{s:s, s:s}", "model", qm->name, "detail", err.msg);
         }
     }
     if (qv->n == 0)
         qv->started = qn_now_ms();
-    if (push2(&qv->score, &qv->y, &qv->n, &qv->cap, e->score, l->y) == 0 && qv->n >= (size_t)m->quality_window &&
+    if (push2(&qv->score, &qv->y, &qv->n, &qv->cap, e->score, y) == 0 && qv->n >= (size_t)m->quality_window &&
         close_quality(m, qm, qv, &err) < 0)
-        qn_log_warn(NULL, "quality report not stored", "{s:s, s:s}", "model", model, "detail", err.msg);
+        qn_log_warn(NULL, "quality report not stored", "{s:s, s:s}", "model", qm->name, "detail", err.msg);
     free(e);
+}
+
+/* The oldest held label leaves unjoined. */
+static void held_drop_oldest(monitor *m)
+{
+    mon_quality *q = m->quality;
+    qheld *h = q->held_oldest;
+    qheld **pp = &q->held[h->hash & (HELD_BUCKETS - 1)];
+    while (*pp && *pp != h)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = h->hnext;
+    q->held_oldest = h->newer;
+    if (!q->held_oldest)
+        q->held_newest = NULL;
+    q->n_held--;
+    count(m, h->model, "unjoined", 1);
+    persist_count(m, h->model, "unjoined", 1);
+    free(h);
+}
+
+/* Takes the held label of (model, id) out of the table (the list keeps it,
+ * marked with y = NAN, until it reaches the head). 1 with *y, or 0. */
+static int held_take(mon_quality *q, const char *model, const char *id, uint64_t hash, double *y)
+{
+    for (qheld **pp = &q->held[hash & (HELD_BUCKETS - 1)]; *pp; pp = &(*pp)->hnext) {
+        qheld *h = *pp;
+        if (h->hash == hash && !isnan(h->y) && strcmp(h->id, id) == 0 && strcmp(h->model, model) == 0) {
+            *y = h->y;
+            h->y = NAN;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void mon_quality_apply(monitor *m, const json_t *data, const mon_label *l)
+{
+    const char *model = json_string_value(json_object_get(data, "model"));
+    const char *name = mon_label_name(l->result);
+    if (name)
+        count(m, model, name, 1);
+    if (l->result == MON_LABEL_JOINED) {
+        join_pending(m, l->pending, l->y);
+        return;
+    }
+    if (l->result != MON_LABEL_HELD)
+        return;
+    /* Not logged yet, perhaps: serve publishes its log every second. Held
+     * for --label-grace, joined if its prediction comes, else unjoined. */
+    mon_quality *q = m->quality;
+    const char *id = json_string_value(json_object_get(data, "request_id"));
+    size_t idn = strlen(id);
+    qheld *h = calloc(1, sizeof *h + idn + 1);
+    if (!h) {
+        count(m, model, "unjoined", 1);
+        persist_count(m, model, "unjoined", 1);
+        return;
+    }
+    while (q->n_held >= MAX_HELD && q->held_oldest)
+        held_drop_oldest(m);
+    snprintf(h->model, sizeof h->model, "%s", model);
+    memcpy(h->id, id, idn + 1);
+    h->y = l->y;
+    h->arrived = qn_now_ms();
+    h->hash = key_hash(model, id);
+    qheld **pp = &q->held[h->hash & (HELD_BUCKETS - 1)];
+    h->hnext = *pp;
+    *pp = h;
+    if (q->held_newest)
+        q->held_newest->newer = h;
+    else
+        q->held_oldest = h;
+    q->held_newest = h;
+    q->n_held++;
 }
 
 void mon_quality_tick(monitor *m, int force_model_only, const char *model)
@@ -947,6 +1079,23 @@ void mon_quality_tick(monitor *m, int force_model_only, const char *model)
         }
         if (expired)
             qn_gauge_set(m->m_pending, NULL, (double)q->count);
+        while (q->held_oldest && (isnan(q->held_oldest->y) || now - q->held_oldest->arrived > m->label_grace_ms)) {
+            if (isnan(q->held_oldest->y)) { /* joined already: just leaves */
+                qheld *h = q->held_oldest;
+                qheld **pp = &q->held[h->hash & (HELD_BUCKETS - 1)];
+                while (*pp && *pp != h)
+                    pp = &(*pp)->hnext;
+                if (*pp)
+                    *pp = h->hnext;
+                q->held_oldest = h->newer;
+                if (!q->held_oldest)
+                    q->held_newest = NULL;
+                q->n_held--;
+                free(h);
+            } else {
+                held_drop_oldest(m);
+            }
+        }
     }
     for (qmodel *qm = q->models; qm; qm = qm->next) {
         if (model && strcmp(model, qm->name) != 0)
@@ -987,7 +1136,8 @@ json_t *mon_quality_state(monitor *m, const char *model)
                                                   qv->have_cal, "estimates_awaiting_labels", (json_int_t)awaiting));
         }
     }
-    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:o}", "pending", (json_int_t)pending, "pending_all_models",
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "held_labels", (json_int_t)m->quality->n_held,
+                     "pending", (json_int_t)pending, "pending_all_models",
                      (json_int_t)m->quality->count, "max_pending", (json_int_t)m->max_pending, "expired",
                      (json_int_t)(qm ? qm->expired : 0), "evicted", (json_int_t)(qm ? qm->evicted : 0), "windows",
                      open);

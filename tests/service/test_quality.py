@@ -75,7 +75,7 @@ class QualityMonitorTest(ServiceTest):
     def start_monitor(self, *extra):
         self.mon = self.start("monitor", data=os.path.join(self.home, "monitor"), env=self.env,
                               args=["--registry", f"http://127.0.0.1:{self.reg.port}", "--tick", "200ms",
-                                    "--bus-lease", "2s", *extra])
+                                    "--bus-lease", "2s", "--label-grace", "2s", *extra])
 
     def register(self, model, task, metrics):
         st, _, body = self.reg.request("PUT", f"/v1/blobs/{sha(b'weights')}", body=b"weights",
@@ -216,6 +216,24 @@ class QualityMonitorTest(ServiceTest):
         self.assertIsNone(r["metrics"]["mean_error"]["reference"])
 
 
+    def test_label_before_its_prediction_still_joins(self):
+        """A label may beat its prediction's log (serve publishes every second):
+        held for --label-grace, joined when the prediction comes; one whose
+        prediction never comes counts as unjoined once the grace is over."""
+        v = self.register("early", "regression", {"rmse": 1.0})
+        self.start_monitor("--quality-window", "5", "--label-grace", "20s")
+        self.feedback("early", [1.0, 2.0, 3.0, 4.0, 5.0], "e")
+        self.feedback("early", [9.0], "never-")
+        wait_for(lambda: self.quality("early")["state"]["held_labels"] == 6, timeout=30)
+        self.log_predictions("early", v, [1.0, 2.0, 3.0, 4.0, 6.0], "e")
+        q = wait_for(lambda: (lambda b: b if b["reports"] else None)(self.quality("early")), timeout=30)
+        self.assertEqual(q["labels"]["joined"], 5, q)
+        self.assertAlmostEqual(q["reports"][0]["metrics"]["mae"]["live"], 0.2, places=12)
+        q = wait_for(lambda: (lambda b: b if b["labels"]["unjoined"] == 1 else None)(self.quality("early")),
+                     timeout=60)
+        self.assertEqual(q["state"]["held_labels"], 0, q)
+
+
 class QualityLoopTest(ServiceTest):
     """serve -> feedback at ingest -> monitor quality -> alert -> retrain requested."""
 
@@ -292,7 +310,7 @@ class QualityLoopTest(ServiceTest):
         self.ing = self.start("ingest", data=os.path.join(self.home, "ingest"), env=self.env)
         self.mon = self.start("monitor", data=os.path.join(self.home, "monitor"), env=self.env,
                               args=["--registry", self.regurl, "--tick", "200ms", "--bus-lease", "2s",
-                                    "--quality-window", "20"])
+                                    "--quality-window", "20", "--label-grace", "2s"])
         self.al = self.start("alert", data=os.path.join(self.home, "alert"), env=self.env,
                              args=["--rules", rules_path, "--bus-lease", "2s"])
         wait_for(lambda: self.serve.request("POST", "/v2/models/demand/infer",
@@ -357,7 +375,7 @@ class QualityLoopTest(ServiceTest):
         self.ing = self.start("ingest", data=os.path.join(self.home, "ingest"), env=self.env)
         self.mon = self.start("monitor", data=os.path.join(self.home, "monitor"), env=self.env,
                               args=["--registry", self.regurl, "--tick", "200ms", "--bus-lease", "2s",
-                                    "--quality-window", "1000"])
+                                    "--quality-window", "1000", "--label-grace", "2s"])
         wait_for(lambda: self.serve.request("POST", "/v2/models/half/infer",
                                             {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1],
                                                          "data": [0.0]}]})[0] == 200, timeout=30)
