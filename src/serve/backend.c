@@ -251,9 +251,6 @@ static void log_tabular(serve *s, serve_model *m, serve_version *v, const oip_in
 {
     if (!s->predlog || !serve_predlog_sample(m->sample_rate))
         return;
-    char rid[QN_UUID_LEN + 1];
-    if (!rq->id || !*rq->id)
-        qn_uuid4(rid);
     size_t n = b->n_rows < 16 ? b->n_rows : 16; /* a sampled request logs at most 16 rows */
     for (size_t r = 0; r < n; r++) {
         json_t *f = json_object();
@@ -275,7 +272,7 @@ static void log_tabular(serve *s, serve_model *m, serve_version *v, const oip_in
             for (size_t k = 0; k < w && p; k++)
                 json_array_append_new(p, json_real(out[r * w + k]));
         }
-        serve_predlog_add(s->predlog, m->name, v->vstr, rq->id && *rq->id ? rq->id : rid, f, p);
+        serve_predlog_add(s->predlog, m->name, v->vstr, rq->id, f, p);
     }
 }
 
@@ -697,8 +694,6 @@ static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer
             ((uint8_t *)o->data)[r] = (uint8_t)(fb[r] != 0);
     }
     if (s->predlog && n > 0 && serve_predlog_sample(m->sample_rate)) {
-        char rid[QN_UUID_LEN + 1];
-        qn_uuid4(rid);
         json_t *items = json_array();
         for (int j = 0; j < counts[0] && items; j++)
             json_array_append_new(items, json_string(recs[j].item_id));
@@ -714,7 +709,7 @@ static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer
             json_object_set_new(features, "item_popularity", json_real(pop));
         }
         free(uid);
-        serve_predlog_add(s->predlog, m->name, v->vstr, rq->id && *rq->id ? rq->id : rid, features,
+        serve_predlog_add(s->predlog, m->name, v->vstr, rq->id, features,
                           json_pack("{s:o, s:b}", "items", items ? items : json_array(),
                                     "fallback", fb[0]));
     }
@@ -817,8 +812,18 @@ static int be_infer(void *ud, const oip_infer_request *rq, oip_infer_response *r
         return rc;
     rs->model = strdup(m->name);
     rs->version = strdup(v->vstr);
-    rs->id = rq->id ? strdup(rq->id) : NULL;
-    if (!rs->model || !rs->version || (rq->id && !rs->id))
+    /* Every answer carries the id its prediction is logged under: the
+     * request's, or one made here, so a client can send feedback for it
+     * (quern-monitor joins feedback to logged predictions by this id). */
+    char made[QN_UUID_LEN + 1];
+    oip_infer_request with_id = *rq;
+    if (!rq->id || !*rq->id) {
+        qn_uuid4(made);
+        with_id.id = made;
+    }
+    rq = &with_id;
+    rs->id = strdup(rq->id);
+    if (!rs->model || !rs->version || !rs->id)
         rc = oom(err);
     else if (v->is_als)
         rc = infer_als(s, m, v, rq, rs, err);
