@@ -18,9 +18,10 @@
  *    "contributions":[{"item","score"}]}]}.
  * Parameters: "by" ("column", the default, or "feature") for tabular
  * models; "k" (past items shown, default 10) and "exclude_seen" for ALS.
- * Errors follow DESIGN.md section 1 (this is a /v1 route): 400 naming the
- * input or parameter, 404 for an unknown model, version, user or item, 409
- * when there is nothing to explain.
+ * Errors follow DESIGN.md section 1 (this is a /v1 route): 400
+ * invalid_argument naming the input or parameter, 404 for an unknown model,
+ * version, user or item, 400 failed_precondition when there is nothing to
+ * explain (a user without past items).
  */
 #include <stdlib.h>
 #include <string.h>
