@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -250,6 +251,31 @@ static void test_linear_by_column_and_feature(void **state)
     qml_model_free(m);
 }
 
+typedef struct hammer_arg {
+    const qml_xgb *m;
+    const float *x;
+    size_t n, d;
+    const float *want;
+    int bad;
+} hammer_arg;
+
+static void *hammer(void *p)
+{
+    hammer_arg *a = p;
+    float *c = malloc(a->n * (a->d + 1) * sizeof *c), *prob = malloc(a->n * sizeof *prob);
+    qn_err err;
+    for (int it = 0; it < 30; it++) {
+        size_t off = (size_t)it % 7, n = a->n - off; /* different batches each time */
+        if (qml_xgb_predict(a->m, a->x + off * a->d, n, a->d, prob, &err) < 0 ||
+            qml_xgb_contribs(a->m, a->x + off * a->d, n, a->d, c, NULL, &err) < 0 ||
+            memcmp(c, a->want + off * (a->d + 1), n * (a->d + 1) * sizeof *c) != 0)
+            a->bad++;
+    }
+    free(c);
+    free(prob);
+    return NULL;
+}
+
 static void test_xgboost_sums_to_the_margin(void **state)
 {
     (void)state;
@@ -283,6 +309,17 @@ static void test_xgboost_sums_to_the_margin(void **state)
     }
     /* the bias carries the base score: logit(0.3) plus the trees' mean */
     assert_true(c[D] == c[(N - 1) * (D + 1) + D]);
+    /* from 4 threads at once, interleaved with predictions: the serial answers */
+    hammer_arg ha[4];
+    pthread_t th[4];
+    for (int t = 0; t < 4; t++) {
+        ha[t] = (hammer_arg){.m = m, .x = x, .n = N, .d = D, .want = c, .bad = 0};
+        assert_int_equal(pthread_create(&th[t], NULL, hammer, &ha[t]), 0);
+    }
+    for (int t = 0; t < 4; t++) {
+        pthread_join(th[t], NULL);
+        assert_int_equal(ha[t].bad, 0);
+    }
     assert_int_equal(qml_xgb_contribs(m, x, N, D + 1, c, NULL, &err), QN_INVALID_ARGUMENT);
     assert_non_null(strstr(err.msg, "5 features"));
     assert_int_equal(qml_xgb_contribs(m, x, 0, D, c, NULL, &err), 0);
