@@ -7,15 +7,16 @@
  * serve_read_infer, backend.c's serve_rows_read), so every form infer takes
  * works here: one input per column or one 2-D tensor, JSON or Triton's
  * binary extension. Tabular models answer
- *   {"model","version","id"?,"kind","method","link","by","rows","outputs"?,
+ *   {"model","version","id","kind","method","link","by","rows","outputs"?,
  *    "bias":[..],"margin":[..],"contributions":[{"feature","values":[..]}]}
  * where every per-row list holds one number per row, or (multiclass) one
  * list per row in the classes' order ("outputs" names them). ALS models take
  * "user_id" (BYTES [n]) and optionally "item_id" (BYTES [n], the item to
  * explain; else the user's top recommendation) and answer
- *   {"model","version","id"?,"kind":"als","method","explanations":[{"user",
+ *   {"model","version","id","kind":"als","method","explanations":[{"user",
  *    "item","recommended","score","explained_score","past_items",
  *    "contributions":[{"item","score"}]}]}.
+ * "id" is the request's id, or a UUID made here when it has none.
  * Parameters: "by" ("column", the default, or "feature") for tabular
  * models; "k" (past items shown, default 10) and "exclude_seen" for ALS.
  * Errors follow DESIGN.md section 1 (this is a /v1 route): 400
@@ -27,6 +28,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "core/trace.h"
 #include "ml/explain.h"
 #include "serve/oip_json.h"
 #include "serve/serve.h"
@@ -289,7 +291,12 @@ int serve_h_explain(qn_req *req, qn_res *res, void *ud)
         pr.rq.version = version;
         out = json_pack("{s:s, s:s, s:s}", "model", m->name, "version", v->vstr, "kind",
                         qml_model_kind(v->model));
-        if (out && pr.rq.id && json_object_set_new(out, "id", json_string(pr.rq.id)) < 0)
+        /* Every answer carries the request id: the client's, or one made here. */
+        char rid[QN_UUID_LEN + 1];
+        if (!pr.rq.id || !*pr.rq.id)
+            qn_uuid4(rid);
+        if (out && json_object_set_new(out, "id", json_string(pr.rq.id && *pr.rq.id ? pr.rq.id
+                                                                                     : rid)) < 0)
             json_decref(out), out = NULL;
         if (!out)
             rc = oom(&err);

@@ -332,6 +332,7 @@ class ServeExplainTest(unittest.TestCase):
         st, _, body = self.explain("recs", body_in, parameters={"k": 3})
         self.assertEqual(st, 200, body)
         self.assertEqual((body["kind"], body["method"]), ("als", "als_explain"))
+        self.assertRegex(body["id"], r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-")  # made by serve
         self.assertEqual(len(body["explanations"]), 3)
         for e, user in zip(body["explanations"], users):
             u = int(user[1:])
