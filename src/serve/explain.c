@@ -7,10 +7,10 @@
  * serve_read_infer, backend.c's serve_rows_read), so every form infer takes
  * works here: one input per column or one 2-D tensor, JSON or Triton's
  * binary extension. Tabular models answer
- *   {"model","version","id","kind","method","link","by","rows","outputs"?,
+ *   {"model","version","id","kind","method","link","by","rows","classes"?,
  *    "bias":[..],"margin":[..],"contributions":[{"feature","values":[..]}]}
  * where every per-row list holds one number per row, or (multiclass) one
- * list per row in the classes' order ("outputs" names them). ALS models take
+ * list per row in the order of "classes". ALS models take
  * "user_id" (BYTES [n]) and optionally "item_id" (BYTES [n], the item to
  * explain; else the user's top recommendation) and answer
  *   {"model","version","id","kind":"als","method","explanations":[{"user",
@@ -29,6 +29,7 @@
 
 #include "core/log.h"
 #include "core/trace.h"
+#include "core/utf8.h"
 #include "ml/explain.h"
 #include "serve/oip_json.h"
 #include "serve/serve.h"
@@ -130,7 +131,7 @@ static int explain_tabular(serve *s, serve_version *v, const oip_infer_request *
         json_t *cls = json_array();
         for (size_t k = 0; k < nc && k < no && cls; k++)
             json_array_append_new(cls, json_real(cl[k]));
-        bad |= json_object_set_new(out, "outputs", cls) < 0;
+        bad |= json_object_set_new(out, "classes", cls) < 0;
     }
     bad |= json_object_set_new(out, "bias", bias) < 0;
     bad |= json_object_set_new(out, "margin", margin) < 0;
@@ -153,9 +154,11 @@ static int read_ids(const oip_tensor *t, size_t n, char ***ids, qn_err *err)
     *ids = a;
     for (size_t i = 0; i < n; i++) {
         const oip_bytes *b = &t->bytes[i];
-        if (!b->len || b->len > 256 || memchr(b->p, '\0', b->len))
+        if (!b->len || b->len > 256 || memchr(b->p, '\0', b->len) ||
+            !qn_utf8_valid((const char *)b->p, b->len))
             return qn_err_set(err, QN_INVALID_ARGUMENT,
-                              "input '%s', element %zu: an id is 1 to 256 bytes without NUL",
+                              "input '%s', element %zu: an id is 1 to 256 bytes of UTF-8 text "
+                              "without NUL",
                               t->name, i);
         if (!(a[i] = strndup((const char *)b->p, b->len)))
             return oom(err);

@@ -252,7 +252,7 @@ class ServeExplainTest(unittest.TestCase):
         st, _, body = self.explain("multi", self.columns(rows))
         self.assertEqual(st, 200, body)
         self.assertEqual(body["link"], "softmax")
-        self.assertEqual(body["outputs"], [0.0, 1.0, 2.0])
+        self.assertEqual(body["classes"], [0.0, 1.0, 2.0])
         c, _ = self.contrib_matrix(body)  # [rows, F, 3]
         want = self.multi.predict(xgb.DMatrix(rows), pred_contribs=True)  # [rows, 3, F + 1]
         margin = self.multi.predict(xgb.DMatrix(rows), output_margin=True)  # [rows, 3]
@@ -417,6 +417,14 @@ class ServeExplainTest(unittest.TestCase):
         self.assertStdError(e("recs", [{"name": "user_id", "datatype": "FP32", "shape": [1],
                                         "data": [1]}]), 400, "invalid_argument", "user_id",
                             "BYTES")
+        # an id that is not UTF-8 text (only the binary extension can carry one)
+        head = json.dumps({"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1],
+                                       "parameters": {"binary_data_size": 6}}]}).encode()
+        self.assertStdError(self.serve.request(
+            "POST", "/v1/models/recs/explain", head + struct.pack("<I", 2) + b"u\xff",
+            headers={"Content-Type": "application/octet-stream",
+                     "Inference-Header-Content-Length": str(len(head))}),
+            400, "invalid_argument", "user_id", "UTF-8")
         st, _, _ = self.serve.request("GET", "/v1/models/adult/explain")
         self.assertEqual(st, 405)
 
