@@ -152,8 +152,27 @@ out:
 
 /* ---- ALS ------------------------------------------------------------------------ */
 
-int qml_als_explain(const qml_als *m, int32_t user, int32_t item, double lambda,
-                    double confidence, int n, qml_als_rec *out, double *total, qn_err *err)
+double *qml_als_gram(const qml_als *m)
+{
+    int f = qml_als_factors(m);
+    int32_t ni = qml_als_n_items(m);
+    /* Only read: the accessor is not const because training writes through it. */
+    const float *Y = qml_als_item_factors((qml_als *)m);
+    double *G = calloc((size_t)f * (size_t)f, sizeof *G);
+    if (!G)
+        return NULL;
+    for (int32_t i = 0; i < ni; i++) {
+        const float *y = Y + (size_t)i * f;
+        for (int a = 0; a < f; a++)
+            for (int c = a; c < f; c++)
+                G[a * f + c] += (double)y[a] * y[c];
+    }
+    return G;
+}
+
+int qml_als_explain(const qml_als *m, const double *gram, int32_t user, int32_t item,
+                    double lambda, double confidence, int n, qml_als_rec *out, double *total,
+                    qn_err *err)
 {
     if (n < 1)
         return qn_err_set(err, QN_INVALID_ARGUMENT, "the number of past items to show must be "
@@ -171,11 +190,9 @@ int qml_als_explain(const qml_als *m, int32_t user, int32_t item, double lambda,
         return qn_err_set(err, QN_FAILED_PRECONDITION,
                           "the user has no past items: there is nothing to explain");
     int f = qml_als_factors(m);
-    int32_t ni = qml_als_n_items(m);
-    /* Only read: the accessor is not const because training writes through it. */
-    const float *Y = qml_als_item_factors((qml_als *)m);
-    double *A = calloc((size_t)f * (size_t)f, sizeof *A), *w = malloc((size_t)f * sizeof *w);
-    double *s = malloc((size_t)ns * sizeof *s);
+    const float *Y = qml_als_item_factors((qml_als *)m); /* only read */
+    double *A = gram ? malloc((size_t)f * (size_t)f * sizeof *A) : qml_als_gram(m);
+    double *w = malloc((size_t)f * sizeof *w), *s = malloc((size_t)ns * sizeof *s);
     int rc = 0;
     if (!A || !w || !s) {
         rc = oom(err);
@@ -183,12 +200,8 @@ int qml_als_explain(const qml_als *m, int32_t user, int32_t item, double lambda,
     }
     /* A = Y'Y + lambda I + (c - 1) sum over past items of y_i y_i' (upper
      * triangle, row-major): Y'C_uY + lambda I with C_u = I + (c - 1) P_u. */
-    for (int32_t i = 0; i < ni; i++) {
-        const float *y = Y + (size_t)i * f;
-        for (int a = 0; a < f; a++)
-            for (int c = a; c < f; c++)
-                A[a * f + c] += (double)y[a] * y[c];
-    }
+    if (gram)
+        memcpy(A, gram, (size_t)f * (size_t)f * sizeof *A);
     for (int64_t k = 0; k < ns; k++) {
         const float *y = Y + (size_t)seen[k] * f;
         for (int a = 0; a < f; a++)
@@ -299,7 +312,8 @@ int qml_model_explain_rec(const qml_model *m, const char *user_id, const char *i
     qml_als_rec *recs = malloc((size_t)n * sizeof *recs);
     if (!recs)
         return oom(err);
-    int got = qml_als_explain(als, u, it, lambda, 1 + alpha, n, recs, &info->total, err);
+    int got = qml_als_explain(als, qml__model_als_gram(m), u, it, lambda, 1 + alpha, n, recs,
+                              &info->total, err);
     for (int i = 0; i < got; i++)
         out[i] = (qml_model_rec){qml_als_item_id(als, recs[i].item), recs[i].score};
     free(recs);

@@ -108,13 +108,21 @@ int qml_model_explain_rec(const qml_model *m, const char *user_id, const char *i
                           int exclude_seen, int n, qml_model_rec *out, qml_rec_explanation *info,
                           qn_err *err);
 
+/* Y'Y of m's item factors: factors x factors doubles, row-major, upper
+ * triangle filled (the part of every user's system that does not depend on
+ * the user; implicit caches it as YtY). malloc'd; NULL when out of memory.
+ * qml_model makes it once at load. */
+double *qml_als_gram(const qml_als *m);
+
 /* The ALS computation on indices: the contributions c * (y_item' W_u y_i)
  * of user's past items, the top n best first into out (ties: lower item
  * index first), their total in *total. Returns the number written, or
+ * gram is qml_als_gram(m), or NULL to compute it here (O(items x factors^2)).
  * QN_INVALID_ARGUMENT (indices out of range, n < 1, negative lambda or
  * confidence below 1), QN_FAILED_PRECONDITION (no past items; a system that
  * is not positive definite), QN_RESOURCE_EXHAUSTED. Thread-safe. */
-int qml_als_explain(const qml_als *m, int32_t user, int32_t item, double lambda,
-                    double confidence, int n, qml_als_rec *out, double *total, qn_err *err);
+int qml_als_explain(const qml_als *m, const double *gram, int32_t user, int32_t item,
+                    double lambda, double confidence, int n, qml_als_rec *out, double *total,
+                    qn_err *err);
 
 #endif

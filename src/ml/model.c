@@ -9,6 +9,7 @@
  */
 #include "ml/model.h"
 #include "core/json.h"
+#include "ml/explain.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@ struct qml_model {
     qml_linear *lin;
     qml_xgb *xgb;
     qml_als *als;
+    double *als_gram;            /* ALS: Y'Y of the item factors, for explanations */
     double *classes;
     size_t n_classes;
     int k;
@@ -63,6 +65,7 @@ void qml_model_free(qml_model *m)
     qml_linear_free(m->lin);
     qml_xgb_free(m->xgb);
     qml_als_free(m->als);
+    free(m->als_gram);
     free(m->classes);
     free_specs(m->in, m->n_in);
     free_specs(m->out, m->n_out);
@@ -238,6 +241,8 @@ int qml__model_new_als(qml_als *als, int k, qml_model **out, qn_err *err)
     int rc = add_spec(&m->in, &m->n_in, "user_id", "BYTES", vec, 1, err);
     if (rc == 0)
         rc = default_outputs(m, err);
+    if (rc == 0 && !(m->als_gram = qml_als_gram(als)))
+        rc = oom(err);
     if (rc < 0)
         qml_model_free(m);
     else
@@ -455,6 +460,10 @@ int qml_model_load(const char *dir, const qml_model_opts *opts, qml_model **out,
             }
         if ((rc = qml_als_load(qml_bundle_dir(m->bundle), &m->als, err)) < 0)
             goto out;
+        if (!(m->als_gram = qml_als_gram(m->als))) {
+            rc = oom(err);
+            goto out;
+        }
         if (m->n_in != 1 || strcmp(m->in[0].name, "user_id")) {
             rc = qn_err_set(err, QN_INVALID_ARGUMENT, "als bundle %s: inputs must be "
                             "[\"user_id\"]", dir);
@@ -559,6 +568,7 @@ const qml_features *qml_model_features(const qml_model *m) { return m->features;
 const qml_als *qml_model_als(const qml_model *m) { return m->als; }
 const qml_linear *qml_model_linear(const qml_model *m) { return m->lin; }
 const qml_xgb *qml_model_xgb(const qml_model *m) { return m->xgb; }
+const double *qml__model_als_gram(const qml_model *m) { return m->als_gram; }
 
 /* ---- prediction ------------------------------------------------------------------ */
 

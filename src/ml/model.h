@@ -230,6 +230,9 @@ int qml__model_save_file(const qml_model *m, char **buf, size_t *len, qn_err *er
 /* The files of an ALS bundle, as qml_als_save names them. */
 #define QML__ALS_NFILES 7
 extern const char *const qml__als_files[QML__ALS_NFILES];
+/* ALS: Y'Y of the item factors (qml_als_gram), made once at load for
+ * explanations (explain.h); NULL for other kinds. */
+const double *qml__model_als_gram(const qml_model *m);
 /* Attaches the manifest written for m (taken over). */
 void qml__model_set_manifest(qml_model *m, qml_manifest *manifest);
 

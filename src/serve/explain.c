@@ -239,7 +239,8 @@ static int explain_als(serve_version *v, const oip_infer_request *rq, json_t *ou
         rc = oom(err);
         goto out;
     }
-    if ((rc = read_ids(user, n, &uids, err)) < 0 || (item && (rc = read_ids(item, n, &iids, err)) < 0))
+    if ((rc = read_ids(user, n, &uids, err)) < 0 ||
+        (item && (rc = read_ids(item, n, &iids, err)) < 0))
         goto out;
     for (size_t r = 0; r < n; r++) {
         qml_rec_explanation x;

@@ -98,6 +98,8 @@ static void test_als_against_reference(void **state)
     const float *Y = qml_als_item_factors(m);
     const double lambda = 0.05, conf = 3.0;
     qn_err err;
+    double *gram = qml_als_gram(m);
+    assert_non_null(gram);
     for (int32_t u = 0; u < NU - 1; u++) {
         const int32_t *seen;
         int64_t ns = qml_als_seen(m, u, &seen);
@@ -122,7 +124,7 @@ static void test_als_against_reference(void **state)
         for (int32_t j = 0; j < NI; j += 3) {
             qml_als_rec out[32];
             double total = NAN;
-            int got = qml_als_explain(m, u, j, lambda, conf, 32, out, &total, &err);
+            int got = qml_als_explain(m, gram, u, j, lambda, conf, 32, out, &total, &err);
             assert_int_equal(got, (int)ns);
             double want_total = 0, yj[NF], w[NF];
             for (int a = 0; a < NF; a++) {
@@ -147,21 +149,33 @@ static void test_als_against_reference(void **state)
             /* the top 1 is the first of the full list */
             qml_als_rec one;
             double t1;
-            assert_int_equal(qml_als_explain(m, u, j, lambda, conf, 1, &one, &t1, &err), 1);
+            assert_int_equal(qml_als_explain(m, gram, u, j, lambda, conf, 1, &one, &t1, &err), 1);
             assert_int_equal(one.item, out[0].item);
             assert_true(t1 == total);
         }
     }
     qml_als_rec r[4];
     double t;
-    assert_int_equal(qml_als_explain(m, NU - 1, 0, lambda, conf, 4, r, &t, &err),
+    assert_int_equal(qml_als_explain(m, gram, NU - 1, 0, lambda, conf, 4, r, &t, &err),
                      QN_FAILED_PRECONDITION);
     assert_non_null(strstr(err.msg, "no past items"));
-    assert_int_equal(qml_als_explain(m, NU, 0, lambda, conf, 4, r, &t, &err), QN_INVALID_ARGUMENT);
-    assert_int_equal(qml_als_explain(m, 0, NI, lambda, conf, 4, r, &t, &err), QN_INVALID_ARGUMENT);
-    assert_int_equal(qml_als_explain(m, 0, 0, lambda, conf, 0, r, &t, &err), QN_INVALID_ARGUMENT);
-    assert_int_equal(qml_als_explain(m, 0, 0, -1, conf, 4, r, &t, &err), QN_INVALID_ARGUMENT);
-    assert_int_equal(qml_als_explain(m, 0, 0, lambda, 0.5, 4, r, &t, &err), QN_INVALID_ARGUMENT);
+    /* out of range, no room, negative lambda, confidence below 1 */
+    const int32_t bad[][2] = {{NU, 0}, {0, NI}, {0, 0}, {0, 0}, {0, 0}};
+    const double bl[] = {lambda, lambda, lambda, -1, lambda}, bc[] = {conf, conf, conf, conf, 0.5};
+    const int bn[] = {4, 4, 0, 4, 4};
+    for (int q = 0; q < 5; q++)
+        assert_int_equal(qml_als_explain(m, gram, bad[q][0], bad[q][1], bl[q], bc[q], bn[q], r,
+                                         &t, &err),
+                         QN_INVALID_ARGUMENT);
+    /* without a gram it is computed on the spot: the same answer */
+    qml_als_rec a[32], b[32];
+    double ta, tb;
+    int na = qml_als_explain(m, gram, 3, 7, lambda, conf, 32, a, &ta, &err);
+    assert_true(na >= 1);
+    assert_int_equal(qml_als_explain(m, NULL, 3, 7, lambda, conf, 32, b, &tb, &err), na);
+    assert_memory_equal(a, b, (size_t)na * sizeof *a);
+    assert_true(ta == tb);
+    free(gram);
     qml_als_free(m);
 }
 
