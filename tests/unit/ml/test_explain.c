@@ -265,6 +265,71 @@ static void test_linear_by_column_and_feature(void **state)
     qml_model_free(m);
 }
 
+/* Multiclass logistic (one margin per class, normalised sigmoids) and a
+ * linear regressor (the margin is the prediction). */
+static void test_linear_multiclass_and_regression(void **state)
+{
+    (void)state;
+    qn_err err;
+    const char *kinds[] = {"logistic", "linear"};
+    const char *json[] = {
+        "{\"format\":\"quern.linear/1\",\"kind\":\"logistic\",\"n_features\":6,"
+        "\"coef\":[[0.5,-2,1,2,3,4],[1,1,-1,0,0,1],[-0.5,0.25,0,0,2,-3]],"
+        "\"intercept\":[-0.25,0.5,1],\"classes\":[1,2,3]}",
+        "{\"format\":\"quern.linear/1\",\"kind\":\"linear\",\"n_features\":6,"
+        "\"coef\":[[0.5,-2,1,2,3,4]],\"intercept\":[7]}"};
+    double classes[] = {1, 2, 3};
+    for (int t = 0; t < 2; t++) {
+        qml_features *fs;
+        assert_int_equal(qml_features_from_json(features_json, strlen(features_json), &fs, &err),
+                         0);
+        qml_linear *lin;
+        assert_int_equal(qml_linear_from_json(json[t], strlen(json[t]), &lin, &err), 0);
+        qml_type types[] = {QML_NUMERIC, QML_NUMERIC, QML_CATEGORICAL};
+        qml_model *m;
+        assert_int_equal(qml__model_new_tabular(kinds[t], t ? QML_TASK_REGRESSION
+                                                            : QML_TASK_MULTICLASS,
+                                                fs, types, lin, NULL, t ? NULL : classes,
+                                                t ? 0 : 3, &m, &err),
+                         0);
+        double x[] = {6, -2}, y[] = {1, 0.5};
+        qml_str c[] = {{"d", 1}, {"a", 1}};
+        qml_input_col cols[] = {{"x", QML_INPUT_NUM, x, NULL},
+                                {"y", QML_INPUT_NUM, y, NULL},
+                                {"c", QML_INPUT_STR, NULL, c}};
+        qml_input_batch b = {.n_rows = 2, .n_cols = 3, .cols = cols};
+        qml_explanation e;
+        assert_int_equal(qml_model_explain(m, &b, QML_EXPLAIN_BY_COLUMN, &e, &err), 0);
+        size_t no = t ? 1 : 3;
+        assert_int_equal(e.n_outputs, no);
+        assert_string_equal(e.link, t ? "identity" : "normalised_logistic");
+        float pred[6];
+        assert_int_equal(qml_model_predict(m, &b, pred, &err), 0);
+        for (size_t r = 0; r < 2; r++) {
+            double norm = 0, sig[3];
+            for (size_t k = 0; k < no; k++) {
+                const double *ck = e.contrib + (r * no + k) * 3;
+                double sum = e.bias[r * no + k] + ck[0] + ck[1] + ck[2];
+                assert_true(fabs(sum - e.margin[r * no + k]) < 1e-12);
+                sig[k] = 1 / (1 + exp(-e.margin[r * no + k]));
+                norm += sig[k];
+            }
+            for (size_t k = 0; k < no; k++)
+                assert_true(fabs((t ? e.margin[r] : sig[k] / norm) - pred[r * no + k]) < 1e-5);
+        }
+        /* class 2 (k = 1), row 0: x (6 - 2) / 4 = 1 times 1; y 1 times 1; c=d
+         * (bucket 2) times 0 */
+        if (!t) {
+            assert_true(fabs(e.contrib[(0 * 3 + 1) * 3 + 0] - 1) < 1e-12);
+            assert_true(fabs(e.contrib[(0 * 3 + 1) * 3 + 1] - 1) < 1e-12);
+            assert_true(e.contrib[(0 * 3 + 1) * 3 + 2] == 0);
+            assert_true(e.bias[1] == 0.5);
+        }
+        qml_explanation_free(&e);
+        qml_model_free(m);
+    }
+}
+
 typedef struct hammer_arg {
     const qml_xgb *m;
     const float *x;
@@ -389,6 +454,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_als_against_reference),
         cmocka_unit_test(test_linear_by_column_and_feature),
+        cmocka_unit_test(test_linear_multiclass_and_regression),
         cmocka_unit_test(test_xgboost_sums_to_the_margin),
         cmocka_unit_test(test_kinds_refused),
     };
