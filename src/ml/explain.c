@@ -6,12 +6,13 @@
  * library is exact by construction, so nothing here re-implements the trees)
  * or coefficient times value for linear models, then, when asked, the
  * features of one raw column are added back into it. ALS solves the user's
- * normal equations by Cholesky (LAPACKE) and splits the score over the
- * user's past items, as implicit's explain does.
+ * normal equations by Cholesky and splits the score over the user's past
+ * items, as implicit's explain does. The system is factors x factors (tens
+ * to a few hundred), so the Cholesky is written out here rather than taken
+ * from LAPACK.
  */
 #include "ml/explain.h"
 
-#include <lapacke.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,6 +153,40 @@ out:
 
 /* ---- ALS ------------------------------------------------------------------------ */
 
+/* Solves A x = b for symmetric positive definite A (n x n, row-major, upper
+ * triangle read; overwritten by the factor R with A = R'R) in place of b.
+ * 0, or -1 when A is not positive definite. */
+static int cholesky_solve(double *A, int n, double *b)
+{
+    for (int j = 0; j < n; j++) {
+        for (int i = 0; i <= j; i++) {
+            double s = A[i * n + j];
+            for (int k = 0; k < i; k++)
+                s -= A[k * n + i] * A[k * n + j];
+            if (i < j) {
+                A[i * n + j] = s / A[i * n + i];
+            } else {
+                if (!(s > 0) || !isfinite(s))
+                    return -1;
+                A[j * n + j] = sqrt(s);
+            }
+        }
+    }
+    for (int i = 0; i < n; i++) { /* R'y = b */
+        double s = b[i];
+        for (int k = 0; k < i; k++)
+            s -= A[k * n + i] * b[k];
+        b[i] = s / A[i * n + i];
+    }
+    for (int i = n - 1; i >= 0; i--) { /* R x = y */
+        double s = b[i];
+        for (int k = i + 1; k < n; k++)
+            s -= A[i * n + k] * b[k];
+        b[i] = s / A[i * n + i];
+    }
+    return 0;
+}
+
 double *qml_als_gram(const qml_als *m)
 {
     int f = qml_als_factors(m);
@@ -213,8 +248,7 @@ int qml_als_explain(const qml_als *m, const double *gram, int32_t user, int32_t 
         w[a] = Y[(size_t)item * f + a];
     }
     /* w = A^-1 y_item: the item weighted by the user's W_u. */
-    if (LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', f, A, f) != 0 ||
-        LAPACKE_dpotrs(LAPACK_ROW_MAJOR, 'U', f, 1, A, f, w, 1) != 0) {
+    if (cholesky_solve(A, f, w) < 0) {
         rc = qn_err_set(err, QN_FAILED_PRECONDITION,
                         "the user's system Y'CY + lambda I is not positive definite (raise "
                         "the regularization)");
