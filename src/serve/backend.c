@@ -379,8 +379,15 @@ static int check_tensor2d(const serve_version *v, const oip_infer_request *rq,
     return 0;
 }
 
-static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
-                         oip_infer_response *rs, qn_err *err)
+void serve_rows_free(serve_rows *r)
+{
+    free(r->data);
+    free(r->cols);
+    memset(r, 0, sizeof *r);
+}
+
+int serve_rows_read(serve *s, serve_version *v, const oip_infer_request *rq, size_t out_width,
+                    serve_rows *sr, qn_err *err)
 {
     int rc;
     int64_t rows = -1;
@@ -394,10 +401,10 @@ static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_i
     unsigned char *data = NULL;
     if (!cols)
         return oom(err);
+    memset(sr, 0, sizeof *sr);
     const oip_tensor *t2 = tensor_input(v, rq);
     int in_order = !t2 && inputs_in_order(v, rq);
-    if ((!t2 && !in_order && (rc = check_input_names(v, rq, err)) < 0) ||
-        (rc = check_outputs(v->outputs, v->noutputs, NULL, rq, err)) < 0)
+    if (!t2 && !in_order && (rc = check_input_names(v, rq, err)) < 0)
         goto out;
     if (t2) {
         if ((rc = check_tensor2d(v, rq, t2, &rows, err)) < 0)
@@ -440,13 +447,13 @@ static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_i
     }
     if (rows < 0)
         rows = 0;
-    size_t w = qml_model_output_width(v->model), nr = (size_t)(rows ? rows : 1);
+    size_t w = out_width, nr = (size_t)(rows ? rows : 1);
     size_t col_bytes = nr * (sizeof(qml_str) > sizeof(double) ? sizeof(qml_str) : sizeof(double));
     if (!(data = malloc(v->ninputs * col_bytes + nr * (w ? w : 1) * sizeof(float)))) {
         rc = oom(err);
         goto out;
     }
-    float *out = (float *)(void *)(data + v->ninputs * col_bytes);
+    sr->out = (float *)(void *)(data + v->ninputs * col_bytes);
     for (size_t i = 0; i < v->ninputs; i++) {
         const oip_tensor *t = ts[i];
         void *buf = data + i * col_bytes;
@@ -483,7 +490,27 @@ static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_i
             cols[i].num = num;
         }
     }
-    qml_input_batch b = {.n_rows = (size_t)rows, .n_cols = v->ninputs, .cols = cols};
+    sr->b = (qml_input_batch){.n_rows = (size_t)rows, .n_cols = v->ninputs, .cols = cols};
+    sr->cols = cols;
+    sr->data = data;
+    return 0;
+out:
+    free(data);
+    free(cols);
+    return rc;
+}
+
+static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
+                         oip_infer_response *rs, qn_err *err)
+{
+    serve_rows rr;
+    size_t w = qml_model_output_width(v->model);
+    int rc = check_outputs(v->outputs, v->noutputs, NULL, rq, err);
+    if (rc < 0 || (rc = serve_rows_read(s, v, rq, w, &rr, err)) < 0)
+        return rc;
+    const qml_input_batch b = rr.b;
+    int64_t rows = (int64_t)b.n_rows;
+    float *out = rr.out;
     if ((rc = serve_predict(m, v, &b, out, err)) < 0)
         goto out;
 
@@ -520,8 +547,7 @@ static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_i
     }
     log_tabular(s, m, v, rq, &b, out, w);
 out:
-    free(data);
-    free(cols);
+    serve_rows_free(&rr);
     return rc;
 }
 
@@ -724,8 +750,8 @@ out:
 
 /* ---- the backend --------------------------------------------------------------- */
 
-static int lookup(serve *s, const char *model, const char *version, serve_model **mo,
-                  serve_version **vo, qn_err *err)
+int serve_lookup(serve *s, const char *model, const char *version, serve_model **mo,
+                 serve_version **vo, qn_err *err)
 {
     serve_model *m = model ? serve_model_find(s, model) : NULL;
     *vo = NULL;
@@ -777,7 +803,7 @@ static int be_metadata(void *ud, const char *model, const char *version, oip_mod
 {
     serve_model *m;
     serve_version *v;
-    int rc = lookup(ud, model, version, &m, &v, err);
+    int rc = serve_lookup(ud, model, version, &m, &v, err);
     *hold = NULL;
     if (rc < 0)
         return rc;
@@ -807,7 +833,7 @@ static int be_infer(void *ud, const oip_infer_request *rq, oip_infer_response *r
     serve_model *m;
     serve_version *v;
     memset(rs, 0, sizeof *rs);
-    int rc = lookup(s, rq->model, rq->version, &m, &v, err);
+    int rc = serve_lookup(s, rq->model, rq->version, &m, &v, err);
     if (rc < 0)
         return rc;
     rs->model = strdup(m->name);

@@ -272,9 +272,7 @@ static int h_model_ready(qn_req *req, qn_res *res, void *ud)
     return qn_res_json(res, rc ? 200 : 503, json_pack("{s:s, s:b}", "name", model, "ready", rc));
 }
 
-/* The request's JSON (and binary tensors) into pr; 0 or an error naming
- * the input at fault. */
-static int read_infer(qn_req *req, oip_json_req *pr, qn_err *err)
+int serve_read_infer(qn_req *req, oip_json_req *pr, qn_err *err)
 {
     size_t len;
     const char *body = qn_req_body(req, &len);
@@ -303,7 +301,7 @@ static int h_infer(qn_req *req, qn_res *res, void *ud)
     qn_err err;
     qn_err_clear(&err);
     char tp[QN_TRACEPARENT_LEN + 1];
-    int rc = read_infer(req, &pr, &err);
+    int rc = serve_read_infer(req, &pr, &err);
     if (rc == 0) {
         pr.rq.model = qn_req_param(req, "m");
         pr.rq.version = qn_req_param(req, "v");
@@ -477,5 +475,9 @@ const qn_route serve_routes[] = {
     {"GET", "/v1/models", h_models, 0, 0, NULL},
     {"GET", "/v1/models/{m}/recommend", h_recommend, 0, 0, NULL},
     {"GET", "/v1/models/{m}/similar", h_similar, 0, 0, NULL},
+    /* explain.c; POST, so a configured token is needed as for infer. */
+    {"POST", "/v1/models/{m}/explain", serve_h_explain, SERVE_MAX_INFER_BODY, 0, NULL},
+    {"POST", "/v1/models/{m}/versions/{v}/explain", serve_h_explain, SERVE_MAX_INFER_BODY, 0,
+     NULL},
 };
 const size_t serve_nroutes = sizeof serve_routes / sizeof serve_routes[0];

@@ -10,6 +10,7 @@
  *              readiness) over the model manager and libquern-ml
  *   rest.c     the Open Inference Protocol over HTTP/JSON (and Triton's
  *              binary tensor extension) plus the /v1 recommendation routes
+ *   explain.c  POST /v1/models/{m}/explain: contributions behind a prediction
  *   batch.c    optional dynamic batching per model
  *   predlog.c  sampled prediction logging to the bus, off the request path
  *   grpc_server.c, oip.c  the gRPC front and the protocol data model
@@ -173,16 +174,51 @@ json_t *serve_model_status(serve_model *m);
 /* ---- backend.c ---------------------------------------------------------- */
 
 void serve_backend_init(serve *s);
+/* The model named model and its served version (when version is given, it
+ * must be the one served), with a reference taken (*vo; serve_release it).
+ * 0, or QN_NOT_FOUND (no such model or version) / QN_UNAVAILABLE (nothing
+ * loaded yet) with err saying so. Thread-safe. */
+int serve_lookup(serve *s, const char *model, const char *version, serve_model **mo,
+                 serve_version **vo, qn_err *err);
 /* Predicts rows of b with v (through the batcher when m has one). out has
  * b->n_rows * output width floats. Thread-safe. */
 int serve_predict(serve_model *m, serve_version *v, const qml_input_batch *b, float *out,
                   qn_err *err);
 
+/* A tabular request's features as libquern-ml's raw columns (b), read by
+ * serve_rows_read for infer and explain alike. Owns cols and data; b's
+ * columns also point into the request's tensors, so rq must outlive it. */
+typedef struct serve_rows {
+    qml_input_batch b;
+    float *out;             /* room for b.n_rows * out_width floats */
+    qml_input_col *cols;
+    unsigned char *data;
+} serve_rows;
+
+/* Checks rq's inputs against v (every column once, or the one 2-D tensor;
+ * datatypes, shapes, one row count, at most --max-rows rows) and converts
+ * them into *r, with room for out_width floats per row. 0, or
+ * QN_INVALID_ARGUMENT naming the input at fault / QN_RESOURCE_EXHAUSTED;
+ * *r then holds nothing to free. Free with serve_rows_free. */
+int serve_rows_read(serve *s, serve_version *v, const oip_infer_request *rq, size_t out_width,
+                    serve_rows *r, qn_err *err);
+void serve_rows_free(serve_rows *r);
+
 /* ---- rest.c --------------------------------------------------------------- */
+
+/* The request's JSON (and Triton's binary tensors) into pr, as infer reads
+ * it; 0 or an error naming the input at fault. oip_json_req_free pr either way. */
+struct oip_json_req;
+int serve_read_infer(qn_req *req, struct oip_json_req *pr, qn_err *err);
 
 extern const qn_route serve_routes[];
 extern const size_t serve_nroutes;
 #define SERVE_MAX_INFER_BODY (64ull * 1024 * 1024)
+
+/* ---- explain.c -------------------------------------------------------------- */
+
+/* POST /v1/models/{m}[/versions/{v}]/explain (DESIGN.md section 5). */
+int serve_h_explain(qn_req *req, qn_res *res, void *ud);
 
 /* ---- batch.c -------------------------------------------------------------- */
 
