@@ -230,6 +230,20 @@ def grpc_recommend(port, users):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def alert_rules():
+    """The alert rule of the story: drift of the model's dataset fires it, and its
+    action asks train for a retrain on the fresh data, champion against challenger.
+    tests/deploy/stack_loop.py mounts the same file into quern-alert."""
+    return {"rules": [{
+        "name": "retail-drift", "severity": "critical", "cooldown": "30m", "dedupe": "{data.model}",
+        "on": {"event": "quern.drift.detected", "where": {"data.model": MODEL, "data.dataset_drift": True}},
+        "resolve": {"event": "quern.train.finished", "where": {"data.model": MODEL}},
+        "actions": [{"type": "log"}, {"type": "retrain", "model": "{data.model}", "job": {
+            "kind": "als", "dataset": "online-retail-purchases", "spec": dict(SPEC, split={
+                "kind": "time", "column": "InvoiceDate", "cutoff": V2_HOLDOUT}),
+            "promote_policy": {"metric": "map@10", "margin": 0.0, "mode": "challenger"}}}]}]}
+
+
 # ---- the story ----------------------------------------------------------------------
 
 def run():
@@ -240,20 +254,16 @@ def run():
     write_csv(first, header, before)
     write_csv(later, header, after)
 
-    rules = {"rules": [{
-        "name": "retail-drift", "severity": "critical", "cooldown": "30m", "dedupe": "{data.model}",
-        "on": {"event": "quern.drift.detected", "where": {"data.model": MODEL, "data.dataset_drift": True}},
-        "resolve": {"event": "quern.train.finished", "where": {"data.model": MODEL}},
-        "actions": [{"type": "log"}, {"type": "retrain", "model": "{data.model}", "job": {
-            "kind": "als", "dataset": "online-retail-purchases", "spec": dict(SPEC, split={
-                "kind": "time", "column": "InvoiceDate", "cutoff": V2_HOLDOUT}),
-            "promote_policy": {"metric": "map@10", "margin": 0.0, "mode": "challenger"}}}]}]}
+    rules = alert_rules()
     with open(os.path.join(HOME, "alert-rules.json"), "w") as f:
         json.dump(rules, f, indent=1)
 
-    say(f"Starting every Quern service on embedded defaults (state in {HOME})")
-    st = quern("up", "--detach")
-    detail(", ".join(f"{s['service']}:{s['port']}" for s in st))
+    if ARGS.attach:
+        say(f"Using the running services on ports {BASE + 1}-{BASE + 8}")
+    else:
+        say(f"Starting every Quern service on embedded defaults (state in {HOME})")
+        st = quern("up", "--detach")
+        detail(", ".join(f"{s['service']}:{s['port']}" for s in st))
     reg, serve, mon, alert = (Api(BASE + n) for n in (1, 5, 7, 8))
 
     # 1. ingest -> prep -> train v1 ------------------------------------------------
@@ -416,6 +426,9 @@ if __name__ == "__main__":
     ap.add_argument("--json", action="store_true", help="print the story as JSON")
     ap.add_argument("--keep", action="store_true", default=bool(os.environ.get("DEMO_KEEP")),
                     help="leave the services running")
+    ap.add_argument("--attach", action="store_true",
+                    help="drive services already running on $QUERN_PORT_BASE + 1..8 (e.g. the compose "
+                         "stack, tests/deploy/stack_loop.py); neither start nor stop them")
     ARGS = ap.parse_args()
     HOME = os.path.abspath(os.environ.get("QUERN_DEMO_HOME", os.path.join(ROOT, ".quern-demo")))
     BASE = int(os.environ.get("QUERN_PORT_BASE", "7700"))
@@ -426,7 +439,8 @@ if __name__ == "__main__":
     for k in ("QUERN_REGISTRY", "QUERN_INGEST", "QUERN_PREP", "QUERN_TRAIN", "QUERN_SERVE",
               "QUERN_MONITOR", "QUERN_ALERT", "QUERN_DATA", "QUERN_LISTEN"):
         ENV.pop(k, None)
-    subprocess.run([os.path.join(BIN, "quern"), "down"], env=ENV, capture_output=True)
+    if not ARGS.attach:
+        subprocess.run([os.path.join(BIN, "quern"), "down"], env=ENV, capture_output=True)
     shutil.rmtree(HOME, ignore_errors=True)
     ok = False
     try:
@@ -435,7 +449,9 @@ if __name__ == "__main__":
         if ARGS.json:
             print(json.dumps(result, indent=1))
     finally:
-        if not ARGS.keep or not ok:
+        if ARGS.attach:
+            pass
+        elif not ARGS.keep or not ok:
             subprocess.run([os.path.join(BIN, "quern"), "down"], env=ENV, capture_output=True)
         elif not ARGS.json:
             print(f"\nThe services keep running (quern status; QUERN_HOME={HOME} quern down stops them).")
