@@ -158,6 +158,10 @@ if [ "$engine" = podman ]; then
   fi
 fi
 
+# The docker CLI's notice that its legacy builder is deprecated, once per build:
+# noise (BuildKit needs the buildx plugin, which Debian 12 does not package).
+quiet() { grep -v -e 'legacy builder is deprecated' -e 'buildx' -e '^[[:space:]]*$' >&2 || true; }
+
 build_target() {  # FILE CONTEXT TARGET TAG...
   local file=$1 ctx=$2 target=$3
   shift 3
@@ -166,7 +170,7 @@ build_target() {  # FILE CONTEXT TARGET TAG...
   say "build $* (target $target)"
   $engine build -q "${opts[@]}" -f "$file" --target "$target" \
     --build-arg QUERN_VERSION="$version" --label "org.opencontainers.image.version=$version" \
-    "${tags[@]}" "$ctx" >/dev/null
+    "${tags[@]}" "$ctx" 2> >(quiet) >/dev/null
 }
 
 quern_images() {
@@ -196,7 +200,7 @@ stack_images() {
   for s in rabbitmq postgres prometheus; do
     say "build quern-$s:latest (Debian 12's package)"
     $engine build -q "${opts[@]}" -f "$here/deploy/$s/Containerfile" -t "quern-$s:$version" \
-      -t "quern-$s:latest" "$here/deploy/$s" >/dev/null
+      -t "quern-$s:latest" "$here/deploy/$s" 2> >(quiet) >/dev/null
   done
 }
 

@@ -126,6 +126,7 @@ class Stack:
         self.base = base
         self.prom_port = prom_port
         self.project = f"quern-deploy-{os.getpid()}"
+        self.cids = {}
         if run(["docker", "compose", "version"], env=self.env, check=False).returncode == 0:
             self.cmd = ["docker", "compose"]
         elif shutil.which("docker-compose"):
@@ -145,9 +146,12 @@ class Stack:
         return run(self.cmd + list(args), env=self.env, timeout=timeout, check=check)
 
     def cid(self, service):
-        out = self.compose("ps", "-q", service).stdout.split()
-        assert out, f"no container for {service}"
-        return out[0]
+        """The service's container (kept across restarts, stop and start)."""
+        if service not in self.cids:
+            out = self.compose("ps", "-q", service).stdout.split()
+            assert out, f"no container for {service}"
+            self.cids[service] = out[0]
+        return self.cids[service]
 
     def inspect(self, service, fmt):
         return run(["docker", "inspect", "-f", fmt, self.cid(service)], env=self.env).stdout.strip()
