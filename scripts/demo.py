@@ -220,7 +220,10 @@ def grpc_recommend(port, users):
             req = pb.ModelInferRequest(model_name=MODEL)
             t = req.inputs.add(name="user_id", datatype="BYTES", shape=[len(users)])
             t.contents.bytes_contents.extend(u.encode() for u in users)
-            resp = stub.ModelInfer(req, timeout=10)
+            # With a token configured (the compose stack), gRPC inference needs it too.
+            token = os.environ.get("QUERN_TOKEN")
+            meta = [("authorization", f"Bearer {token}")] if token else None
+            resp = stub.ModelInfer(req, timeout=10, metadata=meta)
             out = {o.name: o for o in resp.outputs}
             items = list(out["item_id"].contents.bytes_contents) if out["item_id"].contents.bytes_contents \
                 else None
