@@ -287,6 +287,7 @@ class DeployLoop(unittest.TestCase):
                 st, body = get_json(serve_port, f"/v1/models/retail/recommend?user={known[0]}&k=10")
                 return body if st == 200 and str(body["version"]) == "2" and len(body["items"]) == 10 else None
             wait("the restarted quern-serve to answer with version 2", serves_v2, timeout=120)
+            os.environ["QUERN_TOKEN"] = stack.env["QUERN_TOKEN"]  # grpc_recommend sends it
             gv, gshape, _ = demo.grpc_recommend(base + PORTS["serve_grpc"], known[:3])
             self.assertEqual((str(gv), gshape[0]), ("2", 3))
             stack.wait_healthy(["quern-serve"])
