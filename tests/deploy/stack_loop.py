@@ -19,7 +19,7 @@
 5. Nothing acknowledged is lost: with quern-monitor stopped, serve's
    prediction logs (300 requests, in events of up to 100) wait in RabbitMQ; the row count of every table in
    PostgreSQL and the message count of every queue are taken, both containers
-   are restarted, and both counts are equal after; the services go on (an
+   are restarted, and no table and no queue has fewer after; the services go on (an
    ingest write succeeds, the monitor drains the backlog).
 Tears everything down (containers, volumes, network) and stops the dockerd it
 started, by PID. Prints the wall time of each phase.
@@ -309,13 +309,19 @@ class DeployLoop(unittest.TestCase):
             queues = wait("serve's prediction logs to wait in RabbitMQ", settled, timeout=120, every=1)
             rows = pg_counts(stack)
             self.assertGreater(sum(rows.values()), 0)
-            stack.compose("restart", "postgres", "rabbitmq", timeout=300)
+            # -t 60: a clean stop (compose's default gives them 10 s, then SIGKILL)
+            stack.compose("restart", "-t", "60", "postgres", "rabbitmq", timeout=600)
             stack.wait_healthy(["postgres", "rabbitmq"])
             rows_after, queues_after = pg_counts(stack), queue_counts(stack)
-            self.assertEqual(rows_after, rows, "rows lost or added by a PostgreSQL restart")
-            self.assertEqual(queues_after, queues, "messages lost by a RabbitMQ restart")
-            log(f"after the restarts: {len(rows)} tables, {sum(rows.values())} rows, equal; "
-                f"{sum(queues.values())} messages in {len(queues)} queues, equal")
+            # Nothing lost: no table and no queue has fewer than before (an idle service
+            # may still write, so more is allowed; equal is what this run saw, logged below).
+            lost = {t: (n, rows_after.get(t, 0)) for t, n in rows.items() if rows_after.get(t, 0) < n}
+            self.assertEqual(lost, {}, "rows lost by a PostgreSQL restart (before, after)")
+            lost = {q: (n, queues_after.get(q, 0)) for q, n in queues.items() if queues_after.get(q, 0) < n}
+            self.assertEqual(lost, {}, "messages lost by a RabbitMQ restart (before, after)")
+            log(f"after the restarts: {len(rows)} tables, {sum(rows.values())} rows before, "
+                f"{sum(rows_after.values())} after; {sum(queues.values())} messages in "
+                f"{sum(1 for n in queues.values() if n)} queues before, {sum(queues_after.values())} after")
 
             # The services go on: a write to ingest (PostgreSQL), the monitor drains its backlog (RabbitMQ).
             csv_path = os.path.join(work, "more.csv")
@@ -330,8 +336,10 @@ class DeployLoop(unittest.TestCase):
             ans = wait("ingest to accept a write after the restarts", ingested, timeout=120, every=2)
             self.assertEqual(ans["accepted"], 50)
             stack.compose("start", "quern-monitor", timeout=120)
-            wait("quern-monitor to drain its backlog", lambda: sum(queue_counts(stack).values()) == 0,
-                 timeout=180, every=2)
+            backlog = [q for q, n in queues.items() if n and ".dead" not in q and ".retry." not in q]
+            self.assertTrue(backlog, queues)
+            wait(f"quern-monitor to drain its backlog ({', '.join(backlog)})",
+                 lambda: all(queue_counts(stack).get(q, 0) == 0 for q in backlog), timeout=240, every=2)
             rows_end = pg_counts(stack)
             self.assertGreater(sum(rows_end.values()), sum(rows.values()))
             stack.wait_healthy(ALL)
