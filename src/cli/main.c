@@ -31,6 +31,7 @@ static const cli_cmd *const commands[] = {
     &cli_cmd_jobs_list, &cli_cmd_jobs_show, &cli_cmd_jobs_follow, &cli_cmd_jobs_cancel,
     &cli_cmd_models_list, &cli_cmd_models_show, &cli_cmd_models_versions, &cli_cmd_models_promote,
     &cli_cmd_models_rollback, &cli_cmd_models_history, &cli_cmd_models_import,
+    &cli_cmd_traffic_set, &cli_cmd_traffic_show, &cli_cmd_traffic_clear,
     &cli_cmd_predict, &cli_cmd_recommend, &cli_cmd_drift, &cli_cmd_alerts,
     &cli_cmd_healthcheck, /* hidden (no summary): the container health check */
 };
@@ -42,6 +43,7 @@ static const struct {
     {"pipelines", "list, show, put and run cleaning pipelines"},
     {"jobs", "list, show, follow and cancel training jobs"},
     {"models", "list, show, versions, promote, import"},
+    {"traffic", "set, show and clear a model's traffic policy (canary, sticky, shadow)"},
 };
 
 /* 1 when c is word, or a subcommand of group word. */

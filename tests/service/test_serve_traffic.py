@@ -18,7 +18,9 @@ twice under one request id (primary and shadow, their aliases and
 versions), also for requests that came without an id (the answer then
 carries the one serve made); a shadow that fails every request leaves every
 caller answered correctly and is counted; clearing the policy goes back to
-production. Run by /usr/bin/python3.
+production; `quern traffic set|show|clear` drive the same API (a bad route
+word is exit 2 before any request, a refused policy exit 2 naming the
+field). Run by /usr/bin/python3.
 """
 import hashlib
 import http.client
@@ -26,13 +28,14 @@ import json
 import math
 import os
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import WORK, Service  # noqa: E402
+from harness import BIN, WORK, Service  # noqa: E402
 
 COLS = ["x0", "x1"]
 ROW = [0.5, -1.25]
@@ -312,6 +315,39 @@ class TrafficTest(unittest.TestCase):
             self.assertEqual(self.infer()[:2], (1, "production"))
         st, _, body = self.reg.request("GET", f"/v1/models/{MODEL}/traffic")
         self.assertTrue(body["default"])
+
+    def test_8_cli(self):
+        env = dict(os.environ, QUERN_REGISTRY=f"http://127.0.0.1:{self.reg.port}")
+
+        def quern(*args):
+            p = subprocess.run([os.path.join(BIN, "quern"), *args], env=env, capture_output=True, timeout=60)
+            return p.returncode, p.stdout.decode(), p.stderr.decode()
+        rc, out, err = quern("traffic", "set", MODEL, "production=70", "candidate=30", "--shadow",
+                             "challenger:0.25", "--sticky", "header:X-Tenant")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("production=70 candidate=30", out)
+        rc, out, err = quern("--json", "traffic", "show", MODEL)
+        self.assertEqual(rc, 0, err)
+        shown = json.loads(out)
+        self.assertEqual(shown["routes"], [{"alias": "production", "weight": 70},
+                                           {"alias": "candidate", "weight": 30}])
+        self.assertEqual(shown["shadow"], {"alias": "challenger", "fraction": 0.25})
+        self.assertEqual(shown["sticky"], "header:X-Tenant")
+        self.wait_for(lambda: self.follows(shown["updated_at"]), "serve did not follow the CLI's policy")
+        rc, out, err = quern("traffic", "set", MODEL, "production=70", "candidate=20")
+        self.assertEqual(rc, 2, out)
+        self.assertIn("weights sum to 90", err)
+        rc, out, err = quern("traffic", "set", MODEL, "production")
+        self.assertEqual(rc, 2, out)
+        self.assertIn("ALIAS=WEIGHT", err)
+        rc, out, err = quern("traffic", "show", "nomodel")
+        self.assertEqual(rc, 3, out)
+        rc, out, err = quern("traffic", "clear", MODEL)
+        self.assertEqual(rc, 0, err)
+        rc, out, err = quern("traffic", "show", MODEL)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("default", out)
+        self.wait_for(lambda: self.follows(None), "serve did not drop the cleared policy")
 
 
 if __name__ == "__main__":
