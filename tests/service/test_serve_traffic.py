@@ -20,7 +20,9 @@ carries the one serve made); a shadow that fails every request leaves every
 caller answered correctly and is counted; clearing the policy goes back to
 production; `quern traffic set|show|clear` drive the same API (a bad route
 word is exit 2 before any request, a refused policy exit 2 naming the
-field). Run by /usr/bin/python3.
+field); quern-monitor's agreement report joins the two sides of shadowed
+requests by id (the pair of versions, how many, how often they agree, the
+mean difference). Run by /usr/bin/python3.
 """
 import hashlib
 import http.client
@@ -348,6 +350,35 @@ class TrafficTest(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertIn("default", out)
         self.wait_for(lambda: self.follows(None), "serve did not drop the cleared policy")
+
+    def test_9_monitor_agreement(self):
+        os.makedirs(os.path.join(self.home, "monitor"), exist_ok=True)
+        mon = Service("monitor", data=os.path.join(self.home, "monitor"), env=self.env,
+                      args=["--registry", f"http://127.0.0.1:{self.reg.port}", "--window-rows", "100000",
+                            "--window-seconds", "3600", "--tick", "200ms"]).start(timeout=60)
+        try:
+            self.set_policy({"routes": [{"alias": "production", "weight": 100}],
+                             "shadow": {"alias": "candidate", "fraction": 1.0}})
+            for i in range(30):
+                self.infer(rid=f"agree-{i}")
+            report = {}
+
+            def paired():
+                st, _, out = mon.request("GET", f"/v1/monitors/{MODEL}/agreement")
+                self.assertEqual(st, 200, out)
+                report.update(out)
+                return any(p["versions"] == [1, 2] and p["requests"] >= 30 for p in out["pairs"])
+            self.wait_for(paired, "the monitor did not pair the shadowed requests")
+            p = next(p for p in report["pairs"] if p["versions"] == [1, 2])
+            e1, e2 = expect(1), expect(2)
+            self.assertEqual(p["agreement"], 1.0 if (e1 >= 0.5) == (e2 >= 0.5) else 0.0)
+            self.assertAlmostEqual(p["mean_abs_diff"], abs(e1 - e2), places=5)
+            self.assertAlmostEqual(p["mean_prediction"]["a"], e1, places=5)
+            self.assertAlmostEqual(p["mean_prediction"]["b"], e2, places=5)
+            st, _, out = mon.request("GET", "/v1/monitors/..%2f/agreement")
+            self.assertEqual(st, 400, out)
+        finally:
+            mon.stop()
 
 
 if __name__ == "__main__":
