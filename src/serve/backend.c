@@ -260,7 +260,7 @@ static const char *log_id(const serve_logctx *lc, const oip_infer_request *rq, c
 static void log_tabular(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
                         const qml_input_batch *b, const float *out, size_t w, const serve_logctx *lc)
 {
-    if (!s->predlog || (!(lc && lc->force) && !serve_predlog_sample(m->sample_rate)))
+    if (!s->predlog || (lc && lc->off) || (!(lc && lc->force) && !serve_predlog_sample(m->sample_rate)))
         return;
     char rid[QN_UUID_LEN + 1];
     const char *id = log_id(lc, rq, rid);
@@ -707,7 +707,7 @@ static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer
         for (int64_t r = 0; r < n; r++)
             ((uint8_t *)o->data)[r] = (uint8_t)(fb[r] != 0);
     }
-    if (s->predlog && n > 0 && ((lc && lc->force) || serve_predlog_sample(m->sample_rate))) {
+    if (s->predlog && n > 0 && !(lc && lc->off) && ((lc && lc->force) || serve_predlog_sample(m->sample_rate))) {
         char rid[QN_UUID_LEN + 1];
         const char *lid = log_id(lc, rq, rid);
         json_t *items = json_array();
@@ -857,7 +857,9 @@ static int be_infer(void *ud, const oip_infer_request *rq, oip_infer_response *r
         rq2.id = rid;
         rq = &rq2;
     }
-    serve_logctx lc = {.alias = rt.slot->alias, .role = "primary", .rid = rq->id, .force = rt.shadow != NULL};
+    /* A shadowed request's primary side is logged by the shadow worker (it
+     * runs the primary version again, off the request path). */
+    serve_logctx lc = {.alias = rt.slot->alias, .role = "primary", .rid = rq->id, .off = rt.shadow != NULL};
     rc = serve_infer_on(s, rt.slot, v, rq, rs, rt.policy ? &lc : NULL, err);
     if (rc == 0)
         serve_traffic_done(s, m, &rt, rq, rq->id ? rq->id : "");

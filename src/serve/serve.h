@@ -188,12 +188,14 @@ void serve_backend_init(serve *s);
 /* How an answer is logged to the prediction log: alias and role ("primary",
  * "shadow") recorded with it when not NULL, rid the request id to log under
  * (NULL: the request's, or a fresh one), force: log it whatever the sample
- * rate says (the two sides of a shadowed request). */
+ * rate says (the two sides of a shadowed request), off: not here (the
+ * shadow worker logs a shadowed request's primary side). */
 typedef struct serve_logctx {
     const char *alias;
     const char *role;
     const char *rid;
     int force;
+    int off;
 } serve_logctx;
 /* Runs rq on version v of slot m (a served model or a traffic arm) into rs,
  * logging as lc says (NULL: sampled, no alias). Thread-safe. */
@@ -266,8 +268,10 @@ void serve_traffic_route(serve *s, serve_model *m, const oip_infer_request *rq, 
  * the version loaded or null}; JSON null when none (all to m's alias). */
 json_t *serve_traffic_status(serve *s, serve_model *m);
 /* Counts one answered request by rt (when a policy chose it) and queues the
- * shadow run when rt has one: a copy of rq, run by the worker and logged
- * under rid; never blocks (a full queue drops and counts). */
+ * shadow run when rt has one: a copy of rq (and a reference to rt->v), which
+ * the worker runs on rt->v again to log the primary side and then on the
+ * shadow, both logged under rid; never blocks (a full queue drops and
+ * counts, and then neither side is logged). */
 void serve_traffic_done(serve *s, serve_model *m, const serve_route *rt, const oip_infer_request *rq,
                         const char *rid);
 

@@ -68,6 +68,8 @@ typedef struct model_traffic {
 
 typedef struct job {
     serve_model *m, *shadow;
+    serve_model *pslot;            /* the slot that answered the caller, and its version (a reference) */
+    serve_version *pv;
     oip_infer_request rq;
     json_t *params;
     void *blob;                    /* the inputs, their names and data, in one allocation */
@@ -436,7 +438,7 @@ void serve_traffic_route(serve *s, serve_model *m, const oip_infer_request *rq, 
 }
 
 /* A copy of rq the worker owns: inputs, names, data and bytes in one block. */
-static job *job_new(serve_model *m, serve_model *shadow, const oip_infer_request *rq, const char *rid)
+static job *job_new(serve_model *m, const serve_route *rt, const oip_infer_request *rq, const char *rid)
 {
     size_t n = rq->ninputs, size = n * sizeof(oip_tensor);
     for (size_t i = 0; i < n; i++) {
@@ -483,7 +485,10 @@ static job *job_new(serve_model *m, serve_model *shadow, const oip_infer_request
     }
     jb->blob = blob;
     jb->m = m;
-    jb->shadow = shadow;
+    jb->shadow = rt->shadow;
+    jb->pslot = rt->slot;
+    jb->pv = rt->v;
+    atomic_fetch_add_explicit(&rt->v->refs, 1, memory_order_relaxed);
     jb->params = rq->parameters ? json_deep_copy(rq->parameters) : NULL;
     snprintf(jb->rid, sizeof jb->rid, "%s", rid);
     jb->rq = (oip_infer_request){.model = m->name, .id = jb->rid, .parameters = jb->params, .inputs = ts,
@@ -496,6 +501,7 @@ static void job_free(job *jb)
     if (!jb)
         return;
     json_decref(jb->params);
+    serve_release(jb->pv);
     free(jb->blob);
     free(jb);
 }
@@ -511,7 +517,7 @@ void serve_traffic_done(serve *s, serve_model *m, const serve_route *rt, const o
     if (!rt->shadow)
         return;
     const char *dv[] = {m->name};
-    job *jb = job_new(m, rt->shadow, rq, rid);
+    job *jb = job_new(m, rt, rq, rid);
     if (!jb) {
         qn_counter_add(t->dropped, dv, 1);
         return;
@@ -532,6 +538,14 @@ void serve_traffic_done(serve *s, serve_model *m, const serve_route *rt, const o
 static void run_shadow(serve *s, job *jb)
 {
     serve_traffic *t = s->traffic;
+    oip_infer_response rs;
+    qn_err err;
+    /* the primary side first, on the very version that answered the caller */
+    serve_logctx lp = {.alias = jb->pslot->alias, .role = "primary", .rid = jb->rid, .force = 1};
+    if (serve_infer_on(s, jb->pslot, jb->pv, &jb->rq, &rs, &lp, &err) < 0)
+        qn_log(QN_LOG_DEBUG, NULL, "logging a shadowed request's primary side failed", "{s:s, s:s}", "model",
+               jb->m->name, "error", err.msg);
+    oip_response_free(&rs);
     const char *ev[] = {jb->m->name, jb->shadow->alias, NULL};
     serve_version *v = serve_acquire(jb->shadow);
     if (!v) {
@@ -539,8 +553,6 @@ static void run_shadow(serve *s, job *jb)
         qn_counter_add(t->shadow_errors, ev, 1);
         return;
     }
-    oip_infer_response rs;
-    qn_err err;
     serve_logctx lc = {.alias = jb->shadow->alias, .role = "shadow", .rid = jb->rid, .force = 1};
     int rc = serve_infer_on(s, jb->shadow, v, &jb->rq, &rs, &lc, &err);
     oip_response_free(&rs);
