@@ -194,7 +194,7 @@ static void arm_free(serve_model *a)
 }
 
 /* Drops what arm a serves (it left the policy); it loads again if it returns. */
-static void arm_unload(serve_model *a)
+static void arm_unload(serve *s, serve_model *a)
 {
     pthread_mutex_lock(&a->mu);
     serve_version *old = a->cur;
@@ -203,6 +203,10 @@ static void arm_unload(serve_model *a)
     a->refused = 0;
     a->state = "loading";
     pthread_mutex_unlock(&a->mu);
+    if (old) {
+        const char *lv[] = {a->name, old->vstr, a->alias};
+        qn_metric_remove(s->m_info, lv);
+    }
     serve_release(old);
 }
 
@@ -340,7 +344,7 @@ void serve_traffic_follow(serve *s, serve_model *m)
     swap_policy(mt, pol);
     for (int i = 0; i < mt->narms; i++)
         if (!uses(pol, mt->arms[i]))
-            arm_unload(mt->arms[i]);
+            arm_unload(s, mt->arms[i]);
     json_decref(doc);
 }
 

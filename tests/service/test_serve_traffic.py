@@ -313,6 +313,9 @@ class TrafficTest(unittest.TestCase):
         st, _, body = self.reg.request("DELETE", f"/v1/models/{MODEL}/traffic")
         self.assertEqual(st, 204, body)
         self.wait_for(lambda: self.follows(None), "serve did not drop the cleared policy")
+        # the arms left with the policy: only production is shown as served
+        self.assertEqual(self.metric("quern_model_info", model=MODEL, alias="candidate"), 0)
+        self.assertEqual(self.metric("quern_model_info", model=MODEL, alias="production"), 1)
         for _ in range(100):
             self.assertEqual(self.infer()[:2], (1, "production"))
         st, _, body = self.reg.request("GET", f"/v1/models/{MODEL}/traffic")
