@@ -33,6 +33,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -244,6 +245,14 @@ class TrafficTest(unittest.TestCase):
         self.assertLess(abs(cand - 200), 5 * sd, f"{cand} of {n} went to the candidate")
         self.assertGreaterEqual(self.metric("quern_traffic_requests_total", model=MODEL, alias="candidate",
                                             role="primary"), cand)
+        # a version asked for by number is answered by the alias serving it
+        body = {"inputs": [{"name": c, "datatype": "FP64", "shape": [1], "data": [ROW[i]]}
+                           for i, c in enumerate(COLS)]}
+        for _ in range(10):
+            st, h, out = self.conn.post(f"/v2/models/{MODEL}/versions/2/infer", body)
+            self.assertEqual((st, h.get("x-quern-model-alias"), out["model_version"]), (200, "candidate", "2"), out)
+        st, _, out = self.conn.post(f"/v2/models/{MODEL}/versions/3/infer", body)
+        self.assertEqual(st, 404, out)
 
     def test_4_sticky(self):
         self.set_policy({"routes": [{"alias": "production", "weight": 50},
@@ -301,9 +310,29 @@ class TrafficTest(unittest.TestCase):
             v, alias, _ = self.infer()
             self.assertEqual((v, alias), (1, "production"))
         self.assertLess(time.time() - t0, 60)
+        # and from four connections at once (the queue filled from several threads)
+        bad = []
+
+        def client():
+            c = Conn(self.serve.port)
+            body = {"inputs": [{"name": n, "datatype": "FP64", "shape": [1], "data": [ROW[i]]}
+                               for i, n in enumerate(COLS)]}
+            try:
+                for _ in range(150):
+                    st, h, out = c.post(f"/v2/models/{MODEL}/infer", body)
+                    if st != 200 or h.get("x-quern-model-version") != "1":
+                        bad.append((st, out))
+            finally:
+                c.close()
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        self.assertEqual(bad, [])
         self.wait_for(lambda: self.metric("quern_traffic_shadow_errors_total", model=MODEL,
                                           alias="challenger") + self.metric("quern_traffic_shadow_dropped_total",
-                                                                            model=MODEL) >= before + 200,
+                                                                            model=MODEL) >= before + 800,
                       "every failed or dropped shadow request counted")
 
     def test_7_clear_goes_back_to_production(self):
