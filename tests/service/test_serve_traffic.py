@@ -18,7 +18,8 @@ twice under one request id (primary and shadow, their aliases and
 versions), also for requests that came without an id (the answer then
 carries the one serve made); a shadow that fails every request leaves every
 caller answered correctly and is counted; clearing the policy goes back to
-production; `quern traffic set|show|clear` drive the same API (a bad route
+production; a second replica (without --models) routes a sticky user to
+the same version as the first; `quern traffic set|show|clear` drive the same API (a bad route
 word is exit 2 before any request, a refused policy exit 2 naming the
 field); quern-monitor's agreement report joins the two sides of shadowed
 requests by id (the pair of versions, how many, how often they agree, the
@@ -411,6 +412,39 @@ class TrafficTest(unittest.TestCase):
             self.assertEqual(st, 400, out)
         finally:
             mon.stop()
+
+    def test_9z_every_replica_agrees(self):
+        """A second replica, without --models (following every model's production
+        alias), follows the same policy: a sticky user lands on the same version
+        on both replicas."""
+        data = os.path.join(self.home, "serve2")
+        os.makedirs(data, exist_ok=True)
+        other = Service("serve", data=data, env=self.env,
+                        args=["--poll-interval", "60s", "--grpc-listen", "off", "--log-sample-rate", "0",
+                              "--registry", f"http://127.0.0.1:{self.reg.port}"]).start(timeout=60)
+        c2 = Conn(other.port)
+        try:
+            body = self.set_policy({"routes": [{"alias": "production", "weight": 50},
+                                               {"alias": "candidate", "weight": 50}], "sticky": "user"})
+
+            def follows2():
+                _, _, out = other.request("GET", "/v1/models")
+                tr = next((m for m in out["models"] if m["name"] == MODEL), {}).get("traffic")
+                return bool(tr) and tr["updated_at"] == body["updated_at"] and all(tr["versions"].values())
+            self.wait_for(follows2, "the second replica did not follow the policy")
+            req = {"inputs": [{"name": c, "datatype": "FP64", "shape": [1], "data": [ROW[i]]}
+                              for i, c in enumerate(COLS)]}
+            seen = set()
+            for u in range(16):
+                v1 = self.infer(params={"user": f"r-{u}"})[0]
+                st, h, out = c2.post(f"/v2/models/{MODEL}/infer", dict(req, parameters={"user": f"r-{u}"}))
+                self.assertEqual(st, 200, out)
+                self.assertEqual(int(h["x-quern-model-version"]), v1, f"user r-{u}")
+                seen.add(v1)
+            self.assertEqual(seen, {1, 2})
+        finally:
+            c2.close()
+            other.stop()
 
 
 if __name__ == "__main__":
