@@ -173,6 +173,8 @@ extern const cli_cmd cli_cmd_ingest, cli_cmd_pipelines_list, cli_cmd_pipelines_s
     cli_cmd_jobs_follow, cli_cmd_jobs_cancel, cli_cmd_models_list, cli_cmd_models_show,
     cli_cmd_models_versions, cli_cmd_models_promote, cli_cmd_models_rollback, cli_cmd_models_history, cli_cmd_models_import, cli_cmd_predict,
     cli_cmd_recommend, cli_cmd_drift, cli_cmd_alerts;
+/* traffic.c: a model's traffic policy in the registry. */
+extern const cli_cmd cli_cmd_traffic_set, cli_cmd_traffic_show, cli_cmd_traffic_clear;
 /* healthcheck.c: GET /healthz of the service beside it (container health check). */
 extern const cli_cmd cli_cmd_healthcheck;
 /* runs.c: tracking (experiments and runs) */

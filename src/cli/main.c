@@ -34,6 +34,7 @@ static const cli_cmd *const commands[] = {
     &cli_cmd_models_list, &cli_cmd_models_show, &cli_cmd_models_versions, &cli_cmd_models_promote,
     &cli_cmd_models_rollback, &cli_cmd_models_history, &cli_cmd_models_import,
     &cli_cmd_experiments_list, &cli_cmd_runs_list, &cli_cmd_runs_show, &cli_cmd_runs_compare, &cli_cmd_runs_metrics,
+    &cli_cmd_traffic_set, &cli_cmd_traffic_show, &cli_cmd_traffic_clear,
     &cli_cmd_predict, &cli_cmd_recommend, &cli_cmd_drift, &cli_cmd_alerts,
     &cli_cmd_healthcheck, /* hidden (no summary): the container health check */
 };
@@ -48,6 +49,7 @@ static const struct {
     {"models", "list, show, versions, promote, import"},
     {"experiments", "list experiments (tracking)"},
     {"runs", "list, show, compare runs and a metric's history"},
+    {"traffic", "set, show and clear a model's traffic policy (canary, sticky, shadow)"},
 };
 
 /* 1 when c is word, or a subcommand of group word. */

@@ -127,6 +127,7 @@ static const qn_route routes[] = {
     {"GET", "/v1/monitors/{model}/report", mon_report, 0, 0, NULL},
     {"POST", "/v1/monitors/{model}/close", mon_close_now, 0, 0, NULL},
     {"GET", "/v1/monitors/{model}/quality", mon_quality_get, 0, 0, NULL},
+    {"GET", "/v1/monitors/{model}/agreement", mon_agreement, 0, 0, NULL},
 };
 
 static void monitor_free(monitor *m)

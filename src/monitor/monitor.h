@@ -155,6 +155,9 @@ int mon_delete(qn_req *req, qn_res *res, void *ud);
 int mon_report(qn_req *req, qn_res *res, void *ud);
 int mon_close_now(qn_req *req, qn_res *res, void *ud);
 int mon_quality_get(qn_req *req, qn_res *res, void *ud);
+/* agreement.c: GET /v1/monitors/{model}/agreement, versions compared on the
+ * same requests (shadow and canary traffic). */
+int mon_agreement(qn_req *req, qn_res *res, void *ud);
 
 /* profiles.c: the profile of (model, version), fetched once and cached; the
  * result stays valid while m->mu is held. NULL with err when there is none. */

@@ -113,6 +113,14 @@ const qn_migration reg_db_migrations[] = {
      "  size INTEGER NOT NULL,"
      "  updated_at INTEGER NOT NULL);"},
     {3, REG_TRACKING_SCHEMA}, /* experiments and runs: tracking.h */
+    /* Traffic policies (traffic_db.c): one per model, canonical JSON, gone
+     * with the model. No row: all traffic to production. */
+    {4,
+     "CREATE TABLE traffic ("
+     "  model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,"
+     "  policy TEXT NOT NULL,"
+     "  updated_at INTEGER NOT NULL,"
+     "  PRIMARY KEY (model_id));"},
 };
 const size_t reg_db_nmigrations = sizeof reg_db_migrations / sizeof reg_db_migrations[0];
 

@@ -246,11 +246,24 @@ static int oom(qn_err *err)
 
 /* ---- prediction logging ---------------------------------------------------- */
 
-static void log_tabular(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
-                        const qml_input_batch *b, const float *out, size_t w)
+/* The id a logged prediction goes under: lc's, the request's, or rid (made). */
+static const char *log_id(const serve_logctx *lc, const oip_infer_request *rq, char rid[QN_UUID_LEN + 1])
 {
-    if (!s->predlog || !serve_predlog_sample(m->sample_rate))
+    if (lc && lc->rid && *lc->rid)
+        return lc->rid;
+    if (rq->id && *rq->id)
+        return rq->id;
+    qn_uuid4(rid);
+    return rid;
+}
+
+static void log_tabular(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
+                        const qml_input_batch *b, const float *out, size_t w, const serve_logctx *lc)
+{
+    if (!s->predlog || (lc && lc->off) || (!(lc && lc->force) && !serve_predlog_sample(m->sample_rate)))
         return;
+    char rid[QN_UUID_LEN + 1];
+    const char *id = log_id(lc, rq, rid);
     size_t n = b->n_rows < 16 ? b->n_rows : 16; /* a sampled request logs at most 16 rows */
     for (size_t r = 0; r < n; r++) {
         json_t *f = json_object();
@@ -272,7 +285,8 @@ static void log_tabular(serve *s, serve_model *m, serve_version *v, const oip_in
             for (size_t k = 0; k < w && p; k++)
                 json_array_append_new(p, json_real(out[r * w + k]));
         }
-        serve_predlog_add(s->predlog, m->name, v->vstr, rq->id, f, p);
+        serve_predlog_add_role(s->predlog, m->name, v->vstr, lc ? lc->alias : NULL, lc ? lc->role : NULL, id, f,
+                               p);
     }
 }
 
@@ -501,7 +515,7 @@ out:
 }
 
 static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
-                         oip_infer_response *rs, qn_err *err)
+                         oip_infer_response *rs, const serve_logctx *lc, qn_err *err)
 {
     serve_rows rr;
     size_t w = qml_model_output_width(v->model);
@@ -545,7 +559,7 @@ static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_i
             memcpy(o->data, out, o->data_len);
         }
     }
-    log_tabular(s, m, v, rq, &b, out, w);
+    log_tabular(s, m, v, rq, &b, out, w, lc);
 out:
     serve_rows_free(&rr);
     return rc;
@@ -598,7 +612,7 @@ static int param_bool(const json_t *params, const char *name, int def, int *out,
 #define SERVE_MAX_REC_ROWS 1000
 
 static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
-                     oip_infer_response *rs, qn_err *err)
+                     oip_infer_response *rs, const serve_logctx *lc, qn_err *err)
 {
     const oip_tensor *t = find_input(rq, "user_id");
     int similar = 0, rc, k, exclude;
@@ -719,7 +733,9 @@ static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer
         for (int64_t r = 0; r < n; r++)
             ((uint8_t *)o->data)[r] = (uint8_t)(fb[r] != 0);
     }
-    if (s->predlog && n > 0 && serve_predlog_sample(m->sample_rate)) {
+    if (s->predlog && n > 0 && !(lc && lc->off) && ((lc && lc->force) || serve_predlog_sample(m->sample_rate))) {
+        char rid[QN_UUID_LEN + 1];
+        const char *lid = log_id(lc, rq, rid);
         json_t *items = json_array();
         for (int j = 0; j < counts[0] && items; j++)
             json_array_append_new(items, json_string(recs[j].item_id));
@@ -735,9 +751,9 @@ static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer
             json_object_set_new(features, "item_popularity", json_real(pop));
         }
         free(uid);
-        serve_predlog_add(s->predlog, m->name, v->vstr, rq->id, features,
-                          json_pack("{s:o, s:b}", "items", items ? items : json_array(),
-                                    "fallback", fb[0]));
+        serve_predlog_add_role(s->predlog, m->name, v->vstr, lc ? lc->alias : NULL, lc ? lc->role : NULL, lid,
+                               features,
+                               json_pack("{s:o, s:b}", "items", items ? items : json_array(), "fallback", fb[0]));
     }
     rc = 0;
 out:
@@ -827,20 +843,40 @@ static void be_release_meta(void *ud, void *hold)
     serve_release(hold);
 }
 
+int serve_infer_on(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
+                   oip_infer_response *rs, const serve_logctx *lc, qn_err *err)
+{
+    memset(rs, 0, sizeof *rs);
+    rs->model = strdup(m->name);
+    rs->version = strdup(v->vstr);
+    rs->alias = m->alias;
+    rs->id = rq->id ? strdup(rq->id) : NULL;
+    if (!rs->model || !rs->version || (rq->id && !rs->id))
+        return oom(err);
+    return v->is_als ? infer_als(s, m, v, rq, rs, lc, err) : infer_tabular(s, m, v, rq, rs, lc, err);
+}
+
 static int be_infer(void *ud, const oip_infer_request *rq, oip_infer_response *rs, qn_err *err)
 {
     serve *s = ud;
-    serve_model *m;
+    serve_model *m = rq->model ? serve_model_find(s, rq->model) : NULL;
     serve_version *v;
+    serve_route rt = {0};
+    int rc;
     memset(rs, 0, sizeof *rs);
-    int rc = serve_lookup(s, rq->model, rq->version, &m, &v, err);
-    if (rc < 0)
-        return rc;
-    rs->model = strdup(m->name);
-    rs->version = strdup(v->vstr);
+    if (m)
+        serve_traffic_route(s, m, rq, &rt);
+    if (m && rt.slot) {
+        v = rt.v;
+    } else {
+        if ((rc = serve_lookup(s, rq->model, rq->version, &m, &v, err)) < 0)
+            return rc;
+        rt = (serve_route){.slot = m, .v = v};
+    }
     /* Every answer carries the id its prediction is logged under: the
      * request's, or one made here, so a client can send feedback for it
-     * (quern-monitor joins feedback to logged predictions by this id). */
+     * (quern-monitor joins feedback to logged predictions by this id), and a
+     * shadowed request is logged on both sides under it. */
     char made[QN_UUID_LEN + 1];
     oip_infer_request with_id = *rq;
     if (!rq->id || !*rq->id) {
@@ -848,13 +884,12 @@ static int be_infer(void *ud, const oip_infer_request *rq, oip_infer_response *r
         with_id.id = made;
     }
     rq = &with_id;
-    rs->id = strdup(rq->id);
-    if (!rs->model || !rs->version || !rs->id)
-        rc = oom(err);
-    else if (v->is_als)
-        rc = infer_als(s, m, v, rq, rs, err);
-    else
-        rc = infer_tabular(s, m, v, rq, rs, err);
+    /* A shadowed request's primary side is logged by the shadow worker (it
+     * runs the primary version again, off the request path). */
+    serve_logctx lc = {.alias = rt.slot->alias, .role = "primary", .rid = rq->id, .off = rt.shadow != NULL};
+    rc = serve_infer_on(s, rt.slot, v, rq, rs, rt.policy ? &lc : NULL, err);
+    if (rc == 0)
+        serve_traffic_done(s, m, &rt, rq, rq->id);
     serve_release(v);
     if (rc < 0) {
         char *mn = rs->model, *vn = rs->version;

@@ -290,6 +290,11 @@ int serve_read_infer(qn_req *req, oip_json_req *pr, qn_err *err)
     return oip_json_parse_infer(body, len, jlen, qn_req_arena(req), pr, err);
 }
 
+static const char *req_header(void *hctx, const char *name)
+{
+    return qn_req_header(hctx, name);
+}
+
 static int h_infer(qn_req *req, qn_res *res, void *ud)
 {
     serve *s = ud;
@@ -307,6 +312,8 @@ static int h_infer(qn_req *req, qn_res *res, void *ud)
         pr.rq.version = qn_req_param(req, "v");
         qn_traceparent_format(qn_req_trace(req), tp);
         pr.rq.traceparent = tp;
+        pr.rq.header = req_header;
+        pr.rq.hctx = req;
         rc = s->backend.infer(s, &pr.rq, &rs, &err);
     }
     if (rc != QN_NOT_FOUND && serve_model_find(s, qn_req_param(req, "m"))) {
@@ -322,6 +329,8 @@ static int h_infer(qn_req *req, qn_res *res, void *ud)
         } else {
             qn_res_text(res, 200, "application/json", b.data, b.len);
             qn_res_header(res, "X-Quern-Model-Version", rs.version);
+            if (rs.alias)
+                qn_res_header(res, "X-Quern-Model-Alias", rs.alias);
         }
         qn_buf_free(&b);
     } else {
@@ -454,6 +463,7 @@ static int h_models(qn_req *req, qn_res *res, void *ud)
     for (size_t i = 0; i < s->nmodels; i++) {
         json_t *st = serve_model_status(&s->models[i]);
         json_object_set_new(st, "name", json_string(s->models[i].name));
+        json_object_set_new(st, "traffic", serve_traffic_status(s, &s->models[i]));
         json_array_append_new(list, st);
     }
     return qn_res_json(res, 200, json_pack("{s:o}", "models", list));
