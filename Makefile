@@ -9,7 +9,9 @@
 #   make demo           the flagship use case on embedded defaults (CASE=bikes: the second loop)
 #   make bench          benchmarks, each beside its baseline
 #   make fuzz           libFuzzer on every target for FUZZ_SECONDS each
-#   make image          the container image (podman or docker; see docs/operations.md)
+#   make image          the container images, one per service (docker or podman; docs/operations.md)
+#   make test-deploy    the compose stack for real: images, the closed loop across
+#                       containers, a killed service restarted, backends restarted (root)
 
 BUILD        ?= build
 ASAN_BUILD   ?= build-asan
@@ -18,7 +20,7 @@ JOBS         ?= $(shell nproc)
 FUZZ_SECONDS ?= 30
 DEPS_STAMP   := .deps-stamp
 
-.PHONY: all deps build test test-unit test-sanitize test-faults demo bench fuzz image clean
+.PHONY: all deps build test test-unit test-sanitize test-faults test-deploy demo bench fuzz image clean
 
 all: build
 
@@ -68,9 +70,16 @@ fuzz: $(FUZZ_BUILD)/CMakeCache.txt
 
 # Container tooling comes from its own script, so `make deps`/`make test`
 # never pull it in.
-image:
+# QUERN_IMAGE_BUILD=source builds inside debian:bookworm instead of from $(BUILD).
+image: build
 	bash scripts/deps-image.sh
-	JOBS=$(JOBS) bash scripts/image.sh
+	BUILD=$(BUILD) JOBS=$(JOBS) bash scripts/image.sh
+
+# Starts its own dockerd (tests/deploy/dockerd.sh) unless one answers on
+# $$DOCKER_HOST, and stops it after; tears the stack down.
+test-deploy: build
+	bash scripts/deps-image.sh
+	BUILD=$(BUILD) QUERN_BIN=$(CURDIR)/$(BUILD)/bin /usr/bin/python3 tests/deploy/stack_loop.py
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(DEPS_STAMP)

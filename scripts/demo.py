@@ -21,7 +21,7 @@ story unfolds as a shop's would:
     /usr/bin/python3 scripts/demo.py --subset 4 --json   # every 4th customer; the story as JSON
 
 The services' state goes to $QUERN_DEMO_HOME (default ./.quern-demo), wiped at start;
-their logs to $QUERN_DEMO_HOME/logs. Ports: $QUERN_PORT_BASE (default 7700) + 1..8.
+their logs to $QUERN_DEMO_HOME/logs. Ports: $QUERN_PORT_BASE (default 7700) + 1..9 (+9: the console).
 """
 import argparse
 import csv
@@ -221,7 +221,10 @@ def grpc_recommend(port, users):
             req = pb.ModelInferRequest(model_name=MODEL)
             t = req.inputs.add(name="user_id", datatype="BYTES", shape=[len(users)])
             t.contents.bytes_contents.extend(u.encode() for u in users)
-            resp = stub.ModelInfer(req, timeout=10)
+            # With a token configured (the compose stack), gRPC inference needs it too.
+            token = os.environ.get("QUERN_TOKEN")
+            meta = [("authorization", f"Bearer {token}")] if token else None
+            resp = stub.ModelInfer(req, timeout=10, metadata=meta)
             out = {o.name: o for o in resp.outputs}
             items = list(out["item_id"].contents.bytes_contents) if out["item_id"].contents.bytes_contents \
                 else None
@@ -229,6 +232,20 @@ def grpc_recommend(port, users):
     finally:
         sys.path.remove(work) if work in sys.path else None
         shutil.rmtree(work, ignore_errors=True)
+
+
+def alert_rules():
+    """The alert rule of the story: drift of the model's dataset fires it, and its
+    action asks train for a retrain on the fresh data, champion against challenger.
+    tests/deploy/stack_loop.py mounts the same file into quern-alert."""
+    return {"rules": [{
+        "name": "retail-drift", "severity": "critical", "cooldown": "30m", "dedupe": "{data.model}",
+        "on": {"event": "quern.drift.detected", "where": {"data.model": MODEL, "data.dataset_drift": True}},
+        "resolve": {"event": "quern.train.finished", "where": {"data.model": MODEL}},
+        "actions": [{"type": "log"}, {"type": "retrain", "model": "{data.model}", "job": {
+            "kind": "als", "dataset": "online-retail-purchases", "spec": dict(SPEC, split={
+                "kind": "time", "column": "InvoiceDate", "cutoff": V2_HOLDOUT}),
+            "promote_policy": {"metric": "map@10", "margin": 0.0, "mode": "challenger"}}}]}]}
 
 
 # ---- the story ----------------------------------------------------------------------
@@ -241,20 +258,18 @@ def run():
     write_csv(first, header, before)
     write_csv(later, header, after)
 
-    rules = {"rules": [{
-        "name": "retail-drift", "severity": "critical", "cooldown": "30m", "dedupe": "{data.model}",
-        "on": {"event": "quern.drift.detected", "where": {"data.model": MODEL, "data.dataset_drift": True}},
-        "resolve": {"event": "quern.train.finished", "where": {"data.model": MODEL}},
-        "actions": [{"type": "log"}, {"type": "retrain", "model": "{data.model}", "job": {
-            "kind": "als", "dataset": "online-retail-purchases", "spec": dict(SPEC, split={
-                "kind": "time", "column": "InvoiceDate", "cutoff": V2_HOLDOUT}),
-            "promote_policy": {"metric": "map@10", "margin": 0.0, "mode": "challenger"}}}]}]}
+    rules = alert_rules()
     with open(os.path.join(HOME, "alert-rules.json"), "w") as f:
         json.dump(rules, f, indent=1)
 
-    say(f"Starting every Quern service on embedded defaults (state in {HOME})")
-    st = quern("up", "--detach")
-    detail(", ".join(f"{s['service']}:{s['port']}" for s in st))
+    if ARGS.attach:
+        say(f"Using the running services on ports {BASE + 1}-{BASE + 8}")
+    else:
+        say(f"Starting every Quern service on embedded defaults (state in {HOME})")
+        st = quern("up", "--detach")
+        detail(", ".join(f"{s['service']}:{s['port']}" for s in st))
+        if any(s["service"] == "console" for s in st):
+            detail(f"the console: http://127.0.0.1:{BASE + 9}/")
     reg, serve, mon, alert = (Api(BASE + n) for n in (1, 5, 7, 8))
 
     # 1. ingest -> prep -> train v1 ------------------------------------------------
@@ -420,6 +435,9 @@ if __name__ == "__main__":
     ap.add_argument("--case", choices=("shop", "bikes"), default=os.environ.get("CASE") or "shop",
                     help="shop: recommendations and data drift (Online Retail); bikes: a regressor's "
                          "live quality from feedback (Bike Sharing, scripts/demo_bikes.py)")
+    ap.add_argument("--attach", action="store_true",
+                    help="drive services already running on $QUERN_PORT_BASE + 1..8 (e.g. the compose "
+                         "stack, tests/deploy/stack_loop.py); neither start nor stop them")
     ARGS = ap.parse_args()
     if ARGS.case == "bikes":
         import demo_bikes
@@ -429,11 +447,13 @@ if __name__ == "__main__":
     ENV = dict(os.environ, QUERN_HOME=HOME, QUERN_PORT_BASE=str(BASE), QUERN_MODELS=MODEL,
                QUERN_LOG_SAMPLE_RATE="1", QUERN_POLL_INTERVAL="2s",
                QUERN_MONITOR_WINDOW_ROWS=str(WINDOW), QUERN_MONITOR_WINDOW_SECONDS="3600",
-               QUERN_ALERT_RULES=os.path.join(HOME, "alert-rules.json"))
+               QUERN_ALERT_RULES=os.path.join(HOME, "alert-rules.json"),
+               QUERN_MONITOR_QUALITY_WINDOW=str(WINDOW))
     for k in ("QUERN_REGISTRY", "QUERN_INGEST", "QUERN_PREP", "QUERN_TRAIN", "QUERN_SERVE",
-              "QUERN_MONITOR", "QUERN_ALERT", "QUERN_DATA", "QUERN_LISTEN"):
+              "QUERN_MONITOR", "QUERN_ALERT", "QUERN_CONSOLE", "QUERN_DATA", "QUERN_LISTEN"):
         ENV.pop(k, None)
-    subprocess.run([os.path.join(BIN, "quern"), "down"], env=ENV, capture_output=True)
+    if not ARGS.attach:
+        subprocess.run([os.path.join(BIN, "quern"), "down"], env=ENV, capture_output=True)
     shutil.rmtree(HOME, ignore_errors=True)
     ok = False
     try:
@@ -442,7 +462,11 @@ if __name__ == "__main__":
         if ARGS.json:
             print(json.dumps(result, indent=1))
     finally:
-        if not ARGS.keep or not ok:
+        if ARGS.attach:
+            pass
+        elif not ARGS.keep or not ok:
             subprocess.run([os.path.join(BIN, "quern"), "down"], env=ENV, capture_output=True)
         elif not ARGS.json:
             print(f"\nThe services keep running (quern status; QUERN_HOME={HOME} quern down stops them).")
+            if os.path.exists(os.path.join(BIN, "quern-console")):
+                print(f"The console: http://127.0.0.1:{BASE + 9}/")

@@ -1,26 +1,24 @@
 #!/usr/bin/env bash
-# Installs what `make image` needs and nothing else, so `make deps` / `make test`
-# never pull container tooling. Idempotent. Skipped entirely when a working
-# docker or podman is already on PATH and the base images can be pulled.
+# Installs what `make image` and `make test-deploy` need and nothing else, so
+# `make deps` / `make test` never pull container tooling. Idempotent.
 #
-# Each package and why it is here (see also docs/operations.md):
+# The engine is Debian 12's Docker (docker.io), run without systemd: the test
+# starts dockerd by hand (tests/deploy/dockerd.sh) and stops it after. It was
+# picked over podman + podman-compose because the deploy test needs what only a
+# daemon does on its own: restart policies applied when a process dies and
+# health checks run on a schedule (podman 4.3 does both through systemd, which
+# CI machines and containers often lack), and Debian's docker-compose (1.29)
+# honours `depends_on: condition: service_healthy`, which podman-compose 1.0.3
+# ignores. See docs/operations.md ("Which engine").
+#
+# Each package and why it is here:
 set -euo pipefail
 
 PKGS=(
-  podman        # builds and runs the OCI image (daemonless; works as root without systemd)
-  runc          # OCI runtime podman hands containers to (crun also works)
-  debootstrap   # makes debian:bookworm(-slim) locally when no image registry is reachable
-  fuse-overlayfs # podman storage on kernels/filesystems where native overlay is refused
+  docker.io      # dockerd + containerd + runc, and the docker CLI
+  docker-compose # runs deploy/compose.yaml (Compose 1.29; `docker compose` v2 works too)
+  debootstrap    # makes debian:bookworm(-slim) locally when no image registry is reachable
 )
-
-have_working_docker() {
-  command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1
-}
-
-if have_working_docker; then
-  echo "deps-image: a running docker daemon is present; nothing to install"
-  exit 0
-fi
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -38,4 +36,14 @@ export DEBIAN_FRONTEND=noninteractive
 if ! apt-cache show "${missing[0]}" >/dev/null 2>&1; then
   $SUDO apt-get update -qq
 fi
+# policy-rc.d: where systemd runs, the package would start docker.service with
+# its iptables rules; the test starts its own daemon instead.
+rc_added=
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+  $SUDO chmod 755 /usr/sbin/policy-rc.d
+  rc_added=1
+fi
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+[ -n "$rc_added" ] && $SUDO rm -f /usr/sbin/policy-rc.d
+exit 0

@@ -53,6 +53,7 @@ TEST_PKGS=(
   clang                # fuzz targets (libFuzzer) and sanitizer builds
   libclang-rt-14-dev   # clang's sanitizer and libFuzzer runtimes
   python3-yaml         # tests/deploy: parses deploy/compose.yaml and the rendered k8s manifests
+  chromium             # tests/browser: the console driven in a real headless browser (puppeteer-core)
 )
 # tests/deploy renders deploy/k8s with `kubectl kustomize`. Debian's kubectl
 # (kubernetes-client) only when no kubectl is on PATH: another package's
@@ -68,8 +69,30 @@ for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 
+# The console's browser-side packages (package.json, pinned by package-lock.json):
+# uPlot, built into quern-console, and puppeteer-core, which drives chromium
+# in tests/browser. `npm ci` installs exactly the lock file into node_modules/;
+# nothing is fetched at run time. Needs Node >= 18 (npm comes with it).
+npm_deps() {
+  local root
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "deps: npm not found: install Node.js >= 18 for the console (uPlot) and tests/browser" >&2
+    return 1
+  fi
+  [ "${1:-}" = --build ] && return 0
+  # npm ci writes node_modules/.package-lock.json last: newer than the lock
+  # file means the install is complete and current.
+  if [ "$root/node_modules/.package-lock.json" -nt "$root/package-lock.json" ]; then
+    echo "deps: node_modules is current with package-lock.json"
+    return 0
+  fi
+  (cd "$root" && npm ci --no-audit --no-fund)
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
   echo "deps: all ${#PKGS[@]} packages present"
+  npm_deps "${1:-}"
   exit 0
 fi
 
@@ -81,3 +104,4 @@ export DEBIAN_FRONTEND=noninteractive
 # gone from the mirror): refresh them once before installing anything.
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+npm_deps "${1:-}"

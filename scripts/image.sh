@@ -1,30 +1,52 @@
 #!/usr/bin/env bash
-# Builds the Quern image (deploy/container/Containerfile) with podman or docker,
-# whichever works here. `make image` calls it.
+# Builds Quern's container images with docker or podman, whichever answers.
+# `make image` calls it; `make test-deploy` calls it with `all`.
 #
-#   scripts/image.sh [TAG]          default TAG: quern:$(version) and quern:latest
+#   scripts/image.sh [quern|stack|all]    default: quern
+#     quern   quern-registry, -ingest, -prep, -train, -serve, -monitor, -alert
+#             (one image per service) and quern (every binary, the CLI), tagged
+#             :$(version) and :latest
+#     stack   quern-rabbitmq, quern-postgres, quern-prometheus: the compose
+#             stack's backends, from Debian 12's packages on the local base
+#     all     both
 #   QUERN_ENGINE=docker|podman      force the engine
-#   QUERN_BASE=local                always rebuild the base images with debootstrap
+#   QUERN_IMAGE_BUILD=host|source   host (default): the binaries of $BUILD
+#                                   (`make build`) and the libraries they load
+#                                   here (needs a Debian 12 host, as CI is);
+#                                   source: compile inside debian:bookworm
+#                                   (deploy/container/Containerfile)
+#   QUERN_CACHE_DIR                 where the debootstrap tarball is kept
+#                                   between runs (default /var/cache/quern)
+#   BUILD                           the host build directory (default build)
 #
-# The Containerfile is standard: it starts FROM debian:bookworm and
-# debian:bookworm-slim. Where Docker Hub is reachable those are pulled as usual.
-# Where no image registry is reachable (this build machine), the two bases are
-# made locally: debootstrap --variant=minbase of bookworm from the Debian mirror
-# this machine's apt already uses, imported under the same names. The slim one
-# drops docs, man pages and locales the way the official slim variant does.
+# The Quern images are FROM scratch: a root holding only what the binaries load
+# (deploy/container/mkroot.sh). The backends and the source build start FROM
+# debian:bookworm(-slim). Where Docker Hub is reachable those are pulled as
+# usual; where no registry is (this build machine, CI) they are made here:
+# debootstrap --variant=minbase of bookworm from the mirror apt already uses,
+# cached as a tarball so the second run takes seconds, imported under the same
+# names. The slim one drops docs, man pages and locales like the official one.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 version=$(sed -n 's/^project(quern VERSION \([0-9.]*\).*/\1/p' "$here/CMakeLists.txt")
-tag=${1:-quern:$version}
+what=${1:-quern}
+mode=${QUERN_IMAGE_BUILD:-host}
+cache=${QUERN_CACHE_DIR:-/var/cache/quern}
+build=${BUILD:-build}
+case "$build" in /*) ;; *) build=$here/$build ;; esac
+SERVICES=(registry ingest prep train serve monitor alert)
 
 say() { echo "image: $*" >&2; }
 
+case "$what" in quern | stack | all) ;; *) say "unknown target '$what' (quern, stack or all)"; exit 2 ;; esac
+case "$mode" in host | source) ;; *) say "QUERN_IMAGE_BUILD must be host or source, not '$mode'"; exit 2 ;; esac
+
 pick_engine() {
   if [ -n "${QUERN_ENGINE:-}" ]; then echo "$QUERN_ENGINE"; return; fi
-  if command -v podman >/dev/null 2>&1 && podman info >/dev/null 2>&1; then echo podman; return; fi
   if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then echo docker; return; fi
-  say "neither podman nor a running docker daemon found; run scripts/deps-image.sh"
+  if command -v podman >/dev/null 2>&1 && podman info >/dev/null 2>&1; then echo podman; return; fi
+  say "no running docker daemon and no podman; run scripts/deps-image.sh (and start dockerd)"
   exit 1
 }
 engine=$(pick_engine)
@@ -47,15 +69,22 @@ host_mirror() {
 }
 
 make_bases() {
-  command -v debootstrap >/dev/null 2>&1 || { say "debootstrap missing: run scripts/deps-image.sh"; exit 1; }
-  local mirror root
+  local mirror root tarball=$cache/bookworm-minbase.tar
   mirror=$(host_mirror)
   work=$(mktemp -d /var/tmp/quern-base.XXXXXX)
   trap 'rm -rf "$work"' EXIT
   root=$work/rootfs
-  say "debootstrap bookworm (minbase) from $mirror"
-  debootstrap --variant=minbase bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 \
-    || { tail -n 30 "$work/debootstrap.log" >&2; exit 1; }
+  mkdir -p "$root" "$cache"
+  if [ -s "$tarball" ]; then
+    say "base: cached debootstrap tree $tarball"
+    tar -C "$root" --numeric-owner -xf "$tarball"
+  else
+    command -v debootstrap >/dev/null 2>&1 || { say "debootstrap missing: run scripts/deps-image.sh"; exit 1; }
+    say "debootstrap bookworm (minbase) from $mirror (once; cached in $tarball)"
+    debootstrap --variant=minbase bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 \
+      || { tail -n 30 "$work/debootstrap.log" >&2; exit 1; }
+    tar -C "$root" --numeric-owner -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
+  fi
 
   # apt sources as the official images have them (deb822, main + updates + security).
   rm -f "$root/etc/apt/sources.list"
@@ -105,28 +134,17 @@ EOF
   tar -C "$root" --numeric-owner -cf "$work/slim.tar" .
   $engine import --change 'CMD ["bash"]' "$work/slim.tar" debian:bookworm-slim >/dev/null
   rm -rf "$work"
+  trap - EXIT
 }
 
 ensure_bases() {
-  if [ "${QUERN_BASE:-}" = local ]; then make_bases; return; fi
-  local missing=0 img
-  for img in debian:bookworm debian:bookworm-slim; do have_image "$img" || missing=1; done
-  [ $missing -eq 0 ] && return
-  for img in debian:bookworm debian:bookworm-slim; do
-    have_image "$img" && continue
-    if timeout 60 $engine pull -q "docker.io/library/$img" >/dev/null 2>&1; then
-      [ "$engine" = podman ] && podman tag "docker.io/library/$img" "$img"
-      continue
-    fi
-    say "cannot pull $img: making the base images locally"
-    make_bases
-    return
-  done
+  local img
+  for img in debian:bookworm debian:bookworm-slim; do have_image "$img" || { make_bases; return; }; done
 }
 
-ensure_bases
-
-opts=()
+# Builds may fetch Debian packages; with dockerd started without iptables
+# (tests/deploy/dockerd.sh) only the host's network reaches the mirror.
+opts=(--network host)
 if [ "$engine" = podman ]; then
   # The bases may exist only locally: never ask a registry for them. Docker
   # image format, because the OCI format has no HEALTHCHECK.
@@ -134,14 +152,79 @@ if [ "$engine" = podman ]; then
   # Podman asks for nofile/nproc limits above what some sandboxes allow
   # (runc: "error setting rlimit ... operation not permitted"); then build
   # with limits the host grants.
-  if ! podman run --rm debian:bookworm-slim true >/dev/null 2>&1; then
+  if have_image debian:bookworm-slim && ! podman run --rm debian:bookworm-slim true >/dev/null 2>&1; then
     say "default container rlimits refused here: building with nofile/nproc 4096"
     opts+=(--ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
   fi
 fi
-[ -n "${JOBS:-}" ] && opts+=(--build-arg "JOBS=$JOBS")
-say "build $tag"
-$engine build "${opts[@]}" -f "$here/deploy/container/Containerfile" \
-  --build-arg QUERN_VERSION="$version" -t "$tag" -t quern:latest "$here"
-size=$($engine image inspect --format '{{.Size}}' "$tag")
-say "built $tag: $size bytes ($((size / 1000000)) MB)"
+
+# The docker CLI's notice that its legacy builder is deprecated, once per build:
+# noise (BuildKit needs the buildx plugin, which Debian 12 does not package).
+quiet() { grep -v -e 'legacy builder is deprecated' -e 'buildx' -e '^[[:space:]]*$' >&2 || true; }
+
+build_target() {  # FILE CONTEXT TARGET TAG...
+  local file=$1 ctx=$2 target=$3
+  shift 3
+  local tags=()
+  for t in "$@"; do tags+=(-t "$t"); done
+  say "build $* (target $target)"
+  $engine build -q "${opts[@]}" -f "$file" --target "$target" \
+    --build-arg QUERN_VERSION="$version" --label "org.opencontainers.image.version=$version" \
+    "${tags[@]}" "$ctx" 2> >(quiet) >/dev/null
+}
+
+quern_images() {
+  local file ctx
+  if [ "$mode" = host ]; then
+    for b in quern "${SERVICES[@]/#/quern-}"; do
+      [ -x "$build/bin/$b" ] || { say "$build/bin/$b missing: run make build first"; exit 1; }
+    done
+    ctx=$build/image-roots
+    sh "$here/deploy/container/mkroot.sh" "$ctx" "$build/bin" >&2
+    cp "$here/deploy/container/Containerfile.roots" "$ctx/Containerfile"
+    file=$ctx/Containerfile
+  else
+    ensure_bases
+    [ -n "${JOBS:-}" ] && opts+=(--build-arg "JOBS=$JOBS")
+    ctx=$here
+    file=$here/deploy/container/Containerfile
+  fi
+  for s in "${SERVICES[@]}"; do
+    build_target "$file" "$ctx" "quern-$s" "quern-$s:$version" "quern-$s:latest"
+  done
+  build_target "$file" "$ctx" quern "quern:$version" quern:latest
+}
+
+stack_images() {
+  ensure_bases
+  for s in rabbitmq postgres prometheus; do
+    say "build quern-$s:latest (Debian 12's package)"
+    $engine build -q "${opts[@]}" -f "$here/deploy/$s/Containerfile" -t "quern-$s:$version" \
+      -t "quern-$s:latest" "$here/deploy/$s" 2> >(quiet) >/dev/null
+  done
+}
+
+size_of() {
+  $engine image inspect --format '{{.Size}}' "$1"
+}
+
+report() {
+  local imgs=("$@") i s
+  printf '%-22s %10s\n' image bytes >&2
+  for i in "${imgs[@]}"; do
+    s=$(size_of "$i")
+    printf '%-22s %10s  (%s MB)\n' "$i" "$s" "$(awk -v s="$s" 'BEGIN { printf "%.1f", s / 1e6 }')" >&2
+  done
+}
+
+built=()
+if [ "$what" = quern ] || [ "$what" = all ]; then
+  quern_images
+  for s in "${SERVICES[@]}"; do built+=("quern-$s:latest"); done
+  built+=(quern:latest)
+fi
+if [ "$what" = stack ] || [ "$what" = all ]; then
+  stack_images
+  built+=(quern-rabbitmq:latest quern-postgres:latest quern-prometheus:latest)
+fi
+report "${built[@]}"

@@ -63,6 +63,13 @@ typedef struct al_rule {
     char op[3];
     double value;
     int64_t for_ms;
+    /* an event rule's optional numeric condition ("when"): value at when_value
+     * op (value at when_than, or the number when_than_num) * when_times +
+     * when_plus, true for when_windows events in a row (per rule and key) */
+    char *when_value, *when_than;
+    double when_than_num, when_times, when_plus;
+    char when_op[3];
+    int64_t when_windows;
     char *severity;
     int64_t cooldown_ms;
     char *dedupe;       /* template; NULL: one alert per rule */
@@ -114,6 +121,8 @@ void al_redact_url(json_t *obj, const char *key);
 void al_rules_free(al_rules *r);
 /* Value at a dotted path ("data.model") of root, borrowed, or NULL. */
 const json_t *al_path(const json_t *root, const char *path);
+/* 1 when rule r's "when" condition holds for the event root (or r has none). */
+int al_when_holds(const al_rule *r, const json_t *root);
 /* 1 when every where entry equals the value at its path. */
 int al_where_match(const json_t *where, const json_t *root);
 /* The longest dotted path a template placeholder or al_path takes, plus 1. */

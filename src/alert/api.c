@@ -89,7 +89,10 @@ int al_alerts_list(qn_req *req, qn_res *res, void *ud)
     if (!c)
         return al_fail(req, res, &err);
     json_t *list = json_array();
-    qn_stmt *st = qn_prepare(c, "SELECT " ALERT_COLS " FROM alerts WHERE (? IS NULL OR state = ?) AND (? IS NULL OR rule = ?) "
+    /* CAST: PostgreSQL cannot infer the type of a parameter that is only tested
+     * for NULL (42P18); SQLite keeps NULL NULL. */
+    qn_stmt *st = qn_prepare(c, "SELECT " ALERT_COLS " FROM alerts WHERE (CAST(? AS TEXT) IS NULL OR state = ?) "
+                                "AND (CAST(? AS TEXT) IS NULL OR rule = ?) "
                                 "ORDER BY fired_at DESC, id LIMIT ?", &err);
     int rc = -1;
     if (st) {

@@ -404,6 +404,30 @@ static char *summary_of(const char *type, const char *key)
     return s;
 }
 
+/* A rule with a "when" condition fires only after when_windows matching
+ * events in a row for which it held (per rule and key); one for which it
+ * does not resets the count. *go: fire now. */
+static int when_streak(qn_conn *c, const al_rule *r, const char *key, int holds, int *go, qn_err *err)
+{
+    *go = 0;
+    qn_stmt *st = holds ? qn_prepare(c, "INSERT INTO streaks (rule, dedupe_key, n) VALUES (?, ?, 1) "
+                                        "ON CONFLICT (rule, dedupe_key) DO UPDATE SET n = streaks.n + 1 RETURNING n", err)
+                        : qn_prepare(c, "DELETE FROM streaks WHERE rule = ? AND dedupe_key = ?", err);
+    if (!st)
+        return err->code;
+    qn_bind_text(st, 1, r->name, -1);
+    qn_bind_text(st, 2, key, -1);
+    int rc = qn_step(st, err);
+    if (rc < 0)
+        return rc;
+    if (holds && rc == 1) {
+        *go = qn_col_int64(st, 0) >= r->when_windows;
+        if ((rc = qn_step(st, err)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
 /* One event matched against the rules, inside its write transaction. */
 typedef struct event_tx {
     alerter *a;
@@ -438,6 +462,15 @@ static int event_body(qn_conn *c, void *arg, qn_err *err)
         const al_rule *r = &rs->rules[i];
         if (r->event && qn_topic_match(r->event, type) && (!r->where || al_where_match(r->where, root))) {
             char *key = r->dedupe ? al_template(r->dedupe, root) : strdup("");
+            int go = 1;
+            if (key && r->when_value && (rc = when_streak(c, r, key, al_when_holds(r, root), &go, err)) < 0) {
+                free(key);
+                return rc;
+            }
+            if (!go) {
+                free(key);
+                goto resolve_part;
+            }
             char *sum = key ? summary_of(type, key) : NULL;
             rc = sum ? fire(a, c, r, key, root, data ? data : root, sum, x->jobs, &x->njobs, err)
                      : qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
@@ -446,6 +479,7 @@ static int event_body(qn_conn *c, void *arg, qn_err *err)
             if (rc < 0)
                 return rc;
         }
+    resolve_part:
         if (r->resolve_event && qn_topic_match(r->resolve_event, type) &&
             (!r->resolve_where || al_where_match(r->resolve_where, root))) {
             char *key = r->dedupe ? al_template(r->dedupe, root) : NULL;

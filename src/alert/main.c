@@ -74,6 +74,9 @@ static const qn_migration migrations[] = {
      "CREATE TABLE retrains (model TEXT PRIMARY KEY, job_id TEXT NOT NULL, alert_id TEXT NOT NULL,"
      "  requested_at INTEGER NOT NULL);"
      QN_INBOX_SCHEMA QN_OUTBOX_SCHEMA},
+    /* events in a row for which a rule's "when" condition held, per rule and key */
+    {2, "CREATE TABLE streaks (rule TEXT NOT NULL, dedupe_key TEXT NOT NULL, n INTEGER NOT NULL,"
+        "  PRIMARY KEY (rule, dedupe_key));"},
 };
 
 static const qn_route routes[] = {

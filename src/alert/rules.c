@@ -4,7 +4,9 @@
  *
  * A rule (docs/alert.md has the full reference):
  *   {"name":"drift-retail",
- *    "on":{"event":"quern.drift.detected","where":{"data.dataset_drift":true,"data.model":"retail"}}
+ *    "on":{"event":"quern.drift.detected","where":{"data.dataset_drift":true,"data.model":"retail"},
+ *          "when":{"value":"data.metrics.rmse.live","op":">","than":"data.metrics.rmse.reference",
+ *                  "times":1.2,"plus":0,"windows":2}}   (when: optional, events in a row)
  *       | {"metric":{"url":"http://127.0.0.1:7707/metrics","name":"quern_drift_score",
  *                    "labels":{"model":"retail"},"op":">","value":0.2,"for":"1m"}},
  *    "severity":"warning|critical|info", "cooldown":"30m", "dedupe":"{data.model}",
@@ -180,6 +182,8 @@ static void rule_clear(al_rule *r)
     free(r->metric_url);
     free(r->metric_name);
     json_decref(r->metric_labels);
+    free(r->when_value);
+    free(r->when_than);
     free(r->severity);
     free(r->dedupe);
     free(r->resolve_event);
@@ -246,6 +250,93 @@ static int where_field(const json_t *o, const char *ctx, json_t **out, qn_err *e
     if (!json_is_object(w) || json_object_size(w) > 32)
         return BAD("%s.where must be an object of at most 32 {\"path\": value} entries", ctx);
     *out = json_incref((json_t *)w);
+    return 0;
+}
+
+static int op_check(const char *op, char out[3])
+{
+    static const char *const ops[] = {">", ">=", "<", "<=", "==", "!=", NULL};
+    for (size_t i = 0; ops[i]; i++)
+        if (strcmp(ops[i], op) == 0) {
+            snprintf(out, 3, "%s", ops[i]);
+            return 0;
+        }
+    return -1;
+}
+
+static int op_holds(const char *op, double a, double b)
+{
+    if (!strcmp(op, ">"))
+        return a > b;
+    if (!strcmp(op, ">="))
+        return a >= b;
+    if (!strcmp(op, "<"))
+        return a < b;
+    if (!strcmp(op, "<="))
+        return a <= b;
+    if (!strcmp(op, "=="))
+        return a == b;
+    return a != b;
+}
+
+int al_when_holds(const al_rule *r, const json_t *root)
+{
+    if (!r->when_value)
+        return 1;
+    const json_t *v = al_path(root, r->when_value);
+    if (!json_is_number(v))
+        return 0;
+    double than = r->when_than_num;
+    if (r->when_than) {
+        const json_t *t = al_path(root, r->when_than);
+        if (!json_is_number(t))
+            return 0;
+        than = json_number_value(t);
+    }
+    return op_holds(r->when_op, json_number_value(v), than * r->when_times + r->when_plus);
+}
+
+/* on.when: {"value":"data.metrics.rmse.live","op":">","than":"data.metrics.rmse.reference"|1.5,
+ *           "times":1.2,"plus":-0.03,"windows":2} */
+static int when_field(const json_t *on, const char *ctx, al_rule *r, qn_err *err)
+{
+    const json_t *w = json_object_get(on, "when");
+    if (!w)
+        return 0;
+    char wctx[160];
+    snprintf(wctx, sizeof wctx, "%s.when", ctx);
+    static const char *const keys[] = {"value", "op", "than", "times", "plus", "windows", NULL};
+    int rc;
+    char *op = NULL;
+    if (!json_is_object(w))
+        return BAD("%s must be an object {\"value\":path,\"op\":...,\"than\":path or number}", wctx);
+    if ((rc = only(w, keys, wctx, err)) < 0 || (rc = str_field(w, "value", 1, AL_PATH_MAX - 1, wctx, &r->when_value, err)) < 0 ||
+        (rc = str_field(w, "op", 1, 2, wctx, &op, err)) < 0)
+        return rc;
+    rc = op_check(op, r->when_op);
+    free(op);
+    if (rc < 0)
+        return BAD("%s.op must be one of > >= < <= == !=", wctx);
+    const json_t *than = json_object_get(w, "than");
+    if (json_is_string(than)) {
+        if ((rc = str_field(w, "than", 1, AL_PATH_MAX - 1, wctx, &r->when_than, err)) < 0)
+            return rc;
+    } else if (json_is_number(than) && isfinite(json_number_value(than))) {
+        r->when_than_num = json_number_value(than);
+    } else {
+        return BAD("%s.than must be a dotted path (\"data.metrics.rmse.reference\") or a number", wctx);
+    }
+    const json_t *times = json_object_get(w, "times"), *plus = json_object_get(w, "plus");
+    if (times && (!json_is_number(times) || !isfinite(json_number_value(times))))
+        return BAD("%s.times must be a number", wctx);
+    if (plus && (!json_is_number(plus) || !isfinite(json_number_value(plus))))
+        return BAD("%s.plus must be a number", wctx);
+    r->when_times = times ? json_number_value(times) : 1.0;
+    r->when_plus = plus ? json_number_value(plus) : 0.0;
+    const json_t *n = json_object_get(w, "windows");
+    if (n && (!json_is_integer(n) || json_integer_value(n) < 1 || json_integer_value(n) > 1000))
+        return BAD("%s.windows must be an integer in 1..1000 (events in a row)", wctx);
+    r->when_windows = n ? json_integer_value(n) : 1;
     return 0;
 }
 
@@ -422,7 +513,7 @@ static int parse_rule(const json_t *o, size_t idx, const al_allow *allow, al_rul
     snprintf(sub, sizeof sub, "%s.on", ctx);
     if (!on)
         return BAD("%s.on is required ({\"event\":...} or {\"metric\":{...}})", ctx);
-    static const char *const onkeys[] = {"event", "where", "metric", NULL};
+    static const char *const onkeys[] = {"event", "where", "when", "metric", NULL};
     if ((rc = only(on, onkeys, sub, err)) < 0)
         return rc;
     const json_t *metric = json_object_get(on, "metric");
@@ -465,12 +556,13 @@ static int parse_rule(const json_t *o, size_t idx, const al_allow *allow, al_rul
         r->for_ms = al_duration_ms(json_object_get(metric, "for"), &ok);
         if (!ok)
             return BAD("%s.for must be a duration such as \"1m\"", mctx);
-        if (json_object_get(on, "where"))
-            return BAD("%s.where: only event conditions take it", sub);
+        if (json_object_get(on, "where") || json_object_get(on, "when"))
+            return BAD("%s.%s: only event conditions take it", sub, json_object_get(on, "where") ? "where" : "when");
         if ((rc = metric_url_check(r->metric_url, mctx, allow, err)) < 0)
             return rc;
     } else {
-        if ((rc = event_pattern(on, sub, &r->event, err)) < 0 || (rc = where_field(on, sub, &r->where, err)) < 0)
+        if ((rc = event_pattern(on, sub, &r->event, err)) < 0 || (rc = where_field(on, sub, &r->where, err)) < 0 ||
+            (rc = when_field(on, sub, r, err)) < 0)
             return rc;
     }
     if ((rc = str_field(o, "severity", 0, 16, ctx, &r->severity, err)) < 0)

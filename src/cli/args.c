@@ -56,7 +56,7 @@ void cli_usage_line(FILE *f, const char *prefix, const cli_cmd *c)
     for (size_t i = 0; i < c->nopts; i++) {
         const cli_opt *o = &c->opts[i];
         if (is_arg(o))
-            fprintf(f, o->required ? " %s" : " [%s]", o->name);
+            fprintf(f, o->required ? " %s%s" : " [%s%s]", o->name, o->type == CLI_LIST ? "..." : "");
         else if (o->required)
             fprintf(f, " --%s %s", o->name, type_hint(o));
         else
@@ -287,7 +287,8 @@ int cli_parse(const cli_cmd *c, int argc, char **argv, void **out)
             return usage_error(c, "takes no argument \"%.100s\" here", a);
         if ((rc = store(c, &c->opts[next_arg], opts, a)) != CLI_OK)
             return rc;
-        next_arg++;
+        if (c->opts[next_arg].type != CLI_LIST) /* a list argument takes every word left */
+            next_arg++;
     }
     if (g_cli.help || g_cli.version) {
         *out = opts;
@@ -297,7 +298,8 @@ int cli_parse(const cli_cmd *c, int argc, char **argv, void **out)
         const cli_opt *o = &c->opts[i];
         if (!o->required || o->def)
             continue;
-        if (is_arg(o) && i >= next_arg)
+        if (is_arg(o) && (o->type == CLI_LIST ? ((const cli_list *)((const char *)opts + o->offset))->n == 0
+                                              : i >= next_arg))
             return usage_error(c, "needs %s", o->name);
         if (!is_arg(o)) {
             const char *slot = (const char *)opts + o->offset;

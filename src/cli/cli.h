@@ -166,12 +166,19 @@ void cli_scratch_reset(void);
 /* supervise.c */
 extern const cli_cmd cli_cmd_up, cli_cmd_down, cli_cmd_status;
 /* commands.c */
+extern const cli_cmd cli_cmd_sources_list, cli_cmd_sources_show, cli_cmd_sources_put, cli_cmd_sources_run,
+    cli_cmd_sources_history;
 extern const cli_cmd cli_cmd_ingest, cli_cmd_pipelines_list, cli_cmd_pipelines_show,
     cli_cmd_pipelines_put, cli_cmd_pipelines_run, cli_cmd_train, cli_cmd_jobs_list, cli_cmd_jobs_show,
     cli_cmd_jobs_follow, cli_cmd_jobs_cancel, cli_cmd_models_list, cli_cmd_models_show,
     cli_cmd_models_versions, cli_cmd_models_promote, cli_cmd_models_rollback, cli_cmd_models_history, cli_cmd_models_import, cli_cmd_predict,
     cli_cmd_recommend, cli_cmd_drift, cli_cmd_alerts;
+/* traffic.c: a model's traffic policy in the registry. */
+extern const cli_cmd cli_cmd_traffic_set, cli_cmd_traffic_show, cli_cmd_traffic_clear;
 /* healthcheck.c: GET /healthz of the service beside it (container health check). */
 extern const cli_cmd cli_cmd_healthcheck;
+/* runs.c: tracking (experiments and runs) */
+extern const cli_cmd cli_cmd_experiments_list, cli_cmd_runs_list, cli_cmd_runs_show, cli_cmd_runs_compare,
+    cli_cmd_runs_metrics;
 
 #endif

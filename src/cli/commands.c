@@ -951,6 +951,131 @@ const cli_cmd cli_cmd_pipelines_put = CLI_CMD("pipelines put", "store a pipeline
 const cli_cmd cli_cmd_pipelines_run = CLI_CMD("pipelines run", "run a pipeline now and follow the run to its end",
                                               NULL, pipeline_name_table, name_opts, pipelines_run);
 
+/* ---- sources (quern-ingest pull sources) ------------------------------------------ */
+
+static const cli_opt source_name_table[] = {
+    {"NAME", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the source", offsetof(name_opts, name)},
+};
+
+static const cli_opt source_put_table[] = {
+    {"NAME", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the source", offsetof(put_opts, name)},
+    {"FILE", 0, CLI_STR, NULL, 0, 0, NULL, 1, "its declaration, JSON (docs/ingest.md, Sources)",
+     offsetof(put_opts, file)},
+};
+
+typedef struct source_history_opts {
+    const char *name;
+    long long limit;
+} source_history_opts;
+
+static const cli_opt source_history_table[] = {
+    {"NAME", 0, CLI_STR, NULL, 0, 0, NULL, 1, "the source", offsetof(source_history_opts, name)},
+    {"limit", 0, CLI_INT, "20", 1, 1000, NULL, 0, "runs shown, newest first",
+     offsetof(source_history_opts, limit)},
+};
+
+static int sources_list(const void *opts)
+{
+    (void)opts;
+    static const char *const h[] = {"SOURCE", "KIND", "DATASET", "INTERVAL", "CURSOR", "RUNNING", NULL};
+    static const char *const p[] = {"name", "kind", "dataset", "interval", "cursor", "running"};
+    return get_table("ingest", "/v1/sources", "sources", h, p);
+}
+
+static int sources_show(const void *opts)
+{
+    const name_opts *o = opts;
+    return get_kv("ingest", cli_printf("/v1/sources/%s", cli_enc(o->name)));
+}
+
+static int sources_put(const void *opts)
+{
+    const put_opts *o = opts;
+    json_t *out = NULL;
+    json_t *body = load_json_file(o->file);
+    if (!body)
+        return CLI_USAGE;
+    int rc = call("ingest", "PUT", cli_printf("/v1/sources/%s", cli_enc(o->name)), body, &out);
+    json_decref(body);
+    if (rc != CLI_OK)
+        return rc;
+    if (g_cli.json)
+        cli_print_json(out);
+    else
+        printf("Source %s stored (%s into dataset %s)\n", o->name, cli_field(out, "kind"), cli_field(out, "dataset"));
+    json_decref(out);
+    return CLI_OK;
+}
+
+static int sources_history(const void *opts)
+{
+    const source_history_opts *o = opts;
+    static const char *const h[] = {"RUN", "CAUSE", "STATUS", "ROWS", "REJECTED", "MS", "STARTED", "ERROR", NULL};
+    static const char *const p[] = {"id", "cause", "status", "rows", "rejected", "duration_ms", "started_at", "error"};
+    return get_table("ingest", cli_printf("/v1/sources/%s/runs?limit=%lld", cli_enc(o->name), o->limit), "runs", h,
+                     p);
+}
+
+/* Starts a run and follows it to its end (the run's record is the answer). */
+static int sources_run(const void *opts)
+{
+    const name_opts *o = opts;
+    json_t *out = NULL;
+    int rc = call("ingest", "POST", cli_printf("/v1/sources/%s/runs", cli_enc(o->name)), NULL, &out);
+    if (rc != CLI_OK)
+        return rc;
+    long long id = (long long)json_integer_value(json_object_get(out, "id"));
+    const char *path = cli_printf("/v1/sources/%s/runs?limit=20", cli_enc(o->name));
+    for (int i = 0; i < 36000; i++) { /* follow the run for up to an hour */
+        const char *status = json_string_value(json_object_get(out, "status"));
+        if (status && strcmp(status, "running") != 0)
+            break;
+        usleep(100000);
+        json_t *runs = NULL;
+        if ((rc = call("ingest", "GET", path, NULL, &runs)) != CLI_OK) {
+            json_decref(out);
+            return rc;
+        }
+        size_t k;
+        json_t *r;
+        json_array_foreach(json_object_get(runs, "runs"), k, r)
+            if (json_integer_value(json_object_get(r, "id")) == id) {
+                json_decref(out);
+                out = json_incref(r);
+                break;
+            }
+        json_decref(runs);
+    }
+    if (g_cli.json) {
+        cli_print_json(out);
+    } else {
+        printf("run %s of %s: %s, %s rows stored, %s rejected, %s ms", cli_field(out, "id"), o->name,
+               cli_field(out, "status"), cli_field(out, "rows"), cli_field(out, "rejected"),
+               cli_field(out, "duration_ms"));
+        if (json_string_value(json_object_get(out, "error")))
+            printf("\nerror: %s", cli_field(out, "error"));
+        printf("\n");
+    }
+    const char *status = json_string_value(json_object_get(out, "status"));
+    rc = status && strcmp(status, "failed") == 0 ? CLI_FAILED : CLI_OK;
+    json_decref(out);
+    return rc;
+}
+
+const cli_cmd cli_cmd_sources_list = CLI_CMD_NOOPTS("sources list", "every pull source of quern-ingest", NULL,
+                                                    sources_list);
+const cli_cmd cli_cmd_sources_show = CLI_CMD("sources show", "a source: declaration, cursor, last run", NULL,
+                                             source_name_table, name_opts, sources_show);
+const cli_cmd cli_cmd_sources_put = CLI_CMD(
+    "sources put", "declare or change a pull source from its JSON declaration",
+    "Kinds: postgres, sqlite, http, files (docs/ingest.md). A postgres password is given by where it is\n"
+    "(password_file, password_env), never in the declaration.",
+    source_put_table, put_opts, sources_put);
+const cli_cmd cli_cmd_sources_run = CLI_CMD("sources run", "run a source now and follow the run to its end", NULL,
+                                            source_name_table, name_opts, sources_run);
+const cli_cmd cli_cmd_sources_history = CLI_CMD("sources history", "a source's runs: rows, duration, error", NULL,
+                                                source_history_table, source_history_opts, sources_history);
+
 /* ---- train and jobs --------------------------------------------------------------- */
 
 static void progress_line(const json_t *job, int final)

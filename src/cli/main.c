@@ -17,7 +17,7 @@ cli g_cli;
 const cli_service cli_services[] = {
     {"registry", 1, "QUERN_REGISTRY"}, {"ingest", 2, "QUERN_INGEST"},   {"prep", 3, "QUERN_PREP"},
     {"train", 4, "QUERN_TRAIN"},       {"serve", 5, "QUERN_SERVE"},     {"monitor", 7, "QUERN_MONITOR"},
-    {"alert", 8, "QUERN_ALERT"},
+    {"alert", 8, "QUERN_ALERT"},       {"console", 9, "QUERN_CONSOLE"},
 };
 const size_t cli_nservices = sizeof cli_services / sizeof cli_services[0];
 
@@ -26,11 +26,15 @@ const size_t cli_nservices = sizeof cli_services / sizeof cli_services[0];
 static const cli_cmd *const commands[] = {
     &cli_cmd_up, &cli_cmd_down, &cli_cmd_status,
     &cli_cmd_ingest,
+    &cli_cmd_sources_list, &cli_cmd_sources_show, &cli_cmd_sources_put, &cli_cmd_sources_run,
+    &cli_cmd_sources_history,
     &cli_cmd_pipelines_list, &cli_cmd_pipelines_show, &cli_cmd_pipelines_put, &cli_cmd_pipelines_run,
     &cli_cmd_train,
     &cli_cmd_jobs_list, &cli_cmd_jobs_show, &cli_cmd_jobs_follow, &cli_cmd_jobs_cancel,
     &cli_cmd_models_list, &cli_cmd_models_show, &cli_cmd_models_versions, &cli_cmd_models_promote,
     &cli_cmd_models_rollback, &cli_cmd_models_history, &cli_cmd_models_import,
+    &cli_cmd_experiments_list, &cli_cmd_runs_list, &cli_cmd_runs_show, &cli_cmd_runs_compare, &cli_cmd_runs_metrics,
+    &cli_cmd_traffic_set, &cli_cmd_traffic_show, &cli_cmd_traffic_clear,
     &cli_cmd_predict, &cli_cmd_recommend, &cli_cmd_drift, &cli_cmd_alerts,
     &cli_cmd_healthcheck, /* hidden (no summary): the container health check */
 };
@@ -39,9 +43,13 @@ static const cli_cmd *const commands[] = {
 static const struct {
     const char *name, *summary;
 } groups[] = {
+    {"sources", "list, show, put, run and history of ingest's pull sources"},
     {"pipelines", "list, show, put and run cleaning pipelines"},
     {"jobs", "list, show, follow and cancel training jobs"},
     {"models", "list, show, versions, promote, import"},
+    {"experiments", "list experiments (tracking)"},
+    {"runs", "list, show, compare runs and a metric's history"},
+    {"traffic", "set, show and clear a model's traffic policy (canary, sticky, shadow)"},
 };
 
 /* 1 when c is word, or a subcommand of group word. */

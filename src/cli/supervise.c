@@ -134,6 +134,16 @@ static pid_t spawn(const cli_service *s)
     _exit(127);
 }
 
+/* The console's address, printed once everything is up (when it runs). The
+ * status table goes to stdout as JSON with --json: then the line goes to stderr. */
+static void console_url(void)
+{
+    const cli_service *s = cli_service_find("console");
+    if (!s || !service_installed(s))
+        return;
+    fprintf(g_cli.json ? stderr : stdout, "Console: http://127.0.0.1:%d/\n", g_cli.port_base + s->offset);
+}
+
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -371,6 +381,7 @@ static int up(const void *opts)
             if (wait_ready(READY_TIMEOUT_MS) < 0)
                 return CLI_FAILED;
             status_table(); /* with QUERN_MODELS, serve may still wait for a first version */
+            console_url();
             return CLI_OK;
         }
         setsid();
@@ -395,6 +406,7 @@ static int up(const void *opts)
         if (reporter == 0) {
             if (wait_ready(READY_TIMEOUT_MS) == 0) {
                 status_table();
+                console_url();
                 printf("Quern is up (state in %s). Ctrl-C stops it.\n", g_cli.home);
             } else {
                 kill(getppid(), SIGTERM);

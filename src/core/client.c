@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -190,12 +191,105 @@ typedef struct call {
     const char *idem_key;
     const qn_trace_ctx *trace;
     qn_buf *out;            /* response body (in memory) */
+    qn_fetch *fetch;        /* qn_client_fetch: absolute URL, headers, allow-list */
+    long status;            /* the last attempt's HTTP status (0: no answer) */
+    char *ctype;            /* when set: the answer's Content-Type goes here */
+    size_t ctype_size;
 } call;
 
 static size_t write_buf(char *p, size_t size, size_t n, void *ud)
 {
     qn_buf *b = ud;
     return qn_buf_append(b, p, size * n) < 0 ? 0 : size * n;
+}
+
+int qn_link_next(const char *v, size_t len, char *out, size_t cap)
+{
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+            i++;
+        if (i >= len || v[i] != '<')
+            return -1;
+        size_t start = ++i;
+        while (i < len && v[i] != '>')
+            i++;
+        if (i >= len)
+            return -1;
+        size_t end = i++;
+        /* parameters up to the next link (a ',' outside quotes) */
+        int next = 0, quoted = 0;
+        size_t p = i;
+        while (i < len && (quoted || v[i] != ',')) {
+            if (v[i] == '"')
+                quoted = !quoted;
+            i++;
+        }
+        for (size_t j = p; j + 3 <= i; j++) {
+            if (strncasecmp(v + j, "rel", 3) != 0)
+                continue;
+            size_t q = j + 3;
+            while (q < i && v[q] == ' ')
+                q++;
+            if (q >= i || v[q] != '=')
+                continue;
+            q++;
+            while (q < i && v[q] == ' ')
+                q++;
+            if (q < i && v[q] == '"')
+                q++;
+            /* rel may list several types: "next last" */
+            while (q < i && v[q] != '"' && v[q] != ';') {
+                while (q < i && v[q] == ' ')
+                    q++;
+                size_t w = q;
+                while (q < i && v[q] != ' ' && v[q] != '"' && v[q] != ';')
+                    q++;
+                if (q - w == 4 && strncasecmp(v + w, "next", 4) == 0)
+                    next = 1;
+            }
+        }
+        if (next) {
+            if (end - start + 1 > cap)
+                return -1;
+            memcpy(out, v + start, end - start);
+            out[end - start] = '\0';
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static void copy_value(char *dst, size_t cap, const char *v, size_t n)
+{
+    while (n && (v[n - 1] == '\r' || v[n - 1] == '\n' || v[n - 1] == ' '))
+        n--;
+    while (n && *v == ' ')
+        v++, n--;
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, v, n);
+    dst[n] = '\0';
+}
+
+static size_t header_cb(char *p, size_t size, size_t n, void *ud)
+{
+    qn_fetch *f = ud;
+    size_t len = size * n;
+    const char *colon = memchr(p, ':', len);
+    if (!colon)
+        return len;
+    size_t kl = (size_t)(colon - p), vl = len - kl - 1;
+    const char *v = colon + 1;
+    if (kl == 4 && strncasecmp(p, "etag", 4) == 0)
+        copy_value(f->etag, sizeof f->etag, v, vl);
+    else if (kl == 13 && strncasecmp(p, "last-modified", 13) == 0)
+        copy_value(f->last_modified, sizeof f->last_modified, v, vl);
+    else if (kl == 12 && strncasecmp(p, "content-type", 12) == 0)
+        copy_value(f->content_type, sizeof f->content_type, v, vl);
+    else if (kl == 4 && strncasecmp(p, "link", 4) == 0 && !f->link_next[0])
+        qn_link_next(v, vl, f->link_next, sizeof f->link_next);
+    return len;
 }
 
 static size_t write_file(char *p, size_t size, size_t n, void *ud)
@@ -397,7 +491,11 @@ static int attempts(qn_client *c, call *k, long long deadline, const char **outc
     int safe = k->idem_key || strcmp(k->method, "GET") == 0 || strcmp(k->method, "HEAD") == 0 ||
                strcmp(k->method, "PUT") == 0 || strcmp(k->method, "DELETE") == 0;
     char url[4096], tp[QN_TRACEPARENT_LEN + 1 + 16], ct[160], idem[300];
-    snprintf(url, sizeof url, "%s%s", c->base, k->path);
+    if (k->fetch)
+        snprintf(url, sizeof url, "%s", k->fetch->url);
+    else
+        snprintf(url, sizeof url, "%s%s", c->base, k->path);
+    const char *shown = k->fetch && k->fetch->shown ? k->fetch->shown : url;
     int rc = QN_UNAVAILABLE;
 
     for (int attempt = 0;; attempt++) {
@@ -429,6 +527,20 @@ static int attempts(qn_client *c, call *k, long long deadline, const char **outc
                 return qn_err_set(err, QN_INTERNAL, "cannot truncate download file");
             }
         }
+        qn_netpin *pin = NULL;
+        if (k->fetch) {
+            qn_fetch *f = k->fetch;
+            f->etag[0] = f->last_modified[0] = f->content_type[0] = f->link_next[0] = '\0';
+            if (f->allow && (rc = qn_netallow_pin(f->allow, h, url, &pin, err)) < 0) {
+                curl_easy_cleanup(h);
+                qn_netpin_free(pin);
+                breaker_record(c, probe, 0, NULL);
+                *outcome = "client_error";
+                return rc;
+            }
+            curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, header_cb);
+            curl_easy_setopt(h, CURLOPT_HEADERDATA, f);
+        }
         curl_easy_setopt(h, CURLOPT_URL, url);
         curl_easy_setopt(h, CURLOPT_SHARE, c->share);
         curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
@@ -439,7 +551,10 @@ static int attempts(qn_client *c, call *k, long long deadline, const char **outc
         if (strcmp(k->method, "HEAD") == 0)
             curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
         hdrs = curl_slist_append(hdrs, "Expect:");
-        hdrs = curl_slist_append(hdrs, "Accept: application/json");
+        hdrs = curl_slist_append(hdrs, k->fetch ? "Accept: application/json, application/x-ndjson, text/csv;q=0.9, */*;q=0.5"
+                                                : "Accept: application/json");
+        for (size_t i = 0; k->fetch && i < k->fetch->nheaders; i++)
+            hdrs = curl_slist_append(hdrs, k->fetch->headers[i]);
         if (c->token_header)
             hdrs = curl_slist_append(hdrs, c->token_header);
         if (k->trace) {
@@ -479,8 +594,15 @@ static int attempts(qn_client *c, call *k, long long deadline, const char **outc
         CURLcode cc = curl_easy_perform(h);
         long status = 0;
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        k->status = cc == CURLE_OK ? status : 0;
+        if (k->ctype) {
+            char *got = NULL;
+            curl_easy_getinfo(h, CURLINFO_CONTENT_TYPE, &got);
+            snprintf(k->ctype, k->ctype_size, "%s", cc == CURLE_OK && got ? got : "");
+        }
         curl_slist_free_all(hdrs);
         curl_easy_cleanup(h);
+        qn_netpin_free(pin);
 
         int retry = 0, failed = 0;
         if (cc != CURLE_OK) {
@@ -488,15 +610,15 @@ static int attempts(qn_client *c, call *k, long long deadline, const char **outc
                 qn_buf_free(&errbody);
                 breaker_record(c, probe, 0, NULL);
                 return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "%s %s: answer larger than %zu bytes",
-                                  k->method, url, c->o.max_response);
+                                  k->method, shown, c->o.max_response);
             }
             rc = qn_err_set(err, cc == CURLE_OPERATION_TIMEDOUT ? QN_DEADLINE_EXCEEDED : QN_UNAVAILABLE,
-                            "%s %s: %s", k->method, url, curl_easy_strerror(cc));
+                            "%s %s: %s", k->method, shown, curl_easy_strerror(cc));
             retry = cc == CURLE_COULDNT_CONNECT || cc == CURLE_GOT_NOTHING || cc == CURLE_SEND_ERROR ||
                     cc == CURLE_RECV_ERROR || cc == CURLE_COULDNT_RESOLVE_HOST;
             failed = 1;
             *outcome = cc == CURLE_OPERATION_TIMEDOUT ? "deadline_exceeded" : "unavailable";
-        } else if (status >= 200 && status < 300) {
+        } else if ((status >= 200 && status < 300) || (k->fetch && status == 304)) {
             qn_buf_free(&errbody);
             breaker_record(c, probe, 0, NULL);
             *outcome = "ok";
@@ -512,7 +634,8 @@ static int attempts(qn_client *c, call *k, long long deadline, const char **outc
                 qn_buf_append(&errbody, tmp, n);
                 b = &errbody;
             }
-            rc = error_from_answer(c, k, status, b->data, b->len, err);
+            rc = k->fetch ? qn_err_set(err, status_code(status), "GET %s: HTTP %ld", shown, status)
+                          : error_from_answer(c, k, status, b->data, b->len, err);
             retry = retryable_status(status);
             failed = status >= 500;
             *outcome = failed ? "server_error" : "client_error";
@@ -545,7 +668,7 @@ static int do_call_untraced(qn_client *c, call *k, qn_err *err)
     int probe, rc = breaker_admit(c, 1, &probe, err);
     if (rc == 0) {
         char url[4096];
-        snprintf(url, sizeof url, "%s%s", c->base, k->path);
+        snprintf(url, sizeof url, "%s%s", k->fetch ? (k->fetch->shown ? k->fetch->shown : k->fetch->url) : c->base, k->path);
         outcome = "deadline_exceeded";
         if ((rc = slot_take(c, deadline, k->method, url, err)) == 0) {
             rc = attempts(c, k, deadline, &outcome, err);
@@ -569,7 +692,7 @@ static int do_call(qn_client *c, call *k, qn_err *err)
     qn_span s;
     char url[512];
     qn_span_start(&s, k->method, QN_SPAN_CLIENT, k->trace);
-    snprintf(url, sizeof url, "%s%s", c->base, k->path);
+    snprintf(url, sizeof url, "%s%s", k->fetch ? (k->fetch->shown ? k->fetch->shown : k->fetch->url) : c->base, k->path);
     qn_span_attr_str(&s, "http.method", k->method);
     qn_span_attr_str(&s, "http.url", url);
     const qn_trace_ctx *caller = k->trace;
@@ -629,6 +752,22 @@ int qn_client_raw(qn_client *c, const char *method, const char *path, const char
     call k = {.method = method, .path = path, .content_type = content_type, .body = body, .len = len,
               .trace = trace, .out = out};
     return do_call(c, &k, err);
+}
+
+int qn_client_fetch(qn_client *c, qn_fetch *f, qn_buf *out, qn_err *err)
+{
+    call k = {.method = "GET", .path = "", .out = out, .fetch = f};
+    return do_call(c, &k, err);
+}
+
+int qn_client_forward(qn_client *c, const char *method, const char *path, const char *content_type,
+                      const void *body, size_t len, const qn_trace_ctx *trace, qn_buf *out, char *ctype,
+                      size_t ctype_size, qn_err *err)
+{
+    call k = {.method = method, .path = path, .content_type = content_type, .body = body, .len = len,
+              .trace = trace, .out = out, .ctype = ctype, .ctype_size = ctype_size};
+    int rc = do_call(c, &k, err);
+    return k.status >= 100 ? (int)k.status : rc;
 }
 
 int qn_client_put_file(qn_client *c, const char *path, const char *file, const qn_trace_ctx *trace,

@@ -44,6 +44,7 @@
 #include "core/buf.h"
 #include "core/err.h"
 #include "core/metrics.h"
+#include "core/netallow.h"
 #include "core/trace.h"
 
 typedef struct qn_client qn_client;
@@ -96,6 +97,16 @@ QN_MUST_CHECK int qn_client_raw(qn_client *c, const char *method, const char *pa
                   const void *body, size_t len, const qn_trace_ctx *trace, qn_buf *out,
                   qn_err *err);
 
+/* As qn_client_raw for a proxy: returns the upstream's HTTP status whatever
+ * it is (2xx to 5xx, the answer's body in out, its Content-Type copied into
+ * ctype, "" when it sent none), and a negative code only when no answer came
+ * (transport failure, deadline, open circuit, or an answer larger than out's
+ * bound: QN_RESOURCE_EXHAUSTED). Retries as qn_client_raw does. */
+QN_MUST_CHECK int qn_client_forward(qn_client *c, const char *method, const char *path,
+                                    const char *content_type, const void *body, size_t len,
+                                    const qn_trace_ctx *trace, qn_buf *out, char *ctype,
+                                    size_t ctype_size, qn_err *err);
+
 /* Streams a file as the body of a PUT (never whole in memory). Returns the status. */
 QN_MUST_CHECK int qn_client_put_file(qn_client *c, const char *path, const char *file,
                        const qn_trace_ctx *trace, qn_err *err);
@@ -103,5 +114,34 @@ QN_MUST_CHECK int qn_client_put_file(qn_client *c, const char *path, const char 
 /* Streams a GET into dest via dest.tmp + rename, so dest is never partial. */
 QN_MUST_CHECK int qn_client_get_file(qn_client *c, const char *path, const char *dest,
                        const qn_trace_ctx *trace, qn_err *err);
+
+/* A GET of an outside URL (ingest's http sources), with the same deadline,
+ * retries and breaker as any call of c: url is absolute (the page of a paged
+ * API may be anywhere, c's base only names the upstream); headers are extra
+ * "Name: value" lines (API keys, If-None-Match); allow, when not NULL, is
+ * checked and pinned on every attempt (qn_netallow_pin: a refused address is
+ * QN_PERMISSION_DENIED, never retried). Messages show shown (a redacted
+ * form of url) when given. Returns the status: 2xx, or 304 when a
+ * conditional request found nothing new; the answer's caching and paging
+ * headers are filled in. */
+typedef struct qn_fetch {
+    const char *url;
+    const char *shown;
+    const char *const *headers;
+    size_t nheaders;
+    const qn_netallow *allow;
+    /* from the answer ("" when absent) */
+    char etag[256];
+    char last_modified[64];
+    char content_type[128];
+    char link_next[2048];   /* the target of the Link header's rel="next" */
+} qn_fetch;
+
+QN_MUST_CHECK int qn_client_fetch(qn_client *c, qn_fetch *f, qn_buf *out, qn_err *err);
+
+/* The target of rel="next" in a Link header value (RFC 8288:
+ * `<https://x/?p=2>; rel="next", <...>; rel="last"`), copied into out.
+ * 0, or -1 when there is none or it does not fit. Thread-safe, no allocation. */
+int qn_link_next(const char *value, size_t len, char *out, size_t cap);
 
 #endif

@@ -95,6 +95,7 @@ struct qn_req {
     qn__conn *cx;             /* the connection's tracker entry (may be NULL) */
     qn_arena *arena;
     const char *raw_path;     /* still escaped, query stripped */
+    const char *raw_query;    /* after '?', still escaped; "" when none */
     const char *method;
     const qn_route *route;    /* NULL when nothing matched */
     const char *route_label;  /* template, or "unmatched" */
@@ -421,6 +422,7 @@ static enum MHD_Result res_send(qn_req *req)
 
 const char *qn_req_method(const qn_req *req) { return req->method; }
 const char *qn_req_path(const qn_req *req) { return req->raw_path; }
+const char *qn_req_query_string(const qn_req *req) { return req->raw_query; }
 const char *qn_req_route(const qn_req *req) { return req->route_label; }
 qn_arena *qn_req_arena(qn_req *req) { return req->arena; }
 const qn_trace_ctx *qn_req_trace(const qn_req *req) { return &req->span.ctx; }
@@ -590,6 +592,10 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     req->raw_path = qn_arena_strndup(req->arena, uri, strcspn(uri, "?#"));
     if (!req->raw_path)
         req->raw_path = "";
+    const char *q = strchr(uri, '?');
+    req->raw_query = q ? qn_arena_strndup(req->arena, q + 1, strcspn(q + 1, "#")) : NULL;
+    if (!req->raw_query)
+        req->raw_query = "";
     pthread_mutex_lock(&h->mu);
     h->inflight++;
     pthread_mutex_unlock(&h->mu);

@@ -131,6 +131,9 @@ const char *qn_req_method(const qn_req *req);
 const char *qn_req_path(const qn_req *req);
 /* The matched route's template ("/v1/models/{name}"). */
 const char *qn_req_route(const qn_req *req);
+/* The raw query string after '?', still percent-escaped ("" when none):
+ * for a handler that forwards the request as it came (the console's proxy). */
+const char *qn_req_query_string(const qn_req *req);
 /* A path parameter by name, percent-decoded; NULL if the route has none such. */
 const char *qn_req_param(const qn_req *req, const char *name);
 /* A query parameter; NULL when absent. */

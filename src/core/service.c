@@ -25,6 +25,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "core/log.h"
 #include "core/otel.h"
@@ -216,6 +217,11 @@ int qn_service_main(const qn_service_def *def, int argc, char **argv)
     qn_gauge_set(qn_metrics_gauge(metrics, "quern_build_info", "Always 1; the version in a label.",
                                   vlabel),
                  vval, 1);
+    /* When the process started (Unix seconds), as Prometheus' client libraries
+     * export it: uptime for `quern status` and the console. */
+    qn_gauge_set(qn_metrics_gauge(metrics, "process_start_time_seconds",
+                                  "Start time of the process since the Unix epoch in seconds.", NULL),
+                 NULL, (double)time(NULL));
 
     if (common->otlp_endpoint && *common->otlp_endpoint) {
         qn_otel_opts oo = {.endpoint = common->otlp_endpoint, .service = prog, .metrics = metrics};

@@ -103,12 +103,9 @@ static int bump_seq(qn_conn *c, int64_t id, int64_t last, qn_err *err)
     return rc < 0 ? rc : 0;
 }
 
-static int append_event(qn_req *req, qn_conn *c, const char *dataset, const char *batch_id,
+static int append_event(qn_conn *c, const char *tp, const char *dataset, const char *batch_id,
                         int64_t rows, int64_t first, int64_t last, qn_err *err)
 {
-    /* The request's own span: consumers continue the caller's trace below it. */
-    char tp[QN_TRACEPARENT_LEN + 1];
-    qn_traceparent_format(qn_req_trace(req), tp);
     json_t *data = json_pack("{s:s, s:s, s:I, s:I, s:I}", "dataset", dataset, "batch_id", batch_id,
                              "rows", (json_int_t)rows, "first_seq", (json_int_t)first, "last_seq",
                              (json_int_t)last);
@@ -118,6 +115,25 @@ static int append_event(qn_req *req, qn_conn *c, const char *dataset, const char
     int rc = qn_outbox_append(c, ev, err);
     json_decref(ev);
     return rc;
+}
+
+int ing_append(qn_conn *c, const char *name, const qml_rec_batch *b, int64_t checked_version, const char *tp,
+               const char *batch_id, int64_t *first, int64_t *last, qn_err *err)
+{
+    int64_t id = 0, version = 0, prev = 0;
+    int rc = dataset_for_write(c, name, &id, &version, &prev, err);
+    if (rc < 0)
+        return rc;
+    if (version != checked_version)
+        return qn_err_set(err, QN_ABORTED, "dataset %s: the schema changed (version %lld, rows checked "
+                          "against %lld)", name, (long long)version, (long long)checked_version);
+    *first = prev + 1;
+    *last = prev + (int64_t)b->nrows;
+    if (!b->nrows)
+        return 0;
+    if ((rc = insert_rows(c, id, *first, b, err)) < 0 || (rc = bump_seq(c, id, *last, err)) < 0)
+        return rc;
+    return append_event(c, tp, name, batch_id, (int64_t)b->nrows, *first, *last, err);
 }
 
 /* The 201 answer. first/last are 0 when nothing was accepted. */
@@ -249,7 +265,7 @@ int ing_events_post(qn_req *req, qn_res *res, void *ud)
     size_t len;
     const char *body = qn_req_body(req, &len);
     for (int attempt = 0;; attempt++) {
-        int64_t id = 0, version = 0, last = 0, seen_version = 0;
+        int64_t id = 0, seen_version = 0;
         if (!(c = qn_store_acquire(g->db, &err)))
             goto fail;
         /* A replay needs neither parsing nor the writer. */
@@ -288,9 +304,13 @@ int ing_events_post(qn_req *req, qn_res *res, void *ud)
             count_batch(g, "replayed");
             goto done;
         }
-        if ((rc = dataset_for_write(c, name, &id, &version, &last, &err)) < 0)
-            goto fail;
-        if (version != seen_version) {
+        char batch_id[QN_UUID_LEN + 1];
+        qn_uuid4(batch_id);
+        /* The request's own span: consumers continue the caller's trace below it. */
+        char tp[QN_TRACEPARENT_LEN + 1];
+        qn_traceparent_format(qn_req_trace(req), tp);
+        int64_t first = 0, new_last = 0;
+        if ((rc = ing_append(c, name, &b, seen_version, tp, batch_id, &first, &new_last, &err)) == QN_ABORTED) {
             /* The schema changed since the rows were checked: check again. */
             qn_tx_rollback(c);
             qn_store_release(g->db, c);
@@ -306,14 +326,8 @@ int ing_events_post(qn_req *req, qn_res *res, void *ud)
             }
             continue;
         }
-        char batch_id[QN_UUID_LEN + 1];
-        qn_uuid4(batch_id);
-        int64_t first = last + 1, new_last = last + (int64_t)b.nrows;
-        if (b.nrows) {
-            if ((rc = insert_rows(c, id, first, &b, &err)) < 0 || (rc = bump_seq(c, id, new_last, &err)) < 0 ||
-                (rc = append_event(req, c, name, batch_id, (int64_t)b.nrows, first, new_last, &err)) < 0)
-                goto fail;
-        }
+        if (rc < 0)
+            goto fail;
         if (!(answer = answer_text(name, batch_id, &b, first, new_last))) {
             qn_err_set(&err, QN_RESOURCE_EXHAUSTED, "out of memory");
             goto fail;

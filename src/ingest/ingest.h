@@ -15,7 +15,8 @@
  *
  * Modules: main.c (config, schema, routes, start/stop, backpressure),
  * datasets.c (schemas and dataset listings), events.c (POST/GET events, the
- * outbox view), feedback.c, idem.c (Idempotency-Key).
+ * outbox view), feedback.c, idem.c (Idempotency-Key), sources.c (pull
+ * sources: API, store, scheduler; one file per kind: source_*.c).
  */
 #ifndef QUERN_INGEST_H
 #define QUERN_INGEST_H
@@ -49,6 +50,7 @@ typedef struct ingest {
     qn_metric *batch_rows;        /* histogram of rows per stored batch */
     qn_metric *feedback;
     qn_metric *backpressure;      /* {reason} */
+    struct ing_sources *sources;  /* pull sources (sources.c) */
 } ingest;
 
 /* Answers a failure: client codes pass their message through; busy becomes
@@ -85,6 +87,30 @@ int ing_dataset_lookup(qn_conn *c, const char *name, int64_t *id, int64_t *versi
 int ing_events_post(qn_req *req, qn_res *res, void *ud);
 int ing_events_get(qn_req *req, qn_res *res, void *ud);
 int ing_outbox_list(qn_req *req, qn_res *res, void *ud);
+/* Appends b's good rows to dataset name inside c's open write transaction
+ * (the caller holds the writer mutex): creates the dataset when needed,
+ * gives the rows the next gapless seqs, bumps last_seq and queues
+ * quern.events.ingested (traceparent tp, may be NULL) in the outbox. The
+ * rows must have been checked against schema version checked_version:
+ * QN_ABORTED when the dataset's version differs now (roll back, check again).
+ * *first and *last are the seqs given (*first > *last when b is empty). */
+int ing_append(qn_conn *c, const char *name, const qml_rec_batch *b, int64_t checked_version, const char *tp,
+               const char *batch_id, int64_t *first, int64_t *last, qn_err *err);
+
+/* sources.c: pull sources (docs/ingest.md "Sources"). start loads the
+ * declared sources, marks runs a crash cut short as failed and starts the
+ * scheduler; allow is --source-allow, paths --source-paths. stop waits for
+ * runs in progress. */
+int ing_sources_start(ingest *g, qn_metrics *m, const char *allow, const char *paths, qn_err *err);
+void ing_sources_stop(ingest *g);
+size_t ing_sources_allow_count(const ingest *g);
+int ing_source_put(qn_req *req, qn_res *res, void *ud);
+int ing_source_get(qn_req *req, qn_res *res, void *ud);
+int ing_source_delete(qn_req *req, qn_res *res, void *ud);
+int ing_sources_list(qn_req *req, qn_res *res, void *ud);
+int ing_source_run(qn_req *req, qn_res *res, void *ud);
+int ing_source_runs(qn_req *req, qn_res *res, void *ud);
+typedef struct ing_sources ing_sources;
 
 /* feedback.c */
 int ing_feedback_post(qn_req *req, qn_res *res, void *ud);

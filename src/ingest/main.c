@@ -29,6 +29,8 @@ typedef struct ingest_cfg {
     long long max_backlog;
     long long write_wait_ms;
     long long idem_ttl_ms;
+    char *source_allow;
+    char *source_paths;
 } ingest_cfg;
 
 static const qn_cfg_opt opts[] = {
@@ -43,6 +45,12 @@ static const qn_cfg_opt opts[] = {
      "How long a write waits for the store before 503", offsetof(ingest_cfg, write_wait_ms)},
     {"idempotency-ttl", "QUERN_INGEST_IDEMPOTENCY_TTL", QN_CFG_DURATION, "24h", 60000, 30LL * 86400000,
      "How long an Idempotency-Key is remembered", offsetof(ingest_cfg, idem_ttl_ms)},
+    {"source-allow", "QUERN_SOURCE_ALLOW", QN_CFG_STRING, NULL, 0, 0,
+     "Comma-separated hosts and CIDRs http sources may reach besides public addresses "
+     "(loopback, private and link-local ones are refused unless listed)", offsetof(ingest_cfg, source_allow)},
+    {"source-paths", "QUERN_SOURCE_PATHS", QN_CFG_STRING, NULL, 0, 0,
+     "Comma-separated directories under which sources may read files (sqlite path, files dir, "
+     "password_file, headers_file); none by default", offsetof(ingest_cfg, source_paths)},
 };
 
 /* Schema. events holds each row's canonical JSON under (dataset, seq); seq
@@ -84,6 +92,38 @@ static const qn_migration migrations[] = {
      "  PRIMARY KEY (scope, key));"
      "CREATE INDEX idempotency_age ON idempotency (created_at);"
      QN_OUTBOX_SCHEMA},
+    /* Pull sources (sources.c): the declaration as canonical JSON with its
+     * committed cursor and state, the files taken by digest, the runs. */
+    {2,
+     "CREATE TABLE sources ("
+     "  name TEXT PRIMARY KEY,"
+     "  kind TEXT NOT NULL,"
+     "  dataset TEXT NOT NULL,"
+     "  spec TEXT NOT NULL,"
+     "  cursor_value TEXT,"
+     "  state TEXT,"
+     "  created_at INTEGER NOT NULL,"
+     "  updated_at INTEGER NOT NULL);"
+     "CREATE TABLE source_files ("
+     "  source TEXT NOT NULL,"
+     "  digest TEXT NOT NULL,"
+     "  path TEXT NOT NULL,"
+     "  nrows INTEGER NOT NULL,"
+     "  taken_at INTEGER NOT NULL,"
+     "  PRIMARY KEY (source, digest));"
+     "CREATE TABLE source_runs ("
+     "  id INTEGER PRIMARY KEY,"
+     "  source TEXT NOT NULL,"
+     "  cause TEXT NOT NULL,"
+     "  status TEXT NOT NULL,"
+     "  nrows INTEGER NOT NULL DEFAULT 0,"
+     "  rejected INTEGER NOT NULL DEFAULT 0,"
+     "  chunks INTEGER NOT NULL DEFAULT 0,"
+     "  error TEXT,"
+     "  errors TEXT,"
+     "  started_at INTEGER NOT NULL,"
+     "  finished_at INTEGER);"
+     "CREATE INDEX source_runs_by ON source_runs (source, id);"},
 };
 
 #define KB 1024ull
@@ -98,6 +138,12 @@ static qn_route routes[] = {
     {"GET", "/v1/datasets/{name}/events", ing_events_get, 0, 0, NULL},
     {"POST", "/v1/feedback", ing_feedback_post, 8 * MB, 0, NULL},
     {"GET", "/v1/outbox", ing_outbox_list, 0, 0, NULL},
+    {"GET", "/v1/sources", ing_sources_list, 0, 0, NULL},
+    {"PUT", "/v1/sources/{name}", ing_source_put, 256 * KB, 0, NULL},
+    {"GET", "/v1/sources/{name}", ing_source_get, 0, 0, NULL},
+    {"DELETE", "/v1/sources/{name}", ing_source_delete, 0, 0, NULL},
+    {"POST", "/v1/sources/{name}/runs", ing_source_run, 0, 0, NULL},
+    {"GET", "/v1/sources/{name}/runs", ing_source_runs, 0, 0, NULL},
 };
 
 int ing_fail(qn_req *req, qn_res *res, const qn_err *err)
@@ -222,14 +268,21 @@ static int ingest_start(qn_service_ctx *ctx, qn_err *err)
     g->backpressure = qn_metrics_counter(ctx->metrics, "quern_ingest_backpressure_total",
                                          "Writes turned away to keep up (backlog: 429, store: 503).",
                                          reason);
+    if (ing_sources_start(g, ctx->metrics, cfg->source_allow, cfg->source_paths, err) < 0) {
+        ing_sources_stop(g);
+        qn_deps_close(g->db, g->bus, g->outbox);
+        pthread_mutex_destroy(&g->write_mu);
+        free(g);
+        return err->code;
+    }
     for (size_t i = 0; i < QN_NELEM(routes); i++)
         if (routes[i].handler == ing_events_post)
             routes[i].max_body = (uint64_t)cfg->max_body;
     ctx->routes = routes;
     ctx->nroutes = QN_NELEM(routes);
     ctx->ud = g;
-    qn_log_info(NULL, "ingest open", "{s:s, s:i}", "data", cfg->common.data, "schema",
-                qn_store_version(g->db));
+    qn_log_info(NULL, "ingest open", "{s:s, s:i, s:i}", "data", cfg->common.data, "schema",
+                qn_store_version(g->db), "source_allow", (int)ing_sources_allow_count(g));
     return 0;
 }
 
@@ -238,6 +291,7 @@ static void ingest_stop(qn_service_ctx *ctx)
     ingest *g = ctx->ud;
     if (!g)
         return;
+    ing_sources_stop(g);
     qn_deps_flush(g->outbox, 5000);
     qn_deps_close(g->db, g->bus, g->outbox);
     pthread_mutex_destroy(&g->write_mu);

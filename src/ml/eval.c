@@ -500,6 +500,133 @@ int qml_metric_r2(const double *y, const double *yhat, size_t n, double *out, qn
     return 0;
 }
 
+int qml_metric_mean_error(const double *y, const double *yhat, size_t n, double *out, qn_err *err)
+{
+    int rc = need_rows(n, err);
+    if (rc < 0)
+        return rc;
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += yhat[i] - y[i];
+    *out = s / (double)n;
+    return 0;
+}
+
+/* 0 when every y is 0 or 1 and every p in [0, 1]; else QN_INVALID_ARGUMENT naming the row. */
+static int binary_pairs(const double *y, const double *p, size_t n, qn_err *err)
+{
+    int rc = need_rows(n, err);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        if (y && y[i] != 0 && y[i] != 1)
+            return qn_err_set(err, QN_INVALID_ARGUMENT, "row %zu: label %g is not 0 or 1", i, y[i]);
+        if (!(p[i] >= 0 && p[i] <= 1))
+            return qn_err_set(err, QN_INVALID_ARGUMENT, "row %zu: probability %g is not in [0, 1]", i, p[i]);
+    }
+    return 0;
+}
+
+int qml_metric_brier(const double *y, const double *p, size_t n, double *out, qn_err *err)
+{
+    int rc = binary_pairs(y, p, n, err);
+    if (rc < 0)
+        return rc;
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (p[i] - y[i]) * (p[i] - y[i]);
+    *out = s / (double)n;
+    return 0;
+}
+
+static size_t cal_bin(double p)
+{
+    size_t b = (size_t)(p * QML_CAL_BINS);
+    return b >= QML_CAL_BINS ? QML_CAL_BINS - 1 : b;
+}
+
+int qml_calibration_table(const double *y, const double *p, size_t n, qml_calibration *out,
+                          qn_err *err)
+{
+    int rc = binary_pairs(y, p, n, err);
+    if (rc < 0)
+        return rc;
+    double sp[QML_CAL_BINS] = {0}, sy[QML_CAL_BINS] = {0};
+    memset(out, 0, sizeof *out);
+    for (size_t i = 0; i < n; i++) {
+        size_t b = cal_bin(p[i]);
+        out->n[b] += 1;
+        sp[b] += p[i];
+        sy[b] += y[i];
+    }
+    for (size_t b = 0; b < QML_CAL_BINS; b++) {
+        out->mean_p[b] = out->n[b] > 0 ? sp[b] / out->n[b] : NAN;
+        out->rate[b] = out->n[b] > 0 ? sy[b] / out->n[b] : NAN;
+    }
+    return 0;
+}
+
+double qml_calibrate(const qml_calibration *cal, double p)
+{
+    if (!(p >= 0 && p <= 1))
+        return p;
+    size_t b = cal_bin(p);
+    return cal->n[b] > 0 && isfinite(cal->rate[b]) ? cal->rate[b] : p;
+}
+
+typedef struct cbpe_row {
+    double s, p;
+} cbpe_row;
+
+static int cmp_cbpe_desc(const void *a, const void *b)
+{
+    double x = ((const cbpe_row *)a)->s, y = ((const cbpe_row *)b)->s;
+    return (x < y) - (x > y);
+}
+
+int qml_cbpe_binary(const double *score, const double *p, size_t n, double *accuracy,
+                    double *auc, qn_err *err)
+{
+    int rc = binary_pairs(NULL, p, n, err);
+    if (rc < 0)
+        return rc;
+    cbpe_row *r = malloc(n * sizeof *r);
+    if (!r)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    double acc = 0, pos = 0, neg = 0;
+    for (size_t i = 0; i < n; i++) {
+        r[i].s = score ? score[i] : p[i];
+        r[i].p = p[i];
+        acc += r[i].s >= 0.5 ? p[i] : 1 - p[i];
+        pos += p[i];
+        neg += 1 - p[i];
+    }
+    *accuracy = acc / (double)n;
+    if (pos <= 0 || neg <= 0) {
+        *auc = NAN;
+        free(r);
+        return 0;
+    }
+    qsort(r, n, sizeof *r, cmp_cbpe_desc);
+    /* Lower the threshold one distinct score at a time: the expected TP and
+     * FP grow by the p and 1 - p of the rows at that score; add the trapezoid. */
+    double tp = 0, fp = 0, area = 0;
+    for (size_t b = 0; b < n;) {
+        double tp0 = tp, fp0 = fp;
+        size_t e = b;
+        while (e < n && r[e].s == r[b].s) {
+            tp += r[e].p;
+            fp += 1 - r[e].p;
+            e++;
+        }
+        area += (fp - fp0) / neg * 0.5 * (tp + tp0) / pos;
+        b = e;
+    }
+    free(r);
+    *auc = area;
+    return 0;
+}
+
 /* ---- recommender metrics --------------------------------------------------- */
 
 int qml_rec_user_metrics(const int32_t *recs, size_t n_recs, const int32_t *relevant,

@@ -119,6 +119,46 @@ int qml_metric_mae(const double *y, const double *yhat, size_t n, double *out, q
  * are perfect, else 0 (sklearn's force_finite). */
 int qml_metric_r2(const double *y, const double *yhat, size_t n, double *out, qn_err *err);
 
+/* Mean of yhat - y: the bias of a regressor (positive: it over-predicts). */
+int qml_metric_mean_error(const double *y, const double *yhat, size_t n, double *out, qn_err *err);
+/* Brier score, y in {0, 1}, p = P(y = 1) in [0, 1]: mean (p - y)^2. */
+int qml_metric_brier(const double *y, const double *p, size_t n, double *out, qn_err *err);
+
+/* ---- calibration and confidence-based performance estimation (CBPE) -------- */
+
+#define QML_CAL_BINS 10
+
+/* A calibration table of a binary classifier: QML_CAL_BINS equal-width bins
+ * of p = P(y = 1) over [0, 1] (bin b holds b/10 <= p < (b+1)/10, p = 1 in the
+ * last); per bin the rows, the mean p and the observed rate of y = 1 (both
+ * NaN when the bin is empty). */
+typedef struct qml_calibration {
+    double n[QML_CAL_BINS];
+    double mean_p[QML_CAL_BINS];
+    double rate[QML_CAL_BINS];
+} qml_calibration;
+
+/* The table of n (y, p) pairs (y in {0, 1}, p in [0, 1]). */
+int qml_calibration_table(const double *y, const double *p, size_t n, qml_calibration *out,
+                          qn_err *err);
+/* Histogram-binned calibration: p mapped to the observed rate of its bin in
+ * cal; p itself when that bin was empty. */
+double qml_calibrate(const qml_calibration *cal, double p);
+
+/* CBPE of a binary classifier (no labels), as NannyML's CBPE: score[i] is
+ * the model's own output (its decision is score >= 0.5, its ranking the
+ * order of score), p[i] the calibrated probability that row i is positive.
+ * The expected accuracy is the mean of p where the decision is positive and
+ * 1 - p where it is negative (the mean of max(p, 1 - p) when score = p); the
+ * expected ROC AUC is the area under the curve of expected
+ * TPR = sum_{score_i >= t} p_i / sum p against expected
+ * FPR = sum_{score_i >= t} (1 - p_i) / sum (1 - p) over every threshold t
+ * (tied scores one step, trapezoids). score may be NULL (= p). *auc is NaN
+ * when sum p or sum (1 - p) is 0 (every row surely one class). Returns 0, or
+ * QN_INVALID_ARGUMENT for n == 0 or a p outside [0, 1], QN_RESOURCE_EXHAUSTED. */
+int qml_cbpe_binary(const double *score, const double *p, size_t n, double *accuracy,
+                    double *auc, qn_err *err);
+
 /* ---- recommender metrics ---------------------------------------------------- */
 
 typedef struct qml_rec_user {

@@ -30,7 +30,8 @@ static const char *const xgb_sonames[] = {"libxgboost.so.0", NULL};
 static const char *const xgb_symbols[] = {
     "XGBGetLastError", "XGDMatrixCreateFromMat_omp", "XGDMatrixSetFloatInfo", "XGDMatrixFree",
     "XGBoosterCreate", "XGBoosterFree", "XGBoosterSetParam", "XGBoosterUpdateOneIter",
-    "XGBoosterEvalOneIter", "XGBoosterPredictFromDense", "XGBoosterLoadModelFromBuffer",
+    "XGBoosterEvalOneIter", "XGBoosterPredictFromDense", "XGBoosterPredictFromDMatrix",
+    "XGBoosterLoadModelFromBuffer",
     "XGBoosterSaveModelToBuffer", "XGBoosterSaveJsonConfig", "XGBoosterGetNumFeature",
     "XGBoosterBoostedRounds", NULL};
 
@@ -45,7 +46,7 @@ static const char *const liblinear_sonames[] = {"liblinear.so.4", NULL};
 static const char *const liblinear_symbols[] = {"train", "check_parameter", "free_and_destroy_model",
                                                 "set_print_string_function", NULL};
 
-_Static_assert(sizeof qml__xgb == 15 * sizeof(void *), "xgb_symbols matches qml__xgb_api");
+_Static_assert(sizeof qml__xgb == 16 * sizeof(void *), "xgb_symbols matches qml__xgb_api");
 _Static_assert(sizeof qml__blas == 7 * sizeof(void *), "blas_symbols matches qml__blas_api");
 _Static_assert(sizeof qml__liblinear == 4 * sizeof(void *),
                "liblinear_symbols matches qml__liblinear_api");

@@ -41,6 +41,7 @@ typedef struct {
     QML__FN(XGBoosterUpdateOneIter) BoosterUpdateOneIter;
     QML__FN(XGBoosterEvalOneIter) BoosterEvalOneIter;
     QML__FN(XGBoosterPredictFromDense) BoosterPredictFromDense;
+    QML__FN(XGBoosterPredictFromDMatrix) BoosterPredictFromDMatrix;
     QML__FN(XGBoosterLoadModelFromBuffer) BoosterLoadModelFromBuffer;
     QML__FN(XGBoosterSaveModelToBuffer) BoosterSaveModelToBuffer;
     QML__FN(XGBoosterSaveJsonConfig) BoosterSaveJsonConfig;

@@ -9,6 +9,7 @@
  */
 #include "ml/model.h"
 #include "core/json.h"
+#include "ml/explain.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@ struct qml_model {
     qml_linear *lin;
     qml_xgb *xgb;
     qml_als *als;
+    double *als_gram;            /* ALS: Y'Y of the item factors, for explanations */
     double *classes;
     size_t n_classes;
     int k;
@@ -63,6 +65,7 @@ void qml_model_free(qml_model *m)
     qml_linear_free(m->lin);
     qml_xgb_free(m->xgb);
     qml_als_free(m->als);
+    free(m->als_gram);
     free(m->classes);
     free_specs(m->in, m->n_in);
     free_specs(m->out, m->n_out);
@@ -238,6 +241,8 @@ int qml__model_new_als(qml_als *als, int k, qml_model **out, qn_err *err)
     int rc = add_spec(&m->in, &m->n_in, "user_id", "BYTES", vec, 1, err);
     if (rc == 0)
         rc = default_outputs(m, err);
+    if (rc == 0 && !(m->als_gram = qml_als_gram(als)))
+        rc = oom(err);
     if (rc < 0)
         qml_model_free(m);
     else
@@ -455,6 +460,10 @@ int qml_model_load(const char *dir, const qml_model_opts *opts, qml_model **out,
             }
         if ((rc = qml_als_load(qml_bundle_dir(m->bundle), &m->als, err)) < 0)
             goto out;
+        if (!(m->als_gram = qml_als_gram(m->als))) {
+            rc = oom(err);
+            goto out;
+        }
         if (m->n_in != 1 || strcmp(m->in[0].name, "user_id")) {
             rc = qn_err_set(err, QN_INVALID_ARGUMENT, "als bundle %s: inputs must be "
                             "[\"user_id\"]", dir);
@@ -557,6 +566,9 @@ const double *qml_model_classes(const qml_model *m, size_t *n)
 
 const qml_features *qml_model_features(const qml_model *m) { return m->features; }
 const qml_als *qml_model_als(const qml_model *m) { return m->als; }
+const qml_linear *qml_model_linear(const qml_model *m) { return m->lin; }
+const qml_xgb *qml_model_xgb(const qml_model *m) { return m->xgb; }
+const double *qml__model_als_gram(const qml_model *m) { return m->als_gram; }
 
 /* ---- prediction ------------------------------------------------------------------ */
 
@@ -592,7 +604,7 @@ static int need_tabular(const qml_model *m, qn_err *err)
     return 0;
 }
 
-int qml_model_predict(const qml_model *m, const qml_input_batch *b, float *out, qn_err *err)
+int qml_model_transform(const qml_model *m, const qml_input_batch *b, float *X, qn_err *err)
 {
     int rc = need_tabular(m, err);
     if (rc < 0)
@@ -603,7 +615,7 @@ int qml_model_predict(const qml_model *m, const qml_input_batch *b, float *out, 
                           QML_MODEL_MAX_ROWS, n);
     if (n == 0)
         return 0;
-    size_t d = qml_features_n_features(m->features), strbytes = 0;
+    size_t strbytes = 0;
     for (size_t c = 0; c < b->n_cols; c++) {
         const qml_input_col *col = &b->cols[c];
         if (!col->name)
@@ -621,8 +633,7 @@ int qml_model_predict(const qml_model *m, const qml_input_batch *b, float *out, 
     qml_raw_input *in = malloc((b->n_cols ? b->n_cols : 1) * sizeof *in);
     qml_raw_value *vals = malloc((b->n_cols ? b->n_cols : 1) * n * sizeof *vals);
     char *text = malloc(strbytes ? strbytes : 1), *t = text;
-    float *X = malloc(n * (d ? d : 1) * sizeof *X);
-    if (!in || !vals || !text || !X) {
+    if (!in || !vals || !text) {
         rc = oom(err);
         goto out;
     }
@@ -643,13 +654,27 @@ int qml_model_predict(const qml_model *m, const qml_input_batch *b, float *out, 
         }
         in[c] = (qml_raw_input){col->name, v};
     }
-    if ((rc = qml_features_transform_raw(m->features, in, b->n_cols, n, X, err)) < 0)
-        goto out;
-    rc = predict_x(m, X, n, out, err);
+    rc = qml_features_transform_raw(m->features, in, b->n_cols, n, X, err);
 out:
     free(in);
     free(vals);
     free(text);
+    return rc;
+}
+
+int qml_model_predict(const qml_model *m, const qml_input_batch *b, float *out, qn_err *err)
+{
+    int rc = need_tabular(m, err);
+    if (rc < 0)
+        return rc;
+    size_t n = b->n_rows, d = qml_features_n_features(m->features);
+    if (n == 0 || n > QML_MODEL_MAX_ROWS)
+        return qml_model_transform(m, b, NULL, err); /* 0, or the row limit's error */
+    float *X = malloc(n * (d ? d : 1) * sizeof *X);
+    if (!X)
+        return oom(err);
+    if ((rc = qml_model_transform(m, b, X, err)) == 0)
+        rc = predict_x(m, X, n, out, err);
     free(X);
     return rc;
 }

@@ -118,6 +118,8 @@ const double *qml_model_classes(const qml_model *m, size_t *n);
 /* The parts, borrowed (NULL when the kind has none). */
 const qml_features *qml_model_features(const qml_model *m);
 const qml_als *qml_model_als(const qml_model *m);
+const qml_linear *qml_model_linear(const qml_model *m);
+const qml_xgb *qml_model_xgb(const qml_model *m);
 
 /* ---- tabular prediction --------------------------------------------------- */
 
@@ -158,6 +160,11 @@ typedef struct qml_input_batch {
  * QN_FAILED_PRECONDITION for an ALS model (use qml_model_recommend);
  * QN_RESOURCE_EXHAUSTED; QN_INTERNAL (XGBoost). Thread-safe. */
 int qml_model_predict(const qml_model *m, const qml_input_batch *b, float *out, qn_err *err);
+
+/* The first half of qml_model_predict: the fitted transforms alone, writing
+ * n_rows * qml_features_n_features floats to X (what the model proper takes;
+ * see explain.h). Same checks and errors. Thread-safe. */
+int qml_model_transform(const qml_model *m, const qml_input_batch *b, float *X, qn_err *err);
 
 /* The same over the rows of a frame (columns found by name): what training
  * and evaluation use. Thread-safe. */
@@ -223,6 +230,9 @@ int qml__model_save_file(const qml_model *m, char **buf, size_t *len, qn_err *er
 /* The files of an ALS bundle, as qml_als_save names them. */
 #define QML__ALS_NFILES 7
 extern const char *const qml__als_files[QML__ALS_NFILES];
+/* ALS: Y'Y of the item factors (qml_als_gram), made once at load for
+ * explanations (explain.h); NULL for other kinds. */
+const double *qml__model_als_gram(const qml_model *m);
 /* Attaches the manifest written for m (taken over). */
 void qml__model_set_manifest(qml_model *m, qml_manifest *manifest);
 

@@ -601,7 +601,8 @@ static int eval_tabular(const qml_model *m, const qml_train_spec *spec, const qm
             a[i] = p[i];
         if ((rc = qml_metric_rmse(y, a, n, &v, err)) < 0 || (rc = set_num(out, "rmse", v, err)) < 0 ||
             (rc = qml_metric_mae(y, a, n, &v, err)) < 0 || (rc = set_num(out, "mae", v, err)) < 0 ||
-            (rc = qml_metric_r2(y, a, n, &v, err)) < 0 || (rc = set_num(out, "r2", v, err)) < 0)
+            (rc = qml_metric_r2(y, a, n, &v, err)) < 0 || (rc = set_num(out, "r2", v, err)) < 0 ||
+            (rc = qml_metric_mean_error(y, a, n, &v, err)) < 0 || (rc = set_num(out, "mean_error", v, err)) < 0)
             goto out;
         goto out;
     }
@@ -637,8 +638,26 @@ static int eval_tabular(const qml_model *m, const qml_train_spec *spec, const qm
     }
     if ((rc = qml_metric_log_loss(a, b, n, 0, &v, err)) < 0 ||
         (rc = set_num(out, "log_loss", v, err)) < 0 ||
-        (rc = qml_metric_roc_auc(a, b, n, &v, err)) < 0 || (rc = set_num(out, "roc_auc", v, err)) < 0)
+        (rc = qml_metric_roc_auc(a, b, n, &v, err)) < 0 || (rc = set_num(out, "roc_auc", v, err)) < 0 ||
+        (rc = qml_metric_brier(a, b, n, &v, err)) < 0 || (rc = set_num(out, "brier", v, err)) < 0)
         goto out;
+    /* The holdout's calibration table, flat (manifest metrics are numbers):
+     * quern-monitor calibrates live probabilities with it before estimating
+     * accuracy and AUC without labels (CBPE). Empty bins are left out. */
+    qml_calibration cal;
+    if ((rc = qml_calibration_table(a, b, n, &cal, err)) < 0)
+        goto out;
+    for (size_t k = 0; k < QML_CAL_BINS; k++) {
+        if (cal.n[k] <= 0)
+            continue;
+        char key[40];
+        snprintf(key, sizeof key, "calibration.n.%zu", k);
+        if ((rc = set_num(out, key, cal.n[k], err)) < 0)
+            goto out;
+        snprintf(key, sizeof key, "calibration.rate.%zu", k);
+        if ((rc = set_num(out, key, cal.rate[k], err)) < 0)
+            goto out;
+    }
 out:
     free(p);
     free(a);

@@ -56,8 +56,11 @@
  *
  * Metrics (names in result.metrics and in the manifest):
  *   classifier: accuracy, log_loss, roc_auc (roc_auc and log_loss binary; log_loss
- *     multiclass is the mean -ln p(true class), clipped at 1e-15)
- *   regressor: rmse, mae, r2
+ *     multiclass is the mean -ln p(true class), clipped at 1e-15); binary also
+ *     brier and the holdout calibration table as calibration.n.B and
+ *     calibration.rate.B (B = 0..9, non-empty bins only; eval.h), which
+ *     quern-monitor uses to estimate live accuracy and AUC before labels
+ *   regressor: rmse, mae, r2, mean_error (mean of prediction - label)
  *   als: precision@k, recall@k, map@k, ndcg@k, auc, coverage, and the same for
  *     the popularity baseline as baseline.<name> (eval.h gives definitions)
  *   rows: n_train, n_test. Lower is better for log_loss, rmse and mae.

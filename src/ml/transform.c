@@ -173,6 +173,15 @@ const char *qml_features_input(const qml_features *f, size_t i)
     return i < f->n_cols ? f->cols[i].name : NULL;
 }
 
+int qml_features_slice(const qml_features *f, size_t i, size_t *offset, size_t *width)
+{
+    if (i >= f->n_cols)
+        return -1;
+    *offset = f->cols[i].offset;
+    *width = f->cols[i].width;
+    return 0;
+}
+
 /* Lays out offsets and names once every column's width is known. */
 static int finish_layout(qml_features *f, qn_err *err)
 {

@@ -112,6 +112,10 @@ const char *qml_features_name(const qml_features *f, size_t i);
 /* Number of input columns and the name of input i (owned by f). */
 size_t qml_features_n_inputs(const qml_features *f);
 const char *qml_features_input(const qml_features *f, size_t i);
+/* The output features input i becomes: [*offset, *offset + *width) (one
+ * feature for a numeric column, its one-hot or hash buckets otherwise).
+ * 0, or -1 when i is out of range. */
+int qml_features_slice(const qml_features *f, size_t i, size_t *offset, size_t *width);
 
 /* Transforms every row of frame into out (nrows x n_features floats, row
  * major, caller-allocated). Columns are found by name; extra columns are

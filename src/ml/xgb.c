@@ -32,6 +32,7 @@ struct qml_xgb {
     size_t n_outputs;
     int n_classes;
     int n_rounds;
+    int nthread;        /* OpenMP threads per call (0: XGBoost's default) */
     char objective[64];
 };
 
@@ -233,6 +234,7 @@ static int pin(BoosterHandle h, int nthread, qml_xgb **out, qn_err *err)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     }
     m->h = h;
+    m->nthread = nthread;
     if (nthread > 0) {
         char v[16];
         snprintf(v, sizeof v, "%d", nthread);
@@ -648,6 +650,70 @@ int qml_xgb_predict(const qml_xgb *m, const float *x, size_t n_rows, size_t n_co
     /* res lives in XGBoost's per-thread buffer: copy before the next call. */
     memcpy(out, res, n_rows * m->n_outputs * sizeof *out);
     return 0;
+}
+
+size_t qml_xgb_n_groups(const qml_xgb *m)
+{
+    return m->n_classes > 0 ? (size_t)m->n_classes : 1;
+}
+
+int qml_xgb_contribs(const qml_xgb *m, const float *x, size_t n_rows, size_t n_cols,
+                     float *contribs, float *margin, qn_err *err)
+{
+    if (n_cols != m->n_features)
+        return qn_err_set(err, QN_INVALID_ARGUMENT,
+                          "input has %zu features per row but the model expects %zu", n_cols,
+                          m->n_features);
+    if (n_rows == 0)
+        return 0;
+    if (!x || !contribs)
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "explanation input or output is NULL");
+    size_t ng = qml_xgb_n_groups(m), w = n_cols + 1;
+    if (n_rows > (size_t)INT64_MAX / w / ng)
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "explanation batch of %zu rows is too large",
+                          n_rows);
+    /* In-place prediction refuses contributions ("Unsupported prediction
+     * type"), so this goes through a DMatrix, as Python's predict does. */
+    DMatrixHandle d = NULL;
+    int rc = 0;
+    const bst_ulong *shape;
+    bst_ulong dim;
+    const float *res;
+    if (qml__xgb.DMatrixCreateFromMat_omp(x, n_rows, n_cols, NAN, &d, m->nthread) != 0)
+        return xgb_fail(err, QN_INTERNAL, "building the XGBoost matrix");
+    static const char contrib_cfg[] = "{\"type\":2,\"training\":false,\"iteration_begin\":0,"
+                                      "\"iteration_end\":0,\"strict_shape\":true}";
+    if (qml__xgb.BoosterPredictFromDMatrix(m->h, d, contrib_cfg, &shape, &dim, &res) != 0) {
+        rc = xgb_fail(err, QN_INTERNAL, "xgboost contributions");
+        goto out;
+    }
+    if (dim != 3 || shape[0] != n_rows || shape[1] != ng || shape[2] != w) {
+        rc = qn_err_set(err, QN_INTERNAL,
+                        "xgboost returned contributions of an unexpected shape for %zu rows",
+                        n_rows);
+        goto out;
+    }
+    /* res lives in XGBoost's per-thread buffer, which the margin call reuses. */
+    memcpy(contribs, res, n_rows * ng * w * sizeof *contribs);
+    if (margin) {
+        static const char margin_cfg[] = "{\"type\":1,\"training\":false,"
+                                         "\"iteration_begin\":0,\"iteration_end\":0,"
+                                         "\"strict_shape\":true}";
+        if (qml__xgb.BoosterPredictFromDMatrix(m->h, d, margin_cfg, &shape, &dim, &res) != 0) {
+            rc = xgb_fail(err, QN_INTERNAL, "xgboost margin");
+            goto out;
+        }
+        if (dim != 2 || shape[0] != n_rows || shape[1] != ng) {
+            rc = qn_err_set(err, QN_INTERNAL,
+                            "xgboost returned margins of an unexpected shape for %zu rows",
+                            n_rows);
+            goto out;
+        }
+        memcpy(margin, res, n_rows * ng * sizeof *margin);
+    }
+out:
+    qml__xgb.DMatrixFree(d);
+    return rc;
 }
 
 void qml_xgb_free(qml_xgb *m)

@@ -120,6 +120,21 @@ int qml_xgb_n_rounds(const qml_xgb *m);
 int qml_xgb_predict(const qml_xgb *m, const float *x, size_t n_rows, size_t n_cols, float *out,
                     qn_err *err);
 
+/* Trees per round: 1, or num_class for a multiclass model. */
+size_t qml_xgb_n_groups(const qml_xgb *m);
+
+/* Exact TreeSHAP contributions, computed by XGBoost itself (the numbers of
+ * Python's predict(..., pred_contribs=True)), for n_rows rows of x as in
+ * qml_xgb_predict. contribs gets n_rows * n_groups * (n_features + 1) floats,
+ * row-major [row][group][feature], the last of each group being the bias
+ * (the base score and the trees' expected value); margin (NULL to skip) gets
+ * n_rows * n_groups raw margins (before the sigmoid or softmax). Each group's
+ * contributions sum to its margin up to float rounding. Returns 0,
+ * QN_INVALID_ARGUMENT for a wrong width or too large a batch, QN_INTERNAL
+ * with XGBoost's message. Thread-safe, as qml_xgb_predict. */
+int qml_xgb_contribs(const qml_xgb *m, const float *x, size_t n_rows, size_t n_cols,
+                     float *contribs, float *margin, qn_err *err);
+
 /* 1 when predictions walk the trees in libquern-ml (a loaded gbtree model
  * with numeric splits and a binary:logistic, reg:squarederror or
  * multi:softprob objective, checked against XGBoost on probe rows at load),

@@ -7,7 +7,10 @@
  *   PUT    /v1/monitors/{model}             per-model overrides (replaces them)
  *   DELETE /v1/monitors/{model}             back to the service defaults
  *   GET    /v1/monitors/{model}/report      the latest report; ?history=N the N newest
- *   POST   /v1/monitors/{model}/close       closes the open windows now
+ *   POST   /v1/monitors/{model}/close       closes the open windows now (drift,
+ *                                           quality and estimation windows)
+ *   GET    /v1/monitors/{model}/quality     label counts, open quality windows,
+ *                                           live quality reports and CBPE estimates
  *
  * Overrides are validated strictly (unknown fields, out-of-range numbers and
  * unknown method names are 400 naming the field) and stored as canonical
@@ -431,6 +434,8 @@ int mon_delete(qn_req *req, qn_res *res, void *ud)
     return qn_res_empty(res, 204);
 }
 
+static int latest_quality(monitor *m, const char *model, json_t **out, qn_err *err);
+
 int mon_report(qn_req *req, qn_res *res, void *ud)
 {
     monitor *m = ud;
@@ -467,7 +472,100 @@ int mon_report(qn_req *req, qn_res *res, void *ud)
     }
     json_t *r = json_incref(json_array_get(list, 0));
     json_decref(list);
+    json_t *q = NULL;
+    if (latest_quality(m, model, &q, &err) < 0) {
+        json_decref(r);
+        return mon_fail(req, res, &err);
+    }
+    if (q)
+        json_object_set_new(r, "quality", q);
     return qn_res_json(res, 200, r);
+}
+
+/* The newest live quality report of model into *out (NULL when none). */
+static int latest_quality(monitor *m, const char *model, json_t **out, qn_err *err)
+{
+    *out = NULL;
+    qn_conn *c = qn_store_acquire(m->db, err);
+    if (!c)
+        return err->code;
+    qn_stmt *st = qn_prepare(c, "SELECT report FROM quality_reports WHERE model = ? AND kind = 'live' "
+                                "ORDER BY id DESC LIMIT 1", err);
+    int rc = st ? 0 : err->code;
+    if (st) {
+        qn_bind_text(st, 1, model, -1);
+        if ((rc = qn_step(st, err)) == 1) {
+            *out = qn_json_from_text(qn_col_text(st, 0));
+            rc = qn_step(st, err);
+        }
+    }
+    qn_store_release(m->db, c);
+    return rc < 0 ? rc : 0;
+}
+
+/* Reports of one kind, newest first, at most n, into list. */
+static int quality_list(qn_conn *c, const char *model, const char *kind, int64_t n, json_t *list, qn_err *err)
+{
+    qn_stmt *st = qn_prepare(c, "SELECT report FROM quality_reports WHERE model = ? AND kind = ? "
+                                "ORDER BY id DESC LIMIT ?", err);
+    if (!st)
+        return err->code;
+    qn_bind_text(st, 1, model, -1);
+    qn_bind_text(st, 2, kind, -1);
+    qn_bind_int64(st, 3, n);
+    int rc;
+    while ((rc = qn_step(st, err)) == 1)
+        json_array_append_new(list, qn_json_from_text(qn_col_text(st, 0)));
+    return rc < 0 ? rc : 0;
+}
+
+int mon_quality_get(qn_req *req, qn_res *res, void *ud)
+{
+    monitor *m = ud;
+    const char *model;
+    if (model_param(req, res, &model) < 0)
+        return 0;
+    qn_err err;
+    int64_t n = 10;
+    const char *h = qn_req_query(req, "history");
+    if (h && qn_uint_parse("history", h, 1000, &n, &err) < 0)
+        return qn_res_error(res, err.code, "%s (1..1000)", err.msg);
+    if (n < 1)
+        return qn_res_error(res, QN_INVALID_ARGUMENT, "history must be 1..1000");
+    json_t *live = json_array(), *est = json_array(), *labels = json_object();
+    qn_conn *c = qn_store_acquire(m->db, &err);
+    int rc = c ? 0 : err.code;
+    if (c) {
+        qn_stmt *st = qn_prepare(c, "SELECT name, value FROM counters WHERE model = ? AND name LIKE 'labels\\_%' ESCAPE '\\'", &err);
+        rc = st ? 0 : err.code;
+        if (st) {
+            qn_bind_text(st, 1, model, -1);
+            while ((rc = qn_step(st, &err)) == 1)
+                json_object_set_new(labels, qn_col_text(st, 0) + 7, json_integer(qn_col_int64(st, 1)));
+        }
+        if (rc >= 0)
+            rc = quality_list(c, model, "live", n, live, &err);
+        if (rc >= 0)
+            rc = quality_list(c, model, "estimate", n, est, &err);
+        qn_store_release(m->db, c);
+    }
+    if (rc < 0) {
+        json_decref(live);
+        json_decref(est);
+        json_decref(labels);
+        return mon_fail(req, res, &err);
+    }
+    static const char *const names[] = {"joined", "unjoined", "bad_label", NULL};
+    for (size_t i = 0; names[i]; i++)
+        if (!json_object_get(labels, names[i]))
+            json_object_set_new(labels, names[i], json_integer(0));
+    pthread_mutex_lock(&m->mu);
+    json_t *state = mon_quality_state(m, model);
+    pthread_mutex_unlock(&m->mu);
+    return qn_res_json(res, 200, json_pack("{s:s, s:o, s:o, s:o, s:o, s:I, s:f}", "model", model, "labels", labels,
+                                           "state", state, "reports", live, "estimates", est,
+                                           "label_horizon_ms", (json_int_t)m->label_horizon_ms, "margin",
+                                           m->quality_margin));
 }
 
 int mon_close_now(qn_req *req, qn_res *res, void *ud)
@@ -480,5 +578,8 @@ int mon_close_now(qn_req *req, qn_res *res, void *ud)
     int n = mon_close_due(m, model, 1, &err);
     if (n < 0)
         return mon_fail(req, res, &err);
+    pthread_mutex_lock(&m->mu);
+    mon_quality_tick(m, 1, model);
+    pthread_mutex_unlock(&m->mu);
     return qn_res_json(res, 200, json_pack("{s:s, s:i}", "model", model, "closed", n));
 }

@@ -24,6 +24,8 @@ typedef struct monitor_cfg {
     int publish_all;
     char *hit_outcomes;
     char *alias;
+    long long label_horizon_ms, label_grace_ms, max_pending, quality_window, quality_window_seconds, quality_min_rows;
+    char *quality_margin;
 } monitor_cfg;
 
 static const qn_cfg_opt opts[] = {
@@ -52,6 +54,26 @@ static const qn_cfg_opt opts[] = {
      "Recommendations kept for the hit-rate join", offsetof(monitor_cfg, max_recs)},
     {"alias", "QUERN_MONITOR_ALIAS", QN_CFG_STRING, "production", 0, 0,
      "Alias whose moves reset a model's windows", offsetof(monitor_cfg, alias)},
+    {"label-horizon", "QUERN_MONITOR_LABEL_HORIZON", QN_CFG_DURATION, "24h", 1000, 90LL * 86400000,
+     "How long a logged prediction waits for its label (feedback with its request id)",
+     offsetof(monitor_cfg, label_horizon_ms)},
+    {"label-grace", "QUERN_MONITOR_LABEL_GRACE", QN_CFG_DURATION, "30s", 0, 3600000,
+     "How long a label whose prediction is not logged yet waits for it (0: counted unjoined at once)",
+     offsetof(monitor_cfg, label_grace_ms)},
+    {"max-pending", "QUERN_MONITOR_MAX_PENDING", QN_CFG_INT, "500000", 1, 100000000,
+     "Logged predictions held for the label join, all models (the oldest make way)",
+     offsetof(monitor_cfg, max_pending)},
+    {"quality-window", "QUERN_MONITOR_QUALITY_WINDOW", QN_CFG_INT, "500", 1, 1000000,
+     "A quality window closes at this many labelled predictions (an estimate window at this many predictions)",
+     offsetof(monitor_cfg, quality_window)},
+    {"quality-window-seconds", "QUERN_MONITOR_QUALITY_WINDOW_SECONDS", QN_CFG_INT, "3600", 1, 30 * 86400,
+     "...or this many seconds after it opened, with at least --quality-min-rows",
+     offsetof(monitor_cfg, quality_window_seconds)},
+    {"quality-min-rows", "QUERN_MONITOR_QUALITY_MIN_ROWS", QN_CFG_INT, "30", 1, 1000000,
+     "Fewest labelled rows a quality window needs to close by time", offsetof(monitor_cfg, quality_min_rows)},
+    {"quality-margin", "QUERN_MONITOR_QUALITY_MARGIN", QN_CFG_STRING, "0.05", 0, 0,
+     "A live metric worse than its holdout figure by more than this share of it marks the report degraded",
+     offsetof(monitor_cfg, quality_margin)},
     {"tick", "QUERN_MONITOR_TICK", QN_CFG_DURATION, "1s", 50, 60000,
      "How often windows are checked for closing by time", offsetof(monitor_cfg, tick_ms)},
     {"bus-lease", "QUERN_MONITOR_BUS_LEASE", QN_CFG_DURATION, "30s", 500, 3600000,
@@ -89,6 +111,12 @@ static const qn_migration migrations[] = {
      QN_INBOX_SCHEMA
      "CREATE INDEX inbox_received ON inbox (received_at);"
      QN_OUTBOX_SCHEMA},
+    /* quality reports: "live" (from labels) and "estimate" (CBPE), --history each per model */
+    {2,
+     "CREATE TABLE quality_reports ("
+     "  id INTEGER PRIMARY KEY, model TEXT NOT NULL, version INTEGER NOT NULL, kind TEXT NOT NULL,"
+     "  report TEXT NOT NULL, created_at INTEGER NOT NULL);"
+     "CREATE INDEX quality_reports_model ON quality_reports (model, kind, id);"},
 };
 
 static const qn_route routes[] = {
@@ -98,6 +126,8 @@ static const qn_route routes[] = {
     {"DELETE", "/v1/monitors/{model}", mon_delete, 0, 0, NULL},
     {"GET", "/v1/monitors/{model}/report", mon_report, 0, 0, NULL},
     {"POST", "/v1/monitors/{model}/close", mon_close_now, 0, 0, NULL},
+    {"GET", "/v1/monitors/{model}/quality", mon_quality_get, 0, 0, NULL},
+    {"GET", "/v1/monitors/{model}/agreement", mon_agreement, 0, 0, NULL},
 };
 
 static void monitor_free(monitor *m)
@@ -106,6 +136,7 @@ static void monitor_free(monitor *m)
         return;
     qn_client_free(m->registry);
     qn_deps_close(m->db, m->bus, m->outbox);
+    mon_quality_free(m);
     mon_profiles_free(m);
     free(m->hit_outcomes);
     free(m->alias);
@@ -135,6 +166,17 @@ static void metrics_init(monitor *m, qn_metrics *reg)
     m->m_windows = qn_metrics_counter(reg, "quern_monitor_windows_closed_total", "Windows closed into reports.", md);
     m->m_window_rows = qn_metrics_gauge(reg, "quern_monitor_window_rows", "Rows in the open window.", mv);
     m->m_skipped = qn_metrics_counter(reg, "quern_monitor_events_ignored_total", "Malformed events ignored.", re);
+    static const char *const mvm[] = {"model", "version", "metric", NULL};
+    m->m_quality = qn_metrics_gauge(reg, "quern_quality", "Live quality of the last closed quality window (from labels).", mvm);
+    m->m_estimated = qn_metrics_gauge(reg, "quern_quality_estimated",
+                                      "Quality estimated before labels (CBPE) of the last estimation window.", mvm);
+    m->m_estimate_error = qn_metrics_gauge(reg, "quern_quality_estimate_error",
+                                           "Estimate minus realised value, once a window's labels landed.", mvm);
+    m->m_labels = qn_metrics_counter(reg, "quern_monitor_labels_total",
+                                     "Labels by join result (joined, unjoined, bad_label) and predictions that "
+                                     "got none (expired, evicted).", mr);
+    m->m_pending = qn_metrics_gauge(reg, "quern_monitor_pending_predictions",
+                                    "Logged predictions waiting for their label.", NULL);
 }
 
 static int monitor_start(qn_service_ctx *ctx, qn_err *err)
@@ -155,7 +197,24 @@ static int monitor_start(qn_service_ctx *ctx, qn_err *err)
     m->tick_ms = cfg->tick_ms;
     m->hit_outcomes = strdup(cfg->hit_outcomes ? cfg->hit_outcomes : "");
     m->alias = strdup(cfg->alias ? cfg->alias : "production");
+    m->label_horizon_ms = cfg->label_horizon_ms;
+    m->label_grace_ms = cfg->label_grace_ms;
+    m->max_pending = cfg->max_pending;
+    m->quality_window = cfg->quality_window;
+    m->quality_window_seconds = cfg->quality_window_seconds;
+    m->quality_min_rows = cfg->quality_min_rows;
+    char *end = NULL;
+    m->quality_margin = cfg->quality_margin ? strtod(cfg->quality_margin, &end) : 0.05;
+    if (cfg->quality_margin && (!end || *end || !(m->quality_margin >= 0 && m->quality_margin <= 10))) {
+        monitor_free(m);
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "--quality-margin \"%s\": give a share in [0, 10] (0.05 = 5%%)",
+                          cfg->quality_margin);
+    }
     metrics_init(m, ctx->metrics);
+    if (mon_quality_new(m, err) < 0) {
+        monitor_free(m);
+        return err->code;
+    }
     if (!m->hit_outcomes || !m->alias) {
         monitor_free(m);
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
@@ -205,7 +264,8 @@ static void monitor_stop(qn_service_ctx *ctx)
 
 static const qn_service_def def = {
     .name = "monitor",
-    .summary = "quern-monitor: drift windows against reference profiles, live hit-rate, drift events.",
+    .summary = "quern-monitor: drift windows against reference profiles, live quality from labels, CBPE "
+               "estimates, live hit-rate, drift and quality events.",
     .opts = opts,
     .nopts = QN_NELEM(opts),
     .cfg_size = sizeof(monitor_cfg),

@@ -16,7 +16,8 @@
  * counted prediction nor counts one twice.
  *
  * Modules: main.c (config, schema, routes, start/stop), window.c (event
- * handlers, windows, closing, drift, hit-rate), api.c (HTTP handlers,
+ * handlers, windows, closing, drift, hit-rate), quality.c (feedback joined
+ * to logged predictions: live quality, CBPE estimates), api.c (HTTP handlers,
  * per-model settings, gauges), profiles.c (reference profiles from the
  * registry, cached).
  */
@@ -57,11 +58,17 @@ typedef struct mon_profile {
     char model[129];
     int64_t version;
     char kind[32];        /* the manifest's "kind" ("als", "xgboost", ...) */
+    char task[16];        /* the manifest's params.task ("binary", "regression", ...) or "" */
+    json_t *metrics;      /* the version's holdout metrics (flat), NULL when unknown */
+    json_t *classes;      /* params.classes, NULL when none */
+    int have_version;     /* the registry answered for this version */
     qml_profile *profile;
     char error[512];
     int64_t fetched_at;
     struct mon_profile *next;
 } mon_profile;
+
+typedef struct mon_quality mon_quality;
 
 typedef struct monitor {
     qn_store *db;
@@ -93,6 +100,15 @@ typedef struct monitor {
     qn_metric *m_windows;     /* quern_monitor_windows_closed_total{model,dataset_drift} */
     qn_metric *m_window_rows; /* quern_monitor_window_rows{model,version} */
     qn_metric *m_skipped;     /* quern_monitor_predictions_skipped_total{reason} */
+    /* quality (quality.c): the label join, quality windows, estimates */
+    mon_quality *quality;
+    int64_t label_horizon_ms, label_grace_ms, max_pending, quality_window, quality_window_seconds, quality_min_rows;
+    double quality_margin;
+    qn_metric *m_quality;        /* quern_quality{model,version,metric} */
+    qn_metric *m_estimated;      /* quern_quality_estimated{model,version,metric} */
+    qn_metric *m_estimate_error; /* quern_quality_estimate_error{model,version,metric} */
+    qn_metric *m_labels;         /* quern_monitor_labels_total{model,result} */
+    qn_metric *m_pending;        /* quern_monitor_pending_predictions */
 } monitor;
 
 /* window.c */
@@ -101,6 +117,31 @@ int mon_ticker_start(monitor *m, qn_err *err);
 void mon_ticker_stop(monitor *m);
 /* Closes every open window of model that is due (forced: any with >= 1 row). */
 int mon_close_due(monitor *m, const char *model, int force, qn_err *err);
+
+/* quality.c (under m->mu) */
+/* HELD: not pending yet; held for --label-grace, then joined or unjoined
+ * (counted then, not in the feedback's own transaction). */
+enum { MON_LABEL_NONE, MON_LABEL_JOINED, MON_LABEL_UNJOINED, MON_LABEL_BAD, MON_LABEL_HELD };
+typedef struct mon_label {
+    int result;       /* MON_LABEL_* */
+    double y;         /* the label as a number */
+    void *pending;    /* the prediction it joins (JOINED) */
+} mon_label;
+int mon_quality_new(monitor *m, qn_err *err);
+void mon_quality_free(monitor *m);
+/* Logged predictions of (model, version) start waiting for their labels. */
+void mon_quality_predictions(monitor *m, const char *model, int64_t version, const json_t *preds);
+/* What a feedback event is to the join (no change made); returns out->result. */
+int mon_quality_peek(monitor *m, const json_t *data, mon_label *out);
+/* The counter name of a MON_LABEL_* result, NULL for NONE. */
+const char *mon_label_name(int result);
+/* Applies a peeked result after its feedback was committed. */
+void mon_quality_apply(monitor *m, const json_t *data, const mon_label *l);
+/* Expires pending predictions past the horizon and closes windows due by
+ * time; with force, closes every open window of model now. */
+void mon_quality_tick(monitor *m, int force, const char *model);
+/* In-memory state of model: pending count, open windows. */
+json_t *mon_quality_state(monitor *m, const char *model);
 
 /* api.c */
 int mon_settings_load(monitor *m, qn_conn *c, const char *model, mon_settings *s, qn_err *err);
@@ -113,10 +154,17 @@ int mon_put(qn_req *req, qn_res *res, void *ud);
 int mon_delete(qn_req *req, qn_res *res, void *ud);
 int mon_report(qn_req *req, qn_res *res, void *ud);
 int mon_close_now(qn_req *req, qn_res *res, void *ud);
+int mon_quality_get(qn_req *req, qn_res *res, void *ud);
+/* agreement.c: GET /v1/monitors/{model}/agreement, versions compared on the
+ * same requests (shadow and canary traffic). */
+int mon_agreement(qn_req *req, qn_res *res, void *ud);
 
 /* profiles.c: the profile of (model, version), fetched once and cached; the
  * result stays valid while m->mu is held. NULL with err when there is none. */
 const mon_profile *mon_profile_get(monitor *m, const char *model, int64_t version, qn_err *err);
+/* The same entry when the registry answered for the version, even without a
+ * profile (task, metrics, classes for quality). */
+const mon_profile *mon_version_get(monitor *m, const char *model, int64_t version, qn_err *err);
 /* Forgets the cached profiles of model (after a promotion). Under m->mu. */
 void mon_profiles_forget(monitor *m, const char *model);
 void mon_profiles_free(monitor *m);

@@ -24,6 +24,8 @@
 static void entry_free(mon_profile *e)
 {
     qml_profile_free(e->profile);
+    json_decref(e->metrics);
+    json_decref(e->classes);
     free(e);
 }
 
@@ -45,6 +47,16 @@ static void fetch(monitor *m, mon_profile *e)
     const char *kind = json_string_value(json_object_get(man, "kind"));
     const char *digest = json_string_value(json_object_get(man, "profile"));
     snprintf(e->kind, sizeof e->kind, "%s", kind ? kind : "");
+    /* For quality: the task, the classes and the holdout metrics (the
+     * registry's flat map, with the calibration table of binary classifiers). */
+    const json_t *params = json_object_get(man, "params");
+    const char *task = json_string_value(json_object_get(params, "task"));
+    snprintf(e->task, sizeof e->task, "%s", task ? task : "");
+    json_decref(e->metrics);
+    json_decref(e->classes);
+    e->metrics = json_incref(json_object_get(ver, "metrics"));
+    e->classes = json_is_array(json_object_get(params, "classes")) ? json_incref(json_object_get(params, "classes")) : NULL;
+    e->have_version = 1;
     if (!digest) {
         snprintf(e->error, sizeof e->error, "version %lld of model %s has no reference profile",
                  (long long)e->version, e->model);
@@ -75,7 +87,29 @@ out:
     qn_buf_free(&body);
 }
 
+static mon_profile *entry_get(monitor *m, const char *model, int64_t version, qn_err *err);
+
 const mon_profile *mon_profile_get(monitor *m, const char *model, int64_t version, qn_err *err)
+{
+    mon_profile *e = entry_get(m, model, version, err);
+    if (e && !e->profile) {
+        qn_err_set(err, QN_FAILED_PRECONDITION, "%s", e->error);
+        return NULL;
+    }
+    return e;
+}
+
+const mon_profile *mon_version_get(monitor *m, const char *model, int64_t version, qn_err *err)
+{
+    mon_profile *e = entry_get(m, model, version, err);
+    if (e && !e->have_version) {
+        qn_err_set(err, QN_FAILED_PRECONDITION, "%s", e->error);
+        return NULL;
+    }
+    return e;
+}
+
+static mon_profile *entry_get(monitor *m, const char *model, int64_t version, qn_err *err)
 {
     mon_profile *e = m->profiles, *prev = NULL;
     while (e && !(e->version == version && strcmp(e->model, model) == 0)) {
@@ -108,10 +142,6 @@ const mon_profile *mon_profile_get(monitor *m, const char *model, int64_t versio
         fetch(m, e);
     }
     (void)prev;
-    if (!e->profile) {
-        qn_err_set(err, QN_FAILED_PRECONDITION, "%s", e->error);
-        return NULL;
-    }
     return e;
 }
 

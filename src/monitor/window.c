@@ -592,6 +592,7 @@ static int on_predictions(monitor *m, const qn_msg *msg, const json_t *data, qn_
         snprintf(v, sizeof v, "%lld", (long long)version);
         const char *rl[] = {model, v};
         qn_gauge_set(m->m_window_rows, rl, (double)x.rows);
+        mon_quality_predictions(m, model, version, preds);
     }
     pthread_mutex_unlock(&m->mu);
     json_decref(x.closed);
@@ -640,6 +641,7 @@ typedef struct feedback_tx {
     int purchase;
     int joined, hit;  /* out: the join's result */
     int64_t tj, th;   /* out: joined purchases and hits so far */
+    const char *label_result; /* the label join's result (quality.c), NULL for none */
 } feedback_tx;
 
 static int feedback_body(qn_conn *c, void *arg, qn_err *err)
@@ -671,11 +673,18 @@ static int feedback_body(qn_conn *c, void *arg, qn_err *err)
         if (rc < 0)
             return rc;
     }
+    if (x->label_result) {
+        char name[40];
+        snprintf(name, sizeof name, "labels_%s", x->label_result);
+        if ((rc = counter_add(c, model, name, 1, err)) < 0)
+            return rc;
+    }
     if ((rc = counter_add(c, model, "feedback", 1, err)) < 0 ||
         (x->joined && (rc = counter_add(c, model, "hit_joined", 1, err)) < 0) ||
         (x->hit && (rc = counter_add(c, model, "hits", 1, err)) < 0))
         return rc;
-    return hit_counts(c, model, &x->tj, &x->th, err);
+    /* the hit-rate gauge moves only with purchases */
+    return x->purchase ? hit_counts(c, model, &x->tj, &x->th, err) : 0;
 }
 
 static int on_feedback(monitor *m, const qn_msg *msg, const json_t *data, qn_err *err)
@@ -692,7 +701,15 @@ static int on_feedback(monitor *m, const qn_msg *msg, const json_t *data, qn_err
                      .item = item,
                      .t = mon_time_ms(json_object_get(data, "time"), qn_now_ms()),
                      .purchase = item && is_purchase(m, data)};
+    /* The label join: looked up before the transaction (which counts it),
+     * applied after its commit, all under m->mu. */
+    mon_label lj;
+    pthread_mutex_lock(&m->mu);
+    x.label_result = mon_label_name(mon_quality_peek(m, data, &lj));
     int rc = qn_subscriber_tx(m->db, msg, feedback_body, &x, err);
+    if (rc == 0)
+        mon_quality_apply(m, data, &lj);
+    pthread_mutex_unlock(&m->mu);
     if (rc != 0)
         return rc < 0 ? rc : 0; /* 1: a duplicate, already counted */
     const char *fl[] = {model, !x.purchase ? "no_purchase" : x.joined ? (x.hit ? "hit" : "miss") : "unjoined"};
@@ -890,6 +907,9 @@ static void tick(void *ud)
     qn_err err;
     if (mon_close_due(m, NULL, 0, &err) < 0)
         qn_log_warn(NULL, "closing windows by time failed", "{s:s}", "detail", err.msg);
+    pthread_mutex_lock(&m->mu);
+    mon_quality_tick(m, 0, NULL);
+    pthread_mutex_unlock(&m->mu);
     if (qn_now_ms() - m->last_sweep_ms > 60000) {
         sweep(m);
         m->last_sweep_ms = qn_now_ms();

@@ -17,6 +17,7 @@
 #include "core/digest.h"
 #include "core/json.h"
 #include "core/outbox.h"
+#include "registry/tracking.h"
 
 /* Schema. Versions are numbered from models.next_version inside a write
  * transaction, so numbers are gapless and never reused. Tags are stored both
@@ -111,6 +112,15 @@ const qn_migration reg_db_migrations[] = {
      "  digest TEXT NOT NULL,"
      "  size INTEGER NOT NULL,"
      "  updated_at INTEGER NOT NULL);"},
+    {3, REG_TRACKING_SCHEMA}, /* experiments and runs: tracking.h */
+    /* Traffic policies (traffic_db.c): one per model, canonical JSON, gone
+     * with the model. No row: all traffic to production. */
+    {4,
+     "CREATE TABLE traffic ("
+     "  model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,"
+     "  policy TEXT NOT NULL,"
+     "  updated_at INTEGER NOT NULL,"
+     "  PRIMARY KEY (model_id));"},
 };
 const size_t reg_db_nmigrations = sizeof reg_db_migrations / sizeof reg_db_migrations[0];
 
@@ -203,6 +213,13 @@ static json_t *model_version_json(qn_conn *c, qn_stmt *st, qn_err *err)
         return NULL;
     }
     json_object_set_new(v, "aliases", al);
+    char *run_id = NULL; /* lineage: the run that produced it (tracking.c) */
+    if (trk_run_of_version(c, qn_col_text(st, 1), version, &run_id, err) < 0) {
+        json_decref(v);
+        return NULL;
+    }
+    json_object_set_new(v, "run_id", run_id ? json_string(run_id) : json_null());
+    free(run_id);
     return v;
 }
 
@@ -564,6 +581,8 @@ int reg_db_model_version_create(qn_conn *c, const char *name, const reg_db_versi
     if (in->tags &&
         (rc = store_tags(c, "INSERT INTO version_tags (model_id, version, key, value) VALUES (?, ?, ?, ?)", id,
                          *version, in->tags, err)) < 0)
+        return rc;
+    if (in->run_id && (rc = trk_link_version(c, in->run_id, name, *version, err)) < 0)
         return rc;
     return version_by_id(c, &reg_db_models, name, id, *version, out, err);
 }

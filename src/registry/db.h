@@ -99,6 +99,7 @@ typedef struct reg_db_version_in {
     reg_db_manifest manifest;
     const char *metrics, *params, *dataset, *description;
     const json_t *tags;  /* flat object of strings, or NULL */
+    const char *run_id;  /* the run that produced it (tracking.h), or NULL */
 } reg_db_version_in;
 
 /* Registers the next version of model name; *version its number, *out the

@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "core/outbox.h"
 #include "core/service.h"
+#include "registry/mlflow.h"
 #include "registry/mlflow_registry.h"
 #include "registry/registry.h"
 
@@ -78,6 +79,9 @@ static qn_route routes[] = {
     {"DELETE", "/v1/models/{name}/aliases/{alias}", reg_aliases_delete, 0, 0, NULL},
     {"GET", "/v1/models/{name}/aliases/{alias}/history", reg_alias_history, 0, 0, NULL},
     {"POST", "/v1/models/{name}/aliases/{alias}/rollback", reg_alias_rollback, 4 * 1024, 0, NULL},
+    {"PUT", "/v1/models/{name}/traffic", reg_traffic_put, 16 * 1024, 0, NULL},
+    {"GET", "/v1/models/{name}/traffic", reg_traffic_get, 0, 0, NULL},
+    {"DELETE", "/v1/models/{name}/traffic", reg_traffic_delete, 0, 0, NULL},
     {"GET", "/v1/datasets", reg_datasets_list, 0, 0, NULL},
     {"POST", "/v1/datasets/{name}/versions", reg_dataset_versions_create, 4 * MB, 0, NULL},
     {"GET", "/v1/datasets/{name}/versions", reg_dataset_versions_list, 0, 0, NULL},
@@ -113,6 +117,21 @@ static qn_route routes[] = {
     ART_ROUTES(A1), ART_ROUTES(A2), ART_ROUTES(A3), ART_ROUTES(A4), ART_ROUTES(A5), ART_ROUTES(A6),
     ART_ROUTES(A7), ART_ROUTES(A8), ART_ROUTES(A9), ART_ROUTES(A10), ART_ROUTES(A11), ART_ROUTES(A12),
     ART_ROUTES(A13), ART_ROUTES(A14), ART_ROUTES(A15), ART_ROUTES(A16),
+    /* tracking (runs_api.c) */
+    {"POST", "/v1/experiments", reg_experiments_create, 256 * 1024, 0, NULL},
+    {"GET", "/v1/experiments", reg_experiments_list, 0, 0, NULL},
+    {"GET", "/v1/experiments/{id}", reg_experiments_get, 0, 0, NULL},
+    {"POST", "/v1/runs", reg_runs_create, 1 * MB, 0, NULL},
+    {"POST", "/v1/runs/search", reg_runs_search, 256 * 1024, 0, NULL},
+    {"GET", "/v1/runs/{id}", reg_runs_get, 0, 0, NULL},
+    {"PATCH", "/v1/runs/{id}", reg_runs_patch, 64 * 1024, 0, NULL},
+    {"POST", "/v1/runs/{id}/log", reg_runs_log, 4 * MB, 0, NULL},
+    {"GET", "/v1/runs/{id}/metrics/{key}", reg_runs_metric_history, 0, 0, NULL},
+    {"GET", "/v1/runs/{id}/versions", reg_runs_versions, 0, 0, NULL},
+    {"GET", "/v1/datasets/{name}/versions/{n}/runs", reg_dataset_version_runs, 0, 0, NULL},
+    {"GET", "/v1/models/{name}/aliases/{alias}/lineage", reg_alias_lineage, 0, 0, NULL},
+    /* MLflow's tracking API (mlflow.c) */
+    MLFLOW_TRACKING_ROUTES,
 };
 
 int reg_fail(qn_req *req, qn_res *res, const qn_err *err)

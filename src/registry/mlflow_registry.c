@@ -37,48 +37,15 @@
 #include "core/log.h"
 #include "core/validate.h"
 #include "ml/bundle.h"
+#include "registry/mlflow.h"
 #include "registry/mlflow_parse.h"
 #include "registry/mlflow_registry.h"
 #include "registry/registry.h"
+#include "registry/tracking.h"
 
 #define MAX_TAG_KEY 250
 #define MAX_TAG_VALUE 5000
 #define MAX_SOURCE 4096
-
-/* ---- errors ----------------------------------------------------------------- */
-
-int mlf_error(qn_res *res, int code, const char *fmt, ...)
-{
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    const char *ec = "INTERNAL_ERROR";
-    int status = 500;
-    if (code == QN_NOT_FOUND)
-        ec = "RESOURCE_DOES_NOT_EXIST", status = 404;
-    else if (code == QN_ALREADY_EXISTS)
-        ec = "RESOURCE_ALREADY_EXISTS", status = 400;
-    else if (code == QN_UNAVAILABLE)
-        ec = "TEMPORARILY_UNAVAILABLE", status = 503;
-    else if (code == QN_RESOURCE_EXHAUSTED)
-        ec = "RESOURCE_EXHAUSTED", status = 429;
-    else if (qn_code_is_client(code))
-        ec = "INVALID_PARAMETER_VALUE", status = 400;
-    return qn_res_json(res, status, json_pack("{s:s, s:s}", "error_code", ec, "message", msg));
-}
-
-int mlf_fail(qn_req *req, qn_res *res, const qn_err *err)
-{
-    if (qn_code_is_client(err->code) && err->code != QN_RESOURCE_EXHAUSTED)
-        return mlf_error(res, err->code, "%s", err->msg);
-    qn_log_error(qn_req_trace_id(req), "storage failure", "{s:s, s:s, s:s}", "route", qn_req_route(req), "code",
-                 qn_code_name(err->code), "detail", err->msg);
-    if (err->code == QN_UNAVAILABLE)
-        return mlf_error(res, QN_UNAVAILABLE, "the registry is busy; retry shortly");
-    return mlf_error(res, QN_INTERNAL, "internal error");
-}
 
 /* ---- requests --------------------------------------------------------------- */
 
@@ -817,8 +784,17 @@ int mlf_mv_create(qn_req *req, qn_res *res, void *ud)
                            "INSERT INTO mlflow_versions (model_id, version, source, run_id, run_link, artifact_dir) "
                            "VALUES (?, ?, ?, ?, ?, ?)",
                            &err, NULL, "iissss", id, version, source, run_id ? run_id : "",
-                           run_link ? run_link : "", dir)) < 0 ||
-        (rc = mv_get(c, name, version, &out, &err)) < 0)
+                           run_link ? run_link : "", dir)) < 0)
+        goto end;
+    /* Lineage: a run this registry tracks links to the version (tracking.c),
+     * as /v1's run_id does; a run_id from another tracking server stays a
+     * string in mlflow_versions, as MLflow keeps it. */
+    if (run_id && *run_id && (rc = trk_link_version(c, run_id, name, version, &err)) < 0) {
+        if (rc != QN_NOT_FOUND)
+            goto end;
+        rc = 0;
+    }
+    if ((rc = mv_get(c, name, version, &out, &err)) < 0)
         goto end;
     qn_counter_add(r->versions_created, NULL, 1);
     qn_log_info(qn_req_trace_id(req), "version registered", "{s:s, s:I, s:s, s:s, s:s}", "model", name, "version",

@@ -7,8 +7,8 @@
  * alias history and publishes quern.model.promoted), an artifact a blob.
  *
  * Handlers answer errors in MLflow's shape, {"error_code","message"}, with
- * its statuses (mlf_error). The tracking side of the MLflow API lives in
- * another module; the lead unifies the two error helpers.
+ * its statuses, through mlflow.h's mlf_error and mlf_fail, shared with the
+ * tracking side of the MLflow API (mlflow.c).
  *
  *     if (!name)
  *         return mlf_error(res, QN_INVALID_ARGUMENT, "missing value for required parameter 'name'");
@@ -20,18 +20,10 @@
 
 #include "core/http.h"
 #include "core/store/store.h"
+#include "registry/mlflow.h"
 
 /* Deepest artifact path the routes match (segments after .../artifacts/). */
 #define REG_ARTIFACT_DEPTH 16
-
-/* Answers {"error_code","message"}: QN_NOT_FOUND is RESOURCE_DOES_NOT_EXIST
- * (404), QN_ALREADY_EXISTS RESOURCE_ALREADY_EXISTS (400), other client codes
- * INVALID_PARAMETER_VALUE (400), QN_UNAVAILABLE TEMPORARILY_UNAVAILABLE
- * (503), anything else INTERNAL_ERROR (500). Returns 0. */
-int mlf_error(qn_res *res, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-/* mlf_error for a storage failure: client codes pass their message
- * through; server faults are logged and answered without detail. */
-int mlf_fail(qn_req *req, qn_res *res, const qn_err *err);
 
 /* artifacts.c */
 /* 0 when path is a relative artifact path without empty, "." or ".."

@@ -211,9 +211,9 @@ int reg_versions_create(qn_req *req, qn_res *res, void *ud)
 {
     registry *r = ud;
     static const char *const allowed[] = {"manifest", "metrics", "params", "tags", "dataset",
-                                          "description", NULL};
+                                          "description", "run_id", NULL};
     qn_err err;
-    const char *name, *desc = "";
+    const char *name, *desc = "", *run_id = NULL;
     json_t *manifest = NULL, *tags = NULL, *out = NULL;
     char digest[QML_DIGEST_STR];
 
@@ -224,6 +224,7 @@ int reg_versions_create(qn_req *req, qn_res *res, void *ud)
         return 0;
     if (qn_json_only(body, allowed, &err) < 0 || qn_json_obj(body, "manifest", 1, &manifest, &err) < 0 ||
         qn_json_str(body, "description", 0, 4096, &desc, &err) < 0 ||
+        qn_json_str(body, "run_id", 0, 64, &run_id, &err) < 0 ||
         qn_json_tags(body, "tags", &tags, &err) < 0 || check_metrics_params(body, &err) < 0 ||
         check_model_manifest(r, manifest, digest, &err) < 0)
         return qn_res_error(res, err.code, "%s", err.msg);
@@ -236,7 +237,7 @@ int reg_versions_create(qn_req *req, qn_res *res, void *ud)
     char *dataset_text = dataset && !json_is_null(dataset) ? qn_json_canonical(dataset) : NULL;
     reg_db_version_in in = {.manifest = {manifest_text, digest}, .metrics = metrics_text,
                             .params = params_text, .dataset = dataset_text, .description = desc,
-                            .tags = tags};
+                            .tags = tags, .run_id = run_id};
     int64_t version = 0;
     qn_conn *c = NULL;
     int rc;

@@ -11,9 +11,12 @@
  * aliases) and datasets.c (their HTTP handlers), aliases.c (alias history,
  * rollback, the one alias move), db.c (the data layer under them: plain
  * functions over a store connection), blobs.c, events.c (the outbox
- * listing); MLflow's model registry and artifacts proxy in
+ * listing), traffic.c and traffic_db.c (a model's traffic policy);
+ * MLflow's model registry and artifacts proxy in
  * mlflow_registry.c, mlflow_model.c, mlflow_parse.c and artifacts.c
- * (mlflow_registry.h, docs/mlflow.md).
+ * (mlflow_registry.h, docs/mlflow.md); tracking: runs_api.c (/v1
+ * experiments, runs, search, lineage) and mlflow.c (MLflow's tracking REST
+ * API) over tracking.c, with filter.c (MLflow's search grammar).
  */
 #ifndef QUERN_REGISTRY_H
 #define QUERN_REGISTRY_H
@@ -98,6 +101,20 @@ int reg_dataset_versions_create(qn_req *req, qn_res *res, void *ud);
 int reg_dataset_versions_list(qn_req *req, qn_res *res, void *ud);
 int reg_dataset_versions_get(qn_req *req, qn_res *res, void *ud);
 
+/* runs_api.c: /v1 tracking and lineage */
+int reg_experiments_create(qn_req *req, qn_res *res, void *ud);
+int reg_experiments_list(qn_req *req, qn_res *res, void *ud);
+int reg_experiments_get(qn_req *req, qn_res *res, void *ud);
+int reg_runs_create(qn_req *req, qn_res *res, void *ud);
+int reg_runs_get(qn_req *req, qn_res *res, void *ud);
+int reg_runs_patch(qn_req *req, qn_res *res, void *ud);
+int reg_runs_log(qn_req *req, qn_res *res, void *ud);
+int reg_runs_metric_history(qn_req *req, qn_res *res, void *ud);
+int reg_runs_search(qn_req *req, qn_res *res, void *ud);
+int reg_runs_versions(qn_req *req, qn_res *res, void *ud);
+int reg_dataset_version_runs(qn_req *req, qn_res *res, void *ud);
+int reg_alias_lineage(qn_req *req, qn_res *res, void *ud);
+
 /* blobs.c */
 int reg_blobs_init(registry *r, qn_err *err);
 int reg_blob_put_chunk(qn_req *req, qn_res *res, const char *data, size_t len, void *ud);
@@ -109,6 +126,11 @@ int reg_blob_exists(const registry *r, const char *hex);
  * QN_INVALID_ARGUMENT for malformed digests, QN_FAILED_PRECONDITION for
  * missing blobs, naming the file. */
 int reg_manifest_check_blobs(const registry *r, const json_t *manifest, qn_err *err);
+
+/* traffic.c: a model's traffic policy (checks and storage: traffic_db.c). */
+int reg_traffic_put(qn_req *req, qn_res *res, void *ud);
+int reg_traffic_get(qn_req *req, qn_res *res, void *ud);
+int reg_traffic_delete(qn_req *req, qn_res *res, void *ud);
 
 /* events.c: GET /v1/events, the outbox (db.c appends to it). */
 int reg_events_list(qn_req *req, qn_res *res, void *ud);

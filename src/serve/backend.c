@@ -246,14 +246,24 @@ static int oom(qn_err *err)
 
 /* ---- prediction logging ---------------------------------------------------- */
 
-static void log_tabular(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
-                        const qml_input_batch *b, const float *out, size_t w)
+/* The id a logged prediction goes under: lc's, the request's, or rid (made). */
+static const char *log_id(const serve_logctx *lc, const oip_infer_request *rq, char rid[QN_UUID_LEN + 1])
 {
-    if (!s->predlog || !serve_predlog_sample(m->sample_rate))
+    if (lc && lc->rid && *lc->rid)
+        return lc->rid;
+    if (rq->id && *rq->id)
+        return rq->id;
+    qn_uuid4(rid);
+    return rid;
+}
+
+static void log_tabular(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
+                        const qml_input_batch *b, const float *out, size_t w, const serve_logctx *lc)
+{
+    if (!s->predlog || (lc && lc->off) || (!(lc && lc->force) && !serve_predlog_sample(m->sample_rate)))
         return;
     char rid[QN_UUID_LEN + 1];
-    if (!rq->id || !*rq->id)
-        qn_uuid4(rid);
+    const char *id = log_id(lc, rq, rid);
     size_t n = b->n_rows < 16 ? b->n_rows : 16; /* a sampled request logs at most 16 rows */
     for (size_t r = 0; r < n; r++) {
         json_t *f = json_object();
@@ -275,7 +285,8 @@ static void log_tabular(serve *s, serve_model *m, serve_version *v, const oip_in
             for (size_t k = 0; k < w && p; k++)
                 json_array_append_new(p, json_real(out[r * w + k]));
         }
-        serve_predlog_add(s->predlog, m->name, v->vstr, rq->id && *rq->id ? rq->id : rid, f, p);
+        serve_predlog_add_role(s->predlog, m->name, v->vstr, lc ? lc->alias : NULL, lc ? lc->role : NULL, id, f,
+                               p);
     }
 }
 
@@ -382,8 +393,15 @@ static int check_tensor2d(const serve_version *v, const oip_infer_request *rq,
     return 0;
 }
 
-static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
-                         oip_infer_response *rs, qn_err *err)
+void serve_rows_free(serve_rows *r)
+{
+    free(r->data);
+    free(r->cols);
+    memset(r, 0, sizeof *r);
+}
+
+int serve_rows_read(serve *s, serve_version *v, const oip_infer_request *rq, size_t out_width,
+                    serve_rows *sr, qn_err *err)
 {
     int rc;
     int64_t rows = -1;
@@ -397,10 +415,10 @@ static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_i
     unsigned char *data = NULL;
     if (!cols)
         return oom(err);
+    memset(sr, 0, sizeof *sr);
     const oip_tensor *t2 = tensor_input(v, rq);
     int in_order = !t2 && inputs_in_order(v, rq);
-    if ((!t2 && !in_order && (rc = check_input_names(v, rq, err)) < 0) ||
-        (rc = check_outputs(v->outputs, v->noutputs, NULL, rq, err)) < 0)
+    if (!t2 && !in_order && (rc = check_input_names(v, rq, err)) < 0)
         goto out;
     if (t2) {
         if ((rc = check_tensor2d(v, rq, t2, &rows, err)) < 0)
@@ -443,13 +461,13 @@ static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_i
     }
     if (rows < 0)
         rows = 0;
-    size_t w = qml_model_output_width(v->model), nr = (size_t)(rows ? rows : 1);
+    size_t w = out_width, nr = (size_t)(rows ? rows : 1);
     size_t col_bytes = nr * (sizeof(qml_str) > sizeof(double) ? sizeof(qml_str) : sizeof(double));
     if (!(data = malloc(v->ninputs * col_bytes + nr * (w ? w : 1) * sizeof(float)))) {
         rc = oom(err);
         goto out;
     }
-    float *out = (float *)(void *)(data + v->ninputs * col_bytes);
+    sr->out = (float *)(void *)(data + v->ninputs * col_bytes);
     for (size_t i = 0; i < v->ninputs; i++) {
         const oip_tensor *t = ts[i];
         void *buf = data + i * col_bytes;
@@ -486,7 +504,27 @@ static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_i
             cols[i].num = num;
         }
     }
-    qml_input_batch b = {.n_rows = (size_t)rows, .n_cols = v->ninputs, .cols = cols};
+    sr->b = (qml_input_batch){.n_rows = (size_t)rows, .n_cols = v->ninputs, .cols = cols};
+    sr->cols = cols;
+    sr->data = data;
+    return 0;
+out:
+    free(data);
+    free(cols);
+    return rc;
+}
+
+static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
+                         oip_infer_response *rs, const serve_logctx *lc, qn_err *err)
+{
+    serve_rows rr;
+    size_t w = qml_model_output_width(v->model);
+    int rc = check_outputs(v->outputs, v->noutputs, NULL, rq, err);
+    if (rc < 0 || (rc = serve_rows_read(s, v, rq, w, &rr, err)) < 0)
+        return rc;
+    const qml_input_batch b = rr.b;
+    int64_t rows = (int64_t)b.n_rows;
+    float *out = rr.out;
     if ((rc = serve_predict(m, v, &b, out, err)) < 0)
         goto out;
 
@@ -521,10 +559,9 @@ static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_i
             memcpy(o->data, out, o->data_len);
         }
     }
-    log_tabular(s, m, v, rq, &b, out, w);
+    log_tabular(s, m, v, rq, &b, out, w, lc);
 out:
-    free(data);
-    free(cols);
+    serve_rows_free(&rr);
     return rc;
 }
 
@@ -575,7 +612,7 @@ static int param_bool(const json_t *params, const char *name, int def, int *out,
 #define SERVE_MAX_REC_ROWS 1000
 
 static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
-                     oip_infer_response *rs, qn_err *err)
+                     oip_infer_response *rs, const serve_logctx *lc, qn_err *err)
 {
     const oip_tensor *t = find_input(rq, "user_id");
     int similar = 0, rc, k, exclude;
@@ -696,9 +733,9 @@ static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer
         for (int64_t r = 0; r < n; r++)
             ((uint8_t *)o->data)[r] = (uint8_t)(fb[r] != 0);
     }
-    if (s->predlog && n > 0 && serve_predlog_sample(m->sample_rate)) {
+    if (s->predlog && n > 0 && !(lc && lc->off) && ((lc && lc->force) || serve_predlog_sample(m->sample_rate))) {
         char rid[QN_UUID_LEN + 1];
-        qn_uuid4(rid);
+        const char *lid = log_id(lc, rq, rid);
         json_t *items = json_array();
         for (int j = 0; j < counts[0] && items; j++)
             json_array_append_new(items, json_string(recs[j].item_id));
@@ -714,9 +751,9 @@ static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer
             json_object_set_new(features, "item_popularity", json_real(pop));
         }
         free(uid);
-        serve_predlog_add(s->predlog, m->name, v->vstr, rq->id && *rq->id ? rq->id : rid, features,
-                          json_pack("{s:o, s:b}", "items", items ? items : json_array(),
-                                    "fallback", fb[0]));
+        serve_predlog_add_role(s->predlog, m->name, v->vstr, lc ? lc->alias : NULL, lc ? lc->role : NULL, lid,
+                               features,
+                               json_pack("{s:o, s:b}", "items", items ? items : json_array(), "fallback", fb[0]));
     }
     rc = 0;
 out:
@@ -729,8 +766,8 @@ out:
 
 /* ---- the backend --------------------------------------------------------------- */
 
-static int lookup(serve *s, const char *model, const char *version, serve_model **mo,
-                  serve_version **vo, qn_err *err)
+int serve_lookup(serve *s, const char *model, const char *version, serve_model **mo,
+                 serve_version **vo, qn_err *err)
 {
     serve_model *m = model ? serve_model_find(s, model) : NULL;
     *vo = NULL;
@@ -782,7 +819,7 @@ static int be_metadata(void *ud, const char *model, const char *version, oip_mod
 {
     serve_model *m;
     serve_version *v;
-    int rc = lookup(ud, model, version, &m, &v, err);
+    int rc = serve_lookup(ud, model, version, &m, &v, err);
     *hold = NULL;
     if (rc < 0)
         return rc;
@@ -806,24 +843,53 @@ static void be_release_meta(void *ud, void *hold)
     serve_release(hold);
 }
 
+int serve_infer_on(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
+                   oip_infer_response *rs, const serve_logctx *lc, qn_err *err)
+{
+    memset(rs, 0, sizeof *rs);
+    rs->model = strdup(m->name);
+    rs->version = strdup(v->vstr);
+    rs->alias = m->alias;
+    rs->id = rq->id ? strdup(rq->id) : NULL;
+    if (!rs->model || !rs->version || (rq->id && !rs->id))
+        return oom(err);
+    return v->is_als ? infer_als(s, m, v, rq, rs, lc, err) : infer_tabular(s, m, v, rq, rs, lc, err);
+}
+
 static int be_infer(void *ud, const oip_infer_request *rq, oip_infer_response *rs, qn_err *err)
 {
     serve *s = ud;
-    serve_model *m;
+    serve_model *m = rq->model ? serve_model_find(s, rq->model) : NULL;
     serve_version *v;
+    serve_route rt = {0};
+    int rc;
     memset(rs, 0, sizeof *rs);
-    int rc = lookup(s, rq->model, rq->version, &m, &v, err);
-    if (rc < 0)
-        return rc;
-    rs->model = strdup(m->name);
-    rs->version = strdup(v->vstr);
-    rs->id = rq->id ? strdup(rq->id) : NULL;
-    if (!rs->model || !rs->version || (rq->id && !rs->id))
-        rc = oom(err);
-    else if (v->is_als)
-        rc = infer_als(s, m, v, rq, rs, err);
-    else
-        rc = infer_tabular(s, m, v, rq, rs, err);
+    if (m)
+        serve_traffic_route(s, m, rq, &rt);
+    if (m && rt.slot) {
+        v = rt.v;
+    } else {
+        if ((rc = serve_lookup(s, rq->model, rq->version, &m, &v, err)) < 0)
+            return rc;
+        rt = (serve_route){.slot = m, .v = v};
+    }
+    /* Every answer carries the id its prediction is logged under: the
+     * request's, or one made here, so a client can send feedback for it
+     * (quern-monitor joins feedback to logged predictions by this id), and a
+     * shadowed request is logged on both sides under it. */
+    char made[QN_UUID_LEN + 1];
+    oip_infer_request with_id = *rq;
+    if (!rq->id || !*rq->id) {
+        qn_uuid4(made);
+        with_id.id = made;
+    }
+    rq = &with_id;
+    /* A shadowed request's primary side is logged by the shadow worker (it
+     * runs the primary version again, off the request path). */
+    serve_logctx lc = {.alias = rt.slot->alias, .role = "primary", .rid = rq->id, .off = rt.shadow != NULL};
+    rc = serve_infer_on(s, rt.slot, v, rq, rs, rt.policy ? &lc : NULL, err);
+    if (rc == 0)
+        serve_traffic_done(s, m, &rt, rq, rq->id);
     serve_release(v);
     if (rc < 0) {
         char *mn = rs->model, *vn = rs->version;

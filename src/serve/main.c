@@ -186,7 +186,7 @@ static int serve_start(qn_service_ctx *ctx, qn_err *err)
         goto fail;
     }
     serve_backend_init(s);
-    if ((rc = serve_models_start(s, err)) < 0)
+    if ((rc = serve_traffic_start(s, err)) < 0 || (rc = serve_models_start(s, err)) < 0)
         goto fail;
     if (cfg->grpc_listen && strcmp(cfg->grpc_listen, "off") != 0) {
         /* The same token and rules as REST (core/service.c resolved it). */

@@ -367,7 +367,8 @@ static void install(serve *s, serve_model *m, serve_version *v, const char *sour
                 "alias", m->alias, "version", (json_int_t)v->version, "previous",
                 (json_int_t)(old ? old->version : 0), "source", source);
     serve_release(old); /* freed now, or by the last request still running on it */
-    save_last_good(s, m, v->version);
+    if (!m->arm)
+        save_last_good(s, m, v->version);
 }
 
 static void refuse(serve *s, serve_model *m, int64_t version, const char *reason,
@@ -574,6 +575,11 @@ static void follow_one(serve *s, serve_model *m)
     qn_span_end(&span);
 }
 
+void serve_model_follow(serve *s, serve_model *m)
+{
+    follow_one(s, m);
+}
+
 /* Without --models: a slot for every model whose last good version is in
  * the cache, loaded from it, so serve serves them while the registry is
  * down. Those that load count toward readiness. */
@@ -678,6 +684,7 @@ static void *follower_main(void *arg)
                 break;
             follow_one(s, &s->models[i]);
             serve_model *m = &s->models[i];
+            serve_traffic_follow(s, m);
             pthread_mutex_lock(&m->mu);
             if (!m->cur)
                 m->state = "unavailable";
@@ -719,6 +726,13 @@ static int on_promoted(const qn_msg *msg, void *ud, qn_err *err)
     const char *model = json_string_value(json_object_get(data, "model"));
     const char *alias = json_string_value(json_object_get(data, "alias"));
     serve_model *m = model ? serve_model_find(s, model) : NULL;
+    /* A traffic policy changed, or another alias of a served model moved
+     * (its traffic policy may route to it): the next round reads them. */
+    if (m && (strcmp(msg->topic, "quern.traffic.changed") == 0 || (alias && strcmp(alias, m->alias) != 0))) {
+        qn_log_info(NULL, "traffic change received", "{s:s, s:s}", "model", model, "event", msg->topic);
+        kick(s);
+        return 0;
+    }
     /* Without --models, a model first promoted after start gets its slot
      * here, and the kick below loads it now rather than at the next poll. */
     if (!m && model && s->follow_all && alias && strcmp(alias, "production") == 0)
@@ -789,7 +803,7 @@ int serve_models_start(serve *s, qn_err *err)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
               *p == '-' || *p == '_'))
             *p = '-';
-    static const char *const topics[] = {"quern.model.promoted", NULL};
+    static const char *const topics[] = {"quern.model.promoted", "quern.traffic.changed", NULL};
     s->sub = qn_subscriber_start(s->bus, group, topics, NULL, on_promoted, s, err);
     if (!s->sub)
         return err->code;
@@ -819,6 +833,7 @@ void serve_models_stop(serve *s)
         pthread_join(s->follower, NULL);
         s->follower_started = 0;
     }
+    serve_traffic_stop(s);
     for (size_t i = 0; i < s->nmodels; i++) {
         serve_model *m = &s->models[i];
         serve_release(m->cur);

@@ -105,6 +105,10 @@ typedef struct oip_infer_request {
     const char *const *outputs; /* requested output names; NULL/0: all */
     size_t noutputs;
     const char *traceparent;    /* may be NULL */
+    /* The transport's request headers (REST), for a traffic policy sticky
+     * on a header: the value of name or NULL. header NULL: none. */
+    const char *(*header)(void *hctx, const char *name);
+    void *hctx;
 } oip_infer_request;
 
 /* An owned output tensor (malloc'd name, shape, data). */
@@ -126,6 +130,7 @@ typedef struct oip_infer_response {
     json_t *parameters;         /* owned, may be NULL */
     oip_output *outputs;
     size_t noutputs;
+    const char *alias;          /* the alias that answered (borrowed, static while serving); may be NULL */
 } oip_infer_response;
 
 void oip_response_free(oip_infer_response *r);

@@ -27,6 +27,8 @@ typedef struct sample {
     char model[QN_NAME_MAX + 1];
     char version[24];
     char request_id[257];
+    char alias[QN_NAME_MAX + 1]; /* "": not recorded */
+    char role[16];
     int64_t time_ms;
     json_t *features;
     json_t *prediction;
@@ -63,6 +65,12 @@ int serve_predlog_sample(double rate)
 void serve_predlog_add(serve_predlog *p, const char *model, const char *version,
                        const char *request_id, json_t *features, json_t *prediction)
 {
+    serve_predlog_add_role(p, model, version, NULL, NULL, request_id, features, prediction);
+}
+
+void serve_predlog_add_role(serve_predlog *p, const char *model, const char *version, const char *alias,
+                            const char *role, const char *request_id, json_t *features, json_t *prediction)
+{
     if (!p || !features || !prediction) {
         json_decref(features);
         json_decref(prediction);
@@ -80,6 +88,8 @@ void serve_predlog_add(serve_predlog *p, const char *model, const char *version,
     snprintf(s->model, sizeof s->model, "%s", model);
     snprintf(s->version, sizeof s->version, "%s", version);
     snprintf(s->request_id, sizeof s->request_id, "%s", request_id);
+    snprintf(s->alias, sizeof s->alias, "%s", alias ? alias : "");
+    snprintf(s->role, sizeof s->role, "%s", role ? role : "");
     s->time_ms = qn_now_ms();
     s->features = features;
     s->prediction = prediction;
@@ -115,6 +125,12 @@ static void publish(serve_predlog *p, sample *taken, size_t n)
             json_t *one = json_pack("{s:s, s:o, s:O, s:O}", "request_id", taken[j].request_id,
                                     "time", qn_json_time(taken[j].time_ms), "features",
                                     taken[j].features, "prediction", taken[j].prediction);
+            if (one && taken[j].alias[0] &&
+                (json_object_set_new(one, "alias", json_string(taken[j].alias)) < 0 ||
+                 json_object_set_new(one, "role", json_string(taken[j].role)) < 0)) {
+                json_decref(one);
+                one = NULL;
+            }
             if (!one || !preds || json_array_append_new(preds, one) < 0) {
                 if (one && !preds)
                     json_decref(one);

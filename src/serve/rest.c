@@ -272,9 +272,7 @@ static int h_model_ready(qn_req *req, qn_res *res, void *ud)
     return qn_res_json(res, rc ? 200 : 503, json_pack("{s:s, s:b}", "name", model, "ready", rc));
 }
 
-/* The request's JSON (and binary tensors) into pr; 0 or an error naming
- * the input at fault. */
-static int read_infer(qn_req *req, oip_json_req *pr, qn_err *err)
+int serve_read_infer(qn_req *req, oip_json_req *pr, qn_err *err)
 {
     size_t len;
     const char *body = qn_req_body(req, &len);
@@ -292,6 +290,11 @@ static int read_infer(qn_req *req, oip_json_req *pr, qn_err *err)
     return oip_json_parse_infer(body, len, jlen, qn_req_arena(req), pr, err);
 }
 
+static const char *req_header(void *hctx, const char *name)
+{
+    return qn_req_header(hctx, name);
+}
+
 static int h_infer(qn_req *req, qn_res *res, void *ud)
 {
     serve *s = ud;
@@ -303,12 +306,14 @@ static int h_infer(qn_req *req, qn_res *res, void *ud)
     qn_err err;
     qn_err_clear(&err);
     char tp[QN_TRACEPARENT_LEN + 1];
-    int rc = read_infer(req, &pr, &err);
+    int rc = serve_read_infer(req, &pr, &err);
     if (rc == 0) {
         pr.rq.model = qn_req_param(req, "m");
         pr.rq.version = qn_req_param(req, "v");
         qn_traceparent_format(qn_req_trace(req), tp);
         pr.rq.traceparent = tp;
+        pr.rq.header = req_header;
+        pr.rq.hctx = req;
         rc = s->backend.infer(s, &pr.rq, &rs, &err);
     }
     if (rc != QN_NOT_FOUND && serve_model_find(s, qn_req_param(req, "m"))) {
@@ -324,6 +329,8 @@ static int h_infer(qn_req *req, qn_res *res, void *ud)
         } else {
             qn_res_text(res, 200, "application/json", b.data, b.len);
             qn_res_header(res, "X-Quern-Model-Version", rs.version);
+            if (rs.alias)
+                qn_res_header(res, "X-Quern-Model-Alias", rs.alias);
         }
         qn_buf_free(&b);
     } else {
@@ -456,6 +463,7 @@ static int h_models(qn_req *req, qn_res *res, void *ud)
     for (size_t i = 0; i < s->nmodels; i++) {
         json_t *st = serve_model_status(&s->models[i]);
         json_object_set_new(st, "name", json_string(s->models[i].name));
+        json_object_set_new(st, "traffic", serve_traffic_status(s, &s->models[i]));
         json_array_append_new(list, st);
     }
     return qn_res_json(res, 200, json_pack("{s:o}", "models", list));
@@ -477,5 +485,9 @@ const qn_route serve_routes[] = {
     {"GET", "/v1/models", h_models, 0, 0, NULL},
     {"GET", "/v1/models/{m}/recommend", h_recommend, 0, 0, NULL},
     {"GET", "/v1/models/{m}/similar", h_similar, 0, 0, NULL},
+    /* explain.c; POST, so a configured token is needed as for infer. */
+    {"POST", "/v1/models/{m}/explain", serve_h_explain, SERVE_MAX_INFER_BODY, 0, NULL},
+    {"POST", "/v1/models/{m}/versions/{v}/explain", serve_h_explain, SERVE_MAX_INFER_BODY, 0,
+     NULL},
 };
 const size_t serve_nroutes = sizeof serve_routes / sizeof serve_routes[0];

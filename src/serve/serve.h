@@ -10,8 +10,12 @@
  *              readiness) over the model manager and libquern-ml
  *   rest.c     the Open Inference Protocol over HTTP/JSON (and Triton's
  *              binary tensor extension) plus the /v1 recommendation routes
+ *   explain.c  POST /v1/models/{m}/explain: contributions behind a prediction
  *   batch.c    optional dynamic batching per model
  *   predlog.c  sampled prediction logging to the bus, off the request path
+ *   traffic.c  the model's traffic policy from the registry: weighted (or
+ *              sticky) routes between aliases, and shadow traffic run off
+ *              the request path by its own worker
  *   grpc_server.c, oip.c  the gRPC front and the protocol data model
  *   oip_json.c the JSON body of an infer request (a fast reader, jansson behind it)
  *
@@ -60,6 +64,7 @@ typedef struct serve_cfg {
 
 typedef struct serve_batcher serve_batcher;
 typedef struct serve_predlog serve_predlog;
+typedef struct serve_traffic serve_traffic;
 
 /* One loaded version of a model. Immutable once published; freed when the
  * last reference goes (the slot's own reference is one of them). */
@@ -110,6 +115,10 @@ typedef struct serve_model {
     /* Counts toward readiness: every --models entry; without --models, the
      * models promoted when serve started (or found in the cache). */
     int required;
+    /* A traffic arm (traffic.c): another alias of a served model that its
+     * traffic policy routes to or shadows. Not in the slot table, never the
+     * last good version on disk. */
+    int arm;
 } serve_model;
 
 typedef struct serve {
@@ -133,6 +142,7 @@ typedef struct serve {
     qn_bus *bus;
     qn_subscriber *sub;
     serve_predlog *predlog;
+    serve_traffic *traffic;
     qn_metrics *metrics;
     qn_metric *m_requests, *m_latency, *m_info, *m_swaps, *m_refusals, *m_rows;
     /* the follower thread: loads and swaps versions */
@@ -169,20 +179,74 @@ void serve_release(serve_version *v);
 int serve_all_ready(serve *s);
 /* {"model":{"version","alias","state","source","last_refusal"}} for status answers. */
 json_t *serve_model_status(serve_model *m);
+/* One follower round for slot m (a served model or a traffic arm): reads its
+ * alias and loads and swaps in the version it names. Follower thread only. */
+void serve_model_follow(serve *s, serve_model *m);
 
 /* ---- backend.c ---------------------------------------------------------- */
 
 void serve_backend_init(serve *s);
+/* The model named model and its served version (when version is given, it
+ * must be the one served), with a reference taken (*vo; serve_release it).
+ * 0, or QN_NOT_FOUND (no such model or version) / QN_UNAVAILABLE (nothing
+ * loaded yet) with err saying so. Thread-safe. */
+int serve_lookup(serve *s, const char *model, const char *version, serve_model **mo,
+                 serve_version **vo, qn_err *err);
+/* How an answer is logged to the prediction log: alias and role ("primary",
+ * "shadow") recorded with it when not NULL, rid the request id to log under
+ * (NULL: the request's, or a fresh one), force: log it whatever the sample
+ * rate says (the two sides of a shadowed request), off: not here (the
+ * shadow worker logs a shadowed request's primary side). */
+typedef struct serve_logctx {
+    const char *alias;
+    const char *role;
+    const char *rid;
+    int force;
+    int off;
+} serve_logctx;
+/* Runs rq on version v of slot m (a served model or a traffic arm) into rs,
+ * logging as lc says (NULL: sampled, no alias). Thread-safe. */
+int serve_infer_on(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
+                   oip_infer_response *rs, const serve_logctx *lc, qn_err *err);
 /* Predicts rows of b with v (through the batcher when m has one). out has
  * b->n_rows * output width floats. Thread-safe. */
 int serve_predict(serve_model *m, serve_version *v, const qml_input_batch *b, float *out,
                   qn_err *err);
 
+/* A tabular request's features as libquern-ml's raw columns (b), read by
+ * serve_rows_read for infer and explain alike. Owns cols and data; b's
+ * columns also point into the request's tensors, so rq must outlive it. */
+typedef struct serve_rows {
+    qml_input_batch b;
+    float *out;             /* room for b.n_rows * out_width floats */
+    qml_input_col *cols;
+    unsigned char *data;
+} serve_rows;
+
+/* Checks rq's inputs against v (every column once, or the one 2-D tensor;
+ * datatypes, shapes, one row count, at most --max-rows rows) and converts
+ * them into *r, with room for out_width floats per row. 0, or
+ * QN_INVALID_ARGUMENT naming the input at fault / QN_RESOURCE_EXHAUSTED;
+ * *r then holds nothing to free. Free with serve_rows_free. */
+int serve_rows_read(serve *s, serve_version *v, const oip_infer_request *rq, size_t out_width,
+                    serve_rows *r, qn_err *err);
+void serve_rows_free(serve_rows *r);
+
 /* ---- rest.c --------------------------------------------------------------- */
+
+/* The request's JSON (and Triton's binary tensors) into pr, as infer reads
+ * it; 0 or an error naming the input at fault. oip_json_req_free pr either way. */
+struct oip_json_req;
+int serve_read_infer(qn_req *req, struct oip_json_req *pr, qn_err *err);
 
 extern const qn_route serve_routes[];
 extern const size_t serve_nroutes;
 #define SERVE_MAX_INFER_BODY (64ull * 1024 * 1024)
+
+/* ---- explain.c -------------------------------------------------------------- */
+
+/* POST /v1/models/{m}[/versions/{v}]/explain (DESIGN.md section 5). */
+int serve_h_explain(qn_req *req, qn_res *res, void *ud);
 
 /* ---- batch.c -------------------------------------------------------------- */
 
@@ -202,7 +266,49 @@ void serve_predlog_stop(serve_predlog *p);
  * blocks: when the queue is full the sample is dropped and counted. */
 void serve_predlog_add(serve_predlog *p, const char *model, const char *version,
                        const char *request_id, json_t *features, json_t *prediction);
+/* serve_predlog_add with the alias that answered and its role ("primary",
+ * "shadow"), each recorded with the prediction when not NULL. */
+void serve_predlog_add_role(serve_predlog *p, const char *model, const char *version, const char *alias,
+                            const char *role, const char *request_id, json_t *features, json_t *prediction);
 /* 1 when this request should be sampled at rate. */
 int serve_predlog_sample(double rate);
+
+/* ---- traffic.c -------------------------------------------------------------- */
+
+/* Where one request goes: the slot and version (a reference taken) that
+ * answer it, the alias to name in the answer, and the shadow slot to run it
+ * on too (NULL: none). */
+typedef struct serve_route {
+    serve_model *slot;
+    serve_version *v;
+    serve_model *shadow;
+    int policy;             /* 1: a traffic policy chose it (log alias and role) */
+} serve_route;
+
+/* Starts the shadow worker and the metrics. 0 or a negative code. */
+int serve_traffic_start(serve *s, qn_err *err);
+/* Stops the worker (queued shadow requests are dropped) and frees the arms.
+ * Call after the follower stopped and before the slots are freed. */
+void serve_traffic_stop(serve *s);
+/* Follower thread: reads m's policy from the registry, follows the aliases
+ * it names (loading their versions) and swaps it in. A registry that cannot
+ * be read keeps the policy in force. */
+void serve_traffic_follow(serve *s, serve_model *m);
+/* Routes rq for m. rq naming a version: the arm serving it, if any. Else
+ * by m's policy: weighted, or by the hash of the sticky key (the "user"
+ * parameter or input, or the header), falling back to m when the chosen
+ * alias has no version loaded. rt->slot NULL: no policy applies (serve m as
+ * always). Thread-safe, never blocks on the registry. */
+void serve_traffic_route(serve *s, serve_model *m, const oip_infer_request *rq, serve_route *rt);
+/* The policy m follows as the registry gave it, plus "versions": {alias:
+ * the version loaded or null}; JSON null when none (all to m's alias). */
+json_t *serve_traffic_status(serve *s, serve_model *m);
+/* Counts one answered request by rt (when a policy chose it) and queues the
+ * shadow run when rt has one: a copy of rq (and a reference to rt->v), which
+ * the worker runs on rt->v again to log the primary side and then on the
+ * shadow, both logged under rid; never blocks (a full queue drops and
+ * counts, and then neither side is logged). */
+void serve_traffic_done(serve *s, serve_model *m, const serve_route *rt, const oip_infer_request *rq,
+                        const char *rid);
 
 #endif

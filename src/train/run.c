@@ -16,6 +16,9 @@
  *   5. Upload the bundle's files as blobs (HEAD first: skip what is stored),
  *      register the version with metrics, params, lineage and the decision as
  *      tags, then move the alias if the decision says so.
+ * Throughout, the job is logged as a run of the registry's tracking store
+ * (track.c): params, the loss per iteration, the dataset input, the final
+ * metrics, and the version names the run.
  */
 #include <errno.h>
 #include <ftw.h>
@@ -63,6 +66,7 @@ typedef struct run_ctx {
     qn_span stage;           /* the stage being run, a child of the job's span */
     int stage_open;
     int train_stage;         /* the training loop's stage with a span open, -1: none */
+    train_track *track;      /* the job's run in the tracking store, or NULL */
 } run_ctx;
 
 /* Stage spans: one at a time, each a child of the job's span. */
@@ -132,6 +136,8 @@ static json_t *progress_json(run_ctx *r, const char *stage, int iteration, doubl
 static void on_progress(void *ctx, qml_train_stage stage, int iteration, double loss, double fraction)
 {
     run_ctx *r = ctx;
+    if (r->track && stage == QML_STAGE_FIT && iteration > 0) /* every iteration, unthrottled */
+        train_track_loss(r->track, iteration, loss);
     if ((int)stage != r->train_stage) {
         if (stage == QML_STAGE_DONE) {
             stage_end(r, 0, NULL);
@@ -646,6 +652,8 @@ static int stage_dataset(job_run *j, qn_err *err)
     if ((rc = load_dataset(&j->r, &j->frame, &j->lineage, &j->report, err)) < 0 || (rc = cancelled(&j->r, err)) < 0)
         return rc;
     qn_span_attr_int(&j->r.stage, "quern.dataset_version", json_integer_value(json_object_get(j->lineage, "version")));
+    if (j->r.track)
+        train_track_input(j->r.track, j->r.job->dataset, json_integer_value(json_object_get(j->lineage, "version")));
     return 0;
 }
 
@@ -729,6 +737,11 @@ static int stage_register(job_run *j, qn_err *err)
              reason ? reason : "");
     j->body = json_pack("{s:O, s:o, s:o, s:o, s:O, s:s}", "manifest", j->manifest, "metrics", metrics, "params",
                         params, "tags", tags, "dataset", j->lineage, "description", desc);
+    if (j->r.track) { /* the run's final metrics (baseline.* with them); the version names the run */
+        train_track_metrics(j->r.track, res->metrics);
+        if (j->r.track->on)
+            json_object_set_new(j->body, "run_id", json_string(j->r.track->run_id));
+    }
     char url[512];
     snprintf(url, sizeof url, "/v1/models/%s/versions", job->model);
     int rc = qn_client_json(t->reg, "POST", url, j->body, cur_trace(&j->r), &j->created, err);
@@ -789,6 +802,7 @@ int train_run(trainer *t, train_job *job, json_t **result, qn_err *err)
     job_run j = {.r = {.t = t, .job = job, .start_ms = qn_now_ms(), .last_stage = -1, .state = "running",
                        .train_stage = -1}};
     json_t *existing = NULL;
+    train_track track = {0};
     int rc;
     *result = NULL;
     j.r.iterations = qml_train_iterations(job->kind, json_object_get(job->spec, "params"));
@@ -799,6 +813,8 @@ int train_run(trainer *t, train_job *job, json_t **result, qn_err *err)
         rc = finish_registered(&j.r, existing, result, err);
         goto out;
     }
+    train_track_start(&track, t->reg, &job->trace, job);
+    j.r.track = &track;
     for (size_t i = 0; i < QN_NELEM(run_stages); i++) {
         const run_stage *s = &run_stages[i];
         if (s->progress)
@@ -813,6 +829,8 @@ int train_run(trainer *t, train_job *job, json_t **result, qn_err *err)
     j.result = NULL;
     rc = 0;
 out:
+    if (j.r.track)
+        train_track_end(j.r.track, rc == 0);
     stage_end(&j.r, rc, err);
     if (rc == 0 && *result)
         set_progress(&j.r, NULL, progress_json(&j.r, "done", 0, NAN, 1));

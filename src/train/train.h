@@ -139,4 +139,31 @@ int train_spec_check(const char *kind, const json_t *spec, qn_err *err);
  * with err saying why it failed. */
 int train_run(trainer *t, train_job *job, json_t **result, qn_err *err);
 
+/* track.c: a job logged as a run of the registry's tracking store (best
+ * effort: a failed call turns tracking off for the job, never fails it).
+ * Used by the job's one thread. */
+typedef struct train_track {
+    qn_client *reg;
+    const qn_trace_ctx *trace;
+    int on;                       /* tracking this job */
+    char job_id[TRAIN_ID_MAX];
+    char run_id[40];              /* the run (32 hex) */
+    json_t *pending;              /* loss points not sent yet */
+    int last_step;
+    int64_t last_flush;           /* ms */
+} train_track;
+
+/* Finds or creates the job's run (experiment: the model's name) and logs
+ * the spec's params. */
+void train_track_start(train_track *tr, qn_client *reg, const qn_trace_ctx *trace, const train_job *job);
+/* Queues one point of the "loss" series (sent at least once a second). */
+void train_track_loss(train_track *tr, int iteration, double loss);
+void train_track_flush(train_track *tr);
+/* The dataset version the job read, as the run's input (lineage). */
+void train_track_input(train_track *tr, const char *dataset, int64_t version);
+/* The final evaluation metrics (numbers of metrics, baseline.* included). */
+void train_track_metrics(train_track *tr, const json_t *metrics);
+/* Ends the run FINISHED (ok) or FAILED and frees what tr holds. */
+void train_track_end(train_track *tr, int ok);
+
 #endif

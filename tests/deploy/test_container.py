@@ -1,14 +1,15 @@
 #!/usr/bin/python3
 """test_container.py - the pieces of the image that run without an engine.
 
-- deploy/container/Containerfile: multi-stage from debian:bookworm to
-  debian:bookworm-slim, non-root uid 10001, /data volume, every port exposed,
-  a HEALTHCHECK with `quern healthcheck`, the entrypoint.
+- deploy/container/Containerfile: a build stage on debian:bookworm, then
+  targets FROM scratch (one per service, layered runtime -> ml -> grpc), the
+  same as Containerfile.roots; non-root uid 10001, /data volume owned by it,
+  every port exposed, a HEALTHCHECK with `quern healthcheck`, the entrypoint.
 - deploy/container/entrypoint.sh, run with a stand-in quern-<service> on PATH:
   sets QUERN_LISTEN=0.0.0.0:<port> (and serve's gRPC) only when neither the
   flag nor the variable is given, and execs the command.
-- runtime-packages.sh maps the built binaries' libraries to packages and fails
-  loudly on something that is not a dynamic executable.
+- mkroot.sh over the built binaries: every library each binary loads is in
+  its image's layers, the light layer holds none of the heavy ones.
 - `quern healthcheck` against a real quern-registry: 0 when healthy/ready, 1
   when nothing answers or the path is wrong, the URL taken from an argument or
   from QUERN_LISTEN (wildcard host asked on loopback).
@@ -34,25 +35,47 @@ PORTS = {"registry": 7701, "ingest": 7702, "prep": 7703, "train": 7704,
          "serve": 7705, "monitor": 7707, "alert": 7708}
 
 
+def stages(text):
+    """The targets from `FROM scratch AS runtime` on, COPY sources normalised
+    (a stage's /out/roots/X or the context's X)."""
+    tail = text[re.search(r"(?m)^FROM scratch AS runtime$", text).start():]
+    tail = re.sub(r"--from=build ", "", tail)
+    return re.sub(r"/out/roots/", "", tail)
+
+
 class Containerfile(unittest.TestCase):
     def setUp(self):
         with open(os.path.join(CONTAINER, "Containerfile"), encoding="utf-8") as f:
             self.text = f.read()
+        with open(os.path.join(CONTAINER, "Containerfile.roots"), encoding="utf-8") as f:
+            self.roots = f.read()
 
     def test_stages_user_ports_health(self):
         froms = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", self.text, re.M)
-        self.assertEqual(froms, [("debian:bookworm", "build"), ("debian:bookworm-slim", "")])
-        runtime = self.text.split("FROM debian:bookworm-slim", 1)[1]
-        self.assertRegex(runtime, r"useradd --uid 10001")
+        self.assertEqual(froms[0], ("debian:bookworm", "build"))
+        self.assertEqual(froms[1], ("scratch", "runtime"))
+        targets = {alias for _, alias in froms[1:]}
+        self.assertEqual(targets, {"runtime", "ml", "grpc", "quern"} | {f"quern-{s}" for s in PORTS})
+        runtime = stages(self.text)
         self.assertRegex(runtime, r"(?m)^USER 10001:10001$")
+        self.assertRegex(runtime, r"(?m)^COPY --chown=10001:10001 data/ /data/$")
         self.assertRegex(runtime, r'(?m)^VOLUME \["/data"\]$')
         exposed = {int(p) for p in re.search(r"(?m)^EXPOSE (.*)$", runtime).group(1).split()}
         self.assertEqual(exposed, set(PORTS.values()) | {7706})
         self.assertRegex(runtime, r'(?m)^HEALTHCHECK .*\n\s*CMD \["quern", "healthcheck"\]')
         self.assertRegex(runtime, r'(?m)^ENTRYPOINT \["/usr/local/bin/quern-entrypoint"\]')
-        # No build tools in the runtime stage: only the derived package list.
-        self.assertNotRegex(runtime, r"build-essential|cmake|-dev\b")
-        self.assertIn("runtime-packages", runtime)
+        # Nothing but layer roots in the images: no package manager, no build tools.
+        self.assertNotRegex(runtime, r"(?m)^RUN ")
+        self.assertIn("mkroot.sh", self.text)
+
+    def test_both_files_build_the_same_targets(self):
+        self.assertEqual(stages(self.text), stages(self.roots))
+        # Only the heavy services' images carry the heavy layers.
+        for svc in ("registry", "ingest", "prep", "monitor"):
+            self.assertIn(f"FROM runtime AS quern-{svc}", self.roots)
+        for svc in ("train", "alert"):
+            self.assertIn(f"FROM ml AS quern-{svc}", self.roots)
+        self.assertIn("FROM grpc AS quern-serve", self.roots)
 
     def test_entrypoint_knows_every_port(self):
         with open(os.path.join(CONTAINER, "entrypoint.sh"), encoding="utf-8") as f:
@@ -96,22 +119,71 @@ class Entrypoint(unittest.TestCase):
         self.assertEqual(self.run_ep([])["ARGS"], "--help")
 
 
-class RuntimePackages(unittest.TestCase):
-    def test_maps_libraries_to_packages(self):
-        binary = os.path.join(BIN, "quern-registry")
-        if not shutil.which("dpkg-query") or not os.path.exists(binary):
-            self.skipTest("needs dpkg and the built quern-registry")
-        out = subprocess.run(["sh", os.path.join(CONTAINER, "runtime-packages.sh"), binary],
-                             capture_output=True, text=True, timeout=60)
-        self.assertEqual(out.returncode, 0, out.stderr)
-        pkgs = out.stdout.split()
-        for p in ("libmicrohttpd12", "libjansson4", "libsqlite3-0", "librabbitmq4", "libssl3", "libc6"):
-            self.assertIn(p, pkgs)
-        self.assertEqual(pkgs, sorted(set(pkgs)))
-        bad = subprocess.run(["sh", os.path.join(CONTAINER, "runtime-packages.sh"), binary,
-                              os.path.join(CONTAINER, "entrypoint.sh")], capture_output=True, text=True)
-        self.assertNotEqual(bad.returncode, 0)
-        self.assertIn("not a dynamic executable", bad.stderr)
+def needed(binary):
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=60).stdout
+    return {l.split()[0] for l in out.splitlines() if "=>" in l and "/" in l.split("=>")[1]}
+
+
+class MkRoot(unittest.TestCase):
+    """mkroot.sh over the built binaries: each image's layers hold every library
+    its binary loads, the light layer none of the heavy ones."""
+
+    @classmethod
+    def setUpClass(cls):
+        if not all(os.path.exists(os.path.join(BIN, b)) for b in ["quern"] + [f"quern-{s}" for s in PORTS]):
+            raise unittest.SkipTest("binaries not built")
+        cls.out = tempfile.mkdtemp(dir=WORK, prefix="mkroot.")
+        p = subprocess.run(["sh", os.path.join(CONTAINER, "mkroot.sh"), os.path.join(cls.out, "r"), BIN],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        cls.r = os.path.join(cls.out, "r")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.out, ignore_errors=True)
+
+    def libs(self, *layers):
+        have = set()
+        for layer in layers:
+            d = os.path.join(self.r, layer, "usr/lib/x86_64-linux-gnu")
+            if os.path.isdir(d):
+                have |= set(os.listdir(d))
+        return have
+
+    def test_every_library_in_the_layers_of_its_image(self):
+        layers = {"registry": ["runtime"], "ingest": ["runtime"], "prep": ["runtime"], "monitor": ["runtime"],
+                  "train": ["runtime", "ml"], "alert": ["runtime", "ml"], "serve": ["runtime", "ml", "grpc"]}
+        for svc, ls in layers.items():
+            missing = needed(os.path.join(BIN, f"quern-{svc}")) - self.libs(*ls)
+            self.assertEqual(missing, set(), svc)
+            self.assertTrue(os.path.exists(os.path.join(self.r, "bin", f"quern-{svc}")))
+        self.assertEqual(needed(os.path.join(BIN, "quern")) - self.libs("runtime"), set())
+
+    def test_light_layer_has_no_heavy_library(self):
+        light = self.libs("runtime")
+        for heavy in ("libopenblas.so.0", "libxgboost.so.0", "libgrpc.so.29", "libstdc++.so.6"):
+            self.assertNotIn(heavy, light)
+        # each library once across the layers
+        self.assertEqual(self.libs("runtime") & self.libs("ml"), set())
+        self.assertEqual((self.libs("runtime") | self.libs("ml")) & self.libs("grpc"), set())
+
+    def test_root_skeleton(self):
+        rt = os.path.join(self.r, "runtime")
+        for path in ("usr/lib64/ld-linux-x86-64.so.2", "usr/bin/sh", "usr/local/bin/quern",
+                     "usr/local/bin/quern-entrypoint", "etc/nsswitch.conf"):
+            self.assertTrue(os.path.exists(os.path.join(rt, path)), path)
+        self.assertEqual(os.readlink(os.path.join(rt, "lib64")), "usr/lib64")
+        with open(os.path.join(rt, "etc/passwd")) as f:
+            self.assertIn("quern:x:10001:10001:", f.read())
+        self.assertEqual(os.stat(os.path.join(rt, "tmp")).st_mode & 0o7777, 0o1777)
+        self.assertTrue(os.path.isdir(os.path.join(self.r, "data")))
+        self.assertFalse(os.path.exists(os.path.join(rt, "usr/bin/apt-get")))
+
+    def test_fails_on_a_missing_binary(self):
+        p = subprocess.run(["sh", os.path.join(CONTAINER, "mkroot.sh"), os.path.join(self.out, "x"),
+                            os.path.join(self.out, "nothing-here")], capture_output=True, text=True)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("missing", p.stderr)
 
 
 def free_port():

@@ -356,6 +356,41 @@ def cases_registry():
         Case(R, "PUT", "/v1/models/m/aliases/prod", "x" * 5000, note="(over 4 KiB)"),
         Case(R, "DELETE", "/v1/models/m/aliases/nope", expect=404),
         Case(R, "DELETE", "/v1/models/m/aliases/%ff"),
+        # PUT /v1/models/{name}/traffic: each field checked before the model is read
+        Case(R, "PUT", "/v1/models/m/traffic", {}),
+        Case(R, "PUT", "/v1/models/m/traffic", "[]"),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": []}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": "production"}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [None]}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "production", "weight": 90}]}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "production", "weight": 101}]}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "production", "weight": -5}]}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "production", "weight": 99.5}]}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "production", "weight": 2 ** 63}]}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "../x", "weight": 100}]}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": LONG, "weight": 100}]}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "latest", "weight": 100}]}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "a", "weight": 50}, {"alias": "a", "weight": 50}]}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": f"a{i}", "weight": 10} for i in range(10)]}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "production", "weight": 100, "x": 1}]}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "production", "weight": 100}],
+                                                "shadow": {"alias": "production", "fraction": 1.5}}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "production", "weight": 100}],
+                                                "shadow": {"alias": "production", "fraction": "half"}}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "production", "weight": 100}], "shadow": 1}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "production", "weight": 100}],
+                                                "sticky": "header:a b"}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "production", "weight": 100}],
+                                                "sticky": "header:" + "h" * 100}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "production", "weight": 100}], "sticky": 1}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "production", "weight": 100}], "bogus": 1}),
+        Case(R, "PUT", "/v1/models/m/traffic", {"routes": [{"alias": "nope", "weight": 100}]}, expect=(400, 404)),
+        Case(R, "PUT", "/v1/models/nomodel/traffic", {"routes": [{"alias": "production", "weight": 100}]},
+             expect=404),
+        Case(R, "PUT", "/v1/models/%ff/traffic", {"routes": [{"alias": "production", "weight": 100}]}),
+        Case(R, "PUT", "/v1/models/m/traffic", "x" * 20000, note="(over 16 KiB)"),
+        Case(R, "GET", "/v1/models/nomodel/traffic", expect=404),
+        Case(R, "DELETE", "/v1/models/nomodel/traffic", expect=404),
         # datasets
         Case(R, "GET", "/v1/datasets?limit=abc"),
         Case(R, "GET", "/v1/datasets?page_token=zzz"),
@@ -942,6 +977,7 @@ def binary_body(tensors, extra=b""):
 def cases_serve():
     S = "serve"
     ip = "/v2/models/m/infer"
+    ep = "/v1/models/m/explain"
     f64 = b"\x00\x00\x00\x00\x00\x00\xf0\x3f"  # 1.0, little-endian
     bytes_el = b"\x01\x00\x00\x00a"           # one BYTES element "a"
     good_bin = [("x1", "FP64", [1], f64), ("x2", "FP64", [1], f64), ("c", "BYTES", [1], bytes_el)]
@@ -1067,6 +1103,23 @@ def cases_serve():
         Case(S, "GET", "/v2/models/" + "%C3%A9" * 150, expect=(400, 404)),
         Case(S, "GET", "/v1/models/" + LONG + "/similar?item=i", expect=(400, 404)),
         Case(S, "POST", "/v1/models", "{}", shape="any", expect=405),
+        # explanations: the infer body, read by the same code
+        Case(S, "POST", ep, "{}"),
+        Case(S, "POST", ep, '{"inputs":'),
+        Case(S, "POST", ep, ""),
+        Case(S, "POST", ep, infer(drop=1), note="(an input missing)"),
+        Case(S, "POST", ep, infer(replace=(0, {"shape": [1 << 40]})), note="(shape 2^40)"),
+        Case(S, "POST", ep, infer(replace=(2, {"data": [1, 2]}))),
+        Case(S, "POST", ep, infer(parameters={"by": "row"})),
+        Case(S, "POST", ep, infer(parameters={"by": 5})),
+        Case(S, "POST", ep, {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1],
+                                        "data": ["u"]}]}, note="(a user for a tabular model)"),
+        Case(S, "POST", ep, infer(), expect=200),
+        Case(S, "POST", "/v1/models/no-such/explain", jb(infer()), expect=404),
+        Case(S, "POST", "/v1/models/%ff/explain", jb(infer()), expect=(400, 404)),
+        Case(S, "POST", "/v1/models/m/versions/99/explain", jb(infer()), expect=404),
+        Case(S, "POST", "/v1/models/m/versions/%ff/explain", jb(infer()), expect=(400, 404)),
+        Case(S, "GET", ep, shape="any", expect=405),
     ]
     return c + cases_common(S) + cases_framing(S, "POST", ip, 64 * 1024 * 1024, jb(infer()))
 

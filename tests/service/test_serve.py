@@ -1051,6 +1051,9 @@ class ServeTest(unittest.TestCase):
             r = stub.ModelInfer(rq, timeout=20, metadata=md)
             self.assertAlmostEqual(r.outputs[0].contents.fp32_contents[0],
                                    out["outputs"][0]["data"][0], places=6)
+            # no id given: each answer carries the one serve made (and logs under)
+            self.assertEqual((len(r.id), len(out["id"])), (36, 36), (r.id, out.get("id")))
+            self.assertNotEqual(r.id, out["id"])
             self.assertEqual(health.Check(hpb.HealthCheckRequest(), timeout=20).status,
                              hpb.HealthCheckResponse.SERVING)
             self.assertTrue(stub.ServerLive(pb.ServerLiveRequest(), timeout=20).live)

@@ -343,12 +343,108 @@ static void test_popularity_and_evaluator(void **state)
     qml_csr_free(te);
 }
 
+/* Brier, mean error, the calibration table and CBPE against ref_quality.py
+ * (numpy) on 20000 calibrated rows (y ~ Bernoulli(p)); by hand on small
+ * cases; and the CBPE estimate close to the realised accuracy and AUC. */
+static void test_quality_metrics(void **state)
+{
+    qn_err err;
+    double v, acc, auc;
+    double yb[] = {1, 0, 1, 0}, pb[] = {0.9, 0.2, 0.6, 0.5};
+    assert_int_equal(qml_metric_brier(yb, pb, 4, &v, &err), 0);
+    assert_float_equal(v, (0.01 + 0.04 + 0.16 + 0.25) / 4, 1e-15);
+    double bad[] = {1.5};
+    assert_int_equal(qml_metric_brier(yb, bad, 1, &v, &err), QN_INVALID_ARGUMENT);
+    double yr[] = {1, 2, 3}, yh[] = {2, 2, 5};
+    assert_int_equal(qml_metric_mean_error(yr, yh, 3, &v, &err), 0);
+    assert_float_equal(v, 1.0, 1e-15);
+    /* CBPE by hand: p = {1, 0}: sure of both, AUC 1, accuracy 1; all p = 1:
+     * no expected negatives, AUC undefined (NaN). */
+    double sure[] = {1, 0};
+    assert_int_equal(qml_cbpe_binary(NULL, sure, 2, &acc, &auc, &err), 0);
+    assert_float_equal(acc, 1.0, 1e-15);
+    assert_float_equal(auc, 1.0, 1e-15);
+    double ones[] = {1, 1};
+    assert_int_equal(qml_cbpe_binary(NULL, ones, 2, &acc, &auc, &err), 0);
+    assert_true(isnan(auc));
+    /* All p = 0.5: a coin; AUC 0.5 (one step, one trapezoid). */
+    double half[] = {0.5, 0.5, 0.5};
+    assert_int_equal(qml_cbpe_binary(NULL, half, 3, &acc, &auc, &err), 0);
+    assert_float_equal(auc, 0.5, 1e-15);
+    assert_float_equal(acc, 0.5, 1e-15);
+    /* The model's score ranks and decides; the calibrated p weighs. */
+    double sc[] = {0.9, 0.2}, pcal[] = {0.6, 0.3};
+    assert_int_equal(qml_cbpe_binary(sc, pcal, 2, &acc, &auc, &err), 0);
+    assert_float_equal(acc, (0.6 + 0.7) / 2, 1e-15);
+    assert_float_equal(auc, (0.4 / 1.1) * 0.5 * (0.6 / 0.9) + (0.7 / 1.1) * 0.5 * (1.5 / 0.9), 1e-15);
+    /* Calibration: the rate of p's bin, p itself when the bin is empty. */
+    qml_calibration cal;
+    double yc[] = {1, 0, 0, 1}, pc[] = {0.15, 0.12, 0.18, 1.0};
+    assert_int_equal(qml_calibration_table(yc, pc, 4, &cal, &err), 0);
+    assert_float_equal(cal.n[1], 3, 0);
+    assert_float_equal(cal.rate[1], 1.0 / 3, 1e-15);
+    assert_float_equal(cal.n[9], 1, 0);
+    assert_true(isnan(cal.rate[5]));
+    assert_float_equal(qml_calibrate(&cal, 0.11), 1.0 / 3, 1e-15);
+    assert_float_equal(qml_calibrate(&cal, 0.55), 0.55, 1e-15);
+
+    char data[512], cmd[1536];
+    snprintf(data, sizeof data, "%s/quality_ref.txt", env_or("QUERN_TEST_WORK", "/tmp"));
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/unit/ml/ref_quality.py %s",
+             env_or("QUERN_SOURCE_DIR", "."), data);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    double want[26];
+    for (int i = 0; i < 26; i++)
+        assert_int_equal(fscanf(p, "%lf", &want[i]), 1);
+    assert_int_equal(pclose(p), 0);
+    FILE *f = fopen(data, "r");
+    assert_non_null(f);
+    size_t n;
+    assert_int_equal(fscanf(f, "%zu", &n), 1);
+    double *y = malloc(n * sizeof *y), *pr = malloc(n * sizeof *pr), *r = malloc(n * sizeof *r),
+           *h = malloc(n * sizeof *h), *cls = malloc(n * sizeof *cls);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(fscanf(f, "%lf %lf %lf %lf", &y[i], &pr[i], &r[i], &h[i]), 4);
+        cls[i] = pr[i] >= 0.5;
+    }
+    fclose(f);
+    assert_int_equal(qml_metric_brier(y, pr, n, &v, &err), 0);
+    assert_float_equal(v, want[0], 1e-12 * fabs(want[0]));
+    assert_int_equal(qml_metric_mean_error(r, h, n, &v, &err), 0);
+    assert_float_equal(v, want[1], 1e-10 * fabs(want[1]));
+    assert_int_equal(qml_calibration_table(y, pr, n, &cal, &err), 0);
+    for (int b = 0; b < QML_CAL_BINS; b++) {
+        assert_float_equal(cal.n[b], want[2 + b], 0);
+        if (cal.n[b] > 0)
+            assert_float_equal(cal.rate[b], want[12 + b], 1e-12);
+    }
+    assert_int_equal(qml_cbpe_binary(NULL, pr, n, &acc, &auc, &err), 0);
+    assert_float_equal(acc, want[22], 1e-12);
+    assert_float_equal(auc, want[23], 1e-9);
+    /* On calibrated data the estimate is close to what the labels say. */
+    double racc, rauc;
+    assert_int_equal(qml_metric_accuracy(y, cls, n, &racc, &err), 0);
+    assert_int_equal(qml_metric_roc_auc(y, pr, n, &rauc, &err), 0);
+    assert_float_equal(racc, want[24], 1e-12);
+    assert_float_equal(rauc, want[25], 1e-12);
+    assert_true(fabs(acc - racc) < 0.01);
+    assert_true(fabs(auc - rauc) < 0.01);
+    free(y);
+    free(pr);
+    free(r);
+    free(h);
+    free(cls);
+    (void)state;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_classifier_regressor_by_hand),
         cmocka_unit_test(test_rec_user_by_hand),
         cmocka_unit_test(test_against_numpy),
+        cmocka_unit_test(test_quality_metrics),
         cmocka_unit_test(test_splits),
         cmocka_unit_test(test_leave_k_out),
         cmocka_unit_test(test_popularity_and_evaluator),

@@ -437,6 +437,22 @@ static double adult_run(const char *spec_file, const char *dir_name, double tol)
            "test rows)\n", spec->kind, now() - t0, auc, metric(res.metrics, "accuracy"),
            metric(res.metrics, "log_loss"), res.n_train, res.n_test);
     assert_int_equal(res.n_test, 15060);
+    /* Brier and the holdout calibration table (for the monitor's CBPE): the
+     * bins hold every holdout row, each rate a share. */
+    double brier = metric(res.metrics, "brier"), cal_n = 0;
+    assert_true(brier > 0 && brier < 0.25);
+    for (int b = 0; b < 10; b++) {
+        char k[40];
+        snprintf(k, sizeof k, "calibration.n.%d", b);
+        const json_t *nv = json_object_get(res.metrics, k);
+        if (!nv)
+            continue;
+        cal_n += json_number_value(nv);
+        snprintf(k, sizeof k, "calibration.rate.%d", b);
+        double rate = metric(res.metrics, k);
+        assert_true(rate >= 0 && rate <= 1);
+    }
+    assert_true(cal_n == 15060);
 
     qml_model *lm;
     if (qml_model_load(dir, NULL, &lm, &err) < 0)
@@ -573,6 +589,7 @@ static void test_bike_linear_and_refusals(void **state)
            "R2 %.4f, RMSE %.1f, MAE %.1f (%zu train / %zu test rows)\n", r2,
            metric(res.metrics, "rmse"), metric(res.metrics, "mae"), res.n_train, res.n_test);
     assert_true(r2 > 0.6);
+    assert_true(fabs(metric(res.metrics, "mean_error")) < metric(res.metrics, "rmse"));
     assert_string_equal(res.primary, "r2");
     assert_int_equal(res.higher_is_better, 1);
 

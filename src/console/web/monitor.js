@@ -1,0 +1,88 @@
+// monitor.js - monitoring per model: the share of drifted features per
+// window over time against its threshold, each feature's statistic over
+// time against its threshold, the latest report, and live hit-rate@k.
+import { h, api, card, table, badge, fmt, fmtTime, ago, note, fail, link, chart, errText } from './ui.js';
+
+const enc = encodeURIComponent;
+const secs = (t) => Date.parse(t) / 1000;
+
+// How far a statistic is toward its threshold (the bar's middle mark), to twice it.
+function meter(f) {
+  if (f.statistic == null || !f.threshold) return '–';
+  const r = f.statistic / f.threshold;
+  return h('span', { class: 'meter', title: `${fmt(r)} × threshold` },
+    h('span', { class: f.drifted ? 'fill bad' : 'fill', style: `width:${Math.min(100, r * 50)}%` }), h('span', { class: 'mark' }));
+}
+
+export async function render(main, { args }) {
+  const mons = await api('monitor', '/v1/monitors');
+  if (!mons.ok) return main.replaceChildren(h('h1', {}, 'Monitoring'), fail(errText(mons)));
+  const list = mons.data.monitors || [];
+  if (!args.length) {
+    return main.replaceChildren(h('h1', {}, 'Monitoring'), card(null, table([
+      { key: 'model', label: 'Model', render: (m) => link(`#/monitoring/${enc(m.model)}`, m.model) },
+      { key: 'predictions', label: 'Predictions', num: true, get: (m) => m.counts && m.counts.predictions },
+      { key: 'drifted', label: 'Windows drifted', num: true, get: (m) => m.counts && m.counts.windows_drifted },
+      { key: 'clean', label: 'Windows clean', num: true, get: (m) => m.counts && m.counts.windows_clean },
+      { key: 'verdict', label: 'Last verdict', get: (m) => m.latest_report ? (m.latest_report.dataset_drift ? 'drift' : 'no drift') : null,
+        render: (m) => m.latest_report ? badge(m.latest_report.dataset_drift ? 'drift' : 'no drift', m.latest_report.dataset_drift ? 'bad' : 'ok') : '–' },
+    ], list, { id: 'monitors', empty: 'The monitor has seen no model yet.' })));
+  }
+  const name = args[0];
+  const mon = list.find((m) => m.model === name);
+  const res = await api('monitor', `/v1/monitors/${enc(name)}/report?history=1000`);
+  const reports = res.ok ? (res.data.reports || []).slice().reverse() : [];
+  if (!mon && !reports.length) return main.replaceChildren(h('h1', {}, `Monitoring ${name}`), note('The monitor has no report for this model yet.'));
+
+  const share = reports.length ? chart([{ label: 'share drifted', points: reports.map((r) => [secs(r.created_at), r.share_drifted]) }],
+    { title: 'Share of drifted features per window', time: true, threshold: reports[reports.length - 1].share_threshold, thresholdLabel: 'dataset drift at' }) : note('No window has closed yet.');
+  share.id = 'share-chart';
+
+  const feats = [...new Set(reports.flatMap((r) => (r.features || []).map((f) => f.column)))];
+  const sel = h('select', { id: 'feature-sel', 'aria-label': 'Feature' }, feats.map((f) => h('option', { value: f }, f)));
+  const featBox = h('div', { id: 'feature-chart' });
+  const drawFeature = () => {
+    const f = sel.value;
+    const pts = reports.map((r) => [secs(r.created_at), (r.features || []).find((x) => x.column === f)]).filter(([, x]) => x && x.statistic != null);
+    const last = pts.length ? pts[pts.length - 1][1] : null;
+    featBox.replaceChildren(chart([{ label: `${f} (${last ? last.method : ''})`, points: pts.map(([t, x]) => [t, x.statistic]) }],
+      { title: `${f}: statistic per window`, time: true, threshold: last ? last.threshold : null }));
+  };
+  sel.addEventListener('change', drawFeature);
+  if (feats.length) drawFeature();
+  const all = feats.length ? chart(feats.map((f) => ({ label: f, points: reports.map((r) => [secs(r.created_at), ((r.features || []).find((x) => x.column === f) || {}).statistic]).filter(([, v]) => v != null) })),
+    { title: 'Every feature: statistic per window', time: true }) : null;
+  if (all) all.id = 'features-chart';
+
+  const latest = reports[reports.length - 1];
+  const latestBox = latest ? h('div', { id: 'latest-report' },
+    h('p', {}, badge(latest.dataset_drift ? 'dataset drift' : 'no dataset drift', latest.dataset_drift ? 'bad' : 'ok'),
+      ` report ${latest.id} · v${latest.version} · ${fmtTime(latest.created_at)} (${ago(latest.created_at)}) · window of ${fmt(latest.window && latest.window.rows)} rows`),
+    table([
+      { key: 'column', label: 'Feature' }, { key: 'method', label: 'Method' },
+      { key: 'statistic', label: 'Statistic', num: true }, { key: 'p_value', label: 'p-value', num: true },
+      { key: 'threshold', label: 'Threshold', num: true },
+      { key: 'n_reference', label: 'Reference rows', num: true }, { key: 'n_current', label: 'Current rows', num: true },
+      { key: 'drifted', label: 'Drifted', get: (f) => f.drifted ? 'yes' : 'no', render: (f) => badge(f.drifted ? 'drifted' : 'ok', f.drifted ? 'bad' : 'ok') },
+      { key: 'meter', label: 'Statistic / threshold', get: (f) => f.threshold ? f.statistic / f.threshold : null, render: (f) => meter(f) },
+    ], latest.features || [], { pageSize: 20 }))
+    : note('No report yet.');
+
+  const hr = mon && mon.hit_rate;
+  const tiles = h('div', { class: 'tiles', id: 'monitor-tiles' },
+    h('div', { class: 'tile' }, 'Predictions', h('b', {}, fmt(mon && mon.counts.predictions))),
+    h('div', { class: 'tile' }, 'Windows drifted', h('b', {}, fmt(mon && mon.counts.windows_drifted))),
+    h('div', { class: 'tile' }, 'Windows clean', h('b', {}, fmt(mon && mon.counts.windows_clean))),
+    h('div', { class: 'tile' }, `Hit-rate@${hr ? hr.k : 'k'}`, h('b', { id: 'hit-rate' }, hr && hr.rate != null ? fmt(hr.rate) : '–'),
+      h('span', { class: 'muted' }, hr ? `${fmt(hr.hits)} hits of ${fmt(hr.joined)} joined` : '')),
+    h('div', { class: 'tile' }, 'Feedback', h('b', {}, fmt(mon && mon.counts.feedback))));
+
+  main.replaceChildren(h('h1', {}, `Monitoring ${name}`),
+    h('p', { class: 'muted' }, `${reports.length} reports · `, link(`#/models/${enc(name)}`, 'model')),
+    tiles,
+    h('div', { class: 'grid', style: 'margin-top:16px' },
+      h('section', { class: 'card wide' }, share),
+      card('Feature statistic over time', h('div', { class: 'row' }, h('label', { for: 'feature-sel' }, 'Feature'), sel), featBox),
+      all ? card('All features', all) : null,
+      h('section', { class: 'card wide' }, h('h2', {}, 'Latest report'), latestBox)));
+}

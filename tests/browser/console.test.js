@@ -1,0 +1,375 @@
+#!/usr/bin/env node
+// console.test.js - quern-console in a real headless Chromium (puppeteer-core
+// driving Debian's /usr/bin/chromium).
+//
+// setup.py starts every service and the console on free ports with real data
+// flowing (the demo's loop: ingest, prep, two trained versions, serve,
+// predictions, drift reports, an alert and its retrain). Then, page by page,
+// it checks what a person would: the numbers shown equal the APIs' answers,
+// the charts drew their series, the links lead where they say, promote and
+// roll back move the alias, and no page logs an error or fails a request.
+// Every page is saved as a PNG under $QUERN_SHOTS (build/console-shots/).
+// Exit 77 (ctest: skipped) only when Chromium is not installed.
+'use strict';
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const path = require('node:path');
+const { execFileSync } = require('node:child_process');
+
+const ROOT = process.env.QUERN_SOURCE_DIR || path.join(__dirname, '../..');
+const BIN = process.env.QUERN_BIN || path.join(ROOT, 'build/bin');
+const SHOTS = process.env.QUERN_SHOTS || path.join(ROOT, 'build/console-shots');
+const CHROMIUM = process.env.QUERN_CHROMIUM || '/usr/bin/chromium';
+
+if (!fs.existsSync(CHROMIUM)) {
+  console.log(`SKIP: ${CHROMIUM} is not installed (make deps installs Debian's chromium)`);
+  process.exit(77);
+}
+const puppeteer = require(path.join(ROOT, 'node_modules/puppeteer-core'));
+
+// The pages' number format (src/console/web/ui.js fmt), restated.
+function fmt(v) {
+  if (v == null || v === '') return '–';
+  if (typeof v !== 'number') return String(v);
+  if (Number.isInteger(v)) return v.toLocaleString('en-US');
+  if (v !== 0 && Math.abs(v) < 0.001) return v.toExponential(2);
+  return String(Number(v.toFixed(4)));
+}
+
+let world;
+const results = [];
+// Chromium aborts requests in flight with net::ERR_NETWORK_CHANGED when the
+// host's interfaces change (other tests on this machine make and remove
+// network namespaces and veths). That is the machine, not the console: such
+// aborts are counted, not failures, and a step that failed while one
+// happened runs once more.
+let netChanges = 0;
+async function step(name, fn) {
+  for (let attempt = 1; ; attempt++) {
+    const t0 = Date.now(), changes = netChanges;
+    try {
+      await fn();
+      results.push([name, 'ok']);
+      console.log(`ok   ${name} (${Date.now() - t0} ms)`);
+      return;
+    } catch (e) {
+      if (attempt === 1 && netChanges > changes) {
+        console.log(`again ${name}: the network changed under it (${e.message.split('\n')[0]})`);
+        continue;
+      }
+      results.push([name, 'FAIL']);
+      console.log(`FAIL ${name}: ${e.stack || e}`);
+      return;
+    }
+  }
+}
+const NETCHANGE = /ERR_NETWORK_CHANGED/;
+
+async function get(svc, p) {
+  const r = await fetch(`${world.console}/api/${svc}${p}`);
+  assert.equal(r.status, 200, `GET /api/${svc}${p} -> ${r.status}`);
+  return r.json();
+}
+
+// Routes other work is adding to the services: a 404 from them is a known
+// absence the pages degrade from, not a failure.
+const PROBES = [/\/api\/registry\/v1\/models\/[^/]+\/aliases\/[^/]+\/history$/, /\/api\/registry\/v1\/runs(\/|$)/];
+
+async function main() {
+  if (process.env.QUERN_BROWSER_WORLD) {
+    // a world already running (setup.py's line), left running afterwards
+    world = JSON.parse(process.env.QUERN_BROWSER_WORLD);
+    world.keep = true;
+  } else {
+    const out = execFileSync('/usr/bin/python3', [path.join(__dirname, 'setup.py')], { encoding: 'utf8', timeout: 900000,
+      stdio: ['ignore', 'pipe', 'inherit'] });
+    world = JSON.parse(out.trim().split('\n').pop());
+  }
+  console.log(`services up: console ${world.console} (home ${world.home})`);
+  fs.mkdirSync(SHOTS, { recursive: true });
+
+  const browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true,
+    args: [...(process.getuid && process.getuid() === 0 ? ['--no-sandbox'] : []), '--disable-gpu', '--disable-dev-shm-usage'] });
+  const problems = [];
+  const page = await browser.newPage();
+  await page.setViewport({ width: 1280, height: 900 });
+  page.on('console', (m) => {
+    if (m.type() !== 'error') return;
+    if (NETCHANGE.test(m.text())) return;
+    const url = (m.location() && m.location().url) || '';
+    if (/Failed to load resource/.test(m.text()) && PROBES.some((re) => re.test(url))) return;
+    problems.push(`console error: ${m.text()} ${url}`);
+  });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('requestfailed', (r) => {
+    const why = (r.failure() && r.failure().errorText) || '';
+    if (NETCHANGE.test(why)) netChanges++;
+    else problems.push(`request failed: ${r.url()} ${why}`);
+  });
+  page.on('response', (r) => {
+    const u = new URL(r.url());
+    if (r.status() >= 400 && !([404, 405].includes(r.status()) && PROBES.some((re) => re.test(u.pathname))))
+      problems.push(`HTTP ${r.status()} for ${u.pathname}${u.search}`);
+  });
+
+  const open = async (hash, pageName) => {
+    await page.goto(`${world.console}/#/${hash}`, { waitUntil: 'load' });
+    await page.waitForFunction((p) => document.body.dataset.page === p, { timeout: 30000 }, pageName);
+  };
+  const shot = async (name) => {
+    await new Promise((r) => setTimeout(r, 300)); // charts draw on the next frame
+    await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+  };
+  const cells = (sel, key) => page.$$eval(`${sel} td[data-k="${key}"]`, (tds) => tds.map((t) => ({ v: t.dataset.v, text: t.textContent })));
+  // The uPlot charts drawn under sel: [{series, canvas}] once each has drawn.
+  const charts = async (sel) => {
+    await page.waitForFunction((s) => [...document.querySelectorAll(`${s} .chart, ${s}.chart`)].every((c) => c.dataset.drawn || c.querySelector('p')), { timeout: 10000 }, sel);
+    return page.$$eval(`${sel} .chart, ${sel}.chart`, (cs) => cs.map((c) => ({ series: Number(c.dataset.drawn || 0),
+      canvas: !!c.querySelector('canvas') && c.querySelector('canvas').width > 0, drawnSeries: c.__uplot ? c.__uplot.series.length - 1 : 0 })));
+  };
+
+  const models = (await get('registry', '/v1/models')).models;
+  const model = 'retail';
+
+  await step('overview: services, production, alerts, events', async () => {
+    await open('', 'overview');
+    const tiles = await page.$$eval('#services .tile', (ts) => ts.map((t) => ({ name: t.dataset.service, text: t.textContent })));
+    assert.deepEqual(tiles.map((t) => t.name), ['registry', 'ingest', 'prep', 'train', 'serve', 'monitor', 'alert']);
+    for (const t of tiles) {
+      assert.match(t.text, /ready/, `${t.name}: ${t.text}`);
+      const metrics = await (await fetch(`${world.console}/api/${t.name}/metrics`)).text();
+      const ver = metrics.match(/quern_build_info\{[^}]*version="([^"]+)"/)[1];
+      assert.ok(t.text.includes(`v${ver} · up `), `${t.name} shows its version ${ver}: ${t.text}`);
+    }
+    const alias = await get('registry', `/v1/models/${model}/aliases/production`);
+    const prod = await cells('#production', 'version');
+    assert.deepEqual(prod.map((c) => c.v), [String(alias.version)]);
+    const firing = (await get('alert', '/v1/alerts?state=firing')).alerts;
+    const rows = await page.$$eval('#firing tbody tr', (trs) => trs.filter((tr) => !tr.querySelector('.muted[colspan]')).length);
+    assert.equal(rows, firing.length);
+    const mon = (await get('monitor', '/v1/monitors')).monitors.find((m) => m.model === model);
+    const drift = await page.$eval('#production td[data-k="drift"]', (td) => td.textContent);
+    assert.ok(drift.startsWith(mon.latest_report.dataset_drift ? 'drift' : 'no drift'), drift);
+    const evs = (await get('registry', '/v1/events?limit=1000')).events;
+    const first = await page.$eval('#events li', (li) => li.textContent);
+    const last = evs[evs.length - 1].event;
+    assert.ok(first.includes(last.type) && first.includes(`v${last.data.version}`), first);
+    await shot('overview');
+    await page.setViewport({ width: 390, height: 844, isMobile: true });
+    await open('', 'overview');
+    await shot('overview-phone');
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 1, `the phone layout scrolls sideways by ${overflow}px`);
+    await page.setViewport({ width: 1280, height: 900 });
+  });
+
+  await step('models list', async () => {
+    await open('models', 'model');
+    const names = await cells('#models', 'name');
+    assert.deepEqual(names.map((c) => c.v), models.map((m) => m.name));
+    await shot('models');
+  });
+
+  const versions = (await get('registry', `/v1/models/${model}/versions`)).versions;
+  await step('model: versions and metrics side by side, baseline, chart, links', async () => {
+    await open(`models/${model}`, 'model');
+    const shown = await cells('#versions', 'version');
+    assert.deepEqual(shown.map((c) => c.v), versions.map((v) => String(v.version)));
+    for (const key of ['map@10', 'baseline.map@10', 'ndcg@10', 'auc']) {
+      const got = await cells('#versions', key);
+      assert.deepEqual(got.map((c) => c.v), versions.map((v) => String(v.metrics[key])), key);
+      assert.deepEqual(got.map((c) => c.text), versions.map((v) => fmt(v.metrics[key])), key);
+    }
+    const ch = await charts('#version-chart');
+    assert.deepEqual(ch.map((c) => [c.series, c.canvas, c.drawnSeries]), [[2, true, 2]]); // map@10 and its baseline
+    const hrefs = await page.$$eval('#versions td[data-k="dataset"] a', (as) => as.map((a) => a.getAttribute('href')));
+    assert.deepEqual(hrefs, versions.map((v) => `#/datasets/${v.dataset.name}/${v.dataset.version}`));
+    await shot('model');
+    await page.click('#versions td[data-k="dataset"] a');
+    await page.waitForFunction(() => document.body.dataset.page === 'dataset');
+    const h1 = await page.$eval('h1', (e) => e.textContent);
+    assert.equal(h1, `Dataset ${versions[0].dataset.name}`);
+    const cur = await page.$eval('#cleaning p', (p) => p.textContent);
+    assert.ok(cur.startsWith(`v${versions[0].dataset.version}:`), cur);
+  });
+
+  await step('model: promote and roll back move the alias (token asked for)', async () => {
+    const before = (await get('registry', `/v1/models/${model}/aliases/production`)).version;
+    const other = versions.map((v) => v.version).find((v) => v !== before);
+    await open(`models/${model}`, 'model');
+    await page.select('#version-sel', String(other));
+    await page.click('#promote-btn');
+    await page.waitForSelector('#token-dlg[open]');
+    await page.type('#token-in', world.token);
+    await page.click('#token-ok');
+    await page.waitForFunction(() => document.querySelector('#action-msg').textContent.includes('now points'), { timeout: 15000 });
+    assert.equal((await get('registry', `/v1/models/${model}/aliases/production`)).version, other);
+    await page.waitForFunction(() => document.body.dataset.page === 'model' && document.querySelector('#rollback-btn'));
+    await new Promise((r) => setTimeout(r, 1000)); // the page reloads itself after a move
+    await page.waitForSelector('#rollback-btn');
+    await page.click('#rollback-btn');
+    await page.waitForFunction(() => document.querySelector('#action-msg') && document.querySelector('#action-msg').textContent.includes('now points'), { timeout: 15000 });
+    assert.equal((await get('registry', `/v1/models/${model}/aliases/production`)).version, before);
+    // a move without the token is refused by the console itself
+    const r = await fetch(`${world.console}/api/registry/v1/models/${model}/aliases/production`, { method: 'PUT', body: JSON.stringify({ version: other }) });
+    assert.equal(r.status, 401);
+    await new Promise((r2) => setTimeout(r2, 800));
+    await shot('model-after-rollback');
+  });
+
+  await step('runs: list, filter, compare', async () => {
+    await open('runs', 'runs');
+    let search = await fetch(`${world.console}/api/registry/v1/runs/search`, { method: 'POST', body: JSON.stringify({ max_results: 1000 }),
+      headers: { 'Content-Type': 'application/json' } });
+    if (search.status === 404 || search.status === 405) search = await fetch(`${world.console}/api/registry/v1/runs/search?max_results=1000`);
+    let ids;
+    if (search.status === 200) ids = ((await search.json()).runs || []).map((r) => (r.info || r).run_id || r.id);
+    else ids = (await get('train', '/v1/jobs?limit=500')).jobs.map((j) => j.id);
+    const shown = await cells('#runs', 'id');
+    assert.deepEqual(shown.map((c) => c.v).sort(), ids.map(String).sort().slice(0, 15));
+    await page.type('#run-filter', 'zzz-no-such-run');
+    assert.equal(await page.$$eval('#runs tbody td[data-k="id"]', (t) => t.length), 0);
+    await page.$eval('#run-filter', (i) => { i.value = ''; i.dispatchEvent(new Event('input')); });
+    await shot('runs');
+    const boxes = await page.$$('#runs tbody input[type=checkbox]');
+    assert.ok(boxes.length >= 2, 'two runs to compare');
+    await boxes[0].click();
+    await boxes[1].click();
+    await page.click('#compare-btn');
+    await page.waitForFunction(() => location.hash.startsWith('#/runs/compare/') && document.body.dataset.page === 'runs');
+    const heads = await page.$$eval('#params thead th', (ths) => ths.length);
+    assert.equal(heads, 3); // name + two runs
+    const ch = await page.$$('.chart');
+    for (const c of await charts('main')) assert.ok(c.canvas && c.drawnSeries >= 1, JSON.stringify(c));
+    assert.ok(ch.length >= 0);
+    await shot('runs-compare');
+  });
+
+  await step('dataset: versions, cleaning report, lineage', async () => {
+    const ds = versions[0].dataset.name;
+    const dvs = (await get('registry', `/v1/datasets/${ds}/versions`)).versions;
+    await open(`datasets/${ds}`, 'dataset');
+    assert.deepEqual((await cells('#dataset-versions', 'rows')).map((c) => c.v), dvs.map((v) => String(v.manifest.rows)));
+    const steps = dvs[0].manifest.report.steps;
+    assert.deepEqual((await cells('#steps', 'dropped')).map((c) => c.v), steps.map((s) => String(s.dropped)));
+    assert.deepEqual((await cells('#steps', 'dropped')).map((c) => c.text), steps.map((s) => fmt(s.dropped)));
+    const ch = await charts('#cleaning');
+    assert.deepEqual(ch.map((c) => c.canvas && c.drawnSeries), [1]);
+    const lin = await cells('#lineage', 'version');
+    assert.deepEqual(lin.map((c) => c.v).sort(), versions.map((v) => `${model} v${v.version}`).sort());
+    await shot('dataset');
+    await open('datasets', 'dataset');
+    await shot('datasets');
+  });
+
+  await step('jobs: finished, job detail', async () => {
+    const jobs = (await get('train', '/v1/jobs?limit=500')).jobs;
+    await open('jobs', 'jobs');
+    const done = jobs.filter((j) => ['succeeded', 'failed', 'cancelled'].includes(j.state));
+    assert.deepEqual((await cells('#finished-jobs', 'version')).map((c) => c.v), done.map((j) => String(j.result.version)));
+    await shot('jobs');
+    await page.click('#finished-jobs td[data-k="id"] a');
+    await page.waitForFunction(() => location.hash.startsWith('#/jobs/') && document.body.dataset.page === 'jobs' && document.querySelector('#job-outcome'));
+    const id = decodeURIComponent(await page.evaluate(() => location.hash.slice(7)));
+    const job = jobs.find((j) => j.id === id);
+    const txt = await page.$eval('#job-outcome', (e) => e.textContent);
+    assert.ok(txt.includes(job.result.outcome) && txt.includes(fmt(job.result.metrics['map@10'])), txt);
+    await shot('job');
+  });
+
+  await step('monitoring: drift share over time, feature statistic, latest report', async () => {
+    const reports = (await get('monitor', `/v1/monitors/${model}/report?history=1000`)).reports;
+    await open(`monitoring/${model}`, 'monitor');
+    const ch = await charts('main');
+    assert.ok(ch.length >= 3, JSON.stringify(ch));
+    for (const c of ch) assert.ok(c.canvas && c.drawnSeries >= 1, JSON.stringify(c));
+    const share = await page.evaluate(() => { const u = document.querySelector('#share-chart').__uplot; return { n: u.data[1].length, y: u.data[1], s: u.series.length }; });
+    assert.equal(share.n, reports.length);
+    assert.deepEqual(share.y, reports.slice().reverse().map((r) => r.share_drifted));
+    assert.equal(share.s, 3); // x, share, threshold
+    const latest = reports[0];
+    assert.deepEqual((await cells('#latest-report', 'statistic')).map((c) => c.v), latest.features.map((f) => String(f.statistic)));
+    const mon = (await get('monitor', '/v1/monitors')).monitors.find((m) => m.model === model);
+    assert.equal(await page.$eval('#hit-rate', (e) => e.textContent), fmt(mon.hit_rate.rate));
+    await page.select('#feature-sel', latest.features[1].column);
+    await page.waitForFunction((f) => document.querySelector('#feature-chart .u-title') && document.querySelector('#feature-chart .u-title').textContent.startsWith(f), {}, latest.features[1].column);
+    await shot('monitoring');
+  });
+
+  await step('alerts: resolved with evidence and actions', async () => {
+    const resolved = (await get('alert', '/v1/alerts?state=resolved')).alerts;
+    await open('alerts', 'alerts');
+    assert.deepEqual((await cells('#alerts-resolved', 'rule')).map((c) => c.v), resolved.map((a) => a.rule));
+    await shot('alerts');
+    await page.click('#alerts-resolved td[data-k="rule"] a');
+    await page.waitForFunction(() => document.body.dataset.page === 'alerts' && document.querySelector('#evidence'));
+    const a = resolved[0];
+    assert.deepEqual((await cells('#evidence', 'statistic')).map((c) => c.v), a.evidence.features.map((f) => String(f.statistic)));
+    const job = a.actions.find((x) => x.type === 'retrain').detail.job_id;
+    assert.equal(await page.$eval('#actions a', (e) => e.getAttribute('href')), `#/jobs/${job}`);
+    await shot('alert');
+  });
+
+  await step('retrain from the model page: the job runs live and finishes', async () => {
+    const before = (await get('train', '/v1/jobs?limit=500')).jobs.length;
+    await open(`models/${model}`, 'model');
+    await page.click('#retrain-btn'); // the token is already set for this tab
+    await page.waitForFunction(() => /^#\/jobs\/[^/]+$/.test(location.hash) && document.body.dataset.page === 'jobs', { timeout: 30000 });
+    const id = decodeURIComponent(await page.evaluate(() => location.hash.slice(7)));
+    const job = await get('train', `/v1/jobs/${id}`);
+    assert.equal(job.model, model);
+    assert.equal(job.request.reason, 'retrain from the console');
+    assert.equal((await get('train', '/v1/jobs?limit=500')).jobs.length, before + 1);
+    // the page follows it without a reload: some state before the end, then the outcome
+    const seen = new Set();
+    const deadline = Date.now() + 300000;
+    let shotRunning = false;
+    while (Date.now() < deadline) {
+      const st = await page.evaluate(() => (document.querySelector('main .badge') || {}).textContent);
+      if (st) seen.add(st);
+      if (st === 'running' && !shotRunning) { await shot('job-running'); shotRunning = true; }
+      if (['succeeded', 'failed', 'cancelled'].includes(st)) break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    const done = await get('train', `/v1/jobs/${id}`);
+    assert.equal(done.state, 'succeeded', JSON.stringify(done.error));
+    assert.ok([...seen].some((x) => !['succeeded', 'failed', 'cancelled'].includes(x)), `states seen: ${[...seen]}`);
+    await page.waitForSelector('#job-outcome');
+    const txt = await page.$eval('#job-outcome', (e) => e.textContent);
+    assert.ok(txt.includes(done.result.outcome), txt);
+    await shot('job-retrained');
+  });
+
+  await step('keyboard: the navigation is reachable by Tab and every link works', async () => {
+    await page.goto('about:blank');
+    await open('', 'overview'); // a fresh load: focus starts at the top
+    const order = [];
+    for (let i = 0; i < 8 && order[order.length - 1] !== '#/models'; i++) {
+      await page.keyboard.press('Tab');
+      order.push(await page.evaluate(() => document.activeElement.getAttribute('href')));
+    }
+    assert.deepEqual(order, ['#main', '#/', '#/', '#/models']); // skip link, brand, Overview, Models
+    const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+    assert.equal(outline, 'solid', 'the focused link shows a focus ring');
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => document.body.dataset.page === 'model');
+    await open('no/such/page', 'notfound');
+  });
+
+  await step('no console errors, no failed requests', async () => {
+    if (netChanges) console.log(`note: ${netChanges} requests aborted by host network changes (ERR_NETWORK_CHANGED)`);
+    assert.deepEqual(problems, []);
+  });
+  await browser.close();
+}
+
+main().catch((e) => { console.log(`FAIL setup: ${e.stack || e}`); results.push(['setup', 'FAIL']); }).finally(() => {
+  if (world && !world.keep) {
+    try {
+      execFileSync(path.join(BIN, 'quern'), ['down'], { env: { ...process.env, QUERN_HOME: world.home, QUERN_PORT_BASE: String(world.base) }, stdio: 'ignore', timeout: 60000 });
+    } catch (e) { console.log(`quern down: ${e.message}`); }
+  }
+  const failed = results.filter((r) => r[1] !== 'ok').length;
+  console.log(`${results.length - failed} passed, ${failed} failed; screenshots in ${SHOTS}`);
+  process.exit(failed || !results.length ? 1 : 0);
+});
