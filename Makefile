@@ -6,7 +6,7 @@
 #   make test           build and run the whole suite (unit, service, fuzz replay)
 #   make test-sanitize  the same suite built with ASan + UBSan (build-asan/)
 #   make test-faults    fault and multi-host tests (CTest label faults; root for namespaces)
-#   make demo           the flagship use case on embedded defaults
+#   make demo           the flagship use case on embedded defaults (CASE=bikes: the second loop)
 #   make bench          benchmarks, each beside its baseline
 #   make fuzz           libFuzzer on every target for FUZZ_SECONDS each
 #   make image          the container images, one per service (docker or podman; docs/operations.md)
@@ -56,7 +56,7 @@ test-sanitize: $(ASAN_BUILD)/CMakeCache.txt
 	  ctest --output-on-failure -j $(JOBS) --timeout 1800 -LE 'slow|faults'
 
 demo: build
-	/usr/bin/python3 scripts/demo.py
+	/usr/bin/python3 scripts/demo.py $(if $(CASE),--case $(CASE))
 
 bench: build
 	bash bench/run.sh

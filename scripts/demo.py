@@ -16,6 +16,7 @@ story unfolds as a shop's would:
  4. it prints what happened, with the figures.
 
     make demo                       # the whole story (about two minutes)
+    make demo CASE=bikes            # the second loop: a regressor's live quality (demo_bikes.py)
     DEMO_KEEP=1 make demo           # leave the services running afterwards
     /usr/bin/python3 scripts/demo.py --subset 4 --json   # every 4th customer; the story as JSON
 
@@ -431,16 +432,23 @@ if __name__ == "__main__":
     ap.add_argument("--json", action="store_true", help="print the story as JSON")
     ap.add_argument("--keep", action="store_true", default=bool(os.environ.get("DEMO_KEEP")),
                     help="leave the services running")
+    ap.add_argument("--case", choices=("shop", "bikes"), default=os.environ.get("CASE") or "shop",
+                    help="shop: recommendations and data drift (Online Retail); bikes: a regressor's "
+                         "live quality from feedback (Bike Sharing, scripts/demo_bikes.py)")
     ap.add_argument("--attach", action="store_true",
                     help="drive services already running on $QUERN_PORT_BASE + 1..8 (e.g. the compose "
                          "stack, tests/deploy/stack_loop.py); neither start nor stop them")
     ARGS = ap.parse_args()
+    if ARGS.case == "bikes":
+        import demo_bikes
+        MODEL, WINDOW = demo_bikes.MODEL, demo_bikes.WINDOW
     HOME = os.path.abspath(os.environ.get("QUERN_DEMO_HOME", os.path.join(ROOT, ".quern-demo")))
     BASE = int(os.environ.get("QUERN_PORT_BASE", "7700"))
     ENV = dict(os.environ, QUERN_HOME=HOME, QUERN_PORT_BASE=str(BASE), QUERN_MODELS=MODEL,
                QUERN_LOG_SAMPLE_RATE="1", QUERN_POLL_INTERVAL="2s",
                QUERN_MONITOR_WINDOW_ROWS=str(WINDOW), QUERN_MONITOR_WINDOW_SECONDS="3600",
-               QUERN_ALERT_RULES=os.path.join(HOME, "alert-rules.json"))
+               QUERN_ALERT_RULES=os.path.join(HOME, "alert-rules.json"),
+               QUERN_MONITOR_QUALITY_WINDOW=str(WINDOW))
     for k in ("QUERN_REGISTRY", "QUERN_INGEST", "QUERN_PREP", "QUERN_TRAIN", "QUERN_SERVE",
               "QUERN_MONITOR", "QUERN_ALERT", "QUERN_CONSOLE", "QUERN_DATA", "QUERN_LISTEN"):
         ENV.pop(k, None)
@@ -449,7 +457,7 @@ if __name__ == "__main__":
     shutil.rmtree(HOME, ignore_errors=True)
     ok = False
     try:
-        result = run()
+        result = demo_bikes.run(sys.modules[__name__]) if ARGS.case == "bikes" else run()
         ok = True
         if ARGS.json:
             print(json.dumps(result, indent=1))
