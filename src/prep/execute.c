@@ -1,13 +1,13 @@
 /*
  * execute.c - one pipeline run: ingest -> frame -> clean -> CSV -> registry.
  *
- * 1. Reads the source's schema from ingest (none is fine) and every event of
- *    the source, page by page, up to the last_seq seen on the first page (the
- *    snapshot's end, so rows arriving meanwhile wait for the next run). When
- *    that last_seq is the one of the last snapshot made with the same spec,
- *    the run stops there: skipped, no duplicate snapshot.
- * 2. Writes the rows' data objects as NDJSON to a scratch file and reads it
- *    into a frame with libquern-ml's NDJSON reader. Columns come in the order
+ * 1. Reads the source's schema from ingest (none is fine), then its last_seq
+ *    (the snapshot's end, so rows arriving meanwhile wait for the next run).
+ *    When that last_seq is the one of the last snapshot made with the same
+ *    spec, the run stops there: skipped, no duplicate snapshot.
+ * 2. Copies the rows up to there, as ingest's export route pages them
+ *    (NDJSON, the stored texts), to a scratch file and reads it into a frame
+ *    with libquern-ml's NDJSON reader. Columns come in the order
  *    of the ingest schema, then of the pipeline's schema, then of the first
  *    row's keys (ingest stores rows with sorted keys); types from the
  *    pipeline's schema, else the ingest schema, else inferred. Rows that do
@@ -18,10 +18,13 @@
  *    manifest names the run, so a retry after a crash between registering and
  *    recording finds the version it made instead of making another.
  * Scratch files live under <data>/tmp and are removed whatever happens.
+ * The report carries the seconds each phase took ("timing": read, parse,
+ * clean, write, upload, register, total), so a slow run says where.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/json.h"
@@ -31,12 +34,29 @@
 #include "prep/prep.h"
 
 #define MAX_FIELDS 4096
+/* A page of ingest's export: its 32 MiB bound plus one row. */
+#define PREP_PAGE_BYTES (64u << 20)
 
 static int stopping(prep *p, qn_err *err)
 {
     if (atomic_load(&p->stopping))
         return qn_err_set(err, QN_CANCELLED, "prep is stopping; the run will be retried at the next start");
     return 0;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Seconds since *t0, rounded to the millisecond; moves *t0 to now. */
+static double lap(double *t0)
+{
+    double t = now_s(), d = t - *t0;
+    *t0 = t;
+    return (double)(long long)(d * 1000 + 0.5) / 1000;
 }
 
 /* ---- reading the source -------------------------------------------------- */
@@ -67,73 +87,92 @@ static int read_schema(prep *p, const char *source, const qn_trace_ctx *trace, s
     return 0;
 }
 
-/* Pages through the events into f. 1 when the source has nothing new
- * (last_seq == prev_last_seq), 0 when read, negative on error. */
+/* The source's last seq now: where this run's snapshot ends. */
+static int source_end(prep *p, const prep_run_input *in, const char *source, int64_t *end, qn_err *err)
+{
+    char path[256];
+    json_t *d = NULL;
+    snprintf(path, sizeof path, "/v1/datasets/%s", source);
+    int rc = qn_client_json(p->ingest, "GET", path, NULL, in->trace, &d, err);
+    if (rc == QN_NOT_FOUND)
+        return qn_err_set(err, QN_NOT_FOUND, "source dataset %s does not exist in ingest (%s)", source, err->msg);
+    if (rc < 0)
+        return qn_err_wrap(err, "ingest: reading source dataset %s", source);
+    json_t *last = json_object_get(d, "last_seq");
+    rc = json_is_integer(last) && json_integer_value(last) >= 0
+             ? (*end = json_integer_value(last), 0)
+             : qn_err_set(err, QN_UNAVAILABLE, "ingest described dataset %s without its last_seq", source);
+    json_decref(d);
+    return rc;
+}
+
+/* Reads the rows of source up to the snapshot's end into f as NDJSON, in
+ * pages of ingest's export route: each page is the stored JSON texts, one a
+ * line, written to f as they come (never parsed here but for the first row,
+ * whose keys give the column order). Seqs are gapless, so a page of n lines
+ * covers the next n seqs. 1 when the source has nothing new (its last_seq
+ * is prev_last_seq), 0 when read, negative on error. */
 static int read_events(prep *p, const prep_run_input *in, const char *source, FILE *f, source_read *sr,
                        qn_err *err)
 {
-    int64_t after = 0, end = -1;
+    int64_t after = 0, end = 0;
     char path[320];
-    for (;;) {
-        if (stopping(p, err) < 0)
-            return err->code;
-        json_t *page = NULL;
-        snprintf(path, sizeof path, "/v1/datasets/%s/events?after=%lld&limit=%lld", source, (long long)after,
-                 p->page_rows);
-        int rc = qn_client_json(p->ingest, "GET", path, NULL, in->trace, &page, err);
-        if (rc == QN_NOT_FOUND)
-            return qn_err_set(err, QN_NOT_FOUND, "source dataset %s does not exist in ingest (%s)", source,
-                              err->msg);
-        if (rc < 0)
-            return qn_err_wrap(err, "ingest: reading source dataset %s after seq %lld", source, (long long)after);
-        json_t *events = json_object_get(page, "events");
-        json_t *next = json_object_get(page, "next_after"), *last = json_object_get(page, "last_seq");
-        if (!json_is_array(events) || !json_is_integer(next) || !json_is_integer(last)) {
-            json_decref(page);
-            return qn_err_set(err, QN_UNAVAILABLE,
-                              "ingest answered a page of %s without events, next_after and last_seq", source);
+    int rc = source_end(p, in, source, &end, err);
+    if (rc < 0)
+        return rc;
+    sr->last_seq = end;
+    if (end == in->prev_last_seq)
+        return 1;
+    if (end > p->max_rows)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED,
+                          "source dataset %s has more than %lld rows, the most one run reads (--max-rows)", source,
+                          p->max_rows);
+    qn_buf page;
+    qn_buf_init(&page, PREP_PAGE_BYTES);
+    while (after < end) {
+        if ((rc = stopping(p, err)) < 0)
+            break;
+        snprintf(path, sizeof path, "/v1/datasets/%s/export?after=%lld&until=%lld&limit=%lld", source,
+                 (long long)after, (long long)end, p->page_rows);
+        qn_buf_reset(&page);
+        rc = qn_client_raw(p->ingest, "GET", path, NULL, NULL, 0, in->trace, &page, err);
+        if (rc == QN_NOT_FOUND) {
+            rc = qn_err_set(err, QN_NOT_FOUND, "source dataset %s does not exist in ingest (%s)", source, err->msg);
+            break;
         }
-        if (end < 0) {
-            end = json_integer_value(last);
-            sr->last_seq = end;
-            if (end == in->prev_last_seq) {
-                json_decref(page);
-                return 1;
-            }
+        if (rc < 0) {
+            rc = qn_err_wrap(err, "ingest: reading source dataset %s after seq %lld", source, (long long)after);
+            break;
         }
-        size_t i;
-        json_t *ev;
-        int done = json_array_size(events) == 0;
-        json_array_foreach(events, i, ev) {
-            json_t *data = json_object_get(ev, "data");
-            int64_t seq = json_integer_value(json_object_get(ev, "seq"));
-            if (seq > end) {
-                done = 1;
-                break;
-            }
-            if (++sr->rows > p->max_rows) {
-                json_decref(page);
-                return qn_err_set(err, QN_RESOURCE_EXHAUSTED,
-                                  "source dataset %s has more than %lld rows, the most one run reads (--max-rows)",
-                                  source, p->max_rows);
-            }
-            if (!sr->first && json_is_object(data))
-                sr->first = json_incref(data);
-            if (json_dumpf(data ? data : json_null(), f, JSON_COMPACT | JSON_ENCODE_ANY) < 0 ||
-                fputc('\n', f) == EOF) {
-                json_decref(page);
-                return qn_err_set(err, QN_INTERNAL, "cannot write the run's scratch file");
-            }
+        int64_t n = 0;
+        for (const char *q = page.data, *e = page.data + page.len; q && q < e; n++) {
+            q = memchr(q, '\n', (size_t)(e - q));
+            q = q ? q + 1 : NULL;
         }
-        int64_t n = json_integer_value(next);
-        json_decref(page);
-        if (done || n >= end)
-            return 0;
-        if (n <= after)
-            return qn_err_set(err, QN_UNAVAILABLE, "ingest did not advance past seq %lld for %s", (long long)after,
-                              source);
-        after = n;
+        if (n == 0 || n > end - after || (page.len && page.data[page.len - 1] != '\n')) {
+            rc = qn_err_set(err, QN_UNAVAILABLE, "ingest answered a page of %s after seq %lld with %lld rows%s",
+                            source, (long long)after, (long long)n,
+                            n ? " or a cut line" : "; it did not advance");
+            break;
+        }
+        if (!sr->first) {
+            json_t *v = json_loadb(page.data, (size_t)((char *)memchr(page.data, '\n', page.len) - page.data), 0,
+                                   NULL);
+            if (json_is_object(v))
+                sr->first = v;
+            else
+                json_decref(v);
+        }
+        if (fwrite(page.data, 1, page.len, f) != page.len) {
+            rc = qn_err_set(err, QN_INTERNAL, "cannot write the run's scratch file");
+            break;
+        }
+        sr->rows += n;
+        after += n;
+        rc = 0;
     }
+    qn_buf_free(&page);
+    return rc;
 }
 
 /* ---- schema for the reader ------------------------------------------------- */
@@ -314,11 +353,12 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     qml_clean_steps *steps = NULL;
     qml_clean_report *crep = calloc(1, sizeof *crep);
     fields *fs = calloc(1, sizeof *fs);
-    json_t *manifest = NULL;
+    json_t *manifest = NULL, *timing = json_object();
+    double t0 = now_s(), t_all = t0;
     int rc;
     memset(res, 0, sizeof *res);
     res->last_seq = -1;
-    if (!crep || !fs || asprintf(&ndjson_path, "%s/run-%s.ndjson", p->tmp_dir, in->run_id) < 0 ||
+    if (!crep || !fs || !timing || asprintf(&ndjson_path, "%s/run-%s.ndjson", p->tmp_dir, in->run_id) < 0 ||
         asprintf(&csv_path, "%s/run-%s.csv", p->tmp_dir, in->run_id) < 0) {
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
@@ -345,6 +385,7 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
         rc = qn_err_set(err, QN_INTERNAL, "cannot write the run's scratch file");
         goto out;
     }
+    json_object_set_new(timing, "read", json_real(lap(&t0)));
     if (sr.rows == 0) {
         rc = qn_err_set(err, QN_FAILED_PRECONDITION,
                         "source dataset %s has no rows in ingest yet (is the name right?)", source);
@@ -362,6 +403,7 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
         qn_err_wrap(err, "reading the rows of %s", source);
         goto out;
     }
+    json_object_set_new(timing, "parse", json_real(lap(&t0)));
     if ((rc = stopping(p, err)) < 0)
         goto out;
     if ((rc = qml_clean_from_json(json_object_get(in->spec, "steps"), &steps, err)) < 0 ||
@@ -371,7 +413,9 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     }
     res->rows_in = sr.rows;
     res->rows_out = (int64_t)qml_frame_nrows(clean);
+    json_object_set_new(timing, "clean", json_real(lap(&t0)));
     res->report = report_json(sr.rows, &rrep, crep, json_object_get(in->spec, "steps"));
+    json_object_set(res->report, "timing", timing);
 
     char hex[QN_SHA256_HEX + 1];
     uint64_t bytes = 0;
@@ -388,6 +432,7 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
         rc = qn_err_set(err, QN_INTERNAL, "cannot write the run's output file");
         goto out;
     }
+    json_object_set_new(timing, "write", json_real(lap(&t0)));
     if ((rc = stopping(p, err)) < 0)
         goto out;
 
@@ -398,6 +443,7 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
         qn_err_wrap(err, "registry: uploading %s", digest);
         goto out;
     }
+    json_object_set_new(timing, "upload", json_real(lap(&t0)));
     manifest = json_pack("{s:s, s:{s:s}, s:o, s:I, s:I, s:{s:s, s:I}, s:s, s:s, s:s, s:O}", "format",
                          "quern.dataset/1", "files", "data.csv", digest, "schema", frame_schema(clean), "rows",
                          (json_int_t)res->rows_out, "bytes", (json_int_t)bytes, "source", "dataset", source,
@@ -408,6 +454,9 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
         goto out;
     }
     rc = register_version(p, in, output, manifest, res, err);
+    /* After the manifest went: the run's own report also has these two. */
+    json_object_set_new(timing, "register", json_real(lap(&t0)));
+    json_object_set_new(timing, "total", json_real(lap(&t_all)));
 out:
     if (f)
         fclose(f);
@@ -418,6 +467,7 @@ out:
     free(ndjson_path);
     free(csv_path);
     json_decref(manifest);
+    json_decref(timing);
     json_decref(sr.schema);
     json_decref(sr.first);
     qml_frame_free(raw);
