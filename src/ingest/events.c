@@ -454,6 +454,11 @@ int ing_export_get(qn_req *req, qn_res *res, void *ud)
     /* Rows are whole lines: a page stops after the row that takes it past
      * EXPORT_BYTES, so the bound is EXPORT_BYTES plus one row. */
     qn_buf_init(&out, EXPORT_BYTES + (4u << 20));
+    /* At once: doubling there from 64 bytes copies the page several times. */
+    if (qn_buf_reserve(&out, EXPORT_BYTES) < 0) {
+        qn_buf_free(&out);
+        return qn_res_error(res, QN_UNAVAILABLE, "out of memory for a page of %s; retry shortly", name);
+    }
     int64_t id = 0, last_seq = 0, next = after, rows = 0;
     int rc;
     qn_conn *c = qn_store_acquire(g->db, &err);

@@ -129,6 +129,10 @@ static int read_events(prep *p, const prep_run_input *in, const char *source, FI
                           p->max_rows);
     qn_buf page;
     qn_buf_init(&page, PREP_PAGE_BYTES);
+    if (qn_buf_reserve(&page, 40u << 20) < 0) {
+        qn_buf_free(&page);
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory for a page of %s", source);
+    }
     while (after < end) {
         if ((rc = stopping(p, err)) < 0)
             break;
