@@ -21,6 +21,7 @@
  * The report carries the seconds each phase took ("timing": read, parse,
  * clean, write, upload, register, total), so a slow run says where.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,11 @@
 #define MAX_FIELDS 4096
 /* A page of ingest's export: its 32 MiB bound plus one row. */
 #define PREP_PAGE_BYTES (64u << 20)
+/* Ranges of the source fetched at once. */
+#define PREP_FETCHERS 4
+/* The most a range of n rows may take (1 MiB a row on average: a bound
+ * against a runaway answer, not an allocation). */
+#define RANGE_BYTES(n) ((size_t)(n) * (1u << 20) + PREP_PAGE_BYTES)
 
 static int stopping(prep *p, qn_err *err)
 {
@@ -106,17 +112,90 @@ static int source_end(prep *p, const prep_run_input *in, const char *source, int
     return rc;
 }
 
-/* Reads the rows of source up to the snapshot's end into f as NDJSON, in
- * pages of ingest's export route: each page is the stored JSON texts, one a
- * line, written to f as they come (never parsed here but for the first row,
- * whose keys give the column order). Seqs are gapless, so a page of n lines
- * covers the next n seqs. 1 when the source has nothing new (its last_seq
- * is prev_last_seq), 0 when read, negative on error. */
+/* One range of seqs (after, until] fetched by one thread: the export pages
+ * that cover it, one after another, appended to buf. */
+typedef struct range_fetch {
+    prep *p;
+    const prep_run_input *in;
+    const char *source;
+    int64_t after, until;
+    qn_buf buf;
+    int rc;
+    qn_err err;
+} range_fetch;
+
+static void *fetch_range(void *arg)
+{
+    range_fetch *rf = arg;
+    char path[320];
+    int64_t after = rf->after;
+    qn_buf page;
+    qn_buf_init(&page, PREP_PAGE_BYTES);
+    rf->rc = 0;
+    while (after < rf->until) {
+        if ((rf->rc = stopping(rf->p, &rf->err)) < 0)
+            break;
+        snprintf(path, sizeof path, "/v1/datasets/%s/export?after=%lld&until=%lld&limit=%lld", rf->source,
+                 (long long)after, (long long)rf->until, rf->p->page_rows);
+        qn_buf_reset(&page);
+        /* Room for the page at once (rows of ~256 bytes), not by doubling. */
+        int64_t want = rf->until - after < rf->p->page_rows ? rf->until - after : rf->p->page_rows;
+        if (!page.data && qn_buf_reserve(&page, (size_t)want * 256 < (32u << 20) ? (size_t)want * 256 : (32u << 20)) < 0) {
+            rf->rc = qn_err_set(&rf->err, QN_RESOURCE_EXHAUSTED, "out of memory reading %s", rf->source);
+            break;
+        }
+        int rc = qn_client_raw(rf->p->ingest, "GET", path, NULL, NULL, 0, rf->in->trace, &page, &rf->err);
+        if (rc == QN_NOT_FOUND) {
+            rf->rc = qn_err_set(&rf->err, QN_NOT_FOUND, "source dataset %s does not exist in ingest (%s)",
+                                rf->source, rf->err.msg);
+            break;
+        }
+        if (rc < 0) {
+            rf->rc = qn_err_wrap(&rf->err, "ingest: reading source dataset %s after seq %lld", rf->source,
+                                 (long long)after);
+            break;
+        }
+        int64_t n = 0;
+        for (const char *q = page.data, *e = page.data + page.len; q && q < e; n++) {
+            q = memchr(q, '\n', (size_t)(e - q));
+            q = q ? q + 1 : NULL;
+        }
+        if (n == 0 || n > rf->until - after || (page.len && page.data[page.len - 1] != '\n')) {
+            rf->rc = qn_err_set(&rf->err, QN_UNAVAILABLE,
+                                "ingest answered a page of %s after seq %lld with %lld rows%s", rf->source,
+                                (long long)after, (long long)n, n ? " or a cut line" : "; it did not advance");
+            break;
+        }
+        /* The first page of a range is taken whole (no copy); a range that
+         * needed more pages (a page stops at ingest's byte bound) appends. */
+        if (rf->buf.len == 0 && !rf->buf.data) {
+            size_t max = rf->buf.max;
+            rf->buf = page;
+            rf->buf.max = max;
+            qn_buf_init(&page, PREP_PAGE_BYTES);
+        } else if (qn_buf_append(&rf->buf, page.data, page.len) < 0) {
+            rf->rc = qn_err_set(&rf->err, QN_RESOURCE_EXHAUSTED, "out of memory reading %s", rf->source);
+            break;
+        }
+        after += n;
+    }
+    qn_buf_free(&page);
+    return NULL;
+}
+
+/* Reads the rows of source up to the snapshot's end into f as NDJSON, from
+ * ingest's export route: each page is the stored JSON texts, one a line,
+ * written to f as they come (never parsed here but for the first row, whose
+ * keys give the column order). Seqs are gapless, so the rows split into
+ * ranges of page_rows known in advance, and PREP_FETCHERS ranges are fetched
+ * at once (ingest serves them on as many threads; the cores are used while
+ * one side waits on the other), then written in order. 1 when the source has
+ * nothing new (its last_seq is prev_last_seq), 0 when read, negative on
+ * error. */
 static int read_events(prep *p, const prep_run_input *in, const char *source, FILE *f, source_read *sr,
                        qn_err *err)
 {
-    int64_t after = 0, end = 0;
-    char path[320];
+    int64_t end = 0;
     int rc = source_end(p, in, source, &end, err);
     if (rc < 0)
         return rc;
@@ -127,55 +206,48 @@ static int read_events(prep *p, const prep_run_input *in, const char *source, FI
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED,
                           "source dataset %s has more than %lld rows, the most one run reads (--max-rows)", source,
                           p->max_rows);
-    qn_buf page;
-    qn_buf_init(&page, PREP_PAGE_BYTES);
-    if (qn_buf_reserve(&page, 40u << 20) < 0) {
-        qn_buf_free(&page);
-        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory for a page of %s", source);
-    }
-    while (after < end) {
-        if ((rc = stopping(p, err)) < 0)
-            break;
-        snprintf(path, sizeof path, "/v1/datasets/%s/export?after=%lld&until=%lld&limit=%lld", source,
-                 (long long)after, (long long)end, p->page_rows);
-        qn_buf_reset(&page);
-        rc = qn_client_raw(p->ingest, "GET", path, NULL, NULL, 0, in->trace, &page, err);
-        if (rc == QN_NOT_FOUND) {
-            rc = qn_err_set(err, QN_NOT_FOUND, "source dataset %s does not exist in ingest (%s)", source, err->msg);
-            break;
+    range_fetch rf[PREP_FETCHERS];
+    for (int64_t after = 0; after < end && rc == 0;) {
+        int k = 0;
+        pthread_t th[PREP_FETCHERS];
+        int started[PREP_FETCHERS] = {0};
+        for (; k < PREP_FETCHERS && after < end; k++) {
+            int64_t until = end - after > p->page_rows ? after + p->page_rows : end;
+            rf[k] = (range_fetch){.p = p, .in = in, .source = source, .after = after, .until = until};
+            qn_buf_init(&rf[k].buf, RANGE_BYTES(until - after));
+            after = until;
+            /* The first range runs on this thread: no thread for a small source. */
+            if (k > 0 && pthread_create(&th[k], NULL, fetch_range, &rf[k]) == 0)
+                started[k] = 1;
         }
-        if (rc < 0) {
-            rc = qn_err_wrap(err, "ingest: reading source dataset %s after seq %lld", source, (long long)after);
-            break;
-        }
-        int64_t n = 0;
-        for (const char *q = page.data, *e = page.data + page.len; q && q < e; n++) {
-            q = memchr(q, '\n', (size_t)(e - q));
-            q = q ? q + 1 : NULL;
-        }
-        if (n == 0 || n > end - after || (page.len && page.data[page.len - 1] != '\n')) {
-            rc = qn_err_set(err, QN_UNAVAILABLE, "ingest answered a page of %s after seq %lld with %lld rows%s",
-                            source, (long long)after, (long long)n,
-                            n ? " or a cut line" : "; it did not advance");
-            break;
-        }
-        if (!sr->first) {
-            json_t *v = json_loadb(page.data, (size_t)((char *)memchr(page.data, '\n', page.len) - page.data), 0,
-                                   NULL);
-            if (json_is_object(v))
-                sr->first = v;
+        fetch_range(&rf[0]);
+        for (int i = 1; i < k; i++) {
+            if (started[i])
+                pthread_join(th[i], NULL);
             else
-                json_decref(v);
+                fetch_range(&rf[i]);
         }
-        if (fwrite(page.data, 1, page.len, f) != page.len) {
-            rc = qn_err_set(err, QN_INTERNAL, "cannot write the run's scratch file");
-            break;
+        for (int i = 0; i < k; i++) {
+            if (rc == 0 && rf[i].rc < 0) {
+                rc = rf[i].rc;
+                *err = rf[i].err;
+            }
+            if (rc == 0 && !sr->first) {
+                json_t *v = json_loadb(rf[i].buf.data,
+                                       (size_t)((char *)memchr(rf[i].buf.data, '\n', rf[i].buf.len) - rf[i].buf.data),
+                                       0, NULL);
+                if (json_is_object(v))
+                    sr->first = v;
+                else
+                    json_decref(v);
+            }
+            if (rc == 0 && fwrite(rf[i].buf.data, 1, rf[i].buf.len, f) != rf[i].buf.len)
+                rc = qn_err_set(err, QN_INTERNAL, "cannot write the run's scratch file");
+            if (rc == 0)
+                sr->rows += rf[i].until - rf[i].after;
+            qn_buf_free(&rf[i].buf);
         }
-        sr->rows += n;
-        after += n;
-        rc = 0;
     }
-    qn_buf_free(&page);
     return rc;
 }
 
