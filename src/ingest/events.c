@@ -512,8 +512,12 @@ int ing_export_get(qn_req *req, qn_res *res, void *ud)
     qn_res_header(res, "Quern-Next-After", h);
     snprintf(h, sizeof h, "%lld", (long long)rows);
     qn_res_header(res, "Quern-Rows", h);
-    qn_res_text(res, 200, "application/x-ndjson", out.data, out.len);
-    qn_buf_free(&out);
+    /* The page is handed over, not copied (it may be 32 MiB). */
+    size_t len = 0;
+    char *body = qn_buf_detach(&out, &len);
+    if (!body)
+        return qn_res_error(res, QN_RESOURCE_EXHAUSTED, "the page is too large; ask for fewer rows (limit)");
+    qn_res_take(res, 200, "application/x-ndjson", body, len);
     return 0;
 fail:
     qn_buf_free(&out);
