@@ -134,7 +134,7 @@ def main():
     ap.add_argument("--csv", help="the Online Retail CSV (default: the shipped one)")
     ap.add_argument("--rows", type=int, default=0, help="only the first N rows")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
-    ap.add_argument("--perf", metavar="FILE", help="record the prep run with perf record -g into FILE")
+    ap.add_argument("--perf", metavar="FILE", help="record the prep run with perf record -g into FILE (ingest's and the registry's into FILE.ingest, FILE.registry)")
     a = ap.parse_args()
     bindir = os.path.join(os.path.abspath(a.build), "bin")
     os.environ["QUERN_BIN"] = bindir
@@ -180,8 +180,9 @@ def main():
         print(f"load average before prep: {loadavg()}", flush=True)
         perf = None
         if a.perf:
-            perf = subprocess.Popen(["perf", "record", "-g", "-o", a.perf, "-p", str(prep.proc.pid)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            perf = [subprocess.Popen(["perf", "record", "-g", "-o", out, "-p", str(svc.proc.pid)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    for out, svc in ((a.perf, prep), (a.perf + ".ingest", ing), (a.perf + ".registry", reg))]
             time.sleep(1)
         t0 = time.perf_counter()
         st, _, body = prep.request("POST", "/v1/pipelines/online-retail/runs")
@@ -193,9 +194,9 @@ def main():
                 break
             time.sleep(0.02)
         t_client = time.perf_counter() - t0
-        if perf:
-            perf.send_signal(2)
-            perf.wait()
+        for pp in perf or ():
+            pp.send_signal(2)
+            pp.wait()
         if run["state"] != "succeeded":
             raise SystemExit(f"the prep run did not succeed: {run}")
         prep_s = (rfc3339_ms(run["finished_at"]) - rfc3339_ms(run["started_at"])) / 1000

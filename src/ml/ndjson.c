@@ -49,6 +49,8 @@ typedef struct slot {
 
 struct qml_ndjson_reader {
     int fd;
+    qml_ndjson_chunk_fn fn;     /* or chunks from here */
+    void *ud;
     char *win;
     const char *p, *end;
     int eof;
@@ -103,7 +105,23 @@ void qml_ndjson_close(qml_ndjson_reader *r)
 
 static int refill(qml_ndjson_reader *r, qn_err *err)
 {
-    if (!r->win || r->eof)
+    if (r->eof)
+        return 0;
+    if (r->fn) {
+        const char *d = NULL;
+        size_t n = 0;
+        int k = r->fn(r->ud, &d, &n);
+        if (k < 0)
+            return qn_err_set(err, k, "%s: reading the source failed", r->path);
+        if (k == 0) {
+            r->eof = 1;
+            return 0;
+        }
+        r->p = d ? d : "";
+        r->end = r->p + (d ? n : 0);
+        return 1;
+    }
+    if (!r->win)
         return 0;
     for (;;) {
         ssize_t n = read(r->fd, r->win, WINDOW_BYTES);
@@ -798,6 +816,21 @@ qml_ndjson_reader *qml_ndjson_open_mem(const void *data, size_t len, const qml_n
     return open_common(r, o, err);
 }
 
+qml_ndjson_reader *qml_ndjson_open_fn(qml_ndjson_chunk_fn fn, void *ud, const qml_ndjson_opts *o, qn_err *err)
+{
+    qml_ndjson_reader *r = calloc(1, sizeof *r);
+    if (!r || !(r->path = strdup("(stream)"))) {
+        free(r);
+        qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    r->fd = -1;
+    r->fn = fn;
+    r->ud = ud;
+    r->p = r->end = "";
+    return open_common(r, o, err);
+}
+
 /* ---- reading ------------------------------------------------------------- */
 
 static int fill(qml_ndjson_reader *r, qml_frame *f, size_t max_rows, qn_err *err)
@@ -888,6 +921,12 @@ int qml_ndjson_read_all(const char *path, const qml_ndjson_opts *o, qml_frame **
                         qml_read_report *rep, qn_err *err)
 {
     return read_all(qml_ndjson_open(path, o, err), out, rep, err);
+}
+
+int qml_ndjson_read_all_fn(qml_ndjson_chunk_fn fn, void *ud, const qml_ndjson_opts *o, qml_frame **out,
+                           qml_read_report *rep, qn_err *err)
+{
+    return read_all(qml_ndjson_open_fn(fn, ud, o, err), out, rep, err);
 }
 
 int qml_ndjson_read_all_mem(const void *data, size_t len, const qml_ndjson_opts *o,

@@ -5,9 +5,9 @@
  *    (the snapshot's end, so rows arriving meanwhile wait for the next run).
  *    When that last_seq is the one of the last snapshot made with the same
  *    spec, the run stops there: skipped, no duplicate snapshot.
- * 2. Copies the rows up to there, as ingest's export route pages them
- *    (NDJSON, the stored texts), to a scratch file and reads it into a frame
- *    with libquern-ml's NDJSON reader. Columns come in the order
+ * 2. Reads the rows up to there, as ingest's export route pages them
+ *    (NDJSON, the stored texts; the next pages are fetched while the reader
+ *    parses these), into a frame with libquern-ml's NDJSON reader. Columns come in the order
  *    of the ingest schema, then of the pipeline's schema, then of the first
  *    row's keys (ingest stores rows with sorted keys); types from the
  *    pipeline's schema, else the ingest schema, else inferred. Rows that do
@@ -17,7 +17,7 @@
  *    way) and uploads it as a blob, then registers the dataset version. The
  *    manifest names the run, so a retry after a crash between registering and
  *    recording finds the version it made instead of making another.
- * Scratch files live under <data>/tmp and are removed whatever happens.
+ * The output CSV is a scratch file under <data>/tmp, removed whatever happens.
  * The report carries the seconds each phase took ("timing": read, parse,
  * clean, write, upload, register, total), so a slow run says where.
  */
@@ -183,19 +183,109 @@ static void *fetch_range(void *arg)
     return NULL;
 }
 
-/* Reads the rows of source up to the snapshot's end into f as NDJSON, from
- * ingest's export route: each page is the stored JSON texts, one a line,
- * written to f as they come (never parsed here but for the first row, whose
- * keys give the column order). Seqs are gapless, so the rows split into
- * ranges of page_rows known in advance, and PREP_FETCHERS ranges are fetched
- * at once (ingest serves them on as many threads; the cores are used while
- * one side waits on the other), then written in order. 1 when the source has
- * nothing new (its last_seq is prev_last_seq), 0 when read, negative on
- * error. */
-static int read_events(prep *p, const prep_run_input *in, const char *source, FILE *f, source_read *sr,
-                       qn_err *err)
+/* The rows of the source up to the snapshot's end, as the NDJSON reader's
+ * chunks, straight from ingest's export pages (each the stored JSON texts,
+ * one a line; never written to disk, never parsed here but for the first
+ * row, whose keys give the column order). Seqs are gapless, so the rows
+ * split into ranges of page_rows known in advance: PREP_FETCHERS ranges
+ * (a round) are fetched at once, on as many threads, and while the reader
+ * parses one round the next is fetched, so ingest's work and prep's overlap
+ * on the cores. At most two rounds are held. */
+typedef struct source_stream {
+    prep *p;
+    const prep_run_input *in;
+    const char *source;
+    int64_t next, end;              /* the next range starts after next */
+    range_fetch cur[PREP_FETCHERS];  /* the round being read */
+    range_fetch ahead[PREP_FETCHERS];/* the round being fetched */
+    pthread_t th[PREP_FETCHERS];
+    int started[PREP_FETCHERS];
+    int ncur, icur, nahead;
+    int rc;                          /* the first failure, with err */
+    qn_err err;
+    double wait_s;                   /* time spent waiting for ingest */
+} source_stream;
+
+static void round_start(source_stream *ss)
+{
+    ss->nahead = 0;
+    for (int k = 0; k < PREP_FETCHERS && ss->next < ss->end; k++) {
+        int64_t until = ss->end - ss->next > ss->p->page_rows ? ss->next + ss->p->page_rows : ss->end;
+        range_fetch *rf = &ss->ahead[k];
+        *rf = (range_fetch){.p = ss->p, .in = ss->in, .source = ss->source, .after = ss->next, .until = until};
+        qn_buf_init(&rf->buf, RANGE_BYTES(until - ss->next));
+        ss->next = until;
+        ss->started[k] = pthread_create(&ss->th[k], NULL, fetch_range, rf) == 0;
+        ss->nahead++;
+    }
+}
+
+/* Waits for the round being fetched; it becomes the round being read. */
+static int round_finish(source_stream *ss)
+{
+    double t0 = now_s();
+    for (int k = 0; k < ss->nahead; k++) {
+        if (ss->started[k])
+            pthread_join(ss->th[k], NULL);
+        else
+            fetch_range(&ss->ahead[k]);
+        ss->started[k] = 0;
+    }
+    ss->wait_s += now_s() - t0;
+    for (int k = 0; k < ss->ncur; k++)
+        qn_buf_free(&ss->cur[k].buf);
+    memcpy(ss->cur, ss->ahead, sizeof ss->cur);
+    ss->ncur = ss->nahead;
+    ss->icur = 0;
+    ss->nahead = 0;
+    for (int k = 0; k < ss->ncur && ss->rc == 0; k++)
+        if (ss->cur[k].rc < 0) {
+            ss->rc = ss->cur[k].rc;
+            ss->err = ss->cur[k].err;
+        }
+    return ss->rc;
+}
+
+static int stream_chunk(void *ud, const char **data, size_t *len)
+{
+    source_stream *ss = ud;
+    if (ss->rc < 0)
+        return ss->rc;
+    if (ss->icur == ss->ncur) {
+        if (ss->nahead == 0)
+            return 0;
+        if (round_finish(ss) < 0)
+            return ss->rc;
+        round_start(ss);
+    }
+    range_fetch *rf = &ss->cur[ss->icur++];
+    *data = rf->buf.data;
+    *len = rf->buf.len;
+    return 1;
+}
+
+/* Joins what is still being fetched and frees every buffer. */
+static void stream_close(source_stream *ss)
+{
+    for (int k = 0; k < ss->nahead; k++)
+        if (ss->started[k])
+            pthread_join(ss->th[k], NULL);
+    for (int k = 0; k < ss->nahead; k++)
+        qn_buf_free(&ss->ahead[k].buf);
+    for (int k = 0; k < ss->ncur; k++)
+        qn_buf_free(&ss->cur[k].buf);
+    ss->nahead = ss->ncur = 0;
+}
+
+/* Starts the stream: the snapshot's end, then the first round (the first
+ * row gives the column order) while the second is fetched. 1 when the source
+ * has nothing new (its last_seq is prev_last_seq), 0 when started, negative
+ * on error (stream_close in every case). */
+static int stream_open(prep *p, const prep_run_input *in, const char *source, source_stream *ss,
+                       source_read *sr, qn_err *err)
 {
     int64_t end = 0;
+    memset(ss, 0, sizeof *ss);
     int rc = source_end(p, in, source, &end, err);
     if (rc < 0)
         return rc;
@@ -206,49 +296,24 @@ static int read_events(prep *p, const prep_run_input *in, const char *source, FI
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED,
                           "source dataset %s has more than %lld rows, the most one run reads (--max-rows)", source,
                           p->max_rows);
-    range_fetch rf[PREP_FETCHERS];
-    for (int64_t after = 0; after < end && rc == 0;) {
-        int k = 0;
-        pthread_t th[PREP_FETCHERS];
-        int started[PREP_FETCHERS] = {0};
-        for (; k < PREP_FETCHERS && after < end; k++) {
-            int64_t until = end - after > p->page_rows ? after + p->page_rows : end;
-            rf[k] = (range_fetch){.p = p, .in = in, .source = source, .after = after, .until = until};
-            qn_buf_init(&rf[k].buf, RANGE_BYTES(until - after));
-            after = until;
-            /* The first range runs on this thread: no thread for a small source. */
-            if (k > 0 && pthread_create(&th[k], NULL, fetch_range, &rf[k]) == 0)
-                started[k] = 1;
-        }
-        fetch_range(&rf[0]);
-        for (int i = 1; i < k; i++) {
-            if (started[i])
-                pthread_join(th[i], NULL);
-            else
-                fetch_range(&rf[i]);
-        }
-        for (int i = 0; i < k; i++) {
-            if (rc == 0 && rf[i].rc < 0) {
-                rc = rf[i].rc;
-                *err = rf[i].err;
-            }
-            if (rc == 0 && !sr->first) {
-                json_t *v = json_loadb(rf[i].buf.data,
-                                       (size_t)((char *)memchr(rf[i].buf.data, '\n', rf[i].buf.len) - rf[i].buf.data),
-                                       0, NULL);
-                if (json_is_object(v))
-                    sr->first = v;
-                else
-                    json_decref(v);
-            }
-            if (rc == 0 && fwrite(rf[i].buf.data, 1, rf[i].buf.len, f) != rf[i].buf.len)
-                rc = qn_err_set(err, QN_INTERNAL, "cannot write the run's scratch file");
-            if (rc == 0)
-                sr->rows += rf[i].until - rf[i].after;
-            qn_buf_free(&rf[i].buf);
-        }
+    if (end == 0)
+        return qn_err_set(err, QN_FAILED_PRECONDITION,
+                          "source dataset %s has no rows in ingest yet (is the name right?)", source);
+    *ss = (source_stream){.p = p, .in = in, .source = source, .end = end};
+    round_start(ss);
+    if (round_finish(ss) < 0) {
+        *err = ss->err;
+        return ss->rc;
     }
-    return rc;
+    round_start(ss);
+    const qn_buf *b = &ss->cur[0].buf;
+    json_t *v = json_loadb(b->data, (size_t)((const char *)memchr(b->data, '\n', b->len) - b->data), 0, NULL);
+    if (json_is_object(v))
+        sr->first = v;
+    else
+        json_decref(v);
+    sr->rows = end;
+    return 0;
 }
 
 /* ---- schema for the reader ------------------------------------------------- */
@@ -423,7 +488,8 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     const char *source = json_string_value(json_object_get(in->spec, "source"));
     const char *output = json_string_value(json_object_get(in->spec, "output"));
     source_read sr = {0};
-    char *ndjson_path = NULL, *csv_path = NULL;
+    char *csv_path = NULL;
+    source_stream ss = {0};
     FILE *f = NULL;
     qml_frame *raw = NULL, *clean = NULL;
     qml_clean_steps *steps = NULL;
@@ -434,21 +500,14 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     int rc;
     memset(res, 0, sizeof *res);
     res->last_seq = -1;
-    if (!crep || !fs || !timing || asprintf(&ndjson_path, "%s/run-%s.ndjson", p->tmp_dir, in->run_id) < 0 ||
-        asprintf(&csv_path, "%s/run-%s.csv", p->tmp_dir, in->run_id) < 0) {
+    if (!crep || !fs || !timing || asprintf(&csv_path, "%s/run-%s.csv", p->tmp_dir, in->run_id) < 0) {
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
 
     if ((rc = read_schema(p, source, in->trace, &sr, err)) < 0)
         goto out;
-    if (!(f = fopen(ndjson_path, "w"))) {
-        rc = qn_err_set(err, QN_INTERNAL, "cannot create the run's scratch file");
-        goto out;
-    }
-    rc = read_events(p, in, source, f, &sr, err);
-    int close_rc = fclose(f);
-    f = NULL;
+    rc = stream_open(p, in, source, &ss, &sr, err);
     res->last_seq = sr.last_seq;
     if (rc == 1) {
         res->skipped = 1;
@@ -457,16 +516,6 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     }
     if (rc < 0)
         goto out;
-    if (close_rc != 0) {
-        rc = qn_err_set(err, QN_INTERNAL, "cannot write the run's scratch file");
-        goto out;
-    }
-    json_object_set_new(timing, "read", json_real(lap(&t0)));
-    if (sr.rows == 0) {
-        rc = qn_err_set(err, QN_FAILED_PRECONDITION,
-                        "source dataset %s has no rows in ingest yet (is the name right?)", source);
-        goto out;
-    }
 
     qml_ndjson_opts o;
     qml_ndjson_opts_init(&o);
@@ -475,11 +524,20 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     o.fields = fs->f;
     o.n_fields = fs->n;
     qml_read_report rrep;
-    if ((rc = qml_ndjson_read_all(ndjson_path, &o, &raw, &rrep, err)) < 0) {
+    rc = qml_ndjson_read_all_fn(stream_chunk, &ss, &o, &raw, &rrep, err);
+    if (rc < 0 && ss.rc < 0) { /* ingest's failure, not the reader's */
+        rc = ss.rc;
+        *err = ss.err;
+        goto out;
+    }
+    if (rc < 0) {
         qn_err_wrap(err, "reading the rows of %s", source);
         goto out;
     }
-    json_object_set_new(timing, "parse", json_real(lap(&t0)));
+    stream_close(&ss);
+    double read_parse = lap(&t0), wait = (double)(long long)(ss.wait_s * 1000 + 0.5) / 1000;
+    json_object_set_new(timing, "read", json_real(wait));
+    json_object_set_new(timing, "parse", json_real(read_parse > wait ? read_parse - wait : 0));
     if ((rc = stopping(p, err)) < 0)
         goto out;
     if ((rc = qml_clean_from_json(json_object_get(in->spec, "steps"), &steps, err)) < 0 ||
@@ -500,7 +558,7 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
         goto out;
     }
     rc = prep_csv_write(clean, f, hex, &bytes, err);
-    close_rc = fclose(f);
+    int close_rc = fclose(f);
     f = NULL;
     if (rc < 0)
         goto out;
@@ -536,11 +594,9 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
 out:
     if (f)
         fclose(f);
-    if (ndjson_path)
-        unlink(ndjson_path);
     if (csv_path)
         unlink(csv_path);
-    free(ndjson_path);
+    stream_close(&ss);
     free(csv_path);
     json_decref(manifest);
     json_decref(timing);

@@ -238,6 +238,56 @@ static void test_scanner_matches_jansson(void **state)
     qml_frame_free(b);
 }
 
+/* Chunks of a few bytes each: lines cross them everywhere. */
+typedef struct pieces {
+    const char *s;
+    size_t len, at, step;
+    int fail_at_end;
+} pieces;
+
+static int next_piece(void *ud, const char **data, size_t *len)
+{
+    pieces *p = ud;
+    if (p->at >= p->len)
+        return p->fail_at_end ? QN_UNAVAILABLE : 0;
+    *data = p->s + p->at;
+    *len = p->len - p->at < p->step ? p->len - p->at : p->step;
+    p->at += *len;
+    return 1;
+}
+
+static void test_chunks_from_a_callback(void **state)
+{
+    qml_frame *a, *b;
+    qml_read_report ra, rb;
+    qn_err err;
+    assert_int_equal(qml_ndjson_read_all_mem(events, strlen(events), NULL, &a, &ra, &err), 0);
+    for (size_t step = 1; step < 40; step += 6) {
+        pieces p = {.s = events, .len = strlen(events), .step = step};
+        assert_int_equal(qml_ndjson_read_all_fn(next_piece, &p, NULL, &b, &rb, &err), 0);
+        assert_int_equal(qml_frame_nrows(a), qml_frame_nrows(b));
+        assert_int_equal(qml_frame_ncols(a), qml_frame_ncols(b));
+        assert_int_equal(ra.rows_bad, rb.rows_bad);
+        for (size_t j = 0; j < qml_frame_ncols(a); j++) {
+            const qml_column *x = qml_frame_col(a, j), *y = qml_frame_col(b, j);
+            assert_string_equal(x->name, y->name);
+            for (size_t r = 0; r < qml_frame_nrows(a); r++) {
+                assert_int_equal(x->missing[r], y->missing[r]);
+                if (!x->missing[r] && x->type == QML_CATEGORICAL)
+                    assert_string_equal(qml_col_str(x, r), qml_col_str(y, r));
+                else if (!x->missing[r])
+                    assert_true(x->num[r] == y->num[r]);
+            }
+        }
+        qml_frame_free(b);
+    }
+    qml_frame_free(a);
+    /* A source that fails fails the read with its code. */
+    pieces p = {.s = events, .len = strlen(events), .step = 5, .fail_at_end = 1};
+    assert_int_equal(qml_ndjson_read_all_fn(next_piece, &p, NULL, &b, &rb, &err), QN_UNAVAILABLE);
+    assert_null(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -245,6 +295,7 @@ int main(void)
         cmocka_unit_test(test_given_schema_and_bad_types),
         cmocka_unit_test(test_long_lines_and_chunks_from_file),
         cmocka_unit_test(test_scanner_matches_jansson),
+        cmocka_unit_test(test_chunks_from_a_callback),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
