@@ -454,8 +454,12 @@ int ing_export_get(qn_req *req, qn_res *res, void *ud)
     /* Rows are whole lines: a page stops after the row that takes it past
      * EXPORT_BYTES, so the bound is EXPORT_BYTES plus one row. */
     qn_buf_init(&out, EXPORT_BYTES + (4u << 20));
-    /* At once: doubling there from 64 bytes copies the page several times. */
-    if (qn_buf_reserve(&out, EXPORT_BYTES) < 0) {
+    /* At once (rows of ~256 bytes): doubling there from 64 bytes copies the
+     * page several times. Kept under glibc's largest mmap threshold (32 MiB),
+     * so that freed pages are reused from the heap instead of mapped and
+     * zeroed by the kernel afresh for every page. */
+    size_t want = (size_t)limit * 256 < (24u << 20) ? (size_t)limit * 256 : (24u << 20);
+    if (qn_buf_reserve(&out, want) < 0) {
         qn_buf_free(&out);
         return qn_res_error(res, QN_UNAVAILABLE, "out of memory for a page of %s; retry shortly", name);
     }
