@@ -4,7 +4,9 @@
 # write rate of the same SQLite storage (same table, one prepared statement,
 # 1,000-row transactions) and the parse rate of ml/records on one thread.
 # Runs the service on the embedded SQLite bus, and on RabbitMQ too when
-# QUERN_TEST_AMQP=amqp://... names a broker.
+# QUERN_TEST_AMQP=amqp://... names a broker. Then `quern ingest` of the
+# shipped Online Retail CSV beside a plain SQLite insert loop of the same rows
+# (bench_ingest_csv.py).
 #
 #     bench/bench_ingest.sh [BUILD_DIR] [SECONDS] [CLIENTS]
 set -eu
@@ -49,3 +51,5 @@ if [ -n "${QUERN_TEST_AMQP:-}" ]; then
 else
     echo "rabbitmq: skipped (set QUERN_TEST_AMQP=amqp://user:pass@host:5672/vhost)"
 fi
+echo "quern ingest of a CSV file, beside a plain SQLite insert loop (bench_ingest_csv.py):"
+/usr/bin/python3 "$(dirname "$0")/bench_ingest_csv.py" --build "$build" || true

@@ -3,7 +3,8 @@
 # Benchmarks are measurements, not tests: nothing here fails on a slow run.
 #
 #   BENCH_QUICK=1 make bench    smaller inputs, for a check that they all run
-#   BENCH_ONLY=als make bench   one benchmark (als, recommend, drift, bus, ingest, grpc, serve, store, tracking, console)
+#   BENCH_ONLY=als make bench   one benchmark (als, recommend, drift, bus, ingest, prep, grpc, serve,
+#                               h2load, explain, store, tracking, monitor, console, rss)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 B=build/bench
@@ -27,7 +28,7 @@ if want drift && [ -x bench/bench_drift.sh ]; then
   head "Drift: KS + PSI + Jensen-Shannon, C vs scipy"
   if [ -n "$quick" ]; then sh bench/bench_drift.sh build 100000 5; else sh bench/bench_drift.sh build; fi
 fi
-for extra in bus ingest grpc serve store tracking console; do
+for extra in bus ingest prep grpc serve h2load explain store tracking monitor console rss; do
   if want $extra && [ -x bench/bench_$extra.sh ]; then
     head "$extra"
     bash bench/bench_$extra.sh

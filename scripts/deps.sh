@@ -49,6 +49,7 @@ TEST_PKGS=(
   nghttp2-client       # bench_h2load.sh: h2load, the HTTP/2 load generator for gRPC ModelInfer
   python3-fastapi      # bench_serve.sh baseline: the usual Python serving stack (FastAPI ...)
   python3-uvicorn      # ... on uvicorn, predicting with python3-xgboost
+  python3-pandas       # bench_prep.sh baseline: pandas reads, cleans and writes Online Retail
   xz-utils             # the shipped data sets are xz-compressed (data/)
   clang                # fuzz targets (libFuzzer) and sanitizer builds
   libclang-rt-14-dev   # clang's sanitizer and libFuzzer runtimes

@@ -55,6 +55,13 @@ static int stick(qn_buf *b, int rc)
     return rc;
 }
 
+int qn_buf_reserve(qn_buf *b, size_t extra)
+{
+    if (b->err)
+        return b->err;
+    return stick(b, reserve(b, extra));
+}
+
 int qn_buf_append(qn_buf *b, const void *data, size_t len)
 {
     if (b->err)

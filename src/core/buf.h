@@ -41,6 +41,10 @@ void qn_buf_init(qn_buf *b, size_t max);
 /* 0, or QN_RESOURCE_EXHAUSTED when the result would exceed max or memory ran
  * out: the buffer is then unchanged and the error sticks (see above). Once an
  * append has failed, every later one returns that error and does nothing. */
+/* Makes room for extra more bytes at once (a buffer about to take a known
+ * amount grows once instead of doubling its way there, copying each time).
+ * 0, or the sticky error when that would pass max or memory runs out. */
+int qn_buf_reserve(qn_buf *b, size_t extra);
 int qn_buf_append(qn_buf *b, const void *data, size_t len);
 int qn_buf_puts(qn_buf *b, const char *s);
 int qn_buf_printf(qn_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

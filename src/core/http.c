@@ -199,6 +199,16 @@ static void res_set_buf(qn_res *res, int status, const char *ctype, char *body, 
     res->len = len;
 }
 
+int qn_res_take(qn_res *res, int status, const char *content_type, char *body, size_t len)
+{
+    if (!res_claim(res)) {
+        free(body);
+        return 0;
+    }
+    res_set_buf(res, status, qn_arena_strdup(res->req->arena, content_type), body, len);
+    return 0;
+}
+
 int qn_res_text(qn_res *res, int status, const char *content_type, const char *body, size_t len)
 {
     if (!res_claim(res))

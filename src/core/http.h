@@ -168,6 +168,9 @@ int qn_res_error_details(qn_res *res, int code, json_t *details, const char *fmt
     __attribute__((format(printf, 4, 5)));
 /* A copy of body is sent with the given content type. Returns 0. */
 int qn_res_text(qn_res *res, int status, const char *content_type, const char *body, size_t len);
+/* As qn_res_text, but takes body (malloc'd) instead of copying it: for large
+ * answers built in a buffer (qn_buf_detach). body is freed in any case. */
+int qn_res_take(qn_res *res, int status, const char *content_type, char *body, size_t len);
 /* Streams len bytes of fd from offset; takes ownership of fd. Returns 0. */
 int qn_res_file(qn_res *res, int status, const char *content_type, int fd, uint64_t offset,
                 uint64_t len);

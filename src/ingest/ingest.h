@@ -86,6 +86,9 @@ int ing_dataset_lookup(qn_conn *c, const char *name, int64_t *id, int64_t *versi
 /* events.c */
 int ing_events_post(qn_req *req, qn_res *res, void *ud);
 int ing_events_get(qn_req *req, qn_res *res, void *ud);
+/* GET /v1/datasets/{name}/export?after&until&limit: rows after..until as
+ * NDJSON (each row's stored JSON text, one per line, in seq order). */
+int ing_export_get(qn_req *req, qn_res *res, void *ud);
 int ing_outbox_list(qn_req *req, qn_res *res, void *ud);
 /* Appends b's good rows to dataset name inside c's open write transaction
  * (the caller holds the writer mutex): creates the dataset when needed,

@@ -136,6 +136,7 @@ static qn_route routes[] = {
     {"GET", "/v1/datasets/{name}/schema", ing_schema_get, 0, 0, NULL},
     {"POST", "/v1/datasets/{name}/events", ing_events_post, 0 /* from config */, 0, NULL},
     {"GET", "/v1/datasets/{name}/events", ing_events_get, 0, 0, NULL},
+    {"GET", "/v1/datasets/{name}/export", ing_export_get, 0, 0, NULL},
     {"POST", "/v1/feedback", ing_feedback_post, 8 * MB, 0, NULL},
     {"GET", "/v1/outbox", ing_outbox_list, 0, 0, NULL},
     {"GET", "/v1/sources", ing_sources_list, 0, 0, NULL},

@@ -527,8 +527,10 @@ static int cmp_num(cmp c, double a, double b)
     }
 }
 
-static int filter_mask(const qml_frame *f, const step *st, uint8_t *keep, size_t *n_missing,
-                       qn_err *err)
+/* keep[r] for every row of f; *n_missing counts the missing cells of the
+ * rows still alive (alive NULL: all). */
+static int filter_mask(const qml_frame *f, const step *st, const uint8_t *alive, uint8_t *keep,
+                       size_t *n_missing, qn_err *err)
 {
     int ci = col_of(f, st, st->column, err);
     if (ci < 0)
@@ -567,7 +569,7 @@ static int filter_mask(const qml_frame *f, const step *st, uint8_t *keep, size_t
         }
         for (size_t r = 0; r < n; r++) {
             if (c->missing[r]) {
-                (*n_missing)++;
+                *n_missing += !alive || alive[r];
                 keep[r] = (uint8_t)st->keep_missing;
             } else {
                 keep[r] = ok[c->cat[r]];
@@ -599,7 +601,7 @@ static int filter_mask(const qml_frame *f, const step *st, uint8_t *keep, size_t
     }
     for (size_t r = 0; r < n; r++) {
         if (c->missing[r]) {
-            (*n_missing)++;
+            *n_missing += !alive || alive[r];
             keep[r] = (uint8_t)st->keep_missing;
             continue;
         }
@@ -1030,16 +1032,21 @@ static int do_rename(const qml_frame *f, const step *st, qml_frame **out, qn_err
 
 /* ---- apply --------------------------------------------------------------- */
 
-static int apply_step(const qml_frame *f, const step *st, qml_frame **out,
-                      qml_clean_step_report *sr, qn_err *err)
+/* Steps that keep or drop each row on its own cells (drop_missing, filter,
+ * time_window): several in a row are evaluated on one frame and the rows
+ * taken once, not once per step. */
+static int row_local(const step *st)
+{
+    return st->op == OP_DROP_MISSING || st->op == OP_FILTER || st->op == OP_TIME_WINDOW;
+}
+
+/* keep[r] for every row of f by a row_local step; the note's counts are of
+ * the rows still alive (alive NULL: all). */
+static int row_mask(const qml_frame *f, const step *st, const uint8_t *alive, uint8_t *keep,
+                    qml_clean_step_report *sr, qn_err *err)
 {
     size_t n = qml_frame_nrows(f);
-    uint8_t *keep = malloc(n ? n : 1);
-    qml_frame *mid = NULL;
     int rc = 0;
-    if (!keep)
-        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-    *out = NULL;
     switch (st->op) {
     case OP_DROP_MISSING: {
         int *cols;
@@ -1052,15 +1059,13 @@ static int apply_step(const qml_frame *f, const step *st, qml_frame **out,
                 keep[r] = !qml_frame_col(f, (size_t)cols[i])->missing[r];
         }
         free(cols);
-        rc = take_kept(f, keep, out, err);
         snprintf(sr->note, sizeof sr->note, "rows with a missing cell dropped");
         break;
     }
     case OP_FILTER: {
         size_t nm;
-        if ((rc = filter_mask(f, st, keep, &nm, err)) < 0)
+        if ((rc = filter_mask(f, st, alive, keep, &nm, err)) < 0)
             break;
-        rc = take_kept(f, keep, out, err);
         char *val = qn_json_dumps(json_object_get(st->spec, "value"), JSON_COMPACT | JSON_ENCODE_ANY);
         snprintf(sr->note, sizeof sr->note, "rows failing %s %s %.60s%s dropped (%zu had it missing)",
                  st->column, cmp_names[st->cmp], val ? val : "",
@@ -1068,12 +1073,6 @@ static int apply_step(const qml_frame *f, const step *st, qml_frame **out,
         free(val);
         break;
     }
-    case OP_DEDUPE:
-        if ((rc = dedupe_mask(f, st, keep, err)) < 0)
-            break;
-        rc = take_kept(f, keep, out, err);
-        snprintf(sr->note, sizeof sr->note, "repeated keys dropped (first kept)");
-        break;
     case OP_TIME_WINDOW: {
         int ci = col_of(f, st, st->column, err);
         if ((rc = ci) < 0)
@@ -1086,14 +1085,43 @@ static int apply_step(const qml_frame *f, const step *st, qml_frame **out,
         }
         size_t nm = 0;
         for (size_t r = 0; r < n; r++) {
-            nm += c->missing[r];
+            nm += c->missing[r] && (!alive || alive[r]);
             keep[r] = !c->missing[r] && (!st->has_min || c->num[r] >= st->min) &&
                       (!st->has_max || c->num[r] < st->max);
         }
-        rc = take_kept(f, keep, out, err);
         snprintf(sr->note, sizeof sr->note, "rows outside the window dropped (%zu had no time)", nm);
         break;
     }
+    default:
+        rc = qn_err_set(err, QN_INTERNAL, "not a row step");
+    }
+    return rc;
+}
+
+static int apply_step(const qml_frame *f, const step *st, qml_frame **out,
+                      qml_clean_step_report *sr, qn_err *err)
+{
+    size_t n = qml_frame_nrows(f);
+    uint8_t *keep = malloc(n ? n : 1);
+    qml_frame *mid = NULL;
+    int rc = 0;
+    if (!keep)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    *out = NULL;
+    switch (st->op) {
+    case OP_DROP_MISSING:
+    case OP_FILTER:
+    case OP_TIME_WINDOW:
+        if ((rc = row_mask(f, st, NULL, keep, sr, err)) < 0)
+            break;
+        rc = take_kept(f, keep, out, err);
+        break;
+    case OP_DEDUPE:
+        if ((rc = dedupe_mask(f, st, keep, err)) < 0)
+            break;
+        rc = take_kept(f, keep, out, err);
+        snprintf(sr->note, sizeof sr->note, "repeated keys dropped (first kept)");
+        break;
     case OP_IMPUTE:
         rc = do_impute(f, st, out, &sr->cells_changed, err);
         snprintf(sr->note, sizeof sr->note, "missing %s cells filled (%s)", st->column,
@@ -1184,27 +1212,76 @@ int qml_clean_apply(const qml_frame *in, const qml_clean_steps *s, qml_frame **o
     memset(rep, 0, sizeof *rep);
     rep->rows_in = qml_frame_nrows(in);
     *out = NULL;
-    qml_frame *cur = NULL;
-    int rc = copy_frame(in, &cur, err);
-    if (rc < 0)
-        return rc;
+    /* cur is the frame the steps see: in itself until a step makes a new
+     * one (owned). alive marks the rows of cur that the row steps since the
+     * last new frame kept (NULL: all); they are taken when a step of another
+     * kind comes, or at the end. */
+    const qml_frame *cur = in;
+    qml_frame *owned = NULL, *next = NULL;
+    uint8_t *alive = NULL, *keep = NULL;
+    size_t nalive = qml_frame_nrows(in);
+    int rc = 0;
     for (size_t i = 0; i < s->n; i++) {
+        const step *st = &s->steps[i];
         qml_clean_step_report *sr = &rep->steps[i];
-        snprintf(sr->op, sizeof sr->op, "%s", op_names[s->steps[i].op]);
-        sr->rows_in = qml_frame_nrows(cur);
-        qml_frame *next;
-        if ((rc = apply_step(cur, &s->steps[i], &next, sr, err)) < 0) {
-            qml_frame_free(cur);
-            return rc;
+        size_t n = qml_frame_nrows(cur);
+        snprintf(sr->op, sizeof sr->op, "%s", op_names[st->op]);
+        sr->rows_in = nalive;
+        if (row_local(st)) {
+            if (!alive) {
+                alive = malloc(n ? n : 1);
+                keep = malloc(n ? n : 1);
+                if (!alive || !keep) {
+                    rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+                    goto out;
+                }
+                memset(alive, 1, n);
+            }
+            if ((rc = row_mask(cur, st, alive, keep, sr, err)) < 0)
+                goto out;
+            nalive = 0;
+            for (size_t r = 0; r < n; r++)
+                nalive += alive[r] &= keep[r];
+            sr->rows_out = nalive;
+            rep->nsteps = i + 1;
+            continue;
         }
-        qml_frame_free(cur);
-        cur = next;
-        sr->rows_out = qml_frame_nrows(cur);
+        if (alive) {
+            if ((rc = take_kept(cur, alive, &next, err)) < 0)
+                goto out;
+            qml_frame_free(owned);
+            cur = owned = next;
+            next = NULL;
+            free(alive);
+            free(keep);
+            alive = keep = NULL;
+        }
+        if ((rc = apply_step(cur, st, &next, sr, err)) < 0)
+            goto out;
+        qml_frame_free(owned);
+        cur = owned = next;
+        next = NULL;
+        nalive = sr->rows_out = qml_frame_nrows(cur);
         rep->nsteps = i + 1;
     }
-    rep->rows_out = qml_frame_nrows(cur);
-    *out = cur;
-    return 0;
+    if (alive || !owned) {
+        if (alive)
+            rc = take_kept(cur, alive, &next, err);
+        else
+            rc = copy_frame(cur, &next, err);
+        if (rc < 0)
+            goto out;
+        qml_frame_free(owned);
+        owned = next;
+    }
+    rep->rows_out = qml_frame_nrows(owned);
+    *out = owned;
+    owned = NULL;
+out:
+    qml_frame_free(owned);
+    free(alive);
+    free(keep);
+    return rc;
 }
 
 /* ---- interactions -------------------------------------------------------- */

@@ -404,8 +404,22 @@ qml_frame *qml_frame_take(const qml_frame *f, const size_t *rows, size_t n, qn_e
             qml_frame_free(out);
             return NULL;
         }
-        for (size_t j = 0; j < f->ncols; j++)
-            copy_cell(&out->cols[j], &f->cols[j], rows[i]);
+    }
+    /* Column by column: each loop reads one source array and writes one. */
+    for (size_t j = 0; j < f->ncols; j++) {
+        const qml_column *src = &f->cols[j];
+        qml_column *dst = &out->cols[j];
+        size_t nm = 0;
+        for (size_t i = 0; i < n; i++)
+            nm += dst->missing[i] = src->missing[rows[i]];
+        if (src->type == QML_CATEGORICAL)
+            for (size_t i = 0; i < n; i++)
+                dst->cat[i] = src->cat[rows[i]];
+        else
+            for (size_t i = 0; i < n; i++)
+                dst->num[i] = src->num[rows[i]];
+        dst->len = n;
+        dst->n_missing = nm;
     }
     out->nrows = n;
     return out;

@@ -59,6 +59,15 @@ qml_ndjson_reader *qml_ndjson_open(const char *path, const qml_ndjson_opts *o, q
 qml_ndjson_reader *qml_ndjson_open_mem(const void *data, size_t len, const qml_ndjson_opts *o,
                                        qn_err *err);
 
+/* A source of bytes in chunks: sets *data and *len to the next chunk and
+ * returns 1 (the chunk stays valid until the next call), 0 at the end, or a
+ * negative qn code when the source failed (the read then fails with that
+ * code; the source keeps its own account of why). Lines may cross chunks. */
+typedef int (*qml_ndjson_chunk_fn)(void *ud, const char **data, size_t *len);
+
+/* Reads from fn's chunks without copying them (beyond lines that cross two). */
+qml_ndjson_reader *qml_ndjson_open_fn(qml_ndjson_chunk_fn fn, void *ud, const qml_ndjson_opts *o, qn_err *err);
+
 /* As qml_csv_next: 1 with a chunk of at most max_rows rows, 0 at the end, < 0 on error. */
 int qml_ndjson_next(qml_ndjson_reader *r, size_t max_rows, qml_frame **chunk, qn_err *err);
 const qml_read_report *qml_ndjson_report(const qml_ndjson_reader *r);
@@ -66,6 +75,8 @@ void qml_ndjson_close(qml_ndjson_reader *r);
 
 int qml_ndjson_read_all(const char *path, const qml_ndjson_opts *o, qml_frame **out,
                         qml_read_report *rep, qn_err *err);
+int qml_ndjson_read_all_fn(qml_ndjson_chunk_fn fn, void *ud, const qml_ndjson_opts *o, qml_frame **out,
+                           qml_read_report *rep, qn_err *err);
 int qml_ndjson_read_all_mem(const void *data, size_t len, const qml_ndjson_opts *o,
                             qml_frame **out, qml_read_report *rep, qn_err *err);
 

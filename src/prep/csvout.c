@@ -8,7 +8,9 @@
  * cells back exactly. The SHA-256 is computed over the same bytes as they
  * are written, so the blob's digest is known without reading the file again.
  */
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/buf.h"
@@ -65,6 +67,113 @@ static void field(out *o, const char *s, size_t n)
     put(o, "\"", 1);
 }
 
+/* Texts already written, per column. A categorical cell is written as its
+ * dictionary string, so whether it needs quotes and its length are found
+ * once per code, not once per cell. A number or a time is formatted once
+ * per distinct value met recently: a direct-mapped cache on its bits
+ * (prices, quantities and invoice times repeat a lot). */
+#define CACHE_SLOTS 1024
+
+typedef struct num_slot {
+    uint64_t bits;
+    uint8_t len;        /* 0: empty */
+    char text[31];
+} num_slot;
+
+typedef struct col_cache {
+    size_t ncodes;
+    int8_t *quote;      /* per code: -1 not yet known, 0 plain, 1 needs quotes */
+    uint32_t *len;
+    num_slot *slots;
+} col_cache;
+
+static int needs_quotes(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] == ',' || s[i] == '"' || s[i] == '\r' || s[i] == '\n')
+            return 1;
+    return 0;
+}
+
+static void put_cat(out *o, col_cache *cc, const qml_column *c, int32_t code)
+{
+    const char *s = qml_dict_str(c->dict, code);
+    if (!cc->quote || (size_t)code >= cc->ncodes) { /* no cache (out of memory): the plain way */
+        field(o, s, strlen(s));
+        return;
+    }
+    if (cc->quote[code] < 0) {
+        size_t n = strlen(s);
+        cc->len[code] = (uint32_t)(n > UINT32_MAX ? UINT32_MAX : n);
+        cc->quote[code] = (int8_t)(n > UINT32_MAX || needs_quotes(s, n));
+    }
+    if (cc->quote[code])
+        field(o, s, strlen(s));
+    else
+        put(o, s, cc->len[code]);
+}
+
+static void put_num(out *o, col_cache *cc, const qml_column *c, double v)
+{
+    uint64_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    num_slot *sl = cc->slots ? &cc->slots[(bits ^ (bits >> 29) ^ (bits >> 47)) % CACHE_SLOTS] : NULL;
+    if (sl && sl->len && sl->bits == bits) {
+        put(o, sl->text, sl->len);
+        return;
+    }
+    char tb[64];
+    int n = c->type == QML_TIMESTAMP ? qml_format_timestamp(v, tb, sizeof tb) : qml_format_number(v, tb, sizeof tb);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n >= sizeof tb)
+        n = (int)sizeof tb - 1;
+    put(o, tb, (size_t)n);
+    if (sl && n > 0 && (size_t)n < sizeof sl->text) {
+        sl->bits = bits;
+        sl->len = (uint8_t)n;
+        memcpy(sl->text, tb, (size_t)n);
+    }
+}
+
+static void caches_free(col_cache *cc, size_t nc)
+{
+    for (size_t j = 0; cc && j < nc; j++) {
+        free(cc[j].quote);
+        free(cc[j].len);
+        free(cc[j].slots);
+    }
+    free(cc);
+}
+
+/* The caches of f's columns; a column whose cache cannot be had is written
+ * without one. NULL only when the array itself cannot be had. */
+static col_cache *caches_new(const qml_frame *f)
+{
+    size_t nc = qml_frame_ncols(f);
+    col_cache *cc = calloc(nc ? nc : 1, sizeof *cc);
+    for (size_t j = 0; cc && j < nc; j++) {
+        const qml_column *c = qml_frame_col(f, j);
+        if (c->type == QML_CATEGORICAL) {
+            size_t n = qml_dict_size(c->dict);
+            cc[j].quote = malloc(n ? n : 1);
+            cc[j].len = malloc((n ? n : 1) * sizeof *cc[j].len);
+            if (!cc[j].quote || !cc[j].len) {
+                free(cc[j].quote);
+                free(cc[j].len);
+                cc[j].quote = NULL;
+                cc[j].len = NULL;
+                continue;
+            }
+            memset(cc[j].quote, -1, n ? n : 1);
+            cc[j].ncodes = n;
+        } else if (c->type != QML_BOOLEAN) {
+            cc[j].slots = calloc(CACHE_SLOTS, sizeof *cc[j].slots);
+        }
+    }
+    return cc;
+}
+
 int prep_csv_write(const qml_frame *f, FILE *file, char hex[QN_SHA256_HEX + 1], uint64_t *bytes, qn_err *err)
 {
     out o = {.f = file, .h = qn_sha256_new()};
@@ -79,7 +188,12 @@ int prep_csv_write(const qml_frame *f, FILE *file, char hex[QN_SHA256_HEX + 1], 
         field(&o, name, strlen(name));
     }
     put(&o, "\r\n", 2);
-    char tb[64];
+    col_cache *cc = caches_new(f);
+    if (!cc) {
+        qn_sha256_free(o.h);
+        qn_buf_free(&o.b);
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    }
     for (size_t r = 0; r < nr && !o.failed; r++) {
         for (size_t j = 0; j < nc; j++) {
             const qml_column *c = qml_frame_col(f, j);
@@ -88,16 +202,12 @@ int prep_csv_write(const qml_frame *f, FILE *file, char hex[QN_SHA256_HEX + 1], 
             if (c->missing[r])
                 continue;
             switch (c->type) {
-            case QML_CATEGORICAL: {
-                const char *s = qml_dict_str(c->dict, c->cat[r]);
-                field(&o, s, strlen(s));
+            case QML_CATEGORICAL:
+                put_cat(&o, &cc[j], c, c->cat[r]);
                 break;
-            }
             case QML_NUMERIC:
-                put(&o, tb, (size_t)qml_format_number(c->num[r], tb, sizeof tb));
-                break;
             case QML_TIMESTAMP:
-                put(&o, tb, (size_t)qml_format_timestamp(c->num[r], tb, sizeof tb));
+                put_num(&o, &cc[j], c, c->num[r]);
                 break;
             case QML_BOOLEAN:
                 put(&o, c->num[r] != 0 ? "true" : "false", c->num[r] != 0 ? 4 : 5);
@@ -106,6 +216,7 @@ int prep_csv_write(const qml_frame *f, FILE *file, char hex[QN_SHA256_HEX + 1], 
         }
         put(&o, "\r\n", 2);
     }
+    caches_free(cc, nc);
     flush(&o);
     qn_sha256_final(o.h, hex);
     qn_sha256_free(o.h);

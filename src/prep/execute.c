@@ -1,13 +1,13 @@
 /*
  * execute.c - one pipeline run: ingest -> frame -> clean -> CSV -> registry.
  *
- * 1. Reads the source's schema from ingest (none is fine) and every event of
- *    the source, page by page, up to the last_seq seen on the first page (the
- *    snapshot's end, so rows arriving meanwhile wait for the next run). When
- *    that last_seq is the one of the last snapshot made with the same spec,
- *    the run stops there: skipped, no duplicate snapshot.
- * 2. Writes the rows' data objects as NDJSON to a scratch file and reads it
- *    into a frame with libquern-ml's NDJSON reader. Columns come in the order
+ * 1. Reads the source's schema from ingest (none is fine), then its last_seq
+ *    (the snapshot's end, so rows arriving meanwhile wait for the next run).
+ *    When that last_seq is the one of the last snapshot made with the same
+ *    spec, the run stops there: skipped, no duplicate snapshot.
+ * 2. Reads the rows up to there, as ingest's export route pages them
+ *    (NDJSON, the stored texts; the next pages are fetched while the reader
+ *    parses these), into a frame with libquern-ml's NDJSON reader. Columns come in the order
  *    of the ingest schema, then of the pipeline's schema, then of the first
  *    row's keys (ingest stores rows with sorted keys); types from the
  *    pipeline's schema, else the ingest schema, else inferred. Rows that do
@@ -17,11 +17,15 @@
  *    way) and uploads it as a blob, then registers the dataset version. The
  *    manifest names the run, so a retry after a crash between registering and
  *    recording finds the version it made instead of making another.
- * Scratch files live under <data>/tmp and are removed whatever happens.
+ * The output CSV is a scratch file under <data>/tmp, removed whatever happens.
+ * The report carries the seconds each phase took ("timing": read, parse,
+ * clean, write, upload, register, total), so a slow run says where.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/json.h"
@@ -31,12 +35,34 @@
 #include "prep/prep.h"
 
 #define MAX_FIELDS 4096
+/* A page of ingest's export: its 32 MiB bound plus one row. */
+#define PREP_PAGE_BYTES (64u << 20)
+/* Ranges of the source fetched at once. */
+#define PREP_FETCHERS 4
+/* The most a range of n rows may take (1 MiB a row on average: a bound
+ * against a runaway answer, not an allocation). */
+#define RANGE_BYTES(n) ((size_t)(n) * (1u << 20) + PREP_PAGE_BYTES)
 
 static int stopping(prep *p, qn_err *err)
 {
     if (atomic_load(&p->stopping))
         return qn_err_set(err, QN_CANCELLED, "prep is stopping; the run will be retried at the next start");
     return 0;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Seconds since *t0, rounded to the millisecond; moves *t0 to now. */
+static double lap(double *t0)
+{
+    double t = now_s(), d = t - *t0;
+    *t0 = t;
+    return (double)(long long)(d * 1000 + 0.5) / 1000;
 }
 
 /* ---- reading the source -------------------------------------------------- */
@@ -67,73 +93,227 @@ static int read_schema(prep *p, const char *source, const qn_trace_ctx *trace, s
     return 0;
 }
 
-/* Pages through the events into f. 1 when the source has nothing new
- * (last_seq == prev_last_seq), 0 when read, negative on error. */
-static int read_events(prep *p, const prep_run_input *in, const char *source, FILE *f, source_read *sr,
-                       qn_err *err)
+/* The source's last seq now: where this run's snapshot ends. */
+static int source_end(prep *p, const prep_run_input *in, const char *source, int64_t *end, qn_err *err)
 {
-    int64_t after = 0, end = -1;
+    char path[256];
+    json_t *d = NULL;
+    snprintf(path, sizeof path, "/v1/datasets/%s", source);
+    int rc = qn_client_json(p->ingest, "GET", path, NULL, in->trace, &d, err);
+    if (rc == QN_NOT_FOUND)
+        return qn_err_set(err, QN_NOT_FOUND, "source dataset %s does not exist in ingest (%s)", source, err->msg);
+    if (rc < 0)
+        return qn_err_wrap(err, "ingest: reading source dataset %s", source);
+    json_t *last = json_object_get(d, "last_seq");
+    rc = json_is_integer(last) && json_integer_value(last) >= 0
+             ? (*end = json_integer_value(last), 0)
+             : qn_err_set(err, QN_UNAVAILABLE, "ingest described dataset %s without its last_seq", source);
+    json_decref(d);
+    return rc;
+}
+
+/* One range of seqs (after, until] fetched by one thread: the export pages
+ * that cover it, one after another, appended to buf. */
+typedef struct range_fetch {
+    prep *p;
+    const prep_run_input *in;
+    const char *source;
+    int64_t after, until;
+    qn_buf buf;
+    int rc;
+    qn_err err;
+} range_fetch;
+
+static void *fetch_range(void *arg)
+{
+    range_fetch *rf = arg;
     char path[320];
-    for (;;) {
-        if (stopping(p, err) < 0)
-            return err->code;
-        json_t *page = NULL;
-        snprintf(path, sizeof path, "/v1/datasets/%s/events?after=%lld&limit=%lld", source, (long long)after,
-                 p->page_rows);
-        int rc = qn_client_json(p->ingest, "GET", path, NULL, in->trace, &page, err);
-        if (rc == QN_NOT_FOUND)
-            return qn_err_set(err, QN_NOT_FOUND, "source dataset %s does not exist in ingest (%s)", source,
-                              err->msg);
-        if (rc < 0)
-            return qn_err_wrap(err, "ingest: reading source dataset %s after seq %lld", source, (long long)after);
-        json_t *events = json_object_get(page, "events");
-        json_t *next = json_object_get(page, "next_after"), *last = json_object_get(page, "last_seq");
-        if (!json_is_array(events) || !json_is_integer(next) || !json_is_integer(last)) {
-            json_decref(page);
-            return qn_err_set(err, QN_UNAVAILABLE,
-                              "ingest answered a page of %s without events, next_after and last_seq", source);
+    int64_t after = rf->after;
+    qn_buf page;
+    qn_buf_init(&page, PREP_PAGE_BYTES);
+    rf->rc = 0;
+    while (after < rf->until) {
+        if ((rf->rc = stopping(rf->p, &rf->err)) < 0)
+            break;
+        snprintf(path, sizeof path, "/v1/datasets/%s/export?after=%lld&until=%lld&limit=%lld", rf->source,
+                 (long long)after, (long long)rf->until, rf->p->page_rows);
+        qn_buf_reset(&page);
+        /* Room for the page at once (rows of ~256 bytes), not by doubling. */
+        int64_t want = rf->until - after < rf->p->page_rows ? rf->until - after : rf->p->page_rows;
+        if (!page.data && qn_buf_reserve(&page, (size_t)want * 256 < (32u << 20) ? (size_t)want * 256 : (32u << 20)) < 0) {
+            rf->rc = qn_err_set(&rf->err, QN_RESOURCE_EXHAUSTED, "out of memory reading %s", rf->source);
+            break;
         }
-        if (end < 0) {
-            end = json_integer_value(last);
-            sr->last_seq = end;
-            if (end == in->prev_last_seq) {
-                json_decref(page);
-                return 1;
-            }
+        int rc = qn_client_raw(rf->p->ingest, "GET", path, NULL, NULL, 0, rf->in->trace, &page, &rf->err);
+        if (rc == QN_NOT_FOUND) {
+            rf->rc = qn_err_set(&rf->err, QN_NOT_FOUND, "source dataset %s does not exist in ingest (%s)",
+                                rf->source, rf->err.msg);
+            break;
         }
-        size_t i;
-        json_t *ev;
-        int done = json_array_size(events) == 0;
-        json_array_foreach(events, i, ev) {
-            json_t *data = json_object_get(ev, "data");
-            int64_t seq = json_integer_value(json_object_get(ev, "seq"));
-            if (seq > end) {
-                done = 1;
-                break;
-            }
-            if (++sr->rows > p->max_rows) {
-                json_decref(page);
-                return qn_err_set(err, QN_RESOURCE_EXHAUSTED,
-                                  "source dataset %s has more than %lld rows, the most one run reads (--max-rows)",
-                                  source, p->max_rows);
-            }
-            if (!sr->first && json_is_object(data))
-                sr->first = json_incref(data);
-            if (json_dumpf(data ? data : json_null(), f, JSON_COMPACT | JSON_ENCODE_ANY) < 0 ||
-                fputc('\n', f) == EOF) {
-                json_decref(page);
-                return qn_err_set(err, QN_INTERNAL, "cannot write the run's scratch file");
-            }
+        if (rc < 0) {
+            rf->rc = qn_err_wrap(&rf->err, "ingest: reading source dataset %s after seq %lld", rf->source,
+                                 (long long)after);
+            break;
         }
-        int64_t n = json_integer_value(next);
-        json_decref(page);
-        if (done || n >= end)
-            return 0;
-        if (n <= after)
-            return qn_err_set(err, QN_UNAVAILABLE, "ingest did not advance past seq %lld for %s", (long long)after,
-                              source);
-        after = n;
+        int64_t n = 0;
+        for (const char *q = page.data, *e = page.data + page.len; q && q < e; n++) {
+            q = memchr(q, '\n', (size_t)(e - q));
+            q = q ? q + 1 : NULL;
+        }
+        if (n == 0 || n > rf->until - after || (page.len && page.data[page.len - 1] != '\n')) {
+            rf->rc = qn_err_set(&rf->err, QN_UNAVAILABLE,
+                                "ingest answered a page of %s after seq %lld with %lld rows%s", rf->source,
+                                (long long)after, (long long)n, n ? " or a cut line" : "; it did not advance");
+            break;
+        }
+        /* The first page of a range is taken whole (no copy); a range that
+         * needed more pages (a page stops at ingest's byte bound) appends. */
+        if (rf->buf.len == 0 && !rf->buf.data) {
+            size_t max = rf->buf.max;
+            rf->buf = page;
+            rf->buf.max = max;
+            qn_buf_init(&page, PREP_PAGE_BYTES);
+        } else if (qn_buf_append(&rf->buf, page.data, page.len) < 0) {
+            rf->rc = qn_err_set(&rf->err, QN_RESOURCE_EXHAUSTED, "out of memory reading %s", rf->source);
+            break;
+        }
+        after += n;
     }
+    qn_buf_free(&page);
+    return NULL;
+}
+
+/* The rows of the source up to the snapshot's end, as the NDJSON reader's
+ * chunks, straight from ingest's export pages (each the stored JSON texts,
+ * one a line; never written to disk, never parsed here but for the first
+ * row, whose keys give the column order). Seqs are gapless, so the rows
+ * split into ranges of page_rows known in advance: PREP_FETCHERS ranges
+ * (a round) are fetched at once, on as many threads, and while the reader
+ * parses one round the next is fetched, so ingest's work and prep's overlap
+ * on the cores. At most two rounds are held. */
+typedef struct source_stream {
+    prep *p;
+    const prep_run_input *in;
+    const char *source;
+    int64_t next, end;              /* the next range starts after next */
+    range_fetch cur[PREP_FETCHERS];  /* the round being read */
+    range_fetch ahead[PREP_FETCHERS];/* the round being fetched */
+    pthread_t th[PREP_FETCHERS];
+    int started[PREP_FETCHERS];
+    int ncur, icur, nahead;
+    int rc;                          /* the first failure, with err */
+    qn_err err;
+    double wait_s;                   /* time spent waiting for ingest */
+} source_stream;
+
+static void round_start(source_stream *ss)
+{
+    ss->nahead = 0;
+    for (int k = 0; k < PREP_FETCHERS && ss->next < ss->end; k++) {
+        int64_t until = ss->end - ss->next > ss->p->page_rows ? ss->next + ss->p->page_rows : ss->end;
+        range_fetch *rf = &ss->ahead[k];
+        *rf = (range_fetch){.p = ss->p, .in = ss->in, .source = ss->source, .after = ss->next, .until = until};
+        qn_buf_init(&rf->buf, RANGE_BYTES(until - ss->next));
+        ss->next = until;
+        ss->started[k] = pthread_create(&ss->th[k], NULL, fetch_range, rf) == 0;
+        ss->nahead++;
+    }
+}
+
+/* Waits for the round being fetched; it becomes the round being read. */
+static int round_finish(source_stream *ss)
+{
+    double t0 = now_s();
+    for (int k = 0; k < ss->nahead; k++) {
+        if (ss->started[k])
+            pthread_join(ss->th[k], NULL);
+        else
+            fetch_range(&ss->ahead[k]);
+        ss->started[k] = 0;
+    }
+    ss->wait_s += now_s() - t0;
+    for (int k = 0; k < ss->ncur; k++)
+        qn_buf_free(&ss->cur[k].buf);
+    memcpy(ss->cur, ss->ahead, sizeof ss->cur);
+    ss->ncur = ss->nahead;
+    ss->icur = 0;
+    ss->nahead = 0;
+    for (int k = 0; k < ss->ncur && ss->rc == 0; k++)
+        if (ss->cur[k].rc < 0) {
+            ss->rc = ss->cur[k].rc;
+            ss->err = ss->cur[k].err;
+        }
+    return ss->rc;
+}
+
+static int stream_chunk(void *ud, const char **data, size_t *len)
+{
+    source_stream *ss = ud;
+    if (ss->rc < 0)
+        return ss->rc;
+    if (ss->icur == ss->ncur) {
+        if (ss->nahead == 0)
+            return 0;
+        if (round_finish(ss) < 0)
+            return ss->rc;
+        round_start(ss);
+    }
+    range_fetch *rf = &ss->cur[ss->icur++];
+    *data = rf->buf.data;
+    *len = rf->buf.len;
+    return 1;
+}
+
+/* Joins what is still being fetched and frees every buffer. */
+static void stream_close(source_stream *ss)
+{
+    for (int k = 0; k < ss->nahead; k++)
+        if (ss->started[k])
+            pthread_join(ss->th[k], NULL);
+    for (int k = 0; k < ss->nahead; k++)
+        qn_buf_free(&ss->ahead[k].buf);
+    for (int k = 0; k < ss->ncur; k++)
+        qn_buf_free(&ss->cur[k].buf);
+    ss->nahead = ss->ncur = 0;
+}
+
+/* Starts the stream: the snapshot's end, then the first round (the first
+ * row gives the column order) while the second is fetched. 1 when the source
+ * has nothing new (its last_seq is prev_last_seq), 0 when started, negative
+ * on error (stream_close in every case). */
+static int stream_open(prep *p, const prep_run_input *in, const char *source, source_stream *ss,
+                       source_read *sr, qn_err *err)
+{
+    int64_t end = 0;
+    memset(ss, 0, sizeof *ss);
+    int rc = source_end(p, in, source, &end, err);
+    if (rc < 0)
+        return rc;
+    sr->last_seq = end;
+    if (end == in->prev_last_seq)
+        return 1;
+    if (end > p->max_rows)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED,
+                          "source dataset %s has more than %lld rows, the most one run reads (--max-rows)", source,
+                          p->max_rows);
+    if (end == 0)
+        return qn_err_set(err, QN_FAILED_PRECONDITION,
+                          "source dataset %s has no rows in ingest yet (is the name right?)", source);
+    *ss = (source_stream){.p = p, .in = in, .source = source, .end = end};
+    round_start(ss);
+    if (round_finish(ss) < 0) {
+        *err = ss->err;
+        return ss->rc;
+    }
+    round_start(ss);
+    const qn_buf *b = &ss->cur[0].buf;
+    json_t *v = json_loadb(b->data, (size_t)((const char *)memchr(b->data, '\n', b->len) - b->data), 0, NULL);
+    if (json_is_object(v))
+        sr->first = v;
+    else
+        json_decref(v);
+    sr->rows = end;
+    return 0;
 }
 
 /* ---- schema for the reader ------------------------------------------------- */
@@ -308,31 +488,26 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     const char *source = json_string_value(json_object_get(in->spec, "source"));
     const char *output = json_string_value(json_object_get(in->spec, "output"));
     source_read sr = {0};
-    char *ndjson_path = NULL, *csv_path = NULL;
+    char *csv_path = NULL;
+    source_stream ss = {0};
     FILE *f = NULL;
     qml_frame *raw = NULL, *clean = NULL;
     qml_clean_steps *steps = NULL;
     qml_clean_report *crep = calloc(1, sizeof *crep);
     fields *fs = calloc(1, sizeof *fs);
-    json_t *manifest = NULL;
+    json_t *manifest = NULL, *timing = json_object();
+    double t0 = now_s(), t_all = t0;
     int rc;
     memset(res, 0, sizeof *res);
     res->last_seq = -1;
-    if (!crep || !fs || asprintf(&ndjson_path, "%s/run-%s.ndjson", p->tmp_dir, in->run_id) < 0 ||
-        asprintf(&csv_path, "%s/run-%s.csv", p->tmp_dir, in->run_id) < 0) {
+    if (!crep || !fs || !timing || asprintf(&csv_path, "%s/run-%s.csv", p->tmp_dir, in->run_id) < 0) {
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
 
     if ((rc = read_schema(p, source, in->trace, &sr, err)) < 0)
         goto out;
-    if (!(f = fopen(ndjson_path, "w"))) {
-        rc = qn_err_set(err, QN_INTERNAL, "cannot create the run's scratch file");
-        goto out;
-    }
-    rc = read_events(p, in, source, f, &sr, err);
-    int close_rc = fclose(f);
-    f = NULL;
+    rc = stream_open(p, in, source, &ss, &sr, err);
     res->last_seq = sr.last_seq;
     if (rc == 1) {
         res->skipped = 1;
@@ -341,15 +516,6 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     }
     if (rc < 0)
         goto out;
-    if (close_rc != 0) {
-        rc = qn_err_set(err, QN_INTERNAL, "cannot write the run's scratch file");
-        goto out;
-    }
-    if (sr.rows == 0) {
-        rc = qn_err_set(err, QN_FAILED_PRECONDITION,
-                        "source dataset %s has no rows in ingest yet (is the name right?)", source);
-        goto out;
-    }
 
     qml_ndjson_opts o;
     qml_ndjson_opts_init(&o);
@@ -358,10 +524,20 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     o.fields = fs->f;
     o.n_fields = fs->n;
     qml_read_report rrep;
-    if ((rc = qml_ndjson_read_all(ndjson_path, &o, &raw, &rrep, err)) < 0) {
+    rc = qml_ndjson_read_all_fn(stream_chunk, &ss, &o, &raw, &rrep, err);
+    if (rc < 0 && ss.rc < 0) { /* ingest's failure, not the reader's */
+        rc = ss.rc;
+        *err = ss.err;
+        goto out;
+    }
+    if (rc < 0) {
         qn_err_wrap(err, "reading the rows of %s", source);
         goto out;
     }
+    stream_close(&ss);
+    double read_parse = lap(&t0), wait = (double)(long long)(ss.wait_s * 1000 + 0.5) / 1000;
+    json_object_set_new(timing, "read", json_real(wait));
+    json_object_set_new(timing, "parse", json_real(read_parse > wait ? read_parse - wait : 0));
     if ((rc = stopping(p, err)) < 0)
         goto out;
     if ((rc = qml_clean_from_json(json_object_get(in->spec, "steps"), &steps, err)) < 0 ||
@@ -371,7 +547,9 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     }
     res->rows_in = sr.rows;
     res->rows_out = (int64_t)qml_frame_nrows(clean);
+    json_object_set_new(timing, "clean", json_real(lap(&t0)));
     res->report = report_json(sr.rows, &rrep, crep, json_object_get(in->spec, "steps"));
+    json_object_set(res->report, "timing", timing);
 
     char hex[QN_SHA256_HEX + 1];
     uint64_t bytes = 0;
@@ -380,7 +558,7 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
         goto out;
     }
     rc = prep_csv_write(clean, f, hex, &bytes, err);
-    close_rc = fclose(f);
+    int close_rc = fclose(f);
     f = NULL;
     if (rc < 0)
         goto out;
@@ -388,6 +566,7 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
         rc = qn_err_set(err, QN_INTERNAL, "cannot write the run's output file");
         goto out;
     }
+    json_object_set_new(timing, "write", json_real(lap(&t0)));
     if ((rc = stopping(p, err)) < 0)
         goto out;
 
@@ -398,6 +577,7 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
         qn_err_wrap(err, "registry: uploading %s", digest);
         goto out;
     }
+    json_object_set_new(timing, "upload", json_real(lap(&t0)));
     manifest = json_pack("{s:s, s:{s:s}, s:o, s:I, s:I, s:{s:s, s:I}, s:s, s:s, s:s, s:O}", "format",
                          "quern.dataset/1", "files", "data.csv", digest, "schema", frame_schema(clean), "rows",
                          (json_int_t)res->rows_out, "bytes", (json_int_t)bytes, "source", "dataset", source,
@@ -408,16 +588,18 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
         goto out;
     }
     rc = register_version(p, in, output, manifest, res, err);
+    /* After the manifest went: the run's own report also has these two. */
+    json_object_set_new(timing, "register", json_real(lap(&t0)));
+    json_object_set_new(timing, "total", json_real(lap(&t_all)));
 out:
     if (f)
         fclose(f);
-    if (ndjson_path)
-        unlink(ndjson_path);
     if (csv_path)
         unlink(csv_path);
-    free(ndjson_path);
+    stream_close(&ss);
     free(csv_path);
     json_decref(manifest);
+    json_decref(timing);
     json_decref(sr.schema);
     json_decref(sr.first);
     qml_frame_free(raw);

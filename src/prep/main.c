@@ -40,7 +40,7 @@ static const qn_cfg_opt opts[] = {
      "Runs executed at once (never two of one pipeline)", offsetof(prep_cfg, workers)},
     {"max-rows", "QUERN_PREP_MAX_ROWS", QN_CFG_INT, "10000000", 1, 1000000000,
      "Source rows one run may read (a larger source fails the run)", offsetof(prep_cfg, max_rows)},
-    {"page-rows", "QUERN_PREP_PAGE_ROWS", QN_CFG_INT, "10000", 1, 10000,
+    {"page-rows", "QUERN_PREP_PAGE_ROWS", QN_CFG_INT, "50000", 1, 100000,
      "Rows asked of ingest per page", offsetof(prep_cfg, page_rows)},
 };
 

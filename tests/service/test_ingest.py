@@ -358,6 +358,42 @@ class IngestTest(ServiceTest):
         self.assertError(self.svc.request("GET", "/v1/datasets/p/events?limit=10001"), 400, "invalid_argument")
         self.assertError(self.svc.request("GET", "/v1/datasets/p/events?after=-1"), 400, "invalid_argument")
 
+    def test_export_pages_ndjson_in_order(self):
+        """The bulk reader's route: the stored texts as NDJSON, exactly the rows of
+        (after, until] in seq order, at most limit, with the seqs in headers."""
+        for b in range(5):
+            self.post("x", ndjson([{"n": b * 100 + i, "s": f"\u00e9\"{i}"} for i in range(100)]), NDJSON)
+        stored = [json.dumps(e["data"], separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+                  for e in self.all_events("x")]
+        got, after = [], 0
+        while after < 450:
+            st, h, raw = self.svc.request("GET", f"/v1/datasets/x/export?after={after}&until=450&limit=37",
+                                          raw=True)
+            self.assertEqual(st, 200, raw)
+            self.assertTrue(h["content-type"].startswith("application/x-ndjson"), h)
+            lines = raw.decode().split("\n")
+            self.assertEqual(lines[-1], "")  # every row ends with its newline
+            lines = lines[:-1]
+            self.assertEqual(len(lines), min(37, 450 - after))
+            self.assertEqual(h["quern-last-seq"], "500")
+            self.assertEqual(h["quern-rows"], str(len(lines)))
+            self.assertEqual(h["quern-next-after"], str(after + len(lines)))
+            got += lines
+            after += len(lines)
+        self.assertEqual(got, stored[:450])  # the stored texts, byte for byte
+        st, h, raw = self.svc.request("GET", "/v1/datasets/x/export?after=450", raw=True)
+        self.assertEqual((st, raw.count(b"\n"), h["quern-next-after"]), (200, 50, "500"))
+        st, h, raw = self.svc.request("GET", "/v1/datasets/x/export?after=500", raw=True)
+        self.assertEqual((st, raw, h["quern-rows"], h["quern-next-after"]), (200, b"", "0", "500"))
+        st, h, raw = self.svc.request("GET", "/v1/datasets/x/export?after=0&until=0", raw=True)
+        self.assertEqual((st, raw), (200, b""))
+        for q, needle in (("limit=0", "limit"), ("limit=100001", "limit"), ("after=-1", "after"),
+                          ("after=x", "after"), ("until=1.5", "until"), ("after=10&until=9", "until"),
+                          ("after=99999999999999999999", "after")):
+            self.assertError(self.svc.request("GET", f"/v1/datasets/x/export?{q}"), 400, "invalid_argument", needle)
+        self.assertError(self.svc.request("GET", "/v1/datasets/nope/export"), 404, "not_found", "nope")
+        self.assertError(self.svc.request("GET", "/v1/datasets/Bad%20Name/export"), 400, "invalid_argument")
+
     # -- feedback ---------------------------------------------------------------
 
     def test_feedback(self):

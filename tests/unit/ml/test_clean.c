@@ -137,6 +137,29 @@ static void test_row_steps(void **state)
     f = apply("[{\"op\":\"dedupe\"}]", &rep);
     assert_int_equal(qml_frame_nrows(f), 5); /* only the exact repeat goes */
     qml_frame_free(f);
+
+    /* Row steps in a row are evaluated together: a step's counts are of the
+     * rows the earlier ones kept (the two u2 rows, whose flag is missing, went
+     * at the first step), and the rows are the same as one step at a time. */
+    f = apply("[{\"op\":\"filter\",\"column\":\"event\",\"cmp\":\"in\",\"value\":[\"view\",\"cart\"]},"
+              " {\"op\":\"filter\",\"column\":\"flag\",\"cmp\":\"==\",\"value\":true},"
+              " {\"op\":\"derive\",\"output\":\"w\",\"value\":1},"
+              " {\"op\":\"time_window\",\"column\":\"ts\",\"from\":\"2011-01-02\"}]", &rep);
+    size_t want2[][2] = {{6, 3}, {3, 2}, {2, 2}, {2, 1}};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(rep.steps[i].rows_in, want2[i][0]);
+        assert_int_equal(rep.steps[i].rows_out, want2[i][1]);
+    }
+    assert_non_null(strstr(rep.steps[1].note, "(0 had it missing)"));
+    assert_int_equal(qml_frame_nrows(f), 1); /* the user-less view of 2011-01-05 */
+    assert_true(qml_frame_col(f, 0)->missing[0]);
+    assert_true(qml_frame_col(f, 6)->num[0] == 1);
+    qml_frame_free(f);
+
+    f = apply("[]", &rep); /* no steps: a copy */
+    assert_int_equal(qml_frame_nrows(f), 6);
+    assert_int_equal(rep.rows_out, 6);
+    qml_frame_free(f);
 }
 
 static void test_cell_steps(void **state)
