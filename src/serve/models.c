@@ -587,6 +587,7 @@ static void load_cached_models(serve *s)
 {
     DIR *d = opendir(s->cache_dir);
     struct dirent *e;
+    size_t loaded = 0;
     while (d && (e = readdir(d))) {
         if (e->d_name[0] == '.')
             continue;
@@ -604,12 +605,17 @@ static void load_cached_models(serve *s)
         pthread_mutex_lock(&m->mu);
         if (m->cur) {
             m->required = 1;
-            atomic_store(&s->synced, 1);
+            loaded++;
         }
         pthread_mutex_unlock(&m->mu);
     }
     if (d)
         closedir(d);
+    /* Ready on the cache only once every cached model had its turn: marked
+     * inside the loop, /readyz could answer between two of them with the
+     * later ones not even added. */
+    if (loaded)
+        atomic_store(&s->synced, 1);
 }
 
 /* Without --models: reads every page of GET /v1/models and adds a slot for
