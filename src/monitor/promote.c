@@ -5,10 +5,13 @@
  * Evidence. Every label that joins (quality.c) is offered here with every
  * version's prediction of its request id (a shadowed request was predicted
  * by production and by the shadow under one id): one entry per labelled
- * request, at most MAX_LABELLED per model (a ring, the oldest make way).
+ * request, at most MAX_LABELLED per model (a ring grown on demand, the
+ * oldest make way: 80 bytes an entry, 8 MB a model at most, MAX_MODELS
+ * models).
  *
- * Evaluation, on the ticker at most every EVAL_MS, outside m->mu for the
- * registry calls: for each model with labelled requests whose traffic
+ * Evaluation, on the ticker at most every EVAL_MS (a model without new
+ * labels every IDLE_EVAL_MS), outside m->mu for the registry calls (two
+ * GETs per model evaluated): for each model with labelled requests whose traffic
  * policy has "auto", with the champion C the version of alias production
  * and the challenger X the version of auto.challenger:
  * - promote (auto.promote): over the requests labelled for both C and X,
@@ -40,7 +43,8 @@
 
 #define MAX_LABELLED 100000 /* labelled requests kept per model */
 #define MAX_VERS 4          /* versions credited per request */
-#define EVAL_MS 1000
+#define EVAL_MS 1000        /* evaluations at most this often */
+#define IDLE_EVAL_MS 30000  /* and a model without new labels this often */
 #define MAX_MODELS 64
 
 typedef struct plab {
@@ -53,8 +57,9 @@ typedef struct plab {
 typedef struct pmodel {
     char name[129];
     plab *ring;
-    size_t n, head; /* entries held; next slot */
-    int64_t seen;   /* labelled requests since start */
+    size_t n, cap, head; /* entries held, room (grows to MAX_LABELLED), next slot */
+    int64_t seen;        /* labelled requests since start */
+    int64_t seen_eval, eval_at; /* seen at the last evaluation, and when */
     struct pmodel *next;
 } pmodel;
 
@@ -93,14 +98,21 @@ void mon_promote_label(monitor *m, const char *model, double y, size_t n, const 
     for (; pm && strcmp(pm->name, model) != 0; pm = pm->next)
         count++;
     if (!pm) {
-        if (count >= MAX_MODELS || !(pm = calloc(1, sizeof *pm)) ||
-            !(pm->ring = malloc(MAX_LABELLED * sizeof *pm->ring))) {
-            free(pm);
+        if (count >= MAX_MODELS || !(pm = calloc(1, sizeof *pm)))
             return;
-        }
         snprintf(pm->name, sizeof pm->name, "%s", model);
         pm->next = m->promote->models;
         m->promote->models = pm;
+    }
+    if (pm->n == pm->cap && pm->cap < MAX_LABELLED) { /* not wrapped yet: head == n */
+        size_t nc = pm->cap ? pm->cap * 2 : 1024;
+        if (nc > MAX_LABELLED)
+            nc = MAX_LABELLED;
+        plab *r = realloc(pm->ring, nc * sizeof *r);
+        if (!r)
+            return;
+        pm->ring = r;
+        pm->cap = nc;
     }
     plab *e = &pm->ring[pm->head];
     e->y = y;
@@ -109,8 +121,8 @@ void mon_promote_label(monitor *m, const char *model, double y, size_t n, const 
         e->ver[e->n] = versions[i];
         e->score[e->n++] = scores[i];
     }
-    pm->head = (pm->head + 1) % MAX_LABELLED;
-    if (pm->n < MAX_LABELLED)
+    pm->head = (pm->head + 1) % pm->cap;
+    if (pm->n < pm->cap)
         pm->n++;
     pm->seen++;
 }
@@ -450,8 +462,14 @@ void mon_promote_tick(monitor *m)
     pthread_mutex_lock(&m->mu);
     if (now - m->promote->last_eval >= EVAL_MS) {
         m->promote->last_eval = now;
-        for (pmodel *pm = m->promote->models; pm && n < MAX_MODELS; pm = pm->next)
+        /* models with new labels, and each at least every IDLE_EVAL_MS */
+        for (pmodel *pm = m->promote->models; pm && n < MAX_MODELS; pm = pm->next) {
+            if (pm->seen == pm->seen_eval && now - pm->eval_at < IDLE_EVAL_MS)
+                continue;
+            pm->seen_eval = pm->seen;
+            pm->eval_at = now;
             snprintf(names[n++], sizeof names[0], "%s", pm->name);
+        }
     }
     pthread_mutex_unlock(&m->mu);
     for (size_t i = 0; i < n; i++)
