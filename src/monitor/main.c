@@ -137,6 +137,7 @@ static void monitor_free(monitor *m)
     qn_client_free(m->registry);
     qn_deps_close(m->db, m->bus, m->outbox);
     mon_quality_free(m);
+    mon_promote_free(m);
     mon_profiles_free(m);
     free(m->hit_outcomes);
     free(m->alias);
@@ -211,7 +212,7 @@ static int monitor_start(qn_service_ctx *ctx, qn_err *err)
                           cfg->quality_margin);
     }
     metrics_init(m, ctx->metrics);
-    if (mon_quality_new(m, err) < 0) {
+    if (mon_quality_new(m, err) < 0 || mon_promote_new(m, err) < 0) {
         monitor_free(m);
         return err->code;
     }

@@ -69,6 +69,7 @@ typedef struct mon_profile {
 } mon_profile;
 
 typedef struct mon_quality mon_quality;
+typedef struct mon_promote mon_promote;
 
 typedef struct monitor {
     qn_store *db;
@@ -109,6 +110,8 @@ typedef struct monitor {
     qn_metric *m_estimate_error; /* quern_quality_estimate_error{model,version,metric} */
     qn_metric *m_labels;         /* quern_monitor_labels_total{model,result} */
     qn_metric *m_pending;        /* quern_monitor_pending_predictions */
+    /* the promotion policy (promote.c): labelled requests per version */
+    mon_promote *promote;
 } monitor;
 
 /* window.c */
@@ -142,6 +145,15 @@ void mon_quality_apply(monitor *m, const json_t *data, const mon_label *l);
 void mon_quality_tick(monitor *m, int force, const char *model);
 /* In-memory state of model: pending count, open windows. */
 json_t *mon_quality_state(monitor *m, const char *model);
+
+/* promote.c: the automatic promotion / rollback policy (traffic "auto"). */
+int mon_promote_new(monitor *m, qn_err *err);
+void mon_promote_free(monitor *m);
+/* One labelled request of model: label y, each version's score. Under m->mu. */
+void mon_promote_label(monitor *m, const char *model, double y, size_t n, const int64_t *versions,
+                       const double *scores);
+/* Evaluates the policies (registry calls); the ticker, NOT under m->mu. */
+void mon_promote_tick(monitor *m);
 
 /* api.c */
 int mon_settings_load(monitor *m, qn_conn *c, const char *model, mon_settings *s, qn_err *err);

@@ -10,6 +10,11 @@
  * the memory bound: about 100 bytes plus the id per entry (the default,
  * 500000 entries, is ~70 MB at most). A request that logged several rows
  * has several entries under one id; feedback joins them in row order.
+ * A shadowed request (or one replayed to several versions) logged one
+ * prediction per version under the same id: the label joins the oldest
+ * entry of each version (at most JOIN_VERSIONS of them), so every version
+ * is credited, and the labelled request goes to the promotion policy
+ * (promote.c) with each version's score.
  * Feedback with a label or value for an id that is not pending is held for
  * --label-grace (at most MAX_HELD labels, the oldest make way): serve
  * publishes its log every second, so a fast label may come first; if the
@@ -57,6 +62,7 @@
 #include "ml/eval.h"
 #include "monitor/monitor.h"
 
+#define JOIN_VERSIONS 4  /* versions one label credits (shadowed requests) */
 #define MAX_ESTIMATES 32 /* estimation windows kept per version, awaiting labels */
 
 typedef struct qpend {
@@ -766,6 +772,7 @@ static void count(monitor *m, const char *model, const char *result, double n)
 
 static void persist_count(monitor *m, const char *model, const char *name, int64_t n);
 static void join_pending(monitor *m, qpend *e, double y);
+static void join_all(monitor *m, qpend *e, double y);
 static int held_take(mon_quality *q, const char *model, const char *id, uint64_t hash, double *y);
 
 /* The prediction as a score: a number; the argmax of an array (multiclass);
@@ -877,7 +884,7 @@ void mon_quality_predictions(monitor *m, const char *model, int64_t version, con
         if (q->n_held && held_take(q, model, id, e->hash, &y)) {
             count(m, model, "joined", 1);
             persist_count(m, model, "joined", 1);
-            join_pending(m, e, y);
+            join_all(m, e, y);
         }
     }
     if (added || evicted)
@@ -986,6 +993,34 @@ static void join_pending(monitor *m, qpend *e, double y)
     free(e);
 }
 
+/* The label y joins e and the oldest pending entry of each other version
+ * with e's (model, id), at most JOIN_VERSIONS in all; the labelled request
+ * goes to the promotion policy. */
+static void join_all(monitor *m, qpend *e, double y)
+{
+    mon_quality *q = m->quality;
+    qpend *with[JOIN_VERSIONS] = {e};
+    int64_t vers[JOIN_VERSIONS] = {e->qv->version};
+    double scores[JOIN_VERSIONS] = {e->score};
+    size_t n = 1;
+    for (qpend *o = q->buckets[e->hash & (q->nbuckets - 1)]; o && n < JOIN_VERSIONS; o = o->hnext) {
+        if (o == e || o->hash != e->hash || o->qm != e->qm || strcmp(o->id, e->id) != 0)
+            continue;
+        int seen = 0;
+        for (size_t i = 0; i < n; i++)
+            seen |= with[i]->qv == o->qv;
+        if (seen)
+            continue;
+        with[n] = o;
+        vers[n] = o->qv->version;
+        scores[n++] = o->score;
+    }
+    const char *model = e->qm->name;
+    mon_promote_label(m, model, y, n, vers, scores);
+    for (size_t i = 0; i < n; i++)
+        join_pending(m, with[i], y);
+}
+
 /* The oldest held label leaves unjoined. */
 static void held_drop_oldest(monitor *m)
 {
@@ -1027,7 +1062,7 @@ void mon_quality_apply(monitor *m, const json_t *data, const mon_label *l)
     if (name)
         count(m, model, name, 1);
     if (l->result == MON_LABEL_JOINED) {
-        join_pending(m, l->pending, l->y);
+        join_all(m, l->pending, l->y);
         return;
     }
     if (l->result != MON_LABEL_HELD)

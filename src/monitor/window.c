@@ -910,6 +910,7 @@ static void tick(void *ud)
     pthread_mutex_lock(&m->mu);
     mon_quality_tick(m, 0, NULL);
     pthread_mutex_unlock(&m->mu);
+    mon_promote_tick(m);
     if (qn_now_ms() - m->last_sweep_ms > 60000) {
         sweep(m);
         m->last_sweep_ms = qn_now_ms();

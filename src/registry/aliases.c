@@ -36,11 +36,11 @@ static void moved(registry *r, qn_req *req, const char *name, const char *alias,
 }
 
 int reg_alias_move(registry *r, qn_req *req, const char *name, const char *alias, int64_t version,
-                   const char *reason, int64_t *previous, qn_err *err)
+                   const char *reason, const char *evidence, int64_t *previous, qn_err *err)
 {
     char tp[QN_TRACEPARENT_LEN + 1];
     qn_traceparent_format(qn_req_trace(req), tp);
-    reg_db_move mv = {.reason = reason, .who = reg_who(r)};
+    reg_db_move mv = {.reason = reason, .who = reg_who(r), .evidence = evidence};
     *previous = 0;
     qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, err);
     int rc = c ? reg_db_alias_set(c, name, alias, version, tp, &mv, previous, err) : err->code;

@@ -121,6 +121,9 @@ const qn_migration reg_db_migrations[] = {
      "  policy TEXT NOT NULL,"
      "  updated_at INTEGER NOT NULL,"
      "  PRIMARY KEY (model_id));"},
+    /* The evidence of an automatic move (the monitor's promotion policy):
+     * a JSON object, NULL for a move by hand. */
+    {5, "ALTER TABLE alias_history ADD COLUMN evidence TEXT;"},
 };
 const size_t reg_db_nmigrations = sizeof reg_db_migrations / sizeof reg_db_migrations[0];
 
@@ -732,8 +735,8 @@ static int history_add(qn_conn *c, const char *name, const char *alias, int64_t 
                        const reg_db_move *mv, qn_err *err)
 {
     qn_stmt *st = qn_prepare(c,
-                             "INSERT INTO alias_history (model, alias, from_version, to_version, reason, who, at) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             "INSERT INTO alias_history (model, alias, from_version, to_version, reason, who, at, "
+                             "evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              err);
     if (!st)
         return err->code;
@@ -744,6 +747,7 @@ static int history_add(qn_conn *c, const char *name, const char *alias, int64_t 
     qn_bind_text(st, 5, mv && mv->reason ? mv->reason : "", -1);
     qn_bind_text(st, 6, mv && mv->who && *mv->who ? mv->who : "anonymous", -1);
     qn_bind_int64(st, 7, qn_now_ms());
+    mv && mv->evidence ? qn_bind_text(st, 8, mv->evidence, -1) : qn_bind_null(st, 8);
     return step_done(st, err);
 }
 
@@ -785,6 +789,8 @@ int reg_db_alias_set(qn_conn *c, const char *name, const char *alias, int64_t ve
                              "previous_version", *previous ? json_integer(*previous) : json_null());
     if (mv && mv->reason && *mv->reason)
         json_object_set_new(data, "reason", json_string(mv->reason));
+    if (mv && mv->evidence)
+        json_object_set_new(data, "evidence", qn_json_from_text(mv->evidence));
     return reg_event_append(c, "quern.model.promoted", data, traceparent, err);
 }
 
@@ -809,19 +815,25 @@ int reg_db_alias_delete(qn_conn *c, const char *name, const char *alias, const r
 
 static json_t *history_json(qn_stmt *st)
 {
-    return json_pack("{s:I, s:s, s:o, s:o, s:s, s:s, s:o}", "id", (json_int_t)qn_col_int64(st, 0), "alias",
+    json_t *h = json_pack("{s:I, s:s, s:o, s:o, s:s, s:s, s:o}", "id", (json_int_t)qn_col_int64(st, 0), "alias",
                      qn_col_text(st, 1),
                      "from_version", qn_col_is_null(st, 2) ? json_null() : json_integer(qn_col_int64(st, 2)),
                      "to_version", qn_col_is_null(st, 3) ? json_null() : json_integer(qn_col_int64(st, 3)),
                      "reason", qn_col_text(st, 4), "who", qn_col_text(st, 5), "at",
                      qn_json_time(qn_col_int64(st, 6)));
+    if (h && !qn_col_is_null(st, 7)) {
+        json_t *ev = qn_json_from_text(qn_col_text(st, 7));
+        if (ev)
+            json_object_set_new(h, "evidence", ev);
+    }
+    return h;
 }
 
 int reg_db_alias_history_page(qn_conn *c, const char *name, const char *alias, int64_t before, qn_page *pg,
                               qn_err *err)
 {
     qn_stmt *st = qn_prepare(c,
-                             "SELECT id, alias, from_version, to_version, reason, who, at FROM alias_history "
+                             "SELECT id, alias, from_version, to_version, reason, who, at, evidence FROM alias_history "
                              "WHERE model = ? AND alias = ? AND (? = 0 OR id < ?) ORDER BY id DESC LIMIT ?",
                              err);
     if (!st)

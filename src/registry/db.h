@@ -121,6 +121,7 @@ int reg_db_alias_get(qn_conn *c, const char *name, const char *alias, json_t **o
 typedef struct reg_db_move {
     const char *reason;
     const char *who;
+    const char *evidence;      /* canonical JSON object of an automatic move's evidence, or NULL */
 } reg_db_move;
 
 /* Points alias at version (which must exist); *previous the version it

@@ -601,7 +601,7 @@ int mlf_alias_set(qn_req *req, qn_res *res, void *ud)
     const char *name = in_name(&in, res, "name");
     const char *alias = name ? in_alias(&in, res) : NULL;
     if (alias && in_version(&in, res, &v) == 0) {
-        if (reg_alias_move(r, req, name, alias, v, NULL, &previous, &err) < 0) {
+        if (reg_alias_move(r, req, name, alias, v, NULL, NULL, &previous, &err) < 0) {
             if (err.code == QN_NOT_FOUND)
                 qn_err_set(&err, QN_NOT_FOUND, "Model Version (name=%s, version=%lld) not found", name,
                            (long long)v);

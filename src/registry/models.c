@@ -410,9 +410,10 @@ int reg_aliases_get(qn_req *req, qn_res *res, void *ud)
 int reg_aliases_put(qn_req *req, qn_res *res, void *ud)
 {
     registry *r = ud;
-    static const char *const allowed[] = {"version", "reason", NULL};
+    static const char *const allowed[] = {"version", "reason", "evidence", NULL};
     qn_err err;
     const char *name, *alias, *reason = NULL;
+    char *evidence = NULL;
     int64_t version, previous = 0;
     if (reg_check_alias(req, res, &name, &alias) < 0)
         return 0;
@@ -423,7 +424,24 @@ int reg_aliases_put(qn_req *req, qn_res *res, void *ud)
         qn_json_int(body, "version", 1, 1, MAX_VERSION, &version, &err) < 0 ||
         qn_json_str(body, "reason", 0, REG_MAX_REASON, &reason, &err) < 0)
         return qn_res_error(res, err.code, "%s", err.msg);
-    if (reg_alias_move(r, req, name, alias, version, reason, &previous, &err) < 0)
+    /* evidence: an automatic move's figures (the monitor's promotion policy) */
+    const json_t *ev = json_object_get(body, "evidence");
+    if (ev && !json_is_null(ev)) {
+        if (!json_is_object(ev))
+            return qn_res_error(res, QN_INVALID_ARGUMENT, "evidence: must be a JSON object (or null)");
+        char *text = qn_json_canonical(ev);
+        if (!text)
+            return qn_res_error(res, QN_RESOURCE_EXHAUSTED, "out of memory");
+        size_t n = strlen(text);
+        if (n > REG_MAX_EVIDENCE) {
+            free(text);
+            return qn_res_error(res, QN_INVALID_ARGUMENT, "evidence: %zu bytes; keep it under %d", n,
+                                REG_MAX_EVIDENCE);
+        }
+        evidence = qn_arena_strdup(qn_req_arena(req), text);
+        free(text);
+    }
+    if (reg_alias_move(r, req, name, alias, version, reason, evidence, &previous, &err) < 0)
         return reg_fail(req, res, &err);
     return qn_res_json(res, 200, json_pack("{s:s, s:s, s:I, s:o}", "model", name, "alias", alias, "version",
                                            (json_int_t)version, "previous_version",

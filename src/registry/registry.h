@@ -81,17 +81,19 @@ int reg_aliases_delete(qn_req *req, qn_res *res, void *ud);
 /* aliases.c: alias history and rollback, and the one alias move every API
  * (PUT /v1, rollback, MLflow) goes through. */
 #define REG_MAX_REASON 1024
+#define REG_MAX_EVIDENCE 8192 /* bytes of an alias move's evidence (canonical JSON) */
 /* Who a mutating request is by, for the alias history: the token's name
  * when the registry has a token (core auth let the request in with it),
  * else "anonymous". */
 const char *reg_who(const registry *r);
 /* Points alias of model name at version in one write transaction with its
- * history row (reason may be NULL) and quern.model.promoted, kicks the
+ * history row (reason and evidence, canonical JSON, may be NULL) and
+ * quern.model.promoted, kicks the
  * outbox, counts and logs the move. *previous the version it pointed at
  * (0: none). On failure returns the negative code with err (the caller
  * answers in its API's shape). */
 int reg_alias_move(registry *r, qn_req *req, const char *name, const char *alias, int64_t version,
-                   const char *reason, int64_t *previous, qn_err *err);
+                   const char *reason, const char *evidence, int64_t *previous, qn_err *err);
 int reg_alias_history(qn_req *req, qn_res *res, void *ud);
 int reg_alias_rollback(qn_req *req, qn_res *res, void *ud);
 

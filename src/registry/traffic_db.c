@@ -141,10 +141,117 @@ static int parse_sticky(const json_t *st, json_t **out, qn_err *err)
     return 0;
 }
 
+/* A number field of o within [lo, hi], or def when absent. */
+static int num_field(const json_t *o, const char *field, const char *key, double lo, double hi, double def,
+                     double *x, qn_err *err)
+{
+    const json_t *v = json_object_get(o, key);
+    *x = def;
+    if (!v || json_is_null(v))
+        return 0;
+    *x = json_is_number(v) ? json_number_value(v) : NAN;
+    if (!(*x >= lo && *x <= hi))
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "%s.%s: must be a number from %g to %g", field, key, lo, hi);
+    return 0;
+}
+
+/* The promotion policy (the monitor's promote.c follows it):
+ * {"challenger","metric","min_labelled","margin","promote","rollback"}. */
+static int parse_auto(const json_t *a, json_t **out, qn_err *err)
+{
+    static const char *const allowed[] = {"challenger", "metric", "min_labelled", "margin", "promote", "rollback",
+                                          NULL};
+    static const char *const rb_allowed[] = {"error_rate", "latency_p50_ratio", "quality_margin", NULL};
+    static const char *const metrics[] = {"rmse", "mae", "r2", "accuracy", "roc_auc", "log_loss", "brier", NULL};
+    const char *alias;
+    int rc;
+    *out = json_null();
+    if (!a || json_is_null(a))
+        return 0;
+    if (!json_is_object(a))
+        return bad(err, "auto", "must be null or {\"challenger\", \"metric\", \"min_labelled\", ...}");
+    if ((rc = qn_json_only(a, allowed, err)) < 0) {
+        qn_err_wrap(err, "auto");
+        return rc;
+    }
+    json_t *ch = json_object_get(a, "challenger");
+    json_t *tmp = ch ? json_pack("{s:O}", "alias", ch) : json_object();
+    rc = check_alias(tmp, "auto", &alias, err);
+    if (rc < 0) {
+        json_decref(tmp);
+        if (!ch)
+            return bad(err, "auto.challenger", "is required (the alias that may take production, e.g. \"candidate\")");
+        qn_err_set(err, QN_INVALID_ARGUMENT, "auto.challenger: must be an alias name other than \"latest\"");
+        return err->code;
+    }
+    if (strcmp(alias, "production") == 0) {
+        json_decref(tmp);
+        return bad(err, "auto.challenger", "is the champion's alias; name the challenger (e.g. \"candidate\")");
+    }
+    const json_t *mv = json_object_get(a, "metric");
+    const char *metric = json_string_value(mv);
+    int known = 0;
+    for (int i = 0; metric && metrics[i]; i++)
+        known |= strcmp(metric, metrics[i]) == 0;
+    if (!known) {
+        json_decref(tmp);
+        return bad(err, "auto.metric",
+                   "is required: one of \"rmse\", \"mae\", \"r2\" (regressors), \"accuracy\", \"roc_auc\", "
+                   "\"log_loss\", \"brier\" (classifiers)");
+    }
+    const json_t *ml = json_object_get(a, "min_labelled");
+    json_int_t min_lab = 500;
+    if (ml && !json_is_null(ml)) {
+        if (!json_is_integer(ml) || json_integer_value(ml) < 1 || json_integer_value(ml) > 10000000) {
+            json_decref(tmp);
+            return bad(err, "auto.min_labelled", "must be an integer from 1 to 10000000");
+        }
+        min_lab = json_integer_value(ml);
+    }
+    double margin, er, lat, qm;
+    const json_t *pr = json_object_get(a, "promote");
+    if (pr && !json_is_boolean(pr)) {
+        json_decref(tmp);
+        return bad(err, "auto.promote", "must be true or false");
+    }
+    const json_t *rb = json_object_get(a, "rollback");
+    json_t *rbo = json_null();
+    if ((rc = num_field(a, "auto", "margin", 0, 1e9, 0, &margin, err)) < 0)
+        goto fail;
+    if (rb && !json_is_null(rb)) {
+        if (!json_is_object(rb)) {
+            rc = bad(err, "auto.rollback", "must be null or {\"error_rate\", \"latency_p50_ratio\", \"quality_margin\"}");
+            goto fail;
+        }
+        if ((rc = qn_json_only(rb, rb_allowed, err)) < 0) {
+            qn_err_wrap(err, "auto.rollback");
+            goto fail;
+        }
+        if ((rc = num_field(rb, "auto.rollback", "error_rate", 0, 1, -1, &er, err)) < 0 ||
+            (rc = num_field(rb, "auto.rollback", "latency_p50_ratio", 1, 1000, -1, &lat, err)) < 0 ||
+            (rc = num_field(rb, "auto.rollback", "quality_margin", 0, 1e9, -1, &qm, err)) < 0)
+            goto fail;
+        rbo = json_object();
+        if (er >= 0)
+            json_object_set_new(rbo, "error_rate", json_real(er));
+        if (lat >= 0)
+            json_object_set_new(rbo, "latency_p50_ratio", json_real(lat));
+        if (qm >= 0)
+            json_object_set_new(rbo, "quality_margin", json_real(qm));
+    }
+    *out = json_pack("{s:s, s:s, s:I, s:f, s:b, s:o}", "challenger", alias, "metric", metric, "min_labelled",
+                     min_lab, "margin", margin, "promote", pr ? json_is_true(pr) : 1, "rollback", rbo);
+    json_decref(tmp);
+    return *out ? 0 : qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+fail:
+    json_decref(tmp);
+    return rc;
+}
+
 int reg_traffic_parse(const json_t *body, json_t **policy, qn_err *err)
 {
-    static const char *const allowed[] = {"routes", "shadow", "sticky", NULL};
-    json_t *routes = json_array(), *shadow = NULL, *sticky = NULL;
+    static const char *const allowed[] = {"routes", "shadow", "sticky", "auto", NULL};
+    json_t *routes = json_array(), *shadow = NULL, *sticky = NULL, *autop = NULL;
     int rc;
     *policy = NULL;
     if (!routes)
@@ -152,12 +259,18 @@ int reg_traffic_parse(const json_t *body, json_t **policy, qn_err *err)
     if ((rc = qn_json_only(body, allowed, err)) < 0 ||
         (rc = parse_routes(json_object_get(body, "routes"), routes, err)) < 0 ||
         (rc = parse_shadow(json_object_get(body, "shadow"), &shadow, err)) < 0 ||
-        (rc = parse_sticky(json_object_get(body, "sticky"), &sticky, err)) < 0) {
+        (rc = parse_sticky(json_object_get(body, "sticky"), &sticky, err)) < 0 ||
+        (rc = parse_auto(json_object_get(body, "auto"), &autop, err)) < 0) {
         json_decref(routes);
         json_decref(shadow);
+        json_decref(sticky);
         return rc;
     }
     *policy = json_pack("{s:o, s:o, s:o}", "routes", routes, "shadow", shadow, "sticky", sticky);
+    if (*policy && json_is_object(autop))
+        json_object_set_new(*policy, "auto", autop);
+    else
+        json_decref(autop);
     return *policy ? 0 : qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
 }
 
@@ -229,6 +342,11 @@ int reg_db_traffic_set(qn_conn *c, const char *name, const json_t *policy, const
     const json_t *sh = json_object_get(policy, "shadow");
     if (json_is_object(sh) &&
         (rc = check_exists(c, name, id, "shadow.alias", json_string_value(json_object_get(sh, "alias")), err)) < 0)
+        return rc;
+    const json_t *au = json_object_get(policy, "auto");
+    if (json_is_object(au) &&
+        (rc = check_exists(c, name, id, "auto.challenger", json_string_value(json_object_get(au, "challenger")),
+                           err)) < 0)
         return rc;
     if (!(text = qn_json_canonical(policy)))
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");

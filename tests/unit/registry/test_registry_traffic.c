@@ -181,6 +181,67 @@ static void test_parse_checks(void **state)
     json_decref(p);
 }
 
+/* The auto promotion policy: each bad field named; defaults filled in. */
+static void test_parse_auto(void **state)
+{
+    (void)state;
+#define R "{\"routes\":[{\"alias\":\"production\",\"weight\":100}],\"auto\":"
+    static const struct {
+        const char *body, *msg;
+    } bad[] = {
+        {R "7}", "auto: must be null"},
+        {R "{\"metric\":\"rmse\"}}", "auto.challenger: is required"},
+        {R "{\"challenger\":\"latest\",\"metric\":\"rmse\"}}", "auto.challenger"},
+        {R "{\"challenger\":\"production\",\"metric\":\"rmse\"}}", "auto.challenger: is the champion"},
+        {R "{\"challenger\":\"candidate\"}}", "auto.metric: is required"},
+        {R "{\"challenger\":\"candidate\",\"metric\":\"speed\"}}", "auto.metric"},
+        {R "{\"challenger\":\"candidate\",\"metric\":\"rmse\",\"min_labelled\":0}}", "auto.min_labelled"},
+        {R "{\"challenger\":\"candidate\",\"metric\":\"rmse\",\"min_labelled\":1.5}}", "auto.min_labelled"},
+        {R "{\"challenger\":\"candidate\",\"metric\":\"rmse\",\"margin\":-1}}", "auto.margin"},
+        {R "{\"challenger\":\"candidate\",\"metric\":\"rmse\",\"promote\":1}}", "auto.promote"},
+        {R "{\"challenger\":\"candidate\",\"metric\":\"rmse\",\"rollback\":[]}}", "auto.rollback: must be"},
+        {R "{\"challenger\":\"candidate\",\"metric\":\"rmse\",\"rollback\":{\"error_rate\":2}}}",
+         "auto.rollback.error_rate"},
+        {R "{\"challenger\":\"candidate\",\"metric\":\"rmse\",\"rollback\":{\"latency_p50_ratio\":0.5}}}",
+         "auto.rollback.latency_p50_ratio"},
+        {R "{\"challenger\":\"candidate\",\"metric\":\"rmse\",\"rollback\":{\"p99\":1}}}", "auto.rollback"},
+        {R "{\"challenger\":\"candidate\",\"metric\":\"rmse\",\"when\":1}}", "auto"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        qn_err err;
+        json_t *p = NULL;
+        int rc = parse(bad[i].body, &p, &err);
+        if (rc != QN_INVALID_ARGUMENT || !strstr(err.msg, bad[i].msg))
+            fail_msg("case %zu (%s): rc %d, message \"%s\", want \"%s\"", i, bad[i].body, rc,
+                     rc ? err.msg : "", bad[i].msg);
+        assert_null(p);
+    }
+    qn_err err;
+    json_t *p = NULL;
+    assert_int_equal(parse(R "{\"challenger\":\"candidate\",\"metric\":\"roc_auc\"}}", &p, &err), 0);
+    const json_t *a = json_object_get(p, "auto");
+    assert_string_equal(json_string_value(json_object_get(a, "challenger")), "candidate");
+    assert_int_equal(json_integer_value(json_object_get(a, "min_labelled")), 500);
+    assert_true(json_is_true(json_object_get(a, "promote")));
+    assert_true(json_is_null(json_object_get(a, "rollback")));
+    json_decref(p);
+    assert_int_equal(parse(R "{\"challenger\":\"candidate\",\"metric\":\"rmse\",\"min_labelled\":30,"
+                           "\"margin\":0.1,\"promote\":false,\"rollback\":{\"quality_margin\":0.2}}}",
+                           &p, &err),
+                     0);
+    a = json_object_get(p, "auto");
+    assert_int_equal(json_integer_value(json_object_get(a, "min_labelled")), 30);
+    assert_true(json_is_false(json_object_get(a, "promote")));
+    assert_true(json_real_value(json_object_get(json_object_get(a, "rollback"), "quality_margin")) == 0.2);
+    assert_null(json_object_get(json_object_get(a, "rollback"), "error_rate"));
+    json_decref(p);
+    /* null: no auto key at all */
+    assert_int_equal(parse(R "null}", &p, &err), 0);
+    assert_null(json_object_get(p, "auto"));
+    json_decref(p);
+#undef R
+}
+
 static void test_store(void **state)
 {
     (void)state;
@@ -303,6 +364,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         CASE(test_parse_checks),
+        CASE(test_parse_auto),
         CASE(test_store),
     };
     int failed = cmocka_run_group_tests_name("registry traffic policies on sqlite", tests, NULL, NULL);
