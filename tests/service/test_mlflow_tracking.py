@@ -233,6 +233,20 @@ class MlflowTrackingTest(ServiceTest):
         self.assertEqual(got["outputs"]["model_outputs"], [{"model_id": "m-123", "step": 3}])
         self.mlflow_error(self.call("POST", "runs/log-inputs", {"run_id": rid, "datasets": [{"dataset": {}}]}),
                           400, "INVALID_PARAMETER_VALUE", "name")
+        # search_runs(filter_string="datasets.name = ...") finds the run by its inputs
+        other = self.start_run("0")["info"]["run_id"]
+        ids = lambda flt: sorted(r["info"]["run_id"] for r in self.ok(
+            "POST", "runs/search", {"experiment_ids": ["0"], "filter": flt})["runs"])
+        self.assertEqual(ids("datasets.name = 'retail'"), [rid])
+        self.assertEqual(ids("datasets.digest IN ('abc123', 'zzz') and datasets.name LIKE 'ret%'"), [rid])
+        self.assertEqual(ids("datasets.name = 'adult'"), [])
+        self.assertNotIn(other, ids("datasets.name ILIKE 'RETAIL'"))
+        self.mlflow_error(self.call("POST", "runs/search", {"experiment_ids": ["0"],
+                                                            "filter": "datasets.context = 'training'"}),
+                          400, "INVALID_PARAMETER_VALUE", "datasets.name or datasets.digest")
+        self.mlflow_error(self.call("POST", "runs/search", {"experiment_ids": ["0"],
+                                                            "order_by": ["datasets.name"]}),
+                          400, "INVALID_PARAMETER_VALUE", "datasets")
 
     def test_search_runs(self):
         exp = self.set_experiment("search")["experiment_id"]
