@@ -105,6 +105,14 @@ static int kv_merge(const char *cur, const json_t *list, const char *field, char
     return *merged ? 0 : qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
 }
 
+/* Steps a one-row statement to its end (its row already read). */
+static void drain(qn_stmt *st)
+{
+    qn_err ignored;
+    while (qn_step(st, &ignored) == 1)
+        ;
+}
+
 static int exec(qn_conn *c, qn_err *err, int64_t *changes, const char *sql, const char *a, const char *b,
                 const char *d)
 {
@@ -257,8 +265,10 @@ static int kv_update(qn_req *req, qn_res *res, registry *r, const char *col, con
         rc = qn_step(st, &err);
         if (rc == 0)
             rc = missing(id, &err);
-        else if (rc == 1)
+        else if (rc == 1) {
             rc = kv_merge(qn_col_text(st, 0), json_object_get(body, field), field, &merged, &err);
+            drain(st);
+        }
     }
     if (rc >= 0) {
         char now[24];
@@ -304,6 +314,7 @@ int mlf_lm_delete_tag(qn_req *req, qn_res *res, void *ud)
     }
     if (rc == 1) {
         json_t *obj = qn_json_from_text(qn_col_text(st, 0));
+        drain(st);
         if (!json_object_get(obj, key))
             rc = qn_err_set(&err, QN_NOT_FOUND, "No tag with key '%.250s' on logged model '%.100s'", key, id);
         else {
