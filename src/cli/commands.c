@@ -1078,26 +1078,44 @@ const cli_cmd cli_cmd_sources_history = CLI_CMD("sources history", "a source's r
 
 /* ---- train and jobs --------------------------------------------------------------- */
 
+/* A progress number (seconds: one decimal and "s"), or "-" when absent / null. */
+static const char *progress_num(const json_t *p, const char *key, int seconds)
+{
+    const json_t *v = json_object_get(p, key);
+    if (!json_is_number(v))
+        return "-";
+    return seconds ? cli_printf("%.1fs", json_number_value(v)) : cli_printf("%.6g", json_number_value(v));
+}
+
+/* One progress report of a job: the stage, the last point of its run's fit
+ * series (iteration of iterations, loss), elapsed and ETA. A bar redrawn in
+ * place on a terminal, else one plain line per change. */
 static void progress_line(const json_t *job, int final)
 {
     const char *state = cli_field(job, "state");
     const json_t *p = json_object_get(job, "progress");
     double frac = json_number_value(json_object_get(p, "fraction"));
+    const char *iter = json_object_get(p, "iterations")
+                           ? cli_printf("%s/%s", cli_field(p, "iteration"), cli_field(p, "iterations"))
+                           : cli_field(p, "iteration");
+    const char *loss = progress_num(p, "loss", 0);
+    const char *elapsed = progress_num(p, "elapsed_s", 1);
+    const char *eta = progress_num(p, "eta_s", 1);
+    const char *stage = json_string_value(json_object_get(p, "stage")) ? cli_field(p, "stage") : state;
     if (g_cli.tty) {
         char bar[31];
         int fill = (int)(frac * 30 + 0.5);
         for (int i = 0; i < 30; i++)
             bar[i] = i < fill ? '#' : '.';
         bar[30] = '\0';
-        cli_progress("\r[%s] %3.0f%% %-11s iter %-5s loss %-10s elapsed %ss eta %ss   ", bar, frac * 100, state,
-                     cli_field(p, "iteration"), cli_field(p, "loss"), cli_field(p, "elapsed"), cli_field(p, "eta"));
+        cli_progress("\r[%s] %3.0f%% %-10s iter %-9s loss %-10s elapsed %-7s eta %-7s ", bar, frac * 100, stage,
+                     iter, loss, elapsed, eta);
         if (final) {
             fputc('\n', stderr);
             g_cli.line_open = 0;
         }
     } else {
-        printf("%s iteration=%s loss=%s elapsed=%s eta=%s\n", state, cli_field(p, "iteration"),
-               cli_field(p, "loss"), cli_field(p, "elapsed"), cli_field(p, "eta"));
+        printf("%s stage=%s iteration=%s loss=%s elapsed=%s eta=%s\n", state, stage, iter, loss, elapsed, eta);
         fflush(stdout);
     }
 }

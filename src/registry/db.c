@@ -124,6 +124,23 @@ const qn_migration reg_db_migrations[] = {
     /* The evidence of an automatic move (the monitor's promotion policy):
      * a JSON object, NULL for a move by hand. */
     {5, "ALTER TABLE alias_history ADD COLUMN evidence TEXT;"},
+    /* MLflow 3's logged models (mlflow_logged.c): tags and params are JSON
+     * objects; artifact_location is under the experiment's. */
+    {6,
+     "CREATE TABLE logged_models ("
+     "  id TEXT PRIMARY KEY,"
+     "  experiment_id BIGINT NOT NULL,"
+     "  name TEXT NOT NULL,"
+     "  model_type TEXT NOT NULL DEFAULT '',"
+     "  source_run_id TEXT NOT NULL DEFAULT '',"
+     "  status TEXT NOT NULL,"
+     "  status_message TEXT NOT NULL DEFAULT '',"
+     "  artifact_location TEXT NOT NULL,"
+     "  created_at BIGINT NOT NULL,"
+     "  updated_at BIGINT NOT NULL,"
+     "  tags TEXT NOT NULL DEFAULT '{}',"
+     "  params TEXT NOT NULL DEFAULT '{}');"
+     "CREATE INDEX logged_models_by_experiment ON logged_models (experiment_id, created_at);"},
 };
 const size_t reg_db_nmigrations = sizeof reg_db_migrations / sizeof reg_db_migrations[0];
 

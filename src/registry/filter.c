@@ -210,6 +210,7 @@ static int parse_ident(lexer *lx, trk_kind *kind, char **key, int *numeric, qn_e
         {"metrics", TRK_METRIC}, {"metric", TRK_METRIC},  {"params", TRK_PARAM},      {"param", TRK_PARAM},
         {"parameters", TRK_PARAM}, {"parameter", TRK_PARAM}, {"tags", TRK_TAG},    {"tag", TRK_TAG},
         {"attributes", TRK_ATTR}, {"attribute", TRK_ATTR}, {"attr", TRK_ATTR},     {"run", TRK_ATTR},
+        {"datasets", TRK_DATASET}, {"dataset", TRK_DATASET},
     };
     *key = NULL;
     *numeric = 0;
@@ -252,6 +253,20 @@ static int parse_ident(lexer *lx, trk_kind *kind, char **key, int *numeric, qn_e
         lx->cur.start = kstart;
         lx->cur.len = 2;
         return lx_fail(lx, err, "a non-empty key");
+    }
+    if (*kind == TRK_DATASET) {
+        const char *col = strcasecmp(k, "name") == 0 ? "i.name" : strcasecmp(k, "digest") == 0 ? "i.digest" : NULL;
+        if (!col || lx->experiments) {
+            size_t pos = (size_t)(kstart - lx->src) + 1;
+            int rc = qn_err_set(err, QN_INVALID_ARGUMENT,
+                                "%s: datasets.\"%.100s\" at character %zu is not supported; use datasets.name or "
+                                "datasets.digest (runs only)", lx->what, k, pos);
+            free(k);
+            return rc;
+        }
+        free(k);
+        if (!(k = strdup(col)))
+            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory parsing the %s", lx->what);
     }
     if (*kind == TRK_ATTR) {
         const attr_def *a = attr_find(lx, k);
@@ -357,14 +372,16 @@ static int parse_cond(lexer *lx, trk_cond *c, size_t *nvalues, qn_err *err)
     int numeric = c->kind == TRK_METRIC || (c->kind == TRK_ATTR && numeric_attr);
     int allowed = numeric ? c->op <= TRK_LE
                           : (c->op == TRK_EQ || c->op == TRK_NE || c->op == TRK_LIKE || c->op == TRK_ILIKE ||
-                             (c->kind == TRK_ATTR && (c->op == TRK_IN || c->op == TRK_NOT_IN)));
+                             ((c->kind == TRK_ATTR || c->kind == TRK_DATASET) &&
+                              (c->op == TRK_IN || c->op == TRK_NOT_IN)));
     if (!allowed) {
         const char *which = c->kind == TRK_METRIC ? "metrics"
                             : numeric              ? "numeric attributes"
                             : c->kind == TRK_ATTR  ? "string attributes"
+                            : c->kind == TRK_DATASET ? "datasets"
                                                    : c->kind == TRK_PARAM ? "params" : "tags";
         const char *ok = numeric ? "=, !=, >, >=, <, <="
-                         : c->kind == TRK_ATTR ? "=, !=, LIKE, ILIKE, IN, NOT IN"
+                         : c->kind == TRK_ATTR || c->kind == TRK_DATASET ? "=, !=, LIKE, ILIKE, IN, NOT IN"
                                                : "=, !=, LIKE, ILIKE";
         return qn_err_set(err, QN_INVALID_ARGUMENT,
                           "%s: comparator %s at character %zu is not allowed for %s (use %s)", lx->what,
@@ -496,6 +513,10 @@ int trk_order_parse(const char *clause, trk_orders *o, qn_err *err)
     lex_next(&lx);
     if ((rc = parse_ident(&lx, &ord->kind, &ord->key, &numeric, err)) < 0)
         goto out;
+    if (ord->kind == TRK_DATASET) {
+        rc = qn_err_set(err, QN_INVALID_ARGUMENT, "order_by: runs cannot be ordered by datasets.*");
+        goto out;
+    }
     if (word_is(&lx.cur, "ASC") || word_is(&lx.cur, "DESC")) {
         ord->desc = word_is(&lx.cur, "DESC");
         lex_next(&lx);
@@ -686,6 +707,11 @@ void trk_query_where(trk_query *q, const trk_filter *f)
             trk_query_str(q, c->key);
             qn_buf_puts(&q->sql, " AND ");
             str_cmp(q, "p.value", c);
+            qn_buf_puts(&q->sql, ")");
+            break;
+        case TRK_DATASET: /* a run with an input whose name / digest matches */
+            qn_buf_puts(&q->sql, "EXISTS (SELECT 1 FROM run_inputs i WHERE i.run_id = r.id AND ");
+            str_cmp(q, c->key, c);
             qn_buf_puts(&q->sql, ")");
             break;
         case TRK_ATTR:

@@ -45,7 +45,8 @@
 #define TRK_ORDER_MAX 10
 #define TRK_QUERY_MAX_BINDS 512
 
-typedef enum { TRK_METRIC, TRK_PARAM, TRK_TAG, TRK_ATTR } trk_kind;
+/* TRK_DATASET: datasets.name / datasets.digest of a run's inputs (key: the column). */
+typedef enum { TRK_METRIC, TRK_PARAM, TRK_TAG, TRK_ATTR, TRK_DATASET } trk_kind;
 typedef enum { TRK_EQ, TRK_NE, TRK_GT, TRK_GE, TRK_LT, TRK_LE, TRK_LIKE, TRK_ILIKE, TRK_IN, TRK_NOT_IN } trk_op;
 
 typedef struct trk_cond {

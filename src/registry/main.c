@@ -92,6 +92,14 @@ static qn_route routes[] = {
     {"GET", "/v1/events", reg_events_list, 0, 0, NULL},
     /* MLflow's model registry (model_registry.proto) and artifacts proxy
      * (mlflow_artifacts.proto); mlflow_registry.h. */
+    {"POST", MLF "/logged-models", mlf_lm_create, 1 * MB, 0, NULL},
+    {"POST", MLF "/logged-models/search", mlf_lm_search, 64 * 1024, 0, NULL},
+    {"GET", MLF "/logged-models/{model_id}", mlf_lm_get, 0, 0, NULL},
+    {"PATCH", MLF "/logged-models/{model_id}", mlf_lm_finalize, 64 * 1024, 0, NULL},
+    {"DELETE", MLF "/logged-models/{model_id}", mlf_lm_delete, 0, 0, NULL},
+    {"PATCH", MLF "/logged-models/{model_id}/tags", mlf_lm_set_tags, 1 * MB, 0, NULL},
+    {"DELETE", MLF "/logged-models/{model_id}/tags/{tag_key}", mlf_lm_delete_tag, 0, 0, NULL},
+    {"POST", MLF "/logged-models/{model_id}/params", mlf_lm_log_params, 1 * MB, 0, NULL},
     {"POST", MLF "/registered-models/create", mlf_rm_create, 1 * MB, 0, NULL},
     {"POST", MLF "/registered-models/rename", mlf_rm_rename, 64 * 1024, 0, NULL},
     {"PATCH", MLF "/registered-models/update", mlf_rm_update, 64 * 1024, 0, NULL},

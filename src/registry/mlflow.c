@@ -322,6 +322,35 @@ int mlf_experiments_get_by_name(qn_req *req, qn_res *res, void *ud)
     return experiment_answer(req, res, ud, NULL, name);
 }
 
+/* order_by of search_experiments: a JSON array of strings, or one query
+ * parameter on GET. 0 with *sql NULL when absent; -1 after a 400. */
+static int experiments_order(qn_req *req, qn_res *res, const json_t *body, char *buf, size_t size, const char **sql)
+{
+    const json_t *order = body ? json_object_get(body, "order_by") : NULL;
+    const char *clauses[16];
+    size_t n = 0;
+    qn_err err;
+    *sql = NULL;
+    if (order && !json_is_null(order)) {
+        if (!json_is_array(order))
+            return mlf_error(res, QN_INVALID_ARGUMENT, "order_by must be an array of strings"), -1;
+        if (json_array_size(order) > sizeof clauses / sizeof clauses[0])
+            return mlf_error(res, QN_INVALID_ARGUMENT, "order_by has at most %zu clauses",
+                             sizeof clauses / sizeof clauses[0]), -1;
+        for (size_t i = 0; i < json_array_size(order); i++)
+            if (!(clauses[n++] = json_string_value(json_array_get(order, i))))
+                return mlf_error(res, QN_INVALID_ARGUMENT, "order_by[%zu] must be a string", i), -1;
+    } else if (!body && qn_req_query(req, "order_by")) {
+        clauses[n++] = qn_req_query(req, "order_by");
+    }
+    if (n == 0)
+        return 0;
+    if (trk_experiments_order(clauses, n, buf, size, &err) < 0)
+        return mlf_error(res, err.code, "%s", err.msg), -1;
+    *sql = buf;
+    return 0;
+}
+
 int mlf_experiments_search(qn_req *req, qn_res *res, void *ud)
 {
     registry *r = ud;
@@ -329,25 +358,32 @@ int mlf_experiments_search(qn_req *req, qn_res *res, void *ud)
     json_t *body;
     int64_t max = TRK_SEARCH_DEFAULT_RESULTS, after = -1;
     int view;
+    char order_buf[512];
+    const char *order;
     if (mlf_begin(req, res, &body) < 0 || int_param(req, res, body, "max_results", 1, TRK_SEARCH_MAX_RESULTS, &max) < 0 ||
-        view_param(req, res, body, "view_type", &view) < 0 || token_param(req, res, body, "mlflow_experiments", &after) < 0)
+        view_param(req, res, body, "view_type", &view) < 0 ||
+        experiments_order(req, res, body, order_buf, sizeof order_buf, &order) < 0)
+        return 0;
+    /* Ordered pages go by offset (their own token scope), the default by id. */
+    const char *scope = order ? "mlflow_experiments_ordered" : "mlflow_experiments";
+    if (token_param(req, res, body, scope, &after) < 0)
         return 0;
     trk_filter *f = NULL;
     if (trk_filter_parse_experiments(mlf_param(req, body, "filter"), &f, &err) < 0)
         return mlf_error(res, err.code, "%s", err.msg);
     if (!mlf_param(req, body, "page_token") || !*mlf_param(req, body, "page_token"))
-        after = -1;
+        after = order ? 0 : -1;
     json_t *list = json_array();
     int more = 0;
     qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
-    int rc = c ? trk_experiments_list(c, strcmp(qn_store_backend(r->db), "postgres") == 0, view, f, after, max, list,
-                                      &more, &err)
+    int rc = c ? trk_experiments_list(c, strcmp(qn_store_backend(r->db), "postgres") == 0, view, f, order, after,
+                                      max, list, &more, &err)
                : err.code;
     trk_filter_free(f);
     json_t *out = json_pack("{s:o}", "experiments", list);
     if (rc >= 0 && more) {
         const char *last = json_string_value(json_object_get(json_array_get(list, json_array_size(list) - 1), "experiment_id"));
-        set_token(out, "mlflow_experiments", strtoll(last ? last : "0", NULL, 10));
+        set_token(out, scope, order ? after + (int64_t)json_array_size(list) : strtoll(last ? last : "0", NULL, 10));
     }
     return mlf_answer(r->db, req, res, c, rc, &err, out);
 }

@@ -659,12 +659,22 @@ int mlf_alias_get(qn_req *req, qn_res *res, void *ud)
 
 /* The artifact directory a source names: mlflow-artifacts:/DIR (or
  * mlflow-artifacts://HOST/DIR) as DIR; runs:/RUN_ID/PATH as the stored
- * directory <experiment>/<RUN_ID>/artifacts/PATH that holds an MLmodel.
+ * directory <experiment>/<RUN_ID>/artifacts/PATH that holds an MLmodel;
+ * models:/m-<id> (an MLflow 3 logged model) as its artifact_uri.
  * NULL with 0 for any other source (or when no such directory is stored). */
 static int source_dir(qn_conn *c, qn_req *req, const char *source, const char **dir, qn_err *err)
 {
     *dir = NULL;
     qn_arena *a = qn_req_arena(req);
+    if (strncmp(source, "models:/m-", 10) == 0) { /* an MLflow 3 logged model: its artifact_uri */
+        int rc = mlf_logged_model_dir(c, a, source, &source, err);
+        if (rc == QN_NOT_FOUND) {
+            char *msg = qn_arena_strdup(a, err->msg);
+            return qn_err_set(err, QN_INVALID_ARGUMENT, "%s", msg);
+        }
+        if (rc < 0)
+            return rc;
+    }
     if (strncmp(source, "mlflow-artifacts:", 17) == 0) {
         const char *p = source + 17;
         if (strncmp(p, "//", 2) == 0) { /* an authority: skip it */

@@ -71,4 +71,18 @@ int mlf_mv_download_uri(qn_req *req, qn_res *res, void *ud);
  * transaction. */
 int mlf_model_manifest(qn_conn *c, const char *blob_dir, const char *dir, json_t **out, qn_err *err);
 
+/* ---- MLflow 3 logged models (mlflow_logged.c) ------------------------------------ */
+
+int mlf_lm_create(qn_req *req, qn_res *res, void *ud);
+int mlf_lm_get(qn_req *req, qn_res *res, void *ud);
+int mlf_lm_finalize(qn_req *req, qn_res *res, void *ud);
+int mlf_lm_delete(qn_req *req, qn_res *res, void *ud);
+int mlf_lm_search(qn_req *req, qn_res *res, void *ud);
+int mlf_lm_set_tags(qn_req *req, qn_res *res, void *ud);
+int mlf_lm_delete_tag(qn_req *req, qn_res *res, void *ud);
+int mlf_lm_log_params(qn_req *req, qn_res *res, void *ud);
+/* The artifact URI a source models:/m-<id>[/PATH] names (the logged model's
+ * artifact_uri, then PATH), allocated in a; QN_NOT_FOUND for no such model. */
+int mlf_logged_model_dir(qn_conn *c, qn_arena *a, const char *source, const char **uri, qn_err *err);
+
 #endif

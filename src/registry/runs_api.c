@@ -145,7 +145,7 @@ int reg_experiments_list(qn_req *req, qn_res *res, void *ud)
     json_t *list = json_array();
     int more = 0;
     qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
-    int rc = c ? trk_experiments_list(c, 0, view, NULL, after, limit, list, &more, &err) : err.code;
+    int rc = c ? trk_experiments_list(c, 0, view, NULL, NULL, after, limit, list, &more, &err) : err.code;
     size_t i;
     json_t *e;
     json_array_foreach(list, i, e) v1_experiment(e);

@@ -445,22 +445,73 @@ int trk_experiment_by_name(qn_conn *c, const char *name, json_t **out, qn_err *e
     return experiment_one(c, "SELECT " EXP_COLS " FROM experiments WHERE name = ?", 0, name, NULL, out, err);
 }
 
-int trk_experiments_list(qn_conn *c, int pg, int view, const trk_filter *f, int64_t after, int64_t limit,
-                         json_t *list, int *more, qn_err *err)
+int trk_experiments_order(const char *const *clauses, size_t n, char *buf, size_t size, qn_err *err)
+{
+    static const struct {
+        const char *field, *col;
+    } fields[] = {{"experiment_id", "e.id"},
+                  {"name", "e.name"},
+                  {"creation_time", "e.created_at"},
+                  {"last_update_time", "e.updated_at"}};
+    size_t len = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        const char *s = clauses[i];
+        while (*s == ' ')
+            s++;
+        size_t fl = strcspn(s, " ");
+        const char *col = NULL;
+        for (size_t k = 0; k < sizeof fields / sizeof fields[0]; k++)
+            if (strlen(fields[k].field) == fl && strncmp(s, fields[k].field, fl) == 0)
+                col = fields[k].col;
+        if (!col)
+            return qn_err_set(err, QN_INVALID_ARGUMENT,
+                              "order_by[%zu] \"%.200s\": the field must be experiment_id, name, creation_time or "
+                              "last_update_time", i, clauses[i]);
+        const char *dir = s + fl;
+        while (*dir == ' ')
+            dir++;
+        size_t dl = strcspn(dir, " ");
+        const char *rest = dir + dl;
+        while (*rest == ' ')
+            rest++;
+        int desc = dl == 4 && strncasecmp(dir, "DESC", 4) == 0;
+        if ((dl && !desc && !(dl == 3 && strncasecmp(dir, "ASC", 3) == 0)) || *rest)
+            return qn_err_set(err, QN_INVALID_ARGUMENT,
+                              "order_by[%zu] \"%.200s\": after the field only ASC or DESC may follow", i, clauses[i]);
+        int w = snprintf(buf + len, size - len, "%s%s%s", len ? ", " : "", col, desc ? " DESC" : "");
+        if (w < 0 || (size_t)w >= size - len)
+            return qn_err_set(err, QN_INVALID_ARGUMENT, "order_by has too many clauses");
+        len += (size_t)w;
+    }
+    int w = snprintf(buf + len, size - len, "%se.id", len ? ", " : "");
+    if (w < 0 || (size_t)w >= size - len)
+        return qn_err_set(err, QN_INVALID_ARGUMENT, "order_by has too many clauses");
+    return 0;
+}
+
+int trk_experiments_list(qn_conn *c, int pg, int view, const trk_filter *f, const char *order, int64_t after,
+                         int64_t limit, json_t *list, int *more, qn_err *err)
 {
     trk_query q;
     int rc;
     *more = 0;
     trk_query_init(&q, pg);
     trk_query_text(&q, "SELECT " EXP_COLS " FROM experiments e WHERE e.id > ");
-    trk_query_int(&q, after);
+    trk_query_int(&q, order ? -1 : after);
     if (view == 1)
         trk_query_text(&q, " AND e.lifecycle_stage = 'active'");
     else if (view == 2)
         trk_query_text(&q, " AND e.lifecycle_stage = 'deleted'");
     trk_query_where(&q, f);
-    trk_query_text(&q, " ORDER BY e.id LIMIT ");
+    trk_query_text(&q, " ORDER BY ");
+    trk_query_text(&q, order ? order : "e.id");
+    trk_query_text(&q, " LIMIT ");
     trk_query_int(&q, limit + 1);
+    if (order) {
+        trk_query_text(&q, " OFFSET ");
+        trk_query_int(&q, after);
+    }
     qn_stmt *st = NULL;
     if ((rc = trk_query_bind(&q, NULL, err)) < 0)
         goto out;

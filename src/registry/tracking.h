@@ -139,9 +139,14 @@ int trk_experiment_by_name(qn_conn *c, const char *name, json_t **out, qn_err *e
 /* Adds to *list (an array) the experiments with id > after matching f
  * (trk_filter_parse_experiments; NULL: all), by id, at most limit; *more
  * when there were more. view: 1 active, 2 deleted, 3 all. pg: the store is
- * PostgreSQL. */
-int trk_experiments_list(qn_conn *c, int pg, int view, const trk_filter *f, int64_t after, int64_t limit,
-                         json_t *list, int *more, qn_err *err);
+ * PostgreSQL. order: NULL (by id, after: the last id seen) or an ORDER BY
+ * list from trk_experiments_order (after: the rows already seen). */
+int trk_experiments_list(qn_conn *c, int pg, int view, const trk_filter *f, const char *order, int64_t after,
+                         int64_t limit, json_t *list, int *more, qn_err *err);
+/* MLflow's search_experiments order_by (n clauses, "name [ASC|DESC]"; fields
+ * experiment_id, name, creation_time, last_update_time) as an SQL ORDER BY
+ * list into buf, ending with the id as tie-break. */
+int trk_experiments_order(const char *const *clauses, size_t n, char *buf, size_t size, qn_err *err);
 /* Renames (new_name) an experiment. Write transaction. */
 int trk_experiment_rename(qn_conn *c, const char *id_text, const char *new_name, qn_err *err);
 /* Marks an experiment and its runs deleted (deleted 1) or active again.

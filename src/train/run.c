@@ -67,6 +67,8 @@ typedef struct run_ctx {
     int stage_open;
     int train_stage;         /* the training loop's stage with a span open, -1: none */
     train_track *track;      /* the job's run in the tracking store, or NULL */
+    int fit_iter;            /* the last point of the fit series: iteration (0: none yet) */
+    double fit_loss;         /* and its loss / per-round metric (NAN: none) */
 } run_ctx;
 
 /* Stage spans: one at a time, each a child of the job's span. */
@@ -118,9 +120,16 @@ static void set_progress(run_ctx *r, const char *state, json_t *progress)
     json_decref(progress);
 }
 
+/* The job's progress: the stage, the last point of the run's fit series
+ * (iteration and loss stay at the last one logged through evaluate and done,
+ * so a follower sees where training ended), elapsed and ETA from fraction. */
 static json_t *progress_json(run_ctx *r, const char *stage, int iteration, double loss, double fraction)
 {
     double elapsed = (double)(qn_now_ms() - r->start_ms) / 1000.0;
+    if (iteration <= 0 && r->fit_iter > 0) {
+        iteration = r->fit_iter;
+        loss = r->fit_loss;
+    }
     json_t *p = json_pack("{s:s, s:i, s:f, s:f}", "stage", stage, "iteration", iteration, "fraction",
                           fraction, "elapsed_s", elapsed);
     json_object_set_new(p, "loss", isfinite(loss) ? json_real(loss) : json_null());
@@ -128,6 +137,8 @@ static json_t *progress_json(run_ctx *r, const char *stage, int iteration, doubl
                                                                    : (fraction >= 1 ? json_real(0) : json_null()));
     if (r->iterations > 0)
         json_object_set_new(p, "iterations", json_integer(r->iterations));
+    if (r->track && r->track->run_id[0])
+        json_object_set_new(p, "run_id", json_string(r->track->run_id));
     return p;
 }
 
@@ -136,8 +147,12 @@ static json_t *progress_json(run_ctx *r, const char *stage, int iteration, doubl
 static void on_progress(void *ctx, qml_train_stage stage, int iteration, double loss, double fraction)
 {
     run_ctx *r = ctx;
-    if (r->track && stage == QML_STAGE_FIT && iteration > 0) /* every iteration, unthrottled */
-        train_track_loss(r->track, iteration, loss);
+    if (stage == QML_STAGE_FIT && iteration > 0) {
+        r->fit_iter = iteration;
+        r->fit_loss = loss;
+        if (r->track) /* every iteration, unthrottled */
+            train_track_loss(r->track, iteration, loss);
+    }
     if ((int)stage != r->train_stage) {
         if (stage == QML_STAGE_DONE) {
             stage_end(r, 0, NULL);
@@ -800,7 +815,7 @@ static const run_stage run_stages[] = {
 int train_run(trainer *t, train_job *job, json_t **result, qn_err *err)
 {
     job_run j = {.r = {.t = t, .job = job, .start_ms = qn_now_ms(), .last_stage = -1, .state = "running",
-                       .train_stage = -1}};
+                       .train_stage = -1, .fit_loss = NAN}};
     json_t *existing = NULL;
     train_track track = {0};
     int rc;

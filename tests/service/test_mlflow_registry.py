@@ -266,6 +266,74 @@ class MlflowRegistryTest(ServiceTest):
         self.assertLess(float(np.max(np.abs(got - want))), 1e-6)
         self.assertEqual(out.get("model_version"), "1")
 
+    def test_mlflow3_log_model_then_register_models_uri(self):
+        """MLflow 3: mlflow.xgboost.log_model(booster, name="model") in a run is
+        POST logged-models, one artifacts PUT per file under its artifact_uri,
+        PATCH logged-models/<id> READY, runs/outputs; register_model("models:/m-...")
+        is GET logged-models/<id>, registered-models/create, model-versions/create
+        with that source, which becomes a servable xgboost version."""
+        run = self.ok("POST", f"{API}/runs/create", {"experiment_id": "0", "start_time": 1764640000000})
+        run_id = run["run"]["info"]["run_id"]
+        lm = self.ok("POST", f"{API}/logged-models",
+                     {"experiment_id": "0", "name": "model", "model_type": None, "source_run_id": run_id,
+                      "params": [{"key": "max_depth", "value": "3"}],
+                      "tags": [{"key": "mlflow.source.name", "value": "train.py"}]})["model"]
+        info = lm["info"]
+        mid = info["model_id"]
+        self.assertRegex(mid, r"^m-[0-9a-f]{32}$")
+        self.assertEqual((info["experiment_id"], info["name"], info["source_run_id"], info["status"]),
+                         ("0", "model", run_id, "LOGGED_MODEL_PENDING"))
+        self.assertEqual(info["artifact_uri"], f"mlflow-artifacts:/0/models/{mid}/artifacts")
+        self.assertEqual(info["tags"], [{"key": "mlflow.source.name", "value": "train.py"}])
+        self.assertEqual(lm["data"]["params"], [{"key": "max_depth", "value": "3"}])
+        self.assertIsInstance(info["creation_timestamp_ms"], int)
+        # the files, through the artifacts proxy under artifact_uri
+        root = f"0/models/{mid}/artifacts"
+        for name, data in {"MLmodel": MLMODEL.format(run_id=run_id).encode(), "model.json": self.model_json,
+                           "requirements.txt": b"mlflow==3.1.0\nxgboost==2.0.3\n"}.items():
+            st, _, body = self.reg.request("PUT", f"{ART}/{root}/{name}", body=data,
+                                           headers={**self.auth, "Content-Type": "application/octet-stream"})
+            self.assertEqual((st, body), (200, {}))
+        done = self.ok("PATCH", f"{API}/logged-models/{mid}", {"model_id": mid, "status": "LOGGED_MODEL_READY"})
+        self.assertEqual(done["model"]["info"]["status"], "LOGGED_MODEL_READY")
+        self.assertEqual(self.ok("POST", f"{API}/runs/outputs",
+                                 {"run_id": run_id, "models": [{"model_id": mid, "step": 0}]}), {})
+        # tags, params, search
+        got = self.ok("PATCH", f"{API}/logged-models/{mid}/tags",
+                      {"tags": [{"key": "team", "value": "growth"}]})["model"]
+        self.assertEqual(sorted(t["key"] for t in got["info"]["tags"]), ["mlflow.source.name", "team"])
+        self.assertEqual(self.ok("DELETE", f"{API}/logged-models/{mid}/tags/team"), {})
+        self.assertEqual(self.ok("POST", f"{API}/logged-models/{mid}/params",
+                                 {"params": [{"key": "eta", "value": "0.3"}]}), {})
+        got = self.ok("GET", f"{API}/logged-models/{mid}")["model"]
+        self.assertEqual([t["key"] for t in got["info"]["tags"]], ["mlflow.source.name"])
+        self.assertEqual(got["data"]["params"], [{"key": "eta", "value": "0.3"}, {"key": "max_depth", "value": "3"}])
+        found = self.ok("POST", f"{API}/logged-models/search", {"experiment_ids": ["0"], "max_results": 10})
+        self.assertEqual([m["info"]["model_id"] for m in found["models"]], [mid])
+        self.assertEqual(self.ok("POST", f"{API}/logged-models/search", {"experiment_ids": ["7"]})["models"], [])
+        # bad input: unknown ids 404, a bad status or experiment 400/404, in MLflow's shape
+        self.mlflow_error(self.call("GET", f"{API}/logged-models/m-{'0' * 32}"), 404, "RESOURCE_DOES_NOT_EXIST",
+                          "not found")
+        self.mlflow_error(self.call("PATCH", f"{API}/logged-models/{mid}", {"status": "DONE"}), 400,
+                          "INVALID_PARAMETER_VALUE", "LOGGED_MODEL_READY")
+        self.mlflow_error(self.call("POST", f"{API}/logged-models", {"experiment_id": "42"}), 404,
+                          "RESOURCE_DOES_NOT_EXIST", "42")
+        self.mlflow_error(self.call("POST", f"{API}/logged-models", {"name": "x"}), 400,
+                          "INVALID_PARAMETER_VALUE", "experiment_id")
+        # register_model("models:/m-...", "churn")
+        self.ok("GET", f"{API}/logged-models/{mid}")
+        mv = self.register_model("churn", f"models:/{mid}", run_id)
+        self.assertEqual((mv["version"], mv["source"], mv["run_id"]), ("1", f"models:/{mid}", run_id))
+        st, _, v = self.reg.request("GET", "/v1/models/churn/versions/1")
+        self.assertEqual(v["manifest"]["kind"], "xgboost")
+        self.assertEqual(v["manifest"]["files"]["model.json"],
+                         "sha256:" + hashlib.sha256(self.model_json).hexdigest())
+        self.mlflow_error(self.call("POST", f"{API}/model-versions/create",
+                                    {"name": "churn", "source": f"models:/m-{'1' * 32}"}),
+                          400, "INVALID_PARAMETER_VALUE", "no logged model")
+        self.assertEqual(self.ok("DELETE", f"{API}/logged-models/{mid}"), {})
+        self.mlflow_error(self.call("GET", f"{API}/logged-models/{mid}"), 404, "RESOURCE_DOES_NOT_EXIST")
+
     def test_manifest_inputs_fall_back_and_bad_models(self):
         run = "11112222333344445555666677778888"
         base = f"0/{run}/artifacts"

@@ -114,6 +114,28 @@ class MlflowTrackingTest(ServiceTest):
         self.assertEqual(len(page["experiments"]), 1)
         rest = self.ok("POST", "experiments/search", {"max_results": 1, "page_token": page["next_page_token"]})
         self.assertEqual(rest["experiments"][0]["name"], "churn")
+        # order_by: a field and ASC/DESC, ties by id; ordered pages go on in that order
+        self.set_experiment("attrition")
+        names = lambda b: [e["name"] for e in b["experiments"]]
+        self.assertEqual(names(self.ok("POST", "experiments/search", {"order_by": ["name DESC"]})),
+                         ["churn", "attrition", "Default"])
+        self.assertEqual(names(self.ok("POST", "experiments/search", {"order_by": ["name"]})),
+                         ["Default", "attrition", "churn"])
+        self.assertEqual(names(self.ok("POST", "experiments/search",
+                                       {"order_by": ["creation_time DESC", "experiment_id ASC"]})),
+                         ["attrition", "churn", "Default"])
+        first = self.ok("POST", "experiments/search", {"order_by": ["name DESC"], "max_results": 2})
+        self.assertEqual(names(first), ["churn", "attrition"])
+        second = self.ok("POST", "experiments/search", {"order_by": ["name DESC"], "max_results": 2,
+                                                        "page_token": first["next_page_token"]})
+        self.assertEqual(names(second), ["Default"])
+        self.assertNotIn("next_page_token", second)
+        self.mlflow_error(self.call("POST", "experiments/search", {"order_by": ["artifact_location"]}),
+                          400, "INVALID_PARAMETER_VALUE", "artifact_location")
+        self.mlflow_error(self.call("POST", "experiments/search", {"order_by": ["name UP"]}),
+                          400, "INVALID_PARAMETER_VALUE", "ASC or DESC")
+        att = self.ok("GET", "experiments/get-by-name", {"experiment_name": "attrition"})["experiment"]
+        self.ok("POST", "experiments/delete", {"experiment_id": att["experiment_id"]})
         eid = exp["experiment_id"]
         self.ok("POST", "experiments/set-experiment-tag", {"experiment_id": eid, "key": "team", "value": "growth"})
         found = self.ok("POST", "experiments/search", {"filter": "name LIKE 'ch%' and tags.team = 'growth'"
@@ -211,6 +233,20 @@ class MlflowTrackingTest(ServiceTest):
         self.assertEqual(got["outputs"]["model_outputs"], [{"model_id": "m-123", "step": 3}])
         self.mlflow_error(self.call("POST", "runs/log-inputs", {"run_id": rid, "datasets": [{"dataset": {}}]}),
                           400, "INVALID_PARAMETER_VALUE", "name")
+        # search_runs(filter_string="datasets.name = ...") finds the run by its inputs
+        other = self.start_run("0")["info"]["run_id"]
+        ids = lambda flt: sorted(r["info"]["run_id"] for r in self.ok(
+            "POST", "runs/search", {"experiment_ids": ["0"], "filter": flt})["runs"])
+        self.assertEqual(ids("datasets.name = 'retail'"), [rid])
+        self.assertEqual(ids("datasets.digest IN ('abc123', 'zzz') and datasets.name LIKE 'ret%'"), [rid])
+        self.assertEqual(ids("datasets.name = 'adult'"), [])
+        self.assertNotIn(other, ids("datasets.name ILIKE 'RETAIL'"))
+        self.mlflow_error(self.call("POST", "runs/search", {"experiment_ids": ["0"],
+                                                            "filter": "datasets.context = 'training'"}),
+                          400, "INVALID_PARAMETER_VALUE", "datasets.name or datasets.digest")
+        self.mlflow_error(self.call("POST", "runs/search", {"experiment_ids": ["0"],
+                                                            "order_by": ["datasets.name"]}),
+                          400, "INVALID_PARAMETER_VALUE", "datasets")
 
     def test_search_runs(self):
         exp = self.set_experiment("search")["experiment_id"]

@@ -304,7 +304,7 @@ static void test_experiments(void **state)
     json_t *list = json_array();
     int more;
     c = reg_db_begin(db, QN_TX_READ, &err);
-    rc = trk_experiments_list(c, on_pg, 2, NULL, -1, 10, list, &more, &err);
+    rc = trk_experiments_list(c, on_pg, 2, NULL, NULL, -1, 10, list, &more, &err);
     end_ok(c, rc, &err);
     assert_int_equal(json_array_size(list), 1);
     json_decref(list);
@@ -313,7 +313,7 @@ static void test_experiments(void **state)
     assert_int_equal(trk_filter_parse_experiments("attributes.name LIKE 'ch%' and tags.team = 'growth'", &f, &err), 0);
     list = json_array();
     c = reg_db_begin(db, QN_TX_READ, &err);
-    rc = trk_experiments_list(c, on_pg, 3, f, -1, 10, list, &more, &err);
+    rc = trk_experiments_list(c, on_pg, 3, f, NULL, -1, 10, list, &more, &err);
     end_ok(c, rc, &err);
     assert_int_equal(json_array_size(list), 1);
     assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "name")), "churn");
