@@ -47,6 +47,14 @@ int qn_inbox_mark(qn_conn *c, const char *id, qn_err *err)
     return rc < 0 ? rc : 0;
 }
 
+/* The message being handled on this thread and its CONSUMER span's context. */
+static _Thread_local const qn_msg *current_msg;
+static _Thread_local qn_trace_ctx current_ctx;
+/* 1 once qn_subscriber_tx committed (or found) current_msg's id in the
+ * inbox: the loop's own mark after the handler would be a second write
+ * transaction for nothing, so it is skipped. */
+static _Thread_local int current_marked;
+
 int qn_subscriber_tx(qn_store *db, const qn_msg *msg, qn_tx_body fn, void *arg, qn_err *err)
 {
     qn_conn *c = qn_store_acquire(db, err);
@@ -55,11 +63,16 @@ int qn_subscriber_tx(qn_store *db, const qn_msg *msg, qn_tx_body fn, void *arg, 
     int rc = qn_tx_begin(c, QN_TX_WRITE, err);
     if (rc < 0)
         goto out;
-    if ((rc = qn_inbox_seen(c, msg->id, err)) != 0)
+    if ((rc = qn_inbox_seen(c, msg->id, err)) != 0) {
+        if (rc == 1 && msg == current_msg)
+            current_marked = 1;
         goto rollback; /* 1: handled already; negative: cannot tell */
+    }
     if ((rc = fn(c, arg, err)) < 0 || (rc = qn_inbox_mark(c, msg->id, err)) < 0 ||
         (rc = qn_tx_commit(c, err)) < 0)
         goto rollback;
+    if (msg == current_msg)
+        current_marked = 1;
     goto out;
 rollback:
     qn_tx_rollback(c);
@@ -79,10 +92,6 @@ static int with_conn(qn_store *db, int (*f)(qn_conn *, const char *, qn_err *), 
     qn_store_release(db, c);
     return rc;
 }
-
-/* The message being handled on this thread and its CONSUMER span's context. */
-static _Thread_local const qn_msg *current_msg;
-static _Thread_local qn_trace_ctx current_ctx;
 
 const qn_trace_ctx *qn_subscriber_trace(const qn_msg *msg)
 {
@@ -106,6 +115,7 @@ static int handle(qn_subscriber *s, qn_msg *msg, const char *tp, qn_err *err)
     qn_span_attr_int(&span, "messaging.delivery.attempt", msg->attempt);
     current_msg = msg;
     current_ctx = span.ctx;
+    current_marked = 0;
     int rc = s->fn(msg, s->ud, err);
     current_msg = NULL;
     if (rc < 0)
@@ -158,7 +168,8 @@ static void *run(void *arg)
                 qn_log_warn(NULL, "cannot give an event back; it is redelivered when its lease ends",
                             "{s:s, s:s}", "id", msg->id, "detail", err.msg);
         } else {
-            if (s->db && with_conn(s->db, qn_inbox_mark, msg->id, &err) < 0)
+            /* already marked when the handler committed through qn_subscriber_tx */
+            if (!current_marked && s->db && with_conn(s->db, qn_inbox_mark, msg->id, &err) < 0)
                 qn_log_warn(NULL, "cannot record handled event", "{s:s, s:s}", "id", msg->id, "detail",
                             err.msg);
             ack(s, msg);

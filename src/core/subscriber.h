@@ -22,7 +22,7 @@
  * A handler that must change the store exactly once per event runs its
  * writes through qn_subscriber_tx: one write transaction that skips an id
  * already in the inbox and marks it in the same commit as the change (the
- * later mark by the loop is then a no-op):
+ * loop then skips its own mark, one write transaction less per event):
  *
  *     static int count_tx(qn_conn *c, void *arg, qn_err *err) { ... writes on c ... }
  *
