@@ -8,7 +8,7 @@ const routes = [
   [/^$/, 'overview.js', 'Overview'],
   [/^models$/, 'model.js', 'Models'],
   [/^models\/([^/]+)$/, 'model.js', 'Model'],
-  [/^runs$/, 'runs.js', 'Runs'],
+  [/^runs(?:\?.*)?$/, 'runs.js', 'Runs'],
   [/^runs\/compare\/([^/]+)$/, 'runs.js', 'Compare runs'],
   [/^runs\/([^/]+)$/, 'runs.js', 'Run'],
   [/^datasets$/, 'dataset.js', 'Datasets'],
