@@ -102,12 +102,10 @@ def quality_loop(base, token):
         v = must(*call(reg, "POST", "/v1/models/demand/versions",
                        {"manifest": man, "metrics": {"rmse": 1.0, "mae": 0.8, "r2": 0.9}}, token))["version"]
         must(*call(reg, "PUT", f"/v1/models/demand/aliases/{alias}", {"version": v}, token))
-    must(*call(reg, "PUT", "/v1/models/demand/traffic",
-               {"routes": [{"alias": "production", "weight": 100}], "shadow": {"alias": "shadow", "fraction": 1.0}}, token))
 
     def infer(x):
         return call(srv, "POST", "/v2/models/demand/infer",
-                    {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [x]}]})
+                    {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [x]}]}, token)
     wait("serve to load demand", lambda: infer(1.0)[0] == 200)
     rng = random.Random(12)
     answers = []
@@ -130,6 +128,16 @@ def quality_loop(base, token):
             st, b = call(mon, "GET", "/v1/monitors/demand/quality?history=100")
             return st == 200 and len(b["reports"]) >= n
         wait(f"quality report {w + 1}", reports)
+    # then the shadow version answers the same requests (no labels for these)
+    must(*call(reg, "PUT", "/v1/models/demand/traffic",
+               {"routes": [{"alias": "production", "weight": 100}], "shadow": {"alias": "shadow", "fraction": 1.0}}, token))
+
+    def agreement():
+        st, out = infer(rng.uniform(0, 10))
+        must(st, out)
+        st, b = call(mon, "GET", "/v1/monitors/demand/agreement")
+        return st == 200 and any(p["compared"] >= 10 for p in b["pairs"])
+    wait("shadow agreement", agreement)
 
 
 def main():
