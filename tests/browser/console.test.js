@@ -154,13 +154,14 @@ async function main() {
       assert.ok(t.text.includes(`v${ver} · up `), `${t.name} shows its version ${ver}: ${t.text}`);
     }
     const alias = await get('registry', `/v1/models/${model}/aliases/production`);
+    const prodModels = (await cells('#production', 'model')).map((c) => c.text);
     const prod = await cells('#production', 'version');
-    assert.deepEqual(prod.map((c) => c.v), [String(alias.version)]);
+    assert.equal(prod[prodModels.indexOf(model)].v, String(alias.version));
     const firing = (await get('alert', '/v1/alerts?state=firing')).alerts;
     const rows = await page.$$eval('#firing tbody tr', (trs) => trs.filter((tr) => !tr.querySelector('.muted[colspan]')).length);
     assert.equal(rows, firing.length);
     const mon = (await get('monitor', '/v1/monitors')).monitors.find((m) => m.model === model);
-    const drift = await page.$eval('#production td[data-k="drift"]', (td) => td.textContent);
+    const drift = (await cells('#production', 'drift'))[prodModels.indexOf(model)].text;
     assert.ok(drift.startsWith(mon.latest_report.dataset_drift ? 'drift' : 'no drift'), drift);
     const evs = (await get('registry', '/v1/events?limit=1000')).events;
     const first = await page.$eval('#events li', (li) => li.textContent);
@@ -370,11 +371,14 @@ async function main() {
     }
     const latest = q.reports[0];
     const ks = (await cells('#quality-latest', 'k')).map((c) => c.v);
-    assert.deepEqual((await cells('#quality-latest', 'live')).map((c) => c.v), ks.map((k) => String(latest.metrics[k].live)));
-    assert.deepEqual((await cells('#quality-latest', 'reference')).map((c) => c.v), ks.map((k) => String(latest.metrics[k].reference)));
+    const str = (v) => (v == null ? undefined : String(v));
+    assert.deepEqual((await cells('#quality-latest', 'live')).map((c) => c.v), ks.map((k) => str(latest.metrics[k].live)));
+    assert.deepEqual((await cells('#quality-latest', 'reference')).map((c) => c.v), ks.map((k) => str(latest.metrics[k].reference)));
+    assert.deepEqual((await cells('#quality-latest', 'live')).map((c) => c.text), ks.map((k) => fmt(latest.metrics[k].live)));
     const ag = (await get('monitor', '/v1/monitors/demand/agreement')).pairs;
     assert.ok(ag.length >= 1, 'the shadow version answered the same requests');
-    assert.deepEqual((await cells('#agreement', 'compared')).map((c) => c.v), ag.map((p) => String(p.compared)));
+    assert.deepEqual((await cells('#agreement', 'requests')).map((c) => c.v), ag.map((p) => String(p.requests)));
+    assert.deepEqual((await cells('#agreement', 'mean_abs_diff')).map((c) => c.text), ag.map((p) => fmt(p.mean_abs_diff)));
     assert.deepEqual((await cells('#agreement', 'agreement')).map((c) => c.text), ag.map((p) => fmt(p.agreement)));
     await page.evaluate(() => document.querySelector('#quality').scrollIntoView());
     await shot('monitoring-quality');

@@ -136,7 +136,7 @@ def quality_loop(base, token):
         st, out = infer(rng.uniform(0, 10))
         must(st, out)
         st, b = call(mon, "GET", "/v1/monitors/demand/agreement")
-        return st == 200 and any(p["compared"] >= 10 for p in b["pairs"])
+        return st == 200 and any(p["requests"] >= 10 for p in b["pairs"])
     wait("shadow agreement", agreement)
 
 
