@@ -275,14 +275,16 @@ async function main() {
     await page.waitForFunction(() => document.body.dataset.page === 'runs' && document.querySelector('#runs'));
     const asc = await searchRuns({ filter, order_by: [order] });
     assert.deepEqual((await cells('#runs', 'id')).map((c) => c.v), asc.slice(0, 15).map((r) => r.run_id));
-    // compare the two newest: params side by side, loss curves overlaid
+    // compare two: params side by side, loss curves overlaid
     await open('runs', 'runs');
     const boxes = await page.$$('#runs tbody input[type=checkbox]');
+    // the newest run and the oldest shown (the first version, on the first data)
+    const last = Math.min(all.length, 15) - 1;
     await boxes[0].click();
-    await boxes[1].click();
+    await boxes[last].click();
     await page.click('#compare-btn');
     await page.waitForFunction(() => location.hash.startsWith('#/runs/compare/') && document.body.dataset.page === 'runs' && document.querySelector('#params'));
-    const pair = [all[0], all[1]];
+    const pair = [all[0], all[last]];
     assert.equal(await page.$$eval('#params thead th', (ths) => ths.length), 3); // name + two runs
     for (const [i, r] of pair.entries()) {
       const full = await get('registry', `/v1/runs/${r.run_id}`);

@@ -72,22 +72,25 @@ export async function render(main, { args }) {
     : note('No report yet.');
 
   const hr = mon && mon.hit_rate;
+  // a classifier or regressor (the quality join knows its task): hit-rate@k is for recommenders
+  const graded = qres.ok && ((qres.data.state && qres.data.state.windows) || []).some((w) => w.task);
   const tiles = h('div', { class: 'tiles', id: 'monitor-tiles' },
     h('div', { class: 'tile' }, 'Predictions', h('b', {}, fmt(mon && mon.counts.predictions))),
     h('div', { class: 'tile' }, 'Windows drifted', h('b', {}, fmt(mon && mon.counts.windows_drifted))),
     h('div', { class: 'tile' }, 'Windows clean', h('b', {}, fmt(mon && mon.counts.windows_clean))),
-    h('div', { class: 'tile' }, `Hit-rate@${hr ? hr.k : 'k'}`, h('b', { id: 'hit-rate' }, hr && hr.rate != null ? fmt(hr.rate) : '–'),
-      h('span', { class: 'muted' }, hr ? `${fmt(hr.hits)} hits of ${fmt(hr.joined)} joined` : '')),
+    hr && !graded ? h('div', { class: 'tile' }, `Hit-rate@${hr.k}`, h('b', { id: 'hit-rate' }, hr.rate != null ? fmt(hr.rate) : '–'),
+      h('span', { class: 'muted' }, `${fmt(hr.hits)} hits of ${fmt(hr.joined)} joined`)) : null,
     h('div', { class: 'tile' }, 'Feedback', h('b', {}, fmt(mon && mon.counts.feedback))));
 
   main.replaceChildren(h('h1', {}, `Monitoring ${name}`),
-    h('p', { class: 'muted' }, `${reports.length} reports · `, link(`#/models/${enc(name)}`, 'model')),
+    h('p', { class: 'muted' }, `${reports.length} drift reports · `, link(`#/models/${enc(name)}`, 'model')),
     tiles,
     h('div', { class: 'grid', style: 'margin-top:16px' },
-      h('section', { class: 'card wide' }, share),
-      card('Feature statistic over time', h('div', { class: 'row' }, h('label', { for: 'feature-sel' }, 'Feature'), sel), featBox),
-      all ? card('All features', all) : null,
-      h('section', { class: 'card wide' }, h('h2', {}, 'Latest report'), latestBox),
+      ...(reports.length ? [h('section', { class: 'card wide' }, share),
+        card('Feature statistic over time', h('div', { class: 'row' }, h('label', { for: 'feature-sel' }, 'Feature'), sel), featBox),
+        all ? card('All features', all) : null,
+        h('section', { class: 'card wide' }, h('h2', {}, 'Latest drift report'), latestBox)]
+        : [h('section', { class: 'card wide' }, h('h2', {}, 'Drift'), note('No drift window has closed yet.'))]),
       h('section', { class: 'card wide' }, h('h2', {}, 'Live quality'), quality),
       card('Agreement between versions (shadow traffic)', agreement)));
 }
