@@ -148,7 +148,7 @@ async function compare(main, ids) {
     const series = runs.map((r, j) => ({ label: String(r.id).slice(0, 8), points: hists[i][j] || [] })).filter((s) => s.points.length);
     const c = chart(series, { title: `${k} by step`, xlabel: 'step' });
     c.dataset.metric = k;
-    curves.push(card(k, c));
+    curves.push(h('section', { class: 'card wide' }, h('h2', {}, k), c));
   });
   // what each run read and what it made
   const made = await Promise.all(runs.map((r) => r.source === 'runs' ? api('registry', `/v1/runs/${enc(r.id)}/versions`) : null));
