@@ -91,7 +91,7 @@ export async function render(main, { args }) {
         all ? card('All features', all) : null,
         h('section', { class: 'card wide' }, h('h2', {}, 'Latest drift report'), latestBox)]
         : [h('section', { class: 'card wide' }, h('h2', {}, 'Drift'), note('No drift window has closed yet.'))]),
-      h('section', { class: 'card wide' }, h('h2', {}, 'Live quality'), quality),
+      graded || (qres.ok && (qres.data.reports || []).length) ? h('section', { class: 'card wide' }, h('h2', {}, 'Live quality'), quality) : null,
       card('Agreement between versions (shadow traffic)', agreement)));
 }
 
