@@ -178,6 +178,7 @@ async function main() {
 
   await step('models list', async () => {
     await open('models', 'model');
+    await page.waitForFunction(() => document.querySelector('#models td[data-k="name"]'), { timeout: 10000 });
     const names = await cells('#models', 'name');
     assert.deepEqual(names.map((c) => c.v), models.map((m) => m.name));
     await shot('models');
