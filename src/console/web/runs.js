@@ -1,7 +1,9 @@
 // runs.js - tracking runs: a list with filter and sort, one run, and a
 // comparison of two or more (params side by side, metric curves overlaid).
-// It reads the registry's tracking API (POST or GET /v1/runs/search, /v1/runs/{id},
-// /v1/runs/{id}/metrics/{key}); on a registry without it, quern-train's
+// It reads the registry's tracking API (docs/registry.md, Tracking): POST
+// /v1/runs/search (filter, order_by, page_token; the console lets this POST
+// through as a read), GET /v1/runs/{id}, /v1/runs/{id}/metrics/{key} and
+// /v1/runs/{id}/versions. When the search does not answer at all, quern-train's
 // jobs stand in as runs (their params and final metrics, no curves).
 import { h, api, card, table, badge, fmt, fmtTime, note, fail, link, chart, errText } from './ui.js';
 
