@@ -444,7 +444,7 @@ if __name__ == "__main__":
         MODEL, WINDOW = demo_bikes.MODEL, demo_bikes.WINDOW
     HOME = os.path.abspath(os.environ.get("QUERN_DEMO_HOME", os.path.join(ROOT, ".quern-demo")))
     BASE = int(os.environ.get("QUERN_PORT_BASE", "7700"))
-    ENV = dict(os.environ, QUERN_HOME=HOME, QUERN_PORT_BASE=str(BASE), QUERN_MODELS=MODEL,
+    ENV = dict(os.environ, QUERN_HOME=HOME, QUERN_PORT_BASE=str(BASE), QUERN_MODELS=os.environ.get("QUERN_MODELS", MODEL),
                QUERN_LOG_SAMPLE_RATE="1", QUERN_POLL_INTERVAL="2s",
                QUERN_MONITOR_WINDOW_ROWS=str(WINDOW), QUERN_MONITOR_WINDOW_SECONDS="3600",
                QUERN_ALERT_RULES=os.path.join(HOME, "alert-rules.json"),

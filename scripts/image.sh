@@ -3,7 +3,7 @@
 # `make image` calls it; `make test-deploy` calls it with `all`.
 #
 #   scripts/image.sh [quern|stack|all]    default: quern
-#     quern   quern-registry, -ingest, -prep, -train, -serve, -monitor, -alert
+#     quern   quern-registry, -ingest, -prep, -train, -serve, -monitor, -alert, -console
 #             (one image per service) and quern (every binary, the CLI), tagged
 #             :$(version) and :latest
 #     stack   quern-rabbitmq, quern-postgres, quern-prometheus: the compose
@@ -35,7 +35,7 @@ mode=${QUERN_IMAGE_BUILD:-host}
 cache=${QUERN_CACHE_DIR:-/var/cache/quern}
 build=${BUILD:-build}
 case "$build" in /*) ;; *) build=$here/$build ;; esac
-SERVICES=(registry ingest prep train serve monitor alert)
+SERVICES=(registry ingest prep train serve monitor alert console)
 
 say() { echo "image: $*" >&2; }
 

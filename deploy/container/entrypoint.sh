@@ -20,6 +20,7 @@ case "$1" in
   quern-serve)    port=7705 ;;
   quern-monitor)  port=7707 ;;
   quern-alert)    port=7708 ;;
+  quern-console)  port=7709 ;;
   *)              port= ;;
 esac
 

@@ -4,7 +4,7 @@
 # package manager, no shell utilities, only the files the binaries load.
 #
 #   OUT/runtime/  a root holding the ldd closure of the services that need no
-#                 heavy library (registry, ingest, prep, monitor) and of the
+#                 heavy library (registry, ingest, prep, monitor, console) and of the
 #                 quern CLI: libc and the dynamic loader, libcurl, libmicrohttpd,
 #                 jansson, sqlite, libpq, rabbitmq-c and what they load; /bin/sh
 #                 (dash, for the entrypoint), the CA bundle, /etc/passwd and
@@ -34,7 +34,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 multiarch=x86_64-linux-gnu
 libdir=usr/lib/$multiarch
 
-light="quern quern-registry quern-ingest quern-prep quern-monitor"
+light="quern quern-registry quern-ingest quern-prep quern-monitor quern-console"
 ml="quern-train quern-alert"
 grpc="quern-serve"
 

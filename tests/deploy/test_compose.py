@@ -25,13 +25,14 @@ DEPLOY = os.path.join(SRC, "deploy")
 COMPOSE = os.path.join(DEPLOY, "compose.yaml")
 
 PORTS = {"registry": 7701, "ingest": 7702, "prep": 7703, "train": 7704,
-         "serve": 7705, "monitor": 7707, "alert": 7708}
+         "serve": 7705, "monitor": 7707, "alert": 7708, "console": 7709}
 GRPC_PORT = 7706
-NO_DB = {"serve"}
+NO_DB = {"serve", "console"}
+NO_BUS = {"console"}  # the console only proxies HTTP to the others
 # What each service talks to (DESIGN.md section 1), so must start after.
 NEEDS = {"registry": set(), "ingest": {"registry"}, "prep": {"registry", "ingest"},
          "train": {"registry"}, "serve": {"registry"}, "monitor": {"registry"},
-         "alert": {"registry"}}
+         "alert": {"registry"}, "console": {"registry"}}
 
 
 def load():
@@ -89,7 +90,10 @@ class Compose(unittest.TestCase):
     def test_environment(self):
         for svc in PORTS:
             env = self.services[f"quern-{svc}"]["environment"]
-            self.assertRegex(env["QUERN_BUS"], r"^amqp://quern:[^@]+@rabbitmq:5672/")
+            if svc in NO_BUS:
+                self.assertNotIn("QUERN_BUS", env, svc)
+            else:
+                self.assertRegex(env["QUERN_BUS"], r"^amqp://quern:[^@]+@rabbitmq:5672/")
             self.assertEqual(env["QUERN_REGISTRY"], "http://quern-registry:7701")
             self.assertEqual(env["QUERN_OTLP_ENDPOINT"], "${QUERN_OTLP_ENDPOINT:-}")
             self.assertEqual(env["QUERN_DATA"], "/data")
@@ -112,7 +116,7 @@ class Compose(unittest.TestCase):
                     self.assertIn("healthcheck", self.services[dep], f"{name} waits on {dep}'s health")
         for svc, needs in NEEDS.items():
             deps = self.services[f"quern-{svc}"]["depends_on"]
-            want = {"rabbitmq"} | {f"quern-{n}" for n in needs} | (set() if svc in NO_DB else {"postgres"})
+            want = (set() if svc in NO_BUS else {"rabbitmq"}) | {f"quern-{n}" for n in needs} | (set() if svc in NO_DB else {"postgres"})
             for w in want:
                 self.assertEqual(deps.get(w, {}).get("condition"), "service_healthy", f"{svc} -> {w}")
         # A start order exists (no cycle).

@@ -35,7 +35,7 @@ import yaml
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get("QUERN_SOURCE_DIR", os.path.abspath(os.path.join(HERE, "..", "..")))
 DEPLOY = os.path.join(SRC, "deploy")
-SERVICES = ["registry", "ingest", "prep", "train", "serve", "monitor", "alert"]
+SERVICES = ["registry", "ingest", "prep", "train", "serve", "monitor", "alert", "console"]
 IN_IMAGE = {"quern", "sh", "/bin/sh"} | {f"quern-{s}" for s in SERVICES}
 OTEL_FLUSH_S = 3  # src/core/service.c: OTEL_FLUSH_MS
 

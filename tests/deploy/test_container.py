@@ -32,7 +32,7 @@ WORK = os.environ.get("QUERN_TEST_WORK", tempfile.gettempdir())
 CONTAINER = os.path.join(SRC, "deploy", "container")
 
 PORTS = {"registry": 7701, "ingest": 7702, "prep": 7703, "train": 7704,
-         "serve": 7705, "monitor": 7707, "alert": 7708}
+         "serve": 7705, "monitor": 7707, "alert": 7708, "console": 7709}
 
 
 def stages(text):
@@ -152,6 +152,7 @@ class MkRoot(unittest.TestCase):
 
     def test_every_library_in_the_layers_of_its_image(self):
         layers = {"registry": ["runtime"], "ingest": ["runtime"], "prep": ["runtime"], "monitor": ["runtime"],
+                  "console": ["runtime"],
                   "train": ["runtime", "ml"], "alert": ["runtime", "ml"], "serve": ["runtime", "ml", "grpc"]}
         for svc, ls in layers.items():
             missing = needed(os.path.join(BIN, f"quern-{svc}")) - self.libs(*ls)

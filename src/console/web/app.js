@@ -8,7 +8,7 @@ const routes = [
   [/^$/, 'overview.js', 'Overview'],
   [/^models$/, 'model.js', 'Models'],
   [/^models\/([^/]+)$/, 'model.js', 'Model'],
-  [/^runs$/, 'runs.js', 'Runs'],
+  [/^runs(?:\?.*)?$/, 'runs.js', 'Runs'],
   [/^runs\/compare\/([^/]+)$/, 'runs.js', 'Compare runs'],
   [/^runs\/([^/]+)$/, 'runs.js', 'Run'],
   [/^datasets$/, 'dataset.js', 'Datasets'],
@@ -31,7 +31,7 @@ async function route() {
   const mine = ++seq;
   for (const a of document.querySelectorAll('.top nav a')) {
     const target = a.getAttribute('href').slice(2);
-    const on = target ? path === target || path.startsWith(target + '/') || (target === 'models' && path.startsWith('models')) : path === '';
+    const on = target ? path === target || path.startsWith(target + '/') || path.startsWith(target + '?') || (target === 'models' && path.startsWith('models')) : path === '';
     if (on) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
   }
   const hit = routes.map(([re, mod, title]) => [path.match(re), mod, title]).find(([m]) => m);

@@ -36,25 +36,51 @@ export async function allVersions(name, max = 5000) {
   return out;
 }
 
-// The moves of an alias: {at, from, to, reason, who}, oldest first; null
-// when the registry has no history route (404).
-async function history(name, alias) {
-  const r = await api('registry', `/v1/models/${enc(name)}/aliases/${enc(alias)}/history`);
-  if (!r.ok) return null;
-  const list = Array.isArray(r.data) ? r.data : r.data.history || r.data.moves || r.data.entries || [];
-  return list.map((e) => ({
-    at: e.time || e.at || e.moved_at || e.created_at, reason: e.reason, who: e.who || e.by,
-    from: e.from_version ?? e.from ?? e.previous_version ?? null, to: e.to_version ?? e.to ?? e.version ?? null,
-  })).sort((a, b) => (a.at < b.at ? -1 : 1));
+// The moves of an alias, oldest first, from GET .../aliases/{alias}/history
+// ({history:[{id, at, from_version, to_version, reason, who}]}, newest first,
+// paged); null when the registry does not answer it.
+async function history(name, alias, max = 1000) {
+  let list = [], token = '';
+  while (list.length < max) {
+    const r = await api('registry', `/v1/models/${enc(name)}/aliases/${enc(alias)}/history?limit=200${token ? '&page_token=' + enc(token) : ''}`);
+    if (!r.ok) return list.length ? list.reverse() : null;
+    list = list.concat(r.data.history || []);
+    token = r.data.next_page_token;
+    if (!token) break;
+  }
+  return list.map((e) => ({ id: e.id, at: e.at, reason: e.reason, who: e.who, from: e.from_version, to: e.to_version })).reverse();
+}
+
+// The run and dataset behind an alias (GET .../aliases/{alias}/lineage).
+function lineageLine(res) {
+  if (!res || !res.ok) return null;
+  const l = res.data, ds = l.dataset;
+  return h('p', { class: 'muted lineage', 'data-run': l.run_id || '' }, 'from ',
+    l.run_id ? link(`#/runs/${enc(l.run_id)}`, `run ${String(l.run_id).slice(0, 8)}`) : 'no run',
+    ' on ', ds && ds.name ? link(`#/datasets/${enc(ds.name)}/${ds.version}`, `${ds.name} v${ds.version}`) : 'no recorded dataset');
+}
+
+// The traffic policy in force (GET /v1/models/{name}/traffic): routes by
+// weight, the shadow, stickiness; the default when none is stored.
+function trafficView(res) {
+  if (!res.ok) return fail(errText(res));
+  const t = res.data;
+  return h('div', { id: 'traffic' },
+    table([{ key: 'alias', label: 'Alias' }, { key: 'weight', label: 'Weight %', num: true }], t.routes || [], { id: 'traffic-routes' }),
+    h('p', { class: 'muted' }, t.default ? 'No policy stored: everything goes to production.' : `Set ${fmtTime(t.updated_at)}.`,
+      t.shadow ? ` Shadow: ${t.shadow.alias} on ${fmt(t.shadow.fraction * 100)}% of requests.` : ' No shadow.',
+      t.sticky ? ` Sticky by ${t.sticky}.` : ''));
 }
 
 async function one(main, name) {
-  const [model, versions, aliases] = await Promise.all([
-    api('registry', `/v1/models/${enc(name)}`), allVersions(name), api('registry', `/v1/models/${enc(name)}/aliases`)]);
+  const [model, versions, aliases, traffic] = await Promise.all([
+    api('registry', `/v1/models/${enc(name)}`), allVersions(name), api('registry', `/v1/models/${enc(name)}/aliases`),
+    api('registry', `/v1/models/${enc(name)}/traffic`)]);
   if (!model.ok) return main.replaceChildren(h('h1', {}, name), fail(errText(model)));
   const al = (aliases.ok && aliases.data.aliases) || [];
   const vs = versions || [];
   const hist = await Promise.all(al.map((a) => history(name, a.alias)));
+  const lineage = await Promise.all(al.map((a) => api('registry', `/v1/models/${enc(name)}/aliases/${enc(a.alias)}/lineage`)));
 
   // metric columns: every metric, its baseline beside it when there is one
   const keys = [...new Set(vs.flatMap((v) => Object.keys(v.metrics || {})))].filter((k) => !k.startsWith('baseline.') && !k.startsWith('n_')).sort();
@@ -69,8 +95,8 @@ async function one(main, name) {
       cols.push({ key: 'baseline.' + k, label: 'baseline', num: true, get: (v) => v.metrics && v.metrics['baseline.' + k] });
   }
   cols.push(
-    { key: 'run', label: 'Run', get: (v) => v.run_id || (v.tags && (v.tags['quern.run_id'] || v.tags['quern.job_id'])),
-      render: (v) => v.run_id || v.tags?.['quern.run_id'] ? link(`#/runs/${enc(v.run_id || v.tags['quern.run_id'])}`, String(v.run_id || v.tags['quern.run_id']).slice(0, 8))
+    { key: 'run', label: 'Run', get: (v) => v.run_id || (v.tags && v.tags['quern.job_id']),
+      render: (v) => v.run_id ? link(`#/runs/${enc(v.run_id)}`, String(v.run_id).slice(0, 8))
         : v.tags?.['quern.job_id'] ? link(`#/jobs/${enc(v.tags['quern.job_id'])}`, 'job ' + v.tags['quern.job_id'].slice(0, 8)) : '–' },
     { key: 'dataset', label: 'Dataset', get: (v) => v.dataset && `${v.dataset.name} v${v.dataset.version}`,
       render: (v) => v.dataset && v.dataset.name ? link(`#/datasets/${enc(v.dataset.name)}/${v.dataset.version}`, `${v.dataset.name} v${v.dataset.version}`) : '–' });
@@ -85,10 +111,11 @@ async function one(main, name) {
 
   const timelines = h('div', { id: 'alias-history' }, al.length ? al.map((a, i) => h('div', {},
     h('h3', {}, `${a.alias}: v${a.version}`, h('span', { class: 'muted' }, ` since ${fmtTime(a.updated_at)} (${ago(a.updated_at)})`)),
+    lineageLine(lineage[i]),
     hist[i] === null ? h('p', { class: 'muted', 'data-history': 'none' }, 'No history (the registry does not record alias moves).')
       : h('ul', { class: 'timeline', 'data-alias': a.alias }, hist[i].slice().reverse().map((e) => h('li', {},
         h('div', { class: 'muted' }, `${fmtTime(e.at)}${e.who ? ' · ' + e.who : ''}`),
-        `v${e.from ?? '–'} → v${e.to}`, e.reason ? h('span', { class: 'muted' }, ` · ${e.reason}`) : ''))))) : note('No alias points at a version of this model.'));
+        e.from == null ? `set to v${e.to}` : `v${e.from} → v${e.to}`, e.reason ? h('span', { class: 'muted' }, ` · ${e.reason}`) : ''))))) : note('No alias points at a version of this model.'));
 
   // promote / roll back
   const msg = h('p', { 'aria-live': 'polite', id: 'action-msg' });
@@ -104,18 +131,11 @@ async function one(main, name) {
   }
   async function rollback() {
     const alias = aliasIn.value.trim() || 'production';
-    const i = al.findIndex((a) => a.alias === alias);
-    let prev = null;
-    const hs = i >= 0 ? hist[i] : null;
-    if (hs && hs.length) prev = hs[hs.length - 1].from;
-    if (prev == null) {
-      // without a history route: the registry's promotion events say what it was
-      const ev = await api('registry', '/v1/events?limit=1000');
-      const moves = ((ev.data && ev.data.events) || []).map((e) => e.event).filter((e) => e.type === 'quern.model.promoted' && e.data.model === name && e.data.alias === alias);
-      if (moves.length) prev = moves[moves.length - 1].data.previous_version;
-    }
-    if (prev == null) { msg.replaceChildren(fail(`${alias} has no previous version to roll back to.`)); return; }
-    move(prev);
+    const r = await act('registry', `/v1/models/${enc(name)}/aliases/${enc(alias)}/rollback`, 'POST', { reason: 'from the console' });
+    if (!r) return;
+    if (!r.ok) { msg.replaceChildren(fail(`Not rolled back: ${errText(r)}`)); return; }
+    msg.replaceChildren(note(`${alias} now points at v${r.data.version} (rolled back from v${r.data.from_version}).`));
+    setTimeout(() => { if (location.hash === `#/models/${enc(name)}`) one(main, name); }, 600);
   }
   // retrain: the model's newest job asked again, on the dataset's latest version
   async function retrain() {
@@ -144,5 +164,6 @@ async function one(main, name) {
       h('section', { class: 'card wide' }, h('h2', {}, 'Versions'), table(cols, vs, { id: 'versions', empty: 'No version yet.' })),
       curve ? card('Metric by version', curve) : null,
       card('Aliases', timelines),
+      card('Traffic', trafficView(traffic)),
       card('Actions', actions)));
 }
