@@ -448,7 +448,7 @@ if __name__ == "__main__":
                QUERN_LOG_SAMPLE_RATE="1", QUERN_POLL_INTERVAL="2s",
                QUERN_MONITOR_WINDOW_ROWS=str(WINDOW), QUERN_MONITOR_WINDOW_SECONDS="3600",
                QUERN_ALERT_RULES=os.path.join(HOME, "alert-rules.json"),
-               QUERN_MONITOR_QUALITY_WINDOW=str(WINDOW))
+               QUERN_MONITOR_QUALITY_WINDOW=os.environ.get("QUERN_MONITOR_QUALITY_WINDOW", str(WINDOW)))
     for k in ("QUERN_REGISTRY", "QUERN_INGEST", "QUERN_PREP", "QUERN_TRAIN", "QUERN_SERVE",
               "QUERN_MONITOR", "QUERN_ALERT", "QUERN_CONSOLE", "QUERN_DATA", "QUERN_LISTEN"):
         ENV.pop(k, None)
