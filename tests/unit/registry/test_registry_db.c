@@ -21,46 +21,12 @@
 #include "core/json.h"
 #include "registry/db.h"
 
-static char url[512], dbpath[300];
-static const char *pg_base;
-static int on_pg;
-static qn_store *db;
+#include "registry_store.h"
 
 static int setup(void **state)
 {
     (void)state;
-    static int n;
-    qn_err err;
-    if (on_pg) {
-        snprintf(url, sizeof url, "%s%cschema=reg_%d_%d", pg_base, strchr(pg_base, '?') ? '&' : '?',
-                 (int)getpid(), n++);
-    } else {
-        const char *work = getenv("QUERN_TEST_WORK");
-        snprintf(dbpath, sizeof dbpath, "%s/registry_db_%d_%d.db", work ? work : "/tmp", (int)getpid(), n++);
-        unlink(dbpath);
-        snprintf(url, sizeof url, "sqlite://%s", dbpath);
-    }
-    db = qn_store_open(url, reg_db_migrations, reg_db_nmigrations, &err);
-    if (!db)
-        fprintf(stderr, "cannot open %s: %s\n", url, err.msg);
-    assert_non_null(db);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    qn_store_close(db);
-    db = NULL;
-    if (!on_pg) {
-        char p[340];
-        unlink(dbpath);
-        snprintf(p, sizeof p, "%s-wal", dbpath);
-        unlink(p);
-        snprintf(p, sizeof p, "%s-shm", dbpath);
-        unlink(p);
-    }
-    return 0;
+    return reg_store_setup("reg");
 }
 
 #define MANIFEST "{\"format\":\"quern.model/1\",\"kind\":\"linear\"}"
@@ -459,7 +425,7 @@ static void test_alias_history_and_rollback(void **state)
     qn_page_free(&pg);
 }
 
-#define CASE(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define CASE(f) cmocka_unit_test_setup_teardown(f, setup, reg_store_teardown)
 
 int main(void)
 {
