@@ -184,6 +184,39 @@ async function main() {
     await shot('models');
   });
 
+  // A page still loading when the user moves on must not write over the
+  // next one: the overview's reads are held back 1.5 s, the models list is
+  // opened at once, and after the overview's answers came it is still shown.
+  await step('a slow page left behind does not write over the next', async () => {
+    await page.setRequestInterception(true);
+    let held = 0, released = 0;
+    const hold = (req) => {
+      const slow = req.url().includes('/api/') && !req.url().includes('/api/registry/v1/models?limit');
+      if (!slow) return req.continue().catch(() => {});
+      held++;
+      setTimeout(() => req.continue().catch(() => {}).finally(() => released++), 1500);
+    };
+    page.on('request', hold);
+    try {
+      await page.goto(`${world.console}/#/`, { waitUntil: 'load' });
+      await page.waitForFunction(() => document.body.dataset.page === 'loading', { timeout: 10000 });
+      await open('models', 'model');
+      // the overview reads twice in a row (services, then each production
+      // alias): wait until every held read was answered and a moment more
+      for (let quiet = 0; quiet < 2; ) {
+        await new Promise((r) => setTimeout(r, 1000));
+        quiet = held === released ? quiet + 1 : 0;
+      }
+      assert.ok(held > 0, 'the overview asked for nothing');
+      const names = await cells('#models', 'name');
+      assert.deepEqual(names.map((c) => c.v), models.map((m) => m.name));
+      assert.equal(await page.$eval('main h1', (e) => e.textContent), 'Models');
+    } finally {
+      page.off('request', hold);
+      await page.setRequestInterception(false);
+    }
+  });
+
   const versions = (await get('registry', `/v1/models/${model}/versions`)).versions;
   await step('model: versions and metrics side by side, baseline, chart, links', async () => {
     await open(`models/${model}`, 'model');

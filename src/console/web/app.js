@@ -46,13 +46,17 @@ async function route() {
   try {
     const page = await import(`./${mod}`);
     if (mine !== seq) return;
-    main.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
-    const out = await page.render(main, { path, args: m.slice(1).filter((x) => x !== undefined), isCurrent: () => mine === seq });
+    // Each visit renders into its own view: a page still loading when the
+    // user has moved on writes into a node no longer shown, never over the
+    // page that replaced it.
+    const view = h('div', { class: 'view' }, h('p', { class: 'muted' }, 'Loading…'));
+    main.replaceChildren(view);
+    const out = await page.render(view, { path, args: m.slice(1).filter((x) => x !== undefined), isCurrent: () => mine === seq });
     if (mine !== seq) { if (typeof out === 'function') out(); return; }
     cleanup = typeof out === 'function' ? out : null;
   } catch (e) {
     console.warn(e);
-    main.replaceChildren(h('h1', {}, title), fail(`This page failed: ${e.message}`));
+    if (mine === seq) main.replaceChildren(h('h1', {}, title), fail(`This page failed: ${e.message}`));
   }
   if (mine === seq) document.body.dataset.page = mod.replace('.js', '');
 }
