@@ -1061,6 +1061,31 @@ static void send_direct(qn_req *req)
     (void)!sendmsg(ci->connect_fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
+/* A body must keep coming: the head's deadline to start, then one more
+ * second per BODY_MIN_RATE bytes (Apache's mod_reqtimeout rule). The idle
+ * timeout restarts on every byte, so without this a client trickling a byte
+ * now and then would hold a worker and a connection for as long as it liked.
+ * Checked as each piece arrives; a client that stops sending altogether is
+ * the idle timeout's. */
+#define BODY_MIN_RATE 500
+
+static int body_too_slow(qn_req *req, size_t n)
+{
+    double allowed = (double)req->h->opts.header_timeout_ms / 1000.0 +
+                     (double)(req->received + n) / BODY_MIN_RATE;
+    double took = elapsed_s(&req->t0);
+    if (took <= allowed)
+        return 0;
+    res_error_status(&req->res, 408, QN_DEADLINE_EXCEEDED, NULL,
+                     "the request body came too slowly: %llu bytes in %.1f s; send at least %d "
+                     "bytes a second after the first %lld ms",
+                     (unsigned long long)(req->received + n), took, BODY_MIN_RATE,
+                     req->h->opts.header_timeout_ms);
+    qn_log_warn(req->trace_id, "request body too slow", "{s:s, s:I, s:f}", "route", req->route->path,
+                "bytes", (json_int_t)(req->received + n), "seconds", took);
+    return 1;
+}
+
 static enum MHD_Result receive(qn_req *req, const char *data, size_t n)
 {
     qn_http *h = req->h;
@@ -1072,6 +1097,10 @@ static enum MHD_Result receive(qn_req *req, const char *data, size_t n)
         return MHD_NO;
     }
     const qn_route *r = req->route;
+    if (body_too_slow(req, n)) {
+        send_direct(req);
+        return MHD_NO;
+    }
     if (req->received + n > r->max_body) {
         body_too_large(req, req->received + n, 0);
         req->received += n;
@@ -1263,6 +1292,8 @@ qn_http *qn_http_start(const qn_http_opts *opts, qn_err *err)
     if (!h)
         goto oom;
     h->opts = *opts;
+    if (h->opts.header_timeout_ms <= 0)
+        h->opts.header_timeout_ms = DEFAULT_HEADER_TIMEOUT_MS;
     h->service = strdup(opts->service ? opts->service : "quern");
     if (!h->service)
         goto oom;
