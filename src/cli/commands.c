@@ -16,6 +16,7 @@
 #include "core/buf.h"
 #include "core/digest.h"
 #include "core/json.h"
+#include "core/trace.h"
 #include "ml/csv.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
@@ -519,6 +520,7 @@ typedef struct ingest_run {
     int nonblank;         /* the batch has a record that is not blank */
     long long max_bytes;  /* of one request: --batch-bytes, or ingest's limit when smaller */
     long long accepted, rejected, requests, reported;
+    char run_id[QN_UUID_LEN + 1]; /* this run's part of each request's Idempotency-Key */
 } ingest_run;
 
 static size_t rec_end(const ingest_run *r, size_t i)
@@ -590,7 +592,12 @@ static int send_range(ingest_run *r, size_t from, size_t to)
         data = req.data;
         len = req.len;
     }
-    int st = qn_client_raw(cli_client("ingest"), "POST", r->path, r->ctype, data, len, NULL, &ans, &err);
+    /* One key per request of this run: a request whose answer was lost (a
+     * connection cut after ingest stored the rows) is sent again under it,
+     * and ingest answers it from what it stored instead of storing twice. */
+    char key[QN_UUID_LEN + 48];
+    snprintf(key, sizeof key, "%s:%lld-%lld", r->run_id, r->line[from], r->line[to - 1]);
+    int st = qn_client_raw_idem(cli_client("ingest"), "POST", r->path, r->ctype, data, len, key, NULL, &ans, &err);
     a = ans.len ? json_loadb(ans.data, ans.len, 0, NULL) : NULL;
     if (st >= 0) {
         r->requests++;
@@ -749,6 +756,7 @@ static int ingest(const void *opts)
 {
     const ingest_opts *o = opts;
     ingest_run r = {.o = o, .max_bytes = o->batch_bytes};
+    qn_uuid4(r.run_id);
     const char *format = o->format ? o->format : strstr(o->file, ".csv") ? "csv" : "ndjson";
     r.csv = strcmp(format, "csv") == 0;
     if (!r.csv && (o->delimiter || o->decimal_comma || o->encoding || o->na)) {

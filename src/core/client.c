@@ -754,6 +754,15 @@ int qn_client_raw(qn_client *c, const char *method, const char *path, const char
     return do_call(c, &k, err);
 }
 
+int qn_client_raw_idem(qn_client *c, const char *method, const char *path, const char *content_type,
+                       const void *body, size_t len, const char *idempotency_key, const qn_trace_ctx *trace,
+                       qn_buf *out, qn_err *err)
+{
+    call k = {.method = method, .path = path, .content_type = content_type, .body = body, .len = len,
+              .idem_key = idempotency_key, .trace = trace, .out = out};
+    return do_call(c, &k, err);
+}
+
 int qn_client_fetch(qn_client *c, qn_fetch *f, qn_buf *out, qn_err *err)
 {
     call k = {.method = "GET", .path = "", .out = out, .fetch = f};

@@ -97,6 +97,11 @@ QN_MUST_CHECK int qn_client_raw(qn_client *c, const char *method, const char *pa
                   const void *body, size_t len, const qn_trace_ctx *trace, qn_buf *out,
                   qn_err *err);
 
+/* As qn_client_raw with an Idempotency-Key header, which makes a POST safe to retry. */
+QN_MUST_CHECK int qn_client_raw_idem(qn_client *c, const char *method, const char *path, const char *content_type,
+                                     const void *body, size_t len, const char *idempotency_key,
+                                     const qn_trace_ctx *trace, qn_buf *out, qn_err *err);
+
 /* As qn_client_raw for a proxy: returns the upstream's HTTP status whatever
  * it is (2xx to 5xx, the answer's body in out, its Content-Type copied into
  * ctype, "" when it sent none), and a negative code only when no answer came

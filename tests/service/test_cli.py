@@ -1,5 +1,7 @@
 """Black-box tests of the quern command: quern up/status/down as a supervisor
 of real service processes, and the client commands with their exit codes."""
+import http.client
+import http.server
 import json
 import os
 import random
@@ -8,6 +10,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 import urllib.request
@@ -286,6 +289,70 @@ class CliTest(unittest.TestCase):
         ev = self.api(2, "/v1/datasets/quoted/events?after=999&limit=1")["events"][0]["data"]
         self.assertEqual(ev["i"], "999")
         self.assertTrue(ev["note"].startswith("line one\nline two"))
+
+    def test_ingest_answer_lost_is_sent_again_once(self):
+        """A connection cut after ingest stored a batch but before its answer came: `quern ingest`
+        sends the batch again under the same Idempotency-Key, ingest answers from what it stored,
+        and every row is in the dataset exactly once. A proxy between them drops every third
+        POST's answer (it reads ingest's answer, then closes the client's connection)."""
+        self.up("ingest")
+        upstream = int(self.env["QUERN_PORT_BASE"]) + 2
+        seen = []  # (Idempotency-Key, answer dropped)
+
+        class Proxy(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                conn = http.client.HTTPConnection("127.0.0.1", upstream, timeout=60)
+                hdrs = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request("POST", self.path, body=body, headers=hdrs)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                drop = len(seen) % 3 == 1
+                seen.append((self.headers.get("Idempotency-Key"), drop))
+                if drop:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding", "date", "server"):
+                        self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = None
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        try:
+            path = os.path.join(self.home, "lost.ndjson")
+            with open(path, "w") as f:
+                for i in range(1000):
+                    f.write(json.dumps({"i": i}) + "\n")
+            env = dict(self.env, QUERN_INGEST=f"http://127.0.0.1:{srv.server_address[1]}")
+            p = subprocess.run([os.path.join(BIN, "quern"), "--json", "ingest", "lost", path, "--batch", "100"],
+                               env=env, capture_output=True, text=True, timeout=120)
+        finally:
+            srv.shutdown()
+            srv.server_close()
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(p.stdout)["accepted"], 1000)
+        dropped = [k for k, d in seen if d]
+        self.assertGreaterEqual(len(dropped), 3, seen)
+        keys = [k for k, _ in seen]
+        self.assertTrue(all(keys), f"a request went without an Idempotency-Key: {seen}")
+        for k in dropped:  # each lost answer's request came again, under its key
+            self.assertGreaterEqual(keys.count(k), 2, (k, seen))
+        self.assertEqual(len(set(keys)), 10, "ten batches of 100 rows, one key each")
+        self.assertEqual(self.api(2, "/v1/datasets/lost")["rows"], 1000)
+        got = [e["data"]["i"] for e in self.api(2, "/v1/datasets/lost/events?after=0&limit=5000")["events"]]
+        self.assertEqual(sorted(got), list(range(1000)))
 
     def test_ingest_failure_names_the_line(self):
         self.up("ingest")
