@@ -362,6 +362,27 @@ static json_t *lat_json(const lat_sum *l)
     return json_pack("{s:f, s:f, s:I}", "p50", l->p50, "p95", l->p95, "requests", (json_int_t)l->n);
 }
 
+json_t *mon_promote_latency_json(monitor *m, const char *model)
+{
+    json_t *out = json_object();
+    if (!out || !m->promote)
+        return out;
+    pthread_mutex_lock(&m->mu);
+    pmodel *pm = m->promote->models;
+    while (pm && strcmp(pm->name, model) != 0)
+        pm = pm->next;
+    for (int k = 0; pm && k < MAX_LAT_VERS; k++) {
+        lat_sum l;
+        char v[24];
+        if (pm->lat[k].ver <= 0 || latency_of(m, model, pm->lat[k].ver, &l) < 0 || l.n == 0)
+            continue;
+        snprintf(v, sizeof v, "%lld", (long long)pm->lat[k].ver);
+        json_object_set_new(out, v, lat_json(&l));
+    }
+    pthread_mutex_unlock(&m->mu);
+    return out;
+}
+
 /* ---- the registry and the outbox ----------------------------------------------- */
 
 static void publish(monitor *m, const char *type, json_t *data)

@@ -16,7 +16,8 @@ several evaluations; once the canary alias moves to the slow version, the
 monitor sets its weight to 0 (its share to production) with the evidence in
 quern.traffic.rolled_back (cause "latency", quantile p95, both versions'
 p50/p95 and request counts, the canary's p95 above production's times the
-ratio), logs "canary rolled back", and no alias moves. Run by
+ratio), logs "canary rolled back", and no alias moves; the monitor's
+agreement report shows each version's p50/p95 and request count. Run by
 /usr/bin/python3 (numpy, xgboost).
 """
 import json
@@ -203,6 +204,13 @@ class AutoRollbackLatencyTest(ServiceTest):
         for alias, v in (("production", v1), ("canary", v3)):
             self.assertEqual(self.reg.request("GET", f"/v1/models/{MODEL}/aliases/{alias}")[2]["version"], v)
         self.assertNotEqual(v2, v3)
+        # the agreement report shows each version's serving latency
+        st, _, ag = self.mon.request("GET", f"/v1/monitors/{MODEL}/agreement")
+        self.assertEqual(st, 200, ag)
+        lat = ag["latency_us"]
+        self.assertGreaterEqual(set(lat), {str(v1), str(v2), str(v3)}, ag)
+        self.assertGreaterEqual(lat[str(v3)]["requests"], can["requests"])
+        self.assertGreater(lat[str(v3)]["p95"], 3 * lat[str(v1)]["p95"], ag)
 
 
 if __name__ == "__main__":
