@@ -268,10 +268,12 @@ static int64_t mono_us(void)
 
 static void log_tabular(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
                         const qml_input_batch *b, const float *out, size_t w, const serve_logctx *lc,
-                        int64_t latency_us)
+                        int64_t t0)
 {
     if (!s->predlog || (lc && lc->off) || (!(lc && lc->force) && !serve_predlog_sample(m->sample_rate)))
         return;
+    /* The latency a caller saw; a shadow worker's rerun (forced) has none. */
+    int64_t latency_us = lc && lc->force ? -1 : mono_us() - t0;
     char rid[QN_UUID_LEN + 1];
     const char *id = log_id(lc, rq, rid);
     size_t n = b->n_rows < 16 ? b->n_rows : 16; /* a sampled request logs at most 16 rows */
@@ -570,8 +572,7 @@ static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_i
             memcpy(o->data, out, o->data_len);
         }
     }
-    /* The latency a caller saw; a shadow worker's rerun (forced) has none. */
-    log_tabular(s, m, v, rq, &b, out, w, lc, lc && lc->force ? -1 : mono_us() - t0);
+    log_tabular(s, m, v, rq, &b, out, w, lc, t0);
 out:
     serve_rows_free(&rr);
     return rc;
