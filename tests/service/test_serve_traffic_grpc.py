@@ -72,10 +72,15 @@ class TrafficGrpcTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.ch.close()
         cls.conn.close()
+        bad = []
         for s in (cls.serve, cls.reg):
             if s:
                 s.stop()
+                log = s.log()
+                bad += [f"{s.name}: {log[log.find(b):][:3000]}" for b in
+                        ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:") if b in log]
         shutil.rmtree(cls.home, ignore_errors=True)
+        assert not bad, bad
 
     @classmethod
     def put_blob(cls, data):
