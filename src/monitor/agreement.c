@@ -11,7 +11,9 @@
  * 0.5 for a probability, the same argmax for a vector of scores, the same
  * top item for a recommendation; null when predictions are other numbers),
  * the mean absolute difference of scalar predictions, and each side's mean
- * (the prediction distributions, summarised). Rows of closed windows are
+ * (the prediction distributions, summarised). Beside the pairs, each
+ * version's serving latency (p50, p95 and how many requests, from the
+ * latency_us serve logs; promote.c keeps them). Rows of closed windows are
  * swept with them, so the report covers the open windows and what is kept.
  */
 #include <math.h>
@@ -143,5 +145,6 @@ int mon_agreement(qn_req *req, qn_res *res, void *ud)
     json_t *list = json_array();
     for (size_t i = 0; i < np; i++)
         json_array_append_new(list, pair_json(&pairs[i]));
-    return qn_res_json(res, 200, json_pack("{s:s, s:o}", "model", model, "pairs", list));
+    return qn_res_json(res, 200, json_pack("{s:s, s:o, s:o}", "model", model, "pairs", list, "latency_us",
+                                           mon_promote_latency_json(m, model)));
 }

@@ -152,6 +152,12 @@ void mon_promote_free(monitor *m);
 /* One labelled request of model: label y, each version's score. Under m->mu. */
 void mon_promote_label(monitor *m, const char *model, double y, size_t n, const int64_t *versions,
                        const double *scores);
+/* The serving latencies (their "latency_us") of logged predictions preds of
+ * (model, version), one per request, for latency rollback. Under m->mu. */
+void mon_promote_latencies(monitor *m, const char *model, int64_t version, const json_t *preds);
+/* {"<version>":{"p50","p95","requests"}} of model's kept serving latencies
+ * (microseconds); an empty object when none. Takes m->mu. */
+json_t *mon_promote_latency_json(monitor *m, const char *model);
 /* Evaluates the policies (registry calls); the ticker, NOT under m->mu. */
 void mon_promote_tick(monitor *m);
 

@@ -28,8 +28,13 @@
  *   C's by more than error_rate, sets that route's weight to 0 (its share
  *   goes to production) through the traffic PUT, logs it and publishes
  *   quern.traffic.rolled_back with the evidence. No alias moves.
- * latency_p50_ratio is accepted by the registry and not evaluated here
- * (the monitor does not see serve's latencies).
+ *   Latency: serve logs each request's serving latency with its
+ *   prediction (latency_us); the last MAX_LATENCIES requests of each
+ *   version are kept here (mon_promote_latencies; labels not needed), and
+ *   once K and C each have >= min_labelled of them, K's p95 above C's p95
+ *   times latency_p95_ratio (or p50 and latency_p50_ratio), and above it
+ *   by more than latency_margin_ms, rolls K back the same way (cause
+ *   "latency").
  */
 #include <math.h>
 #include <stdio.h>
@@ -46,6 +51,9 @@
 #define EVAL_MS 1000        /* evaluations at most this often */
 #define IDLE_EVAL_MS 30000  /* and a model without new labels this often */
 #define MAX_MODELS 64
+#define MAX_LATENCIES 20000 /* latencies kept per version (4 bytes each) */
+#define MAX_LAT_VERS 8      /* versions with latencies kept per model, the least recent make way */
+#define LAT_EVAL_MS 5000    /* a model with new latencies and no "auto" policy seen: this often */
 
 typedef struct plab {
     double y;
@@ -54,12 +62,23 @@ typedef struct plab {
     double score[MAX_VERS];
 } plab;
 
+/* The serving latencies (microseconds) of one version's latest requests. */
+typedef struct plat {
+    int64_t ver;
+    uint32_t *ring;
+    size_t n, cap, head;
+    int64_t used_ms;     /* when a latency last arrived */
+} plat;
+
 typedef struct pmodel {
     char name[129];
     plab *ring;
     size_t n, cap, head; /* entries held, room (grows to MAX_LABELLED), next slot */
     int64_t seen;        /* labelled requests since start */
     int64_t seen_eval, eval_at; /* seen at the last evaluation, and when */
+    plat lat[MAX_LAT_VERS];
+    int64_t lat_seen, lat_seen_eval; /* latencies since start, and at the last evaluation */
+    int has_auto;        /* the last evaluation found an "auto" policy */
     struct pmodel *next;
 } pmodel;
 
@@ -82,10 +101,85 @@ void mon_promote_free(monitor *m)
     for (pmodel *pm = m->promote->models, *nx; pm; pm = nx) {
         nx = pm->next;
         free(pm->ring);
+        for (int i = 0; i < MAX_LAT_VERS; i++)
+            free(pm->lat[i].ring);
         free(pm);
     }
     free(m->promote);
     m->promote = NULL;
+}
+
+/* The entry of model, made when missing (NULL: MAX_MODELS reached, or out of memory). */
+static pmodel *model_get(monitor *m, const char *model)
+{
+    pmodel *pm = m->promote->models;
+    size_t count = 0;
+    for (; pm && strcmp(pm->name, model) != 0; pm = pm->next)
+        count++;
+    if (!pm) {
+        if (count >= MAX_MODELS || !(pm = calloc(1, sizeof *pm)))
+            return NULL;
+        snprintf(pm->name, sizeof pm->name, "%s", model);
+        pm->next = m->promote->models;
+        m->promote->models = pm;
+    }
+    return pm;
+}
+
+void mon_promote_latencies(monitor *m, const char *model, int64_t version, const json_t *preds)
+{
+    if (!m->promote)
+        return;
+    pmodel *pm = NULL;
+    plat *pl = NULL;
+    const char *last_id = NULL;
+    size_t i;
+    const json_t *p;
+    json_array_foreach(preds, i, p) {
+        const json_t *lv = json_object_get(p, "latency_us");
+        if (!json_is_integer(lv) || json_integer_value(lv) < 0)
+            continue; /* an older serve, or logged off the request path */
+        /* the rows of one request share its latency: counted once */
+        const char *id = json_string_value(json_object_get(p, "request_id"));
+        if (id && last_id && strcmp(id, last_id) == 0)
+            continue;
+        last_id = id;
+        if (!pm && !(pm = model_get(m, model)))
+            return;
+        if (!pl) {
+            int free_at = -1, oldest = 0;
+            for (int k = 0; k < MAX_LAT_VERS && !pl; k++) {
+                if (pm->lat[k].ver == version)
+                    pl = &pm->lat[k];
+                else if (pm->lat[k].ver == 0 && free_at < 0)
+                    free_at = k;
+                else if (pm->lat[k].used_ms < pm->lat[oldest].used_ms)
+                    oldest = k;
+            }
+            if (!pl) {
+                pl = &pm->lat[free_at >= 0 ? free_at : oldest];
+                pl->ver = version;
+                pl->n = pl->head = 0;
+            }
+        }
+        if (pl->n == pl->cap && pl->cap < MAX_LATENCIES) { /* not wrapped yet: head == n */
+            size_t nc = pl->cap ? pl->cap * 2 : 256;
+            if (nc > MAX_LATENCIES)
+                nc = MAX_LATENCIES;
+            uint32_t *r = realloc(pl->ring, nc * sizeof *r);
+            if (!r)
+                return;
+            pl->ring = r;
+            pl->cap = nc;
+        }
+        json_int_t us = json_integer_value(lv);
+        pl->ring[pl->head] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+        pl->head = (pl->head + 1) % pl->cap;
+        if (pl->n < pl->cap)
+            pl->n++;
+        pl->used_ms = qn_now_ms();
+        pm->lat_seen++;
+    }
 }
 
 void mon_promote_label(monitor *m, const char *model, double y, size_t n, const int64_t *versions,
@@ -93,17 +187,9 @@ void mon_promote_label(monitor *m, const char *model, double y, size_t n, const 
 {
     if (!m->promote || n == 0)
         return;
-    pmodel *pm = m->promote->models;
-    size_t count = 0;
-    for (; pm && strcmp(pm->name, model) != 0; pm = pm->next)
-        count++;
-    if (!pm) {
-        if (count >= MAX_MODELS || !(pm = calloc(1, sizeof *pm)))
-            return;
-        snprintf(pm->name, sizeof pm->name, "%s", model);
-        pm->next = m->promote->models;
-        m->promote->models = pm;
-    }
+    pmodel *pm = model_get(m, model);
+    if (!pm)
+        return;
     if (pm->n == pm->cap && pm->cap < MAX_LABELLED) { /* not wrapped yet: head == n */
         size_t nc = pm->cap ? pm->cap * 2 : 1024;
         if (nc > MAX_LABELLED)
@@ -227,6 +313,76 @@ static void pairs_free(pairs *p)
     free(p->b);
 }
 
+/* One version's latency summary: how many requests, p50 and p95 (us). */
+typedef struct lat_sum {
+    size_t n;
+    double p50, p95;
+} lat_sum;
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The nearest-rank quantile q of sorted v[n] (n > 0). */
+static double quantile(const uint32_t *v, size_t n, double q)
+{
+    size_t r = (size_t)ceil(q * (double)n);
+    return v[r ? r - 1 : 0];
+}
+
+/* The latency summary of version v of model into *out (n 0: none). Under m->mu. */
+static int latency_of(monitor *m, const char *model, int64_t v, lat_sum *out)
+{
+    memset(out, 0, sizeof *out);
+    pmodel *pm = m->promote->models;
+    while (pm && strcmp(pm->name, model) != 0)
+        pm = pm->next;
+    const plat *pl = NULL;
+    for (int k = 0; pm && k < MAX_LAT_VERS && !pl; k++)
+        if (pm->lat[k].ver == v)
+            pl = &pm->lat[k];
+    if (!pl || pl->n == 0)
+        return 0;
+    uint32_t *s = malloc(pl->n * sizeof *s);
+    if (!s)
+        return -1;
+    memcpy(s, pl->ring, pl->n * sizeof *s);
+    qsort(s, pl->n, sizeof *s, cmp_u32);
+    out->n = pl->n;
+    out->p50 = quantile(s, pl->n, 0.5);
+    out->p95 = quantile(s, pl->n, 0.95);
+    free(s);
+    return 0;
+}
+
+static json_t *lat_json(const lat_sum *l)
+{
+    return json_pack("{s:f, s:f, s:I}", "p50", l->p50, "p95", l->p95, "requests", (json_int_t)l->n);
+}
+
+json_t *mon_promote_latency_json(monitor *m, const char *model)
+{
+    json_t *out = json_object();
+    if (!out || !m->promote)
+        return out;
+    pthread_mutex_lock(&m->mu);
+    pmodel *pm = m->promote->models;
+    while (pm && strcmp(pm->name, model) != 0)
+        pm = pm->next;
+    for (int k = 0; pm && k < MAX_LAT_VERS; k++) {
+        lat_sum l;
+        char v[24];
+        if (pm->lat[k].ver <= 0 || latency_of(m, model, pm->lat[k].ver, &l) < 0 || l.n == 0)
+            continue;
+        snprintf(v, sizeof v, "%lld", (long long)pm->lat[k].ver);
+        json_object_set_new(out, v, lat_json(&l));
+    }
+    pthread_mutex_unlock(&m->mu);
+    return out;
+}
+
 /* ---- the registry and the outbox ----------------------------------------------- */
 
 static void publish(monitor *m, const char *type, json_t *data)
@@ -335,33 +491,74 @@ static int canary_worse(monitor *m, const char *model, const json_t *au, int64_t
     json_int_t min_lab = json_integer_value(json_object_get(au, "min_labelled"));
     const json_t *rb = json_object_get(au, "rollback");
     const json_t *qmv = json_object_get(rb, "quality_margin"), *erv = json_object_get(rb, "error_rate");
+    const json_t *l95 = json_object_get(rb, "latency_p95_ratio"), *l50 = json_object_get(rb, "latency_p50_ratio");
+    double lmargin = json_number_value(json_object_get(rb, "latency_margin_ms")) * 1000.0;
     pairs pc, pk;
+    lat_sum lc, lk;
     pthread_mutex_lock(&m->mu);
     int rc1 = collect(m, model, c, 0, 0, &pc), rc2 = collect(m, model, k, 0, 0, &pk);
+    int rc3 = latency_of(m, model, c, &lc), rc4 = latency_of(m, model, k, &lk);
     pthread_mutex_unlock(&m->mu);
     int worse = 0;
-    if (rc1 < 0 || rc2 < 0 || pc.n < (size_t)min_lab || pk.n < (size_t)min_lab)
-        goto out;
-    double mc = metric_of(metric, pc.y, pc.a, pc.n), mk = metric_of(metric, pk.y, pk.a, pk.n);
-    double ec = error_rate(pc.y, pc.a, pc.n), ek = error_rate(pk.y, pk.a, pk.n);
-    const char *why = NULL;
-    if (json_is_number(qmv) && isfinite(mc) && isfinite(mk)) {
-        double need = json_number_value(qmv) * fabs(mc);
-        if (lower_better(metric) ? mk > mc + need : mk < mc - need)
-            why = "quality";
+    int labelled = rc1 == 0 && rc2 == 0 && pc.n >= (size_t)min_lab && pk.n >= (size_t)min_lab;
+    int timed = rc3 == 0 && rc4 == 0 && lc.n >= (size_t)min_lab && lk.n >= (size_t)min_lab;
+    double mc = NAN, mk = NAN, ec = NAN, ek = NAN;
+    const char *why = NULL, *quant = NULL;
+    double ratio = 0;
+    if (labelled) {
+        mc = metric_of(metric, pc.y, pc.a, pc.n);
+        mk = metric_of(metric, pk.y, pk.a, pk.n);
+        ec = error_rate(pc.y, pc.a, pc.n);
+        ek = error_rate(pk.y, pk.a, pk.n);
+        if (json_is_number(qmv) && isfinite(mc) && isfinite(mk)) {
+            double need = json_number_value(qmv) * fabs(mc);
+            if (lower_better(metric) ? mk > mc + need : mk < mc - need)
+                why = "quality";
+        }
+        if (!why && json_is_number(erv) && isfinite(ec) && isfinite(ek) && ek > ec + json_number_value(erv))
+            why = "error_rate";
     }
-    if (!why && json_is_number(erv) && isfinite(ec) && isfinite(ek) && ek > ec + json_number_value(erv))
-        why = "error_rate";
+    /* Slower by the ratio and by the absolute margin: a microsecond model
+     * twice as slow as another is not worth a rollback unless asked. */
+    if (!why && timed && json_is_number(l95) && lk.p95 > lc.p95 * json_number_value(l95) &&
+        lk.p95 - lc.p95 > lmargin) {
+        why = "latency";
+        quant = "p95";
+        ratio = json_number_value(l95);
+    }
+    if (!why && timed && json_is_number(l50) && lk.p50 > lc.p50 * json_number_value(l50) &&
+        lk.p50 - lc.p50 > lmargin) {
+        why = "latency";
+        quant = "p50";
+        ratio = json_number_value(l50);
+    }
     if (!why)
         goto out;
     worse = 1;
-    *evidence = json_pack("{s:s, s:s, s:s, s:I, s:I, s:f, s:f, s:I, s:I, s:O}", "policy", "auto-rollback", "cause",
-                          why, "metric", metric, "canary_version", (json_int_t)k, "production_version",
-                          (json_int_t)c, "canary", mk, "production", mc, "canary_labelled", (json_int_t)pk.n,
-                          "production_labelled", (json_int_t)pc.n, "rollback", rb);
-    if (*evidence && isfinite(ek) && isfinite(ec)) {
-        json_object_set_new(*evidence, "canary_error_rate", json_real(ek));
-        json_object_set_new(*evidence, "production_error_rate", json_real(ec));
+    *evidence = json_pack("{s:s, s:s, s:s, s:I, s:I, s:O}", "policy", "auto-rollback", "cause", why, "metric",
+                          metric, "canary_version", (json_int_t)k, "production_version", (json_int_t)c, "rollback",
+                          rb);
+    if (!*evidence)
+        goto out;
+    if (labelled) {
+        json_object_set_new(*evidence, "canary_labelled", json_integer((json_int_t)pk.n));
+        json_object_set_new(*evidence, "production_labelled", json_integer((json_int_t)pc.n));
+        if (isfinite(mk) && isfinite(mc)) {
+            json_object_set_new(*evidence, "canary", json_real(mk));
+            json_object_set_new(*evidence, "production", json_real(mc));
+        }
+        if (isfinite(ek) && isfinite(ec)) {
+            json_object_set_new(*evidence, "canary_error_rate", json_real(ek));
+            json_object_set_new(*evidence, "production_error_rate", json_real(ec));
+        }
+    }
+    if (timed) {
+        json_object_set_new(*evidence, "canary_latency_us", lat_json(&lk));
+        json_object_set_new(*evidence, "production_latency_us", lat_json(&lc));
+    }
+    if (quant) {
+        json_object_set_new(*evidence, "quantile", json_string(quant));
+        json_object_set_new(*evidence, "latency_ratio", json_real(ratio));
     }
 out:
     pairs_free(&pc);
@@ -434,6 +631,11 @@ static void evaluate(monitor *m, const char *model)
     if (qn_client_json(m->registry, "GET", path, NULL, NULL, &pol, &err) < 0)
         goto out;
     const json_t *au = json_object_get(pol, "auto");
+    pthread_mutex_lock(&m->mu);
+    for (pmodel *pm = m->promote->models; pm; pm = pm->next)
+        if (strcmp(pm->name, model) == 0)
+            pm->has_auto = json_is_object(au);
+    pthread_mutex_unlock(&m->mu);
     if (!json_is_object(au))
         goto out;
     snprintf(path, sizeof path, "/v1/models/%.128s/aliases", model);
@@ -462,11 +664,16 @@ void mon_promote_tick(monitor *m)
     pthread_mutex_lock(&m->mu);
     if (now - m->promote->last_eval >= EVAL_MS) {
         m->promote->last_eval = now;
-        /* models with new labels, and each at least every IDLE_EVAL_MS */
+        /* models with new labels, with new latencies (every LAT_EVAL_MS
+         * while no "auto" policy was seen: most models have none), and
+         * each at least every IDLE_EVAL_MS */
         for (pmodel *pm = m->promote->models; pm && n < MAX_MODELS; pm = pm->next) {
-            if (pm->seen == pm->seen_eval && now - pm->eval_at < IDLE_EVAL_MS)
+            int fresh = pm->seen != pm->seen_eval ||
+                        (pm->lat_seen != pm->lat_seen_eval && (pm->has_auto || now - pm->eval_at >= LAT_EVAL_MS));
+            if (!fresh && now - pm->eval_at < IDLE_EVAL_MS)
                 continue;
             pm->seen_eval = pm->seen;
+            pm->lat_seen_eval = pm->lat_seen;
             pm->eval_at = now;
             snprintf(names[n++], sizeof names[0], "%s", pm->name);
         }

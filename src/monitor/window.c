@@ -593,6 +593,7 @@ static int on_predictions(monitor *m, const qn_msg *msg, const json_t *data, qn_
         const char *rl[] = {model, v};
         qn_gauge_set(m->m_window_rows, rl, (double)x.rows);
         mon_quality_predictions(m, model, version, preds);
+        mon_promote_latencies(m, model, version, preds);
     }
     pthread_mutex_unlock(&m->mu);
     json_decref(x.closed);

@@ -161,7 +161,8 @@ static int parse_auto(const json_t *a, json_t **out, qn_err *err)
 {
     static const char *const allowed[] = {"challenger", "metric", "min_labelled", "margin", "promote", "rollback",
                                           NULL};
-    static const char *const rb_allowed[] = {"error_rate", "latency_p50_ratio", "quality_margin", NULL};
+    static const char *const rb_allowed[] = {"error_rate", "latency_p50_ratio", "latency_p95_ratio",
+                                             "latency_margin_ms", "quality_margin", NULL};
     static const char *const metrics[] = {"rmse", "mae", "r2", "accuracy", "roc_auc", "log_loss", "brier", NULL};
     const char *alias;
     int rc;
@@ -208,7 +209,7 @@ static int parse_auto(const json_t *a, json_t **out, qn_err *err)
         }
         min_lab = json_integer_value(ml);
     }
-    double margin, er, lat, qm;
+    double margin, er, lat, lat95, latm, qm;
     const json_t *pr = json_object_get(a, "promote");
     if (pr && !json_is_boolean(pr)) {
         json_decref(tmp);
@@ -220,7 +221,9 @@ static int parse_auto(const json_t *a, json_t **out, qn_err *err)
         goto fail;
     if (rb && !json_is_null(rb)) {
         if (!json_is_object(rb)) {
-            rc = bad(err, "auto.rollback", "must be null or {\"error_rate\", \"latency_p50_ratio\", \"quality_margin\"}");
+            rc = bad(err, "auto.rollback",
+                     "must be null or {\"error_rate\", \"latency_p50_ratio\", \"latency_p95_ratio\", "
+                     "\"latency_margin_ms\", \"quality_margin\"}");
             goto fail;
         }
         if ((rc = qn_json_only(rb, rb_allowed, err)) < 0) {
@@ -229,6 +232,8 @@ static int parse_auto(const json_t *a, json_t **out, qn_err *err)
         }
         if ((rc = num_field(rb, "auto.rollback", "error_rate", 0, 1, -1, &er, err)) < 0 ||
             (rc = num_field(rb, "auto.rollback", "latency_p50_ratio", 1, 1000, -1, &lat, err)) < 0 ||
+            (rc = num_field(rb, "auto.rollback", "latency_p95_ratio", 1, 1000, -1, &lat95, err)) < 0 ||
+            (rc = num_field(rb, "auto.rollback", "latency_margin_ms", 0, 3600000, -1, &latm, err)) < 0 ||
             (rc = num_field(rb, "auto.rollback", "quality_margin", 0, 1e9, -1, &qm, err)) < 0)
             goto fail;
         rbo = json_object();
@@ -236,6 +241,10 @@ static int parse_auto(const json_t *a, json_t **out, qn_err *err)
             json_object_set_new(rbo, "error_rate", json_real(er));
         if (lat >= 0)
             json_object_set_new(rbo, "latency_p50_ratio", json_real(lat));
+        if (lat95 >= 0)
+            json_object_set_new(rbo, "latency_p95_ratio", json_real(lat95));
+        if (latm >= 0)
+            json_object_set_new(rbo, "latency_margin_ms", json_real(latm));
         if (qm >= 0)
             json_object_set_new(rbo, "quality_margin", json_real(qm));
     }

@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/log.h"
 #include "core/trace.h"
@@ -257,11 +258,22 @@ static const char *log_id(const serve_logctx *lc, const oip_infer_request *rq, c
     return rid;
 }
 
+/* Monotonic microseconds, for a request's serving latency. */
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static void log_tabular(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
-                        const qml_input_batch *b, const float *out, size_t w, const serve_logctx *lc)
+                        const qml_input_batch *b, const float *out, size_t w, const serve_logctx *lc,
+                        int64_t t0)
 {
     if (!s->predlog || (lc && lc->off) || (!(lc && lc->force) && !serve_predlog_sample(m->sample_rate)))
         return;
+    /* The latency a caller saw; a shadow worker's rerun (forced) has none. */
+    int64_t latency_us = lc && lc->force ? -1 : mono_us() - t0;
     char rid[QN_UUID_LEN + 1];
     const char *id = log_id(lc, rq, rid);
     size_t n = b->n_rows < 16 ? b->n_rows : 16; /* a sampled request logs at most 16 rows */
@@ -285,8 +297,8 @@ static void log_tabular(serve *s, serve_model *m, serve_version *v, const oip_in
             for (size_t k = 0; k < w && p; k++)
                 json_array_append_new(p, json_real(out[r * w + k]));
         }
-        serve_predlog_add_role(s->predlog, m->name, v->vstr, lc ? lc->alias : NULL, lc ? lc->role : NULL, id, f,
-                               p);
+        serve_predlog_add_role(s->predlog, m->name, v->vstr, lc ? lc->alias : NULL, lc ? lc->role : NULL, id,
+                               latency_us, f, p);
     }
 }
 
@@ -517,6 +529,7 @@ out:
 static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
                          oip_infer_response *rs, const serve_logctx *lc, qn_err *err)
 {
+    int64_t t0 = mono_us();
     serve_rows rr;
     size_t w = qml_model_output_width(v->model);
     int rc = check_outputs(v->outputs, v->noutputs, NULL, rq, err);
@@ -559,7 +572,7 @@ static int infer_tabular(serve *s, serve_model *m, serve_version *v, const oip_i
             memcpy(o->data, out, o->data_len);
         }
     }
-    log_tabular(s, m, v, rq, &b, out, w, lc);
+    log_tabular(s, m, v, rq, &b, out, w, lc, t0);
 out:
     serve_rows_free(&rr);
     return rc;
@@ -614,6 +627,7 @@ static int param_bool(const json_t *params, const char *name, int def, int *out,
 static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
                      oip_infer_response *rs, const serve_logctx *lc, qn_err *err)
 {
+    int64_t t0 = mono_us();
     const oip_tensor *t = find_input(rq, "user_id");
     int similar = 0, rc, k, exclude;
     if (!t && (t = find_input(rq, "item_id")))
@@ -752,7 +766,7 @@ static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer
         }
         free(uid);
         serve_predlog_add_role(s->predlog, m->name, v->vstr, lc ? lc->alias : NULL, lc ? lc->role : NULL, lid,
-                               features,
+                               lc && lc->force ? -1 : mono_us() - t0, features,
                                json_pack("{s:o, s:b}", "items", items ? items : json_array(), "fallback", fb[0]));
     }
     rc = 0;

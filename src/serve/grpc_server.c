@@ -129,6 +129,10 @@ typedef struct rpc {
     int cancelled;
     /* Tracing on: the SERVER span's traceparent, which the backend sees. */
     char span_tp[QN_TRACEPARENT_LEN + 1];
+    /* ModelInfer: the initial metadata sent (which version and alias
+     * answered); the values are owned here until the batch completes. */
+    grpc_metadata send_md[2];
+    size_t n_send_md;
 } rpc;
 
 /* What a method handler produces besides the reply. */
@@ -137,6 +141,10 @@ typedef struct call_out {
     /* ModelInfer only: labels for the inference metrics (NULL: not counted). */
     char *model;
     char *version;
+    /* ModelInfer only: served, version names the version that answered;
+     * alias the alias that served it (NULL: unknown). */
+    int served;
+    char *alias;
 } call_out;
 
 /* ------------------------------------------------------------------ */
@@ -165,6 +173,8 @@ static void rpc_free(rpc *r)
         grpc_byte_buffer_destroy(r->reply);
     if (r->has_status_details)
         grpc_slice_unref(r->status_details);
+    for (size_t i = 0; i < r->n_send_md; i++)
+        grpc_slice_unref(r->send_md[i].value);
     free(r);
     live_add(g, -1);
 }
@@ -893,6 +903,13 @@ static int build_infer_reply(const Inference__ModelInferRequest *rq, const oip_i
 int serve__grpc_infer(const oip_backend *be, const uint8_t *in, size_t inlen,
                       const char *traceparent, serve__grpc_infer_out *out, qn_err *err)
 {
+    return serve__grpc_infer_md(be, in, inlen, traceparent, NULL, NULL, out, err);
+}
+
+int serve__grpc_infer_md(const oip_backend *be, const uint8_t *in, size_t inlen, const char *traceparent,
+                         const char *(*header)(void *hctx, const char *name), void *hctx,
+                         serve__grpc_infer_out *out, qn_err *err)
+{
     oip_infer_request orq = {0};
     oip_infer_response ors = {0};
     oip_tensor *inputs = NULL;
@@ -992,6 +1009,8 @@ int serve__grpc_infer(const oip_backend *be, const uint8_t *in, size_t inlen,
     orq.outputs = rq->n_outputs ? onames : NULL;
     orq.noutputs = rq->n_outputs;
     orq.traceparent = traceparent;
+    orq.header = header;
+    orq.hctx = hctx;
 
     rc = be->infer(be->ud, &orq, &ors, err);
     /* Count calls that reached a model; an unknown model's name is the
@@ -1005,6 +1024,10 @@ int serve__grpc_infer(const oip_backend *be, const uint8_t *in, size_t inlen,
             free(out->version);
             out->model = out->version = NULL;
         }
+        /* Which version (and alias) answered, as REST's X-Quern-Model-* headers say. */
+        out->served = rc == 0 && out->version && ors.version;
+        if (out->served && ors.alias)
+            out->alias = strdup(ors.alias); /* out of memory: the metadata goes without it */
     }
     if (rc < 0) {
         rc = backend_fail(rc, err, "infer");
@@ -1033,7 +1056,37 @@ void serve__grpc_infer_out_free(serve__grpc_infer_out *out)
     free(out->reply);
     free(out->model);
     free(out->version);
+    free(out->alias);
     memset(out, 0, sizeof *out);
+}
+
+/* The call's request metadata, as a traffic policy sticky on a header reads
+ * it (oip_infer_request.header): the value of the first entry whose key is
+ * name (metadata keys are lower case on the wire; name is matched
+ * case-insensitively, as an HTTP header name is over REST), NULL when there
+ * is none or it is binary (a "-bin" key). The value lives in val until the
+ * call's handler returns. */
+typedef struct md_lookup {
+    const grpc_metadata_array *md;
+    char *val;
+} md_lookup;
+
+static const char *md_header(void *hctx, const char *name)
+{
+    md_lookup *l = hctx;
+    size_t n = strlen(name);
+    if (n >= 4 && strcasecmp(name + n - 4, "-bin") == 0)
+        return NULL;
+    for (size_t i = 0; i < l->md->count; i++) {
+        const grpc_slice *k = &l->md->metadata[i].key;
+        if (GRPC_SLICE_LENGTH(*k) != n || strncasecmp((const char *)GRPC_SLICE_START_PTR(*k), name, n) != 0)
+            continue;
+        const grpc_slice *v = &l->md->metadata[i].value;
+        free(l->val);
+        l->val = strndup((const char *)GRPC_SLICE_START_PTR(*v), GRPC_SLICE_LENGTH(*v));
+        return l->val; /* out of memory: as if absent (the request is routed at random) */
+    }
+    return NULL;
 }
 
 static int do_model_infer(serve_grpc *g, rpc *r, const uint8_t *in, size_t inlen, call_out *out,
@@ -1041,8 +1094,10 @@ static int do_model_infer(serve_grpc *g, rpc *r, const uint8_t *in, size_t inlen
 {
     char tp[TRACEPARENT_MAX];
     serve__grpc_infer_out o;
-    int rc = serve__grpc_infer(g->be, in, inlen, r->span_tp[0] ? r->span_tp : find_traceparent(&r->md, tp), &o,
-                               err);
+    md_lookup look = {.md = &r->md};
+    int rc = serve__grpc_infer_md(g->be, in, inlen, r->span_tp[0] ? r->span_tp : find_traceparent(&r->md, tp),
+                                  md_header, &look, &o, err);
+    free(look.val);
     if (rc == 0) {
         /* The slice takes the packed reply without a copy and frees it. */
         grpc_slice s = grpc_slice_new(o.reply, o.reply_len, free);
@@ -1052,7 +1107,9 @@ static int do_model_infer(serve_grpc *g, rpc *r, const uint8_t *in, size_t inlen
     }
     out->model = o.model;
     out->version = o.version;
-    o.model = o.version = NULL;
+    out->served = o.served;
+    out->alias = o.alias;
+    o.model = o.version = o.alias = NULL;
     serve__grpc_infer_out_free(&o);
     return rc;
 }
@@ -1315,8 +1372,19 @@ static void answer(serve_grpc *g, rpc *r)
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);
     size_t nops = 0;
+    /* ModelInfer says which version and alias answered, as REST's
+     * X-Quern-Model-Version and X-Quern-Model-Alias headers do. */
+    if (out.served && out.version) {
+        r->send_md[r->n_send_md].key = grpc_slice_from_static_string("x-quern-model-version");
+        r->send_md[r->n_send_md++].value = grpc_slice_from_copied_string(out.version);
+    }
+    if (out.served && out.alias) {
+        r->send_md[r->n_send_md].key = grpc_slice_from_static_string("x-quern-model-alias");
+        r->send_md[r->n_send_md++].value = grpc_slice_from_copied_string(out.alias);
+    }
     ops[nops].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[nops].data.send_initial_metadata.count = 0;
+    ops[nops].data.send_initial_metadata.count = r->n_send_md;
+    ops[nops].data.send_initial_metadata.metadata = r->n_send_md ? r->send_md : NULL;
     nops++;
     if (r->reply) {
         ops[nops].op = GRPC_OP_SEND_MESSAGE;
@@ -1347,6 +1415,7 @@ static void answer(serve_grpc *g, rpc *r)
     }
     free(out.model);
     free(out.version);
+    free(out.alias);
 
     r->phase = RPC_SENDING;
     grpc_call_error e = grpc_call_start_batch(r->call, ops, nops, r, NULL);

@@ -109,18 +109,30 @@ void serve_grpc_shutdown(serve_grpc *g, long long deadline_ms);
  * success (0) out->reply holds the serialized ModelInferResponse; on failure
  * a negative qn_code with err filled (a valid UTF-8 message), as the call's
  * status would be.
- * out->model/version are the metric labels (NULL when not counted). Free
- * out with serve__grpc_infer_out_free either way. Thread-safe if be is.
+ * out->model/version are the metric labels (NULL when not counted);
+ * out->served is 1 when a model version answered (success), so version
+ * names it, and out->alias is then the alias
+ * that served it (NULL when unknown): the call's x-quern-model-version and
+ * x-quern-model-alias response metadata. Free out with
+ * serve__grpc_infer_out_free either way. Thread-safe if be is.
  */
 typedef struct serve__grpc_infer_out {
     uint8_t *reply;
     size_t reply_len;
     char *model;
     char *version;
+    char *alias;
+    int served;
 } serve__grpc_infer_out;
 
 int serve__grpc_infer(const oip_backend *be, const uint8_t *in, size_t inlen,
                       const char *traceparent, serve__grpc_infer_out *out, qn_err *err);
+/* serve__grpc_infer with the call's request metadata: header(hctx, name)
+ * answers the value of the metadata entry name (case-insensitive) or NULL,
+ * for a traffic policy sticky on a header. header NULL: no metadata. */
+int serve__grpc_infer_md(const oip_backend *be, const uint8_t *in, size_t inlen, const char *traceparent,
+                         const char *(*header)(void *hctx, const char *name), void *hctx,
+                         serve__grpc_infer_out *out, qn_err *err);
 void serve__grpc_infer_out_free(serve__grpc_infer_out *out);
 
 #endif

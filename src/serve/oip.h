@@ -105,8 +105,9 @@ typedef struct oip_infer_request {
     const char *const *outputs; /* requested output names; NULL/0: all */
     size_t noutputs;
     const char *traceparent;    /* may be NULL */
-    /* The transport's request headers (REST), for a traffic policy sticky
-     * on a header: the value of name or NULL. header NULL: none. */
+    /* The transport's request headers (REST headers, gRPC request
+     * metadata), for a traffic policy sticky on a header: the value of name
+     * (matched case-insensitively) or NULL. header NULL: none. */
     const char *(*header)(void *hctx, const char *name);
     void *hctx;
 } oip_infer_request;

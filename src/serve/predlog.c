@@ -7,7 +7,11 @@
  * drains the ring every second (sooner when a batch is full), groups samples
  * by model and version into events of at most `batch` predictions
  *   {"model","version","predictions":[{"request_id","time","features":{...},
- *                                      "prediction":...}]}
+ *                                      "prediction":...,"latency_us"?,
+ *                                      "alias"?,"role"?}]}
+ * where latency_us is the request's serving latency in microseconds (the
+ * model's work: reading the inputs, predicting, building the outputs; not
+ * the transport), what quern-monitor compares canaries on.
  * and publishes them with one qn_bus_publish_batch. The outbox is not used on
  * purpose: losing samples under pressure is acceptable, blocking or slowing
  * requests is not. Events that the bus refuses are counted as dropped.
@@ -30,6 +34,7 @@ typedef struct sample {
     char alias[QN_NAME_MAX + 1]; /* "": not recorded */
     char role[16];
     int64_t time_ms;
+    int64_t latency_us; /* < 0: not recorded */
     json_t *features;
     json_t *prediction;
 } sample;
@@ -65,11 +70,12 @@ int serve_predlog_sample(double rate)
 void serve_predlog_add(serve_predlog *p, const char *model, const char *version,
                        const char *request_id, json_t *features, json_t *prediction)
 {
-    serve_predlog_add_role(p, model, version, NULL, NULL, request_id, features, prediction);
+    serve_predlog_add_role(p, model, version, NULL, NULL, request_id, -1, features, prediction);
 }
 
 void serve_predlog_add_role(serve_predlog *p, const char *model, const char *version, const char *alias,
-                            const char *role, const char *request_id, json_t *features, json_t *prediction)
+                            const char *role, const char *request_id, int64_t latency_us, json_t *features,
+                            json_t *prediction)
 {
     if (!p || !features || !prediction) {
         json_decref(features);
@@ -91,6 +97,7 @@ void serve_predlog_add_role(serve_predlog *p, const char *model, const char *ver
     snprintf(s->alias, sizeof s->alias, "%s", alias ? alias : "");
     snprintf(s->role, sizeof s->role, "%s", role ? role : "");
     s->time_ms = qn_now_ms();
+    s->latency_us = latency_us;
     s->features = features;
     s->prediction = prediction;
     p->count++;
@@ -125,6 +132,11 @@ static void publish(serve_predlog *p, sample *taken, size_t n)
             json_t *one = json_pack("{s:s, s:o, s:O, s:O}", "request_id", taken[j].request_id,
                                     "time", qn_json_time(taken[j].time_ms), "features",
                                     taken[j].features, "prediction", taken[j].prediction);
+            if (one && taken[j].latency_us >= 0 &&
+                json_object_set_new(one, "latency_us", json_integer(taken[j].latency_us)) < 0) {
+                json_decref(one);
+                one = NULL;
+            }
             if (one && taken[j].alias[0] &&
                 (json_object_set_new(one, "alias", json_string(taken[j].alias)) < 0 ||
                  json_object_set_new(one, "role", json_string(taken[j].role)) < 0)) {

@@ -267,9 +267,11 @@ void serve_predlog_stop(serve_predlog *p);
 void serve_predlog_add(serve_predlog *p, const char *model, const char *version,
                        const char *request_id, json_t *features, json_t *prediction);
 /* serve_predlog_add with the alias that answered and its role ("primary",
- * "shadow"), each recorded with the prediction when not NULL. */
+ * "shadow"), each recorded with the prediction when not NULL, and the
+ * request's serving latency in microseconds ("latency_us"; < 0: none). */
 void serve_predlog_add_role(serve_predlog *p, const char *model, const char *version, const char *alias,
-                            const char *role, const char *request_id, json_t *features, json_t *prediction);
+                            const char *role, const char *request_id, int64_t latency_us, json_t *features,
+                            json_t *prediction);
 /* 1 when this request should be sampled at rate. */
 int serve_predlog_sample(double rate);
 

@@ -1,0 +1,225 @@
+"""test_serve_traffic_grpc.py - traffic policies over gRPC as over REST
+(DESIGN.md section 5; docs/serve.md, "Traffic policies").
+
+A real quern-registry and quern-serve (REST and gRPC) share one QUERN_HOME.
+Model "shop" has two logistic versions written by hand (those of
+test_serve_traffic.py: each its own coefficients, so a prediction says which
+version computed it): v1 production, v2 candidate.
+
+It asserts: a gRPC ModelInfer answer carries the version and alias that
+served it in its initial metadata (x-quern-model-version,
+x-quern-model-alias: REST's X-Quern-Model-* headers in lower case) and in
+ModelInferResponse.model_version, agreeing with the prediction, with and
+without a policy; under a 50/50 canary sticky on a header, 200 gRPC calls
+with 20 distinct values of that metadata key give each value one version,
+both versions appear, and each value gets the same version over REST (the
+header) as over gRPC (the metadata, sent in lower case as gRPC does);
+under a policy sticky on the user, the "user" request parameter does the
+same over both protocols. Run by /usr/bin/python3 (python3-grpcio).
+"""
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import WORK, Service  # noqa: E402
+import test_serve as ts  # noqa: E402 (the module: its TestCase is not run here)
+from test_serve_traffic import COLS, MODEL, ROW, Conn, coef, expect, sha  # noqa: E402,F401
+
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class TrafficGrpcTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        import grpc
+        cls.home = tempfile.mkdtemp(prefix="quern-trgrpc-", dir=WORK)
+        cls.env = {"QUERN_HOME": cls.home}
+        for d in ("registry", "serve"):
+            os.makedirs(os.path.join(cls.home, d))
+        cls.reg = Service("registry", data=os.path.join(cls.home, "registry"), env=cls.env).start(timeout=60)
+        cls.serve = None
+        try:
+            cls.publish(1, "production")
+            cls.publish(2, "candidate")
+            cls.gport = free_port()
+            cls.serve = Service("serve", data=os.path.join(cls.home, "serve"), env=cls.env,
+                                args=["--poll-interval", "60s", "--grpc-listen", f"127.0.0.1:{cls.gport}",
+                                      "--log-sample-rate", "0", "--models", MODEL,
+                                      "--registry", f"http://127.0.0.1:{cls.reg.port}"]).start(timeout=60)
+        except Exception:
+            cls.reg.stop()
+            raise
+        cls.conn = Conn(cls.serve.port)
+        cls.pb, cls.pbg, _, _ = ts.ServeTest.grpc_stubs.__func__(ts.ServeTest)
+        cls.ch = grpc.insecure_channel(f"127.0.0.1:{cls.gport}")
+        grpc.channel_ready_future(cls.ch).result(timeout=60)
+        cls.stub = cls.pbg.GRPCInferenceServiceStub(cls.ch)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ch.close()
+        cls.conn.close()
+        bad = []
+        for s in (cls.serve, cls.reg):
+            if s:
+                s.stop()
+                log = s.log()
+                bad += [f"{s.name}: {log[log.find(b):][:3000]}" for b in
+                        ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:") if b in log]
+        shutil.rmtree(cls.home, ignore_errors=True)
+        assert not bad, bad
+
+    @classmethod
+    def put_blob(cls, data):
+        d = sha(data)
+        st, _, body = cls.reg.request("PUT", f"/v1/blobs/{d}", body=data)
+        assert st in (200, 201), body
+        return d
+
+    @classmethod
+    def publish(cls, version, alias):
+        cls.reg.request("POST", "/v1/models", {"name": MODEL})
+        w, b = coef(version)
+        lin = {"format": "quern.linear/1", "kind": "logistic", "n_features": 2,
+               "coef": [w], "intercept": [b], "classes": [0, 1]}
+        man = {"format": "quern.model/1", "kind": "logistic",
+               "inputs": [{"name": c, "datatype": "FP64", "shape": [-1]} for c in COLS],
+               "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1]}],
+               "transforms": {"format": "quern.features/1", "n_features": 2,
+                              "columns": [{"name": c, "type": "numeric", "steps": []} for c in COLS]},
+               "params": {"task": "binary", "classes": [0, 1]},
+               "files": {"model.json": cls.put_blob(json.dumps(lin).encode())}}
+        st, _, body = cls.reg.request("POST", f"/v1/models/{MODEL}/versions", {"manifest": man})
+        assert st == 201 and body["version"] == version, body
+        st, _, body = cls.reg.request("PUT", f"/v1/models/{MODEL}/aliases/{alias}", {"version": version})
+        assert st == 200, body
+
+    # ---- helpers ---------------------------------------------------------------
+
+    def grpc_infer(self, metadata=(), user=None):
+        """One ModelInfer: (version, alias) from its initial metadata, checked
+        against the body's model_version and the prediction."""
+        rq = self.pb.ModelInferRequest(model_name=MODEL)
+        for i, c in enumerate(COLS):
+            t = rq.inputs.add(name=c, datatype="FP64", shape=[1])
+            t.contents.fp64_contents.append(ROW[i])
+        if user is not None:
+            rq.parameters["user"].string_param = user
+        rs, call = self.stub.ModelInfer.with_call(rq, metadata=list(metadata), timeout=30)
+        md = dict(call.initial_metadata())
+        v = md.get("x-quern-model-version")
+        self.assertIsNotNone(v, md)
+        self.assertEqual(rs.model_version, v)
+        self.assertAlmostEqual(rs.outputs[0].contents.fp32_contents[0], expect(int(v)), places=5)
+        return int(v), md.get("x-quern-model-alias")
+
+    def rest_infer(self, headers=None, user=None):
+        body = {"inputs": [{"name": c, "datatype": "FP64", "shape": [1], "data": [ROW[i]]}
+                           for i, c in enumerate(COLS)]}
+        if user is not None:
+            body["parameters"] = {"user": user}
+        st, h, out = self.conn.post(f"/v2/models/{MODEL}/infer", body, headers)
+        self.assertEqual(st, 200, out)
+        v = h["x-quern-model-version"]
+        self.assertEqual(out["model_version"], v)
+        self.assertAlmostEqual(out["outputs"][0]["data"][0], expect(int(v)), places=5)
+        return int(v), h.get("x-quern-model-alias")
+
+    def set_policy(self, policy):
+        st, _, body = self.reg.request("PUT", f"/v1/models/{MODEL}/traffic", policy)
+        self.assertEqual(st, 200, body)
+        t0 = time.time()
+        while time.time() - t0 < 30:
+            st, _, out = self.serve.request("GET", "/v1/models")
+            tr = next(m for m in out["models"] if m["name"] == MODEL)["traffic"]
+            if (tr is None) if body.get("updated_at") is None else (
+                    bool(tr) and tr["updated_at"] == body["updated_at"] and all(tr["versions"].values())):
+                return body
+            time.sleep(0.05)
+        self.fail(f"serve did not follow the policy\n{self.serve.log()[-3000:]}")
+
+    def clear_policy(self):
+        st, _, body = self.reg.request("DELETE", f"/v1/models/{MODEL}/traffic")
+        self.assertIn(st, (200, 204), body)
+        t0 = time.time()
+        while time.time() - t0 < 30:
+            out = self.serve.request("GET", "/v1/models")[2]
+            if next(m for m in out["models"] if m["name"] == MODEL)["traffic"] is None:
+                return
+            time.sleep(0.05)
+        self.fail("serve did not drop the policy")
+
+    # ---- tests -----------------------------------------------------------------
+
+    def test_1_answer_says_version_and_alias(self):
+        self.assertEqual(self.grpc_infer(), (1, "production"))
+        self.assertEqual(self.rest_infer(), (1, "production"))
+        # a version asked for by number: metadata names it as well
+        rq = self.pb.ModelInferRequest(model_name=MODEL, model_version="1")
+        for i, c in enumerate(COLS):
+            rq.inputs.add(name=c, datatype="FP64", shape=[1]).contents.fp64_contents.append(ROW[i])
+        rs, call = self.stub.ModelInfer.with_call(rq, timeout=30)
+        self.assertEqual((rs.model_version, dict(call.initial_metadata())["x-quern-model-version"]), ("1", "1"))
+
+    def test_2_canary_answers_name_their_version(self):
+        self.set_policy({"routes": [{"alias": "production", "weight": 50}, {"alias": "candidate", "weight": 50}]})
+        try:
+            seen = {}
+            for _ in range(60):
+                v, alias = self.grpc_infer()
+                seen[v] = alias
+            self.assertEqual(seen, {1: "production", 2: "candidate"})
+        finally:
+            self.clear_policy()
+
+    def test_3_sticky_header_over_both_protocols(self):
+        self.set_policy({"routes": [{"alias": "production", "weight": 50}, {"alias": "candidate", "weight": 50}],
+                         "sticky": "header:X-Tenant"})
+        try:
+            got = {}
+            for i in range(200):
+                key = f"tenant-{i % 20}"
+                v, _ = self.grpc_infer(metadata=[("x-tenant", key)])
+                got.setdefault(key, set()).add(v)
+            self.assertEqual(len(got), 20)
+            for key, vs in got.items():
+                self.assertEqual(len(vs), 1, (key, vs))
+            self.assertEqual(set().union(*got.values()), {1, 2}, got)
+            for key, vs in got.items():
+                for _ in range(3):
+                    self.assertEqual(self.rest_infer(headers={"X-Tenant": key})[0], next(iter(vs)), key)
+        finally:
+            self.clear_policy()
+
+    def test_4_sticky_user_over_both_protocols(self):
+        self.set_policy({"routes": [{"alias": "production", "weight": 50}, {"alias": "candidate", "weight": 50}],
+                         "sticky": "user"})
+        try:
+            got = {}
+            for i in range(100):
+                user = f"user-{i % 20}"
+                got.setdefault(user, set()).add(self.grpc_infer(user=user)[0])
+            for user, vs in got.items():
+                self.assertEqual(len(vs), 1, (user, vs))
+            self.assertEqual(set().union(*got.values()), {1, 2}, got)
+            for user, vs in got.items():
+                self.assertEqual(self.rest_infer(user=user)[0], next(iter(vs)), user)
+        finally:
+            self.clear_policy()
+
+
+if __name__ == "__main__":
+    unittest.main()
