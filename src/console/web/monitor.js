@@ -33,10 +33,16 @@ export async function render(main, { args }) {
   const name = args[0];
   const mon = list.find((m) => m.model === name);
   // the history for the charts; the latest report alone carries the distributions
-  const [res, qres, ares] = await Promise.all([api('monitor', `/v1/monitors/${enc(name)}/report?history=1000`),
-    api('monitor', `/v1/monitors/${enc(name)}/quality?history=1000`), api('monitor', `/v1/monitors/${enc(name)}/agreement`)]);
+  // (the list names the latest report, so its distributions come in the same round)
+  const rid = mon && mon.latest_report && mon.latest_report.id;
+  const [res, qres, ares, lres0] = await Promise.all([api('monitor', `/v1/monitors/${enc(name)}/report?history=1000`),
+    api('monitor', `/v1/monitors/${enc(name)}/quality?history=1000`), api('monitor', `/v1/monitors/${enc(name)}/agreement`),
+    rid ? api('monitor', `/v1/monitors/${enc(name)}/reports/${rid}`) : null]);
   const reports = res.ok ? (res.data.reports || []).slice().reverse() : [];
-  const lres = reports.length ? await api('monitor', `/v1/monitors/${enc(name)}/reports/${reports[reports.length - 1].id}`) : { ok: false };
+  const newest = reports[reports.length - 1];
+  // a window that closed in between: ask for the report the history ends with
+  const lres = !newest ? { ok: false } : lres0 && lres0.ok && lres0.data.id === newest.id ? lres0
+    : await api('monitor', `/v1/monitors/${enc(name)}/reports/${newest.id}`);
   const quality = qualityView(qres);
   const agreement = agreementView(ares);
   if (!mon && !reports.length) return main.replaceChildren(h('h1', {}, `Monitoring ${name}`), note('The monitor has no report for this model yet.'));
