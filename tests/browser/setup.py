@@ -210,7 +210,9 @@ def cbpe_loop(base, token):
     # the first answer that comes is the first prediction of the first window
     first = wait("serve to load adult", lambda: (lambda r: r[1] if r[0] == 200 else None)(infer(test[0])))
     sent = [(first["id"], truth[0])]
-    for parts, y in zip(test[1:], truth[1:]):
+    for i, (parts, y) in enumerate(zip(test[1:], truth[1:]), 1):
+        if i % QUALITY_WINDOW == 0:
+            time.sleep(1.0)  # each window closes at its own time, as traffic would spread them
         st, ans = infer(parts)
         sent.append((must(st, ans)["id"], y))
 
@@ -220,9 +222,12 @@ def cbpe_loop(base, token):
             return None
         return sum(1 for e in b["estimates"] if e.get("realised_ready")) >= realised
     wait("the monitor's CBPE estimates", lambda: estimates(CBPE_WINDOWS))
-    labelled = sent[:(CBPE_WINDOWS - 1) * QUALITY_WINDOW]
-    must(*call(ing, "POST", "/v1/feedback", [{"model": "adult", "request_id": rid, "label": y} for rid, y in labelled],
-               token))
+    for w in range(CBPE_WINDOWS - 1):
+        if w:
+            time.sleep(1.0)
+        labelled = sent[w * QUALITY_WINDOW:(w + 1) * QUALITY_WINDOW]
+        must(*call(ing, "POST", "/v1/feedback", [{"model": "adult", "request_id": rid, "label": y} for rid, y in labelled],
+                   token))
     wait("the estimates' realised values", lambda: estimates(CBPE_WINDOWS, CBPE_WINDOWS - 1))
     # and its drift window (60 rows), closed now: a report with categorical features
     must(*call(mon, "POST", "/v1/monitors/adult/close", None, token))
