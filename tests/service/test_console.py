@@ -173,14 +173,17 @@ class ConsoleTest(ServiceTest):
 @unittest.skipUnless(os.path.exists(os.path.join(BIN, "quern-console")),
                      "quern-console is not built (uPlot missing: make deps)")
 class OverviewBreakerTest(ServiceTest):
-    """The overview's reads, many overviews at once, with one service
-    down (ingest: nothing listens) and one up but not ready (serve, waiting
-    for a model the registry does not have): each tile must keep saying what
-    its service is, and only the down service's circuit may open. A 503 from
-    /readyz is an answer, not a failure: counted as one, serve's circuit
-    opened after three overviews and its /metrics then failed fast, so the
-    tile said "down" and lost its version. (Overviews one after another do
-    not show it: each /metrics answer resets the count of failures in a row.)"""
+    """The overview's reads, many overviews at once, with one service down
+    (ingest: nothing listens) and one up but not ready (serve, waiting for a
+    model the registry does not have): each tile must keep saying what its
+    service is, and only the down service's circuit may open. Before, the
+    client counted serve's 503 "not ready" as a failure and retried it: two
+    failed attempts per read, so whenever five came in a row (overviews in
+    flight together, or readiness polled on its own) serve's circuit opened,
+    its /metrics then failed fast and its tile said "down" without a version.
+    A /metrics answer in between reset the count, which is why a single
+    overview rarely showed it and this test checks the rule itself too: each
+    readiness read reaches serve once, and eight in a row leave it closed."""
 
     ROUNDS = 12
 
