@@ -343,6 +343,19 @@ static int retryable_status(long s)
     return s == 429 || s == 502 || s == 503 || s == 504;
 }
 
+/* A 503 from GET /readyz is the upstream answering the question asked ("not
+ * ready yet, here is why"), not failing it: counted as a failure, a console
+ * polling the readiness of a service that waits for its model would open
+ * that service's circuit and then fail its other reads fast as if it were
+ * down. So it neither moves the breaker nor is retried. */
+static int is_not_ready_answer(const call *k, long status)
+{
+    if (status != 503 || k->fetch || !k->path)
+        return 0;
+    size_t n = strcspn(k->path, "?");
+    return n >= 7 && strncmp(k->path + n - 7, "/readyz", 7) == 0;
+}
+
 static long long now_ms(void)
 {
     struct timespec ts;
@@ -636,9 +649,10 @@ static int attempts(qn_client *c, call *k, long long deadline, const char **outc
             }
             rc = k->fetch ? qn_err_set(err, status_code(status), "GET %s: HTTP %ld", shown, status)
                           : error_from_answer(c, k, status, b->data, b->len, err);
-            retry = retryable_status(status);
-            failed = status >= 500;
-            *outcome = failed ? "server_error" : "client_error";
+            int not_ready = is_not_ready_answer(k, status);
+            retry = retryable_status(status) && !not_ready;
+            failed = status >= 500 && !not_ready;
+            *outcome = status >= 500 ? "server_error" : "client_error";
         }
         qn_buf_free(&errbody);
         breaker_record(c, probe, failed, err);

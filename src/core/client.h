@@ -11,7 +11,8 @@
  *
  * Each client is one circuit breaker for its upstream. Closed, it counts
  * consecutive failed attempts (transport errors, timeouts, 5xx; a 4xx is an
- * answer, so it counts as success); at breaker_failures it opens, and calls
+ * answer, so it counts as success, and so does a 503 from GET .../readyz,
+ * which says "not ready" and is not retried); at breaker_failures it opens, and calls
  * fail fast with QN_UNAVAILABLE ("circuit open for registry; retrying after
  * 0.8s") without touching the network. After the cool-down it is half-open:
  * one call goes through as a probe (the others still fail fast); success

@@ -6,7 +6,10 @@
  *                                           counts, live hit-rate, latest verdict
  *   PUT    /v1/monitors/{model}             per-model overrides (replaces them)
  *   DELETE /v1/monitors/{model}             back to the service defaults
- *   GET    /v1/monitors/{model}/report      the latest report; ?history=N the N newest
+ *   GET    /v1/monitors/{model}/report      the latest report with its feature
+ *                                           distributions; ?history=N the N newest
+ *                                           (without them)
+ *   GET    /v1/monitors/{model}/reports/{id} one kept report, with distributions
  *   POST   /v1/monitors/{model}/close       closes the open windows now (drift,
  *                                           quality and estimation windows)
  *   GET    /v1/monitors/{model}/quality     label counts, open quality windows,
@@ -436,6 +439,19 @@ int mon_delete(qn_req *req, qn_res *res, void *ud)
 
 static int latest_quality(monitor *m, const char *model, json_t **out, qn_err *err);
 
+/* The report of row st (columns: report, distributions) with its
+ * distributions merged in when it has them. */
+static json_t *report_row(qn_stmt *st, int with_dists)
+{
+    json_t *r = qn_json_from_text(qn_col_text(st, 0));
+    const char *d = with_dists ? qn_col_text(st, 1) : NULL;
+    if (r && d)
+        json_object_set_new(r, "distributions", qn_json_from_text(d));
+    return r;
+}
+
+/* ?history=N lists the N newest reports without their distributions (a
+ * chart of 1000 reports needs none); the latest report, alone, has them. */
 int mon_report(qn_req *req, qn_res *res, void *ud)
 {
     monitor *m = ud;
@@ -451,13 +467,15 @@ int mon_report(qn_req *req, qn_res *res, void *ud)
     if (!c)
         return mon_fail(req, res, &err);
     json_t *list = json_array();
-    qn_stmt *st = qn_prepare(c, "SELECT report FROM reports WHERE model = ? ORDER BY id DESC LIMIT ?", &err);
+    qn_stmt *st = qn_prepare(c, h ? "SELECT report FROM reports WHERE model = ? ORDER BY id DESC LIMIT ?"
+                                  : "SELECT report, distributions FROM reports WHERE model = ? ORDER BY id DESC LIMIT ?",
+                             &err);
     int rc = -1;
     if (st) {
         qn_bind_text(st, 1, model, -1);
         qn_bind_int64(st, 2, n);
         while ((rc = qn_step(st, &err)) == 1)
-            json_array_append_new(list, qn_json_from_text(qn_col_text(st, 0)));
+            json_array_append_new(list, report_row(st, !h));
     }
     qn_store_release(m->db, c);
     if (rc < 0) {
@@ -479,6 +497,42 @@ int mon_report(qn_req *req, qn_res *res, void *ud)
     }
     if (q)
         json_object_set_new(r, "quality", q);
+    return qn_res_json(res, 200, r);
+}
+
+/* GET /v1/monitors/{model}/reports/{id}: one kept report, with its distributions. */
+int mon_report_get(qn_req *req, qn_res *res, void *ud)
+{
+    monitor *m = ud;
+    const char *model;
+    if (model_param(req, res, &model) < 0)
+        return 0;
+    qn_err err;
+    int64_t id;
+    if (qn_uint_parse("report id", qn_req_param(req, "id"), INT64_MAX / 2, &id, &err) < 0)
+        return qn_res_error(res, err.code, "%s", err.msg);
+    qn_conn *c = qn_store_acquire(m->db, &err);
+    if (!c)
+        return mon_fail(req, res, &err);
+    json_t *r = NULL;
+    qn_stmt *st = qn_prepare(c, "SELECT report, distributions FROM reports WHERE model = ? AND id = ?", &err);
+    int rc = -1;
+    if (st) {
+        qn_bind_text(st, 1, model, -1);
+        qn_bind_int64(st, 2, id);
+        if ((rc = qn_step(st, &err)) == 1) {
+            r = report_row(st, 1);
+            rc = qn_step(st, &err);
+        }
+    }
+    qn_store_release(m->db, c);
+    if (rc < 0) {
+        json_decref(r);
+        return mon_fail(req, res, &err);
+    }
+    if (!r)
+        return qn_res_error(res, QN_NOT_FOUND, "model %s has no report %lld (only the newest --history are kept)",
+                            model, (long long)id);
     return qn_res_json(res, 200, r);
 }
 

@@ -117,6 +117,9 @@ static const qn_migration migrations[] = {
      "  id INTEGER PRIMARY KEY, model TEXT NOT NULL, version INTEGER NOT NULL, kind TEXT NOT NULL,"
      "  report TEXT NOT NULL, created_at INTEGER NOT NULL);"
      "CREATE INDEX quality_reports_model ON quality_reports (model, kind, id);"},
+    /* per report, each feature's reference and current distribution
+     * (distribution.h); NULL for reports made before it */
+    {3, "ALTER TABLE reports ADD COLUMN distributions TEXT;"},
 };
 
 static const qn_route routes[] = {
@@ -125,6 +128,7 @@ static const qn_route routes[] = {
     {"PUT", "/v1/monitors/{model}", mon_put, 64 * 1024, 0, NULL},
     {"DELETE", "/v1/monitors/{model}", mon_delete, 0, 0, NULL},
     {"GET", "/v1/monitors/{model}/report", mon_report, 0, 0, NULL},
+    {"GET", "/v1/monitors/{model}/reports/{id}", mon_report_get, 0, 0, NULL},
     {"POST", "/v1/monitors/{model}/close", mon_close_now, 0, 0, NULL},
     {"GET", "/v1/monitors/{model}/quality", mon_quality_get, 0, 0, NULL},
     {"GET", "/v1/monitors/{model}/agreement", mon_agreement, 0, 0, NULL},

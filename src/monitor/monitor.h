@@ -171,6 +171,7 @@ int mon_get(qn_req *req, qn_res *res, void *ud);
 int mon_put(qn_req *req, qn_res *res, void *ud);
 int mon_delete(qn_req *req, qn_res *res, void *ud);
 int mon_report(qn_req *req, qn_res *res, void *ud);
+int mon_report_get(qn_req *req, qn_res *res, void *ud);
 int mon_close_now(qn_req *req, qn_res *res, void *ud);
 int mon_quality_get(qn_req *req, qn_res *res, void *ud);
 /* agreement.c: GET /v1/monitors/{model}/agreement, versions compared on the

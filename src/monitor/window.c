@@ -39,6 +39,7 @@
 #include "core/trace.h"
 #include "core/validate.h"
 #include "ml/frame.h"
+#include "monitor/distribution.h"
 #include "monitor/monitor.h"
 
 #define MAX_PREDICTIONS_PER_EVENT 100000
@@ -203,9 +204,11 @@ static qml_frame *window_column(const qml_profile_column *pc, const json_t *rows
 }
 
 /* Compares the window's rows with the profile column by column. Fills out
- * (the report fields) and returns 0, or QN_RESOURCE_EXHAUSTED. */
+ * (the report fields) and dists (each column with values: its reference and
+ * current distribution, distribution.h) and returns 0, or
+ * QN_RESOURCE_EXHAUSTED. */
 static int window_drift(const mon_profile *pe, const json_t *rows, const mon_settings *s,
-                        json_t *out, qn_err *err)
+                        json_t *out, json_t *dists, qn_err *err)
 {
     const qml_profile *p = pe->profile;
     int rec = strcmp(pe->kind, "als") == 0;
@@ -242,6 +245,10 @@ static int window_drift(const mon_profile *pe, const json_t *rows, const mon_set
             qml_frame_free(f);
             continue;
         }
+        /* out of memory here only costs the picture, not the report */
+        json_t *d = mon_distribution(pc, qml_frame_col(f, 0));
+        if (d)
+            json_object_set_new(dists, pc->name, d);
         /* a one-column view of the profile, with only this column's override */
         qml_profile sub = *p;
         sub.ncols = 1;
@@ -301,7 +308,8 @@ static int close_window(monitor *m, qn_conn *c, const char *model, int64_t versi
 {
     int rc;
     int64_t started = 0, nrows = 0, now = qn_now_ms(), id = 1;
-    json_t *rows = json_array(), *report = NULL;
+    json_t *rows = json_array(), *report = NULL, *dists = json_object();
+    char *dtext = NULL;
     qn_stmt *st = qn_prepare(c, "SELECT started_at, rows FROM windows WHERE model = ? AND version = ?", err);
     if (!st)
         goto fail;
@@ -311,6 +319,7 @@ static int close_window(monitor *m, qn_conn *c, const char *model, int64_t versi
         goto fail;
     if (rc == 0) {
         json_decref(rows);
+        json_decref(dists);
         return 0;
     }
     started = qn_col_int64(st, 0);
@@ -335,7 +344,7 @@ static int close_window(monitor *m, qn_conn *c, const char *model, int64_t versi
     report = json_pack("{s:I, s:s, s:I, s:{s:o, s:o, s:I}, s:o}", "id", (json_int_t)id, "model", model,
                        "version", (json_int_t)version, "window", "start", qn_json_time(started), "end",
                        qn_json_time(now), "rows", (json_int_t)nrows, "created_at", qn_json_time(now));
-    if (!report) {
+    if (!report || !dists) {
         qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         goto fail;
     }
@@ -345,7 +354,7 @@ static int close_window(monitor *m, qn_conn *c, const char *model, int64_t versi
         json_object_set_new(report, "error", json_string(perr.msg));
         json_object_set_new(report, "dataset_drift", json_false());
         json_object_set_new(report, "features", json_array());
-    } else if (window_drift(pe, rows, s, report, err) < 0) {
+    } else if (window_drift(pe, rows, s, report, dists, err) < 0) {
         goto fail;
     }
     int drift = json_is_true(json_object_get(report, "dataset_drift"));
@@ -356,8 +365,10 @@ static int close_window(monitor *m, qn_conn *c, const char *model, int64_t versi
         qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         goto fail;
     }
-    st = qn_prepare(c, "INSERT INTO reports (id, model, version, window_start, window_end, rows, dataset_drift, report, created_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", err);
+    /* the distributions beside the report, so that ?history lists stay small */
+    dtext = json_object_size(dists) ? qn_json_canonical(dists) : NULL;
+    st = qn_prepare(c, "INSERT INTO reports (id, model, version, window_start, window_end, rows, dataset_drift, report, created_at, "
+                       "distributions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", err);
     if (st) {
         qn_bind_int64(st, 1, id);
         qn_bind_text(st, 2, model, -1);
@@ -368,6 +379,7 @@ static int close_window(monitor *m, qn_conn *c, const char *model, int64_t versi
         qn_bind_int64(st, 7, drift);
         qn_bind_text(st, 8, text, -1);
         qn_bind_int64(st, 9, now);
+        dtext ? qn_bind_text(st, 10, dtext, -1) : qn_bind_null(st, 10);
     }
     free(text);
     if (!st || qn_step(st, err) < 0)
@@ -411,10 +423,14 @@ static int close_window(monitor *m, qn_conn *c, const char *model, int64_t versi
                 "report", (json_int_t)id);
     json_array_append_new(closed, report);
     json_decref(rows);
+    json_decref(dists);
+    free(dtext);
     return 0;
 fail:
     json_decref(report);
     json_decref(rows);
+    json_decref(dists);
+    free(dtext);
     return err->code ? err->code : QN_INTERNAL;
 }
 

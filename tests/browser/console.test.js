@@ -140,6 +140,31 @@ async function main() {
       canvas: !!c.querySelector('canvas') && c.querySelector('canvas').width > 0, drawnSeries: c.__uplot ? c.__uplot.series.length - 1 : 0 })));
   };
 
+  // The distribution chart (#dist-chart) shows feature want of report rep: its
+  // shares drawn as the API's counts say, its counts in the table under it.
+  const distShown = async (rep, want) => {
+    await page.waitForFunction((f) => { const c = document.querySelector('#dist-chart'); return c && c.dataset.feature === f && c.__uplot && c.dataset.drawn === '2'; }, { timeout: 10000 }, want);
+    const d = rep.distributions[want];
+    const u = await page.evaluate(() => { const p = document.querySelector('#dist-chart').__uplot; return { xs: p.data[0], ys: p.data.slice(1), labels: p.series.slice(1).map((x) => x.label) }; });
+    assert.deepEqual(u.labels, ['reference', 'current window']);
+    const refN = d.reference_total - d.reference_missing, curN = d.current_total - d.current_missing;
+    const share = (c, n) => (n ? (100 * c) / n : 0);
+    let ref = d.reference.map((c) => share(c, refN)), cur = d.current.map((c) => share(c, curN));
+    if (d.type === 'numeric') {
+      assert.deepEqual(u.xs, d.edges, 'x: the reference bin edges');
+      ref = [...ref, ref[ref.length - 1]];
+      cur = [...cur, cur[cur.length - 1]];
+    } else if (d.reference_other || d.current_other) {
+      ref.push(share(d.reference_other, refN));
+      cur.push(share(d.current_other, curN));
+    }
+    assert.deepEqual(u.ys[0], ref, `${want}: reference shares`);
+    assert.deepEqual(u.ys[1], cur, `${want}: current shares`);
+    const n = d.reference.length;
+    assert.deepEqual((await cells('#dist-counts', 'reference')).slice(0, n).map((c) => c.v), d.reference.map(String));
+    assert.deepEqual((await cells('#dist-counts', 'current')).slice(0, n).map((c) => c.text), d.current.map(fmt));
+  };
+
   const models = (await get('registry', '/v1/models')).models;
   const model = 'retail';
 
@@ -296,7 +321,9 @@ async function main() {
     await page.$eval('#run-filter', (i) => { i.value = ''; i.dispatchEvent(new Event('input')); });
     await shot('runs');
     // the registry's search: an MLflow filter and an order, kept in the URL
-    const filter = `attributes.status = 'FINISHED' and params.kind = '${all[0].params.kind}'`;
+    // the kind of the retail runs (adult's one logistic run is of another kind)
+    const kind = (all.find((r) => all.filter((x) => x.params.kind === r.params.kind).length >= 2) || all[0]).params.kind;
+    const filter = `attributes.status = 'FINISHED' and params.kind = '${kind}'`;
     await page.type('#run-search', filter);
     await page.keyboard.press('Enter');
     await page.waitForFunction(() => location.hash.startsWith('#/runs?filter=') && document.body.dataset.page === 'runs' && document.querySelector('#runs'));
@@ -312,13 +339,14 @@ async function main() {
     // compare two: params side by side, loss curves overlaid
     await open('runs', 'runs');
     const boxes = await page.$$('#runs tbody input[type=checkbox]');
-    // the newest run and the oldest shown (the first version, on the first data)
-    const last = Math.min(all.length, 15) - 1;
-    await boxes[0].click();
+    // the newest retail run and the oldest shown (the first version, on the first data)
+    const same = all.slice(0, 15).map((r, i) => [r, i]).filter(([r]) => r.params.kind === kind).map(([, i]) => i);
+    const newest = same[0], last = same[same.length - 1];
+    await boxes[newest].click();
     await boxes[last].click();
     await page.click('#compare-btn');
     await page.waitForFunction(() => location.hash.startsWith('#/runs/compare/') && document.body.dataset.page === 'runs' && document.querySelector('#params'));
-    const pair = [all[0], all[last]];
+    const pair = [all[newest], all[last]];
     assert.equal(await page.$$eval('#params thead th', (ths) => ths.length), 3); // name + two runs
     for (const [i, r] of pair.entries()) {
       const full = await get('registry', `/v1/runs/${r.run_id}`);
@@ -389,7 +417,65 @@ async function main() {
     assert.equal(await page.$eval('#hit-rate', (e) => e.textContent), fmt(mon.hit_rate.rate));
     await page.select('#feature-sel', latest.features[1].column);
     await page.waitForFunction((f) => document.querySelector('#feature-chart .u-title') && document.querySelector('#feature-chart .u-title').textContent.startsWith(f), {}, latest.features[1].column);
+
+    // the latest report's reference vs current distribution of a chosen feature
+    const rep = await get('monitor', `/v1/monitors/${model}/report`);
+    assert.equal(rep.id, latest.id);
+    const names = Object.keys(rep.distributions || {});
+    assert.ok(names.length >= 2, `distributions: ${names}`);
+    const first = await page.$eval('#dist-sel', (e) => e.value);
+    assert.ok(names.includes(first));
+    await distShown(rep, first);
+    // the selector works from the keyboard: focus it, arrow to the next feature
+    await page.focus('#dist-sel');
+    const idx = names.indexOf(first);
+    await page.keyboard.press(idx < names.length - 1 ? 'ArrowDown' : 'ArrowUp');
+    const next = names[idx < names.length - 1 ? idx + 1 : idx - 1];
+    assert.equal(await page.$eval('#dist-sel', (e) => e.value), next);
+    await distShown(rep, next);
+    await page.select('#dist-sel', first);
+    await distShown(rep, first);
     await shot('monitoring');
+    await page.evaluate(() => document.querySelector('#distribution').scrollIntoView());
+    const box = await page.$('#distribution');
+    await box.screenshot({ path: path.join(SHOTS, 'monitoring-distribution.png') });
+  });
+
+  await step('monitoring: a classifier\'s quality estimated before labels (CBPE), then realised', async () => {
+    const q = await get('monitor', '/v1/monitors/adult/quality?history=1000');
+    const est = q.estimates; // newest first
+    assert.ok(est.length >= 3, `estimates: ${est.length}`);
+    assert.ok(est.filter((e) => e.realised_ready).length >= 2, 'two estimate windows have their labels');
+    assert.ok(!est[0].realised_ready, 'the newest window waits for its labels');
+    await open('monitoring/adult', 'monitor');
+    await page.waitForSelector('#quality');
+    const ch = await charts('#quality');
+    for (const c of ch) assert.ok(c.canvas && c.drawnSeries >= 2, JSON.stringify(c));
+    const old = est.slice().reverse();
+    for (const m of ['accuracy', 'roc_auc']) {
+      const u = await page.evaluate((k) => { const p = document.querySelector(`#quality .chart[data-metric="${k}"]`).__uplot; return { ys: p.data.slice(1), labels: p.series.slice(1).map((x) => x.label) }; }, m);
+      const ei = u.labels.indexOf(`${m} estimated (CBPE)`), ri = u.labels.indexOf(`${m} realised (labels)`);
+      assert.ok(ei >= 0 && ri >= 0, `${m}: ${u.labels}`);
+      assert.deepEqual(u.ys[ei].filter((y) => y != null), old.map((e) => e.estimated[m]), `${m} estimated`);
+      assert.deepEqual(u.ys[ri].filter((y) => y != null), old.filter((e) => e.realised_ready).map((e) => e.realised[m]), `${m} realised`);
+      assert.ok(u.labels.includes('reference (holdout)'), `${m}: the holdout figure as a line`);
+    }
+    const str = (v) => (v == null ? undefined : String(v));
+    assert.deepEqual((await cells('#estimates', 'acc')).map((c) => c.v), est.map((e) => str(e.estimated.accuracy)));
+    assert.deepEqual((await cells('#estimates', 'auc')).map((c) => c.text), est.map((e) => fmt(e.estimated.roc_auc)));
+    assert.deepEqual((await cells('#estimates', 'auc_real')).map((c) => c.v), est.map((e) => (e.realised_ready ? str(e.realised.roc_auc) : undefined)));
+    assert.deepEqual((await cells('#estimates', 'acc_real')).map((c) => c.text), est.map((e) => (e.realised_ready ? fmt(e.realised.accuracy) : '–')));
+    await shot('monitoring-adult');
+    await page.evaluate(() => document.querySelector('#quality').scrollIntoView());
+    await (await page.$('#quality')).screenshot({ path: path.join(SHOTS, 'monitoring-cbpe.png') });
+    // its drift window, closed on demand: a categorical feature's distribution
+    const rep = await get('monitor', '/v1/monitors/adult/report');
+    const cat = Object.keys(rep.distributions).find((f) => rep.distributions[f].type === 'categorical' && rep.distributions[f].categories.length >= 4);
+    assert.ok(cat, `a categorical distribution: ${Object.keys(rep.distributions)}`);
+    await page.select('#dist-sel', cat);
+    await distShown(rep, cat);
+    await page.evaluate(() => document.querySelector('#distribution').scrollIntoView());
+    await (await page.$('#distribution')).screenshot({ path: path.join(SHOTS, 'monitoring-distribution-categorical.png') });
   });
 
   await step('monitoring: live quality over time with the reference, shadow agreement', async () => {

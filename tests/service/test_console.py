@@ -11,12 +11,14 @@ import gzip
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
+import threading
 import unittest
 
-from harness import BIN, ServiceTest
+from harness import BIN, Service, ServiceTest
 
 TOKEN = "console-test-token"
 
@@ -166,6 +168,88 @@ class ConsoleTest(ServiceTest):
         self.assertIsNotNone(promtool, "promtool missing: run make deps")
         p = subprocess.run([promtool, "check", "metrics"], input=m, capture_output=True)
         self.assertEqual(p.returncode, 0, p.stdout.decode() + p.stderr.decode())
+
+
+@unittest.skipUnless(os.path.exists(os.path.join(BIN, "quern-console")),
+                     "quern-console is not built (uPlot missing: make deps)")
+class OverviewBreakerTest(ServiceTest):
+    """The overview's reads, many overviews at once, with one service down
+    (ingest: nothing listens) and one up but not ready (serve, waiting for a
+    model the registry does not have): each tile must keep saying what its
+    service is, and only the down service's circuit may open. Before, the
+    client counted serve's 503 "not ready" as a failure and retried it: two
+    failed attempts per read, so whenever five came in a row (overviews in
+    flight together, or readiness polled on its own) serve's circuit opened,
+    its /metrics then failed fast and its tile said "down" without a version.
+    A /metrics answer in between reset the count, which is why a single
+    overview rarely showed it and this test checks the rule itself too: each
+    readiness read reaches serve once, and eight in a row leave it closed."""
+
+    ROUNDS = 12
+
+    def test_overview_reads_open_only_the_down_services_circuit(self):
+        reg = self.start("registry")
+        regurl = f"http://127.0.0.1:{reg.port}"
+        serve = Service("serve", args=["--registry", regurl, "--models", "ghost", "--grpc-listen", "off"])
+        serve.ready = lambda: serve.request("GET", "/healthz")[0] == 200  # it never turns ready
+        serve.start()
+        self.services.append(serve)
+        self.assertEqual(serve.request("GET", "/readyz")[0], 503)
+        dead = f"http://127.0.0.1:{closed_port()}"
+        con = self.start("console", args=["--registry", regurl, "--serve", f"http://127.0.0.1:{serve.port}",
+                                          "--ingest", dead, "--prep", dead, "--train", dead, "--monitor", dead,
+                                          "--alert", dead])
+        # what overview.js asks for, per load
+        paths = [f"/api/{s}/{p}" for s in ("registry", "serve", "ingest") for p in ("readyz", "metrics")]
+        paths += ["/api/registry/v1/models?limit=1000", "/api/registry/v1/events?limit=1000"]
+        got = {p: [] for p in paths}
+        lock = threading.Lock()
+
+        def read(p):
+            st, _, body = con.request("GET", p, raw=True)
+            with lock:
+                got[p].append((st, body))
+
+        # ROUNDS overviews loaded at once (reloads, several tabs): every read in flight together
+        threads = [threading.Thread(target=read, args=(p,)) for _ in range(self.ROUNDS) for p in paths]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for p in paths:
+            self.assertEqual(len(got[p]), self.ROUNDS, p)
+        for st, _ in got["/api/registry/readyz"] + got["/api/registry/metrics"] + got["/api/registry/v1/models?limit=1000"]:
+            self.assertEqual(st, 200)
+        for st, body in got["/api/serve/readyz"]:
+            # the service's own answer every time, never "did not answer"
+            self.assertEqual(st, 503)
+            self.assertEqual(json.loads(body)["status"], "not_ready", body)
+        for st, body in got["/api/serve/metrics"]:
+            self.assertEqual(st, 200, body)
+            self.assertIn(b'quern_build_info{service="serve"', body)
+        for st, body in got["/api/ingest/readyz"] + got["/api/ingest/metrics"]:
+            self.assertEqual(st, 503, body)
+            self.assertIn(b"quern-ingest", body)
+        st, _, m = con.request("GET", "/metrics", raw=True)
+        states = dict(re.findall(rb'quern_circuit_state\{[^}]*upstream="(\w+)"[^}]*\} (\d+)', m))
+        self.assertEqual(states.get(b"ingest"), b"1", m.decode()[-2000:])
+        for up in (b"registry", b"serve"):
+            self.assertEqual(states.get(up, b"0"), b"0", (up, m.decode()[-2000:]))
+        # a readiness answer is not retried: serve saw each read once (and our own one)
+        def readyz_seen():
+            sm = serve.request("GET", "/metrics", raw=True)[2]
+            n = re.search(rb'quern_http_requests_total\{[^}]*route="/readyz"[^}]*code="503"[^}]*\} (\d+)', sm)
+            return int(n.group(1)) if n else 0
+        self.assertEqual(readyz_seen(), self.ROUNDS + 1)
+        # readiness polled on its own, many times in a row (a status page
+        # refreshing): still an answer each time, and serve's other reads pass
+        for _ in range(8):
+            st, _, body = con.request("GET", "/api/serve/readyz")
+            self.assertEqual((st, body.get("status")), (503, "not_ready"), body)
+        st, _, body = con.request("GET", "/api/serve/metrics", raw=True)
+        self.assertEqual(st, 200, body)
+        st, _, m = con.request("GET", "/metrics", raw=True)
+        self.assertIn(b'quern_circuit_state{service="console",upstream="serve"} 0', m)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ restart mid-window (SIGKILL, redelivery, duplicates) losing and doubling
 nothing, per-model overrides, reports and history, gauges under promtool,
 live hit-rate@k from purchase feedback, and windows reset by a promotion."""
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -145,6 +146,72 @@ class MonitorTest(ServiceTest):
         self.assertIsNotNone(promtool)
         p = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+
+    def test_report_carries_distributions(self):
+        """The latest report (and one by id) carries each feature's reference and
+        current distribution: bins from the reference profile, counts summing to
+        the window, outsiders in the end bins, missing cells apart."""
+        rng = random.Random(7)
+        ref = self.tabular_rows(rng, 500)
+        csv_text = "x,y,c\n" + "".join(f"{r['x']:.6f},{r['y']:.6f},{r['c']}\n" for r in ref)
+        v = self.register("churn", csv_text)
+        with open(os.path.join(self.home, "churn.csv.profile.json")) as f:
+            prof = {c["name"]: c for c in json.load(f)["columns"]}
+        rows = self.tabular_rows(rng, 200, shift=0.5)
+        for r in rows[:7]:
+            r["x"] = 1e6          # far above the reference
+        for r in rows[7:10]:
+            r["x"] = -1e6         # far below
+        for r in rows[10:15]:
+            del r["x"]            # missing
+        for r in rows[15:19]:
+            r["c"] = "zzz"        # a category the reference never saw
+        events.publish(self.bus, self.predictions("churn", v, rows))
+        wait_for(lambda: (lambda s: s and s["latest_report"])(self.state("churn")))
+        st, _, rep = self.mon.request("GET", "/v1/monitors/churn/report")
+        self.assertEqual(st, 200, rep)
+        d = rep["distributions"]
+        self.assertEqual(set(d), {"x", "y", "c"})
+        x = d["x"]
+        self.assertEqual((x["type"], x["binning"]), ("numeric", "reference_equal_width"))
+        self.assertEqual(x["edges"], prof["x"]["edges"])            # the reference's own bins
+        self.assertEqual(x["reference"], prof["x"]["hist"])
+        self.assertEqual(x["reference_total"], 500)
+        self.assertEqual((x["current_total"], x["current_missing"]), (200, 5))
+        self.assertEqual(sum(x["current"]) + x["current_missing"], 200)
+        xs = [r["x"] for r in rows if "x" in r]
+        below = sum(1 for v in xs if v < x["edges"][0])
+        above = sum(1 for v in xs if v > x["edges"][-1])
+        self.assertGreaterEqual((below, above), (3, 7))
+        self.assertEqual((x["current_below"], x["current_above"]), (below, above))
+        # the outsiders are in the end bins, and every bin holds what falls in it
+        for b in range(len(x["current"])):
+            lo, hi = x["edges"][b], x["edges"][b + 1]
+            last = b == len(x["current"]) - 1
+            want = sum(1 for v in xs if (lo <= v < hi or (last and v == hi)))
+            want += below if b == 0 else 0
+            want += above if last else 0
+            self.assertEqual(x["current"][b], want, b)
+        y = d["y"]
+        self.assertEqual(sum(y["current"]) + y["current_missing"], 200)
+        c = d["c"]
+        self.assertEqual(c["type"], "categorical")
+        self.assertIn("zzz", c["categories"])
+        i = c["categories"].index("zzz")
+        self.assertEqual((c["reference"][i], c["current"][i]), (0, 4))
+        self.assertEqual(sum(c["current"]) + c["current_other"] + c["current_missing"], 200)
+        self.assertEqual(sum(c["reference"]) + c["reference_other"] + c["reference_missing"], 500)
+        for name, n in zip(prof["c"]["categories"], prof["c"]["counts"]):
+            self.assertEqual(c["reference"][c["categories"].index(name)], n)
+        # one report by id: the same; the history list leaves them out
+        st, _, one = self.mon.request("GET", f"/v1/monitors/churn/reports/{rep['id']}")
+        self.assertEqual(st, 200, one)
+        self.assertEqual(one["distributions"], d)
+        st, _, hist = self.mon.request("GET", "/v1/monitors/churn/report?history=5")
+        self.assertEqual(st, 200)
+        self.assertNotIn("distributions", hist["reports"][0])
+        self.assertError(self.mon.request("GET", "/v1/monitors/churn/reports/999"), 404, "not_found", "999")
+        self.assertError(self.mon.request("GET", "/v1/monitors/churn/reports/x1"), 400, "invalid_argument", "report id")
 
     def test_restart_mid_window_loses_and_doubles_nothing(self):
         v, rng = self.churn()

@@ -141,7 +141,7 @@ export function table(cols, rows, { pageSize = 15, id, empty = 'Nothing yet.', r
 
 const PALETTE = ['#1f4e79', '#c0392b', '#1e8449', '#8e44ad', '#b9770e', '#117a8b', '#5d6d7e'];
 
-// A uPlot chart. series: [{label, points: [[x, y], ...]}], x shared after
+// A uPlot chart. series: [{label, points: [[x, y], ...], color?, dash?}], x shared after
 // alignment (missing points are gaps). opts: {title, time, threshold, ylabel,
 // height, bars}. The element keeps data-series (how many were drawn).
 export function chart(series, opts = {}) {
@@ -154,8 +154,9 @@ export function chart(series, opts = {}) {
     const ys = new Array(xs.length).fill(null);
     for (const [x, y] of s.points) ys[idx.get(x)] = y;
     data.push(ys);
-    sers.push({ label: s.label, stroke: PALETTE[i % PALETTE.length], width: 2,
-      fill: opts.bars ? PALETTE[i % PALETTE.length] + '55' : undefined,
+    const color = s.color || PALETTE[i % PALETTE.length];
+    sers.push({ label: s.label, stroke: color, width: 2, dash: s.dash,
+      fill: opts.bars ? color + '55' : undefined,
       paths: opts.bars && window.uPlot ? uPlot.paths.bars({ size: [0.7, 40] }) : undefined,
       points: { show: xs.length < 60 }, spanGaps: true });
   });

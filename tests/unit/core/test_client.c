@@ -34,6 +34,16 @@ static atomic_int g_fail;      /* 1: /v1/flaky answers 503 */
 static atomic_int g_delay_ms;  /* /v1/flaky sleeps this long first */
 static atomic_int g_hits;      /* requests that reached /v1/flaky or /v1/missing */
 static atomic_int g_now, g_max; /* concurrent requests in /v1/flaky, and the most seen */
+static atomic_int g_not_ready; /* 1: /readyz answers 503 not_ready */
+
+static int ready_fn(void *ud, const char **reason)
+{
+    (void)ud;
+    if (!atomic_load(&g_not_ready))
+        return 1;
+    *reason = "waiting for its model";
+    return 0;
+}
 
 static int h_flaky(qn_req *req, qn_res *res, void *ud)
 {
@@ -76,7 +86,7 @@ static int setup(void **state)
     f->server_metrics = qn_metrics_new();
     f->m = qn_metrics_new();
     qn_http_opts o = {.service = "up", .listen = "127.0.0.1:0", .threads = 12, .routes = routes,
-                      .nroutes = QN_NELEM(routes), .metrics = f->server_metrics};
+                      .nroutes = QN_NELEM(routes), .metrics = f->server_metrics, .ready = ready_fn};
     f->h = qn_http_start(&o, &err);
     if (!f->h)
         fail_msg("qn_http_start: %s", err.msg);
@@ -86,6 +96,7 @@ static int setup(void **state)
     atomic_store(&g_hits, 0);
     atomic_store(&g_now, 0);
     atomic_store(&g_max, 0);
+    atomic_store(&g_not_ready, 0);
     *state = f;
     return 0;
 }
@@ -199,6 +210,40 @@ static void test_breaker_ignores_4xx(void **state)
     assert_int_equal(atomic_load(&g_hits), 6); /* reached every time, never retried */
     assert_int_equal(qn_client_circuit(c), QN_CIRCUIT_CLOSED);
     assert_true(has_line(f->m, "quern_client_requests_total{upstream=\"up\",outcome=\"client_error\"} 6"));
+    qn_client_free(c);
+}
+
+/* A 503 from /readyz is an answer ("not ready, because..."): the console
+ * polls it on every overview, and counting it would open the circuit of a
+ * live service and fail its other reads fast as if it were down. */
+static void test_breaker_not_ready_is_an_answer(void **state)
+{
+    fixture *f = *state;
+    qn_client *c = client(f, 2, 1000, 3, 0, 2000);
+    qn_err err;
+    atomic_store(&g_not_ready, 1);
+    for (int i = 0; i < 6; i++) {
+        qn_buf out;
+        qn_buf_init(&out, 1 << 16);
+        char ct[64];
+        assert_int_equal(qn_client_forward(c, "GET", i % 2 ? "/readyz?verbose=1" : "/readyz", NULL, NULL, 0, NULL, &out,
+                                           ct, sizeof ct, &err), 503);
+        qn_buf_append(&out, "", 1);
+        assert_non_null(strstr(out.data, "waiting for its model"));
+        qn_buf_free(&out);
+    }
+    assert_int_equal(qn_client_circuit(c), QN_CIRCUIT_CLOSED);
+    /* never retried: the server saw each call once (it counts a request
+     * once it is sent: give the last one a moment) */
+    usleep(200000);
+    assert_true(has_line(f->server_metrics,
+                         "quern_http_requests_total{route=\"/readyz\",method=\"GET\",code=\"503\"} 6"));
+    /* the other reads still reach it */
+    assert_int_equal(qn_client_json(c, "GET", "/v1/flaky", NULL, NULL, NULL, &err), 200);
+    /* while any other 503 still counts (2 failures open this circuit) */
+    atomic_store(&g_fail, 1);
+    assert_int_equal(qn_client_json(c, "GET", "/v1/flaky", NULL, NULL, NULL, &err), QN_UNAVAILABLE);
+    assert_int_equal(qn_client_circuit(c), QN_CIRCUIT_OPEN);
     qn_client_free(c);
 }
 
@@ -373,6 +418,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_breaker_cycle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_breaker_ignores_4xx, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_breaker_not_ready_is_an_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_breaker_transport, setup, teardown),
         cmocka_unit_test_setup_teardown(test_half_open_single_probe, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retries_only_when_safe, setup, teardown),
