@@ -1407,7 +1407,7 @@ int trk_runs_of_dataset(qn_conn *c, const char *dataset, int64_t version, json_t
                              "SELECT " RUN_COLS " FROM runs r WHERE r.id IN (SELECT i.run_id FROM run_inputs i "
                              "WHERE i.name = ? AND (i.dataset_version = ? OR i.digest = (SELECT v.manifest_digest "
                              "FROM dataset_versions v JOIN datasets d ON d.id = v.dataset_id WHERE d.name = ? AND "
-                             "v.version = ?))) ORDER BY r.start_time DESC, r.run_uuid LIMIT 1000",
+                             "v.version = ?))) ORDER BY r.start_time DESC, r.id DESC LIMIT 1000",
                              err);
     if (!st)
         return err->code;
@@ -1463,7 +1463,7 @@ int trk_run_of_version(qn_conn *c, const char *model, int64_t version, char **ru
     *run_id = NULL;
     qn_stmt *st = qn_prepare(c,
                              "SELECT r.run_uuid FROM run_outputs o JOIN runs r ON r.id = o.run_id "
-                             "WHERE o.model_name = ? AND o.version = ? ORDER BY r.start_time DESC LIMIT 1",
+                             "WHERE o.model_name = ? AND o.version = ? ORDER BY r.start_time DESC, r.id DESC LIMIT 1",
                              err);
     if (!st)
         return err->code;
