@@ -1130,14 +1130,8 @@ static int search_answer(qn_req *req, qn_res *res, mlf_in *in, json_t *items, co
         json_object_set_new(out, field, page);
     else
         json_decref(page);
-    if ((size_t)(offset + limit) < m) {
-        char key[32];
-        snprintf(key, sizeof key, "%lld", (long long)(offset + limit));
-        char *t = qn_page_token_encode(scope, key);
-        if (t)
-            json_object_set_new(out, "next_page_token", json_string(t));
-        free(t);
-    }
+    if ((size_t)(offset + limit) < m)
+        reg_page_next(out, scope, offset + limit);
     return qn_res_json(res, 200, out);
 }
 

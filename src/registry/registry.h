@@ -57,6 +57,10 @@ int reg_answer(qn_store *db, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_er
  * parameter is answered (400) and -1 returned. */
 int reg_page_begin(qn_req *req, qn_res *res, qn_page *pg, const char *scope, char after[QN_PAGE_KEY_MAX],
                    int64_t *before);
+/* Sets out's "next_page_token": an opaque token of scope holding at (the
+ * offset, or the last id, the next page starts from); nothing when out of
+ * memory (the client then sees the last page). */
+void reg_page_next(json_t *out, const char *scope, int64_t at);
 /* Ends a listing's transaction and answers pg's items under field, or the
  * failure (pg is then freed). */
 int reg_answer_page(qn_store *db, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_err *err, qn_page *pg,

@@ -130,17 +130,6 @@ static int page_resume(qn_res *res, const char *tok, const char *scope, int64_t 
     return 0;
 }
 
-/* Sets out's next_page_token: a token of scope holding at. */
-static void page_next(json_t *out, const char *scope, int64_t at)
-{
-    char key[32];
-    snprintf(key, sizeof key, "%lld", (long long)at);
-    char *t = qn_page_token_encode(scope, key);
-    if (t)
-        json_object_set_new(out, "next_page_token", json_string(t));
-    free(t);
-}
-
 /* ---- experiments -------------------------------------------------------------------- */
 
 /* The /v1 experiment: tags as an object. */
@@ -198,7 +187,7 @@ int reg_experiments_list(qn_req *req, qn_res *res, void *ud)
     json_array_foreach(list, i, e) v1_experiment(e);
     json_t *out = json_pack("{s:o}", "experiments", list);
     if (rc >= 0 && more) /* experiment ids are numbers: the last one shown */
-        page_next(out, "experiments",
+        reg_page_next(out, "experiments",
                   strtoll(json_string_value(json_object_get(json_array_get(list, json_array_size(list) - 1),
                                                             "experiment_id")), NULL, 10));
     return reg_answer(r->db, req, res, c, rc, &err, 200, out);
@@ -351,7 +340,7 @@ int reg_runs_metric_history(qn_req *req, qn_res *res, void *ud)
     json_array_foreach(list, i, m) json_object_del(m, "key");
     json_t *out = json_pack("{s:s, s:s, s:o}", "run_id", id, "key", key, "history", list);
     if (rc >= 0 && more)
-        page_next(out, "metric_history", offset + limit);
+        reg_page_next(out, "metric_history", offset + limit);
     return reg_answer(r->db, req, res, c, rc, &err, 200, out);
 }
 
@@ -417,7 +406,7 @@ int reg_runs_search(qn_req *req, qn_res *res, void *ud)
     json_decref(runs);
     json_t *out = json_pack("{s:o}", "runs", v1);
     if (rc >= 0 && more)
-        page_next(out, "runs_search", offset + max);
+        reg_page_next(out, "runs_search", offset + max);
     return reg_answer(r->db, req, res, c, rc, &err, 200, out);
 }
 
