@@ -243,22 +243,14 @@ static int mv_get(qn_conn *c, const char *name, int64_t n, json_t **out, qn_err 
     qn_bind_text(st, 1, name, -1);
     qn_bind_int64(st, 2, n);
     qn_bind_int64(st, 3, n);
-    int rc = qn_step(st, err);
-    if (rc < 0)
-        return rc;
+    int rc = reg_db_one(c, st, mv_json, out, err);
     if (rc == 0) {
         int64_t id;
-        if ((rc = reg_db_id(c, &reg_db_models, name, &id, err)) < 0)
+        if (reg_db_id(c, &reg_db_models, name, &id, err) < 0)
             return no_model(err, name);
         return no_version(err, name, n);
     }
-    json_t *mv = mv_json(c, st, err);
-    if (!mv)
-        return err->code;
-    while ((rc = qn_step(st, err)) == 1)
-        ;
-    *out = mv;
-    return 0;
+    return rc < 0 ? rc : 0;
 }
 
 #define RM_COLS "id, name, description, tags, created_at, updated_at"
@@ -304,18 +296,10 @@ static int rm_get(qn_conn *c, const char *name, json_t **out, qn_err *err)
     if (!st)
         return err->code;
     qn_bind_text(st, 1, name, -1);
-    int rc = qn_step(st, err);
-    if (rc < 0)
-        return rc;
+    int rc = reg_db_one(c, st, rm_json, out, err);
     if (rc == 0)
         return no_model(err, name);
-    json_t *rm = rm_json(c, st, err);
-    if (!rm)
-        return err->code;
-    while ((rc = qn_step(st, err)) == 1)
-        ;
-    *out = rm;
-    return 0;
+    return rc < 0 ? rc : 0;
 }
 
 /* The "alias" field, checked as Quern names are; MLflow reserves "latest". */

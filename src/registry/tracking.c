@@ -22,6 +22,7 @@
 
 #include "core/json.h"
 #include "core/trace.h"
+#include "registry/db.h"
 
 /* ---- small helpers --------------------------------------------------------------- */
 
@@ -413,21 +414,11 @@ static int experiment_one(qn_conn *c, const char *sql, int64_t id, const char *n
     if (!st)
         return err->code;
     name ? qn_bind_text(st, 1, name, -1) : qn_bind_int64(st, 1, id);
-    int rc = qn_step(st, err);
-    if (rc < 0)
-        return rc;
+    int rc = reg_db_one(c, st, experiment_json, out, err);
     if (rc == 0)
         return name ? qn_err_set(err, QN_NOT_FOUND, "could not find experiment with name '%.500s'", name)
                     : experiment_missing(shown, err);
-    json_t *e = experiment_json(c, st, err);
-    if (!e)
-        return err->code;
-    if (step_done(st, err) < 0) {
-        json_decref(e);
-        return err->code;
-    }
-    *out = e;
-    return 0;
+    return rc < 0 ? rc : 0;
 }
 
 int trk_experiment_get(qn_conn *c, const char *id_text, json_t **out, qn_err *err)
