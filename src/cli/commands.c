@@ -886,23 +886,31 @@ static int pipelines_show(const void *opts)
     return get_kv("prep", cli_printf("/v1/pipelines/%s", cli_enc(o->name)));
 }
 
+/* PUTs the JSON document in file to path of service, as `pipelines put` and
+ * `sources put` store what they declare. CLI_OK with *out the answer (the
+ * caller frees it), which --json has printed; else the failure, said. */
+static int put_file(const char *service, const char *path, const char *file, json_t **out)
+{
+    *out = NULL;
+    json_t *body = load_json_file(file);
+    if (!body)
+        return CLI_USAGE;
+    int rc = call(service, "PUT", path, body, out);
+    json_decref(body);
+    if (rc == CLI_OK && g_cli.json)
+        cli_print_json(*out);
+    return rc;
+}
+
 static int pipelines_put(const void *opts)
 {
     const put_opts *o = opts;
-    json_t *out = NULL;
-    json_t *body = load_json_file(o->file);
-    if (!body)
-        return CLI_USAGE;
-    int rc = call("prep", "PUT", cli_printf("/v1/pipelines/%s", cli_enc(o->name)), body, &out);
-    json_decref(body);
-    if (rc != CLI_OK)
-        return rc;
-    if (g_cli.json)
-        cli_print_json(out);
-    else
+    json_t *out;
+    int rc = put_file("prep", cli_printf("/v1/pipelines/%s", cli_enc(o->name)), o->file, &out);
+    if (rc == CLI_OK && !g_cli.json)
         printf("Pipeline %s stored\n", o->name);
     json_decref(out);
-    return CLI_OK;
+    return rc;
 }
 
 static int pipelines_run(const void *opts)
@@ -999,20 +1007,12 @@ static int sources_show(const void *opts)
 static int sources_put(const void *opts)
 {
     const put_opts *o = opts;
-    json_t *out = NULL;
-    json_t *body = load_json_file(o->file);
-    if (!body)
-        return CLI_USAGE;
-    int rc = call("ingest", "PUT", cli_printf("/v1/sources/%s", cli_enc(o->name)), body, &out);
-    json_decref(body);
-    if (rc != CLI_OK)
-        return rc;
-    if (g_cli.json)
-        cli_print_json(out);
-    else
+    json_t *out;
+    int rc = put_file("ingest", cli_printf("/v1/sources/%s", cli_enc(o->name)), o->file, &out);
+    if (rc == CLI_OK && !g_cli.json)
         printf("Source %s stored (%s into dataset %s)\n", o->name, cli_field(out, "kind"), cli_field(out, "dataset"));
     json_decref(out);
-    return CLI_OK;
+    return rc;
 }
 
 static int sources_history(const void *opts)

@@ -13,6 +13,12 @@
  * whole (its header, its encoding, columns that do not line up) is refused:
  * its digest is recorded with rows -1 so it is not tried again, and the run
  * fails naming the file and the line.
+ *
+ * A file written in place rather than renamed may be read while it is being
+ * written: a short read, or a size or modification time (to the nanosecond)
+ * that differs after the read from before it, leaves the file for a later
+ * run rather than taking a torn copy under a digest of its own. (A writer
+ * that pauses mid-file can still be read at the pause: rename is the way.)
  */
 #include <dirent.h>
 #include <errno.h>
@@ -80,13 +86,23 @@ static int taken(src_run *r, const char *digest, qn_err *err)
     return rc;
 }
 
+/* Whether the file changed between two looks at it. */
+static int changed(const struct stat *a, const struct stat *b)
+{
+    return a->st_size != b->st_size || a->st_mtim.tv_sec != b->st_mtim.tv_sec ||
+           a->st_mtim.tv_nsec != b->st_mtim.tv_nsec;
+}
+
+/* Reads the regular file path whole into *data (malloc'd, *len bytes).
+ * 0; 1 with *data NULL to leave it alone this run (not a regular file, or
+ * one that changed while it was read); or a negative code. */
 static int read_file(const char *path, int64_t max, char **data, size_t *len, qn_err *err)
 {
     FILE *f = fopen(path, "rb");
     *data = NULL;
     if (!f)
         return qn_err_set(err, QN_UNAVAILABLE, "cannot open %s: %s", path, strerror(errno));
-    struct stat sb;
+    struct stat sb, after;
     int rc = 0;
     if (fstat(fileno(f), &sb) < 0 || !S_ISREG(sb.st_mode)) {
         rc = 1; /* not a regular file: not ours */
@@ -103,8 +119,11 @@ static int read_file(const char *path, int64_t max, char **data, size_t *len, qn
         goto out;
     }
     *len = fread(*data, 1, (size_t)sb.st_size, f);
-    if (ferror(f)) {
+    if (ferror(f))
         rc = qn_err_set(err, QN_UNAVAILABLE, "cannot read %s: %s", path, strerror(errno));
+    else if (*len != (size_t)sb.st_size || fstat(fileno(f), &after) < 0 || changed(&sb, &after))
+        rc = 1; /* still being written: the next run takes it whole */
+    if (rc) {
         free(*data);
         *data = NULL;
     }

@@ -35,24 +35,6 @@
 
 #define MAX_PATH_BYTES 1024
 
-typedef struct art_upload {
-    int fd;
-    char tmp_path[PATH_MAX];
-    qn_sha256 *hash;
-    uint64_t bytes;
-} art_upload;
-
-static void art_upload_cleanup(void *p)
-{
-    art_upload *u = p;
-    if (u->fd >= 0) {
-        close(u->fd);
-        unlink(u->tmp_path);
-    }
-    qn_sha256_free(u->hash);
-    free(u);
-}
-
 int reg_artifact_path_check(const char *path, qn_err *err)
 {
     size_t n = strlen(path);
@@ -112,55 +94,23 @@ static const char *req_artifact_path(qn_req *req, qn_res *res)
 int reg_artifact_put_chunk(qn_req *req, qn_res *res, const char *data, size_t len, void *ud)
 {
     registry *r = ud;
-    art_upload *u = qn_req_state(req);
-    if (!u) {
-        char uuid[QN_UUID_LEN + 1];
-        if (!req_artifact_path(req, res))
-            return -1;
-        if (!(u = calloc(1, sizeof *u)) || !(u->hash = qn_sha256_new())) {
-            free(u);
-            mlf_error(res, QN_RESOURCE_EXHAUSTED, "the registry is out of memory; retry later");
-            return -1;
-        }
-        qn_uuid4(uuid);
-        snprintf(u->tmp_path, sizeof u->tmp_path, "%s/%s", r->tmp_dir, uuid);
-        u->fd = open(u->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        if (u->fd < 0) {
-            qn_log_error(qn_req_trace_id(req), "cannot create upload file", "{s:s, s:s}", "path", u->tmp_path,
-                         "error", strerror(errno));
-            qn_sha256_free(u->hash);
-            free(u);
-            mlf_error(res, QN_UNAVAILABLE, "the registry cannot store artifacts right now");
-            return -1;
-        }
-        qn_req_set_state(req, u, art_upload_cleanup);
+    reg_upload *u = qn_req_state(req);
+    int code;
+    if (!u && !req_artifact_path(req, res))
+        return -1;
+    if (!u && !(u = reg_upload_of(req, r, &code))) {
+        mlf_error(res, code, "%s",
+                  code == QN_RESOURCE_EXHAUSTED ? "the registry is out of memory; retry later"
+                                                : "the registry cannot store artifacts right now");
+        return -1;
     }
-    qn_sha256_update(u->hash, data, len);
-    while (len > 0) {
-        ssize_t n = write(u->fd, data, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            qn_log_error(qn_req_trace_id(req), "artifact write failed", "{s:s}", "error", strerror(errno));
-            mlf_error(res, QN_UNAVAILABLE, "the registry cannot store this artifact now (%s)",
-                      errno == ENOSPC ? "disk full" : "write failed");
-            return -1;
-        }
-        data += n;
-        len -= (size_t)n;
-        u->bytes += (uint64_t)n;
+    if (reg_upload_write(u, data, len) < 0) {
+        qn_log_error(qn_req_trace_id(req), "artifact write failed", "{s:s}", "error", strerror(errno));
+        mlf_error(res, QN_UNAVAILABLE, "the registry cannot store this artifact now (%s)",
+                  errno == ENOSPC ? "disk full" : "write failed");
+        return -1;
     }
     return 0;
-}
-
-static int fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
 }
 
 int reg_artifact_index(qn_conn *c, const char *path, const char *digest, int64_t size, qn_err *err)
@@ -185,40 +135,31 @@ int reg_artifact_index(qn_conn *c, const char *path, const char *digest, int64_t
 int reg_artifact_put(qn_req *req, qn_res *res, void *ud)
 {
     registry *r = ud;
-    char hex[QN_SHA256_HEX + 1], final[PATH_MAX], dir[PATH_MAX];
+    char hex[QN_SHA256_HEX + 1];
     qn_err err;
     const char *path = req_artifact_path(req, res);
     if (!path)
         return 0;
-    art_upload *u = qn_req_state(req);
+    reg_upload *u = qn_req_state(req);
     if (!u) { /* an empty body: an empty file */
         if (reg_artifact_put_chunk(req, res, "", 0, ud) < 0)
             return 0;
         u = qn_req_state(req);
     }
-    qn_sha256_final(u->hash, hex);
-    snprintf(dir, sizeof dir, "%s/%.2s", r->blob_dir, hex);
-    snprintf(final, sizeof final, "%s/%.2s/%s", r->blob_dir, hex, hex);
-    if (!reg_blob_exists(r, hex)) {
-        if (fsync(u->fd) < 0 || qn_mkdir_p(dir, &err) < 0 || rename(u->tmp_path, final) < 0 ||
-            fsync_dir(dir) < 0) {
-            qn_log_error(qn_req_trace_id(req), "cannot commit artifact", "{s:s, s:s}", "path", path, "error",
-                         strerror(errno));
-            return mlf_error(res, QN_UNAVAILABLE, "the registry cannot store artifacts right now");
-        }
-        qn_counter_add(r->blob_bytes, NULL, (double)u->bytes);
-    } else {
-        unlink(u->tmp_path);
+    reg_upload_digest(u, hex);
+    if (reg_upload_commit(r, u, hex) < 0) {
+        qn_log_error(qn_req_trace_id(req), "cannot commit artifact", "{s:s, s:s}", "path", path, "error",
+                     strerror(errno));
+        return mlf_error(res, QN_UNAVAILABLE, "the registry cannot store artifacts right now");
     }
-    close(u->fd);
-    u->fd = -1; /* the blob is in place (or was): cleanup must not unlink */
+    int64_t bytes = (int64_t)reg_upload_bytes(u);
     char *digest = qn_arena_printf(qn_req_arena(req), "sha256:%s", hex);
     qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
-    int rc = c ? reg_artifact_index(c, path, digest, (int64_t)u->bytes, &err) : err.code;
+    int rc = c ? reg_artifact_index(c, path, digest, bytes, &err) : err.code;
     if (reg_db_end(r->db, c, rc, &err) < 0)
         return mlf_fail(req, res, &err);
     qn_log_info(qn_req_trace_id(req), "artifact stored", "{s:s, s:s, s:I}", "path", path, "digest", digest,
-                "bytes", (json_int_t)u->bytes);
+                "bytes", (json_int_t)bytes);
     return qn_res_json(res, 200, json_object());
 }
 

@@ -27,17 +27,16 @@
 #include "core/validate.h"
 #include "registry/registry.h"
 
-typedef struct upload {
-    int fd;
+struct reg_upload {
+    int fd; /* -1 once the file is committed or removed */
     char tmp_path[PATH_MAX];
     qn_sha256 *hash;
     uint64_t bytes;
-    int failed;
-} upload;
+};
 
 static void upload_cleanup(void *p)
 {
-    upload *u = p;
+    reg_upload *u = p;
     if (u->fd >= 0) {
         close(u->fd);
         unlink(u->tmp_path); /* not renamed: the upload did not complete */
@@ -91,13 +90,16 @@ static int digest_param(qn_req *req, qn_res *res, char hex[QN_SHA256_HEX + 1])
     return 0;
 }
 
-static upload *upload_begin(qn_req *req, qn_res *res, registry *r)
+reg_upload *reg_upload_of(qn_req *req, registry *r, int *code)
 {
+    reg_upload *u = qn_req_state(req);
+    if (u)
+        return u;
     char uuid[QN_UUID_LEN + 1];
-    upload *u = calloc(1, sizeof *u);
+    u = calloc(1, sizeof *u);
     if (!u || !(u->hash = qn_sha256_new())) {
         free(u);
-        qn_res_error(res, QN_RESOURCE_EXHAUSTED, "the registry is out of memory; retry later");
+        *code = QN_RESOURCE_EXHAUSTED;
         return NULL;
     }
     qn_uuid4(uuid);
@@ -108,39 +110,37 @@ static upload *upload_begin(qn_req *req, qn_res *res, registry *r)
                      u->tmp_path, "error", strerror(errno));
         qn_sha256_free(u->hash);
         free(u);
-        qn_res_error(res, QN_UNAVAILABLE, "the registry cannot store blobs right now");
+        *code = QN_UNAVAILABLE;
         return NULL;
     }
     qn_req_set_state(req, u, upload_cleanup);
     return u;
 }
 
-int reg_blob_put_chunk(qn_req *req, qn_res *res, const char *data, size_t len, void *ud)
+int reg_upload_write(reg_upload *u, const char *data, size_t len)
 {
-    registry *r = ud;
-    upload *u = qn_req_state(req);
-    char hex[QN_SHA256_HEX + 1];
-    if (!u) {
-        if (digest_param(req, res, hex) < 0 || !(u = upload_begin(req, res, r)))
-            return -1;
-    }
     qn_sha256_update(u->hash, data, len);
     while (len > 0) {
         ssize_t n = write(u->fd, data, len);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0) {
-            qn_log_error(qn_req_trace_id(req), "blob write failed", "{s:s}", "error", strerror(errno));
-            qn_counter_add(r->blob_uploads, (const char *[]){"io_error"}, 1);
-            qn_res_error(res, QN_UNAVAILABLE, "the registry cannot store this blob now (%s)",
-                         errno == ENOSPC ? "disk full" : "write failed");
+        if (n < 0)
             return -1;
-        }
         data += n;
         len -= (size_t)n;
         u->bytes += (uint64_t)n;
     }
     return 0;
+}
+
+uint64_t reg_upload_bytes(const reg_upload *u)
+{
+    return u->bytes;
+}
+
+void reg_upload_digest(reg_upload *u, char hex[QN_SHA256_HEX + 1])
+{
+    qn_sha256_final(u->hash, hex);
 }
 
 static int fsync_dir(const char *dir)
@@ -153,23 +153,77 @@ static int fsync_dir(const char *dir)
     return rc;
 }
 
+int reg_upload_commit(registry *r, reg_upload *u, const char *hex)
+{
+    char dir[PATH_MAX], final[PATH_MAX];
+    qn_err err;
+    snprintf(dir, sizeof dir, "%s/%.2s", r->blob_dir, hex);
+    blob_path(r, hex, final, sizeof final);
+    int created = !reg_blob_exists(r, hex);
+    if (created) {
+        if (fsync(u->fd) < 0 || qn_mkdir_p(dir, &err) < 0 || rename(u->tmp_path, final) < 0 || fsync_dir(dir) < 0)
+            return -1;
+        qn_counter_add(r->blob_bytes, NULL, (double)u->bytes);
+    } else {
+        unlink(u->tmp_path);
+    }
+    close(u->fd);
+    u->fd = -1; /* the blob is in place (or was): cleanup must not unlink */
+    return created;
+}
+
+void reg_upload_discard(reg_upload *u)
+{
+    close(u->fd);
+    unlink(u->tmp_path);
+    u->fd = -1;
+}
+
+/* Answers an upload that could not begin (reg_upload_of's code). */
+static int upload_refused(qn_res *res, int code)
+{
+    return qn_res_error(res, code, "%s",
+                        code == QN_RESOURCE_EXHAUSTED ? "the registry is out of memory; retry later"
+                                                      : "the registry cannot store blobs right now");
+}
+
+int reg_blob_put_chunk(qn_req *req, qn_res *res, const char *data, size_t len, void *ud)
+{
+    registry *r = ud;
+    reg_upload *u = qn_req_state(req);
+    char hex[QN_SHA256_HEX + 1];
+    int code;
+    if (!u && digest_param(req, res, hex) < 0)
+        return -1;
+    if (!u && !(u = reg_upload_of(req, r, &code))) {
+        upload_refused(res, code);
+        return -1;
+    }
+    if (reg_upload_write(u, data, len) < 0) {
+        qn_log_error(qn_req_trace_id(req), "blob write failed", "{s:s}", "error", strerror(errno));
+        qn_counter_add(r->blob_uploads, (const char *[]){"io_error"}, 1);
+        qn_res_error(res, QN_UNAVAILABLE, "the registry cannot store this blob now (%s)",
+                     errno == ENOSPC ? "disk full" : "write failed");
+        return -1;
+    }
+    return 0;
+}
+
 int reg_blob_put(qn_req *req, qn_res *res, void *ud)
 {
     registry *r = ud;
-    char want[QN_SHA256_HEX + 1], got[QN_SHA256_HEX + 1], final[PATH_MAX], dir[PATH_MAX];
-    qn_err err;
+    char want[QN_SHA256_HEX + 1], got[QN_SHA256_HEX + 1];
+    int code;
     if (digest_param(req, res, want) < 0)
         return 0;
-    upload *u = qn_req_state(req);
-    if (!u && !(u = upload_begin(req, res, r))) /* an empty body is an empty blob */
-        return 0;
-    qn_sha256_final(u->hash, got);
+    reg_upload *u = reg_upload_of(req, r, &code); /* an empty body is an empty blob */
+    if (!u)
+        return upload_refused(res, code);
+    reg_upload_digest(u, got);
     if (strcmp(want, got) != 0) {
         /* Remove it before answering, not in the request cleanup, so that a
          * client that saw the 400 can never see the file. */
-        close(u->fd);
-        unlink(u->tmp_path);
-        u->fd = -1;
+        reg_upload_discard(u);
         qn_counter_add(r->blob_uploads, (const char *[]){"digest_mismatch"}, 1);
         return qn_res_error_details(
             res, QN_INVALID_ARGUMENT,
@@ -178,23 +232,13 @@ int reg_blob_put(qn_req *req, qn_res *res, void *ud)
             "the %llu bytes received hash to sha256:%s, not the sha256:%s named in the URL; "
             "nothing was stored", (unsigned long long)u->bytes, got, want);
     }
-    snprintf(dir, sizeof dir, "%s/%.2s", r->blob_dir, want);
-    blob_path(r, want, final, sizeof final);
-    int created = !reg_blob_exists(r, want);
-    if (created) {
-        if (fsync(u->fd) < 0 || qn_mkdir_p(dir, &err) < 0 || rename(u->tmp_path, final) < 0 ||
-            fsync_dir(dir) < 0) {
-            qn_log_error(qn_req_trace_id(req), "cannot commit blob", "{s:s, s:s}", "digest", want,
-                         "error", strerror(errno));
-            qn_counter_add(r->blob_uploads, (const char *[]){"io_error"}, 1);
-            return qn_res_error(res, QN_UNAVAILABLE, "the registry cannot store blobs right now");
-        }
-        qn_counter_add(r->blob_bytes, NULL, (double)u->bytes);
-    } else {
-        unlink(u->tmp_path);
+    int created = reg_upload_commit(r, u, want);
+    if (created < 0) {
+        qn_log_error(qn_req_trace_id(req), "cannot commit blob", "{s:s, s:s}", "digest", want,
+                     "error", strerror(errno));
+        qn_counter_add(r->blob_uploads, (const char *[]){"io_error"}, 1);
+        return qn_res_error(res, QN_UNAVAILABLE, "the registry cannot store blobs right now");
     }
-    close(u->fd);
-    u->fd = -1; /* committed (or a duplicate): cleanup must not unlink */
     qn_counter_add(r->blob_uploads, (const char *[]){created ? "created" : "exists"}, 1);
     qn_log_info(qn_req_trace_id(req), created ? "blob stored" : "blob already stored", "{s:s+, s:I}",
                 "digest", "sha256:", want, "bytes", (json_int_t)u->bytes);

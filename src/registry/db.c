@@ -175,6 +175,23 @@ static int step_done(qn_stmt *st, qn_err *err)
     return rc;
 }
 
+int reg_db_one(qn_conn *c, qn_stmt *st, json_t *(*row_json)(qn_conn *c, qn_stmt *st, qn_err *err), json_t **out,
+               qn_err *err)
+{
+    int rc = qn_step(st, err);
+    if (rc <= 0)
+        return rc;
+    json_t *v = row_json(c, st, err);
+    if (!v)
+        return err->code;
+    if (step_done(st, err) < 0) {
+        json_decref(v);
+        return err->code;
+    }
+    *out = v;
+    return 1;
+}
+
 /* ---- kinds ------------------------------------------------------------------- */
 
 typedef json_t *(*row_json_fn)(qn_conn *c, qn_stmt *st, qn_err *err);
@@ -352,23 +369,12 @@ static int version_by_id(qn_conn *c, const reg_db_kind *k, const char *name, int
     qn_bind_int64(st, 1, id);
     qn_bind_int64(st, 2, n);
     qn_bind_int64(st, 3, n);
-    int rc = qn_step(st, err);
-    if (rc < 0)
-        return rc;
-    if (rc == 0) {
-        if (n)
-            return qn_err_set(err, QN_NOT_FOUND, "%s \"%s\" has no version %lld", k->noun, name, (long long)n);
+    int rc = reg_db_one(c, st, k->row_json, out, err);
+    if (rc == 0 && n)
+        return qn_err_set(err, QN_NOT_FOUND, "%s \"%s\" has no version %lld", k->noun, name, (long long)n);
+    if (rc == 0)
         return qn_err_set(err, QN_NOT_FOUND, "%s \"%s\" has no versions yet", k->noun, name);
-    }
-    json_t *v = k->row_json(c, st, err);
-    if (!v)
-        return err->code;
-    if (step_done(st, err) < 0) {
-        json_decref(v);
-        return err->code;
-    }
-    *out = v;
-    return 0;
+    return rc < 0 ? rc : 0;
 }
 
 int reg_db_version_get(qn_conn *c, const reg_db_kind *k, const char *name, int64_t n, json_t **out,
@@ -507,20 +513,10 @@ int reg_db_model_get(qn_conn *c, const char *name, json_t **out, qn_err *err)
     if (!st)
         return err->code;
     qn_bind_text(st, 1, name, -1);
-    int rc = qn_step(st, err);
-    if (rc < 0)
-        return rc;
+    int rc = reg_db_one(c, st, model_json, out, err);
     if (rc == 0)
         return qn_err_set(err, QN_NOT_FOUND, "model \"%s\" does not exist", name);
-    json_t *m = model_json(c, st, err);
-    if (!m)
-        return err->code;
-    if (step_done(st, err) < 0) {
-        json_decref(m);
-        return err->code;
-    }
-    *out = m;
-    return 0;
+    return rc < 0 ? rc : 0;
 }
 
 int reg_db_models_page(qn_conn *c, const char *after, const char *tkey, const char *tval, qn_page *pg,

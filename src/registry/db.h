@@ -47,6 +47,11 @@ qn_conn *reg_db_begin(qn_store *db, int mode, qn_err *err);
  * too: it only ends the snapshot), rolls back otherwise, releases c.
  * Returns rc, or the commit's error. c NULL: returns rc. */
 int reg_db_end(qn_store *db, qn_conn *c, int rc, qn_err *err);
+/* Reads the one row st finds (prepared and bound; rows after it are read
+ * past) as row_json makes it: 1 with *out (the caller's), 0 when st finds
+ * no row (the caller says what is missing), or a negative code with err. */
+int reg_db_one(qn_conn *c, qn_stmt *st, json_t *(*row_json)(qn_conn *c, qn_stmt *st, qn_err *err), json_t **out,
+               qn_err *err);
 
 /* What models and datasets share: the kind of thing that has versions. */
 typedef struct reg_db_kind reg_db_kind;

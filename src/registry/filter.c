@@ -754,7 +754,9 @@ void trk_query_order_by(trk_query *q, const trk_orders *o)
         else
             qn_buf_printf(&q->sql, "CASE WHEN o%zu.value IS NULL THEN 1 ELSE 0 END, o%zu.value %s, ", i, i, dir);
     }
-    qn_buf_puts(&q->sql, "r.start_time DESC, r.run_uuid ASC");
+    /* Runs started in the same millisecond come newest row first, so that
+     * the order is total and the same on every page and on both stores. */
+    qn_buf_puts(&q->sql, "r.start_time DESC, r.id DESC");
 }
 
 int trk_query_bind(const trk_query *q, qn_stmt *st, qn_err *err)

@@ -118,7 +118,9 @@ void trk_query_str(trk_query *q, const char *s);
  * (r.id the integer key; latest_metrics, params and run_tags by run_id). */
 void trk_query_where(trk_query *q, const trk_filter *f);
 /* LEFT JOINs for the order keys (call before WHERE), then the ORDER BY list
- * (call after it); ties break by start_time DESC, run_uuid. MLflow's order:
+ * (call after it); ties break by start_time DESC, then the newest row (r.id
+ * DESC), so that runs started in the same millisecond keep one order on
+ * every page. MLflow's order:
  * values first, then NaN (metrics), then runs without the key. */
 void trk_query_order_joins(trk_query *q, const trk_orders *o);
 void trk_query_order_by(trk_query *q, const trk_orders *o);

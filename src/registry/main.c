@@ -179,6 +179,16 @@ int reg_page_begin(qn_req *req, qn_res *res, qn_page *pg, const char *scope, cha
     return 0;
 }
 
+void reg_page_next(json_t *out, const char *scope, int64_t at)
+{
+    char key[32];
+    snprintf(key, sizeof key, "%lld", (long long)at);
+    char *t = qn_page_token_encode(scope, key);
+    if (t)
+        json_object_set_new(out, "next_page_token", json_string(t));
+    free(t);
+}
+
 int reg_answer_page(qn_store *db, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_err *err, qn_page *pg,
                     const char *field)
 {

@@ -265,16 +265,6 @@ static int token_param(qn_req *req, qn_res *res, const json_t *body, const char 
     return 0;
 }
 
-static void set_token(json_t *out, const char *scope, int64_t key)
-{
-    char k[32];
-    snprintf(k, sizeof k, "%lld", (long long)key);
-    char *tok = qn_page_token_encode(scope, k);
-    if (tok)
-        json_object_set_new(out, "next_page_token", json_string(tok));
-    free(tok);
-}
-
 /* ---- experiments ------------------------------------------------------------------------ */
 
 int mlf_experiments_create(qn_req *req, qn_res *res, void *ud)
@@ -383,7 +373,8 @@ int mlf_experiments_search(qn_req *req, qn_res *res, void *ud)
     json_t *out = json_pack("{s:o}", "experiments", list);
     if (rc >= 0 && more) {
         const char *last = json_string_value(json_object_get(json_array_get(list, json_array_size(list) - 1), "experiment_id"));
-        set_token(out, scope, order ? after + (int64_t)json_array_size(list) : strtoll(last ? last : "0", NULL, 10));
+        reg_page_next(out, scope,
+                      order ? after + (int64_t)json_array_size(list) : strtoll(last ? last : "0", NULL, 10));
     }
     return mlf_answer(r->db, req, res, c, rc, &err, out);
 }
@@ -671,7 +662,7 @@ int mlf_runs_search(qn_req *req, qn_res *res, void *ud)
     trk_orders_free(&orders);
     json_t *out = json_pack("{s:o}", "runs", runs);
     if (rc >= 0 && more)
-        set_token(out, "mlflow_runs", offset + max);
+        reg_page_next(out, "mlflow_runs", offset + max);
     return mlf_answer(r->db, req, res, c, rc, &err, out);
 }
 
@@ -722,6 +713,6 @@ int mlf_metrics_get_history(qn_req *req, qn_res *res, void *ud)
     int rc = c ? trk_metric_history(c, id, key, offset, max, list, &more, &err) : err.code;
     json_t *out = json_pack("{s:o}", "metrics", list);
     if (rc >= 0 && more)
-        set_token(out, "mlflow_metric_history", offset + max);
+        reg_page_next(out, "mlflow_metric_history", offset + max);
     return mlf_answer(r->db, req, res, c, rc, &err, out);
 }

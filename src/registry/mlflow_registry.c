@@ -165,6 +165,17 @@ static int in_tags(mlf_in *in, qn_res *res, json_t **out)
     return 0;
 }
 
+/* MLflow's words for a model, or a version, that is not there. */
+static int no_model(qn_err *err, const char *name)
+{
+    return qn_err_set(err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
+}
+
+static int no_version(qn_err *err, const char *name, int64_t v)
+{
+    return qn_err_set(err, QN_NOT_FOUND, "Model Version (name=%s, version=%lld) not found", name, (long long)v);
+}
+
 /* ---- the MLflow shapes of models and versions --------------------------------- */
 
 /* {"a":"b"} as [{"key":"a","value":"b"}]. */
@@ -232,23 +243,14 @@ static int mv_get(qn_conn *c, const char *name, int64_t n, json_t **out, qn_err 
     qn_bind_text(st, 1, name, -1);
     qn_bind_int64(st, 2, n);
     qn_bind_int64(st, 3, n);
-    int rc = qn_step(st, err);
-    if (rc < 0)
-        return rc;
+    int rc = reg_db_one(c, st, mv_json, out, err);
     if (rc == 0) {
         int64_t id;
-        if ((rc = reg_db_id(c, &reg_db_models, name, &id, err)) < 0)
-            return qn_err_set(err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
-        return qn_err_set(err, QN_NOT_FOUND, "Model Version (name=%s, version=%lld) not found", name,
-                          (long long)n);
+        if (reg_db_id(c, &reg_db_models, name, &id, err) < 0)
+            return no_model(err, name);
+        return no_version(err, name, n);
     }
-    json_t *mv = mv_json(c, st, err);
-    if (!mv)
-        return err->code;
-    while ((rc = qn_step(st, err)) == 1)
-        ;
-    *out = mv;
-    return 0;
+    return rc < 0 ? rc : 0;
 }
 
 #define RM_COLS "id, name, description, tags, created_at, updated_at"
@@ -294,31 +296,103 @@ static int rm_get(qn_conn *c, const char *name, json_t **out, qn_err *err)
     if (!st)
         return err->code;
     qn_bind_text(st, 1, name, -1);
-    int rc = qn_step(st, err);
-    if (rc < 0)
-        return rc;
+    int rc = reg_db_one(c, st, rm_json, out, err);
     if (rc == 0)
-        return qn_err_set(err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
-    json_t *rm = rm_json(c, st, err);
-    if (!rm)
-        return err->code;
-    while ((rc = qn_step(st, err)) == 1)
-        ;
-    *out = rm;
+        return no_model(err, name);
+    return rc < 0 ? rc : 0;
+}
+
+/* The "alias" field, checked as Quern names are; MLflow reserves "latest". */
+static const char *in_alias(mlf_in *in, qn_res *res)
+{
+    qn_err err;
+    const char *alias = in_str(in, "alias");
+    if (need(res, alias, "alias", QN_NAME_MAX) < 0)
+        return NULL;
+    if (qn_name_check("alias", alias, &err) < 0) {
+        mlf_error(res, err.code, "%s", err.msg);
+        return NULL;
+    }
+    if (strcasecmp(alias, "latest") == 0) {
+        mlf_error(res, QN_INVALID_ARGUMENT, "'%s' alias name (case insensitive) is reserved.", alias);
+        return NULL;
+    }
+    return alias;
+}
+
+/* The optional "description" field; -1 answered when longer than 4096 bytes. */
+static int in_description(mlf_in *in, qn_res *res, const char **desc)
+{
+    *desc = in_str(in, "description");
+    if (*desc && strlen(*desc) > 4096) {
+        mlf_error(res, QN_INVALID_ARGUMENT, "'description' is longer than 4096 bytes");
+        return -1;
+    }
     return 0;
 }
 
-/* Answers {field: out} when the transaction committed, else the failure. */
-static int answer(registry *r, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_err *err, const char *field,
-                  json_t *out)
+/* ---- calls: one request to one endpoint --------------------------------------- */
+
+/* What an endpoint reads before its own fields, in this order. */
+enum { NAMES_MODEL = 1, NAMES_ALIAS = 2, NAMES_VERSION = 4 };
+
+/* One MLflow request: its fields and, as its endpoint asks (NAMES_*), the
+ * model name, alias and version it names, already checked. */
+typedef struct mlf_call {
+    registry *r;
+    qn_req *req;
+    qn_res *res;
+    mlf_in in;
+    const char *name;
+    const char *alias;
+    int64_t version;
+} mlf_call;
+
+/* An endpoint's own work; it answers call->res, whatever happens. */
+typedef void mlf_endpoint(mlf_call *call);
+
+/* Serves req with endpoint: opens the request's fields, reads what names
+ * asks for and answers 400 for the first one missing or malformed, else runs
+ * the endpoint; then closes the fields. Returns 0, as route handlers do. */
+static int serve(qn_req *req, qn_res *res, void *ud, unsigned names, mlf_endpoint *endpoint)
 {
-    if (reg_db_end(r->db, c, rc, err) < 0) {
-        json_decref(out);
-        return mlf_fail(req, res, err);
+    mlf_call call = {.r = ud, .req = req, .res = res};
+    if (in_open(req, res, &call.in) < 0)
+        return 0;
+    if ((names & NAMES_MODEL) && !(call.name = in_name(&call.in, res, "name")))
+        goto out;
+    if ((names & NAMES_ALIAS) && !(call.alias = in_alias(&call.in, res)))
+        goto out;
+    if ((names & NAMES_VERSION) && in_version(&call.in, res, &call.version) < 0)
+        goto out;
+    endpoint(&call);
+out:
+    in_close(&call.in);
+    return 0;
+}
+
+/* Ends the call's transaction and answers {field: out} (no field: out, or
+ * {}) when it committed, else the failure. out is stolen. */
+static void answer(mlf_call *call, qn_conn *c, int rc, qn_err *err, const char *field, json_t *out)
+{
+    if (field && rc == 0)
+        out = json_pack("{s:o}", field, out);
+    mlf_answer(call->r->db, call->req, call->res, c, rc, err, out);
+}
+
+/* The "key" field and, to set a tag, the "value" field, of at most key_max
+ * and value_max bytes; -1 answered when either is wrong. */
+static int in_tag(mlf_call *call, int set, size_t key_max, size_t value_max, const char **key, const char **value)
+{
+    *key = in_str(&call->in, "key");
+    *value = in_str(&call->in, "value");
+    if (need(call->res, *key, "key", key_max) < 0)
+        return -1;
+    if (set && (!*value || strlen(*value) > value_max)) {
+        mlf_error(call->res, QN_INVALID_ARGUMENT, "'value' is required, of at most %zu bytes", value_max);
+        return -1;
     }
-    if (!field)
-        return qn_res_json(res, 200, out ? out : json_object());
-    return qn_res_json(res, 200, json_pack("{s:o}", field, out));
+    return 0;
 }
 
 /* Runs one statement binding (text, text|NULL, int64...) as given; 0 or rc. */
@@ -348,124 +422,107 @@ static int exec_changes(qn_conn *c, const char *sql, qn_err *err, int64_t *chang
 
 /* ---- registered models -------------------------------------------------------- */
 
-int mlf_rm_create(qn_req *req, qn_res *res, void *ud)
+static void registered_model_create(mlf_call *call)
 {
-    registry *r = ud;
     qn_err err;
-    mlf_in in;
     json_t *tags = NULL, *out = NULL, *q = NULL;
-    if (in_open(req, res, &in) < 0)
-        return 0;
-    const char *name = in_name(&in, res, "name"), *desc = in_str(&in, "description");
-    if (!name || in_tags(&in, res, &tags) < 0)
+    const char *desc;
+    if (in_tags(&call->in, call->res, &tags) < 0 || in_description(&call->in, call->res, &desc) < 0)
         goto out;
-    if (desc && strlen(desc) > 4096) {
-        mlf_error(res, QN_INVALID_ARGUMENT, "'description' is longer than 4096 bytes");
-        goto out;
-    }
-    qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
-    int rc = c ? reg_db_model_create(c, name, desc ? desc : "", tags, qn_now_ms(), &q, &err) : err.code;
+    qn_conn *c = reg_db_begin(call->r->db, QN_TX_WRITE, &err);
+    int rc = c ? reg_db_model_create(c, call->name, desc ? desc : "", tags, qn_now_ms(), &q, &err) : err.code;
     if (rc == QN_ALREADY_EXISTS)
-        qn_err_set(&err, QN_ALREADY_EXISTS, "Registered Model (name=%s) already exists.", name);
+        qn_err_set(&err, QN_ALREADY_EXISTS, "Registered Model (name=%s) already exists.", call->name);
     json_decref(q);
     if (rc == 0)
-        rc = rm_get(c, name, &out, &err);
-    answer(r, req, res, c, rc, &err, "registered_model", out);
+        rc = rm_get(c, call->name, &out, &err);
+    answer(call, c, rc, &err, "registered_model", out);
 out:
     json_decref(tags);
-    in_close(&in);
-    return 0;
+}
+
+int mlf_rm_create(qn_req *req, qn_res *res, void *ud)
+{
+    return serve(req, res, ud, NAMES_MODEL, registered_model_create);
+}
+
+static void registered_model_get(mlf_call *call)
+{
+    qn_err err;
+    json_t *out = NULL;
+    qn_conn *c = reg_db_begin(call->r->db, QN_TX_READ, &err);
+    int rc = c ? rm_get(c, call->name, &out, &err) : err.code;
+    answer(call, c, rc, &err, "registered_model", out);
 }
 
 int mlf_rm_get(qn_req *req, qn_res *res, void *ud)
 {
-    registry *r = ud;
+    return serve(req, res, ud, NAMES_MODEL, registered_model_get);
+}
+
+static void registered_model_update(mlf_call *call)
+{
     qn_err err;
-    mlf_in in;
     json_t *out = NULL;
-    in_open(req, res, &in);
-    const char *name = in_name(&in, res, "name");
-    if (!name)
-        return 0;
-    qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
-    int rc = c ? rm_get(c, name, &out, &err) : err.code;
-    return answer(r, req, res, c, rc, &err, "registered_model", out);
+    const char *desc;
+    int64_t n = 0;
+    if (in_description(&call->in, call->res, &desc) < 0)
+        return;
+    qn_conn *c = reg_db_begin(call->r->db, QN_TX_WRITE, &err);
+    int rc = c ? exec_changes(c, "UPDATE models SET description = COALESCE(?, description), updated_at = ? "
+                                 "WHERE name = ?", &err, &n, "sis", desc, qn_now_ms(), call->name)
+               : err.code;
+    if (rc == 0 && n == 0)
+        rc = no_model(&err, call->name);
+    if (rc == 0)
+        rc = rm_get(c, call->name, &out, &err);
+    answer(call, c, rc, &err, "registered_model", out);
 }
 
 int mlf_rm_update(qn_req *req, qn_res *res, void *ud)
 {
-    registry *r = ud;
+    return serve(req, res, ud, NAMES_MODEL, registered_model_update);
+}
+
+static void registered_model_rename(mlf_call *call)
+{
     qn_err err;
-    mlf_in in;
     json_t *out = NULL;
-    if (in_open(req, res, &in) < 0)
-        return 0;
-    const char *name = in_name(&in, res, "name"), *desc = in_str(&in, "description");
-    if (name && desc && strlen(desc) > 4096) {
-        mlf_error(res, QN_INVALID_ARGUMENT, "'description' is longer than 4096 bytes");
-        name = NULL;
-    }
-    if (name) {
-        int64_t n = 0;
-        qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
-        int rc = c ? exec_changes(c, "UPDATE models SET description = COALESCE(?, description), updated_at = ? "
-                                     "WHERE name = ?", &err, &n, "sis", desc, qn_now_ms(), name)
-                   : err.code;
-        if (rc == 0 && n == 0)
-            rc = qn_err_set(&err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
-        if (rc == 0)
-            rc = rm_get(c, name, &out, &err);
-        answer(r, req, res, c, rc, &err, "registered_model", out);
-    }
-    in_close(&in);
-    return 0;
+    int64_t n = 0;
+    const char *to = in_name(&call->in, call->res, "new_name");
+    if (!to)
+        return;
+    qn_conn *c = reg_db_begin(call->r->db, QN_TX_WRITE, &err);
+    int rc = c ? exec_changes(c, "UPDATE models SET name = ?, updated_at = ? WHERE name = ?", &err, &n, "sis", to,
+                              qn_now_ms(), call->name)
+               : err.code;
+    if (rc == QN_ALREADY_EXISTS)
+        qn_err_set(&err, QN_ALREADY_EXISTS, "Registered Model (name=%s) already exists.", to);
+    if (rc == 0 && n == 0)
+        rc = no_model(&err, call->name);
+    if (rc == 0)
+        rc = rm_get(c, to, &out, &err);
+    answer(call, c, rc, &err, "registered_model", out);
 }
 
 int mlf_rm_rename(qn_req *req, qn_res *res, void *ud)
 {
-    registry *r = ud;
+    return serve(req, res, ud, NAMES_MODEL, registered_model_rename);
+}
+
+static void registered_model_delete(mlf_call *call)
+{
     qn_err err;
-    mlf_in in;
-    json_t *out = NULL;
-    if (in_open(req, res, &in) < 0)
-        return 0;
-    const char *name = in_name(&in, res, "name");
-    const char *to = name ? in_name(&in, res, "new_name") : NULL;
-    if (to) {
-        int64_t n = 0;
-        qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
-        int rc = c ? exec_changes(c, "UPDATE models SET name = ?, updated_at = ? WHERE name = ?", &err, &n, "sis",
-                                  to, qn_now_ms(), name)
-                   : err.code;
-        if (rc == QN_ALREADY_EXISTS)
-            qn_err_set(&err, QN_ALREADY_EXISTS, "Registered Model (name=%s) already exists.", to);
-        if (rc == 0 && n == 0)
-            rc = qn_err_set(&err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
-        if (rc == 0)
-            rc = rm_get(c, to, &out, &err);
-        answer(r, req, res, c, rc, &err, "registered_model", out);
-    }
-    in_close(&in);
-    return 0;
+    qn_conn *c = reg_db_begin(call->r->db, QN_TX_WRITE, &err);
+    int rc = c ? reg_db_model_delete(c, call->name, &err) : err.code;
+    if (rc == QN_NOT_FOUND)
+        no_model(&err, call->name);
+    answer(call, c, rc, &err, NULL, NULL);
 }
 
 int mlf_rm_delete(qn_req *req, qn_res *res, void *ud)
 {
-    registry *r = ud;
-    qn_err err;
-    mlf_in in;
-    if (in_open(req, res, &in) < 0)
-        return 0;
-    const char *name = in_name(&in, res, "name");
-    if (name) {
-        qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
-        int rc = c ? reg_db_model_delete(c, name, &err) : err.code;
-        if (rc == QN_NOT_FOUND)
-            qn_err_set(&err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
-        answer(r, req, res, c, rc, &err, NULL, NULL);
-    }
-    in_close(&in);
-    return 0;
+    return serve(req, res, ud, NAMES_MODEL, registered_model_delete);
 }
 
 /* Sets (value not NULL) or deletes a tag of a model: its rows and its JSON. */
@@ -474,13 +531,13 @@ static int rm_tag(qn_conn *c, const char *name, const char *key, const char *val
     int64_t id;
     int rc;
     if ((rc = reg_db_id(c, &reg_db_models, name, &id, err)) < 0)
-        return qn_err_set(err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
+        return no_model(err, name);
     qn_stmt *st = qn_prepare(c, "SELECT tags FROM models WHERE id = ?", err);
     if (!st)
         return err->code;
     qn_bind_int64(st, 1, id);
     if ((rc = qn_step(st, err)) != 1)
-        return rc < 0 ? rc : qn_err_set(err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
+        return rc < 0 ? rc : no_model(err, name);
     json_t *tags = qn_json_from_text(qn_col_text(st, 0));
     while ((rc = qn_step(st, err)) == 1)
         ;
@@ -505,154 +562,120 @@ static int rm_tag(qn_conn *c, const char *name, const char *key, const char *val
     return exec_changes(c, "DELETE FROM model_tags WHERE model_id = ? AND key = ?", err, NULL, "is", id, key);
 }
 
-static int rm_tag_handler(qn_req *req, qn_res *res, registry *r, int set)
+/* Sets (set) or deletes the tag the call names on its model. */
+static void registered_model_tag(mlf_call *call, int set)
 {
     qn_err err;
-    mlf_in in;
-    if (in_open(req, res, &in) < 0)
-        return 0;
-    const char *name = in_name(&in, res, "name"), *key = in_str(&in, "key"), *value = in_str(&in, "value");
-    if (!name || need(res, key, "key", MAX_TAG_KEY) < 0)
-        goto out;
-    if (set && (!value || strlen(value) > MAX_TAG_VALUE)) {
-        mlf_error(res, QN_INVALID_ARGUMENT, "'value' is required, of at most %d bytes", MAX_TAG_VALUE);
-        goto out;
-    }
-    qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
-    int rc = c ? rm_tag(c, name, key, set ? value : NULL, &err) : err.code;
-    answer(r, req, res, c, rc, &err, NULL, NULL);
-out:
-    in_close(&in);
-    return 0;
+    const char *key, *value;
+    if (in_tag(call, set, MAX_TAG_KEY, MAX_TAG_VALUE, &key, &value) < 0)
+        return;
+    qn_conn *c = reg_db_begin(call->r->db, QN_TX_WRITE, &err);
+    int rc = c ? rm_tag(c, call->name, key, set ? value : NULL, &err) : err.code;
+    answer(call, c, rc, &err, NULL, NULL);
+}
+
+static void registered_model_set_tag(mlf_call *call)
+{
+    registered_model_tag(call, 1);
+}
+
+static void registered_model_delete_tag(mlf_call *call)
+{
+    registered_model_tag(call, 0);
 }
 
 int mlf_rm_set_tag(qn_req *req, qn_res *res, void *ud)
 {
-    return rm_tag_handler(req, res, ud, 1);
+    return serve(req, res, ud, NAMES_MODEL, registered_model_set_tag);
 }
 
 int mlf_rm_delete_tag(qn_req *req, qn_res *res, void *ud)
 {
-    return rm_tag_handler(req, res, ud, 0);
+    return serve(req, res, ud, NAMES_MODEL, registered_model_delete_tag);
+}
+
+static void registered_model_latest_versions(mlf_call *call)
+{
+    qn_err err;
+    json_t *mv = NULL;
+    /* Every version's stage is "None": the latest is the answer when no
+     * stages are asked for, or "None" is among them. */
+    int want = 1;
+    json_t *stages = call->in.body ? json_object_get(call->in.body, "stages") : NULL;
+    const char *qs = call->in.body ? NULL : qn_req_query(call->req, "stages");
+    if (json_array_size(stages) || qs) {
+        want = qs && strcasecmp(qs, "None") == 0;
+        size_t i;
+        json_t *s;
+        json_array_foreach(stages, i, s) want |= json_is_string(s) && strcasecmp(json_string_value(s), "None") == 0;
+    }
+    qn_conn *c = reg_db_begin(call->r->db, QN_TX_READ, &err);
+    int rc = c ? mv_get(c, call->name, 0, &mv, &err) : err.code;
+    json_t *list = json_array();
+    if (rc == 0 && want)
+        json_array_append(list, mv);
+    if (rc == QN_NOT_FOUND && strstr(err.msg, "Model Version"))
+        rc = 0; /* a model without versions */
+    json_decref(mv);
+    answer(call, c, rc, &err, "model_versions", list);
 }
 
 int mlf_rm_latest_versions(qn_req *req, qn_res *res, void *ud)
 {
-    registry *r = ud;
-    qn_err err;
-    mlf_in in;
-    json_t *mv = NULL;
-    if (in_open(req, res, &in) < 0)
-        return 0;
-    const char *name = in_name(&in, res, "name");
-    if (name) {
-        /* Every version's stage is "None": the latest is the answer when
-         * no stages are asked for, or "None" is among them. */
-        int want = 1;
-        json_t *stages = in.body ? json_object_get(in.body, "stages") : NULL;
-        const char *qs = in.body ? NULL : qn_req_query(req, "stages");
-        if (json_array_size(stages) || qs) {
-            want = qs && strcasecmp(qs, "None") == 0;
-            size_t i;
-            json_t *s;
-            json_array_foreach(stages, i, s) want |= json_is_string(s) && strcasecmp(json_string_value(s), "None") == 0;
-        }
-        qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
-        int rc = c ? mv_get(c, name, 0, &mv, &err) : err.code;
-        json_t *list = json_array();
-        if (rc == 0 && want)
-            json_array_append(list, mv);
-        if (rc == QN_NOT_FOUND && strstr(err.msg, "Model Version"))
-            rc = 0; /* a model without versions */
-        json_decref(mv);
-        answer(r, req, res, c, rc, &err, "model_versions", list);
-    }
-    in_close(&in);
-    return 0;
+    return serve(req, res, ud, NAMES_MODEL, registered_model_latest_versions);
 }
 
 /* ---- aliases --------------------------------------------------------------------- */
 
-static const char *in_alias(mlf_in *in, qn_res *res)
+static void alias_set(mlf_call *call)
 {
     qn_err err;
-    const char *alias = in_str(in, "alias");
-    if (need(res, alias, "alias", QN_NAME_MAX) < 0)
-        return NULL;
-    if (qn_name_check("alias", alias, &err) < 0) {
-        mlf_error(res, err.code, "%s", err.msg);
-        return NULL;
+    int64_t previous;
+    if (reg_alias_move(call->r, call->req, call->name, call->alias, call->version, NULL, NULL, &previous, &err) < 0) {
+        if (err.code == QN_NOT_FOUND)
+            no_version(&err, call->name, call->version);
+        mlf_fail(call->req, call->res, &err);
+        return;
     }
-    if (strcasecmp(alias, "latest") == 0) {
-        mlf_error(res, QN_INVALID_ARGUMENT, "'%s' alias name (case insensitive) is reserved.", alias);
-        return NULL;
-    }
-    return alias;
+    qn_res_json(call->res, 200, json_object());
 }
 
 int mlf_alias_set(qn_req *req, qn_res *res, void *ud)
 {
-    registry *r = ud;
+    return serve(req, res, ud, NAMES_MODEL | NAMES_ALIAS | NAMES_VERSION, alias_set);
+}
+
+static void alias_delete(mlf_call *call)
+{
     qn_err err;
-    mlf_in in;
-    int64_t v, previous;
-    if (in_open(req, res, &in) < 0)
-        return 0;
-    const char *name = in_name(&in, res, "name");
-    const char *alias = name ? in_alias(&in, res) : NULL;
-    if (alias && in_version(&in, res, &v) == 0) {
-        if (reg_alias_move(r, req, name, alias, v, NULL, NULL, &previous, &err) < 0) {
-            if (err.code == QN_NOT_FOUND)
-                qn_err_set(&err, QN_NOT_FOUND, "Model Version (name=%s, version=%lld) not found", name,
-                           (long long)v);
-            mlf_fail(req, res, &err);
-        } else {
-            qn_res_json(res, 200, json_object());
-        }
-    }
-    in_close(&in);
-    return 0;
+    reg_db_move mv = {.who = reg_who(call->r)};
+    qn_conn *c = reg_db_begin(call->r->db, QN_TX_WRITE, &err);
+    int rc = c ? reg_db_alias_delete(c, call->name, call->alias, &mv, &err) : err.code;
+    answer(call, c, rc, &err, NULL, NULL);
 }
 
 int mlf_alias_delete(qn_req *req, qn_res *res, void *ud)
 {
-    registry *r = ud;
+    return serve(req, res, ud, NAMES_MODEL | NAMES_ALIAS, alias_delete);
+}
+
+static void alias_get(mlf_call *call)
+{
     qn_err err;
-    mlf_in in;
-    if (in_open(req, res, &in) < 0)
-        return 0;
-    const char *name = in_name(&in, res, "name");
-    const char *alias = name ? in_alias(&in, res) : NULL;
-    if (alias) {
-        reg_db_move mv = {.who = reg_who(r)};
-        qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
-        int rc = c ? reg_db_alias_delete(c, name, alias, &mv, &err) : err.code;
-        answer(r, req, res, c, rc, &err, NULL, NULL);
-    }
-    in_close(&in);
-    return 0;
+    json_t *out = NULL, *al = NULL;
+    qn_conn *c = reg_db_begin(call->r->db, QN_TX_READ, &err);
+    int rc = c ? reg_db_alias_get(c, call->name, call->alias, &al, &err) : err.code;
+    if (rc == QN_NOT_FOUND)
+        qn_err_set(&err, QN_NOT_FOUND, "Registered model alias %s not found.", call->alias);
+    if (rc == 0)
+        rc = mv_get(c, call->name, (int64_t)json_integer_value(json_object_get(al, "version")), &out, &err);
+    json_decref(al);
+    answer(call, c, rc, &err, "model_version", out);
 }
 
 int mlf_alias_get(qn_req *req, qn_res *res, void *ud)
 {
-    registry *r = ud;
-    qn_err err;
-    mlf_in in;
-    json_t *out = NULL;
-    json_t *al = NULL;
-    in_open(req, res, &in);
-    const char *name = in_name(&in, res, "name");
-    const char *alias = name ? in_alias(&in, res) : NULL;
-    if (!alias)
-        return 0;
-    qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
-    int rc = c ? reg_db_alias_get(c, name, alias, &al, &err) : err.code;
-    if (rc == QN_NOT_FOUND)
-        qn_err_set(&err, QN_NOT_FOUND, "Registered model alias %s not found.", alias);
-    if (rc == 0)
-        rc = mv_get(c, name, (int64_t)json_integer_value(json_object_get(al, "version")), &out, &err);
-    json_decref(al);
-    return answer(r, req, res, c, rc, &err, "model_version", out);
+    return serve(req, res, ud, NAMES_MODEL | NAMES_ALIAS, alias_get);
 }
 
 /* ---- model versions ------------------------------------------------------------ */
@@ -727,21 +750,21 @@ static int source_dir(qn_conn *c, qn_req *req, const char *source, const char **
     return rc < 0 ? rc : 0;
 }
 
-int mlf_mv_create(qn_req *req, qn_res *res, void *ud)
+static void model_version_create(mlf_call *call)
 {
-    registry *r = ud;
+    registry *r = call->r;
+    qn_req *req = call->req;
+    qn_res *res = call->res;
+    const char *name = call->name;
     qn_err err;
-    mlf_in in;
     json_t *tags = NULL, *manifest = NULL, *q = NULL, *out = NULL;
     char *text = NULL;
     qn_conn *c = NULL;
     int rc = 0;
-    if (in_open(req, res, &in) < 0)
-        return 0;
-    const char *name = in_name(&in, res, "name"), *source = in_str(&in, "source");
-    const char *run_id = in_str(&in, "run_id"), *run_link = in_str(&in, "run_link");
-    const char *desc = in_str(&in, "description");
-    if (!name || need(res, source, "source", MAX_SOURCE) < 0 || in_tags(&in, res, &tags) < 0)
+    const char *source = in_str(&call->in, "source");
+    const char *run_id = in_str(&call->in, "run_id"), *run_link = in_str(&call->in, "run_link");
+    const char *desc = in_str(&call->in, "description");
+    if (need(res, source, "source", MAX_SOURCE) < 0 || in_tags(&call->in, res, &tags) < 0)
         goto out;
     if ((run_id && strlen(run_id) > 256) || (run_link && strlen(run_link) > MAX_SOURCE) ||
         (desc && strlen(desc) > 4096)) {
@@ -786,7 +809,7 @@ int mlf_mv_create(qn_req *req, qn_res *res, void *ud)
     int64_t version = 0, id = 0;
     if ((rc = reg_db_model_version_create(c, name, &vin, qn_now_ms(), &version, &q, &err)) < 0) {
         if (rc == QN_NOT_FOUND)
-            qn_err_set(&err, QN_NOT_FOUND, "Registered Model with name=%s not found", name);
+            no_model(&err, name);
         goto end;
     }
     if ((rc = reg_db_id(c, &reg_db_models, name, &id, &err)) < 0 ||
@@ -811,143 +834,134 @@ int mlf_mv_create(qn_req *req, qn_res *res, void *ud)
                 (json_int_t)version, "manifest_digest", digest, "source", source, "kind",
                 json_string_value(json_object_get(manifest, "kind")));
 end:
-    answer(r, req, res, c, rc, &err, "model_version", out);
+    answer(call, c, rc, &err, "model_version", out);
 out:
     json_decref(q);
     json_decref(tags);
     json_decref(manifest);
     free(text);
-    in_close(&in);
-    return 0;
+}
+
+int mlf_mv_create(qn_req *req, qn_res *res, void *ud)
+{
+    return serve(req, res, ud, NAMES_MODEL, model_version_create);
+}
+
+static void model_version_get(mlf_call *call)
+{
+    qn_err err;
+    json_t *out = NULL;
+    qn_conn *c = reg_db_begin(call->r->db, QN_TX_READ, &err);
+    int rc = c ? mv_get(c, call->name, call->version, &out, &err) : err.code;
+    answer(call, c, rc, &err, "model_version", out);
 }
 
 int mlf_mv_get(qn_req *req, qn_res *res, void *ud)
 {
-    registry *r = ud;
-    qn_err err;
-    mlf_in in;
-    int64_t v;
-    json_t *out = NULL;
-    in_open(req, res, &in);
-    const char *name = in_name(&in, res, "name");
-    if (!name || in_version(&in, res, &v) < 0)
-        return 0;
-    qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
-    int rc = c ? mv_get(c, name, v, &out, &err) : err.code;
-    return answer(r, req, res, c, rc, &err, "model_version", out);
+    return serve(req, res, ud, NAMES_MODEL | NAMES_VERSION, model_version_get);
 }
 
-/* Applies desc and a tag merge patch to version v, answering the version. */
-static int mv_patch(qn_req *req, qn_res *res, registry *r, const char *name, int64_t v, const char *desc,
-                    json_t *tags, const char *field)
+/* Applies desc and a tag merge patch to the call's version; answers the
+ * version as field, or {} when field is NULL. */
+static void mv_patch(mlf_call *call, const char *desc, json_t *tags, const char *field)
 {
     qn_err err;
     json_t *q = NULL, *out = NULL;
-    qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
-    int rc = c ? reg_db_model_version_patch(c, name, v, desc, NULL, tags, &q, &err) : err.code;
+    qn_conn *c = reg_db_begin(call->r->db, QN_TX_WRITE, &err);
+    int rc = c ? reg_db_model_version_patch(c, call->name, call->version, desc, NULL, tags, &q, &err) : err.code;
     json_decref(q);
     if (rc == QN_NOT_FOUND)
-        qn_err_set(&err, QN_NOT_FOUND, "Model Version (name=%s, version=%lld) not found", name, (long long)v);
+        no_version(&err, call->name, call->version);
     if (rc == 0 && field)
-        rc = mv_get(c, name, v, &out, &err);
-    return answer(r, req, res, c, rc, &err, field, out);
+        rc = mv_get(c, call->name, call->version, &out, &err);
+    answer(call, c, rc, &err, field, out);
+}
+
+static void model_version_update(mlf_call *call)
+{
+    const char *desc;
+    if (in_description(&call->in, call->res, &desc) == 0)
+        mv_patch(call, desc, NULL, "model_version");
 }
 
 int mlf_mv_update(qn_req *req, qn_res *res, void *ud)
 {
-    mlf_in in;
-    int64_t v;
-    if (in_open(req, res, &in) < 0)
-        return 0;
-    const char *name = in_name(&in, res, "name"), *desc = in_str(&in, "description");
-    if (name && in_version(&in, res, &v) == 0) {
-        if (desc && strlen(desc) > 4096)
-            mlf_error(res, QN_INVALID_ARGUMENT, "'description' is longer than 4096 bytes");
-        else
-            mv_patch(req, res, ud, name, v, desc, NULL, "model_version");
-    }
-    in_close(&in);
-    return 0;
+    return serve(req, res, ud, NAMES_MODEL | NAMES_VERSION, model_version_update);
 }
 
-static int mv_tag_handler(qn_req *req, qn_res *res, registry *r, int set)
+/* Sets (set) or deletes the tag the call names on its version. */
+static void model_version_tag(mlf_call *call, int set)
 {
-    mlf_in in;
-    int64_t v;
-    if (in_open(req, res, &in) < 0)
-        return 0;
-    const char *name = in_name(&in, res, "name"), *key = in_str(&in, "key"), *value = in_str(&in, "value");
-    if (name && in_version(&in, res, &v) == 0 && need(res, key, "key", 128) == 0) {
-        if (set && (!value || strlen(value) > 1024)) {
-            mlf_error(res, QN_INVALID_ARGUMENT, "'value' is required, of at most 1024 bytes");
-        } else {
-            json_t *patch = json_pack("{s:o}", key, set ? json_string(value) : json_null());
-            mv_patch(req, res, r, name, v, NULL, patch, NULL);
-            json_decref(patch);
-        }
-    }
-    in_close(&in);
-    return 0;
+    const char *key, *value;
+    if (in_tag(call, set, 128, 1024, &key, &value) < 0)
+        return;
+    json_t *patch = json_pack("{s:o}", key, set ? json_string(value) : json_null());
+    mv_patch(call, NULL, patch, NULL);
+    json_decref(patch);
+}
+
+static void model_version_set_tag(mlf_call *call)
+{
+    model_version_tag(call, 1);
+}
+
+static void model_version_delete_tag(mlf_call *call)
+{
+    model_version_tag(call, 0);
 }
 
 int mlf_mv_set_tag(qn_req *req, qn_res *res, void *ud)
 {
-    return mv_tag_handler(req, res, ud, 1);
+    return serve(req, res, ud, NAMES_MODEL | NAMES_VERSION, model_version_set_tag);
 }
 
 int mlf_mv_delete_tag(qn_req *req, qn_res *res, void *ud)
 {
-    return mv_tag_handler(req, res, ud, 0);
+    return serve(req, res, ud, NAMES_MODEL | NAMES_VERSION, model_version_delete_tag);
+}
+
+static void model_version_delete(mlf_call *call)
+{
+    qn_err err;
+    int64_t id = 0;
+    json_t *mv = NULL;
+    qn_conn *c = reg_db_begin(call->r->db, QN_TX_WRITE, &err);
+    int rc = c ? mv_get(c, call->name, call->version, &mv, &err) : err.code;
+    /* Its aliases go with it, each a move recorded in the history. */
+    reg_db_move why = {.reason = "version deleted", .who = reg_who(call->r)};
+    size_t i;
+    json_t *a;
+    json_array_foreach(rc == 0 ? json_object_get(mv, "aliases") : NULL, i, a) {
+        if (rc == 0)
+            rc = reg_db_alias_delete(c, call->name, json_string_value(a), &why, &err);
+    }
+    if (rc == 0)
+        rc = reg_db_id(c, &reg_db_models, call->name, &id, &err);
+    if (rc == 0)
+        rc = exec_changes(c, "DELETE FROM versions WHERE model_id = ? AND version = ?", &err, NULL, "ii", id,
+                          call->version);
+    json_decref(mv);
+    answer(call, c, rc, &err, NULL, NULL);
 }
 
 int mlf_mv_delete(qn_req *req, qn_res *res, void *ud)
 {
-    registry *r = ud;
-    qn_err err;
-    mlf_in in;
-    int64_t v, id = 0;
-    json_t *mv = NULL;
-    if (in_open(req, res, &in) < 0)
-        return 0;
-    const char *name = in_name(&in, res, "name");
-    if (name && in_version(&in, res, &v) == 0) {
-        qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
-        int rc = c ? mv_get(c, name, v, &mv, &err) : err.code;
-        /* Its aliases go with it, each a move recorded in the history. */
-        reg_db_move why = {.reason = "version deleted", .who = reg_who(r)};
-        size_t i;
-        json_t *a;
-        json_array_foreach(rc == 0 ? json_object_get(mv, "aliases") : NULL, i, a) {
-            if (rc == 0)
-                rc = reg_db_alias_delete(c, name, json_string_value(a), &why, &err);
-        }
-        if (rc == 0)
-            rc = reg_db_id(c, &reg_db_models, name, &id, &err);
-        if (rc == 0)
-            rc = exec_changes(c, "DELETE FROM versions WHERE model_id = ? AND version = ?", &err, NULL, "ii", id, v);
-        json_decref(mv);
-        answer(r, req, res, c, rc, &err, NULL, NULL);
-    }
-    in_close(&in);
-    return 0;
+    return serve(req, res, ud, NAMES_MODEL | NAMES_VERSION, model_version_delete);
 }
 
-int mlf_mv_download_uri(qn_req *req, qn_res *res, void *ud)
+static void model_version_download_uri(mlf_call *call)
 {
-    registry *r = ud;
+    registry *r = call->r;
+    qn_req *req = call->req;
+    const char *name = call->name;
+    int64_t v = call->version;
     qn_err err;
-    mlf_in in;
-    int64_t v;
     json_t *mv = NULL;
     char *uri = NULL;
-    in_open(req, res, &in);
-    const char *name = in_name(&in, res, "name");
-    if (!name || in_version(&in, res, &v) < 0)
-        return 0;
     qn_conn *c = reg_db_begin(r->db, QN_TX_WRITE, &err);
     int rc = c ? reg_db_version_get(c, &reg_db_models, name, v, &mv, &err) : err.code;
     if (rc == QN_NOT_FOUND)
-        qn_err_set(&err, QN_NOT_FOUND, "Model Version (name=%s, version=%lld) not found", name, (long long)v);
+        no_version(&err, name, v);
     qn_stmt *st = rc == 0 ? qn_prepare(c,
                                        "SELECT x.artifact_dir, x.source FROM mlflow_versions x JOIN models m "
                                        "ON m.id = x.model_id WHERE m.name = ? AND x.version = ?",
@@ -988,7 +1002,12 @@ int mlf_mv_download_uri(qn_req *req, qn_res *res, void *ud)
         uri = qn_arena_printf(qn_req_arena(req), "mlflow-artifacts:/%s", dir);
     }
     json_decref(mv);
-    return answer(r, req, res, c, rc < 0 ? rc : 0, &err, "artifact_uri", uri ? json_string(uri) : NULL);
+    answer(call, c, rc < 0 ? rc : 0, &err, "artifact_uri", uri ? json_string(uri) : NULL);
+}
+
+int mlf_mv_download_uri(qn_req *req, qn_res *res, void *ud)
+{
+    return serve(req, res, ud, NAMES_MODEL | NAMES_VERSION, model_version_download_uri);
 }
 
 /* ---- search ------------------------------------------------------------------------ */
@@ -1095,109 +1114,115 @@ static int search_answer(qn_req *req, qn_res *res, mlf_in *in, json_t *items, co
         json_object_set_new(out, field, page);
     else
         json_decref(page);
-    if ((size_t)(offset + limit) < m) {
-        char key[32];
-        snprintf(key, sizeof key, "%lld", (long long)(offset + limit));
-        char *t = qn_page_token_encode(scope, key);
-        if (t)
-            json_object_set_new(out, "next_page_token", json_string(t));
-        free(t);
-    }
+    if ((size_t)(offset + limit) < m)
+        reg_page_next(out, scope, offset + limit);
     return qn_res_json(res, 200, out);
+}
+
+/* A search endpoint: what it filters on and orders by, its page sizes, and
+ * how it reads its candidates. */
+typedef struct mlf_search {
+    const char *const *filter_keys;  /* NULL-terminated */
+    const char *const *order_fields; /* pairs: order_by name, item field; NULL-terminated */
+    const char *tie1, *tie2;         /* the item fields that break ties, tie2 NULL for none */
+    int tie1_desc, tie2_desc;
+    int64_t page_default, page_max;
+    const char *scope; /* of its page tokens */
+    const char *field; /* of its answer */
+    /* The statement that reads the candidates, narrowed by conds where it can. */
+    qn_stmt *(*prepare)(qn_conn *c, const mlf_cond *conds, int n, qn_err *err);
+    /* The item of a row of that statement. */
+    json_t *(*item)(qn_conn *c, qn_stmt *st, qn_err *err);
+} mlf_search;
+
+/* Answers the search s the call asks for: parses filter and order_by, reads
+ * the candidates in one read transaction, filters, sorts and pages them. */
+static void search(mlf_call *call, const mlf_search *s)
+{
+    qn_err err;
+    mlf_cond conds[MLF_MAX_CONDS];
+    mlf_order o;
+    int n = 0;
+    const char *f = in_str(&call->in, "filter");
+    if ((f && mlf_filter(qn_req_arena(call->req), f, s->filter_keys, conds, &n, &err) < 0) ||
+        parse_order(&call->in, s->order_fields, &o, s->tie1, s->tie1_desc, s->tie2, s->tie2_desc, &err) < 0) {
+        mlf_error(call->res, err.code, "%s", err.msg);
+        return;
+    }
+    json_t *items = json_array();
+    qn_conn *c = reg_db_begin(call->r->db, QN_TX_READ, &err);
+    qn_stmt *st = c ? s->prepare(c, conds, n, &err) : NULL;
+    int rc = st ? 0 : err.code;
+    while (st && (rc = qn_step(st, &err)) == 1) {
+        json_t *item = s->item(c, st, &err);
+        if (!item) {
+            rc = err.code;
+            break;
+        }
+        json_array_append_new(items, item);
+    }
+    if (reg_db_end(call->r->db, c, rc < 0 ? rc : 0, &err) < 0) {
+        json_decref(items);
+        mlf_fail(call->req, call->res, &err);
+        return;
+    }
+    search_answer(call->req, call->res, &call->in, items, conds, n, &o, s->page_default, s->page_max, s->scope,
+                  s->field);
+}
+
+static qn_stmt *registered_models_read(qn_conn *c, const mlf_cond *conds, int n, qn_err *err)
+{
+    (void)conds;
+    (void)n;
+    return qn_prepare(c, "SELECT " RM_COLS " FROM models ORDER BY name", err);
+}
+
+static void registered_model_search(mlf_call *call)
+{
+    static const char *const keys[] = {"name", NULL};
+    static const char *const order_fields[] = {"name", "name", "last_updated_timestamp", "last_updated_timestamp",
+                                               "timestamp", "last_updated_timestamp", NULL};
+    static const mlf_search s = {.filter_keys = keys, .order_fields = order_fields, .tie1 = "name",
+                                 .page_default = 100, .page_max = 1000, .scope = "mlflow_rm",
+                                 .field = "registered_models", .prepare = registered_models_read, .item = rm_json};
+    search(call, &s);
 }
 
 int mlf_rm_search(qn_req *req, qn_res *res, void *ud)
 {
-    registry *r = ud;
-    static const char *const keys[] = {"name", NULL};
-    static const char *const order_fields[] = {"name", "name", "last_updated_timestamp", "last_updated_timestamp",
-                                               "timestamp", "last_updated_timestamp", NULL};
-    qn_err err;
-    mlf_in in;
-    mlf_cond conds[MLF_MAX_CONDS];
-    mlf_order o;
-    int n = 0;
-    if (in_open(req, res, &in) < 0)
-        return 0;
-    const char *f = in_str(&in, "filter");
-    if ((f && mlf_filter(qn_req_arena(req), f, keys, conds, &n, &err) < 0) ||
-        parse_order(&in, order_fields, &o, "name", 0, NULL, 0, &err) < 0) {
-        mlf_error(res, err.code, "%s", err.msg);
-        goto out;
-    }
-    json_t *items = json_array();
-    qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
-    qn_stmt *st = c ? qn_prepare(c, "SELECT " RM_COLS " FROM models ORDER BY name", &err) : NULL;
-    int rc = st ? 0 : err.code;
-    while (st && (rc = qn_step(st, &err)) == 1) {
-        json_t *rm = rm_json(c, st, &err);
-        if (!rm) {
-            rc = err.code;
-            break;
-        }
-        json_array_append_new(items, rm);
-    }
-    if (reg_db_end(r->db, c, rc < 0 ? rc : 0, &err) < 0) {
-        json_decref(items);
-        mlf_fail(req, res, &err);
-        goto out;
-    }
-    search_answer(req, res, &in, items, conds, n, &o, 100, 1000, "mlflow_rm", "registered_models");
-out:
-    in_close(&in);
-    return 0;
+    return serve(req, res, ud, 0, registered_model_search);
 }
 
-int mlf_mv_search(qn_req *req, qn_res *res, void *ud)
+/* A name = 'x' condition narrows the read to one model. */
+static qn_stmt *model_versions_read(qn_conn *c, const mlf_cond *conds, int n, qn_err *err)
 {
-    registry *r = ud;
-    static const char *const keys[] = {"name", "run_id", "source_path", "version_number", NULL};
-    static const char *const order_fields[] = {"name", "name", "version_number", "version", "creation_timestamp",
-                                               "creation_timestamp", "last_updated_timestamp",
-                                               "last_updated_timestamp", "timestamp", "creation_timestamp", NULL};
-    qn_err err;
-    mlf_in in;
-    mlf_cond conds[MLF_MAX_CONDS];
-    mlf_order o;
-    int n = 0;
-    if (in_open(req, res, &in) < 0)
-        return 0;
-    const char *f = in_str(&in, "filter");
-    if ((f && mlf_filter(qn_req_arena(req), f, keys, conds, &n, &err) < 0) ||
-        parse_order(&in, order_fields, &o, "name", 0, "version", 1, &err) < 0) {
-        mlf_error(res, err.code, "%s", err.msg);
-        goto out;
-    }
-    /* A name = 'x' condition narrows the read to one model. */
     const char *only = NULL;
     for (int i = 0; i < n; i++)
         if (strcmp(conds[i].key, "name") == 0 && strcmp(conds[i].op, "=") == 0)
             only = conds[i].vals[0];
-    json_t *items = json_array();
-    qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
-    qn_stmt *st = c ? qn_prepare(c, "SELECT " MV_COLS MV_FROM "WHERE (CAST(? AS TEXT) IS NULL OR m.name = ?) "
-                                    "ORDER BY m.name, v.version DESC", &err)
-                    : NULL;
-    int rc = st ? 0 : err.code;
+    qn_stmt *st = qn_prepare(c, "SELECT " MV_COLS MV_FROM "WHERE (CAST(? AS TEXT) IS NULL OR m.name = ?) "
+                                "ORDER BY m.name, v.version DESC", err);
     if (st) {
         only ? qn_bind_text(st, 1, only, -1) : qn_bind_null(st, 1);
         only ? qn_bind_text(st, 2, only, -1) : qn_bind_null(st, 2);
     }
-    while (st && (rc = qn_step(st, &err)) == 1) {
-        json_t *mv = mv_json(c, st, &err);
-        if (!mv) {
-            rc = err.code;
-            break;
-        }
-        json_array_append_new(items, mv);
-    }
-    if (reg_db_end(r->db, c, rc < 0 ? rc : 0, &err) < 0) {
-        json_decref(items);
-        mlf_fail(req, res, &err);
-        goto out;
-    }
-    search_answer(req, res, &in, items, conds, n, &o, 10000, 200000, "mlflow_mv", "model_versions");
-out:
-    in_close(&in);
-    return 0;
+    return st;
+}
+
+static void model_version_search(mlf_call *call)
+{
+    static const char *const keys[] = {"name", "run_id", "source_path", "version_number", NULL};
+    static const char *const order_fields[] = {"name", "name", "version_number", "version", "creation_timestamp",
+                                               "creation_timestamp", "last_updated_timestamp",
+                                               "last_updated_timestamp", "timestamp", "creation_timestamp", NULL};
+    static const mlf_search s = {.filter_keys = keys, .order_fields = order_fields, .tie1 = "name",
+                                 .tie2 = "version", .tie2_desc = 1, .page_default = 10000, .page_max = 200000,
+                                 .scope = "mlflow_mv", .field = "model_versions", .prepare = model_versions_read,
+                                 .item = mv_json};
+    search(call, &s);
+}
+
+int mlf_mv_search(qn_req *req, qn_res *res, void *ud)
+{
+    return serve(req, res, ud, 0, model_version_search);
 }

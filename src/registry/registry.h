@@ -57,6 +57,10 @@ int reg_answer(qn_store *db, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_er
  * parameter is answered (400) and -1 returned. */
 int reg_page_begin(qn_req *req, qn_res *res, qn_page *pg, const char *scope, char after[QN_PAGE_KEY_MAX],
                    int64_t *before);
+/* Sets out's "next_page_token": an opaque token of scope holding at (the
+ * offset, or the last id, the next page starts from); nothing when out of
+ * memory (the client then sees the last page). */
+void reg_page_next(json_t *out, const char *scope, int64_t at);
 /* Ends a listing's transaction and answers pg's items under field, or the
  * failure (pg is then freed). */
 int reg_answer_page(qn_store *db, qn_req *req, qn_res *res, qn_conn *c, int rc, qn_err *err, qn_page *pg,
@@ -124,6 +128,29 @@ int reg_blob_put(qn_req *req, qn_res *res, void *ud);
 int reg_blob_get(qn_req *req, qn_res *res, void *ud);
 /* 1 when the blob with this 64-hex digest is stored, else 0. */
 int reg_blob_exists(const registry *r, const char *hex);
+
+/* An upload into the blob store, as /v1/blobs and MLflow's artifacts take
+ * theirs: the body streams into a fresh file under tmp_dir while it is
+ * hashed, and only a commit moves it into place under its digest. */
+typedef struct reg_upload reg_upload;
+/* The request's upload, begun on first use: it is the request's state and is
+ * freed, its file removed unless committed, when the request ends. NULL
+ * when it cannot begin, with *code QN_RESOURCE_EXHAUSTED (out of memory) or
+ * QN_UNAVAILABLE (the file cannot be created; logged) for the caller to answer. */
+reg_upload *reg_upload_of(qn_req *req, registry *r, int *code);
+/* Appends data to u, hashing it. 0, or -1 with errno (write failed). */
+int reg_upload_write(reg_upload *u, const char *data, size_t len);
+/* The bytes written so far. */
+uint64_t reg_upload_bytes(const reg_upload *u);
+/* The SHA-256 of what was written (call once, when the body has ended). */
+void reg_upload_digest(reg_upload *u, char hex[65]);
+/* Moves u's file into the blob store as blob hex (fsync, rename, fsync of
+ * the directory) or, when that blob is stored already, removes it: 1 stored,
+ * 0 already there. -1 with errno when it cannot be stored (the file is then
+ * removed when the request ends). */
+int reg_upload_commit(registry *r, reg_upload *u, const char *hex);
+/* Removes u's file now (a refused upload: it must never be seen). */
+void reg_upload_discard(reg_upload *u);
 /* Checks a manifest's "files" (and "profile") digests name stored blobs.
  * QN_INVALID_ARGUMENT for malformed digests, QN_FAILED_PRECONDITION for
  * missing blobs, naming the file. */

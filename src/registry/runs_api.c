@@ -89,6 +89,47 @@ static const char *param_or_400(qn_req *req, qn_res *res, const char *name)
     return v;
 }
 
+/* Answers GET .../{id}: get(id) in a read transaction, the object it finds
+ * passed through shape (NULL: as it is). Returns 0. */
+static int answer_by_id(qn_req *req, qn_res *res, registry *r,
+                        int (*get)(qn_conn *c, const char *id, json_t **out, qn_err *err), json_t *(*shape)(json_t *))
+{
+    qn_err err;
+    json_t *out = NULL;
+    const char *id = param_or_400(req, res, "id");
+    if (!id)
+        return 0;
+    qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
+    int rc = c ? get(c, id, &out, &err) : err.code;
+    return reg_answer(r->db, req, res, c, rc, &err, 200, rc < 0 || !shape ? out : shape(out));
+}
+
+/* The "view" of a listing: active (the default) 1, deleted 2, all 3; 0 for
+ * anything else. */
+static int view_of(const char *s)
+{
+    if (!s || strcmp(s, "active") == 0)
+        return 1;
+    return strcmp(s, "deleted") == 0 ? 2 : strcmp(s, "all") == 0 ? 3 : 0;
+}
+
+/* Where a page resumes: the number a page token of scope holds (an offset,
+ * or the last id), *at left as it is when there is no token. A token that is
+ * not one of scope's is answered (400) and -1 returned. */
+static int page_resume(qn_res *res, const char *tok, const char *scope, int64_t *at)
+{
+    char key[QN_PAGE_KEY_MAX];
+    qn_err err;
+    if (!tok || !*tok)
+        return 0;
+    if (qn_page_token_decode(tok, scope, key, sizeof key, &err) < 0) {
+        qn_res_error(res, err.code, "%s", err.msg);
+        return -1;
+    }
+    *at = strtoll(key, NULL, 10);
+    return 0;
+}
+
 /* ---- experiments -------------------------------------------------------------------- */
 
 /* The /v1 experiment: tags as an object. */
@@ -130,18 +171,13 @@ int reg_experiments_list(qn_req *req, qn_res *res, void *ud)
     registry *r = ud;
     qn_err err;
     int64_t limit = 50, after = -1;
-    const char *view_s = qn_req_query(req, "view"), *tok = qn_req_query(req, "page_token");
-    int view = !view_s || strcmp(view_s, "active") == 0 ? 1 : strcmp(view_s, "deleted") == 0 ? 2 : strcmp(view_s, "all") == 0 ? 3 : 0;
+    int view = view_of(qn_req_query(req, "view"));
     if (!view)
         return qn_res_error(res, QN_INVALID_ARGUMENT, "view must be active, deleted or all");
     if (qn_limit_parse(qn_req_query(req, "limit"), 50, 1000, &limit, &err) < 0)
         return qn_res_error(res, err.code, "%s", err.msg);
-    if (tok && *tok) {
-        char key[QN_PAGE_KEY_MAX];
-        if (qn_page_token_decode(tok, "experiments", key, sizeof key, &err) < 0)
-            return qn_res_error(res, err.code, "%s", err.msg);
-        after = strtoll(key, NULL, 10);
-    }
+    if (page_resume(res, qn_req_query(req, "page_token"), "experiments", &after) < 0)
+        return 0;
     json_t *list = json_array();
     int more = 0;
     qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
@@ -150,28 +186,16 @@ int reg_experiments_list(qn_req *req, qn_res *res, void *ud)
     json_t *e;
     json_array_foreach(list, i, e) v1_experiment(e);
     json_t *out = json_pack("{s:o}", "experiments", list);
-    if (rc >= 0 && more) {
-        char *t = qn_page_token_encode("experiments",
-                                       json_string_value(json_object_get(json_array_get(list, json_array_size(list) - 1),
-                                                                         "experiment_id")));
-        if (t)
-            json_object_set_new(out, "next_page_token", json_string(t));
-        free(t);
-    }
+    if (rc >= 0 && more) /* experiment ids are numbers: the last one shown */
+        reg_page_next(out, "experiments",
+                  strtoll(json_string_value(json_object_get(json_array_get(list, json_array_size(list) - 1),
+                                                            "experiment_id")), NULL, 10));
     return reg_answer(r->db, req, res, c, rc, &err, 200, out);
 }
 
 int reg_experiments_get(qn_req *req, qn_res *res, void *ud)
 {
-    registry *r = ud;
-    qn_err err;
-    json_t *out = NULL;
-    const char *id = param_or_400(req, res, "id");
-    if (!id)
-        return 0;
-    qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
-    int rc = c ? trk_experiment_get(c, id, &out, &err) : err.code;
-    return reg_answer(r->db, req, res, c, rc, &err, 200, rc < 0 ? NULL : v1_experiment(out));
+    return answer_by_id(req, res, ud, trk_experiment_get, v1_experiment);
 }
 
 /* ---- runs ---------------------------------------------------------------------------- */
@@ -205,15 +229,7 @@ int reg_runs_create(qn_req *req, qn_res *res, void *ud)
 
 int reg_runs_get(qn_req *req, qn_res *res, void *ud)
 {
-    registry *r = ud;
-    qn_err err;
-    json_t *run = NULL;
-    const char *id = param_or_400(req, res, "id");
-    if (!id)
-        return 0;
-    qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
-    int rc = c ? trk_run_get(c, id, &run, &err) : err.code;
-    return reg_answer(r->db, req, res, c, rc, &err, 200, rc < 0 ? NULL : v1_run(run));
+    return answer_by_id(req, res, ud, trk_run_get, v1_run);
 }
 
 int reg_runs_patch(qn_req *req, qn_res *res, void *ud)
@@ -313,13 +329,8 @@ int reg_runs_metric_history(qn_req *req, qn_res *res, void *ud)
         return qn_res_error(res, QN_INVALID_ARGUMENT, "metric key must have 1 to %d characters", TRK_MAX_KEY);
     if (qn_limit_parse(qn_req_query(req, "limit"), 10000, 100000, &limit, &err) < 0)
         return qn_res_error(res, err.code, "%s", err.msg);
-    const char *tok = qn_req_query(req, "page_token");
-    if (tok && *tok) {
-        char k[QN_PAGE_KEY_MAX];
-        if (qn_page_token_decode(tok, "metric_history", k, sizeof k, &err) < 0)
-            return qn_res_error(res, err.code, "%s", err.msg);
-        offset = strtoll(k, NULL, 10);
-    }
+    if (page_resume(res, qn_req_query(req, "page_token"), "metric_history", &offset) < 0)
+        return 0;
     json_t *list = json_array();
     int more = 0;
     qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
@@ -328,14 +339,8 @@ int reg_runs_metric_history(qn_req *req, qn_res *res, void *ud)
     json_t *m;
     json_array_foreach(list, i, m) json_object_del(m, "key");
     json_t *out = json_pack("{s:s, s:s, s:o}", "run_id", id, "key", key, "history", list);
-    if (rc >= 0 && more) {
-        char k[32];
-        snprintf(k, sizeof k, "%lld", (long long)(offset + limit));
-        char *t = qn_page_token_encode("metric_history", k);
-        if (t)
-            json_object_set_new(out, "next_page_token", json_string(t));
-        free(t);
-    }
+    if (rc >= 0 && more)
+        reg_page_next(out, "metric_history", offset + limit);
     return reg_answer(r->db, req, res, c, rc, &err, 200, out);
 }
 
@@ -358,7 +363,7 @@ int reg_runs_search(qn_req *req, qn_res *res, void *ud)
         qn_json_str(body, "page_token", 0, 1024, &tok, &err) < 0 || qn_json_str(body, "view", 0, 16, &view_s, &err) < 0 ||
         qn_json_int(body, "max_results", 0, 1, TRK_SEARCH_MAX_RESULTS, &max, &err) < 0)
         return qn_res_error(res, err.code, "%s", err.msg);
-    int view = !view_s || strcmp(view_s, "active") == 0 ? 1 : strcmp(view_s, "deleted") == 0 ? 2 : strcmp(view_s, "all") == 0 ? 3 : 0;
+    int view = view_of(view_s);
     if (!view)
         return qn_res_error(res, QN_INVALID_ARGUMENT, "view must be active, deleted or all");
     json_t *ids = json_object_get(body, "experiment_ids"), *order = json_object_get(body, "order_by"), *e;
@@ -372,12 +377,8 @@ int reg_runs_search(qn_req *req, qn_res *res, void *ud)
         if (!s || !*s || *end || exps[i] < 0)
             return qn_res_error(res, QN_INVALID_ARGUMENT, "experiment_ids[%zu] must be an experiment id such as \"0\"", i);
     }
-    if (tok && *tok) {
-        char k[QN_PAGE_KEY_MAX];
-        if (qn_page_token_decode(tok, "runs_search", k, sizeof k, &err) < 0)
-            return qn_res_error(res, err.code, "%s", err.msg);
-        offset = strtoll(k, NULL, 10);
-    }
+    if (page_resume(res, tok, "runs_search", &offset) < 0)
+        return 0;
     if (order && !json_is_array(order))
         return qn_res_error(res, QN_INVALID_ARGUMENT, "order_by must be an array of strings such as \"metrics.auc DESC\"");
     json_array_foreach(order, i, e) {
@@ -404,14 +405,8 @@ int reg_runs_search(qn_req *req, qn_res *res, void *ud)
     json_array_foreach(runs, i, e) json_array_append_new(v1, v1_run(json_incref(e)));
     json_decref(runs);
     json_t *out = json_pack("{s:o}", "runs", v1);
-    if (rc >= 0 && more) {
-        char k[32];
-        snprintf(k, sizeof k, "%lld", (long long)(offset + max));
-        char *t = qn_page_token_encode("runs_search", k);
-        if (t)
-            json_object_set_new(out, "next_page_token", json_string(t));
-        free(t);
-    }
+    if (rc >= 0 && more)
+        reg_page_next(out, "runs_search", offset + max);
     return reg_answer(r->db, req, res, c, rc, &err, 200, out);
 }
 
@@ -419,15 +414,7 @@ int reg_runs_search(qn_req *req, qn_res *res, void *ud)
 
 int reg_runs_versions(qn_req *req, qn_res *res, void *ud)
 {
-    registry *r = ud;
-    qn_err err;
-    json_t *out = NULL;
-    const char *id = param_or_400(req, res, "id");
-    if (!id)
-        return 0;
-    qn_conn *c = reg_db_begin(r->db, QN_TX_READ, &err);
-    int rc = c ? trk_versions_of_run(c, id, &out, &err) : err.code;
-    return reg_answer(r->db, req, res, c, rc, &err, 200, out);
+    return answer_by_id(req, res, ud, trk_versions_of_run, NULL);
 }
 
 int reg_dataset_version_runs(qn_req *req, qn_res *res, void *ud)

@@ -22,6 +22,7 @@
 
 #include "core/json.h"
 #include "core/trace.h"
+#include "registry/db.h"
 
 /* ---- small helpers --------------------------------------------------------------- */
 
@@ -413,21 +414,11 @@ static int experiment_one(qn_conn *c, const char *sql, int64_t id, const char *n
     if (!st)
         return err->code;
     name ? qn_bind_text(st, 1, name, -1) : qn_bind_int64(st, 1, id);
-    int rc = qn_step(st, err);
-    if (rc < 0)
-        return rc;
+    int rc = reg_db_one(c, st, experiment_json, out, err);
     if (rc == 0)
         return name ? qn_err_set(err, QN_NOT_FOUND, "could not find experiment with name '%.500s'", name)
                     : experiment_missing(shown, err);
-    json_t *e = experiment_json(c, st, err);
-    if (!e)
-        return err->code;
-    if (step_done(st, err) < 0) {
-        json_decref(e);
-        return err->code;
-    }
-    *out = e;
-    return 0;
+    return rc < 0 ? rc : 0;
 }
 
 int trk_experiment_get(qn_conn *c, const char *id_text, json_t **out, qn_err *err)
@@ -1407,7 +1398,7 @@ int trk_runs_of_dataset(qn_conn *c, const char *dataset, int64_t version, json_t
                              "SELECT " RUN_COLS " FROM runs r WHERE r.id IN (SELECT i.run_id FROM run_inputs i "
                              "WHERE i.name = ? AND (i.dataset_version = ? OR i.digest = (SELECT v.manifest_digest "
                              "FROM dataset_versions v JOIN datasets d ON d.id = v.dataset_id WHERE d.name = ? AND "
-                             "v.version = ?))) ORDER BY r.start_time DESC, r.run_uuid LIMIT 1000",
+                             "v.version = ?))) ORDER BY r.start_time DESC, r.id DESC LIMIT 1000",
                              err);
     if (!st)
         return err->code;
@@ -1463,7 +1454,7 @@ int trk_run_of_version(qn_conn *c, const char *model, int64_t version, char **ru
     *run_id = NULL;
     qn_stmt *st = qn_prepare(c,
                              "SELECT r.run_uuid FROM run_outputs o JOIN runs r ON r.id = o.run_id "
-                             "WHERE o.model_name = ? AND o.version = ? ORDER BY r.start_time DESC LIMIT 1",
+                             "WHERE o.model_name = ? AND o.version = ? ORDER BY r.start_time DESC, r.id DESC LIMIT 1",
                              err);
     if (!st)
         return err->code;

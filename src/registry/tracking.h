@@ -240,7 +240,7 @@ typedef struct trk_search {
     size_t nexperiments;
     int view;                   /* 1 active, 2 deleted, 3 all */
     const trk_filter *filter;   /* NULL: all */
-    const trk_orders *order;    /* NULL: start_time DESC */
+    const trk_orders *order;    /* then start_time DESC, newest row first */
     int64_t offset, limit;
 } trk_search;
 

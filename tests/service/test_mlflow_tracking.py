@@ -68,8 +68,8 @@ class MlflowTrackingTest(ServiceTest):
         self.assertEqual(st, 200, body)
         return body["experiment"]
 
-    def start_run(self, experiment_id, run_name=None, tags=None):
-        now = int(time.time() * 1000)
+    def start_run(self, experiment_id, run_name=None, tags=None, start_time=None):
+        now = start_time or int(time.time() * 1000)
         t = {"mlflow.user": "ada", "mlflow.source.name": "train.py", "mlflow.source.type": "LOCAL"}
         if run_name:
             t["mlflow.runName"] = run_name
@@ -87,6 +87,17 @@ class MlflowTrackingTest(ServiceTest):
             "metrics": [{"key": k, "value": v, "timestamp": now, "step": s} for k, v, s in metrics],
             "params": [{"key": k, "value": str(v)} for k, v in params],
             "tags": [{"key": k, "value": str(v)} for k, v in tags]})
+
+    def search_all(self, body):
+        """The run ids search_runs answers for body, page after page until
+        next_page_token is absent."""
+        got, token = [], None
+        while True:
+            out = self.ok("POST", "runs/search", dict(body, page_token=token) if token else body)
+            got += [r["info"]["run_id"] for r in out.get("runs", [])]
+            token = out.get("next_page_token")
+            if not token:
+                return got
 
     # -- the everyday calls -------------------------------------------------
 
@@ -266,17 +277,8 @@ class MlflowTrackingTest(ServiceTest):
         flt = ("metrics.auc > 0.6 and params.kind = 'xgboost' and tags.\"a b\" != 'd' "
                "and attributes.status = 'FINISHED'")
         # search_runs pages with next_page_token until it is absent
-        got, token = [], None
-        while True:
-            body = {"experiment_ids": [exp], "filter": flt, "run_view_type": "ACTIVE_ONLY",
-                    "max_results": 2, "order_by": ["metrics.auc DESC"]}
-            if token:
-                body["page_token"] = token
-            out = self.ok("POST", "runs/search", body)
-            got += [r["info"]["run_id"] for r in out.get("runs", [])]
-            token = out.get("next_page_token")
-            if not token:
-                break
+        got = self.search_all({"experiment_ids": [exp], "filter": flt, "run_view_type": "ACTIVE_ONLY",
+                               "max_results": 2, "order_by": ["metrics.auc DESC"]})
         self.assertEqual(got, want)
         self.assertGreaterEqual(len(want), 2)
         # LIKE, ILIKE and attributes
@@ -296,6 +298,28 @@ class MlflowTrackingTest(ServiceTest):
                           400, "INVALID_PARAMETER_VALUE", "character 13")
         self.mlflow_error(self.call("POST", "runs/search", {"experiment_ids": [exp], "page_token": "garbage"}),
                           400, "INVALID_PARAMETER_VALUE", "page_token")
+
+    def test_search_runs_same_start_time(self):
+        # Runs started in the same millisecond (a fast client, a batch on one
+        # clock reading) come newest first, in one order on every page and
+        # under every order_by that leaves them tied: the last tiebreak is the
+        # order they were created in, never the random run id.
+        exp = self.set_experiment("same-millisecond")["experiment_id"]
+        created = [self.start_run(exp, run_name=f"t{i}", start_time=1700000000000)["info"]["run_id"]
+                   for i in range(7)]
+        for rid in created[::2]:
+            self.assertEqual(self.log_batch(rid, params=[("kind", "als")])[0], 200)
+        newest_first = created[::-1]
+        for page_size in (1, 2, 3, 100):
+            for order in ([], ["attributes.start_time DESC"], ["attributes.start_time ASC"], ["params.none"]):
+                body = {"experiment_ids": [exp], "max_results": page_size, "order_by": order}
+                self.assertEqual(self.search_all(body), newest_first, (page_size, order))
+        # ties within an order_by value keep the same order: the runs with the
+        # param first (ASC puts runs without the key last), each group newest first
+        with_param = [rid for rid in newest_first if rid in created[::2]]
+        without = [rid for rid in newest_first if rid not in created[::2]]
+        self.assertEqual(self.search_all({"experiment_ids": [exp], "max_results": 2, "order_by": ["params.kind"]}),
+                         with_param + without)
 
     def test_bad_input(self):
         rid = self.start_run("0")["info"]["run_id"]

@@ -9,11 +9,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import ServiceTest, WORK, BIN  # noqa: E402
-from sources_common import put, run, read_all  # noqa: E402
+from sources_common import put, run, read_all, last_run  # noqa: E402
 
 
 class FilesSources(ServiceTest):
@@ -115,6 +116,16 @@ class FilesSources(ServiceTest):
         p = quern("sources", "put", "drop", decl)
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("Source drop stored", p.stdout)
+        # A new source with an interval runs at once. Wait for that run to
+        # end over the empty directory: a file written while it lists the
+        # directory would be its, and `sources run` while it runs is refused
+        # (one run at a time) - under load both happened.
+        deadline = time.time() + 120
+        first = last_run(self.ing, "drop")
+        while (first is None or first["status"] == "running") and time.time() < deadline:
+            time.sleep(0.05)
+            first = last_run(self.ing, "drop")
+        self.assertEqual((first["status"], first["rows"]), ("succeeded", 0), first)
         self.write("a.csv", "x\n1\n2\n")
         p = quern("sources", "run", "drop")
         self.assertEqual(p.returncode, 0, p.stderr)
