@@ -17,6 +17,7 @@
 #include <grpc/grpc_posix.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
+#include <grpc/support/alloc.h>
 #include <grpc/support/log.h>
 #include <grpc/support/time.h>
 #include <pthread.h>
@@ -87,7 +88,14 @@ grpc_server_credentials *grpc_insecure_server_credentials_create(void);
     RET(int, gpr_time_cmp, (gpr_timespec a, gpr_timespec b), (a, b)) \
     RET(gpr_timespec, gpr_time_add, (gpr_timespec a, gpr_timespec b), (a, b)) \
     RET(gpr_timespec, gpr_time_from_millis, (int64_t a, gpr_clock_type b), (a, b)) \
-    VOID(gpr_set_log_function, (gpr_log_func a), (a))
+    VOID(gpr_set_log_function, (gpr_log_func a), (a)) \
+    /* Not called yet; here for call metadata handling (trailing metadata, \
+     * the peer's address) so that using them needs no change here. */ \
+    RET(grpc_slice, grpc_slice_from_static_string, (const char *a), (a)) \
+    RET(grpc_slice, grpc_slice_from_copied_buffer, (const char *a, size_t b), (a, b)) \
+    RET(char *, grpc_slice_to_c_string, (grpc_slice a), (a)) \
+    RET(char *, grpc_call_get_peer, (grpc_call *a), (a)) \
+    VOID(gpr_free, (void *a), (a))
 
 static struct {
 #define SLOT_V(name, params, args) __typeof__(name) *name;
