@@ -19,6 +19,12 @@
  * counts them (live) so shutdown can wait until none is left before it shuts
  * the queue and joins the workers.
  *
+ * gRPC core is opened (grpc_lib.h) and started only when the first client
+ * connects: until then serve holds the port itself (grpc_listen.h), and one
+ * thread waits for a connection. The first one starts gRPC core (server,
+ * queue, workers) and is handed to it with grpc_server_add_channel_from_fd,
+ * as is every later one; a client sees the same server either way.
+ *
  * Memory per ModelInfer call: the unpacked request (protobuf-c, malloc) is
  * the input tensors' storage (raw bytes and fixed-width typed arrays are used
  * in place); conversions (narrow ints, BOOL, BYTES lists, response
@@ -29,6 +35,7 @@
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
+#include <grpc/grpc_posix.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
 #include <grpc/support/log.h>
@@ -42,6 +49,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/arena.h"
 #include "core/json.h"
@@ -49,6 +57,8 @@
 #include "core/otel.h"
 #include "core/trace.h"
 #include "core/utf8.h"
+#include "serve/grpc_lib.h"
+#include "serve/grpc_listen.h"
 #include "grpc_service.pb-c.h"
 #include "health.pb-c.h"
 
@@ -92,13 +102,16 @@ static const struct {
 #define TRACEPARENT_MAX 256
 
 struct serve_grpc {
-    grpc_server *server;
+    grpc_server *server;        /* NULL until the first client connects */
     grpc_completion_queue *cq;
     const oip_backend *be;
     char *token;        /* NULL: no auth */
     size_t token_len;
     int auth_reads;
     void *method_tags[M_COUNT];
+    serve_listener *lis;              /* the port, accepted by serve itself */
+    grpc_server_credentials *creds;   /* insecure, for each connection handed over */
+    int core_failed;                  /* gRPC core could not start: connections are closed */
     int port;
     pthread_t threads[SERVE_GRPC_THREADS];
     int nthreads;
@@ -1473,6 +1486,8 @@ static void metrics_init(serve_grpc *g, qn_metrics *m)
                                       handled_labels);
 }
 
+static void core_stop(serve_grpc *g, long long deadline_ms);
+
 /* gRPC core's own log lines (bind failures, transport errors) go out as
  * the service's JSON lines rather than gRPC's plain stderr format. */
 static void grpc_log_to_qn(gpr_log_func_args *a)
@@ -1484,9 +1499,91 @@ static void grpc_log_to_qn(gpr_log_func_args *a)
            a->file ? a->file : "", "line", a->line);
 }
 
+/* Starts gRPC core: the server (with no port of its own: connections come
+ * from the listener), the completion queue, the outstanding requests and
+ * the workers. Runs on the listener's thread when the first client
+ * connects. On failure, what was started is stopped again (core_stop) and
+ * g->server is NULL. */
+static int core_start(serve_grpc *g, qn_err *err)
+{
+    int rc = serve_grpc_lib_open(err);
+    if (rc < 0)
+        return rc;
+    gpr_set_log_function(grpc_log_to_qn);
+    grpc_init();
+
+    /* Message bounds both ways. */
+    grpc_arg args[2];
+    memset(args, 0, sizeof args);
+    args[0].type = GRPC_ARG_INTEGER;
+    args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+    args[0].value.integer = SERVE_GRPC_MAX_MESSAGE;
+    args[1].type = GRPC_ARG_INTEGER;
+    args[1].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
+    args[1].value.integer = SERVE_GRPC_MAX_MESSAGE;
+    grpc_channel_args cargs = {.num_args = 2, .args = args};
+    g->server = grpc_server_create(&cargs, NULL);
+    g->cq = grpc_completion_queue_create_for_next(NULL);
+    grpc_server_register_completion_queue(g->server, g->cq, NULL);
+    for (int m = 0; m < M_COUNT; m++) {
+        g->method_tags[m] = grpc_server_register_method(
+            g->server, methods[m].path, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+        if (!g->method_tags[m]) {
+            rc = qn_err_set(err, QN_INTERNAL, "grpc: cannot register %s", methods[m].path);
+            /* A server that never started still needs the shutdown
+             * handshake before it can be destroyed. */
+            grpc_server_start(g->server);
+            core_stop(g, 0);
+            return rc;
+        }
+    }
+    g->creds = grpc_insecure_server_credentials_create();
+    grpc_server_start(g->server);
+    for (int m = 0; m < M_COUNT; m++)
+        for (int k = 0; k < methods[m].outstanding; k++)
+            request_call(g, m);
+    for (int k = 0; k < GENERIC_OUTSTANDING; k++)
+        request_call(g, M_GENERIC);
+    for (int t = 0; t < SERVE_GRPC_THREADS; t++) {
+        if (pthread_create(&g->threads[t], NULL, worker, g) != 0) {
+            rc = qn_err_set(err, QN_INTERNAL, "grpc: cannot start worker thread %d", t);
+            core_stop(g, 0);
+            return rc;
+        }
+        pthread_setname_np(g->threads[t], "grpc-worker");
+        g->nthreads++;
+    }
+    return 0;
+}
+
+/* The listener's callback: the first connection starts gRPC core, and
+ * every connection is handed to it. Only the listener's thread runs it, and
+ * shutdown closes the listener first, so core_failed and g->server need no
+ * lock here. */
+static void on_connection(void *ud, int fd)
+{
+    serve_grpc *g = ud;
+    if (!g->server && !g->core_failed) {
+        qn_err err;
+        qn_err_clear(&err);
+        if (core_start(g, &err) < 0) {
+            g->core_failed = 1;
+            qn_log_error(NULL, "grpc: cannot start gRPC core; gRPC connections are refused",
+                         "{s:s}", "error", err.msg);
+        } else {
+            qn_log_info(NULL, "grpc started on the first connection", "{s:i}", "port", g->port);
+        }
+    }
+    if (!g->server) {
+        close(fd);
+        return;
+    }
+    /* gRPC owns fd from here, and closes it when the connection ends. */
+    grpc_server_add_channel_from_fd(g->server, fd, g->creds);
+}
+
 serve_grpc *serve_grpc_start(const serve_grpc_opts *o, qn_err *err)
 {
-    const char *listen = o->listen ? o->listen : "";
     const oip_backend *backend = o->backend;
     if (!backend || !backend->infer || !backend->model_ready || !backend->model_metadata) {
         qn_err_set(err, QN_INVALID_ARGUMENT, "grpc: the backend lacks infer/model_ready/model_metadata");
@@ -1500,67 +1597,20 @@ serve_grpc *serve_grpc_start(const serve_grpc_opts *o, qn_err *err)
     }
     g->token_len = g->token ? strlen(g->token) : 0;
     g->auth_reads = o->auth_reads;
-    gpr_set_log_function(grpc_log_to_qn);
-    grpc_init();
     g->be = backend;
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->cv, NULL);
     metrics_init(g, o->metrics);
 
-    /* Message bounds both ways; no SO_REUSEPORT (gRPC's default on Linux),
-     * so a second server on our port fails to start instead of silently
-     * taking half the connections. */
-    grpc_arg args[3];
-    memset(args, 0, sizeof args);
-    args[0].type = GRPC_ARG_INTEGER;
-    args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-    args[0].value.integer = SERVE_GRPC_MAX_MESSAGE;
-    args[1].type = GRPC_ARG_INTEGER;
-    args[1].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
-    args[1].value.integer = SERVE_GRPC_MAX_MESSAGE;
-    args[2].type = GRPC_ARG_INTEGER;
-    args[2].key = (char *)GRPC_ARG_ALLOW_REUSEPORT;
-    args[2].value.integer = 0;
-    grpc_channel_args cargs = {.num_args = 3, .args = args};
-    g->server = grpc_server_create(&cargs, NULL);
-    g->cq = grpc_completion_queue_create_for_next(NULL);
-    grpc_server_register_completion_queue(g->server, g->cq, NULL);
-    for (int m = 0; m < M_COUNT; m++) {
-        g->method_tags[m] = grpc_server_register_method(
-            g->server, methods[m].path, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
-        if (!g->method_tags[m]) {
-            qn_err_set(err, QN_INTERNAL, "grpc: cannot register %s", methods[m].path);
-            goto fail_unstarted;
-        }
-    }
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-    g->port = grpc_server_add_http2_port(g->server, listen, creds);
-    grpc_server_credentials_release(creds);
-    if (g->port == 0) {
-        qn_err_set(err, QN_INVALID_ARGUMENT,
-                   "grpc listen address %s: cannot bind (malformed, or in use)", listen);
-        goto fail_unstarted;
-    }
-    grpc_server_start(g->server);
-    for (int m = 0; m < M_COUNT; m++)
-        for (int k = 0; k < methods[m].outstanding; k++)
-            request_call(g, m);
-    for (int k = 0; k < GENERIC_OUTSTANDING; k++)
-        request_call(g, M_GENERIC);
-    for (int t = 0; t < SERVE_GRPC_THREADS; t++) {
-        if (pthread_create(&g->threads[t], NULL, worker, g) != 0) {
-            qn_err_set(err, QN_INTERNAL, "grpc: cannot start worker thread %d", t);
-            serve_grpc_shutdown(g, 0);
-            return NULL;
-        }
-        g->nthreads++;
-    }
+    /* The port is bound now (so a bad or busy address fails the start);
+     * gRPC core starts with the first client (grpc_listen.h). */
+    if (!(g->lis = serve_listener_open(o->listen, err)))
+        goto fail;
+    g->port = serve_listener_port(g->lis);
+    if (serve_listener_start(g->lis, on_connection, g, err) < 0)
+        goto fail;
     return g;
-
-fail_unstarted:
-    /* A server that never started still needs the shutdown handshake
-     * before it can be destroyed. */
-    grpc_server_start(g->server);
+fail:
     serve_grpc_shutdown(g, 0);
     return NULL;
 }
@@ -1588,10 +1638,10 @@ static void drain_queue_until_done(serve_grpc *g)
     }
 }
 
-void serve_grpc_shutdown(serve_grpc *g, long long deadline_ms)
+/* Stops gRPC core (see serve_grpc_shutdown for the drain) and sets
+ * g->server to NULL. g->stopping stays set: no request is posted after. */
+static void core_stop(serve_grpc *g, long long deadline_ms)
 {
-    if (!g)
-        return;
     atomic_store(&g->stopping, 1);
     grpc_server_shutdown_and_notify(g->server, g->cq, &g->shutdown_tag);
 
@@ -1627,11 +1677,27 @@ void serve_grpc_shutdown(serve_grpc *g, long long deadline_ms)
                GRPC_QUEUE_SHUTDOWN)
             ;
     }
+    g->nthreads = 0;
     grpc_server_destroy(g->server);
     grpc_completion_queue_destroy(g->cq);
+    if (g->creds)
+        grpc_server_credentials_release(g->creds);
+    g->server = NULL;
+    g->cq = NULL;
+    g->creds = NULL;
+    grpc_shutdown();
+}
+
+void serve_grpc_shutdown(serve_grpc *g, long long deadline_ms)
+{
+    if (!g)
+        return;
+    /* No new connection first; then gRPC, if a client ever started it. */
+    serve_listener_close(g->lis);
+    if (g->server)
+        core_stop(g, deadline_ms);
     pthread_mutex_destroy(&g->mu);
     pthread_cond_destroy(&g->cv);
     free(g->token);
     free(g);
-    grpc_shutdown();
 }

@@ -83,7 +83,12 @@ typedef struct serve_grpc_opts {
 
 /*
  * Starts the server on o->listen with insecure (plaintext) HTTP/2, answering
- * with o->backend. The metric families are created in o->metrics now.
+ * with o->backend. The port is bound now and the metric families are created
+ * in o->metrics now; gRPC core itself (the library, its threads and the
+ * SERVE_GRPC_THREADS workers) starts when the first client connects
+ * (grpc_listen.h), which a client cannot tell apart. If gRPC core cannot
+ * start then (libgrpc missing, no threads), the error is logged and gRPC
+ * connections are closed; REST is unaffected.
  * Returns the running server, or NULL with err filled: QN_INVALID_ARGUMENT
  * when listen cannot be bound (malformed, or in use) or the backend lacks a
  * method, QN_RESOURCE_EXHAUSTED / QN_INTERNAL when threads or memory fail.

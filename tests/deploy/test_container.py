@@ -159,6 +159,9 @@ class MkRoot(unittest.TestCase):
             self.assertEqual(missing, set(), svc)
             self.assertTrue(os.path.exists(os.path.join(self.r, "bin", f"quern-{svc}")))
         self.assertEqual(needed(os.path.join(BIN, "quern")) - self.libs("runtime"), set())
+        # serve opens gRPC core on the first gRPC client (src/serve/grpc_lib.h):
+        # not in ldd's answer, but in serve's image.
+        self.assertIn("libgrpc.so.29", self.libs("runtime", "ml", "grpc"))
 
     def test_light_layer_has_no_heavy_library(self):
         light = self.libs("runtime")
