@@ -44,8 +44,9 @@ ROOT = os.environ.get("QUERN_SOURCE_DIR", os.path.abspath(os.path.join(HERE, "..
 COMPOSE = os.path.join(ROOT, "deploy", "compose.yaml")
 OVERRIDE = os.path.join(HERE, "compose.loop.yaml")
 SERVICES = ["registry", "ingest", "prep", "train", "serve", "monitor", "alert", "console"]
-PORTS = {"registry": 1, "ingest": 2, "prep": 3, "train": 4, "serve": 5, "serve_grpc": 6, "monitor": 7,
-         "alert": 8}
+# Host ports: base + offset, every one free (free_base); Prometheus at base + 9.
+PORTS = {"console": 0, "registry": 1, "ingest": 2, "prep": 3, "train": 4, "serve": 5, "serve_grpc": 6,
+         "monitor": 7, "alert": 8}
 T0 = time.time()
 PHASES = []
 
