@@ -122,8 +122,8 @@ EOF
   trap - EXIT
 }
 
-# Builds may fetch Debian packages; with dockerd started without iptables
-# (tests/deploy/dockerd.sh) only the host's network reaches the mirror.
+# The source build fetches Debian packages; with dockerd started without
+# iptables (tests/deploy/dockerd.sh) only the host's network reaches the mirror.
 opts=(--network host)
 if [ "$engine" = podman ]; then
   # The bases may exist only locally: never ask a registry for them. Docker

@@ -3,9 +3,10 @@
 
 1. Starts a private dockerd (tests/deploy/dockerd.sh) unless one answers on
    $DOCKER_HOST, builds every image (scripts/image.sh all: the Quern images
-   FROM scratch, RabbitMQ, PostgreSQL and Prometheus from Debian's packages on
-   the locally made base) and starts the compose stack (docker-compose 1.29 or
-   `docker compose`) under its own project name, host ports free ones.
+   FROM scratch, RabbitMQ, PostgreSQL and Prometheus from Debian's packages as
+   this host has them installed, deploy/container/pkgroot.py) and starts the
+   compose stack (docker-compose 1.29 or `docker compose`) under its own
+   project name, every host port a free one.
 2. Runs the closed loop of scripts/demo.py (--attach) across the containers on
    a deterministic subset of Online Retail (every 3rd customer): ingest, prep,
    train and promote v1, serve over REST and gRPC, a control window without
