@@ -21,8 +21,8 @@ pages, translations. What maintainer scripts would have made is made here:
 groups as the host has them, and the groups owning files in the root), the
 alternatives' symlinks as the host selected them, /etc/localtime (UTC) and the
 dynamic loader's cache, and each --dir with its owner and mode (the state and
-run directories a service writes). No package manager and no dpkg database go in: the
-images are made again, never upgraded in place.
+run directories a service writes). No package manager and no dpkg database go
+in: the images are made again, never upgraded in place.
 
 The host must be Debian 12 with the packages installed (scripts/deps-image.sh
 installs them); the root is then those packages exactly at the host's
@@ -216,6 +216,14 @@ def lay_out(out, paths):
             print(f"pkgroot: {p}: neither file, directory nor symlink; left out", file=sys.stderr)
 
 
+def inside(out, path, what=None):
+    """Dies unless OUT + PATH is reached without a symlink (one could lead out
+    of OUT, onto the host's files: /var/run is /run, absolute, on Debian)."""
+    d = out + path
+    if os.path.realpath(d) != os.path.normpath(d):
+        die(f"{what or path}: a symlink on the way; name the directory itself")
+
+
 def write(path, text, mode=0o644):
     """A new file at PATH (a hard link to a host file there is replaced, never written)."""
     if os.path.lexists(path):
@@ -262,8 +270,7 @@ def main():
                     continue
                 paths.add(canonical(p))
     present = {p for p in paths if os.path.lexists(p)}
-    # A directory's entry first, so that tar makes it with its own mode and owner.
-    entries = sorted(present)
+    entries = sorted(present)  # a directory before what is in it
     out = os.path.abspath(a.out)
     subprocess.run(["rm", "-rf", out], check=True)
     os.makedirs(out)
@@ -288,6 +295,7 @@ def main():
         os.symlink(target, dst)
     for d, mode in (("/tmp", 0o1777), ("/var/tmp", 0o1777), ("/root", 0o700), ("/run", 0o755),
                     ("/proc", 0o555), ("/sys", 0o555), ("/dev", 0o755), ("/home", 0o755)):
+        inside(out, d)
         os.makedirs(out + d, exist_ok=True)
         os.chmod(out + d, mode)
     if os.path.exists(out + "/usr/share/zoneinfo/Etc/UTC") and not os.path.lexists(out + "/etc/localtime"):
@@ -296,10 +304,7 @@ def main():
     for spec in a.dir:
         path, user, group, mode = spec.split(":")
         d = out + path
-        # Every directory on the way is a directory in OUT (not a symlink,
-        # which could lead out of it: /var/run is /run on the host).
-        if os.path.realpath(d) != os.path.normpath(d):
-            die(f"--dir {path}: a symlink on the way; name the directory itself")
+        inside(out, path, f"--dir {path}")
         os.makedirs(d, exist_ok=True)
         os.chown(d, pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)
         os.chmod(d, int(mode, 8))
