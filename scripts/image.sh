@@ -129,11 +129,11 @@ if [ "$engine" = podman ]; then
   # The bases may exist only locally: never ask a registry for them. Docker
   # image format, because the OCI format has no HEALTHCHECK.
   opts+=(--pull=never --format docker)
-  # Podman asks for nofile/nproc limits above what some sandboxes allow
-  # (runc: "error setting rlimit ... operation not permitted"); then build
-  # with limits the host grants.
 fi
-# rlimits IMAGE: before a build whose RUN steps start containers of IMAGE.
+# rlimits IMAGE: before a build whose RUN steps start containers of IMAGE (the
+# source build's; the other builds run no container). Podman asks for
+# nofile/nproc limits above what some sandboxes allow (runc: "error setting
+# rlimit ... operation not permitted"); then build with limits the host grants.
 rlimits() {
   [ "$engine" = podman ] || return 0
   if ! podman run --rm "$1" true >/dev/null 2>&1; then
@@ -200,6 +200,7 @@ stack_root() {
   shift 2
   local img=quern-$name-root:latest args=(--user "$user" "$@")
   key=$(/usr/bin/python3 "$here/deploy/container/pkgroot.py" --key "${args[@]}")
+  [ -n "$key" ] || { say "no key for $img"; exit 1; }
   have=$($engine image inspect --format '{{index .Config.Labels "org.quern.pkgroot"}}' "$img" 2>/dev/null || true)
   if [ "$have" = "$key" ]; then
     say "$img: packages unchanged (key $key)"
