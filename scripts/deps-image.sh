@@ -17,7 +17,12 @@ set -euo pipefail
 PKGS=(
   docker.io      # dockerd + containerd + runc, and the docker CLI
   docker-compose # runs deploy/compose.yaml (Compose 1.29; `docker compose` v2 works too)
-  debootstrap    # makes debian:bookworm(-slim) locally when no image registry is reachable
+  debootstrap    # makes debian:bookworm for the source build (QUERN_IMAGE_BUILD=source) when no registry is reachable
+  # the compose stack's backends: their images are these packages as installed
+  # here (deploy/container/pkgroot.py); `make deps` has them already for the tests
+  rabbitmq-server
+  postgresql-15
+  prometheus
 )
 
 missing=()

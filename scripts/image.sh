@@ -7,25 +7,31 @@
 #             (one image per service) and quern (every binary, the CLI), tagged
 #             :$(version) and :latest
 #     stack   quern-rabbitmq, quern-postgres, quern-prometheus: the compose
-#             stack's backends, from Debian 12's packages on the local base
-#     all     both
+#             stack's backends, from Debian 12's packages as this host has them
+#             installed (deploy/container/pkgroot.py)
+#     all     both, at the same time
 #   QUERN_ENGINE=docker|podman      force the engine
 #   QUERN_IMAGE_BUILD=host|source   host (default): the binaries of $BUILD
 #                                   (`make build`) and the libraries they load
 #                                   here (needs a Debian 12 host, as CI is);
 #                                   source: compile inside debian:bookworm
 #                                   (deploy/container/Containerfile)
-#   QUERN_CACHE_DIR                 where the debootstrap tarball is kept
-#                                   between runs (default /var/cache/quern)
+#   QUERN_CACHE_DIR                 where the debootstrap tarball of the source
+#                                   build's debian:bookworm is kept between runs
+#                                   (default /var/cache/quern)
 #   BUILD                           the host build directory (default build)
 #
 # The Quern images are FROM scratch: a root holding only what the binaries load
-# (deploy/container/mkroot.sh). The backends and the source build start FROM
-# debian:bookworm(-slim). Where Docker Hub is reachable those are pulled as
-# usual; where no registry is (this build machine, CI) they are made here:
-# debootstrap --variant=minbase of bookworm from the mirror apt already uses,
-# cached as a tarball so the second run takes seconds, imported under the same
-# names. The slim one drops docs, man pages and locales like the official one.
+# (deploy/container/mkroot.sh). The backends' images start from a root of
+# Debian's packages copied from this host's installation (rabbitmq-server,
+# postgresql-15, prometheus and what they depend on, with Debian's Essential
+# set: deploy/container/pkgroot.py), imported as quern-<backend>-root and
+# labelled with a hash of the packages' versions: it is made again only when
+# one changes, and no registry, mirror or debootstrap is needed. Only the
+# source build starts FROM debian:bookworm: where Docker Hub is reachable it is
+# pulled as usual; where no registry is (this build machine, CI) it is made
+# here: debootstrap --variant=minbase of bookworm from the mirror apt already
+# uses, cached as a tarball so the second run takes seconds.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,7 +43,8 @@ build=${BUILD:-build}
 case "$build" in /*) ;; *) build=$here/$build ;; esac
 SERVICES=(registry ingest prep train serve monitor alert console)
 
-say() { echo "image: $*" >&2; }
+t0=$(date +%s)
+say() { echo "image: [$(( $(date +%s) - t0 ))s] $*" >&2; }
 
 case "$what" in quern | stack | all) ;; *) say "unknown target '$what' (quern, stack or all)"; exit 2 ;; esac
 case "$mode" in host | source) ;; *) say "QUERN_IMAGE_BUILD must be host or source, not '$mode'"; exit 2 ;; esac
@@ -68,7 +75,8 @@ host_mirror() {
   echo "${m:-http://deb.debian.org/debian}"
 }
 
-make_bases() {
+# debian:bookworm for the source build (deploy/container/Containerfile), made here.
+make_bookworm() {
   local mirror root tarball=$cache/bookworm-minbase.tar
   mirror=$(host_mirror)
   work=$(mktemp -d /var/tmp/quern-base.XXXXXX)
@@ -109,54 +117,30 @@ EOF
          "$root"/var/log/*.log "$root"/var/log/apt/* "$root"/tmp/*
 
   say "import debian:bookworm"
-  tar -C "$root" --numeric-owner -cf "$work/bookworm.tar" .
-  $engine import --change 'CMD ["bash"]' "$work/bookworm.tar" debian:bookworm >/dev/null
-
-  # Slim: what the official -slim variant leaves out (docs, man, locales),
-  # also for packages installed later (dpkg path-exclude).
-  cat >"$root/etc/dpkg/dpkg.cfg.d/docker-slim" <<'EOF'
-path-exclude /usr/share/doc/*
-path-include /usr/share/doc/*/copyright
-path-exclude /usr/share/man/*
-path-exclude /usr/share/groff/*
-path-exclude /usr/share/info/*
-path-exclude /usr/share/lintian/*
-path-exclude /usr/share/linda/*
-path-exclude /usr/share/locale/*
-path-include /usr/share/locale/locale.alias
-EOF
-  find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete 2>/dev/null || true
-  find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete 2>/dev/null || true
-  rm -rf "$root"/usr/share/man/* "$root"/usr/share/groff/* "$root"/usr/share/info/* \
-         "$root"/usr/share/lintian/* "$root"/usr/share/linda/*
-  find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} + 2>/dev/null || true
-  say "import debian:bookworm-slim"
-  tar -C "$root" --numeric-owner -cf "$work/slim.tar" .
-  $engine import --change 'CMD ["bash"]' "$work/slim.tar" debian:bookworm-slim >/dev/null
+  tar -C "$root" --numeric-owner -cf - . | $engine import --change 'CMD ["bash"]' - debian:bookworm >/dev/null
   rm -rf "$work"
   trap - EXIT
 }
 
-ensure_bases() {
-  local img
-  for img in debian:bookworm debian:bookworm-slim; do have_image "$img" || { make_bases; return; }; done
-}
-
-# Builds may fetch Debian packages; with dockerd started without iptables
-# (tests/deploy/dockerd.sh) only the host's network reaches the mirror.
+# The source build fetches Debian packages; with dockerd started without
+# iptables (tests/deploy/dockerd.sh) only the host's network reaches the mirror.
 opts=(--network host)
 if [ "$engine" = podman ]; then
   # The bases may exist only locally: never ask a registry for them. Docker
   # image format, because the OCI format has no HEALTHCHECK.
   opts+=(--pull=never --format docker)
-  # Podman asks for nofile/nproc limits above what some sandboxes allow
-  # (runc: "error setting rlimit ... operation not permitted"); then build
-  # with limits the host grants.
-  if have_image debian:bookworm-slim && ! podman run --rm debian:bookworm-slim true >/dev/null 2>&1; then
+fi
+# rlimits IMAGE: before a build whose RUN steps start containers of IMAGE (the
+# source build's; the other builds run no container). Podman asks for
+# nofile/nproc limits above what some sandboxes allow (runc: "error setting
+# rlimit ... operation not permitted"); then build with limits the host grants.
+rlimits() {
+  [ "$engine" = podman ] || return 0
+  if ! podman run --rm "$1" true >/dev/null 2>&1; then
     say "default container rlimits refused here: building with nofile/nproc 4096"
     opts+=(--ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
   fi
-fi
+}
 
 # The docker CLI's notice that its legacy builder is deprecated, once per build:
 # noise (BuildKit needs the buildx plugin, which Debian 12 does not package).
@@ -174,17 +158,29 @@ build_target() {  # FILE CONTEXT TARGET TAG...
 }
 
 quern_images() {
-  local file ctx
+  local file ctx bins=()
   if [ "$mode" = host ]; then
     for b in quern "${SERVICES[@]/#/quern-}"; do
       [ -x "$build/bin/$b" ] || { say "$build/bin/$b missing: run make build first"; exit 1; }
+      bins+=("$build/bin/$b")
     done
     ctx=$build/image-roots
-    sh "$here/deploy/container/mkroot.sh" "$ctx" "$build/bin" >&2
+    # The roots again only when a binary, the layout or a library changed
+    # (mkroot.sh is half a minute under load; the engine's cache does the rest).
+    local key
+    key=$(cat "$here/deploy/container/mkroot.sh" "$here/deploy/container/entrypoint.sh" \
+              "${bins[@]}" /var/lib/dpkg/status | sha256sum | cut -c1-32)
+    if [ "$(cat "$ctx/.mkroot-key" 2>/dev/null)" = "$key" ]; then
+      say "roots in $ctx unchanged (key $key)"
+    else
+      sh "$here/deploy/container/mkroot.sh" "$ctx" "$build/bin" >&2
+      echo "$key" > "$ctx/.mkroot-key"
+    fi
     cp "$here/deploy/container/Containerfile.roots" "$ctx/Containerfile"
     file=$ctx/Containerfile
   else
-    ensure_bases
+    have_image debian:bookworm || make_bookworm
+    rlimits debian:bookworm
     [ -n "${JOBS:-}" ] && opts+=(--build-arg "JOBS=$JOBS")
     ctx=$here
     file=$here/deploy/container/Containerfile
@@ -195,13 +191,50 @@ quern_images() {
   build_target "$file" "$ctx" quern "quern:$version" quern:latest
 }
 
+# stack_root NAME USER ARGS...: quern-NAME-root:latest, a root of the packages
+# in ARGS and what they depend on as installed here (deploy/container/pkgroot.py,
+# which ARGS are given to), made again only when its key (the packages'
+# versions, the arguments) differs from the image's label.
+stack_root() {
+  local name=$1 user=$2 key have tmp
+  shift 2
+  local img=quern-$name-root:latest args=(--user "$user" "$@")
+  key=$(/usr/bin/python3 "$here/deploy/container/pkgroot.py" --key "${args[@]}")
+  [ -n "$key" ] || { say "no key for $img"; exit 1; }
+  have=$($engine image inspect --format '{{index .Config.Labels "org.quern.pkgroot"}}' "$img" 2>/dev/null || true)
+  if [ "$have" = "$key" ]; then
+    say "$img: packages unchanged (key $key)"
+    return
+  fi
+  tmp=$(mktemp -d /var/tmp/quern-root.XXXXXX)
+  /usr/bin/python3 "$here/deploy/container/pkgroot.py" --out "$tmp/rootfs" "${args[@]}" \
+    || { rm -rf "$tmp"; exit 1; }
+  say "import $img (key $key)"
+  tar -C "$tmp/rootfs" --numeric-owner -cf - . \
+    | $engine import --change "LABEL org.quern.pkgroot=$key" - "$img" >/dev/null \
+    || { rm -rf "$tmp"; say "import of $img failed"; exit 1; }
+  rm -rf "$tmp"
+}
+
+stack_image() {  # NAME USER PKG-AND-DIR-ARGS...
+  local s=$1
+  stack_root "$@"
+  say "build quern-$s:latest (on quern-$s-root)"
+  $engine build -q "${opts[@]}" -f "$here/deploy/$s/Containerfile" -t "quern-$s:$version" \
+    -t "quern-$s:latest" "$here/deploy/$s" 2> >(quiet) >/dev/null
+}
+
+# One after the other: each is mostly file copying, which two at once only
+# slows. The directories are what each package's postinst (or the official
+# image) makes for the service's user.
 stack_images() {
-  ensure_bases
-  for s in rabbitmq postgres prometheus; do
-    say "build quern-$s:latest (Debian 12's package)"
-    $engine build -q "${opts[@]}" -f "$here/deploy/$s/Containerfile" -t "quern-$s:$version" \
-      -t "quern-$s:latest" "$here/deploy/$s" 2> >(quiet) >/dev/null
-  done
+  stack_image rabbitmq rabbitmq --user epmd \
+    --dir /etc/rabbitmq:rabbitmq:rabbitmq:0755 --dir /var/lib/rabbitmq:rabbitmq:rabbitmq:0755 \
+    --dir /var/log/rabbitmq:rabbitmq:rabbitmq:0755 rabbitmq-server
+  stack_image postgres postgres \
+    --dir /var/lib/postgresql/data:postgres:postgres:0700 --dir /run/postgresql:postgres:postgres:2775 \
+    --dir /docker-entrypoint-initdb.d:root:root:0755 postgresql-15
+  stack_image prometheus prometheus --dir /prometheus:prometheus:prometheus:0755 prometheus
 }
 
 size_of() {
@@ -218,13 +251,22 @@ report() {
 }
 
 built=()
+pids=()
+# The Quern images and the backends' at the same time: each side waits on the
+# engine and the disk for much of its time.
 if [ "$what" = quern ] || [ "$what" = all ]; then
-  quern_images
+  quern_images &
+  pids+=($!)
   for s in "${SERVICES[@]}"; do built+=("quern-$s:latest"); done
   built+=(quern:latest)
 fi
 if [ "$what" = stack ] || [ "$what" = all ]; then
-  stack_images
+  stack_images &
+  pids+=($!)
   built+=(quern-rabbitmq:latest quern-postgres:latest quern-prometheus:latest)
 fi
+failed=0
+for p in "${pids[@]}"; do wait "$p" || failed=1; done
+[ "$failed" = 0 ] || { say "a build failed (above)"; exit 1; }
+say "done"
 report "${built[@]}"

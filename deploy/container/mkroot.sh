@@ -44,6 +44,11 @@ done
 
 rm -rf "$out"
 mkdir -p "$out/runtime" "$out/ml" "$out/grpc" "$out/bin" "$out/data"
+# What ldconfig knows, read once (a call per library took most of a minute
+# under load).
+cache=$out/.cache
+mkdir -p "$cache"
+ldconfig -p > "$cache/ldconfig"
 
 # present ROOT... NAME: true when some earlier layer already holds NAME.
 present() {
@@ -69,11 +74,13 @@ closure() {
     # strings in the binary. Each is found by ldconfig, and what it loads in
     # turn by ldd.
     for soname in $(strings -n 8 "$bindir/$b" | grep -E '^lib[A-Za-z0-9_+-]+[.]so[.][0-9]+$' | sort -u); do
-      path=$(ldconfig -p | awk -v s="$soname" '$1 == s && /x86-64/ { print $NF; exit }')
+      path=$(awk -v s="$soname" '$1 == s && /x86-64/ { print $NF; exit }' "$cache/ldconfig")
       [ -n "$path" ] || { echo "mkroot: $b opens $soname, which is not installed" >&2; exit 1; }
+      # Each library's ldd once (the binaries open the same few).
+      [ -f "$cache/$soname" ] || ldd "$path" > "$cache/$soname"
       list="$list
 	$soname => $path (0x0)
-$(ldd "$path")"
+$(cat "$cache/$soname")"
     done
     if printf '%s\n' "$list" | grep -q 'not found'; then
       echo "mkroot: $b: a library is missing:" >&2
@@ -155,6 +162,7 @@ done
 if command -v strip >/dev/null 2>&1; then
   strip --strip-unneeded "$out"/bin/* "$rt/usr/local/bin/quern" 2>/dev/null || true
 fi
+rm -rf "$cache"
 for d in runtime ml grpc bin; do
   echo "mkroot: $d $(du -sk "$out/$d" | cut -f1) kB"
 done

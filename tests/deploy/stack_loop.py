@@ -3,9 +3,10 @@
 
 1. Starts a private dockerd (tests/deploy/dockerd.sh) unless one answers on
    $DOCKER_HOST, builds every image (scripts/image.sh all: the Quern images
-   FROM scratch, RabbitMQ, PostgreSQL and Prometheus from Debian's packages on
-   the locally made base) and starts the compose stack (docker-compose 1.29 or
-   `docker compose`) under its own project name, host ports free ones.
+   FROM scratch, RabbitMQ, PostgreSQL and Prometheus from Debian's packages as
+   this host has them installed, deploy/container/pkgroot.py) and starts the
+   compose stack (docker-compose 1.29 or `docker compose`) under its own
+   project name, every host port a free one.
 2. Runs the closed loop of scripts/demo.py (--attach) across the containers on
    a deterministic subset of Online Retail (every 3rd customer): ingest, prep,
    train and promote v1, serve over REST and gRPC, a control window without
@@ -44,8 +45,9 @@ ROOT = os.environ.get("QUERN_SOURCE_DIR", os.path.abspath(os.path.join(HERE, "..
 COMPOSE = os.path.join(ROOT, "deploy", "compose.yaml")
 OVERRIDE = os.path.join(HERE, "compose.loop.yaml")
 SERVICES = ["registry", "ingest", "prep", "train", "serve", "monitor", "alert", "console"]
-PORTS = {"registry": 1, "ingest": 2, "prep": 3, "train": 4, "serve": 5, "serve_grpc": 6, "monitor": 7,
-         "alert": 8}
+# Host ports: base + offset, every one free (free_base); Prometheus at base + 9.
+PORTS = {"console": 0, "registry": 1, "ingest": 2, "prep": 3, "train": 4, "serve": 5, "serve_grpc": 6,
+         "monitor": 7, "alert": 8}
 T0 = time.time()
 PHASES = []
 
