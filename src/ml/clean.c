@@ -428,6 +428,8 @@ static int rebuild(const qml_frame *f, const char *name, qml_type t, const doubl
                 goto oom;
         }
     }
+    if (qml_frame_reserve(g, nr) < 0)
+        goto oom;
     for (size_t r = 0; r < nr; r++) {
         for (size_t j = 0; j < gn; j++) {
             qml_column *dst = qml_frame_col(g, j);

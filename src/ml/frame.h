@@ -75,6 +75,10 @@ void qml_frame_free(qml_frame *f);
  * (>= 0), or QN_ALREADY_EXISTS / QN_INVALID_ARGUMENT / QN_RESOURCE_EXHAUSTED. */
 int qml_frame_add_column(qml_frame *f, const char *name, qml_type type, qn_err *err);
 
+/* Makes room in every column for rows more rows, so that pushing them does
+ * not grow (and copy) the arrays as it goes. 0 or QN_RESOURCE_EXHAUSTED. */
+int qml_frame_reserve(qml_frame *f, size_t rows);
+
 size_t qml_frame_ncols(const qml_frame *f);
 size_t qml_frame_nrows(const qml_frame *f);
 qml_column *qml_frame_col(const qml_frame *f, size_t i);
