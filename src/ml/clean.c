@@ -428,34 +428,39 @@ static int rebuild(const qml_frame *f, const char *name, qml_type t, const doubl
                 goto oom;
         }
     }
+    /* Column by column, straight into the arrays: a copied column is three
+     * memcpy, not a push per cell. */
     if (qml_frame_reserve(g, nr) < 0)
         goto oom;
-    for (size_t r = 0; r < nr; r++) {
-        for (size_t j = 0; j < gn; j++) {
-            qml_column *dst = qml_frame_col(g, j);
-            int rc;
-            if ((int)j == at || j == nc) {
-                if (miss[r])
-                    rc = qml_col_push_missing(dst);
-                else if (t == QML_CATEGORICAL)
-                    rc = qml_col_push_code(dst, codes[r]);
-                else
-                    rc = qml_col_push_num(dst, num[r]);
-            } else {
-                const qml_column *src = qml_frame_col(f, j);
-                if (src->missing[r])
-                    rc = qml_col_push_missing(dst);
-                else if (src->type == QML_CATEGORICAL)
-                    rc = qml_col_push_code(dst, src->cat[r]);
-                else
-                    rc = qml_col_push_num(dst, src->num[r]);
+    for (size_t j = 0; j < gn; j++) {
+        qml_column *dst = qml_frame_col(g, j);
+        int is_new = (int)j == at || j == nc;
+        const qml_column *src = is_new ? NULL : qml_frame_col(f, j);
+        const uint8_t *m = is_new ? miss : src->missing;
+        size_t nm = 0;
+        /* As qml_col_push_missing / push_code / push_num would set them. */
+        if (dst->type == QML_CATEGORICAL) {
+            const int32_t *v = is_new ? codes : src->cat;
+            for (size_t r = 0; r < nr; r++) {
+                uint8_t ms = m[r] || v[r] < 0;
+                dst->cat[r] = m[r] ? -1 : v[r];
+                dst->missing[r] = ms;
+                nm += ms;
             }
-            if (rc < 0)
-                goto oom;
+        } else {
+            const double *v = is_new ? num : src->num;
+            for (size_t r = 0; r < nr; r++) {
+                uint8_t ms = m[r] != 0;
+                dst->num[r] = ms ? 0 : v[r];
+                dst->missing[r] = ms;
+                nm += ms;
+            }
         }
-        if (qml_frame_end_row(g) < 0)
-            goto oom;
+        dst->len = nr;
+        dst->n_missing = nm;
     }
+    if (qml_frame_end_rows(g, nr) < 0)
+        goto oom;
     *out = g;
     return 0;
 oom:

@@ -349,6 +349,15 @@ int qml_frame_end_row(qml_frame *f)
     return 0;
 }
 
+int qml_frame_end_rows(qml_frame *f, size_t n)
+{
+    for (size_t i = 0; i < f->ncols; i++)
+        if (f->cols[i].len != f->nrows + n)
+            return QN_INTERNAL;
+    f->nrows += n;
+    return 0;
+}
+
 void qml_frame_abort_row(qml_frame *f)
 {
     for (size_t i = 0; i < f->ncols; i++)
