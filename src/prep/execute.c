@@ -37,8 +37,11 @@
 #define MAX_FIELDS 4096
 /* A page of ingest's export: its 32 MiB bound plus one row. */
 #define PREP_PAGE_BYTES (64u << 20)
-/* Ranges of the source fetched at once. */
-#define PREP_FETCHERS 4
+/* Ranges of the source in flight while one is parsed. Two: with four, the
+ * four pages ingest built at once on the two cores made the first one late
+ * and held twice the memory (a fresh run: 2.4 s against 1.1 s, prep and
+ * ingest CPU 2.4 s against 1.4 s, load 5-6); one was no better than two. */
+#define PREP_FETCHERS 2
 /* The most a range of n rows may take (1 MiB a row on average: a bound
  * against a runaway answer, not an allocation). */
 #define RANGE_BYTES(n) ((size_t)(n) * (1u << 20) + PREP_PAGE_BYTES)
