@@ -404,12 +404,14 @@ static int copy_frame(const qml_frame *f, qml_frame **out, qn_err *err)
 }
 
 /* A new frame like f where column `name` (replaced in place, or appended) has
- * type t and the cells given by num/codes (with dict) and miss. */
-static int rebuild(const qml_frame *f, const char *name, qml_type t, const double *num,
-                   const int32_t *codes, const qml_dict *dict, const uint8_t *miss,
-                   qml_frame **out, qn_err *err)
+ * type t and the cells given by num/codes (with dict) and miss, indexed by
+ * f's rows. rows (NULL: all of f's rows) lists the rows of f it has, nrows
+ * of them, so that a step after row filters reads the kept rows itself. */
+static int rebuild_rows(const qml_frame *f, const size_t *rows, size_t nrows, const char *name, qml_type t,
+                        const double *num, const int32_t *codes, const qml_dict *dict, const uint8_t *miss,
+                        qml_frame **out, qn_err *err)
 {
-    size_t nc = qml_frame_ncols(f), nr = qml_frame_nrows(f);
+    size_t nc = qml_frame_ncols(f), nr = rows ? nrows : qml_frame_nrows(f);
     int at = qml_frame_find(f, name);
     qml_frame *g = qml_frame_new();
     if (!g)
@@ -428,32 +430,41 @@ static int rebuild(const qml_frame *f, const char *name, qml_type t, const doubl
                 goto oom;
         }
     }
-    for (size_t r = 0; r < nr; r++) {
-        for (size_t j = 0; j < gn; j++) {
-            qml_column *dst = qml_frame_col(g, j);
-            int rc;
-            if ((int)j == at || j == nc) {
-                if (miss[r])
-                    rc = qml_col_push_missing(dst);
-                else if (t == QML_CATEGORICAL)
-                    rc = qml_col_push_code(dst, codes[r]);
-                else
-                    rc = qml_col_push_num(dst, num[r]);
-            } else {
-                const qml_column *src = qml_frame_col(f, j);
-                if (src->missing[r])
-                    rc = qml_col_push_missing(dst);
-                else if (src->type == QML_CATEGORICAL)
-                    rc = qml_col_push_code(dst, src->cat[r]);
-                else
-                    rc = qml_col_push_num(dst, src->num[r]);
+    /* Column by column, straight into the arrays: a copied column is three
+     * memcpy, not a push per cell. */
+    if (qml_frame_reserve(g, nr) < 0)
+        goto oom;
+    for (size_t j = 0; j < gn; j++) {
+        qml_column *dst = qml_frame_col(g, j);
+        int is_new = (int)j == at || j == nc;
+        const qml_column *src = is_new ? NULL : qml_frame_col(f, j);
+        const uint8_t *m = is_new ? miss : src->missing;
+        size_t nm = 0;
+        /* As qml_col_push_missing / push_code / push_num would set them. */
+        if (dst->type == QML_CATEGORICAL) {
+            const int32_t *v = is_new ? codes : src->cat;
+            for (size_t r = 0; r < nr; r++) {
+                size_t i = rows ? rows[r] : r;
+                uint8_t ms = m[i] || v[i] < 0;
+                dst->cat[r] = m[i] ? -1 : v[i];
+                dst->missing[r] = ms;
+                nm += ms;
             }
-            if (rc < 0)
-                goto oom;
+        } else {
+            const double *v = is_new ? num : src->num;
+            for (size_t r = 0; r < nr; r++) {
+                size_t i = rows ? rows[r] : r;
+                uint8_t ms = m[i] != 0;
+                dst->num[r] = ms ? 0 : v[i];
+                dst->missing[r] = ms;
+                nm += ms;
+            }
         }
-        if (qml_frame_end_row(g) < 0)
-            goto oom;
+        dst->len = nr;
+        dst->n_missing = nm;
     }
+    if (qml_frame_end_rows(g, nr) < 0)
+        goto oom;
     *out = g;
     return 0;
 oom:
@@ -461,6 +472,12 @@ oom:
 fail:
     qml_frame_free(g);
     return err ? err->code : QN_RESOURCE_EXHAUSTED;
+}
+
+static int rebuild(const qml_frame *f, const char *name, qml_type t, const double *num, const int32_t *codes,
+                   const qml_dict *dict, const uint8_t *miss, qml_frame **out, qn_err *err)
+{
+    return rebuild_rows(f, NULL, 0, name, t, num, codes, dict, miss, out, err);
 }
 
 /* The text of a cell (categorical string, or a number written shortest). */
@@ -967,7 +984,8 @@ out:
 
 /* derive: a constant numeric column, or a copy of a column under a new name
  * (its type, cells and dictionary kept), added or replacing `output`. */
-static int do_derive(const qml_frame *f, const step *st, qml_frame **out, qn_err *err)
+static int do_derive(const qml_frame *f, const step *st, const size_t *rows, size_t nrows, qml_frame **out,
+                     qn_err *err)
 {
     size_t n = qml_frame_nrows(f);
     if (st->column) {
@@ -975,7 +993,7 @@ static int do_derive(const qml_frame *f, const step *st, qml_frame **out, qn_err
         if (ci < 0)
             return ci;
         const qml_column *c = qml_frame_col(f, (size_t)ci);
-        return rebuild(f, st->output, c->type, c->num, c->cat, c->dict, c->missing, out, err);
+        return rebuild_rows(f, rows, nrows, st->output, c->type, c->num, c->cat, c->dict, c->missing, out, err);
     }
     double *num = malloc((n ? n : 1) * sizeof *num);
     uint8_t *miss = calloc(n ? n : 1, 1);
@@ -986,7 +1004,7 @@ static int do_derive(const qml_frame *f, const step *st, qml_frame **out, qn_err
     }
     for (size_t r = 0; r < n; r++)
         num[r] = st->dflt;
-    rc = rebuild(f, st->output, QML_NUMERIC, num, NULL, NULL, miss, out, err);
+    rc = rebuild_rows(f, rows, nrows, st->output, QML_NUMERIC, num, NULL, NULL, miss, out, err);
 out:
     free(num);
     free(miss);
@@ -1098,7 +1116,8 @@ static int row_mask(const qml_frame *f, const step *st, const uint8_t *alive, ui
     return rc;
 }
 
-static int apply_step(const qml_frame *f, const step *st, qml_frame **out,
+/* rows (NULL: all; only for a derive) are the rows of f the step keeps. */
+static int apply_step(const qml_frame *f, const step *st, const size_t *rows, size_t nrows, qml_frame **out,
                       qml_clean_step_report *sr, qn_err *err)
 {
     size_t n = qml_frame_nrows(f);
@@ -1184,7 +1203,7 @@ static int apply_step(const qml_frame *f, const step *st, qml_frame **out,
                  json_object_size(json_object_get(st->spec, "columns")));
         break;
     case OP_DERIVE:
-        rc = do_derive(f, st, out, err);
+        rc = do_derive(f, st, rows, nrows, out, err);
         if (st->column)
             snprintf(sr->note, sizeof sr->note, "%s copied to %s", st->column, st->output);
         else
@@ -1246,7 +1265,21 @@ int qml_clean_apply(const qml_frame *in, const qml_clean_steps *s, qml_frame **o
             rep->nsteps = i + 1;
             continue;
         }
-        if (alive) {
+        size_t *rows = NULL, nk = 0;
+        if (alive && st->op == OP_DERIVE) {
+            /* The derive reads the kept rows itself: one new frame, not a
+             * take and then a copy of it. */
+            if (!(rows = malloc((n ? n : 1) * sizeof *rows))) {
+                rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+                goto out;
+            }
+            for (size_t r = 0; r < n; r++)
+                if (alive[r])
+                    rows[nk++] = r;
+            free(alive);
+            free(keep);
+            alive = keep = NULL;
+        } else if (alive) {
             if ((rc = take_kept(cur, alive, &next, err)) < 0)
                 goto out;
             qml_frame_free(owned);
@@ -1256,7 +1289,9 @@ int qml_clean_apply(const qml_frame *in, const qml_clean_steps *s, qml_frame **o
             free(keep);
             alive = keep = NULL;
         }
-        if ((rc = apply_step(cur, st, &next, sr, err)) < 0)
+        rc = apply_step(cur, st, rows, nk, &next, sr, err);
+        free(rows);
+        if (rc < 0)
             goto out;
         qml_frame_free(owned);
         cur = owned = next;

@@ -14,6 +14,7 @@
 
 struct qml_dict {
     char **strs;       /* code -> string */
+    size_t *lens;      /* code -> its length (a probe compares lengths first, no strlen) */
     size_t n, cap;
     int32_t *slots;    /* hash table of codes, -1 = empty */
     size_t nslots;     /* power of two */
@@ -51,6 +52,7 @@ void qml_dict_free(qml_dict *d)
     for (size_t i = 0; i < d->n; i++)
         free(d->strs[i]);
     free(d->strs);
+    free(d->lens);
     free(d->slots);
     free(d);
 }
@@ -62,8 +64,7 @@ static size_t dict_probe(const qml_dict *d, const char *s, size_t len)
         int32_t c = d->slots[i];
         if (c < 0)
             return i;
-        const char *t = d->strs[c];
-        if (strlen(t) == len && memcmp(t, s, len) == 0)
+        if (d->lens[c] == len && memcmp(d->strs[c], s, len) == 0)
             return i;
         i = (i + 1) & mask;
     }
@@ -77,7 +78,7 @@ static int dict_grow(qml_dict *d)
         return -1;
     memset(slots, 0xff, nslots * sizeof *slots);
     for (size_t c = 0; c < d->n; c++) {
-        size_t i = fnv1a(d->strs[c], strlen(d->strs[c])) & (nslots - 1);
+        size_t i = fnv1a(d->strs[c], d->lens[c]) & (nslots - 1);
         while (slots[i] >= 0)
             i = (i + 1) & (nslots - 1);
         slots[i] = (int32_t)c;
@@ -106,6 +107,10 @@ int32_t qml_dict_intern(qml_dict *d, const char *s, size_t len)
         if (!strs)
             return -1;
         d->strs = strs;
+        size_t *lens = realloc(d->lens, cap * sizeof *lens);
+        if (!lens) /* strs has room to spare; cap stays what both have */
+            return -1;
+        d->lens = lens;
         d->cap = cap;
     }
     char *copy = malloc(len + 1);
@@ -114,6 +119,7 @@ int32_t qml_dict_intern(qml_dict *d, const char *s, size_t len)
     memcpy(copy, s, len);
     copy[len] = '\0';
     int32_t code = (int32_t)d->n;
+    d->lens[d->n] = len;
     d->strs[d->n++] = copy;
     d->slots[i] = code;
     if (d->n * 2 > d->nslots && dict_grow(d) < 0) {
@@ -310,6 +316,14 @@ int qml_frame_add_column(qml_frame *f, const char *name, qml_type type, qn_err *
     return (int)f->ncols++;
 }
 
+int qml_frame_reserve(qml_frame *f, size_t rows)
+{
+    for (size_t i = 0; i < f->ncols; i++)
+        if (col_reserve(&f->cols[i], f->nrows + rows) < 0)
+            return QN_RESOURCE_EXHAUSTED;
+    return 0;
+}
+
 size_t qml_frame_ncols(const qml_frame *f) { return f->ncols; }
 size_t qml_frame_nrows(const qml_frame *f) { return f->nrows; }
 
@@ -332,6 +346,15 @@ int qml_frame_end_row(qml_frame *f)
         if (f->cols[i].len != f->nrows + 1)
             return QN_INTERNAL;
     f->nrows++;
+    return 0;
+}
+
+int qml_frame_end_rows(qml_frame *f, size_t n)
+{
+    for (size_t i = 0; i < f->ncols; i++)
+        if (f->cols[i].len != f->nrows + n)
+            return QN_INTERNAL;
+    f->nrows += n;
     return 0;
 }
 

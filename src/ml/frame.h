@@ -75,6 +75,10 @@ void qml_frame_free(qml_frame *f);
  * (>= 0), or QN_ALREADY_EXISTS / QN_INVALID_ARGUMENT / QN_RESOURCE_EXHAUSTED. */
 int qml_frame_add_column(qml_frame *f, const char *name, qml_type type, qn_err *err);
 
+/* Makes room in every column for rows more rows, so that pushing them does
+ * not grow (and copy) the arrays as it goes. 0 or QN_RESOURCE_EXHAUSTED. */
+int qml_frame_reserve(qml_frame *f, size_t rows);
+
 size_t qml_frame_ncols(const qml_frame *f);
 size_t qml_frame_nrows(const qml_frame *f);
 qml_column *qml_frame_col(const qml_frame *f, size_t i);
@@ -93,6 +97,11 @@ void qml_col_pop(qml_column *c);
 /* Closes a row: every column must have exactly nrows+1 cells. Returns 0 or
  * QN_INTERNAL (a programmer error in the caller). */
 int qml_frame_end_row(qml_frame *f);
+/* Closes n rows at once, for a caller that filled columns directly (after
+ * qml_frame_reserve: values in num/cat, flags in missing, then len and
+ * n_missing): every column must have exactly nrows+n cells. 0 or
+ * QN_INTERNAL. */
+int qml_frame_end_rows(qml_frame *f, size_t n);
 /* Rolls back a partially appended row so that all columns have nrows cells. */
 void qml_frame_abort_row(qml_frame *f);
 

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,19 @@ typedef struct slot {
     double num;                 /* V_NUM */
 } slot;
 
+/* Per column, the last string value the scanner pushed and the cell it made
+ * (a code, or a parsed number or time): a source sorted by invoice repeats
+ * its invoice, date, customer and country over consecutive rows, and a
+ * repeat costs a memcmp instead of a dictionary probe or a parse. Reset for
+ * each frame filled (dictionaries are per frame). */
+#define CACHE_BYTES 48
+typedef struct vcache {
+    size_t len;                 /* SIZE_MAX: empty */
+    char s[CACHE_BYTES];
+    int32_t code;               /* CATEGORICAL */
+    double num;                 /* the other types */
+} vcache;
+
 struct qml_ndjson_reader {
     int fd;
     qml_ndjson_chunk_fn fn;     /* or chunks from here */
@@ -69,6 +83,11 @@ struct qml_ndjson_reader {
 
     slot *slots;                /* ncols, for the scanner */
     uint64_t srow;
+    size_t *nlen;               /* ncols: strlen of each name */
+    uint8_t *rawkey;            /* ncols: 1 when the name can be matched as raw bytes in a line */
+    size_t *order;              /* the columns of the last row scanned, in its key order */
+    size_t norder;
+    vcache *cache;              /* ncols */
     char *sbuf;                 /* decoded strings of the current line */
     size_t scap;
 };
@@ -97,6 +116,10 @@ void qml_ndjson_close(qml_ndjson_reader *r)
         json_decref(r->pend[i].obj);
     free(r->pend);
     free(r->slots);
+    free(r->nlen);
+    free(r->rawkey);
+    free(r->order);
+    free(r->cache);
     free(r->sbuf);
     free(r);
 }
@@ -394,6 +417,29 @@ static size_t utf8_put(char *d, uint32_t cp)
     return 4;
 }
 
+static inline uint64_t load64(const char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v); /* the first byte lowest, as special8's callers count */
+#endif
+    return v;
+}
+
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* The high bit of each byte of v (little-endian, as read by load64) that is
+ * '"', '\\', below 0x20 or above 0x7f. Exact for the lowest such byte: a
+ * borrow only starts at a byte that matches, so a false mark can only sit
+ * above a true one. */
+static inline uint64_t special8(uint64_t v)
+{
+    uint64_t q = v ^ (ONES * '"'), b = v ^ (ONES * '\\');
+    return (((q - ONES) & ~q) | ((b - ONES) & ~b) | ((v - ONES * 0x20) & ~v) | v) & HIGHS;
+}
+
 /* A string whose opening quote is at *pp. On success *pp is past its closing
  * quote and (*out, *len) its text: in the line when it has no escape, else
  * decoded into r->sbuf at *used (which the caller sized to the line, and a
@@ -405,6 +451,20 @@ static int scan_string(qml_ndjson_reader *r, const char **pp, const char *e, siz
 {
     const char *p = *pp + 1, *start = p;
     int high = 0;
+    /* Eight bytes at a time up to the first quote, backslash or control
+     * byte; a byte >= 0x80 only marks the string for the UTF-8 check. */
+    while (e - p >= 8) {
+        uint64_t m = special8(load64(p));
+        if (!m) {
+            p += 8;
+            continue;
+        }
+        p += __builtin_ctzll(m) >> 3;
+        if ((unsigned char)*p < 0x80)
+            break;
+        high = 1;
+        p++;
+    }
     while (p < e && *p != '"' && *p != '\\') {
         unsigned char c = (unsigned char)*p++;
         if (c < 0x20)
@@ -524,8 +584,10 @@ static int scan_number(const char **pp, const char *e, double *out)
     return 0;
 }
 
-static int skip_ws(const char **pp, const char *e)
+static inline int skip_ws(const char **pp, const char *e)
 {
+    if (*pp < e && !is_ws(**pp))
+        return 1;
     while (*pp < e && is_ws(**pp))
         (*pp)++;
     return *pp < e;
@@ -542,17 +604,84 @@ static long scan_col(const qml_ndjson_reader *r, const char *k, size_t kn, size_
     return -1;
 }
 
+/* The scanner's per-column state, made at its first line: name lengths,
+ * which names may be matched as raw bytes (valid UTF-8 with nothing JSON
+ * would escape, so the raw bytes then a quote are that key and nothing
+ * else), the key order and the value caches. 0 or QN_RESOURCE_EXHAUSTED. */
+static int scanner_init(qml_ndjson_reader *r)
+{
+    if (r->slots)
+        return 0;
+    slot *slots = calloc(r->ncols, sizeof *slots);
+    r->nlen = calloc(r->ncols, sizeof *r->nlen);
+    r->rawkey = calloc(r->ncols, 1);
+    r->order = calloc(r->ncols, sizeof *r->order);
+    r->cache = calloc(r->ncols, sizeof *r->cache);
+    if (!slots || !r->nlen || !r->rawkey || !r->order || !r->cache) {
+        free(slots);
+        free(r->nlen);
+        free(r->rawkey);
+        free(r->order);
+        free(r->cache);
+        r->nlen = NULL;
+        r->rawkey = NULL;
+        r->order = NULL;
+        r->cache = NULL;
+        return QN_RESOURCE_EXHAUSTED;
+    }
+    for (size_t i = 0; i < r->ncols; i++) {
+        const char *n = r->names[i];
+        size_t len = strlen(n), j = 0;
+        while (j < len && (unsigned char)n[j] >= 0x20 && n[j] != '"' && n[j] != '\\')
+            j++;
+        r->nlen[i] = len;
+        r->rawkey[i] = j == len && qml_utf8_valid(n, len);
+        r->cache[i].len = SIZE_MAX;
+    }
+    r->slots = slots; /* last: the state is whole once slots is set */
+    return 0;
+}
+
+static void cache_reset(qml_ndjson_reader *r)
+{
+    for (size_t i = 0; r->cache && i < r->ncols; i++)
+        r->cache[i].len = SIZE_MAX;
+}
+
+/* Pushes a scanned value into column i, through the column's cache for a
+ * string the previous rows ended with. The same result push_scalar gives. */
+static int push_slot(qml_ndjson_reader *r, qml_column *c, size_t i, const slot *sl, char *msg, size_t cap)
+{
+    if (sl->kind != V_STR || sl->len == 0 || sl->len > CACHE_BYTES)
+        return push_scalar(c, sl->kind, sl->s, sl->len, sl->num, msg, cap);
+    vcache *vc = &r->cache[i];
+    if (vc->len == sl->len && memcmp(vc->s, sl->s, sl->len) == 0)
+        return c->type == QML_CATEGORICAL ? qml_col_push_code(c, vc->code) : qml_col_push_num(c, vc->num);
+    int rc = push_scalar(c, V_STR, sl->s, sl->len, 0, msg, cap);
+    if (rc == 0) {
+        vc->len = sl->len;
+        memcpy(vc->s, sl->s, sl->len);
+        if (c->type == QML_CATEGORICAL)
+            vc->code = c->cat[c->len - 1];
+        else
+            vc->num = c->num[c->len - 1];
+    }
+    return rc;
+}
+
 /* Reads one line into the next row when it is a flat object of known keys.
  * 0 when the row was emitted (or counted bad because a value does not fit
  * its column, as emit() would count it); DECLINE when the line is not one
- * the scanner takes (nothing was changed); < 0 when out of memory. */
+ * the scanner takes (nothing was changed); < 0 when out of memory. Keys are
+ * first tried as the raw bytes of the column the last row had at the same
+ * place (rows keep their key order), then decoded and looked up. */
 static int emit_fast(qml_ndjson_reader *r, qml_frame *f, const char *s, size_t len)
 {
     const char *p = s, *e = s + len;
-    size_t used = 0, hint = 0;
+    size_t used = 0, hint = 0, k = 0;
     if (r->ncols == 0)
         return DECLINE;
-    if (!r->slots && !(r->slots = calloc(r->ncols, sizeof *r->slots)))
+    if (scanner_init(r) < 0)
         return QN_RESOURCE_EXHAUSTED;
     if (len > r->scap) {
         size_t cap = r->scap ? r->scap : 4096;
@@ -571,16 +700,30 @@ static int emit_fast(qml_ndjson_reader *r, qml_frame *f, const char *s, size_t l
         p++;
     else
         for (;;) {
-            const char *k;
-            size_t kn;
-            if (*p != '"' || scan_string(r, &p, e, &used, &k, &kn))
+            long ci = -1;
+            if (*p != '"')
                 return DECLINE;
-            long ci = scan_col(r, k, kn, hint);
-            if (ci < 0 || r->slots[ci].row == row) /* a key outside the schema, or twice */
-                return DECLINE;
+            if (k < r->norder) {
+                size_t c = r->order[k], n = r->nlen[c];
+                if (r->rawkey[c] && (size_t)(e - p) > n + 1 && p[n + 1] == '"' && memcmp(p + 1, r->names[c], n) == 0) {
+                    ci = (long)c;
+                    p += n + 2;
+                }
+            }
+            if (ci < 0) {
+                const char *kt;
+                size_t kn;
+                if (scan_string(r, &p, e, &used, &kt, &kn))
+                    return DECLINE;
+                if ((ci = scan_col(r, kt, kn, hint)) < 0) /* a key outside the schema */
+                    return DECLINE;
+            }
             slot *sl = &r->slots[ci];
+            if (sl->row == row) /* a key twice */
+                return DECLINE;
             sl->row = row;
             hint = (size_t)ci + 1;
+            r->order[k++] = (size_t)ci; /* at most ncols: each column once */
             if (!skip_ws(&p, e) || *p++ != ':' || !skip_ws(&p, e))
                 return DECLINE;
             switch (*p) {
@@ -624,12 +767,13 @@ static int emit_fast(qml_ndjson_reader *r, qml_frame *f, const char *s, size_t l
     skip_ws(&p, e);
     if (p != e)
         return DECLINE;
+    r->norder = k;
 
     char msg[QML_REPORT_MSG];
     for (size_t i = 0; i < r->ncols; i++) {
         const slot *sl = &r->slots[i];
-        int rc = sl->row == row ? push_scalar(qml_frame_col(f, i), sl->kind, sl->s, sl->len, sl->num, msg, sizeof msg)
-                                : qml_col_push_missing(qml_frame_col(f, i));
+        qml_column *c = qml_frame_col(f, i);
+        int rc = sl->row == row ? push_slot(r, c, i, sl, msg, sizeof msg) : qml_col_push_missing(c);
         if (rc < 0)
             return row_failed(r, f, r->lines, rc, msg);
     }
@@ -835,6 +979,7 @@ qml_ndjson_reader *qml_ndjson_open_fn(qml_ndjson_chunk_fn fn, void *ud, const qm
 
 static int fill(qml_ndjson_reader *r, qml_frame *f, size_t max_rows, qn_err *err)
 {
+    cache_reset(r); /* a new frame: new dictionaries */
     while (qml_frame_nrows(f) < max_rows) {
         int k;
         if (r->ipend < r->npend) {

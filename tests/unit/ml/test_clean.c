@@ -156,6 +156,22 @@ static void test_row_steps(void **state)
     assert_true(qml_frame_col(f, 6)->num[0] == 1);
     qml_frame_free(f);
 
+    /* A derive after row steps reads the kept rows itself (no take first):
+     * the copied column has the kept rows' cells, missing ones included. */
+    f = apply("[{\"op\":\"filter\",\"column\":\"event\",\"cmp\":\"in\",\"value\":[\"view\",\"cart\"]},"
+              " {\"op\":\"derive\",\"output\":\"who\",\"column\":\"user\"}]", &rep);
+    assert_int_equal(qml_frame_nrows(f), 3);
+    assert_int_equal(rep.steps[1].rows_in, 3);
+    assert_int_equal(rep.steps[1].rows_out, 3);
+    const qml_column *user = qml_frame_col(f, 0), *who = qml_frame_col(f, (size_t)qml_frame_find(f, "who"));
+    assert_int_equal(who->n_missing, user->n_missing);
+    for (size_t r = 0; r < 3; r++) {
+        assert_int_equal(who->missing[r], user->missing[r]);
+        if (!user->missing[r])
+            assert_string_equal(qml_col_str(who, r), qml_col_str(user, r));
+    }
+    qml_frame_free(f);
+
     f = apply("[]", &rep); /* no steps: a copy */
     assert_int_equal(qml_frame_nrows(f), 6);
     assert_int_equal(rep.rows_out, 6);
