@@ -39,6 +39,15 @@ pids+=($!)
 reg=http://127.0.0.1:$(port_of "$T/registry.log")
 wait_ready "$reg/readyz" || { echo "registry did not start"; exit 1; }
 /usr/bin/python3 "$here/bench_serve.py" setup "$reg" "$T" || exit 1
+# The same row as one 2-D tensor [1, 6] (the numpy-matrix form of Triton's FIL
+# backend and MLServer), beside bench_serve.py's one-tensor-per-column body.
+/usr/bin/python3 - "$T" <<'EOF' || exit 1
+import json, sys
+cols = json.load(open(sys.argv[1] + "/adult.body"))["inputs"]
+row = [c["data"][0] for c in cols]
+json.dump({"inputs": [{"name": "input__0", "datatype": "FP64", "shape": [1, len(row)],
+                       "data": [row]}]}, open(sys.argv[1] + "/adult2d.body", "w"))
+EOF
 
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$T/cg.out.%p" \
   "$build/bin/quern-serve" --listen 127.0.0.1:0 --grpc-listen off --data "$T/serve" \
@@ -79,5 +88,6 @@ measure() {
   printf '%-40s %14d\n' "$name" $((tot / n))
 }
 measure adult POST /v2/models/adult/infer "$T/adult.body"
+measure adult-2d POST /v2/models/adult/infer "$T/adult2d.body"
 measure lr POST /v2/models/lr/infer "$T/lr.body"
 measure recommend GET "/v1/models/recs/recommend?user=u123&k=10"
