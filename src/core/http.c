@@ -581,13 +581,51 @@ static const qn_route builtins[] = {
 
 /* ---- the request life cycle ------------------------------------------------ */
 
+/* Each worker thread keeps the arena of its last request (reset: its first
+ * block, the rest freed) for the next one: making and freeing an arena was
+ * two mallocs and two frees of every request. Freed when the thread ends. */
+static pthread_key_t spare_key;
+static int spare_ok;
+static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
+
+static void spare_free(void *a)
+{
+    qn_arena_free(a);
+}
+
+static void spare_init(void)
+{
+    spare_ok = pthread_key_create(&spare_key, spare_free) == 0;
+}
+
+static qn_arena *arena_take(void)
+{
+    pthread_once(&spare_once, spare_init);
+    qn_arena *a = spare_ok ? pthread_getspecific(spare_key) : NULL;
+    if (a) {
+        pthread_setspecific(spare_key, NULL);
+        return a;
+    }
+    return qn_arena_new(0);
+}
+
+static void arena_give(qn_arena *a)
+{
+    if (a && spare_ok && !pthread_getspecific(spare_key)) {
+        qn_arena_reset(a);
+        if (pthread_setspecific(spare_key, a) == 0)
+            return;
+    }
+    qn_arena_free(a);
+}
+
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
     qn_http *h = cls;
     qn_req *req = calloc(1, sizeof *req);
     if (!req)
         return NULL;
-    req->arena = qn_arena_new(0);
+    req->arena = arena_take();
     if (!req->arena) {
         free(req);
         return NULL;
@@ -621,7 +659,7 @@ static void req_free(qn_req *req)
     json_decref(req->json);
     qn_buf_free(&req->body);
     res_reset(&req->res);
-    qn_arena_free(req->arena);
+    arena_give(req->arena);
     free(req);
 }
 
@@ -665,7 +703,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         double dt = elapsed_s(&req->t0);
         char code[16];
         int status = req->res.kind != RES_NONE ? req->res.status : 499;
-        snprintf(code, sizeof code, "%d", status);
+        if (status >= 100 && status <= 999) /* every real status: no printf per request */
+            code[0] = (char)('0' + status / 100), code[1] = (char)('0' + status / 10 % 10),
+            code[2] = (char)('0' + status % 10), code[3] = '\0';
+        else
+            snprintf(code, sizeof code, "%d", status);
         const char *m = method_label(req->method);
         const char *v3[] = {req->route_label, m, code};
         if (h->m_reqs)
@@ -732,6 +774,22 @@ static int route_request(qn_req *req)
         return -1;
     }
 
+    /* The usual case first: the first route of this method whose template
+     * matches is the one the full pass below would pick; only the routes of
+     * the request's method are matched against the path. */
+    size_t n_fast;
+    for (size_t i = 0; i < h->nroutes; i++) {
+        const qn_route *r = &h->routes[i];
+        if (strcmp(r->method, req->method) != 0 ||
+            !qn__template_match(r->path, segs, nsegs, req->params, QN__MAX_PARAMS, &n_fast))
+            continue;
+        req->route = r;
+        req->route_label = r->path;
+        req->nparams = n_fast;
+        return 0;
+    }
+
+    /* None: HEAD served by GET, or a 405 or 404 with the Allow list. */
     const qn_route *exact = NULL, *head_get = NULL, *path_hit = NULL;
     qn__param ex_p[QN__MAX_PARAMS], hg_p[QN__MAX_PARAMS], tmp[QN__MAX_PARAMS];
     size_t ex_n = 0, hg_n = 0, tmp_n;

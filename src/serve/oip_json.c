@@ -667,6 +667,18 @@ static int take_shape(scan *s, oip_tensor *t)
     return take(s, ']');
 }
 
+/* oip_datatype_parse of the n bytes at v, without copying them out: the
+ * names compared by length first (one or two memcmp for a real name). */
+static oip_datatype datatype_of(const char *v, size_t n)
+{
+#define OIP__XX(e, nm, sz)                                                                      \
+    if (n == sizeof nm - 1 && memcmp(v, nm, n) == 0)                                            \
+        return OIP_##e;
+    OIP_DATATYPE_MAP(OIP__XX)
+#undef OIP__XX
+    return OIP_INVALID;
+}
+
 /* {"name":..,"datatype":..,"shape":[..],"data":[..]} with data last. */
 static int take_input(scan *s, oip_tensor *t)
 {
@@ -682,12 +694,9 @@ static int take_input(scan *s, oip_tensor *t)
             if (!take_str(s, &v, &vn) || !(t->name = qn_arena_strndup(s->a, v, vn)))
                 return 0;
         } else if (key_is(k, kn, "datatype") && !seen_dt++) {
-            char dt[16];
-            if (!take_str(s, &v, &vn) || vn >= sizeof dt)
+            if (!take_str(s, &v, &vn))
                 return 0;
-            memcpy(dt, v, vn);
-            dt[vn] = '\0';
-            t->datatype = oip_datatype_parse(dt);
+            t->datatype = datatype_of(v, vn);
             if (t->datatype == OIP_INVALID || t->datatype == OIP_FP16)
                 return 0;
         } else if (key_is(k, kn, "shape") && !seen_shape++) {

@@ -76,10 +76,26 @@ static serve *S(void *ud)
 
 static void put_num(qn_buf *b, double x, int fp32)
 {
-    if (!isfinite(x))
-        qn_buf_puts(b, "null");
-    else
-        qn_buf_printf(b, fp32 ? "%.9g" : "%.17g", x);
+    char t[40];
+    if (!isfinite(x)) {
+        qn_buf_append(b, "null", 4);
+        return;
+    }
+    int n = snprintf(t, sizeof t, fp32 ? "%.9g" : "%.17g", x);
+    qn_buf_append(b, t, n > 0 && (size_t)n < sizeof t ? (size_t)n : 0);
+}
+
+/* An integer in decimal, as "%lld" writes it (the hot path avoids printf). */
+static void put_int(qn_buf *b, long long x)
+{
+    char t[24], *e = t + sizeof t, *p = e;
+    unsigned long long u = x < 0 ? 0ull - (unsigned long long)x : (unsigned long long)x;
+    do
+        *--p = (char)('0' + u % 10);
+    while (u /= 10);
+    if (x < 0)
+        *--p = '-';
+    qn_buf_append(b, p, (size_t)(e - p));
 }
 
 /* A double as jansson writes a real: %.17g, ".0" when it would read as an
@@ -111,6 +127,7 @@ static void put_real(qn_buf *b, double x)
 
 static int write_response(qn_buf *b, const oip_infer_response *rs)
 {
+    qn_buf_reserve(b, 480); /* one allocation for the usual answer, not four */
     qn_buf_puts(b, "{\"model_name\":");
     buf_json_str(b, rs->model, strlen(rs->model));
     qn_buf_puts(b, ",\"model_version\":");
@@ -132,10 +149,14 @@ static int write_response(qn_buf *b, const oip_infer_response *rs)
         const oip_output *o = &rs->outputs[i];
         qn_buf_puts(b, i ? ",{\"name\":" : "{\"name\":");
         buf_json_str(b, o->name, strlen(o->name));
-        qn_buf_printf(b, ",\"datatype\":\"%s\",\"shape\":[", oip_datatype_name(o->datatype));
+        qn_buf_puts(b, ",\"datatype\":\"");
+        qn_buf_puts(b, oip_datatype_name(o->datatype));
+        qn_buf_puts(b, "\",\"shape\":[");
         int64_t n = 1;
         for (int d = 0; d < o->ndim; d++) {
-            qn_buf_printf(b, "%s%lld", d ? "," : "", (long long)o->shape[d]);
+            if (d)
+                qn_buf_append(b, ",", 1);
+            put_int(b, o->shape[d]);
             n *= o->shape[d];
         }
         qn_buf_puts(b, "],\"data\":[");
@@ -163,13 +184,13 @@ static int write_response(qn_buf *b, const oip_infer_response *rs)
             case OIP_INT32: {
                 int32_t x;
                 memcpy(&x, p + k * 4, 4);
-                qn_buf_printf(b, "%d", x);
+                put_int(b, x);
                 break;
             }
             case OIP_INT64: {
                 int64_t x;
                 memcpy(&x, p + k * 8, 8);
-                qn_buf_printf(b, "%lld", (long long)x);
+                put_int(b, x);
                 break;
             }
             default: qn_buf_puts(b, "null"); break;
@@ -324,10 +345,12 @@ static int h_infer(qn_req *req, qn_res *res, void *ud)
     if (rc == 0) {
         qn_buf b;
         qn_buf_init(&b, SERVE_MAX_INFER_BODY * 4);
-        if (write_response(&b, &rs) < 0) {
+        size_t blen;
+        char *body;
+        if (write_response(&b, &rs) < 0 || !(body = qn_buf_detach(&b, &blen))) {
             rc = qn_res_error(res, QN_RESOURCE_EXHAUSTED, "the response is too large");
         } else {
-            qn_res_text(res, 200, "application/json", b.data, b.len);
+            qn_res_take(res, 200, "application/json", body, blen); /* no copy */
             qn_res_header(res, "X-Quern-Model-Version", rs.version);
             if (rs.alias)
                 qn_res_header(res, "X-Quern-Model-Alias", rs.alias);
