@@ -25,6 +25,7 @@ typedef struct traffic_opts {
     cli_list routes;
     const char *shadow;
     const char *sticky;
+    const char *auto_rules;
 } traffic_opts;
 
 static const cli_opt set_table[] = {
@@ -38,6 +39,11 @@ static const cli_opt set_table[] = {
     {"sticky", 0, CLI_STR, NULL, 0, 0, NULL, 0,
      "user (the request's \"user\" parameter or input) or header:NAME: one key, one alias",
      offsetof(traffic_opts, sticky)},
+    {"auto", 0, CLI_STR, NULL, 0, 0, NULL, 0,
+     "JSON or @FILE: the rules quern-monitor acts on, promotion and rollback "
+     "({\"challenger\":\"candidate\",\"metric\":\"roc_auc\",\"rollback\":{\"latency_p95_ratio\":1.5}}; "
+     "docs/registry.md lists the fields)",
+     offsetof(traffic_opts, auto_rules)},
 };
 
 static const cli_opt name_table[] = {
@@ -73,6 +79,10 @@ static void print_policy(const json_t *p)
     else
         printf("shadow   -\n");
     printf("sticky   %s\n", cli_field(p, "sticky"));
+    const json_t *au = json_object_get(p, "auto");
+    char *rules = json_is_object(au) ? json_dumps(au, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    printf("auto     %s\n", rules ? rules : "-");
+    free(rules);
     printf("policy   %s\n", json_is_true(json_object_get(p, "default")) ? "default (all traffic to production)"
                                                                           : cli_field(p, "updated_at"));
 }
@@ -114,6 +124,23 @@ static int traffic_set(const void *opts)
             goto out;
         }
         json_object_set_new(body, "sticky", json_string(o->sticky));
+    }
+    if (o->auto_rules) {
+        /* The registry checks every field and names the one at fault; here
+         * only that it is a JSON object. */
+        json_error_t je;
+        json_t *au = o->auto_rules[0] == '@' ? json_load_file(o->auto_rules + 1, 0, &je)
+                                             : json_loads(o->auto_rules, 0, &je);
+        if (!json_is_object(au)) {
+            if (au)
+                cli_err("--auto: expected a JSON object of rules, not %s", o->auto_rules);
+            else
+                cli_err("--auto%s%s: not JSON at line %d column %d: %s", o->auto_rules[0] == '@' ? " " : "",
+                        o->auto_rules[0] == '@' ? o->auto_rules + 1 : "", je.line, je.column, je.text);
+            json_decref(au);
+            goto out;
+        }
+        json_object_set_new(body, "auto", au);
     }
     if ((rc = call("PUT", cli_printf("/v1/models/%s/traffic", cli_enc(o->name)), body, &out)) == CLI_OK)
         print_policy(out);

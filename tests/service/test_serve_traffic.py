@@ -375,6 +375,32 @@ class TrafficTest(unittest.TestCase):
         rc, out, err = quern("traffic", "set", MODEL, "production")
         self.assertEqual(rc, 2, out)
         self.assertIn("ALIAS=WEIGHT", err)
+        # --auto: the rules quern-monitor acts on, as JSON or @FILE; the registry names a bad field
+        rules = {"challenger": "candidate", "metric": "rmse", "min_labelled": 100,
+                 "rollback": {"latency_p95_ratio": 2}}
+        rc, out, err = quern("traffic", "set", MODEL, "production=90", "candidate=10", "--auto", json.dumps(rules))
+        self.assertEqual(rc, 0, err)
+        self.assertIn('auto     {"challenger":"candidate"', out)
+        rc, out, err = quern("--json", "traffic", "show", MODEL)
+        shown = json.loads(out)["auto"]
+        self.assertEqual((shown["challenger"], shown["metric"], shown["min_labelled"]), ("candidate", "rmse", 100))
+        self.assertEqual(shown["rollback"]["latency_p95_ratio"], 2)
+        path = os.path.join(self.home, "auto.json")
+        with open(path, "w") as f:
+            json.dump(dict(rules, promote=False), f)
+        rc, out, err = quern("--json", "traffic", "set", MODEL, "production=90", "candidate=10", "--auto", "@" + path)
+        self.assertEqual(rc, 0, err)
+        self.assertIs(json.loads(out)["auto"]["promote"], False)
+        rc, out, err = quern("traffic", "set", MODEL, "production=100", "--auto", '{"metric":')
+        self.assertEqual(rc, 2, out)
+        self.assertIn("--auto: not JSON at line 1", err)
+        rc, out, err = quern("traffic", "set", MODEL, "production=100", "--auto", "[1]")
+        self.assertEqual(rc, 2, out)
+        self.assertIn("expected a JSON object", err)
+        rc, out, err = quern("traffic", "set", MODEL, "production=100", "--auto",
+                             '{"challenger":"candidate","metric":"bogus"}')
+        self.assertEqual(rc, 2, out)
+        self.assertIn("auto.metric", err)
         rc, out, err = quern("traffic", "show", "nomodel")
         self.assertEqual(rc, 3, out)
         rc, out, err = quern("traffic", "clear", MODEL)
