@@ -27,6 +27,14 @@ PG = os.environ.get("QUERN_TEST_PG")
 DB_SERVICES = ("registry", "ingest", "prep")
 
 
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+def sha(data):
+    """A blob's digest: "sha256:" and the hex SHA-256 of the bytes."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def pg_url(name, data):
     """The --db URL of service name with its --data dir on QUERN_TEST_PG."""
     tag = hashlib.sha1(os.path.abspath(data).encode()).hexdigest()[:12]
@@ -77,6 +85,23 @@ class Service:
     def log(self):
         with open(self.log_path, "r", errors="replace") as f:
             return f.read()
+
+    def sanitizer_report(self):
+        """The first ASan/LSan/UBSan report in this service's log (its first
+        3,000 characters), or None: a sanitizer build writes them there."""
+        log = self.log() if self.log_path else ""
+        for mark in SANITIZER_MARKS:
+            if mark in log:
+                return log[log.find(mark):][:3000]
+        return None
+
+    def put_blob(self, data):
+        """Stores bytes in this registry's blob store; returns their digest."""
+        d = sha(data)
+        status, _, body = self.request("PUT", f"/v1/blobs/{d}", body=data)
+        if status not in (200, 201):
+            raise AssertionError(f"PUT /v1/blobs/{d}: {status} {body}")
+        return d
 
     def ready(self):
         try:
@@ -133,6 +158,13 @@ class ServiceTest(unittest.TestCase):
         s = Service(name, **kw).start()
         self.services.append(s)
         return s
+
+    def assertNoSanitizerReports(self, names=None):
+        """No service of this test (or those named) logged a sanitizer report."""
+        for s in self.services:
+            if names is None or s.name in names:
+                report = s.sanitizer_report()
+                self.assertIsNone(report, f"{s.name}: {report}")
 
     def assertError(self, resp, status, code, *needles):
         """An error answer in the model of DESIGN.md section 1, naming what to fix."""

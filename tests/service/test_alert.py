@@ -121,10 +121,7 @@ class AlertTest(ServiceTest):
 
     def tearDown(self):
         super().tearDown()
-        for s in [s for s in self.services if s.name in ("monitor", "alert")]:  # sanitizer reports land in the logs
-            log = s.log()
-            for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
-                self.assertNotIn(bad, log, f"{s.name}: {log[log.find(bad):][:3000]}")
+        self.assertNoSanitizerReports(("monitor", "alert"))
         self.rx.close()
         shutil.rmtree(self.home, ignore_errors=True)
 

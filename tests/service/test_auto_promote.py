@@ -29,7 +29,7 @@ import unittest
 
 import events
 from harness import ServiceTest, WORK
-from test_monitor import sha, wait_for
+from test_monitor import wait_for
 
 MODEL = "price"
 
@@ -54,16 +54,8 @@ class AutoPromoteTest(ServiceTest):
 
     def tearDown(self):
         super().tearDown()
-        for s in self.services:
-            log = s.log()
-            for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
-                self.assertNotIn(bad, log, f"{s.name}: {log[log.find(bad):][:3000]}")
+        self.assertNoSanitizerReports()
         shutil.rmtree(self.home, ignore_errors=True)
-
-    def put_blob(self, data):
-        st, _, body = self.reg.request("PUT", f"/v1/blobs/{sha(data)}", body=data)
-        self.assertIn(st, (200, 201), body)
-        return sha(data)
 
     def publish(self, offset, alias):
         """A version predicting 2x + 1 + offset, under alias."""
@@ -75,7 +67,7 @@ class AutoPromoteTest(ServiceTest):
                "transforms": {"format": "quern.features/1", "n_features": 1,
                               "columns": [{"name": "x", "type": "numeric", "steps": []}]},
                "params": {"task": "regression"},
-               "files": {"model.json": self.put_blob(json.dumps(lin).encode())}}
+               "files": {"model.json": self.reg.put_blob(json.dumps(lin).encode())}}
         st, _, body = self.reg.request("POST", f"/v1/models/{MODEL}/versions",
                                        {"manifest": man, "metrics": {"rmse": 1.0, "mae": 1.0, "r2": 0.9}})
         self.assertEqual(st, 201, body)

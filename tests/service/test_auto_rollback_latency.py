@@ -33,7 +33,7 @@ import xgboost as xgb
 
 import events
 from harness import ServiceTest, WORK
-from test_monitor import sha, wait_for
+from test_monitor import wait_for
 
 MODEL = "price"
 POLICY_RB = {"latency_p95_ratio": 3, "latency_margin_ms": 0.05}
@@ -54,16 +54,8 @@ class AutoRollbackLatencyTest(ServiceTest):
 
     def tearDown(self):
         super().tearDown()
-        for s in self.services:
-            log = s.log()
-            for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
-                self.assertNotIn(bad, log, f"{s.name}: {log[log.find(bad):][:3000]}")
+        self.assertNoSanitizerReports()
         shutil.rmtree(self.home, ignore_errors=True)
-
-    def put_blob(self, data):
-        st, _, body = self.reg.request("PUT", f"/v1/blobs/{sha(data)}", body=data)
-        self.assertIn(st, (200, 201), body)
-        return sha(data)
 
     def register(self, kind, model_json, alias):
         man = {"format": "quern.model/1", "kind": kind,
@@ -72,7 +64,7 @@ class AutoRollbackLatencyTest(ServiceTest):
                "transforms": {"format": "quern.features/1", "n_features": 1,
                               "columns": [{"name": "x", "type": "numeric", "steps": []}]},
                "params": {"task": "regression"},
-               "files": {"model.json": self.put_blob(model_json)}}
+               "files": {"model.json": self.reg.put_blob(model_json)}}
         st, _, body = self.reg.request("POST", f"/v1/models/{MODEL}/versions", {"manifest": man})
         self.assertEqual(st, 201, body)
         v = body["version"]

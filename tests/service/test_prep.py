@@ -159,9 +159,7 @@ class PrepTest(ServiceTest):
     def tearDown(self):
         self.resume_ingest()
         super().tearDown()
-        for svc in self.services:  # under ASan/UBSan a report lands in the service's log
-            for needle in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
-                self.assertNotIn(needle, svc.log(), f"{svc.name}: {svc.log_path}")
+        self.assertNoSanitizerReports()
 
     def wait_running(self, pipeline, rid, timeout=60):
         """Until a worker has taken the run (it then waits on the paused ingest);

@@ -31,14 +31,6 @@ from harness import Service, ServiceTest, WORK
 from test_monitor import sha, wait_for
 
 
-def assert_clean_logs(test):
-    """Sanitizer reports land in the services' logs (ASan/UBSan builds)."""
-    for s in test.services:
-        log = s.log()
-        for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
-            test.assertNotIn(bad, log, f"{s.name}: {log[log.find(bad):][:3000]}")
-
-
 def auc_of(y, s):
     """Mann-Whitney AUC with average ranks for ties."""
     order = sorted(range(len(s)), key=lambda i: s[i])
@@ -69,7 +61,7 @@ class QualityMonitorTest(ServiceTest):
 
     def tearDown(self):
         super().tearDown()
-        assert_clean_logs(self)
+        self.assertNoSanitizerReports()
         shutil.rmtree(self.home, ignore_errors=True)
 
     def start_monitor(self, *extra):
@@ -251,13 +243,8 @@ class QualityLoopTest(ServiceTest):
 
     def tearDown(self):
         super().tearDown()
-        assert_clean_logs(self)
+        self.assertNoSanitizerReports()
         shutil.rmtree(self.home, ignore_errors=True)
-
-    def put_blob(self, data):
-        st, _, body = self.reg.request("PUT", f"/v1/blobs/{sha(data)}", body=data)
-        self.assertIn(st, (200, 201), body)
-        return sha(data)
 
     def publish_regressor(self, model):
         """y = 2x + 1, holdout RMSE 1.0."""
@@ -269,7 +256,7 @@ class QualityLoopTest(ServiceTest):
                "transforms": {"format": "quern.features/1", "n_features": 1,
                               "columns": [{"name": "x", "type": "numeric", "steps": []}]},
                "params": {"task": "regression"},
-               "files": {"model.json": self.put_blob(json.dumps(lin).encode())}}
+               "files": {"model.json": self.reg.put_blob(json.dumps(lin).encode())}}
         st, _, body = self.reg.request("POST", f"/v1/models/{model}/versions",
                                        {"manifest": man, "metrics": {"rmse": 1.0, "mae": 0.8, "r2": 0.9}})
         self.assertEqual(st, 201, body)
@@ -427,7 +414,7 @@ class QualityRuleTest(ServiceTest):
 
     def tearDown(self):
         super().tearDown()
-        assert_clean_logs(self)
+        self.assertNoSanitizerReports()
         shutil.rmtree(self.home, ignore_errors=True)
 
     @staticmethod

@@ -96,13 +96,6 @@ class ServeTest(unittest.TestCase):
     # ---- registering -------------------------------------------------------
 
     @classmethod
-    def put_blob(cls, data):
-        d = sha(data)
-        st, _, body = cls.reg.request("PUT", f"/v1/blobs/{d}", body=data)
-        assert st in (200, 201), body
-        return d
-
-    @classmethod
     def register(cls, model, manifest):
         cls.reg.request("POST", "/v1/models", {"name": model})
         st, _, body = cls.reg.request("POST", f"/v1/models/{model}/versions", {"manifest": manifest})
@@ -120,7 +113,7 @@ class ServeTest(unittest.TestCase):
         m = {"format": "quern.model/1", "kind": "xgboost",
              "inputs": [{"name": c, "datatype": "FP64", "shape": [-1]} for c in NUMERIC],
              "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1]}],
-             "files": {"model.json": cls.put_blob(model_json)}}
+             "files": {"model.json": cls.reg.put_blob(model_json)}}
         if not bare:
             # Pass-through transforms and the task, until libquern-ml accepts an
             # imported XGBoost manifest without them (test_python_xgboost_bare).
@@ -159,7 +152,7 @@ class ServeTest(unittest.TestCase):
                "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1]}],
                "transforms": {"format": "quern.features/1", "n_features": d, "columns": cols},
                "params": {"task": "binary", "classes": [0, 1]},
-               "files": {"model.json": cls.put_blob(json.dumps(model).encode())}}
+               "files": {"model.json": cls.reg.put_blob(json.dumps(model).encode())}}
         cls.register("lr", man)
 
     def lr_expect(self, row, work):
@@ -193,9 +186,9 @@ class ServeTest(unittest.TestCase):
                           ("user_items_indices.npy", indices)):
             p = os.path.join(d, name)
             np.save(p, arr)
-            files[name] = cls.put_blob(Path(p).read_bytes())
-        files["user_ids.json"] = cls.put_blob(json.dumps(cls.users).encode())
-        files["item_ids.json"] = cls.put_blob(json.dumps(cls.items).encode())
+            files[name] = cls.reg.put_blob(Path(p).read_bytes())
+        files["user_ids.json"] = cls.reg.put_blob(json.dumps(cls.users).encode())
+        files["item_ids.json"] = cls.reg.put_blob(json.dumps(cls.items).encode())
         man = {"format": "quern.model/1", "kind": "als",
                "inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [-1]}],
                "outputs": [{"name": "item_id", "datatype": "BYTES", "shape": [-1, 5]},

@@ -81,13 +81,6 @@ class Serve2DTest(unittest.TestCase):
         return p.returncode, p.stdout, p.stderr
 
     @classmethod
-    def put_blob(cls, data):
-        d = ts.sha(data)
-        st, _, body = cls.reg.request("PUT", f"/v1/blobs/{d}", body=data)
-        assert st in (200, 201), body
-        return d
-
-    @classmethod
     def register(cls, model, manifest):
         cls.reg.request("POST", "/v1/models", {"name": model})
         st, _, body = cls.reg.request("POST", f"/v1/models/{model}/versions", {"manifest": manifest})
@@ -99,7 +92,7 @@ class Serve2DTest(unittest.TestCase):
     @classmethod
     def register_adult(cls):
         with open(cls.plain, "rb") as f:
-            blob = cls.put_blob(f.read())
+            blob = cls.reg.put_blob(f.read())
         cls.register("adult", {
             "format": "quern.model/1", "kind": "xgboost",
             "inputs": [{"name": c, "datatype": "FP64", "shape": [-1]} for c in NUMERIC],
@@ -126,7 +119,7 @@ class Serve2DTest(unittest.TestCase):
             "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1]}],
             "transforms": {"format": "quern.features/1", "n_features": 4, "columns": cols},
             "params": {"task": "binary", "classes": [0, 1]},
-            "files": {"model.json": cls.put_blob(json.dumps(model).encode())}})
+            "files": {"model.json": cls.reg.put_blob(json.dumps(model).encode())}})
 
     # ---- helpers ---------------------------------------------------------------
 

@@ -80,13 +80,6 @@ class ServeExplainTest(unittest.TestCase):
     # ---- registering ---------------------------------------------------------------
 
     @classmethod
-    def put_blob(cls, data):
-        d = ts.sha(data)
-        st, _, body = cls.reg.request("PUT", f"/v1/blobs/{d}", body=data)
-        assert st in (200, 201), body
-        return d
-
-    @classmethod
     def register(cls, model, manifest):
         cls.reg.request("POST", "/v1/models", {"name": model})
         st, _, body = cls.reg.request("POST", f"/v1/models/{model}/versions",
@@ -113,7 +106,7 @@ class ServeExplainTest(unittest.TestCase):
                                     "min_frequency": 0}]})
             nf += len(CATS) + 1
         with open(path, "rb") as f:
-            blob = cls.put_blob(f.read())
+            blob = cls.reg.put_blob(f.read())
         cls.register(name, {
             "format": "quern.model/1", "kind": "xgboost", "inputs": inputs,
             "outputs": [{"name": out, "datatype": "FP32", "shape": shape}],
@@ -142,7 +135,7 @@ class ServeExplainTest(unittest.TestCase):
             "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1]}],
             "transforms": {"format": "quern.features/1", "n_features": d, "columns": cols},
             "params": {"task": "binary", "classes": [0, 1]},
-            "files": {"model.json": cls.put_blob(json.dumps(model).encode())}})
+            "files": {"model.json": cls.reg.put_blob(json.dumps(model).encode())}})
 
     @classmethod
     def register_als(cls):
@@ -166,9 +159,9 @@ class ServeExplainTest(unittest.TestCase):
                           ("user_items_indices.npy", indices)):
             np.save(os.path.join(d, name), arr)
             with open(os.path.join(d, name), "rb") as fh:
-                files[name] = cls.put_blob(fh.read())
-        files["user_ids.json"] = cls.put_blob(json.dumps(cls.users).encode())
-        files["item_ids.json"] = cls.put_blob(json.dumps(cls.items).encode())
+                files[name] = cls.reg.put_blob(fh.read())
+        files["user_ids.json"] = cls.reg.put_blob(json.dumps(cls.users).encode())
+        files["item_ids.json"] = cls.reg.put_blob(json.dumps(cls.items).encode())
         spec = {"kind": "als", "params": {"factors": f, "regularization": REG, "alpha": ALPHA}}
         cls.register("recs", {
             "format": "quern.model/1", "kind": "als",

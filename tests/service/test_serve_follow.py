@@ -47,12 +47,6 @@ class FollowTest(unittest.TestCase):
 
     # ---- the registry side -------------------------------------------------
 
-    def put_blob(self, data):
-        d = sha(data)
-        st, _, body = self.reg.request("PUT", f"/v1/blobs/{d}", body=data)
-        self.assertIn(st, (200, 201), body)
-        return d
-
     def coef(self, model, version):
         """Each model and version its own weights: the answer names its maker."""
         h = hashlib.sha256(f"{model}/{version}".encode()).digest()
@@ -77,7 +71,7 @@ class FollowTest(unittest.TestCase):
                               "columns": [{"name": c, "type": "numeric", "steps": []}
                                           for c in COLS]},
                "params": {"task": "binary", "classes": [0, 1]},
-               "files": {"model.json": self.put_blob(json.dumps(lin).encode())}}
+               "files": {"model.json": self.reg.put_blob(json.dumps(lin).encode())}}
         st, _, body = self.reg.request("POST", f"/v1/models/{model}/versions", {"manifest": man})
         self.assertEqual(st, 201, body)
         self.assertEqual(body["version"], version)

@@ -116,13 +116,6 @@ class TrafficTest(unittest.TestCase):
                 s.stop()
 
     @classmethod
-    def put_blob(cls, data):
-        d = sha(data)
-        st, _, body = cls.reg.request("PUT", f"/v1/blobs/{d}", body=data)
-        assert st in (200, 201), body
-        return d
-
-    @classmethod
     def publish(cls, version, alias, cols=COLS):
         cls.reg.request("POST", "/v1/models", {"name": MODEL})
         w, b = coef(version)
@@ -134,7 +127,7 @@ class TrafficTest(unittest.TestCase):
                "transforms": {"format": "quern.features/1", "n_features": 2,
                               "columns": [{"name": c, "type": "numeric", "steps": []} for c in cols]},
                "params": {"task": "binary", "classes": [0, 1]},
-               "files": {"model.json": cls.put_blob(json.dumps(lin).encode())}}
+               "files": {"model.json": cls.reg.put_blob(json.dumps(lin).encode())}}
         st, _, body = cls.reg.request("POST", f"/v1/models/{MODEL}/versions", {"manifest": man})
         assert st == 201 and body["version"] == version, body
         st, _, body = cls.reg.request("PUT", f"/v1/models/{MODEL}/aliases/{alias}", {"version": version})

@@ -29,7 +29,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import WORK, Service  # noqa: E402
 import test_serve as ts  # noqa: E402 (the module: its TestCase is not run here)
-from test_serve_traffic import COLS, MODEL, ROW, Conn, coef, expect, sha  # noqa: E402,F401
+from test_serve_traffic import COLS, MODEL, ROW, Conn, coef, expect  # noqa: E402,F401
 
 
 
@@ -76,18 +76,10 @@ class TrafficGrpcTest(unittest.TestCase):
         for s in (cls.serve, cls.reg):
             if s:
                 s.stop()
-                log = s.log()
-                bad += [f"{s.name}: {log[log.find(b):][:3000]}" for b in
-                        ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:") if b in log]
+                report = s.sanitizer_report()
+                bad += [f"{s.name}: {report}"] if report else []
         shutil.rmtree(cls.home, ignore_errors=True)
         assert not bad, bad
-
-    @classmethod
-    def put_blob(cls, data):
-        d = sha(data)
-        st, _, body = cls.reg.request("PUT", f"/v1/blobs/{d}", body=data)
-        assert st in (200, 201), body
-        return d
 
     @classmethod
     def publish(cls, version, alias):
@@ -101,7 +93,7 @@ class TrafficGrpcTest(unittest.TestCase):
                "transforms": {"format": "quern.features/1", "n_features": 2,
                               "columns": [{"name": c, "type": "numeric", "steps": []} for c in COLS]},
                "params": {"task": "binary", "classes": [0, 1]},
-               "files": {"model.json": cls.put_blob(json.dumps(lin).encode())}}
+               "files": {"model.json": cls.reg.put_blob(json.dumps(lin).encode())}}
         st, _, body = cls.reg.request("POST", f"/v1/models/{MODEL}/versions", {"manifest": man})
         assert st == 201 and body["version"] == version, body
         st, _, body = cls.reg.request("PUT", f"/v1/models/{MODEL}/aliases/{alias}", {"version": version})
