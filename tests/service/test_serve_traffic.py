@@ -60,6 +60,25 @@ def expect(version):
     return 1 / (1 + math.exp(-(w[0] * ROW[0] + w[1] * ROW[1] + b)))
 
 
+def publish(reg, version, alias, cols=COLS):
+    """Registers version of MODEL (the two-column logistic model of coef(version)) under alias."""
+    reg.request("POST", "/v1/models", {"name": MODEL})
+    w, b = coef(version)
+    lin = {"format": "quern.linear/1", "kind": "logistic", "n_features": 2,
+           "coef": [w], "intercept": [b], "classes": [0, 1]}
+    man = {"format": "quern.model/1", "kind": "logistic",
+           "inputs": [{"name": c, "datatype": "FP64", "shape": [-1]} for c in cols],
+           "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1]}],
+           "transforms": {"format": "quern.features/1", "n_features": 2,
+                          "columns": [{"name": c, "type": "numeric", "steps": []} for c in cols]},
+           "params": {"task": "binary", "classes": [0, 1]},
+           "files": {"model.json": reg.put_blob(json.dumps(lin).encode())}}
+    st, _, body = reg.request("POST", f"/v1/models/{MODEL}/versions", {"manifest": man})
+    assert st == 201 and body["version"] == version, body
+    st, _, body = reg.request("PUT", f"/v1/models/{MODEL}/aliases/{alias}", {"version": version})
+    assert st == 200, body
+
+
 class Conn:
     """One keep-alive connection (1000 requests should not be 1000 handshakes)."""
 
@@ -96,9 +115,9 @@ class TrafficTest(unittest.TestCase):
         cls.reg = Service("registry", data=os.path.join(cls.home, "registry"), env=cls.env).start(timeout=60)
         cls.serve = None
         try:
-            cls.publish(1, "production")
-            cls.publish(2, "candidate")
-            cls.publish(3, "challenger", cols=["y0", "y1"])
+            publish(cls.reg, 1, "production")
+            publish(cls.reg, 2, "candidate")
+            publish(cls.reg, 3, "challenger", cols=["y0", "y1"])
             cls.serve = Service("serve", data=os.path.join(cls.home, "serve"), env=cls.env,
                                 args=["--poll-interval", "60s", "--grpc-listen", "off",
                                       "--log-sample-rate", "0", "--models", MODEL,
@@ -114,24 +133,6 @@ class TrafficTest(unittest.TestCase):
         for s in (cls.serve, cls.reg):
             if s:
                 s.stop()
-
-    @classmethod
-    def publish(cls, version, alias, cols=COLS):
-        cls.reg.request("POST", "/v1/models", {"name": MODEL})
-        w, b = coef(version)
-        lin = {"format": "quern.linear/1", "kind": "logistic", "n_features": 2,
-               "coef": [w], "intercept": [b], "classes": [0, 1]}
-        man = {"format": "quern.model/1", "kind": "logistic",
-               "inputs": [{"name": c, "datatype": "FP64", "shape": [-1]} for c in cols],
-               "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1]}],
-               "transforms": {"format": "quern.features/1", "n_features": 2,
-                              "columns": [{"name": c, "type": "numeric", "steps": []} for c in cols]},
-               "params": {"task": "binary", "classes": [0, 1]},
-               "files": {"model.json": cls.reg.put_blob(json.dumps(lin).encode())}}
-        st, _, body = cls.reg.request("POST", f"/v1/models/{MODEL}/versions", {"manifest": man})
-        assert st == 201 and body["version"] == version, body
-        st, _, body = cls.reg.request("PUT", f"/v1/models/{MODEL}/aliases/{alias}", {"version": version})
-        assert st == 200, body
 
     # ---- helpers ---------------------------------------------------------------
 

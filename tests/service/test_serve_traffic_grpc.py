@@ -17,7 +17,6 @@ header) as over gRPC (the metadata, sent in lower case as gRPC does);
 under a policy sticky on the user, the "user" request parameter does the
 same over both protocols. Run by /usr/bin/python3 (python3-grpcio).
 """
-import json
 import os
 import shutil
 import socket
@@ -29,7 +28,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import WORK, Service  # noqa: E402
 import test_serve as ts  # noqa: E402 (the module: its TestCase is not run here)
-from test_serve_traffic import COLS, MODEL, ROW, Conn, coef, expect  # noqa: E402,F401
+from test_serve_traffic import COLS, MODEL, ROW, Conn, expect, publish  # noqa: E402,F401
 
 
 
@@ -52,8 +51,8 @@ class TrafficGrpcTest(unittest.TestCase):
         cls.reg = Service("registry", data=os.path.join(cls.home, "registry"), env=cls.env).start(timeout=60)
         cls.serve = None
         try:
-            cls.publish(1, "production")
-            cls.publish(2, "candidate")
+            publish(cls.reg, 1, "production")
+            publish(cls.reg, 2, "candidate")
             cls.gport = free_port()
             cls.serve = Service("serve", data=os.path.join(cls.home, "serve"), env=cls.env,
                                 args=["--poll-interval", "60s", "--grpc-listen", f"127.0.0.1:{cls.gport}",
@@ -80,24 +79,6 @@ class TrafficGrpcTest(unittest.TestCase):
                 bad += [f"{s.name}: {report}"] if report else []
         shutil.rmtree(cls.home, ignore_errors=True)
         assert not bad, bad
-
-    @classmethod
-    def publish(cls, version, alias):
-        cls.reg.request("POST", "/v1/models", {"name": MODEL})
-        w, b = coef(version)
-        lin = {"format": "quern.linear/1", "kind": "logistic", "n_features": 2,
-               "coef": [w], "intercept": [b], "classes": [0, 1]}
-        man = {"format": "quern.model/1", "kind": "logistic",
-               "inputs": [{"name": c, "datatype": "FP64", "shape": [-1]} for c in COLS],
-               "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1]}],
-               "transforms": {"format": "quern.features/1", "n_features": 2,
-                              "columns": [{"name": c, "type": "numeric", "steps": []} for c in COLS]},
-               "params": {"task": "binary", "classes": [0, 1]},
-               "files": {"model.json": cls.reg.put_blob(json.dumps(lin).encode())}}
-        st, _, body = cls.reg.request("POST", f"/v1/models/{MODEL}/versions", {"manifest": man})
-        assert st == 201 and body["version"] == version, body
-        st, _, body = cls.reg.request("PUT", f"/v1/models/{MODEL}/aliases/{alias}", {"version": version})
-        assert st == 200, body
 
     # ---- helpers ---------------------------------------------------------------
 
