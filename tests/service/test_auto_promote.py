@@ -38,15 +38,20 @@ def ev_n(move):
     return move["evidence"]["labelled"]
 
 
-class AutoPromoteTest(ServiceTest):
+class AutoFixture(ServiceTest):
+    """A registry holding MODEL, on a home and SQLite bus of the test's own, with the events of
+    SUBSCRIBE subscribed (group, type); at the end no service logged a sanitizer report."""
+    DIRS = ("registry", "serve", "ingest", "monitor")
+    SUBSCRIBE = (("t-ap", "quern.model.auto_promoted"), ("t-rb", "quern.traffic.rolled_back"))
+
     def setUp(self):
         super().setUp()
         self.home = tempfile.mkdtemp(prefix="quern-auto-", dir=WORK)
         self.bus = f"sqlite://{self.home}/bus.db"
         self.env = {"QUERN_HOME": self.home}
-        for d in ("registry", "serve", "ingest", "monitor"):
+        for d in self.DIRS:
             os.makedirs(os.path.join(self.home, d))
-        for g, p in (("t-ap", "quern.model.auto_promoted"), ("t-rb", "quern.traffic.rolled_back")):
+        for g, p in self.SUBSCRIBE:
             events.subscribe(self.bus, g, p)
         self.reg = self.start("registry", data=os.path.join(self.home, "registry"), env=self.env)
         self.regurl = f"http://127.0.0.1:{self.reg.port}"
@@ -57,6 +62,8 @@ class AutoPromoteTest(ServiceTest):
         self.assertNoSanitizerReports()
         shutil.rmtree(self.home, ignore_errors=True)
 
+
+class AutoPromoteTest(AutoFixture):
     def publish(self, offset, alias):
         """A version predicting 2x + 1 + offset, under alias."""
         lin = {"format": "quern.linear/1", "kind": "linear", "n_features": 1, "coef": [[2.0]],

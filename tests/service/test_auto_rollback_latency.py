@@ -23,39 +23,23 @@ agreement report shows each version's p50/p95 and request count. Run by
 import json
 import os
 import random
-import shutil
 import sqlite3
-import tempfile
 import time
 
 import numpy as np
 import xgboost as xgb
 
 import events
-from harness import ServiceTest, WORK
+from test_auto_promote import AutoFixture
 from test_monitor import wait_for
 
 MODEL = "price"
 POLICY_RB = {"latency_p95_ratio": 3, "latency_margin_ms": 0.05}
 
 
-class AutoRollbackLatencyTest(ServiceTest):
-    def setUp(self):
-        super().setUp()
-        self.home = tempfile.mkdtemp(prefix="quern-autolat-", dir=WORK)
-        self.bus = f"sqlite://{self.home}/bus.db"
-        self.env = {"QUERN_HOME": self.home}
-        for d in ("registry", "serve", "monitor"):
-            os.makedirs(os.path.join(self.home, d))
-        events.subscribe(self.bus, "t-rb", "quern.traffic.rolled_back")
-        self.reg = self.start("registry", data=os.path.join(self.home, "registry"), env=self.env)
-        self.regurl = f"http://127.0.0.1:{self.reg.port}"
-        self.reg.request("POST", "/v1/models", {"name": MODEL})
-
-    def tearDown(self):
-        super().tearDown()
-        self.assertNoSanitizerReports()
-        shutil.rmtree(self.home, ignore_errors=True)
+class AutoRollbackLatencyTest(AutoFixture):
+    DIRS = ("registry", "serve", "monitor")
+    SUBSCRIBE = (("t-rb", "quern.traffic.rolled_back"),)
 
     def register(self, kind, model_json, alias):
         man = {"format": "quern.model/1", "kind": kind,
