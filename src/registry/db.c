@@ -721,7 +721,7 @@ static int alias_version(qn_conn *c, int64_t id, const char *alias, int64_t *ver
 
 int reg_db_alias_get(qn_conn *c, const char *name, const char *alias, json_t **out, qn_err *err)
 {
-    int64_t id, version, updated;
+    int64_t id, version = 0, updated = 0;
     int rc;
     if ((rc = reg_db_id(c, &reg_db_models, name, &id, err)) < 0 ||
         (rc = alias_version(c, id, alias, &version, &updated, err)) < 0)

@@ -60,7 +60,7 @@ static int run_missing(const char *run_id, qn_err *err)
 
 static int experiment_missing(const char *id, qn_err *err)
 {
-    return qn_err_set(err, QN_NOT_FOUND, "no experiment with id '%.64s' exists", id);
+    return qn_err_set(err, QN_NOT_FOUND, "no experiment with id '%.64s' exists", id ? id : "");
 }
 
 /* The run's integer key and lifecycle stage (deleted 1); QN_NOT_FOUND. */
@@ -425,7 +425,7 @@ int trk_experiment_get(qn_conn *c, const char *id_text, json_t **out, qn_err *er
 {
     int64_t id = parse_id(id_text);
     if (id < 0)
-        return experiment_missing(id_text ? id_text : "", err);
+        return experiment_missing(id_text, err);
     return experiment_one(c, "SELECT " EXP_COLS " FROM experiments WHERE id = ?", id, NULL, id_text, out, err);
 }
 
@@ -533,7 +533,7 @@ static int experiment_key(qn_conn *c, const char *id_text, int64_t *id, int *del
 {
     *id = parse_id(id_text);
     if (*id < 0)
-        return experiment_missing(id_text ? id_text : "", err);
+        return experiment_missing(id_text, err);
     qn_stmt *st = qn_prepare(c, "SELECT lifecycle_stage FROM experiments WHERE id = ?", err);
     if (!st)
         return err->code;
