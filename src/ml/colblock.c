@@ -552,6 +552,8 @@ int qml_colblock_view(const void *data, size_t len, qml_colblock *out, size_t *u
     if (nrows == 0 || nrows > QML_COLBLOCK_MAX_ROWS || ncols > QML_COLBLOCK_MAX_COLS)
         return bad_block(err, "row or column count out of range", 4);
     p += 12;
+    const char *what;
+    size_t at;
     qml_colblock_col *cols = ncols ? calloc(ncols, sizeof *cols) : NULL;
     if (ncols && !cols)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
@@ -562,8 +564,9 @@ int qml_colblock_view(const void *data, size_t len, qml_colblock *out, size_t *u
         uint32_t klen = qml_colblock_u32(p);
         p += 4;
         if (klen < 2 || (size_t)(e - p) < klen || p[0] != '"' || p[klen - 1] != '"') {
-            free(cols);
-            return bad_block(err, "a key that is not a JSON string token", (size_t)(p - base));
+            what = "a key that is not a JSON string token";
+            at = (size_t)(p - base);
+            goto bad;
         }
         c->key = (const char *)p;
         c->keylen = klen;
@@ -578,15 +581,17 @@ int qml_colblock_view(const void *data, size_t len, qml_colblock *out, size_t *u
         p += 4 * ((size_t)c->nvalues + 1);
         uint32_t prev = qml_colblock_u32(c->off);
         if (prev != 0) {
-            free(cols);
-            return bad_block(err, "values do not start at offset 0", (size_t)(c->off - base));
+            what = "values do not start at offset 0";
+            at = (size_t)(c->off - base);
+            goto bad;
         }
         for (uint32_t v = 1; v <= c->nvalues; v++) {
             uint32_t o = qml_colblock_u32(c->off + 4 * (size_t)v);
             if (o <= prev) {
-                free(cols);
-                return bad_block(err, "an empty value or offsets out of order", (size_t)(c->off + 4 * (size_t)v - base));
-            }
+            what = "an empty value or offsets out of order";
+            at = (size_t)(c->off + 4 * (size_t)v - base);
+            goto bad;
+        }
             prev = o;
         }
         if ((size_t)(e - p) < (size_t)prev + 1)
@@ -595,8 +600,9 @@ int qml_colblock_view(const void *data, size_t len, qml_colblock *out, size_t *u
         p += prev;
         c->width = *p++;
         if (c->width != 1 && c->width != 2 && c->width != 4) {
-            free(cols);
-            return bad_block(err, "a cell width other than 1, 2 or 4", (size_t)(p - 1 - base));
+            what = "a cell width other than 1, 2 or 4";
+            at = (size_t)(p - 1 - base);
+            goto bad;
         }
         if ((size_t)(e - p) / c->width < nrows)
             goto truncated;
@@ -604,9 +610,10 @@ int qml_colblock_view(const void *data, size_t len, qml_colblock *out, size_t *u
         p += (size_t)nrows * c->width;
         for (uint32_t r = 0; r < nrows; r++)
             if (qml_colblock_cell(c, r) > c->nvalues) {
-                free(cols);
-                return bad_block(err, "a cell past its column's values", (size_t)(c->cells + (size_t)r * c->width - base));
-            }
+            what = "a cell past its column's values";
+            at = (size_t)(c->cells + (size_t)r * c->width - base);
+            goto bad;
+        }
     }
     out->nrows = nrows;
     out->ncols = ncols;
@@ -614,8 +621,11 @@ int qml_colblock_view(const void *data, size_t len, qml_colblock *out, size_t *u
     *used = (size_t)(p - base);
     return 0;
 truncated:
+    what = "cut short";
+    at = len;
+bad:
     free(cols);
-    return bad_block(err, "cut short", len);
+    return bad_block(err, what, at);
 }
 
 void qml_colblock_view_free(qml_colblock *v)

@@ -332,8 +332,20 @@ static int run_ndjson(const uint8_t *d, size_t n, af_out *o, qn_err *err)
     return rc;
 }
 
+static int give_page(void *ud, const char **data, size_t *len)
+{
+    qn_buf *page = ud;
+    if (!page->data)
+        return 0;
+    *data = page->data;
+    *len = page->len;
+    page->data = NULL; /* given once; the caller keeps the pointer */
+    return 1;
+}
+
 /* Column blocks (ml/colblock.h): the input's canonical rows built into
- * blocks of three rows, then the page viewed and every row rendered. */
+ * blocks of three rows, then the page viewed and every row rendered, then
+ * read into a frame by the NDJSON reader's block input. */
 static int run_colblock(const uint8_t *d, size_t n, af_out *o, qn_err *err)
 {
     qml_rec_opts ro;
@@ -370,6 +382,17 @@ static int run_colblock(const uint8_t *d, size_t n, af_out *o, qn_err *err)
             goto out;
         at += used;
     }
+    qml_ndjson_opts no;
+    qml_ndjson_opts_init(&no);
+    no.infer_rows = 2;
+    qn_buf given = page;
+    qml_frame *f;
+    qml_read_report rep;
+    if ((rc = qml_ndjson_read_all_blocks(give_page, &given, &no, &f, &rep, err)) < 0)
+        goto out;
+    hash_frame(o, f);
+    hash_report(o, &rep);
+    qml_frame_free(f);
 out:
     qn_buf_free(&row);
     qn_buf_free(&page);

@@ -3,12 +3,15 @@
  * built into blocks of at most 3 rows, which must view, render back byte for
  * byte and slice to the same rows. Odd: the rest is a page of blocks as the
  * network delivers it; every block that views is rendered and sliced, and
- * the slice must view and render the same. */
+ * the slice must view and render the same. Either way the page is then
+ * read into a frame by the NDJSON reader's block input; from built blocks
+ * it must give the counts it gives the same rows as lines. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ml/colblock.h"
+#include "ml/ndjson.h"
 #include "ml/records.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -52,8 +55,50 @@ static size_t walk(const char *page, size_t len, qn_buf *x, qn_buf *y)
     return rows;
 }
 
+typedef struct one_page {
+    const char *data;
+    size_t len;
+    int given;
+} one_page;
+
+static int give_page(void *ud, const char **data, size_t *len)
+{
+    one_page *p = ud;
+    if (p->given++)
+        return 0;
+    *data = p->data;
+    *len = p->len;
+    return 1;
+}
+
+/* Reads a page of blocks into a frame: < 0 when refused, else the report. */
+static int read_blocks(const char *data, size_t len, qml_read_report *rep, size_t *nrows)
+{
+    static const qml_field_spec fs[] = {{"a", QML_NUMERIC}, {"b", QML_CATEGORICAL}, {"t", QML_TIMESTAMP}};
+    qml_ndjson_opts o;
+    qml_ndjson_opts_init(&o);
+    o.infer_rows = 2;
+    if (len && (data[0] & 1)) {
+        o.fields = fs;
+        o.n_fields = 3;
+    }
+    one_page p = {data, len, 0};
+    qml_frame *f;
+    qn_err err;
+    int rc = qml_ndjson_read_all_blocks(give_page, &p, &o, &f, rep, &err);
+    if (rc == 0) {
+        if (rep->rows_read != rep->rows_ok + rep->rows_bad || qml_frame_nrows(f) != rep->rows_ok)
+            abort();
+        *nrows = qml_frame_nrows(f);
+        qml_frame_free(f);
+    }
+    return rc;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    qml_read_report rep;
+    size_t nrows;
     if (!size)
         return 0;
     qn_buf x, y, page;
@@ -62,6 +107,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     qn_buf_init(&page, 1u << 26);
     if (data[0] & 1) {
         walk((const char *)data + 1, size - 1, &x, &y);
+        read_blocks((const char *)data + 1, size - 1, &rep, &nrows);
         goto out;
     }
     qml_rec_opts o;
@@ -96,6 +142,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             qml_colblock_view_free(&v);
             at += used;
         }
+        if (read_blocks(page.data, page.len, &rep, &nrows) == 0 && rep.rows_read != b.nrows)
+            abort();
     }
 done:
     qml_colblock_builder_free(cb);
