@@ -71,6 +71,7 @@ struct qml_ndjson_reader {
     int eof;
     char *path;
     uint64_t lines;
+    size_t expect;              /* rows expected in all (a hint) */
     char *lbuf;                 /* a line that crossed the window */
     size_t llen, lcap, max_line;
 
@@ -850,13 +851,19 @@ static int emit(qml_ndjson_reader *r, qml_frame *f, const pend *pd)
 /* What each value of a block column makes in its frame column: worked out
  * the first time a row uses it (so dictionaries fill in row order, as
  * lines would fill them), through the same push a line's value takes. */
-enum { V_UNSEEN, V_CELL_MISSING, V_CELL, V_BAD };
+/* V_PENDING: a categorical value known to make a cell whose code is not
+ * taken yet (codes are taken in row order, as lines take them). */
+enum { V_UNSEEN, V_CELL_MISSING, V_CELL, V_PENDING, V_BAD };
 typedef struct vmap {
     uint8_t *state;             /* nvalues: V_UNSEEN ... */
     double *num;                /* nvalues: the cell, for numeric-like columns */
     int32_t *code;              /* nvalues: the code, for a categorical column */
     char **msg;                 /* nvalues: why a V_BAD value does not fit (allocated) */
     uint8_t *json;              /* nvalues: 1 when V_BAD because it is not JSON */
+    /* Indexed by cell (nvalues + 1, 0: no key), for emit_columns: */
+    uint8_t *miss_of;
+    int32_t *code_of;
+    double *num_of;
 } vmap;
 
 static void vmap_free(qml_ndjson_reader *r)
@@ -870,6 +877,9 @@ static void vmap_free(qml_ndjson_reader *r)
         free(m->code);
         free(m->msg);
         free(m->json);
+        free(m->miss_of);
+        free(m->code_of);
+        free(m->num_of);
     }
     free(r->vmap);
     r->vmap = NULL;
@@ -1011,23 +1021,128 @@ static int vmap_for(qml_ndjson_reader *r)
         m->code = malloc(nv * sizeof *m->code);
         m->msg = calloc(nv, sizeof *m->msg);
         m->json = calloc(nv, 1);
-        if (!m->state || !m->num || !m->code || !m->msg || !m->json)
+        m->miss_of = malloc(nv + 1);
+        m->code_of = malloc((nv + 1) * sizeof *m->code_of);
+        m->num_of = malloc((nv + 1) * sizeof *m->num_of);
+        if (!m->state || !m->num || !m->code || !m->msg || !m->json || !m->miss_of || !m->code_of || !m->num_of)
             return QN_RESOURCE_EXHAUSTED;
     }
     return 0;
 }
 
-/* Up to want rows of the current block into f, row by row and cell by cell
- * in column order as emit() takes a line: the first value that does not fit
- * makes the row bad, and keys outside the schema are counted on good rows.
- * 0 or QN_RESOURCE_EXHAUSTED. */
-static int emit_block(qml_ndjson_reader *r, qml_frame *f, size_t want)
+/* Sorts value v of block column j before any code is taken: a categorical
+ * column's value is missing (null, ""), a cell (V_PENDING) or not JSON;
+ * any other column's is worked out (map_value: no dictionary, nothing
+ * kept). 0 or QN_RESOURCE_EXHAUSTED. */
+static int classify(qml_column *c, const qml_colblock_col *bc, vmap *m, uint32_t v)
 {
-    uint32_t from = r->brow, to = r->blk.nrows;
-    if ((size_t)(to - from) > want)
-        to = from + (uint32_t)want;
-    if (vmap_for(r) < 0 || qml_frame_reserve(f, to - from) < 0)
-        return QN_RESOURCE_EXHAUSTED;
+    if (c->type != QML_CATEGORICAL)
+        return map_value(c, bc, m, v);
+    size_t n;
+    const char *t = qml_colblock_value(bc, v, &n);
+    if ((n == 4 && !memcmp(t, "null", 4)) || (n == 2 && !memcmp(t, "\"\"", 2))) {
+        m->state[v] = V_CELL_MISSING;
+        return 0;
+    }
+    int plain = t[0] == '"' && n >= 2 && t[n - 1] == '"' && !memchr(t, '\\', n) && qml_utf8_valid(t + 1, n - 2);
+    if (!plain) {
+        /* Numbers, booleans, nested values and escaped strings: the JSON
+         * must read (a bad one is worked out in full, for its message). */
+        json_error_t je;
+        json_t *j = json_loadb(t, n, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &je);
+        if (!j && json_error_code(&je) == json_error_out_of_memory)
+            return QN_RESOURCE_EXHAUSTED;
+        int ok = j && !json_is_null(j) && !(json_is_string(j) && json_string_length(j) == 0);
+        json_decref(j);
+        if (!ok)
+            return map_value(c, bc, m, v);
+    }
+    m->state[v] = V_PENDING;
+    return 0;
+}
+
+/* Rows [from, to) of the block with no value that makes a row bad, into f
+ * column by column: a categorical column first takes the codes of its new
+ * values in row order (as lines would), then every column is copied through
+ * a table from cell to (value, missing). 0 or QN_RESOURCE_EXHAUSTED. */
+static int emit_columns(qml_ndjson_reader *r, qml_frame *f, uint32_t from, uint32_t to)
+{
+    size_t n = to - from, base = qml_frame_nrows(f);
+    for (size_t i = 0; i < r->ncols; i++) {
+        qml_column *c = qml_frame_col(f, i);
+        int j = r->bcol[i];
+        if (j < 0) {
+            for (size_t t = 0; t < n; t++)
+                if (qml_col_push_missing(c) < 0)
+                    goto oom;
+            continue;
+        }
+        const qml_colblock_col *bc = &r->blk.cols[j];
+        vmap *m = &r->vmap[j];
+        if (c->type == QML_CATEGORICAL)
+            for (uint32_t row = from; row < to; row++) {
+                uint32_t k = qml_colblock_cell(bc, row);
+                if (k && m->state[k - 1] == V_PENDING && map_value(c, bc, m, k - 1) < 0)
+                    goto oom;
+            }
+        /* The table: cell k (0: no key) -> the cell it makes. */
+        uint8_t *miss = m->miss_of;
+        for (uint32_t v = 0; v < bc->nvalues; v++) {
+            miss[v + 1] = m->state[v] != V_CELL;
+            if (c->type == QML_CATEGORICAL)
+                m->code_of[v + 1] = miss[v + 1] ? -1 : m->code[v];
+            else
+                m->num_of[v + 1] = miss[v + 1] ? 0 : m->num[v];
+        }
+        miss[0] = 1;
+        size_t missing = 0;
+        uint8_t *mout = c->missing + base;
+#define COPY(W, GET)                                                                       \
+    do {                                                                                   \
+        const unsigned char *p = bc->cells + (size_t)from * (W);                           \
+        if (c->type == QML_CATEGORICAL) {                                                  \
+            int32_t *out = c->cat + base;                                                  \
+            for (size_t t = 0; t < n; t++) {                                               \
+                uint32_t k = GET;                                                          \
+                out[t] = m->code_of[k];                                                    \
+                missing += mout[t] = miss[k];                                              \
+            }                                                                              \
+        } else {                                                                           \
+            double *out = c->num + base;                                                   \
+            for (size_t t = 0; t < n; t++) {                                               \
+                uint32_t k = GET;                                                          \
+                out[t] = m->num_of[k];                                                     \
+                missing += mout[t] = miss[k];                                              \
+            }                                                                              \
+        }                                                                                  \
+    } while (0)
+        if (bc->width == 1)
+            COPY(1, p[t]);
+        else if (bc->width == 2)
+            COPY(2, (uint32_t)p[2 * t] | (uint32_t)p[2 * t + 1] << 8);
+        else
+            COPY(4, qml_colblock_u32(p + 4 * t));
+#undef COPY
+        c->len = base + n;
+        c->n_missing += missing;
+    }
+    for (uint32_t u = 0; u < r->nunknown; u++)
+        for (uint32_t row = from; row < to; row++)
+            r->rep.unknown_keys += qml_colblock_cell(&r->blk.cols[r->unknown[u]], row) != 0;
+    r->rep.rows_read += n;
+    r->rep.rows_ok += n;
+    r->lines += n;
+    return qml_frame_end_rows(f, n);
+oom:
+    qml_frame_abort_row(f); /* every column back to the frame's rows */
+    return QN_RESOURCE_EXHAUSTED;
+}
+
+/* Rows [from, to) of the block row by row and cell by cell in column order,
+ * as emit() takes a line: the first value that does not fit makes the row
+ * bad, and keys outside the schema are counted on good rows. */
+static int emit_rows(qml_ndjson_reader *r, qml_frame *f, uint32_t from, uint32_t to)
+{
     for (uint32_t row = from; row < to; row++) {
         uint64_t line = ++r->lines;
         int rc = 0;
@@ -1040,7 +1155,7 @@ static int emit_block(qml_ndjson_reader *r, qml_frame *f, size_t want)
                 continue;
             }
             vmap *m = &r->vmap[j];
-            if (m->state[k - 1] == V_UNSEEN && (rc = map_value(c, &r->blk.cols[j], m, k - 1)) < 0)
+            if (m->state[k - 1] == V_PENDING && (rc = map_value(c, &r->blk.cols[j], m, k - 1)) < 0)
                 break;
             switch (m->state[k - 1]) {
             case V_CELL_MISSING:
@@ -1059,9 +1174,7 @@ static int emit_block(qml_ndjson_reader *r, qml_frame *f, size_t want)
             continue;
         if (rc < 0) {
             qml_frame_abort_row(f);
-            r->brow = row;
-            r->lines--;
-            return QN_RESOURCE_EXHAUSTED;
+            return rc;
         }
         if (qml_frame_end_row(f) < 0)
             return QN_INTERNAL;
@@ -1070,8 +1183,45 @@ static int emit_block(qml_ndjson_reader *r, qml_frame *f, size_t want)
         r->rep.rows_read++;
         r->rep.rows_ok++;
     }
-    r->brow = to;
     return 0;
+}
+
+/* Up to want rows of the current block into f. First every value of the
+ * block is sorted (classify: no code taken); when none makes a row bad, the
+ * rows go in column by column, else row by row as lines would. Either way
+ * the frame, its dictionaries and the report are what the rows' texts read
+ * as lines give. 0 or QN_RESOURCE_EXHAUSTED. */
+static int emit_block(qml_ndjson_reader *r, qml_frame *f, size_t want)
+{
+    uint32_t from = r->brow, to = r->blk.nrows;
+    if ((size_t)(to - from) > want)
+        to = from + (uint32_t)want;
+    if (vmap_for(r) < 0 || qml_frame_reserve(f, to - from) < 0)
+        return QN_RESOURCE_EXHAUSTED;
+    /* Every value of the block once (sorting takes no code), then, only if
+     * some value is bad, whether a row of the range uses one. */
+    int bad = 0;
+    for (size_t i = 0; i < r->ncols; i++) {
+        int j = r->bcol[i];
+        if (j < 0)
+            continue;
+        const qml_colblock_col *bc = &r->blk.cols[j];
+        vmap *m = &r->vmap[j];
+        int some = 0;
+        for (uint32_t v = 0; v < bc->nvalues; v++) {
+            if (m->state[v] == V_UNSEEN && classify(qml_frame_col(f, i), bc, m, v) < 0)
+                return QN_RESOURCE_EXHAUSTED;
+            some |= m->state[v] == V_BAD;
+        }
+        for (uint32_t row = from; some && !bad && row < to; row++) {
+            uint32_t k = qml_colblock_cell(bc, row);
+            bad = k && m->state[k - 1] == V_BAD;
+        }
+    }
+    int rc = bad ? emit_rows(r, f, from, to) : emit_columns(r, f, from, to);
+    if (rc == 0)
+        r->brow = to;
+    return rc;
 }
 
 /* ---- schema -------------------------------------------------------------- */
@@ -1131,6 +1281,7 @@ static qml_ndjson_reader *open_common(qml_ndjson_reader *r, const qml_ndjson_opt
         o = &def;
     }
     r->max_line = o->max_line_bytes ? o->max_line_bytes : (1u << 20);
+    r->expect = o->expect_rows;
     for (size_t i = 0; i < o->n_fields; i++) {
         const qml_field_spec *fs = &o->fields[i];
         if (!fs->name || !fs->name[0]) {
@@ -1264,6 +1415,13 @@ static int fill(qml_ndjson_reader *r, qml_frame *f, size_t max_rows, qn_err *err
 {
     cache_reset(r); /* a new frame: new dictionaries */
     r->fills++;
+    /* Room for the rows still expected at once: growing by doubling copies
+     * the columns and touches their pages twice. A failure here is not the
+     * read's: the frame grows as it goes. */
+    if (r->expect > r->rep.rows_read) {
+        size_t left = r->expect - (size_t)r->rep.rows_read;
+        (void)qml_frame_reserve(f, left < max_rows ? left : max_rows);
+    }
     while (qml_frame_nrows(f) < max_rows) {
         int k;
         if (r->ipend < r->npend) {

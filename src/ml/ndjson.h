@@ -47,6 +47,7 @@ typedef struct qml_ndjson_opts {
     int fields_only;                /* 1: the schema is exactly fields */
     size_t infer_rows;              /* default 1000 */
     size_t max_line_bytes;          /* default 1 MiB */
+    size_t expect_rows;             /* a hint, 0 none: a frame makes room for that many rows at once */
 } qml_ndjson_opts;
 
 void qml_ndjson_opts_init(qml_ndjson_opts *o);

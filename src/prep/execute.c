@@ -629,6 +629,7 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
         goto out;
     o.fields = fs->f;
     o.n_fields = fs->n;
+    o.expect_rows = (size_t)sr.rows;
     qml_read_report rrep;
     rc = ss.blocks ? qml_ndjson_read_all_blocks(stream_chunk, &ss, &o, &raw, &rrep, err)
                    : qml_ndjson_read_all_fn(stream_chunk, &ss, &o, &raw, &rrep, err);
