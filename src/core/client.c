@@ -565,8 +565,11 @@ static int attempts(qn_client *c, call *k, long long deadline, const char **outc
         if (strcmp(k->method, "HEAD") == 0)
             curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
         hdrs = curl_slist_append(hdrs, "Expect:");
-        hdrs = curl_slist_append(hdrs, k->fetch ? "Accept: application/json, application/x-ndjson, text/csv;q=0.9, */*;q=0.5"
-                                                : "Accept: application/json");
+        if (k->accept)
+            snprintf(acc, sizeof acc, "Accept: %.140s", k->accept);
+        hdrs = curl_slist_append(hdrs, k->accept  ? acc
+                                       : k->fetch ? "Accept: application/json, application/x-ndjson, text/csv;q=0.9, */*;q=0.5"
+                                                  : "Accept: application/json");
         for (size_t i = 0; k->fetch && i < k->fetch->nheaders; i++)
             hdrs = curl_slist_append(hdrs, k->fetch->headers[i]);
         if (c->token_header)
@@ -584,10 +587,6 @@ static int attempts(qn_client *c, call *k, long long deadline, const char **outc
         if (k->content_type) {
             snprintf(ct, sizeof ct, "Content-Type: %.140s", k->content_type);
             hdrs = curl_slist_append(hdrs, ct);
-        }
-        if (k->accept) {
-            snprintf(acc, sizeof acc, "Accept: %.140s", k->accept);
-            hdrs = curl_slist_append(hdrs, acc);
         }
         if (k->upload) {
             curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);

@@ -67,7 +67,18 @@ static int h_missing(qn_req *req, qn_res *res, void *ud)
     return qn_res_error(res, QN_NOT_FOUND, "no such thing");
 }
 
+/* Answers in the form the (first) Accept header names, as ingest's export
+ * does: text/x-test when asked for it, else JSON naming what it saw. */
+static int h_accept(qn_req *req, qn_res *res, void *ud)
+{
+    const char *a = qn_req_header(req, "Accept");
+    if (a && strcmp(a, "text/x-test") == 0)
+        return qn_res_text(res, 200, "text/x-test", "test form", 9);
+    return qn_res_json(res, 200, json_pack("{s:s?}", "accept", a));
+}
+
 static const qn_route routes[] = {
+    {"GET", "/v1/accept", h_accept, 0, 0, NULL},
     {"GET", "/v1/flaky", h_flaky, 0, 0, NULL},
     {"POST", "/v1/flaky", h_flaky, 1024, 0, NULL},
     {"GET", "/v1/missing", h_missing, 0, 0, NULL},
@@ -412,10 +423,36 @@ static void test_deadline(void **state)
     qn_client_free(c);
 }
 
+/* qn_client_get_as sends its Accept (the only one) and says which form came;
+ * the other calls ask for JSON. */
+static void test_get_as(void **state)
+{
+    fixture *f = *state;
+    qn_client *c = client(f, 5, 1000, 0, 4, 5000);
+    qn_err err;
+    qn_buf b;
+    qn_buf_init(&b, 1 << 20);
+    char ct[64];
+    assert_int_equal(qn_client_get_as(c, "/v1/accept", "text/x-test", NULL, &b, ct, sizeof ct, &err), 200);
+    assert_string_equal(ct, "text/x-test");
+    assert_int_equal(b.len, 9);
+    assert_memory_equal(b.data, "test form", 9);
+    qn_buf_reset(&b);
+    assert_int_equal(qn_client_get_as(c, "/v1/accept", "text/other", NULL, &b, ct, sizeof ct, &err), 200);
+    assert_non_null(strstr(ct, "application/json"));
+    assert_non_null(strstr(b.data, "\"text/other\""));
+    qn_buf_reset(&b);
+    assert_int_equal(qn_client_raw(c, "GET", "/v1/accept", NULL, NULL, 0, NULL, &b, &err), 200);
+    assert_non_null(strstr(b.data, "\"application/json\""));
+    qn_buf_free(&b);
+    qn_client_free(c);
+}
+
 int main(void)
 {
     qn_log_init("test", QN_LOG_ERROR);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_get_as, setup, teardown),
         cmocka_unit_test_setup_teardown(test_breaker_cycle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_breaker_ignores_4xx, setup, teardown),
         cmocka_unit_test_setup_teardown(test_breaker_not_ready_is_an_answer, setup, teardown),
