@@ -8,11 +8,19 @@
  * transaction, and answers only after it committed: a 2xx means the rows are
  * in the WAL and survive kill -9 of the process.
  *
- * GET returns rows in seq order as stored: the canonical JSON texts are
- * spliced into the answer, never parsed again. The export route is the bulk
- * reader's form of the same rows (quern-prep reads a whole source through
- * it): NDJSON, one stored text per line, in pages ten times larger, with no
- * per-row envelope to parse on either side.
+ * Rows are stored as column blocks (ml/colblock.h), one event_blocks row
+ * per block with the seqs it covers; the blocks are built before the writer
+ * is taken, since they hold no seqs. GET returns rows in seq order: each
+ * block overlapping the range is viewed once and its rows rendered back to
+ * their canonical texts, byte for byte what was stored, never parsed as
+ * JSON. The export route is the bulk reader's form of the same rows
+ * (quern-prep reads a whole source through it): NDJSON, one text per line,
+ * in pages ten times larger with no per-row envelope, or, when asked, the
+ * blocks themselves (whole ones as stored, cut ones sliced). One walk over
+ * the blocks of a range (walk_range) serves all three answers.
+ *
+ * Rows a data directory kept in the old table events (one text per row)
+ * are moved into blocks at start (ing_convert_rows).
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -88,7 +88,8 @@ int ing_dataset_lookup(qn_conn *c, const char *name, int64_t *id, int64_t *versi
 int ing_events_post(qn_req *req, qn_res *res, void *ud);
 int ing_events_get(qn_req *req, qn_res *res, void *ud);
 /* GET /v1/datasets/{name}/export?after&until&limit: rows after..until as
- * NDJSON (each row's stored JSON text, one per line, in seq order). */
+ * NDJSON (each row's canonical JSON text, one per line, in seq order), or
+ * with Accept: QML_COLBLOCK_MEDIA_TYPE as concatenated column blocks. */
 int ing_export_get(qn_req *req, qn_res *res, void *ud);
 int ing_outbox_list(qn_req *req, qn_res *res, void *ud);
 /* A batch's rows as column blocks (ml/colblock.h), built before the writer
