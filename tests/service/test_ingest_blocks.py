@@ -360,6 +360,35 @@ class IngestBlocks(ServiceTest):
                                           headers={"Accept": BLOCKS}), 400, "invalid_argument")
 
 
+@unittest.skipIf(PG, "edits ingest.db with sqlite3")
+class IngestDataLoss(ServiceTest):
+    def test_a_block_that_does_not_read_is_data_loss(self):
+        ing = self.start("ingest")
+        for lo, n in ((0, 10), (10, 20), (30, 5)):
+            body = ("\n".join(json.dumps(r) for r in varied_rows(n, lo)) + "\n").encode()
+            st, _, a = ing.request("POST", "/v1/datasets/d/events", body=body, headers=NDJSON)
+            self.assertEqual(st, 201, a)
+        db = sqlite3.connect(os.path.join(ing.data, "ingest.db"), timeout=30)
+        (data,) = db.execute("SELECT data FROM event_blocks WHERE first_seq = 11").fetchone()
+        cut = data[:len(data) - 3]  # a column's cells run past the end
+        db.execute("UPDATE event_blocks SET data = ? WHERE first_seq = 11", (cut,))
+        db.commit()
+        db.close()
+        for path, hdr in (("/v1/datasets/d/export", None), ("/v1/datasets/d/export?after=12&until=13", {"Accept": BLOCKS}),
+                          ("/v1/datasets/d/events?after=5", None)):
+            st, _, body = ing.request("GET", path, headers=hdr)
+            self.assertEqual(st, 500, (path, body))
+            self.assertEqual(body["error"]["code"], "internal")
+        bad = log_events(ing, "stored rows unreadable")
+        self.assertEqual(len(bad), 3, bad)
+        self.assertEqual((bad[0]["dataset"], bad[0]["first_seq"], bad[0]["last_seq"]), ("d", 11, 30), bad[0])
+        # Rows outside that block still read.
+        st, h, body = ing.request("GET", "/v1/datasets/d/export?after=30", raw=True)
+        self.assertEqual((st, int(h["quern-rows"])), (200, 5))
+        st, h, body = ing.request("GET", "/v1/datasets/d/export?until=10", raw=True)
+        self.assertEqual((st, int(h["quern-rows"])), (200, 10))
+
+
 # ---- rows of a data directory from before blocks --------------------------------------
 
 def to_old_form(path):
