@@ -189,6 +189,7 @@ typedef struct call {
     long long upload_size;
     FILE *download;         /* streamed response body */
     const char *idem_key;
+    const char *accept;     /* an Accept header's value, or NULL */
     const qn_trace_ctx *trace;
     qn_buf *out;            /* response body (in memory) */
     qn_fetch *fetch;        /* qn_client_fetch: absolute URL, headers, allow-list */
@@ -503,7 +504,7 @@ static int attempts(qn_client *c, call *k, long long deadline, const char **outc
 {
     int safe = k->idem_key || strcmp(k->method, "GET") == 0 || strcmp(k->method, "HEAD") == 0 ||
                strcmp(k->method, "PUT") == 0 || strcmp(k->method, "DELETE") == 0;
-    char url[4096], tp[QN_TRACEPARENT_LEN + 1 + 16], ct[160], idem[300];
+    char url[4096], tp[QN_TRACEPARENT_LEN + 1 + 16], ct[160], acc[160], idem[300];
     if (k->fetch)
         snprintf(url, sizeof url, "%s", k->fetch->url);
     else
@@ -583,6 +584,10 @@ static int attempts(qn_client *c, call *k, long long deadline, const char **outc
         if (k->content_type) {
             snprintf(ct, sizeof ct, "Content-Type: %.140s", k->content_type);
             hdrs = curl_slist_append(hdrs, ct);
+        }
+        if (k->accept) {
+            snprintf(acc, sizeof acc, "Accept: %.140s", k->accept);
+            hdrs = curl_slist_append(hdrs, acc);
         }
         if (k->upload) {
             curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
@@ -774,6 +779,14 @@ int qn_client_raw_idem(qn_client *c, const char *method, const char *path, const
 {
     call k = {.method = method, .path = path, .content_type = content_type, .body = body, .len = len,
               .idem_key = idempotency_key, .trace = trace, .out = out};
+    return do_call(c, &k, err);
+}
+
+int qn_client_get_as(qn_client *c, const char *path, const char *accept, const qn_trace_ctx *trace, qn_buf *out,
+                     char *ctype, size_t ctype_size, qn_err *err)
+{
+    call k = {.method = "GET", .path = path, .accept = accept, .trace = trace, .out = out, .ctype = ctype,
+              .ctype_size = ctype_size};
     return do_call(c, &k, err);
 }
 

@@ -103,6 +103,13 @@ QN_MUST_CHECK int qn_client_raw_idem(qn_client *c, const char *method, const cha
                                      const void *body, size_t len, const char *idempotency_key,
                                      const qn_trace_ctx *trace, qn_buf *out, qn_err *err);
 
+/* A GET asking for the answer as the media type accept (an Accept header).
+ * The answer's Content-Type is copied into ctype ("" when none), so that the
+ * caller can tell whether the server gave that form or its default. Returns
+ * as qn_client_raw. */
+QN_MUST_CHECK int qn_client_get_as(qn_client *c, const char *path, const char *accept, const qn_trace_ctx *trace,
+                                   qn_buf *out, char *ctype, size_t ctype_size, qn_err *err);
+
 /* As qn_client_raw for a proxy: returns the upstream's HTTP status whatever
  * it is (2xx to 5xx, the answer's body in out, its Content-Type copied into
  * ctype, "" when it sent none), and a negative code only when no answer came

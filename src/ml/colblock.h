@@ -101,8 +101,9 @@ typedef struct qml_colblock {
 
 /* Reads the block at the start of data (len bytes) and sets *used to its
  * size. 0; QN_INVALID_ARGUMENT naming what is wrong (bad magic, a length
- * past the end, offsets out of order, a cell past the dictionary, columns
- * out of order or repeated); QN_RESOURCE_EXHAUSTED. */
+ * past the end, offsets out of order or an empty value, a cell past the
+ * dictionary); QN_RESOURCE_EXHAUSTED. Column order is not checked: a reader
+ * that maps keys to columns must not assume it. */
 int qml_colblock_view(const void *data, size_t len, qml_colblock *out, size_t *used, qn_err *err);
 void qml_colblock_view_free(qml_colblock *v);
 

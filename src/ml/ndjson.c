@@ -18,6 +18,7 @@
  */
 #include "ml/ndjson.h"
 #include "core/json.h"
+#include "ml/colblock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -90,6 +91,20 @@ struct qml_ndjson_reader {
     vcache *cache;              /* ncols */
     char *sbuf;                 /* decoded strings of the current line */
     size_t scap;
+
+    /* Column blocks (qml_ndjson_open_blocks): p..end is the rest of the
+     * page, blk the block being read, brow its next row. */
+    int blocks;
+    int have_blk;
+    int keys_mapped;            /* bcol and unknown are blk's (set once the schema is known) */
+    qml_colblock blk;
+    uint32_t brow;
+    qn_buf rowtext;             /* a row rendered for the inference sample */
+    struct vmap *vmap;          /* blk.ncols, for the frame filled vmap_fill */
+    uint64_t fills, vmap_fill;  /* frames filled so far (codes belong to one) */
+    int *bcol;                  /* ncols: the block column of each reader column, -1 none */
+    uint32_t *unknown;          /* block columns outside the schema */
+    uint32_t nunknown;
 };
 
 void qml_ndjson_opts_init(qml_ndjson_opts *o)
@@ -98,6 +113,8 @@ void qml_ndjson_opts_init(qml_ndjson_opts *o)
     o->infer_rows = 1000;
     o->max_line_bytes = 1u << 20;
 }
+
+static void drop_block(qml_ndjson_reader *r);
 
 void qml_ndjson_close(qml_ndjson_reader *r)
 {
@@ -121,6 +138,10 @@ void qml_ndjson_close(qml_ndjson_reader *r)
     free(r->order);
     free(r->cache);
     free(r->sbuf);
+    drop_block(r);
+    qn_buf_free(&r->rowtext);
+    free(r->bcol);
+    free(r->unknown);
     free(r);
 }
 
@@ -185,11 +206,26 @@ static int lbuf_add(qml_ndjson_reader *r, const char *s, size_t n, int *too_long
     return 0;
 }
 
-/* The next line (without its LF or CRLF): 1, 0 at the end, or < 0. */
+static int next_block(qml_ndjson_reader *r, qn_err *err);
+
+/* The next line (without its LF or CRLF): 1, 0 at the end, or < 0. From
+ * column blocks, the next row rendered as its canonical text. */
 static int next_line(qml_ndjson_reader *r, const char **s, size_t *len, int *too_long,
                      qn_err *err)
 {
     int got = 0, k;
+    if (r->blocks) {
+        if ((k = next_block(r, err)) <= 0)
+            return k;
+        qn_buf_reset(&r->rowtext);
+        if (qml_colblock_render(&r->blk, r->brow++, &r->rowtext) < 0)
+            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory reading %s", r->path);
+        *s = r->rowtext.data;
+        *len = r->rowtext.len;
+        *too_long = *len > r->max_line;
+        r->lines++;
+        return 1;
+    }
     r->llen = 0;
     *too_long = 0;
     for (;;) {
@@ -809,6 +845,235 @@ static int emit(qml_ndjson_reader *r, qml_frame *f, const pend *pd)
     return 0;
 }
 
+/* ---- column blocks --------------------------------------------------------- */
+
+/* What each value of a block column makes in its frame column: worked out
+ * the first time a row uses it (so dictionaries fill in row order, as
+ * lines would fill them), through the same push a line's value takes. */
+enum { V_UNSEEN, V_CELL_MISSING, V_CELL, V_BAD };
+typedef struct vmap {
+    uint8_t *state;             /* nvalues: V_UNSEEN ... */
+    double *num;                /* nvalues: the cell, for numeric-like columns */
+    int32_t *code;              /* nvalues: the code, for a categorical column */
+    char **msg;                 /* nvalues: why a V_BAD value does not fit (allocated) */
+    uint8_t *json;              /* nvalues: 1 when V_BAD because it is not JSON */
+} vmap;
+
+static void vmap_free(qml_ndjson_reader *r)
+{
+    for (uint32_t j = 0; r->vmap && j < r->blk.ncols; j++) {
+        vmap *m = &r->vmap[j];
+        for (uint32_t v = 0; m->msg && v < r->blk.cols[j].nvalues; v++)
+            free(m->msg[v]);
+        free(m->state);
+        free(m->num);
+        free(m->code);
+        free(m->msg);
+        free(m->json);
+    }
+    free(r->vmap);
+    r->vmap = NULL;
+}
+
+static void drop_block(qml_ndjson_reader *r)
+{
+    vmap_free(r);
+    qml_colblock_view_free(&r->blk);
+    r->have_blk = 0;
+    r->keys_mapped = 0;
+    r->nunknown = 0;
+}
+
+/* Matches the block's keys to the reader's columns (bcol, unknown). 0, or
+ * QN_INVALID_ARGUMENT for a key that is not a string or comes twice. */
+static int map_keys(qml_ndjson_reader *r, qn_err *err)
+{
+    free(r->bcol);
+    free(r->unknown);
+    r->bcol = malloc((r->ncols ? r->ncols : 1) * sizeof *r->bcol);
+    r->unknown = malloc((r->blk.ncols ? r->blk.ncols : 1) * sizeof *r->unknown);
+    if (!r->bcol || !r->unknown)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory reading %s", r->path);
+    for (size_t i = 0; i < r->ncols; i++)
+        r->bcol[i] = -1;
+    r->nunknown = 0;
+    for (uint32_t j = 0; j < r->blk.ncols; j++) {
+        const qml_colblock_col *c = &r->blk.cols[j];
+        json_error_t je;
+        json_t *k = json_loadb(c->key, c->keylen, JSON_DECODE_ANY, &je);
+        if (!k && json_error_code(&je) == json_error_out_of_memory)
+            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory reading %s", r->path);
+        int i = json_is_string(k) ? find_col(r, json_string_value(k)) : -2;
+        json_decref(k);
+        if (i == -2 || (i >= 0 && r->bcol[i] >= 0))
+            return qn_err_set(err, QN_INVALID_ARGUMENT, "%s: a column block with the key %.*s %s", r->path,
+                              (int)(c->keylen < 64 ? c->keylen : 64), c->key, i == -2 ? "(not a string)" : "twice");
+        if (i >= 0)
+            r->bcol[i] = (int)j;
+        else
+            r->unknown[r->nunknown++] = j;
+    }
+    return 0;
+}
+
+/* Makes sure a block with a row left is at hand. 1, 0 at the end, < 0. A
+ * page (a chunk of the source) must hold whole blocks. */
+static int next_block(qml_ndjson_reader *r, qn_err *err)
+{
+    if (r->have_blk && r->brow < r->blk.nrows)
+        return 1;
+    drop_block(r);
+    while (r->p == r->end) {
+        int k = refill(r, err);
+        if (k <= 0)
+            return k;
+    }
+    size_t used;
+    qn_err why;
+    int rc = qml_colblock_view(r->p, (size_t)(r->end - r->p), &r->blk, &used, &why);
+    if (rc < 0)
+        return qn_err_set(err, rc, "%s: after row %llu: %s", r->path, (unsigned long long)r->lines, why.msg);
+    r->p += used;
+    r->have_blk = 1;
+    r->brow = 0;
+    return 1;
+}
+
+/* Works out value v of block column j for frame column c (at its next
+ * cell, left empty again): a JSON text takes the path a line's value takes,
+ * the scanner's for plain strings and numbers, jansson's for the rest. 0 or
+ * QN_RESOURCE_EXHAUSTED. */
+static int map_value(qml_column *c, const qml_colblock_col *bc, vmap *m, uint32_t v)
+{
+    size_t n;
+    const char *t = qml_colblock_value(bc, v, &n), *e = t + n;
+    char msg[QML_REPORT_MSG];
+    int rc = DECLINE;
+    double x;
+    const char *q = t;
+    if (t[0] == '"' && n >= 2 && t[n - 1] == '"' && !memchr(t, '\\', n) && qml_utf8_valid(t + 1, n - 2))
+        rc = push_scalar(c, V_STR, t + 1, n - 2, 0, msg, sizeof msg);
+    else if ((t[0] == '-' || is_dig(t[0])) && scan_number(&q, e, &x) == 0 && q == e)
+        rc = push_scalar(c, V_NUM, NULL, 0, x, msg, sizeof msg);
+    else if (n == 4 && !memcmp(t, "null", 4))
+        rc = push_scalar(c, V_NULL, NULL, 0, 0, msg, sizeof msg);
+    else if (n == 4 && !memcmp(t, "true", 4))
+        rc = push_scalar(c, V_TRUE, NULL, 0, 0, msg, sizeof msg);
+    else if (n == 5 && !memcmp(t, "false", 5))
+        rc = push_scalar(c, V_FALSE, NULL, 0, 0, msg, sizeof msg);
+    if (rc == DECLINE) {
+        json_error_t je;
+        json_t *j = json_loadb(t, n, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &je);
+        if (!j && json_error_code(&je) == json_error_out_of_memory)
+            return QN_RESOURCE_EXHAUSTED;
+        if (j)
+            rc = push_value(c, j, msg, sizeof msg);
+        else {
+            m->json[v] = 1;
+            snprintf(msg, sizeof msg, "column %s: not JSON: %s", c->name, je.text);
+            rc = QN_INVALID_ARGUMENT;
+        }
+        json_decref(j);
+    }
+    if (rc == QN_INVALID_ARGUMENT) {
+        if (!(m->msg[v] = strdup(msg)))
+            return QN_RESOURCE_EXHAUSTED;
+        m->state[v] = V_BAD;
+        return 0;
+    }
+    if (rc < 0)
+        return rc;
+    m->state[v] = c->missing[c->len - 1] ? V_CELL_MISSING : V_CELL;
+    if (c->type == QML_CATEGORICAL)
+        m->code[v] = c->cat[c->len - 1];
+    else
+        m->num[v] = c->num[c->len - 1];
+    qml_col_pop(c);
+    return 0;
+}
+
+/* The value maps of the block for the frame being filled (a new frame has
+ * new codes; it may sit at the address of the last one, so frames are told
+ * apart by count). */
+static int vmap_for(qml_ndjson_reader *r)
+{
+    if (r->vmap && r->vmap_fill == r->fills)
+        return 0;
+    vmap_free(r);
+    if (!(r->vmap = calloc(r->blk.ncols ? r->blk.ncols : 1, sizeof *r->vmap)))
+        return QN_RESOURCE_EXHAUSTED;
+    r->vmap_fill = r->fills;
+    for (uint32_t j = 0; j < r->blk.ncols; j++) {
+        size_t nv = r->blk.cols[j].nvalues ? r->blk.cols[j].nvalues : 1;
+        vmap *m = &r->vmap[j];
+        m->state = calloc(nv, 1);
+        m->num = malloc(nv * sizeof *m->num);
+        m->code = malloc(nv * sizeof *m->code);
+        m->msg = calloc(nv, sizeof *m->msg);
+        m->json = calloc(nv, 1);
+        if (!m->state || !m->num || !m->code || !m->msg || !m->json)
+            return QN_RESOURCE_EXHAUSTED;
+    }
+    return 0;
+}
+
+/* Up to want rows of the current block into f, row by row and cell by cell
+ * in column order as emit() takes a line: the first value that does not fit
+ * makes the row bad, and keys outside the schema are counted on good rows.
+ * 0 or QN_RESOURCE_EXHAUSTED. */
+static int emit_block(qml_ndjson_reader *r, qml_frame *f, size_t want)
+{
+    uint32_t from = r->brow, to = r->blk.nrows;
+    if ((size_t)(to - from) > want)
+        to = from + (uint32_t)want;
+    if (vmap_for(r) < 0 || qml_frame_reserve(f, to - from) < 0)
+        return QN_RESOURCE_EXHAUSTED;
+    for (uint32_t row = from; row < to; row++) {
+        uint64_t line = ++r->lines;
+        int rc = 0;
+        for (size_t i = 0; i < r->ncols && rc == 0; i++) {
+            qml_column *c = qml_frame_col(f, i);
+            int j = r->bcol[i];
+            uint32_t k = j < 0 ? 0 : qml_colblock_cell(&r->blk.cols[j], row);
+            if (!k) {
+                rc = qml_col_push_missing(c);
+                continue;
+            }
+            vmap *m = &r->vmap[j];
+            if (m->state[k - 1] == V_UNSEEN && (rc = map_value(c, &r->blk.cols[j], m, k - 1)) < 0)
+                break;
+            switch (m->state[k - 1]) {
+            case V_CELL_MISSING:
+                rc = qml_col_push_missing(c);
+                break;
+            case V_CELL:
+                rc = c->type == QML_CATEGORICAL ? qml_col_push_code(c, m->code[k - 1]) : qml_col_push_num(c, m->num[k - 1]);
+                break;
+            default:
+                qml_frame_abort_row(f);
+                qml_read_report_bad(&r->rep, line, m->json[k - 1] ? QML_BAD_JSON : QML_BAD_TYPE, m->msg[k - 1]);
+                rc = DECLINE;
+            }
+        }
+        if (rc == DECLINE)
+            continue;
+        if (rc < 0) {
+            qml_frame_abort_row(f);
+            r->brow = row;
+            r->lines--;
+            return QN_RESOURCE_EXHAUSTED;
+        }
+        if (qml_frame_end_row(f) < 0)
+            return QN_INTERNAL;
+        for (uint32_t u = 0; u < r->nunknown; u++)
+            r->rep.unknown_keys += qml_colblock_cell(&r->blk.cols[r->unknown[u]], row) != 0;
+        r->rep.rows_read++;
+        r->rep.rows_ok++;
+    }
+    r->brow = to;
+    return 0;
+}
+
 /* ---- schema -------------------------------------------------------------- */
 
 static int add_col(qml_ndjson_reader *r, const char *name, int type, qn_err *err)
@@ -975,11 +1240,30 @@ qml_ndjson_reader *qml_ndjson_open_fn(qml_ndjson_chunk_fn fn, void *ud, const qm
     return open_common(r, o, err);
 }
 
+qml_ndjson_reader *qml_ndjson_open_blocks(qml_ndjson_chunk_fn fn, void *ud, const qml_ndjson_opts *o,
+                                          qn_err *err)
+{
+    qml_ndjson_reader *r = calloc(1, sizeof *r);
+    if (!r || !(r->path = strdup("(column blocks)"))) {
+        free(r);
+        qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    r->fd = -1;
+    r->fn = fn;
+    r->ud = ud;
+    r->p = r->end = "";
+    r->blocks = 1;
+    qn_buf_init(&r->rowtext, SIZE_MAX - 1);
+    return open_common(r, o, err);
+}
+
 /* ---- reading ------------------------------------------------------------- */
 
 static int fill(qml_ndjson_reader *r, qml_frame *f, size_t max_rows, qn_err *err)
 {
     cache_reset(r); /* a new frame: new dictionaries */
+    r->fills++;
     while (qml_frame_nrows(f) < max_rows) {
         int k;
         if (r->ipend < r->npend) {
@@ -987,6 +1271,13 @@ static int fill(qml_ndjson_reader *r, qml_frame *f, size_t max_rows, qn_err *err
             k = emit(r, f, pd);
             json_decref(pd->obj);
             pd->obj = NULL;
+        } else if (r->blocks) {
+            if ((k = next_block(r, err)) <= 0)
+                return k;
+            if (!r->keys_mapped && (k = map_keys(r, err)) < 0)
+                return k;
+            r->keys_mapped = 1;
+            k = emit_block(r, f, max_rows - qml_frame_nrows(f));
         } else {
             const char *s = NULL;
             size_t len = 0;
@@ -1078,4 +1369,10 @@ int qml_ndjson_read_all_mem(const void *data, size_t len, const qml_ndjson_opts 
                             qml_frame **out, qml_read_report *rep, qn_err *err)
 {
     return read_all(qml_ndjson_open_mem(data, len, o, err), out, rep, err);
+}
+
+int qml_ndjson_read_all_blocks(qml_ndjson_chunk_fn fn, void *ud, const qml_ndjson_opts *o, qml_frame **out,
+                               qml_read_report *rep, qn_err *err)
+{
+    return read_all(qml_ndjson_open_blocks(fn, ud, o, err), out, rep, err);
 }

@@ -68,6 +68,18 @@ typedef int (*qml_ndjson_chunk_fn)(void *ud, const char **data, size_t *len);
 /* Reads from fn's chunks without copying them (beyond lines that cross two). */
 qml_ndjson_reader *qml_ndjson_open_fn(qml_ndjson_chunk_fn fn, void *ud, const qml_ndjson_opts *o, qn_err *err);
 
+/* Reads ingest's column blocks (colblock.h) instead of lines: each chunk
+ * fn gives is a page of whole blocks. The rows are read exactly as their
+ * canonical texts would be as lines: the same schema and inference (the
+ * sample is the first infer_rows rows, rendered), the same cells, bad rows
+ * and report, row numbers counted as line numbers; max_line_bytes applies
+ * to the sample only. After the sample, each distinct value of a block
+ * column is worked out once per frame and every cell is a lookup. A page
+ * that does not hold whole, well-formed blocks fails the read
+ * (QN_INVALID_ARGUMENT naming the row it follows). */
+qml_ndjson_reader *qml_ndjson_open_blocks(qml_ndjson_chunk_fn fn, void *ud, const qml_ndjson_opts *o,
+                                          qn_err *err);
+
 /* As qml_csv_next: 1 with a chunk of at most max_rows rows, 0 at the end, < 0 on error. */
 int qml_ndjson_next(qml_ndjson_reader *r, size_t max_rows, qml_frame **chunk, qn_err *err);
 const qml_read_report *qml_ndjson_report(const qml_ndjson_reader *r);
@@ -77,6 +89,8 @@ int qml_ndjson_read_all(const char *path, const qml_ndjson_opts *o, qml_frame **
                         qml_read_report *rep, qn_err *err);
 int qml_ndjson_read_all_fn(qml_ndjson_chunk_fn fn, void *ud, const qml_ndjson_opts *o, qml_frame **out,
                            qml_read_report *rep, qn_err *err);
+int qml_ndjson_read_all_blocks(qml_ndjson_chunk_fn fn, void *ud, const qml_ndjson_opts *o, qml_frame **out,
+                               qml_read_report *rep, qn_err *err);
 int qml_ndjson_read_all_mem(const void *data, size_t len, const qml_ndjson_opts *o,
                             qml_frame **out, qml_read_report *rep, qn_err *err);
 

@@ -31,6 +31,7 @@
 #include "core/json.h"
 #include "core/log.h"
 #include "ml/clean.h"
+#include "ml/colblock.h"
 #include "ml/ndjson.h"
 #include "prep/prep.h"
 
@@ -124,9 +125,38 @@ typedef struct range_fetch {
     int64_t after, until;
     qn_buf spare;        /* a buffer of an earlier range to receive into (may be empty) */
     qn_buf buf;
+    int blocks;          /* the pages came as column blocks (else NDJSON), -1 before the first */
     int rc;
     qn_err err;
 } range_fetch;
+
+/* The rows in a page of column blocks, checking that it holds whole blocks:
+ * >= 0, or -1 with why filled. */
+static int64_t block_rows(const qn_buf *page, qn_err *why)
+{
+    int64_t n = 0;
+    for (size_t at = 0; at < page->len;) {
+        qml_colblock v;
+        size_t used;
+        if (qml_colblock_view(page->data + at, page->len - at, &v, &used, why) < 0)
+            return -1;
+        n += v.nrows;
+        qml_colblock_view_free(&v);
+        at += used;
+    }
+    return n;
+}
+
+/* The rows in a page of NDJSON; -1 when its last line is cut. */
+static int64_t line_rows(const qn_buf *page)
+{
+    int64_t n = 0;
+    for (const char *q = page->data, *e = page->data + page->len; q && q < e; n++) {
+        q = memchr(q, '\n', (size_t)(e - q));
+        q = q ? q + 1 : NULL;
+    }
+    return page->len && page->data[page->len - 1] != '\n' ? -1 : n;
+}
 
 static void *fetch_range(void *arg)
 {
@@ -152,7 +182,9 @@ static void *fetch_range(void *arg)
             rf->rc = qn_err_set(&rf->err, QN_RESOURCE_EXHAUSTED, "out of memory reading %s", rf->source);
             break;
         }
-        int rc = qn_client_raw(rf->p->ingest, "GET", path, NULL, NULL, 0, rf->in->trace, &page, &rf->err);
+        char ctype[128];
+        int rc = qn_client_get_as(rf->p->ingest, path, QML_COLBLOCK_MEDIA_TYPE, rf->in->trace, &page, ctype,
+                                  sizeof ctype, &rf->err);
         if (rc == QN_NOT_FOUND) {
             rf->rc = qn_err_set(&rf->err, QN_NOT_FOUND, "source dataset %s does not exist in ingest (%s)",
                                 rf->source, rf->err.msg);
@@ -163,15 +195,22 @@ static void *fetch_range(void *arg)
                                  (long long)after);
             break;
         }
-        int64_t n = 0;
-        for (const char *q = page.data, *e = page.data + page.len; q && q < e; n++) {
-            q = memchr(q, '\n', (size_t)(e - q));
-            q = q ? q + 1 : NULL;
+        /* Column blocks from this ingest; NDJSON from one that predates them. */
+        int blocks = strncmp(ctype, QML_COLBLOCK_MEDIA_TYPE, strlen(QML_COLBLOCK_MEDIA_TYPE)) == 0;
+        if (rf->blocks >= 0 && blocks != rf->blocks) {
+            rf->rc = qn_err_set(&rf->err, QN_UNAVAILABLE, "ingest changed the form of its export of %s during "
+                                "the run (was it upgraded?); the run will be retried", rf->source);
+            break;
         }
-        if (n == 0 || n > rf->until - after || (page.len && page.data[page.len - 1] != '\n')) {
+        rf->blocks = blocks;
+        qn_err why = {0};
+        int64_t n = blocks ? block_rows(&page, &why) : line_rows(&page);
+        if (n <= 0 || n > rf->until - after) {
             rf->rc = qn_err_set(&rf->err, QN_UNAVAILABLE,
-                                "ingest answered a page of %s after seq %lld with %lld rows%s", rf->source,
-                                (long long)after, (long long)n, n ? " or a cut line" : "; it did not advance");
+                                "ingest answered a page of %s after seq %lld with %lld rows%s%s", rf->source,
+                                (long long)after, (long long)n,
+                                n < 0 ? (blocks ? ": " : " or a cut line") : n == 0 ? "; it did not advance" : "",
+                                n < 0 && blocks ? why.msg : "");
             break;
         }
         /* The first page of a range is taken whole (no copy); a range that
@@ -217,6 +256,7 @@ typedef struct source_stream {
     qn_buf pool[PREP_FETCHERS];        /* buffers of parsed ranges, for the next fetches */
     int npool;
     int unread;                        /* given was not handed to the reader yet */
+    int blocks;                        /* the form of the pages, once the first came: 1 column blocks, 0 NDJSON */
     int rc;                            /* the first failure, with err */
     qn_err err;
     double wait_s;                     /* time spent waiting for ingest */
@@ -230,7 +270,8 @@ static void fetch_more(source_stream *ss)
         int64_t until = ss->end - ss->next > n ? ss->next + n : ss->end;
         int k = (ss->head + ss->count) % PREP_FETCHERS;
         range_fetch *rf = &ss->ring[k];
-        *rf = (range_fetch){.p = ss->p, .in = ss->in, .source = ss->source, .after = ss->next, .until = until};
+        *rf = (range_fetch){.p = ss->p, .in = ss->in, .source = ss->source, .after = ss->next, .until = until,
+                            .blocks = ss->blocks};
         qn_buf_init(&rf->buf, RANGE_BYTES(until - ss->next));
         if (ss->npool > 0)
             rf->spare = ss->pool[--ss->npool];
@@ -274,6 +315,11 @@ static int fetch_take(source_stream *ss)
     ss->count--;
     ss->given = rf->buf;
     qn_buf_init(&rf->buf, 0);
+    if (rf->rc == 0 && ss->blocks >= 0 && rf->blocks != ss->blocks)
+        rf->rc = qn_err_set(&rf->err, QN_UNAVAILABLE, "ingest changed the form of its export of %s during the "
+                            "run (was it upgraded?); the run will be retried", ss->source);
+    if (rf->rc == 0)
+        ss->blocks = rf->blocks;
     if (rf->rc < 0) {
         ss->rc = rf->rc;
         ss->err = rf->err;
@@ -316,6 +362,26 @@ static void stream_close(source_stream *ss)
         qn_buf_free(&ss->pool[--ss->npool]);
 }
 
+/* The first row of a page (checked whole by its fetch) as JSON, or NULL. */
+static json_t *first_row(const qn_buf *page, int blocks)
+{
+    if (!blocks)
+        return json_loadb(page->data, (size_t)((const char *)memchr(page->data, '\n', page->len) - page->data), 0,
+                          NULL);
+    qml_colblock v;
+    size_t used;
+    qn_buf row;
+    qn_buf_init(&row, SIZE_MAX - 1);
+    json_t *j = NULL;
+    if (qml_colblock_view(page->data, page->len, &v, &used, NULL) == 0) {
+        if (qml_colblock_render(&v, 0, &row) == 0)
+            j = json_loadb(row.data, row.len, 0, NULL);
+        qml_colblock_view_free(&v);
+    }
+    qn_buf_free(&row);
+    return j;
+}
+
 /* Starts the stream: the snapshot's end, then the first range (its first
  * row gives the column order) while the next ones are fetched. 1 when the
  * source has nothing new (its last_seq is prev_last_seq), 0 when started,
@@ -338,7 +404,7 @@ static int stream_open(prep *p, const prep_run_input *in, const char *source, so
     if (end == 0)
         return qn_err_set(err, QN_FAILED_PRECONDITION,
                           "source dataset %s has no rows in ingest yet (is the name right?)", source);
-    *ss = (source_stream){.p = p, .in = in, .source = source, .end = end, .range = FIRST_RANGE};
+    *ss = (source_stream){.p = p, .in = in, .source = source, .end = end, .range = FIRST_RANGE, .blocks = -1};
     fetch_more(ss);
     if ((rc = fetch_take(ss)) <= 0) {
         if (rc == 0) /* cannot be: end > 0 makes one range */
@@ -347,8 +413,7 @@ static int stream_open(prep *p, const prep_run_input *in, const char *source, so
         return rc;
     }
     ss->unread = 1;
-    const qn_buf *b = &ss->given;
-    json_t *v = json_loadb(b->data, (size_t)((const char *)memchr(b->data, '\n', b->len) - b->data), 0, NULL);
+    json_t *v = first_row(&ss->given, ss->blocks);
     if (json_is_object(v))
         sr->first = v;
     else
@@ -565,7 +630,8 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     o.fields = fs->f;
     o.n_fields = fs->n;
     qml_read_report rrep;
-    rc = qml_ndjson_read_all_fn(stream_chunk, &ss, &o, &raw, &rrep, err);
+    rc = ss.blocks ? qml_ndjson_read_all_blocks(stream_chunk, &ss, &o, &raw, &rrep, err)
+                   : qml_ndjson_read_all_fn(stream_chunk, &ss, &o, &raw, &rrep, err);
     if (rc < 0 && ss.rc < 0) { /* ingest's failure, not the reader's */
         rc = ss.rc;
         *err = ss.err;

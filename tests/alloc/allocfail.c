@@ -51,6 +51,7 @@
 #include "core/log.h"
 #include "ml/bundle.h"
 #include "ml/clean.h"
+#include "ml/colblock.h"
 #include "ml/csv.h"
 #include "ml/linear.h"
 #include "ml/model.h"
@@ -328,6 +329,75 @@ static int run_ndjson(const uint8_t *d, size_t n, af_out *o, qn_err *err)
     if (rc == 0)
         hash_report(o, qml_ndjson_report(r));
     qml_ndjson_close(r);
+    return rc;
+}
+
+static int give_page(void *ud, const char **data, size_t *len)
+{
+    qn_buf *page = ud;
+    if (!page->data)
+        return 0;
+    *data = page->data;
+    *len = page->len;
+    page->data = NULL; /* given once; the caller keeps the pointer */
+    return 1;
+}
+
+/* Column blocks (ml/colblock.h): the input's canonical rows built into
+ * blocks of three rows, then the page viewed and every row rendered, then
+ * read into a frame by the NDJSON reader's block input. */
+static int run_colblock(const uint8_t *d, size_t n, af_out *o, qn_err *err)
+{
+    qml_rec_opts ro;
+    qml_rec_opts_init(&ro);
+    qml_rec_batch b;
+    qml_rec_batch_init(&b);
+    qml_colblock_builder *cb = qml_colblock_builder_new();
+    qn_buf page, row;
+    qn_buf_init(&page, 1u << 26);
+    qn_buf_init(&row, 1u << 24);
+    int rc = cb ? 0 : qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    if (rc < 0 || (rc = qml_rec_parse((const char *)d, n, QML_REC_NDJSON, NULL, &ro, &b, err)) < 0)
+        goto out;
+    for (size_t i = 0; i < b.nrows; i++)
+        if ((rc = qml_colblock_add(cb, b.text + b.off[i], b.off[i + 1] - b.off[i], err)) < 0 ||
+            (qml_colblock_rows(cb) == 3 && (rc = qml_colblock_finish(cb, &page, err)) < 0))
+            goto out;
+    if ((rc = qml_colblock_finish(cb, &page, err)) < 0)
+        goto out;
+    for (size_t at = 0; at < page.len;) {
+        qml_colblock v;
+        size_t used;
+        if ((rc = qml_colblock_view(page.data + at, page.len - at, &v, &used, err)) < 0)
+            goto out;
+        for (uint32_t r = 0; r < v.nrows && rc == 0; r++) {
+            qn_buf_reset(&row);
+            if ((rc = qml_colblock_render(&v, r, &row)) < 0)
+                qn_err_set(err, rc, "out of memory rendering a row");
+            else
+                hash(o, row.data, row.len);
+        }
+        qml_colblock_view_free(&v);
+        if (rc < 0)
+            goto out;
+        at += used;
+    }
+    qml_ndjson_opts no;
+    qml_ndjson_opts_init(&no);
+    no.infer_rows = 2;
+    qn_buf given = page;
+    qml_frame *f;
+    qml_read_report rep;
+    if ((rc = qml_ndjson_read_all_blocks(give_page, &given, &no, &f, &rep, err)) < 0)
+        goto out;
+    hash_frame(o, f);
+    hash_report(o, &rep);
+    qml_frame_free(f);
+out:
+    qn_buf_free(&row);
+    qn_buf_free(&page);
+    qml_colblock_builder_free(cb);
+    qml_rec_batch_free(&b);
     return rc;
 }
 
@@ -804,6 +874,7 @@ static const af_target targets[] = {
     {"csv", run_csv, NULL, 1},
     {"ndjson", run_ndjson, NULL, 1},
     {"records", run_records, NULL, 1},
+    {"colblock", run_colblock, NULL, 1},
     {"manifest", run_manifest, NULL, 1},
     {"npy", run_npy, NULL, 1},
     {"xgb_forest", run_xgb_forest, NULL, 0},
