@@ -95,8 +95,13 @@ static int dataset_for_write(qn_conn *c, const char *name, int64_t *id, int64_t 
  * reader must hold to view or slice it) stays moderate whatever the rows'
  * size. */
 #define BLOCK_TEXT_BYTES (16u << 20)
-/* The most the blocks of one batch may take (a body is at most 1 GiB). */
+/* The most the blocks of one batch may take: for rows as people send them
+ * far less than their text, but rows that each use a few of thousands of
+ * keys give blocks of mostly empty cells (rows x columns), so the bound
+ * follows the text, with a hard ceiling. */
 #define BLOCKS_MAX ((size_t)2 << 30)
+#define BLOCKS_PER_TEXT 4
+#define BLOCKS_SLACK ((size_t)64 << 20)
 
 void ing_blocks_init(ing_blocks *k)
 {
@@ -164,6 +169,13 @@ static int blocks_add(ing_blocks *k, qml_colblock_builder *bld, const char *row,
 
 int ing_blocks_build(const qml_rec_batch *b, ing_blocks *k, qn_err *err)
 {
+    if (!b->nrows)
+        return 0;
+    size_t all = b->off[b->nrows] - b->off[0];
+    size_t bound = all < (BLOCKS_MAX - BLOCKS_SLACK) / BLOCKS_PER_TEXT ? all * BLOCKS_PER_TEXT + BLOCKS_SLACK
+                                                                       : BLOCKS_MAX;
+    if (!k->bytes.cap && !k->n)
+        qn_buf_init(&k->bytes, bound);
     qml_colblock_builder *bld = qml_colblock_builder_new();
     if (!bld)
         return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory for the blocks of a batch");
@@ -173,6 +185,11 @@ int ing_blocks_build(const qml_rec_batch *b, ing_blocks *k, qn_err *err)
         rc = blocks_add(k, bld, b->text + b->off[i], b->off[i + 1] - b->off[i], &text, err);
     if (rc == 0)
         rc = blocks_push(k, bld, err);
+    if (rc == QN_RESOURCE_EXHAUSTED)
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED,
+                        "the column blocks of this batch's %zu rows need more memory than there is or than "
+                        "%zu bytes (rows with many distinct keys, each in few rows, make large blocks); "
+                        "send fewer rows per batch", b->nrows, k->bytes.max);
     qml_colblock_builder_free(bld);
     return rc;
 }
