@@ -195,7 +195,16 @@ def typed_rows(n):
     return out
 
 
-class IngestBlocks(ServiceTest):
+class Checked(ServiceTest):
+    """Services stopped at the end of a test logged no sanitizer report
+    (an ASan/UBSan build of ingest runs these tests too)."""
+
+    def tearDown(self):
+        super().tearDown()
+        self.assertNoSanitizerReports()
+
+
+class IngestBlocks(Checked):
     def setUp(self):
         super().setUp()
         self.ing = self.start("ingest")
@@ -361,7 +370,7 @@ class IngestBlocks(ServiceTest):
 
 
 @unittest.skipIf(PG, "edits ingest.db with sqlite3")
-class IngestDataLoss(ServiceTest):
+class IngestDataLoss(Checked):
     def test_a_block_that_does_not_read_is_data_loss(self):
         ing = self.start("ingest")
         for lo, n in ((0, 10), (10, 20), (30, 5)):
@@ -433,7 +442,7 @@ def log_events(svc, msg):
 
 
 @unittest.skipIf(PG, "converts an SQLite data directory")
-class IngestConversion(ServiceTest):
+class IngestConversion(Checked):
     def test_rows_of_an_old_data_directory_are_converted(self):
         ing = self.start("ingest")
         st, _, body = ing.request("PUT", "/v1/datasets/typed/schema", TYPED_SCHEMA)
