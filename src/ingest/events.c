@@ -8,11 +8,19 @@
  * transaction, and answers only after it committed: a 2xx means the rows are
  * in the WAL and survive kill -9 of the process.
  *
- * GET returns rows in seq order as stored: the canonical JSON texts are
- * spliced into the answer, never parsed again. The export route is the bulk
- * reader's form of the same rows (quern-prep reads a whole source through
- * it): NDJSON, one stored text per line, in pages ten times larger, with no
- * per-row envelope to parse on either side.
+ * Rows are stored as column blocks (ml/colblock.h), one event_blocks row
+ * per block with the seqs it covers; the blocks are built before the writer
+ * is taken, since they hold no seqs. GET returns rows in seq order: each
+ * block overlapping the range is viewed once and its rows rendered back to
+ * their canonical texts, byte for byte what was stored, never parsed as
+ * JSON. The export route is the bulk reader's form of the same rows
+ * (quern-prep reads a whole source through it): NDJSON, one text per line,
+ * in pages ten times larger with no per-row envelope, or, when asked, the
+ * blocks themselves (whole ones as stored, cut ones sliced). One walk over
+ * the blocks of a range (walk_range) serves all three answers.
+ *
+ * Rows a data directory kept in the old table events (one text per row)
+ * are moved into blocks at start (ing_convert_rows).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +33,7 @@
 #include "core/trace.h"
 #include "core/validate.h"
 #include "ingest/ingest.h"
+#include "ml/colblock.h"
 #include "ml/csv.h"
 
 #define PAGE_DEFAULT 1000
@@ -81,18 +90,134 @@ static int dataset_for_write(qn_conn *c, const char *name, int64_t *id, int64_t 
     return (rc = qn_step(st, err)) < 0 ? rc : 0;
 }
 
-static int insert_rows(qn_conn *c, int64_t id, int64_t first, const qml_rec_batch *b, qn_err *err)
+/* A block is finished at this many bytes of row text even when it has fewer
+ * than QML_COLBLOCK_MAX_ROWS rows, so that one stored blob (and what a
+ * reader must hold to view or slice it) stays moderate whatever the rows'
+ * size. */
+#define BLOCK_TEXT_BYTES (16u << 20)
+/* The most the blocks of one batch may take: for rows as people send them
+ * far less than their text, but rows that each use a few of thousands of
+ * keys give blocks of mostly empty cells (rows x columns), so the bound
+ * follows the text, with a hard ceiling. */
+#define BLOCKS_MAX ((size_t)2 << 30)
+#define BLOCKS_PER_TEXT 4
+#define BLOCKS_SLACK ((size_t)64 << 20)
+
+void ing_blocks_init(ing_blocks *k)
 {
-    for (size_t i = 0; i < b->nrows; i++) {
-        qn_stmt *st = qn_prepare(c, "INSERT INTO events (dataset_id, seq, data) VALUES (?, ?, ?)", err);
-        if (!st)
-            return err->code;
-        qn_bind_int64(st, 1, id);
-        qn_bind_int64(st, 2, first + (int64_t)i);
-        qn_bind_text(st, 3, b->text + b->off[i], (ssize_t)(b->off[i + 1] - b->off[i]));
-        int rc = qn_step(st, err);
+    memset(k, 0, sizeof *k);
+    qn_buf_init(&k->bytes, BLOCKS_MAX);
+}
+
+void ing_blocks_free(ing_blocks *k)
+{
+    qn_buf_free(&k->bytes);
+    free(k->end);
+    free(k->rows);
+    memset(k, 0, sizeof *k);
+}
+
+/* Finishes the builder's block (if it has rows) onto k. */
+static int blocks_push(ing_blocks *k, qml_colblock_builder *bld, qn_err *err)
+{
+    size_t rows = qml_colblock_rows(bld);
+    if (!rows)
+        return 0;
+    if (k->n == k->cap) {
+        size_t cap = k->cap ? 2 * k->cap : 4;
+        size_t *end = realloc(k->end, cap * sizeof *end);
+        if (end)
+            k->end = end;
+        uint32_t *r = end ? realloc(k->rows, cap * sizeof *r) : NULL;
+        if (!r)
+            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory for the blocks of a batch");
+        k->rows = r;
+        k->cap = cap;
+    }
+    int rc = qml_colblock_finish(bld, &k->bytes, err);
+    if (rc < 0)
+        return rc;
+    k->end[k->n] = k->bytes.len;
+    k->rows[k->n] = (uint32_t)rows;
+    k->n++;
+    return 0;
+}
+
+/* One row into the builder, finishing the block first when the row would
+ * take it past BLOCK_TEXT_BYTES or the builder says it is full. *text
+ * counts the row text of the block being built. */
+static int blocks_add(ing_blocks *k, qml_colblock_builder *bld, const char *row, size_t len, size_t *text,
+                      qn_err *err)
+{
+    int rc;
+    if (*text && *text + len > BLOCK_TEXT_BYTES) {
+        if ((rc = blocks_push(k, bld, err)) < 0)
+            return rc;
+        *text = 0;
+    }
+    if ((rc = qml_colblock_add(bld, row, len, err)) == QN_OUT_OF_RANGE && qml_colblock_rows(bld)) {
+        if ((rc = blocks_push(k, bld, err)) < 0)
+            return rc;
+        *text = 0;
+        rc = qml_colblock_add(bld, row, len, err);
+    }
+    if (rc < 0)
+        return rc;
+    *text += len;
+    return 0;
+}
+
+int ing_blocks_build(const qml_rec_batch *b, ing_blocks *k, qn_err *err)
+{
+    if (!b->nrows)
+        return 0;
+    size_t all = b->off[b->nrows] - b->off[0];
+    size_t bound = all < (BLOCKS_MAX - BLOCKS_SLACK) / BLOCKS_PER_TEXT ? all * BLOCKS_PER_TEXT + BLOCKS_SLACK
+                                                                       : BLOCKS_MAX;
+    if (!k->bytes.cap && !k->n)
+        qn_buf_init(&k->bytes, bound);
+    qml_colblock_builder *bld = qml_colblock_builder_new();
+    if (!bld)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory for the blocks of a batch");
+    int rc = 0;
+    size_t text = 0;
+    for (size_t i = 0; i < b->nrows && rc == 0; i++)
+        rc = blocks_add(k, bld, b->text + b->off[i], b->off[i + 1] - b->off[i], &text, err);
+    if (rc == 0)
+        rc = blocks_push(k, bld, err);
+    if (rc == QN_RESOURCE_EXHAUSTED)
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED,
+                        "the column blocks of this batch's %zu rows need more memory than there is or than "
+                        "%zu bytes (rows with many distinct keys, each in few rows, make large blocks); "
+                        "send fewer rows per batch", b->nrows, k->bytes.max);
+    qml_colblock_builder_free(bld);
+    return rc;
+}
+
+static int insert_block(qn_conn *c, int64_t id, int64_t first, int64_t last, const void *data, size_t len,
+                        qn_err *err)
+{
+    qn_stmt *st = qn_prepare(c, "INSERT INTO event_blocks (dataset_id, first_seq, last_seq, data) VALUES (?, ?, ?, ?)",
+                             err);
+    if (!st)
+        return err->code;
+    qn_bind_int64(st, 1, id);
+    qn_bind_int64(st, 2, first);
+    qn_bind_int64(st, 3, last);
+    qn_bind_blob(st, 4, data, len);
+    int rc = qn_step(st, err);
+    return rc < 0 ? rc : 0;
+}
+
+static int insert_blocks(qn_conn *c, int64_t id, int64_t first, const ing_blocks *k, qn_err *err)
+{
+    size_t start = 0;
+    for (size_t i = 0; i < k->n; i++) {
+        int rc = insert_block(c, id, first, first + k->rows[i] - 1, k->bytes.data + start, k->end[i] - start, err);
         if (rc < 0)
             return rc;
+        first += k->rows[i];
+        start = k->end[i];
     }
     return 0;
 }
@@ -123,8 +248,8 @@ static int append_event(qn_conn *c, const char *tp, const char *dataset, const c
     return rc;
 }
 
-int ing_append(qn_conn *c, const char *name, const qml_rec_batch *b, int64_t checked_version, const char *tp,
-               const char *batch_id, int64_t *first, int64_t *last, qn_err *err)
+int ing_append(qn_conn *c, const char *name, const qml_rec_batch *b, const ing_blocks *k, int64_t checked_version,
+               const char *tp, const char *batch_id, int64_t *first, int64_t *last, qn_err *err)
 {
     int64_t id = 0, version = 0, prev = 0;
     int rc = dataset_for_write(c, name, &id, &version, &prev, err);
@@ -137,7 +262,13 @@ int ing_append(qn_conn *c, const char *name, const qml_rec_batch *b, int64_t che
     *last = prev + (int64_t)b->nrows;
     if (!b->nrows)
         return 0;
-    if ((rc = insert_rows(c, id, *first, b, err)) < 0 || (rc = bump_seq(c, id, *last, err)) < 0)
+    size_t krows = 0;
+    for (size_t i = 0; i < k->n; i++)
+        krows += k->rows[i];
+    if (krows != b->nrows)
+        return qn_err_set(err, QN_INTERNAL, "dataset %s: %zu rows in blocks for a batch of %zu", name, krows,
+                          b->nrows);
+    if ((rc = insert_blocks(c, id, *first, k, err)) < 0 || (rc = bump_seq(c, id, *last, err)) < 0)
         return rc;
     return append_event(c, tp, name, batch_id, (int64_t)b->nrows, *first, *last, err);
 }
@@ -255,6 +386,8 @@ int ing_events_post(qn_req *req, qn_res *res, void *ud)
     ing_idem idem;
     qml_rec_opts o;
     const char *na[CSV_NA_MAX];
+    ing_blocks k;
+    ing_blocks_init(&k);
     qml_rec_batch_init(&b);
     qml_rec_opts_init(&o);
     if (qn_name_check("dataset", name, &err) < 0 ||
@@ -298,6 +431,10 @@ int ing_events_post(qn_req *req, qn_res *res, void *ud)
             refuse_rows(g, res, name, &b);
             goto done;
         }
+        /* The blocks hold no seqs (first_seq/last_seq are columns), so
+         * they are built here too: the writer waits for the inserts only. */
+        if ((rc = ing_blocks_build(&b, &k, &err)) < 0)
+            goto fail;
 
         if ((rc = ing_write_lock(g, &err)) < 0)
             goto fail;
@@ -316,7 +453,7 @@ int ing_events_post(qn_req *req, qn_res *res, void *ud)
         char tp[QN_TRACEPARENT_LEN + 1];
         qn_traceparent_format(qn_req_trace(req), tp);
         int64_t first = 0, new_last = 0;
-        if ((rc = ing_append(c, name, &b, seen_version, tp, batch_id, &first, &new_last, &err)) == QN_ABORTED) {
+        if ((rc = ing_append(c, name, &b, &k, seen_version, tp, batch_id, &first, &new_last, &err)) == QN_ABORTED) {
             /* The schema changed since the rows were checked: check again. */
             qn_tx_rollback(c);
             qn_store_release(g->db, c);
@@ -326,6 +463,8 @@ int ing_events_post(qn_req *req, qn_res *res, void *ud)
             qml_rec_schema_free(schema);
             schema = NULL;
             qml_rec_batch_free(&b);
+            ing_blocks_free(&k);
+            ing_blocks_init(&k);
             if (attempt + 1 >= SCHEMA_RETRIES) {
                 qn_err_set(&err, QN_UNAVAILABLE, "dataset %s: schema changing too fast", name);
                 goto fail;
@@ -365,7 +504,208 @@ done:
     free(answer);
     qml_rec_schema_free(schema);
     qml_rec_batch_free(&b);
+    ing_blocks_free(&k);
     return 0;
+}
+
+/* ---- reading rows back ------------------------------------------------------------ */
+
+/* Rows [from, to) of one stored block, offered to a page writer. */
+typedef struct span {
+    const qml_colblock *blk;
+    const void *raw;      /* the block as stored */
+    size_t rawlen;
+    int64_t first_seq;    /* row 0's seq */
+    uint32_t from, to;
+} span;
+
+/* Takes rows from the start of s into a page: how many (fewer than offered
+ * ends the page), or a negative qn_code with err. */
+typedef int64_t (*span_fn)(void *ud, const span *s, qn_err *err);
+
+static int data_loss(qn_err *err, const char *name, int64_t first, int64_t last, const char *why)
+{
+    qn_err_set(err, QN_DATA_LOSS, "dataset %s: rows %lld..%lld: %s", name, (long long)first, (long long)last, why);
+    qn_log_error(NULL, "stored rows unreadable", "{s:s, s:I, s:I, s:s}", "dataset", name, "first_seq",
+                 (json_int_t)first, "last_seq", (json_int_t)last, "detail", err->msg);
+    return QN_DATA_LOSS;
+}
+
+/* Offers fn the rows after < seq <= until of dataset id (name, last seq
+ * last_seq), at most limit, in seq order, block by block, on c's open read
+ * transaction; the one walk behind the events page and both export forms.
+ * Blocks are fetched 16 per query: PostgreSQL answers a query whole, so a
+ * walk over a large range asks again rather than holding every block.
+ * Stops when fn takes fewer rows than offered. *next is the last seq taken
+ * (after when none), *rows the rows taken. A block that does not view, or
+ * a seq under last_seq that no block holds, is QN_DATA_LOSS (logged). */
+static int walk_range(qn_conn *c, const char *name, int64_t id, int64_t last_seq, int64_t after, int64_t until,
+                      int64_t limit, span_fn fn, void *ud, int64_t *next, int64_t *rows, qn_err *err)
+{
+    *next = after;
+    *rows = 0;
+    int64_t hi = until < last_seq ? until : last_seq;
+    if (hi - after > limit)
+        hi = after + limit;
+    if (hi <= after)
+        return 0;
+    int64_t want = after + 1, lo = want;
+    /* The block holding want starts at or below it: found through the
+     * primary key, so a page late in a dataset of many blocks does not
+     * scan those before it. */
+    qn_stmt *st = qn_prepare(c, "SELECT first_seq FROM event_blocks WHERE dataset_id = ? AND first_seq <= ? "
+                                "ORDER BY first_seq DESC LIMIT 1", err);
+    if (!st)
+        return err->code;
+    qn_bind_int64(st, 1, id);
+    qn_bind_int64(st, 2, want);
+    int rc;
+    while ((rc = qn_step(st, err)) == 1)
+        lo = qn_col_int64(st, 0);
+    if (rc < 0)
+        return rc;
+    while (want <= hi) {
+        st = qn_prepare(c, "SELECT first_seq, last_seq, data FROM event_blocks WHERE dataset_id = ? AND "
+                           "first_seq >= ? AND first_seq <= ? AND last_seq > ? ORDER BY first_seq LIMIT 16", err);
+        if (!st)
+            return err->code;
+        qn_bind_int64(st, 1, id);
+        qn_bind_int64(st, 2, lo);
+        qn_bind_int64(st, 3, hi);
+        qn_bind_int64(st, 4, want - 1);
+        int got = 0;
+        while (want <= hi && (rc = qn_step(st, err)) == 1) {
+            int64_t f = qn_col_int64(st, 0), l = qn_col_int64(st, 1);
+            size_t len = 0, used = 0;
+            const void *data = qn_col_blob(st, 2, &len);
+            got++;
+            if (f > want)
+                return data_loss(err, name, want, f - 1, "no stored block holds them");
+            qml_colblock blk;
+            qn_err verr;
+            if (qml_colblock_view(data, len, &blk, &used, &verr) < 0) {
+                if (verr.code == QN_RESOURCE_EXHAUSTED)
+                    return qn_err_set(err, verr.code, "%s", verr.msg);
+                char why[QN_ERR_MSG_MAX];
+                snprintf(why, sizeof why, "the stored block does not read: %.400s", verr.msg);
+                return data_loss(err, name, f, l, why);
+            }
+            if (used != len || (int64_t)blk.nrows != l - f + 1) {
+                qml_colblock_view_free(&blk);
+                return data_loss(err, name, f, l, "the stored block's length or row count does not match its seqs");
+            }
+            int64_t to = (l < hi ? l : hi) - f + 1;
+            span sp = {.blk = &blk, .raw = data, .rawlen = len, .first_seq = f, .from = (uint32_t)(want - f),
+                       .to = (uint32_t)to};
+            int64_t n = fn(ud, &sp, err);
+            qml_colblock_view_free(&blk);
+            if (n < 0)
+                return (int)n;
+            if (n) {
+                *rows += n;
+                want += n;
+                *next = want - 1;
+            }
+            if (n < (int64_t)(sp.to - sp.from))
+                return 0;
+            lo = l + 1;
+        }
+        if (rc < 0)
+            return rc;
+        if (!got && want <= hi)
+            return data_loss(err, name, want, hi, "no stored block holds them");
+    }
+    return 0;
+}
+
+/* The dataset's id and last seq in c's read transaction; 0 when found, 1
+ * when it does not exist. */
+static int dataset_for_read(qn_conn *c, const char *name, int64_t *id, int64_t *last_seq, qn_err *err)
+{
+    qn_stmt *st = qn_prepare(c, "SELECT id, last_seq FROM datasets WHERE name = ?", err);
+    if (!st)
+        return err->code;
+    qn_bind_text(st, 1, name, -1);
+    int rc = qn_step(st, err);
+    if (rc < 0)
+        return rc;
+    if (rc == 0)
+        return 1;
+    *id = qn_col_int64(st, 0);
+    *last_seq = qn_col_int64(st, 1);
+    while ((rc = qn_step(st, err)) == 1)
+        ;
+    return rc < 0 ? rc : 0;
+}
+
+/* Reads dataset name's rows after..until (at most limit) into a page with
+ * fn, in one read transaction (last_seq and the rows from one snapshot).
+ * 1 when the dataset does not exist, 0, or a negative code with err. */
+static int read_range(ingest *g, const char *name, int64_t after, int64_t until, int64_t limit, span_fn fn,
+                      void *ud, int64_t *last_seq, int64_t *next, int64_t *rows, qn_err *err)
+{
+    int64_t id = 0;
+    *next = after;
+    *rows = 0;
+    qn_conn *c = qn_store_acquire(g->db, err);
+    if (!c)
+        return err->code;
+    int rc = qn_tx_begin(c, QN_TX_READ, err);
+    if (rc == 0 && (rc = dataset_for_read(c, name, &id, last_seq, err)) == 0)
+        rc = walk_range(c, name, id, *last_seq, after, until, limit, fn, ud, next, rows, err);
+    qn_tx_rollback(c);
+    qn_store_release(g->db, c);
+    return rc;
+}
+
+/* GET events: {"seq":N,"data":ROW} per row. */
+typedef struct events_page {
+    qn_buf *out;
+    int first;
+} events_page;
+
+static int64_t events_rows(void *ud, const span *s, qn_err *err)
+{
+    events_page *p = ud;
+    int64_t n = 0;
+    /* A page stops growing past PAGE_BYTES (the reader asks again from
+     * next_after), so an answer never holds limit x 64 KiB. */
+    for (uint32_t r = s->from; r < s->to && p->out->len < PAGE_BYTES; r++, n++) {
+        if (qn_buf_printf(p->out, "%s{\"seq\":%lld,\"data\":", p->first ? "" : ",",
+                          (long long)(s->first_seq + r)) < 0 ||
+            qml_colblock_render(s->blk, r, p->out) < 0 || qn_buf_append(p->out, "}", 1) < 0)
+            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "the page is too large; ask for fewer rows (limit)");
+        p->first = 0;
+    }
+    return n;
+}
+
+/* Export as NDJSON: each row's text and a newline. */
+static int64_t ndjson_rows(void *ud, const span *s, qn_err *err)
+{
+    qn_buf *out = ud;
+    int64_t n = 0;
+    /* Rows are whole lines: a page stops after the row that takes it past
+     * EXPORT_BYTES. */
+    for (uint32_t r = s->from; r < s->to && out->len < EXPORT_BYTES; r++, n++)
+        if (qml_colblock_render(s->blk, r, out) < 0 || qn_buf_append(out, "\n", 1) < 0)
+            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "the page is too large; ask for fewer rows (limit)");
+    return n;
+}
+
+/* Export as column blocks: a block wholly in range as stored, else its
+ * rows in range as a slice; the page stops after the block that takes it
+ * past EXPORT_BYTES. */
+static int64_t block_rows(void *ud, const span *s, qn_err *err)
+{
+    qn_buf *out = ud;
+    if (out->len >= EXPORT_BYTES)
+        return 0;
+    int rc = s->from == 0 && s->to == s->blk->nrows ? qn_buf_append(out, s->raw, s->rawlen)
+                                                    : qml_colblock_slice(s->blk, s->from, s->to, out);
+    if (rc < 0)
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "the page is too large; ask for fewer rows (limit)");
+    return s->to - s->from;
 }
 
 int ing_events_get(qn_req *req, qn_res *res, void *ud)
@@ -379,66 +719,34 @@ int ing_events_get(qn_req *req, qn_res *res, void *ud)
         (a && strcmp(a, "0") != 0 && qn_uint_parse("after", a, INT64_MAX / 2, &after, &err) < 0))
         return qn_res_error(res, err.code, "%s", err.msg);
     qn_buf out;
-    /* A page stops growing past PAGE_BYTES (the reader asks again from
-     * next_after), so an answer never holds limit x 64 KiB. */
     qn_buf_init(&out, PAGE_BYTES + 128 * 1024);
-    qn_conn *c = qn_store_acquire(g->db, &err);
-    if (!c)
-        goto fail;
-    /* One read transaction: last_seq and the rows come from one snapshot. */
-    if (qn_tx_begin(c, QN_TX_READ, &err) < 0)
-        goto fail;
-    qn_stmt *st = qn_prepare(c, "SELECT id, last_seq FROM datasets WHERE name = ?", &err);
-    if (!st)
-        goto fail;
-    qn_bind_text(st, 1, name, -1);
-    int rc = qn_step(st, &err);
-    if (rc < 0)
-        goto fail;
-    if (rc == 0) {
-        qn_tx_rollback(c);
-        qn_store_release(g->db, c);
-        qn_buf_free(&out);
-        return qn_res_error(res, QN_NOT_FOUND, "dataset %s does not exist", name);
-    }
-    int64_t id = qn_col_int64(st, 0), last_seq = qn_col_int64(st, 1), next = after;
     json_t *jname = json_string(name);
     char *qname = jname ? qn_json_dumps(jname, JSON_ENCODE_ANY) : NULL;
     json_decref(jname);
     int ok = qname && qn_buf_printf(&out, "{\"dataset\":%s,\"events\":[", qname) == 0;
     free(qname);
-    st = qn_prepare(c, "SELECT seq, data FROM events WHERE dataset_id = ? AND seq > ? ORDER BY seq LIMIT ?", &err);
-    if (!st)
-        goto fail;
-    qn_bind_int64(st, 1, id);
-    qn_bind_int64(st, 2, after);
-    qn_bind_int64(st, 3, limit);
-    int first = 1;
-    rc = 0;
-    while (ok && out.len < PAGE_BYTES && (rc = qn_step(st, &err)) == 1) {
-        next = qn_col_int64(st, 0);
-        ok = qn_buf_printf(&out, "%s{\"seq\":%lld,\"data\":", first ? "" : ",", (long long)next) == 0 &&
-             qn_buf_puts(&out, qn_col_text(st, 1)) == 0 && qn_buf_append(&out, "}", 1) == 0;
-        first = 0;
+    if (!ok) {
+        qn_buf_free(&out);
+        return qn_res_error(res, QN_RESOURCE_EXHAUSTED, "out of memory");
     }
-    if (ok && rc < 0)
-        goto fail;
-    qn_tx_rollback(c);
-    qn_store_release(g->db, c);
-    c = NULL;
-    if (!ok || qn_buf_printf(&out, "],\"next_after\":%lld,\"last_seq\":%lld}", (long long)next,
-                             (long long)last_seq) < 0) {
+    events_page p = {.out = &out, .first = 1};
+    int64_t last_seq = 0, next = after, rows = 0;
+    int rc = read_range(g, name, after, INT64_MAX, limit, events_rows, &p, &last_seq, &next, &rows, &err);
+    if (rc == 1) {
+        qn_buf_free(&out);
+        return qn_res_error(res, QN_NOT_FOUND, "dataset %s does not exist", name);
+    }
+    if (rc < 0) {
+        qn_buf_free(&out);
+        return ing_fail(req, res, &err);
+    }
+    if (qn_buf_printf(&out, "],\"next_after\":%lld,\"last_seq\":%lld}", (long long)next, (long long)last_seq) < 0) {
         qn_buf_free(&out);
         return qn_res_error(res, QN_RESOURCE_EXHAUSTED, "the page is too large; ask for fewer rows (limit)");
     }
     qn_res_text(res, 200, "application/json", out.data, out.len);
     qn_buf_free(&out);
     return 0;
-fail:
-    qn_buf_free(&out);
-    if (c)
-        qn_store_release(g->db, c);
-    return ing_fail(req, res, &err);
 }
 
 /* A sequence number of the query: 0 or a positive integer. */
@@ -449,6 +757,25 @@ static int seq_param(const char *what, const char *s, int64_t *out, qn_err *err)
         return 0;
     }
     return qn_uint_parse(what, s, INT64_MAX / 2, out, err);
+}
+
+/* Whether the Accept header names the column-block media type. */
+static int wants_blocks(const char *accept)
+{
+    static const char mt[] = QML_COLBLOCK_MEDIA_TYPE;
+    for (const char *p = accept; p && *p; ) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ",;");
+        size_t m = n;
+        while (m && (p[m - 1] == ' ' || p[m - 1] == '\t'))
+            m--;
+        if (m == sizeof mt - 1 && strncasecmp(p, mt, m) == 0)
+            return 1;
+        p += n;
+        p += strcspn(p, ",");
+    }
+    return 0;
 }
 
 int ing_export_get(qn_req *req, qn_res *res, void *ud)
@@ -464,64 +791,33 @@ int ing_export_get(qn_req *req, qn_res *res, void *ud)
     if (until < after)
         return qn_res_error(res, QN_INVALID_ARGUMENT, "until (%lld) must not be below after (%lld)",
                             (long long)until, (long long)after);
+    int blocks = wants_blocks(qn_req_header(req, "Accept"));
     qn_buf out;
-    /* Rows are whole lines: a page stops after the row that takes it past
-     * EXPORT_BYTES, so the bound is EXPORT_BYTES plus one row. */
-    qn_buf_init(&out, EXPORT_BYTES + (4u << 20));
-    /* At once (rows of ~256 bytes): doubling there from 64 bytes copies the
-     * page several times. Kept under glibc's largest mmap threshold (32 MiB),
-     * so that freed pages are reused from the heap instead of mapped and
-     * zeroed by the kernel afresh for every page. */
-    size_t want = (size_t)limit * 256 < (24u << 20) ? (size_t)limit * 256 : (24u << 20);
+    /* NDJSON: a page is EXPORT_BYTES plus one row. Blocks: plus one block,
+     * as stored (at most 16 MiB of rows, but a stored blob is taken whole
+     * whatever its size). */
+    qn_buf_init(&out, blocks ? EXPORT_BYTES + ((size_t)1 << 30) : EXPORT_BYTES + (4u << 20));
+    /* At once (rows of ~256 bytes as text, far less as blocks): doubling
+     * there from 64 bytes copies the page several times. Kept under glibc's
+     * largest mmap threshold (32 MiB), so that freed pages are reused from
+     * the heap instead of mapped and zeroed by the kernel afresh for every
+     * page. */
+    size_t per = blocks ? 64 : 256;
+    size_t want = (size_t)limit * per < (24u << 20) ? (size_t)limit * per : (24u << 20);
     if (qn_buf_reserve(&out, want) < 0) {
         qn_buf_free(&out);
         return qn_res_error(res, QN_UNAVAILABLE, "out of memory for a page of %s; retry shortly", name);
     }
-    int64_t id = 0, last_seq = 0, next = after, rows = 0;
-    int rc;
-    qn_conn *c = qn_store_acquire(g->db, &err);
-    if (!c)
-        goto fail;
-    /* One read transaction: last_seq and the rows come from one snapshot. */
-    if (qn_tx_begin(c, QN_TX_READ, &err) < 0)
-        goto fail;
-    qn_stmt *st = qn_prepare(c, "SELECT id, last_seq FROM datasets WHERE name = ?", &err);
-    if (!st)
-        goto fail;
-    qn_bind_text(st, 1, name, -1);
-    if ((rc = qn_step(st, &err)) < 0)
-        goto fail;
-    if (rc == 0) {
-        qn_tx_rollback(c);
-        qn_store_release(g->db, c);
+    int64_t last_seq = 0, next = after, rows = 0;
+    int rc = read_range(g, name, after, until, limit, blocks ? block_rows : ndjson_rows, &out, &last_seq, &next,
+                        &rows, &err);
+    if (rc == 1) {
         qn_buf_free(&out);
         return qn_res_error(res, QN_NOT_FOUND, "dataset %s does not exist", name);
     }
-    id = qn_col_int64(st, 0);
-    last_seq = qn_col_int64(st, 1);
-    st = qn_prepare(c, "SELECT seq, data FROM events WHERE dataset_id = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-                    &err);
-    if (!st)
-        goto fail;
-    qn_bind_int64(st, 1, id);
-    qn_bind_int64(st, 2, after);
-    qn_bind_int64(st, 3, until);
-    qn_bind_int64(st, 4, limit);
-    int ok = 1;
-    rc = 0;
-    while (ok && out.len < EXPORT_BYTES && (rc = qn_step(st, &err)) == 1) {
-        next = qn_col_int64(st, 0);
-        rows++;
-        ok = qn_buf_puts(&out, qn_col_text(st, 1)) == 0 && qn_buf_append(&out, "\n", 1) == 0;
-    }
-    if (ok && rc < 0)
-        goto fail;
-    qn_tx_rollback(c);
-    qn_store_release(g->db, c);
-    c = NULL;
-    if (!ok) {
+    if (rc < 0) {
         qn_buf_free(&out);
-        return qn_res_error(res, QN_RESOURCE_EXHAUSTED, "the page is too large; ask for fewer rows (limit)");
+        return ing_fail(req, res, &err);
     }
     char h[32];
     snprintf(h, sizeof h, "%lld", (long long)last_seq);
@@ -535,13 +831,138 @@ int ing_export_get(qn_req *req, qn_res *res, void *ud)
     char *body = qn_buf_detach(&out, &len);
     if (!body)
         return qn_res_error(res, QN_RESOURCE_EXHAUSTED, "the page is too large; ask for fewer rows (limit)");
-    qn_res_take(res, 200, "application/x-ndjson", body, len);
+    qn_res_take(res, 200, blocks ? QML_COLBLOCK_MEDIA_TYPE : "application/x-ndjson", body, len);
     return 0;
-fail:
-    qn_buf_free(&out);
+}
+
+/* ---- rows stored before column blocks ------------------------------------------------ */
+
+/* One transaction of the conversion: the first rows left in events (one
+ * dataset, consecutive seqs, one block) into event_blocks, deleted from
+ * events. *moved is 0 when events is empty. */
+static int convert_block(qn_conn *c, qml_colblock_builder *bld, qn_buf *blk, int64_t *id, int64_t *first,
+                         int64_t *moved, qn_err *err)
+{
+    *moved = 0;
+    int rc = qn_tx_begin(c, QN_TX_WRITE, err);
+    if (rc < 0)
+        return rc;
+    qn_stmt *st = qn_prepare(c, "SELECT dataset_id, seq FROM events ORDER BY dataset_id, seq LIMIT 1", err);
+    if (!st) {
+        rc = err->code;
+        goto out;
+    }
+    if ((rc = qn_step(st, err)) <= 0)
+        goto out;
+    *id = qn_col_int64(st, 0);
+    *first = qn_col_int64(st, 1);
+    while ((rc = qn_step(st, err)) == 1)
+        ;
+    if (rc < 0)
+        goto out;
+    if (!(st = qn_prepare(c, "SELECT seq, data FROM events WHERE dataset_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
+                          err))) {
+        rc = err->code;
+        goto out;
+    }
+    qn_bind_int64(st, 1, *id);
+    qn_bind_int64(st, 2, *first);
+    qn_bind_int64(st, 3, (int64_t)QML_COLBLOCK_MAX_ROWS);
+    /* The block ends at a gap in seqs (a block's rows are consecutive), at
+     * BLOCK_TEXT_BYTES or when the builder is full; the statement is still
+     * run to its end before the DELETE below. */
+    int64_t last = *first - 1;
+    size_t text = 0;
+    int full = 0;
+    while ((rc = qn_step(st, err)) == 1) {
+        if (full)
+            continue;
+        int64_t seq = qn_col_int64(st, 0);
+        const char *row = qn_col_text(st, 1);
+        size_t len = row ? strlen(row) : 0;
+        if (seq != last + 1 || (text && text + len > BLOCK_TEXT_BYTES)) {
+            full = 1;
+            continue;
+        }
+        if ((rc = qml_colblock_add(bld, row ? row : "", len, err)) == QN_OUT_OF_RANGE && last >= *first) {
+            full = 1;
+            continue;
+        }
+        if (rc < 0) {
+            char why[QN_ERR_MSG_MAX];
+            snprintf(why, sizeof why, "%s", err->msg);
+            qn_err_set(err, rc, "dataset id %lld seq %lld in table events: %s", (long long)*id, (long long)seq, why);
+            goto out;
+        }
+        text += len;
+        last = seq;
+    }
+    if (rc < 0)
+        goto out;
+    qn_buf_reset(blk);
+    if ((rc = qml_colblock_finish(bld, blk, err)) < 0 ||
+        (rc = insert_block(c, *id, *first, last, blk->data, blk->len, err)) < 0)
+        goto out;
+    if (!(st = qn_prepare(c, "DELETE FROM events WHERE dataset_id = ? AND seq >= ? AND seq <= ?", err))) {
+        rc = err->code;
+        goto out;
+    }
+    qn_bind_int64(st, 1, *id);
+    qn_bind_int64(st, 2, *first);
+    qn_bind_int64(st, 3, last);
+    if ((rc = qn_step(st, err)) < 0)
+        goto out;
+    if ((rc = qn_tx_commit(c, err)) < 0)
+        goto out;
+    *moved = last - *first + 1;
+    return 0;
+out:
+    qn_tx_rollback(c);
+    /* A failed add or finish leaves rows in the builder: start afresh. */
+    if (qml_colblock_rows(bld)) {
+        qn_buf_reset(blk);
+        if (qml_colblock_finish(bld, blk, err) < 0)
+            qn_log_warn(NULL, "column block builder not emptied", "{s:s}", "detail", err->msg);
+    }
+    return rc < 0 ? rc : 0;
+}
+
+int ing_convert_rows(qn_store *db, qn_err *err)
+{
+    qml_colblock_builder *bld = qml_colblock_builder_new();
+    qn_buf blk;
+    qn_buf_init(&blk, BLOCKS_MAX);
+    qn_conn *c = NULL;
+    int64_t total = 0, blocks = 0, id = 0, first = 0, moved = 0;
+    int64_t t0 = qn_now_ms();
+    int rc = 0;
+    if (!bld) {
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    if (!(c = qn_store_acquire(db, err))) {
+        rc = err->code;
+        goto out;
+    }
+    for (;;) {
+        if ((rc = convert_block(c, bld, &blk, &id, &first, &moved, err)) < 0)
+            goto out;
+        if (!moved)
+            break;
+        total += moved;
+        blocks++;
+        qn_log_info(NULL, "rows converted", "{s:I, s:I, s:I, s:I}", "dataset_id", (json_int_t)id, "first_seq",
+                    (json_int_t)first, "last_seq", (json_int_t)(first + moved - 1), "rows", (json_int_t)moved);
+    }
+    if (total)
+        qn_log_info(NULL, "rows converted to column blocks", "{s:I, s:I, s:I}", "rows", (json_int_t)total,
+                    "blocks", (json_int_t)blocks, "ms", (json_int_t)(qn_now_ms() - t0));
+out:
     if (c)
-        qn_store_release(g->db, c);
-    return ing_fail(req, res, &err);
+        qn_store_release(db, c);
+    qn_buf_free(&blk);
+    qml_colblock_builder_free(bld);
+    return rc;
 }
 
 int ing_outbox_list(qn_req *req, qn_res *res, void *ud)

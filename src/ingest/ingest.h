@@ -26,6 +26,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "core/buf.h"
 #include "core/bus/bus.h"
 #include "core/digest.h"
 #include "core/http.h"
@@ -87,18 +88,42 @@ int ing_dataset_lookup(qn_conn *c, const char *name, int64_t *id, int64_t *versi
 int ing_events_post(qn_req *req, qn_res *res, void *ud);
 int ing_events_get(qn_req *req, qn_res *res, void *ud);
 /* GET /v1/datasets/{name}/export?after&until&limit: rows after..until as
- * NDJSON (each row's stored JSON text, one per line, in seq order). */
+ * NDJSON (each row's canonical JSON text, one per line, in seq order), or
+ * with Accept: QML_COLBLOCK_MEDIA_TYPE as concatenated column blocks. */
 int ing_export_get(qn_req *req, qn_res *res, void *ud);
 int ing_outbox_list(qn_req *req, qn_res *res, void *ud);
-/* Appends b's good rows to dataset name inside c's open write transaction
- * (the caller holds the writer mutex): creates the dataset when needed,
- * gives the rows the next gapless seqs, bumps last_seq and queues
+/* A batch's rows as column blocks (ml/colblock.h), built before the writer
+ * is taken: at most QML_COLBLOCK_MAX_ROWS rows and about 16 MiB of row text
+ * each, concatenated in bytes; block i ends at end[i] and holds rows[i]
+ * rows. Owned by the caller: init, build, free (free leaves it as init). */
+typedef struct ing_blocks {
+    qn_buf bytes;
+    size_t n, cap;
+    size_t *end;
+    uint32_t *rows;
+} ing_blocks;
+void ing_blocks_init(ing_blocks *k);
+/* Appends the blocks of b's good rows to k. 0; QN_INTERNAL when a row is not
+ * canonical (a bug of the parser); QN_RESOURCE_EXHAUSTED. */
+int ing_blocks_build(const qml_rec_batch *b, ing_blocks *k, qn_err *err);
+void ing_blocks_free(ing_blocks *k);
+
+/* Appends b's good rows (as k, ing_blocks_build of b) to dataset name inside
+ * c's open write transaction (the caller holds the writer mutex): creates
+ * the dataset when needed, gives the rows the next gapless seqs (one
+ * event_blocks row per block), bumps last_seq and queues
  * quern.events.ingested (traceparent tp, may be NULL) in the outbox. The
  * rows must have been checked against schema version checked_version:
  * QN_ABORTED when the dataset's version differs now (roll back, check again).
  * *first and *last are the seqs given (*first > *last when b is empty). */
-int ing_append(qn_conn *c, const char *name, const qml_rec_batch *b, int64_t checked_version, const char *tp,
-               const char *batch_id, int64_t *first, int64_t *last, qn_err *err);
+int ing_append(qn_conn *c, const char *name, const qml_rec_batch *b, const ing_blocks *k, int64_t checked_version,
+               const char *tp, const char *batch_id, int64_t *first, int64_t *last, qn_err *err);
+/* Moves rows of the table events (where ingest kept one canonical text per
+ * row before column blocks) into event_blocks: per dataset in seq order, up
+ * to QML_COLBLOCK_MAX_ROWS rows a block, each block inserted and its rows
+ * deleted in one write transaction, so a process killed midway resumes at
+ * the next start. Run at start, before serving. 0 or a storage error. */
+int ing_convert_rows(qn_store *db, qn_err *err);
 
 /* sources.c: pull sources (docs/ingest.md "Sources"). start loads the
  * declared sources, marks runs a crash cut short as failed and starts the

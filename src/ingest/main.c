@@ -53,10 +53,16 @@ static const qn_cfg_opt opts[] = {
      "password_file, headers_file); none by default", offsetof(ingest_cfg, source_paths)},
 };
 
-/* Schema. events holds each row's canonical JSON under (dataset, seq); seq
- * comes from datasets.last_seq, read and bumped in the write transaction
- * that inserts the rows, so it is gapless per dataset. Times are ms since
- * the epoch. */
+/* Schema. A dataset's rows live in event_blocks (migration 3): column blocks
+ * (ml/colblock.h) of consecutive rows, seqs first_seq..last_seq, each row's
+ * canonical JSON recoverable byte for byte. seq comes from
+ * datasets.last_seq, read and bumped in the write transaction that inserts
+ * the blocks, so it is gapless per dataset. events held one canonical text
+ * per (dataset, seq) before that; it stays, empty: a data directory from
+ * then has its rows moved into blocks at start (ing_convert_rows), which
+ * needs the table in place, and a migration that dropped it would have to
+ * run after that conversion, which migrations cannot express. Times are ms
+ * since the epoch. */
 static const qn_migration migrations[] = {
     {1,
      "CREATE TABLE datasets ("
@@ -124,6 +130,15 @@ static const qn_migration migrations[] = {
      "  started_at INTEGER NOT NULL,"
      "  finished_at INTEGER);"
      "CREATE INDEX source_runs_by ON source_runs (source, id);"},
+    /* Rows as column blocks (events.c); blocks of a dataset never overlap
+     * and leave no gap. */
+    {3,
+     "CREATE TABLE event_blocks ("
+     "  dataset_id INTEGER NOT NULL,"
+     "  first_seq INTEGER NOT NULL,"
+     "  last_seq INTEGER NOT NULL,"
+     "  data BLOB NOT NULL,"
+     "  PRIMARY KEY (dataset_id, first_seq));"},
 };
 
 #define KB 1024ull
@@ -249,6 +264,15 @@ static int ingest_start(qn_service_ctx *ctx, qn_err *err)
                       .migrations = migrations, .nmigrations = QN_NELEM(migrations),
                       .bus_url = cfg->common.bus, .source = "quern-ingest", .metrics = ctx->metrics};
     if (qn_deps_open(&o, &g->db, &g->bus, &g->outbox, err) < 0) {
+        pthread_mutex_destroy(&g->write_mu);
+        free(g);
+        return err->code;
+    }
+
+    /* Rows of a data directory from before column blocks, before anything
+     * reads or writes rows. */
+    if (ing_convert_rows(g->db, err) < 0) {
+        qn_deps_close(g->db, g->bus, g->outbox);
         pthread_mutex_destroy(&g->write_mu);
         free(g);
         return err->code;

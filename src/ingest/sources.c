@@ -260,6 +260,8 @@ int src_commit(src_run *r, qml_rec_batch *b, json_t *cursor, json_t *state, cons
     qn_conn *c = NULL;
     int rc, locked = 0;
     char *ctext = NULL, *stext = NULL;
+    ing_blocks k;
+    ing_blocks_init(&k);
     if (b->nbad && !r->skip) {
         json_t *e = json_array_get(r->errors, 0);
         rc = qn_err_set(err, QN_INVALID_ARGUMENT,
@@ -269,6 +271,9 @@ int src_commit(src_run *r, qml_rec_batch *b, json_t *cursor, json_t *state, cons
                         json_string_value(json_object_get(e, "reason")));
         goto out;
     }
+    /* Built before the writer is taken, as for pushed batches. */
+    if ((rc = ing_blocks_build(b, &k, err)) < 0)
+        goto out;
     if ((rc = ing_write_lock(g, err)) < 0)
         goto out;
     locked = 1;
@@ -322,7 +327,7 @@ int src_commit(src_run *r, qml_rec_batch *b, json_t *cursor, json_t *state, cons
     char batch_id[QN_UUID_LEN + 1];
     qn_uuid4(batch_id);
     int64_t first = 0, last = 0;
-    if ((rc = ing_append(c, r->dataset, b, r->schema_version, NULL, batch_id, &first, &last, err)) < 0)
+    if ((rc = ing_append(c, r->dataset, b, &k, r->schema_version, NULL, batch_id, &first, &last, err)) < 0)
         goto out;
     if (!(st = qn_prepare(c, "UPDATE source_runs SET nrows = nrows + ?, rejected = rejected + ?, "
                              "chunks = chunks + 1 WHERE id = ?", err))) {
@@ -365,6 +370,7 @@ out:
         ing_write_unlock(g);
     free(ctext);
     free(stext);
+    ing_blocks_free(&k);
     json_decref(cursor);
     json_decref(state);
     return rc;
