@@ -371,7 +371,7 @@ int qml_colblock_add(qml_colblock_builder *b, const char *row, size_t len, qn_er
     /* Columns first, then room for the values; then the cells, which cannot
      * fail. A failure drops the columns this row added. */
     uint32_t first_new = b->ncols;
-    int rc;
+    int rc = 0;
     for (long i = 0; i < n; i++) {
         field *f = &b->fields[i];
         uint32_t hint = (size_t)i < b->norder ? b->order[i] : UINT32_MAX;
@@ -391,6 +391,11 @@ int qml_colblock_add(qml_colblock_builder *b, const char *row, size_t len, qn_er
                             b->cols[f->col].name);
             goto undo;
         }
+    }
+    if (b->nrows && (uint64_t)(b->nrows + 1) * b->ncols > QML_COLBLOCK_MAX_CELLS) {
+        rc = qn_err_set(err, QN_OUT_OF_RANGE, "colblock: a block holds %u cells (rows x columns) at most",
+                        QML_COLBLOCK_MAX_CELLS);
+        goto undo;
     }
     for (long i = 0; i < n; i++) {
         field *f = &b->fields[i];

@@ -63,6 +63,10 @@
 /* The columns one block may have (records.h allows 256 per row; a block
  * gathers the keys of all its rows). */
 #define QML_COLBLOCK_MAX_COLS 4096u
+/* Cells (rows x columns) one block may hold: rows that each use a few of
+ * thousands of keys would otherwise make a sparse block far larger than
+ * their text. */
+#define QML_COLBLOCK_MAX_CELLS (1u << 22)
 /* Media type of a page of concatenated blocks (ingest's export route). */
 #define QML_COLBLOCK_MEDIA_TYPE "application/vnd.quern.colblocks"
 
@@ -73,9 +77,10 @@ void qml_colblock_builder_free(qml_colblock_builder *b);
 /* Adds one canonical row (a compact JSON object with sorted keys, as
  * records.h writes it). 0; QN_INTERNAL when the text is not one (it names
  * the byte); QN_OUT_OF_RANGE when the block already has
- * QML_COLBLOCK_MAX_ROWS rows or the row would give it more than
- * QML_COLBLOCK_MAX_COLS columns (finish the block and add the row to the
- * next); QN_RESOURCE_EXHAUSTED. A failed add leaves the block as it was. */
+ * QML_COLBLOCK_MAX_ROWS rows, or the row would give it more than
+ * QML_COLBLOCK_MAX_COLS columns or QML_COLBLOCK_MAX_CELLS cells (finish the
+ * block and add the row to the next: a first row always fits);
+ * QN_RESOURCE_EXHAUSTED. A failed add leaves the block as it was. */
 int qml_colblock_add(qml_colblock_builder *b, const char *row, size_t len, qn_err *err);
 size_t qml_colblock_rows(const qml_colblock_builder *b);
 /* Appends the block of the rows added since the last finish to out and

@@ -270,6 +270,58 @@ static void test_view_refuses_damage(void **state)
     qml_rec_batch_free(&b);
 }
 
+/* Sparse rows (each a key of its own) end a block at the cell bound, not at
+ * gigabytes of empty cells; every block still renders its rows. */
+static void test_sparse_rows_bounded(void **state)
+{
+    (void)state;
+    qml_colblock_builder *cb = qml_colblock_builder_new();
+    qn_buf page;
+    qn_buf_init(&page, 1u << 28);
+    qn_err err;
+    char row[64];
+    uint32_t blocks = 0, rows_in_block = 0;
+    for (uint32_t i = 0; i < 10000; i++) {
+        int n = snprintf(row, sizeof row, "{\"k%u\":%u}", i % 4000, i);
+        int rc = qml_colblock_add(cb, row, (size_t)n, &err);
+        if (rc == QN_OUT_OF_RANGE) {
+            assert_true((uint64_t)(rows_in_block + 1) * (rows_in_block < 4000 ? rows_in_block + 1 : 4000) >
+                        QML_COLBLOCK_MAX_CELLS);
+            assert_int_equal(qml_colblock_finish(cb, &page, &err), 0);
+            blocks++;
+            rows_in_block = 0;
+            rc = qml_colblock_add(cb, row, (size_t)n, &err);
+        }
+        assert_int_equal(rc, 0);
+        rows_in_block++;
+    }
+    assert_int_equal(qml_colblock_finish(cb, &page, &err), 0);
+    assert_true(blocks >= 3);
+    assert_true(page.len < 64u << 20);
+    uint32_t seen = 0;
+    qn_buf t;
+    qn_buf_init(&t, 1024);
+    for (size_t at = 0; at < page.len;) {
+        qml_colblock v;
+        size_t used;
+        assert_int_equal(qml_colblock_view(page.data + at, page.len - at, &v, &used, &err), 0);
+        assert_true((uint64_t)v.nrows * v.ncols <= QML_COLBLOCK_MAX_CELLS);
+        for (uint32_t r = 0; r < v.nrows; r++, seen++) {
+            qn_buf_reset(&t);
+            assert_int_equal(qml_colblock_render(&v, r, &t), 0);
+            int n = snprintf(row, sizeof row, "{\"k%u\":%u}", seen % 4000, seen);
+            assert_int_equal(t.len, (size_t)n);
+            assert_memory_equal(t.data, row, t.len);
+        }
+        qml_colblock_view_free(&v);
+        at += used;
+    }
+    assert_int_equal(seen, 10000);
+    qn_buf_free(&t);
+    qn_buf_free(&page);
+    qml_colblock_builder_free(cb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -277,6 +329,7 @@ int main(void)
         cmocka_unit_test(test_pages_slices_widths),
         cmocka_unit_test(test_refused_rows_leave_block),
         cmocka_unit_test(test_view_refuses_damage),
+        cmocka_unit_test(test_sparse_rows_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
