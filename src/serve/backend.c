@@ -907,10 +907,12 @@ static int be_infer(void *ud, const oip_infer_request *rq, oip_infer_response *r
     serve_release(v);
     if (rc < 0) {
         char *mn = rs->model, *vn = rs->version;
+        const char *an = rs->alias;
         rs->model = rs->version = NULL;
         oip_response_free(rs);
-        rs->model = mn; /* kept so the caller can label its metrics */
-        rs->version = vn;
+        rs->model = mn; /* kept so the caller can label its metrics and say */
+        rs->version = vn; /* which version (and alias) failed, as on success */
+        rs->alias = an;
     }
     return rc;
 }
