@@ -103,8 +103,8 @@ struct qn_req {
     size_t nparams;
     int phase;
     int started;              /* the access handler saw it */
-    qn_req *hnext, *hprev;    /* in this thread's heads list ("a malformed Content-Length") */
-    int in_heads;
+    qn_req *hnext, *hprev;    /* in its thread's heads list ("a malformed Content-Length") */
+    qn_req **hlist;           /* that list; NULL when not in it */
     uint64_t received, discarded;
     qn_buf body;
     json_t *json;
@@ -639,9 +639,10 @@ static void arena_give(qn_arena *a)
  * the socket's sending side shut down, so that libmicrohttpd's page, sent
  * after, goes nowhere (its send fails and it closes the connection). Two
  * such heads half-read on one thread at once cannot be told apart; then
- * libmicrohttpd's page stands. A connection's callbacks all run on the
- * worker thread that accepted it (its thread closes it too), so the list
- * needs no lock. */
+ * libmicrohttpd's page stands. A wrong pick would still be safe: a head
+ * with a bad Content-Length gets a 400 whatever happens. A connection's
+ * callbacks all run on the worker thread that accepted it (its thread
+ * closes it too), so the list needs no lock. */
 static _Thread_local qn_req *heads;
 
 static void heads_add(qn_req *req)
@@ -651,21 +652,21 @@ static void heads_add(qn_req *req)
     if (heads)
         heads->hprev = req;
     heads = req;
-    req->in_heads = 1;
+    req->hlist = &heads;
 }
 
 static void heads_del(qn_req *req)
 {
-    if (!req->in_heads)
+    if (!req->hlist)
         return;
     if (req->hprev)
         req->hprev->hnext = req->hnext;
-    else if (heads == req)
-        heads = req->hnext;
+    else
+        *req->hlist = req->hnext;
     if (req->hnext)
         req->hnext->hprev = req->hprev;
     req->hnext = req->hprev = NULL;
-    req->in_heads = 0;
+    req->hlist = NULL;
 }
 
 /* 0: v is a length this server takes (decimal digits, at most 2^64 - 1);
