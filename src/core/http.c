@@ -103,6 +103,8 @@ struct qn_req {
     size_t nparams;
     int phase;
     int started;              /* the access handler saw it */
+    qn_req *hnext, *hprev;    /* in its thread's heads list ("a malformed Content-Length") */
+    qn_req **hlist;           /* that list; NULL when not in it */
     uint64_t received, discarded;
     qn_buf body;
     json_t *json;
@@ -619,6 +621,139 @@ static void arena_give(qn_arena *a)
     qn_arena_free(a);
 }
 
+/* ---- a malformed Content-Length --------------------------------------------
+ * libmicrohttpd 0.9.75 reads Content-Length itself when a request head is in
+ * (parse_connection_headers in connection.c, state HEADERS_RECEIVED) and
+ * answers a value that is not all digits ("12abc", "-1", "8 ") with its own
+ * HTML 400, one past 2^64 with an HTML 413 (transmit_error_response), before
+ * the access handler is ever called; no option of 0.9.75 replaces that page
+ * (MHD_OPTION_CLIENT_DISCIPLINE_LVL came later and only changes what is
+ * accepted). What it does call in between, synchronously and on the worker
+ * thread that owns the connection, is the error logger ("Failed to parse
+ * `Content-Length' header", "Too large value of 'Content-Length' header").
+ * So each worker thread keeps the requests whose request line is in
+ * (on_uri) and whose access handler has not run (begin): when the logger
+ * reports a bad Content-Length and exactly one of them carries a
+ * Content-Length that is not a number this server takes, that is the one,
+ * and it gets our answer: written to its socket at once (send_direct), then
+ * the socket's sending side shut down, so that libmicrohttpd's page, sent
+ * after, goes nowhere (its send fails and it closes the connection). Two
+ * such heads half-read on one thread at once cannot be told apart; then
+ * libmicrohttpd's page stands. A wrong pick would still be safe: a head
+ * with a bad Content-Length gets a 400 whatever happens. A connection's
+ * callbacks all run on the worker thread that accepted it (its thread
+ * closes it too), so the list needs no lock. */
+static _Thread_local qn_req *heads;
+
+static void heads_add(qn_req *req)
+{
+    req->hprev = NULL;
+    req->hnext = heads;
+    if (heads)
+        heads->hprev = req;
+    heads = req;
+    req->hlist = &heads;
+}
+
+static void heads_del(qn_req *req)
+{
+    if (!req->hlist)
+        return;
+    if (req->hprev)
+        req->hprev->hnext = req->hnext;
+    else
+        *req->hlist = req->hnext;
+    if (req->hnext)
+        req->hnext->hprev = req->hprev;
+    req->hnext = req->hprev = NULL;
+    req->hlist = NULL;
+}
+
+/* 0: v is a length this server takes (decimal digits, at most 2^64 - 1);
+ * 400 or 413 (digits only, but too large): what libmicrohttpd refuses. */
+static int length_fault(const char *v)
+{
+    size_t n = strlen(v);
+    if (n == 0 || strspn(v, "0123456789") != n)
+        return 400;
+    errno = 0;
+    (void)strtoull(v, NULL, 10);
+    return errno == ERANGE ? 413 : 0;
+}
+
+/* The one request head of this thread with a bad Content-Length, or NULL. */
+static qn_req *bad_length_head(const char **value, int *status)
+{
+    qn_req *found = NULL;
+    for (qn_req *r = heads; r; r = r->hnext) {
+        const char *v = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                    MHD_HTTP_HEADER_CONTENT_LENGTH);
+        int st = v ? length_fault(v) : 0;
+        if (!st)
+            continue;
+        if (found)
+            return NULL; /* two: which one libmicrohttpd is refusing is unknown */
+        found = r;
+        *value = v;
+        *status = st;
+    }
+    return found;
+}
+
+/* The route of req's path whatever the method (the method is not known yet):
+ * only to give the answer its route's shape (the OIP routes' {"error":"..."}). */
+static void route_by_path(qn_req *req)
+{
+    qn_http *h = req->h;
+    size_t plen = strlen(req->raw_path);
+    char *buf = qn_arena_alloc(req->arena, plen + 1);
+    const char *segs[QN__MAX_SEGMENTS];
+    size_t nsegs = 0, np;
+    qn__param ps[QN__MAX_PARAMS];
+    if (!buf || qn__path_split(req->raw_path, buf, plen + 1, segs, QN__MAX_SEGMENTS, &nsegs) < 0)
+        return;
+    for (size_t i = 0; i < h->nroutes; i++) {
+        if (qn__template_match(h->routes[i].path, segs, nsegs, ps, QN__MAX_PARAMS, &np)) {
+            req->route = &h->routes[i];
+            req->route_label = h->routes[i].path;
+            return;
+        }
+    }
+}
+
+static void send_direct(qn_req *req);
+static void set_ids(qn_req *req);
+
+/* From the logger: libmicrohttpd is refusing a request's Content-Length. */
+static void answer_bad_length(void)
+{
+    const char *v = NULL;
+    int status = 0;
+    qn_req *req = bad_length_head(&v, &status);
+    if (!req)
+        return;
+    heads_del(req);
+    set_ids(req);
+    route_by_path(req);
+    char shown[64];
+    qn_utf8_escape(shown, sizeof shown, v, strlen(v));
+    if (status == 413)
+        res_error_status(&req->res, 413, QN_RESOURCE_EXHAUSTED, NULL,
+                         "Content-Length %s is larger than any request body this server takes",
+                         shown);
+    else
+        res_error_status(&req->res, 400, QN_INVALID_ARGUMENT, NULL,
+                         "Content-Length '%s' is not a length; send the body's size in bytes "
+                         "as decimal digits only",
+                         shown);
+    send_direct(req);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci)
+        shutdown(ci->connect_fd, SHUT_WR); /* libmicrohttpd's own page goes nowhere */
+    qn_span_discard(&req->span); /* no method, never started: not a request the metrics know */
+}
+
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
     qn_http *h = cls;
@@ -649,6 +784,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     pthread_mutex_unlock(&h->mu);
     if (h->m_inflight)
         qn_gauge_add(h->m_inflight, NULL, 1);
+    heads_add(req);
     return req;
 }
 
@@ -699,6 +835,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!req)
         return;
     *con_cls = NULL;
+    heads_del(req);
     if (req->started) {
         double dt = elapsed_s(&req->t0);
         char code[16];
@@ -1029,6 +1166,7 @@ static int check_utf8(qn_req *req)
 static enum MHD_Result begin(qn_req *req, const char *method)
 {
     req->started = 1;
+    heads_del(req);
     qn__conn_head_done(req->cx);
     req->method = qn_arena_strdup(req->arena, method);
     if (!req->method)
@@ -1248,6 +1386,10 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         line[--n] = '\0';
     qn_log_warn(NULL, "libmicrohttpd", "{s:s}", "detail", line);
+    /* "Failed to parse `Content-Length' header", "Too large value of
+     * 'Content-Length' header": see "a malformed Content-Length". */
+    if (strstr(line, "Content-Length' header"))
+        answer_bad_length();
 }
 
 /* "HOST:PORT", "[V6]:PORT", ":PORT" -> a socket address. */

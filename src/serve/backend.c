@@ -266,14 +266,29 @@ static int64_t mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* The latency_us to log for an answer whose work began at t0: the caller's,
+ * measured now; for a shadowed request (off) it is only stored, for the
+ * shadow worker to log with the primary side; a shadow worker's rerun
+ * (force) logs the one it was handed (none for the shadow side). Measured at
+ * the same point with or without a shadow: after the outputs are built,
+ * before any logging work. */
+static int64_t log_latency(const serve_logctx *lc, int64_t t0)
+{
+    if (lc && lc->force)
+        return lc->latency_us && *lc->latency_us >= 0 ? *lc->latency_us : -1;
+    int64_t took = mono_us() - t0;
+    if (lc && lc->off && lc->latency_us)
+        *lc->latency_us = took;
+    return took;
+}
+
 static void log_tabular(serve *s, serve_model *m, serve_version *v, const oip_infer_request *rq,
                         const qml_input_batch *b, const float *out, size_t w, const serve_logctx *lc,
                         int64_t t0)
 {
+    int64_t latency_us = log_latency(lc, t0);
     if (!s->predlog || (lc && lc->off) || (!(lc && lc->force) && !serve_predlog_sample(m->sample_rate)))
         return;
-    /* The latency a caller saw; a shadow worker's rerun (forced) has none. */
-    int64_t latency_us = lc && lc->force ? -1 : mono_us() - t0;
     char rid[QN_UUID_LEN + 1];
     const char *id = log_id(lc, rq, rid);
     size_t n = b->n_rows < 16 ? b->n_rows : 16; /* a sampled request logs at most 16 rows */
@@ -747,6 +762,7 @@ static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer
         for (int64_t r = 0; r < n; r++)
             ((uint8_t *)o->data)[r] = (uint8_t)(fb[r] != 0);
     }
+    int64_t latency_us = log_latency(lc, t0);
     if (s->predlog && n > 0 && !(lc && lc->off) && ((lc && lc->force) || serve_predlog_sample(m->sample_rate))) {
         char rid[QN_UUID_LEN + 1];
         const char *lid = log_id(lc, rq, rid);
@@ -766,7 +782,7 @@ static int infer_als(serve *s, serve_model *m, serve_version *v, const oip_infer
         }
         free(uid);
         serve_predlog_add_role(s->predlog, m->name, v->vstr, lc ? lc->alias : NULL, lc ? lc->role : NULL, lid,
-                               lc && lc->force ? -1 : mono_us() - t0, features,
+                               latency_us, features,
                                json_pack("{s:o, s:b}", "items", items ? items : json_array(), "fallback", fb[0]));
     }
     rc = 0;
@@ -899,18 +915,23 @@ static int be_infer(void *ud, const oip_infer_request *rq, oip_infer_response *r
     }
     rq = &with_id;
     /* A shadowed request's primary side is logged by the shadow worker (it
-     * runs the primary version again, off the request path). */
-    serve_logctx lc = {.alias = rt.slot->alias, .role = "primary", .rid = rq->id, .off = rt.shadow != NULL};
+     * runs the primary version again, off the request path), with the
+     * latency measured here, on the request path. */
+    int64_t primary_us = -1; /* its latency, measured here as for any request */
+    serve_logctx lc = {.alias = rt.slot->alias, .role = "primary", .rid = rq->id, .off = rt.shadow != NULL,
+                       .latency_us = &primary_us};
     rc = serve_infer_on(s, rt.slot, v, rq, rs, rt.policy ? &lc : NULL, err);
     if (rc == 0)
-        serve_traffic_done(s, m, &rt, rq, rq->id);
+        serve_traffic_done(s, m, &rt, rq, rq->id, primary_us);
     serve_release(v);
     if (rc < 0) {
         char *mn = rs->model, *vn = rs->version;
+        const char *an = rs->alias;
         rs->model = rs->version = NULL;
         oip_response_free(rs);
-        rs->model = mn; /* kept so the caller can label its metrics */
-        rs->version = vn;
+        rs->model = mn; /* kept so the caller can label its metrics and say */
+        rs->version = vn; /* which version (and alias) failed, as on success */
+        rs->alias = an;
     }
     return rc;
 }

@@ -154,8 +154,9 @@ typedef struct call_out {
     /* ModelInfer only: labels for the inference metrics (NULL: not counted). */
     char *model;
     char *version;
-    /* ModelInfer only: served, version names the version that answered;
-     * alias the alias that served it (NULL: unknown). */
+    /* ModelInfer only: served, version names the version chosen for the
+     * call (it answered, or failed after it was chosen); alias the alias
+     * that served it (NULL: unknown). */
     int served;
     char *alias;
 } call_out;
@@ -1030,15 +1031,17 @@ int serve__grpc_infer_md(const oip_backend *be, const uint8_t *in, size_t inlen,
      * client's text and must not become a metric series. */
     if (rc != QN_NOT_FOUND) {
         out->model = strdup(rq->model_name);
-        out->version = strdup(rc == 0 && ors.version ? ors.version
-                                                     : (orq.version ? orq.version : ""));
+        out->version = strdup(ors.version ? ors.version : (orq.version ? orq.version : ""));
         if (!out->model || !out->version) { /* out of memory: the call is not counted */
             free(out->model);
             free(out->version);
             out->model = out->version = NULL;
         }
-        /* Which version (and alias) answered, as REST's X-Quern-Model-* headers say. */
-        out->served = rc == 0 && out->version && ors.version;
+        /* Which version (and alias) was chosen, as REST's X-Quern-Model-*
+         * headers say: on success, and on a failure after the version was
+         * resolved (a bad tensor for that version), not before it (an
+         * unknown version, nothing loaded). */
+        out->served = out->version && ors.version;
         if (out->served && ors.alias)
             out->alias = strdup(ors.alias); /* out of memory: the metadata goes without it */
     }
@@ -1385,8 +1388,9 @@ static void answer(serve_grpc *g, rpc *r)
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);
     size_t nops = 0;
-    /* ModelInfer says which version and alias answered, as REST's
-     * X-Quern-Model-Version and X-Quern-Model-Alias headers do. */
+    /* ModelInfer says which version and alias answered (or were chosen
+     * before it failed), as REST's X-Quern-Model-Version and
+     * X-Quern-Model-Alias headers do. */
     if (out.served && out.version) {
         r->send_md[r->n_send_md].key = grpc_slice_from_static_string("x-quern-model-version");
         r->send_md[r->n_send_md++].value = grpc_slice_from_copied_string(out.version);

@@ -115,10 +115,11 @@ void serve_grpc_shutdown(serve_grpc *g, long long deadline_ms);
  * a negative qn_code with err filled (a valid UTF-8 message), as the call's
  * status would be.
  * out->model/version are the metric labels (NULL when not counted);
- * out->served is 1 when a model version answered (success), so version
- * names it, and out->alias is then the alias
- * that served it (NULL when unknown): the call's x-quern-model-version and
- * x-quern-model-alias response metadata. Free out with
+ * out->served is 1 when a model version was chosen for the call (it
+ * answered, or the call failed after the version was resolved, e.g. a bad
+ * tensor), so version names it, and out->alias is then the alias that
+ * served it (NULL when unknown): the call's x-quern-model-version and
+ * x-quern-model-alias response metadata, as REST's headers. Free out with
  * serve__grpc_infer_out_free either way. Thread-safe if be is.
  */
 typedef struct serve__grpc_infer_out {

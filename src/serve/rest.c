@@ -357,8 +357,11 @@ static int h_infer(qn_req *req, qn_res *res, void *ud)
         }
         qn_buf_free(&b);
     } else {
+        /* Failed after the version was chosen: which one (and its alias). */
         if (rs.version)
             qn_res_header(res, "X-Quern-Model-Version", rs.version);
+        if (rs.version && rs.alias)
+            qn_res_header(res, "X-Quern-Model-Alias", rs.alias);
         qn_res_error(res, rc, "%s", err.msg);
     }
     oip_response_free(&rs);

@@ -196,13 +196,18 @@ int serve_lookup(serve *s, const char *model, const char *version, serve_model *
  * "shadow") recorded with it when not NULL, rid the request id to log under
  * (NULL: the request's, or a fresh one), force: log it whatever the sample
  * rate says (the two sides of a shadowed request), off: not here (the
- * shadow worker logs a shadowed request's primary side). */
+ * shadow worker logs a shadowed request's primary side). latency_us, the
+ * caller's serving latency: with off, where the latency measured here (as
+ * an unshadowed request's would be) is stored, so that the worker logs it
+ * with the primary side; with force, the latency_us to log (NULL or < 0:
+ * none, e.g. the shadow side, which no caller waited for). */
 typedef struct serve_logctx {
     const char *alias;
     const char *role;
     const char *rid;
     int force;
     int off;
+    int64_t *latency_us;
 } serve_logctx;
 /* Runs rq on version v of slot m (a served model or a traffic arm) into rs,
  * logging as lc says (NULL: sampled, no alias). Thread-safe. */
@@ -307,10 +312,11 @@ void serve_traffic_route(serve *s, serve_model *m, const oip_infer_request *rq, 
 json_t *serve_traffic_status(serve *s, serve_model *m);
 /* Counts one answered request by rt (when a policy chose it) and queues the
  * shadow run when rt has one: a copy of rq (and a reference to rt->v), which
- * the worker runs on rt->v again to log the primary side and then on the
- * shadow, both logged under rid; never blocks (a full queue drops and
- * counts, and then neither side is logged). */
+ * the worker runs on rt->v again to log the primary side (with latency_us,
+ * the caller's serving latency measured on the request path; < 0: none) and
+ * then on the shadow, both logged under rid; never blocks (a full queue
+ * drops and counts, and then neither side is logged). */
 void serve_traffic_done(serve *s, serve_model *m, const serve_route *rt, const oip_infer_request *rq,
-                        const char *rid);
+                        const char *rid, int64_t latency_us);
 
 #endif

@@ -22,7 +22,8 @@
  * Shadow: after the caller's answer is computed, a fraction of requests is
  * copied into a bounded queue; one worker thread runs them on the shadow
  * alias's version and logs that prediction beside the primary's under the
- * same request id (roles "primary" and "shadow"). A full queue drops and
+ * same request id (roles "primary" and "shadow"; the primary's with the
+ * latency measured on the request path). A full queue drops and
  * counts; a shadow that fails is counted; neither touches the caller.
  */
 #include <errno.h>
@@ -70,6 +71,7 @@ typedef struct job {
     serve_model *m, *shadow;
     serve_model *pslot;            /* the slot that answered the caller, and its version (a reference) */
     serve_version *pv;
+    int64_t primary_us;            /* the caller's serving latency (< 0: none) */
     oip_infer_request rq;
     json_t *params;
     void *blob;                    /* the inputs, their names and data, in one allocation */
@@ -511,7 +513,7 @@ static void job_free(job *jb)
 }
 
 void serve_traffic_done(serve *s, serve_model *m, const serve_route *rt, const oip_infer_request *rq,
-                        const char *rid)
+                        const char *rid, int64_t latency_us)
 {
     serve_traffic *t = s->traffic;
     if (!t || !rt->policy)
@@ -526,6 +528,7 @@ void serve_traffic_done(serve *s, serve_model *m, const serve_route *rt, const o
         qn_counter_add(t->dropped, dv, 1);
         return;
     }
+    jb->primary_us = latency_us;
     pthread_mutex_lock(&t->qmu);
     if (t->count == QUEUE_CAP || t->stopping) {
         pthread_mutex_unlock(&t->qmu);
@@ -544,8 +547,10 @@ static void run_shadow(serve *s, job *jb)
     serve_traffic *t = s->traffic;
     oip_infer_response rs;
     qn_err err;
-    /* the primary side first, on the very version that answered the caller */
-    serve_logctx lp = {.alias = jb->pslot->alias, .role = "primary", .rid = jb->rid, .force = 1};
+    /* the primary side first, on the very version that answered the caller,
+     * with the latency the caller saw (not this rerun's) */
+    serve_logctx lp = {.alias = jb->pslot->alias, .role = "primary", .rid = jb->rid, .force = 1,
+                       .latency_us = &jb->primary_us};
     if (serve_infer_on(s, jb->pslot, jb->pv, &jb->rq, &rs, &lp, &err) < 0)
         qn_log(QN_LOG_DEBUG, NULL, "logging a shadowed request's primary side failed", "{s:s, s:s}", "model",
                jb->m->name, "error", err.msg);

@@ -15,7 +15,12 @@ with 20 distinct values of that metadata key give each value one version,
 both versions appear, and each value gets the same version over REST (the
 header) as over gRPC (the metadata, sent in lower case as gRPC does);
 under a policy sticky on the user, the "user" request parameter does the
-same over both protocols. Run by /usr/bin/python3 (python3-grpcio).
+same over both protocols. A call that fails after its version was chosen
+(an input the version does not take) says which version and alias it was,
+over gRPC (initial metadata) as over REST (headers), with and without a
+canary (each version with its own alias); one that fails before (a version
+not served, a model not served) says none. Run by /usr/bin/python3
+(python3-grpcio).
 """
 import os
 import shutil
@@ -190,6 +195,58 @@ class TrafficGrpcTest(unittest.TestCase):
             self.assertEqual(set().union(*got.values()), {1, 2}, got)
             for user, vs in got.items():
                 self.assertEqual(self.rest_infer(user=user)[0], next(iter(vs)), user)
+        finally:
+            self.clear_policy()
+
+    def failed_grpc(self, version="", model=MODEL):
+        """A ModelInfer missing input x1: (status code, version, alias) from
+        the failed call's initial metadata (None when absent)."""
+        import grpc
+        rq = self.pb.ModelInferRequest(model_name=model, model_version=version)
+        rq.inputs.add(name=COLS[0], datatype="FP64", shape=[1]).contents.fp64_contents.append(ROW[0])
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.ModelInfer(rq, timeout=30)
+        e = cm.exception
+        md = dict(e.initial_metadata() or ())
+        self.assertNotIn("x-quern-model-version", dict(e.trailing_metadata() or ()))
+        return e.code(), md.get("x-quern-model-version"), md.get("x-quern-model-alias"), e.details()
+
+    def failed_rest(self, version=None, model=MODEL):
+        body = {"inputs": [{"name": COLS[0], "datatype": "FP64", "shape": [1], "data": [ROW[0]]}]}
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+        st, h, out = self.conn.post(path, body)
+        return st, h.get("x-quern-model-version"), h.get("x-quern-model-alias"), out
+
+    def test_5_failed_call_says_version_and_alias(self):
+        import grpc
+        code, v, alias, msg = self.failed_grpc()
+        self.assertEqual((code, v, alias), (grpc.StatusCode.INVALID_ARGUMENT, "1", "production"), msg)
+        self.assertIn(COLS[1], msg)
+        st, v, alias, out = self.failed_rest()
+        self.assertEqual((st, v, alias), (400, "1", "production"), out)
+        # by number: the same
+        self.assertEqual(self.failed_grpc(version="1")[:3], (grpc.StatusCode.INVALID_ARGUMENT, "1", "production"))
+        self.assertEqual(self.failed_rest(version="1")[:3], (400, "1", "production"))
+        # failed before a version was chosen: none named
+        self.assertEqual(self.failed_grpc(version="9")[:3], (grpc.StatusCode.NOT_FOUND, None, None))
+        self.assertEqual(self.failed_rest(version="9")[:3], (404, None, None))
+        self.assertEqual(self.failed_grpc(model="nope")[:3], (grpc.StatusCode.NOT_FOUND, None, None))
+        self.assertEqual(self.failed_rest(model="nope")[:3], (404, None, None))
+        # under a canary each failure names the arm that took it
+        self.set_policy({"routes": [{"alias": "production", "weight": 50}, {"alias": "candidate", "weight": 50}]})
+        try:
+            seen = set()
+            for _ in range(60):
+                code, v, alias, msg = self.failed_grpc()
+                self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT, msg)
+                seen.add((v, alias))
+            self.assertEqual(seen, {("1", "production"), ("2", "candidate")})
+            seen = set()
+            for _ in range(60):
+                st, v, alias, out = self.failed_rest()
+                self.assertEqual(st, 400, out)
+                seen.add((v, alias))
+            self.assertEqual(seen, {("1", "production"), ("2", "candidate")})
         finally:
             self.clear_policy()
 

@@ -4,6 +4,7 @@ grpc_tools.protoc) against quern-serve's gRPC front running the test backend
 of sum_backend.c. Run by test_grpc.c; exits 0 when every check passes.
 
     grpc_client.py --port P --proto DIR --work DIR [--mode all|notready|slow|auth]
+                   [--deadline-scale X]
 
 Modes: all (every method, conversions, errors), notready (the server reports
 not ready), slow (one ModelInfer that sleeps in the backend; --expect ok|error
@@ -23,6 +24,13 @@ import threading
 import traceback
 
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+# The deadline of a call that moves tens of MiB (the message-limit and
+# decode-budget checks), times --deadline-scale: the bytes go through gRPC
+# on both sides, which takes seconds on a loaded machine and several times
+# that under AddressSanitizer (test_grpc.c passes a scale for sanitizer
+# builds). A server that hung would still fail them; what they check is the
+# status and message of the answer.
+BIG_DEADLINE = 30
 
 
 def varint(n):
@@ -52,7 +60,7 @@ def gen_stubs(proto, work):
 
 
 class Checks:
-    def __init__(self, port):
+    def __init__(self, port, deadline_scale=1.0):
         import grpc
         import grpc_service_pb2 as pb
         import grpc_service_pb2_grpc as pbg
@@ -64,6 +72,7 @@ class Checks:
         self.health = hpbg.HealthStub(self.ch)
         self.passed = 0
         self.failed = 0
+        self.big_deadline = BIG_DEADLINE * deadline_scale
 
     # -- helpers -------------------------------------------------------
     def run(self, fn):
@@ -75,9 +84,9 @@ class Checks:
             print(f"FAIL {fn.__name__}", file=sys.stderr)
             traceback.print_exc()
 
-    def expect_error(self, call, req, code, *needles, metadata=None):
+    def expect_error(self, call, req, code, *needles, metadata=None, timeout=10):
         try:
-            call(req, timeout=10, metadata=metadata)
+            call(req, timeout=timeout, metadata=metadata)
         except self.grpc.RpcError as e:
             assert e.code() == code, f"got {e.code()} ({e.details()}), want {code}"
             for n in needles:
@@ -284,7 +293,8 @@ class Checks:
         rq = self.infer_req(inputs=[("x", "FP32", [n, 3], None)], raw=[raw])
         if rq.ByteSize() <= 64 * 1024 * 1024:
             rq.raw_input_contents[0] = raw + b"\0" * (1 << 20)
-        self.expect_error(self.stub.ModelInfer, rq, self.grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.expect_error(self.stub.ModelInfer, rq, self.grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          timeout=self.big_deadline)
 
     def test_infer_decode_budget(self):
         # 20M empty BYTES elements: 40 MiB on the wire (under the message
@@ -297,7 +307,8 @@ class Checks:
         call = self.ch.unary_unary("/inference.GRPCInferenceService/ModelInfer",
                                    request_serializer=lambda b: b,
                                    response_deserializer=lambda b: b)
-        self.expect_error(call, msg, self.grpc.StatusCode.RESOURCE_EXHAUSTED, "MiB")
+        self.expect_error(call, msg, self.grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          "decoding it needs more than 256 MiB", timeout=self.big_deadline)
 
     def raw_call(self, method):
         return self.ch.unary_unary(f"/inference.GRPCInferenceService/{method}",
@@ -520,9 +531,10 @@ def main():
     ap.add_argument("--expect", default="ok")
     ap.add_argument("--token", default="")
     ap.add_argument("--auth-reads", type=int, default=0)
+    ap.add_argument("--deadline-scale", type=float, default=1.0)
     a = ap.parse_args()
     gen_stubs(a.proto, a.work)
-    c = Checks(a.port)
+    c = Checks(a.port, a.deadline_scale)
     if a.mode == "slow":
         rq = c.infer_req(inputs=[("x", "FP32", [1, 3], {"fp32_contents": [1, 2, 3]})])
         rq.parameters["sleep_ms"].int64_param = 600

@@ -28,6 +28,18 @@
 
 static char client_cmd[4096];
 
+/* Deadlines of the calls that move tens of MiB, scaled for sanitizer
+ * builds: the client's --deadline-scale (grpc_client.py, BIG_DEADLINE, 30 s
+ * unscaled). CI runs the suite under ASan+UBSan on a loaded machine, where
+ * the 40 MiB decode-budget call took more than its old 10 s; measured under
+ * ASan with its core shared by 12 busy processes (about load 26 on this
+ * 2-core machine), the call took 78 s. */
+#if defined(__SANITIZE_ADDRESS__) /* QUERN_SANITIZE: ASan and UBSan together */
+#define DEADLINE_SCALE 6
+#else
+#define DEADLINE_SCALE 1
+#endif
+
 /* The command line of grpc_client.py for a port and mode. */
 static const char *client(int port, const char *mode, const char *expect)
 {
@@ -37,8 +49,8 @@ static const char *client(int port, const char *mode, const char *expect)
     assert_non_null(work);
     snprintf(client_cmd, sizeof client_cmd,
              "/usr/bin/python3 %s/tests/unit/serve/grpc_client.py --port %d --proto %s/proto "
-             "--work %s --mode %s --expect %s",
-             src, port, src, work, mode, expect);
+             "--work %s --mode %s --expect %s --deadline-scale %d",
+             src, port, src, work, mode, expect, DEADLINE_SCALE);
     return client_cmd;
 }
 
