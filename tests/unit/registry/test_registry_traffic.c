@@ -81,12 +81,30 @@ static int parse(const char *text, json_t **policy, qn_err *err)
     return rc;
 }
 
+/* A body the parse must refuse, and what its message must name. */
+typedef struct bad_body {
+    const char *body, *msg;
+} bad_body;
+
+/* Each of the n bodies is refused with QN_INVALID_ARGUMENT naming its msg,
+ * and no policy comes back. */
+static void assert_refused(const bad_body *bad, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        qn_err err;
+        json_t *p = NULL;
+        int rc = parse(bad[i].body, &p, &err);
+        if (rc != QN_INVALID_ARGUMENT || !strstr(err.msg, bad[i].msg))
+            fail_msg("case %zu (%s): rc %d, message \"%s\", want \"%s\"", i, bad[i].body, rc,
+                     rc ? err.msg : "", bad[i].msg);
+        assert_null(p);
+    }
+}
+
 static void test_parse_checks(void **state)
 {
     (void)state;
-    static const struct {
-        const char *body, *msg;
-    } bad[] = {
+    static const bad_body bad[] = {
         {"{}", "routes: is required"},
         {"{\"routes\":[]}", "routes: 0 routes"},
         {"{\"routes\":{}}", "routes: must be an array"},
@@ -119,15 +137,7 @@ static void test_parse_checks(void **state)
          "{\"alias\":\"g\",\"weight\":10},{\"alias\":\"h\",\"weight\":10},{\"alias\":\"i\",\"weight\":20}]}",
          "routes: 9 routes"},
     };
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        qn_err err;
-        json_t *p = NULL;
-        int rc = parse(bad[i].body, &p, &err);
-        if (rc != QN_INVALID_ARGUMENT || !strstr(err.msg, bad[i].msg))
-            fail_msg("case %zu (%s): rc %d, message \"%s\", want \"%s\"", i, bad[i].body, rc,
-                     rc ? err.msg : "", bad[i].msg);
-        assert_null(p);
-    }
+    assert_refused(bad, sizeof bad / sizeof *bad);
     /* a complete form from a short one: shadow and sticky default to null */
     qn_err err;
     json_t *p = NULL;
@@ -152,9 +162,7 @@ static void test_parse_auto(void **state)
 {
     (void)state;
 #define R "{\"routes\":[{\"alias\":\"production\",\"weight\":100}],\"auto\":"
-    static const struct {
-        const char *body, *msg;
-    } bad[] = {
+    static const bad_body bad[] = {
         {R "7}", "auto: must be null"},
         {R "{\"metric\":\"rmse\"}}", "auto.challenger: is required"},
         {R "{\"challenger\":\"latest\",\"metric\":\"rmse\"}}", "auto.challenger"},
@@ -173,15 +181,7 @@ static void test_parse_auto(void **state)
         {R "{\"challenger\":\"candidate\",\"metric\":\"rmse\",\"rollback\":{\"p99\":1}}}", "auto.rollback"},
         {R "{\"challenger\":\"candidate\",\"metric\":\"rmse\",\"when\":1}}", "auto"},
     };
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        qn_err err;
-        json_t *p = NULL;
-        int rc = parse(bad[i].body, &p, &err);
-        if (rc != QN_INVALID_ARGUMENT || !strstr(err.msg, bad[i].msg))
-            fail_msg("case %zu (%s): rc %d, message \"%s\", want \"%s\"", i, bad[i].body, rc,
-                     rc ? err.msg : "", bad[i].msg);
-        assert_null(p);
-    }
+    assert_refused(bad, sizeof bad / sizeof *bad);
     qn_err err;
     json_t *p = NULL;
     assert_int_equal(parse(R "{\"challenger\":\"candidate\",\"metric\":\"roc_auc\"}}", &p, &err), 0);
