@@ -133,8 +133,10 @@ static int run_key(qn_conn *c, const char *run_id, int64_t *id, int *deleted, in
     *id = 0; /* GCC at -O3 cannot tell that every failure below is negative */
     int rc = sql_first(c, "SELECT id, lifecycle_stage, experiment_id FROM runs WHERE run_uuid = ?", &st, err, "s",
                        run_id);
-    if (rc <= 0)
-        return rc < 0 ? rc : run_missing(run_id, err);
+    if (rc < 0)
+        return rc;
+    if (rc == 0)
+        return run_missing(run_id, err);
     *id = qn_col_int64(st, 0);
     if (deleted)
         *deleted = strcmp(qn_col_text(st, 1), "active") != 0;
@@ -625,8 +627,10 @@ static int experiment_key(qn_conn *c, const char *id_text, int64_t *id, int *del
         return experiment_missing(id_text, err);
     qn_stmt *st;
     int rc = sql_first(c, "SELECT lifecycle_stage FROM experiments WHERE id = ?", &st, err, "i", *id);
-    if (rc <= 0)
-        return rc < 0 ? rc : experiment_missing(id_text, err);
+    if (rc < 0)
+        return rc;
+    if (rc == 0)
+        return experiment_missing(id_text, err);
     if (deleted)
         *deleted = strcmp(qn_col_text(st, 0), "active") != 0;
     return step_done(st, err) < 0 ? err->code : 0;
@@ -1117,9 +1121,10 @@ int trk_log_dataset_version(qn_conn *c, const char *run_id, const char *dataset,
                    "SELECT v.manifest_digest FROM dataset_versions v JOIN datasets d ON d.id = v.dataset_id "
                    "WHERE d.name = ? AND v.version = ?",
                    &st, err, "si", dataset, version);
-    if (rc <= 0)
-        return rc < 0 ? rc
-                      : qn_err_set(err, QN_NOT_FOUND, "dataset \"%.128s\" has no version %lld", dataset, (long long)version);
+    if (rc < 0)
+        return rc;
+    if (rc == 0)
+        return qn_err_set(err, QN_NOT_FOUND, "dataset \"%.128s\" has no version %lld", dataset, (long long)version);
     char digest[80], source[200];
     snprintf(digest, sizeof digest, "%s", qn_col_text(st, 0));
     if (step_done(st, err) < 0)
