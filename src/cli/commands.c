@@ -82,6 +82,71 @@ typedef struct name_opts {
     const char *name;
 } name_opts;
 
+/* A run that `pipelines run` or `sources run` started, and how to follow it. */
+typedef struct run_follow {
+    const char *service;     /* the service that runs it */
+    const char *path;        /* GET: the run's record; NULL: do not poll */
+    const char *list_key;    /* NULL: path answers the run; else an array of runs under this key... */
+    long long id;            /* ...of which the run is the one with this "id" */
+    const char *state_key;   /* the record's state: "state" or "status" */
+    const char *const *live; /* the states of a run not ended yet (NULL-terminated) */
+    int max_polls;           /* 100 ms apart */
+    const char *name;        /* the pipeline or source */
+    void (*summary)(const json_t *run, const char *name); /* the run's end without --json */
+} run_follow;
+
+/* The run with this "id" in an array of runs, or NULL (borrowed). */
+static json_t *run_by_id(const json_t *runs, long long id)
+{
+    size_t k;
+    json_t *r;
+    json_array_foreach(runs, k, r)
+        if (json_integer_value(json_object_get(r, "id")) == id)
+            return r;
+    return NULL;
+}
+
+/* 1 while run's state is missing or one of f's live states. */
+static int run_live(const run_follow *f, const json_t *run)
+{
+    const char *state = json_string_value(json_object_get(run, f->state_key));
+    for (int i = 0; state && f->live[i]; i++)
+        if (strcmp(state, f->live[i]) == 0)
+            return 1;
+    return !state;
+}
+
+/* Follows f's run from run (the POST's answer; taken) to its end, polling
+ * while it is live, then prints its last record (--json) or f->summary.
+ * CLI_FAILED when the run failed, CLI_OK when it did not, or a failed
+ * poll's code (said). */
+static int follow_run(const run_follow *f, json_t *run)
+{
+    for (int i = 0; f->path && i < f->max_polls && run_live(f, run); i++) {
+        usleep(100000);
+        json_t *got = NULL;
+        int rc = call(f->service, "GET", f->path, NULL, &got);
+        if (rc != CLI_OK) {
+            json_decref(run);
+            return rc;
+        }
+        json_t *newer = f->list_key ? run_by_id(json_object_get(got, f->list_key), f->id) : got;
+        if (newer) {
+            json_decref(run);
+            run = json_incref(newer);
+        }
+        json_decref(got);
+    }
+    if (g_cli.json)
+        cli_print_json(run);
+    else
+        f->summary(run, f->name);
+    const char *state = json_string_value(json_object_get(run, f->state_key));
+    int failed = state && strcmp(state, "failed") == 0;
+    json_decref(run);
+    return failed ? CLI_FAILED : CLI_OK;
+}
+
 /* ---- models ---------------------------------------------------------------- */
 
 /* "age:FP64,workclass:BYTES" -> [{"name","datatype","shape":[-1]}] */
@@ -913,49 +978,39 @@ static int pipelines_put(const void *opts)
     return rc;
 }
 
+/* The run's own record: rows_in and rows_out are what it read and wrote. */
+static void pipeline_run_summary(const json_t *run, const char *name)
+{
+    (void)name;
+    printf("run %s: %s", cli_field(run, "run_id"), cli_field(run, "state"));
+    if (json_object_get(run, "dataset_version"))
+        printf(", dataset version %s", cli_field(run, "dataset_version"));
+    if (json_object_get(run, "rows_in") || json_object_get(run, "rows_out"))
+        printf(", rows in %s, out %s", cli_field(run, "rows_in"), cli_field(run, "rows_out"));
+    else if (json_object_get(run, "report"))
+        printf(", rows in %s, out %s", cli_field(run, "report.rows_in"), cli_field(run, "report.rows_out"));
+    if (json_object_get(run, "error") && !json_is_null(json_object_get(run, "error")))
+        printf("\nerror: %s", cli_field(run, "error"));
+    printf("\n");
+}
+
 static int pipelines_run(const void *opts)
 {
+    static const char *const live[] = {"queued", "running", NULL};
     const name_opts *o = opts;
     json_t *out = NULL;
     int rc = call("prep", "POST", cli_printf("/v1/pipelines/%s/runs", cli_enc(o->name)), NULL, &out);
     if (rc != CLI_OK)
         return rc;
     const char *id = json_string_value(json_object_get(out, "run_id"));
-    const char *path = id ? cli_printf("/v1/pipelines/%s/runs/%s", cli_enc(o->name), cli_enc(id)) : NULL;
-    for (int i = 0; path && i < 6000; i++) { /* follow the run for up to 10 minutes */
-        json_t *run = NULL;
-        if ((rc = call("prep", "GET", path, NULL, &run)) != CLI_OK) {
-            json_decref(out);
-            return rc;
-        }
-        const char *state = json_string_value(json_object_get(run, "state"));
-        if (state && strcmp(state, "queued") != 0 && strcmp(state, "running") != 0) {
-            json_decref(out);
-            out = run;
-            break;
-        }
-        json_decref(run);
-        usleep(100000);
-    }
-    if (g_cli.json) {
-        cli_print_json(out);
-    } else {
-        /* The run's own record: rows_in and rows_out are what it read and wrote. */
-        printf("run %s: %s", cli_field(out, "run_id"), cli_field(out, "state"));
-        if (json_object_get(out, "dataset_version"))
-            printf(", dataset version %s", cli_field(out, "dataset_version"));
-        if (json_object_get(out, "rows_in") || json_object_get(out, "rows_out"))
-            printf(", rows in %s, out %s", cli_field(out, "rows_in"), cli_field(out, "rows_out"));
-        else if (json_object_get(out, "report"))
-            printf(", rows in %s, out %s", cli_field(out, "report.rows_in"), cli_field(out, "report.rows_out"));
-        if (json_object_get(out, "error") && !json_is_null(json_object_get(out, "error")))
-            printf("\nerror: %s", cli_field(out, "error"));
-        printf("\n");
-    }
-    const char *state = json_string_value(json_object_get(out, "state"));
-    rc = state && strcmp(state, "failed") == 0 ? CLI_FAILED : CLI_OK;
-    json_decref(out);
-    return rc;
+    run_follow f = {.service = "prep",
+                    .path = id ? cli_printf("/v1/pipelines/%s/runs/%s", cli_enc(o->name), cli_enc(id)) : NULL,
+                    .state_key = "state",
+                    .live = live,
+                    .max_polls = 6000, /* 10 minutes */
+                    .name = o->name,
+                    .summary = pipeline_run_summary};
+    return follow_run(&f, out);
 }
 
 const cli_cmd cli_cmd_pipelines_list = CLI_CMD_NOOPTS("pipelines list", "every pipeline: source, output, trigger",
@@ -1024,50 +1079,36 @@ static int sources_history(const void *opts)
                      p);
 }
 
-/* Starts a run and follows it to its end (the run's record is the answer). */
+static void source_run_summary(const json_t *run, const char *name)
+{
+    printf("run %s of %s: %s, %s rows stored, %s rejected, %s ms", cli_field(run, "id"), name, cli_field(run, "status"),
+           cli_field(run, "rows"), cli_field(run, "rejected"), cli_field(run, "duration_ms"));
+    if (json_string_value(json_object_get(run, "error")))
+        printf("\nerror: %s", cli_field(run, "error"));
+    printf("\n");
+}
+
+/* Starts a run and follows it to its end (the run's record is the answer).
+ * ingest answers a source's recent runs, not one run: the run is found among
+ * them by its id. */
 static int sources_run(const void *opts)
 {
+    static const char *const live[] = {"running", NULL};
     const name_opts *o = opts;
     json_t *out = NULL;
     int rc = call("ingest", "POST", cli_printf("/v1/sources/%s/runs", cli_enc(o->name)), NULL, &out);
     if (rc != CLI_OK)
         return rc;
-    long long id = (long long)json_integer_value(json_object_get(out, "id"));
-    const char *path = cli_printf("/v1/sources/%s/runs?limit=20", cli_enc(o->name));
-    for (int i = 0; i < 36000; i++) { /* follow the run for up to an hour */
-        const char *status = json_string_value(json_object_get(out, "status"));
-        if (status && strcmp(status, "running") != 0)
-            break;
-        usleep(100000);
-        json_t *runs = NULL;
-        if ((rc = call("ingest", "GET", path, NULL, &runs)) != CLI_OK) {
-            json_decref(out);
-            return rc;
-        }
-        size_t k;
-        json_t *r;
-        json_array_foreach(json_object_get(runs, "runs"), k, r)
-            if (json_integer_value(json_object_get(r, "id")) == id) {
-                json_decref(out);
-                out = json_incref(r);
-                break;
-            }
-        json_decref(runs);
-    }
-    if (g_cli.json) {
-        cli_print_json(out);
-    } else {
-        printf("run %s of %s: %s, %s rows stored, %s rejected, %s ms", cli_field(out, "id"), o->name,
-               cli_field(out, "status"), cli_field(out, "rows"), cli_field(out, "rejected"),
-               cli_field(out, "duration_ms"));
-        if (json_string_value(json_object_get(out, "error")))
-            printf("\nerror: %s", cli_field(out, "error"));
-        printf("\n");
-    }
-    const char *status = json_string_value(json_object_get(out, "status"));
-    rc = status && strcmp(status, "failed") == 0 ? CLI_FAILED : CLI_OK;
-    json_decref(out);
-    return rc;
+    run_follow f = {.service = "ingest",
+                    .path = cli_printf("/v1/sources/%s/runs?limit=20", cli_enc(o->name)),
+                    .list_key = "runs",
+                    .id = (long long)json_integer_value(json_object_get(out, "id")),
+                    .state_key = "status",
+                    .live = live,
+                    .max_polls = 36000, /* an hour */
+                    .name = o->name,
+                    .summary = source_run_summary};
+    return follow_run(&f, out);
 }
 
 const cli_cmd cli_cmd_sources_list = CLI_CMD_NOOPTS("sources list", "every pull source of quern-ingest", NULL,

@@ -11,10 +11,12 @@
  */
 #include "registry/tracking.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <float.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +39,62 @@ static int step_done(qn_stmt *st, qn_err *err)
 static int oom(qn_err *err)
 {
     return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+}
+
+/* sql prepared, with the arguments in ap bound to its parameters 1, 2, ...
+ * as fmt spells their types: 's' a const char * (NULL binds NULL), 'i' an
+ * int64_t, 'd' a double. NULL with err. A failed bind is reported by the
+ * next qn_step (store.h). */
+static qn_stmt *prepare_va(qn_conn *c, const char *sql, qn_err *err, const char *fmt, va_list ap)
+{
+    qn_stmt *st = qn_prepare(c, sql, err);
+    for (int i = 0; st && fmt[i]; i++) {
+        if (fmt[i] == 's') {
+            const char *s = va_arg(ap, const char *);
+            s ? qn_bind_text(st, i + 1, s, -1) : qn_bind_null(st, i + 1);
+        } else if (fmt[i] == 'd') {
+            qn_bind_double(st, i + 1, va_arg(ap, double));
+        } else {
+            assert(fmt[i] == 'i');
+            qn_bind_int64(st, i + 1, va_arg(ap, int64_t));
+        }
+    }
+    return st;
+}
+
+/* sql prepared with the arguments after fmt bound (see prepare_va); NULL
+ * with err. Read its rows with qn_step. */
+static qn_stmt *sql_prepare(qn_conn *c, const char *sql, qn_err *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    qn_stmt *st = prepare_va(c, sql, err, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+/* Runs sql (a write, or a query whose rows are not wanted) with the
+ * arguments after fmt bound (see prepare_va): 0, or a negative code with err
+ * (QN_ALREADY_EXISTS on a unique clash). */
+static int sql_exec(qn_conn *c, const char *sql, qn_err *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    qn_stmt *st = prepare_va(c, sql, err, fmt, ap);
+    va_end(ap);
+    return st ? step_done(st, err) : err->code;
+}
+
+/* Runs sql with the arguments after fmt bound (see prepare_va) to its first
+ * row: 1 with *st on that row (read it, then step_done), 0 when there is no
+ * row (the caller says what is missing), or a negative code with err. */
+static int sql_first(qn_conn *c, const char *sql, qn_stmt **st, qn_err *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    *st = prepare_va(c, sql, err, fmt, ap);
+    va_end(ap);
+    return *st ? qn_step(*st, err) : err->code;
 }
 
 /* An experiment id as clients write it ("0", "12"); -1 when it is none. */
@@ -63,14 +121,18 @@ static int experiment_missing(const char *id, qn_err *err)
     return qn_err_set(err, QN_NOT_FOUND, "no experiment with id '%.64s' exists", id ? id : "");
 }
 
+static int experiment_exists(const char *name, qn_err *err)
+{
+    return qn_err_set(err, QN_ALREADY_EXISTS, "experiment '%.500s' already exists", name);
+}
+
 /* The run's integer key and lifecycle stage (deleted 1); QN_NOT_FOUND. */
 static int run_key(qn_conn *c, const char *run_id, int64_t *id, int *deleted, int64_t *exp, qn_err *err)
 {
-    qn_stmt *st = qn_prepare(c, "SELECT id, lifecycle_stage, experiment_id FROM runs WHERE run_uuid = ?", err);
-    if (!st)
-        return err->code;
-    qn_bind_text(st, 1, run_id, -1);
-    int rc = qn_step(st, err);
+    qn_stmt *st;
+    *id = 0; /* GCC at -O3 cannot tell that every failure below is negative */
+    int rc = sql_first(c, "SELECT id, lifecycle_stage, experiment_id FROM runs WHERE run_uuid = ?", &st, err, "s",
+                       run_id);
     if (rc < 0)
         return rc;
     if (rc == 0)
@@ -96,28 +158,66 @@ static int active_run(qn_conn *c, const char *run_id, int64_t *id, qn_err *err)
     return 0;
 }
 
-/* [{key, value}] of a key/value table's rows for one owner. */
-static json_t *kv_list(qn_conn *c, const char *sql, int64_t id, qn_err *err)
+/* A stored metric value as MLflow answers it: NaN as the string "NaN". */
+static json_t *metric_value_json(double v, int is_nan)
 {
-    qn_stmt *st = qn_prepare(c, sql, err);
+    return is_nan ? json_string("NaN") : json_real(v);
+}
+
+/* The JSON of one row of a run's children, from the row's columns at col
+ * onwards (the queries that read many runs put run_id before them); NULL
+ * when out of memory. kv_json: {key, value} from the columns key, value, a
+ * param or a tag. */
+static json_t *kv_json(qn_stmt *st, int col)
+{
+    return json_pack("{s:s, s:s}", "key", qn_col_text(st, col), "value", qn_col_text(st, col + 1));
+}
+
+/* {key, value, timestamp, step} from the columns key, value, is_nan,
+ * timestamp, step. */
+static json_t *metric_json(qn_stmt *st, int col)
+{
+    return json_pack("{s:s, s:o, s:I, s:I}", "key", qn_col_text(st, col), "value",
+                     metric_value_json(qn_col_double(st, col + 1), (int)qn_col_int64(st, col + 2)), "timestamp",
+                     (json_int_t)qn_col_int64(st, col + 3), "step", (json_int_t)qn_col_int64(st, col + 4));
+}
+
+/* {tags, dataset: {name, digest, source_type, source, schema?, profile?}}
+ * from the columns name, digest, source_type, source, schema, profile, tags. */
+static json_t *input_json(qn_stmt *st, int col)
+{
+    json_t *ds = json_pack("{s:s, s:s, s:s, s:s}", "name", qn_col_text(st, col), "digest", qn_col_text(st, col + 1),
+                           "source_type", qn_col_text(st, col + 2), "source", qn_col_text(st, col + 3));
+    if (ds && !qn_col_is_null(st, col + 4))
+        json_object_set_new(ds, "schema", json_string(qn_col_text(st, col + 4)));
+    if (ds && !qn_col_is_null(st, col + 5))
+        json_object_set_new(ds, "profile", json_string(qn_col_text(st, col + 5)));
+    return json_pack("{s:o, s:o}", "tags", qn_json_from_text(qn_col_text(st, col + 6)), "dataset", ds);
+}
+
+/* {model_id, step} from the columns model_id, step: a logged model. */
+static json_t *output_json(qn_stmt *st, int col)
+{
+    return json_pack("{s:s, s:I}", "model_id", qn_col_text(st, col), "step", (json_int_t)qn_col_int64(st, col + 1));
+}
+
+/* The rows sql finds for one owner (its one parameter, id) as an array of
+ * row_json(st, 0); NULL with err, or with err unset when out of memory. */
+static json_t *rows_list(qn_conn *c, const char *sql, int64_t id, json_t *(*row_json)(qn_stmt *st, int col),
+                         qn_err *err)
+{
+    qn_stmt *st = sql_prepare(c, sql, err, "i", id);
     if (!st)
         return NULL;
-    qn_bind_int64(st, 1, id);
     json_t *out = json_array();
     int rc;
     while (out && (rc = qn_step(st, err)) == 1)
-        json_array_append_new(out, json_pack("{s:s, s:s}", "key", qn_col_text(st, 0), "value", qn_col_text(st, 1)));
+        json_array_append_new(out, row_json(st, 0));
     if (!out || rc < 0) {
         json_decref(out);
         return NULL;
     }
     return out;
-}
-
-/* A stored metric value as MLflow answers it: NaN as the string "NaN". */
-static json_t *metric_value_json(double v, int is_nan)
-{
-    return is_nan ? json_string("NaN") : json_real(v);
 }
 
 /* ---- keys and values ----------------------------------------------------------------- */
@@ -324,16 +424,10 @@ static int set_experiment_tag(qn_conn *c, int64_t id, const char *key, const cha
 {
     if (key_check("experiment tag", key, err) < 0 || value_check("experiment tag", key, value, TRK_MAX_TAG_VALUE, err) < 0)
         return err->code;
-    qn_stmt *st = qn_prepare(c,
-                             "INSERT INTO experiment_tags (experiment_id, key, value) VALUES (?, ?, ?) "
-                             "ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value",
-                             err);
-    if (!st)
-        return err->code;
-    qn_bind_int64(st, 1, id);
-    qn_bind_text(st, 2, key, -1);
-    qn_bind_text(st, 3, value, -1);
-    return qn_step(st, err);
+    return sql_exec(c,
+                    "INSERT INTO experiment_tags (experiment_id, key, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value",
+                    err, "iss", id, key, value);
 }
 
 int trk_experiment_create(qn_conn *c, const char *name, const char *artifact_location, const json_t *tags,
@@ -346,19 +440,12 @@ int trk_experiment_create(qn_conn *c, const char *name, const char *artifact_loc
         return qn_err_set(err, QN_INVALID_ARGUMENT, "artifact_location has at most 2048 characters");
     if (tags && !json_is_array(tags) && !json_is_null(tags))
         return qn_err_set(err, QN_INVALID_ARGUMENT, "tags must be an array of {key, value}");
-    qn_stmt *st = qn_prepare(c,
-                             "INSERT INTO experiments (name, artifact_location, created_at, updated_at) "
-                             "VALUES (?, ?, ?, ?) RETURNING id",
-                             err);
-    if (!st)
-        return err->code;
-    qn_bind_text(st, 1, name, -1);
-    qn_bind_text(st, 2, artifact_location ? artifact_location : "", -1);
-    qn_bind_int64(st, 3, now);
-    qn_bind_int64(st, 4, now);
-    rc = qn_step(st, err);
+    qn_stmt *st;
+    rc = sql_first(c, "INSERT INTO experiments (name, artifact_location, created_at, updated_at) "
+                   "VALUES (?, ?, ?, ?) RETURNING id",
+                   &st, err, "ssii", name, artifact_location ? artifact_location : "", now, now);
     if (rc == QN_ALREADY_EXISTS)
-        return qn_err_set(err, QN_ALREADY_EXISTS, "experiment '%.500s' already exists", name);
+        return experiment_exists(name, err);
     if (rc < 0)
         return rc;
     *id = qn_col_int64(st, 0);
@@ -367,11 +454,7 @@ int trk_experiment_create(qn_conn *c, const char *name, const char *artifact_loc
     if (!artifact_location || !*artifact_location) {
         char loc[64];
         snprintf(loc, sizeof loc, "mlflow-artifacts:/%lld", (long long)*id);
-        if (!(st = qn_prepare(c, "UPDATE experiments SET artifact_location = ? WHERE id = ?", err)))
-            return err->code;
-        qn_bind_text(st, 1, loc, -1);
-        qn_bind_int64(st, 2, *id);
-        if ((rc = qn_step(st, err)) < 0)
+        if ((rc = sql_exec(c, "UPDATE experiments SET artifact_location = ? WHERE id = ?", err, "si", loc, *id)) < 0)
             return rc;
     }
     size_t i;
@@ -395,7 +478,8 @@ static json_t *experiment_json(qn_conn *c, qn_stmt *st, qn_err *err)
                           "artifact_location", qn_col_text(st, 2), "lifecycle_stage", qn_col_text(st, 3),
                           "creation_time", (json_int_t)qn_col_int64(st, 4), "last_update_time",
                           (json_int_t)qn_col_int64(st, 5));
-    json_t *tags = kv_list(c, "SELECT key, value FROM experiment_tags WHERE experiment_id = ? ORDER BY key", eid, err);
+    json_t *tags =
+        rows_list(c, "SELECT key, value FROM experiment_tags WHERE experiment_id = ? ORDER BY key", eid, kv_json, err);
     if (!e || !tags) {
         json_decref(e);
         json_decref(tags);
@@ -410,10 +494,9 @@ static json_t *experiment_json(qn_conn *c, qn_stmt *st, qn_err *err)
 static int experiment_one(qn_conn *c, const char *sql, int64_t id, const char *name, const char *shown,
                           json_t **out, qn_err *err)
 {
-    qn_stmt *st = qn_prepare(c, sql, err);
+    qn_stmt *st = name ? sql_prepare(c, sql, err, "s", name) : sql_prepare(c, sql, err, "i", id);
     if (!st)
         return err->code;
-    name ? qn_bind_text(st, 1, name, -1) : qn_bind_int64(st, 1, id);
     int rc = reg_db_one(c, st, experiment_json, out, err);
     if (rc == 0)
         return name ? qn_err_set(err, QN_NOT_FOUND, "could not find experiment with name '%.500s'", name)
@@ -481,6 +564,18 @@ int trk_experiments_order(const char *const *clauses, size_t n, char *buf, size_
     return 0;
 }
 
+/* q prepared with its values bound, into *st, once its limits are checked:
+ * 0, or the query's error (trk_query_bind) or the store's. */
+static int query_prepare(qn_conn *c, const trk_query *q, qn_stmt **st, qn_err *err)
+{
+    int rc = trk_query_bind(q, NULL, err);
+    if (rc < 0)
+        return rc;
+    if (!(*st = qn_prepare(c, q->sql.data, err)) || trk_query_bind(q, *st, err) < 0)
+        return err->code;
+    return 0;
+}
+
 int trk_experiments_list(qn_conn *c, int pg, int view, const trk_filter *f, const char *order, int64_t after,
                          int64_t limit, json_t *list, int *more, qn_err *err)
 {
@@ -503,13 +598,9 @@ int trk_experiments_list(qn_conn *c, int pg, int view, const trk_filter *f, cons
         trk_query_text(&q, " OFFSET ");
         trk_query_int(&q, after);
     }
-    qn_stmt *st = NULL;
-    if ((rc = trk_query_bind(&q, NULL, err)) < 0)
+    qn_stmt *st;
+    if ((rc = query_prepare(c, &q, &st, err)) < 0)
         goto out;
-    if (!(st = qn_prepare(c, q.sql.data, err)) || (rc = trk_query_bind(&q, st, err)) < 0) {
-        rc = err->code;
-        goto out;
-    }
     int64_t n = 0;
     while ((rc = qn_step(st, err)) == 1) {
         if (n++ == limit) {
@@ -534,11 +625,8 @@ static int experiment_key(qn_conn *c, const char *id_text, int64_t *id, int *del
     *id = parse_id(id_text);
     if (*id < 0)
         return experiment_missing(id_text, err);
-    qn_stmt *st = qn_prepare(c, "SELECT lifecycle_stage FROM experiments WHERE id = ?", err);
-    if (!st)
-        return err->code;
-    qn_bind_int64(st, 1, *id);
-    int rc = qn_step(st, err);
+    qn_stmt *st;
+    int rc = sql_first(c, "SELECT lifecycle_stage FROM experiments WHERE id = ?", &st, err, "i", *id);
     if (rc < 0)
         return rc;
     if (rc == 0)
@@ -554,16 +642,9 @@ int trk_experiment_rename(qn_conn *c, const char *id_text, const char *new_name,
     int rc;
     if (name_check("new_name", new_name, err) < 0 || (rc = experiment_key(c, id_text, &id, NULL, err)) < 0)
         return err->code;
-    qn_stmt *st = qn_prepare(c, "UPDATE experiments SET name = ?, updated_at = ? WHERE id = ?", err);
-    if (!st)
-        return err->code;
-    qn_bind_text(st, 1, new_name, -1);
-    qn_bind_int64(st, 2, qn_now_ms());
-    qn_bind_int64(st, 3, id);
-    rc = qn_step(st, err);
-    if (rc == QN_ALREADY_EXISTS)
-        return qn_err_set(err, QN_ALREADY_EXISTS, "experiment '%.500s' already exists", new_name);
-    return rc;
+    rc = sql_exec(c, "UPDATE experiments SET name = ?, updated_at = ? WHERE id = ?", err, "sii", new_name, qn_now_ms(),
+                  id);
+    return rc == QN_ALREADY_EXISTS ? experiment_exists(new_name, err) : rc;
 }
 
 int trk_experiment_set_stage(qn_conn *c, const char *id_text, int deleted, qn_err *err)
@@ -573,19 +654,10 @@ int trk_experiment_set_stage(qn_conn *c, const char *id_text, int deleted, qn_er
     if ((rc = experiment_key(c, id_text, &id, NULL, err)) < 0)
         return rc;
     const char *stage = deleted ? "deleted" : "active";
-    qn_stmt *st = qn_prepare(c, "UPDATE experiments SET lifecycle_stage = ?, updated_at = ? WHERE id = ?", err);
-    if (!st)
-        return err->code;
-    qn_bind_text(st, 1, stage, -1);
-    qn_bind_int64(st, 2, qn_now_ms());
-    qn_bind_int64(st, 3, id);
-    if ((rc = qn_step(st, err)) < 0)
+    if ((rc = sql_exec(c, "UPDATE experiments SET lifecycle_stage = ?, updated_at = ? WHERE id = ?", err, "sii", stage,
+                       qn_now_ms(), id)) < 0)
         return rc;
-    if (!(st = qn_prepare(c, "UPDATE runs SET lifecycle_stage = ? WHERE experiment_id = ?", err)))
-        return err->code;
-    qn_bind_text(st, 1, stage, -1);
-    qn_bind_int64(st, 2, id);
-    return qn_step(st, err);
+    return sql_exec(c, "UPDATE runs SET lifecycle_stage = ? WHERE experiment_id = ?", err, "si", stage, id);
 }
 
 int trk_experiment_set_tag(qn_conn *c, const char *id_text, const char *key, const char *value, qn_err *err)
@@ -617,16 +689,10 @@ static void random_name(char out[64])
 
 static int upsert_tag(qn_conn *c, int64_t id, const char *key, const char *value, qn_err *err)
 {
-    qn_stmt *st = qn_prepare(c,
-                             "INSERT INTO run_tags (run_id, key, value) VALUES (?, ?, ?) "
-                             "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
-                             err);
-    if (!st)
-        return err->code;
-    qn_bind_int64(st, 1, id);
-    qn_bind_text(st, 2, key, -1);
-    qn_bind_text(st, 3, value, -1);
-    return qn_step(st, err);
+    return sql_exec(c,
+                    "INSERT INTO run_tags (run_id, key, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
+                    err, "iss", id, key, value);
 }
 
 int trk_run_create(qn_conn *c, const trk_run_in *in, json_t **out, qn_err *err)
@@ -662,31 +728,17 @@ int trk_run_create(qn_conn *c, const trk_run_in *in, json_t **out, qn_err *err)
     qn_random_bytes(raw, sizeof raw);
     for (int i = 0; i < 16; i++)
         snprintf(run_id + 2 * i, 3, "%02x", raw[i]);
-    qn_stmt *st = qn_prepare(c, "SELECT artifact_location FROM experiments WHERE id = ?", err);
-    if (!st) {
-        rc = err->code;
-        goto out;
-    }
-    qn_bind_int64(st, 1, exp);
-    if ((rc = qn_step(st, err)) < 0)
+    qn_stmt *st;
+    if ((rc = sql_first(c, "SELECT artifact_location FROM experiments WHERE id = ?", &st, err, "i", exp)) < 0)
         goto out;
     snprintf(loc, sizeof loc, "%s/%s/artifacts", rc == 1 ? qn_col_text(st, 0) : "", run_id);
     if ((rc = step_done(st, err)) < 0)
         goto out;
-    if (!(st = qn_prepare(c,
-                          "INSERT INTO runs (run_uuid, experiment_id, name, user_id, status, start_time, artifact_uri) "
-                          "VALUES (?, ?, ?, ?, 'RUNNING', ?, ?) RETURNING id",
-                          err))) {
-        rc = err->code;
-        goto out;
-    }
-    qn_bind_text(st, 1, run_id, -1);
-    qn_bind_int64(st, 2, exp);
-    qn_bind_text(st, 3, name, -1);
-    qn_bind_text(st, 4, in->user_id ? in->user_id : "", -1);
-    qn_bind_int64(st, 5, in->start_time > 0 ? in->start_time : qn_now_ms());
-    qn_bind_text(st, 6, loc, -1);
-    if ((rc = qn_step(st, err)) < 0)
+    if ((rc = sql_first(c,
+                        "INSERT INTO runs (run_uuid, experiment_id, name, user_id, status, start_time, artifact_uri) "
+                        "VALUES (?, ?, ?, ?, 'RUNNING', ?, ?) RETURNING id",
+                        &st, err, "sissis", run_id, exp, name, in->user_id ? in->user_id : "",
+                        in->start_time > 0 ? in->start_time : qn_now_ms(), loc)) < 0)
         goto out;
     int64_t id = qn_col_int64(st, 0);
     if ((rc = step_done(st, err)) < 0)
@@ -724,68 +776,29 @@ static json_t *run_info_json(qn_stmt *st)
 /* The data, inputs and outputs of run id, added to run. */
 static int run_children(qn_conn *c, int64_t id, json_t *run, qn_err *err)
 {
-    json_t *params = kv_list(c, "SELECT key, value FROM params WHERE run_id = ? ORDER BY key", id, err);
-    json_t *tags = params ? kv_list(c, "SELECT key, value FROM run_tags WHERE run_id = ? ORDER BY key", id, err) : NULL;
-    json_t *metrics = json_array(), *inputs = json_array(), *outputs = json_array();
-    int rc = -1;
-    if (!params || !tags || !metrics || !inputs || !outputs)
-        goto out;
-    qn_stmt *st = qn_prepare(c,
-                             "SELECT key, value, is_nan, timestamp, step FROM latest_metrics WHERE run_id = ? ORDER BY key",
-                             err);
-    if (!st)
-        goto out;
-    qn_bind_int64(st, 1, id);
-    while ((rc = qn_step(st, err)) == 1)
-        json_array_append_new(metrics, json_pack("{s:s, s:o, s:I, s:I}", "key", qn_col_text(st, 0), "value",
-                                                 metric_value_json(qn_col_double(st, 1), (int)qn_col_int64(st, 2)),
-                                                 "timestamp", (json_int_t)qn_col_int64(st, 3), "step",
-                                                 (json_int_t)qn_col_int64(st, 4)));
-    if (rc < 0)
-        goto out;
-    if (!(st = qn_prepare(c,
-                          "SELECT name, digest, source_type, source, schema, profile, tags FROM run_inputs "
-                          "WHERE run_id = ? ORDER BY name, digest",
-                          err))) {
-        rc = -1;
-        goto out;
+    json_t *params = NULL, *tags = NULL, *metrics = NULL, *inputs = NULL, *outputs = NULL;
+    if (!(params = rows_list(c, "SELECT key, value FROM params WHERE run_id = ? ORDER BY key", id, kv_json, err)) ||
+        !(tags = rows_list(c, "SELECT key, value FROM run_tags WHERE run_id = ? ORDER BY key", id, kv_json, err)) ||
+        !(metrics = rows_list(c,
+                              "SELECT key, value, is_nan, timestamp, step FROM latest_metrics WHERE run_id = ? "
+                              "ORDER BY key",
+                              id, metric_json, err)) ||
+        !(inputs = rows_list(c,
+                             "SELECT name, digest, source_type, source, schema, profile, tags FROM run_inputs "
+                             "WHERE run_id = ? ORDER BY name, digest",
+                             id, input_json, err)) ||
+        !(outputs = rows_list(c, "SELECT model_id, step FROM run_outputs WHERE run_id = ? ORDER BY model_id", id,
+                              output_json, err))) {
+        json_decref(params);
+        json_decref(tags);
+        json_decref(metrics);
+        json_decref(inputs);
+        return err->code ? err->code : oom(err);
     }
-    qn_bind_int64(st, 1, id);
-    while ((rc = qn_step(st, err)) == 1) {
-        json_t *ds = json_pack("{s:s, s:s, s:s, s:s}", "name", qn_col_text(st, 0), "digest", qn_col_text(st, 1),
-                               "source_type", qn_col_text(st, 2), "source", qn_col_text(st, 3));
-        if (ds && !qn_col_is_null(st, 4))
-            json_object_set_new(ds, "schema", json_string(qn_col_text(st, 4)));
-        if (ds && !qn_col_is_null(st, 5))
-            json_object_set_new(ds, "profile", json_string(qn_col_text(st, 5)));
-        json_array_append_new(inputs, json_pack("{s:o, s:o}", "tags", qn_json_from_text(qn_col_text(st, 6)),
-                                                "dataset", ds));
-    }
-    if (rc < 0)
-        goto out;
-    if (!(st = qn_prepare(c, "SELECT model_id, step FROM run_outputs WHERE run_id = ? ORDER BY model_id", err))) {
-        rc = -1;
-        goto out;
-    }
-    qn_bind_int64(st, 1, id);
-    while ((rc = qn_step(st, err)) == 1)
-        json_array_append_new(outputs, json_pack("{s:s, s:I}", "model_id", qn_col_text(st, 0), "step",
-                                                 (json_int_t)qn_col_int64(st, 1)));
-    if (rc < 0)
-        goto out;
     json_object_set_new(run, "data", json_pack("{s:o, s:o, s:o}", "metrics", metrics, "params", params, "tags", tags));
     json_object_set_new(run, "inputs", json_pack("{s:o}", "dataset_inputs", inputs));
     json_object_set_new(run, "outputs", json_pack("{s:o}", "model_outputs", outputs));
     return 0;
-out:
-    json_decref(params);
-    json_decref(tags);
-    json_decref(metrics);
-    json_decref(inputs);
-    json_decref(outputs);
-    if (!err->code || rc == -1)
-        return err->code ? err->code : oom(err);
-    return err->code;
 }
 
 /* A whole run from a RUN_COLS row. */
@@ -804,26 +817,25 @@ static json_t *run_json(qn_conn *c, qn_stmt *st, qn_err *err)
     return run;
 }
 
+/* A run's info alone from a RUN_COLS row, as reg_db_one takes it. */
+static json_t *run_info_row(qn_conn *c, qn_stmt *st, qn_err *err)
+{
+    (void)c;
+    json_t *info = run_info_json(st);
+    if (!info)
+        oom(err);
+    return info;
+}
+
 static int run_row(qn_conn *c, const char *run_id, json_t **out, int info_only, qn_err *err)
 {
-    qn_stmt *st = qn_prepare(c, "SELECT " RUN_COLS " FROM runs r WHERE r.run_uuid = ?", err);
+    qn_stmt *st = sql_prepare(c, "SELECT " RUN_COLS " FROM runs r WHERE r.run_uuid = ?", err, "s", run_id);
     if (!st)
         return err->code;
-    qn_bind_text(st, 1, run_id, -1);
-    int rc = qn_step(st, err);
-    if (rc < 0)
-        return rc;
+    int rc = reg_db_one(c, st, info_only ? run_info_row : run_json, out, err);
     if (rc == 0)
         return run_missing(run_id, err);
-    json_t *v = info_only ? run_info_json(st) : run_json(c, st, err);
-    if (!v)
-        return err->code ? err->code : oom(err);
-    if (step_done(st, err) < 0) {
-        json_decref(v);
-        return err->code;
-    }
-    *out = v;
-    return 0;
+    return rc < 0 ? rc : 0;
 }
 
 int trk_run_get(qn_conn *c, const char *run_id, json_t **out, qn_err *err)
@@ -848,18 +860,10 @@ int trk_run_update(qn_conn *c, const char *run_id, const char *status, int64_t e
         return err->code;
     if ((rc = active_run(c, run_id, &id, err)) < 0)
         return rc;
-    qn_stmt *st = qn_prepare(c,
-                             "UPDATE runs SET status = COALESCE(?, status), end_time = CASE WHEN CAST(? AS BIGINT) >= 0 "
-                             "THEN CAST(? AS BIGINT) ELSE end_time END, name = COALESCE(?, name) WHERE id = ?",
-                             err);
-    if (!st)
-        return err->code;
-    status ? qn_bind_text(st, 1, status, -1) : qn_bind_null(st, 1);
-    qn_bind_int64(st, 2, end_time);
-    qn_bind_int64(st, 3, end_time);
-    name && *name ? qn_bind_text(st, 4, name, -1) : qn_bind_null(st, 4);
-    qn_bind_int64(st, 5, id);
-    if ((rc = qn_step(st, err)) < 0)
+    if ((rc = sql_exec(c,
+                       "UPDATE runs SET status = COALESCE(?, status), end_time = CASE WHEN CAST(? AS BIGINT) >= 0 "
+                       "THEN CAST(? AS BIGINT) ELSE end_time END, name = COALESCE(?, name) WHERE id = ?",
+                       err, "siisi", status, end_time, end_time, name && *name ? name : NULL, id)) < 0)
         return rc;
     if (name && *name && (rc = upsert_tag(c, id, "mlflow.runName", name, err)) < 0)
         return rc;
@@ -872,35 +876,22 @@ int trk_run_set_stage(qn_conn *c, const char *run_id, int deleted, qn_err *err)
     int rc;
     if ((rc = run_key(c, run_id, &id, NULL, NULL, err)) < 0)
         return rc;
-    qn_stmt *st = qn_prepare(c, "UPDATE runs SET lifecycle_stage = ? WHERE id = ?", err);
-    if (!st)
-        return err->code;
-    qn_bind_text(st, 1, deleted ? "deleted" : "active", -1);
-    qn_bind_int64(st, 2, id);
-    return qn_step(st, err);
+    return sql_exec(c, "UPDATE runs SET lifecycle_stage = ? WHERE id = ?", err, "si", deleted ? "deleted" : "active",
+                    id);
 }
 
 /* ---- logging ------------------------------------------------------------------------ */
 
 static int log_param(qn_conn *c, int64_t id, const char *run_id, const trk_kv *p, qn_err *err)
 {
-    qn_stmt *st = qn_prepare(c,
-                             "INSERT INTO params (run_id, key, value) VALUES (?, ?, ?) "
-                             "ON CONFLICT (run_id, key) DO NOTHING",
-                             err);
-    if (!st)
-        return err->code;
-    qn_bind_int64(st, 1, id);
-    qn_bind_text(st, 2, p->key, -1);
-    qn_bind_text(st, 3, p->value, -1);
-    int rc = qn_step(st, err);
+    int rc = sql_exec(c,
+                      "INSERT INTO params (run_id, key, value) VALUES (?, ?, ?) "
+                      "ON CONFLICT (run_id, key) DO NOTHING",
+                      err, "iss", id, p->key, p->value);
     if (rc < 0 || qn_changes(c) == 1)
         return rc;
-    if (!(st = qn_prepare(c, "SELECT value FROM params WHERE run_id = ? AND key = ?", err)))
-        return err->code;
-    qn_bind_int64(st, 1, id);
-    qn_bind_text(st, 2, p->key, -1);
-    if ((rc = qn_step(st, err)) < 0)
+    qn_stmt *st;
+    if ((rc = sql_first(c, "SELECT value FROM params WHERE run_id = ? AND key = ?", &st, err, "is", id, p->key)) < 0)
         return rc;
     if (rc == 1 && strcmp(qn_col_text(st, 0), p->value) != 0)
         rc = qn_err_set(err, QN_INVALID_ARGUMENT,
@@ -959,23 +950,14 @@ static int metric_later(const trk_metric *a, const trk_metric *b)
 /* Moves latest_metrics forward to m where m is later than what it holds. */
 static int upsert_latest(qn_conn *c, int64_t id, const trk_metric *m, qn_err *err)
 {
-    qn_stmt *st = qn_prepare(c,
-                             "INSERT INTO latest_metrics (run_id, key, value, is_nan, step, timestamp) VALUES (?, ?, ?, ?, ?, ?) "
-                             "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, is_nan = excluded.is_nan, "
-                             "step = excluded.step, timestamp = excluded.timestamp "
-                             "WHERE excluded.step > latest_metrics.step OR (excluded.step = latest_metrics.step AND "
-                             "(excluded.timestamp > latest_metrics.timestamp OR (excluded.timestamp = latest_metrics.timestamp "
-                             "AND excluded.value > latest_metrics.value)))",
-                             err);
-    if (!st)
-        return err->code;
-    qn_bind_int64(st, 1, id);
-    qn_bind_text(st, 2, m->key, -1);
-    qn_bind_double(st, 3, m->value);
-    qn_bind_int64(st, 4, m->is_nan);
-    qn_bind_int64(st, 5, m->step);
-    qn_bind_int64(st, 6, m->timestamp);
-    return qn_step(st, err);
+    return sql_exec(c,
+                    "INSERT INTO latest_metrics (run_id, key, value, is_nan, step, timestamp) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, is_nan = excluded.is_nan, "
+                    "step = excluded.step, timestamp = excluded.timestamp "
+                    "WHERE excluded.step > latest_metrics.step OR (excluded.step = latest_metrics.step AND "
+                    "(excluded.timestamp > latest_metrics.timestamp OR (excluded.timestamp = latest_metrics.timestamp "
+                    "AND excluded.value > latest_metrics.value)))",
+                    err, "isdiii", id, m->key, m->value, (int64_t)m->is_nan, m->step, m->timestamp);
 }
 
 /* The batch's metrics: all appended, then one latest_metrics upsert per
@@ -1018,15 +1000,9 @@ int trk_log_batch(qn_conn *c, const char *run_id, const trk_batch *b, qn_err *er
     for (size_t i = 0; i < b->ntags; i++) {
         if ((rc = upsert_tag(c, id, b->tags[i].key, b->tags[i].value, err)) < 0)
             return rc;
-        if (strcmp(b->tags[i].key, "mlflow.runName") == 0) {
-            qn_stmt *st = qn_prepare(c, "UPDATE runs SET name = ? WHERE id = ?", err);
-            if (!st)
-                return err->code;
-            qn_bind_text(st, 1, b->tags[i].value, -1);
-            qn_bind_int64(st, 2, id);
-            if ((rc = qn_step(st, err)) < 0)
-                return rc;
-        }
+        if (strcmp(b->tags[i].key, "mlflow.runName") == 0 &&
+            (rc = sql_exec(c, "UPDATE runs SET name = ? WHERE id = ?", err, "si", b->tags[i].value, id)) < 0)
+            return rc;
     }
     return log_metrics(c, id, b->metrics, b->nmetrics, err);
 }
@@ -1037,12 +1013,7 @@ int trk_tag_delete(qn_conn *c, const char *run_id, const char *key, qn_err *err)
     int rc;
     if ((rc = active_run(c, run_id, &id, err)) < 0)
         return rc;
-    qn_stmt *st = qn_prepare(c, "DELETE FROM run_tags WHERE run_id = ? AND key = ?", err);
-    if (!st)
-        return err->code;
-    qn_bind_int64(st, 1, id);
-    qn_bind_text(st, 2, key, -1);
-    if ((rc = qn_step(st, err)) < 0)
+    if ((rc = sql_exec(c, "DELETE FROM run_tags WHERE run_id = ? AND key = ?", err, "is", id, key)) < 0)
         return rc;
     if (qn_changes(c) == 0)
         return qn_err_set(err, QN_NOT_FOUND, "no tag with name '%.250s' in run %s", key, run_id);
@@ -1057,26 +1028,19 @@ int trk_metric_history(qn_conn *c, const char *run_id, const char *key, int64_t 
     *more = 0;
     if ((rc = run_key(c, run_id, &id, NULL, NULL, err)) < 0)
         return rc;
-    qn_stmt *st = qn_prepare(c,
-                             "SELECT value, is_nan, timestamp, step FROM metrics WHERE run_id = ? AND key = ? "
-                             "ORDER BY step, timestamp, id LIMIT ? OFFSET ?",
-                             err);
+    qn_stmt *st = sql_prepare(c,
+                              "SELECT key, value, is_nan, timestamp, step FROM metrics WHERE run_id = ? AND key = ? "
+                              "ORDER BY step, timestamp, id LIMIT ? OFFSET ?",
+                              err, "isii", id, key, limit + 1, offset);
     if (!st)
         return err->code;
-    qn_bind_int64(st, 1, id);
-    qn_bind_text(st, 2, key, -1);
-    qn_bind_int64(st, 3, limit + 1);
-    qn_bind_int64(st, 4, offset);
     int64_t n = 0;
     while ((rc = qn_step(st, err)) == 1) {
         if (n++ == limit) {
             *more = 1;
             continue;
         }
-        json_array_append_new(list, json_pack("{s:s, s:o, s:I, s:I}", "key", key, "value",
-                                              metric_value_json(qn_col_double(st, 0), (int)qn_col_int64(st, 1)),
-                                              "timestamp", (json_int_t)qn_col_int64(st, 2), "step",
-                                              (json_int_t)qn_col_int64(st, 3)));
+        json_array_append_new(list, metric_json(st, 0));
     }
     return rc < 0 ? rc : 0;
 }
@@ -1152,15 +1116,12 @@ int trk_log_dataset_version(qn_conn *c, const char *run_id, const char *dataset,
     int rc;
     if ((rc = active_run(c, run_id, &id, err)) < 0)
         return rc;
-    qn_stmt *st = qn_prepare(c,
-                             "SELECT v.manifest_digest FROM dataset_versions v JOIN datasets d ON d.id = v.dataset_id "
-                             "WHERE d.name = ? AND v.version = ?",
-                             err);
-    if (!st)
-        return err->code;
-    qn_bind_text(st, 1, dataset, -1);
-    qn_bind_int64(st, 2, version);
-    if ((rc = qn_step(st, err)) < 0)
+    qn_stmt *st;
+    rc = sql_first(c,
+                   "SELECT v.manifest_digest FROM dataset_versions v JOIN datasets d ON d.id = v.dataset_id "
+                   "WHERE d.name = ? AND v.version = ?",
+                   &st, err, "si", dataset, version);
+    if (rc < 0)
         return rc;
     if (rc == 0)
         return qn_err_set(err, QN_NOT_FOUND, "dataset \"%.128s\" has no version %lld", dataset, (long long)version);
@@ -1282,26 +1243,16 @@ static int fill_children(qn_conn *c, const int64_t *ids, json_t *const *runs, si
                 at = (at + k) % cnt;
                 json_t *run = runs[base + at], *item = NULL, *into = NULL;
                 if (q < 2) {
-                    item = json_pack("{s:s, s:s}", "key", qn_col_text(st, 1), "value", qn_col_text(st, 2));
+                    item = kv_json(st, 1);
                     into = json_object_get(json_object_get(run, "data"), q ? "tags" : "params");
                 } else if (q == 2) {
-                    item = json_pack("{s:s, s:o, s:I, s:I}", "key", qn_col_text(st, 1), "value",
-                                     metric_value_json(qn_col_double(st, 2), (int)qn_col_int64(st, 3)), "timestamp",
-                                     (json_int_t)qn_col_int64(st, 4), "step", (json_int_t)qn_col_int64(st, 5));
+                    item = metric_json(st, 1);
                     into = json_object_get(json_object_get(run, "data"), "metrics");
                 } else if (q == 3) {
-                    json_t *ds = json_pack("{s:s, s:s, s:s, s:s}", "name", qn_col_text(st, 1), "digest",
-                                           qn_col_text(st, 2), "source_type", qn_col_text(st, 3), "source",
-                                           qn_col_text(st, 4));
-                    if (ds && !qn_col_is_null(st, 5))
-                        json_object_set_new(ds, "schema", json_string(qn_col_text(st, 5)));
-                    if (ds && !qn_col_is_null(st, 6))
-                        json_object_set_new(ds, "profile", json_string(qn_col_text(st, 6)));
-                    item = json_pack("{s:o, s:o}", "tags", qn_json_from_text(qn_col_text(st, 7)), "dataset", ds);
+                    item = input_json(st, 1);
                     into = json_object_get(json_object_get(run, "inputs"), "dataset_inputs");
                 } else {
-                    item = json_pack("{s:s, s:I}", "model_id", qn_col_text(st, 1), "step",
-                                     (json_int_t)qn_col_int64(st, 2));
+                    item = output_json(st, 1);
                     into = json_object_get(json_object_get(run, "outputs"), "model_outputs");
                 }
                 if (!item || json_array_append_new(into, item) < 0)
@@ -1343,13 +1294,9 @@ int trk_runs_search(qn_conn *c, int pg, const trk_search *s, json_t *runs, int *
     trk_query_int(&q, s->limit + 1);
     trk_query_text(&q, " OFFSET ");
     trk_query_int(&q, s->offset);
-    qn_stmt *st = NULL;
-    if ((rc = trk_query_bind(&q, NULL, err)) < 0) /* checks limits before preparing */
+    qn_stmt *st;
+    if ((rc = query_prepare(c, &q, &st, err)) < 0)
         goto out;
-    if (!(st = qn_prepare(c, q.sql.data, err)) || (rc = trk_query_bind(&q, st, err)) < 0) {
-        rc = err->code;
-        goto out;
-    }
     int64_t n = 0;
     size_t first = json_array_size(runs);
     while ((rc = qn_step(st, err)) == 1) {
@@ -1394,18 +1341,14 @@ out:
 
 int trk_runs_of_dataset(qn_conn *c, const char *dataset, int64_t version, json_t **out, qn_err *err)
 {
-    qn_stmt *st = qn_prepare(c,
-                             "SELECT " RUN_COLS " FROM runs r WHERE r.id IN (SELECT i.run_id FROM run_inputs i "
-                             "WHERE i.name = ? AND (i.dataset_version = ? OR i.digest = (SELECT v.manifest_digest "
-                             "FROM dataset_versions v JOIN datasets d ON d.id = v.dataset_id WHERE d.name = ? AND "
-                             "v.version = ?))) ORDER BY r.start_time DESC, r.id DESC LIMIT 1000",
-                             err);
+    qn_stmt *st = sql_prepare(c,
+                              "SELECT " RUN_COLS " FROM runs r WHERE r.id IN (SELECT i.run_id FROM run_inputs i "
+                              "WHERE i.name = ? AND (i.dataset_version = ? OR i.digest = (SELECT v.manifest_digest "
+                              "FROM dataset_versions v JOIN datasets d ON d.id = v.dataset_id WHERE d.name = ? AND "
+                              "v.version = ?))) ORDER BY r.start_time DESC, r.id DESC LIMIT 1000",
+                              err, "sisi", dataset, version, dataset, version);
     if (!st)
         return err->code;
-    qn_bind_text(st, 1, dataset, -1);
-    qn_bind_int64(st, 2, version);
-    qn_bind_text(st, 3, dataset, -1);
-    qn_bind_int64(st, 4, version);
     json_t *list = json_array();
     int rc;
     while ((rc = qn_step(st, err)) == 1)
@@ -1424,18 +1367,16 @@ int trk_versions_of_run(qn_conn *c, const char *run_id, json_t **out, qn_err *er
     int rc;
     if ((rc = run_key(c, run_id, &id, NULL, NULL, err)) < 0)
         return rc;
-    qn_stmt *st = qn_prepare(c,
-                             "SELECT model_id, step, model_name, version FROM run_outputs WHERE run_id = ? "
-                             "ORDER BY model_name, version, model_id",
-                             err);
+    qn_stmt *st = sql_prepare(c,
+                              "SELECT model_id, step, model_name, version FROM run_outputs WHERE run_id = ? "
+                              "ORDER BY model_name, version, model_id",
+                              err, "i", id);
     if (!st)
         return err->code;
-    qn_bind_int64(st, 1, id);
     json_t *versions = json_array(), *logged = json_array();
     while ((rc = qn_step(st, err)) == 1) {
         if (qn_col_is_null(st, 2))
-            json_array_append_new(logged, json_pack("{s:s, s:I}", "model_id", qn_col_text(st, 0), "step",
-                                                    (json_int_t)qn_col_int64(st, 1)));
+            json_array_append_new(logged, output_json(st, 0));
         else
             json_array_append_new(versions, json_pack("{s:s, s:I}", "model", qn_col_text(st, 2), "version",
                                                       (json_int_t)qn_col_int64(st, 3)));
@@ -1452,15 +1393,11 @@ int trk_versions_of_run(qn_conn *c, const char *run_id, json_t **out, qn_err *er
 int trk_run_of_version(qn_conn *c, const char *model, int64_t version, char **run_id, qn_err *err)
 {
     *run_id = NULL;
-    qn_stmt *st = qn_prepare(c,
-                             "SELECT r.run_uuid FROM run_outputs o JOIN runs r ON r.id = o.run_id "
-                             "WHERE o.model_name = ? AND o.version = ? ORDER BY r.start_time DESC, r.id DESC LIMIT 1",
-                             err);
-    if (!st)
-        return err->code;
-    qn_bind_text(st, 1, model, -1);
-    qn_bind_int64(st, 2, version);
-    int rc = qn_step(st, err);
+    qn_stmt *st;
+    int rc = sql_first(c,
+                       "SELECT r.run_uuid FROM run_outputs o JOIN runs r ON r.id = o.run_id "
+                       "WHERE o.model_name = ? AND o.version = ? ORDER BY r.start_time DESC, r.id DESC LIMIT 1",
+                       &st, err, "si", model, version);
     if (rc == 1) {
         if (!(*run_id = strdup(qn_col_text(st, 0))))
             return oom(err);

@@ -31,15 +31,10 @@ import json
 import os
 import random
 import sys
-import tempfile
-import time
 import unittest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "service"))
-from harness import ServiceTest  # noqa: E402
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_adult import COLS, DATASETS, NUM, ROOT, adult_csv  # noqa: E402
+from adult_common import COLS, DATASETS, NUM, AdultServices, infer_inputs, wait_for  # noqa: E402
 
 WINDOW = 1500        # rows per estimation window
 TOL_AUC = 0.03       # |estimated - realised| ROC AUC, each window
@@ -63,57 +58,19 @@ def adult_test_rows():
     return rows
 
 
-def wait_for(fn, timeout=120, every=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s")
-
-
-class AdultCbpe(ServiceTest):
+class AdultCbpe(AdultServices):
     def test_cbpe_tracks_realised_auc_shifted_and_not(self):
-        home = tempfile.mkdtemp(prefix="quern-adult-cbpe-", dir=os.environ.get("QUERN_TEST_WORK"))
-        env = {"QUERN_HOME": home}
-        reg = self.start("registry", env=env)
-        regurl = f"http://127.0.0.1:{reg.port}"
-        ing = self.start("ingest", env=env, args=["--registry", regurl])
-        prep = self.start("prep", env=env, args=["--registry", regurl, "--ingest", f"http://127.0.0.1:{ing.port}"])
-        train = self.start("train", env=env, args=["--registry", regurl])
-
-        st, _, ans = ing.request("POST", "/v1/datasets/adult-raw/events", body=adult_csv(),
-                                 headers={"Content-Type": "text/csv"})
-        self.assertEqual(st, 201, ans)
-        with open(os.path.join(ROOT, "examples", "pipelines", "adult.json")) as f:
-            pipeline = json.load(f)
-        st, _, ans = prep.request("PUT", "/v1/pipelines/adult", pipeline)
-        self.assertIn(st, (200, 201), ans)
-        st, _, run = prep.request("POST", "/v1/pipelines/adult/runs")
-        self.assertEqual(st, 202, run)
-        run = wait_for(lambda: (lambda r: r if r["state"] not in ("queued", "running") else None)(
-            prep.request("GET", f"/v1/pipelines/adult/runs/{run['run_id']}")[2]), timeout=120, every=0.1)
-        self.assertEqual(run["state"], "succeeded", run)
-
-        with open(os.path.join(ROOT, "examples", "train", "adult-xgboost.json")) as f:
-            spec = json.load(f)
-        spec.pop("kind")
-        job = {"model": "adult", "kind": "xgboost", "dataset": "adult-clean", "spec": spec,
-               "promote_policy": {"metric": "roc_auc", "mode": "always"}}
-        st, _, j = train.request("POST", "/v1/jobs", job)
-        self.assertEqual(st, 202, j)
-        j = wait_for(lambda: (lambda x: x if x["state"] in ("succeeded", "failed", "cancelled") else None)(
-            train.request("GET", f"/v1/jobs/{j['id']}")[2]), timeout=300, every=0.1)
-        self.assertEqual(j["state"], "succeeded", j)
+        self.start_adult_services("quern-adult-cbpe-")
+        self.clean_adult()
+        j = self.train_adult("xgboost", promote="always")
         metrics = j["result"]["metrics"]
         self.assertIn("calibration.rate.5", metrics, "train stores the holdout calibration")
         holdout_auc = metrics["roc_auc"]
 
-        mon = self.start("monitor", env=env, args=["--registry", regurl, "--tick", "200ms",
-                                                   "--quality-window", str(WINDOW), "--label-horizon", "1h"])
-        serve = self.start("serve", env=env, args=["--registry", regurl, "--models", "adult",
-                                                   "--grpc-listen", "off", "--log-sample-rate", "1"])
+        mon = self.start("monitor", env=self.env, args=["--registry", self.regurl, "--tick", "200ms",
+                                                        "--quality-window", str(WINDOW), "--label-horizon", "1h"])
+        serve = self.start("serve", env=self.env, args=["--registry", self.regurl, "--models", "adult",
+                                                        "--grpc-listen", "off", "--log-sample-rate", "1"])
         wait_for(lambda: serve.request("GET", "/v2/health/ready")[0] == 200, timeout=60, every=0.1)
 
         rows = adult_test_rows()
@@ -128,10 +85,8 @@ class AdultCbpe(ServiceTest):
         def serve_window(win, tag):
             sent = []
             for i, (feats, y) in enumerate(win):
-                inputs = [{"name": k, "shape": [1], "datatype": "FP64" if k in NUM else "BYTES", "data": [v]}
-                          for k, v in feats.items()]
                 st, _, ans = serve.request("POST", "/v2/models/adult/infer",
-                                           {"id": f"{tag}-{i}", "inputs": inputs})
+                                           {"id": f"{tag}-{i}", "inputs": infer_inputs(feats)})
                 self.assertEqual(st, 200, ans)
                 sent.append((ans["id"], y, ans["outputs"][0]["data"][0]))
             return sent
@@ -157,9 +112,9 @@ class AdultCbpe(ServiceTest):
         # The labels land, under the ids serve answered with.
         for sent in (sent_a, sent_b):
             for k in range(0, len(sent), 500):
-                st, _, ans = ing.request("POST", "/v1/feedback",
-                                         [{"model": "adult", "request_id": rid, "label": y}
-                                          for rid, y, _ in sent[k:k + 500]])
+                st, _, ans = self.ing.request("POST", "/v1/feedback",
+                                              [{"model": "adult", "request_id": rid, "label": y}
+                                               for rid, y, _ in sent[k:k + 500]])
                 self.assertEqual(st, 201, ans)
 
         def realised():

@@ -459,6 +459,13 @@ class CliTest(unittest.TestCase):
         runs = self.api(3, "/v1/pipelines/p/runs")["runs"]
         self.assertEqual((runs[0]["rows_in"], runs[0]["rows_out"]), (10, 6))
         self.assertIn("rows in 10, out 6", out)
+        # Under --json the answer is the run's last record, as the API has it once the run ended
+        # (the same input again: prep may skip it).
+        rc, out, err = self.quern("--json", "pipelines", "run", "p")
+        self.assertEqual(rc, 0, err)
+        run = json.loads(out)
+        self.assertIn(run["state"], ("succeeded", "skipped"))
+        self.assertEqual(run, self.api(3, f"/v1/pipelines/p/runs/{run['run_id']}"))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import http.client
 import json
 import math
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -44,6 +45,8 @@ from harness import BIN, WORK, Service  # noqa: E402
 COLS = ["x0", "x1"]
 ROW = [0.5, -1.25]
 MODEL = "shop"
+# ROW as the inputs of an Open Inference Protocol request
+INPUTS = [{"name": c, "datatype": "FP64", "shape": [1], "data": [ROW[i]]} for i, c in enumerate(COLS)]
 
 
 def sha(b):
@@ -105,21 +108,31 @@ class Conn:
         self.c.close()
 
 
-class TrafficTest(unittest.TestCase):
+class TrafficFixture(unittest.TestCase):
+    """What the traffic tests (REST here, gRPC in test_serve_traffic_grpc) start
+    and the helpers they share: a registry and a serve in one QUERN_HOME
+    (cls.home, cls.env, cls.reg, cls.serve), MODEL's VERSIONS published under
+    their aliases, and a keep-alive connection to serve (cls.conn). After
+    the class: both stopped, neither with a sanitizer report, home removed.
+    A subclass sets HOME_PREFIX, VERSIONS ((version, alias[, cols]), ...) and
+    GRPC_LISTEN (serve's --grpc-listen) before this setUpClass runs."""
+    HOME_PREFIX = "quern-traffic-"
+    VERSIONS = ((1, "production"), (2, "candidate"))
+    GRPC_LISTEN = "off"
+
     @classmethod
     def setUpClass(cls):
-        cls.home = tempfile.mkdtemp(prefix="quern-traffic-", dir=WORK)
+        cls.home = tempfile.mkdtemp(prefix=cls.HOME_PREFIX, dir=WORK)
         cls.env = {"QUERN_HOME": cls.home}
         for d in ("registry", "serve"):
             os.makedirs(os.path.join(cls.home, d))
         cls.reg = Service("registry", data=os.path.join(cls.home, "registry"), env=cls.env).start(timeout=60)
         cls.serve = None
         try:
-            publish(cls.reg, 1, "production")
-            publish(cls.reg, 2, "candidate")
-            publish(cls.reg, 3, "challenger", cols=["y0", "y1"])
+            for v in cls.VERSIONS:
+                publish(cls.reg, *v)
             cls.serve = Service("serve", data=os.path.join(cls.home, "serve"), env=cls.env,
-                                args=["--poll-interval", "60s", "--grpc-listen", "off",
+                                args=["--poll-interval", "60s", "--grpc-listen", cls.GRPC_LISTEN,
                                       "--log-sample-rate", "0", "--models", MODEL,
                                       "--registry", f"http://127.0.0.1:{cls.reg.port}"]).start(timeout=60)
         except Exception:
@@ -130,15 +143,19 @@ class TrafficTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.conn.close()
+        bad = []
         for s in (cls.serve, cls.reg):
             if s:
                 s.stop()
-
-    # ---- helpers ---------------------------------------------------------------
+                report = s.sanitizer_report()
+                bad += [f"{s.name}: {report}"] if report else []
+        shutil.rmtree(cls.home, ignore_errors=True)
+        assert not bad, bad
 
     def infer(self, rid=None, params=None, headers=None):
-        body = {"inputs": [{"name": c, "datatype": "FP64", "shape": [1], "data": [ROW[i]]}
-                           for i, c in enumerate(COLS)]}
+        """One REST infer of ROW: (version, alias, body), the version header
+        checked against the body's model_version and the prediction."""
+        body = {"inputs": INPUTS}
         if rid:
             body["id"] = rid
         if params:
@@ -158,6 +175,12 @@ class TrafficTest(unittest.TestCase):
         self.wait_for(lambda: self.follows(body["updated_at"]), "serve did not follow the new policy")
         return body
 
+    def clear_policy(self):
+        """Clears the policy and waits until serve has dropped it."""
+        st, _, body = self.reg.request("DELETE", f"/v1/models/{MODEL}/traffic")
+        self.assertIn(st, (200, 204), body)
+        self.wait_for(lambda: self.follows(None), "serve did not drop the policy")
+
     def follows(self, updated_at):
         st, _, out = self.serve.request("GET", "/v1/models")
         tr = next(m for m in out["models"] if m["name"] == MODEL)["traffic"]
@@ -172,6 +195,12 @@ class TrafficTest(unittest.TestCase):
                 return
             time.sleep(0.05)
         self.fail(f"{what} within {timeout} s\n{self.serve.log()[-3000:]}")
+
+
+class TrafficTest(TrafficFixture):
+    VERSIONS = ((1, "production"), (2, "candidate"), (3, "challenger", ["y0", "y1"]))
+
+    # ---- helpers ---------------------------------------------------------------
 
     def seen(self, version, n=60):
         return any(self.infer()[0] == version for _ in range(n))
@@ -241,8 +270,7 @@ class TrafficTest(unittest.TestCase):
         self.assertGreaterEqual(self.metric("quern_traffic_requests_total", model=MODEL, alias="candidate",
                                             role="primary"), cand)
         # a version asked for by number is answered by the alias serving it
-        body = {"inputs": [{"name": c, "datatype": "FP64", "shape": [1], "data": [ROW[i]]}
-                           for i, c in enumerate(COLS)]}
+        body = {"inputs": INPUTS}
         for _ in range(10):
             st, h, out = self.conn.post(f"/v2/models/{MODEL}/versions/2/infer", body)
             self.assertEqual((st, h.get("x-quern-model-alias"), out["model_version"]), (200, "candidate", "2"), out)
@@ -310,8 +338,7 @@ class TrafficTest(unittest.TestCase):
 
         def client():
             c = Conn(self.serve.port)
-            body = {"inputs": [{"name": n, "datatype": "FP64", "shape": [1], "data": [ROW[i]]}
-                               for i, n in enumerate(COLS)]}
+            body = {"inputs": INPUTS}
             try:
                 for _ in range(150):
                     st, h, out = c.post(f"/v2/models/{MODEL}/infer", body)
@@ -452,8 +479,7 @@ class TrafficTest(unittest.TestCase):
                 tr = next((m for m in out["models"] if m["name"] == MODEL), {}).get("traffic")
                 return bool(tr) and tr["updated_at"] == body["updated_at"] and all(tr["versions"].values())
             self.wait_for(follows2, "the second replica did not follow the policy")
-            req = {"inputs": [{"name": c, "datatype": "FP64", "shape": [1], "data": [ROW[i]]}
-                              for i, c in enumerate(COLS)]}
+            req = {"inputs": INPUTS}
             seen = set()
             for u in range(16):
                 v1 = self.infer(params={"user": f"r-{u}"})[0]

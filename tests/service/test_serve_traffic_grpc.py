@@ -23,18 +23,13 @@ not served, a model not served) says none. Run by /usr/bin/python3
 (python3-grpcio).
 """
 import os
-import shutil
 import socket
 import sys
-import tempfile
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import WORK, Service  # noqa: E402
 import test_serve as ts  # noqa: E402 (the module: its TestCase is not run here)
-from test_serve_traffic import COLS, MODEL, ROW, Conn, expect, publish  # noqa: E402,F401
-
+from test_serve_traffic import COLS, MODEL, ROW, TrafficFixture, expect  # noqa: E402
 
 
 def free_port():
@@ -45,45 +40,28 @@ def free_port():
     return port
 
 
-class TrafficGrpcTest(unittest.TestCase):
+class TrafficGrpcTest(TrafficFixture):
+    HOME_PREFIX = "quern-trgrpc-"
+
     @classmethod
     def setUpClass(cls):
         import grpc
-        cls.home = tempfile.mkdtemp(prefix="quern-trgrpc-", dir=WORK)
-        cls.env = {"QUERN_HOME": cls.home}
-        for d in ("registry", "serve"):
-            os.makedirs(os.path.join(cls.home, d))
-        cls.reg = Service("registry", data=os.path.join(cls.home, "registry"), env=cls.env).start(timeout=60)
-        cls.serve = None
+        cls.gport = free_port()
+        cls.GRPC_LISTEN = f"127.0.0.1:{cls.gport}"
+        super().setUpClass()
         try:
-            publish(cls.reg, 1, "production")
-            publish(cls.reg, 2, "candidate")
-            cls.gport = free_port()
-            cls.serve = Service("serve", data=os.path.join(cls.home, "serve"), env=cls.env,
-                                args=["--poll-interval", "60s", "--grpc-listen", f"127.0.0.1:{cls.gport}",
-                                      "--log-sample-rate", "0", "--models", MODEL,
-                                      "--registry", f"http://127.0.0.1:{cls.reg.port}"]).start(timeout=60)
+            cls.pb, cls.pbg, _, _ = ts.ServeTest.grpc_stubs.__func__(ts.ServeTest)
+            cls.ch = grpc.insecure_channel(f"127.0.0.1:{cls.gport}")
+            grpc.channel_ready_future(cls.ch).result(timeout=60)
         except Exception:
-            cls.reg.stop()
+            super().tearDownClass()
             raise
-        cls.conn = Conn(cls.serve.port)
-        cls.pb, cls.pbg, _, _ = ts.ServeTest.grpc_stubs.__func__(ts.ServeTest)
-        cls.ch = grpc.insecure_channel(f"127.0.0.1:{cls.gport}")
-        grpc.channel_ready_future(cls.ch).result(timeout=60)
         cls.stub = cls.pbg.GRPCInferenceServiceStub(cls.ch)
 
     @classmethod
     def tearDownClass(cls):
         cls.ch.close()
-        cls.conn.close()
-        bad = []
-        for s in (cls.serve, cls.reg):
-            if s:
-                s.stop()
-                report = s.sanitizer_report()
-                bad += [f"{s.name}: {report}"] if report else []
-        shutil.rmtree(cls.home, ignore_errors=True)
-        assert not bad, bad
+        super().tearDownClass()
 
     # ---- helpers ---------------------------------------------------------------
 
@@ -105,40 +83,8 @@ class TrafficGrpcTest(unittest.TestCase):
         return int(v), md.get("x-quern-model-alias")
 
     def rest_infer(self, headers=None, user=None):
-        body = {"inputs": [{"name": c, "datatype": "FP64", "shape": [1], "data": [ROW[i]]}
-                           for i, c in enumerate(COLS)]}
-        if user is not None:
-            body["parameters"] = {"user": user}
-        st, h, out = self.conn.post(f"/v2/models/{MODEL}/infer", body, headers)
-        self.assertEqual(st, 200, out)
-        v = h["x-quern-model-version"]
-        self.assertEqual(out["model_version"], v)
-        self.assertAlmostEqual(out["outputs"][0]["data"][0], expect(int(v)), places=5)
-        return int(v), h.get("x-quern-model-alias")
-
-    def set_policy(self, policy):
-        st, _, body = self.reg.request("PUT", f"/v1/models/{MODEL}/traffic", policy)
-        self.assertEqual(st, 200, body)
-        t0 = time.time()
-        while time.time() - t0 < 30:
-            st, _, out = self.serve.request("GET", "/v1/models")
-            tr = next(m for m in out["models"] if m["name"] == MODEL)["traffic"]
-            if (tr is None) if body.get("updated_at") is None else (
-                    bool(tr) and tr["updated_at"] == body["updated_at"] and all(tr["versions"].values())):
-                return body
-            time.sleep(0.05)
-        self.fail(f"serve did not follow the policy\n{self.serve.log()[-3000:]}")
-
-    def clear_policy(self):
-        st, _, body = self.reg.request("DELETE", f"/v1/models/{MODEL}/traffic")
-        self.assertIn(st, (200, 204), body)
-        t0 = time.time()
-        while time.time() - t0 < 30:
-            out = self.serve.request("GET", "/v1/models")[2]
-            if next(m for m in out["models"] if m["name"] == MODEL)["traffic"] is None:
-                return
-            time.sleep(0.05)
-        self.fail("serve did not drop the policy")
+        """One REST infer, as grpc_infer answers: (version, alias)."""
+        return self.infer(headers=headers, params=None if user is None else {"user": user})[:2]
 
     # ---- tests -----------------------------------------------------------------
 

@@ -81,12 +81,30 @@ static int parse(const char *text, json_t **policy, qn_err *err)
     return rc;
 }
 
+/* A body the parse must refuse, and what its message must name. */
+typedef struct bad_body {
+    const char *body, *msg;
+} bad_body;
+
+/* Each of the n bodies is refused with QN_INVALID_ARGUMENT naming its msg,
+ * and no policy comes back. */
+static void assert_refused(const bad_body *bad, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        qn_err err;
+        json_t *p = NULL;
+        int rc = parse(bad[i].body, &p, &err);
+        if (rc != QN_INVALID_ARGUMENT || !strstr(err.msg, bad[i].msg))
+            fail_msg("case %zu (%s): rc %d, message \"%s\", want \"%s\"", i, bad[i].body, rc,
+                     rc ? err.msg : "", bad[i].msg);
+        assert_null(p);
+    }
+}
+
 static void test_parse_checks(void **state)
 {
     (void)state;
-    static const struct {
-        const char *body, *msg;
-    } bad[] = {
+    static const bad_body bad[] = {
         {"{}", "routes: is required"},
         {"{\"routes\":[]}", "routes: 0 routes"},
         {"{\"routes\":{}}", "routes: must be an array"},
@@ -119,15 +137,7 @@ static void test_parse_checks(void **state)
          "{\"alias\":\"g\",\"weight\":10},{\"alias\":\"h\",\"weight\":10},{\"alias\":\"i\",\"weight\":20}]}",
          "routes: 9 routes"},
     };
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        qn_err err;
-        json_t *p = NULL;
-        int rc = parse(bad[i].body, &p, &err);
-        if (rc != QN_INVALID_ARGUMENT || !strstr(err.msg, bad[i].msg))
-            fail_msg("case %zu (%s): rc %d, message \"%s\", want \"%s\"", i, bad[i].body, rc,
-                     rc ? err.msg : "", bad[i].msg);
-        assert_null(p);
-    }
+    assert_refused(bad, sizeof bad / sizeof *bad);
     /* a complete form from a short one: shadow and sticky default to null */
     qn_err err;
     json_t *p = NULL;
@@ -152,9 +162,7 @@ static void test_parse_auto(void **state)
 {
     (void)state;
 #define R "{\"routes\":[{\"alias\":\"production\",\"weight\":100}],\"auto\":"
-    static const struct {
-        const char *body, *msg;
-    } bad[] = {
+    static const bad_body bad[] = {
         {R "7}", "auto: must be null"},
         {R "{\"metric\":\"rmse\"}}", "auto.challenger: is required"},
         {R "{\"challenger\":\"latest\",\"metric\":\"rmse\"}}", "auto.challenger"},
@@ -173,15 +181,7 @@ static void test_parse_auto(void **state)
         {R "{\"challenger\":\"candidate\",\"metric\":\"rmse\",\"rollback\":{\"p99\":1}}}", "auto.rollback"},
         {R "{\"challenger\":\"candidate\",\"metric\":\"rmse\",\"when\":1}}", "auto"},
     };
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        qn_err err;
-        json_t *p = NULL;
-        int rc = parse(bad[i].body, &p, &err);
-        if (rc != QN_INVALID_ARGUMENT || !strstr(err.msg, bad[i].msg))
-            fail_msg("case %zu (%s): rc %d, message \"%s\", want \"%s\"", i, bad[i].body, rc,
-                     rc ? err.msg : "", bad[i].msg);
-        assert_null(p);
-    }
+    assert_refused(bad, sizeof bad / sizeof *bad);
     qn_err err;
     json_t *p = NULL;
     assert_int_equal(parse(R "{\"challenger\":\"candidate\",\"metric\":\"roc_auc\"}}", &p, &err), 0);
@@ -208,17 +208,40 @@ static void test_parse_auto(void **state)
 #undef R
 }
 
+/* Stores the policy text for model in one write transaction (traceparent
+ * may be NULL): 0, or the refusal's code with err. */
+static int set_policy(const char *model, const char *text, const char *traceparent, qn_err *err)
+{
+    json_t *p = NULL, *out = NULL;
+    assert_int_equal(parse(text, &p, err), 0);
+    qn_conn *c = reg_db_begin(db, QN_TX_WRITE, err);
+    assert_non_null(c);
+    int rc = reg_db_end(db, c, reg_db_traffic_set(c, model, p, traceparent, &out, err), err);
+    json_decref(out);
+    json_decref(p);
+    return rc;
+}
+
+/* The policy of model as the registry reads it back (the caller frees it). */
+static json_t *get_policy(const char *model)
+{
+    qn_err err;
+    json_t *out = NULL;
+    qn_conn *c = reg_db_begin(db, QN_TX_READ, &err);
+    assert_non_null(c);
+    assert_int_equal(reg_db_traffic_get(c, model, &out, &err), 0);
+    reg_db_end(db, c, 0, &err);
+    return out;
+}
+
 static void test_store(void **state)
 {
     (void)state;
     qn_err err;
-    json_t *p = NULL, *out = NULL;
     model_with_aliases("churn");
 
     /* no policy: all to production */
-    qn_conn *c = reg_db_begin(db, QN_TX_READ, &err);
-    assert_int_equal(reg_db_traffic_get(c, "churn", &out, &err), 0);
-    reg_db_end(db, c, 0, &err);
+    json_t *out = get_policy("churn");
     assert_true(json_is_true(json_object_get(out, "default")));
     json_t *r0 = json_array_get(json_object_get(out, "routes"), 0);
     assert_string_equal(json_string_value(json_object_get(r0, "alias")), "production");
@@ -226,41 +249,27 @@ static void test_store(void **state)
     json_decref(out);
 
     /* an alias the model does not have: refused, nothing stored, no event */
-    assert_int_equal(parse("{\"routes\":[{\"alias\":\"production\",\"weight\":90},{\"alias\":\"candidate\","
-                           "\"weight\":10}],\"shadow\":{\"alias\":\"challenger\",\"fraction\":0.5}}",
-                           &p, &err),
-                     0);
-    c = reg_db_begin(db, QN_TX_WRITE, &err);
-    int rc = reg_db_traffic_set(c, "churn", p, NULL, &out, &err);
-    reg_db_end(db, c, rc, &err);
-    assert_int_equal(rc, QN_INVALID_ARGUMENT);
+    assert_int_equal(set_policy("churn",
+                                "{\"routes\":[{\"alias\":\"production\",\"weight\":90},{\"alias\":\"candidate\","
+                                "\"weight\":10}],\"shadow\":{\"alias\":\"challenger\",\"fraction\":0.5}}",
+                                NULL, &err),
+                     QN_INVALID_ARGUMENT);
     assert_non_null(strstr(err.msg, "shadow.alias: model \"churn\" has no alias \"challenger\""));
     assert_int_equal(events_of("quern.traffic.changed"), 0);
-    json_decref(p);
 
     /* a missing model */
-    assert_int_equal(parse("{\"routes\":[{\"alias\":\"production\",\"weight\":100}]}", &p, &err), 0);
-    c = reg_db_begin(db, QN_TX_WRITE, &err);
-    rc = reg_db_traffic_set(c, "nope", p, NULL, &out, &err);
-    reg_db_end(db, c, rc, &err);
-    assert_int_equal(rc, QN_NOT_FOUND);
-    json_decref(p);
+    assert_int_equal(set_policy("nope", "{\"routes\":[{\"alias\":\"production\",\"weight\":100}]}", NULL, &err),
+                     QN_NOT_FOUND);
 
     /* set, read back, one event */
-    assert_int_equal(parse("{\"routes\":[{\"alias\":\"production\",\"weight\":80},{\"alias\":\"candidate\","
-                           "\"weight\":20}],\"shadow\":{\"alias\":\"candidate\",\"fraction\":0.25},"
-                           "\"sticky\":\"user\"}",
-                           &p, &err),
+    assert_int_equal(set_policy("churn",
+                                "{\"routes\":[{\"alias\":\"production\",\"weight\":80},{\"alias\":\"candidate\","
+                                "\"weight\":20}],\"shadow\":{\"alias\":\"candidate\",\"fraction\":0.25},"
+                                "\"sticky\":\"user\"}",
+                                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", &err),
                      0);
-    c = reg_db_begin(db, QN_TX_WRITE, &err);
-    rc = reg_db_traffic_set(c, "churn", p, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", &out, &err);
-    assert_int_equal(reg_db_end(db, c, rc, &err), 0);
-    json_decref(out);
-    json_decref(p);
     assert_int_equal(events_of("quern.traffic.changed"), 1);
-    c = reg_db_begin(db, QN_TX_READ, &err);
-    assert_int_equal(reg_db_traffic_get(c, "churn", &out, &err), 0);
-    reg_db_end(db, c, 0, &err);
+    out = get_policy("churn");
     assert_true(json_is_false(json_object_get(out, "default")));
     assert_string_equal(json_string_value(json_object_get(out, "sticky")), "user");
     json_t *r1 = json_array_get(json_object_get(out, "routes"), 1);
@@ -271,15 +280,8 @@ static void test_store(void **state)
     json_decref(out);
 
     /* replaced: a second event, the new policy reads back */
-    assert_int_equal(parse("{\"routes\":[{\"alias\":\"candidate\",\"weight\":100}]}", &p, &err), 0);
-    c = reg_db_begin(db, QN_TX_WRITE, &err);
-    rc = reg_db_traffic_set(c, "churn", p, NULL, &out, &err);
-    assert_int_equal(reg_db_end(db, c, rc, &err), 0);
-    json_decref(out);
-    json_decref(p);
-    c = reg_db_begin(db, QN_TX_READ, &err);
-    assert_int_equal(reg_db_traffic_get(c, "churn", &out, &err), 0);
-    reg_db_end(db, c, 0, &err);
+    assert_int_equal(set_policy("churn", "{\"routes\":[{\"alias\":\"candidate\",\"weight\":100}]}", NULL, &err), 0);
+    out = get_policy("churn");
     assert_int_equal(json_array_size(json_object_get(out, "routes")), 1);
     assert_true(json_is_null(json_object_get(out, "shadow")));
     json_decref(out);
@@ -287,26 +289,19 @@ static void test_store(void **state)
 
     /* cleared: an event; clearing again: none */
     int removed = 0;
-    c = reg_db_begin(db, QN_TX_WRITE, &err);
+    qn_conn *c = reg_db_begin(db, QN_TX_WRITE, &err);
     assert_int_equal(reg_db_end(db, c, reg_db_traffic_delete(c, "churn", NULL, &removed, &err), &err), 0);
     assert_int_equal(removed, 1);
     c = reg_db_begin(db, QN_TX_WRITE, &err);
     assert_int_equal(reg_db_end(db, c, reg_db_traffic_delete(c, "churn", NULL, &removed, &err), &err), 0);
     assert_int_equal(removed, 0);
     assert_int_equal(events_of("quern.traffic.changed"), 3);
-    c = reg_db_begin(db, QN_TX_READ, &err);
-    assert_int_equal(reg_db_traffic_get(c, "churn", &out, &err), 0);
-    reg_db_end(db, c, 0, &err);
+    out = get_policy("churn");
     assert_true(json_is_true(json_object_get(out, "default")));
     json_decref(out);
 
     /* the policy goes with its model */
-    assert_int_equal(parse("{\"routes\":[{\"alias\":\"candidate\",\"weight\":100}]}", &p, &err), 0);
-    c = reg_db_begin(db, QN_TX_WRITE, &err);
-    rc = reg_db_traffic_set(c, "churn", p, NULL, &out, &err);
-    assert_int_equal(reg_db_end(db, c, rc, &err), 0);
-    json_decref(out);
-    json_decref(p);
+    assert_int_equal(set_policy("churn", "{\"routes\":[{\"alias\":\"candidate\",\"weight\":100}]}", NULL, &err), 0);
     c = reg_db_begin(db, QN_TX_WRITE, &err);
     assert_int_equal(reg_db_end(db, c, reg_db_model_delete(c, "churn", &err), &err), 0);
     c = reg_db_begin(db, QN_TX_READ, &err);
@@ -317,9 +312,7 @@ static void test_store(void **state)
     assert_int_equal(qn_step(st, &err), 0);
     reg_db_end(db, c, 0, &err);
     model_with_aliases("churn");
-    c = reg_db_begin(db, QN_TX_READ, &err);
-    assert_int_equal(reg_db_traffic_get(c, "churn", &out, &err), 0);
-    reg_db_end(db, c, 0, &err);
+    out = get_policy("churn");
     assert_true(json_is_true(json_object_get(out, "default")));
     json_decref(out);
 }
