@@ -581,8 +581,15 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     json_object_set_new(timing, "parse", json_real(read_parse > wait ? read_parse - wait : 0));
     if ((rc = stopping(p, err)) < 0)
         goto out;
-    if ((rc = qml_clean_from_json(json_object_get(in->spec, "steps"), &steps, err)) < 0 ||
-        (rc = qml_clean_apply(raw, steps, &clean, crep, err)) < 0) {
+    if ((rc = qml_clean_from_json(json_object_get(in->spec, "steps"), &steps, err)) < 0) {
+        qn_err_wrap(err, "pipeline %s", in->pipeline);
+        goto out;
+    }
+    /* The frame read is given up to the cleaning: the kept rows stay in its
+     * arrays instead of being copied into fresh memory. */
+    rc = qml_clean_apply_owned(raw, steps, &clean, crep, err);
+    raw = NULL;
+    if (rc < 0) {
         qn_err_wrap(err, "pipeline %s", in->pipeline);
         goto out;
     }
