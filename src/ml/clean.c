@@ -1103,37 +1103,42 @@ static void swap_cells(qml_column *a, qml_column *b)
  * norm: as rebuild_rows writes a copied column (a missing cell's value 0 or
  * -1, a negative code missing); else the cells as they are, as
  * qml_frame_take copies them. Sets len and n_missing. */
+/* One loop per case (kept rows given or all; cells as they are or
+ * written as rebuild_rows writes them), each branch-free: every row is
+ * written at k, and k moves past the kept ones. */
+#define COMPACT(V, MS, X)                                  \
+    do {                                                   \
+        for (size_t r = 0; r < n; r++) {                   \
+            uint8_t ms = (MS);                             \
+            size_t kept = keep ? keep[r] != 0 : 1;         \
+            V[k] = (X);                                    \
+            m[k] = ms;                                     \
+            nm += kept * ms;                               \
+            k += kept;                                     \
+        }                                                  \
+    } while (0)
+
 static void compact_col(qml_column *c, const uint8_t *keep, size_t n, int norm)
 {
     size_t k = 0, nm = 0;
     uint8_t *m = c->missing;
-    /* Branch-free: every row is written at k, and k moves past the kept. */
     if (c->type == QML_CATEGORICAL) {
         int32_t *v = c->cat;
-        for (size_t r = 0; r < n; r++) {
-            uint8_t ms = norm ? (uint8_t)(m[r] || v[r] < 0) : m[r];
-            int32_t x = norm && m[r] ? -1 : v[r];
-            size_t kept = !keep || keep[r];
-            v[k] = x;
-            m[k] = ms;
-            nm += kept * ms;
-            k += kept;
-        }
+        if (norm)
+            COMPACT(v, (uint8_t)(m[r] || v[r] < 0), m[r] ? -1 : v[r]);
+        else
+            COMPACT(v, m[r], v[r]);
     } else {
         double *v = c->num;
-        for (size_t r = 0; r < n; r++) {
-            uint8_t ms = norm ? (uint8_t)(m[r] != 0) : m[r];
-            double x = norm && ms ? 0 : v[r];
-            size_t kept = !keep || keep[r];
-            v[k] = x;
-            m[k] = ms;
-            nm += kept * ms;
-            k += kept;
-        }
+        if (norm)
+            COMPACT(v, (uint8_t)(m[r] != 0), ms ? 0 : v[r]);
+        else
+            COMPACT(v, m[r], v[r]);
     }
     c->len = k;
     c->n_missing = nm;
 }
+#undef COMPACT
 
 /* The rows of f that keep marks (NULL: all) as a new frame, f's arrays moved
  * into it rather than copied: a derive or take over a frame that is the

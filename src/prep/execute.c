@@ -536,7 +536,7 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     qml_clean_steps *steps = NULL;
     qml_clean_report *crep = calloc(1, sizeof *crep);
     fields *fs = calloc(1, sizeof *fs);
-    json_t *manifest = NULL, *timing = json_object();
+    json_t *manifest = NULL, *schema = NULL, *timing = json_object();
     double t0 = now_s(), t_all = t0;
     int rc;
     memset(res, 0, sizeof *res);
@@ -614,6 +614,11 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
         rc = qn_err_set(err, QN_INTERNAL, "cannot write the run's output file");
         goto out;
     }
+    /* The clean frame is not needed past its schema: freed before the
+     * upload (the run's peak memory is then the read's). */
+    schema = frame_schema(clean);
+    qml_frame_free(clean);
+    clean = NULL;
     json_object_set_new(timing, "write", json_real(lap(&t0)));
     if ((rc = stopping(p, err)) < 0)
         goto out;
@@ -627,10 +632,11 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     }
     json_object_set_new(timing, "upload", json_real(lap(&t0)));
     manifest = json_pack("{s:s, s:{s:s}, s:o, s:I, s:I, s:{s:s, s:I}, s:s, s:s, s:s, s:O}", "format",
-                         "quern.dataset/1", "files", "data.csv", digest, "schema", frame_schema(clean), "rows",
+                         "quern.dataset/1", "files", "data.csv", digest, "schema", schema, "rows",
                          (json_int_t)res->rows_out, "bytes", (json_int_t)bytes, "source", "dataset", source,
                          "last_seq", (json_int_t)sr.last_seq, "pipeline", in->pipeline, "spec_digest",
                          in->spec_digest, "run_id", in->run_id, "report", res->report);
+    schema = NULL; /* taken by the manifest ("o"), even when the pack failed */
     if (!manifest) {
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
@@ -647,6 +653,7 @@ out:
     stream_close(&ss);
     free(csv_path);
     json_decref(manifest);
+    json_decref(schema);
     json_decref(timing);
     json_decref(sr.schema);
     json_decref(sr.first);
