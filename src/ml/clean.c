@@ -1209,7 +1209,7 @@ static int move_rows(qml_frame *f, const uint8_t *keep, const step *derive, qml_
         /* Every moved column has room for n >= k rows: only dc is new. */
         if (qml_frame_reserve(g, k) < 0)
             goto oom;
-        if (ci >= 0) {
+        if (ci >= 0 && k > 0) {
             /* The moved source is already written as rebuild_rows would
              * write the copy. */
             const qml_column *src = qml_frame_col(g, (size_t)ci);
@@ -1219,10 +1219,11 @@ static int move_rows(qml_frame *f, const uint8_t *keep, const step *derive, qml_
             else
                 memcpy(dc->num, src->num, k * sizeof *dc->num);
             dc->n_missing = src->n_missing;
-        } else {
-            for (size_t r = 0; r < k; r++)
+        } else if (ci < 0) {
+            for (size_t r = 0; r < k; r++) {
                 dc->num[r] = derive->dflt;
-            memset(dc->missing, 0, k);
+                dc->missing[r] = 0;
+            }
             dc->n_missing = 0;
         }
         dc->len = k;

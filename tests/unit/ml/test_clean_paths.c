@@ -195,6 +195,7 @@ static json_t *random_step(int row_only)
                            : json_true();
         if (rnd(5) == 0 && c != 1) {
             cmp = rnd(2) ? "in" : "not_in";
+            json_decref(v);
             v = json_pack("[f, f]", (double)rnd(6), c == 0 ? 100.0 : 0.0);
         }
         return json_pack("{s:s, s:s, s:s, s:o, s:b}", "op", "filter", "column", others[c], "cmp", cmp, "value",
