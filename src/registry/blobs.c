@@ -263,6 +263,56 @@ int reg_blob_put(qn_req *req, qn_res *res, void *ud)
                                  (json_int_t)u->bytes, "created", created));
 }
 
+/* POST /v1/blobs: a blob whose digest the client does not name up front (it
+ * streams the bytes as it makes them, chunked, and learns its digest only at
+ * the end). The registry hashes what it receives and stores the blob under
+ * that digest, with the same guarantees as PUT (durable before the answer,
+ * never visible half-written); the answer names the digest, which the client
+ * compares with its own. */
+int reg_blob_post_chunk(qn_req *req, qn_res *res, const char *data, size_t len, void *ud)
+{
+    registry *r = ud;
+    reg_upload *u = qn_req_state(req);
+    int code;
+    if (!u && !(u = reg_upload_of(req, r, &code))) {
+        upload_refused(res, code);
+        return -1;
+    }
+    if (reg_upload_write(u, data, len) < 0) {
+        qn_log_error(qn_req_trace_id(req), "blob write failed", "{s:s}", "error", strerror(errno));
+        qn_counter_add(r->blob_uploads, (const char *[]){"io_error"}, 1);
+        qn_res_error(res, QN_UNAVAILABLE, "the registry cannot store this blob now (%s)",
+                     errno == ENOSPC ? "disk full" : "write failed");
+        return -1;
+    }
+    return 0;
+}
+
+int reg_blob_post(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    char got[QN_SHA256_HEX + 1];
+    int code;
+    reg_upload *u = reg_upload_of(req, r, &code); /* an empty body is an empty blob */
+    if (!u)
+        return upload_refused(res, code);
+    reg_upload_digest(u, got);
+    int created = reg_upload_commit(r, u, got);
+    if (created < 0) {
+        qn_log_error(qn_req_trace_id(req), "cannot commit blob", "{s:s, s:s}", "digest", got, "error",
+                     strerror(errno));
+        qn_counter_add(r->blob_uploads, (const char *[]){"io_error"}, 1);
+        return qn_res_error(res, QN_UNAVAILABLE, "the registry cannot store blobs right now");
+    }
+    qn_counter_add(r->blob_uploads, (const char *[]){created ? "created" : "exists"}, 1);
+    qn_log_info(qn_req_trace_id(req), created ? "blob stored" : "blob already stored", "{s:s+, s:I}",
+                "digest", "sha256:", got, "bytes", (json_int_t)u->bytes);
+    qn_res_header(res, "Location", qn_arena_printf(qn_req_arena(req), "/v1/blobs/sha256:%s", got));
+    return qn_res_json(res, created ? 201 : 200,
+                       json_pack("{s:s+, s:I, s:b}", "digest", "sha256:", got, "size",
+                                 (json_int_t)u->bytes, "created", created));
+}
+
 /* Parses a single "bytes=" range against size. Returns 1 with [*lo, *hi]
  * inclusive, 0 to serve the whole blob (no header, or a form we ignore, as
  * RFC 9110 allows), -1 when unsatisfiable. */
