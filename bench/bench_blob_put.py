@@ -7,6 +7,14 @@ the request to the 201; the registry's CPU time (user+sys from /proc) beside
 it. Prep's "upload" phase is this plus its own read of the file.
 
     /usr/bin/python3 bench/bench_blob_put.py [--build DIR] [--bytes N] [--reps N]
+    /usr/bin/python3 bench/bench_blob_put.py --prep CSV [--build DIR] [--reps N]
+
+--prep: prep's write + upload of the cleaned Online Retail CSV, both ways, one
+after the other in each repetition (build/bench/bench_prep_clean --registry A
+--registry2 B): written to a file then PUT by digest to registry A, or
+streamed (a chunked POST /v1/blobs reading a pipe a writer thread fills) to
+registry B; the blobs are removed between repetitions so that each upload
+stores a new one (with its fsync).
 """
 import argparse
 import hashlib
@@ -30,12 +38,35 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--bytes", type=int, default=36237048)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--prep", metavar="CSV", help="time prep's two ways of writing and uploading its output")
     a = ap.parse_args()
     os.environ["QUERN_BIN"] = os.path.join(os.path.abspath(a.build), "bin")
     sys.path.insert(0, os.path.join(ROOT, "tests", "service"))
     from harness import Service  # noqa: E402
 
     work = tempfile.mkdtemp(prefix="quern-bench-blob-")
+    if a.prep:
+        import shutil
+        regs = [Service("registry", env={"QUERN_HOME": work}) for _ in range(2)]
+        for r in regs:
+            r.start()
+        try:
+            drv = os.path.join(os.path.abspath(a.build), "bench", "bench_prep_clean")
+            for i in range(a.reps):
+                for r in regs:
+                    shutil.rmtree(os.path.join(r.data, "blobs", "sha256"), ignore_errors=True)
+                    os.makedirs(os.path.join(r.data, "blobs", "sha256"))
+                load = " ".join(open("/proc/loadavg").read().split()[:3])
+                out = subprocess.run([drv, a.prep, os.path.join(ROOT, "examples/pipelines/online-retail.json"),
+                                      "--reps", "1", "--registry", f"http://127.0.0.1:{regs[0].port}",
+                                      "--registry2", f"http://127.0.0.1:{regs[1].port}"],
+                                     capture_output=True, text=True)
+                line = [x for x in out.stdout.splitlines() if x.startswith("rep ")]
+                print(f"load {load}: {line[0][7:] if line else out.stdout + out.stderr}")
+        finally:
+            for r in regs:
+                r.stop()
+        return
     reg = Service("registry", env={"QUERN_HOME": work})
     reg.start()
     try:

@@ -4,27 +4,95 @@
  * (prep_csv_write, src/prep/csvout.c, compiled in), on the Online Retail CSV.
  *
  *     build/bench/bench_prep_clean CSV [PIPELINE.json] [--rows N] [--reps K] [--out FILE] [--copy] [--grow]
+ *                                  [--registry URL [--registry2 URL]]
  *
  * Reads the first N rows of CSV (all by default) with the pipeline's schema,
  * then K times: cleans, writes the CSV (to FILE, default /dev/null) and
  * prints the best time of each phase, the rows out, the output's bytes and
  * SHA-256 (the same for the same input whatever the code does: compare
- * builds with it). By default the frame read is given up to the cleaning
+ * builds with it). With --registry, each repetition then also uploads the
+ * CSV both ways prep has done it, one after the other, and times each: as a
+ * file (written under /tmp, then PUT /v1/blobs/{digest}), and streamed (a
+ * thread writing into a pipe that a chunked POST /v1/blobs reads, as
+ * src/prep/execute.c does now; to --registry2 when given, so that both
+ * store a new blob: bench_blob_put.py --prep runs it so). By default the frame read is given up to the cleaning
  * (qml_clean_apply_owned on a fresh copy made before the clock starts, as
  * prep does; --grow makes the copy cell by cell, its arrays growing by
  * realloc as a reader's do); --copy cleans it with qml_clean_apply (the input kept). Meant for callgrind (--rows 100000 --reps 1) and perf
  * stat, where the services' noise is absent; bench_prep.sh measures the
  * whole run.
  */
+#include <fcntl.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#include "core/client.h"
 
 #include "ml/clean.h"
 #include "ml/csv.h"
 #include "prep/prep.h"
+
+static double now_s(void);
+
+/* The streamed upload, as write_and_upload in src/prep/execute.c does it. */
+typedef struct writer {
+    const qml_frame *f;
+    FILE *w;
+    char hex[QN_SHA256_HEX + 1];
+    uint64_t bytes;
+    int rc;
+    qn_err err;
+} writer;
+
+static void *writer_main(void *arg)
+{
+    writer *cw = arg;
+    cw->rc = prep_csv_write(cw->f, cw->w, cw->hex, &cw->bytes, &cw->err);
+    fclose(cw->w);
+    return NULL;
+}
+
+static int upload_streamed(qn_client *reg, const qml_frame *f, qn_err *err)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return -1;
+    (void)fcntl(fds[1], F_SETPIPE_SZ, 1 << 20);
+    writer cw = {.f = f, .w = fdopen(fds[1], "w")};
+    FILE *rd = fdopen(fds[0], "r");
+    pthread_t th;
+    pthread_create(&th, NULL, writer_main, &cw);
+    qn_buf ans;
+    qn_buf_init(&ans, 65536);
+    int rc = qn_client_post_stream(reg, "/v1/blobs", "application/octet-stream", rd, NULL, &ans, err);
+    fclose(rd);
+    pthread_join(th, NULL);
+    if (rc >= 0 && !strstr(ans.data ? ans.data : "", cw.hex))
+        rc = qn_err_set(err, QN_INTERNAL, "the registry answered another digest: %s", ans.data);
+    qn_buf_free(&ans);
+    return rc < 0 ? rc : cw.rc;
+}
+
+static int upload_file(qn_client *reg, const qml_frame *f, double *write_s, qn_err *err)
+{
+    char hex[QN_SHA256_HEX + 1], path[128];
+    uint64_t bytes;
+    double t0 = now_s();
+    FILE *fp = fopen("/tmp/bench_prep_clean.csv", "w");
+    if (!fp || prep_csv_write(f, fp, hex, &bytes, err) < 0)
+        return -1;
+    fclose(fp);
+    *write_s = now_s() - t0;
+    snprintf(path, sizeof path, "/v1/blobs/sha256:%s", hex);
+    int rc = qn_client_put_file(reg, path, "/tmp/bench_prep_clean.csv", NULL, err);
+    unlink("/tmp/bench_prep_clean.csv");
+    return rc;
+}
 
 static double now_s(void)
 {
@@ -35,7 +103,7 @@ static double now_s(void)
 
 int main(int argc, char **argv)
 {
-    const char *csv = NULL, *pipe = "examples/pipelines/online-retail.json", *outp = "/dev/null";
+    const char *csv = NULL, *pipe = "examples/pipelines/online-retail.json", *outp = "/dev/null", *regurl = NULL, *regurl2 = NULL;
     size_t rows = 0;
     int reps = 3, npos = 0, copy = 0, grow = 0;
     for (int i = 1; i < argc; i++) {
@@ -43,6 +111,10 @@ int main(int argc, char **argv)
             rows = strtoull(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc)
             reps = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--registry") == 0 && i + 1 < argc)
+            regurl = argv[++i];
+        else if (strcmp(argv[i], "--registry2") == 0 && i + 1 < argc)
+            regurl2 = argv[++i];
         else if (strcmp(argv[i], "--copy") == 0)
             copy = 1;
         else if (strcmp(argv[i], "--grow") == 0)
@@ -149,6 +221,26 @@ int main(int argc, char **argv)
             printf("rep %d: clean %.4f s, write %.4f s\n", k, t1 - t0, t2 - t1);
         best_clean = t1 - t0 < best_clean ? t1 - t0 : best_clean;
         best_write = t2 - t1 < best_write ? t2 - t1 : best_write;
+        if (regurl) {
+            /* Streamed to the second registry (or the same one, where the
+             * blob is then already stored: no fsync). */
+            qn_client_opts co = {.base_url = regurl, .timeout_ms = 120000};
+            qn_client_opts co2 = {.base_url = regurl2 ? regurl2 : regurl, .timeout_ms = 120000};
+            qn_client *reg = qn_client_new(&co, &err), *reg2 = qn_client_new(&co2, &err);
+            double wr = 0, ta = now_s();
+            int ra = reg ? upload_file(reg, clean, &wr, &err) : -1;
+            double tb = now_s();
+            int rb = ra >= 0 && reg2 ? upload_streamed(reg2, clean, &err) : -1;
+            double tc = now_s();
+            qn_client_free(reg2);
+            if (ra < 0 || rb < 0) {
+                fprintf(stderr, "upload: %s\n", err.msg);
+                return 1;
+            }
+            printf("rep %d: as a file %.4f s (write %.4f, upload %.4f); streamed %.4f s\n", k, tb - ta, wr,
+                   tb - ta - wr, tc - tb);
+            qn_client_free(reg);
+        }
         out_rows = qml_frame_nrows(clean);
         if (k == 0)
             for (size_t s = 0; s < rep.nsteps; s++)
