@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,6 +127,7 @@ int main(int argc, char **argv)
         else
             pipe = argv[i];
     }
+    signal(SIGPIPE, SIG_IGN); /* a failed upload: the writer gets EPIPE, not a signal */
     if (!csv || reps < 1) {
         fprintf(stderr, "usage: %s CSV [PIPELINE.json] [--rows N] [--reps K] [--out FILE] [--copy] [--grow]\n", argv[0]);
         return 2;
