@@ -821,6 +821,16 @@ int qn_client_put_file(qn_client *c, const char *path, const char *file, const q
     return rc;
 }
 
+int qn_client_post_stream(qn_client *c, const char *path, const char *content_type, FILE *body,
+                          const qn_trace_ctx *trace, qn_buf *out, qn_err *err)
+{
+    /* Length unknown: curl sends it chunked. A POST is never retried (the
+     * stream could not be sent again anyway). */
+    call k = {.method = "POST", .path = path, .content_type = content_type, .upload = body,
+              .upload_size = -1, .out = out, .trace = trace};
+    return do_call(c, &k, err);
+}
+
 int qn_client_get_file(qn_client *c, const char *path, const char *dest, const qn_trace_ctx *trace,
                        qn_err *err)
 {

@@ -124,6 +124,12 @@ QN_MUST_CHECK int qn_client_forward(qn_client *c, const char *method, const char
 QN_MUST_CHECK int qn_client_put_file(qn_client *c, const char *path, const char *file,
                        const qn_trace_ctx *trace, qn_err *err);
 
+/* Streams body (read to its end, e.g. a pipe another thread writes: its
+ * length need not be known) as the chunked body of a POST, never retried;
+ * the answer body goes to out (may be NULL). Returns the status. */
+QN_MUST_CHECK int qn_client_post_stream(qn_client *c, const char *path, const char *content_type, FILE *body,
+                                        const qn_trace_ctx *trace, qn_buf *out, qn_err *err);
+
 /* Streams a GET into dest via dest.tmp + rename, so dest is never partial. */
 QN_MUST_CHECK int qn_client_get_file(qn_client *c, const char *path, const char *dest,
                        const qn_trace_ctx *trace, qn_err *err);

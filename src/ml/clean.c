@@ -584,12 +584,15 @@ static int filter_mask(const qml_frame *f, const step *st, const uint8_t *alive,
             }
             ok[k] = (uint8_t)res;
         }
+        /* Per row a look-up. A code the dictionary does not have (no
+         * string) counts as a missing cell. */
         for (size_t r = 0; r < n; r++) {
-            if (c->missing[r]) {
+            uint32_t code = (uint32_t)c->cat[r];
+            if (!c->missing[r] && code < nd) {
+                keep[r] = ok[code];
+            } else {
                 *n_missing += !alive || alive[r];
                 keep[r] = (uint8_t)st->keep_missing;
-            } else {
-                keep[r] = ok[c->cat[r]];
             }
         }
         free(ok);
@@ -616,19 +619,38 @@ static int filter_mask(const qml_frame *f, const step *st, const uint8_t *alive,
     } else if (json_as_num(v, c->type, &x) < 0) {
         return STEP_ERR(st, "value is not a %s value for column %s", qml_type_name(c->type), c->name);
     }
-    for (size_t r = 0; r < n; r++) {
-        if (c->missing[r]) {
-            *n_missing += !alive || alive[r];
-            keep[r] = (uint8_t)st->keep_missing;
-            continue;
-        }
-        if (set) {
+    const double *num = c->num;
+    const uint8_t *miss = c->missing;
+    if (set) {
+        for (size_t r = 0; r < n; r++) {
             int res = 0;
             for (size_t i = 0; i < nset && !res; i++)
-                res = c->num[r] == set[i];
+                res = num[r] == set[i];
             keep[r] = (uint8_t)(st->cmp == IN ? res : !res);
-        } else {
-            keep[r] = (uint8_t)cmp_num(st->cmp, c->num[r], x);
+        }
+    } else {
+        /* The comparison is chosen once; each loop is branch-free. */
+#define CMP_LOOP(op)                                \
+        for (size_t r = 0; r < n; r++)              \
+            keep[r] = (uint8_t)(num[r] op x);       \
+        break
+        switch (st->cmp) {
+        case EQ: CMP_LOOP(==);
+        case NE: CMP_LOOP(!=);
+        case LT: CMP_LOOP(<);
+        case LE: CMP_LOOP(<=);
+        case GT: CMP_LOOP(>);
+        case GE: CMP_LOOP(>=);
+        default:
+            memset(keep, 0, n);
+        }
+#undef CMP_LOOP
+    }
+    /* Missing cells: keep_missing decides, and they are counted. */
+    for (size_t r = 0; r < n; r++) {
+        if (miss[r]) {
+            *n_missing += !alive || alive[r];
+            keep[r] = (uint8_t)st->keep_missing;
         }
     }
     free(set);
@@ -785,18 +807,22 @@ static int do_impute(const qml_frame *f, const step *st, qml_frame **out, size_t
             for (size_t k = 0; k < nd; k++)
                 first[k] = SIZE_MAX;
             for (size_t r = 0; r < n; r++) {
-                if (c->missing[r])
+                size_t k = (size_t)(uint32_t)c->cat[r];
+                if (c->missing[r] || k >= nd) /* a code the dictionary lacks has no value */
                     continue;
-                size_t k = (size_t)c->cat[r];
                 if (!cnt[k]++)
                     first[k] = r;
             }
             for (size_t k = 1; k < nd; k++)
                 if (cnt[k] > cnt[best] || (cnt[k] == cnt[best] && first[k] < first[best]))
                     best = k;
+            int none = cnt[best] == 0; /* only codes the dictionary lacks */
             fills = qml_dict_str(c->dict, (int32_t)best);
             free(cnt);
             free(first);
+            if (none)
+                return STEP_ERR(st, "column %s has no values to take the %s of", c->name,
+                                strategy_names[st->strategy]);
         } else {
             size_t m = n - c->n_missing, k = 0;
             double *v = malloc(m * sizeof *v);
@@ -901,7 +927,8 @@ static int do_cast(const qml_frame *f, const step *st, qml_frame **out, uint8_t 
         goto out;
     }
     for (size_t r = 0; r < n; r++) {
-        miss[r] = c->missing[r];
+        /* A code the dictionary lacks has no text: a missing cell. */
+        miss[r] = c->missing[r] || (c->type == QML_CATEGORICAL && !qml_dict_str(c->dict, c->cat[r]));
         bad[r] = 0;
         if (miss[r])
             continue;
@@ -1048,6 +1075,174 @@ static int do_rename(const qml_frame *f, const step *st, qml_frame **out, qn_err
     return 0;
 }
 
+/* ---- moving an owned frame ------------------------------------------------ */
+
+/* Swaps the cells of two columns of one type (arrays, capacity, dictionary,
+ * counts); their names stay. */
+static void swap_cells(qml_column *a, qml_column *b)
+{
+    qml_column t = *a;
+    a->num = b->num;
+    a->cat = b->cat;
+    a->dict = b->dict;
+    a->missing = b->missing;
+    a->len = b->len;
+    a->cap = b->cap;
+    a->n_missing = b->n_missing;
+    b->num = t.num;
+    b->cat = t.cat;
+    b->dict = t.dict;
+    b->missing = t.missing;
+    b->len = t.len;
+    b->cap = t.cap;
+    b->n_missing = t.n_missing;
+}
+
+/* Compacts the rows of c that keep marks (NULL: all) to its front, in place
+ * (row k comes from a row r >= k, so nothing is read after it is written).
+ * norm: as rebuild_rows writes a copied column (a missing cell's value 0 or
+ * -1, a negative code missing); else the cells as they are, as
+ * qml_frame_take copies them. Sets len and n_missing. */
+/* One loop per case (kept rows given or all; cells as they are or
+ * written as rebuild_rows writes them), each branch-free: every row is
+ * written at k, and k moves past the kept ones. */
+#define COMPACT(V, MS, X)                                  \
+    do {                                                   \
+        for (size_t r = 0; r < n; r++) {                   \
+            uint8_t ms = (MS);                             \
+            size_t kept = keep ? keep[r] != 0 : 1;         \
+            V[k] = (X);                                    \
+            m[k] = ms;                                     \
+            nm += kept * ms;                               \
+            k += kept;                                     \
+        }                                                  \
+    } while (0)
+
+static void compact_col(qml_column *c, const uint8_t *keep, size_t n, int norm)
+{
+    size_t k = 0, nm = 0;
+    uint8_t *m = c->missing;
+    if (c->type == QML_CATEGORICAL) {
+        int32_t *v = c->cat;
+        if (norm)
+            COMPACT(v, (uint8_t)(m[r] || v[r] < 0), m[r] ? -1 : v[r]);
+        else
+            COMPACT(v, m[r], v[r]);
+    } else {
+        double *v = c->num;
+        if (norm)
+            COMPACT(v, (uint8_t)(m[r] != 0), ms ? 0 : v[r]);
+        else
+            COMPACT(v, m[r], v[r]);
+    }
+    c->len = k;
+    c->n_missing = nm;
+}
+#undef COMPACT
+
+/* The rows of f that keep marks (NULL: all) as a new frame, f's arrays moved
+ * into it rather than copied: a derive or take over a frame that is the
+ * caller's to consume. The kept cells are compacted in place and each
+ * column's arrays handed over whole, so no fresh memory is touched (on a
+ * virtual machine a first touch of a page costs more than the copy). With
+ * derive (an OP_DERIVE step) its output column is added or replaced as
+ * rebuild_rows makes it, and every column written as rebuild_rows writes
+ * it; without, the cells are as qml_frame_take copies them. f is freed
+ * whatever happens. */
+static int move_rows(qml_frame *f, const uint8_t *keep, const step *derive, qml_frame **out, qn_err *err)
+{
+    size_t n = qml_frame_nrows(f), nc = qml_frame_ncols(f), k = 0;
+    int at = -1, ci = -1, rc = 0;
+    qml_frame *g = NULL;
+    qml_type t = QML_NUMERIC;
+    *out = NULL;
+    for (size_t r = 0; r < n; r++)
+        k += !keep || keep[r];
+    if (derive) {
+        if (derive->column && (ci = col_of(f, derive, derive->column, err)) < 0) {
+            rc = ci;
+            goto out;
+        }
+        if (ci >= 0)
+            t = qml_frame_col(f, (size_t)ci)->type;
+        at = qml_frame_find(f, derive->output);
+    }
+    size_t gn = derive && at < 0 ? nc + 1 : nc;
+    if (!(g = qml_frame_new())) {
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    for (size_t j = 0; j < gn; j++) {
+        int is_new = derive && ((int)j == at || j == nc);
+        const qml_column *src = j < nc ? qml_frame_col(f, j) : NULL;
+        int added = qml_frame_add_column(g, is_new ? derive->output : src->name, is_new ? t : src->type, err);
+        if (added < 0) {
+            rc = added;
+            goto out;
+        }
+    }
+    /* The derived column first, when it copies a column it replaces (its
+     * cells are read before the column goes away with f). */
+    qml_column *dc = derive ? qml_frame_col(g, at >= 0 ? (size_t)at : nc) : NULL;
+    if (dc && ci >= 0 && ci == at) {
+        /* A column derived from itself: its cells and dictionary (a copy
+         * would have the same entries, code for code) move. */
+        qml_column *src = qml_frame_col(f, (size_t)ci);
+        compact_col(src, keep, n, 1);
+        swap_cells(dc, src);
+    } else if (dc && ci >= 0 && dc->dict) {
+        const qml_column *src = qml_frame_col(f, (size_t)ci);
+        for (size_t e = 0; e < qml_dict_size(src->dict); e++) {
+            const char *str = qml_dict_str(src->dict, (int32_t)e);
+            if (qml_dict_intern(dc->dict, str, strlen(str)) < 0)
+                goto oom;
+        }
+    }
+    for (size_t j = 0; j < nc; j++) {
+        if ((int)j == at)
+            continue;
+        qml_column *src = qml_frame_col(f, j);
+        compact_col(src, keep, n, derive != NULL);
+        swap_cells(qml_frame_col(g, j), src);
+    }
+    if (dc && !(ci >= 0 && ci == at)) {
+        /* Every moved column has room for n >= k rows: only dc is new. */
+        if (qml_frame_reserve(g, k) < 0)
+            goto oom;
+        if (ci >= 0 && k > 0) {
+            /* The moved source is already written as rebuild_rows would
+             * write the copy. */
+            const qml_column *src = qml_frame_col(g, (size_t)ci);
+            memcpy(dc->missing, src->missing, k);
+            if (t == QML_CATEGORICAL)
+                memcpy(dc->cat, src->cat, k * sizeof *dc->cat);
+            else
+                memcpy(dc->num, src->num, k * sizeof *dc->num);
+            dc->n_missing = src->n_missing;
+        } else if (ci < 0) {
+            for (size_t r = 0; r < k; r++) {
+                dc->num[r] = derive->dflt;
+                dc->missing[r] = 0;
+            }
+            dc->n_missing = 0;
+        }
+        dc->len = k;
+    }
+    if (qml_frame_end_rows(g, k) < 0) {
+        rc = qn_err_set(err, QN_INTERNAL, "moving the kept rows left columns of different lengths");
+        goto out;
+    }
+    *out = g;
+    g = NULL;
+    goto out;
+oom:
+    rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+out:
+    qml_frame_free(g);
+    qml_frame_free(f);
+    return rc;
+}
+
 /* ---- apply --------------------------------------------------------------- */
 
 /* Steps that keep or drop each row on its own cells (drop_missing, filter,
@@ -1071,10 +1266,12 @@ static int row_mask(const qml_frame *f, const step *st, const uint8_t *alive, ui
         size_t nk;
         if ((rc = names_to_cols(f, st, "columns", &cols, &nk, err)) < 0)
             break;
-        for (size_t r = 0; r < n; r++) {
-            keep[r] = 1;
-            for (size_t i = 0; i < nk && keep[r]; i++)
-                keep[r] = !qml_frame_col(f, (size_t)cols[i])->missing[r];
+        /* Column by column: keep[r] is 1 only when no named cell is missing. */
+        memset(keep, 1, n);
+        for (size_t i = 0; i < nk; i++) {
+            const uint8_t *m = qml_frame_col(f, (size_t)cols[i])->missing;
+            for (size_t r = 0; r < n; r++)
+                keep[r] &= (uint8_t)!m[r];
         }
         free(cols);
         snprintf(sr->note, sizeof sr->note, "rows with a missing cell dropped");
@@ -1114,6 +1311,14 @@ static int row_mask(const qml_frame *f, const step *st, const uint8_t *alive, ui
         rc = qn_err_set(err, QN_INTERNAL, "not a row step");
     }
     return rc;
+}
+
+static void derive_note(const step *st, qml_clean_step_report *sr)
+{
+    if (st->column)
+        snprintf(sr->note, sizeof sr->note, "%s copied to %s", st->column, st->output);
+    else
+        snprintf(sr->note, sizeof sr->note, "%s set to %g on every row", st->output, st->dflt);
 }
 
 /* rows (NULL: all; only for a derive) are the rows of f the step keeps. */
@@ -1204,10 +1409,7 @@ static int apply_step(const qml_frame *f, const step *st, const size_t *rows, si
         break;
     case OP_DERIVE:
         rc = do_derive(f, st, rows, nrows, out, err);
-        if (st->column)
-            snprintf(sr->note, sizeof sr->note, "%s copied to %s", st->column, st->output);
-        else
-            snprintf(sr->note, sizeof sr->note, "%s set to %g on every row", st->output, st->dflt);
+        derive_note(st, sr);
         break;
     default:
         rc = qn_err_set(err, QN_INTERNAL, "unknown step");
@@ -1222,21 +1424,26 @@ static int apply_step(const qml_frame *f, const step *st, const size_t *rows, si
     return 0;
 }
 
-int qml_clean_apply(const qml_frame *in, const qml_clean_steps *s, qml_frame **out,
-                    qml_clean_report *rep, qn_err *err)
+/* The steps over in (own NULL), or over own, which is consumed: the frames
+ * the row steps leave and a derive's are then made by moving own's arrays
+ * (move_rows), not by copying them. */
+static int apply_all(const qml_frame *in, qml_frame *own, const qml_clean_steps *s, qml_frame **out,
+                     qml_clean_report *rep, qn_err *err)
 {
     qml_clean_report local;
     if (!rep)
         rep = &local;
     memset(rep, 0, sizeof *rep);
+    if (own)
+        in = own;
     rep->rows_in = qml_frame_nrows(in);
     *out = NULL;
     /* cur is the frame the steps see: in itself until a step makes a new
-     * one (owned). alive marks the rows of cur that the row steps since the
-     * last new frame kept (NULL: all); they are taken when a step of another
-     * kind comes, or at the end. */
+     * one (owned; own from the start when given). alive marks the rows of
+     * cur that the row steps since the last new frame kept (NULL: all);
+     * they are taken when a step of another kind comes, or at the end. */
     const qml_frame *cur = in;
-    qml_frame *owned = NULL, *next = NULL;
+    qml_frame *owned = own, *next = NULL;
     uint8_t *alive = NULL, *keep = NULL;
     size_t nalive = qml_frame_nrows(in);
     int rc = 0;
@@ -1265,6 +1472,22 @@ int qml_clean_apply(const qml_frame *in, const qml_clean_steps *s, qml_frame **o
             rep->nsteps = i + 1;
             continue;
         }
+        if (own && owned && st->op == OP_DERIVE) {
+            /* The kept rows and the derived column in one frame made of
+             * owned's arrays. */
+            rc = move_rows(owned, alive, st, &next, err);
+            cur = owned = next;
+            next = NULL;
+            free(alive);
+            free(keep);
+            alive = keep = NULL;
+            if (rc < 0)
+                goto out;
+            derive_note(st, sr);
+            nalive = sr->rows_out = qml_frame_nrows(cur);
+            rep->nsteps = i + 1;
+            continue;
+        }
         size_t *rows = NULL, nk = 0;
         if (alive && st->op == OP_DERIVE) {
             /* The derive reads the kept rows itself: one new frame, not a
@@ -1280,7 +1503,13 @@ int qml_clean_apply(const qml_frame *in, const qml_clean_steps *s, qml_frame **o
             free(keep);
             alive = keep = NULL;
         } else if (alive) {
-            if ((rc = take_kept(cur, alive, &next, err)) < 0)
+            if (own && owned)
+                rc = move_rows(owned, alive, NULL, &next, err);
+            else
+                rc = take_kept(cur, alive, &next, err);
+            if (own && owned)
+                owned = NULL; /* consumed, whatever the outcome */
+            if (rc < 0)
                 goto out;
             qml_frame_free(owned);
             cur = owned = next;
@@ -1299,7 +1528,13 @@ int qml_clean_apply(const qml_frame *in, const qml_clean_steps *s, qml_frame **o
         nalive = sr->rows_out = qml_frame_nrows(cur);
         rep->nsteps = i + 1;
     }
-    if (alive || !owned) {
+    if (alive && own && owned) {
+        rc = move_rows(owned, alive, NULL, &next, err);
+        owned = next;
+        next = NULL;
+        if (rc < 0)
+            goto out;
+    } else if (alive || !owned) {
         if (alive)
             rc = take_kept(cur, alive, &next, err);
         else
@@ -1317,6 +1552,18 @@ out:
     free(alive);
     free(keep);
     return rc;
+}
+
+int qml_clean_apply(const qml_frame *in, const qml_clean_steps *s, qml_frame **out,
+                    qml_clean_report *rep, qn_err *err)
+{
+    return apply_all(in, NULL, s, out, rep, err);
+}
+
+int qml_clean_apply_owned(qml_frame *in, const qml_clean_steps *s, qml_frame **out,
+                          qml_clean_report *rep, qn_err *err)
+{
+    return apply_all(NULL, in, s, out, rep, err);
 }
 
 /* ---- interactions -------------------------------------------------------- */

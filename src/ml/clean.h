@@ -93,6 +93,14 @@ typedef struct qml_clean_report {
  * the step is QN_INVALID_ARGUMENT). in is not changed. */
 int qml_clean_apply(const qml_frame *in, const qml_clean_steps *s, qml_frame **out,
                     qml_clean_report *rep, qn_err *err);
+/* The same, over a frame the caller gives up: in is consumed (freed, or its
+ * arrays become *out's) whether the call succeeds or not. The result and the
+ * report are those qml_clean_apply gives for the same frame, but the rows
+ * that row steps keep are compacted in place and a derive adds its column
+ * to the same arrays, so the kept cells are not copied into fresh memory
+ * (what prep does with the frame it read). */
+int qml_clean_apply_owned(qml_frame *in, const qml_clean_steps *s, qml_frame **out,
+                          qml_clean_report *rep, qn_err *err);
 
 /* The text of cell r of c as an id (what interactions use): the string of a
  * categorical cell, a number written shortest ("12346"), a timestamp as

@@ -7,6 +7,11 @@
  * what Python's csv module writes by default, so a reader anywhere gets the
  * cells back exactly. The SHA-256 is computed over the same bytes as they
  * are written, so the blob's digest is known without reading the file again.
+ * Rows are written by a fast path when the buffer has room for the longest
+ * row the columns can make: cells copied without a check each. (The output
+ * goes to a file, not to a buffer in memory sent from there: 36 MB of fresh
+ * anonymous memory cost prep 0.3-0.8 s more in page faults on this virtual
+ * machine than the file's page cache.)
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -38,6 +43,11 @@ static void flush(out *o)
     qn_buf_reset(&o->b);
 }
 
+static inline int want_flush(const out *o)
+{
+    return o->b.len >= FLUSH_AT;
+}
+
 /* Most puts are a few bytes into room the buffer has: copied in place
  * (keeping qn_buf's NUL), without qn_buf_append's checks per call. */
 static inline void put(out *o, const char *s, size_t n)
@@ -49,7 +59,7 @@ static inline void put(out *o, const char *s, size_t n)
     } else if (qn_buf_append(&o->b, s, n) < 0) {
         o->failed = 1;
     }
-    if (o->b.len >= FLUSH_AT)
+    if (want_flush(o))
         flush(o);
 }
 
@@ -91,6 +101,7 @@ typedef struct col_cache {
     size_t ncodes;
     int8_t *quote;      /* per code: -1 not yet known, 0 plain, 1 needs quotes */
     uint32_t *len;
+    const char **str;   /* per code: its string (set with len by cell_max) */
     num_slot *slots;
 } col_cache;
 
@@ -105,6 +116,8 @@ static int needs_quotes(const char *s, size_t n)
 static void put_cat(out *o, col_cache *cc, const qml_column *c, int32_t code)
 {
     const char *s = qml_dict_str(c->dict, code);
+    if (!s) /* a code the dictionary lacks: no text, written as a missing cell */
+        return;
     if (!cc->quote || (size_t)code >= cc->ncodes) { /* no cache (out of memory): the plain way */
         field(o, s, strlen(s));
         return;
@@ -148,6 +161,7 @@ static void caches_free(col_cache *cc, size_t nc)
     for (size_t j = 0; cc && j < nc; j++) {
         free(cc[j].quote);
         free(cc[j].len);
+        free(cc[j].str);
         free(cc[j].slots);
     }
     free(cc);
@@ -165,11 +179,14 @@ static col_cache *caches_new(const qml_frame *f)
             size_t n = qml_dict_size(c->dict);
             cc[j].quote = malloc(n ? n : 1);
             cc[j].len = malloc((n ? n : 1) * sizeof *cc[j].len);
-            if (!cc[j].quote || !cc[j].len) {
+            cc[j].str = malloc((n ? n : 1) * sizeof *cc[j].str);
+            if (!cc[j].quote || !cc[j].len || !cc[j].str) {
                 free(cc[j].quote);
                 free(cc[j].len);
+                free(cc[j].str);
                 cc[j].quote = NULL;
                 cc[j].len = NULL;
+                cc[j].str = NULL;
                 continue;
             }
             memset(cc[j].quote, -1, n ? n : 1);
@@ -181,60 +198,200 @@ static col_cache *caches_new(const qml_frame *f)
     return cc;
 }
 
+/* The most bytes one cell of column c can take (quoted: every byte a
+ * doubled quote, plus the two quotes), and the per-code texts of a
+ * categorical column filled in at once. 0 when no bound is known (a column
+ * without its cache): rows are then written by the checked path. */
+static size_t cell_max(col_cache *cc, const qml_column *c)
+{
+    switch (c->type) {
+    case QML_BOOLEAN:
+        return 5;
+    case QML_NUMERIC:
+    case QML_TIMESTAMP:
+        return cc->slots ? 64 : 0;
+    case QML_CATEGORICAL:
+        break;
+    }
+    if (!cc->quote)
+        return 0;
+    size_t most = 0;
+    for (size_t k = 0; k < cc->ncodes; k++) {
+        const char *s = qml_dict_str(c->dict, (int32_t)k);
+        size_t n = strlen(s);
+        if (n > UINT32_MAX / 2 - 2)
+            return 0;
+        cc->len[k] = (uint32_t)n;
+        cc->str[k] = s;
+        cc->quote[k] = (int8_t)needs_quotes(s, n);
+        size_t w = cc->quote[k] ? 2 * n + 2 : n;
+        most = w > most ? w : most;
+    }
+    return most;
+}
+
+/* One row into p, which has room for the longest row: no check per cell.
+ * Returns the end. */
+static char *fast_row(char *p, const qml_column *const *cols, col_cache *cc, size_t nc, size_t r)
+{
+    for (size_t j = 0; j < nc; j++) {
+        const qml_column *c = cols[j];
+        if (j)
+            *p++ = ',';
+        if (c->missing[r])
+            continue;
+        switch (c->type) {
+        case QML_CATEGORICAL: {
+            uint32_t code = (uint32_t)c->cat[r];
+            if (code >= cc[j].ncodes) /* a code the dictionary lacks: empty */
+                break;
+            const char *s = cc[j].str[code];
+            size_t n = cc[j].len[code];
+            if (!cc[j].quote[code]) {
+                memcpy(p, s, n);
+                p += n;
+                break;
+            }
+            *p++ = '"';
+            for (size_t i = 0; i < n; i++) {
+                if (s[i] == '"')
+                    *p++ = '"';
+                *p++ = s[i];
+            }
+            *p++ = '"';
+            break;
+        }
+        case QML_NUMERIC:
+        case QML_TIMESTAMP: {
+            double v = c->num[r];
+            uint64_t bits;
+            memcpy(&bits, &v, sizeof bits);
+            num_slot *sl = &cc[j].slots[(bits ^ (bits >> 29) ^ (bits >> 47)) % CACHE_SLOTS];
+            if (sl->len && sl->bits == bits) {
+                memcpy(p, sl->text, sizeof sl->text); /* fixed size: one move; the tail is overwritten */
+                p += sl->len;
+                break;
+            }
+            char tb[64];
+            int n = c->type == QML_TIMESTAMP ? qml_format_timestamp(v, tb, sizeof tb)
+                                             : qml_format_number(v, tb, sizeof tb);
+            if (n < 0)
+                n = 0;
+            if ((size_t)n >= sizeof tb)
+                n = (int)sizeof tb - 1;
+            memcpy(p, tb, (size_t)n);
+            p += n;
+            if (n > 0 && (size_t)n < sizeof sl->text) {
+                sl->bits = bits;
+                sl->len = (uint8_t)n;
+                memcpy(sl->text, tb, (size_t)n);
+            }
+            break;
+        }
+        case QML_BOOLEAN:
+            if (c->num[r] != 0) {
+                memcpy(p, "true", 4);
+                p += 4;
+            } else {
+                memcpy(p, "false", 5);
+                p += 5;
+            }
+            break;
+        }
+    }
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* The same row through put (any size; a buffer that cannot grow fails). */
+static void slow_row(out *o, const qml_column *const *cols, col_cache *cc, size_t nc, size_t r)
+{
+    for (size_t j = 0; j < nc; j++) {
+        const qml_column *c = cols[j];
+        if (j)
+            put(o, ",", 1);
+        if (c->missing[r])
+            continue;
+        switch (c->type) {
+        case QML_CATEGORICAL:
+            put_cat(o, &cc[j], c, c->cat[r]);
+            break;
+        case QML_NUMERIC:
+        case QML_TIMESTAMP:
+            put_num(o, &cc[j], c, c->num[r]);
+            break;
+        case QML_BOOLEAN:
+            put(o, c->num[r] != 0 ? "true" : "false", c->num[r] != 0 ? 4 : 5);
+            break;
+        }
+    }
+    put(o, "\r\n", 2);
+}
+
+/* The CSV of f through o, hashed; the digest into hex. */
+static int write_csv(const qml_frame *f, out *o, char hex[QN_SHA256_HEX + 1], uint64_t *bytes, qn_err *err)
+{
+    size_t nc = qml_frame_ncols(f), nr = qml_frame_nrows(f);
+    const qml_column **cols = malloc((nc ? nc : 1) * sizeof *cols);
+    col_cache *cc = caches_new(f);
+    int rc = 0;
+    if (!o->h || !cols || !cc) {
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    for (size_t j = 0; j < nc; j++) {
+        cols[j] = qml_frame_col(f, j);
+        if (j)
+            put(o, ",", 1);
+        field(o, cols[j]->name, strlen(cols[j]->name));
+    }
+    put(o, "\r\n", 2);
+    /* The longest row the columns can make (a field's bound, the commas,
+     * CRLF and the NUL); 0 when some column has no bound. */
+    size_t rowmax = nc + 3;
+    for (size_t j = 0; j < nc && rowmax; j++) {
+        size_t m = cell_max(&cc[j], cols[j]);
+        rowmax = m && m < FLUSH_AT ? rowmax + m : 0;
+    }
+    if (rowmax > FLUSH_AT)
+        rowmax = 0;
+    for (size_t r = 0; r < nr && !o->failed; r++) {
+        /* Room for the longest row (there is, but for a buffer that could
+         * not be reserved at once); else the checked path. */
+        if (rowmax && o->b.cap - o->b.len <= rowmax && !o->b.err && o->b.len + rowmax <= o->b.max)
+            (void)qn_buf_reserve(&o->b, rowmax);
+        if (rowmax && !o->b.err && o->b.cap - o->b.len > rowmax) {
+            char *end = fast_row(o->b.data + o->b.len, cols, cc, nc, r);
+            o->b.len = (size_t)(end - o->b.data);
+            o->b.data[o->b.len] = '\0';
+            if (want_flush(o))
+                flush(o);
+        } else {
+            slow_row(o, cols, cc, nc, r);
+        }
+    }
+    flush(o);
+    qn_sha256_final(o->h, hex);
+    *bytes = o->bytes;
+    if (qn_buf_error(&o->b) < 0) /* a cell larger than the buffer, not the disk */
+        rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "a CSV cell does not fit in the %zu-byte output buffer",
+                        o->b.max);
+    else if (o->failed)
+        rc = qn_err_set(err, QN_INTERNAL, "cannot write the CSV output (disk full?)");
+out:
+    caches_free(cc, nc);
+    free(cols);
+    return rc;
+}
+
 int prep_csv_write(const qml_frame *f, FILE *file, char hex[QN_SHA256_HEX + 1], uint64_t *bytes, qn_err *err)
 {
     out o = {.f = file, .h = qn_sha256_new()};
-    if (!o.h)
-        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
     qn_buf_init(&o.b, 2 * FLUSH_AT + (1u << 20) * 17);
     (void)qn_buf_reserve(&o.b, 2 * FLUSH_AT); /* else put grows it as it goes */
-    size_t nc = qml_frame_ncols(f), nr = qml_frame_nrows(f);
-    for (size_t j = 0; j < nc; j++) {
-        if (j)
-            put(&o, ",", 1);
-        const char *name = qml_frame_col(f, j)->name;
-        field(&o, name, strlen(name));
-    }
-    put(&o, "\r\n", 2);
-    col_cache *cc = caches_new(f);
-    if (!cc) {
-        qn_sha256_free(o.h);
-        qn_buf_free(&o.b);
-        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-    }
-    for (size_t r = 0; r < nr && !o.failed; r++) {
-        for (size_t j = 0; j < nc; j++) {
-            const qml_column *c = qml_frame_col(f, j);
-            if (j)
-                put(&o, ",", 1);
-            if (c->missing[r])
-                continue;
-            switch (c->type) {
-            case QML_CATEGORICAL:
-                put_cat(&o, &cc[j], c, c->cat[r]);
-                break;
-            case QML_NUMERIC:
-            case QML_TIMESTAMP:
-                put_num(&o, &cc[j], c, c->num[r]);
-                break;
-            case QML_BOOLEAN:
-                put(&o, c->num[r] != 0 ? "true" : "false", c->num[r] != 0 ? 4 : 5);
-                break;
-            }
-        }
-        put(&o, "\r\n", 2);
-    }
-    caches_free(cc, nc);
-    flush(&o);
-    qn_sha256_final(o.h, hex);
+    int rc = write_csv(f, &o, hex, bytes, err);
     qn_sha256_free(o.h);
-    int toobig = qn_buf_error(&o.b) < 0; /* a cell larger than the buffer, not the disk */
     qn_buf_free(&o.b);
-    *bytes = o.bytes;
-    if (toobig)
-        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "a CSV cell does not fit in the %u-byte output buffer",
-                          2 * FLUSH_AT + (1u << 20) * 17);
-    if (o.failed)
-        return qn_err_set(err, QN_INTERNAL, "cannot write the CSV output (disk full?)");
-    return 0;
+    return rc;
 }

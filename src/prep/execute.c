@@ -17,10 +17,13 @@
  *    way) and uploads it as a blob, then registers the dataset version. The
  *    manifest names the run, so a retry after a crash between registering and
  *    recording finds the version it made instead of making another.
- * The output CSV is a scratch file under <data>/tmp, removed whatever happens.
+ * The output CSV is not stored in prep: a thread writes it into a pipe that
+ * the upload (POST /v1/blobs, chunked) reads as it is written.
  * The report carries the seconds each phase took ("timing": read, parse,
  * clean, write, upload, register, total), so a slow run says where.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -587,6 +590,94 @@ static int register_version(prep *p, const prep_run_input *in, const char *outpu
     return 0;
 }
 
+/* ---- writing and uploading the output ------------------------------------------ */
+
+typedef struct csv_writer {
+    const qml_frame *f;
+    FILE *w;                 /* the pipe's write end */
+    char hex[QN_SHA256_HEX + 1];
+    uint64_t bytes;
+    int rc;
+    qn_err err;
+    double seconds;          /* how long the writing took */
+} csv_writer;
+
+static void *csv_writer_main(void *arg)
+{
+    csv_writer *cw = arg;
+    double t0 = now_s();
+    cw->rc = prep_csv_write(cw->f, cw->w, cw->hex, &cw->bytes, &cw->err);
+    /* The end of the pipe is the end of the upload's body. */
+    if (fclose(cw->w) != 0 && cw->rc == 0)
+        cw->rc = qn_err_set(&cw->err, QN_UNAVAILABLE, "the upload stopped taking the CSV");
+    cw->w = NULL;
+    cw->seconds = now_s() - t0;
+    return NULL;
+}
+
+/* Writes f as CSV and uploads it at once: a thread writes it (hashing it)
+ * into a pipe that the upload reads, a chunked POST /v1/blobs, so the
+ * registry receives, hashes and stores the first rows while the last are
+ * being written (the digest, which PUT /v1/blobs/{digest} needs first, is
+ * known only at the end). The registry answers the digest it stored the
+ * bytes under: it must be the one computed here, else the run fails (a
+ * blob of bytes that went wrong on the way is then stored, but named by
+ * its own digest and referenced by nothing). digest gets "sha256:<hex>",
+ * *write_s the seconds the writing took. */
+static int write_and_upload(prep *p, const prep_run_input *in, const qml_frame *f, char digest[80],
+                            uint64_t *bytes, double *write_s, qn_err *err)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return qn_err_set(err, QN_INTERNAL, "cannot make a pipe for the output CSV: %s", strerror(errno));
+    (void)fcntl(fds[1], F_SETPIPE_SZ, 1 << 20); /* fewer, larger hand-overs; a hint */
+    csv_writer cw = {.f = f};
+    FILE *rd = fdopen(fds[0], "r");
+    if (rd)
+        cw.w = fdopen(fds[1], "w");
+    if (!rd || !cw.w) {
+        if (rd)
+            fclose(rd);
+        else
+            close(fds[0]);
+        close(fds[1]);
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    pthread_t th;
+    if (pthread_create(&th, NULL, csv_writer_main, &cw) != 0) {
+        fclose(rd);
+        fclose(cw.w);
+        return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "cannot start the CSV writer thread");
+    }
+    qn_buf ans;
+    qn_buf_init(&ans, 64 * 1024);
+    int rc = qn_client_post_stream(p->registry, "/v1/blobs", "application/octet-stream", rd, in->trace, &ans, err);
+    /* A writer still writing (the upload failed) gets EPIPE and stops. */
+    fclose(rd);
+    pthread_join(th, NULL);
+    *write_s = cw.seconds;
+    *bytes = cw.bytes;
+    snprintf(digest, 80, "sha256:%s", cw.hex);
+    if (cw.rc < 0 && rc >= 0) {
+        *err = cw.err;
+        rc = qn_err_wrap(err, "writing the output CSV");
+    } else if (rc < 0) {
+        rc = qn_err_wrap(err, "registry: uploading the output CSV");
+    } else {
+        json_t *a = json_loadb(ans.data ? ans.data : "", ans.len, 0, NULL);
+        const char *got = json_string_value(json_object_get(a, "digest"));
+        json_int_t size = json_integer_value(json_object_get(a, "size"));
+        rc = got && strcmp(got, digest) == 0 && size == (json_int_t)cw.bytes
+                 ? 0
+                 : qn_err_set(err, QN_UNAVAILABLE,
+                              "registry: stored the output CSV as %s (%lld bytes), not the %s (%llu bytes) sent",
+                              got ? got : "(no digest)", (long long)size, digest, (unsigned long long)cw.bytes);
+        json_decref(a);
+    }
+    qn_buf_free(&ans);
+    return rc;
+}
+
 /* ---- the run ------------------------------------------------------------------- */
 
 int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err *err)
@@ -594,19 +685,17 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     const char *source = json_string_value(json_object_get(in->spec, "source"));
     const char *output = json_string_value(json_object_get(in->spec, "output"));
     source_read sr = {0};
-    char *csv_path = NULL;
     source_stream ss = {0};
-    FILE *f = NULL;
     qml_frame *raw = NULL, *clean = NULL;
     qml_clean_steps *steps = NULL;
     qml_clean_report *crep = calloc(1, sizeof *crep);
     fields *fs = calloc(1, sizeof *fs);
-    json_t *manifest = NULL, *timing = json_object();
+    json_t *manifest = NULL, *schema = NULL, *timing = json_object();
     double t0 = now_s(), t_all = t0;
     int rc;
     memset(res, 0, sizeof *res);
     res->last_seq = -1;
-    if (!crep || !fs || !timing || asprintf(&csv_path, "%s/run-%s.csv", p->tmp_dir, in->run_id) < 0) {
+    if (!crep || !fs || !timing) {
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
@@ -648,8 +737,15 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     json_object_set_new(timing, "parse", json_real(read_parse > wait ? read_parse - wait : 0));
     if ((rc = stopping(p, err)) < 0)
         goto out;
-    if ((rc = qml_clean_from_json(json_object_get(in->spec, "steps"), &steps, err)) < 0 ||
-        (rc = qml_clean_apply(raw, steps, &clean, crep, err)) < 0) {
+    if ((rc = qml_clean_from_json(json_object_get(in->spec, "steps"), &steps, err)) < 0) {
+        qn_err_wrap(err, "pipeline %s", in->pipeline);
+        goto out;
+    }
+    /* The frame read is given up to the cleaning: the kept rows stay in its
+     * arrays instead of being copied into fresh memory. */
+    rc = qml_clean_apply_owned(raw, steps, &clean, crep, err);
+    raw = NULL;
+    if (rc < 0) {
         qn_err_wrap(err, "pipeline %s", in->pipeline);
         goto out;
     }
@@ -659,38 +755,31 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     res->report = report_json(sr.rows, &rrep, crep, json_object_get(in->spec, "steps"));
     json_object_set(res->report, "timing", timing);
 
-    char hex[QN_SHA256_HEX + 1];
+    /* The clean frame is not needed past its schema and the CSV: freed
+     * before the upload's tail (the run's peak memory is then the read's). */
+    char digest[80];
     uint64_t bytes = 0;
-    if (!(f = fopen(csv_path, "w"))) {
-        rc = qn_err_set(err, QN_INTERNAL, "cannot create the run's output file");
-        goto out;
-    }
-    rc = prep_csv_write(clean, f, hex, &bytes, err);
-    int close_rc = fclose(f);
-    f = NULL;
-    if (rc < 0)
-        goto out;
-    if (close_rc != 0) {
-        rc = qn_err_set(err, QN_INTERNAL, "cannot write the run's output file");
-        goto out;
-    }
-    json_object_set_new(timing, "write", json_real(lap(&t0)));
+    double write_s = 0;
+    schema = frame_schema(clean);
     if ((rc = stopping(p, err)) < 0)
         goto out;
-
-    char blob_path[128], digest[80];
-    snprintf(digest, sizeof digest, "sha256:%s", hex);
-    snprintf(blob_path, sizeof blob_path, "/v1/blobs/%s", digest);
-    if ((rc = qn_client_put_file(p->registry, blob_path, csv_path, in->trace, err)) < 0) {
-        qn_err_wrap(err, "registry: uploading %s", digest);
+    rc = write_and_upload(p, in, clean, digest, &bytes, &write_s, err);
+    qml_frame_free(clean);
+    clean = NULL;
+    if (rc < 0)
         goto out;
-    }
-    json_object_set_new(timing, "upload", json_real(lap(&t0)));
+    /* The two overlap: "write" is the writing, "upload" what the upload
+     * took beyond it (sending the last part, the registry's fsync). */
+    double both = lap(&t0);
+    write_s = (double)(long long)(write_s * 1000 + 0.5) / 1000;
+    json_object_set_new(timing, "write", json_real(write_s));
+    json_object_set_new(timing, "upload", json_real(both > write_s ? both - write_s : 0));
     manifest = json_pack("{s:s, s:{s:s}, s:o, s:I, s:I, s:{s:s, s:I}, s:s, s:s, s:s, s:O}", "format",
-                         "quern.dataset/1", "files", "data.csv", digest, "schema", frame_schema(clean), "rows",
+                         "quern.dataset/1", "files", "data.csv", digest, "schema", schema, "rows",
                          (json_int_t)res->rows_out, "bytes", (json_int_t)bytes, "source", "dataset", source,
                          "last_seq", (json_int_t)sr.last_seq, "pipeline", in->pipeline, "spec_digest",
                          in->spec_digest, "run_id", in->run_id, "report", res->report);
+    schema = NULL; /* taken by the manifest ("o"), even when the pack failed */
     if (!manifest) {
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
@@ -700,13 +789,9 @@ int prep_execute(prep *p, const prep_run_input *in, prep_run_result *res, qn_err
     json_object_set_new(timing, "register", json_real(lap(&t0)));
     json_object_set_new(timing, "total", json_real(lap(&t_all)));
 out:
-    if (f)
-        fclose(f);
-    if (csv_path)
-        unlink(csv_path);
     stream_close(&ss);
-    free(csv_path);
     json_decref(manifest);
+    json_decref(schema);
     json_decref(timing);
     json_decref(sr.schema);
     json_decref(sr.first);

@@ -6,7 +6,10 @@
  * file under <data>/blobs/tmp while being hashed; only when the digest
  * matches the one in the URL is the file fsynced and renamed into place (and
  * the directory fsynced), so a blob is never visible half-written or wrong,
- * whatever happens to the process. Leftover temp files of killed uploads are
+ * whatever happens to the process. Received pieces are gathered into 1 MiB
+ * writes, and the disk writes start while the upload is still coming (every WRITEBACK_AT bytes a sync_file_range asks for
+ * them), so the final fsync waits for the last part, not for the whole
+ * blob; it alone is what makes the blob durable before the answer. Leftover temp files of killed uploads are
  * removed at start. The file system is the index: a blob exists exactly when
  * its file does, so there is no table to fall out of step with.
  */
@@ -27,11 +30,22 @@
 #include "core/validate.h"
 #include "registry/registry.h"
 
+/* Bytes received between two requests to start writing them to disk. */
+#define WRITEBACK_AT (4u << 20)
+/* The body comes in pieces of at most the server's 16 KiB connection
+ * memory: they are gathered into writes of this size (a 36 MB blob is then
+ * ~36 write calls, not ~4,500). */
+#define GATHER (1u << 20)
+
 struct reg_upload {
     int fd; /* -1 once the file is committed or removed */
     char tmp_path[PATH_MAX];
     qn_sha256 *hash;
-    uint64_t bytes;
+    uint64_t bytes;    /* received */
+    uint64_t written;  /* in the file */
+    uint64_t queued;   /* bytes whose writeback was started */
+    char *gather;      /* GATHER bytes (NULL: pieces written as they come) */
+    size_t ngather;
 };
 
 static void upload_cleanup(void *p)
@@ -42,6 +56,7 @@ static void upload_cleanup(void *p)
         unlink(u->tmp_path); /* not renamed: the upload did not complete */
     }
     qn_sha256_free(u->hash);
+    free(u->gather);
     free(u);
 }
 
@@ -117,9 +132,8 @@ reg_upload *reg_upload_of(qn_req *req, registry *r, int *code)
     return u;
 }
 
-int reg_upload_write(reg_upload *u, const char *data, size_t len)
+static int write_all(reg_upload *u, const char *data, size_t len)
 {
-    qn_sha256_update(u->hash, data, len);
     while (len > 0) {
         ssize_t n = write(u->fd, data, len);
         if (n < 0 && errno == EINTR)
@@ -128,8 +142,39 @@ int reg_upload_write(reg_upload *u, const char *data, size_t len)
             return -1;
         data += n;
         len -= (size_t)n;
-        u->bytes += (uint64_t)n;
+        u->written += (uint64_t)n;
     }
+#ifdef SYNC_FILE_RANGE_WRITE
+    /* Starts the disk writes of what came so far (it does not wait for
+     * them; a failure here is the final fsync's to report). */
+    if (u->written - u->queued >= WRITEBACK_AT) {
+        (void)sync_file_range(u->fd, (off64_t)u->queued, (off64_t)(u->written - u->queued), SYNC_FILE_RANGE_WRITE);
+        u->queued = u->written;
+    }
+#endif
+    return 0;
+}
+
+/* Writes what was gathered. 0 or -1 (errno set). */
+static int gather_flush(reg_upload *u)
+{
+    size_t n = u->ngather;
+    u->ngather = 0;
+    return n ? write_all(u, u->gather, n) : 0;
+}
+
+int reg_upload_write(reg_upload *u, const char *data, size_t len)
+{
+    qn_sha256_update(u->hash, data, len);
+    u->bytes += len;
+    if (!u->gather && len < GATHER)
+        u->gather = malloc(GATHER); /* without it, pieces are written as they come */
+    if (!u->gather || len >= GATHER)
+        return gather_flush(u) < 0 ? -1 : write_all(u, data, len);
+    if (u->ngather + len > GATHER && gather_flush(u) < 0)
+        return -1;
+    memcpy(u->gather + u->ngather, data, len);
+    u->ngather += len;
     return 0;
 }
 
@@ -161,7 +206,7 @@ int reg_upload_commit(registry *r, reg_upload *u, const char *hex)
     blob_path(r, hex, final, sizeof final);
     int created = !reg_blob_exists(r, hex);
     if (created) {
-        if (fsync(u->fd) < 0 || qn_mkdir_p(dir, &err) < 0 || rename(u->tmp_path, final) < 0 || fsync_dir(dir) < 0)
+        if (gather_flush(u) < 0 || fsync(u->fd) < 0 || qn_mkdir_p(dir, &err) < 0 || rename(u->tmp_path, final) < 0 || fsync_dir(dir) < 0)
             return -1;
         qn_counter_add(r->blob_bytes, NULL, (double)u->bytes);
     } else {
@@ -245,6 +290,56 @@ int reg_blob_put(qn_req *req, qn_res *res, void *ud)
     qn_res_header(res, "Location", qn_arena_printf(qn_req_arena(req), "/v1/blobs/sha256:%s", want));
     return qn_res_json(res, created ? 201 : 200,
                        json_pack("{s:s+, s:I, s:b}", "digest", "sha256:", want, "size",
+                                 (json_int_t)u->bytes, "created", created));
+}
+
+/* POST /v1/blobs: a blob whose digest the client does not name up front (it
+ * streams the bytes as it makes them, chunked, and learns its digest only at
+ * the end). The registry hashes what it receives and stores the blob under
+ * that digest, with the same guarantees as PUT (durable before the answer,
+ * never visible half-written); the answer names the digest, which the client
+ * compares with its own. */
+int reg_blob_post_chunk(qn_req *req, qn_res *res, const char *data, size_t len, void *ud)
+{
+    registry *r = ud;
+    reg_upload *u = qn_req_state(req);
+    int code;
+    if (!u && !(u = reg_upload_of(req, r, &code))) {
+        upload_refused(res, code);
+        return -1;
+    }
+    if (reg_upload_write(u, data, len) < 0) {
+        qn_log_error(qn_req_trace_id(req), "blob write failed", "{s:s}", "error", strerror(errno));
+        qn_counter_add(r->blob_uploads, (const char *[]){"io_error"}, 1);
+        qn_res_error(res, QN_UNAVAILABLE, "the registry cannot store this blob now (%s)",
+                     errno == ENOSPC ? "disk full" : "write failed");
+        return -1;
+    }
+    return 0;
+}
+
+int reg_blob_post(qn_req *req, qn_res *res, void *ud)
+{
+    registry *r = ud;
+    char got[QN_SHA256_HEX + 1];
+    int code;
+    reg_upload *u = reg_upload_of(req, r, &code); /* an empty body is an empty blob */
+    if (!u)
+        return upload_refused(res, code);
+    reg_upload_digest(u, got);
+    int created = reg_upload_commit(r, u, got);
+    if (created < 0) {
+        qn_log_error(qn_req_trace_id(req), "cannot commit blob", "{s:s, s:s}", "digest", got, "error",
+                     strerror(errno));
+        qn_counter_add(r->blob_uploads, (const char *[]){"io_error"}, 1);
+        return qn_res_error(res, QN_UNAVAILABLE, "the registry cannot store blobs right now");
+    }
+    qn_counter_add(r->blob_uploads, (const char *[]){created ? "created" : "exists"}, 1);
+    qn_log_info(qn_req_trace_id(req), created ? "blob stored" : "blob already stored", "{s:s+, s:I}",
+                "digest", "sha256:", got, "bytes", (json_int_t)u->bytes);
+    qn_res_header(res, "Location", qn_arena_printf(qn_req_arena(req), "/v1/blobs/sha256:%s", got));
+    return qn_res_json(res, created ? 201 : 200,
+                       json_pack("{s:s+, s:I, s:b}", "digest", "sha256:", got, "size",
                                  (json_int_t)u->bytes, "created", created));
 }
 

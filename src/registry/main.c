@@ -28,7 +28,7 @@ typedef struct registry_cfg {
 static const qn_cfg_opt opts[] = {
     QN_CFG_COMMON(registry_cfg, "127.0.0.1:7701", "registry"),
     {"max-blob-size", "QUERN_MAX_BLOB_SIZE", QN_CFG_SIZE, "8G", 1, 1LL << 42,
-     "Largest blob accepted by PUT /v1/blobs", offsetof(registry_cfg, max_blob)},
+     "Largest blob accepted by PUT and POST /v1/blobs", offsetof(registry_cfg, max_blob)},
     {"db", "QUERN_REGISTRY_DB", QN_CFG_STRING, NULL, 0, 0,
      "Metadata store URL (default: sqlite://<data>/registry.db)", offsetof(registry_cfg, db_url)},
     {"token-name", "QUERN_TOKEN_NAME", QN_CFG_STRING, "token", 0, 0,
@@ -88,6 +88,7 @@ static qn_route routes[] = {
     {"GET", "/v1/datasets/{name}/versions/{n}", reg_dataset_versions_get, 0, 0, NULL},
     {"PUT", "/v1/blobs/{digest}", reg_blob_put, 0 /* set from config */, QN_ROUTE_STREAM,
      reg_blob_put_chunk},
+    {"POST", "/v1/blobs", reg_blob_post, 0 /* set from config */, QN_ROUTE_STREAM, reg_blob_post_chunk},
     {"GET", "/v1/blobs/{digest}", reg_blob_get, 0, 0, NULL},
     {"GET", "/v1/events", reg_events_list, 0, 0, NULL},
     /* MLflow's model registry (model_registry.proto) and artifacts proxy
@@ -238,7 +239,8 @@ static int registry_start(qn_service_ctx *ctx, qn_err *err)
     r->alias_moves = qn_metrics_counter(ctx->metrics, "quern_registry_alias_moves_total",
                                         "Alias moves (promotions).", NULL);
     for (size_t i = 0; i < QN_NELEM(routes); i++)
-        if (routes[i].stream == reg_blob_put_chunk || routes[i].stream == reg_artifact_put_chunk)
+        if (routes[i].stream == reg_blob_put_chunk || routes[i].stream == reg_blob_post_chunk ||
+            routes[i].stream == reg_artifact_put_chunk)
             routes[i].max_body = (uint64_t)cfg->max_blob;
     ctx->routes = routes;
     ctx->nroutes = QN_NELEM(routes);

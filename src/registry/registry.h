@@ -125,6 +125,9 @@ int reg_alias_lineage(qn_req *req, qn_res *res, void *ud);
 int reg_blobs_init(registry *r, qn_err *err);
 int reg_blob_put_chunk(qn_req *req, qn_res *res, const char *data, size_t len, void *ud);
 int reg_blob_put(qn_req *req, qn_res *res, void *ud);
+/* POST /v1/blobs: the digest is the registry's, answered (blobs.c). */
+int reg_blob_post_chunk(qn_req *req, qn_res *res, const char *data, size_t len, void *ud);
+int reg_blob_post(qn_req *req, qn_res *res, void *ud);
 int reg_blob_get(qn_req *req, qn_res *res, void *ud);
 /* 1 when the blob with this 64-hex digest is stored, else 0. */
 int reg_blob_exists(const registry *r, const char *hex);
