@@ -1376,10 +1376,12 @@ qml_ndjson_reader *qml_ndjson_open_mem(const void *data, size_t len, const qml_n
     return open_common(r, o, err);
 }
 
-qml_ndjson_reader *qml_ndjson_open_fn(qml_ndjson_chunk_fn fn, void *ud, const qml_ndjson_opts *o, qn_err *err)
+/* A reader of fn's chunks: lines, or column blocks when blocks is 1. */
+static qml_ndjson_reader *open_stream(qml_ndjson_chunk_fn fn, void *ud, int blocks, const qml_ndjson_opts *o,
+                                      qn_err *err)
 {
     qml_ndjson_reader *r = calloc(1, sizeof *r);
-    if (!r || !(r->path = strdup("(stream)"))) {
+    if (!r || !(r->path = strdup(blocks ? "(column blocks)" : "(stream)"))) {
         free(r);
         qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
         return NULL;
@@ -1388,25 +1390,20 @@ qml_ndjson_reader *qml_ndjson_open_fn(qml_ndjson_chunk_fn fn, void *ud, const qm
     r->fn = fn;
     r->ud = ud;
     r->p = r->end = "";
+    r->blocks = blocks;
+    qn_buf_init(&r->rowtext, SIZE_MAX - 1);
     return open_common(r, o, err);
+}
+
+qml_ndjson_reader *qml_ndjson_open_fn(qml_ndjson_chunk_fn fn, void *ud, const qml_ndjson_opts *o, qn_err *err)
+{
+    return open_stream(fn, ud, 0, o, err);
 }
 
 qml_ndjson_reader *qml_ndjson_open_blocks(qml_ndjson_chunk_fn fn, void *ud, const qml_ndjson_opts *o,
                                           qn_err *err)
 {
-    qml_ndjson_reader *r = calloc(1, sizeof *r);
-    if (!r || !(r->path = strdup("(column blocks)"))) {
-        free(r);
-        qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory");
-        return NULL;
-    }
-    r->fd = -1;
-    r->fn = fn;
-    r->ud = ud;
-    r->p = r->end = "";
-    r->blocks = 1;
-    qn_buf_init(&r->rowtext, SIZE_MAX - 1);
-    return open_common(r, o, err);
+    return open_stream(fn, ud, 1, o, err);
 }
 
 /* ---- reading ------------------------------------------------------------- */

@@ -232,14 +232,11 @@ static int upload_refused(qn_res *res, int code)
                                                       : "the registry cannot store blobs right now");
 }
 
-int reg_blob_put_chunk(qn_req *req, qn_res *res, const char *data, size_t len, void *ud)
+/* Takes one piece of an upload's body into req's upload u (begun at the
+ * first piece when u is NULL): 0, or -1 with res answered. */
+static int upload_piece(qn_req *req, qn_res *res, registry *r, reg_upload *u, const char *data, size_t len)
 {
-    registry *r = ud;
-    reg_upload *u = qn_req_state(req);
-    char hex[QN_SHA256_HEX + 1];
     int code;
-    if (!u && digest_param(req, res, hex) < 0)
-        return -1;
     if (!u && !(u = reg_upload_of(req, r, &code))) {
         upload_refused(res, code);
         return -1;
@@ -252,6 +249,15 @@ int reg_blob_put_chunk(qn_req *req, qn_res *res, const char *data, size_t len, v
         return -1;
     }
     return 0;
+}
+
+int reg_blob_put_chunk(qn_req *req, qn_res *res, const char *data, size_t len, void *ud)
+{
+    reg_upload *u = qn_req_state(req);
+    char hex[QN_SHA256_HEX + 1];
+    if (!u && digest_param(req, res, hex) < 0)
+        return -1;
+    return upload_piece(req, res, ud, u, data, len);
 }
 
 int reg_blob_put(qn_req *req, qn_res *res, void *ud)
@@ -301,21 +307,7 @@ int reg_blob_put(qn_req *req, qn_res *res, void *ud)
  * compares with its own. */
 int reg_blob_post_chunk(qn_req *req, qn_res *res, const char *data, size_t len, void *ud)
 {
-    registry *r = ud;
-    reg_upload *u = qn_req_state(req);
-    int code;
-    if (!u && !(u = reg_upload_of(req, r, &code))) {
-        upload_refused(res, code);
-        return -1;
-    }
-    if (reg_upload_write(u, data, len) < 0) {
-        qn_log_error(qn_req_trace_id(req), "blob write failed", "{s:s}", "error", strerror(errno));
-        qn_counter_add(r->blob_uploads, (const char *[]){"io_error"}, 1);
-        qn_res_error(res, QN_UNAVAILABLE, "the registry cannot store this blob now (%s)",
-                     errno == ENOSPC ? "disk full" : "write failed");
-        return -1;
-    }
-    return 0;
+    return upload_piece(req, res, ud, qn_req_state(req), data, len);
 }
 
 int reg_blob_post(qn_req *req, qn_res *res, void *ud)
