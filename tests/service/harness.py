@@ -35,6 +35,18 @@ def sha(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def one_input_manifest(kind, model_digest):
+    """The manifest of a regression model of one numeric input "x" (FP64) whose
+    model.json is the blob model_digest: the smallest model serve loads."""
+    return {"format": "quern.model/1", "kind": kind,
+            "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1]}],
+            "outputs": [{"name": "prediction", "datatype": "FP32", "shape": [-1]}],
+            "transforms": {"format": "quern.features/1", "n_features": 1,
+                           "columns": [{"name": "x", "type": "numeric", "steps": []}]},
+            "params": {"task": "regression"},
+            "files": {"model.json": model_digest}}
+
+
 def pg_url(name, data):
     """The --db URL of service name with its --data dir on QUERN_TEST_PG."""
     tag = hashlib.sha1(os.path.abspath(data).encode()).hexdigest()[:12]

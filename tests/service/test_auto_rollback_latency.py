@@ -32,6 +32,7 @@ import xgboost as xgb
 import events
 from test_auto_promote import AutoFixture
 from test_monitor import wait_for
+from harness import one_input_manifest
 
 MODEL = "price"
 POLICY_RB = {"latency_p95_ratio": 3, "latency_margin_ms": 0.05}
@@ -42,13 +43,7 @@ class AutoRollbackLatencyTest(AutoFixture):
     SUBSCRIBE = (("t-rb", "quern.traffic.rolled_back"),)
 
     def register(self, kind, model_json, alias):
-        man = {"format": "quern.model/1", "kind": kind,
-               "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1]}],
-               "outputs": [{"name": "prediction", "datatype": "FP32", "shape": [-1]}],
-               "transforms": {"format": "quern.features/1", "n_features": 1,
-                              "columns": [{"name": "x", "type": "numeric", "steps": []}]},
-               "params": {"task": "regression"},
-               "files": {"model.json": self.reg.put_blob(model_json)}}
+        man = one_input_manifest(kind, self.reg.put_blob(model_json))
         st, _, body = self.reg.request("POST", f"/v1/models/{MODEL}/versions", {"manifest": man})
         self.assertEqual(st, 201, body)
         v = body["version"]

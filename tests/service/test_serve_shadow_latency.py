@@ -33,7 +33,7 @@ import numpy as np
 import xgboost as xgb
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import WORK, Service  # noqa: E402
+from harness import WORK, Service, one_input_manifest  # noqa: E402
 
 MODEL = "price"
 
@@ -79,13 +79,7 @@ class ShadowLatencyTest(unittest.TestCase):
 
     @classmethod
     def register(cls, kind, model_json, alias):
-        man = {"format": "quern.model/1", "kind": kind,
-               "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1]}],
-               "outputs": [{"name": "prediction", "datatype": "FP32", "shape": [-1]}],
-               "transforms": {"format": "quern.features/1", "n_features": 1,
-                              "columns": [{"name": "x", "type": "numeric", "steps": []}]},
-               "params": {"task": "regression"},
-               "files": {"model.json": cls.reg.put_blob(model_json)}}
+        man = one_input_manifest(kind, cls.reg.put_blob(model_json))
         st, _, body = cls.reg.request("POST", f"/v1/models/{MODEL}/versions", {"manifest": man})
         assert st == 201, body
         st, _, body = cls.reg.request("PUT", f"/v1/models/{MODEL}/aliases/{alias}",
