@@ -19,7 +19,8 @@
  * handlers, windows, closing, drift, hit-rate), quality.c (feedback joined
  * to logged predictions: live quality, CBPE estimates), api.c (HTTP handlers,
  * per-model settings, gauges), profiles.c (reference profiles from the
- * registry, cached).
+ * registry, cached), checkpoint.c (the in-memory state of quality.c and
+ * promote.c saved to the store at stop and periodically, loaded at start).
  */
 #ifndef QUERN_MONITOR_H
 #define QUERN_MONITOR_H

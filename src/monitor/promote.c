@@ -7,7 +7,8 @@
  * by production and by the shadow under one id): one entry per labelled
  * request, at most MAX_LABELLED per model (a ring grown on demand, the
  * oldest make way: 80 bytes an entry, 8 MB a model at most, MAX_MODELS
- * models).
+ * models). In memory; checkpoint.c saves it with the latencies
+ * (mon_promote_save) and a restart loads it back (mon_promote_load).
  *
  * Evaluation, on the ticker at most every EVAL_MS (a model without new
  * labels every IDLE_EVAL_MS), outside m->mu for the registry calls (two

@@ -47,10 +47,12 @@
  * of its labelled rows and the estimate's error are added to the same
  * report.
  *
- * What is in memory only: pending entries, open quality windows and
- * estimation windows. A restart loses them (labels for predictions logged
- * before it count as unjoined); the counters and the reports are in the
- * store. Everything here runs under m->mu.
+ * What is in memory: pending entries, held labels, open quality windows and
+ * estimation windows; checkpoint.c saves them (mon_quality_save) at stop and
+ * every --checkpoint-interval and loads them at start (mon_quality_load), so
+ * a graceful restart keeps them and a crash goes back to the last
+ * checkpoint. The counters and the reports are in the store. Everything
+ * here runs under m->mu.
  */
 #include <math.h>
 #include <stdio.h>
