@@ -34,22 +34,28 @@
 
 /* ---- the buffer and the reader ------------------------------------------- */
 
+void mon_buf_reserve(mon_buf *b, size_t n)
+{
+    if (b->oom || b->n + n <= b->cap)
+        return;
+    size_t nc = b->cap ? b->cap : 4096;
+    while (nc < b->n + n)
+        nc *= 2;
+    uint8_t *np = realloc(b->p, nc);
+    if (!np) {
+        b->oom = 1;
+        return;
+    }
+    b->p = np;
+    b->cap = nc;
+}
+
 void mon_buf_put(mon_buf *b, const void *p, size_t n)
 {
+    if (b->n + n > b->cap)
+        mon_buf_reserve(b, n);
     if (b->oom)
         return;
-    if (b->n + n > b->cap) {
-        size_t nc = b->cap ? b->cap : 4096;
-        while (nc < b->n + n)
-            nc *= 2;
-        uint8_t *np = realloc(b->p, nc);
-        if (!np) {
-            b->oom = 1;
-            return;
-        }
-        b->p = np;
-        b->cap = nc;
-    }
     memcpy(b->p + b->n, p, n);
     b->n += n;
 }

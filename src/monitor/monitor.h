@@ -176,6 +176,8 @@ typedef struct mon_buf {
     size_t n, cap;
     int oom;
 } mon_buf;
+/* Room for n more bytes (sets oom when there is none). */
+void mon_buf_reserve(mon_buf *b, size_t n);
 void mon_buf_put(mon_buf *b, const void *p, size_t n);
 void mon_buf_i64(mon_buf *b, int64_t v);
 void mon_buf_f64(mon_buf *b, double v);

@@ -1262,6 +1262,7 @@ void mon_quality_save(monitor *m, mon_buf *b)
         }
     }
     mon_buf_i64(b, (int64_t)q->count);
+    mon_buf_reserve(b, q->count * 56); /* 34 bytes and the id (most are short) */
     for (qpend *e = q->oldest; e; e = e->newer) {
         mon_buf_i64(b, e->qv->ord_);
         mon_buf_i64(b, e->arrived);
