@@ -8,7 +8,12 @@ restart (the checkpoint table, docs/monitor.md "State across a restart").
   at --quality-window rows counting those labelled before the restart, with
   the accuracy of exactly those rows; a corrupt or truncated checkpoint row
   (written with sqlite3) is logged as ignored and the monitor serves and
-  joins; after kill -9 the monitor starts and serves with the state of the
+  joins; truncated, extended or bit-flipped copies of a real checkpoint
+  never stop a start (and a truncated one is logged as ignored), the
+  intact one then loads whole (pending, held labels, open window); a
+  calibrated classifier's estimation window open at a restart closes after
+  it over the predictions of both runs, and one closed at a restart is
+  realised by labels sent after it; after kill -9 the monitor starts and serves with the state of the
   last checkpoint (a periodic one, or the one of the last graceful stop:
   what was logged after it is lost, its labels unjoined).
 - CheckpointPromoteTest (registry + serve + ingest + monitor): 25 labelled
@@ -60,7 +65,7 @@ class CheckpointQualityTest(ServiceTest):
             self.assertEqual(self.mon.stop(sig), 0)
         self.mon.start(timeout=60)
 
-    def register(self, model):
+    def register(self, model, metrics=None):
         st, _, body = self.reg.request("PUT", f"/v1/blobs/{sha(b'weights')}", body=b"weights",
                                        headers={"Content-Type": "application/octet-stream"})
         self.assertIn(st, (200, 201), body)
@@ -71,7 +76,7 @@ class CheckpointQualityTest(ServiceTest):
                     "files": {"model.json": sha(b"weights")},
                     "params": {"task": "binary", "classes": [0, 1]}}
         st, _, body = self.reg.request("POST", f"/v1/models/{model}/versions",
-                                       {"manifest": manifest, "metrics": {"accuracy": 0.7}})
+                                       {"manifest": manifest, "metrics": metrics or {"accuracy": 0.7}})
         self.assertEqual(st, 201, body)
         return body["version"]
 
@@ -135,6 +140,72 @@ class CheckpointQualityTest(ServiceTest):
         acc = sum((p >= 0.5) == (y == 1) for p, y in zip(preds[:40], labels[:40])) / 40
         self.assertAlmostEqual(r["metrics"]["accuracy"]["live"], acc, places=9)
         self.assertEqual(q["state"]["windows"][0]["labelled"], 20, q)
+
+    def test_estimation_windows_survive(self):
+        # a calibrated binary classifier: CBPE estimation windows
+        rng = random.Random(3)
+        hold = [rng.random() for _ in range(4000)]
+        hy = [1 if rng.random() < p else 0 for p in hold]
+        metrics = {"accuracy": 0.74, "roc_auc": 0.83}
+        for b in range(10):
+            rows = [y for p, y in zip(hold, hy) if min(int(p * 10), 9) == b]
+            metrics[f"calibration.n.{b}"] = len(rows)
+            metrics[f"calibration.rate.{b}"] = sum(rows) / len(rows)
+        v = self.register("cal", metrics)
+        self.start_monitor("--quality-window", "40", "--checkpoint-interval", "0")
+        preds = [round(rng.random(), 4) for _ in range(40)]
+        labels = [1 if rng.random() < p else 0 for p in preds]
+        self.log_predictions("cal", v, preds[:30], "e")
+        wait_for(lambda: self.quality("cal")["state"]["pending"] == 30, timeout=60)
+        self.restart()  # the open estimation window holds 30 predictions
+        self.assertEqual(self.quality("cal")["estimates"], [])
+        self.log_predictions("cal", v, preds[30:], "e30-")
+        est = wait_for(lambda: self.quality("cal")["estimates"], timeout=60)[0]
+        self.assertEqual(est["window"]["predictions"], 40, est)
+        self.assertFalse(est["realised_ready"], est)
+        self.restart()  # closed, awaiting its labels
+        self.feedback("cal", labels[:30], "e")
+        events.publish(self.bus, [events.envelope("quern.feedback.received",
+                                                  {"model": "cal", "request_id": f"e30-{i}", "label": y})
+                                  for i, y in enumerate(labels[30:])])
+        est = wait_for(lambda: (lambda e: e if e and e[0]["realised_ready"] else None)(
+            self.quality("cal")["estimates"]), timeout=60)[0]
+        self.assertEqual(est["realised"]["labelled"], 40, est)
+        acc = sum((p >= 0.5) == (y == 1) for p, y in zip(preds, labels)) / 40
+        self.assertAlmostEqual(est["realised"]["accuracy"], acc, places=9)
+
+    def test_damaged_checkpoints_never_stop_the_start(self):
+        v = self.register("cls")
+        self.start_monitor("--quality-window", "50", "--checkpoint-interval", "0", "--label-grace", "1h")
+        self.log_predictions("cls", v, [0.7] * 40, "d")
+        wait_for(lambda: self.quality("cls")["state"]["pending"] == 40, timeout=60)
+        self.feedback("cls", [1] * 10, "d")
+        self.feedback("cls", [1] * 5, "held-")  # held: no prediction yet
+        wait_for(lambda: self.labelled("cls") == 10 and self.quality("cls")["state"]["held_labels"] == 5, timeout=60)
+        self.assertEqual(self.mon.stop(), 0)
+        with sqlite3.connect(self.db, timeout=30) as c:
+            good = c.execute("SELECT data FROM checkpoint WHERE part = 'quality'").fetchone()[0]
+        rng = random.Random(11)
+        damaged = [good[:n] for n in (12, 20, len(good) // 2, len(good) - 1)] + [good + b"x"]
+        for _ in range(6):
+            b = bytearray(good)
+            for _ in range(3):
+                b[rng.randrange(12, len(b))] ^= 0xFF
+            damaged.append(bytes(b))
+        for d in damaged:
+            with sqlite3.connect(self.db, timeout=30) as c:
+                c.execute("UPDATE checkpoint SET data = ? WHERE part = 'quality'", (d,))
+            self.mon.start(timeout=60)
+            self.assertEqual(self.quality("cls")["model"], "cls")
+            self.assertEqual(self.mon.stop(), 0, self.mon.log()[-3000:])
+        self.assertGreaterEqual(self.mon.log().count('"checkpoint ignored"'), 5)
+        # the good one still loads whole
+        with sqlite3.connect(self.db, timeout=30) as c:
+            c.execute("UPDATE checkpoint SET data = ? WHERE part = 'quality'", (good,))
+        self.mon.start(timeout=60)
+        q = self.quality("cls")
+        self.assertEqual((q["state"]["pending"], q["state"]["held_labels"], q["state"]["windows"][0]["labelled"]),
+                         (30, 5, 10), q)
 
     def test_corrupt_checkpoint_ignored(self):
         v = self.register("cls")
