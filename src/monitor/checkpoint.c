@@ -219,27 +219,48 @@ static int load_part(monitor *m, const char *part, const uint8_t *p, size_t n, q
 
 void mon_checkpoint_load(monitor *m)
 {
+    static const char *const names[] = {"promote", "quality"};
+    struct { void *data; size_t n; int64_t at; int have; } parts[2] = {{0}};
     qn_err err = {0};
     qn_conn *c = qn_store_acquire(m->db, &err);
     qn_stmt *st = NULL;
-    int rc;
-    if (!c || !(st = qn_prepare(c, "SELECT part, data, written_at FROM checkpoint ORDER BY part", &err))) {
-        qn_log_warn(NULL, "checkpoint not read", "{s:s}", "detail", err.msg);
-        goto out;
+    int rc = 0;
+    /* read both rows first: loading may write (counts of what expires or
+     * makes way) and must not hold this connection meanwhile */
+    if (!c || !(st = qn_prepare(c, "SELECT part, data, written_at FROM checkpoint", &err))) {
+        rc = -1;
+    } else {
+        while ((rc = qn_step(st, &err)) == 1) {
+            const char *part = qn_col_text(st, 0);
+            size_t n = 0;
+            const void *data = qn_col_blob(st, 1, &n);
+            for (size_t i = 0; i < 2; i++) {
+                if (!part || strcmp(part, names[i]) != 0 || parts[i].have)
+                    continue;
+                parts[i].have = 1;
+                parts[i].n = n;
+                parts[i].at = qn_col_int64(st, 2);
+                if (data && n && !(parts[i].data = malloc(n)))
+                    parts[i].have = 0;
+                else if (data && n)
+                    memcpy(parts[i].data, data, n);
+            }
+        }
     }
+    if (c)
+        qn_store_release(m->db, c);
+    if (rc < 0)
+        qn_log_warn(NULL, "checkpoint not read", "{s:s}", "detail", err.msg);
     pthread_mutex_lock(&m->mu);
-    while ((rc = qn_step(st, &err)) == 1) {
-        const char *part = qn_col_text(st, 0);
-        size_t n = 0;
-        const void *data = qn_col_blob(st, 1, &n);
-        int64_t at = qn_col_int64(st, 2);
-        qn_err e = {0};
-        if (!part || (strcmp(part, "quality") != 0 && strcmp(part, "promote") != 0))
+    for (size_t i = 0; i < 2; i++) {
+        if (!parts[i].have)
             continue;
+        const char *part = names[i];
+        qn_err e = {0};
         int64_t t0 = qn_now_ms();
-        if (!data || load_part(m, part, data, n, &e) < 0) {
+        if (!parts[i].data || load_part(m, part, parts[i].data, parts[i].n, &e) < 0) {
             qn_log_warn(NULL, "checkpoint ignored", "{s:s, s:s}", "part", part,
-                        "detail", data ? e.msg : "no data");
+                        "detail", parts[i].data ? e.msg : "no data");
             /* that part starts empty */
             if (strcmp(part, "quality") == 0) {
                 mon_quality_free(m);
@@ -252,16 +273,14 @@ void mon_checkpoint_load(monitor *m)
             }
             continue;
         }
-        qn_log_info(NULL, "checkpoint loaded", "{s:s, s:I, s:o, s:I}", "part", part, "bytes", (json_int_t)n,
-                    "written_at", qn_json_time(at), "ms", (json_int_t)(qn_now_ms() - t0));
+        qn_log_info(NULL, "checkpoint loaded", "{s:s, s:I, s:o, s:I}", "part", part, "bytes",
+                    (json_int_t)parts[i].n, "written_at", qn_json_time(parts[i].at), "ms",
+                    (json_int_t)(qn_now_ms() - t0));
     }
-    if (rc < 0)
-        qn_log_warn(NULL, "checkpoint not read", "{s:s}", "detail", err.msg);
     /* what is past its horizon (or grace) goes now, as it would have */
     if (m->quality)
         mon_quality_tick(m, 0, NULL);
     pthread_mutex_unlock(&m->mu);
-out:
-    if (c)
-        qn_store_release(m->db, c);
+    free(parts[0].data);
+    free(parts[1].data);
 }

@@ -13,7 +13,8 @@ restart (the checkpoint table, docs/monitor.md "State across a restart").
   intact one then loads whole (pending, held labels, open window); a
   calibrated classifier's estimation window open at a restart closes after
   it over the predictions of both runs, and one closed at a restart is
-  realised by labels sent after it; after kill -9 the monitor starts and serves with the state of the
+  realised by labels sent after it; predictions past --label-horizon by
+  the time of the start expire at once (their labels unjoined); after kill -9 the monitor starts and serves with the state of the
   last checkpoint (a periodic one, or the one of the last graceful stop:
   what was logged after it is lost, its labels unjoined).
 - CheckpointPromoteTest (registry + serve + ingest + monitor): 25 labelled
@@ -206,6 +207,20 @@ class CheckpointQualityTest(ServiceTest):
         q = self.quality("cls")
         self.assertEqual((q["state"]["pending"], q["state"]["held_labels"], q["state"]["windows"][0]["labelled"]),
                          (30, 5, 10), q)
+
+    def test_past_the_horizon_at_start_expires(self):
+        v = self.register("cls")
+        self.start_monitor("--quality-window", "10", "--checkpoint-interval", "0", "--label-horizon", "3s")
+        self.log_predictions("cls", v, [0.6] * 5, "h")
+        wait_for(lambda: self.quality("cls")["state"]["pending"] == 5, timeout=60)
+        self.assertEqual(self.mon.stop(), 0)
+        time.sleep(3.5)
+        self.mon.start(timeout=60)
+        q = self.quality("cls")  # expired before the first event of this run
+        self.assertEqual((q["state"]["pending"], q["state"]["expired"]), (0, 5), q)
+        self.feedback("cls", [1] * 5, "h")
+        q = wait_for(lambda: (lambda b: b if b["labels"]["unjoined"] == 5 else None)(self.quality("cls")), timeout=60)
+        self.assertEqual(q["labels"]["joined"], 0, q)
 
     def test_corrupt_checkpoint_ignored(self):
         v = self.register("cls")
