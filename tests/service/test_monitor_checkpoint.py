@@ -20,7 +20,8 @@ restart (the checkpoint table, docs/monitor.md "State across a restart").
 - CheckpointPromoteTest (registry + serve + ingest + monitor): 25 labelled
   shadowed requests before a SIGTERM restart and 15 after it reach
   auto.min_labelled 30 together: production moves, with evidence over >= 30
-  requests (15 alone would move nothing).
+  requests (15 alone would move nothing); the kept serving latencies
+  (agreement's latency_us) are the same after the restart.
 Run by /usr/bin/python3.
 """
 import os
@@ -292,6 +293,11 @@ class CheckpointPromoteTest(ap.AutoFixture):
     feedback = ap.AutoPromoteTest.feedback
     alias = ap.AutoPromoteTest.alias
 
+    def latencies(self):
+        st, _, b = self.mon.request("GET", f"/v1/monitors/{ap.MODEL}/agreement")
+        self.assertEqual(st, 200, b)
+        return b["latency_us"]
+
     def test_evidence_counts_across_a_restart(self):
         v1 = self.publish(3.0, "production")   # RMSE 3
         v2 = self.publish(0.5, "candidate")    # RMSE 0.5
@@ -309,9 +315,12 @@ class CheckpointPromoteTest(ap.AutoFixture):
         time.sleep(2)  # evaluated: 25 < min_labelled moves nothing
         self.assertEqual(self.alias("production"), v1)
         left = self.pending()
+        lat = self.latencies()
+        self.assertTrue(lat, lat)  # the shadow side's serving latencies
         self.assertEqual(self.mon.stop(), 0)
         self.mon.start(timeout=60)
         self.assertEqual(self.pending(), left)
+        self.assertEqual(self.latencies(), lat)
         # 15 more: with the 25 from before the restart, 40 >= 30
         self.feedback(truths[25:])
         try:
