@@ -109,7 +109,7 @@ typedef struct qver {
     qest *ests;
     size_t n_ests;
     int64_t next_seq;
-    int64_t ord_;              /* its ordinal in the checkpoint being written */
+    int64_t ck_ord;              /* its ordinal in the checkpoint being written */
     struct qver *next;
 } qver;
 
@@ -1232,7 +1232,7 @@ void mon_quality_save(monitor *m, mon_buf *b)
         mon_buf_i64(b, qm->evicted);
         mon_buf_i64(b, (int64_t)nv);
         for (qver *qv = qm->versions; qv; qv = qv->next) {
-            qv->ord_ = ord++; /* the pending entries name it by this */
+            qv->ck_ord = ord++; /* the pending entries name it by this */
             mon_buf_i64(b, qv->version);
             mon_buf_i64(b, qv->started);
             mon_buf_i64(b, (int64_t)qv->n);
@@ -1264,7 +1264,7 @@ void mon_quality_save(monitor *m, mon_buf *b)
     mon_buf_i64(b, (int64_t)q->count);
     mon_buf_reserve(b, q->count * 56); /* 34 bytes and the id (most are short) */
     for (qpend *e = q->oldest; e; e = e->newer) {
-        mon_buf_i64(b, e->qv->ord_);
+        mon_buf_i64(b, e->qv->ck_ord);
         mon_buf_i64(b, e->arrived);
         mon_buf_f64(b, e->score);
         mon_buf_i64(b, e->est);
