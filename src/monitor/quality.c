@@ -109,7 +109,7 @@ typedef struct qver {
     qest *ests;
     size_t n_ests;
     int64_t next_seq;
-    int64_t ck_ord;              /* its ordinal in the checkpoint being written */
+    int64_t ck_ord;            /* its ordinal in the checkpoint being written */
     struct qver *next;
 } qver;
 
