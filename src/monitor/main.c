@@ -11,6 +11,7 @@
 
 #include "core/config.h"
 #include "core/deps.h"
+#include "core/json.h"
 #include "core/log.h"
 #include "core/outbox.h"
 #include "core/service.h"
@@ -20,7 +21,7 @@ typedef struct monitor_cfg {
     qn_common_cfg common;
     char *db_url;
     long long window_rows, window_seconds, min_rows, history, hit_k, hit_horizon_ms, max_recs;
-    long long tick_ms, lease_ms;
+    long long tick_ms, lease_ms, checkpoint_ms;
     int publish_all;
     char *hit_outcomes;
     char *alias;
@@ -76,6 +77,9 @@ static const qn_cfg_opt opts[] = {
      offsetof(monitor_cfg, quality_margin)},
     {"tick", "QUERN_MONITOR_TICK", QN_CFG_DURATION, "1s", 50, 60000,
      "How often windows are checked for closing by time", offsetof(monitor_cfg, tick_ms)},
+    {"checkpoint-interval", "QUERN_MONITOR_CHECKPOINT_INTERVAL", QN_CFG_DURATION, "30s", 0, 3600000,
+     "How often the in-memory state (pending predictions, open quality windows, promotion evidence) is "
+     "checkpointed to the store; 0: only at a graceful stop", offsetof(monitor_cfg, checkpoint_ms)},
     {"bus-lease", "QUERN_MONITOR_BUS_LEASE", QN_CFG_DURATION, "30s", 500, 3600000,
      "How long a received event is leased before the bus redelivers it", offsetof(monitor_cfg, lease_ms)},
 };
@@ -120,6 +124,8 @@ static const qn_migration migrations[] = {
     /* per report, each feature's reference and current distribution
      * (distribution.h); NULL for reports made before it */
     {3, "ALTER TABLE reports ADD COLUMN distributions TEXT;"},
+    /* the in-memory state (checkpoint.c), one row per part: "quality", "promote" */
+    {4, "CREATE TABLE checkpoint (part TEXT PRIMARY KEY, data BLOB NOT NULL, written_at INTEGER NOT NULL);"},
 };
 
 static const qn_route routes[] = {
@@ -200,6 +206,8 @@ static int monitor_start(qn_service_ctx *ctx, qn_err *err)
     m->max_recs = cfg->max_recs;
     m->publish_all = cfg->publish_all;
     m->tick_ms = cfg->tick_ms;
+    m->checkpoint_ms = cfg->checkpoint_ms;
+    m->last_checkpoint_ms = qn_now_ms();
     m->hit_outcomes = strdup(cfg->hit_outcomes ? cfg->hit_outcomes : "");
     m->alias = strdup(cfg->alias ? cfg->alias : "production");
     m->label_horizon_ms = cfg->label_horizon_ms;
@@ -238,6 +246,8 @@ static int monitor_start(qn_service_ctx *ctx, qn_err *err)
         monitor_free(m);
         return err->code ? err->code : QN_INTERNAL;
     }
+    /* the state of the last run, before any event of this one */
+    mon_checkpoint_load(m);
     if (!(m->sub = qn_subscriber_start(m->bus, "monitor", topics, m->db, mon_on_event, m, err))) {
         monitor_free(m);
         return err->code;
@@ -263,6 +273,14 @@ static void monitor_stop(qn_service_ctx *ctx)
         return;
     qn_subscriber_stop(m->sub);
     mon_ticker_stop(m);
+    /* no event and no tick runs now: the state is final */
+    qn_err err;
+    int64_t t0 = qn_now_ms();
+    if (mon_checkpoint_write(m, &err) < 0)
+        qn_log_warn(NULL, "checkpoint not written at stop", "{s:s}", "detail", err.msg);
+    else
+        qn_log_info(NULL, "checkpoint written at stop", "{s:I, s:I}", "pending",
+                    (json_int_t)mon_quality_pending(m), "ms", (json_int_t)(qn_now_ms() - t0));
     qn_deps_flush(m->outbox, 5000);
     monitor_free(m);
 }

@@ -19,7 +19,8 @@
  * handlers, windows, closing, drift, hit-rate), quality.c (feedback joined
  * to logged predictions: live quality, CBPE estimates), api.c (HTTP handlers,
  * per-model settings, gauges), profiles.c (reference profiles from the
- * registry, cached).
+ * registry, cached), checkpoint.c (the in-memory state of quality.c and
+ * promote.c saved to the store at stop and periodically, loaded at start).
  */
 #ifndef QUERN_MONITOR_H
 #define QUERN_MONITOR_H
@@ -112,6 +113,9 @@ typedef struct monitor {
     qn_metric *m_pending;        /* quern_monitor_pending_predictions */
     /* the promotion policy (promote.c): labelled requests per version */
     mon_promote *promote;
+    /* checkpoint.c: the in-memory state saved every checkpoint_ms (0: only
+     * at stop); last_checkpoint_ms touched by the ticker thread only */
+    int64_t checkpoint_ms, last_checkpoint_ms;
 } monitor;
 
 /* window.c */
@@ -143,6 +147,8 @@ void mon_quality_apply(monitor *m, const json_t *data, const mon_label *l);
 /* Expires pending predictions past the horizon and closes windows due by
  * time; with force, closes every open window of model now. */
 void mon_quality_tick(monitor *m, int force, const char *model);
+/* Logged predictions waiting for their label, all models. Under m->mu. */
+size_t mon_quality_pending(monitor *m);
 /* In-memory state of model: pending count, open windows. */
 json_t *mon_quality_state(monitor *m, const char *model);
 
@@ -160,6 +166,49 @@ void mon_promote_latencies(monitor *m, const char *model, int64_t version, const
 json_t *mon_promote_latency_json(monitor *m, const char *model);
 /* Evaluates the policies (registry calls); the ticker, NOT under m->mu. */
 void mon_promote_tick(monitor *m);
+
+/* checkpoint.c: the in-memory state (pending predictions, held labels,
+ * open quality and estimation windows, promotion evidence, latencies) as
+ * one row per part of the store's checkpoint table. */
+/* An append-only byte buffer; oom is sticky (the buffer is then unusable). */
+typedef struct mon_buf {
+    uint8_t *p;
+    size_t n, cap;
+    int oom;
+} mon_buf;
+/* Room for n more bytes (sets oom when there is none). */
+void mon_buf_reserve(mon_buf *b, size_t n);
+void mon_buf_put(mon_buf *b, const void *p, size_t n);
+void mon_buf_i64(mon_buf *b, int64_t v);
+void mon_buf_f64(mon_buf *b, double v);
+void mon_buf_str(mon_buf *b, const char *s); /* at most 65535 bytes */
+/* A bounds-checked reader; bad is sticky and every read after it gives 0. */
+typedef struct mon_rd {
+    const uint8_t *p;
+    size_t n, off;
+    int bad;
+} mon_rd;
+int mon_rd_get(mon_rd *r, void *out, size_t n);
+int64_t mon_rd_i64(mon_rd *r);
+double mon_rd_f64(mon_rd *r);
+/* A string into out (size cap, NUL-terminated); a longer one marks r bad. */
+void mon_rd_str(mon_rd *r, char *out, size_t cap);
+/* A count of items of at least min_size bytes each: bad when the rest of
+ * the buffer cannot hold them. */
+size_t mon_rd_count(mon_rd *r, size_t min_size);
+/* Writes the checkpoint (both parts) in one write transaction. Takes m->mu
+ * while the state is copied out, not while it is written. */
+int mon_checkpoint_write(monitor *m, qn_err *err);
+/* Rebuilds the in-memory state from the checkpoint, if any. A part that
+ * does not read is logged and ignored (that part starts empty); never
+ * fails. Before the subscriber and the ticker start. */
+void mon_checkpoint_load(monitor *m);
+/* quality.c and promote.c: their state into b / back from r (into an empty
+ * state; on failure the caller resets it). Under m->mu. */
+void mon_quality_save(monitor *m, mon_buf *b);
+int mon_quality_load(monitor *m, mon_rd *r, qn_err *err);
+void mon_promote_save(monitor *m, mon_buf *b);
+int mon_promote_load(monitor *m, mon_rd *r, qn_err *err);
 
 /* api.c */
 int mon_settings_load(monitor *m, qn_conn *c, const char *model, mon_settings *s, qn_err *err);

@@ -7,7 +7,8 @@
  * by production and by the shadow under one id): one entry per labelled
  * request, at most MAX_LABELLED per model (a ring grown on demand, the
  * oldest make way: 80 bytes an entry, 8 MB a model at most, MAX_MODELS
- * models).
+ * models). In memory; checkpoint.c saves it with the latencies
+ * (mon_promote_save) and a restart loads it back (mon_promote_load).
  *
  * Evaluation, on the ticker at most every EVAL_MS (a model without new
  * labels every IDLE_EVAL_MS), outside m->mu for the registry calls (two
@@ -126,6 +127,27 @@ static pmodel *model_get(monitor *m, const char *model)
     return pm;
 }
 
+/* Appends one latency to pl's ring (grown on demand up to MAX_LATENCIES,
+ * then the oldest make way). -1 when out of memory. */
+static int lat_push(plat *pl, uint32_t us)
+{
+    if (pl->n == pl->cap && pl->cap < MAX_LATENCIES) { /* not wrapped yet: head == n */
+        size_t nc = pl->cap ? pl->cap * 2 : 256;
+        if (nc > MAX_LATENCIES)
+            nc = MAX_LATENCIES;
+        uint32_t *r = realloc(pl->ring, nc * sizeof *r);
+        if (!r)
+            return -1;
+        pl->ring = r;
+        pl->cap = nc;
+    }
+    pl->ring[pl->head] = us;
+    pl->head = (pl->head + 1) % pl->cap;
+    if (pl->n < pl->cap)
+        pl->n++;
+    return 0;
+}
+
 void mon_promote_latencies(monitor *m, const char *model, int64_t version, const json_t *preds)
 {
     if (!m->promote)
@@ -162,21 +184,9 @@ void mon_promote_latencies(monitor *m, const char *model, int64_t version, const
                 pl->n = pl->head = 0;
             }
         }
-        if (pl->n == pl->cap && pl->cap < MAX_LATENCIES) { /* not wrapped yet: head == n */
-            size_t nc = pl->cap ? pl->cap * 2 : 256;
-            if (nc > MAX_LATENCIES)
-                nc = MAX_LATENCIES;
-            uint32_t *r = realloc(pl->ring, nc * sizeof *r);
-            if (!r)
-                return;
-            pl->ring = r;
-            pl->cap = nc;
-        }
         json_int_t us = json_integer_value(lv);
-        pl->ring[pl->head] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
-        pl->head = (pl->head + 1) % pl->cap;
-        if (pl->n < pl->cap)
-            pl->n++;
+        if (lat_push(pl, us > UINT32_MAX ? UINT32_MAX : (uint32_t)us) < 0)
+            return;
         pl->used_ms = qn_now_ms();
         pm->lat_seen++;
     }
@@ -681,4 +691,100 @@ void mon_promote_tick(monitor *m)
     pthread_mutex_unlock(&m->mu);
     for (size_t i = 0; i < n; i++)
         evaluate(m, names[i]);
+}
+
+/* ---- checkpoint (checkpoint.c) ---------------------------------------------- */
+
+/* The index of the oldest entry of a ring of n entries, room cap, next slot
+ * head: 0 until it wrapped, head after. */
+static size_t ring_oldest(size_t n, size_t cap, size_t head)
+{
+    return n == cap ? head % (cap ? cap : 1) : 0;
+}
+
+/* Per model: its name, labelled requests since start, the labelled requests
+ * oldest first, then each version's latencies oldest first. */
+void mon_promote_save(monitor *m, mon_buf *b)
+{
+    size_t nm = 0;
+    for (pmodel *pm = m->promote->models; pm; pm = pm->next)
+        nm++;
+    mon_buf_i64(b, (int64_t)nm);
+    for (pmodel *pm = m->promote->models; pm; pm = pm->next) {
+        mon_buf_str(b, pm->name);
+        mon_buf_i64(b, pm->seen);
+        mon_buf_i64(b, pm->lat_seen);
+        mon_buf_i64(b, (int64_t)pm->n);
+        size_t o = ring_oldest(pm->n, pm->cap, pm->head);
+        for (size_t i = 0; i < pm->n; i++) {
+            const plab *e = &pm->ring[(o + i) % pm->cap];
+            mon_buf_f64(b, e->y);
+            mon_buf_i64(b, e->n);
+            for (int k = 0; k < e->n; k++) {
+                mon_buf_i64(b, e->ver[k]);
+                mon_buf_f64(b, e->score[k]);
+            }
+        }
+        for (int k = 0; k < MAX_LAT_VERS; k++) {
+            const plat *pl = &pm->lat[k];
+            mon_buf_i64(b, pl->ver);
+            mon_buf_i64(b, pl->used_ms);
+            mon_buf_i64(b, (int64_t)pl->n);
+            size_t lo = ring_oldest(pl->n, pl->cap, pl->head);
+            for (size_t i = 0; i < pl->n; i++)
+                mon_buf_put(b, &pl->ring[(lo + i) % pl->cap], sizeof(uint32_t));
+        }
+    }
+}
+
+int mon_promote_load(monitor *m, mon_rd *r, qn_err *err)
+{
+    size_t nm = mon_rd_count(r, 26 + MAX_LAT_VERS * 24);
+    for (size_t i = 0; i < nm && !r->bad; i++) {
+        char name[129];
+        mon_rd_str(r, name, sizeof name);
+        int64_t seen = mon_rd_i64(r), lat_seen = mon_rd_i64(r);
+        if (r->bad || !name[0])
+            break;
+        pmodel *pm = model_get(m, name);
+        if (!pm)
+            return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "promotion checkpoint: no room for model \"%s\"", name);
+        size_t n = mon_rd_count(r, 16);
+        for (size_t j = 0; j < n && !r->bad; j++) {
+            double y = mon_rd_f64(r), scores[MAX_VERS];
+            int64_t nv = mon_rd_i64(r), vers[MAX_VERS];
+            if (nv < 1 || nv > MAX_VERS) {
+                r->bad = 1;
+                break;
+            }
+            for (int k = 0; k < nv; k++) {
+                vers[k] = mon_rd_i64(r);
+                scores[k] = mon_rd_f64(r);
+            }
+            if (!r->bad)
+                mon_promote_label(m, name, y, (size_t)nv, vers, scores);
+        }
+        pm->seen = seen;
+        for (int k = 0; k < MAX_LAT_VERS && !r->bad; k++) {
+            plat *pl = &pm->lat[k];
+            pl->ver = mon_rd_i64(r);
+            pl->used_ms = mon_rd_i64(r);
+            size_t nl = mon_rd_count(r, sizeof(uint32_t));
+            if (nl > MAX_LATENCIES)
+                r->bad = 1;
+            for (size_t j = 0; j < nl && !r->bad; j++) {
+                uint32_t us;
+                mon_rd_get(r, &us, sizeof us);
+                if (lat_push(pl, us) < 0)
+                    return qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory loading the checkpoint");
+            }
+        }
+        pm->lat_seen = lat_seen;
+        /* evaluated at the next tick, with the evidence as it stood */
+        pm->seen_eval = pm->lat_seen_eval = 0;
+        pm->eval_at = 0;
+    }
+    if (r->bad)
+        return qn_err_set(err, QN_DATA_LOSS, "the promotion checkpoint does not read (truncated or corrupt)");
+    return 0;
 }

@@ -47,10 +47,12 @@
  * of its labelled rows and the estimate's error are added to the same
  * report.
  *
- * What is in memory only: pending entries, open quality windows and
- * estimation windows. A restart loses them (labels for predictions logged
- * before it count as unjoined); the counters and the reports are in the
- * store. Everything here runs under m->mu.
+ * What is in memory: pending entries, held labels, open quality windows and
+ * estimation windows; checkpoint.c saves them (mon_quality_save) at stop and
+ * every --checkpoint-interval and loads them at start (mon_quality_load), so
+ * a graceful restart keeps them and a crash goes back to the last
+ * checkpoint. The counters and the reports are in the store. Everything
+ * here runs under m->mu.
  */
 #include <math.h>
 #include <stdio.h>
@@ -107,6 +109,7 @@ typedef struct qver {
     qest *ests;
     size_t n_ests;
     int64_t next_seq;
+    int64_t ck_ord;            /* its ordinal in the checkpoint being written */
     struct qver *next;
 } qver;
 
@@ -774,6 +777,7 @@ static void persist_count(monitor *m, const char *model, const char *name, int64
 static void join_pending(monitor *m, qpend *e, double y);
 static void join_all(monitor *m, qpend *e, double y);
 static int held_take(mon_quality *q, const char *model, const char *id, uint64_t hash, double *y);
+static void held_drop_oldest(monitor *m);
 
 /* The prediction as a score: a number; the argmax of an array (multiclass);
  * NAN for anything else (a recommender's object). */
@@ -1153,6 +1157,11 @@ void mon_quality_tick(monitor *m, int force_model_only, const char *model)
     }
 }
 
+size_t mon_quality_pending(monitor *m)
+{
+    return m->quality ? m->quality->count : 0;
+}
+
 json_t *mon_quality_state(monitor *m, const char *model)
 {
     json_t *open = json_array();
@@ -1176,4 +1185,295 @@ json_t *mon_quality_state(monitor *m, const char *model)
                      (json_int_t)m->quality->count, "max_pending", (json_int_t)m->max_pending, "expired",
                      (json_int_t)(qm ? qm->expired : 0), "evicted", (json_int_t)(qm ? qm->evicted : 0), "windows",
                      open);
+}
+
+/* ---- checkpoint (checkpoint.c) --------------------------------------------- */
+
+static void put_doubles(mon_buf *b, const double *v, size_t n)
+{
+    if (n)
+        mon_buf_put(b, v, n * sizeof *v);
+}
+
+/* n doubles from r into a fresh array (NULL for none); -1 when out of memory. */
+static int get_doubles(mon_rd *r, size_t n, double **out)
+{
+    *out = NULL;
+    if (!n || r->bad)
+        return 0;
+    if (n > (r->n - r->off) / sizeof(double)) {
+        r->bad = 1;
+        return 0;
+    }
+    if (!(*out = malloc(n * sizeof(double))))
+        return -1;
+    return mon_rd_get(r, *out, n * sizeof(double)), 0;
+}
+
+/* Models (their versions: open quality window, estimation windows), then
+ * the pending entries oldest first (each naming its version by ordinal),
+ * then the held labels oldest first. Task, reference metrics and
+ * calibration are not saved: they are asked of the registry again. */
+void mon_quality_save(monitor *m, mon_buf *b)
+{
+    mon_quality *q = m->quality;
+    size_t nm = 0;
+    int64_t ord = 0;
+    for (qmodel *qm = q->models; qm; qm = qm->next)
+        nm++;
+    mon_buf_i64(b, (int64_t)nm);
+    for (qmodel *qm = q->models; qm; qm = qm->next) {
+        size_t nv = 0;
+        for (qver *qv = qm->versions; qv; qv = qv->next)
+            nv++;
+        mon_buf_str(b, qm->name);
+        mon_buf_i64(b, qm->rec);
+        mon_buf_i64(b, qm->expired);
+        mon_buf_i64(b, qm->evicted);
+        mon_buf_i64(b, (int64_t)nv);
+        for (qver *qv = qm->versions; qv; qv = qv->next) {
+            qv->ck_ord = ord++; /* the pending entries name it by this */
+            mon_buf_i64(b, qv->version);
+            mon_buf_i64(b, qv->started);
+            mon_buf_i64(b, (int64_t)qv->n);
+            put_doubles(b, qv->score, qv->n);
+            put_doubles(b, qv->y, qv->n);
+            mon_buf_i64(b, qv->next_seq);
+            mon_buf_i64(b, (int64_t)qv->n_ests);
+            for (qest *es = qv->ests; es; es = es->next) {
+                mon_buf_i64(b, es->seq);
+                mon_buf_i64(b, es->report_id);
+                mon_buf_i64(b, es->started);
+                mon_buf_i64(b, es->closed_at);
+                mon_buf_i64(b, (int64_t)es->n_resolved);
+                mon_buf_i64(b, es->closed | es->realised << 1 | (es->score != NULL) << 2);
+                mon_buf_i64(b, (int64_t)es->n_pred);
+                if (es->score) {
+                    put_doubles(b, es->score, es->n_pred);
+                    put_doubles(b, es->p, es->n_pred);
+                }
+                mon_buf_i64(b, (int64_t)es->n_lab);
+                put_doubles(b, es->lab_score, es->n_lab);
+                put_doubles(b, es->lab_y, es->n_lab);
+                mon_buf_f64(b, es->est_acc);
+                mon_buf_f64(b, es->est_auc);
+                mon_buf_str(b, es->undefined);
+            }
+        }
+    }
+    mon_buf_i64(b, (int64_t)q->count);
+    mon_buf_reserve(b, q->count * 56); /* 34 bytes and the id (most are short) */
+    for (qpend *e = q->oldest; e; e = e->newer) {
+        mon_buf_i64(b, e->qv->ck_ord);
+        mon_buf_i64(b, e->arrived);
+        mon_buf_f64(b, e->score);
+        mon_buf_i64(b, e->est);
+        mon_buf_str(b, e->id);
+    }
+    size_t nh = 0;
+    for (qheld *h = q->held_oldest; h; h = h->newer)
+        nh += !isnan(h->y);
+    mon_buf_i64(b, (int64_t)nh);
+    for (qheld *h = q->held_oldest; h; h = h->newer) {
+        if (isnan(h->y))
+            continue; /* joined already */
+        mon_buf_str(b, h->model);
+        mon_buf_str(b, h->id);
+        mon_buf_f64(b, h->y);
+        mon_buf_i64(b, h->arrived);
+    }
+}
+
+#define OOM(err) qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory loading the checkpoint")
+#define BAD(err) qn_err_set(err, QN_DATA_LOSS, "the quality checkpoint does not read (truncated or corrupt)")
+
+int mon_quality_load(monitor *m, mon_rd *r, qn_err *err)
+{
+    mon_quality *q = m->quality;
+    qver **vers = NULL;     /* by ordinal */
+    qmodel **vmodels = NULL; /* the model of each */
+    size_t nvers = 0, capv = 0;
+    int rc = 0;
+    size_t nm = mon_rd_count(r, 34);
+    qmodel **mtail = &q->models;
+    for (size_t i = 0; i < nm && !r->bad; i++) {
+        qmodel *qm = calloc(1, sizeof *qm);
+        if (!qm) {
+            rc = OOM(err);
+            goto out;
+        }
+        *mtail = qm; /* linked at once: freed with the state on failure */
+        mtail = &qm->next;
+        mon_rd_str(r, qm->name, sizeof qm->name);
+        qm->rec = mon_rd_i64(r) != 0;
+        qm->expired = mon_rd_i64(r);
+        qm->evicted = mon_rd_i64(r);
+        size_t nv = mon_rd_count(r, 40);
+        qver **vtail = &qm->versions;
+        for (size_t j = 0; j < nv && !r->bad; j++) {
+            qver *qv = calloc(1, sizeof *qv);
+            if (!qv) {
+                rc = OOM(err);
+                goto out;
+            }
+            *vtail = qv;
+            vtail = &qv->next;
+            if (nvers == capv) {
+                size_t nc = capv ? capv * 2 : 16;
+                qver **nvv = realloc(vers, nc * sizeof *nvv);
+                if (nvv)
+                    vers = nvv;
+                qmodel **nmm = realloc(vmodels, nc * sizeof *nmm);
+                if (nmm)
+                    vmodels = nmm;
+                if (!nvv || !nmm) {
+                    rc = OOM(err);
+                    goto out;
+                }
+                capv = nc;
+            }
+            vmodels[nvers] = qm;
+            vers[nvers++] = qv;
+            qv->version = mon_rd_i64(r);
+            qv->started = mon_rd_i64(r);
+            qv->n = qv->cap = mon_rd_count(r, 16);
+            if (get_doubles(r, qv->n, &qv->score) < 0 || get_doubles(r, qv->n, &qv->y) < 0) {
+                rc = OOM(err);
+                goto out;
+            }
+            qv->next_seq = mon_rd_i64(r);
+            size_t ne = mon_rd_count(r, 82);
+            qest **etail = &qv->ests;
+            for (size_t k = 0; k < ne && !r->bad; k++) {
+                qest *es = calloc(1, sizeof *es);
+                if (!es) {
+                    rc = OOM(err);
+                    goto out;
+                }
+                *etail = es;
+                etail = &es->next;
+                qv->n_ests++;
+                es->seq = mon_rd_i64(r);
+                es->report_id = mon_rd_i64(r);
+                es->started = mon_rd_i64(r);
+                es->closed_at = mon_rd_i64(r);
+                es->n_resolved = (size_t)mon_rd_i64(r);
+                int64_t flags = mon_rd_i64(r);
+                es->closed = flags & 1;
+                es->realised = (flags >> 1) & 1;
+                es->n_pred = mon_rd_count(r, 0);
+                if (flags & 4) {
+                    es->cap = es->n_pred;
+                    if (get_doubles(r, es->n_pred, &es->score) < 0 || get_doubles(r, es->n_pred, &es->p) < 0) {
+                        rc = OOM(err);
+                        goto out;
+                    }
+                }
+                es->n_lab = es->cap_lab = mon_rd_count(r, 16);
+                if (get_doubles(r, es->n_lab, &es->lab_score) < 0 || get_doubles(r, es->n_lab, &es->lab_y) < 0) {
+                    rc = OOM(err);
+                    goto out;
+                }
+                es->est_acc = mon_rd_f64(r);
+                es->est_auc = mon_rd_f64(r);
+                mon_rd_str(r, es->undefined, sizeof es->undefined);
+                if (!(flags & 4) && !es->closed)
+                    r->bad = 1; /* an open window keeps its scores */
+            }
+        }
+    }
+    /* pending, oldest first: the oldest make way past --max-pending, as at run time */
+    size_t np = mon_rd_count(r, 34);
+    for (size_t i = 0; i < np && !r->bad; i++) {
+        int64_t ord = mon_rd_i64(r), arrived = mon_rd_i64(r);
+        double score = mon_rd_f64(r);
+        int64_t est = mon_rd_i64(r);
+        char id[257];
+        mon_rd_str(r, id, sizeof id);
+        if (r->bad || ord < 0 || (size_t)ord >= nvers || !id[0]) {
+            r->bad = 1;
+            break;
+        }
+        qver *qv = vers[ord];
+        qmodel *qm = vmodels[ord];
+        while (q->count >= (size_t)m->max_pending && q->oldest) {
+            qpend *old = q->oldest;
+            unlink_pending(q, old);
+            resolve_unlabelled(m, old);
+            count(m, old->qm->name, "evicted", 1);
+            old->qm->evicted++;
+            free(old);
+        }
+        if (q->count >= q->nbuckets && table_grow(q) < 0) {
+            rc = OOM(err);
+            goto out;
+        }
+        size_t idn = strlen(id);
+        qpend *e = calloc(1, sizeof *e + idn + 1);
+        if (!e) {
+            rc = OOM(err);
+            goto out;
+        }
+        memcpy(e->id, id, idn + 1);
+        e->qm = qm;
+        e->qv = qv;
+        e->arrived = arrived;
+        e->score = score;
+        e->est = est;
+        e->hash = key_hash(qm->name, id);
+        qpend **pp = &q->buckets[e->hash & (q->nbuckets - 1)];
+        while (*pp)
+            pp = &(*pp)->hnext;
+        *pp = e;
+        e->older = q->newest;
+        if (q->newest)
+            q->newest->newer = e;
+        else
+            q->oldest = e;
+        q->newest = e;
+        q->count++;
+        qm->pending++;
+    }
+    size_t nh = mon_rd_count(r, 20);
+    for (size_t i = 0; i < nh && !r->bad; i++) {
+        char model[129], id[257];
+        mon_rd_str(r, model, sizeof model);
+        mon_rd_str(r, id, sizeof id);
+        double y = mon_rd_f64(r);
+        int64_t arrived = mon_rd_i64(r);
+        if (r->bad || !model[0] || !id[0] || !isfinite(y)) {
+            r->bad = 1;
+            break;
+        }
+        while (q->n_held >= MAX_HELD && q->held_oldest)
+            held_drop_oldest(m);
+        size_t idn = strlen(id);
+        qheld *h = calloc(1, sizeof *h + idn + 1);
+        if (!h) {
+            rc = OOM(err);
+            goto out;
+        }
+        memcpy(h->model, model, sizeof h->model);
+        memcpy(h->id, id, idn + 1);
+        h->y = y;
+        h->arrived = arrived;
+        h->hash = key_hash(model, id);
+        qheld **pp = &q->held[h->hash & (HELD_BUCKETS - 1)];
+        h->hnext = *pp;
+        *pp = h;
+        if (q->held_newest)
+            q->held_newest->newer = h;
+        else
+            q->held_oldest = h;
+        q->held_newest = h;
+        q->n_held++;
+    }
+    if (r->bad)
+        rc = BAD(err);
+    else
+        qn_gauge_set(m->m_pending, NULL, (double)q->count);
+out:
+    free(vers);
+    free(vmodels);
+    return rc;
 }

@@ -928,6 +928,11 @@ static void tick(void *ud)
     mon_quality_tick(m, 0, NULL);
     pthread_mutex_unlock(&m->mu);
     mon_promote_tick(m);
+    if (m->checkpoint_ms > 0 && qn_now_ms() - m->last_checkpoint_ms >= m->checkpoint_ms) {
+        if (mon_checkpoint_write(m, &err) < 0)
+            qn_log_warn(NULL, "checkpoint not written", "{s:s}", "detail", err.msg);
+        m->last_checkpoint_ms = qn_now_ms();
+    }
     if (qn_now_ms() - m->last_sweep_ms > 60000) {
         sweep(m);
         m->last_sweep_ms = qn_now_ms();
