@@ -31,51 +31,27 @@
 #define CK_FORMAT 1u
 #define CK_BOM 0x01020304u
 #define CK_HEADER 12
+/* The most one part may take (500,000 pending predictions are ~25 MB). */
+#define CK_PART_MAX (1ull << 30)
 
 /* ---- the buffer and the reader ------------------------------------------- */
 
-void mon_buf_reserve(mon_buf *b, size_t n)
+void mon_buf_i64(qn_buf *b, int64_t v)
 {
-    if (b->oom || b->n + n <= b->cap)
-        return;
-    size_t nc = b->cap ? b->cap : 4096;
-    while (nc < b->n + n)
-        nc *= 2;
-    uint8_t *np = realloc(b->p, nc);
-    if (!np) {
-        b->oom = 1;
-        return;
-    }
-    b->p = np;
-    b->cap = nc;
+    qn_buf_append(b, &v, sizeof v);
 }
 
-void mon_buf_put(mon_buf *b, const void *p, size_t n)
+void mon_buf_f64(qn_buf *b, double v)
 {
-    if (b->n + n > b->cap)
-        mon_buf_reserve(b, n);
-    if (b->oom)
-        return;
-    memcpy(b->p + b->n, p, n);
-    b->n += n;
+    qn_buf_append(b, &v, sizeof v);
 }
 
-void mon_buf_i64(mon_buf *b, int64_t v)
-{
-    mon_buf_put(b, &v, sizeof v);
-}
-
-void mon_buf_f64(mon_buf *b, double v)
-{
-    mon_buf_put(b, &v, sizeof v);
-}
-
-void mon_buf_str(mon_buf *b, const char *s)
+void mon_buf_str(qn_buf *b, const char *s)
 {
     size_t n = strlen(s);
     uint16_t l = n > 65535 ? 65535 : (uint16_t)n;
-    mon_buf_put(b, &l, sizeof l);
-    mon_buf_put(b, s, l);
+    qn_buf_append(b, &l, sizeof l);
+    qn_buf_append(b, s, l);
 }
 
 int mon_rd_get(mon_rd *r, void *out, size_t n)
@@ -131,18 +107,20 @@ size_t mon_rd_count(mon_rd *r, size_t min_size)
 
 /* ---- write ---------------------------------------------------------------- */
 
-static void header(mon_buf *b)
+static void header(qn_buf *b)
 {
     uint32_t f = CK_FORMAT, bom = CK_BOM;
-    mon_buf_put(b, CK_MAGIC, 4);
-    mon_buf_put(b, &f, sizeof f);
-    mon_buf_put(b, &bom, sizeof bom);
+    qn_buf_append(b, CK_MAGIC, 4);
+    qn_buf_append(b, &f, sizeof f);
+    qn_buf_append(b, &bom, sizeof bom);
 }
 
 int mon_checkpoint_write(monitor *m, qn_err *err)
 {
     int64_t t0 = qn_now_ms();
-    mon_buf bq = {0}, bp = {0};
+    qn_buf bq, bp;
+    qn_buf_init(&bq, CK_PART_MAX);
+    qn_buf_init(&bp, CK_PART_MAX);
     header(&bq);
     header(&bp);
     pthread_mutex_lock(&m->mu);
@@ -152,7 +130,7 @@ int mon_checkpoint_write(monitor *m, qn_err *err)
     int64_t t1 = qn_now_ms();
     int rc;
     qn_conn *c = NULL;
-    if (bq.oom || bp.oom) {
+    if (qn_buf_error(&bq) < 0 || qn_buf_error(&bp) < 0) {
         rc = qn_err_set(err, QN_RESOURCE_EXHAUSTED, "out of memory copying the state for the checkpoint");
         goto out;
     }
@@ -162,7 +140,7 @@ int mon_checkpoint_write(monitor *m, qn_err *err)
     }
     if ((rc = qn_tx_begin(c, QN_TX_WRITE, err)) < 0)
         goto out;
-    const struct { const char *part; const mon_buf *b; } parts[] = {{"quality", &bq}, {"promote", &bp}};
+    const struct { const char *part; const qn_buf *b; } parts[] = {{"quality", &bq}, {"promote", &bp}};
     for (size_t i = 0; i < 2; i++) {
         qn_stmt *st = qn_prepare(c, "INSERT INTO checkpoint (part, data, written_at) VALUES (?, ?, ?) "
                                     "ON CONFLICT (part) DO UPDATE SET data = excluded.data, "
@@ -172,7 +150,7 @@ int mon_checkpoint_write(monitor *m, qn_err *err)
             goto fail;
         }
         qn_bind_text(st, 1, parts[i].part, -1);
-        qn_bind_blob(st, 2, parts[i].b->p, parts[i].b->n);
+        qn_bind_blob(st, 2, parts[i].b->data, parts[i].b->len);
         qn_bind_int64(st, 3, t0);
         if ((rc = qn_step(st, err)) < 0)
             goto fail;
@@ -180,8 +158,8 @@ int mon_checkpoint_write(monitor *m, qn_err *err)
     if ((rc = qn_tx_commit(c, err)) < 0)
         goto fail;
     rc = 0;
-    qn_log_debug(NULL, "checkpoint written", "{s:I, s:I, s:I, s:I}", "quality_bytes", (json_int_t)bq.n,
-                 "promote_bytes", (json_int_t)bp.n, "copy_ms", (json_int_t)(t1 - t0), "ms",
+    qn_log_debug(NULL, "checkpoint written", "{s:I, s:I, s:I, s:I}", "quality_bytes", (json_int_t)bq.len,
+                 "promote_bytes", (json_int_t)bp.len, "copy_ms", (json_int_t)(t1 - t0), "ms",
                  (json_int_t)(qn_now_ms() - t0));
     goto out;
 fail:
@@ -189,8 +167,8 @@ fail:
 out:
     if (c)
         qn_store_release(m->db, c);
-    free(bq.p);
-    free(bp.p);
+    qn_buf_free(&bq);
+    qn_buf_free(&bp);
     return rc;
 }
 

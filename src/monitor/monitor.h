@@ -29,6 +29,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "core/buf.h"
 #include "core/bus/bus.h"
 #include "core/client.h"
 #include "core/http.h"
@@ -170,18 +171,11 @@ void mon_promote_tick(monitor *m);
 /* checkpoint.c: the in-memory state (pending predictions, held labels,
  * open quality and estimation windows, promotion evidence, latencies) as
  * one row per part of the store's checkpoint table. */
-/* An append-only byte buffer; oom is sticky (the buffer is then unusable). */
-typedef struct mon_buf {
-    uint8_t *p;
-    size_t n, cap;
-    int oom;
-} mon_buf;
-/* Room for n more bytes (sets oom when there is none). */
-void mon_buf_reserve(mon_buf *b, size_t n);
-void mon_buf_put(mon_buf *b, const void *p, size_t n);
-void mon_buf_i64(mon_buf *b, int64_t v);
-void mon_buf_f64(mon_buf *b, double v);
-void mon_buf_str(mon_buf *b, const char *s); /* at most 65535 bytes */
+/* Appends to a checkpoint part (core/buf.h: a failure is sticky, seen by
+ * qn_buf_error at the end). */
+void mon_buf_i64(qn_buf *b, int64_t v);
+void mon_buf_f64(qn_buf *b, double v);
+void mon_buf_str(qn_buf *b, const char *s); /* at most 65535 bytes */
 /* A bounds-checked reader; bad is sticky and every read after it gives 0. */
 typedef struct mon_rd {
     const uint8_t *p;
@@ -205,9 +199,9 @@ int mon_checkpoint_write(monitor *m, qn_err *err);
 void mon_checkpoint_load(monitor *m);
 /* quality.c and promote.c: their state into b / back from r (into an empty
  * state; on failure the caller resets it). Under m->mu. */
-void mon_quality_save(monitor *m, mon_buf *b);
+void mon_quality_save(monitor *m, qn_buf *b);
 int mon_quality_load(monitor *m, mon_rd *r, qn_err *err);
-void mon_promote_save(monitor *m, mon_buf *b);
+void mon_promote_save(monitor *m, qn_buf *b);
 int mon_promote_load(monitor *m, mon_rd *r, qn_err *err);
 
 /* api.c */

@@ -704,7 +704,7 @@ static size_t ring_oldest(size_t n, size_t cap, size_t head)
 
 /* Per model: its name, labelled requests since start, the labelled requests
  * oldest first, then each version's latencies oldest first. */
-void mon_promote_save(monitor *m, mon_buf *b)
+void mon_promote_save(monitor *m, qn_buf *b)
 {
     size_t nm = 0;
     for (pmodel *pm = m->promote->models; pm; pm = pm->next)
@@ -732,7 +732,7 @@ void mon_promote_save(monitor *m, mon_buf *b)
             mon_buf_i64(b, (int64_t)pl->n);
             size_t lo = ring_oldest(pl->n, pl->cap, pl->head);
             for (size_t i = 0; i < pl->n; i++)
-                mon_buf_put(b, &pl->ring[(lo + i) % pl->cap], sizeof(uint32_t));
+                qn_buf_append(b, &pl->ring[(lo + i) % pl->cap], sizeof(uint32_t));
         }
     }
 }

@@ -1189,10 +1189,10 @@ json_t *mon_quality_state(monitor *m, const char *model)
 
 /* ---- checkpoint (checkpoint.c) --------------------------------------------- */
 
-static void put_doubles(mon_buf *b, const double *v, size_t n)
+static void put_doubles(qn_buf *b, const double *v, size_t n)
 {
     if (n)
-        mon_buf_put(b, v, n * sizeof *v);
+        qn_buf_append(b, v, n * sizeof *v);
 }
 
 /* n doubles from r into a fresh array (NULL for none); -1 when out of memory. */
@@ -1214,7 +1214,7 @@ static int get_doubles(mon_rd *r, size_t n, double **out)
  * the pending entries oldest first (each naming its version by ordinal),
  * then the held labels oldest first. Task, reference metrics and
  * calibration are not saved: they are asked of the registry again. */
-void mon_quality_save(monitor *m, mon_buf *b)
+void mon_quality_save(monitor *m, qn_buf *b)
 {
     mon_quality *q = m->quality;
     size_t nm = 0;
@@ -1262,7 +1262,7 @@ void mon_quality_save(monitor *m, mon_buf *b)
         }
     }
     mon_buf_i64(b, (int64_t)q->count);
-    mon_buf_reserve(b, q->count * 56); /* 34 bytes and the id (most are short) */
+    (void)qn_buf_reserve(b, q->count * 56); /* 34 bytes and the id (most are short) */
     for (qpend *e = q->oldest; e; e = e->newer) {
         mon_buf_i64(b, e->qv->ck_ord);
         mon_buf_i64(b, e->arrived);
