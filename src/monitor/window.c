@@ -760,16 +760,19 @@ static int promoted_body(qn_conn *c, void *arg, qn_err *err)
         json_array_append_new(x->dropped, json_integer(qn_col_int64(st, 0)));
     if (rc < 0)
         return rc;
+    /* The last takes no version: PostgreSQL refuses a parameter it cannot
+     * type (the former "AND ? IS NOT NULL" that only used it up). */
     static const char *const sql[] = {
         "DELETE FROM window_rows WHERE model = ? AND version <> ?",
         "DELETE FROM windows WHERE model = ? AND version <> ?",
-        "DELETE FROM counters WHERE model = ? AND name IN ('hits', 'hit_joined') AND ? IS NOT NULL",
+        "DELETE FROM counters WHERE model = ? AND name IN ('hits', 'hit_joined')",
     };
     for (size_t k = 0; k < QN_NELEM(sql); k++) {
         if (!(st = qn_prepare(c, sql[k], err)))
             return err->code;
         qn_bind_text(st, 1, x->model, -1);
-        qn_bind_int64(st, 2, x->version);
+        if (k < 2)
+            qn_bind_int64(st, 2, x->version);
         if ((rc = qn_step(st, err)) < 0)
             return rc;
     }

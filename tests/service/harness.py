@@ -6,7 +6,7 @@ it bound is read from its "listening" log line. Every process started here is
 stopped by PID when the test ends.
 
 With QUERN_TEST_PG set (tests/unit/core/run_store_pg.sh sets it), services
-that keep metadata (registry, ingest, prep) store it in that PostgreSQL
+that keep metadata (registry, ingest, prep, monitor) store it in that PostgreSQL
 database instead of SQLite: they get --db URL?schema=NAME, one schema per
 service and --data dir, so a restart on the same --data finds its data again
 and tests never see each other's rows. Without it nothing changes.
@@ -24,7 +24,7 @@ import unittest
 BIN = os.environ.get("QUERN_BIN", os.path.join(os.path.dirname(__file__), "../../build/bin"))
 WORK = os.environ.get("QUERN_TEST_WORK", tempfile.gettempdir())
 PG = os.environ.get("QUERN_TEST_PG")
-DB_SERVICES = ("registry", "ingest", "prep")
+DB_SERVICES = ("registry", "ingest", "prep", "monitor")
 
 
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")

@@ -35,7 +35,7 @@ import unittest
 
 import events
 import test_auto_promote as ap
-from harness import ServiceTest, WORK
+from harness import PG, ServiceTest, WORK
 from test_monitor import sha, wait_for
 
 
@@ -176,6 +176,7 @@ class CheckpointQualityTest(ServiceTest):
         acc = sum((p >= 0.5) == (y == 1) for p, y in zip(preds, labels)) / 40
         self.assertAlmostEqual(est["realised"]["accuracy"], acc, places=9)
 
+    @unittest.skipIf(PG, "reads or writes monitor.db with sqlite3")
     def test_damaged_checkpoints_never_stop_the_start(self):
         v = self.register("cls")
         self.start_monitor("--quality-window", "50", "--checkpoint-interval", "0", "--label-grace", "1h")
@@ -223,6 +224,7 @@ class CheckpointQualityTest(ServiceTest):
         q = wait_for(lambda: (lambda b: b if b["labels"]["unjoined"] == 5 else None)(self.quality("cls")), timeout=60)
         self.assertEqual(q["labels"]["joined"], 0, q)
 
+    @unittest.skipIf(PG, "reads or writes monitor.db with sqlite3")
     def test_corrupt_checkpoint_ignored(self):
         v = self.register("cls")
         self.start_monitor("--quality-window", "10", "--checkpoint-interval", "0")
@@ -268,6 +270,7 @@ class CheckpointQualityTest(ServiceTest):
                               else None)(self.quality("cls")), timeout=60)
         self.assertEqual(q["state"]["windows"][0]["labelled"], 10, q)
 
+    @unittest.skipIf(PG, "reads or writes monitor.db with sqlite3")
     def test_kill9_after_a_periodic_checkpoint(self):
         v = self.register("cls")
         self.start_monitor("--quality-window", "100", "--checkpoint-interval", "1s")
