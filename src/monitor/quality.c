@@ -796,6 +796,23 @@ static double score_of(const json_t *pred, const char *task)
     }
     return NAN;
 }
+/* Links e (its hash set) as the newest pending prediction of q and of its model. */
+static void pending_link(mon_quality *q, qmodel *qm, qpend *e)
+{
+    qpend **pp = &q->buckets[e->hash & (q->nbuckets - 1)];
+    while (*pp)
+        pp = &(*pp)->hnext;
+    *pp = e;
+    e->older = q->newest;
+    if (q->newest)
+        q->newest->newer = e;
+    else
+        q->oldest = e;
+    q->newest = e;
+    q->count++;
+    qm->pending++;
+}
+
 
 void mon_quality_predictions(monitor *m, const char *model, int64_t version, const json_t *preds)
 {
@@ -871,18 +888,7 @@ void mon_quality_predictions(monitor *m, const char *model, int64_t version, con
                 }
             }
         }
-        qpend **pp = &q->buckets[e->hash & (q->nbuckets - 1)];
-        while (*pp)
-            pp = &(*pp)->hnext;
-        *pp = e;
-        e->older = q->newest;
-        if (q->newest)
-            q->newest->newer = e;
-        else
-            q->oldest = e;
-        q->newest = e;
-        q->count++;
-        qm->pending++;
+        pending_link(q, qm, e);
         added++;
         double y;
         if (q->n_held && held_take(q, model, id, e->hash, &y)) {
@@ -1421,18 +1427,7 @@ int mon_quality_load(monitor *m, mon_rd *r, qn_err *err)
         e->score = score;
         e->est = est;
         e->hash = key_hash(qm->name, id);
-        qpend **pp = &q->buckets[e->hash & (q->nbuckets - 1)];
-        while (*pp)
-            pp = &(*pp)->hnext;
-        *pp = e;
-        e->older = q->newest;
-        if (q->newest)
-            q->newest->newer = e;
-        else
-            q->oldest = e;
-        q->newest = e;
-        q->count++;
-        qm->pending++;
+        pending_link(q, qm, e);
     }
     size_t nh = mon_rd_count(r, 20);
     for (size_t i = 0; i < nh && !r->bad; i++) {
