@@ -5,6 +5,7 @@ with libquern-ml."""
 import json
 import os
 import subprocess
+import time
 import uuid
 from datetime import datetime, timezone
 
@@ -25,6 +26,18 @@ def publish(bus, events):
     if p.returncode != 0:
         raise RuntimeError(p.stderr.decode())
     return p.stdout.decode().split()
+
+
+def publish_predictions(bus, model, version, preds, prefix):
+    """Logs one prediction per score in preds (feature x = 1.0), request ids
+    prefix0, prefix1, ..., as quern.predictions.logged events of 50."""
+    evs = []
+    for i in range(0, len(preds), 50):
+        evs.append(envelope("quern.predictions.logged", {
+            "model": model, "version": version,
+            "predictions": [{"request_id": f"{prefix}{i + j}", "time": time.time(), "features": {"x": 1.0},
+                             "prediction": p} for j, p in enumerate(preds[i:i + 50])]}))
+    publish(bus, evs)
 
 
 def subscribe(bus, group, pattern):

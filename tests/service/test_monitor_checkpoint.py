@@ -83,13 +83,7 @@ class CheckpointQualityTest(ServiceTest):
         return body["version"]
 
     def log_predictions(self, model, version, preds, prefix):
-        evs = []
-        for i in range(0, len(preds), 50):
-            evs.append(events.envelope("quern.predictions.logged", {
-                "model": model, "version": version,
-                "predictions": [{"request_id": f"{prefix}{i + j}", "time": time.time(), "features": {"x": 1.0},
-                                 "prediction": p} for j, p in enumerate(preds[i:i + 50])]}))
-        events.publish(self.bus, evs)
+        events.publish_predictions(self.bus, model, version, preds, prefix)
 
     def feedback(self, model, labels, prefix, start=0):
         events.publish(self.bus, [events.envelope("quern.feedback.received",
