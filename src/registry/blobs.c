@@ -260,6 +260,27 @@ int reg_blob_put_chunk(qn_req *req, qn_res *res, const char *data, size_t len, v
     return upload_piece(req, res, ud, u, data, len);
 }
 
+/* Makes a whole, checked upload the blob of digest hex and answers: 201
+ * stored, 200 already stored (either way its digest, size and Location),
+ * 503 when it cannot be stored. */
+static int commit_and_answer(qn_req *req, qn_res *res, registry *r, reg_upload *u, const char *hex)
+{
+    int created = reg_upload_commit(r, u, hex);
+    if (created < 0) {
+        qn_log_error(qn_req_trace_id(req), "cannot commit blob", "{s:s, s:s}", "digest", hex,
+                     "error", strerror(errno));
+        qn_counter_add(r->blob_uploads, (const char *[]){"io_error"}, 1);
+        return qn_res_error(res, QN_UNAVAILABLE, "the registry cannot store blobs right now");
+    }
+    qn_counter_add(r->blob_uploads, (const char *[]){created ? "created" : "exists"}, 1);
+    qn_log_info(qn_req_trace_id(req), created ? "blob stored" : "blob already stored", "{s:s+, s:I}",
+                "digest", "sha256:", hex, "bytes", (json_int_t)u->bytes);
+    qn_res_header(res, "Location", qn_arena_printf(qn_req_arena(req), "/v1/blobs/sha256:%s", hex));
+    return qn_res_json(res, created ? 201 : 200,
+                       json_pack("{s:s+, s:I, s:b}", "digest", "sha256:", hex, "size",
+                                 (json_int_t)u->bytes, "created", created));
+}
+
 int reg_blob_put(qn_req *req, qn_res *res, void *ud)
 {
     registry *r = ud;
@@ -283,20 +304,7 @@ int reg_blob_put(qn_req *req, qn_res *res, void *ud)
             "the %llu bytes received hash to sha256:%s, not the sha256:%s named in the URL; "
             "nothing was stored", (unsigned long long)u->bytes, got, want);
     }
-    int created = reg_upload_commit(r, u, want);
-    if (created < 0) {
-        qn_log_error(qn_req_trace_id(req), "cannot commit blob", "{s:s, s:s}", "digest", want,
-                     "error", strerror(errno));
-        qn_counter_add(r->blob_uploads, (const char *[]){"io_error"}, 1);
-        return qn_res_error(res, QN_UNAVAILABLE, "the registry cannot store blobs right now");
-    }
-    qn_counter_add(r->blob_uploads, (const char *[]){created ? "created" : "exists"}, 1);
-    qn_log_info(qn_req_trace_id(req), created ? "blob stored" : "blob already stored", "{s:s+, s:I}",
-                "digest", "sha256:", want, "bytes", (json_int_t)u->bytes);
-    qn_res_header(res, "Location", qn_arena_printf(qn_req_arena(req), "/v1/blobs/sha256:%s", want));
-    return qn_res_json(res, created ? 201 : 200,
-                       json_pack("{s:s+, s:I, s:b}", "digest", "sha256:", want, "size",
-                                 (json_int_t)u->bytes, "created", created));
+    return commit_and_answer(req, res, r, u, want);
 }
 
 /* POST /v1/blobs: a blob whose digest the client does not name up front (it
@@ -319,20 +327,7 @@ int reg_blob_post(qn_req *req, qn_res *res, void *ud)
     if (!u)
         return upload_refused(res, code);
     reg_upload_digest(u, got);
-    int created = reg_upload_commit(r, u, got);
-    if (created < 0) {
-        qn_log_error(qn_req_trace_id(req), "cannot commit blob", "{s:s, s:s}", "digest", got, "error",
-                     strerror(errno));
-        qn_counter_add(r->blob_uploads, (const char *[]){"io_error"}, 1);
-        return qn_res_error(res, QN_UNAVAILABLE, "the registry cannot store blobs right now");
-    }
-    qn_counter_add(r->blob_uploads, (const char *[]){created ? "created" : "exists"}, 1);
-    qn_log_info(qn_req_trace_id(req), created ? "blob stored" : "blob already stored", "{s:s+, s:I}",
-                "digest", "sha256:", got, "bytes", (json_int_t)u->bytes);
-    qn_res_header(res, "Location", qn_arena_printf(qn_req_arena(req), "/v1/blobs/sha256:%s", got));
-    return qn_res_json(res, created ? 201 : 200,
-                       json_pack("{s:s+, s:I, s:b}", "digest", "sha256:", got, "size",
-                                 (json_int_t)u->bytes, "created", created));
+    return commit_and_answer(req, res, r, u, got);
 }
 
 /* Parses a single "bytes=" range against size. Returns 1 with [*lo, *hi]
